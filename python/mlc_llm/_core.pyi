@@ -1,0 +1,61 @@
+"""Typed stubs of the native module `mlc_llm._core` (the Rust engine).
+
+This is the whole contract between the Python facade and the engine. Strings marked JSON carry
+plain data (so the binding stays small and the schema lives in one place per side). Every method
+releases the GIL while it waits. Errors are raised as the classes in `mlc_llm.protocol.errors`.
+"""
+
+from typing import Any, Dict, List, Optional
+
+__version__: str
+
+def cuda_device_count() -> int:
+    """Number of CUDA devices this build can see (0 on a CPU-only build)."""
+
+class Engine:
+    def __init__(self, model: str, device: str, config_json: str) -> None:
+        """Loads the model and starts the engine thread.
+
+        model: a GGUF file, an HF directory (config.json + safetensors), or a path to a config file.
+        device: "cpu", "cuda", "cuda:N" or "auto".
+        config_json: {"mode": "local"|"interactive"|"server", "max_num_sequence": int|null,
+          "max_total_sequence_length": int|null, "prefill_chunk_size": int|null,
+          "max_history_size": int|null, "gpu_memory_utilization": float|null,
+          "kv_cache_page_size": int|null, "prefix_cache": bool, "enable_tracing": bool, "verbose": bool}
+        Raises ModelLoadError (missing / corrupt model), BadRequestError (bad configuration).
+        """
+    def info(self) -> str:
+        """JSON: {"model", "model_path", "architecture", "device", "vocab_size", "context_window_size",
+        "max_num_sequence", "max_total_sequence_length", "prefill_chunk_size", "kv_block_size",
+        "num_kv_blocks", "bos_token", "eos_token", "eos_token_ids": [int], "has_chat_template": bool}"""
+    def apply_chat_template(self, messages_json: str, add_generation_prompt: bool, tools_json: Optional[str]) -> str:
+        """Renders the model's chat template. messages_json: a JSON list of OpenAI-style message dicts."""
+    def tokenize(self, text: str, add_special_tokens: bool) -> List[int]: ...
+    def detokenize(self, token_ids: List[int]) -> str: ...
+    def add_request(self, request_id: str, prompt_token_ids: List[int], params_json: str) -> None:
+        """Queues one sequence. params_json: the SamplingParams fields (temperature, top_p, top_k, min_p,
+        frequency_penalty, presence_penalty, repetition_penalty, logit_bias {id: bias}, seed, max_tokens,
+        stop, stop_token_ids, ignore_eos, logprobs, top_logprobs). Raises BadRequestError naming the field
+        (including a duplicate request id and a prompt longer than the context window)."""
+    def abort(self, request_id: str) -> None:
+        """Stops a request; its stream ends with finish_reason "abort". Unknown ids are ignored."""
+    def poll(self, timeout_ms: int) -> List[Dict[str, Any]]:
+        """Waits up to timeout_ms for outputs; returns the deltas produced since the last call, in order:
+        {"request_id": str, "token_ids": [int], "text": str,
+         "logprobs": [{"token": str, "logprob": float, "bytes": [int],
+                       "top_logprobs": [{"token": str, "logprob": float, "bytes": [int]}]}] | None,
+         "finish_reason": None | "stop" | "length" | "abort" | "error",
+         "error": str | None,
+         "usage": None | {"prompt_tokens", "completion_tokens", "prefill_tokens", "ttft_s",
+                          "end_to_end_latency_s", "decode_tokens_per_s"}   # set on the final delta
+        }
+        Raises EngineDeadError once the engine has stopped and every output has been returned."""
+    def metrics(self) -> str:
+        """JSON: {"num_requests_finished", "num_requests_aborted", "num_running", "num_waiting",
+        "prefill_tokens", "decode_tokens", "prefill_tokens_per_s", "decode_tokens_per_s",
+        "mean_ttft_s", "max_batch_size_seen", "num_free_blocks", "num_total_blocks",
+        "num_preemptions", "prefix_cache_hit_tokens", "engine_steps"}"""
+    def trace(self) -> str:
+        """Chrome trace JSON of the recorded per-request events ("[]" if tracing is off)."""
+    def terminate(self) -> None:
+        """Stops the engine thread; idempotent. Pending requests finish with "abort"."""

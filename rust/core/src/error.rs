@@ -1,0 +1,41 @@
+//! The one error type of the engine core. The Python binding maps each variant once to an exception.
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum EngineError {
+    /// The request is invalid; `field` names the offending request field.
+    #[error("{field}: {message}")]
+    BadRequest { field: String, message: String },
+    /// The model could not be found, parsed or loaded; `path` names the file or directory.
+    #[error("cannot load model from {path}: {message}")]
+    ModelLoad { path: String, message: String },
+    /// A valid request or configuration that this engine does not implement.
+    #[error("not supported: {0}")]
+    Unsupported(String),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("chat template: {0}")]
+    Template(String),
+    #[error("tensor computation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The engine thread is gone (terminated or crashed); no request can be served.
+    #[error("engine is not running: {0}")]
+    EngineDead(String),
+    /// Not enough memory for the requested configuration; the message says what to change.
+    #[error("insufficient memory: {0}")]
+    OutOfMemory(String),
+}
+
+impl EngineError {
+    pub fn bad_request(field: impl Into<String>, message: impl Into<String>) -> Self {
+        EngineError::BadRequest { field: field.into(), message: message.into() }
+    }
+    pub fn model_load(path: impl Into<String>, message: impl Into<String>) -> Self {
+        EngineError::ModelLoad { path: path.into(), message: message.into() }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, EngineError>;
