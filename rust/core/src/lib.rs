@@ -1,1 +1,21 @@
 //! mlc_core: the engine behind the `mlc_llm` Python API, with no Python and no HTTP in it.
+//!
+//! Data flows one way: a request (token ids + [`request::SamplingParams`]) enters the engine thread
+//! through [`engine::EngineHandle`]; each step the scheduler hands out a token budget (plain data), the
+//! runner executes the model over the paged KV cache, the sampler picks tokens, and per-request deltas
+//! (token ids, text, logprobs, finish reason) flow back.
+
+pub mod attention;
+pub mod device;
+pub mod engine;
+pub mod error;
+pub mod kv_cache;
+pub mod loader;
+pub mod model;
+pub mod request;
+pub mod runner;
+pub mod sampler;
+pub mod scheduler;
+pub mod tokenizer;
+
+pub use error::{EngineError, Result};

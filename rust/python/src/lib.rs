@@ -1,6 +1,26 @@
+//! The native module `mlc_llm._core`: a thin binding over `mlc_core`. Every call converts to owned
+//! Rust values, releases the GIL while it waits, and maps errors once (see `errors.rs`).
+
+mod errors;
+
 use pyo3::prelude::*;
 
+/// Number of CUDA devices this build can see (0 on a CPU-only build).
+#[pyfunction]
+fn cuda_device_count(py: Python<'_>) -> usize {
+    py.detach(mlc_core::device::cuda_device_count)
+}
+
+/// Runs a small matmul on the device and compares it with the CPU.
+#[pyfunction]
+fn device_smoke_test(py: Python<'_>, device: String) -> PyResult<String> {
+    py.detach(|| mlc_core::device::device_smoke_test(&device)).map_err(errors::to_py)
+}
+
 #[pymodule]
-fn _core(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(cuda_device_count, m)?)?;
+    m.add_function(wrap_pyfunction!(device_smoke_test, m)?)?;
     Ok(())
 }

@@ -1,0 +1,224 @@
+//! The engine core: owns the model runner, KV cache and scheduler; one `step()` schedules a token
+//! budget, runs the model, samples, and turns tokens into per-request deltas. Used by exactly one
+//! thread (see `handle.rs`), so nothing in here is shared or locked.
+
+use super::config::EngineSizes;
+use super::metrics::Metrics;
+use super::output::{Delta, FinishReason};
+use super::request_state::RequestState;
+use super::trace::Tracer;
+use crate::error::Result;
+use crate::request::SamplingParams;
+use crate::runner::ModelRunner;
+use crate::sampler::SequenceSampler;
+use crate::scheduler::{Scheduler, SchedulerOutput, SeqId};
+use crate::tokenizer::Tokenizer;
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct EngineCore {
+    runner: ModelRunner,
+    scheduler: Scheduler,
+    tokenizer: Arc<Tokenizer>,
+    eos_ids: Vec<u32>,
+    requests: HashMap<SeqId, RequestState>,
+    ids: HashMap<String, SeqId>,
+    next_seq: SeqId,
+    pub sizes: EngineSizes,
+    metrics: Metrics,
+    tracer: Tracer,
+    /// Tests compare full logits rows against a reference; off in normal use.
+    pub capture_logits: bool,
+    pub captured: Vec<(String, Vec<f32>)>,
+}
+
+impl EngineCore {
+    pub fn new(runner: ModelRunner, scheduler: Scheduler, tokenizer: Arc<Tokenizer>, sizes: EngineSizes, tracing: bool) -> Self {
+        let eos_ids = tokenizer.eos_token_ids().to_vec();
+        EngineCore {
+            runner,
+            scheduler,
+            tokenizer,
+            eos_ids,
+            requests: HashMap::new(),
+            ids: HashMap::new(),
+            next_seq: 0,
+            sizes,
+            metrics: Metrics::default(),
+            tracer: Tracer::new(tracing),
+            capture_logits: false,
+            captured: Vec::new(),
+        }
+    }
+
+    pub fn has_work(&self) -> bool {
+        self.scheduler.has_work()
+    }
+
+    /// Queues a request that the handle has already validated (see `validate.rs`).
+    pub fn add(&mut self, request_id: String, prompt: Vec<u32>, params: SamplingParams, max_new_tokens: usize) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.tracer.event(seq, &request_id, "queued", json!({"prompt_tokens": prompt.len()}));
+        self.metrics.num_requests_added += 1;
+        self.ids.insert(request_id.clone(), seq);
+        self.requests.insert(seq, RequestState::new(request_id, &prompt, params, max_new_tokens));
+        self.scheduler.add(seq, prompt);
+    }
+
+    /// Ends a request early; returns its final delta if it was known.
+    pub fn abort(&mut self, request_id: &str) -> Option<Delta> {
+        let seq = self.ids.remove(request_id)?;
+        self.scheduler.abort(seq);
+        let state = self.requests.remove(&seq)?;
+        self.metrics.num_requests_aborted += 1;
+        self.record_ttft(&state);
+        self.tracer.event(seq, request_id, "finished", json!({"reason": "abort"}));
+        Some(state.terminal(FinishReason::Abort, None))
+    }
+
+    pub fn abort_all(&mut self) -> Vec<Delta> {
+        let ids: Vec<String> = self.ids.keys().cloned().collect();
+        ids.iter().filter_map(|id| self.abort(id)).collect()
+    }
+
+    pub fn metrics(&self) -> Metrics {
+        let mut m = self.metrics.clone();
+        m.num_running = self.scheduler.num_running();
+        m.num_waiting = self.scheduler.num_waiting();
+        m.num_free_blocks = self.scheduler.num_free_blocks();
+        m.num_total_blocks = self.scheduler.num_total_blocks();
+        m.finalize();
+        m
+    }
+
+    pub fn trace_json(&self) -> String {
+        self.tracer.to_json()
+    }
+
+    fn record_ttft(&mut self, state: &RequestState) {
+        if let Some(t) = state.first_token {
+            self.metrics.sum_ttft_s += t.duration_since(state.arrival).as_secs_f64();
+        }
+    }
+
+    /// One engine step. Errors in the model fail only the requests of this step.
+    pub fn step(&mut self) -> Vec<Delta> {
+        let out = self.scheduler.schedule();
+        if out.seqs.is_empty() {
+            return Vec::new();
+        }
+        self.note_schedule(&out);
+        let start = Instant::now();
+        let logits = match self.runner.execute(&out) {
+            Ok(l) => l,
+            Err(e) => return self.fail_step(&out, e),
+        };
+        self.account_time(&out, start.elapsed().as_secs_f64());
+        let mut sampled = Vec::with_capacity(logits.len());
+        let mut results = Vec::with_capacity(logits.len());
+        for mut row in logits {
+            let Some(state) = self.requests.get_mut(&row.seq_id) else { continue };
+            if self.capture_logits {
+                self.captured.push((state.request_id.clone(), row.logits.clone()));
+            }
+            let params = state.params.clone();
+            let s = SequenceSampler::sample(&mut state.sampler, &mut row.logits, &params);
+            sampled.push((row.seq_id, s.token));
+            results.push((row.seq_id, s));
+        }
+        self.scheduler.update(&out, &sampled);
+        let mut deltas = Vec::with_capacity(results.len());
+        for (seq, s) in results {
+            let Some(state) = self.requests.get_mut(&seq) else { continue };
+            let first = state.first_token.is_none();
+            let d = state.on_token(&self.tokenizer, &self.eos_ids, &s);
+            if first {
+                let id = state.request_id.clone();
+                self.tracer.event(seq, &id, "first_token", json!({}));
+            }
+            if let Some(reason) = &d.finish_reason {
+                self.scheduler.finish(seq);
+                if let Some(state) = self.requests.remove(&seq) {
+                    self.ids.remove(&state.request_id);
+                    self.metrics.num_requests_finished += 1;
+                    self.record_ttft(&state);
+                    self.tracer.event(seq, &state.request_id, "finished", json!({"reason": reason, "completion_tokens": state.num_generated}));
+                }
+            }
+            deltas.push(d);
+        }
+        deltas
+    }
+
+    fn note_schedule(&mut self, out: &SchedulerOutput) {
+        self.metrics.engine_steps += 1;
+        self.metrics.max_batch_size_seen = self.metrics.max_batch_size_seen.max(out.seqs.len());
+        self.metrics.num_preemptions += out.preempted.len() as u64;
+        self.metrics.prefix_cache_hit_tokens += out.prefix_hit_tokens as u64;
+        for s in &out.seqs {
+            let Some(state) = self.requests.get_mut(&s.seq_id) else { continue };
+            let id = state.request_id.clone();
+            if !state.scheduled_once {
+                state.scheduled_once = true;
+                self.tracer.event(s.seq_id, &id, "scheduled", json!({"cached_tokens": s.start_pos}));
+            }
+            if s.start_pos < state.prompt_len {
+                let n = s.token_ids.len().min(state.prompt_len - s.start_pos);
+                state.prefill_tokens += n;
+                self.tracer.event(s.seq_id, &id, "prefill_chunk", json!({"start": s.start_pos, "tokens": s.token_ids.len()}));
+            }
+        }
+        for &p in &out.preempted {
+            if let Some(state) = self.requests.get(&p) {
+                let id = state.request_id.clone();
+                self.tracer.event(p, &id, "preempted", json!({}));
+            }
+        }
+    }
+
+    /// Splits the step's time between prefill and decode in proportion to their tokens.
+    fn account_time(&mut self, out: &SchedulerOutput, secs: f64) {
+        let mut prefill = 0usize;
+        let mut decode = 0usize;
+        for s in &out.seqs {
+            let prompt_len = self.requests.get(&s.seq_id).map(|r| r.prompt_len).unwrap_or(0);
+            if s.start_pos >= prompt_len && s.token_ids.len() == 1 {
+                decode += 1;
+            } else {
+                prefill += s.token_ids.len();
+            }
+        }
+        let total = (prefill + decode).max(1) as f64;
+        self.metrics.prefill_tokens += prefill as u64;
+        self.metrics.decode_tokens += decode as u64;
+        self.metrics.prefill_time_s += secs * prefill as f64 / total;
+        self.metrics.decode_time_s += secs * decode as f64 / total;
+    }
+
+    fn fail_step(&mut self, out: &SchedulerOutput, err: crate::error::EngineError) -> Vec<Delta> {
+        log::error!("engine step failed: {err}");
+        let msg = err.to_string();
+        let mut deltas = Vec::new();
+        for s in &out.seqs {
+            self.scheduler.abort(s.seq_id);
+            if let Some(state) = self.requests.remove(&s.seq_id) {
+                self.ids.remove(&state.request_id);
+                self.metrics.num_requests_aborted += 1;
+                deltas.push(state.terminal(FinishReason::Error, Some(msg.clone())));
+            }
+        }
+        deltas
+    }
+
+    /// Test hook: runs steps until no work remains and returns every delta.
+    pub fn run_to_completion(&mut self) -> Result<Vec<Delta>> {
+        let mut all = Vec::new();
+        while self.has_work() {
+            all.extend(self.step());
+        }
+        Ok(all)
+    }
+}

@@ -1,0 +1,293 @@
+//! The caller's side of the engine: loads the model, starts the engine thread, and talks to it over
+//! channels. Requests are validated here, on the caller's thread, so a bad request fails at once
+//! without waiting for the current step.
+
+use super::config::{infer_sizes, system_memory_bytes, EngineArgs, EngineSizes};
+use super::core::EngineCore;
+use super::metrics::Metrics;
+use super::output::Delta;
+use crate::attention::PagedKvCache;
+use crate::device::{device_name, parse_device};
+use crate::error::{EngineError, Result};
+use crate::loader::{self, QuantMode};
+use crate::model::{LlamaModel, ModelConfig};
+use crate::request::SamplingParams;
+use crate::runner::ModelRunner;
+use crate::scheduler::{Scheduler, SchedulerConfig};
+use crate::tokenizer::Tokenizer;
+use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
+use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+enum Command {
+    Add { request_id: String, prompt: Vec<u32>, params: SamplingParams, max_new_tokens: usize },
+    Abort(String),
+    Metrics(Sender<Metrics>),
+    Trace(Sender<String>),
+    Terminate,
+}
+
+/// Static facts about the loaded model and the chosen sizes.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EngineInfo {
+    pub model: String,
+    pub model_path: String,
+    pub architecture: String,
+    pub device: String,
+    pub vocab_size: usize,
+    pub context_window_size: usize,
+    pub max_num_sequence: usize,
+    pub max_total_sequence_length: usize,
+    pub prefill_chunk_size: usize,
+    pub kv_block_size: usize,
+    pub num_kv_blocks: usize,
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+    pub eos_token_ids: Vec<u32>,
+    pub has_chat_template: bool,
+    pub mode: super::config::Mode,
+    pub quantized_matmul: bool,
+}
+
+pub struct EngineHandle {
+    commands: Sender<Command>,
+    outputs: Receiver<Delta>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    /// Ids of requests whose final delta has not been handed out yet (duplicate detection).
+    active: Mutex<HashSet<String>>,
+    tokenizer: Arc<Tokenizer>,
+    info: EngineInfo,
+}
+
+fn weight_bytes(cfg: &ModelConfig, elem_bytes: usize) -> u64 {
+    let h = cfg.hidden_size as u64;
+    let per_layer = h * (cfg.num_attention_heads * cfg.head_dim) as u64 * 2
+        + h * (cfg.num_key_value_heads * cfg.head_dim) as u64 * 2
+        + 3 * h * cfg.intermediate_size as u64;
+    let embed = cfg.vocab_size as u64 * h * if cfg.tie_word_embeddings { 1 } else { 2 };
+    (per_layer * cfg.num_hidden_layers as u64 + embed) * elem_bytes as u64
+}
+
+impl EngineHandle {
+    pub fn start(model: &str, device: &str, args: EngineArgs) -> Result<Self> {
+        let device = parse_device(device)?;
+        let dtype = candle_core::DType::F32;
+        let quant = if args.quantized_matmul { QuantMode::Quantized } else { QuantMode::Dequantize };
+        let loaded = loader::load(model, &device, dtype, quant)?;
+        let cfg = loaded.config.clone();
+        let sizes: EngineSizes = infer_sizes(&args, &cfg, system_memory_bytes(), weight_bytes(&cfg, 4), 4)?;
+        if args.verbose {
+            log::info!(
+                "mode={:?}: max_num_sequence={}, max_total_sequence_length={}, prefill_chunk_size={}, kv blocks={}x{} (memory allows {} tokens)",
+                sizes.mode, sizes.max_num_sequence, sizes.max_total_sequence_length, sizes.prefill_chunk_size,
+                sizes.num_kv_blocks, sizes.kv_block_size, sizes.memory_max_total_sequence_length
+            );
+        }
+        let model_impl = LlamaModel::load(&cfg, &loaded.weights, &device, dtype)?;
+        drop(loaded.weights);
+        let kv = PagedKvCache::new(cfg.num_hidden_layers, sizes.num_kv_blocks, sizes.kv_block_size, cfg.num_key_value_heads, cfg.head_dim, dtype, &device)?;
+        let scheduler = Scheduler::new(SchedulerConfig {
+            max_num_seqs: sizes.max_num_sequence,
+            max_num_batched_tokens: sizes.prefill_chunk_size.max(sizes.max_num_sequence),
+            prefill_chunk_size: sizes.prefill_chunk_size,
+            block_size: sizes.kv_block_size,
+            num_blocks: sizes.num_kv_blocks,
+            enable_prefix_cache: args.prefix_cache,
+        });
+        let tokenizer = Arc::new(loaded.tokenizer);
+        let info = EngineInfo {
+            model: loaded.name,
+            model_path: loaded.path.display().to_string(),
+            architecture: cfg.architecture.name().to_string(),
+            device: device_name(&device),
+            vocab_size: cfg.vocab_size,
+            context_window_size: sizes.max_single_sequence_length.min(sizes.max_total_sequence_length),
+            max_num_sequence: sizes.max_num_sequence,
+            max_total_sequence_length: sizes.max_total_sequence_length,
+            prefill_chunk_size: sizes.prefill_chunk_size,
+            kv_block_size: sizes.kv_block_size,
+            num_kv_blocks: sizes.num_kv_blocks,
+            bos_token: tokenizer.bos_token().map(String::from),
+            eos_token: tokenizer.eos_token().map(String::from),
+            eos_token_ids: tokenizer.eos_token_ids().to_vec(),
+            has_chat_template: tokenizer.chat_template().is_some(),
+            mode: sizes.mode,
+            quantized_matmul: args.quantized_matmul,
+        };
+        let core = EngineCore::new(ModelRunner::new(model_impl, kv), scheduler, tokenizer.clone(), sizes, args.enable_tracing);
+        let (cmd_tx, cmd_rx) = unbounded();
+        let (out_tx, out_rx) = unbounded();
+        let thread = std::thread::Builder::new()
+            .name("mlc-engine".into())
+            .spawn(move || engine_loop(core, cmd_rx, out_tx))?;
+        Ok(EngineHandle {
+            commands: cmd_tx,
+            outputs: out_rx,
+            thread: Mutex::new(Some(thread)),
+            active: Mutex::new(HashSet::new()),
+            tokenizer,
+            info,
+        })
+    }
+
+    pub fn info(&self) -> &EngineInfo {
+        &self.info
+    }
+
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tokenizer
+    }
+
+    /// Validates and queues a request. Errors name the offending field.
+    pub fn add_request(&self, request_id: String, prompt: Vec<u32>, params: SamplingParams) -> Result<()> {
+        if request_id.is_empty() {
+            return Err(EngineError::bad_request("request_id", "must not be empty"));
+        }
+        params.validate(self.info.vocab_size)?;
+        if prompt.is_empty() {
+            return Err(EngineError::bad_request("prompt", "the prompt has no tokens"));
+        }
+        if let Some(t) = prompt.iter().find(|&&t| t as usize >= self.info.vocab_size) {
+            return Err(EngineError::bad_request("prompt", format!("token id {t} is outside the vocabulary (size {})", self.info.vocab_size)));
+        }
+        let window = self.info.context_window_size;
+        if prompt.len() >= window {
+            return Err(EngineError::bad_request(
+                "prompt",
+                format!("the prompt has {} tokens; the context window is {window} (prompt plus at least one new token must fit)", prompt.len()),
+            ));
+        }
+        if let Some(id) = params.stop_token_ids.iter().find(|&&t| t as usize >= self.info.vocab_size) {
+            return Err(EngineError::bad_request("stop_token_ids", format!("token id {id} is outside the vocabulary")));
+        }
+        let room = window - prompt.len();
+        let max_new_tokens = params.max_tokens.map_or(room, |m| m.min(room));
+        {
+            let mut active = self.active.lock().map_err(|_| EngineError::EngineDead("lock poisoned".into()))?;
+            if !active.insert(request_id.clone()) {
+                return Err(EngineError::bad_request("request_id", format!("request id {request_id:?} is already in use")));
+            }
+        }
+        let sent = self.commands.send(Command::Add { request_id: request_id.clone(), prompt, params, max_new_tokens });
+        if sent.is_err() {
+            self.release(&request_id);
+            return Err(EngineError::EngineDead("the engine has been terminated".into()));
+        }
+        Ok(())
+    }
+
+    fn release(&self, request_id: &str) {
+        if let Ok(mut a) = self.active.lock() {
+            a.remove(request_id);
+        }
+    }
+
+    pub fn abort(&self, request_id: &str) {
+        let _ = self.commands.send(Command::Abort(request_id.to_string()));
+    }
+
+    /// Waits up to `timeout` for deltas and returns everything available.
+    pub fn poll(&self, timeout: Duration) -> Result<Vec<Delta>> {
+        let mut out = Vec::new();
+        match self.outputs.recv_timeout(timeout) {
+            Ok(d) => out.push(d),
+            Err(RecvTimeoutError::Timeout) => return Ok(out),
+            Err(RecvTimeoutError::Disconnected) => return Err(EngineError::EngineDead("the engine has stopped".into())),
+        }
+        out.extend(self.outputs.try_iter());
+        for d in out.iter().filter(|d| d.finish_reason.is_some()) {
+            self.release(&d.request_id);
+        }
+        Ok(out)
+    }
+
+    fn ask<T>(&self, make: impl FnOnce(Sender<T>) -> Command) -> Result<T> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.commands.send(make(tx)).map_err(|_| EngineError::EngineDead("the engine has been terminated".into()))?;
+        rx.recv().map_err(|_| EngineError::EngineDead("the engine stopped before answering".into()))
+    }
+
+    pub fn metrics(&self) -> Result<Metrics> {
+        self.ask(Command::Metrics)
+    }
+
+    pub fn trace_json(&self) -> Result<String> {
+        self.ask(Command::Trace)
+    }
+
+    /// Stops the engine thread (pending requests end with "abort"); idempotent.
+    pub fn terminate(&self) {
+        let _ = self.commands.send(Command::Terminate);
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for EngineHandle {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+fn engine_loop(mut core: EngineCore, commands: Receiver<Command>, outputs: Sender<Delta>) {
+    loop {
+        // Block only when idle; otherwise take whatever arrived since the last step.
+        let first = if core.has_work() {
+            commands.try_recv().ok()
+        } else {
+            match commands.recv() {
+                Ok(c) => Some(c),
+                Err(_) => break,
+            }
+        };
+        let mut terminate = false;
+        for cmd in first.into_iter().chain(std::iter::from_fn(|| commands.try_recv().ok())) {
+            match cmd {
+                Command::Add { request_id, prompt, params, max_new_tokens } => core.add(request_id, prompt, params, max_new_tokens),
+                Command::Abort(id) => {
+                    if let Some(d) = core.abort(&id) {
+                        let _ = outputs.send(d);
+                    }
+                }
+                Command::Metrics(tx) => {
+                    let _ = tx.send(core.metrics());
+                }
+                Command::Trace(tx) => {
+                    let _ = tx.send(core.trace_json());
+                }
+                Command::Terminate => terminate = true,
+            }
+        }
+        if terminate {
+            for d in core.abort_all() {
+                let _ = outputs.send(d);
+            }
+            break;
+        }
+        if core.has_work() {
+            // A panic inside a step must not take the process (or the Python interpreter) down:
+            // fail the in-flight requests and keep serving.
+            match std::panic::catch_unwind(AssertUnwindSafe(|| core.step())) {
+                Ok(deltas) => {
+                    for d in deltas {
+                        let _ = outputs.send(d);
+                    }
+                }
+                Err(p) => {
+                    let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "panic".into());
+                    log::error!("engine step panicked: {msg}");
+                    for mut d in core.abort_all() {
+                        d.finish_reason = Some(super::output::FinishReason::Error);
+                        d.error = Some(format!("internal error: {msg}"));
+                        let _ = outputs.send(d);
+                    }
+                }
+            }
+        }
+    }
+}

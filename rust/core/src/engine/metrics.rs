@@ -1,0 +1,44 @@
+//! Engine-wide counters, snapshotted on request.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Metrics {
+    pub num_requests_added: u64,
+    pub num_requests_finished: u64,
+    pub num_requests_aborted: u64,
+    pub num_running: usize,
+    pub num_waiting: usize,
+    pub prefill_tokens: u64,
+    pub decode_tokens: u64,
+    pub prefill_time_s: f64,
+    pub decode_time_s: f64,
+    pub prefill_tokens_per_s: f64,
+    pub decode_tokens_per_s: f64,
+    pub mean_ttft_s: f64,
+    pub sum_ttft_s: f64,
+    pub max_batch_size_seen: usize,
+    pub num_free_blocks: usize,
+    pub num_total_blocks: usize,
+    pub num_preemptions: u64,
+    pub prefix_cache_hit_tokens: u64,
+    pub engine_steps: u64,
+}
+
+impl Metrics {
+    /// Fills the derived rates from the counters.
+    pub fn finalize(&mut self) {
+        self.prefill_tokens_per_s = rate(self.prefill_tokens, self.prefill_time_s);
+        self.decode_tokens_per_s = rate(self.decode_tokens, self.decode_time_s);
+        let n = self.num_requests_finished + self.num_requests_aborted;
+        self.mean_ttft_s = if n > 0 { self.sum_ttft_s / n as f64 } else { 0.0 };
+    }
+}
+
+fn rate(tokens: u64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        tokens as f64 / secs
+    } else {
+        0.0
+    }
+}

@@ -1,0 +1,15 @@
+//! The engine: a core that steps (scheduler -> runner -> sampler -> deltas) owned by one thread,
+//! and a handle that callers use to reach it.
+
+pub mod config;
+pub mod core;
+pub mod handle;
+pub mod metrics;
+pub mod output;
+mod request_state;
+pub mod stop;
+pub mod trace;
+
+pub use config::{EngineArgs, EngineSizes, Mode};
+pub use handle::{EngineHandle, EngineInfo};
+pub use output::{Delta, FinishReason};

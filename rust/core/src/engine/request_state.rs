@@ -1,0 +1,132 @@
+//! What the engine thread keeps per request between steps, and how a sampled token becomes a delta.
+
+use super::output::{Delta, FinishReason, TokenLogprob, TopLogprob, Usage};
+use super::stop::{StopMatcher, StopResult};
+use crate::request::SamplingParams;
+use crate::sampler::{Sampled, SequenceSampler};
+use crate::tokenizer::{IncrementalDetokenizer, Tokenizer};
+use std::time::Instant;
+
+pub struct RequestState {
+    pub request_id: String,
+    pub params: SamplingParams,
+    pub sampler: SequenceSampler,
+    detok: IncrementalDetokenizer,
+    stop: StopMatcher,
+    pub prompt_len: usize,
+    pub num_generated: usize,
+    /// Generated tokens allowed: max_tokens capped by the context window.
+    pub max_new_tokens: usize,
+    pub arrival: Instant,
+    pub first_token: Option<Instant>,
+    pub scheduled_once: bool,
+    /// Prompt tokens computed by this request (not served from the prefix cache).
+    pub prefill_tokens: usize,
+}
+
+impl RequestState {
+    pub fn new(request_id: String, prompt: &[u32], params: SamplingParams, max_new_tokens: usize) -> Self {
+        let sampler = SequenceSampler::new(&params, prompt);
+        let stop = StopMatcher::new(&params.stop);
+        RequestState {
+            request_id,
+            sampler,
+            detok: IncrementalDetokenizer::new(true),
+            stop,
+            prompt_len: prompt.len(),
+            num_generated: 0,
+            max_new_tokens,
+            arrival: Instant::now(),
+            first_token: None,
+            scheduled_once: false,
+            prefill_tokens: 0,
+            params,
+        }
+    }
+
+    fn logprob_entry(tok: &Tokenizer, s: &Sampled) -> TokenLogprob {
+        let text = |id: u32| String::from_utf8_lossy(&tok.token_bytes(id)).into_owned();
+        TokenLogprob {
+            token: text(s.token),
+            logprob: s.logprob,
+            bytes: tok.token_bytes(s.token),
+            top_logprobs: s
+                .top_logprobs
+                .iter()
+                .map(|&(id, lp)| TopLogprob { token: text(id), logprob: lp, bytes: tok.token_bytes(id) })
+                .collect(),
+        }
+    }
+
+    /// Applies one sampled token: text, stop conditions, logprobs. Returns the delta to send.
+    pub fn on_token(&mut self, tok: &Tokenizer, eos_ids: &[u32], s: &Sampled) -> Delta {
+        let now = Instant::now();
+        self.first_token.get_or_insert(now);
+        self.num_generated += 1;
+        self.sampler.observe(s.token);
+        let mut d = Delta::empty(&self.request_id);
+        d.token_ids.push(s.token);
+        if self.params.logprobs {
+            d.logprobs = Some(vec![Self::logprob_entry(tok, s)]);
+        }
+        let is_eos = !self.params.ignore_eos && eos_ids.contains(&s.token);
+        if is_eos || self.params.stop_token_ids.contains(&s.token) {
+            d.text = self.stop.flush();
+            d.finish_reason = Some(FinishReason::Stop);
+        } else {
+            let piece = self.detok.push(tok, s.token);
+            match self.stop.push(&piece) {
+                StopResult::Stopped(t) => {
+                    d.text = t;
+                    d.finish_reason = Some(FinishReason::Stop);
+                }
+                StopResult::Continue(t) => d.text = t,
+            }
+        }
+        if d.finish_reason.is_none() && self.num_generated >= self.max_new_tokens {
+            let tail = self.detok.finish();
+            match self.stop.push(&tail) {
+                StopResult::Stopped(t) => {
+                    d.text.push_str(&t);
+                    d.finish_reason = Some(FinishReason::Stop);
+                }
+                StopResult::Continue(t) => {
+                    d.text.push_str(&t);
+                    d.text.push_str(&self.stop.flush());
+                    d.finish_reason = Some(FinishReason::Length);
+                }
+            }
+        }
+        if d.finish_reason.is_some() {
+            d.usage = Some(self.usage(now));
+        }
+        d
+    }
+
+    pub fn usage(&self, now: Instant) -> Usage {
+        let e2e = now.duration_since(self.arrival).as_secs_f64();
+        let ttft = self.first_token.map(|t| t.duration_since(self.arrival).as_secs_f64()).unwrap_or(e2e);
+        let decode_time = e2e - ttft;
+        Usage {
+            prompt_tokens: self.prompt_len,
+            completion_tokens: self.num_generated,
+            prefill_tokens: self.prefill_tokens,
+            ttft_s: ttft,
+            end_to_end_latency_s: e2e,
+            decode_tokens_per_s: if decode_time > 0.0 && self.num_generated > 1 {
+                (self.num_generated - 1) as f64 / decode_time
+            } else {
+                0.0
+            },
+        }
+    }
+
+    /// The final delta of a request that ends without a token (abort or error).
+    pub fn terminal(&self, reason: FinishReason, error: Option<String>) -> Delta {
+        let mut d = Delta::empty(&self.request_id);
+        d.finish_reason = Some(reason);
+        d.error = error;
+        d.usage = Some(self.usage(Instant::now()));
+        d
+    }
+}

@@ -1,0 +1,97 @@
+//! GGUF files: llama.cpp's tensor names mapped to HF names, quantized or dequantized weights.
+
+use super::QuantMode;
+use crate::error::{EngineError, Result};
+use crate::model::config::ModelConfig;
+use crate::model::linear::{Linear, Weight};
+use crate::tokenizer::Tokenizer;
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Tensor};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+pub struct GgufWeights {
+    content: gguf_file::Content,
+    // Reads seek the shared handle; loading happens on one thread, the lock only makes that explicit.
+    file: Mutex<File>,
+    path: PathBuf,
+    device: Device,
+    dtype: DType,
+    quant: QuantMode,
+}
+
+pub fn load(path: &Path, device: &Device, dtype: DType, quant: QuantMode) -> Result<(ModelConfig, GgufWeights, Tokenizer)> {
+    let shown = path.display().to_string();
+    let mut file = File::open(path).map_err(|e| EngineError::model_load(&shown, e.to_string()))?;
+    let content = gguf_file::Content::read(&mut file)
+        .map_err(|e| EngineError::model_load(&shown, format!("not a valid GGUF file: {e}")))?;
+    let has_output = content.tensor_infos.contains_key("output.weight");
+    let config = ModelConfig::from_gguf(&content.metadata, has_output, &shown)?;
+    let tokenizer = Tokenizer::from_gguf(&content, path)?;
+    let weights = GgufWeights { content, file: Mutex::new(file), path: path.to_path_buf(), device: device.clone(), dtype, quant };
+    Ok((config, weights, tokenizer))
+}
+
+/// `model.layers.3.self_attn.q_proj.weight` -> `blk.3.attn_q.weight`.
+fn gguf_name(hf: &str) -> Option<String> {
+    let fixed = [
+        ("model.embed_tokens", "token_embd"),
+        ("model.norm", "output_norm"),
+        ("lm_head", "output"),
+    ];
+    for (h, g) in fixed {
+        if let Some(rest) = hf.strip_prefix(h) {
+            return Some(format!("{g}{rest}"));
+        }
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (idx, rest) = rest.split_once('.')?;
+    let (module, suffix) = rest.rsplit_once('.')?;
+    let g = match module {
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "self_attn.q_norm" => "attn_q_norm",
+        "self_attn.k_norm" => "attn_k_norm",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("blk.{idx}.{g}.{suffix}"))
+}
+
+impl GgufWeights {
+    fn qtensor(&self, hf: &str) -> Result<QTensor> {
+        let name = gguf_name(hf).ok_or_else(|| EngineError::model_load(self.path.display().to_string(), format!("no GGUF name for {hf}")))?;
+        let mut file = self.file.lock().map_err(|_| EngineError::model_load(self.path.display().to_string(), "file lock poisoned"))?;
+        self.content.tensor(&mut *file, &name, &self.device).map_err(|e| {
+            EngineError::model_load(self.path.display().to_string(), format!("tensor {name}: {e}"))
+        })
+    }
+
+    pub fn contains(&self, hf: &str) -> bool {
+        gguf_name(hf).is_some_and(|n| self.content.tensor_infos.contains_key(&n))
+    }
+
+    /// The named tensor dequantized to the compute dtype.
+    pub fn tensor(&self, hf: &str) -> Result<Tensor> {
+        Ok(self.qtensor(hf)?.dequantize(&self.device)?.to_dtype(self.dtype)?)
+    }
+
+    pub fn linear(&self, hf_prefix: &str, bias: bool) -> Result<Linear> {
+        let q = self.qtensor(&format!("{hf_prefix}.weight"))?;
+        let float = matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+        let weight = if self.quant == QuantMode::Quantized && !float {
+            Weight::Quantized(QMatMul::from_qtensor(q)?)
+        } else {
+            Weight::Dense(q.dequantize(&self.device)?.to_dtype(self.dtype)?)
+        };
+        let bias = if bias { Some(self.tensor(&format!("{hf_prefix}.bias"))?) } else { None };
+        Ok(Linear { weight, bias })
+    }
+}

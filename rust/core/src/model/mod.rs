@@ -1,0 +1,8 @@
+//! Model definitions: our own forward passes over positions and paged-attention metadata.
+
+pub mod config;
+pub mod linear;
+pub mod llama;
+
+pub use config::{Architecture, ModelConfig, RopeStyle};
+pub use llama::LlamaModel;
