@@ -1,0 +1,1 @@
+"""Runnable copies of the MLC LLM quick-start examples, pointed at the embedded default model."""

@@ -1,0 +1,20 @@
+"""MLC LLM's quick-start example (synchronous, streaming), with only the model path changed."""
+
+from mlc_llm import MLCEngine
+from mlc_llm.examples.default_model import smollm2_path
+
+# Create engine
+model = smollm2_path()
+engine = MLCEngine(model)
+
+# Run chat completion in OpenAI API.
+for response in engine.chat.completions.create(
+    messages=[{"role": "user", "content": "What is the meaning of life?"}],
+    model=model,
+    stream=True,
+):
+    for choice in response.choices:
+        print(choice.delta.content, end="", flush=True)
+print("\n")
+
+engine.terminate()
