@@ -1,0 +1,443 @@
+"""OpenAI-compatible request and response models.
+
+Field names and nesting follow the openai SDK's types, so that a response built here validates as the
+SDK's own class (`openai.types.chat.ChatCompletion.model_validate(obj.model_dump())`) and a request
+written for OpenAI or MLC LLM is accepted unchanged. Pydantic checks types and ranges field by field;
+`parse_request` turns its `ValidationError` into `BadRequestError` naming the field, and each request's
+`check()` adds the rules that span fields or that this engine does not implement (`UnsupportedError`,
+never a silent ignore).
+"""
+
+import time
+from typing import Any, Dict, List, Literal, Mapping, Optional, Type, TypeVar, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator
+
+from .errors import BadRequestError, UnsupportedError
+
+# ---------------------------------------------------------------------------------------------
+# Requests
+# ---------------------------------------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    """Rejects unknown fields: a misspelt option must fail loudly rather than be ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ContentPart(BaseModel):
+    """One part of a list-valued message content. Only text parts can be served (checked later,
+    so that an image part is reported as unsupported rather than as malformed)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["text", "image_url", "input_audio", "file", "refusal"]
+    text: Optional[str] = None
+
+
+class FunctionCall(BaseModel):
+    name: str
+    # Some clients send parsed arguments; templates receive whatever the caller gave.
+    arguments: Union[str, Dict[str, Any]] = "{}"
+
+
+class ChatToolCall(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: Optional[str] = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessage(_Strict):
+    """A message of the conversation sent by the caller (any role)."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Optional[Union[str, List[ContentPart]]] = None
+    name: Optional[str] = None
+    tool_calls: Optional[List[ChatToolCall]] = None
+    tool_call_id: Optional[str] = None
+    # Present when a caller appends an SDK response message to the history as it came back.
+    refusal: Optional[str] = None
+    annotations: Optional[List[Any]] = None
+    audio: Optional[Any] = None
+    function_call: Optional[Any] = None
+
+    def text(self) -> Optional[str]:
+        """The content as one string: text parts joined the way OpenAI-compatible servers do."""
+        if self.content is None or isinstance(self.content, str):
+            return self.content
+        return "\n".join(part.text or "" for part in self.content)
+
+
+class FunctionDefinition(_Strict):
+    name: str
+    description: Optional[str] = None
+    parameters: Optional[Dict[str, Any]] = None
+    strict: Optional[bool] = None
+
+
+class ChatTool(_Strict):
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class NamedFunction(_Strict):
+    name: str
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"] = "function"
+    function: NamedFunction
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+    include_obfuscation: Optional[bool] = None
+
+
+class ResponseFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: Optional[Dict[str, Any]] = None
+    schema_: Optional[Dict[str, Any]] = Field(default=None, alias="schema")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class DebugConfig(_Strict):
+    """MLC's `extra_body["debug_config"]`; only `ignore_eos` has an effect here."""
+
+    ignore_eos: bool = False
+    pinned_system_prompt: bool = False
+    special_request: Optional[str] = None
+    grammar_execution_mode: Optional[str] = None
+
+
+Penalty = Optional[float]
+
+
+class _SamplingFields(_Strict):
+    """The sampling options shared by chat and text completions (OpenAI's plus MLC/vLLM extras)."""
+
+    model: Optional[str] = None
+    frequency_penalty: Penalty = Field(default=None, ge=-2.0, le=2.0, strict=True)
+    presence_penalty: Penalty = Field(default=None, ge=-2.0, le=2.0, strict=True)
+    logit_bias: Optional[Dict[Union[int, str], float]] = None
+    max_tokens: Optional[int] = Field(default=None, ge=1, strict=True)
+    n: int = Field(default=1, ge=1, strict=True)
+    seed: Optional[int] = Field(default=None, strict=True)
+    stop: Optional[Union[str, List[str]]] = None
+    stream: bool = Field(default=False, strict=True)
+    stream_options: Optional[StreamOptions] = None
+    temperature: Optional[float] = Field(default=None, ge=0.0, le=2.0, strict=True)
+    top_p: Optional[float] = Field(default=None, gt=0.0, le=1.0, strict=True)
+    user: Optional[str] = None
+    request_id: Optional[str] = None
+    best_of: Optional[int] = Field(default=None, strict=True)
+    top_k: Optional[int] = Field(default=None, ge=-1, strict=True)
+    min_p: Optional[float] = Field(default=None, ge=0.0, le=1.0, strict=True)
+    repetition_penalty: Optional[float] = Field(default=None, gt=0.0, strict=True)
+    ignore_eos: Optional[bool] = Field(default=None, strict=True)
+    debug_config: Optional[DebugConfig] = None
+    response_format: Optional[ResponseFormat] = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_id_keys(cls, value: Optional[Dict[Union[int, str], float]]) -> Optional[Dict[int, float]]:
+        """OpenAI sends token ids as JSON object keys (strings); the engine wants integers."""
+        if value is None:
+            return None
+        out: Dict[int, float] = {}
+        for key, bias in value.items():
+            try:
+                token_id = int(key)
+            except ValueError:
+                raise ValueError(f"key {key!r} is not a token id") from None
+            if token_id < 0:
+                raise ValueError(f"token id {token_id} is negative")
+            if not -100.0 <= bias <= 100.0:
+                raise ValueError(f"bias {bias} for token {token_id} is not between -100 and 100")
+            out[token_id] = bias
+        return out
+
+    @field_validator("stop")
+    @classmethod
+    def _non_empty_stops(cls, value: Optional[Union[str, List[str]]]) -> Optional[Union[str, List[str]]]:
+        stops = [value] if isinstance(value, str) else value or []
+        if any(s == "" for s in stops):
+            raise ValueError("stop strings must not be empty")
+        return value
+
+    def stop_list(self) -> List[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def effective_ignore_eos(self) -> bool:
+        return bool(self.ignore_eos or (self.debug_config and self.debug_config.ignore_eos))
+
+    def check(self) -> None:
+        """Rules spanning fields, and options this engine does not implement."""
+        if self.stream_options is not None and not self.stream:
+            raise BadRequestError("stream_options is only allowed when stream is true", "stream_options")
+        if self.best_of is not None and self.best_of != 1:
+            raise UnsupportedError("best_of other than 1 is not supported; use n", "best_of")
+        dbg = self.debug_config
+        if dbg is not None and (dbg.pinned_system_prompt or dbg.special_request or dbg.grammar_execution_mode):
+            raise UnsupportedError("debug_config supports only ignore_eos", "debug_config")
+        if self.response_format is not None and self.response_format.type != "text":
+            raise UnsupportedError(
+                f"response_format {self.response_format.type!r} is not implemented yet", "response_format"
+            )
+
+
+class ChatCompletionRequest(_SamplingFields):
+    """The body of POST /v1/chat/completions (and the keyword arguments of chat.completions.create)."""
+
+    messages: List[ChatMessage] = Field(min_length=1)
+    logprobs: bool = Field(default=False, strict=True)
+    top_logprobs: Optional[int] = Field(default=None, ge=0, le=20, strict=True)
+    max_completion_tokens: Optional[int] = Field(default=None, ge=1, strict=True)
+    tools: Optional[List[ChatTool]] = None
+    tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = None
+
+    def check(self) -> None:
+        super().check()
+        if self.top_logprobs and not self.logprobs:
+            raise BadRequestError("top_logprobs requires logprobs to be true", "top_logprobs")
+        if (
+            self.max_tokens is not None
+            and self.max_completion_tokens is not None
+            and self.max_tokens != self.max_completion_tokens
+        ):
+            raise BadRequestError("max_tokens and max_completion_tokens disagree", "max_completion_tokens")
+        if self.tool_choice is not None and self.tool_choice not in ("none", "auto"):
+            raise UnsupportedError("tool_choice other than 'none' or 'auto' is not implemented yet", "tool_choice")
+        for i, message in enumerate(self.messages):
+            self._check_message(i, message)
+
+    @staticmethod
+    def _check_message(i: int, message: ChatMessage) -> None:
+        where = f"messages[{i}]"
+        if message.content is None and not (message.role == "assistant" and message.tool_calls):
+            raise BadRequestError(f"{where}.content is required for role {message.role!r}", "messages")
+        if message.tool_calls and message.role != "assistant":
+            raise BadRequestError(f"{where}.tool_calls is only allowed on assistant messages", "messages")
+        if message.function_call is not None or message.audio is not None:
+            raise UnsupportedError(f"{where}: function_call and audio are not supported", "messages")
+        if isinstance(message.content, list):
+            for part in message.content:
+                if part.type != "text":
+                    raise UnsupportedError(f"{where}: content parts of type {part.type!r} are not supported", "messages")
+                if part.text is None:
+                    raise BadRequestError(f"{where}: a text content part needs 'text'", "messages")
+
+    def max_new_tokens(self) -> Optional[int]:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    def uses_tools(self) -> bool:
+        """Tools are rendered into the prompt unless the caller turned them off."""
+        return bool(self.tools) and self.tool_choice != "none"
+
+
+class CompletionRequest(_SamplingFields):
+    """The body of POST /v1/completions. `logprobs` is OpenAI's legacy integer (top-k count) or
+    MLC's boolean with `top_logprobs`."""
+
+    prompt: Union[str, List[int]]
+    echo: bool = Field(default=False, strict=True)
+    suffix: Optional[str] = None
+    logprobs: Optional[Union[StrictBool, StrictInt]] = None
+    top_logprobs: Optional[int] = Field(default=None, ge=0, le=20, strict=True)
+
+    @field_validator("prompt")
+    @classmethod
+    def _non_empty_prompt(cls, value: Union[str, List[int]]) -> Union[str, List[int]]:
+        if isinstance(value, list) and (not value or any(t < 0 for t in value)):
+            raise ValueError("a token-id prompt must be a non-empty list of non-negative ids")
+        return value
+
+    @field_validator("logprobs")
+    @classmethod
+    def _logprobs_range(cls, value: Optional[Union[bool, int]]) -> Optional[Union[bool, int]]:
+        if value is not None and not isinstance(value, bool) and not 0 <= value <= 20:
+            raise ValueError("logprobs must be between 0 and 20")
+        return value
+
+    def check(self) -> None:
+        super().check()
+        if self.suffix:
+            raise UnsupportedError("suffix (insertion) is not supported", "suffix")
+        if self.top_logprobs and not self.wants_logprobs():
+            raise BadRequestError("top_logprobs requires logprobs", "top_logprobs")
+        if self.echo and self.wants_logprobs():
+            raise UnsupportedError("echo together with logprobs (prompt logprobs) is not supported", "echo")
+
+    def wants_logprobs(self) -> bool:
+        return self.logprobs is not None and self.logprobs is not False
+
+    def num_top_logprobs(self) -> int:
+        if isinstance(self.logprobs, bool) or self.logprobs is None:
+            return self.top_logprobs or 0
+        return self.logprobs
+
+
+RequestT = TypeVar("RequestT", bound=_SamplingFields)
+
+
+def parse_request(cls: Type[RequestT], kwargs: Mapping[str, Any]) -> RequestT:
+    """Validates keyword arguments (with `extra_body` merged in) into `cls`.
+
+    Raises BadRequestError naming the first offending field, so callers never see pydantic's error type.
+    """
+    data = {k: v for k, v in kwargs.items() if k != "extra_body"}
+    extra_body = kwargs.get("extra_body")
+    if extra_body is not None:
+        if not isinstance(extra_body, Mapping):
+            raise BadRequestError("extra_body must be a dict", "extra_body")
+        data.update(extra_body)
+    try:
+        request = cls.model_validate(data)
+    except ValidationError as err:
+        raise _bad_request(err) from None
+    request.check()
+    return request
+
+
+def _bad_request(err: ValidationError) -> BadRequestError:
+    first = err.errors(include_url=False)[0]
+    loc = first.get("loc", ())
+    field = str(loc[0]) if loc else "request"
+    path = field + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc[1:] if _is_field_name(p))
+    if first.get("type") == "extra_forbidden":
+        return BadRequestError(f"unknown field {path!r}", field)
+    return BadRequestError(f"invalid {path!r}: {first.get('msg', 'invalid value')}", field)
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none"}
+
+
+def _is_field_name(part: Union[int, str]) -> bool:
+    """Pydantic puts union member tags (`str`, `list[ContentPart]`) into error locations; drop them."""
+    return isinstance(part, int) or (part.isidentifier() and part not in _TYPE_TAGS)
+
+
+# ---------------------------------------------------------------------------------------------
+# Responses (shaped like openai.types.*)
+# ---------------------------------------------------------------------------------------------
+
+FinishReason = Literal["stop", "length", "tool_calls", "abort"]
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: Optional[List[int]] = None
+
+
+class ChatCompletionTokenLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: Optional[List[int]] = None
+    top_logprobs: List[TopLogprob] = Field(default_factory=list)
+
+
+class ChoiceLogprobs(BaseModel):
+    content: Optional[List[ChatCompletionTokenLogprob]] = None
+    refusal: Optional[List[ChatCompletionTokenLogprob]] = None
+
+
+class CompletionUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    # MLC's engine statistics (ttft, latency, throughput); extra fields are accepted by the SDK.
+    extra: Optional[Dict[str, Any]] = None
+
+
+class ChatCompletionMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: Optional[str] = None
+    refusal: Optional[str] = None
+    tool_calls: Optional[List[ChatToolCall]] = None
+
+
+class ChatCompletionChoice(BaseModel):
+    index: int
+    message: ChatCompletionMessage
+    finish_reason: FinishReason
+    logprobs: Optional[ChoiceLogprobs] = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: List[ChatCompletionChoice]
+    usage: Optional[CompletionUsage] = None
+    system_fingerprint: Optional[str] = None
+
+
+class ChoiceDelta(BaseModel):
+    role: Optional[Literal["assistant"]] = None
+    content: Optional[str] = None
+    refusal: Optional[str] = None
+    tool_calls: Optional[List[Dict[str, Any]]] = None
+
+
+class ChatCompletionChunkChoice(BaseModel):
+    index: int
+    delta: ChoiceDelta
+    finish_reason: Optional[FinishReason] = None
+    logprobs: Optional[ChoiceLogprobs] = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: List[ChatCompletionChunkChoice]
+    usage: Optional[CompletionUsage] = None
+    system_fingerprint: Optional[str] = None
+
+
+class Logprobs(BaseModel):
+    """The legacy completions logprobs shape (parallel lists)."""
+
+    tokens: List[str] = Field(default_factory=list)
+    token_logprobs: List[float] = Field(default_factory=list)
+    top_logprobs: List[Dict[str, float]] = Field(default_factory=list)
+    text_offset: List[int] = Field(default_factory=list)
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    # None only on stream chunks that do not end the choice.
+    finish_reason: Optional[FinishReason] = None
+    logprobs: Optional[Logprobs] = None
+
+
+class Completion(BaseModel):
+    """A text completion, streamed or not (OpenAI uses one shape for both)."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: List[CompletionChoice]
+    usage: Optional[CompletionUsage] = None
+    system_fingerprint: Optional[str] = None
+
+
+# MLC's names for the same classes, so code written against mlc_llm keeps importing them.
+ChatCompletionResponse = ChatCompletion
+ChatCompletionStreamResponse = ChatCompletionChunk
+CompletionResponse = Completion
+CompletionLogProbs = Logprobs

@@ -1,0 +1,194 @@
+"""Engine arguments: MLC's `EngineConfig`, their validation, and the JSON handed to `_core.Engine`.
+
+Arguments are checked here, before the model is loaded, so that a typo fails in milliseconds with a
+`BadRequestError` naming the argument instead of after a model load. Options that MLC has and this
+engine does not implement raise `UnsupportedError`; options that only tune MLC's compiler are accepted
+and logged as having no effect.
+"""
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+from ..protocol.errors import BadRequestError, UnsupportedError
+
+logger = logging.getLogger("mlc_llm.serve")
+
+MODES = ("local", "interactive", "server")
+SPECULATIVE_MODES = ("disable", "small_draft", "eagle", "medusa")
+PREFIX_CACHE_MODES = ("disable", "radix")
+
+
+@dataclass
+class EngineConfig:
+    """MLC LLM's engine configuration (same field names), accepted as `engine_config=`.
+
+    `None` means "let the engine choose for the mode"; explicit keyword arguments of the engine
+    constructor take precedence over the values here.
+    """
+
+    model: Optional[str] = None
+    model_lib: Optional[str] = None
+    additional_models: List[Union[str, Tuple[str, str]]] = field(default_factory=list)
+    mode: Optional[str] = None
+    tensor_parallel_shards: Optional[int] = None
+    pipeline_parallel_stages: Optional[int] = None
+    opt: Optional[str] = None
+    gpu_memory_utilization: Optional[float] = None
+    kv_cache_page_size: Optional[int] = None
+    max_num_sequence: Optional[int] = None
+    max_total_sequence_length: Optional[int] = None
+    max_single_sequence_length: Optional[int] = None
+    prefill_chunk_size: Optional[int] = None
+    sliding_window_size: Optional[int] = None
+    attention_sink_size: Optional[int] = None
+    max_history_size: Optional[int] = None
+    kv_state_kind: Optional[str] = None
+    speculative_mode: str = "disable"
+    spec_draft_length: int = 0
+    spec_tree_width: int = 1
+    prefix_cache_mode: str = "radix"
+    prefix_cache_max_num_recycling_seqs: Optional[int] = None
+    prefill_mode: str = "hybrid"
+    verbose: bool = True
+
+    def asjson(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class EngineArgs:
+    """The constructor arguments of MLCEngine / AsyncMLCEngine after merging `engine_config`."""
+
+    model: str
+    device: str
+    model_lib: Optional[str]
+    mode: str
+    additional_models: List[Union[str, Tuple[str, str]]]
+    max_batch_size: Optional[int]
+    max_total_sequence_length: Optional[int]
+    prefill_chunk_size: Optional[int]
+    max_history_size: Optional[int]
+    gpu_memory_utilization: Optional[float]
+    speculative_mode: str
+    spec_draft_length: int
+    enable_tracing: bool
+    verbose: bool
+    kv_cache_page_size: Optional[int] = None
+    prefix_cache: bool = True
+
+    def core_config(self) -> Dict[str, Any]:
+        """The `config_json` object of `_core.Engine` (see _core.pyi)."""
+        return {
+            "mode": self.mode,
+            "max_num_sequence": self.max_batch_size,
+            "max_total_sequence_length": self.max_total_sequence_length,
+            "prefill_chunk_size": self.prefill_chunk_size,
+            "max_history_size": self.max_history_size,
+            "gpu_memory_utilization": self.gpu_memory_utilization,
+            "kv_cache_page_size": self.kv_cache_page_size,
+            "prefix_cache": self.prefix_cache,
+            "enable_tracing": self.enable_tracing,
+            "verbose": self.verbose,
+        }
+
+
+def merge_engine_config(args: EngineArgs, config: Optional[EngineConfig]) -> EngineArgs:
+    """Fills the arguments left at their defaults from `config` (MLC's `engine_config=`)."""
+    if config is None:
+        return args
+    if not isinstance(config, EngineConfig):
+        raise BadRequestError("engine_config must be an mlc_llm.serve.EngineConfig", "engine_config")
+    _reject_unsupported_config(config)
+    merged = dataclasses.replace(args)
+    if config.mode is not None and args.mode == "local":
+        merged.mode = config.mode
+    if args.model_lib is None:
+        merged.model_lib = config.model_lib
+    if not args.additional_models:
+        merged.additional_models = list(config.additional_models)
+    if args.speculative_mode == "disable":
+        merged.speculative_mode = config.speculative_mode
+    pairs = (
+        ("max_batch_size", config.max_num_sequence),
+        ("max_total_sequence_length", config.max_total_sequence_length),
+        ("prefill_chunk_size", config.prefill_chunk_size),
+        ("max_history_size", config.max_history_size),
+        ("gpu_memory_utilization", config.gpu_memory_utilization),
+    )
+    for name, value in pairs:
+        if getattr(args, name) is None:
+            setattr(merged, name, value)
+    merged.kv_cache_page_size = config.kv_cache_page_size
+    if config.prefix_cache_mode not in PREFIX_CACHE_MODES:
+        raise BadRequestError(f"prefix_cache_mode must be one of {PREFIX_CACHE_MODES}", "prefix_cache_mode")
+    merged.prefix_cache = config.prefix_cache_mode == "radix"
+    merged.verbose = args.verbose and config.verbose
+    return merged
+
+
+def _reject_unsupported_config(config: EngineConfig) -> None:
+    for name in ("tensor_parallel_shards", "pipeline_parallel_stages"):
+        value = getattr(config, name)
+        if value is not None and value != 1:
+            raise UnsupportedError(f"{name} > 1 (multi-GPU) is not supported yet", name)
+    for name in ("sliding_window_size", "attention_sink_size", "max_single_sequence_length"):
+        value = getattr(config, name)
+        if value is not None and value != -1:
+            raise UnsupportedError(f"{name} cannot be overridden; it comes from the model", name)
+    if config.kv_state_kind not in (None, "kv_cache"):
+        raise UnsupportedError("only kv_state_kind='kv_cache' is supported", "kv_state_kind")
+    if config.opt is not None or config.prefill_mode != "hybrid":
+        logger.info("opt and prefill_mode tune MLC's compiler; kernels here are built in, so they have no effect")
+
+
+def validate_engine_args(args: EngineArgs) -> None:
+    """Raises BadRequestError / UnsupportedError naming the first invalid argument."""
+    if not isinstance(args.model, str) or not args.model:
+        raise BadRequestError("model must be a non-empty path or HF:// name", "model")
+    if not isinstance(args.device, str) or not args.device:
+        raise BadRequestError("device must be a string such as 'auto', 'cpu' or 'cuda:0'", "device")
+    if args.mode not in MODES:
+        raise BadRequestError(f"mode must be one of {MODES}, got {args.mode!r}", "mode")
+    if args.speculative_mode not in SPECULATIVE_MODES:
+        raise BadRequestError(
+            f"speculative_mode must be one of {SPECULATIVE_MODES}, got {args.speculative_mode!r}", "speculative_mode"
+        )
+    if args.speculative_mode != "disable":
+        raise UnsupportedError(
+            f"speculative_mode {args.speculative_mode!r} is not implemented yet; use 'disable'", "speculative_mode"
+        )
+    if args.additional_models:
+        raise BadRequestError("additional_models are draft models and need a speculative_mode", "additional_models")
+    for name in ("max_batch_size", "max_total_sequence_length", "prefill_chunk_size", "max_history_size"):
+        _check_positive_int(name, getattr(args, name))
+    if not _is_int(args.spec_draft_length) or args.spec_draft_length < 0:
+        raise BadRequestError("spec_draft_length must be a non-negative integer (0 = adaptive)", "spec_draft_length")
+    util = args.gpu_memory_utilization
+    if util is not None and (isinstance(util, bool) or not isinstance(util, (int, float)) or not 0.0 < util <= 1.0):
+        raise BadRequestError(f"gpu_memory_utilization must be in (0, 1], got {util!r}", "gpu_memory_utilization")
+    if args.kv_cache_page_size is not None:
+        _check_positive_int("kv_cache_page_size", args.kv_cache_page_size)
+    _check_model_lib(args.model_lib, args.verbose)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if value is not None and (not _is_int(value) or value < 1):
+        raise BadRequestError(f"{name} must be a positive integer, got {value!r}", name)
+
+
+def _check_model_lib(model_lib: Optional[str], verbose: bool) -> None:
+    """MLC needs a compiled model library; here kernels ship inside the package, so the argument is
+    only checked (a wrong path is still a caller mistake worth reporting)."""
+    if model_lib is None:
+        return
+    if not isinstance(model_lib, (str, os.PathLike)) or not os.path.exists(model_lib):
+        raise BadRequestError(f"model_lib {model_lib!r} does not exist", "model_lib")
+    if verbose:
+        logger.info("model_lib %s is not needed: the kernels are built into mlc_llm; ignoring it", model_lib)

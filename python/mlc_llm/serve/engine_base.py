@@ -1,0 +1,381 @@
+"""What MLCEngine and AsyncMLCEngine share: construction of the native engine, turning validated
+requests into engine requests, the registry of running requests, and lifecycle (abort, reset,
+metrics, tracing, terminate).
+
+The two public classes differ only in how a caller waits (a plain queue vs. an asyncio queue), so
+everything that does not wait lives here.
+"""
+
+import atexit
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import uuid
+import weakref
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+from .._native import load_core
+from ..protocol.errors import BadRequestError, EngineDeadError
+from ..protocol.openai_api_protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, parse_request
+from .config import EngineArgs, EngineConfig, merge_engine_config, validate_engine_args
+from .metrics import EngineMetrics
+from .responses import ChatResponseBuilder, CompletionResponseBuilder
+from .stream import Sink, StreamBack
+
+logger = logging.getLogger("mlc_llm.serve")
+
+_SEED_MODULUS = 1 << 64
+_live_engines: "weakref.WeakSet[EngineBase]" = weakref.WeakSet()
+
+
+@atexit.register
+def _terminate_live_engines() -> None:
+    """Stops engine threads before the interpreter tears down, so no thread calls into a dying
+    interpreter (callers often forget terminate())."""
+    for engine in list(_live_engines):
+        try:
+            engine.terminate()
+        except Exception:
+            pass
+
+
+def _ensure_log_handler() -> None:
+    """`verbose=True` promises visible logs; add a stderr handler only if the application set none."""
+    package_logger = logging.getLogger("mlc_llm")
+    if package_logger.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[%(asctime)s] %(levelname)s %(name)s: %(message)s"))
+    package_logger.addHandler(handler)
+    package_logger.setLevel(logging.INFO)
+
+
+@dataclass
+class PreparedRequest:
+    """A validated request ready for the engine: one prompt, one params JSON per choice."""
+
+    request_id: str
+    engine_ids: List[str]
+    prompt_token_ids: List[int]
+    params_json: List[str]
+    stream: bool
+    builder: Union[ChatResponseBuilder, CompletionResponseBuilder]
+
+
+class EngineSubmission:
+    """The engine-side handle of one running user request (see stream.Submission)."""
+
+    def __init__(self, engine: "EngineBase", request_id: str, engine_ids: List[str]) -> None:
+        self._engine = engine
+        self.request_id = request_id
+        self.engine_ids = engine_ids
+        self._released = False
+
+    def cancel(self) -> None:
+        if self._released:
+            return
+        core = self._engine._core
+        for engine_id in self.engine_ids:
+            try:
+                core.abort(engine_id)
+            except Exception:  # the engine may already be gone; nothing is left to stop then
+                pass
+        self.release()
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._engine._forget(self.request_id, self.engine_ids)
+
+
+class EngineBase:
+    """The native engine plus its stream-back thread and request registry."""
+
+    def __init__(
+        self,
+        model: str,
+        device: str = "auto",
+        *,
+        model_lib: Optional[str] = None,
+        mode: str = "local",
+        engine_config: Optional[EngineConfig] = None,
+        additional_models: Optional[List[Union[str, Tuple[str, str]]]] = None,
+        max_batch_size: Optional[int] = None,
+        max_total_sequence_length: Optional[int] = None,
+        prefill_chunk_size: Optional[int] = None,
+        max_history_size: Optional[int] = None,
+        gpu_memory_utilization: Optional[float] = None,
+        speculative_mode: str = "disable",
+        spec_draft_length: int = 4,
+        enable_tracing: bool = False,
+        verbose: bool = True,
+    ) -> None:
+        self._terminated = True  # until construction succeeds, terminate() has nothing to stop
+        args = EngineArgs(
+            model=os.fspath(model) if isinstance(model, os.PathLike) else model,
+            device=device,
+            model_lib=model_lib,
+            mode=mode,
+            additional_models=list(additional_models or []),
+            max_batch_size=max_batch_size,
+            max_total_sequence_length=max_total_sequence_length,
+            prefill_chunk_size=prefill_chunk_size,
+            max_history_size=max_history_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            speculative_mode=speculative_mode,
+            spec_draft_length=spec_draft_length,
+            enable_tracing=enable_tracing,
+            verbose=verbose,
+        )
+        if args.verbose:
+            _ensure_log_handler()
+        args = merge_engine_config(args, engine_config)
+        validate_engine_args(args)
+        self._args = args
+        core_module = load_core()
+        self._core = core_module.Engine(args.model, args.device, json.dumps(args.core_config()))
+        self._info: Dict[str, Any] = json.loads(self._core.info())
+        self._lock = threading.Lock()
+        self._active: Dict[str, List[str]] = {}
+        self._stream_back = StreamBack(self._core)
+        self._stream_back.start()
+        self._terminated = False
+        _live_engines.add(self)
+        if args.verbose:
+            self._log_sizes()
+
+    # ------------------------------------------------------------------ introspection
+
+    @property
+    def model(self) -> str:
+        return self._args.model
+
+    @property
+    def info(self) -> Dict[str, Any]:
+        """The engine's resolved configuration and model facts (see _core.pyi `info`)."""
+        return dict(self._info)
+
+    def _log_sizes(self) -> None:
+        info = self._info
+        logger.info(
+            "engine ready: model=%s (%s) device=%s mode=%s max_num_sequence=%s max_total_sequence_length=%s "
+            "prefill_chunk_size=%s kv blocks=%s x %s tokens, context window=%s",
+            info.get("model"),
+            info.get("architecture"),
+            info.get("device"),
+            self._args.mode,
+            info.get("max_num_sequence"),
+            info.get("max_total_sequence_length"),
+            info.get("prefill_chunk_size"),
+            info.get("num_kv_blocks"),
+            info.get("kv_block_size"),
+            info.get("context_window_size"),
+        )
+
+    # ------------------------------------------------------------------ request preparation
+
+    def _prepare_chat(self, kwargs: Dict[str, Any]) -> PreparedRequest:
+        request = parse_request(ChatCompletionRequest, kwargs)
+        messages = [_message_for_template(m) for m in request.messages]
+        tools_json = None
+        if request.uses_tools():
+            tools_json = json.dumps([t.model_dump(exclude_none=True) for t in request.tools or ()])
+        prompt = self._core.apply_chat_template(json.dumps(messages), True, tools_json)
+        # The rendered template already holds BOS and every special token.
+        prompt_ids = self._core.tokenize(prompt, False)
+        request_id = request.request_id or f"chatcmpl-{uuid.uuid4().hex}"
+        engine_ids = _engine_ids(request_id, request.n)
+        top = request.top_logprobs or 0
+        builder = ChatResponseBuilder(
+            response_id=request_id,
+            model=request.model or self._model_name(),
+            created=int(time.time()),
+            engine_ids=engine_ids,
+            prompt_tokens=len(prompt_ids),
+            stream=request.stream,
+            include_usage=request.include_usage(),
+            logprobs=request.logprobs,
+        )
+        params = _sampling_params(request, request.max_new_tokens(), request.logprobs, top)
+        return PreparedRequest(
+            request_id, engine_ids, prompt_ids, _per_choice(params, request.seed, request.n), request.stream, builder
+        )
+
+    def _prepare_completion(self, kwargs: Dict[str, Any]) -> PreparedRequest:
+        request = parse_request(CompletionRequest, kwargs)
+        if isinstance(request.prompt, str):
+            prompt_ids = self._core.tokenize(request.prompt, True)
+            echo_text = request.prompt if request.echo else ""
+        else:
+            prompt_ids = list(request.prompt)
+            echo_text = self._core.detokenize(prompt_ids) if request.echo else ""
+        if not prompt_ids:
+            raise BadRequestError("the prompt is empty", "prompt")
+        request_id = request.request_id or f"cmpl-{uuid.uuid4().hex}"
+        engine_ids = _engine_ids(request_id, request.n)
+        logprobs = request.wants_logprobs()
+        builder = CompletionResponseBuilder(
+            echo_text=echo_text,
+            response_id=request_id,
+            model=request.model or self._model_name(),
+            created=int(time.time()),
+            engine_ids=engine_ids,
+            prompt_tokens=len(prompt_ids),
+            stream=request.stream,
+            include_usage=request.include_usage(),
+            logprobs=logprobs,
+        )
+        params = _sampling_params(request, request.max_tokens, logprobs, request.num_top_logprobs())
+        return PreparedRequest(
+            request_id, engine_ids, prompt_ids, _per_choice(params, request.seed, request.n), request.stream, builder
+        )
+
+    def _model_name(self) -> str:
+        return str(self._info.get("model") or self._args.model)
+
+    # ------------------------------------------------------------------ submission and registry
+
+    def _submit(self, prepared: PreparedRequest, sink: Sink) -> EngineSubmission:
+        """Registers the routes, then queues the n engine requests; undoes everything on failure."""
+        if self._terminated:
+            raise EngineDeadError("the engine has been terminated")
+        request_id = prepared.request_id
+        with self._lock:
+            if request_id in self._active:
+                raise BadRequestError(f"request_id {request_id!r} is already running", "request_id")
+            self._active[request_id] = prepared.engine_ids
+        submission = EngineSubmission(self, request_id, prepared.engine_ids)
+        added: List[str] = []
+        try:
+            self._stream_back.register(prepared.engine_ids, sink)
+            for engine_id, params in zip(prepared.engine_ids, prepared.params_json):
+                self._core.add_request(engine_id, prepared.prompt_token_ids, params)
+                added.append(engine_id)
+        except BaseException:
+            # Abort only what was queued: a rejected id may belong to another running request.
+            for engine_id in added:
+                self._core.abort(engine_id)
+            submission.release()
+            raise
+        return submission
+
+    def _forget(self, request_id: str, engine_ids: List[str]) -> None:
+        self._stream_back.unregister(engine_ids)
+        with self._lock:
+            if self._active.get(request_id) is engine_ids:
+                del self._active[request_id]
+
+    def _abort(self, request_id: str) -> None:
+        """Aborts every engine request of `request_id`; their streams end with finish_reason "abort"."""
+        with self._lock:
+            engine_ids = list(self._active.get(request_id, [request_id]))
+        for engine_id in engine_ids:
+            self._core.abort(engine_id)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _metrics(self) -> EngineMetrics:
+        return EngineMetrics(json.loads(self._core.metrics()))
+
+    def reset(self) -> None:
+        """Aborts every running request (the engine keeps its model and caches)."""
+        with self._lock:
+            request_ids = list(self._active)
+        for request_id in request_ids:
+            self._abort(request_id)
+
+    def trace(self) -> str:
+        """The recorded per-request events as Chrome-trace JSON ("[]" without enable_tracing)."""
+        return self._core.trace()
+
+    def dump_trace(self, path: Optional[str] = None) -> str:
+        """Returns the Chrome-trace JSON and, given a path, also writes it there (chrome://tracing)."""
+        text = self.trace()
+        if path is not None:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text)
+        return text
+
+    def terminate(self) -> None:
+        """Stops the engine and its stream-back thread; open streams end. Safe to call twice."""
+        if getattr(self, "_terminated", True):
+            return
+        self._terminated = True
+        self._stream_back.request_stop()
+        try:
+            self._core.terminate()
+        finally:
+            self._stream_back.join(timeout=10.0)
+        _live_engines.discard(self)
+
+    def __del__(self) -> None:
+        if sys is None or sys.is_finalizing():  # module globals may already be gone
+            return
+        try:
+            self.terminate()
+        except Exception:
+            pass
+
+
+def _engine_ids(request_id: str, n: int) -> List[str]:
+    return [request_id] if n == 1 else [f"{request_id}-{i}" for i in range(n)]
+
+
+def _message_for_template(message: ChatMessage) -> Dict[str, Any]:
+    """The plain dict a chat template expects: string content, and OpenAI's newer "developer" role
+    shown to the model as "system" (templates predate it)."""
+    out: Dict[str, Any] = {"role": "system" if message.role == "developer" else message.role}
+    text = message.text()
+    out["content"] = text if text is not None else ""
+    if message.name is not None:
+        out["name"] = message.name
+    if message.tool_calls:
+        out["tool_calls"] = [call.model_dump(exclude_none=True) for call in message.tool_calls]
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    return out
+
+
+def _sampling_params(
+    request: Union[ChatCompletionRequest, CompletionRequest],
+    max_tokens: Optional[int],
+    logprobs: bool,
+    top_logprobs: int,
+) -> Dict[str, Any]:
+    """The SamplingParams JSON object (see _core.pyi `add_request`); unset options are left out so
+    that the engine applies its defaults."""
+    params: Dict[str, Any] = {
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "top_k": request.top_k,
+        "min_p": request.min_p,
+        "frequency_penalty": request.frequency_penalty,
+        "presence_penalty": request.presence_penalty,
+        "repetition_penalty": request.repetition_penalty,
+        "max_tokens": max_tokens,
+    }
+    params = {k: v for k, v in params.items() if v is not None}
+    if request.logit_bias:
+        params["logit_bias"] = {str(k): v for k, v in request.logit_bias.items()}
+    stops = request.stop_list()
+    if stops:
+        params["stop"] = stops
+    if request.effective_ignore_eos():
+        params["ignore_eos"] = True
+    if logprobs:
+        params["logprobs"] = True
+        params["top_logprobs"] = top_logprobs
+    return params
+
+
+def _per_choice(params: Dict[str, Any], seed: Optional[int], n: int) -> List[str]:
+    """One params JSON per choice; choice i samples with seed + i so that choices differ but stay
+    reproducible."""
+    if seed is None:
+        encoded = json.dumps(params)
+        return [encoded] * n
+    return [json.dumps({**params, "seed": (seed + i) % _SEED_MODULUS}) for i in range(n)]

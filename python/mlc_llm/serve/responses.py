@@ -1,0 +1,233 @@
+"""Building OpenAI response objects from engine deltas.
+
+A builder serves one user request of `n` choices (n engine requests). In streaming mode it turns each
+delta into at most one chunk carrying one choice (the way OpenAI streams `n > 1`), plus a final
+usage chunk when asked; otherwise it accumulates text and logprobs and assembles the full response
+once every choice has finished. The work per delta is a dict lookup and one small object: no
+re-rendering, no tokenizer calls.
+"""
+
+from typing import Any, Dict, List, Optional
+
+from ..protocol.errors import InternalError
+from ..protocol.openai_api_protocol import (
+    ChatCompletion,
+    ChatCompletionChoice,
+    ChatCompletionChunk,
+    ChatCompletionChunkChoice,
+    ChatCompletionMessage,
+    ChatCompletionTokenLogprob,
+    ChoiceDelta,
+    ChoiceLogprobs,
+    Completion,
+    CompletionChoice,
+    CompletionUsage,
+    Logprobs,
+)
+
+Delta = Dict[str, Any]
+LogprobEntry = Dict[str, Any]
+
+# Engine statistics copied into `usage.extra` (MLC reports the same under that name).
+_USAGE_EXTRA_KEYS = ("prefill_tokens", "ttft_s", "end_to_end_latency_s", "decode_tokens_per_s")
+
+
+class _Builder:
+    """Bookkeeping common to chat and text completions: choice index, finish reasons, token counts."""
+
+    def __init__(
+        self,
+        *,
+        response_id: str,
+        model: str,
+        created: int,
+        engine_ids: List[str],
+        prompt_tokens: int,
+        stream: bool,
+        include_usage: bool,
+        logprobs: bool,
+    ) -> None:
+        self.response_id = response_id
+        self.model = model
+        self.created = created
+        self.n = len(engine_ids)
+        self._index_of = {engine_id: i for i, engine_id in enumerate(engine_ids)}
+        self._prompt_tokens = prompt_tokens
+        self._stream = stream
+        self._include_usage = include_usage
+        self._logprobs = logprobs
+        self._finish: List[Optional[str]] = [None] * self.n
+        self._completion_tokens = [0] * self.n
+        self._remaining = self.n
+        self._extra: Optional[Dict[str, Any]] = None
+        self._texts: List[List[str]] = [[] for _ in range(self.n)]
+        self._token_logprobs: List[List[LogprobEntry]] = [[] for _ in range(self.n)]
+
+    @property
+    def done(self) -> bool:
+        return self._remaining == 0
+
+    def on_delta(self, delta: Delta) -> List[Any]:
+        index = self._index_of[delta["request_id"]]
+        finish = self._record(index, delta)
+        if not self._stream:
+            self._texts[index].append(delta["text"])
+            if self._logprobs and delta.get("logprobs"):
+                self._token_logprobs[index].extend(delta["logprobs"])
+            return []
+        chunks: List[Any] = []
+        chunk = self._chunk(index, delta, finish)
+        if chunk is not None:
+            chunks.append(chunk)
+        if self.done and self._include_usage:
+            chunks.append(self._usage_chunk())
+        return chunks
+
+    def _record(self, index: int, delta: Delta) -> Optional[str]:
+        finish = delta.get("finish_reason")
+        if finish == "error":
+            raise InternalError(delta.get("error") or "the engine failed while generating")
+        self._completion_tokens[index] += len(delta.get("token_ids") or ())
+        if finish is not None:
+            usage = delta.get("usage")
+            if usage:
+                # The engine's count is authoritative (e.g. tokens removed by a stop string).
+                self._completion_tokens[index] = int(usage.get("completion_tokens", self._completion_tokens[index]))
+                if self._extra is None:
+                    self._extra = {k: usage[k] for k in _USAGE_EXTRA_KEYS if k in usage}
+            if self._finish[index] is None:
+                self._remaining -= 1
+            self._finish[index] = finish
+        return finish
+
+    def usage(self) -> CompletionUsage:
+        completion = sum(self._completion_tokens)
+        return CompletionUsage(
+            prompt_tokens=self._prompt_tokens,
+            completion_tokens=completion,
+            total_tokens=self._prompt_tokens + completion,
+            extra=self._extra,
+        )
+
+    def _chunk(self, index: int, delta: Delta, finish: Optional[str]) -> Any:
+        raise NotImplementedError
+
+    def _usage_chunk(self) -> Any:
+        raise NotImplementedError
+
+
+def _chat_logprobs(entries: List[LogprobEntry]) -> ChoiceLogprobs:
+    return ChoiceLogprobs(content=[ChatCompletionTokenLogprob.model_validate(e) for e in entries])
+
+
+class ChatResponseBuilder(_Builder):
+    """Deltas -> ChatCompletionChunk stream or one ChatCompletion."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._started = [False] * self.n
+
+    def _chunk(self, index: int, delta: Delta, finish: Optional[str]) -> Optional[ChatCompletionChunk]:
+        text: str = delta["text"]
+        entries = delta.get("logprobs") if self._logprobs else None
+        if not text and finish is None and not entries:
+            return None  # e.g. a token still waiting for the rest of a UTF-8 character
+        first = not self._started[index]
+        self._started[index] = True
+        choice = ChatCompletionChunkChoice(
+            index=index,
+            # Content is always a string so that `print(choice.delta.content, end="")` never prints None.
+            delta=ChoiceDelta(role="assistant" if first else None, content=text),
+            finish_reason=finish,
+            logprobs=_chat_logprobs(entries) if entries is not None else None,
+        )
+        return ChatCompletionChunk(id=self.response_id, created=self.created, model=self.model, choices=[choice])
+
+    def _usage_chunk(self) -> ChatCompletionChunk:
+        return ChatCompletionChunk(
+            id=self.response_id, created=self.created, model=self.model, choices=[], usage=self.usage()
+        )
+
+    def response(self) -> ChatCompletion:
+        choices = [
+            ChatCompletionChoice(
+                index=i,
+                message=ChatCompletionMessage(content="".join(self._texts[i])),
+                finish_reason=self._finish[i] or "stop",
+                logprobs=_chat_logprobs(self._token_logprobs[i]) if self._logprobs else None,
+            )
+            for i in range(self.n)
+        ]
+        return ChatCompletion(
+            id=self.response_id, created=self.created, model=self.model, choices=choices, usage=self.usage()
+        )
+
+
+class _LegacyLogprobs:
+    """Accumulates the parallel lists of the legacy completions logprobs for one choice."""
+
+    def __init__(self, start_offset: int) -> None:
+        self.offset = start_offset
+        self.value = Logprobs()
+
+    def extend(self, entries: List[LogprobEntry]) -> Logprobs:
+        """Adds `entries` and returns a Logprobs holding only them (for a stream chunk)."""
+        part = Logprobs()
+        for entry in entries:
+            token: str = entry["token"]
+            part.tokens.append(token)
+            part.token_logprobs.append(entry["logprob"])
+            part.top_logprobs.append({t["token"]: t["logprob"] for t in entry.get("top_logprobs") or ()})
+            part.text_offset.append(self.offset)
+            self.offset += len(token)
+        for name in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+            getattr(self.value, name).extend(getattr(part, name))
+        return part
+
+
+class CompletionResponseBuilder(_Builder):
+    """Deltas -> Completion chunks or one Completion. `echo_text` is prepended to every choice."""
+
+    def __init__(self, *, echo_text: str = "", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._echo_text = echo_text
+        self._started = [False] * self.n
+        self._legacy = [_LegacyLogprobs(len(echo_text)) for _ in range(self.n)]
+
+    def _chunk(self, index: int, delta: Delta, finish: Optional[str]) -> Optional[Completion]:
+        text: str = delta["text"]
+        entries = delta.get("logprobs") if self._logprobs else None
+        if not text and finish is None and not entries:
+            return None
+        if not self._started[index]:
+            self._started[index] = True
+            text = self._echo_text + text
+        choice = CompletionChoice(
+            index=index,
+            text=text,
+            finish_reason=finish,
+            logprobs=self._legacy[index].extend(entries) if entries is not None else None,
+        )
+        return Completion(id=self.response_id, created=self.created, model=self.model, choices=[choice])
+
+    def _usage_chunk(self) -> Completion:
+        return Completion(id=self.response_id, created=self.created, model=self.model, choices=[], usage=self.usage())
+
+    def response(self) -> Completion:
+        choices = []
+        for i in range(self.n):
+            logprobs = None
+            if self._logprobs:
+                self._legacy[i].extend(self._token_logprobs[i])
+                logprobs = self._legacy[i].value
+            choices.append(
+                CompletionChoice(
+                    index=i,
+                    text=self._echo_text + "".join(self._texts[i]),
+                    finish_reason=self._finish[i] or "stop",
+                    logprobs=logprobs,
+                )
+            )
+        return Completion(
+            id=self.response_id, created=self.created, model=self.model, choices=choices, usage=self.usage()
+        )
