@@ -52,6 +52,31 @@ pub struct EngineInfo {
     pub quantized_matmul: bool,
 }
 
+impl EngineInfo {
+    /// Checks a request against the model and the sizes; returns how many tokens it may generate.
+    pub fn validate(&self, prompt: &[u32], params: &SamplingParams) -> Result<usize> {
+        params.validate(self.vocab_size)?;
+        if prompt.is_empty() {
+            return Err(EngineError::bad_request("prompt", "the prompt has no tokens"));
+        }
+        if let Some(t) = prompt.iter().find(|&&t| t as usize >= self.vocab_size) {
+            return Err(EngineError::bad_request("prompt", format!("token id {t} is outside the vocabulary (size {})", self.vocab_size)));
+        }
+        let window = self.context_window_size;
+        if prompt.len() >= window {
+            return Err(EngineError::bad_request(
+                "prompt",
+                format!("the prompt has {} tokens; the context window is {window} (prompt plus at least one new token must fit)", prompt.len()),
+            ));
+        }
+        if let Some(id) = params.stop_token_ids.iter().find(|&&t| t as usize >= self.vocab_size) {
+            return Err(EngineError::bad_request("stop_token_ids", format!("token id {id} is outside the vocabulary")));
+        }
+        let room = window - prompt.len();
+        Ok(params.max_tokens.map_or(room, |m| m.min(room)))
+    }
+}
+
 pub struct EngineHandle {
     commands: Sender<Command>,
     outputs: Receiver<Delta>,
@@ -73,51 +98,7 @@ fn weight_bytes(cfg: &ModelConfig, elem_bytes: usize) -> u64 {
 
 impl EngineHandle {
     pub fn start(model: &str, device: &str, args: EngineArgs) -> Result<Self> {
-        let device = parse_device(device)?;
-        let dtype = candle_core::DType::F32;
-        let quant = if args.quantized_matmul { QuantMode::Quantized } else { QuantMode::Dequantize };
-        let loaded = loader::load(model, &device, dtype, quant)?;
-        let cfg = loaded.config.clone();
-        let sizes: EngineSizes = infer_sizes(&args, &cfg, system_memory_bytes(), weight_bytes(&cfg, 4), 4)?;
-        if args.verbose {
-            log::info!(
-                "mode={:?}: max_num_sequence={}, max_total_sequence_length={}, prefill_chunk_size={}, kv blocks={}x{} (memory allows {} tokens)",
-                sizes.mode, sizes.max_num_sequence, sizes.max_total_sequence_length, sizes.prefill_chunk_size,
-                sizes.num_kv_blocks, sizes.kv_block_size, sizes.memory_max_total_sequence_length
-            );
-        }
-        let model_impl = LlamaModel::load(&cfg, &loaded.weights, &device, dtype)?;
-        drop(loaded.weights);
-        let kv = PagedKvCache::new(cfg.num_hidden_layers, sizes.num_kv_blocks, sizes.kv_block_size, cfg.num_key_value_heads, cfg.head_dim, dtype, &device)?;
-        let scheduler = Scheduler::new(SchedulerConfig {
-            max_num_seqs: sizes.max_num_sequence,
-            max_num_batched_tokens: sizes.prefill_chunk_size.max(sizes.max_num_sequence),
-            prefill_chunk_size: sizes.prefill_chunk_size,
-            block_size: sizes.kv_block_size,
-            num_blocks: sizes.num_kv_blocks,
-            enable_prefix_cache: args.prefix_cache,
-        });
-        let tokenizer = Arc::new(loaded.tokenizer);
-        let info = EngineInfo {
-            model: loaded.name,
-            model_path: loaded.path.display().to_string(),
-            architecture: cfg.architecture.name().to_string(),
-            device: device_name(&device),
-            vocab_size: cfg.vocab_size,
-            context_window_size: sizes.max_single_sequence_length.min(sizes.max_total_sequence_length),
-            max_num_sequence: sizes.max_num_sequence,
-            max_total_sequence_length: sizes.max_total_sequence_length,
-            prefill_chunk_size: sizes.prefill_chunk_size,
-            kv_block_size: sizes.kv_block_size,
-            num_kv_blocks: sizes.num_kv_blocks,
-            bos_token: tokenizer.bos_token().map(String::from),
-            eos_token: tokenizer.eos_token().map(String::from),
-            eos_token_ids: tokenizer.eos_token_ids().to_vec(),
-            has_chat_template: tokenizer.chat_template().is_some(),
-            mode: sizes.mode,
-            quantized_matmul: args.quantized_matmul,
-        };
-        let core = EngineCore::new(ModelRunner::new(model_impl, kv), scheduler, tokenizer.clone(), sizes, args.enable_tracing);
+        let (core, info, tokenizer) = build(model, device, &args)?;
         let (cmd_tx, cmd_rx) = unbounded();
         let (out_tx, out_rx) = unbounded();
         let thread = std::thread::Builder::new()
@@ -146,25 +127,7 @@ impl EngineHandle {
         if request_id.is_empty() {
             return Err(EngineError::bad_request("request_id", "must not be empty"));
         }
-        params.validate(self.info.vocab_size)?;
-        if prompt.is_empty() {
-            return Err(EngineError::bad_request("prompt", "the prompt has no tokens"));
-        }
-        if let Some(t) = prompt.iter().find(|&&t| t as usize >= self.info.vocab_size) {
-            return Err(EngineError::bad_request("prompt", format!("token id {t} is outside the vocabulary (size {})", self.info.vocab_size)));
-        }
-        let window = self.info.context_window_size;
-        if prompt.len() >= window {
-            return Err(EngineError::bad_request(
-                "prompt",
-                format!("the prompt has {} tokens; the context window is {window} (prompt plus at least one new token must fit)", prompt.len()),
-            ));
-        }
-        if let Some(id) = params.stop_token_ids.iter().find(|&&t| t as usize >= self.info.vocab_size) {
-            return Err(EngineError::bad_request("stop_token_ids", format!("token id {id} is outside the vocabulary")));
-        }
-        let room = window - prompt.len();
-        let max_new_tokens = params.max_tokens.map_or(room, |m| m.min(room));
+        let max_new_tokens = self.info.validate(&prompt, &params)?;
         {
             let mut active = self.active.lock().map_err(|_| EngineError::EngineDead("lock poisoned".into()))?;
             if !active.insert(request_id.clone()) {
@@ -232,6 +195,58 @@ impl Drop for EngineHandle {
     fn drop(&mut self) {
         self.terminate();
     }
+}
+
+/// Loads the model and sizes the engine: everything that can fail happens here, on the caller's thread.
+pub fn build(model: &str, device: &str, args: &EngineArgs) -> Result<(EngineCore, EngineInfo, Arc<Tokenizer>)> {
+    let device = parse_device(device)?;
+    let dtype = candle_core::DType::F32;
+    // MLC_QUANTIZED_MATMUL=1 opts in without an API change (the Python signature follows MLC's).
+    let quantized = args.quantized_matmul || std::env::var("MLC_QUANTIZED_MATMUL").is_ok_and(|v| v == "1");
+    let quant = if quantized { QuantMode::Quantized } else { QuantMode::Dequantize };
+    let loaded = loader::load(model, &device, dtype, quant)?;
+    let cfg = loaded.config.clone();
+    let sizes: EngineSizes = infer_sizes(args, &cfg, system_memory_bytes(), weight_bytes(&cfg, 4), 4)?;
+    if args.verbose {
+        log::info!(
+            "mode={:?}: max_num_sequence={}, max_total_sequence_length={}, prefill_chunk_size={}, kv blocks={}x{} (memory allows {} tokens)",
+            sizes.mode, sizes.max_num_sequence, sizes.max_total_sequence_length, sizes.prefill_chunk_size,
+            sizes.num_kv_blocks, sizes.kv_block_size, sizes.memory_max_total_sequence_length
+        );
+    }
+    let model_impl = LlamaModel::load(&cfg, &loaded.weights, &device, dtype)?;
+    drop(loaded.weights);
+    let kv = PagedKvCache::new(cfg.num_hidden_layers, sizes.num_kv_blocks, sizes.kv_block_size, cfg.num_key_value_heads, cfg.head_dim, dtype, &device)?;
+    let scheduler = Scheduler::new(SchedulerConfig {
+        max_num_seqs: sizes.max_num_sequence,
+        max_num_batched_tokens: sizes.prefill_chunk_size.max(sizes.max_num_sequence),
+        prefill_chunk_size: sizes.prefill_chunk_size,
+        block_size: sizes.kv_block_size,
+        num_blocks: sizes.num_kv_blocks,
+        enable_prefix_cache: args.prefix_cache,
+    });
+    let tokenizer = Arc::new(loaded.tokenizer);
+    let info = EngineInfo {
+        model: loaded.name,
+        model_path: loaded.path.display().to_string(),
+        architecture: cfg.architecture.name().to_string(),
+        device: device_name(&device),
+        vocab_size: cfg.vocab_size,
+        context_window_size: sizes.max_single_sequence_length.min(sizes.max_total_sequence_length),
+        max_num_sequence: sizes.max_num_sequence,
+        max_total_sequence_length: sizes.max_total_sequence_length,
+        prefill_chunk_size: sizes.prefill_chunk_size,
+        kv_block_size: sizes.kv_block_size,
+        num_kv_blocks: sizes.num_kv_blocks,
+        bos_token: tokenizer.bos_token().map(String::from),
+        eos_token: tokenizer.eos_token().map(String::from),
+        eos_token_ids: tokenizer.eos_token_ids().to_vec(),
+        has_chat_template: tokenizer.chat_template().is_some(),
+        mode: sizes.mode,
+        quantized_matmul: quantized,
+    };
+    let core = EngineCore::new(ModelRunner::new(model_impl, kv), scheduler, tokenizer.clone(), sizes, args.enable_tracing);
+    Ok((core, info, tokenizer))
 }
 
 fn engine_loop(mut core: EngineCore, commands: Receiver<Command>, outputs: Sender<Delta>) {
