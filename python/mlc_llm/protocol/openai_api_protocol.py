@@ -232,7 +232,8 @@ class ChatCompletionRequest(_SamplingFields):
         if isinstance(message.content, list):
             for part in message.content:
                 if part.type != "text":
-                    raise UnsupportedError(f"{where}: content parts of type {part.type!r} are not supported", "messages")
+                    message_text = f"{where}: content parts of type {part.type!r} are not supported"
+                    raise UnsupportedError(message_text, "messages")
                 if part.text is None:
                     raise BadRequestError(f"{where}: a text content part needs 'text'", "messages")
 

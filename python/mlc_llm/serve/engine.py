@@ -12,7 +12,7 @@ differ only in how the caller waits.
 
 import asyncio
 import queue
-from typing import Any, Dict, List, Literal, Optional, Tuple, Union
+from typing import Any, Dict, List, Literal, Optional, Tuple, Union, cast, overload
 
 from ..protocol.openai_api_protocol import ChatCompletion, ChatCompletionChunk, Completion
 from .config import EngineConfig
@@ -29,8 +29,13 @@ from .stream import (
 )
 
 Messages = List[Dict[str, Any]]
+Prompt = Union[str, List[int]]
 Stop = Optional[Union[str, List[str]]]
 ToolChoice = Optional[Union[Literal["none", "auto", "required"], Dict[str, Any]]]
+SyncChatResult = Union[ChatCompletion, SyncResponseStream[ChatCompletionChunk]]
+SyncCompletionResult = Union[Completion, SyncResponseStream[Completion]]
+AsyncChatResult = Union[ChatCompletion, AsyncResponseStream[ChatCompletionChunk]]
+AsyncCompletionResult = Union[Completion, AsyncResponseStream[Completion]]
 
 
 def _arguments(local_vars: Dict[str, Any]) -> Dict[str, Any]:
@@ -99,6 +104,16 @@ class ChatCompletions:
     def __init__(self, engine: "MLCEngine") -> None:
         self._engine = engine
 
+    @overload
+    def create(
+        self, *, messages: Messages, stream: Literal[True], **kwargs: Any
+    ) -> SyncResponseStream[ChatCompletionChunk]: ...
+
+    @overload
+    def create(
+        self, *, messages: Messages, stream: Optional[Literal[False]] = None, **kwargs: Any
+    ) -> ChatCompletion: ...
+
     def create(
         self,
         *,
@@ -125,9 +140,10 @@ class ChatCompletions:
         request_id: Optional[str] = None,
         extra_body: Optional[Dict[str, Any]] = None,
         **kwargs: Any,
-    ) -> Union[ChatCompletion, SyncResponseStream[ChatCompletionChunk]]:
+    ) -> SyncChatResult:
         """A ChatCompletion, or with stream=True an iterator of ChatCompletionChunk."""
-        return self._engine._run_sync(self._engine._prepare_chat(_arguments(locals())))
+        prepared = self._engine._prepare_chat(_arguments(locals()))
+        return cast(SyncChatResult, self._engine._run_sync(prepared))
 
 
 class Chat:
@@ -141,10 +157,20 @@ class Completions:
     def __init__(self, engine: "MLCEngine") -> None:
         self._engine = engine
 
+    @overload
+    def create(
+        self, *, prompt: Prompt, stream: Literal[True], **kwargs: Any
+    ) -> SyncResponseStream[Completion]: ...
+
+    @overload
+    def create(
+        self, *, prompt: Prompt, stream: Optional[Literal[False]] = None, **kwargs: Any
+    ) -> Completion: ...
+
     def create(
         self,
         *,
-        prompt: Union[str, List[int]],
+        prompt: Prompt,
         model: Optional[str] = None,
         best_of: Optional[int] = None,
         echo: Optional[bool] = None,
@@ -167,9 +193,10 @@ class Completions:
         request_id: Optional[str] = None,
         extra_body: Optional[Dict[str, Any]] = None,
         **kwargs: Any,
-    ) -> Union[Completion, SyncResponseStream[Completion]]:
+    ) -> SyncCompletionResult:
         """A Completion, or with stream=True an iterator of Completion chunks."""
-        return self._engine._run_sync(self._engine._prepare_completion(_arguments(locals())))
+        prepared = self._engine._prepare_completion(_arguments(locals()))
+        return cast(SyncCompletionResult, self._engine._run_sync(prepared))
 
 
 class MLCEngine(_EngineAPI):
@@ -204,6 +231,16 @@ class AsyncChatCompletions:
     def __init__(self, engine: "AsyncMLCEngine") -> None:
         self._engine = engine
 
+    @overload
+    async def create(
+        self, *, messages: Messages, stream: Literal[True], **kwargs: Any
+    ) -> AsyncResponseStream[ChatCompletionChunk]: ...
+
+    @overload
+    async def create(
+        self, *, messages: Messages, stream: Optional[Literal[False]] = None, **kwargs: Any
+    ) -> ChatCompletion: ...
+
     async def create(
         self,
         *,
@@ -230,9 +267,10 @@ class AsyncChatCompletions:
         request_id: Optional[str] = None,
         extra_body: Optional[Dict[str, Any]] = None,
         **kwargs: Any,
-    ) -> Union[ChatCompletion, AsyncResponseStream[ChatCompletionChunk]]:
+    ) -> AsyncChatResult:
         """A ChatCompletion, or with stream=True an async iterator of ChatCompletionChunk."""
-        return await self._engine._run_async(self._engine._prepare_chat(_arguments(locals())))
+        prepared = self._engine._prepare_chat(_arguments(locals()))
+        return cast(AsyncChatResult, await self._engine._run_async(prepared))
 
 
 class AsyncChat:
@@ -246,10 +284,20 @@ class AsyncCompletions:
     def __init__(self, engine: "AsyncMLCEngine") -> None:
         self._engine = engine
 
+    @overload
+    async def create(
+        self, *, prompt: Prompt, stream: Literal[True], **kwargs: Any
+    ) -> AsyncResponseStream[Completion]: ...
+
+    @overload
+    async def create(
+        self, *, prompt: Prompt, stream: Optional[Literal[False]] = None, **kwargs: Any
+    ) -> Completion: ...
+
     async def create(
         self,
         *,
-        prompt: Union[str, List[int]],
+        prompt: Prompt,
         model: Optional[str] = None,
         best_of: Optional[int] = None,
         echo: Optional[bool] = None,
@@ -272,9 +320,10 @@ class AsyncCompletions:
         request_id: Optional[str] = None,
         extra_body: Optional[Dict[str, Any]] = None,
         **kwargs: Any,
-    ) -> Union[Completion, AsyncResponseStream[Completion]]:
+    ) -> AsyncCompletionResult:
         """A Completion, or with stream=True an async iterator of Completion chunks."""
-        return await self._engine._run_async(self._engine._prepare_completion(_arguments(locals())))
+        prepared = self._engine._prepare_completion(_arguments(locals()))
+        return cast(AsyncCompletionResult, await self._engine._run_async(prepared))
 
 
 class AsyncMLCEngine(_EngineAPI):

@@ -290,7 +290,7 @@ class EngineBase:
 
     def trace(self) -> str:
         """The recorded per-request events as Chrome-trace JSON ("[]" without enable_tracing)."""
-        return self._core.trace()
+        return str(self._core.trace())
 
     def dump_trace(self, path: Optional[str] = None) -> str:
         """Returns the Chrome-trace JSON and, given a path, also writes it there (chrome://tracing)."""

@@ -7,7 +7,7 @@ once every choice has finished. The work per delta is a dict lookup and one smal
 re-rendering, no tokenizer calls.
 """
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, cast
 
 from ..protocol.errors import InternalError
 from ..protocol.openai_api_protocol import (
@@ -22,6 +22,7 @@ from ..protocol.openai_api_protocol import (
     Completion,
     CompletionChoice,
     CompletionUsage,
+    FinishReason,
     Logprobs,
 )
 
@@ -138,7 +139,7 @@ class ChatResponseBuilder(_Builder):
             index=index,
             # Content is always a string so that `print(choice.delta.content, end="")` never prints None.
             delta=ChoiceDelta(role="assistant" if first else None, content=text),
-            finish_reason=finish,
+            finish_reason=cast(Optional[FinishReason], finish),
             logprobs=_chat_logprobs(entries) if entries is not None else None,
         )
         return ChatCompletionChunk(id=self.response_id, created=self.created, model=self.model, choices=[choice])
@@ -153,7 +154,7 @@ class ChatResponseBuilder(_Builder):
             ChatCompletionChoice(
                 index=i,
                 message=ChatCompletionMessage(content="".join(self._texts[i])),
-                finish_reason=self._finish[i] or "stop",
+                finish_reason=cast(FinishReason, self._finish[i] or "stop"),
                 logprobs=_chat_logprobs(self._token_logprobs[i]) if self._logprobs else None,
             )
             for i in range(self.n)
@@ -205,7 +206,7 @@ class CompletionResponseBuilder(_Builder):
         choice = CompletionChoice(
             index=index,
             text=text,
-            finish_reason=finish,
+            finish_reason=cast(Optional[FinishReason], finish),
             logprobs=self._legacy[index].extend(entries) if entries is not None else None,
         )
         return Completion(id=self.response_id, created=self.created, model=self.model, choices=[choice])
@@ -224,7 +225,7 @@ class CompletionResponseBuilder(_Builder):
                 CompletionChoice(
                     index=i,
                     text=self._echo_text + "".join(self._texts[i]),
-                    finish_reason=self._finish[i] or "stop",
+                    finish_reason=cast(FinishReason, self._finish[i] or "stop"),
                     logprobs=logprobs,
                 )
             )
