@@ -1,7 +1,7 @@
 """GPU smoke tests for the CUDA build of mlc_llm._core (run with `pytest -m gpu tests/gpu`).
 
 Skipped where no NVIDIA GPU is present (CI) or where the installed build has no CUDA support.
-With MLC_REQUIRE_GPU=1 (set by scripts/cuda/run_gpu.sh) every such skip is a failure instead, so a
+With MLC_REQUIRE_GPU=1 (set by .ci/cuda/run_gpu.sh) every such skip is a failure instead, so a
 broken install on the GPU host cannot pass silently.
 """
 

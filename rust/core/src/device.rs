@@ -73,3 +73,17 @@ pub fn device_smoke_test(spec: &str) -> Result<String> {
     let err = (want - got)?.abs()?.max_all()?.to_scalar::<f32>()?;
     Ok(format!("device={} matmul_max_abs_err={err:e}", device_name(&device)))
 }
+
+/// Total memory of a CUDA device in bytes (None on the CPU).
+pub fn total_device_memory(device: &Device) -> Option<u64> {
+    #[cfg(feature = "cuda")]
+    {
+        if let Device::Cuda(d) = device {
+            use candle_core::cuda_backend::cudarc::driver::result;
+            let _ctx = d.cuda_stream().context().bind_to_thread().ok()?;
+            return result::mem_get_info().ok().map(|(_free, total)| total as u64);
+        }
+    }
+    let _ = device;
+    None
+}

@@ -87,6 +87,14 @@ pub struct EngineHandle {
     info: EngineInfo,
 }
 
+/// Memory the KV cache is sized from: the GPU's total memory, or system memory on the CPU.
+fn memory_bytes(device: &candle_core::Device) -> u64 {
+    match crate::device::total_device_memory(device) {
+        Some(b) => b,
+        None => system_memory_bytes(),
+    }
+}
+
 fn weight_bytes(cfg: &ModelConfig, elem_bytes: usize) -> u64 {
     let h = cfg.hidden_size as u64;
     let per_layer = h * (cfg.num_attention_heads * cfg.head_dim) as u64 * 2
@@ -200,13 +208,15 @@ impl Drop for EngineHandle {
 /// Loads the model and sizes the engine: everything that can fail happens here, on the caller's thread.
 pub fn build(model: &str, device: &str, args: &EngineArgs) -> Result<(EngineCore, EngineInfo, Arc<Tokenizer>)> {
     let device = parse_device(device)?;
-    let dtype = candle_core::DType::F32;
+    // CPU computes in f32 (bf16 weights are upcast); GPUs run bf16 weights, activations and KV cache.
+    let dtype = if device.is_cuda() { candle_core::DType::BF16 } else { candle_core::DType::F32 };
+    let elem_bytes = dtype.size_in_bytes();
     // MLC_QUANTIZED_MATMUL=1 opts in without an API change (the Python signature follows MLC's).
     let quantized = args.quantized_matmul || std::env::var("MLC_QUANTIZED_MATMUL").is_ok_and(|v| v == "1");
     let quant = if quantized { QuantMode::Quantized } else { QuantMode::Dequantize };
     let loaded = loader::load(model, &device, dtype, quant)?;
     let cfg = loaded.config.clone();
-    let sizes: EngineSizes = infer_sizes(args, &cfg, system_memory_bytes(), weight_bytes(&cfg, 4), 4)?;
+    let sizes: EngineSizes = infer_sizes(args, &cfg, memory_bytes(&device), weight_bytes(&cfg, elem_bytes), elem_bytes)?;
     if args.verbose {
         log::info!(
             "mode={:?}: max_num_sequence={}, max_total_sequence_length={}, prefill_chunk_size={}, kv blocks={}x{} (memory allows {} tokens)",

@@ -3,8 +3,8 @@
 # without a GPU, fixes up the layout for nvcc/cudarc/cudaforge, generates a link-time-only libcuda stub,
 # and prints the environment exports. Idempotent: each step is skipped when already done.
 #
-# Usage: bash scripts/cuda/setup_toolkit.sh            # install + print exports
-#        eval "$(bash scripts/cuda/setup_toolkit.sh --env)"   # only print exports (no install)
+# Usage: bash .ci/cuda/setup_toolkit.sh            # install + print exports
+#        eval "$(bash .ci/cuda/setup_toolkit.sh --env)"   # only print exports (no install)
 #
 # nvcc is pinned to 13.0: PTX from a newer nvcc fails to load on driver 580 (CUDA 13.0) with
 # CUDA_ERROR_UNSUPPORTED_PTX_VERSION. The stub directory ($CU/lib/stubs) must never be on a

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the CUDA wheel of mlc_llm on a machine without a GPU (toolkit from scripts/cuda/setup_toolkit.sh).
+# Builds the CUDA wheel of mlc_llm on a machine without a GPU (toolkit from .ci/cuda/setup_toolkit.sh).
 # Output: dist/cuda/mlc_llm-*-cp39-abi3-linux_x86_64.whl (CUDA libraries are NOT bundled: they come from
 # the GPU host) and dist/cuda/build_info.json (wall time, size, NEEDED libraries).
 # Runs from any directory; uses its own cargo target dir (target-cuda) so the CPU build in target/ is kept.
@@ -12,7 +12,7 @@ MAX_MIB=${MAX_WHEEL_MIB:-60}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target-cuda}
 
 # PATH, CUDA_HOME/CUDA_PATH/CUDA_ROOT, CUDA_COMPUTE_CAP=90, CUDARC_CUDA_VERSION=13000, CUDAFORGE_THREADS=2
-eval "$(bash "$ROOT/scripts/cuda/setup_toolkit.sh" --env)"
+eval "$(bash "$ROOT/.ci/cuda/setup_toolkit.sh" --env)"
 nvcc --version | grep -q 'release 13\.0' || { echo "nvcc is not 13.0: $(nvcc --version | tail -n 2)" >&2; exit 1; }
 echo "[build_wheel] nvcc: $(command -v nvcc); CUDA_HOME=$CUDA_HOME; CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP"
 echo "[build_wheel] CARGO_TARGET_DIR=$CARGO_TARGET_DIR"

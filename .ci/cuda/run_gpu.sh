@@ -3,7 +3,7 @@
 # pure-Python wheels in dist/pywheels/). Installs them into a private target dir, imports mlc_llm._core,
 # runs the device smoke test and `pytest -m gpu tests/gpu`, and writes logs + summary.json under $OUT.
 #
-#   run(command="bash scripts/cuda/run_gpu.sh", carry=["dist/cuda"], kind="nvidia-h100-x1")
+#   run(command="bash .ci/cuda/run_gpu.sh", carry=["dist/cuda"], kind="nvidia-h100-x1")
 #
 # The install dir comes first on PYTHONPATH and the repo's python/ source dir is never added: it holds
 # mlc_llm without the compiled _core and would shadow the installed package.
