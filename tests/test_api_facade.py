@@ -321,3 +321,31 @@ def test_engine_argument_validation(fake: types.SimpleNamespace, tmp_path: Any) 
     engine = MLCEngine("fake.gguf", device="cpu", model_lib=str(lib), max_batch_size=2, verbose=False)
     assert fake.cores[0].config["max_num_sequence"] == 2
     engine.terminate()
+
+
+def test_reset_trace_metrics_and_engine_config(fake: types.SimpleNamespace, tmp_path: Any) -> None:
+    from mlc_llm import EngineConfig, UnsupportedError
+
+    engine = MLCEngine(
+        "fake.gguf", device="cpu", verbose=False, enable_tracing=True,
+        engine_config=EngineConfig(mode="server", max_num_sequence=3, prefix_cache_mode="disable"),
+    )
+    config = fake.cores[0].config
+    assert (config["mode"], config["max_num_sequence"], config["prefix_cache"], config["enable_tracing"]) == (
+        "server", 3, False, True)
+    FakeCore.default_max_tokens = 10_000
+    try:
+        streams = [engine.chat.completions.create(messages=MESSAGES, stream=True) for _ in range(2)]
+    finally:
+        FakeCore.default_max_tokens = 12
+    engine.reset()
+    assert [list(s)[-1].choices[0].finish_reason for s in streams] == ["abort", "abort"]
+    metrics = engine.metrics()
+    assert metrics.num_running == 0 and metrics.to_dict()["num_running"] == 0
+    assert "# TYPE mlc_llm_num_running gauge" in metrics.prometheus_text()
+    path = tmp_path / "trace.json"
+    assert engine.dump_trace(str(path)) == "[]" and path.read_text() == "[]"
+    engine.terminate()
+    with pytest.raises(UnsupportedError) as err:
+        MLCEngine("fake.gguf", verbose=False, engine_config=EngineConfig(tensor_parallel_shards=2))
+    assert err.value.field == "tensor_parallel_shards"
