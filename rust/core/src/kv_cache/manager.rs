@@ -1,0 +1,236 @@
+//! Per-sequence block tables on top of the [`BlockPool`], with prefix-cache reuse on allocation.
+
+use super::{BlockHash, BlockId, BlockPool, SeqId};
+use std::collections::HashMap;
+
+/// The blocks of one sequence.
+#[derive(Debug, Clone, Default)]
+struct SeqBlocks {
+    /// Block `i` holds token positions `i * block_size .. (i + 1) * block_size`.
+    blocks: Vec<BlockId>,
+    /// Chain hashes of the leading full, computed blocks; the last one is the parent of the next.
+    hashes: Vec<BlockHash>,
+}
+
+/// Cached blocks matching a prefix of some tokens, found but not yet taken.
+struct PrefixMatch {
+    blocks: Vec<BlockId>,
+    hashes: Vec<BlockHash>,
+}
+
+/// Owns the block pool and every sequence's block table.
+#[derive(Debug, Clone)]
+pub struct KvCacheManager {
+    pool: BlockPool,
+    seqs: HashMap<SeqId, SeqBlocks>,
+    prefix_cache: bool,
+    prefix_hit_tokens: usize,
+}
+
+impl KvCacheManager {
+    /// # Panics
+    /// As [`BlockPool::new`].
+    pub fn new(num_blocks: usize, block_size: usize, enable_prefix_cache: bool) -> Self {
+        KvCacheManager {
+            pool: BlockPool::new(num_blocks, block_size),
+            seqs: HashMap::new(),
+            prefix_cache: enable_prefix_cache,
+            prefix_hit_tokens: 0,
+        }
+    }
+
+    /// Starts the block table of `seq` with the cached full blocks matching the longest prefix of
+    /// `tokens`, and returns how many leading tokens already have their KV (a multiple of the block
+    /// size, never all of `tokens`). A sequence that still holds blocks gives them up first.
+    pub fn allocate_prefix(&mut self, seq: SeqId, tokens: &[u32]) -> usize {
+        // Taking only cached blocks never needs more than is free (each one taken from the free
+        // queue was counted there), so this cannot fail.
+        self.allocate_with_prefix(seq, tokens, 0).unwrap_or(0)
+    }
+
+    /// [`Self::allocate_prefix`] and [`Self::ensure_slots`] for the next `max_new_tokens` tokens
+    /// after the cached prefix, as one step: either both happen or nothing changes (`None`, not
+    /// enough free blocks). Returns the number of cached tokens.
+    ///
+    /// Doing both at once lets a caller admit a sequence without undoing a prefix match that turns
+    /// out not to fit; such an undo would also reorder the free queue.
+    pub fn allocate_with_prefix(
+        &mut self,
+        seq: SeqId,
+        tokens: &[u32],
+        max_new_tokens: usize,
+    ) -> Option<usize> {
+        self.free(seq);
+        let found = self.match_prefix(tokens);
+        let num_cached = found.blocks.len() * self.block_size();
+        let num_total = num_cached + tokens.len().saturating_sub(num_cached).min(max_new_tokens);
+        // Matched blocks that nobody holds are in the free queue: taking them uses up free blocks.
+        let revived = found
+            .blocks
+            .iter()
+            .filter(|&&b| self.pool.ref_count(b) == Some(0))
+            .count();
+        let new = self
+            .blocks_for(num_total)
+            .saturating_sub(found.blocks.len());
+        if revived + new > self.pool.num_free() {
+            return None;
+        }
+        for &b in &found.blocks {
+            self.pool.share(b);
+        }
+        let mut blocks = found.blocks;
+        // Cannot fail: checked against num_free above, with the revived blocks already taken out.
+        blocks.extend(self.pool.allocate_n(new)?);
+        self.seqs.insert(
+            seq,
+            SeqBlocks {
+                blocks,
+                hashes: found.hashes,
+            },
+        );
+        self.prefix_hit_tokens += num_cached;
+        Some(num_cached)
+    }
+
+    /// Grows the block table of `seq` to hold `num_tokens_total` tokens, taking free blocks (and
+    /// dropping the cached content of those). Returns false, changing nothing, when too few blocks are
+    /// free. An unknown `seq` starts with an empty table.
+    pub fn ensure_slots(&mut self, seq: SeqId, num_tokens_total: usize) -> bool {
+        let needed = self.blocks_for(num_tokens_total);
+        let held = self.seqs.get(&seq).map_or(0, |s| s.blocks.len());
+        if needed <= held {
+            return true;
+        }
+        let Some(new) = self.pool.allocate_n(needed - held) else {
+            return false;
+        };
+        self.seqs.entry(seq).or_default().blocks.extend(new);
+        true
+    }
+
+    /// Registers the hashes of the blocks of `seq` that are full and computed, now that the first
+    /// `num_computed` of `tokens` have their KV, so that later sequences can share them.
+    pub fn commit_full_blocks(&mut self, seq: SeqId, tokens: &[u32], num_computed: usize) {
+        if !self.prefix_cache {
+            return;
+        }
+        let bs = self.pool.block_size();
+        let Some(entry) = self.seqs.get_mut(&seq) else {
+            return;
+        };
+        let num_full = (num_computed.min(tokens.len()) / bs).min(entry.blocks.len());
+        for i in entry.hashes.len()..num_full {
+            let hash = BlockHash::new(entry.hashes.last().copied(), &tokens[i * bs..(i + 1) * bs]);
+            self.pool.register(entry.blocks[i], hash);
+            entry.hashes.push(hash);
+        }
+    }
+
+    /// Empty for a sequence that holds no blocks.
+    pub fn block_table(&self, seq: SeqId) -> &[BlockId] {
+        self.seqs.get(&seq).map_or(&[], |s| &s.blocks)
+    }
+
+    /// Gives up every block of `seq`; blocks nobody else holds become free and keep their hashes.
+    pub fn free(&mut self, seq: SeqId) {
+        let Some(entry) = self.seqs.remove(&seq) else {
+            return;
+        };
+        // Last block first: the tail of a sequence is the part least likely to be shared (a later
+        // prompt must match everything before it), so it should be the first to be evicted.
+        for &b in entry.blocks.iter().rev() {
+            self.pool.release(b);
+        }
+    }
+
+    pub fn num_free(&self) -> usize {
+        self.pool.num_free()
+    }
+
+    pub fn num_total(&self) -> usize {
+        self.pool.num_total()
+    }
+
+    pub fn block_size(&self) -> usize {
+        self.pool.block_size()
+    }
+
+    /// Tokens whose KV was reused from the prefix cache since construction.
+    pub fn prefix_hit_tokens_total(&self) -> usize {
+        self.prefix_hit_tokens
+    }
+
+    pub fn pool(&self) -> &BlockPool {
+        &self.pool
+    }
+
+    /// Number of sequences holding a block table.
+    pub fn num_seqs(&self) -> usize {
+        self.seqs.len()
+    }
+
+    fn blocks_for(&self, num_tokens: usize) -> usize {
+        num_tokens.div_ceil(self.pool.block_size())
+    }
+
+    /// Longest run of cached full blocks matching `tokens` from the start, leaving at least the last
+    /// token uncovered: the engine samples from the last position's logits, so it must compute it.
+    fn match_prefix(&self, tokens: &[u32]) -> PrefixMatch {
+        let mut found = PrefixMatch {
+            blocks: Vec::new(),
+            hashes: Vec::new(),
+        };
+        if !self.prefix_cache {
+            return found;
+        }
+        let bs = self.pool.block_size();
+        for chunk in tokens[..tokens.len().saturating_sub(1)].chunks_exact(bs) {
+            let hash = BlockHash::new(found.hashes.last().copied(), chunk);
+            let Some(b) = self.pool.lookup(hash) else {
+                break;
+            };
+            found.blocks.push(b);
+            found.hashes.push(hash);
+        }
+        found
+    }
+
+    /// Panics unless every block's reference count equals the number of block tables holding it,
+    /// no table holds a block twice, and blocks held by several tables are cached (shared only
+    /// through equal content).
+    #[cfg(test)]
+    pub(crate) fn assert_consistent(&self) {
+        self.pool.assert_consistent();
+        let mut holders = vec![0u32; self.num_total()];
+        for (seq, entry) in &self.seqs {
+            let mut own = entry.blocks.clone();
+            own.sort_unstable();
+            own.dedup();
+            assert_eq!(
+                own.len(),
+                entry.blocks.len(),
+                "seq {seq} holds a block twice"
+            );
+            assert!(
+                entry.hashes.len() <= entry.blocks.len(),
+                "seq {seq} hashed more blocks than it holds"
+            );
+            for &b in &entry.blocks {
+                holders[b as usize] += 1;
+            }
+        }
+        for (b, &n) in holders.iter().enumerate() {
+            let b = b as BlockId;
+            assert_eq!(
+                self.pool.ref_count(b),
+                Some(n),
+                "reference count of block {b}"
+            );
+            assert!(
+                n <= 1 || self.pool.hash(b).is_some(),
+                "block {b} shared by {n} seqs without a hash"
+            );
+        }
+    }
+}

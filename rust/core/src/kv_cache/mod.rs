@@ -1,0 +1,24 @@
+//! Paged KV-cache bookkeeping: which cache blocks each sequence owns, and the prefix cache that lets
+//! sequences share full blocks with equal content.
+//!
+//! Plain data only. A block is `block_size` token slots of K and V in every layer; here it is just an
+//! id with a reference count and, once full and computed, a content hash. The runner turns block
+//! tables into tensors; nothing in this module touches the device.
+//!
+//! - [`BlockPool`]: the blocks, their reference counts, the free list in eviction order and the
+//!   hash -> block map of the prefix cache.
+//! - [`KvCacheManager`]: the pool plus one block table per sequence.
+
+mod block_hash;
+mod block_pool;
+mod free_queue;
+mod manager;
+#[cfg(test)]
+mod tests;
+
+pub use block_hash::BlockHash;
+pub use block_pool::{BlockId, BlockPool};
+pub use manager::KvCacheManager;
+
+/// Identifies one sequence (one request's generation) to the KV cache and the scheduler.
+pub type SeqId = u64;

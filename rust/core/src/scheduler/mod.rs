@@ -1,0 +1,305 @@
+//! The token-budget scheduler: FCFS, continuous batching, chunked prefill, preemption by recompute.
+//!
+//! There are no prefill and decode phases. Each sequence has its known tokens (prompt + generated)
+//! and `num_computed`, the leading tokens whose KV is in the cache; each step hands out "compute
+//! tokens `num_computed..num_computed + n` of sequence `s`" under a budget of
+//! `max_num_batched_tokens`. A decode is the case `n = 1`; a prompt is computed in chunks of at most
+//! `prefill_chunk_size`; a sequence resumed after preemption recomputes prompt + generated tokens.
+//!
+//! A step serves the running sequences first, oldest admission first, then admits waiting ones in
+//! arrival order while the budget, `max_num_seqs` and the free blocks allow. A running sequence that
+//! cannot get a block for its tokens preempts the most recently admitted running sequence (itself if
+//! it is the newest): that one gives up all its blocks, keeps its tokens and goes back to the front
+//! of the waiting queue. Because the oldest running sequence is never preempted by another, and
+//! everything up to the whole cache fits once it runs alone, the oldest always makes progress.
+//!
+//! A sequence whose tokens exceed the whole cache could never run; instead of preempting forever
+//! it is dropped and reported in [`SchedulerOutput::unschedulable`] (see [`Scheduler::add`]).
+
+mod config;
+mod output;
+#[cfg(test)]
+mod stress_tests;
+#[cfg(test)]
+mod tests;
+
+pub use crate::kv_cache::SeqId;
+pub use config::SchedulerConfig;
+pub use output::{ScheduledSeq, SchedulerOutput};
+
+use crate::kv_cache::KvCacheManager;
+use std::collections::{HashMap, VecDeque};
+
+#[derive(Debug, Clone)]
+struct Sequence {
+    /// Prompt followed by generated tokens.
+    tokens: Vec<u32>,
+    /// Leading tokens of `tokens` whose KV is in the cache; 0 while waiting.
+    num_computed: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Scheduler {
+    cfg: SchedulerConfig,
+    kv: KvCacheManager,
+    seqs: HashMap<SeqId, Sequence>,
+    /// Arrival order, except that preempted sequences return to the front.
+    waiting: VecDeque<SeqId>,
+    /// Admission order: the back is the newest, the first to be preempted.
+    running: Vec<SeqId>,
+}
+
+impl Scheduler {
+    /// # Panics
+    /// If `cfg` fails [`SchedulerConfig::validate`]; the engine validates its settings first.
+    pub fn new(cfg: SchedulerConfig) -> Self {
+        if let Err(e) = cfg.validate() {
+            panic!("invalid scheduler configuration: {e}");
+        }
+        let kv = KvCacheManager::new(cfg.num_blocks, cfg.block_size, cfg.enable_prefix_cache);
+        Scheduler {
+            cfg,
+            kv,
+            seqs: HashMap::new(),
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+        }
+    }
+
+    /// Queues a new sequence behind every waiting one. The engine rejects prompts longer than the
+    /// KV cache before this; one that slips through (or an empty one) is reported in the
+    /// `unschedulable` list of the step that reaches it. An id already known is ignored.
+    pub fn add(&mut self, seq_id: SeqId, prompt: Vec<u32>) {
+        if self.seqs.contains_key(&seq_id) {
+            debug_assert!(false, "sequence {seq_id} added twice");
+            log::warn!("scheduler: sequence {seq_id} added twice; the second one is ignored");
+            return;
+        }
+        self.seqs.insert(
+            seq_id,
+            Sequence {
+                tokens: prompt,
+                num_computed: 0,
+            },
+        );
+        self.waiting.push_back(seq_id);
+    }
+
+    pub fn schedule(&mut self) -> SchedulerOutput {
+        let mut out = SchedulerOutput::default();
+        let mut budget = self.cfg.max_num_batched_tokens;
+        self.schedule_running(&mut out, &mut budget);
+        // Blocks just ran out: admitting now would only take blocks back from running sequences
+        // (or readmit the ones just preempted).
+        if out.preempted.is_empty() {
+            self.schedule_waiting(&mut out, &mut budget);
+        }
+        out.num_batched_tokens = self.cfg.max_num_batched_tokens - budget;
+        out
+    }
+
+    /// Advances each scheduled sequence by the tokens it was fed and appends the tokens sampled for
+    /// the sequences scheduled with `sample`. Entries for sequences finished or aborted since
+    /// [`Self::schedule`], and sampled tokens for sequences that did not sample, are ignored.
+    pub fn update(&mut self, out: &SchedulerOutput, sampled: &[(SeqId, u32)]) {
+        let sampled: HashMap<SeqId, u32> = sampled.iter().copied().collect();
+        for s in &out.seqs {
+            let Some(seq) = self.seqs.get_mut(&s.seq_id) else {
+                continue;
+            };
+            if seq.num_computed != s.start_pos {
+                continue; // not the state this output was scheduled from
+            }
+            seq.num_computed = (s.start_pos + s.token_ids.len()).min(seq.tokens.len());
+            self.kv
+                .commit_full_blocks(s.seq_id, &seq.tokens, seq.num_computed);
+            if s.sample {
+                if let Some(&token) = sampled.get(&s.seq_id) {
+                    seq.tokens.push(token);
+                }
+            }
+        }
+    }
+
+    /// The sequence is done (stop or length): frees its blocks and forgets it.
+    pub fn finish(&mut self, seq_id: SeqId) {
+        self.remove(seq_id);
+    }
+
+    /// Like [`Self::finish`] for a waiting or running sequence; false if `seq_id` is unknown.
+    pub fn abort(&mut self, seq_id: SeqId) -> bool {
+        self.remove(seq_id)
+    }
+
+    pub fn num_running(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn num_waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    pub fn has_work(&self) -> bool {
+        !self.running.is_empty() || !self.waiting.is_empty()
+    }
+
+    pub fn num_free_blocks(&self) -> usize {
+        self.kv.num_free()
+    }
+
+    pub fn num_total_blocks(&self) -> usize {
+        self.kv.num_total()
+    }
+
+    /// Prompt followed by generated tokens.
+    pub fn tokens(&self, seq_id: SeqId) -> Option<&[u32]> {
+        self.seqs.get(&seq_id).map(|s| s.tokens.as_slice())
+    }
+
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.cfg
+    }
+
+    /// The block tables and the prefix cache, for metrics and inspection.
+    pub fn kv_cache(&self) -> &KvCacheManager {
+        &self.kv
+    }
+
+    /// Running sequences in admission order: decode tokens or the next prefill chunk.
+    fn schedule_running(&mut self, out: &mut SchedulerOutput, budget: &mut usize) {
+        let mut i = 0;
+        while i < self.running.len() && *budget > 0 {
+            let id = self.running[i];
+            let Some(seq) = self.seqs.get(&id) else {
+                self.running.remove(i);
+                continue;
+            };
+            if !self.can_ever_run(seq) {
+                self.running.remove(i);
+                self.drop_unschedulable(id, out);
+                continue;
+            }
+            // 0 only if the engine did not deliver a sampled token; nothing to compute until it does.
+            let n = seq
+                .tokens
+                .len()
+                .saturating_sub(seq.num_computed)
+                .min(self.cfg.prefill_chunk_size)
+                .min(*budget);
+            if n == 0 {
+                i += 1;
+                continue;
+            }
+            let start = seq.num_computed;
+            if !self.reserve_or_preempt(i, start + n, out) {
+                continue; // preempted itself: running[i] is now the next sequence, if any
+            }
+            out.seqs.push(self.scheduled(id, start, n));
+            *budget -= n;
+            i += 1;
+        }
+    }
+
+    /// Waiting sequences in queue order (no skipping, so a long prompt is not starved by short ones).
+    fn schedule_waiting(&mut self, out: &mut SchedulerOutput, budget: &mut usize) {
+        while let Some(&id) = self.waiting.front() {
+            if *budget == 0 || self.running.len() >= self.cfg.max_num_seqs {
+                break;
+            }
+            let Some(seq) = self.seqs.get(&id) else {
+                self.waiting.pop_front();
+                continue;
+            };
+            if !self.can_ever_run(seq) {
+                self.waiting.pop_front();
+                self.drop_unschedulable(id, out);
+                continue;
+            }
+            let max_new = self.cfg.prefill_chunk_size.min(*budget);
+            // Prefix hits are taken here, on every admission: a resumed sequence finds its own
+            // blocks again if nothing reused them meanwhile.
+            let Some(cached) = self.kv.allocate_with_prefix(id, &seq.tokens, max_new) else {
+                break;
+            };
+            let n = (seq.tokens.len() - cached).min(max_new);
+            if let Some(seq) = self.seqs.get_mut(&id) {
+                seq.num_computed = cached;
+            }
+            self.waiting.pop_front();
+            self.running.push(id);
+            out.prefix_hit_tokens += cached;
+            out.seqs.push(self.scheduled(id, cached, n));
+            *budget -= n;
+        }
+    }
+
+    /// Grows the block table of `running[i]` to `num_tokens` slots, preempting from the back of
+    /// `running` (never a sequence before `i`, which were scheduled already) until it fits. Returns
+    /// false when `running[i]` had to preempt itself.
+    fn reserve_or_preempt(
+        &mut self,
+        i: usize,
+        num_tokens: usize,
+        out: &mut SchedulerOutput,
+    ) -> bool {
+        let id = self.running[i];
+        while !self.kv.ensure_slots(id, num_tokens) {
+            let Some(victim) = self.running.pop() else {
+                return false;
+            };
+            self.preempt(victim);
+            out.preempted.push(victim);
+            if victim == id {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Frees the blocks of a sequence already taken out of `running` and queues it to be
+    /// recomputed first. Preempting newest first and pushing to the front keeps several victims of
+    /// one step in admission order.
+    fn preempt(&mut self, id: SeqId) {
+        self.kv.free(id);
+        if let Some(seq) = self.seqs.get_mut(&id) {
+            seq.num_computed = 0;
+        }
+        self.waiting.push_front(id);
+    }
+
+    /// A sequence already taken out of its queue that can never run (see the module docs).
+    fn drop_unschedulable(&mut self, id: SeqId, out: &mut SchedulerOutput) {
+        self.kv.free(id);
+        self.seqs.remove(&id);
+        out.unschedulable.push(id);
+    }
+
+    /// Alone in the cache, a sequence can hold every one of its tokens.
+    fn can_ever_run(&self, seq: &Sequence) -> bool {
+        !seq.tokens.is_empty() && seq.tokens.len() <= self.cfg.capacity_tokens()
+    }
+
+    fn scheduled(&self, id: SeqId, start: usize, n: usize) -> ScheduledSeq {
+        let tokens = self.seqs.get(&id).map_or(&[][..], |s| &s.tokens);
+        ScheduledSeq {
+            seq_id: id,
+            start_pos: start,
+            token_ids: tokens.get(start..start + n).unwrap_or_default().to_vec(),
+            block_table: self.kv.block_table(id).to_vec(),
+            sample: start + n == tokens.len(),
+        }
+    }
+
+    fn remove(&mut self, id: SeqId) -> bool {
+        if self.seqs.remove(&id).is_none() {
+            return false;
+        }
+        if let Some(i) = self.running.iter().position(|&r| r == id) {
+            self.running.remove(i);
+        } else if let Some(i) = self.waiting.iter().position(|&w| w == id) {
+            self.waiting.remove(i);
+        }
+        self.kv.free(id);
+        true
+    }
+}

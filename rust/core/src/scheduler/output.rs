@@ -1,0 +1,43 @@
+//! What one scheduler step hands to the runner: plain data, no tensors.
+
+use crate::kv_cache::{BlockId, SeqId};
+
+/// "Compute these tokens of this sequence": a prefill chunk, a decode token, or a recompute after
+/// preemption are all the same thing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduledSeq {
+    pub seq_id: SeqId,
+    /// Tokens already in the KV cache; `token_ids[i]` sits at position `start_pos + i`.
+    pub start_pos: usize,
+    /// Tokens fed this step.
+    pub token_ids: Vec<u32>,
+    /// Blocks covering positions `0 .. start_pos + token_ids.len()` (at least).
+    pub block_table: Vec<BlockId>,
+    /// This chunk reaches the end of the known tokens, so the engine samples a token from its last
+    /// position.
+    pub sample: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SchedulerOutput {
+    /// At most one entry per sequence, running sequences first, each group in its queue's order.
+    pub seqs: Vec<ScheduledSeq>,
+    /// Sequences preempted this step: their blocks were freed and they wait to be recomputed. None
+    /// of them is in `seqs`.
+    pub preempted: Vec<SeqId>,
+    /// Sequences dropped because they can never run: their tokens (prompt + generated) no longer
+    /// fit in the whole KV cache, or they have no token at all. Their blocks are freed and the
+    /// scheduler has forgotten them; the engine finishes them (finish reason "length").
+    pub unschedulable: Vec<SeqId>,
+    /// Sum of `token_ids.len()` over `seqs`.
+    pub num_batched_tokens: usize,
+    /// Tokens of this step's admissions whose KV came from the prefix cache.
+    pub prefix_hit_tokens: usize,
+}
+
+impl SchedulerOutput {
+    /// Nothing to run this step.
+    pub fn is_empty(&self) -> bool {
+        self.seqs.is_empty()
+    }
+}
