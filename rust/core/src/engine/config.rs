@@ -29,6 +29,8 @@ pub struct EngineArgs {
     pub verbose: bool,
     /// Keep GGUF weights quantized on the CPU (faster, slightly less exact); see the README.
     pub quantized_matmul: bool,
+    /// Compute dtype: "float32", "bfloat16" or "float16"; None = f32 on the CPU, bf16 on GPUs.
+    pub dtype: Option<String>,
 }
 
 impl Default for EngineArgs {
@@ -45,6 +47,7 @@ impl Default for EngineArgs {
             enable_tracing: false,
             verbose: true,
             quantized_matmul: false,
+            dtype: None,
         }
     }
 }

@@ -107,8 +107,19 @@ impl EngineCore {
     /// One engine step. Errors in the model fail only the requests of this step.
     pub fn step(&mut self) -> Vec<Delta> {
         let out = self.scheduler.schedule();
+        // Sequences that can never fit in the whole cache were dropped by the scheduler: end them
+        // with "length" (validation keeps prompts within the window, so this only guards growth).
+        let mut dropped = Vec::new();
+        for seq in &out.unschedulable {
+            if let Some(state) = self.requests.remove(seq) {
+                self.ids.remove(&state.request_id);
+                self.metrics.num_requests_finished += 1;
+                self.tracer.event(*seq, &state.request_id, "finished", json!({"reason": "length", "unschedulable": true}));
+                dropped.push(state.terminal(FinishReason::Length, None));
+            }
+        }
         if out.seqs.is_empty() {
-            return Vec::new();
+            return dropped;
         }
         self.note_schedule(&out);
         let start = Instant::now();
@@ -130,7 +141,7 @@ impl EngineCore {
             results.push((row.seq_id, s));
         }
         self.scheduler.update(&out, &sampled);
-        let mut deltas = Vec::with_capacity(results.len());
+        let mut deltas = dropped;
         for (seq, s) in results {
             let Some(state) = self.requests.get_mut(&seq) else { continue };
             let first = state.first_token.is_none();

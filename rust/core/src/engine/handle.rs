@@ -209,7 +209,13 @@ impl Drop for EngineHandle {
 pub fn build(model: &str, device: &str, args: &EngineArgs) -> Result<(EngineCore, EngineInfo, Arc<Tokenizer>)> {
     let device = parse_device(device)?;
     // CPU computes in f32 (bf16 weights are upcast); GPUs run bf16 weights, activations and KV cache.
-    let dtype = if device.is_cuda() { candle_core::DType::BF16 } else { candle_core::DType::F32 };
+    let dtype = match args.dtype.as_deref() {
+        None | Some("auto") => if device.is_cuda() { candle_core::DType::BF16 } else { candle_core::DType::F32 },
+        Some("float32") | Some("f32") => candle_core::DType::F32,
+        Some("bfloat16") | Some("bf16") => candle_core::DType::BF16,
+        Some("float16") | Some("f16") => candle_core::DType::F16,
+        Some(other) => return Err(EngineError::bad_request("dtype", format!("{other:?} is not one of float32, bfloat16, float16"))),
+    };
     let elem_bytes = dtype.size_in_bytes();
     // MLC_QUANTIZED_MATMUL=1 opts in without an API change (the Python signature follows MLC's).
     let quantized = args.quantized_matmul || std::env::var("MLC_QUANTIZED_MATMUL").is_ok_and(|v| v == "1");

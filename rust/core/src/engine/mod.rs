@@ -11,5 +11,5 @@ pub mod stop;
 pub mod trace;
 
 pub use config::{EngineArgs, EngineSizes, Mode};
-pub use handle::{EngineHandle, EngineInfo};
+pub use handle::{build, EngineHandle, EngineInfo};
 pub use output::{Delta, FinishReason};

@@ -8,13 +8,14 @@ use crate::tokenizer::Tokenizer;
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};
 use std::fs::File;
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 pub struct GgufWeights {
     content: gguf_file::Content,
     // Reads seek the shared handle; loading happens on one thread, the lock only makes that explicit.
-    file: Mutex<File>,
+    file: Mutex<BufReader<File>>,
     path: PathBuf,
     device: Device,
     dtype: DType,
@@ -23,7 +24,7 @@ pub struct GgufWeights {
 
 pub fn load(path: &Path, device: &Device, dtype: DType, quant: QuantMode) -> Result<(ModelConfig, GgufWeights, Tokenizer)> {
     let shown = path.display().to_string();
-    let mut file = File::open(path).map_err(|e| EngineError::model_load(&shown, e.to_string()))?;
+    let mut file = BufReader::new(File::open(path).map_err(|e| EngineError::model_load(&shown, e.to_string()))?);
     let content = gguf_file::Content::read(&mut file)
         .map_err(|e| EngineError::model_load(&shown, format!("not a valid GGUF file: {e}")))?;
     let has_output = content.tensor_infos.contains_key("output.weight");
