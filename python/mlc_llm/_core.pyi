@@ -12,6 +12,9 @@ __version__: str
 def cuda_device_count() -> int:
     """Number of CUDA devices this build can see (0 on a CPU-only build)."""
 
+def device_smoke_test(device: str) -> str:
+    """Runs a small matmul on `device` and compares it with the CPU; returns a one-line report."""
+
 class Engine:
     def __init__(self, model: str, device: str, config_json: str) -> None:
         """Loads the model and starts the engine thread.
@@ -27,7 +30,8 @@ class Engine:
     def info(self) -> str:
         """JSON: {"model", "model_path", "architecture", "device", "vocab_size", "context_window_size",
         "max_num_sequence", "max_total_sequence_length", "prefill_chunk_size", "kv_block_size",
-        "num_kv_blocks", "bos_token", "eos_token", "eos_token_ids": [int], "has_chat_template": bool}"""
+        "num_kv_blocks", "bos_token", "eos_token", "eos_token_ids": [int], "has_chat_template": bool,
+        "mode", "quantized_matmul": bool, "generation_defaults": {field: value}}"""
     def apply_chat_template(self, messages_json: str, add_generation_prompt: bool, tools_json: Optional[str]) -> str:
         """Renders the model's chat template. messages_json: a JSON list of OpenAI-style message dicts."""
     def tokenize(self, text: str, add_special_tokens: bool) -> List[int]: ...
@@ -35,7 +39,8 @@ class Engine:
     def add_request(self, request_id: str, prompt_token_ids: List[int], params_json: str) -> None:
         """Queues one sequence. params_json: the SamplingParams fields (temperature, top_p, top_k, min_p,
         frequency_penalty, presence_penalty, repetition_penalty, logit_bias {id: bias}, seed, max_tokens,
-        stop, stop_token_ids, ignore_eos, logprobs, top_logprobs). Raises BadRequestError naming the field
+        stop, stop_token_ids, ignore_eos, logprobs, top_logprobs); fields left out (or null) take the model's
+        generation defaults (info()["generation_defaults"]). Raises BadRequestError naming the field
         (including a duplicate request id and a prompt longer than the context window)."""
     def abort(self, request_id: str) -> None:
         """Stops a request; its stream ends with finish_reason "abort". Unknown ids are ignored."""

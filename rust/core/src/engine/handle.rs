@@ -50,9 +50,29 @@ pub struct EngineInfo {
     pub has_chat_template: bool,
     pub mode: super::config::Mode,
     pub quantized_matmul: bool,
+    /// Sampling defaults for fields a request leaves unset: the model's generation_config.json where it
+    /// has one, else temperature 0.7 and top_p 0.95 (MLC's chat defaults).
+    pub generation_defaults: serde_json::Map<String, serde_json::Value>,
 }
 
 impl EngineInfo {
+    /// Parses a request's sampling parameters (JSON), filling unset fields from the model's defaults.
+    pub fn sampling_params(&self, json: &str) -> Result<SamplingParams> {
+        let mut v: serde_json::Value = serde_json::from_str(json).map_err(|e| EngineError::bad_request("sampling parameters", e.to_string()))?;
+        let obj = v.as_object_mut().ok_or_else(|| EngineError::bad_request("sampling parameters", "must be a JSON object"))?;
+        for (k, d) in &self.generation_defaults {
+            if obj.get(k).is_none_or(|x| x.is_null()) {
+                obj.insert(k.clone(), d.clone());
+            }
+        }
+        obj.retain(|_, x| !x.is_null());
+        serde_json::from_value(v).map_err(|e| {
+            let msg = e.to_string();
+            let field = msg.split('`').nth(1).unwrap_or("sampling parameters").to_string();
+            EngineError::bad_request(field, msg)
+        })
+    }
+
     /// Checks a request against the model and the sizes; returns how many tokens it may generate.
     pub fn validate(&self, prompt: &[u32], params: &SamplingParams) -> Result<usize> {
         params.validate(self.vocab_size)?;
@@ -260,9 +280,26 @@ pub fn build(model: &str, device: &str, args: &EngineArgs) -> Result<(EngineCore
         has_chat_template: tokenizer.chat_template().is_some(),
         mode: sizes.mode,
         quantized_matmul: quantized,
+        generation_defaults: generation_defaults(&loaded.path),
     };
     let core = EngineCore::new(ModelRunner::new(model_impl, kv), scheduler, tokenizer.clone(), sizes, args.enable_tracing);
     Ok((core, info, tokenizer))
+}
+
+/// Sampling defaults from an HF directory's generation_config.json, else MLC's chat defaults.
+fn generation_defaults(model_path: &std::path::Path) -> serde_json::Map<String, serde_json::Value> {
+    let mut out = serde_json::Map::new();
+    out.insert("temperature".into(), 0.7.into());
+    out.insert("top_p".into(), 0.95.into());
+    let file = if model_path.is_dir() { model_path.join("generation_config.json") } else { model_path.with_file_name("generation_config.json") };
+    if let Some(cfg) = std::fs::read_to_string(file).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()) {
+        for key in ["temperature", "top_p", "top_k", "repetition_penalty"] {
+            if let Some(v) = cfg.get(key).filter(|v| v.is_number()) {
+                out.insert(key.into(), v.clone());
+            }
+        }
+    }
+    out
 }
 
 fn engine_loop(mut core: EngineCore, commands: Receiver<Command>, outputs: Sender<Delta>) {
