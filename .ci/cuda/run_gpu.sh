@@ -78,6 +78,8 @@ fi
 
 # 5. pytest -m gpu (the host image has pytest; a carried pytest wheel in dist/pywheels also works)
 PYTEST_RC=99
+# GPU tests append their measured numbers (kernel errors, engine agreement) here as JSON lines.
+export MLC_GPU_RESULTS="$OUT/gpu_results.jsonl"
 if "$PY" -c 'import pytest' 2>/dev/null; then
     # The installed package must be the one under test: --confcutdir keeps tests/conftest.py (which puts
     # the source tree python/ first on sys.path for the CPU tests) out, -o pythonpath= any ini setting.

@@ -62,14 +62,15 @@ impl ModelRunner {
         let s = sample_rows.len();
         let tokens = Tensor::from_vec(tokens, n, dev)?; // [num_tokens]
         let positions = Tensor::from_vec(positions, n, dev)?; // [num_tokens]
+        let step = self.kv.prepare(meta)?; // validated, and on CUDA uploaded once for all layers
         if s == 0 {
             // Prefill chunks that do not reach the end of their prompt still fill the cache.
             let rows = Tensor::from_vec(vec![(n - 1) as u32], 1, dev)?;
-            self.model.forward(&tokens, &positions, &rows, &self.kv, &meta)?;
+            self.model.forward(&tokens, &positions, &rows, &self.kv, &step)?;
             return Ok(Vec::new());
         }
         let rows = Tensor::from_vec(sample_rows, s, dev)?; // [num_samples]
-        let logits = self.model.forward(&tokens, &positions, &rows, &self.kv, &meta)?; // [num_samples, vocab]
+        let logits = self.model.forward(&tokens, &positions, &rows, &self.kv, &step)?; // [num_samples, vocab]
         let logits = logits.to_device(&candle_core::Device::Cpu)?.to_vec2::<f32>()?;
         let ids = out.seqs.iter().filter(|s| s.sample).map(|s| s.seq_id);
         Ok(ids.zip(logits).map(|(seq_id, logits)| SeqLogits { seq_id, logits }).collect())

@@ -54,7 +54,7 @@ fn teacher_forced(model: &LlamaModel, ids: &[u32]) -> Vec<f32> {
         block_size: bs,
     };
     let t = |v: Vec<u32>| Tensor::from_vec(v.clone(), v.len(), &Device::Cpu).unwrap();
-    let logits = model.forward(&t(ids.to_vec()), &t((0..n as u32).collect()), &t((0..n as u32 - 1).collect()), &kv, &meta).unwrap();
+    let logits = model.forward(&t(ids.to_vec()), &t((0..n as u32).collect()), &t((0..n as u32 - 1).collect()), &kv, &kv.prepare(meta).unwrap()).unwrap();
     let lp = candle_nn::ops::log_softmax(&logits, 1).unwrap().to_vec2::<f32>().unwrap();
     (0..n - 1).map(|i| lp[i][ids[i + 1] as usize]).collect()
 }

@@ -1,2 +1,111 @@
-//! Our own CUDA kernels (paged attention, KV write, fused norm / rope / activation, sampling).
-//! Empty on CPU builds: the CPU engine computes the same operations in `mlc_core` with candle.
+//! Our own CUDA kernels (paged attention and the KV-cache write so far), compiled to PTX at build time
+//! behind feature `cuda` and loaded by the engine on candle's CUDA device.
+//!
+//! This crate holds the kernel sources, their PTX and the launch contract (module / function names and
+//! the constants the `.cu` files are compiled with); the safe launches live beside the candle ops that
+//! use them (`mlc_core::attention`). CPU builds compile only the constants.
+
+#[cfg(feature = "cuda")]
+mod ptx {
+    include!(concat!(env!("OUT_DIR"), "/ptx.rs"));
+}
+
+/// PTX of `kernels/kv_write.cu`.
+#[cfg(feature = "cuda")]
+pub use ptx::KV_WRITE as KV_WRITE_PTX;
+/// PTX of `kernels/paged_attention.cu`.
+#[cfg(feature = "cuda")]
+pub use ptx::PAGED_ATTENTION as PAGED_ATTENTION_PTX;
+
+/// Module names under which the PTX is cached per device (`get_or_load_custom_func`).
+pub const KV_WRITE_MODULE: &str = "mlc_kv_write";
+pub const PAGED_ATTENTION_MODULE: &str = "mlc_paged_attention";
+
+/// Threads per block of the attention kernel (`ATTN_THREADS` in paged_attention.cu).
+pub const ATTN_THREADS: u32 = 128;
+/// Threads per block of the split-combine kernel (`COMBINE_THREADS` in paged_attention.cu).
+pub const COMBINE_THREADS: u32 = 128;
+/// Most context partitions one query token may be split into (`ATTN_MAX_SPLITS` in paged_attention.cu:
+/// the combine kernel keeps one weight per partition in shared memory).
+pub const ATTN_MAX_SPLITS: usize = 64;
+/// Largest head dimension the attention kernels accept (`8 * 32` values per lane-strided row).
+pub const ATTN_MAX_HEAD_DIM: usize = 256;
+/// Threads per block of the KV write kernel.
+pub const KV_WRITE_THREADS: u32 = 128;
+
+/// Element types the kernels are instantiated for; the suffix of every kernel name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelDType {
+    F32,
+    BF16,
+    F16,
+}
+
+impl KernelDType {
+    pub fn suffix(self) -> &'static str {
+        match self {
+            KernelDType::F32 => "f32",
+            KernelDType::BF16 => "bf16",
+            KernelDType::F16 => "f16",
+        }
+    }
+}
+
+/// `kv_write_<dtype>`.
+pub fn kv_write_name(dtype: KernelDType) -> &'static str {
+    match dtype {
+        KernelDType::F32 => "kv_write_f32",
+        KernelDType::BF16 => "kv_write_bf16",
+        KernelDType::F16 => "kv_write_f16",
+    }
+}
+
+/// `paged_attention_<dtype>_d<max head dim>`: the instance for the smallest of 64, 128, 256 that holds
+/// `head_dim` (64 and 128 are exact fits; other sizes run the next instance with bounds checks).
+/// `None` above [`ATTN_MAX_HEAD_DIM`].
+pub fn paged_attention_name(dtype: KernelDType, head_dim: usize) -> Option<&'static str> {
+    use KernelDType::*;
+    let d = match head_dim {
+        0 => return None,
+        1..=64 => 64,
+        65..=128 => 128,
+        129..=256 => 256,
+        _ => return None,
+    };
+    Some(match (dtype, d) {
+        (F32, 64) => "paged_attention_f32_d64",
+        (F32, 128) => "paged_attention_f32_d128",
+        (F32, _) => "paged_attention_f32_d256",
+        (BF16, 64) => "paged_attention_bf16_d64",
+        (BF16, 128) => "paged_attention_bf16_d128",
+        (BF16, _) => "paged_attention_bf16_d256",
+        (F16, 64) => "paged_attention_f16_d64",
+        (F16, 128) => "paged_attention_f16_d128",
+        (F16, _) => "paged_attention_f16_d256",
+    })
+}
+
+/// `paged_attention_combine_<dtype>`: merges a split token's partitions into its output row.
+pub fn combine_name(dtype: KernelDType) -> &'static str {
+    match dtype {
+        KernelDType::F32 => "paged_attention_combine_f32",
+        KernelDType::BF16 => "paged_attention_combine_bf16",
+        KernelDType::F16 => "paged_attention_combine_f16",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_dims_map_to_instances() {
+        assert_eq!(paged_attention_name(KernelDType::BF16, 64), Some("paged_attention_bf16_d64"));
+        assert_eq!(paged_attention_name(KernelDType::BF16, 128), Some("paged_attention_bf16_d128"));
+        assert_eq!(paged_attention_name(KernelDType::F32, 32), Some("paged_attention_f32_d64"));
+        assert_eq!(paged_attention_name(KernelDType::F16, 96), Some("paged_attention_f16_d128"));
+        assert_eq!(paged_attention_name(KernelDType::F16, 256), Some("paged_attention_f16_d256"));
+        assert_eq!(paged_attention_name(KernelDType::F32, 257), None);
+        assert_eq!(paged_attention_name(KernelDType::F32, 0), None);
+    }
+}

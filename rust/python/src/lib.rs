@@ -2,6 +2,7 @@
 //! Rust values, releases the GIL while it waits, and maps errors once (see `errors.rs`).
 
 mod errors;
+mod testing;
 
 use pyo3::prelude::*;
 
@@ -22,5 +23,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(cuda_device_count, m)?)?;
     m.add_function(wrap_pyfunction!(device_smoke_test, m)?)?;
+    testing::register(m)?;
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! CPU implementations of the KV write and paged attention (also the reference for the CUDA kernels).
 
 use super::AttentionMetadata;
-use candle_core::{bail, CpuStorage, CustomOp3, InplaceOp2, Layout, Result, Shape};
+use candle_core::{bail, CpuStorage, Layout, Result, Shape};
 use rayon::prelude::*;
 
 fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
@@ -13,118 +13,104 @@ fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [
 }
 
 /// Copies token rows into cache slots: `cache[slot_mapping[t]] = new[t]`.
-pub struct KvWrite<'a> {
-    pub slot_mapping: &'a [u32],
+pub fn kv_write(slot_mapping: &[u32], cache: &mut CpuStorage, cl: &Layout, new: &CpuStorage, nl: &Layout) -> Result<()> {
+    // cache: [num_blocks, block_size, kv_heads, head_dim]; new: [num_tokens, kv_heads, head_dim]
+    let new = contiguous_f32(new, nl, "new k/v")?;
+    let (start, end) = cl.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("cache must be contiguous".into()))?;
+    let CpuStorage::F32(cache) = cache else { bail!("cache must be f32 on cpu") };
+    let cache = &mut cache[start..end];
+    let dims = cl.shape().dims();
+    let row = dims[2] * dims[3];
+    let num_slots = dims[0] * dims[1];
+    if new.len() != slot_mapping.len() * row {
+        bail!("kv-write: {} values for {} tokens of {row}", new.len(), slot_mapping.len());
+    }
+    for (t, &slot) in slot_mapping.iter().enumerate() {
+        let slot = slot as usize;
+        if slot >= num_slots {
+            bail!("kv-write: slot {slot} outside the cache ({num_slots} slots)");
+        }
+        cache[slot * row..(slot + 1) * row].copy_from_slice(&new[t * row..(t + 1) * row]);
+    }
+    Ok(())
 }
 
-impl InplaceOp2 for KvWrite<'_> {
-    fn name(&self) -> &'static str {
-        "kv-write"
+/// Causal paged attention of `q` `[num_tokens, num_heads, head_dim]` over the caches
+/// `[num_blocks, block_size, num_kv_heads, head_dim]`, in f32.
+#[allow(clippy::too_many_arguments)]
+pub fn paged_attention(
+    meta: &AttentionMetadata,
+    scale: f32,
+    q: &CpuStorage,
+    ql: &Layout,
+    k: &CpuStorage,
+    kl: &Layout,
+    v: &CpuStorage,
+    vl: &Layout,
+) -> Result<(CpuStorage, Shape)> {
+    let (num_tokens, num_heads, head_dim) = ql.shape().dims3()?;
+    let (_, block_size, kv_heads, kv_dim) = kl.shape().dims4()?;
+    if kv_dim != head_dim || num_heads % kv_heads != 0 || vl.shape() != kl.shape() {
+        bail!("paged-attention: q {:?} does not match cache {:?}", ql.shape(), kl.shape());
     }
-
-    fn cpu_fwd(&self, cache: &mut CpuStorage, cl: &Layout, new: &CpuStorage, nl: &Layout) -> Result<()> {
-        // cache: [num_blocks, block_size, kv_heads, head_dim]; new: [num_tokens, kv_heads, head_dim]
-        let new = contiguous_f32(new, nl, "new k/v")?;
-        let (start, end) = cl.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("cache must be contiguous".into()))?;
-        let CpuStorage::F32(cache) = cache else { bail!("cache must be f32 on cpu") };
-        let cache = &mut cache[start..end];
-        let dims = cl.shape().dims();
-        let row = dims[2] * dims[3];
-        let num_slots = dims[0] * dims[1];
-        if new.len() != self.slot_mapping.len() * row {
-            bail!("kv-write: {} values for {} tokens of {row}", new.len(), self.slot_mapping.len());
-        }
-        for (t, &slot) in self.slot_mapping.iter().enumerate() {
-            let slot = slot as usize;
-            if slot >= num_slots {
-                bail!("kv-write: slot {slot} outside the cache ({num_slots} slots)");
-            }
-            cache[slot * row..(slot + 1) * row].copy_from_slice(&new[t * row..(t + 1) * row]);
-        }
-        Ok(())
+    if num_tokens != meta.num_tokens() {
+        bail!("paged-attention: q has {num_tokens} tokens, the step {}", meta.num_tokens());
     }
-}
-
-pub struct PagedAttention<'a> {
-    pub meta: &'a AttentionMetadata,
-    pub scale: f32,
-}
-
-impl CustomOp3 for PagedAttention<'_> {
-    fn name(&self) -> &'static str {
-        "paged-attention"
+    if block_size != meta.block_size {
+        bail!("paged-attention: cache block size {block_size} != metadata {}", meta.block_size);
     }
-
-    fn cpu_fwd(
-        &self,
-        q: &CpuStorage,
-        ql: &Layout,
-        k: &CpuStorage,
-        kl: &Layout,
-        v: &CpuStorage,
-        vl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (num_tokens, num_heads, head_dim) = ql.shape().dims3()?;
-        let (_, block_size, kv_heads, kv_dim) = kl.shape().dims4()?;
-        if kv_dim != head_dim || num_heads % kv_heads != 0 || vl.shape() != kl.shape() {
-            bail!("paged-attention: q {:?} does not match cache {:?}", ql.shape(), kl.shape());
+    let q = contiguous_f32(q, ql, "q")?;
+    let k = contiguous_f32(k, kl, "k cache")?;
+    let v = contiguous_f32(v, vl, "v cache")?;
+    // Token -> (sequence, position) so every output row can be computed independently.
+    let mut owner = vec![(0usize, 0usize); num_tokens];
+    for (s, seq) in meta.seqs.iter().enumerate() {
+        if seq.query_len > seq.context_len || seq.query_start + seq.query_len > num_tokens {
+            bail!("paged-attention: sequence {s} has an invalid query range");
         }
-        if block_size != self.meta.block_size {
-            bail!("paged-attention: cache block size {block_size} != metadata {}", self.meta.block_size);
+        if seq.block_table.len() * block_size < seq.context_len {
+            bail!("paged-attention: sequence {s} has too few blocks for {} tokens", seq.context_len);
         }
-        let q = contiguous_f32(q, ql, "q")?;
-        let k = contiguous_f32(k, kl, "k cache")?;
-        let v = contiguous_f32(v, vl, "v cache")?;
-        // Token -> (sequence, position) so every output row can be computed independently.
-        let mut owner = vec![(0usize, 0usize); num_tokens];
-        for (s, seq) in self.meta.seqs.iter().enumerate() {
-            if seq.query_len > seq.context_len || seq.query_start + seq.query_len > num_tokens {
-                bail!("paged-attention: sequence {s} has an invalid query range");
-            }
-            if seq.block_table.len() * block_size < seq.context_len {
-                bail!("paged-attention: sequence {s} has too few blocks for {} tokens", seq.context_len);
-            }
-            let first_pos = seq.context_len - seq.query_len;
-            for i in 0..seq.query_len {
-                owner[seq.query_start + i] = (s, first_pos + i);
-            }
+        let first_pos = seq.context_len - seq.query_len;
+        for i in 0..seq.query_len {
+            owner[seq.query_start + i] = (s, first_pos + i);
         }
-        let group = num_heads / kv_heads;
-        let row = num_heads * head_dim;
-        let kv_row = kv_heads * head_dim;
-        let mut out = vec![0f32; num_tokens * row];
-        out.par_chunks_mut(row).enumerate().for_each(|(t, out_row)| {
-            let (s, pos) = owner[t];
-            let table = &self.meta.seqs[s].block_table;
-            let ctx = pos + 1; // causal: positions 0..=pos
-            let mut scores = vec![0f32; ctx];
-            for h in 0..num_heads {
-                let kvh = h / group;
-                let qv = &q[t * row + h * head_dim..t * row + (h + 1) * head_dim];
-                let mut max = f32::NEG_INFINITY;
-                for (j, sc) in scores.iter_mut().enumerate() {
-                    let slot = table[j / block_size] as usize * block_size + j % block_size;
-                    let kv = &k[slot * kv_row + kvh * head_dim..slot * kv_row + (kvh + 1) * head_dim];
-                    let dot: f32 = qv.iter().zip(kv).map(|(a, b)| a * b).sum();
-                    *sc = dot * self.scale;
-                    max = max.max(*sc);
-                }
-                let mut sum = 0f32;
-                for sc in scores.iter_mut() {
-                    *sc = (*sc - max).exp();
-                    sum += *sc;
-                }
-                let o = &mut out_row[h * head_dim..(h + 1) * head_dim];
-                for (j, &p) in scores.iter().enumerate() {
-                    let slot = table[j / block_size] as usize * block_size + j % block_size;
-                    let vv = &v[slot * kv_row + kvh * head_dim..slot * kv_row + (kvh + 1) * head_dim];
-                    let w = p / sum;
-                    for (od, vd) in o.iter_mut().zip(vv) {
-                        *od += w * vd;
-                    }
+    }
+    let group = num_heads / kv_heads;
+    let row = num_heads * head_dim;
+    let kv_row = kv_heads * head_dim;
+    let mut out = vec![0f32; num_tokens * row];
+    out.par_chunks_mut(row).enumerate().for_each(|(t, out_row)| {
+        let (s, pos) = owner[t];
+        let table = &meta.seqs[s].block_table;
+        let ctx = pos + 1; // causal: positions 0..=pos
+        let mut scores = vec![0f32; ctx];
+        for h in 0..num_heads {
+            let kvh = h / group;
+            let qv = &q[t * row + h * head_dim..t * row + (h + 1) * head_dim];
+            let mut max = f32::NEG_INFINITY;
+            for (j, sc) in scores.iter_mut().enumerate() {
+                let slot = table[j / block_size] as usize * block_size + j % block_size;
+                let kv = &k[slot * kv_row + kvh * head_dim..slot * kv_row + (kvh + 1) * head_dim];
+                let dot: f32 = qv.iter().zip(kv).map(|(a, b)| a * b).sum();
+                *sc = dot * scale;
+                max = max.max(*sc);
+            }
+            let mut sum = 0f32;
+            for sc in scores.iter_mut() {
+                *sc = (*sc - max).exp();
+                sum += *sc;
+            }
+            let o = &mut out_row[h * head_dim..(h + 1) * head_dim];
+            for (j, &p) in scores.iter().enumerate() {
+                let slot = table[j / block_size] as usize * block_size + j % block_size;
+                let vv = &v[slot * kv_row + kvh * head_dim..slot * kv_row + (kvh + 1) * head_dim];
+                let w = p / sum;
+                for (od, vd) in o.iter_mut().zip(vv) {
+                    *od += w * vd;
                 }
             }
-        });
-        Ok((CpuStorage::F32(out), Shape::from((num_tokens, num_heads, head_dim))))
-    }
+        }
+    });
+    Ok((CpuStorage::F32(out), Shape::from((num_tokens, num_heads, head_dim))))
 }

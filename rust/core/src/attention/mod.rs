@@ -1,10 +1,17 @@
 //! Paged attention: per-layer K/V caches split into fixed-size blocks, the write of new K/V into
 //! their slots, and attention of each sequence's new query tokens over its cached context.
 //!
-//! Every operation takes the same plain metadata ([`AttentionMetadata`]) on every device, so the CUDA
-//! kernels and these CPU implementations are interchangeable and the CPU one is their reference.
+//! A step's plain metadata ([`AttentionMetadata`]) is prepared once per step ([`PagedKvCache::prepare`]):
+//! validated, and on CUDA planned and uploaded in one copy, so every layer's write and attend read the
+//! same device arrays. The CPU implementations (`cpu.rs`) are the reference for the CUDA kernels
+//! (`cuda.rs`, launching `mlc_kernels`' PTX on candle's stream).
 
+pub mod check;
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
+mod ops;
+pub mod plan;
 
 use candle_core::{DType, Device, Tensor};
 
@@ -32,6 +39,45 @@ pub struct AttentionMetadata {
 impl AttentionMetadata {
     pub fn num_tokens(&self) -> usize {
         self.slot_mapping.len()
+    }
+}
+
+/// A step's metadata in the form the cache's device reads: the plain metadata (CPU) and, on CUDA, the
+/// plan with its arrays uploaded once for all layers.
+pub struct StepAttention {
+    meta: AttentionMetadata,
+    device: Option<DeviceStep>,
+}
+
+/// The device side of a step: spans of `packed` (`[plan.packed.len()]` u32 on the cache's device).
+/// `num_blocks` and `block_size` are those of the cache it was validated against.
+pub(crate) struct DeviceStep {
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) num_blocks: usize,
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) block_size: usize,
+    pub(crate) plan: plan::StepPlan,
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) packed: Tensor,
+}
+
+impl StepAttention {
+    pub fn meta(&self) -> &AttentionMetadata {
+        &self.meta
+    }
+
+    pub fn num_tokens(&self) -> usize {
+        self.meta.num_tokens()
+    }
+
+    /// The split plan of a step prepared for a CUDA cache (`None` on CPU).
+    pub fn plan(&self) -> Option<&plan::StepPlan> {
+        self.device.as_ref().map(|d| &d.plan)
+    }
+
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn device(&self) -> candle_core::Result<&DeviceStep> {
+        self.device.as_ref().ok_or_else(|| candle_core::Error::Msg("attention step was prepared for a CPU cache".into()))
     }
 }
 
@@ -67,19 +113,49 @@ impl PagedKvCache {
         Ok(PagedKvCache { layers, num_blocks, block_size, num_kv_heads, head_dim })
     }
 
+    pub fn device(&self) -> Device {
+        self.layers.first().map(|l| l.k.device().clone()).unwrap_or(Device::Cpu)
+    }
+
+    /// Validates a step's metadata against this cache and, on CUDA, plans it and uploads it (one
+    /// host-to-device copy per step).
+    pub fn prepare(&self, meta: AttentionMetadata) -> candle_core::Result<StepAttention> {
+        plan::validate(&meta, self.num_blocks, self.block_size)?;
+        let device = self.device();
+        if !device.is_cuda() {
+            return Ok(StepAttention { meta, device: None });
+        }
+        let mut plan = plan::plan(&meta);
+        let packed = std::mem::take(&mut plan.packed);
+        let n = packed.len();
+        let packed = Tensor::from_vec(packed, n, &device)?; // [packed_len] u32
+        let device = DeviceStep { num_blocks: self.num_blocks, block_size: self.block_size, plan, packed };
+        Ok(StepAttention { meta, device: Some(device) })
+    }
+
     /// Writes the step's new K/V (`[num_tokens, num_kv_heads, head_dim]` each) into their slots.
-    pub fn write(&self, layer: usize, k: &Tensor, v: &Tensor, meta: &AttentionMetadata) -> candle_core::Result<()> {
-        let cache = &self.layers[layer];
-        let op = cpu::KvWrite { slot_mapping: &meta.slot_mapping };
+    pub fn write(&self, layer: usize, k: &Tensor, v: &Tensor, step: &StepAttention) -> candle_core::Result<()> {
+        let cache = self.layer(layer)?;
+        if step.num_tokens() == 0 {
+            return Ok(());
+        }
+        let op = ops::KvWrite { step };
         cache.k.inplace_op2(k, &op)?;
         cache.v.inplace_op2(v, &op)
     }
 
     /// Causal attention of the step's queries `[num_tokens, num_heads, head_dim]` over the cached
     /// context of their sequences; returns `[num_tokens, num_heads, head_dim]`.
-    pub fn attend(&self, layer: usize, q: &Tensor, meta: &AttentionMetadata, scale: f32) -> candle_core::Result<Tensor> {
-        let cache = &self.layers[layer];
-        let op = cpu::PagedAttention { meta, scale };
+    pub fn attend(&self, layer: usize, q: &Tensor, step: &StepAttention, scale: f32) -> candle_core::Result<Tensor> {
+        let cache = self.layer(layer)?;
+        if step.num_tokens() == 0 {
+            return Ok(q.clone()); // [0, num_heads, head_dim]
+        }
+        let op = ops::PagedAttention { step, scale };
         q.apply_op3_no_bwd(&cache.k, &cache.v, &op)
+    }
+
+    fn layer(&self, layer: usize) -> candle_core::Result<&LayerKvCache> {
+        self.layers.get(layer).ok_or_else(|| candle_core::Error::Msg(format!("kv cache has no layer {layer}")))
     }
 }

@@ -6,7 +6,7 @@
 
 use super::config::{ModelConfig, RopeStyle};
 use super::linear::Linear;
-use crate::attention::{AttentionMetadata, PagedKvCache};
+use crate::attention::{PagedKvCache, StepAttention};
 use crate::error::Result;
 use crate::loader::Weights;
 use candle_core::{DType, Device, Tensor};
@@ -108,7 +108,7 @@ impl LlamaModel {
         positions: &Tensor,
         sample_rows: &Tensor,
         kv: &PagedKvCache,
-        meta: &AttentionMetadata,
+        step: &StepAttention,
     ) -> Result<Tensor> {
         let cfg = &self.cfg;
         let n = tokens.dim(0)?;
@@ -130,8 +130,8 @@ impl LlamaModel {
             };
             let q = self.rope(&q, &cos, &sin)?;
             let k = self.rope(&k, &cos, &sin)?;
-            kv.write(li, &k, &v, meta)?;
-            let attn = kv.attend(li, &q, meta, scale)?.reshape((n, nh * hd))?; // [num_tokens, heads * head_dim]
+            kv.write(li, &k, &v, step)?;
+            let attn = kv.attend(li, &q, step, scale)?.reshape((n, nh * hd))?; // [num_tokens, heads * head_dim]
             x = (x + layer.o_proj.forward(&attn)?)?;
             let h = rms_norm(&x, &layer.post_norm, eps)?;
             let gate = candle_nn::ops::silu(&layer.gate_proj.forward(&h)?)?;

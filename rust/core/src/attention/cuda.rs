@@ -1,0 +1,268 @@
+//! CUDA forward of the KV write and paged attention: shape and dtype checks (errors, never panics),
+//! then launches of `mlc_kernels`' PTX on candle's stream. The step's metadata arrays are views into
+//! the one buffer [`PagedKvCache::prepare`](super::PagedKvCache::prepare) uploaded.
+
+use super::plan::Span;
+use super::DeviceStep;
+use candle_core::backend::{BackendDevice, BackendStorage};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::{CudaDType, WrapErr};
+use candle_core::{bail, CudaDevice, CudaStorage, DType, Layout, Result, Shape, Storage};
+use mlc_kernels::{self as kernels, KernelDType};
+
+fn kernel_dtype(dtype: DType, op: &str) -> Result<KernelDType> {
+    match dtype {
+        DType::F32 => Ok(KernelDType::F32),
+        DType::BF16 => Ok(KernelDType::BF16),
+        DType::F16 => Ok(KernelDType::F16),
+        other => bail!("{op}: no CUDA kernel for {other:?} (f32, bf16, f16 only)"),
+    }
+}
+
+fn contiguous(layout: &Layout, what: &str) -> Result<std::ops::Range<usize>> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(start..end),
+        None => bail!("{what} must be contiguous"),
+    }
+}
+
+fn to_u32(v: usize, what: &str) -> Result<u32> {
+    u32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("{what} = {v} does not fit u32")))
+}
+
+fn view<'a, T>(s: &'a CudaSlice<T>, range: std::ops::Range<usize>, what: &str) -> Result<CudaView<'a, T>> {
+    let len = s.len();
+    s.try_slice(range.clone())
+        .ok_or_else(|| candle_core::Error::Msg(format!("{what}: range {range:?} outside a buffer of {len}")))
+}
+
+fn span(s: Span) -> std::ops::Range<usize> {
+    s.start..s.start + s.len
+}
+
+/// Runs `f` on the step's packed metadata, checked to live on `dev`.
+fn with_packed<R>(step: &DeviceStep, dev: &CudaDevice, f: impl FnOnce(&CudaSlice<u32>) -> Result<R>) -> Result<R> {
+    let (storage, layout) = step.packed.storage_and_layout();
+    let Storage::Cuda(cs) = &*storage else { bail!("attention step metadata is not on a CUDA device") };
+    if !cs.device().same_device(dev) {
+        bail!("attention step metadata lives on another CUDA device than the cache");
+    }
+    if layout.start_offset() != 0 || !layout.is_contiguous() {
+        bail!("attention step metadata must be one contiguous buffer");
+    }
+    f(cs.as_cuda_slice::<u32>()?)
+}
+
+fn check_cache(step: &DeviceStep, cl: &Layout, op: &str) -> Result<(usize, usize, usize, usize)> {
+    let dims = cl.shape().dims4()?; // [num_blocks, block_size, num_kv_heads, head_dim]
+    if dims.0 != step.num_blocks || dims.1 != step.block_size {
+        bail!("{op}: cache {:?} does not match the step, prepared for {} blocks of {}", cl.shape(), step.num_blocks, step.block_size);
+    }
+    Ok(dims)
+}
+
+/// `cache[slot_mapping[t]] = new[t]`; cache `[num_blocks, block_size, kv_heads, head_dim]`, new
+/// `[num_tokens, kv_heads, head_dim]`.
+pub fn kv_write(step: &DeviceStep, cache: &mut CudaStorage, cl: &Layout, new: &CudaStorage, nl: &Layout) -> Result<()> {
+    let (nb, bs, kvh, d) = check_cache(step, cl, "kv-write")?;
+    let (t, new_kvh, new_d) = nl.shape().dims3()?;
+    if (new_kvh, new_d) != (kvh, d) || t != step.plan.num_tokens {
+        bail!("kv-write: new rows {:?} do not match cache {:?} and {} step tokens", nl.shape(), cl.shape(), step.plan.num_tokens);
+    }
+    if cache.dtype() != new.dtype() {
+        bail!("kv-write: cache is {:?} but new rows are {:?}", cache.dtype(), new.dtype());
+    }
+    let dtype = kernel_dtype(cache.dtype(), "kv-write")?;
+    let args = KvWriteArgs {
+        cache: contiguous(cl, "kv cache")?,
+        new: contiguous(nl, "new k/v")?,
+        row: to_u32(kvh * d, "kv row")?,
+        num_slots: to_u32(nb * bs, "cache slots")?,
+        num_tokens: to_u32(t, "tokens")?,
+    };
+    if t == 0 {
+        return Ok(());
+    }
+    match dtype {
+        KernelDType::F32 => launch_kv_write::<f32>(step, dtype, cache, new, &args),
+        KernelDType::BF16 => launch_kv_write::<half::bf16>(step, dtype, cache, new, &args),
+        KernelDType::F16 => launch_kv_write::<half::f16>(step, dtype, cache, new, &args),
+    }
+}
+
+struct KvWriteArgs {
+    cache: std::ops::Range<usize>,
+    new: std::ops::Range<usize>,
+    row: u32,
+    num_slots: u32,
+    num_tokens: u32,
+}
+
+fn launch_kv_write<T: CudaDType + DeviceRepr>(
+    step: &DeviceStep,
+    dtype: KernelDType,
+    cache: &mut CudaStorage,
+    new: &CudaStorage,
+    a: &KvWriteArgs,
+) -> Result<()> {
+    let dev = cache.device().clone();
+    let func = dev.get_or_load_custom_func(kernels::kv_write_name(dtype), kernels::KV_WRITE_MODULE, kernels::KV_WRITE_PTX)?;
+    with_packed(step, &dev, |meta| {
+        let slots = view(meta, span(step.plan.slot_mapping), "slot mapping")?;
+        let src = view(new.as_cuda_slice::<T>()?, a.new.clone(), "new k/v")?;
+        let cache = cache.as_cuda_slice_mut::<T>()?;
+        let len = cache.len();
+        let Some(mut dst) = cache.try_slice_mut(a.cache.clone()) else { bail!("kv-write: cache range outside a buffer of {len}") };
+        let mut b = func.builder();
+        b.arg(&mut dst);
+        b.arg(&src);
+        b.arg(&slots);
+        b.arg(&a.row);
+        b.arg(&a.num_slots);
+        let cfg = LaunchConfig { grid_dim: (a.num_tokens, 1, 1), block_dim: (kernels::KV_WRITE_THREADS, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: the argument list matches kv_write_* in kv_write.cu; every slot was validated against
+        // the cache size in `prepare` (and the kernel skips any slot outside it).
+        unsafe { b.launch(cfg) }.w()?;
+        Ok(())
+    })
+}
+
+struct AttentionArgs {
+    q: std::ops::Range<usize>,
+    k: std::ops::Range<usize>,
+    v: std::ops::Range<usize>,
+    num_heads: u32,
+    num_kv_heads: u32,
+    head_dim: u32,
+    block_size: u32,
+    scale: f32,
+}
+
+/// Paged attention: q `[num_tokens, num_heads, head_dim]`, caches `[num_blocks, block_size, kv_heads,
+/// head_dim]`; returns `[num_tokens, num_heads, head_dim]` in q's dtype.
+#[allow(clippy::too_many_arguments)]
+pub fn paged_attention(
+    step: &DeviceStep,
+    scale: f32,
+    q: &CudaStorage,
+    ql: &Layout,
+    k: &CudaStorage,
+    kl: &Layout,
+    v: &CudaStorage,
+    vl: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    let (t, h, d) = ql.shape().dims3()?;
+    let (_, bs, kvh, kd) = check_cache(step, kl, "paged-attention")?;
+    if vl.shape() != kl.shape() {
+        bail!("paged-attention: k cache {:?} and v cache {:?} differ", kl.shape(), vl.shape());
+    }
+    if kd != d || kvh == 0 || h % kvh != 0 {
+        bail!("paged-attention: q {:?} does not match cache {:?}", ql.shape(), kl.shape());
+    }
+    if t != step.plan.num_tokens {
+        bail!("paged-attention: q has {t} tokens, the step {}", step.plan.num_tokens);
+    }
+    if q.dtype() != k.dtype() || v.dtype() != k.dtype() {
+        bail!("paged-attention: q {:?}, k cache {:?}, v cache {:?} must share one dtype", q.dtype(), k.dtype(), v.dtype());
+    }
+    let dtype = kernel_dtype(q.dtype(), "paged-attention")?;
+    let Some(name) = kernels::paged_attention_name(dtype, d) else {
+        bail!("paged-attention: head_dim {d} is not supported (1..={})", kernels::ATTN_MAX_HEAD_DIM)
+    };
+    let args = AttentionArgs {
+        q: contiguous(ql, "q")?,
+        k: contiguous(kl, "k cache")?,
+        v: contiguous(vl, "v cache")?,
+        num_heads: to_u32(h, "num_heads")?,
+        num_kv_heads: to_u32(kvh, "num_kv_heads")?,
+        head_dim: to_u32(d, "head_dim")?,
+        block_size: to_u32(bs, "block_size")?,
+        scale,
+    };
+    if h > 65_535 {
+        bail!("paged-attention: {h} heads exceed the grid's y dimension");
+    }
+    let storage = match dtype {
+        KernelDType::F32 => launch_attention::<f32>(step, dtype, name, q, k, v, &args)?,
+        KernelDType::BF16 => launch_attention::<half::bf16>(step, dtype, name, q, k, v, &args)?,
+        KernelDType::F16 => launch_attention::<half::f16>(step, dtype, name, q, k, v, &args)?,
+    };
+    Ok((storage, Shape::from((t, h, d))))
+}
+
+fn launch_attention<T: CudaDType + DeviceRepr>(
+    step: &DeviceStep,
+    dtype: KernelDType,
+    name: &str,
+    q: &CudaStorage,
+    k: &CudaStorage,
+    v: &CudaStorage,
+    a: &AttentionArgs,
+) -> Result<CudaStorage> {
+    let dev = q.device().clone();
+    let plan = &step.plan;
+    let (h, d) = (a.num_heads as usize, a.head_dim as usize);
+    let attn = dev.get_or_load_custom_func(name, kernels::PAGED_ATTENTION_MODULE, kernels::PAGED_ATTENTION_PTX)?;
+    // SAFETY: every row of `out` is written: the step's sequences tile all its tokens (validated in
+    // `prepare`), each unsplit token by the attention kernel and each split one by the combine kernel.
+    let mut out = unsafe { dev.alloc::<T>(plan.num_tokens * h * d) }?;
+    // Partial results of split tokens (at least one element so the pointers are valid).
+    let mut part_o = unsafe { dev.alloc::<f32>((plan.num_partials * h * d).max(1)) }?;
+    let mut part_ml = unsafe { dev.alloc::<f32>((plan.num_partials * h * 2).max(1)) }?;
+    let num_work = to_u32(plan.num_work, "attention work items")?;
+    let max_blocks = to_u32(plan.max_blocks, "max_blocks")?;
+    with_packed(step, &dev, |meta| {
+        let m = |s: Span, what: &str| view(meta, span(s), what);
+        let (block_tables, token_seq, token_pos) = (m(plan.block_tables, "block tables")?, m(plan.token_seq, "token seq")?, m(plan.token_pos, "token pos")?);
+        let (token_splits, token_part) = (m(plan.token_splits, "token splits")?, m(plan.token_part, "token part")?);
+        let (work_token, work_split) = (m(plan.work_token, "work token")?, m(plan.work_split, "work split")?);
+        let qv = view(q.as_cuda_slice::<T>()?, a.q.clone(), "q")?;
+        let kv = view(k.as_cuda_slice::<T>()?, a.k.clone(), "k cache")?;
+        let vv = view(v.as_cuda_slice::<T>()?, a.v.clone(), "v cache")?;
+        if num_work > 0 {
+            let mut b = attn.builder();
+            b.arg(&mut out);
+            b.arg(&mut part_o);
+            b.arg(&mut part_ml);
+            b.arg(&qv);
+            b.arg(&kv);
+            b.arg(&vv);
+            b.arg(&block_tables);
+            b.arg(&token_seq);
+            b.arg(&token_pos);
+            b.arg(&token_splits);
+            b.arg(&token_part);
+            b.arg(&work_token);
+            b.arg(&work_split);
+            b.arg(&a.num_heads);
+            b.arg(&a.num_kv_heads);
+            b.arg(&a.head_dim);
+            b.arg(&a.block_size);
+            b.arg(&max_blocks);
+            b.arg(&a.scale);
+            let cfg = LaunchConfig { grid_dim: (num_work, a.num_heads, 1), block_dim: (kernels::ATTN_THREADS, 1, 1), shared_mem_bytes: 0 };
+            // SAFETY: the argument list matches paged_attention_* in paged_attention.cu; the block
+            // tables, positions and partitions were validated and planned from the same metadata.
+            unsafe { b.launch(cfg) }.w()?;
+        }
+        if plan.num_split_tokens > 0 {
+            let split_tokens = m(plan.split_tokens, "split tokens")?;
+            let combine = dev.get_or_load_custom_func(kernels::combine_name(dtype), kernels::PAGED_ATTENTION_MODULE, kernels::PAGED_ATTENTION_PTX)?;
+            let mut b = combine.builder();
+            b.arg(&mut out);
+            b.arg(&part_o);
+            b.arg(&part_ml);
+            b.arg(&split_tokens);
+            b.arg(&token_splits);
+            b.arg(&token_part);
+            b.arg(&a.num_heads);
+            b.arg(&a.head_dim);
+            let grid = (to_u32(plan.num_split_tokens, "split tokens")?, a.num_heads, 1);
+            let cfg = LaunchConfig { grid_dim: grid, block_dim: (kernels::COMBINE_THREADS, 1, 1), shared_mem_bytes: 0 };
+            // SAFETY: matches paged_attention_combine_*; partial rows were written by the launch above.
+            unsafe { b.launch(cfg) }.w()?;
+        }
+        Ok(())
+    })?;
+    Ok(CudaStorage::wrap_cuda_slice(out, dev))
+}

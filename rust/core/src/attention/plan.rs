@@ -1,0 +1,262 @@
+//! Step-level preparation of the attention metadata for the CUDA kernels: validation (so the kernels
+//! can trust every index they read), the split-K plan for long-context decode, and one flat `u32` buffer
+//! holding every per-step array, uploaded once per step and shared by all layers.
+
+use super::AttentionMetadata;
+use candle_core::{bail, Result};
+use mlc_kernels::ATTN_MAX_SPLITS;
+
+/// Sequences with at most this many query tokens (decode, short chunks, speculative verification) split
+/// their context across blocks; longer chunks already give the GPU one block per token and head.
+pub const SPLIT_MAX_QUERY_LEN: usize = 16;
+/// Fewest keys one partition covers: a 4096-token decode gets 32 partitions per head.
+pub const SPLIT_MIN_KEYS: usize = 128;
+
+/// A `[start, start + len)` slice of [`StepPlan::packed`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Span {
+    pub start: usize,
+    pub len: usize,
+}
+
+/// Everything the kernels read besides q and the caches, as spans of one `u32` buffer.
+#[derive(Debug, Clone, Default)]
+pub struct StepPlan {
+    pub num_tokens: usize,
+    pub num_seqs: usize,
+    /// Width of the padded block tables: the most blocks any sequence of the step needs.
+    pub max_blocks: usize,
+    /// Grid rows of the attention kernel: one per (token, partition).
+    pub num_work: usize,
+    /// Tokens whose context is split (they need the combine kernel).
+    pub num_split_tokens: usize,
+    /// Rows of the f32 partial-result buffers (sum of the split tokens' partition counts).
+    pub num_partials: usize,
+    pub max_splits: usize,
+    /// `[num_tokens]` cache slot of each new token.
+    pub slot_mapping: Span,
+    /// `[num_seqs, max_blocks]` block tables, zero padded.
+    pub block_tables: Span,
+    /// `[num_seqs + 1]` first query token of each sequence (kept for kernels that walk sequences).
+    pub query_start: Span,
+    /// `[num_seqs]` tokens in the cache after this step's write.
+    pub context_len: Span,
+    /// `[num_tokens]` sequence index of each token.
+    pub token_seq: Span,
+    /// `[num_tokens]` position of each token; it attends to positions `0..=pos`.
+    pub token_pos: Span,
+    /// `[num_tokens]` partitions of each token's keys (1 = not split).
+    pub token_splits: Span,
+    /// `[num_tokens]` first partial row of each split token (0 for the others).
+    pub token_part: Span,
+    /// `[num_work]` token and partition of each grid row.
+    pub work_token: Span,
+    pub work_split: Span,
+    /// `[num_split_tokens]` the split tokens.
+    pub split_tokens: Span,
+    pub packed: Vec<u32>,
+}
+
+/// Checks that the metadata describes a well-formed step over a cache of `num_blocks` blocks: the
+/// sequences' query ranges tile `0..num_tokens` in order, every context fits its block table, every
+/// block id and slot lies inside the cache, and every index fits in `u32`.
+pub fn validate(meta: &AttentionMetadata, num_blocks: usize, block_size: usize) -> Result<()> {
+    if meta.block_size != block_size {
+        bail!("attention metadata: block size {} != cache block size {block_size}", meta.block_size);
+    }
+    let num_slots = num_blocks * block_size;
+    if u32::try_from(num_slots).is_err() || u32::try_from(meta.num_tokens()).is_err() {
+        bail!("attention metadata: {num_slots} slots / {} tokens do not fit u32 indices", meta.num_tokens());
+    }
+    if let Some((t, &slot)) = meta.slot_mapping.iter().enumerate().find(|(_, &s)| s as usize >= num_slots) {
+        bail!("attention metadata: token {t} maps to slot {slot}, outside the cache ({num_slots} slots)");
+    }
+    let mut next = 0;
+    for (s, seq) in meta.seqs.iter().enumerate() {
+        if seq.query_start != next {
+            bail!("attention metadata: sequence {s} starts at token {}, expected {next}", seq.query_start);
+        }
+        next += seq.query_len;
+        if seq.query_len > seq.context_len {
+            bail!("attention metadata: sequence {s} has {} queries but a context of {}", seq.query_len, seq.context_len);
+        }
+        let needed = seq.context_len.div_ceil(block_size);
+        if seq.block_table.len() < needed {
+            bail!("attention metadata: sequence {s} has {} blocks for {} tokens", seq.block_table.len(), seq.context_len);
+        }
+        if let Some(&b) = seq.block_table[..needed].iter().find(|&&b| b as usize >= num_blocks) {
+            bail!("attention metadata: sequence {s} uses block {b}, outside the cache ({num_blocks} blocks)");
+        }
+    }
+    if next != meta.num_tokens() {
+        bail!("attention metadata: sequences cover {next} tokens, the step has {}", meta.num_tokens());
+    }
+    Ok(())
+}
+
+/// Partitions of the keys `0..=pos` of a token whose sequence has `query_len` queries this step.
+/// Depends only on the token itself, so a request's result does not change with the batch around it.
+pub fn num_splits(query_len: usize, pos: usize) -> usize {
+    if query_len > SPLIT_MAX_QUERY_LEN {
+        return 1;
+    }
+    (pos + 1).div_ceil(SPLIT_MIN_KEYS).clamp(1, ATTN_MAX_SPLITS)
+}
+
+struct Packer(Vec<u32>);
+
+impl Packer {
+    fn push(&mut self, values: impl IntoIterator<Item = u32>) -> Span {
+        let start = self.0.len();
+        self.0.extend(values);
+        Span { start, len: self.0.len() - start }
+    }
+}
+
+/// Builds the plan of a validated step (see [`validate`]).
+pub fn plan(meta: &AttentionMetadata) -> StepPlan {
+    let num_tokens = meta.num_tokens();
+    let bs = meta.block_size.max(1);
+    let max_blocks = meta.seqs.iter().map(|s| s.context_len.div_ceil(bs)).max().unwrap_or(0).max(1);
+    let mut token_seq = vec![0u32; num_tokens];
+    let mut token_pos = vec![0u32; num_tokens];
+    let mut token_splits = vec![1u32; num_tokens];
+    let mut token_part = vec![0u32; num_tokens];
+    let (mut work_token, mut work_split, mut split_tokens) = (Vec::new(), Vec::new(), Vec::new());
+    let mut num_partials = 0usize;
+    let mut max_splits = 0usize;
+    for (s, seq) in meta.seqs.iter().enumerate() {
+        let first_pos = seq.context_len - seq.query_len;
+        for i in 0..seq.query_len {
+            let t = seq.query_start + i;
+            let splits = num_splits(seq.query_len, first_pos + i);
+            token_seq[t] = s as u32;
+            token_pos[t] = (first_pos + i) as u32;
+            token_splits[t] = splits as u32;
+            max_splits = max_splits.max(splits);
+            if splits > 1 {
+                token_part[t] = num_partials as u32;
+                num_partials += splits;
+                split_tokens.push(t as u32);
+            }
+            for z in 0..splits {
+                work_token.push(t as u32);
+                work_split.push(z as u32);
+            }
+        }
+    }
+    let mut p = Packer(Vec::with_capacity(8 * num_tokens + meta.seqs.len() * (max_blocks + 2) + work_token.len() * 2 + 1));
+    let slot_mapping = p.push(meta.slot_mapping.iter().copied());
+    let block_tables = p.push(meta.seqs.iter().flat_map(|s| {
+        let used = s.context_len.div_ceil(bs);
+        s.block_table[..used].iter().copied().chain(std::iter::repeat_n(0, max_blocks - used))
+    }));
+    let query_start = p.push(meta.seqs.iter().map(|s| s.query_start as u32).chain([num_tokens as u32]));
+    let context_len = p.push(meta.seqs.iter().map(|s| s.context_len as u32));
+    let token_seq = p.push(token_seq);
+    let token_pos = p.push(token_pos);
+    let token_splits = p.push(token_splits);
+    let token_part = p.push(token_part);
+    let num_work = work_token.len();
+    let num_split_tokens = split_tokens.len();
+    let work_token = p.push(work_token);
+    let work_split = p.push(work_split);
+    let split_tokens = p.push(split_tokens);
+    p.0.push(0); // every span, even an empty last one, starts inside the buffer
+    StepPlan {
+        num_tokens,
+        num_seqs: meta.seqs.len(),
+        max_blocks,
+        num_work,
+        num_split_tokens,
+        num_partials,
+        max_splits,
+        slot_mapping,
+        block_tables,
+        query_start,
+        context_len,
+        token_seq,
+        token_pos,
+        token_splits,
+        token_part,
+        work_token,
+        work_split,
+        split_tokens,
+        packed: p.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attention::SeqAttention;
+
+    fn meta(seqs: &[(usize, usize)], bs: usize) -> AttentionMetadata {
+        let mut m = AttentionMetadata { slot_mapping: Vec::new(), seqs: Vec::new(), block_size: bs };
+        let mut next_block = 0u32;
+        for &(q, ctx) in seqs {
+            let blocks: Vec<u32> = (0..ctx.div_ceil(bs) as u32).map(|b| next_block + b).collect();
+            next_block += blocks.len() as u32;
+            let query_start = m.slot_mapping.len();
+            for pos in ctx - q..ctx {
+                m.slot_mapping.push(blocks[pos / bs] * bs as u32 + (pos % bs) as u32);
+            }
+            m.seqs.push(SeqAttention { query_start, query_len: q, context_len: ctx, block_table: blocks });
+        }
+        m
+    }
+
+    #[test]
+    fn decode_over_a_long_context_is_split_and_prefill_is_not() {
+        let m = meta(&[(1, 4096), (40, 40), (1, 1), (2, 130)], 16);
+        validate(&m, 1000, 16).unwrap();
+        let p = plan(&m);
+        let get = |s: Span| &p.packed[s.start..s.start + s.len];
+        assert_eq!(p.num_tokens, 44);
+        assert_eq!(p.max_blocks, 256);
+        assert_eq!(get(p.token_splits)[0], 32);
+        assert!(get(p.token_splits)[1..41].iter().all(|&s| s == 1));
+        assert_eq!(get(p.token_splits)[41], 1);
+        assert_eq!(&get(p.token_splits)[42..], &[2, 2]);
+        assert_eq!(p.num_partials, 36);
+        assert_eq!(get(p.split_tokens), &[0, 42, 43]);
+        assert_eq!(&get(p.token_part)[42..], &[32, 34]);
+        assert_eq!(p.num_work, 32 + 40 + 1 + 4);
+        assert_eq!(get(p.token_pos)[41], 0);
+        assert_eq!(&get(p.token_pos)[42..], &[128, 129]);
+        assert_eq!(get(p.query_start), &[0, 1, 41, 42, 44]);
+        // Padded tables: the 40-token sequence uses 3 blocks, the rest of its row is zero.
+        let row1 = &get(p.block_tables)[256..512];
+        assert_eq!(&row1[..3], &[256, 257, 258]);
+        assert!(row1[3..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn malformed_steps_are_rejected() {
+        let m = meta(&[(3, 20)], 16);
+        assert!(validate(&m, 2, 16).is_ok());
+        assert!(validate(&m, 1, 16).is_err(), "block outside the cache");
+        assert!(validate(&m, 2, 8).is_err(), "block size mismatch");
+        let mut gap = m.clone();
+        gap.seqs[0].query_start = 1;
+        assert!(validate(&gap, 2, 16).is_err());
+        let mut short = m.clone();
+        short.seqs[0].block_table.pop();
+        assert!(validate(&short, 2, 16).is_err());
+        let mut too_many = m.clone();
+        too_many.seqs[0].query_len = 21;
+        assert!(validate(&too_many, 2, 16).is_err());
+        let mut slot = m;
+        slot.slot_mapping[0] = 32;
+        assert!(validate(&slot, 2, 16).is_err());
+    }
+
+    #[test]
+    fn splits_are_capped_and_need_short_queries() {
+        assert_eq!(num_splits(1, 0), 1);
+        assert_eq!(num_splits(1, 127), 1);
+        assert_eq!(num_splits(1, 128), 2);
+        assert_eq!(num_splits(SPLIT_MAX_QUERY_LEN + 1, 100_000), 1);
+        assert_eq!(num_splits(1, 1 << 20), ATTN_MAX_SPLITS);
+    }
+}

@@ -1,0 +1,205 @@
+// Paged attention over block tables, for any mix of prefill chunks and decode tokens in one launch.
+//
+// Layouts (row-major):
+//   q, out:            [num_tokens, num_heads, head_dim]
+//   k_cache, v_cache:  [num_blocks, block_size, num_kv_heads, head_dim]
+//   block_tables:      [num_seqs, max_blocks]   (padded; only the first ceil(context / block_size) are read)
+//   token_seq/pos:     [num_tokens]   sequence of each query token and its position; it attends causally to
+//                                     positions 0..=pos of its own sequence
+//   token_splits:      [num_tokens]   partitions of its keys (1 = whole context in one block)
+//   token_part:        [num_tokens]   first row of its partial results when token_splits > 1
+//   work_token/split:  [num_work]     one (token, partition) pair per block row of the grid
+//   part_o:            [num_partials, num_heads, head_dim]  f32, normalised partial outputs
+//   part_ml:           [num_partials, num_heads, 2]         f32, (running max, sum of exp) per partial
+//
+// Grid (num_work, num_heads), ATTN_THREADS threads. Each of the ATTN_WARPS warps walks every
+// ATTN_WARPS-th key of the block's partition with an online softmax in f32 (lane i holds dims i, i+32, ..);
+// the warps are merged through shared memory at the end. A token with one partition writes `out`;
+// split tokens (decode over long contexts: flash-decoding) write partials that
+// paged_attention_combine_* merges with their log-sum-exp weights.
+#include "common.cuh"
+#include <math.h>
+
+#define ATTN_THREADS 128
+#define ATTN_WARPS (ATTN_THREADS / 32)
+#define ATTN_MAX_SPLITS 64
+#define COMBINE_THREADS 128
+
+template <typename T, int NPL>  // NPL: values per lane, head_dim <= 32 * NPL
+__device__ void paged_attention(T* __restrict__ out, float* __restrict__ part_o, float* __restrict__ part_ml,
+                                const T* __restrict__ q, const T* __restrict__ k_cache,
+                                const T* __restrict__ v_cache, const uint32_t* __restrict__ block_tables,
+                                const uint32_t* __restrict__ token_seq, const uint32_t* __restrict__ token_pos,
+                                const uint32_t* __restrict__ token_splits, const uint32_t* __restrict__ token_part,
+                                const uint32_t* __restrict__ work_token, const uint32_t* __restrict__ work_split,
+                                uint32_t num_heads, uint32_t num_kv_heads, uint32_t head_dim, uint32_t block_size,
+                                uint32_t max_blocks, float scale) {
+    __shared__ float sm_m[ATTN_WARPS];
+    __shared__ float sm_l[ATTN_WARPS];
+    __shared__ float sm_acc[ATTN_WARPS][NPL * 32];
+
+    const uint32_t w = blockIdx.x;
+    const uint32_t h = blockIdx.y;
+    const uint32_t t = work_token[w];
+    const uint32_t z = work_split[w];
+    const uint32_t warp = threadIdx.x / 32;
+    const uint32_t lane = threadIdx.x % 32;
+    const uint32_t n_keys = token_pos[t] + 1;
+    const uint32_t splits = token_splits[t];
+    const uint32_t per_split = (n_keys + splits - 1) / splits;
+    const uint32_t k_begin = z * per_split;
+    const uint32_t k_end = min(n_keys, k_begin + per_split);
+    const uint32_t kvh = h / (num_heads / num_kv_heads);
+    const uint32_t* table = block_tables + (size_t)token_seq[t] * max_blocks;
+    const size_t slot_stride = (size_t)num_kv_heads * head_dim;
+
+    float qr[NPL];
+    const T* qp = q + ((size_t)t * num_heads + h) * head_dim;
+#pragma unroll
+    for (int i = 0; i < NPL; ++i) {
+        const uint32_t d = lane + 32 * i;
+        qr[i] = d < head_dim ? to_f32(qp[d]) * scale : 0.f;
+    }
+
+    float m = -INFINITY, l = 0.f;
+    float acc[NPL];
+#pragma unroll
+    for (int i = 0; i < NPL; ++i) acc[i] = 0.f;
+
+    for (uint32_t j = k_begin + warp; j < k_end; j += ATTN_WARPS) {
+        const size_t base = ((size_t)table[j / block_size] * block_size + j % block_size) * slot_stride +
+                            (size_t)kvh * head_dim;
+        float kf[NPL], vf[NPL];
+#pragma unroll
+        for (int i = 0; i < NPL; ++i) {
+            const uint32_t d = lane + 32 * i;
+            kf[i] = d < head_dim ? to_f32(k_cache[base + d]) : 0.f;
+            vf[i] = d < head_dim ? to_f32(v_cache[base + d]) : 0.f;
+        }
+        float s = 0.f;
+#pragma unroll
+        for (int i = 0; i < NPL; ++i) s += qr[i] * kf[i];
+        s = warp_sum(s);
+        const float m_new = fmaxf(m, s);
+        const float alpha = expf(m - m_new);  // 0 on the first key (m = -inf)
+        const float p = expf(s - m_new);
+        l = l * alpha + p;
+#pragma unroll
+        for (int i = 0; i < NPL; ++i) acc[i] = acc[i] * alpha + p * vf[i];
+        m = m_new;
+    }
+
+    if (lane == 0) {
+        sm_m[warp] = m;
+        sm_l[warp] = l;
+    }
+#pragma unroll
+    for (int i = 0; i < NPL; ++i) sm_acc[warp][lane + 32 * i] = acc[i];
+    __syncthreads();
+
+    float wm = -INFINITY;
+#pragma unroll
+    for (int k = 0; k < ATTN_WARPS; ++k) wm = fmaxf(wm, sm_m[k]);
+    float weight[ATTN_WARPS];
+    float total = 0.f;
+#pragma unroll
+    for (int k = 0; k < ATTN_WARPS; ++k) {
+        weight[k] = sm_m[k] == -INFINITY ? 0.f : expf(sm_m[k] - wm);  // a warp without keys weighs 0
+        total += sm_l[k] * weight[k];
+    }
+    const float inv = total > 0.f ? 1.f / total : 0.f;
+
+    if (splits == 1) {
+        T* op = out + ((size_t)t * num_heads + h) * head_dim;
+        for (uint32_t d = threadIdx.x; d < head_dim; d += ATTN_THREADS) {
+            float o = 0.f;
+#pragma unroll
+            for (int k = 0; k < ATTN_WARPS; ++k) o += sm_acc[k][d] * weight[k];
+            op[d] = from_f32<T>(o * inv);
+        }
+    } else {
+        const size_t row = (size_t)(token_part[t] + z) * num_heads + h;
+        float* op = part_o + row * head_dim;
+        for (uint32_t d = threadIdx.x; d < head_dim; d += ATTN_THREADS) {
+            float o = 0.f;
+#pragma unroll
+            for (int k = 0; k < ATTN_WARPS; ++k) o += sm_acc[k][d] * weight[k];
+            op[d] = o * inv;
+        }
+        if (threadIdx.x == 0) {
+            part_ml[row * 2] = wm;  // -inf for an empty partition (its sum is 0)
+            part_ml[row * 2 + 1] = total;
+        }
+    }
+}
+
+// Grid (num_split_tokens, num_heads), COMBINE_THREADS threads: out = sum_z w_z o_z / sum_z w_z with
+// w_z = l_z * exp(m_z - max_z m_z).
+template <typename T>
+__device__ void paged_attention_combine(T* __restrict__ out, const float* __restrict__ part_o,
+                                        const float* __restrict__ part_ml, const uint32_t* __restrict__ split_tokens,
+                                        const uint32_t* __restrict__ token_splits,
+                                        const uint32_t* __restrict__ token_part, uint32_t num_heads,
+                                        uint32_t head_dim) {
+    __shared__ float sm_w[ATTN_MAX_SPLITS];
+    __shared__ float sm_inv;
+    const uint32_t t = split_tokens[blockIdx.x];
+    const uint32_t h = blockIdx.y;
+    const uint32_t splits = min(token_splits[t], (uint32_t)ATTN_MAX_SPLITS);
+    const uint32_t first = token_part[t];
+    if (threadIdx.x == 0) {
+        float mx = -INFINITY;
+        for (uint32_t z = 0; z < splits; ++z) mx = fmaxf(mx, part_ml[((size_t)(first + z) * num_heads + h) * 2]);
+        float total = 0.f;
+        for (uint32_t z = 0; z < splits; ++z) {
+            const size_t row = (size_t)(first + z) * num_heads + h;
+            const float mz = part_ml[row * 2];
+            const float wz = mz == -INFINITY ? 0.f : part_ml[row * 2 + 1] * expf(mz - mx);
+            sm_w[z] = wz;
+            total += wz;
+        }
+        sm_inv = total > 0.f ? 1.f / total : 0.f;
+    }
+    __syncthreads();
+    const float inv = sm_inv;
+    T* op = out + ((size_t)t * num_heads + h) * head_dim;
+    for (uint32_t d = threadIdx.x; d < head_dim; d += COMBINE_THREADS) {
+        float o = 0.f;
+        for (uint32_t z = 0; z < splits; ++z) o += sm_w[z] * part_o[((size_t)(first + z) * num_heads + h) * head_dim + d];
+        op[d] = from_f32<T>(o * inv);
+    }
+}
+
+#define PAGED_ATTENTION(NAME, T, NPL)                                                                          \
+    extern "C" __global__ void __launch_bounds__(ATTN_THREADS)                                                 \
+        NAME(T* out, float* part_o, float* part_ml, const T* q, const T* k_cache, const T* v_cache,            \
+             const uint32_t* block_tables, const uint32_t* token_seq, const uint32_t* token_pos,               \
+             const uint32_t* token_splits, const uint32_t* token_part, const uint32_t* work_token,             \
+             const uint32_t* work_split, uint32_t num_heads, uint32_t num_kv_heads, uint32_t head_dim,         \
+             uint32_t block_size, uint32_t max_blocks, float scale) {                                          \
+        paged_attention<T, NPL>(out, part_o, part_ml, q, k_cache, v_cache, block_tables, token_seq, token_pos, \
+                                token_splits, token_part, work_token, work_split, num_heads, num_kv_heads,     \
+                                head_dim, block_size, max_blocks, scale);                                      \
+    }
+
+#define COMBINE(NAME, T)                                                                                        \
+    extern "C" __global__ void __launch_bounds__(COMBINE_THREADS)                                               \
+        NAME(T* out, const float* part_o, const float* part_ml, const uint32_t* split_tokens,                   \
+             const uint32_t* token_splits, const uint32_t* token_part, uint32_t num_heads, uint32_t head_dim) { \
+        paged_attention_combine<T>(out, part_o, part_ml, split_tokens, token_splits, token_part, num_heads,     \
+                                   head_dim);                                                                   \
+    }
+
+PAGED_ATTENTION(paged_attention_f32_d64, float, 2)
+PAGED_ATTENTION(paged_attention_f32_d128, float, 4)
+PAGED_ATTENTION(paged_attention_f32_d256, float, 8)
+PAGED_ATTENTION(paged_attention_bf16_d64, __nv_bfloat16, 2)
+PAGED_ATTENTION(paged_attention_bf16_d128, __nv_bfloat16, 4)
+PAGED_ATTENTION(paged_attention_bf16_d256, __nv_bfloat16, 8)
+PAGED_ATTENTION(paged_attention_f16_d64, __half, 2)
+PAGED_ATTENTION(paged_attention_f16_d128, __half, 4)
+PAGED_ATTENTION(paged_attention_f16_d256, __half, 8)
+
+COMBINE(paged_attention_combine_f32, float)
+COMBINE(paged_attention_combine_bf16, __nv_bfloat16)
+COMBINE(paged_attention_combine_f16, __half)
