@@ -1,0 +1,191 @@
+"""Our engine (mlc_llm._core) on the benchmark model: decode tokens/s per batch and 2048-token TTFT.
+
+Decode tokens/s counts every token that arrives after the last request of the batch got its first token
+(all prefills done) over the time from then to the last token: it excludes the prefill phase and the
+first token of each request. `steady_tok_s` is the same over the window in which all requests are still
+running (until the first one finishes). Times are the arrival times of the deltas in this process (poll
+returns as soon as outputs exist). `usage_decode_tok_s` is bench_cpu.py's measure for comparison:
+batch * (new - 1) / (wall - max ttft).
+"""
+
+import json
+import random
+import statistics
+import time
+from typing import Dict, List
+
+
+def _prompts(rng: random.Random, batch: int, length: int, vocab: int) -> List[List[int]]:
+    lo, hi = min(10, vocab // 4), vocab - 1
+    return [[rng.randrange(lo, hi) for _ in range(length)] for _ in range(batch)]
+
+
+def run_batch(engine, batch: int, prompt_len: int, new: int, vocab: int, rng: random.Random, tag: str,
+              timeout_s: float) -> Dict[str, object]:
+    params = json.dumps({"temperature": 0.0, "max_tokens": new, "ignore_eos": True})
+    prompts = _prompts(rng, batch, prompt_len, vocab)
+    ids = [f"{tag}-{i}" for i in range(batch)]
+    t_start = time.perf_counter()
+    for rid, p in zip(ids, prompts):
+        engine.add_request(rid, p, params)
+    t_added = time.perf_counter()
+    first: Dict[str, float] = {}
+    done: Dict[str, float] = {}
+    usage: Dict[str, dict] = {}
+    counts: Dict[str, int] = {rid: 0 for rid in ids}
+    events: List[tuple] = []  # (arrival time, tokens)
+    first_ids: List[int] = []
+    errors: List[str] = []
+    deadline = t_start + timeout_s
+    while len(done) < batch:
+        if time.perf_counter() > deadline:
+            for rid in ids:
+                if rid not in done:
+                    engine.abort(rid)
+            raise TimeoutError(f"batch {batch}: {len(done)}/{batch} requests finished after {timeout_s:.0f} s")
+        deltas = engine.poll(20)
+        t = time.perf_counter()
+        for d in deltas:
+            rid = d["request_id"]
+            n = len(d["token_ids"])
+            if n:
+                first.setdefault(rid, t)
+                counts[rid] += n
+                events.append((t, n))
+                if rid == ids[0] and len(first_ids) < 16:
+                    first_ids.extend(d["token_ids"][: 16 - len(first_ids)])
+            if d["finish_reason"] is not None:
+                done[rid] = t
+                usage[rid] = d["usage"] or {}
+                if d["finish_reason"] not in ("length", "stop"):
+                    errors.append(f"{rid}: {d['finish_reason']} {d.get('error')}")
+    if errors:
+        raise RuntimeError(f"{len(errors)} requests failed: {errors[:3]}")
+    t_end = max(done.values())
+    t0 = max(first.values())  # all prefills done, every request has its first token
+    t_first_done = min(done.values())
+    after = sum(n for t, n in events if t > t0)
+    steady = sum(n for t, n in events if t0 < t <= t_first_done)
+    wall = t_end - t_start
+    max_ttft = max(u.get("ttft_s") or 0.0 for u in usage.values())
+    total = sum(counts.values())
+    r = dict(
+        batch=batch,
+        prompt_tokens=prompt_len,
+        new_tokens=new,
+        generated_tokens=total,
+        expected_tokens=batch * new,
+        wall_s=wall,
+        add_requests_s=t_added - t_start,
+        prefill_phase_s=t0 - t_start,
+        decode_phase_s=t_end - t0,
+        decode_tokens_counted=after,
+        decode_tok_s=after / (t_end - t0) if t_end > t0 and after else None,
+        steady_window_s=t_first_done - t0,
+        steady_tokens=steady,
+        steady_tok_s=steady / (t_first_done - t0) if t_first_done > t0 and steady >= batch else None,
+        usage_max_ttft_s=max_ttft,
+        usage_decode_tok_s=batch * (new - 1) / (wall - max_ttft) if wall > max_ttft else None,
+        mean_step_ms=1e3 * (t_end - t0) * batch / after if after else None,
+        first_ids_req0=first_ids,
+    )
+    return r
+
+
+def ttft_runs(engine, prompt_len: int, reps: int, vocab: int, rng: random.Random, timeout_s: float) -> dict:
+    params = json.dumps({"temperature": 0.0, "max_tokens": 1, "ignore_eos": True})
+    walls, usage_ttft = [], []
+    for i in range(reps + 1):  # the first run is the warmup
+        rid = f"ttft-{i}"
+        prompt = _prompts(rng, 1, prompt_len, vocab)[0]
+        t_start = time.perf_counter()
+        engine.add_request(rid, prompt, params)
+        t_first, fin = None, None
+        while fin is None:
+            if time.perf_counter() - t_start > timeout_s:
+                engine.abort(rid)
+                raise TimeoutError(f"ttft run {i} did not finish in {timeout_s:.0f} s")
+            for d in engine.poll(5):
+                if d["request_id"] != rid:
+                    continue
+                if d["token_ids"] and t_first is None:
+                    t_first = time.perf_counter()
+                if d["finish_reason"] is not None:
+                    fin = d
+        if fin["finish_reason"] not in ("length", "stop"):
+            raise RuntimeError(f"ttft run {i}: {fin['finish_reason']} {fin.get('error')}")
+        if i == 0:
+            warm = (t_first - t_start) * 1e3
+            continue
+        walls.append((t_first - t_start) * 1e3)
+        usage_ttft.append(((fin["usage"] or {}).get("ttft_s") or 0.0) * 1e3)
+    return dict(
+        prompt_tokens=prompt_len,
+        reps=reps,
+        ttft_ms=statistics.median(walls),
+        ttft_ms_runs=walls,
+        usage_ttft_ms=statistics.median(usage_ttft),
+        usage_ttft_ms_runs=usage_ttft,
+        warmup_ttft_ms=warm,
+    )
+
+
+def phase_ours(a: dict, rec) -> None:
+    t = time.perf_counter()
+    from mlc_llm import _core
+
+    rec.put("versions", mlc_llm_core=getattr(_core, "__version__", "?"), core_file=_core.__file__,
+            import_s=time.perf_counter() - t)
+    precision = a["precision"]
+    batches = a["batches"]
+    max_batch = max(batches)
+    prompt_len, new = a["prompt_tokens"], a["new_tokens"]
+    total = max(max_batch * (prompt_len + new + 32), a["ttft_prompt"] + 64)
+    cfg = {"verbose": False, "mode": "server", "max_num_sequence": max_batch,
+           "max_total_sequence_length": total, "prefill_chunk_size": 2048}
+    if precision == "q4_0":
+        cfg["quantized_matmul"] = True
+    t = time.perf_counter()
+    engine = _core.Engine(a["model"], a["engine_device"], json.dumps(cfg))
+    info = json.loads(engine.info())
+    rec.put("load", load_s=time.perf_counter() - t, engine_config=cfg, engine_info=info)
+    vocab = info["vocab_size"]
+    rng = random.Random(1234)
+    timeout = a["request_timeout_s"]
+    try:
+        t = time.perf_counter()
+        run_batch(engine, 1, 16, 8, vocab, rng, "warmup", timeout)
+        rec.put("warmup", s=time.perf_counter() - t)
+        order = list(batches)
+        # The TTFT runs go right after batch 1: they matter more than the largest batch if time runs out.
+        plan = []
+        for b in order:
+            plan.append(("decode", b))
+            if b == order[0] and a["ttft"]:
+                plan.append(("ttft", None))
+        if a["ttft"] and not order:
+            plan.append(("ttft", None))
+        for kind, b in plan:
+            try:
+                if kind == "ttft":
+                    t = time.perf_counter()
+                    r = ttft_runs(engine, a["ttft_prompt"], a["ttft_reps"], vocab, rng, timeout)
+                    rec.put("ttft", engine="ours", precision=precision, phase_s=time.perf_counter() - t, **r)
+                    continue
+                t = time.perf_counter()
+                # Warm this batch size (buffers, kernel selection) with a short run first.
+                run_batch(engine, b, prompt_len, min(16, new), vocab, rng, f"w{b}", timeout)
+                t_warm = time.perf_counter() - t
+                r = run_batch(engine, b, prompt_len, new, vocab, rng, f"b{b}", timeout)
+                rec.put("decode", engine="ours", precision=precision, warmup_s=t_warm,
+                        phase_s=time.perf_counter() - t, **r)
+            except Exception as e:  # record and go on with the next size
+                rec.error(f"{kind} batch={b}", e)
+                if "EngineDead" in type(e).__name__:
+                    break
+        try:
+            rec.put("metrics", metrics=json.loads(engine.metrics()))
+        except Exception as e:
+            rec.error("metrics", e)
+    finally:
+        engine.terminate()
