@@ -1,6 +1,7 @@
 //! The native module `mlc_llm._core`: a thin binding over `mlc_core`. Every call converts to owned
 //! Rust values, releases the GIL while it waits, and maps errors once (see `errors.rs`).
 
+mod engine;
 mod errors;
 mod testing;
 
@@ -21,6 +22,7 @@ fn device_smoke_test(py: Python<'_>, device: String) -> PyResult<String> {
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<engine::Engine>()?;
     m.add_function(wrap_pyfunction!(cuda_device_count, m)?)?;
     m.add_function(wrap_pyfunction!(device_smoke_test, m)?)?;
     testing::register(m)?;
