@@ -58,6 +58,17 @@ impl SamplingParams {
         self.temperature <= 0.0
     }
 
+    /// Greedy with nothing that needs the full logits row (no logprobs, penalties or bias), so the
+    /// device may pick the token by argmax and send back only its id.
+    pub fn is_plain_greedy(&self) -> bool {
+        self.is_greedy()
+            && !self.logprobs
+            && self.logit_bias.is_empty()
+            && self.frequency_penalty == 0.0
+            && self.presence_penalty == 0.0
+            && self.repetition_penalty == 1.0
+    }
+
     /// Checks ranges that do not depend on the model except `vocab_size`.
     pub fn validate(&self, vocab_size: usize) -> crate::error::Result<()> {
         use crate::error::EngineError as E;

@@ -13,6 +13,12 @@ pub struct ModelRunner {
 }
 
 /// The logits of one sampled sequence. `[vocab]`
+/// What a step hands to sampling: full rows, or tokens already chosen on the device.
+pub enum StepLogits {
+    Rows(Vec<SeqLogits>),
+    Argmax(Vec<(SeqId, u32)>),
+}
+
 pub struct SeqLogits {
     pub seq_id: SeqId,
     pub logits: Vec<f32>,
@@ -52,10 +58,11 @@ impl ModelRunner {
     }
 
     /// Runs one step; returns logits for every scheduled sequence with `sample == true`, in order.
-    pub fn execute(&self, out: &SchedulerOutput) -> Result<Vec<SeqLogits>> {
+    /// `argmax_only`: every sampling sequence is plain greedy, so the device picks the tokens.
+    pub fn execute(&self, out: &SchedulerOutput, argmax_only: bool) -> Result<StepLogits> {
         let (tokens, positions, sample_rows, meta) = self.prepare(out);
         if tokens.is_empty() {
-            return Ok(Vec::new());
+            return Ok(StepLogits::Rows(Vec::new()));
         }
         let dev = self.model.device();
         let n = tokens.len();
@@ -67,12 +74,17 @@ impl ModelRunner {
             // Prefill chunks that do not reach the end of their prompt still fill the cache.
             let rows = Tensor::from_vec(vec![(n - 1) as u32], 1, dev)?;
             self.model.forward(&tokens, &positions, &rows, &self.kv, &step)?;
-            return Ok(Vec::new());
+            return Ok(StepLogits::Rows(Vec::new()));
         }
         let rows = Tensor::from_vec(sample_rows, s, dev)?; // [num_samples]
         let logits = self.model.forward(&tokens, &positions, &rows, &self.kv, &step)?; // [num_samples, vocab]
-        let logits = logits.to_device(&candle_core::Device::Cpu)?.to_vec2::<f32>()?;
         let ids = out.seqs.iter().filter(|s| s.sample).map(|s| s.seq_id);
-        Ok(ids.zip(logits).map(|(seq_id, logits)| SeqLogits { seq_id, logits }).collect())
+        if argmax_only {
+            // Only token ids leave the device: [num_samples] instead of [num_samples, vocab].
+            let tokens = logits.argmax(candle_core::D::Minus1)?.to_device(&candle_core::Device::Cpu)?.to_vec1::<u32>()?;
+            return Ok(StepLogits::Argmax(ids.zip(tokens).collect()));
+        }
+        let logits = logits.to_device(&candle_core::Device::Cpu)?.to_vec2::<f32>()?;
+        Ok(StepLogits::Rows(ids.zip(logits).map(|(seq_id, logits)| SeqLogits { seq_id, logits }).collect()))
     }
 }

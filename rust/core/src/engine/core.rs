@@ -9,8 +9,8 @@ use super::request_state::RequestState;
 use super::trace::Tracer;
 use crate::error::Result;
 use crate::request::SamplingParams;
-use crate::runner::ModelRunner;
-use crate::sampler::SequenceSampler;
+use crate::runner::{ModelRunner, StepLogits};
+use crate::sampler::Sampled;
 use crate::scheduler::{Scheduler, SchedulerOutput, SeqId};
 use crate::tokenizer::Tokenizer;
 use serde_json::json;
@@ -123,22 +123,35 @@ impl EngineCore {
         }
         self.note_schedule(&out);
         let start = Instant::now();
-        let logits = match self.runner.execute(&out) {
+        let argmax_only = !self.capture_logits
+            && out.seqs.iter().filter(|s| s.sample).all(|s| self.requests.get(&s.seq_id).is_some_and(|r| r.params.is_plain_greedy()));
+        let logits = match self.runner.execute(&out, argmax_only) {
             Ok(l) => l,
             Err(e) => return self.fail_step(&out, e),
         };
         self.account_time(&out, start.elapsed().as_secs_f64());
-        let mut sampled = Vec::with_capacity(logits.len());
-        let mut results = Vec::with_capacity(logits.len());
-        for mut row in logits {
-            let Some(state) = self.requests.get_mut(&row.seq_id) else { continue };
-            if self.capture_logits {
-                self.captured.push((state.request_id.clone(), row.logits.clone()));
+        let mut sampled = Vec::new();
+        let mut results = Vec::new();
+        match logits {
+            StepLogits::Argmax(tokens) => {
+                for (seq_id, token) in tokens {
+                    sampled.push((seq_id, token));
+                    // Plain greedy requests ask for no logprobs, so none is computed.
+                    results.push((seq_id, Sampled { token, logprob: 0.0, top_logprobs: Vec::new() }));
+                }
             }
-            let params = state.params.clone();
-            let s = SequenceSampler::sample(&mut state.sampler, &mut row.logits, &params);
-            sampled.push((row.seq_id, s.token));
-            results.push((row.seq_id, s));
+            StepLogits::Rows(rows) => {
+                for mut row in rows {
+                    let Some(state) = self.requests.get_mut(&row.seq_id) else { continue };
+                    if self.capture_logits {
+                        self.captured.push((state.request_id.clone(), row.logits.clone()));
+                    }
+                    let params = state.params.clone();
+                    let s = state.sampler.sample(&mut row.logits, &params);
+                    sampled.push((row.seq_id, s.token));
+                    results.push((row.seq_id, s));
+                }
+            }
         }
         self.scheduler.update(&out, &sampled);
         let mut deltas = dropped;
