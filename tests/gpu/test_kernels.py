@@ -128,6 +128,41 @@ def test_other_block_sizes(core, block_size):
     _check(core, "bf16", 8, 2, 128, [(1, 257), (33, 33), (4, 100)], block_size=block_size, seed=block_size)
 
 
+# The tiled prefill kernel (bf16 / f16, head_dim 64 / 128) takes every sequence with more than 16 queries in
+# the step: one partial tile (17), one exact tile (64), one past it (65), many tiles (1000).
+_PROMPTS = [(17, 17), (64, 64), (65, 65), (1000, 1000)]
+# Chunks continuing a cached context whose start is not block aligned (900, 734, 3983, 1), beside a
+# decode, a short (per-token, split) chunk and a fresh prompt, all in one step.
+_CHUNKS = [(100, 1000), (37, 53), (500, 1234), (17, 4000), (1, 777), (16, 300), (129, 129), (40, 41)]
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "f16"])
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("heads,kv_heads", [(8, 8), (16, 4)])
+def test_tiled_prefill(core, dtype, head_dim, heads, kv_heads, monkeypatch):
+    r = _check(core, dtype, heads, kv_heads, head_dim, _PROMPTS, seed=head_dim + heads)
+    assert r["max_splits"] == 1 and r["num_partials"] == 0, r
+    # The same case on the per-token kernel: also within tolerance, and not bit-identical (so the
+    # default run above did take the tiled kernel).
+    monkeypatch.setenv("MLC_TILED_PREFILL", "0")
+    per_token = _check(core, dtype, heads, kv_heads, head_dim, _PROMPTS, seed=head_dim + heads)
+    assert per_token["mean_abs_err"] != r["mean_abs_err"], (r, per_token)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "f16"])
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("block_size", [16, 8, 32])
+def test_tiled_chunks_continue_a_cached_context(core, dtype, head_dim, block_size):
+    r = _check(core, dtype, 32, 8, head_dim, _CHUNKS, block_size=block_size, seed=block_size + head_dim)
+    assert r["max_splits"] == 7 and r["num_partials"] > 0, r
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "f16"])
+@pytest.mark.parametrize("n", [2048, 4096])
+def test_tiled_long_prompts(core, dtype, n):
+    _check(core, dtype, 8, 2, 128, [(n, n)], seed=n)
+
+
 # Informational timings (recorded, never asserted): the Llama-3-8B attention shape (32 heads, 8 KV heads,
 # head_dim 128) in bf16; mean of back-to-back attend calls, allocation of the output included.
 @pytest.mark.parametrize("name,seqs,repeat", [
@@ -136,9 +171,16 @@ def test_other_block_sizes(core, block_size):
     ("decode_b16_ctx4096", [(1, 4096)] * 16, 50),
     ("decode_b64_ctx1024", [(1, 1024)] * 64, 50),
     ("prefill_512", [(512, 512)], 20),
-    ("prefill_4096", [(4096, 4096)], 5),
+    ("prefill_2048", [(2048, 2048)], 20),
+    ("prefill_4096", [(4096, 4096)], 10),
+    ("chunk_512_ctx4096", [(512, 4096)], 20),
+    # The per-token kernel on the same prompts (the path before the tiled kernel, and its fallback).
+    ("prefill_2048_per_token", [(2048, 2048)], 5),
+    ("prefill_4096_per_token", [(4096, 4096)], 3),
 ])
-def test_attention_timing(core, name, seqs, repeat):
+def test_attention_timing(core, name, seqs, repeat, monkeypatch):
+    if name.endswith("_per_token"):
+        monkeypatch.setenv("MLC_TILED_PREFILL", "0")
     case = {"dtype": "bf16", "num_heads": 32, "num_kv_heads": 8, "head_dim": 128, "block_size": 16,
             "seqs": seqs, "seed": 5, "reference": False, "repeat": repeat}
     r = json.loads(core._attention_check("cuda:0", json.dumps(case)))

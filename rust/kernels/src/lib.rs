@@ -16,6 +16,9 @@ pub use ptx::KV_WRITE as KV_WRITE_PTX;
 /// PTX of `kernels/paged_attention.cu`.
 #[cfg(feature = "cuda")]
 pub use ptx::PAGED_ATTENTION as PAGED_ATTENTION_PTX;
+/// PTX of `kernels/prefill_attention.cu`.
+#[cfg(feature = "cuda")]
+pub use ptx::PREFILL_ATTENTION as PREFILL_ATTENTION_PTX;
 
 /// Module names under which the PTX is cached per device (`get_or_load_custom_func`).
 pub const KV_WRITE_MODULE: &str = "mlc_kv_write";
@@ -83,6 +86,24 @@ pub fn paged_attention_name(dtype: KernelDType, head_dim: usize) -> Option<&'sta
         (F16, 128) => "paged_attention_f16_d128",
         (F16, _) => "paged_attention_f16_d256",
     })
+}
+
+/// Module name of the tiled prefill kernels and their launch constants (`PREFILL_*` in
+/// prefill_attention.cu): query rows per block, threads per block.
+pub const PREFILL_ATTENTION_MODULE: &str = "mlc_prefill_attention";
+pub const PREFILL_TILE_M: usize = 64;
+pub const PREFILL_THREADS: u32 = 128;
+
+/// `prefill_attention_<dtype>_d<head_dim>`: the tiled tensor-core kernel, for bf16 / f16 and head_dim 64
+/// or 128 only (`None` otherwise: those steps stay on the per-token kernel).
+pub fn prefill_attention_name(dtype: KernelDType, head_dim: usize) -> Option<&'static str> {
+    match (dtype, head_dim) {
+        (KernelDType::BF16, 64) => Some("prefill_attention_bf16_d64"),
+        (KernelDType::BF16, 128) => Some("prefill_attention_bf16_d128"),
+        (KernelDType::F16, 64) => Some("prefill_attention_f16_d64"),
+        (KernelDType::F16, 128) => Some("prefill_attention_f16_d128"),
+        _ => None,
+    }
 }
 
 /// `paged_attention_combine_<dtype>`: merges a split token's partitions into its output row.

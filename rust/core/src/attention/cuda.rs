@@ -1,6 +1,10 @@
 //! CUDA forward of the KV write and paged attention: shape and dtype checks (errors, never panics),
 //! then launches of `mlc_kernels`' PTX on candle's stream. The step's metadata arrays are views into
 //! the one buffer [`PagedKvCache::prepare`](super::PagedKvCache::prepare) uploaded.
+//!
+//! Attention runs up to three kernels: the tiled prefill kernel for the query tiles of long chunks
+//! (bf16 / f16, head_dim 64 or 128), the per-token kernel for every other row of the plan (decode,
+//! short chunks, and long chunks where no tiled kernel applies), and the combine of split tokens.
 
 use super::plan::Span;
 use super::DeviceStep;
@@ -136,6 +140,13 @@ struct AttentionArgs {
     head_dim: u32,
     block_size: u32,
     scale: f32,
+    /// The tiled kernel for the plan's query tiles (`None`: every row runs on the per-token kernel).
+    prefill: Option<&'static str>,
+}
+
+/// `MLC_TILED_PREFILL=0` sends long chunks to the per-token kernel (for comparisons and as a way out).
+fn tiled_prefill_enabled() -> bool {
+    std::env::var_os("MLC_TILED_PREFILL").is_none_or(|v| v != "0")
 }
 
 /// Paged attention: q `[num_tokens, num_heads, head_dim]`, caches `[num_blocks, block_size, kv_heads,
@@ -169,7 +180,7 @@ pub fn paged_attention(
     let Some(name) = kernels::paged_attention_name(dtype, d) else {
         bail!("paged-attention: head_dim {d} is not supported (1..={})", kernels::ATTN_MAX_HEAD_DIM)
     };
-    let args = AttentionArgs {
+    let mut args = AttentionArgs {
         q: contiguous(ql, "q")?,
         k: contiguous(kl, "k cache")?,
         v: contiguous(vl, "v cache")?,
@@ -178,9 +189,17 @@ pub fn paged_attention(
         head_dim: to_u32(d, "head_dim")?,
         block_size: to_u32(bs, "block_size")?,
         scale,
+        prefill: None,
     };
     if h > 65_535 {
         bail!("paged-attention: {h} heads exceed the grid's y dimension");
+    }
+    // The tiled kernel copies cache rows in 16-byte words (cp.async): both caches must start 16-byte
+    // aligned (candle's allocations are; a view at an odd offset falls back).
+    let elem = q.dtype().size_in_bytes();
+    let aligned = (args.k.start * elem) % 16 == 0 && (args.v.start * elem) % 16 == 0;
+    if step.plan.num_tiles > 0 && aligned && tiled_prefill_enabled() {
+        args.prefill = kernels::prefill_attention_name(dtype, d);
     }
     let storage = match dtype {
         KernelDType::F32 => launch_attention::<f32>(step, dtype, name, q, k, v, &args)?,
@@ -204,12 +223,15 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
     let (h, d) = (a.num_heads as usize, a.head_dim as usize);
     let attn = dev.get_or_load_custom_func(name, kernels::PAGED_ATTENTION_MODULE, kernels::PAGED_ATTENTION_PTX)?;
     // SAFETY: every row of `out` is written: the step's sequences tile all its tokens (validated in
-    // `prepare`), each unsplit token by the attention kernel and each split one by the combine kernel.
+    // `prepare`), each unsplit token by the per-token or the tiled kernel and each split one by the
+    // combine kernel.
     let mut out = unsafe { dev.alloc::<T>(plan.num_tokens * h * d) }?;
     // Partial results of split tokens (at least one element so the pointers are valid).
     let mut part_o = unsafe { dev.alloc::<f32>((plan.num_partials * h * d).max(1)) }?;
     let mut part_ml = unsafe { dev.alloc::<f32>((plan.num_partials * h * 2).max(1)) }?;
-    let num_work = to_u32(plan.num_work, "attention work items")?;
+    // With the tiled kernel the per-token kernel takes only the rows of the untiled sequences.
+    let rows = if a.prefill.is_some() { plan.num_short_work } else { plan.num_work };
+    let num_work = to_u32(rows, "attention work items")?;
     let max_blocks = to_u32(plan.max_blocks, "max_blocks")?;
     with_packed(step, &dev, |meta| {
         let m = |s: Span, what: &str| view(meta, span(s), what);
@@ -243,6 +265,32 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
             let cfg = LaunchConfig { grid_dim: (num_work, a.num_heads, 1), block_dim: (kernels::ATTN_THREADS, 1, 1), shared_mem_bytes: 0 };
             // SAFETY: the argument list matches paged_attention_* in paged_attention.cu; the block
             // tables, positions and partitions were validated and planned from the same metadata.
+            unsafe { b.launch(cfg) }.w()?;
+        }
+        if let Some(prefill_name) = a.prefill {
+            let (query_start, context_len) = (m(plan.query_start, "query start")?, m(plan.context_len, "context len")?);
+            let (tile_seq, tile_start) = (m(plan.tile_seq, "tile seq")?, m(plan.tile_start, "tile start")?);
+            let prefill = dev.get_or_load_custom_func(prefill_name, kernels::PREFILL_ATTENTION_MODULE, kernels::PREFILL_ATTENTION_PTX)?;
+            let mut b = prefill.builder();
+            b.arg(&mut out);
+            b.arg(&qv);
+            b.arg(&kv);
+            b.arg(&vv);
+            b.arg(&block_tables);
+            b.arg(&query_start);
+            b.arg(&context_len);
+            b.arg(&tile_seq);
+            b.arg(&tile_start);
+            b.arg(&a.num_heads);
+            b.arg(&a.num_kv_heads);
+            b.arg(&a.block_size);
+            b.arg(&max_blocks);
+            b.arg(&a.scale);
+            let grid = (to_u32(plan.num_tiles, "query tiles")?, a.num_heads, 1);
+            let cfg = LaunchConfig { grid_dim: grid, block_dim: (kernels::PREFILL_THREADS, 1, 1), shared_mem_bytes: 0 };
+            // SAFETY: matches prefill_attention_* in prefill_attention.cu (instantiated for this dtype and
+            // head_dim); tiles, query ranges, contexts and block tables were planned from validated
+            // metadata, and the tiles cover exactly the rows the per-token launch above left out.
             unsafe { b.launch(cfg) }.w()?;
         }
         if plan.num_split_tokens > 0 {

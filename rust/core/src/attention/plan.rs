@@ -1,16 +1,24 @@
 //! Step-level preparation of the attention metadata for the CUDA kernels: validation (so the kernels
-//! can trust every index they read), the split-K plan for long-context decode, and one flat `u32` buffer
-//! holding every per-step array, uploaded once per step and shared by all layers.
+//! can trust every index they read), the split-K plan for long-context decode, the query tiles of the
+//! tiled prefill kernel, and one flat `u32` buffer holding every per-step array, uploaded once per step
+//! and shared by all layers.
 
 use super::AttentionMetadata;
 use candle_core::{bail, Result};
-use mlc_kernels::ATTN_MAX_SPLITS;
+use mlc_kernels::{ATTN_MAX_SPLITS, PREFILL_TILE_M};
 
 /// Sequences with at most this many query tokens (decode, short chunks, speculative verification) split
 /// their context across blocks; longer chunks already give the GPU one block per token and head.
 pub const SPLIT_MAX_QUERY_LEN: usize = 16;
 /// Fewest keys one partition covers: a 4096-token decode gets 32 partitions per head.
 pub const SPLIT_MIN_KEYS: usize = 128;
+
+/// Whether a sequence with `query_len` queries this step goes to the tiled prefill kernel (where the
+/// dtype and head_dim have one; see `StepPlan::num_short_work`). Depends only on the sequence itself,
+/// so a request's result does not change with the batch around it.
+pub fn is_tiled(query_len: usize) -> bool {
+    query_len > SPLIT_MAX_QUERY_LEN
+}
 
 /// A `[start, start + len)` slice of [`StepPlan::packed`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -26,8 +34,14 @@ pub struct StepPlan {
     pub num_seqs: usize,
     /// Width of the padded block tables: the most blocks any sequence of the step needs.
     pub max_blocks: usize,
-    /// Grid rows of the attention kernel: one per (token, partition).
+    /// Grid rows of the per-token attention kernel: one per (token, partition). The rows of sequences
+    /// that are not tiled ([`is_tiled`]) come first: the first `num_short_work` rows cover exactly those,
+    /// the rest the tiled sequences' tokens (one unsplit row each), which run on the per-token kernel
+    /// only where the tiled kernel does not apply (f32, other head dims).
     pub num_work: usize,
+    pub num_short_work: usize,
+    /// Blocks of the tiled prefill kernel: one per `PREFILL_TILE_M` queries of a tiled sequence.
+    pub num_tiles: usize,
     /// Tokens whose context is split (they need the combine kernel).
     pub num_split_tokens: usize,
     /// Rows of the f32 partial-result buffers (sum of the split tokens' partition counts).
@@ -54,6 +68,10 @@ pub struct StepPlan {
     pub work_split: Span,
     /// `[num_split_tokens]` the split tokens.
     pub split_tokens: Span,
+    /// `[num_tiles]` sequence of each query tile and its first query (relative to the sequence's first
+    /// query this step); the tiles with the most keys come first.
+    pub tile_seq: Span,
+    pub tile_start: Span,
     pub packed: Vec<u32>,
 }
 
@@ -123,10 +141,19 @@ pub fn plan(meta: &AttentionMetadata) -> StepPlan {
     let mut token_splits = vec![1u32; num_tokens];
     let mut token_part = vec![0u32; num_tokens];
     let (mut work_token, mut work_split, mut split_tokens) = (Vec::new(), Vec::new(), Vec::new());
+    let mut long_tokens = Vec::new(); // tokens of tiled sequences: per-token rows after the short ones
+    let mut tiles = Vec::new(); // (keys seen, sequence, first query)
     let mut num_partials = 0usize;
     let mut max_splits = 0usize;
     for (s, seq) in meta.seqs.iter().enumerate() {
         let first_pos = seq.context_len - seq.query_len;
+        let tiled = is_tiled(seq.query_len);
+        if tiled {
+            for start in (0..seq.query_len).step_by(PREFILL_TILE_M) {
+                let keys = first_pos + (start + PREFILL_TILE_M).min(seq.query_len);
+                tiles.push((keys, s as u32, start as u32));
+            }
+        }
         for i in 0..seq.query_len {
             let t = seq.query_start + i;
             let splits = num_splits(seq.query_len, first_pos + i);
@@ -139,13 +166,23 @@ pub fn plan(meta: &AttentionMetadata) -> StepPlan {
                 num_partials += splits;
                 split_tokens.push(t as u32);
             }
+            if tiled {
+                long_tokens.push(t as u32); // never split (see `num_splits`)
+                continue;
+            }
             for z in 0..splits {
                 work_token.push(t as u32);
                 work_split.push(z as u32);
             }
         }
     }
-    let mut p = Packer(Vec::with_capacity(8 * num_tokens + meta.seqs.len() * (max_blocks + 2) + work_token.len() * 2 + 1));
+    let num_short_work = work_token.len();
+    work_split.extend(std::iter::repeat_n(0, long_tokens.len()));
+    work_token.extend(long_tokens);
+    // Heaviest tiles first, so the causal tail of the grid is made of short tiles.
+    tiles.sort_by(|a, b| b.0.cmp(&a.0));
+    let cap = 8 * num_tokens + meta.seqs.len() * (max_blocks + 2) + work_token.len() * 2 + tiles.len() * 2 + 1;
+    let mut p = Packer(Vec::with_capacity(cap));
     let slot_mapping = p.push(meta.slot_mapping.iter().copied());
     let block_tables = p.push(meta.seqs.iter().flat_map(|s| {
         let used = s.context_len.div_ceil(bs);
@@ -162,12 +199,17 @@ pub fn plan(meta: &AttentionMetadata) -> StepPlan {
     let work_token = p.push(work_token);
     let work_split = p.push(work_split);
     let split_tokens = p.push(split_tokens);
+    let num_tiles = tiles.len();
+    let tile_seq = p.push(tiles.iter().map(|t| t.1));
+    let tile_start = p.push(tiles.iter().map(|t| t.2));
     p.0.push(0); // every span, even an empty last one, starts inside the buffer
     StepPlan {
         num_tokens,
         num_seqs: meta.seqs.len(),
         max_blocks,
         num_work,
+        num_short_work,
+        num_tiles,
         num_split_tokens,
         num_partials,
         max_splits,
@@ -182,6 +224,8 @@ pub fn plan(meta: &AttentionMetadata) -> StepPlan {
         work_token,
         work_split,
         split_tokens,
+        tile_seq,
+        tile_start,
         packed: p.0,
     }
 }
@@ -229,6 +273,31 @@ mod tests {
         let row1 = &get(p.block_tables)[256..512];
         assert_eq!(&row1[..3], &[256, 257, 258]);
         assert!(row1[3..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn long_chunks_are_tiled_after_the_short_rows() {
+        // A decode, a 130-query chunk continuing 70 cached tokens, a 16-query chunk (not tiled), a
+        // 17-query prefill (one partial tile).
+        let m = meta(&[(1, 300), (130, 200), (16, 16), (17, 17)], 16);
+        validate(&m, 1000, 16).unwrap();
+        let p = plan(&m);
+        let get = |s: Span| &p.packed[s.start..s.start + s.len];
+        assert_eq!(p.num_tokens, 1 + 130 + 16 + 17);
+        assert_eq!(p.num_short_work, 3 + 16, "the decode's 3 partitions and the 16-query chunk");
+        assert_eq!(p.num_work, p.num_short_work + 130 + 17);
+        let work = get(p.work_token);
+        assert_eq!(&work[..3], &[0, 0, 0]);
+        assert_eq!(&work[3..19], &(131..147).collect::<Vec<u32>>()[..]);
+        assert_eq!(&work[19..149], &(1..131).collect::<Vec<u32>>()[..]);
+        assert_eq!(&work[149..], &(147..164).collect::<Vec<u32>>()[..]);
+        assert!(get(p.work_split)[p.num_short_work..].iter().all(|&z| z == 0));
+        // Tiles of 64 queries, the ones seeing the most keys first: (seq 1, 128) sees 200 keys,
+        // (1, 64) 198, (1, 0) 134, (3, 0) 17.
+        assert_eq!(p.num_tiles, 4);
+        assert_eq!(get(p.tile_seq), &[1, 1, 1, 3]);
+        assert_eq!(get(p.tile_start), &[128, 64, 0, 0]);
+        assert!(!is_tiled(SPLIT_MAX_QUERY_LEN) && is_tiled(SPLIT_MAX_QUERY_LEN + 1));
     }
 
     #[test]

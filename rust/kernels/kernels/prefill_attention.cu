@@ -1,0 +1,298 @@
+// Tiled causal attention for prefill chunks (sequences with more than SPLIT_MAX_QUERY_LEN query tokens in a
+// step) over the paged KV cache, in bf16 / f16 on the tensor cores (mma.sync m16n8k16, f32 accumulation).
+//
+// Layouts (row-major), as in paged_attention.cu:
+//   q, out:            [num_tokens, num_heads, head_dim]
+//   k_cache, v_cache:  [num_blocks, block_size, num_kv_heads, head_dim]
+//   block_tables:      [num_seqs, max_blocks]
+//   query_start:       [num_seqs + 1]  first query token of each sequence
+//   context_len:       [num_seqs]      tokens in the cache after this step; the chunk's queries sit at positions
+//                                      context_len - query_len .. context_len - 1
+//   tile_seq/start:    [num_tiles]     sequence of each query tile and its first query row within the chunk
+//
+// Grid (num_tiles, num_heads), PREFILL_THREADS threads. A block takes PREFILL_TILE_M query rows of one head;
+// each of its 4 warps owns 16 rows and keeps their Q fragments and f32 output accumulators in registers.
+// Keys are walked in tiles of PREFILL_TILE_N from position 0: each K and V tile is gathered once through the
+// block table into shared memory (cp.async) and used by all 64 rows. V's load overlaps S = Q K^T and the
+// next K's load overlaps O += P V. The softmax is online, in f32 (exp2 of log2e-scaled scores); P is rounded
+// to the input type for the tensor-core product and the row sums add the rounded values.
+//
+// Result of a row does not depend on the tile it sits in: every row walks the same key tiles from 0, and
+// a tile that lies wholly after a row's position changes nothing in it (its weights are exactly 0 and the
+// rescale factor exactly 1), so chunking and tiling leave each row's arithmetic unchanged.
+#include "common.cuh"
+#include <math.h>
+
+#define PREFILL_TILE_M 64
+#define PREFILL_TILE_N 64
+#define PREFILL_THREADS 128
+// Padding of each shared-memory row (elements): rows start 16 bytes apart modulo 128, so the 8 row
+// addresses of one ldmatrix fall in distinct banks.
+#define PREFILL_PAD 8
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+    const uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
+    const int src_bytes = valid ? 16 : 0;  // 0: fill the 16 bytes with zeros
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem) {
+    const uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* smem) {
+    const uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+}
+
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));  // ex2(-inf) = +0
+    return y;
+}
+
+// Type-specific pieces: the mma instruction and the f32 -> pair packing of P.
+template <typename T> struct PrefillOps;
+
+template <> struct PrefillOps<__nv_bfloat16> {
+    static __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+    // Rounds (lo, hi) to a packed pair and adds the rounded values to `sum`.
+    static __device__ __forceinline__ uint32_t pack(float lo, float hi, float& sum) {
+        __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+        sum += __low2float(v) + __high2float(v);
+        return *reinterpret_cast<uint32_t*>(&v);
+    }
+};
+
+template <> struct PrefillOps<__half> {
+    static __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+    static __device__ __forceinline__ uint32_t pack(float lo, float hi, float& sum) {
+        __half2 v = __floats2half2_rn(lo, hi);
+        sum += __low2float(v) + __high2float(v);
+        return *reinterpret_cast<uint32_t*>(&v);
+    }
+};
+
+template <typename T, int D>
+__device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q, const T* __restrict__ k_cache,
+                                  const T* __restrict__ v_cache, const uint32_t* __restrict__ block_tables,
+                                  const uint32_t* __restrict__ query_start, const uint32_t* __restrict__ context_len,
+                                  const uint32_t* __restrict__ tile_seq, const uint32_t* __restrict__ tile_start,
+                                  uint32_t num_heads, uint32_t num_kv_heads, uint32_t block_size,
+                                  uint32_t max_blocks, float scale) {
+    using Ops = PrefillOps<T>;
+    constexpr int BN = PREFILL_TILE_N;
+    constexpr int STRIDE = D + PREFILL_PAD;  // elements per shared-memory row
+    constexpr int KC = D / 16;               // 16-wide k steps of Q K^T
+    constexpr int DT = D / 8;                // 8-wide column tiles of O
+    constexpr int NT = BN / 8;               // 8-key column tiles of S
+    constexpr int PK = BN / 16;              // 16-key k steps of P V
+    constexpr int CHUNKS = D / 8;            // 16-byte chunks per cache row
+    static_assert(PREFILL_TILE_M == 4 * 16 && PREFILL_THREADS == 128, "4 warps of 16 query rows");
+    static_assert(D % 16 == 0 && KC % 2 == 0 && DT % 2 == 0, "head_dim must be a multiple of 32");
+    static_assert(PREFILL_THREADS % CHUNKS == 0, "each thread copies one fixed chunk column");
+    __shared__ __align__(16) T ks[BN * STRIDE];
+    __shared__ __align__(16) T vs[BN * STRIDE];
+
+    const uint32_t seq = tile_seq[blockIdx.x];
+    const uint32_t q0 = tile_start[blockIdx.x];
+    const uint32_t h = blockIdx.y;
+    const uint32_t qs = query_start[seq];
+    const uint32_t qlen = query_start[seq + 1] - qs;
+    const uint32_t first_pos = context_len[seq] - qlen;
+    const uint32_t kvh = h / (num_heads / num_kv_heads);
+    const uint32_t* table = block_tables + (size_t)seq * max_blocks;
+    const size_t slot_stride = (size_t)num_kv_heads * D;
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int g = lane >> 2, tig = lane & 3;  // mma fragment row group and thread within the group
+    const uint32_t wq0 = q0 + warp * 16;      // the warp's first query row (within the chunk)
+    const bool warp_rows = wq0 < qlen;
+    const uint32_t warp_min_pos = first_pos + wq0;
+    const uint32_t warp_max_pos = first_pos + min(wq0 + 15, qlen - 1);
+    const uint32_t n_keys = first_pos + min(q0 + PREFILL_TILE_M, qlen);  // keys any row of the block sees
+    const uint32_t n_tiles = (n_keys + BN - 1) / BN;
+    const uint32_t r0 = wq0 + g, r1 = r0 + 8;  // this thread's two rows
+    const uint32_t pos0 = first_pos + r0, pos1 = first_pos + r1;
+
+    // Q as A fragments of m16n8k16 (rows g / g+8, columns 2*tig + {0,1} and + 8); rows past the chunk are 0.
+    uint32_t qf[KC][4];
+    {
+        const uint16_t* qb = reinterpret_cast<const uint16_t*>(q);
+        const uint16_t* q_r0 = qb + ((size_t)(qs + r0) * num_heads + h) * D;
+        const uint16_t* q_r1 = qb + ((size_t)(qs + r1) * num_heads + h) * D;
+        const bool v0 = r0 < qlen, v1 = r1 < qlen;
+        auto pair = [](const uint16_t* p) { return (uint32_t)p[0] | ((uint32_t)p[1] << 16); };
+#pragma unroll
+        for (int kc = 0; kc < KC; ++kc) {
+            const int c = kc * 16 + 2 * tig;
+            qf[kc][0] = v0 ? pair(q_r0 + c) : 0u;
+            qf[kc][1] = v1 ? pair(q_r1 + c) : 0u;
+            qf[kc][2] = v0 ? pair(q_r0 + c + 8) : 0u;
+            qf[kc][3] = v1 ? pair(q_r1 + c + 8) : 0u;
+        }
+    }
+
+    // Gathers keys key0 .. key0 + BN - 1 of one cache through the block table; keys >= n_keys read as 0.
+    const int chunk = threadIdx.x % CHUNKS;
+    auto load_tile = [&](T* dst, const T* cache, uint32_t key0) {
+        constexpr int ROWS = PREFILL_THREADS / CHUNKS;  // rows copied per pass of the block
+#pragma unroll
+        for (int i = 0; i < BN / ROWS; ++i) {
+            const int r = threadIdx.x / CHUNKS + i * ROWS;
+            const uint32_t key = key0 + r;
+            const bool valid = key < n_keys;
+            const T* src = cache;
+            if (valid)
+                src = cache + ((size_t)table[key / block_size] * block_size + key % block_size) * slot_stride +
+                      (size_t)kvh * D + chunk * 8;
+            cp_async16(dst + r * STRIDE + chunk * 8, src, valid);
+        }
+    };
+
+    float o[DT][4];
+#pragma unroll
+    for (int i = 0; i < DT; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+    const float sl2 = scale * 1.4426950408889634f;
+
+    load_tile(ks, k_cache, 0);
+    cp_async_commit();
+    for (uint32_t kt = 0; kt < n_tiles; ++kt) {
+        const uint32_t key0 = kt * BN;
+        cp_async_wait_all();
+        __syncthreads();  // K tile ready; every warp is done with the previous V tile
+        load_tile(vs, v_cache, key0);
+        cp_async_commit();
+
+        // A warp skips key tiles wholly after its rows: for them it would add exact zeros.
+        const bool active = warp_rows && key0 <= warp_max_pos;
+        uint32_t pf[PK][4];
+        if (active) {
+            float s[NT][4];
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+                for (int kc = 0; kc < KC; kc += 2) {
+                    uint32_t b[4];  // keys nt*8 .. +8; dims kc*16 + {0, 8, 16, 24} .. +8
+                    ldmatrix_x4(b, &ks[(nt * 8 + (lane & 7)) * STRIDE + kc * 16 + (lane >> 3) * 8]);
+                    Ops::mma(s[nt], qf[kc], b[0], b[1]);
+                    Ops::mma(s[nt], qf[kc + 1], b[2], b[3]);
+                }
+            }
+            const bool masked = key0 + BN - 1 > warp_min_pos;  // the tile reaches past some row's position
+            float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const uint32_t key = key0 + nt * 8 + 2 * tig + e;
+                    float a = s[nt][e] * sl2, b = s[nt][2 + e] * sl2;
+                    if (masked) {
+                        if (key > pos0) a = -INFINITY;
+                        if (key > pos1) b = -INFINITY;
+                    }
+                    s[nt][e] = a;
+                    s[nt][2 + e] = b;
+                    mx0 = fmaxf(mx0, a);
+                    mx1 = fmaxf(mx1, b);
+                }
+            }
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+            // Finite: key 0 is in the first tile and every row's position is >= 0.
+            const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+            const float al0 = fast_exp2(m0 - mn0), al1 = fast_exp2(m1 - mn1);  // 0 on the first tile
+            m0 = mn0;
+            m1 = mn1;
+            float rs0 = 0.f, rs1 = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < PK; ++kk) {
+                // The C fragments of key tiles 2kk and 2kk+1 are the A fragment of k step kk.
+                pf[kk][0] = Ops::pack(fast_exp2(s[2 * kk][0] - mn0), fast_exp2(s[2 * kk][1] - mn0), rs0);
+                pf[kk][1] = Ops::pack(fast_exp2(s[2 * kk][2] - mn1), fast_exp2(s[2 * kk][3] - mn1), rs1);
+                pf[kk][2] = Ops::pack(fast_exp2(s[2 * kk + 1][0] - mn0), fast_exp2(s[2 * kk + 1][1] - mn0), rs0);
+                pf[kk][3] = Ops::pack(fast_exp2(s[2 * kk + 1][2] - mn1), fast_exp2(s[2 * kk + 1][3] - mn1), rs1);
+            }
+            l0 = l0 * al0 + rs0;
+            l1 = l1 * al1 + rs1;
+#pragma unroll
+            for (int dt = 0; dt < DT; ++dt) {
+                o[dt][0] *= al0;
+                o[dt][1] *= al0;
+                o[dt][2] *= al1;
+                o[dt][3] *= al1;
+            }
+        }
+        cp_async_wait_all();
+        __syncthreads();  // V tile ready; every warp is done with this K tile
+        if (kt + 1 < n_tiles) {
+            load_tile(ks, k_cache, key0 + BN);
+            cp_async_commit();
+        }
+        if (active) {
+#pragma unroll
+            for (int kk = 0; kk < PK; ++kk) {
+#pragma unroll
+                for (int dt = 0; dt < DT; dt += 2) {
+                    uint32_t b[4];  // keys kk*16 + {0, 8} .. +8 (transposed); dims dt*8 + {0, 8} .. +8
+                    ldmatrix_x4_trans(
+                        b, &vs[(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * STRIDE + dt * 8 + (lane >> 4) * 8]);
+                    Ops::mma(o[dt], pf[kk], b[0], b[1]);
+                    Ops::mma(o[dt + 1], pf[kk], b[2], b[3]);
+                }
+            }
+        }
+    }
+
+    if (!warp_rows) return;
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float inv0 = 1.f / l0, inv1 = 1.f / l1;
+    T* out0 = out + ((size_t)(qs + r0) * num_heads + h) * D + 2 * tig;
+    T* out1 = out + ((size_t)(qs + r1) * num_heads + h) * D + 2 * tig;
+    float unused = 0.f;
+#pragma unroll
+    for (int dt = 0; dt < DT; ++dt) {
+        if (r0 < qlen) *reinterpret_cast<uint32_t*>(out0 + dt * 8) = Ops::pack(o[dt][0] * inv0, o[dt][1] * inv0, unused);
+        if (r1 < qlen) *reinterpret_cast<uint32_t*>(out1 + dt * 8) = Ops::pack(o[dt][2] * inv1, o[dt][3] * inv1, unused);
+    }
+}
+
+#define PREFILL_ATTENTION(NAME, T, D)                                                                          \
+    extern "C" __global__ void __launch_bounds__(PREFILL_THREADS, 2)                                           \
+        NAME(T* out, const T* q, const T* k_cache, const T* v_cache, const uint32_t* block_tables,             \
+             const uint32_t* query_start, const uint32_t* context_len, const uint32_t* tile_seq,               \
+             const uint32_t* tile_start, uint32_t num_heads, uint32_t num_kv_heads, uint32_t block_size,       \
+             uint32_t max_blocks, float scale) {                                                               \
+        prefill_attention<T, D>(out, q, k_cache, v_cache, block_tables, query_start, context_len, tile_seq,    \
+                                tile_start, num_heads, num_kv_heads, block_size, max_blocks, scale);           \
+    }
+
+PREFILL_ATTENTION(prefill_attention_bf16_d64, __nv_bfloat16, 64)
+PREFILL_ATTENTION(prefill_attention_bf16_d128, __nv_bfloat16, 128)
+PREFILL_ATTENTION(prefill_attention_f16_d64, __half, 64)
+PREFILL_ATTENTION(prefill_attention_f16_d128, __half, 128)
