@@ -16,6 +16,9 @@ pub use ptx::KV_WRITE as KV_WRITE_PTX;
 /// PTX of `kernels/paged_attention.cu`.
 #[cfg(feature = "cuda")]
 pub use ptx::PAGED_ATTENTION as PAGED_ATTENTION_PTX;
+/// PTX of `kernels/fused.cu` (the decoder layer's fused elementwise kernels).
+#[cfg(feature = "cuda")]
+pub use ptx::FUSED as FUSED_PTX;
 /// PTX of `kernels/prefill_attention.cu`.
 #[cfg(feature = "cuda")]
 pub use ptx::PREFILL_ATTENTION as PREFILL_ATTENTION_PTX;
@@ -23,6 +26,38 @@ pub use ptx::PREFILL_ATTENTION as PREFILL_ATTENTION_PTX;
 /// Module names under which the PTX is cached per device (`get_or_load_custom_func`).
 pub const KV_WRITE_MODULE: &str = "mlc_kv_write";
 pub const PAGED_ATTENTION_MODULE: &str = "mlc_paged_attention";
+pub const FUSED_MODULE: &str = "mlc_fused";
+
+/// Threads per block of `silu_mul_*` and `add_rms_norm_*` (`FUSED_THREADS` in fused.cu).
+pub const FUSED_THREADS: u32 = 256;
+/// Warps per block of `rope_qkv_*`, one (token, head) each (`ROPE_WARPS` in fused.cu).
+pub const ROPE_WARPS: u32 = 4;
+/// Largest head dimension `rope_qkv_*` accepts (`ROPE_MAX_PAIRS_PER_LANE` pairs on each of 32 lanes).
+pub const ROPE_MAX_HEAD_DIM: usize = 256;
+
+/// The kernels of fused.cu.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FusedOp {
+    SiluMul,
+    AddRmsNorm,
+    RopeQkv,
+}
+
+/// `<op>_<dtype>`: the instance of a fused.cu kernel.
+pub fn fused_name(op: FusedOp, dtype: KernelDType) -> &'static str {
+    use KernelDType::*;
+    match (op, dtype) {
+        (FusedOp::SiluMul, F32) => "silu_mul_f32",
+        (FusedOp::SiluMul, BF16) => "silu_mul_bf16",
+        (FusedOp::SiluMul, F16) => "silu_mul_f16",
+        (FusedOp::AddRmsNorm, F32) => "add_rms_norm_f32",
+        (FusedOp::AddRmsNorm, BF16) => "add_rms_norm_bf16",
+        (FusedOp::AddRmsNorm, F16) => "add_rms_norm_f16",
+        (FusedOp::RopeQkv, F32) => "rope_qkv_f32",
+        (FusedOp::RopeQkv, BF16) => "rope_qkv_bf16",
+        (FusedOp::RopeQkv, F16) => "rope_qkv_f16",
+    }
+}
 
 /// Threads per block of the attention kernel (`ATTN_THREADS` in paged_attention.cu).
 pub const ATTN_THREADS: u32 = 128;

@@ -4,6 +4,7 @@
 mod engine;
 mod errors;
 mod testing;
+mod testing_fused;
 
 use pyo3::prelude::*;
 
@@ -26,5 +27,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cuda_device_count, m)?)?;
     m.add_function(wrap_pyfunction!(device_smoke_test, m)?)?;
     testing::register(m)?;
+    testing_fused::register(m)?;
     Ok(())
 }

@@ -3,9 +3,16 @@
 //! The forward pass takes a flat list of tokens from any number of sequences (prefill chunks and
 //! decode tokens mixed), their positions, and the attention metadata; it returns logits only for the
 //! rows the engine samples from, so a long prefill never materializes `[tokens, vocab]`.
+//!
+//! q/k/v and gate/up are stacked at load into one matrix each (one matmul, see [`StackedLinear`]). On
+//! CUDA a layer then runs 9 launches (10 with split-context attention): RMSNorm fused with the previous
+//! residual add, the q/k/v matmul, rope of q and k with the KV-cache write, attention, o_proj, the
+//! residual add fused with the post-attention RMSNorm, the gate/up matmul, silu * up, down (its residual
+//! add is fused into the next layer's norm). The CPU runs the same ops unfused (`fused`'s references).
 
-use super::config::{ModelConfig, RopeStyle};
-use super::linear::Linear;
+use super::config::ModelConfig;
+use super::fused::{self, QkNorm, QkvSpec};
+use super::linear::{Linear, StackedLinear};
 use crate::attention::{PagedKvCache, StepAttention};
 use crate::error::Result;
 use crate::loader::Weights;
@@ -14,15 +21,14 @@ use candle_nn::ops::rms_norm;
 
 struct Layer {
     input_norm: Tensor,
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    /// q, k, v stacked: `[T, hidden] -> [T, (heads + 2 kv_heads) * head_dim]`.
+    qkv_proj: StackedLinear,
     o_proj: Linear,
     q_norm: Option<Tensor>,
     k_norm: Option<Tensor>,
     post_norm: Tensor,
-    gate_proj: Linear,
-    up_proj: Linear,
+    /// gate, up stacked: `[T, hidden] -> [T, 2 * intermediate]`.
+    gate_up_proj: StackedLinear,
     down_proj: Linear,
 }
 
@@ -42,6 +48,13 @@ pub struct LlamaModel {
 
 impl LlamaModel {
     pub fn load(cfg: &ModelConfig, w: &Weights, device: &Device, dtype: DType) -> Result<Self> {
+        #[cfg(feature = "cuda")]
+        if let Device::Cuda(d) = device {
+            // SAFETY: candle runs every op of a device on its one stream, so the per-buffer CUDA events
+            // cudarc creates for cross-stream ordering are never waited on (it orders streams only in
+            // multi-stream mode); without tracking, an allocation skips creating and destroying them.
+            unsafe { d.disable_event_tracking() };
+        }
         let bias = cfg.attention_bias;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
@@ -56,15 +69,19 @@ impl LlamaModel {
             };
             layers.push(Layer {
                 input_norm: w.tensor(&format!("{p}.input_layernorm.weight"))?,
-                q_proj: w.linear(&format!("{p}.self_attn.q_proj"), bias)?,
-                k_proj: w.linear(&format!("{p}.self_attn.k_proj"), bias)?,
-                v_proj: w.linear(&format!("{p}.self_attn.v_proj"), bias)?,
+                qkv_proj: StackedLinear::new(vec![
+                    w.linear(&format!("{p}.self_attn.q_proj"), bias)?,
+                    w.linear(&format!("{p}.self_attn.k_proj"), bias)?,
+                    w.linear(&format!("{p}.self_attn.v_proj"), bias)?,
+                ])?,
                 o_proj: w.linear(&format!("{p}.self_attn.o_proj"), false)?,
                 q_norm,
                 k_norm,
                 post_norm: w.tensor(&format!("{p}.post_attention_layernorm.weight"))?,
-                gate_proj: w.linear(&format!("{p}.mlp.gate_proj"), false)?,
-                up_proj: w.linear(&format!("{p}.mlp.up_proj"), false)?,
+                gate_up_proj: StackedLinear::new(vec![
+                    w.linear(&format!("{p}.mlp.gate_proj"), false)?,
+                    w.linear(&format!("{p}.mlp.up_proj"), false)?,
+                ])?,
                 down_proj: w.linear(&format!("{p}.mlp.down_proj"), false)?,
             });
         }
@@ -112,47 +129,45 @@ impl LlamaModel {
     ) -> Result<Tensor> {
         let cfg = &self.cfg;
         let n = tokens.dim(0)?;
-        let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let (nh, hd) = (cfg.num_attention_heads, cfg.head_dim);
         let eps = cfg.rms_norm_eps as f32;
         let scale = 1.0 / (hd as f32).sqrt();
-        // [num_tokens, head_dim / 2] -> [num_tokens, 1, head_dim / 2]: one rotation per token.
-        let cos = self.cos.index_select(positions, 0)?.reshape((n, 1, hd / 2))?;
-        let sin = self.sin.index_select(positions, 0)?.reshape((n, 1, hd / 2))?;
-        let mut x = self.embed.index_select(tokens, 0)?; // [num_tokens, hidden]
-        for (li, layer) in self.layers.iter().enumerate() {
-            let h = rms_norm(&x, &layer.input_norm, eps)?;
-            let q = layer.q_proj.forward(&h)?.reshape((n, nh, hd))?; // [num_tokens, heads, head_dim]
-            let k = layer.k_proj.forward(&h)?.reshape((n, nkv, hd))?; // [num_tokens, kv_heads, head_dim]
-            let v = layer.v_proj.forward(&h)?.reshape((n, nkv, hd))?.contiguous()?;
-            let (q, k) = match (&layer.q_norm, &layer.k_norm) {
-                (Some(qn), Some(kn)) => (rms_norm(&q.contiguous()?, qn, eps)?, rms_norm(&k.contiguous()?, kn, eps)?),
-                _ => (q, k),
-            };
-            let q = self.rope(&q, &cos, &sin)?;
-            let k = self.rope(&k, &cos, &sin)?;
-            kv.write(li, &k, &v, step)?;
-            let attn = kv.attend(li, &q, step, scale)?.reshape((n, nh * hd))?; // [num_tokens, heads * head_dim]
-            x = (x + layer.o_proj.forward(&attn)?)?;
-            let h = rms_norm(&x, &layer.post_norm, eps)?;
-            let gate = candle_nn::ops::silu(&layer.gate_proj.forward(&h)?)?;
-            let up = layer.up_proj.forward(&h)?;
-            x = (x + layer.down_proj.forward(&(gate * up)?)?)?;
-        }
-        let last = x.index_select(sample_rows, 0)?; // [num_samples, hidden]
-        let last = rms_norm(&last, &self.norm, eps)?;
-        Ok(self.lm_head.forward(&last)?.to_dtype(DType::F32)?)
-    }
-
-    /// `x: [num_tokens, heads, head_dim]`, `cos`/`sin`: `[num_tokens, 1, head_dim / 2]`.
-    fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        let (n, h, d) = x.dims3()?;
-        // Seen by candle's rope as batch = token, one position each: positions differ per token.
-        let x4 = x.contiguous()?.reshape((n, h, 1, d))?;
-        let y = match self.cfg.rope_style {
-            RopeStyle::Half => candle_nn::rotary_emb::rope(&x4, cos, sin)?,
-            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&x4, cos, sin)?,
+        let spec = QkvSpec { num_heads: nh, num_kv_heads: cfg.num_key_value_heads, head_dim: hd, style: cfg.rope_style, eps };
+        // CUDA reads the rope tables at each token's position inside the rope kernel; the CPU gathers
+        // the rows once per step: [num_tokens, 1, head_dim / 2].
+        let gathered = if self.device.is_cuda() { None } else { Some(fused::gather_rope(&self.cos, &self.sin, positions)?) };
+        let mut residual = self.embed.index_select(tokens, 0)?; // [num_tokens, hidden]
+        let mut h = match self.layers.first() {
+            Some(l) => rms_norm(&residual, &l.input_norm, eps)?,
+            None => residual.clone(),
         };
-        Ok(y.reshape((n, h, d))?)
+        let mut mlp_out: Option<Tensor> = None; // the last layer's MLP output, not yet added to `residual`
+        for (li, layer) in self.layers.iter().enumerate() {
+            if let Some(m) = mlp_out.take() {
+                (residual, h) = fused::add_rms_norm(&m, &residual, &layer.input_norm, eps)?;
+            }
+            let qkv = layer.qkv_proj.forward(&h)?; // [num_tokens, (heads + 2 kv_heads) * head_dim]
+            let norm = match (&layer.q_norm, &layer.k_norm) {
+                (Some(q), Some(k)) => Some(QkNorm { q, k }),
+                _ => None,
+            };
+            // q: [num_tokens, heads, head_dim]; k and v go to the cache.
+            let q = match &gathered {
+                Some((cos, sin)) => fused::rope_qkv_reference(&qkv, cos, sin, &spec, norm, kv, li, step)?,
+                None => fused::rope_qkv(&qkv, positions, &self.cos, &self.sin, &spec, norm, kv, li, step)?,
+            };
+            let attn = kv.attend(li, &q, step, scale)?.reshape((n, nh * hd))?; // [num_tokens, heads * head_dim]
+            (residual, h) = fused::add_rms_norm(&layer.o_proj.forward(&attn)?, &residual, &layer.post_norm, eps)?;
+            let act = fused::silu_mul(&layer.gate_up_proj.forward(&h)?)?; // [num_tokens, intermediate]
+            mlp_out = Some(layer.down_proj.forward(&act)?);
+        }
+        // The final norm over every row (row-wise, so the sampled rows are exactly as if selected first).
+        let h = match mlp_out {
+            Some(m) => fused::add_rms_norm(&m, &residual, &self.norm, eps)?.1,
+            None => rms_norm(&residual, &self.norm, eps)?,
+        };
+        let last = h.index_select(sample_rows, 0)?; // [num_samples, hidden]
+        Ok(self.lm_head.forward(&last)?.to_dtype(DType::F32)?)
     }
 
     /// Embedding lookup used by tests to check weights: `[num_tokens] -> [num_tokens, hidden]`.

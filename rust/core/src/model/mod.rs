@@ -1,6 +1,8 @@
 //! Model definitions: our own forward passes over positions and paged-attention metadata.
 
 pub mod config;
+pub mod fused;
+pub mod fused_check;
 pub mod linear;
 pub mod llama;
 
