@@ -111,6 +111,7 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q, 
     static_assert(PREFILL_THREADS % CHUNKS == 0, "each thread copies one fixed chunk column");
     __shared__ __align__(16) T ks[BN * STRIDE];
     __shared__ __align__(16) T vs[BN * STRIDE];
+    __shared__ uint32_t slot_buf[2][BN];  // cache slots of the current and the next key tile
 
     const uint32_t seq = tile_seq[blockIdx.x];
     const uint32_t q0 = tile_start[blockIdx.x];
@@ -151,20 +152,28 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q, 
         }
     }
 
-    // Gathers keys key0 .. key0 + BN - 1 of one cache through the block table; keys >= n_keys read as 0.
+    // Cache slots of the keys of a tile (NO_SLOT for keys >= n_keys): looked up in the block table once
+    // per key tile by the first BN threads (key key0 + thread), kept in shared memory for the K and the V
+    // copy of that tile.
+    constexpr uint32_t NO_SLOT = 0xffffffffu;
+    auto slot_of = [&](uint32_t key) {
+        return key < n_keys ? table[key / block_size] * block_size + key % block_size : NO_SLOT;
+    };
+    // Copies one K or V tile (rows of `slots`) into shared memory; rows without a slot are zero-filled.
     const int chunk = threadIdx.x % CHUNKS;
-    auto load_tile = [&](T* dst, const T* cache, uint32_t key0) {
+    const T* k_head = k_cache + (size_t)kvh * D + chunk * 8;
+    const T* v_head = v_cache + (size_t)kvh * D + chunk * 8;
+    auto load_tile = [&](T* dst, const T* head, const uint32_t* slots) {
         constexpr int ROWS = PREFILL_THREADS / CHUNKS;  // rows copied per pass of the block
+        const int r0 = threadIdx.x / CHUNKS;
+        uint32_t slot[BN / ROWS];  // all slot reads first: the copies then issue back to back
+#pragma unroll
+        for (int i = 0; i < BN / ROWS; ++i) slot[i] = slots[r0 + i * ROWS];
 #pragma unroll
         for (int i = 0; i < BN / ROWS; ++i) {
-            const int r = threadIdx.x / CHUNKS + i * ROWS;
-            const uint32_t key = key0 + r;
-            const bool valid = key < n_keys;
-            const T* src = cache;
-            if (valid)
-                src = cache + ((size_t)table[key / block_size] * block_size + key % block_size) * slot_stride +
-                      (size_t)kvh * D + chunk * 8;
-            cp_async16(dst + r * STRIDE + chunk * 8, src, valid);
+            const bool valid = slot[i] != NO_SLOT;
+            cp_async16(dst + (r0 + i * ROWS) * STRIDE + chunk * 8, head + (size_t)(valid ? slot[i] : 0u) * slot_stride,
+                       valid);
         }
     };
 
@@ -174,14 +183,22 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q, 
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
     const float sl2 = scale * 1.4426950408889634f;
 
-    load_tile(ks, k_cache, 0);
+    if (threadIdx.x < BN) slot_buf[0][threadIdx.x] = slot_of(threadIdx.x);
+    __syncthreads();
+    load_tile(ks, k_head, slot_buf[0]);
     cp_async_commit();
     for (uint32_t kt = 0; kt < n_tiles; ++kt) {
         const uint32_t key0 = kt * BN;
+        const uint32_t* slots = slot_buf[kt & 1];
+        uint32_t* next_slots = slot_buf[(kt + 1) & 1];
         cp_async_wait_all();
-        __syncthreads();  // K tile ready; every warp is done with the previous V tile
-        load_tile(vs, v_cache, key0);
+        __syncthreads();  // K tile ready; every warp is done with the previous V tile and its slots
+        load_tile(vs, v_head, slots);
         cp_async_commit();
+        // The next tile's slots: looked up now, stored after the softmax (the lookup's latency is hidden
+        // behind Q K^T), read after the next barrier.
+        const bool fill = kt + 1 < n_tiles && threadIdx.x < BN;
+        const uint32_t next_slot = fill ? slot_of(key0 + BN + threadIdx.x) : NO_SLOT;
 
         // A warp skips key tiles wholly after its rows: for them it would add exact zeros.
         const bool active = warp_rows && key0 <= warp_max_pos;
@@ -206,7 +223,7 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q, 
 #pragma unroll
                 for (int e = 0; e < 2; ++e) {
                     const uint32_t key = key0 + nt * 8 + 2 * tig + e;
-                    float a = s[nt][e] * sl2, b = s[nt][2 + e] * sl2;
+                    float a = s[nt][e], b = s[nt][2 + e];
                     if (masked) {
                         if (key > pos0) a = -INFINITY;
                         if (key > pos1) b = -INFINITY;
@@ -221,19 +238,22 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q, 
             mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
             mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
             mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-            // Finite: key 0 is in the first tile and every row's position is >= 0.
+            // Maxima of the unscaled scores (scale > 0); finite: key 0 is in the first tile and every row's
+            // position is >= 0. p = 2^(s * scale * log2e - max * scale * log2e), one FFMA per score.
             const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-            const float al0 = fast_exp2(m0 - mn0), al1 = fast_exp2(m1 - mn1);  // 0 on the first tile
+            const float al0 = fast_exp2((m0 - mn0) * sl2), al1 = fast_exp2((m1 - mn1) * sl2);  // 0 at first
             m0 = mn0;
             m1 = mn1;
+            const float ms0 = mn0 * sl2, ms1 = mn1 * sl2;
+            auto p = [&](float x, float ms) { return fast_exp2(fmaf(x, sl2, -ms)); };
             float rs0 = 0.f, rs1 = 0.f;
 #pragma unroll
             for (int kk = 0; kk < PK; ++kk) {
                 // The C fragments of key tiles 2kk and 2kk+1 are the A fragment of k step kk.
-                pf[kk][0] = Ops::pack(fast_exp2(s[2 * kk][0] - mn0), fast_exp2(s[2 * kk][1] - mn0), rs0);
-                pf[kk][1] = Ops::pack(fast_exp2(s[2 * kk][2] - mn1), fast_exp2(s[2 * kk][3] - mn1), rs1);
-                pf[kk][2] = Ops::pack(fast_exp2(s[2 * kk + 1][0] - mn0), fast_exp2(s[2 * kk + 1][1] - mn0), rs0);
-                pf[kk][3] = Ops::pack(fast_exp2(s[2 * kk + 1][2] - mn1), fast_exp2(s[2 * kk + 1][3] - mn1), rs1);
+                pf[kk][0] = Ops::pack(p(s[2 * kk][0], ms0), p(s[2 * kk][1], ms0), rs0);
+                pf[kk][1] = Ops::pack(p(s[2 * kk][2], ms1), p(s[2 * kk][3], ms1), rs1);
+                pf[kk][2] = Ops::pack(p(s[2 * kk + 1][0], ms0), p(s[2 * kk + 1][1], ms0), rs0);
+                pf[kk][3] = Ops::pack(p(s[2 * kk + 1][2], ms1), p(s[2 * kk + 1][3], ms1), rs1);
             }
             l0 = l0 * al0 + rs0;
             l1 = l1 * al1 + rs1;
@@ -245,10 +265,11 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q, 
                 o[dt][3] *= al1;
             }
         }
+        if (fill) next_slots[threadIdx.x] = next_slot;
         cp_async_wait_all();
-        __syncthreads();  // V tile ready; every warp is done with this K tile
+        __syncthreads();  // V tile ready; every warp is done with this K tile; the next slots are stored
         if (kt + 1 < n_tiles) {
-            load_tile(ks, k_cache, key0 + BN);
+            load_tile(ks, k_head, next_slots);
             cp_async_commit();
         }
         if (active) {
