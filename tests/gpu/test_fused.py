@@ -107,12 +107,16 @@ def test_rope_qkv_block_sizes(fused_core, block_size):
     assert r["v_max_abs_err"] == 0.0, r
 
 
-@pytest.mark.parametrize("dtype", ["f32", "bf16"])
-@pytest.mark.parametrize("tokens", [1, 5])
-def test_stacked_dense_linear(fused_core, dtype, tokens):
-    r = _check(fused_core, {"op": "stacked_linear", "dtype": dtype, "tokens": tokens, "hidden": 256,
+@pytest.mark.parametrize("dtype", ["f32", "bf16", "f16"])
+@pytest.mark.parametrize("tokens", [1, 5, 8, 9])
+@pytest.mark.parametrize("hidden", [256, 4096, 100])
+def test_stacked_dense_linear(fused_core, dtype, tokens, hidden):
+    # Up to 8 rows of whole 16-byte words run our decode-sized kernel, the rest the generic matmul.
+    r = _check(fused_core, {"op": "stacked_linear", "dtype": dtype, "tokens": tokens, "hidden": hidden,
                             "outs": [256, 64, 64], "seed": tokens})
     assert r["stacked"] is True, r
+    words = hidden * {"f32": 4, "bf16": 2, "f16": 2}[dtype] % 16 == 0
+    assert r["gemv"] is (tokens <= 8 and words), r
 
 
 @pytest.mark.parametrize("quant", ["q4_0", "q8_0"])
@@ -134,11 +138,19 @@ def test_stacked_quantized_linear(fused_core, quant, tokens):
     ("add_rms_norm_t1", {"op": "add_rms_norm", "tokens": 1, "hidden": 4096}),
     ("rope_qkv_t1", {"op": "rope_qkv", "num_heads": 32, "num_kv_heads": 8, "head_dim": 128, "seqs": [(1, 1000)]}),
     ("stacked_qkv_t1", {"op": "stacked_linear", "tokens": 1, "hidden": 4096, "outs": [4096, 1024, 1024]}),
+    ("o_proj_t1", {"op": "stacked_linear", "tokens": 1, "hidden": 4096, "outs": [4096]}),
     ("stacked_gate_up_t1", {"op": "stacked_linear", "tokens": 1, "hidden": 4096, "outs": [14336, 14336]}),
+    ("down_t1", {"op": "stacked_linear", "tokens": 1, "hidden": 14336, "outs": [4096]}),
+    ("stacked_qkv_t8", {"op": "stacked_linear", "tokens": 8, "hidden": 4096, "outs": [4096, 1024, 1024]}),
 ])
 def test_fused_timing(fused_core, name, case):
-    r = _run(fused_core, {**case, "dtype": "bf16", "repeat": 200, "seed": 1})
+    r = _run(fused_core, {**case, "dtype": "bf16", "repeat": 100, "seed": 1})
     result = {"test": "fused_timing", "name": name, "device_us": round(r["device_us"], 2)}
+    if r.get("matmul_us") is not None:  # weight bytes over time: our kernel against cuBLAS
+        weight_bytes = 2 * case["hidden"] * sum(case["outs"])
+        result.update(gemv=r["gemv"], cublas_us=round(r["matmul_us"], 2),
+                      gemv_tb_s=round(weight_bytes / r["device_us"] / 1e6, 3),
+                      cublas_tb_s=round(weight_bytes / r["matmul_us"] / 1e6, 3))
     print(result)
     path = os.environ.get("MLC_GPU_RESULTS")
     if path:

@@ -8,6 +8,7 @@
 //   rope_qkv_<T>      qkv [T, (H + 2 KVH) * D] (the fused q/k/v projection): optional per-head RMSNorm of
 //                     q and k, rotary embedding of q and k (half or interleaved pairs), q written to
 //                     [T, H, D], k and v written straight into their paged-cache slots
+//   gemv_<T>          x [M, K] (M <= 8) times w [N, K] transposed -> y [M, N]: the decode-sized matmul
 #include "common.cuh"
 
 #define FUSED_THREADS 256
@@ -46,17 +47,107 @@ __device__ __forceinline__ float block_sum(float v) {
     return v;
 }
 
-// One block per token: out[0][t] = x[t] + res[t] (rounded), out[1][t] = rms_norm(out[0][t]) * w.
+// 16-byte words of V = 16 / sizeof(T) elements, unpacked to and packed from f32.
+template <typename T> struct Vec16 {
+    static constexpr int V = 16 / sizeof(T);
+    __device__ __forceinline__ static void unpack(const uint4& w, float* f) {
+        const T* p = reinterpret_cast<const T*>(&w);
+#pragma unroll
+        for (int j = 0; j < V; ++j) f[j] = to_f32(p[j]);
+    }
+    __device__ __forceinline__ static uint4 pack(const float* f) {
+        uint4 w;
+        T* p = reinterpret_cast<T*>(&w);
+#pragma unroll
+        for (int j = 0; j < V; ++j) p[j] = from_f32<T>(f[j]);
+        return w;
+    }
+};
+
+__device__ __forceinline__ bool aligned16(const void* p) { return ((uintptr_t)p % 16) == 0; }
+
+// Words of a row each thread keeps in registers between the sum and the norm (beyond them it re-reads
+// its own writes): 256 threads x 4 words = 8192 bf16 / 4096 f32 elements.
+#define NORM_KEEP 4
+
+// One block per token: out[0][t] = x[t] + res[t] (rounded), out[1][t] = rms_norm(out[0][t]) * w. Rows
+// of whole 16-byte words go word-wise (one round of loads for a 4096-wide bf16 row), others element-wise.
 template <typename T>
 __device__ void add_rms_norm(T* __restrict__ out, const T* __restrict__ x, const T* __restrict__ res,
                              const T* __restrict__ w, uint32_t num_tokens, uint32_t hidden, float eps) {
+    using W = Vec16<T>;
+    constexpr int V = W::V;
     const uint32_t t = blockIdx.x;
     const size_t off = (size_t)t * hidden;
     T* sum_out = out + off;
     T* norm_out = out + (size_t)num_tokens * hidden + off;
+    const T* xr = x + off;
+    const T* rr = res + off;
     float ss = 0.0f;
+    const bool words = hidden % V == 0 && aligned16(sum_out) && aligned16(norm_out) && aligned16(xr) &&
+                       aligned16(rr) && aligned16(w);
+    if (words) {
+        const uint32_t nw = hidden / V;
+        const uint4* x4 = reinterpret_cast<const uint4*>(xr);
+        const uint4* r4 = reinterpret_cast<const uint4*>(rr);
+        const uint4* w4 = reinterpret_cast<const uint4*>(w);
+        uint4* s4 = reinterpret_cast<uint4*>(sum_out);
+        uint4* n4 = reinterpret_cast<uint4*>(norm_out);
+        uint4 keep[NORM_KEEP], wk[NORM_KEEP];
+#pragma unroll
+        for (int c = 0; c < NORM_KEEP; ++c) {
+            const uint32_t i = threadIdx.x + c * blockDim.x;
+            if (i < nw) {
+                float a[V], b[V];
+                W::unpack(x4[i], a);
+                W::unpack(r4[i], b);
+                wk[c] = w4[i];  // the weights' loads are in flight during the reduction
+#pragma unroll
+                for (int j = 0; j < V; ++j) {
+                    a[j] = round_to<T>(a[j] + b[j]);
+                    ss += a[j] * a[j];
+                }
+                keep[c] = W::pack(a);
+                s4[i] = keep[c];
+            }
+        }
+        for (uint32_t i = threadIdx.x + NORM_KEEP * blockDim.x; i < nw; i += blockDim.x) {
+            float a[V], b[V];
+            W::unpack(x4[i], a);
+            W::unpack(r4[i], b);
+#pragma unroll
+            for (int j = 0; j < V; ++j) {
+                a[j] = round_to<T>(a[j] + b[j]);
+                ss += a[j] * a[j];
+            }
+            s4[i] = W::pack(a);
+        }
+        const float scale = rsqrtf(block_sum(ss) / (float)hidden + eps);
+#pragma unroll
+        for (int c = 0; c < NORM_KEEP; ++c) {
+            const uint32_t i = threadIdx.x + c * blockDim.x;
+            if (i < nw) {
+                float a[V], g[V];
+                W::unpack(keep[c], a);
+                W::unpack(wk[c], g);
+#pragma unroll
+                for (int j = 0; j < V; ++j) a[j] = a[j] * scale * g[j];
+                n4[i] = W::pack(a);
+            }
+        }
+        // Each thread reads back only the words it wrote itself.
+        for (uint32_t i = threadIdx.x + NORM_KEEP * blockDim.x; i < nw; i += blockDim.x) {
+            float a[V], g[V];
+            W::unpack(s4[i], a);
+            W::unpack(w4[i], g);
+#pragma unroll
+            for (int j = 0; j < V; ++j) a[j] = a[j] * scale * g[j];
+            n4[i] = W::pack(a);
+        }
+        return;
+    }
     for (uint32_t i = threadIdx.x; i < hidden; i += blockDim.x) {
-        const float s = round_to<T>(to_f32(x[off + i]) + to_f32(res[off + i]));
+        const float s = round_to<T>(to_f32(xr[i]) + to_f32(rr[i]));
         sum_out[i] = from_f32<T>(s);
         ss += s * s;
     }
@@ -64,6 +155,63 @@ __device__ void add_rms_norm(T* __restrict__ out, const T* __restrict__ x, const
     // Each thread reads back only the elements it wrote itself.
     for (uint32_t i = threadIdx.x; i < hidden; i += blockDim.x) {
         norm_out[i] = from_f32<T>(to_f32(sum_out[i]) * scale * to_f32(w[i]));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// y[m][n] = sum_k x[m][k] * w[n][k] for a few rows m (decode): one warp per output column n streams its
+// weight row in 16-byte words, GEMV_UNROLL words per lane in flight, and keeps one f32 sum per row of x
+// (x is small and shared by every warp: it stays in L1 / L2). The host checks that k is a whole number
+// of words, that x, w and y start 16-byte aligned, and that m <= GEMV_MAX_M.
+#define GEMV_WARPS 4
+#define GEMV_MAX_M 8
+#define GEMV_UNROLL 8
+
+template <typename T>
+__device__ void gemv(T* __restrict__ y, const T* __restrict__ x, const T* __restrict__ w, uint32_t m_rows,
+                     uint32_t n, uint32_t k) {
+    using W = Vec16<T>;
+    constexpr int V = W::V;
+    const uint32_t lane = threadIdx.x & 31;
+    const uint32_t col = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+    if (col >= n) return;
+    const uint32_t kw = k / V;
+    const uint4* w4 = reinterpret_cast<const uint4*>(w + (size_t)col * k);
+    const uint4* x4 = reinterpret_cast<const uint4*>(x);
+    float acc[GEMV_MAX_M];
+#pragma unroll
+    for (int m = 0; m < GEMV_MAX_M; ++m) acc[m] = 0.0f;
+    for (uint32_t base = lane; base < kw; base += 32 * GEMV_UNROLL) {
+        uint4 wv[GEMV_UNROLL];
+#pragma unroll
+        for (int u = 0; u < GEMV_UNROLL; ++u) {
+            const uint32_t i = base + 32 * u;
+            wv[u] = i < kw ? __ldcs(w4 + i) : make_uint4(0, 0, 0, 0);  // weights are read once: stream them
+        }
+#pragma unroll
+        for (int u = 0; u < GEMV_UNROLL; ++u) {
+            const uint32_t i = base + 32 * u;
+            if (i < kw) {
+                float wf[V];
+                W::unpack(wv[u], wf);
+#pragma unroll
+                for (int m = 0; m < GEMV_MAX_M; ++m) {
+                    if (m < (int)m_rows) {
+                        float xf[V];
+                        W::unpack(__ldg(x4 + (size_t)m * kw + i), xf);
+#pragma unroll
+                        for (int j = 0; j < V; ++j) acc[m] = fmaf(wf[j], xf[j], acc[m]);
+                    }
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int m = 0; m < GEMV_MAX_M; ++m) {
+        if (m < (int)m_rows) {
+            const float s = warp_sum(acc[m]);
+            if (lane == 0) y[(size_t)m * n + col] = from_f32<T>(s);
+        }
     }
 }
 
@@ -159,6 +307,10 @@ __device__ void rope_qkv(T* __restrict__ q_out, T* __restrict__ k_cache, T* __re
         rope_qkv<T>(q_out, k_cache, v_cache, qkv, positions, cos_table, sin_table, q_norm, k_norm,           \
                     slot_mapping, num_tokens, num_heads, num_kv_heads, head_dim, max_pos, num_slots,         \
                     interleaved, has_norm, eps);                                                             \
+    }                                                                                                         \
+    extern "C" __global__ void gemv_##SUFFIX(T* y, const T* x, const T* w, uint32_t m_rows, uint32_t n,      \
+                                             uint32_t k) {                                                    \
+        gemv<T>(y, x, w, m_rows, n, k);                                                                       \
     }
 
 FUSED(f32, float)
