@@ -8,7 +8,6 @@
 //   rope_qkv_<T>      qkv [T, (H + 2 KVH) * D] (the fused q/k/v projection): optional per-head RMSNorm of
 //                     q and k, rotary embedding of q and k (half or interleaved pairs), q written to
 //                     [T, H, D], k and v written straight into their paged-cache slots
-//   gemv_<T>          x [M, K] (M <= 8) times w [N, K] transposed -> y [M, N]: the decode-sized matmul
 #include "common.cuh"
 
 #define FUSED_THREADS 256
@@ -159,63 +158,6 @@ __device__ void add_rms_norm(T* __restrict__ out, const T* __restrict__ x, const
 }
 
 // ---------------------------------------------------------------------------------------------------
-// y[m][n] = sum_k x[m][k] * w[n][k] for a few rows m (decode): one warp per output column n streams its
-// weight row in 16-byte words, GEMV_UNROLL words per lane in flight, and keeps one f32 sum per row of x
-// (x is small and shared by every warp: it stays in L1 / L2). The host checks that k is a whole number
-// of words, that x, w and y start 16-byte aligned, and that m <= GEMV_MAX_M.
-#define GEMV_WARPS 4
-#define GEMV_MAX_M 8
-#define GEMV_UNROLL 8
-
-template <typename T>
-__device__ void gemv(T* __restrict__ y, const T* __restrict__ x, const T* __restrict__ w, uint32_t m_rows,
-                     uint32_t n, uint32_t k) {
-    using W = Vec16<T>;
-    constexpr int V = W::V;
-    const uint32_t lane = threadIdx.x & 31;
-    const uint32_t col = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
-    if (col >= n) return;
-    const uint32_t kw = k / V;
-    const uint4* w4 = reinterpret_cast<const uint4*>(w + (size_t)col * k);
-    const uint4* x4 = reinterpret_cast<const uint4*>(x);
-    float acc[GEMV_MAX_M];
-#pragma unroll
-    for (int m = 0; m < GEMV_MAX_M; ++m) acc[m] = 0.0f;
-    for (uint32_t base = lane; base < kw; base += 32 * GEMV_UNROLL) {
-        uint4 wv[GEMV_UNROLL];
-#pragma unroll
-        for (int u = 0; u < GEMV_UNROLL; ++u) {
-            const uint32_t i = base + 32 * u;
-            wv[u] = i < kw ? __ldcs(w4 + i) : make_uint4(0, 0, 0, 0);  // weights are read once: stream them
-        }
-#pragma unroll
-        for (int u = 0; u < GEMV_UNROLL; ++u) {
-            const uint32_t i = base + 32 * u;
-            if (i < kw) {
-                float wf[V];
-                W::unpack(wv[u], wf);
-#pragma unroll
-                for (int m = 0; m < GEMV_MAX_M; ++m) {
-                    if (m < (int)m_rows) {
-                        float xf[V];
-                        W::unpack(__ldg(x4 + (size_t)m * kw + i), xf);
-#pragma unroll
-                        for (int j = 0; j < V; ++j) acc[m] = fmaf(wf[j], xf[j], acc[m]);
-                    }
-                }
-            }
-        }
-    }
-#pragma unroll
-    for (int m = 0; m < GEMV_MAX_M; ++m) {
-        if (m < (int)m_rows) {
-            const float s = warp_sum(acc[m]);
-            if (lane == 0) y[(size_t)m * n + col] = from_f32<T>(s);
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------------
 // One warp per (token, head slot); head slots 0..H are q heads, H..H+KVH k heads, the rest v heads.
 // Pair p of a head is (p, p + D/2) for half rotation and (2p, 2p + 1) for interleaved; it is rotated
 // by cos/sin[pos][p]. q/k norm (Qwen3) runs first, over the whole head, rounded as its own op would be.
@@ -307,10 +249,6 @@ __device__ void rope_qkv(T* __restrict__ q_out, T* __restrict__ k_cache, T* __re
         rope_qkv<T>(q_out, k_cache, v_cache, qkv, positions, cos_table, sin_table, q_norm, k_norm,           \
                     slot_mapping, num_tokens, num_heads, num_kv_heads, head_dim, max_pos, num_slots,         \
                     interleaved, has_norm, eps);                                                             \
-    }                                                                                                         \
-    extern "C" __global__ void gemv_##SUFFIX(T* y, const T* x, const T* w, uint32_t m_rows, uint32_t n,      \
-                                             uint32_t k) {                                                    \
-        gemv<T>(y, x, w, m_rows, n, k);                                                                       \
     }
 
 FUSED(f32, float)

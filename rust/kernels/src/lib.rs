@@ -34,10 +34,6 @@ pub const FUSED_THREADS: u32 = 256;
 pub const ROPE_WARPS: u32 = 4;
 /// Largest head dimension `rope_qkv_*` accepts (`ROPE_MAX_PAIRS_PER_LANE` pairs on each of 32 lanes).
 pub const ROPE_MAX_HEAD_DIM: usize = 256;
-/// Warps per block of `gemv_*`, one output column each (`GEMV_WARPS` in fused.cu).
-pub const GEMV_WARPS: u32 = 4;
-/// Most rows of x `gemv_*` takes (`GEMV_MAX_M` in fused.cu); larger batches use cuBLAS.
-pub const GEMV_MAX_M: usize = 8;
 
 /// The kernels of fused.cu.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +41,6 @@ pub enum FusedOp {
     SiluMul,
     AddRmsNorm,
     RopeQkv,
-    Gemv,
 }
 
 /// `<op>_<dtype>`: the instance of a fused.cu kernel.
@@ -61,9 +56,6 @@ pub fn fused_name(op: FusedOp, dtype: KernelDType) -> &'static str {
         (FusedOp::RopeQkv, F32) => "rope_qkv_f32",
         (FusedOp::RopeQkv, BF16) => "rope_qkv_bf16",
         (FusedOp::RopeQkv, F16) => "rope_qkv_f16",
-        (FusedOp::Gemv, F32) => "gemv_f32",
-        (FusedOp::Gemv, BF16) => "gemv_bf16",
-        (FusedOp::Gemv, F16) => "gemv_f16",
     }
 }
 

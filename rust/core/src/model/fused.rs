@@ -5,16 +5,14 @@
 //! * [`add_rms_norm`]: `x + residual` (the next residual) and its RMSNorm;
 //! * [`rope_qkv`]: from the stacked q/k/v projection, q/k RMSNorm per head (Qwen3), rotary embedding of
 //!   q and k, q out as `[T, heads, head_dim]` and k and v written straight into their paged-cache slots
-//!   (so the step needs no separate KV write);
-//! * [`small_batch_matmul`]: `x @ w^T` for decode-sized batches (at most 8 rows), one warp per output
-//!   column streaming its weight row, where cuBLAS's small-batch kernels leave bandwidth unused.
+//!   (so the step needs no separate KV write).
 //!
 //! The kernels compute in f32 and round to the element type where the reference's ops round their
 //! outputs, so the two agree up to f32 arithmetic order (see `fused_check`).
 
 use super::config::RopeStyle;
 use crate::attention::{PagedKvCache, StepAttention};
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use candle_nn::ops::rms_norm;
 
 /// Head layout of the stacked q/k/v projection's output `[T, (num_heads + 2 num_kv_heads) * head_dim]`
@@ -90,32 +88,6 @@ pub fn rope_qkv(
     }
     let op = RopeQkv { spec: *spec, positions, norm, k_cache: &cache.k, v_cache: &cache.v, step };
     qkv.apply_op3_no_bwd(cos_table, sin_table, &op)
-}
-
-/// `x: [M, K] @ w: [N, K]^T -> [M, N]` through our decode-sized kernel, where it applies: CUDA tensors of
-/// one dtype (f32, bf16, f16), at most [`mlc_kernels::GEMV_MAX_M`] rows, `K` a whole number of 16-byte
-/// words, both contiguous from a 16-byte aligned element. `None` elsewhere (the caller's matmul runs), and
-/// always with `MLC_CUBLAS_SMALL_BATCH=1` in the environment (read once), which keeps cuBLAS.
-pub fn small_batch_matmul(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
-    static CUBLAS_ONLY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if !x.device().is_cuda() || *CUBLAS_ONLY.get_or_init(|| std::env::var("MLC_CUBLAS_SMALL_BATCH").is_ok_and(|v| v == "1")) {
-        return Ok(None);
-    }
-    let (Ok((m, k)), Ok((n, wk))) = (x.dims2(), w.dims2()) else { return Ok(None) };
-    let dtype = x.dtype();
-    if m == 0 || m > mlc_kernels::GEMV_MAX_M || n == 0 || wk != k || w.dtype() != dtype {
-        return Ok(None);
-    }
-    if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) || (k * dtype.size_in_bytes()) % 16 != 0 {
-        return Ok(None);
-    }
-    for t in [x, w] {
-        let l = t.layout();
-        if !l.is_contiguous() || (l.start_offset() * dtype.size_in_bytes()) % 16 != 0 {
-            return Ok(None);
-        }
-    }
-    x.apply_op2_no_bwd(w, &Gemv).map(Some)
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -208,29 +180,6 @@ impl CustomOp1 for SiluMul {
     #[cfg(feature = "cuda")]
     fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
         cuda::silu_mul(s, l)
-    }
-}
-
-struct Gemv;
-
-impl CustomOp2 for Gemv {
-    fn name(&self) -> &'static str {
-        "gemv"
-    }
-
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        cpu_unused(self.name())
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        x: &candle_core::CudaStorage,
-        xl: &Layout,
-        w: &candle_core::CudaStorage,
-        wl: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        cuda::gemv(x, xl, w, wl)
     }
 }
 
@@ -469,62 +418,6 @@ mod cuda {
             unsafe { b.launch(config(t32, kernels::FUSED_THREADS)) }.w()?;
         }
         Ok(CudaStorage::wrap_cuda_slice(out, dev))
-    }
-
-    // ---- decode-sized matmul
-
-    pub fn gemv(x: &CudaStorage, xl: &Layout, w: &CudaStorage, wl: &Layout) -> Result<(CudaStorage, Shape)> {
-        let (m, k) = xl.shape().dims2()?;
-        let (n, wk) = wl.shape().dims2()?;
-        if wk != k || m == 0 || m > kernels::GEMV_MAX_M {
-            bail!("gemv: x {:?} and w {:?} do not fit (at most {} rows)", xl.shape(), wl.shape(), kernels::GEMV_MAX_M);
-        }
-        if x.dtype() != w.dtype() {
-            bail!("gemv: x is {:?}, w {:?}", x.dtype(), w.dtype());
-        }
-        let dtype = kernel_dtype(x.dtype(), "gemv")?;
-        let size = x.dtype().size_in_bytes();
-        let (xr, wr) = (contiguous(xl, "x")?, contiguous(wl, "w")?);
-        if (k * size) % 16 != 0 || (xr.start * size) % 16 != 0 || (wr.start * size) % 16 != 0 {
-            bail!("gemv: rows of x and w must be whole 16-byte words from an aligned start");
-        }
-        let storage = match dtype {
-            KernelDType::F32 => launch_gemv::<f32>(x, w, xr, wr, (m, n, k), dtype)?,
-            KernelDType::BF16 => launch_gemv::<half::bf16>(x, w, xr, wr, (m, n, k), dtype)?,
-            KernelDType::F16 => launch_gemv::<half::f16>(x, w, xr, wr, (m, n, k), dtype)?,
-        };
-        Ok((storage, Shape::from((m, n))))
-    }
-
-    fn launch_gemv<T: CudaDType + DeviceRepr>(
-        x: &CudaStorage,
-        w: &CudaStorage,
-        xr: Range<usize>,
-        wr: Range<usize>,
-        (m, n, k): (usize, usize, usize),
-        dtype: KernelDType,
-    ) -> Result<CudaStorage> {
-        let dev = x.device().clone();
-        // SAFETY: one warp per output column writes that column of every row.
-        let mut y = unsafe { dev.alloc::<T>((m * n).max(1)) }?;
-        if n > 0 && k > 0 {
-            let func = func!(dev, FusedOp::Gemv, dtype)?;
-            let xv = view(x.as_cuda_slice::<T>()?, xr, "x")?;
-            let wv = view(w.as_cuda_slice::<T>()?, wr, "w")?;
-            let (m32, n32, k32) = (to_u32(m, "rows")?, to_u32(n, "columns")?, to_u32(k, "inner dim")?);
-            let blocks = to_u32(n.div_ceil(kernels::GEMV_WARPS as usize), "gemv blocks")?;
-            let mut b = func.builder();
-            b.arg(&mut y);
-            b.arg(&xv);
-            b.arg(&wv);
-            b.arg(&m32);
-            b.arg(&n32);
-            b.arg(&k32);
-            // SAFETY: matches gemv_* in fused.cu; x holds m * k elements, w n * k, both contiguous from
-            // 16-byte aligned starts with k a whole number of 16-byte words (checked above).
-            unsafe { b.launch(config(blocks, 32 * kernels::GEMV_WARPS)) }.w()?;
-        }
-        Ok(CudaStorage::wrap_cuda_slice(y, dev))
     }
 
     // ---- rope of q and k, k and v into the cache

@@ -87,12 +87,8 @@ pub struct FusedReport {
     pub second_max_abs_ref: Option<f32>,
     /// rope_qkv: the whole v cache (a copy: exact).
     pub v_max_abs_err: Option<f32>,
-    /// stacked_linear: whether the parts were stacked into one weight, and whether the stacked matmul
-    /// ran our decode-sized kernel (`fused::small_batch_matmul`) rather than the generic matmul.
+    /// stacked_linear: whether the parts were stacked into one weight.
     pub stacked: Option<bool>,
-    pub gemv: Option<bool>,
-    /// stacked_linear with `repeat`: the generic matmul (cuBLAS on CUDA) on the same stacked weight.
-    pub matmul_us: Option<f64>,
     /// Mean time of one device call over `repeat` back-to-back calls.
     pub device_us: Option<f64>,
 }
@@ -307,11 +303,6 @@ fn check_stacked_linear(device: &Device, dtype: DType, case: &FusedCase, rng: &m
     let (e, _, m) = diff(&got, &separate)?;
     (r.second_max_abs_err, r.second_max_abs_ref, r.stacked) = (Some(e), Some(m), Some(stacked.is_stacked()));
     r.device_us = time(device, case.repeat, || stacked.forward(&xd).map(drop))?;
-    if let StackedLinear::Stacked(Linear { weight: Weight::Dense(w), .. }) = &stacked {
-        r.gemv = Some(fused::small_batch_matmul(&xd, w)?.is_some());
-        let wt = w.t()?;
-        r.matmul_us = time(device, case.repeat, || xd.matmul(&wt).map(drop))?;
-    }
     Ok(r)
 }
 

@@ -24,11 +24,7 @@ impl Linear {
     /// `x: [num_tokens, in] -> [num_tokens, out]`
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
-            // Decode-sized batches on CUDA run our kernel where it applies (see `small_batch_matmul`).
-            Weight::Dense(w) => match super::fused::small_batch_matmul(x, w)? {
-                Some(y) => y,
-                None => x.matmul(&w.t()?)?,
-            },
+            Weight::Dense(w) => x.matmul(&w.t()?)?,
             Weight::Quantized(q) => q.forward(x)?,
         };
         match &self.bias {
