@@ -1,0 +1,55 @@
+"""A PNG of throughput and latency against concurrency (or request rate) over the scenarios."""
+
+from typing import List, Sequence, Tuple
+
+from .stats import Summary
+
+
+def _axis(summaries: Sequence[Summary]) -> Tuple[str, List[float]]:
+    """Request rate when every scenario has one, otherwise concurrency."""
+    if all(s.request_rate is not None for s in summaries):
+        return "request rate (req/s)", [float(s.request_rate or 0.0) for s in summaries]
+    return "concurrency", [float(s.concurrency or 1) for s in summaries]
+
+
+def save_plot(path: str, summaries: Sequence[Summary], title: str) -> None:
+    """Left: output tokens/s and requests/s; right: p50 (solid) and p99 (dashed) latencies."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: works without a display
+    import matplotlib.pyplot as plt
+
+    xlabel, xs = _axis(summaries)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig.suptitle(title)
+
+    left.plot(xs, [s.output_token_throughput for s in summaries], "o-", color="tab:blue", label="output tok/s")
+    left.set_xlabel(xlabel)
+    left.set_ylabel("output tokens/s", color="tab:blue")
+    requests = left.twinx()
+    requests.plot(xs, [s.request_throughput for s in summaries], "s--", color="tab:orange", label="req/s")
+    requests.set_ylabel("requests/s", color="tab:orange")
+    left.set_title("throughput")
+
+    for name, label, color in (("ttft_ms", "TTFT", "tab:green"), ("itl_ms", "ITL", "tab:red"), ("e2e_ms", "E2E", "tab:purple")):
+        p50 = [getattr(s, name).p50 for s in summaries]
+        p99 = [getattr(s, name).p99 for s in summaries]
+        right.plot(xs, [v if v is not None else float("nan") for v in p50], "o-", color=color, label=f"{label} p50")
+        right.plot(xs, [v if v is not None else float("nan") for v in p99], "x--", color=color, label=f"{label} p99")
+    right.set_xlabel(xlabel)
+    right.set_ylabel("latency (ms)")
+    right.set_yscale("log")
+    right.set_title("latency")
+    right.legend(fontsize="small")
+
+    if len(xs) > 1 and min(xs) > 0 and max(xs) / min(xs) >= 8:
+        for axis in (left, right):
+            axis.set_xscale("log", base=2)
+    for axis in (left, right):
+        axis.set_xticks(xs)
+        axis.set_xticklabels([f"{x:g}" for x in xs])
+    for axis in (left, right):
+        axis.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
