@@ -165,3 +165,23 @@ mod tests {
         assert_eq!(paged_attention_name(KernelDType::F32, 0), None);
     }
 }
+
+// ------------------------------------------------------------------------------------------------
+// Sampling (kernels/sampling.cu): one block per logits row; the launch contract of
+// `mlc_core::sampler::gpu`.
+
+/// PTX of `kernels/sampling.cu`.
+#[cfg(feature = "cuda")]
+pub use ptx::SAMPLING as SAMPLING_PTX;
+pub const SAMPLING_MODULE: &str = "mlc_sampling";
+/// `sample_rows_f32(logits, work, params, out, batch, vocab)`.
+pub const SAMPLING_FUNC: &str = "sample_rows_f32";
+/// Threads per block, one block per row (`SAMPLE_THREADS` in sampling.cu).
+pub const SAMPLING_THREADS: u32 = 1024;
+/// Most top logprobs a row can return (`SAMPLE_MAX_TOP`).
+pub const SAMPLING_MAX_TOP: usize = 20;
+/// 32-bit words per row of parameters (`RowParams`), per penalty/bias entry (`Entry`) and per output row
+/// (`SAMPLE_OUT_WORDS`: token, logprob bits, number of top entries, 0, then the (id, logprob bits) pairs).
+pub const SAMPLING_ROW_WORDS: usize = 16;
+pub const SAMPLING_ENTRY_WORDS: usize = 4;
+pub const SAMPLING_OUT_WORDS: usize = 4 + 2 * SAMPLING_MAX_TOP;
