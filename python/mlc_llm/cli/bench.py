@@ -8,6 +8,7 @@ request and token throughput with TTFT, inter-token and end-to-end latency (mean
 
 import argparse
 import asyncio
+import importlib.util
 import os
 import sys
 from typing import Any, List, Optional
@@ -82,6 +83,8 @@ def main(args: argparse.Namespace) -> int:
             raise ValueError("--num-prompts must be positive and --num-warmup not negative")
         for path in (args.output, args.plot):
             _ensure_parent(path)
+        if args.plot and importlib.util.find_spec("matplotlib") is None:
+            raise ValueError("--plot needs matplotlib: pip install 'mlc_llm[bench]'")
         if args.dataset:
             prompts = workload.sharegpt(args.dataset, args.num_prompts, args.output_len, args.seed)
         else:
@@ -94,6 +97,18 @@ def main(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("mlc_llm bench: interrupted", file=sys.stderr)
         return 130
+
+
+def _plot_path(args: argparse.Namespace) -> Optional[str]:
+    """--plot, or --output with .png when matplotlib (the `bench` extra) is installed."""
+    if args.plot:
+        return str(args.plot)
+    if not args.output:
+        return None
+    if importlib.util.find_spec("matplotlib") is None:
+        print("mlc_llm bench: no plot: matplotlib is not installed (pip install 'mlc_llm[bench]')", file=sys.stderr)
+        return None
+    return os.path.splitext(args.output)[0] + ".png"
 
 
 def _ensure_parent(path: Optional[str]) -> None:
@@ -156,7 +171,7 @@ async def _run(args: argparse.Namespace, scenarios: List[Any], prompts: List[Any
         )
         report.save_json(args.output, results)
         print(f"saved {args.output}")
-    plot_path = args.plot or (os.path.splitext(args.output)[0] + ".png" if args.output else None)
+    plot_path = _plot_path(args)
     if plot_path:
         save_plot(plot_path, summaries, f"{model} @ {args.base_url}")
         print(f"saved {plot_path}")
