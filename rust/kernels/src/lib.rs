@@ -185,3 +185,53 @@ pub const SAMPLING_MAX_TOP: usize = 20;
 pub const SAMPLING_ROW_WORDS: usize = 16;
 pub const SAMPLING_ENTRY_WORDS: usize = 4;
 pub const SAMPLING_OUT_WORDS: usize = 4 + 2 * SAMPLING_MAX_TOP;
+
+// ------------------------------------------------------------------------------------------------
+// Q4_0 matmul and dequantization (kernels/q4_gemm.cu).
+
+/// PTX of `kernels/q4_gemm.cu`.
+#[cfg(feature = "cuda")]
+pub use ptx::Q4_GEMM as Q4_GEMM_PTX;
+
+pub const Q4_GEMM_MODULE: &str = "mlc_q4_gemm";
+/// Bytes of one GGML Q4_0 block (an f16 scale and 16 bytes of nibbles) and the weights it holds.
+pub const Q4_BLOCK_BYTES: usize = 18;
+pub const Q4_BLOCK_WEIGHTS: usize = 32;
+/// Tokens per block of both GEMV kernels (grid.x tiles the batch).
+pub const Q4_TOKENS_PER_BLOCK: usize = 8;
+/// Rows and threads per block of `q4_gemv_mma_*` (`Q4_MMA_ROWS`, `32 * Q4_MMA_WARPS`).
+pub const Q4_MMA_ROWS: usize = 16;
+pub const Q4_MMA_THREADS: u32 = 256;
+/// `q4_gemv_mma_*` needs K to be a multiple of this (8 Q4_0 blocks: 144 bytes, 16-byte aligned rows).
+pub const Q4_MMA_K_MULTIPLE: usize = 256;
+/// Rows (one warp each) and threads per block of `q4_gemv_simple_*`.
+pub const Q4_SIMPLE_ROWS: usize = 8;
+pub const Q4_SIMPLE_THREADS: u32 = 256;
+/// Threads per block of `q4_dequant_*`.
+pub const Q4_DEQUANT_THREADS: u32 = 256;
+
+/// The kernels of q4_gemm.cu.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Q4Kernel {
+    /// Tensor-core GEMV (bf16 / f16 only).
+    GemvMma,
+    /// Scalar GEMV (every dtype, any K multiple of 32).
+    GemvSimple,
+    Dequant,
+}
+
+/// `q4_<kernel>_<dtype>`, or `None` for the tensor-core kernel in f32.
+pub fn q4_name(kernel: Q4Kernel, dtype: KernelDType) -> Option<&'static str> {
+    use KernelDType::*;
+    Some(match (kernel, dtype) {
+        (Q4Kernel::GemvMma, BF16) => "q4_gemv_mma_bf16",
+        (Q4Kernel::GemvMma, F16) => "q4_gemv_mma_f16",
+        (Q4Kernel::GemvMma, F32) => return None,
+        (Q4Kernel::GemvSimple, F32) => "q4_gemv_simple_f32",
+        (Q4Kernel::GemvSimple, BF16) => "q4_gemv_simple_bf16",
+        (Q4Kernel::GemvSimple, F16) => "q4_gemv_simple_f16",
+        (Q4Kernel::Dequant, F32) => "q4_dequant_f32",
+        (Q4Kernel::Dequant, BF16) => "q4_dequant_bf16",
+        (Q4Kernel::Dequant, F16) => "q4_dequant_f16",
+    })
+}

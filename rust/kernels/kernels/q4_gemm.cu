@@ -1,0 +1,306 @@
+// GGML Q4_0 weights times activations, for decode-sized batches, and Q4_0 dequantization.
+//
+//   q4_gemv_mma_<T>     (T = bf16, f16) y[M, N] = x[M, K] . W[N, K]^T on tensor cores; K % 256 == 0
+//   q4_gemv_simple_<T>  (T = f32, bf16, f16) the same with scalar f32 FMAs; any K % 32 == 0
+//   q4_dequant_<T>      W[N, K] -> out[N, K] in T (for batches too large for the kernels above)
+//
+// Q4_0 (GGML): per 32 weights one block of 18 bytes, an f16 scale d then 16 bytes of nibbles; byte j
+// holds element j in its low nibble and element j + 16 in its high nibble; value = d * (q - 8). A row
+// of W is K / 32 consecutive blocks; rows follow each other with no padding.
+//
+// Both GEMV kernels accumulate in f32 and round once, to x's dtype, when they store y. Tokens come in
+// tiles of 8 (grid.x, the fastest-varying block index), rows in tiles of 16 or 8 (grid.y): the token
+// tiles of one row tile run side by side, so for M > 8 the later tiles re-read the weights from L2 and
+// the weights leave DRAM once.
+//
+// The tensor-core kernel (the decode path for bf16 / f16 models). One block = 16 rows x 8 tokens; its 8
+// warps split K (warp w takes the groups of 8 Q4_0 blocks w, w + 8, ...) and sum their partial results
+// through shared memory at the end. Per group a warp copies the 16 rows' 144 contiguous bytes with
+// 16-byte cp.async into a two-stage buffer (the next group loads while this one computes; no thread
+// waits on a global load), then per Q4_0 block runs two m16n8k16 MMAs (A = q - 8, exact in bf16 / f16;
+// B = x; C fresh in f32) and folds the result into the accumulator times the block's scale in f32.
+// The order of K inside one MMA is free as long as A and B agree, so it is chosen to let each lane's A
+// come from one 32-bit word of nibbles with two bit operations and B from one 8-byte load of x:
+//   lane (g, c) = (lane / 4, lane % 4) holds, for rows g and g + 8, qs bytes 4c..4c+3 of the block;
+//   step s (0: low nibbles, 1: high nibbles), MMA k index -> element of the block:
+//     2c -> 16s + 4c,  2c + 1 -> 16s + 4c + 2,  2c + 8 -> 16s + 4c + 1,  2c + 9 -> 16s + 4c + 3.
+// Nibbles become f16 / bf16 by the magic-exponent trick (OR the nibble into the mantissa of 1024.0 /
+// 128.0, subtract 1032 / 136 to get q - 8 exactly).
+//
+// x is read with 8-byte loads through the read-only cache rather than staged in shared memory: all
+// blocks read the same x (at most 8 x K values per token tile, e.g. 224 KiB for 8 x 14336 bf16), which
+// stays in L1 / L2, while shared memory is kept for the weight stages.
+#include "common.cuh"
+
+#define Q4_BLOCK_BYTES 18
+// Q4_0 blocks per copy group: 8 x 18 = 144 bytes = 9 x 16 per row, so a row's groups are 16-byte
+// aligned whenever its start is (K % 256 == 0).
+#define Q4_GROUP_BLOCKS 8
+#define Q4_GROUP_BYTES 144
+#define Q4_MMA_ROWS 16
+#define Q4_MMA_WARPS 8
+#define Q4_STAGES 2
+#define Q4_TOKENS 8
+#define Q4_SIMPLE_WARPS 8
+
+// ---------------------------------------------------------------------------------------------------
+// Helpers
+
+__device__ __forceinline__ float f16_bits_to_f32(uint32_t bits) {
+    return __half2float(__ushort_as_half((unsigned short)(bits & 0xffffu)));
+}
+
+// Two nibbles already at bits 0..3 and 16..19 (the rest masked off) -> (q0 - 8, q1 - 8) as a packed pair.
+template <typename T> __device__ __forceinline__ uint32_t nibbles_to_pair(uint32_t q);
+template <> __device__ __forceinline__ uint32_t nibbles_to_pair<__half>(uint32_t q) {
+    // 0x6400 = 1024.0 in f16 (ulp 1): OR-ing q into the mantissa gives 1024 + q; minus 1032 is exact.
+    q |= 0x64006400u;
+    __half2 h = *reinterpret_cast<__half2*>(&q);
+    const uint32_t bias_bits = 0x64086408u;
+    h = __hsub2(h, *reinterpret_cast<const __half2*>(&bias_bits));
+    return *reinterpret_cast<uint32_t*>(&h);
+}
+template <> __device__ __forceinline__ uint32_t nibbles_to_pair<__nv_bfloat16>(uint32_t q) {
+    // 0x4300 = 128.0 in bf16 (ulp 1): 128 + q, minus 136 is exact.
+    q |= 0x43004300u;
+    __nv_bfloat162 h = *reinterpret_cast<__nv_bfloat162*>(&q);
+    const uint32_t bias_bits = 0x43084308u;
+    h = __hsub2(h, *reinterpret_cast<const __nv_bfloat162*>(&bias_bits));
+    return *reinterpret_cast<uint32_t*>(&h);
+}
+
+// c += A (16x16, row) . B (16x8, col), f32 accumulators.
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]);
+template <>
+__device__ __forceinline__ void mma_16816<__half>(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+    __trap();
+#endif
+}
+template <>
+__device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+    __trap();
+#endif
+}
+
+__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    const uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
+    // .cg: the weights are read once, keep them out of L1.
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
+#else
+    __trap();
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+// Waits until at most one committed group of this thread is still in flight.
+__device__ __forceinline__ void cp_async_wait_one() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group 1;\n" ::);
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Tensor-core GEMV. grid = (ceil(M / 8), ceil(N / 16)), block = 32 * Q4_MMA_WARPS.
+// Needs K % 256 == 0 and w, x 16- and 8-byte aligned (checked by the caller).
+template <typename T>
+__device__ void q4_gemv_mma(T* __restrict__ y, const uint8_t* __restrict__ w, const T* __restrict__ x,
+                            uint32_t m, uint32_t n, uint32_t k) {
+    __shared__ __align__(16) uint8_t stage[Q4_MMA_WARPS][Q4_STAGES][Q4_MMA_ROWS * Q4_GROUP_BYTES];
+    __shared__ float partial[Q4_MMA_WARPS][Q4_MMA_ROWS][Q4_TOKENS];
+
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, c = lane & 3;
+    const uint32_t t0 = blockIdx.x * Q4_TOKENS;
+    const uint32_t row0 = blockIdx.y * Q4_MMA_ROWS;
+    const size_t row_bytes = (size_t)(k / 32) * Q4_BLOCK_BYTES;
+    const uint32_t groups = k / (32 * Q4_GROUP_BLOCKS);
+    const uint32_t mine = groups > (uint32_t)warp ? (groups - warp + Q4_MMA_WARPS - 1) / Q4_MMA_WARPS : 0;
+
+    // This lane's token (B column g); lanes past the batch feed zeros.
+    const uint32_t token = t0 + g;
+    const T* xrow = token < m ? x + (size_t)token * k : nullptr;
+
+    // Copies group `grp` of the tile's 16 rows into stage `s`: 16 x 9 chunks of 16 bytes, chunk j =
+    // row j / 9, piece j % 9; rows past N re-read the last row (never stored).
+    auto issue = [&](uint32_t grp, int s) {
+        uint8_t* dst = stage[warp][s];
+        for (int j = lane; j < Q4_MMA_ROWS * 9; j += 32) {
+            const int r = j / 9, piece = j - r * 9;
+            const uint32_t row = min(row0 + r, n - 1);
+            const uint8_t* src = w + (size_t)row * row_bytes + (size_t)grp * Q4_GROUP_BYTES + piece * 16;
+            cp_async_16(dst + r * Q4_GROUP_BYTES + piece * 16, src);
+        }
+    };
+
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};  // rows g, g + 8 x tokens 2c, 2c + 1 (the C fragment)
+    if (mine > 0) issue(warp, 0);
+    cp_async_commit();
+    for (uint32_t i = 0; i < mine; ++i) {
+        if (i + 1 < mine) issue(warp + (i + 1) * Q4_MMA_WARPS, (i + 1) & 1);
+        cp_async_commit();  // possibly empty: keeps "all but the newest group" meaning "stage i"
+        cp_async_wait_one();
+        __syncwarp();
+
+        const uint32_t grp = warp + i * Q4_MMA_WARPS;
+        const uint32_t* lo_row = reinterpret_cast<const uint32_t*>(stage[warp][i & 1] + g * Q4_GROUP_BYTES);
+        const uint32_t* hi_row = reinterpret_cast<const uint32_t*>(stage[warp][i & 1] + (g + 8) * Q4_GROUP_BYTES);
+#pragma unroll
+        for (int p = 0; p < Q4_GROUP_BLOCKS / 2; ++p) {
+            // Two blocks = 36 bytes = 9 words: [d0 | qs0 0..1] [qs0 2..5] .. [qs0 14..15 | d1] [qs1 0..3] ..
+            // Block 2p's qs word c straddles words c and c + 1; block 2p + 1's is word 5 + c. Bank-conflict
+            // free: rows are 36 words apart (4 banks), lanes of a row 1 word apart.
+            const uint32_t* lo = lo_row + 9 * p;
+            const uint32_t* hi = hi_row + 9 * p;
+            const uint32_t qs_lo[2] = {__byte_perm(lo[c], lo[c + 1], 0x5432), lo[5 + c]};
+            const uint32_t qs_hi[2] = {__byte_perm(hi[c], hi[c + 1], 0x5432), hi[5 + c]};
+            const float d_lo[2] = {f16_bits_to_f32(lo[0]), f16_bits_to_f32(lo[4] >> 16)};
+            const float d_hi[2] = {f16_bits_to_f32(hi[0]), f16_bits_to_f32(hi[4] >> 16)};
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const uint32_t kb = grp * Q4_GROUP_BLOCKS + 2 * p + h;  // Q4_0 block index along K
+                float cb[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+                for (int s = 0; s < 2; ++s) {
+                    uint32_t b[2] = {0u, 0u};
+                    if (xrow != nullptr) {
+                        const uint2 v = __ldg(reinterpret_cast<const uint2*>(xrow + kb * 32 + 16 * s + 4 * c));
+                        b[0] = __byte_perm(v.x, v.y, 0x5410);  // elements 4c, 4c + 2
+                        b[1] = __byte_perm(v.x, v.y, 0x7632);  // elements 4c + 1, 4c + 3
+                    }
+                    const int sh = 4 * s;  // low nibbles, then high nibbles
+                    uint32_t a[4];
+                    a[0] = nibbles_to_pair<T>((qs_lo[h] >> sh) & 0x000f000fu);
+                    a[1] = nibbles_to_pair<T>((qs_hi[h] >> sh) & 0x000f000fu);
+                    a[2] = nibbles_to_pair<T>((qs_lo[h] >> (sh + 8)) & 0x000f000fu);
+                    a[3] = nibbles_to_pair<T>((qs_hi[h] >> (sh + 8)) & 0x000f000fu);
+                    mma_16816<T>(cb, a, b);
+                }
+                acc[0] = fmaf(d_lo[h], cb[0], acc[0]);
+                acc[1] = fmaf(d_lo[h], cb[1], acc[1]);
+                acc[2] = fmaf(d_hi[h], cb[2], acc[2]);
+                acc[3] = fmaf(d_hi[h], cb[3], acc[3]);
+            }
+        }
+        __syncwarp();  // the stage is overwritten by the next iteration's copy
+    }
+
+    partial[warp][g][2 * c] = acc[0];
+    partial[warp][g][2 * c + 1] = acc[1];
+    partial[warp][g + 8][2 * c] = acc[2];
+    partial[warp][g + 8][2 * c + 1] = acc[3];
+    __syncthreads();
+    if (threadIdx.x < Q4_MMA_ROWS * Q4_TOKENS) {
+        // Consecutive threads take consecutive rows of one token: contiguous stores.
+        const int r = threadIdx.x % Q4_MMA_ROWS, t = threadIdx.x / Q4_MMA_ROWS;
+        float sum = 0.f;
+#pragma unroll
+        for (int v = 0; v < Q4_MMA_WARPS; ++v) sum += partial[v][r][t];
+        const uint32_t row = row0 + r, tok = t0 + t;
+        if (row < n && tok < m) y[(size_t)tok * n + row] = from_f32<T>(sum);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Scalar GEMV: one warp per row, lane l takes Q4_0 blocks l, l + 32, ...; 16-bit loads (blocks are only
+// 2-byte aligned). grid = (ceil(M / 8), ceil(N / Q4_SIMPLE_WARPS)), block = 32 * Q4_SIMPLE_WARPS.
+template <typename T>
+__device__ void q4_gemv_simple(T* __restrict__ y, const uint8_t* __restrict__ w, const T* __restrict__ x,
+                               uint32_t m, uint32_t n, uint32_t k) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const uint32_t row = blockIdx.y * Q4_SIMPLE_WARPS + warp;
+    if (row >= n) return;
+    const uint32_t t0 = blockIdx.x * Q4_TOKENS;
+    const uint32_t tokens = min((uint32_t)Q4_TOKENS, m - t0);
+    const uint32_t blocks = k / 32;
+    const uint8_t* wrow = w + (size_t)row * blocks * Q4_BLOCK_BYTES;
+    float acc[Q4_TOKENS];
+#pragma unroll
+    for (int t = 0; t < Q4_TOKENS; ++t) acc[t] = 0.f;
+    for (uint32_t b = lane; b < blocks; b += 32) {
+        const uint16_t* blk = reinterpret_cast<const uint16_t*>(wrow + (size_t)b * Q4_BLOCK_BYTES);
+        const float d = f16_bits_to_f32(blk[0]);
+        float wv[32];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const uint32_t two = blk[1 + j];  // qs bytes 2j, 2j + 1
+            wv[2 * j] = (float)((int)(two & 0xf) - 8);
+            wv[2 * j + 16] = (float)((int)((two >> 4) & 0xf) - 8);
+            wv[2 * j + 1] = (float)((int)((two >> 8) & 0xf) - 8);
+            wv[2 * j + 17] = (float)((int)((two >> 12) & 0xf) - 8);
+        }
+#pragma unroll
+        for (int t = 0; t < Q4_TOKENS; ++t) {
+            if ((uint32_t)t < tokens) {
+                const T* xb = x + (size_t)(t0 + t) * k + (size_t)b * 32;
+                float s = 0.f;
+#pragma unroll
+                for (int j = 0; j < 32; ++j) s = fmaf(wv[j], to_f32(xb[j]), s);
+                acc[t] = fmaf(d, s, acc[t]);
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < Q4_TOKENS; ++t) {
+        const float s = warp_sum(acc[t]);
+        if (lane == 0 && (uint32_t)t < tokens) y[(size_t)(t0 + t) * n + row] = from_f32<T>(s);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Dequantization: one thread per Q4_0 block (grid-stride), 32 outputs each.
+template <typename T>
+__device__ void q4_dequant(T* __restrict__ out, const uint8_t* __restrict__ w, uint64_t num_blocks) {
+    for (uint64_t b = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; b < num_blocks; b += (uint64_t)gridDim.x * blockDim.x) {
+        const uint16_t* blk = reinterpret_cast<const uint16_t*>(w + b * Q4_BLOCK_BYTES);
+        const float d = f16_bits_to_f32(blk[0]);
+        T* o = out + b * 32;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const uint32_t two = blk[1 + j];
+            o[2 * j] = from_f32<T>(d * (float)((int)(two & 0xf) - 8));
+            o[2 * j + 16] = from_f32<T>(d * (float)((int)((two >> 4) & 0xf) - 8));
+            o[2 * j + 1] = from_f32<T>(d * (float)((int)((two >> 8) & 0xf) - 8));
+            o[2 * j + 17] = from_f32<T>(d * (float)((int)((two >> 12) & 0xf) - 8));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Instances
+
+#define Q4_GEMV(NAME, IMPL, T)                                                                             \
+    extern "C" __global__ void __launch_bounds__(256) NAME(T* __restrict__ y, const uint8_t* __restrict__ w, \
+                                                           const T* __restrict__ x, uint32_t m, uint32_t n,  \
+                                                           uint32_t k) {                                     \
+        IMPL<T>(y, w, x, m, n, k);                                                                           \
+    }
+
+Q4_GEMV(q4_gemv_mma_bf16, q4_gemv_mma, __nv_bfloat16)
+Q4_GEMV(q4_gemv_mma_f16, q4_gemv_mma, __half)
+Q4_GEMV(q4_gemv_simple_f32, q4_gemv_simple, float)
+Q4_GEMV(q4_gemv_simple_bf16, q4_gemv_simple, __nv_bfloat16)
+Q4_GEMV(q4_gemv_simple_f16, q4_gemv_simple, __half)
+
+#define Q4_DEQUANT(NAME, T)                                                                                 \
+    extern "C" __global__ void NAME(T* __restrict__ out, const uint8_t* __restrict__ w, uint64_t num_blocks) { \
+        q4_dequant<T>(out, w, num_blocks);                                                                  \
+    }
+
+Q4_DEQUANT(q4_dequant_f32, float)
+Q4_DEQUANT(q4_dequant_bf16, __nv_bfloat16)
+Q4_DEQUANT(q4_dequant_f16, __half)
