@@ -112,6 +112,7 @@ class _ScriptedServer(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     requests_seen: List[Dict[str, Any]] = []
+    auth_seen: List[str] = []
 
     def log_message(self, *args: Any) -> None:  # keep the test output clean
         pass
@@ -127,6 +128,7 @@ class _ScriptedServer(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).requests_seen.append(request)
+        type(self).auth_seen.append(self.headers.get("Authorization", ""))
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Connection", "close")
@@ -145,23 +147,33 @@ class _ScriptedServer(BaseHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def server(smollm2_path: str) -> Iterator[Dict[str, Any]]:
-    """An OpenAI-compatible endpoint: the real `mlc_llm serve` when present, else the scripted one."""
+def scripted_server() -> Iterator[Dict[str, Any]]:
     port = _free_port()
+    httpd = ThreadingHTTPServer(("127.0.0.1", port), _ScriptedServer)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield {"base_url": f"http://127.0.0.1:{port}/v1", "scripted": True}
+    httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def server(smollm2_path: str, tmp_path_factory: Any, scripted_server: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
+    """An OpenAI-compatible endpoint: the real `mlc_llm serve` on SmolLM2 when this build has it,
+    else the scripted one."""
     if importlib.util.find_spec("mlc_llm.cli.serve") is None:
-        httpd = ThreadingHTTPServer(("127.0.0.1", port), _ScriptedServer)
-        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-        thread.start()
-        yield {"base_url": f"http://127.0.0.1:{port}/v1", "scripted": True}
-        httpd.shutdown()
+        yield scripted_server
         return
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlc_llm", "serve", smollm2_path, "--device", "cpu", "--host", "127.0.0.1",
-         "--port", str(port)],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
+    port = _free_port()
+    # The server's log goes to a file: an unread pipe would fill up and stall the server.
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with open(log, "w") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlc_llm", "serve", smollm2_path, "--device", "cpu", "--host", "127.0.0.1",
+             "--port", str(port), "--no-access-log"],
+            cwd=REPO, env=_env(), stdout=log_file, stderr=subprocess.STDOUT,
+        )
     try:
-        _wait_for_port(port, proc)
+        _wait_for_port(port, proc, log)
         yield {"base_url": f"http://127.0.0.1:{port}/v1", "scripted": False}
     finally:
         proc.terminate()
@@ -171,11 +183,11 @@ def server(smollm2_path: str) -> Iterator[Dict[str, Any]]:
             proc.kill()
 
 
-def _wait_for_port(port: int, proc: "subprocess.Popen[str]", timeout_s: float = 180.0) -> None:
+def _wait_for_port(port: int, proc: "subprocess.Popen[bytes]", log: Any, timeout_s: float = 180.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"mlc_llm serve exited with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
+            raise RuntimeError(f"mlc_llm serve exited with {proc.returncode}: {log.read_text()[-2000:]}")
         try:
             import httpx
 
@@ -184,12 +196,15 @@ def _wait_for_port(port: int, proc: "subprocess.Popen[str]", timeout_s: float = 
         except Exception:
             pass
         time.sleep(0.5)
-    raise RuntimeError("mlc_llm serve did not come up")
+    raise RuntimeError(f"mlc_llm serve did not come up: {log.read_text()[-2000:]}")
+
+
+def _env() -> Dict[str, str]:
+    return dict(os.environ, PYTHONPATH=os.path.join(REPO, "python"))
 
 
 def _mlc_llm(*args: str, timeout: float = 300) -> "subprocess.CompletedProcess[str]":
-    env = dict(os.environ, PYTHONPATH=os.path.join(REPO, "python"))
-    return subprocess.run([sys.executable, "-m", "mlc_llm", *args], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "mlc_llm", *args], capture_output=True, text=True, env=_env(),
                           timeout=timeout, cwd=REPO)
 
 
@@ -231,22 +246,30 @@ def test_bench_end_to_end(server: Dict[str, Any], tmp_path: Any) -> None:
     data = png.read_bytes()
     assert data[:8] == PNG_MAGIC and len(data) > 10_000
     if server["scripted"]:
-        sent = _ScriptedServer.requests_seen[-1]
-        assert sent["stream"] is True and sent["max_tokens"] == 6 and sent["ignore_eos"] is True
+        assert _ScriptedServer.requests_seen[-1]["ignore_eos"] is True
 
 
-def test_bench_request_rate(server: Dict[str, Any], tmp_path: Any) -> None:
+def test_bench_request_rate(scripted_server: Dict[str, Any], tmp_path: Any) -> None:
     output = tmp_path / "rate.json"
     plot = tmp_path / "rate.png"
+    _ScriptedServer.requests_seen.clear()
     result = _mlc_llm(
-        "bench", "--base-url", server["base_url"], "--num-prompts", "3", "--input-len", "8", "--output-len", "4",
-        "--request-rate", "50,inf", "--num-warmup", "0", "--output", str(output), "--plot", str(plot),
+        "bench", "--base-url", scripted_server["base_url"], "--num-prompts", "3", "--input-len", "8",
+        "--output-len", "4", "--request-rate", "50,inf", "--num-warmup", "1", "--output", str(output),
+        "--plot", str(plot), "--api-key", "secret",
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "request rate 50/s" in result.stdout and "request rate inf/s" in result.stdout
     saved = json.loads(output.read_text())
     assert [r["request_rate"] for r in saved["results"]] == [50.0, float("inf")]
     assert plot.read_bytes()[:8] == PNG_MAGIC
+    assert saved["model"] == "scripted-model"  # no --model: the first one /v1/models lists
+    # 3 prompts per rate, each rate after one warm-up request
+    assert len(_ScriptedServer.requests_seen) == 2 * (1 + 3)
+    sent = _ScriptedServer.requests_seen[-1]
+    assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
+    assert sent["max_tokens"] == 4 and "ignore_eos" not in sent and sent["model"] == "scripted-model"
+    assert _ScriptedServer.auth_seen[-1] == "Bearer secret"
 
 
 def test_bench_reports_unreachable_endpoint() -> None:

@@ -59,14 +59,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             subparsers.add_parser(name, help=help_text, add_help=False)
             continue
         try:
-            module = importlib.import_module(module_name)
+            importlib.import_module(module_name).register(subparsers)
         except ModuleNotFoundError as err:
-            if err.name != module_name:
-                raise  # a missing dependency of the module, not the module itself
-            print(f"mlc_llm {name}: this subcommand is not available in this build ({module_name} is missing)",
-                  file=sys.stderr)
+            if err.name == module_name:
+                reason = f"this subcommand is not available in this build ({module_name} is missing)"
+            else:
+                reason = f"it needs the Python package {err.name!r}, which is not installed"
+            print(f"mlc_llm {name}: {reason}", file=sys.stderr)
             return EXIT_USAGE
-        module.register(subparsers)
     args = parser.parse_args(argv)
     if args.subcommand is None:
         parser.print_help()
