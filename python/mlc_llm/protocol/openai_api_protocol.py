@@ -8,6 +8,8 @@ written for OpenAI or MLC LLM is accepted unchanged. Pydantic checks types and r
 never a silent ignore).
 """
 
+import json
+import re
 import time
 from typing import Any, Dict, List, Literal, Mapping, Optional, Type, TypeVar, Union
 
@@ -71,11 +73,47 @@ class ChatMessage(_Strict):
         return "\n".join(part.text or "" for part in self.content)
 
 
+# OpenAI's rule for function and response-schema names.
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _check_name(value: str) -> str:
+    if not _NAME_PATTERN.match(value):
+        raise ValueError(f"name {value!r} must be 1 to 64 letters, digits, '_' or '-'")
+    return value
+
+
+def check_json_schema(schema: Any, what: str) -> None:
+    """Raises ValueError unless `schema` is a well-formed JSON Schema (checked against its draft's
+    meta-schema), so that a broken schema is a 400 at the door, not a failure mid-generation."""
+    from jsonschema import exceptions, validators  # imported lazily: only schema-carrying requests pay
+
+    if not isinstance(schema, dict):
+        raise ValueError(f"{what} must be a JSON object")
+    try:
+        validators.validator_for(schema).check_schema(schema)
+    except exceptions.SchemaError as err:
+        location = "/".join(str(p) for p in err.absolute_path)
+        raise ValueError(f"{what} is not a valid JSON Schema at '/{location}': {err.message}") from None
+
+
 class FunctionDefinition(_Strict):
     name: str
     description: Optional[str] = None
     parameters: Optional[Dict[str, Any]] = None
     strict: Optional[bool] = None
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        return _check_name(value)
+
+    @field_validator("parameters")
+    @classmethod
+    def _valid_parameters(cls, value: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+        if value is not None:
+            check_json_schema(value, "parameters")
+        return value
 
 
 class ChatTool(_Strict):
@@ -97,12 +135,67 @@ class StreamOptions(_Strict):
     include_obfuscation: Optional[bool] = None
 
 
-class ResponseFormat(_Strict):
-    type: Literal["text", "json_object", "json_schema"] = "text"
-    json_schema: Optional[Dict[str, Any]] = None
+class JSONSchemaFormat(_Strict):
+    """OpenAI's `response_format.json_schema` object."""
+
+    name: str
+    description: Optional[str] = None
     schema_: Optional[Dict[str, Any]] = Field(default=None, alias="schema")
+    strict: Optional[bool] = None
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        return _check_name(value)
+
+    @field_validator("schema_")
+    @classmethod
+    def _valid_schema(cls, value: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+        if value is not None:
+            check_json_schema(value, "schema")
+        return value
+
+
+class ResponseFormat(_Strict):
+    """OpenAI's `{"type": "json_schema", "json_schema": {...}}`, and MLC's older
+    `{"type": "json_object", "schema": ...}` where the schema may also be a JSON string."""
+
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: Optional[JSONSchemaFormat] = None
+    schema_: Optional[Union[Dict[str, Any], str]] = Field(default=None, alias="schema")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @field_validator("schema_")
+    @classmethod
+    def _valid_schema(cls, value: Optional[Union[Dict[str, Any], str]]) -> Optional[Union[Dict[str, Any], str]]:
+        if isinstance(value, str):
+            try:
+                parsed = json.loads(value)
+            except ValueError:
+                raise ValueError("schema is a string but not JSON") from None
+            check_json_schema(parsed, "schema")
+        elif value is not None:
+            check_json_schema(value, "schema")
+        return value
+
+    def check(self) -> None:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise BadRequestError("response_format of type 'json_schema' needs a 'json_schema' object", "response_format")
+        if self.type != "json_schema" and self.json_schema is not None:
+            raise BadRequestError("'json_schema' is only allowed with type 'json_schema'", "response_format")
+        if self.type == "text" and self.schema_ is not None:
+            raise BadRequestError("a schema is not allowed with type 'text'", "response_format")
+
+    def schema_dict(self) -> Optional[Dict[str, Any]]:
+        """The JSON schema to constrain the output to, if any (both spellings)."""
+        if self.json_schema is not None:
+            return self.json_schema.schema_
+        if isinstance(self.schema_, str):
+            return dict(json.loads(self.schema_))
+        return self.schema_
 
 
 class DebugConfig(_Strict):
@@ -189,6 +282,8 @@ class _SamplingFields(_Strict):
         dbg = self.debug_config
         if dbg is not None and (dbg.pinned_system_prompt or dbg.special_request or dbg.grammar_execution_mode):
             raise UnsupportedError("debug_config supports only ignore_eos", "debug_config")
+        if self.response_format is not None:
+            self.response_format.check()
         if self.response_format is not None and self.response_format.type != "text":
             raise UnsupportedError(
                 f"response_format {self.response_format.type!r} is not implemented yet", "response_format"
@@ -204,9 +299,11 @@ class ChatCompletionRequest(_SamplingFields):
     max_completion_tokens: Optional[int] = Field(default=None, ge=1, strict=True)
     tools: Optional[List[ChatTool]] = None
     tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = None
+    parallel_tool_calls: Optional[bool] = Field(default=None, strict=True)
 
     def check(self) -> None:
         super().check()
+        self._check_tools()
         if self.top_logprobs and not self.logprobs:
             raise BadRequestError("top_logprobs requires logprobs to be true", "top_logprobs")
         if (
@@ -217,6 +314,17 @@ class ChatCompletionRequest(_SamplingFields):
             raise BadRequestError("max_tokens and max_completion_tokens disagree", "max_completion_tokens")
         if self.tool_choice is not None and self.tool_choice not in ("none", "auto"):
             raise UnsupportedError("tool_choice other than 'none' or 'auto' is not implemented yet", "tool_choice")
+
+    def _check_tools(self) -> None:
+        """Tool definitions must be unambiguous, and a named tool_choice must name one of them."""
+        names = [tool.function.name for tool in self.tools or ()]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise BadRequestError(f"tools define {duplicates[0]!r} more than once", "tools")
+        if self.tools and isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in names:
+            raise BadRequestError(
+                f"tool_choice names function {self.tool_choice.function.name!r}, which is not in tools", "tool_choice"
+            )
         for i, message in enumerate(self.messages):
             self._check_message(i, message)
 
@@ -442,3 +550,33 @@ ChatCompletionResponse = ChatCompletion
 ChatCompletionStreamResponse = ChatCompletionChunk
 CompletionResponse = Completion
 CompletionLogProbs = Logprobs
+
+
+# ---------------------------------------------------------------------------------------------
+# Server-only shapes: the model list and the error body (openai.types.Model, OpenAI's error object)
+# ---------------------------------------------------------------------------------------------
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    owned_by: str = "mlc_llm"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: List[ModelCard]
+
+
+class ErrorInfo(BaseModel):
+    message: str
+    type: str
+    param: Optional[str] = None
+    code: Optional[str] = None
+
+
+class ErrorResponse(BaseModel):
+    """The body of every non-2xx answer of the REST server, as OpenAI sends it."""
+
+    error: ErrorInfo

@@ -1,0 +1,178 @@
+"""`mlc_llm serve MODEL`: the OpenAI-compatible REST server (FastAPI + uvicorn over AsyncMLCEngine).
+
+    mlc_llm serve model.gguf --mode server --overrides "max_num_sequence=8;max_total_seq_length=4096"
+    curl http://127.0.0.1:8000/v1/chat/completions -H 'content-type: application/json' \
+        -d '{"messages": [{"role": "user", "content": "Hi"}], "stream": true}'
+
+The model is loaded before the port is bound, so a model that cannot load ends the command with an
+error and nothing listens. SIGTERM or Ctrl-C stops accepting connections, lets running requests
+finish for `--shutdown-timeout` seconds, aborts what is left, stops the engine and exits with 0; a
+second Ctrl-C quits at once.
+"""
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any, List, Sequence, Union
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+
+logger = logging.getLogger("mlc_llm.serve.server")
+
+DESCRIPTION = """Serve a model behind an OpenAI-compatible REST API.
+
+Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health,
+GET /metrics (Prometheus)."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..serve.server.settings import DEFAULT_MAX_BODY_BYTES
+
+    parser.add_argument("model", help="a GGUF file, an HF or MLC model directory, or HF://org/repo")
+    parser.add_argument("--device", default="auto", help='"auto", "cpu", "cuda" or "cuda:N" (default: auto)')
+    parser.add_argument("--model-lib", default=None, help="accepted for compatibility; kernels are built in")
+    parser.add_argument(
+        "--mode",
+        choices=["local", "interactive", "server"],
+        default="local",
+        help="engine preset: local = 4 sequences, interactive = 1, server = as many as fit (default: local)",
+    )
+    parser.add_argument(
+        "--overrides",
+        default=None,
+        help='engine settings as "key=value;key=value", e.g. "max_num_sequence=8;max_total_seq_length=4096"',
+    )
+    parser.add_argument(
+        "--prefix-cache-mode", choices=["disable", "radix"], default=None, help="prefix caching (default: radix)"
+    )
+    parser.add_argument("--enable-tracing", action="store_true", help="record per-request events")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one (default: 8000)")
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        help="require `Authorization: Bearer KEY` on /v1 routes (default: no key)",
+    )
+    parser.add_argument(
+        "--served-model-name",
+        default=None,
+        help="the model id shown by /v1/models and accepted in requests (default: MODEL as given)",
+    )
+    parser.add_argument(
+        "--allow-origins",
+        type=_json_list,
+        default=[],
+        help='CORS origins as a JSON list, e.g. \'["*"]\' (default: no CORS headers)',
+    )
+    parser.add_argument(
+        "--max-body-size",
+        type=int,
+        default=DEFAULT_MAX_BODY_BYTES,
+        help="largest request body in bytes; larger ones get 413 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        help="seconds running requests may take to finish on SIGTERM / Ctrl-C (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=["critical", "error", "warning", "info", "debug"],
+        default="info",
+        help="log level of the server and the engine (default: info)",
+    )
+    parser.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
+
+
+def _json_list(text: str) -> List[str]:
+    value = json.loads(text)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise argparse.ArgumentTypeError("expected a JSON list of strings")
+    return value
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "serve",
+        help="serve a model behind an OpenAI-compatible REST API",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlc_llm serve", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_arguments(parser)
+    return parser
+
+
+def main(args: Union[argparse.Namespace, Sequence[str], None] = None) -> int:
+    if not isinstance(args, argparse.Namespace):
+        args = build_parser().parse_args(None if args is None else list(args))
+    # Imported here: `mlc_llm --help` must not pay for the web stack or the engine.
+    from ..protocol.errors import MLCError
+    from ..serve.engine import AsyncMLCEngine
+    from ..serve.server import ServerSettings, create_app
+    from ..serve.server.lifecycle import run_server
+    from .overrides import engine_config_from_overrides
+
+    _configure_logging(args.log_level)
+    try:
+        engine_config = engine_config_from_overrides(args.overrides)
+        if args.prefix_cache_mode is not None:
+            from ..serve.config import EngineConfig
+
+            engine_config = engine_config or EngineConfig()
+            engine_config.prefix_cache_mode = args.prefix_cache_mode
+        engine = AsyncMLCEngine(
+            args.model,
+            device=args.device,
+            model_lib=args.model_lib,
+            mode=args.mode,
+            engine_config=engine_config,
+            enable_tracing=args.enable_tracing,
+            verbose=args.log_level in ("info", "debug"),
+        )
+    except MLCError as err:
+        print(f"mlc_llm serve: {err}", file=sys.stderr)
+        return EXIT_ERROR
+
+    settings = ServerSettings.for_model(
+        args.model,
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key,
+        max_body_bytes=args.max_body_size,
+        shutdown_timeout_s=args.shutdown_timeout,
+        served_model_name=args.served_model_name or "",
+        allow_origins=args.allow_origins,
+    )
+    app = create_app(engine, settings)
+    try:
+        started = run_server(app, settings, engine.reset, log_level=args.log_level, access_log=not args.no_access_log)
+    except SystemExit as exit_:  # uvicorn exits this way when it cannot bind the port
+        return int(exit_.code or EXIT_ERROR)
+    finally:
+        engine.terminate()
+    logger.info("server stopped")
+    return EXIT_OK if started else EXIT_ERROR
+
+
+def _configure_logging(level: str) -> None:
+    package_logger = logging.getLogger("mlc_llm")
+    if not package_logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        package_logger.addHandler(handler)
+    package_logger.setLevel(level.upper())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""The FastAPI application of `mlc_llm serve`: routes, error handlers and admission checks around
+one AsyncMLCEngine.
+
+The engine is built by the caller (cli/serve.py) before the app, so a model that fails to load
+stops the process before it binds a port, and the caller terminates it after the server has
+drained.
+"""
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from ..engine import AsyncMLCEngine
+from . import ops, routes
+from .errors import install_error_handlers
+from .guards import RequestGuard
+from .metrics import ServerMetrics
+from .settings import ServerSettings
+from .state import ServerState
+
+
+def create_app(engine: AsyncMLCEngine, settings: ServerSettings) -> FastAPI:
+    metrics = ServerMetrics(engine._metrics)
+    state = ServerState(engine=engine, settings=settings, metrics=metrics)
+    app = FastAPI(title="mlc_llm", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.server = state
+    app.include_router(routes.router)
+    app.include_router(ops.router)
+    install_error_handlers(app)
+    app.add_middleware(
+        RequestGuard,
+        api_key=settings.api_key,
+        max_body_bytes=settings.max_body_bytes,
+        is_draining=lambda: state.draining,
+        on_rejected=metrics.count,
+    )
+    if settings.allow_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.allow_origins, allow_methods=["*"], allow_headers=["*"]
+        )
+    return app
+
+
+def begin_draining(app: FastAPI) -> None:
+    """New /v1 requests get 503 from now on; running ones continue (called on SIGTERM / Ctrl-C)."""
+    state: ServerState = app.state.server
+    state.draining = True

@@ -1,0 +1,96 @@
+"""The OpenAI endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models[/{id}].
+
+A completion request goes through the same validation as `engine.chat.completions.create` (the body
+is the keyword arguments), so the REST API and the Python API accept and reject exactly the same
+requests. Errors raised before the first byte become OpenAI error objects with their status
+(errors.py); a streaming request then answers with server-sent events (streaming.py).
+"""
+
+import json
+from typing import Any, Dict
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from ...protocol.openai_api_protocol import ModelCard, ModelList
+from ..engine_base import PreparedRequest
+from .errors import CLIENT_CLOSED, NOT_FOUND, APIError, classify
+from .state import ServerState
+from .streaming import ClientDisconnected, EventStreamResponse, unless_disconnected
+
+router = APIRouter()
+
+JSON = "application/json"
+
+
+def _state(request: Request) -> ServerState:
+    state: ServerState = request.app.state.server
+    return state
+
+
+async def read_json_object(request: Request) -> Dict[str, Any]:
+    """The body as a JSON object; anything else (empty, malformed, NaN, an array) is a 400."""
+    raw = await request.body()
+    if not raw.strip():
+        raise APIError(400, "the request body is empty; expected a JSON object", code="invalid_json")
+    try:
+        data = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise APIError(400, f"the request body is not valid JSON: {err}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise APIError(400, f"the request body must be a JSON object, not {type(data).__name__}", code="invalid_json")
+    return data
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    return await _complete(request, chat=True)
+
+
+@router.post("/v1/completions")
+async def completions(request: Request) -> Response:
+    return await _complete(request, chat=False)
+
+
+async def _complete(request: Request, chat: bool) -> Response:
+    state = _state(request)
+    tracker = state.track(request.url.path)
+    try:
+        body = await read_json_object(request)
+        state.check_model(body)
+        engine = state.engine
+        prepared: PreparedRequest = engine._prepare_chat(body) if chat else engine._prepare_completion(body)
+        if prepared.stream:
+            stream = await engine._run_async(prepared)
+            return EventStreamResponse(stream, stream.close, prepared.builder.usage, tracker.end)
+        try:
+            response = await unless_disconnected(request.receive, engine._run_async(prepared))
+        except ClientDisconnected:
+            tracker.end(CLIENT_CLOSED, prepared.builder.usage())
+            return Response(status_code=CLIENT_CLOSED)
+        tracker.end(200, response.usage)
+        return Response(response.model_dump_json(), media_type=JSON)
+    except BaseException as exc:
+        tracker.end(classify(exc)[0] if isinstance(exc, Exception) else CLIENT_CLOSED)
+        raise
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> Response:
+    state = _state(request)
+    cards = ModelList(data=[ModelCard(id=state.settings.served_model_name, created=state.created)])
+    return Response(cards.model_dump_json(), media_type=JSON)
+
+
+@router.get("/v1/models/{model_id:path}")
+async def retrieve_model(request: Request, model_id: str) -> Response:
+    state = _state(request)
+    if not state.settings.serves(model_id):
+        raise APIError(404, f"the model {model_id!r} does not exist", type=NOT_FOUND, param="model", code="model_not_found")
+    card = ModelCard(id=state.settings.served_model_name, created=state.created)
+    return Response(card.model_dump_json(), media_type=JSON)
+
