@@ -93,6 +93,7 @@ CASES = [
     Case("top_p zero", 400, chat(top_p=0), param="top_p"),
     Case("n zero", 400, chat(n=0), param="n"),
     Case("n as string", 400, chat(n="2"), param="n"),
+    Case("n above 128", 400, chat(n=129), param="n"),
     Case("negative max_tokens", 400, chat(max_tokens=-1), param="max_tokens"),
     Case("zero max_tokens", 400, chat(max_tokens=0), param="max_tokens"),
     Case("fractional max_tokens", 400, chat(max_tokens=2.5), param="max_tokens"),

@@ -140,7 +140,7 @@ def main(args: Union[argparse.Namespace, Sequence[str], None] = None) -> int:
             enable_tracing=args.enable_tracing,
             verbose=args.log_level in ("info", "debug"),
         )
-    except MLCError as err:
+    except (MLCError, ImportError) as err:  # bad arguments, a model that cannot load, no native engine
         print(f"mlc_llm serve: {err}", file=sys.stderr)
         return EXIT_ERROR
 

@@ -218,7 +218,7 @@ class _SamplingFields(_Strict):
     presence_penalty: Penalty = Field(default=None, ge=-2.0, le=2.0, strict=True)
     logit_bias: Optional[Dict[Union[int, str], float]] = None
     max_tokens: Optional[int] = Field(default=None, ge=1, strict=True)
-    n: int = Field(default=1, ge=1, strict=True)
+    n: int = Field(default=1, ge=1, le=128, strict=True)  # OpenAI's limit
     seed: Optional[int] = Field(default=None, strict=True)
     stop: Optional[Union[str, List[str]]] = None
     stream: bool = Field(default=False, strict=True)

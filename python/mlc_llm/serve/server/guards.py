@@ -100,7 +100,8 @@ class RequestGuard:
                 raise
             if not body_done:
                 await _drain(receive)
-            await self._reject(send, scope.get("path", ""), 413, self._too_large())
+            # Not counted here: the route that was reading the body has counted it.
+            await _send_error(send, 413, self._too_large())
 
     def _authorized(self, headers: Dict[bytes, bytes]) -> bool:
         assert self._api_key is not None

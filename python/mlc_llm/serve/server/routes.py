@@ -15,6 +15,7 @@ from starlette.responses import Response
 from ...protocol.openai_api_protocol import ModelCard, ModelList
 from ..engine_base import PreparedRequest
 from .errors import CLIENT_CLOSED, NOT_FOUND, APIError, classify
+from .guards import BodyTooLarge
 from .state import ServerState
 from .streaming import ClientDisconnected, EventStreamResponse, unless_disconnected
 
@@ -74,6 +75,9 @@ async def _complete(request: Request, chat: bool) -> Response:
             return Response(status_code=CLIENT_CLOSED)
         tracker.end(200, response.usage)
         return Response(response.model_dump_json(), media_type=JSON)
+    except BodyTooLarge:
+        tracker.end(413)  # the guard answers it, once the rest of the body is drained
+        raise
     except BaseException as exc:
         tracker.end(classify(exc)[0] if isinstance(exc, Exception) else CLIENT_CLOSED)
         raise
