@@ -79,7 +79,20 @@ def stream_completion(http: httpx.Client, body: Dict[str, Any]) -> List[Completi
         assert response.status_code == 200, response.read()
         payloads = sse_data(response)
     assert payloads[-1] == "[DONE]"
-    return [Completion.model_validate_json(p) for p in payloads[:-1]]
+    return [completion_chunk(json.loads(p)) for p in payloads[:-1]]
+
+
+def completion_chunk(data: Dict[str, Any]) -> Completion:
+    """Validates a streamed text completion as the SDK's Completion. The SDK types a choice's
+    finish_reason as never null, yet OpenAI streams null until a choice ends (the SDK builds stream
+    chunks without validating); that one field is checked here and the rest by the SDK's type."""
+    reasons = [choice["finish_reason"] for choice in data["choices"]]
+    assert all(r in (None, "stop", "length") for r in reasons), reasons
+    filled = [dict(choice, finish_reason=choice["finish_reason"] or "length") for choice in data["choices"]]
+    chunk = Completion.model_validate(dict(data, choices=filled))
+    for choice, reason in zip(chunk.choices, reasons):
+        choice.finish_reason = reason  # type: ignore[assignment]
+    return chunk
 
 
 # ------------------------------------------------------------------------------------------ chat
