@@ -5,6 +5,8 @@ mod engine;
 mod errors;
 mod testing;
 mod testing_fused;
+mod testing_sampling;
+mod testing_q4;
 
 use pyo3::prelude::*;
 
@@ -28,5 +30,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(device_smoke_test, m)?)?;
     testing::register(m)?;
     testing_fused::register(m)?;
+    testing_sampling::register(m)?;
+    testing_q4::register(m)?;
     Ok(())
 }

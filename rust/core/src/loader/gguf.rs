@@ -68,9 +68,13 @@ fn gguf_name(hf: &str) -> Option<String> {
 
 impl GgufWeights {
     fn qtensor(&self, hf: &str) -> Result<QTensor> {
+        self.qtensor_on(hf, &self.device)
+    }
+
+    fn qtensor_on(&self, hf: &str, device: &Device) -> Result<QTensor> {
         let name = gguf_name(hf).ok_or_else(|| EngineError::model_load(self.path.display().to_string(), format!("no GGUF name for {hf}")))?;
         let mut file = self.file.lock().map_err(|_| EngineError::model_load(self.path.display().to_string(), "file lock poisoned"))?;
-        self.content.tensor(&mut *file, &name, &self.device).map_err(|e| {
+        self.content.tensor(&mut *file, &name, device).map_err(|e| {
             EngineError::model_load(self.path.display().to_string(), format!("tensor {name}: {e}"))
         })
     }
@@ -85,6 +89,11 @@ impl GgufWeights {
     }
 
     pub fn linear(&self, hf_prefix: &str, bias: bool) -> Result<Linear> {
+        #[cfg(feature = "cuda")]
+        if let Some(weight) = self.q4_cuda(&format!("{hf_prefix}.weight"))? {
+            let bias = if bias { Some(self.tensor(&format!("{hf_prefix}.bias"))?) } else { None };
+            return Ok(Linear { weight, bias });
+        }
         let q = self.qtensor(&format!("{hf_prefix}.weight"))?;
         let float = matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
         let weight = if self.quant == QuantMode::Quantized && !float {
@@ -94,5 +103,21 @@ impl GgufWeights {
         };
         let bias = if bias { Some(self.tensor(&format!("{hf_prefix}.bias"))?) } else { None };
         Ok(Linear { weight, bias })
+    }
+
+    /// A Q4_0 weight kept quantized on a CUDA device, as raw blocks for our kernels (read on the host, then
+    /// uploaded once); `None` for any other type, device or mode.
+    #[cfg(feature = "cuda")]
+    fn q4_cuda(&self, hf: &str) -> Result<Option<Weight>> {
+        let is_q4 = gguf_name(hf)
+            .and_then(|n| self.content.tensor_infos.get(&n))
+            .is_some_and(|info| info.ggml_dtype == GgmlDType::Q4_0);
+        if !(is_q4 && self.device.is_cuda() && self.quant == QuantMode::Quantized) {
+            return Ok(None);
+        }
+        let q = self.qtensor_on(hf, &Device::Cpu)?;
+        let (n, k) = q.shape().dims2()?;
+        let w = crate::model::q4::Q4Weight::from_blocks(&q.data()?, n, k, &self.device)?;
+        Ok(Some(Weight::Q4Cuda(w)))
     }
 }

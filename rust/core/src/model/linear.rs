@@ -11,6 +11,9 @@ pub enum Weight {
     Dense(Tensor),
     /// Quantized blocks multiplied by candle's quantized kernels (activations go through 8-bit on CPU).
     Quantized(QMatMul),
+    /// GGUF Q4_0 blocks on a CUDA device, multiplied by our own kernels.
+    #[cfg(feature = "cuda")]
+    Q4Cuda(super::q4::Q4Weight),
 }
 
 #[derive(Debug, Clone)]
@@ -26,6 +29,8 @@ impl Linear {
         let y = match &self.weight {
             Weight::Dense(w) => x.matmul(&w.t()?)?,
             Weight::Quantized(q) => q.forward(x)?,
+            #[cfg(feature = "cuda")]
+            Weight::Q4Cuda(q) => q.forward(x)?,
         };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
@@ -37,9 +42,9 @@ impl Linear {
 impl Linear {
     /// The layers' weights stacked along the output dimension (`[sum of outs, in]`, rows in order) and
     /// their biases concatenated, or `None` where they cannot be stacked exactly: dense weights of one
-    /// dtype stack on a GPU; GGUF-quantized ones only when all share one quantized type, whose blocks run
-    /// along a row, so stacking concatenates the raw rows (each output is then computed exactly as
-    /// before); any mix (a Q6_K v beside Q4_K q/k, a dense part beside a quantized one, a bias on some
+    /// dtype stack on a GPU; GGUF-quantized ones (candle's or our CUDA Q4_0 ones) only when all share one
+    /// quantized type, whose blocks run along a row, so stacking concatenates the raw rows (each output is
+    /// then computed exactly as before); any mix (a Q6_K v beside Q4_K q/k, a dense part beside a quantized one, a bias on some
     /// parts only) stays separate. Dense weights on the CPU stay separate too: the CPU matmul's blocking
     /// depends on the output width, so a stacked one could differ from the separate ones in the last
     /// bits, and the CPU is not bound by launches.
@@ -68,6 +73,23 @@ impl Linear {
                 Some(q) => Weight::Quantized(q),
                 None => return Ok(None),
             },
+            #[cfg(feature = "cuda")]
+            Weight::Q4Cuda(_) => {
+                let qs: Option<Vec<_>> = parts
+                    .iter()
+                    .map(|p| match &p.weight {
+                        Weight::Q4Cuda(q) => Some(q),
+                        _ => None,
+                    })
+                    .collect();
+                match qs {
+                    Some(qs) => match super::q4::Q4Weight::stack(&qs)? {
+                        Some(q) => Weight::Q4Cuda(q),
+                        None => return Ok(None),
+                    },
+                    None => return Ok(None),
+                }
+            }
         };
         Ok(Some(Linear { weight, bias }))
     }
@@ -78,7 +100,7 @@ fn stack_quantized(q0: &QMatMul, parts: &[Linear]) -> Result<Option<QMatMul>> {
         .iter()
         .map(|p| match &p.weight {
             Weight::Quantized(q) => Some(q),
-            Weight::Dense(_) => None,
+            _ => None,
         })
         .collect::<Option<_>>()
         .unwrap_or_default();

@@ -1,0 +1,323 @@
+//! GGUF Q4_0 weights on a CUDA device, multiplied by our own kernels (`mlc_kernels`' q4_gemm.cu) instead
+//! of candle's quantized matmul (which converts the activations to f32 and quantizes them to 8 bits on
+//! every call, several launches per projection).
+//!
+//! The weight is the GGUF tensor's raw Q4_0 blocks (18 bytes per 32 weights, rows of `K / 32` blocks)
+//! uploaded once at load as a u8 tensor; `[N, K]` is recorded beside it. Batches of up to
+//! [`GEMV_MAX_TOKENS`] tokens run the GEMV kernel (the weights leave DRAM once); larger ones (prefill)
+//! dequantize slices of rows to the activations' dtype and use candle's matmul (cuBLAS).
+
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
+use mlc_kernels::{Q4_BLOCK_BYTES, Q4_BLOCK_WEIGHTS};
+
+/// Largest batch the GEMV kernel takes. Per weight it moves 0.56 bytes from DRAM plus one L2 re-read per
+/// further tile of 8 tokens (the tiles of one row tile run side by side); the dequantize + cuBLAS path
+/// moves about 4.6 bytes per weight (read the blocks, write and re-read 2-byte weights) whatever the
+/// batch, and its GEMM only pays off once the batch is large enough to be compute-bound. At 32 tokens
+/// the GEMV's four L2 passes (about 2.3 bytes per weight) are still well under the dequantize path.
+pub const GEMV_MAX_TOKENS: usize = 32;
+
+/// Dequantized rows per slice on the large-batch path: at most this many bytes of dequantized weight
+/// exist at a time (an 8B model's output projection would otherwise need a 1 GiB temporary).
+const DEQUANT_SLICE_BYTES: usize = 64 << 20;
+
+/// Q4_0 blocks of an `[n, k]` weight on a CUDA device.
+#[derive(Debug, Clone)]
+pub struct Q4Weight {
+    /// `[n * k / 32 * 18]` u8: the raw blocks, row after row.
+    blocks: Tensor,
+    n: usize,
+    k: usize,
+}
+
+impl Q4Weight {
+    /// Uploads the raw blocks (`QTensor::data()` of a Q4_0 tensor of shape `[n, k]`) to `device`.
+    pub fn from_blocks(raw: &[u8], n: usize, k: usize, device: &Device) -> Result<Self> {
+        if !device.is_cuda() {
+            bail!("q4 weight: {device:?} is not a CUDA device");
+        }
+        check_shape(raw.len(), n, k)?;
+        let blocks = Tensor::from_slice(raw, raw.len(), device)?;
+        Ok(Q4Weight { blocks, n, k })
+    }
+
+    /// `[out, in]`.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+
+    /// The parts' rows one after the other (`[sum of n, k]`): raw rows concatenate, so each output is
+    /// computed exactly as by its part. `None` when the parts differ in `k` or there are none.
+    pub fn stack(parts: &[&Q4Weight]) -> Result<Option<Q4Weight>> {
+        let Some(first) = parts.first() else { return Ok(None) };
+        if parts.iter().any(|p| p.k != first.k) {
+            return Ok(None);
+        }
+        let blocks = Tensor::cat(&parts.iter().map(|p| &p.blocks).collect::<Vec<_>>(), 0)?;
+        let n = parts.iter().map(|p| p.n).sum();
+        Ok(Some(Q4Weight { blocks, n, k: first.k }))
+    }
+
+    /// `x: [..., k] -> [..., n]` in x's dtype (f32, bf16 or f16), accumulated in f32.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let Some((&k, lead)) = dims.split_last() else { bail!("q4 matmul: x is a scalar") };
+        if k != self.k {
+            bail!("q4 matmul: x {:?} does not end in the weight's {} inputs", x.shape(), self.k);
+        }
+        let t: usize = lead.iter().product();
+        let x2 = x.reshape((t, k))?; // [num_tokens, k]
+        let y = if t <= GEMV_MAX_TOKENS {
+            x2.contiguous()?.apply_op2_no_bwd(&self.blocks, &Q4Gemv { n: self.n, k: self.k })?
+        } else {
+            self.matmul_dequantized(&x2)?
+        }; // [num_tokens, n]
+        let mut out = lead.to_vec();
+        out.push(self.n);
+        y.reshape(out)
+    }
+
+    /// The weight as `[n, k]` in `dtype`.
+    pub fn dequantize(&self, dtype: DType) -> Result<Tensor> {
+        self.dequantize_rows(0, self.n, dtype)
+    }
+
+    /// Rows `start..start + rows` as `[rows, k]` in `dtype`.
+    fn dequantize_rows(&self, start: usize, rows: usize, dtype: DType) -> Result<Tensor> {
+        let row_bytes = self.k / Q4_BLOCK_WEIGHTS * Q4_BLOCK_BYTES;
+        let part = self.blocks.narrow(0, start * row_bytes, rows * row_bytes)?;
+        part.apply_op1_no_bwd(&Q4Dequant { n: rows, k: self.k, dtype })
+    }
+
+    /// `x: [t, k] -> [t, n]` through dequantized slices of rows and candle's matmul.
+    fn matmul_dequantized(&self, x: &Tensor) -> Result<Tensor> {
+        let rows_per_slice = (DEQUANT_SLICE_BYTES / (self.k * x.dtype().size_in_bytes())).max(1);
+        let mut ys = Vec::with_capacity(self.n.div_ceil(rows_per_slice));
+        let mut start = 0;
+        while start < self.n {
+            let rows = rows_per_slice.min(self.n - start);
+            let w = self.dequantize_rows(start, rows, x.dtype())?; // [rows, k]
+            ys.push(x.matmul(&w.t()?)?); // [t, rows]
+            start += rows;
+        }
+        if ys.len() == 1 {
+            return Ok(ys.remove(0));
+        }
+        Tensor::cat(&ys, 1)
+    }
+}
+
+fn check_shape(bytes: usize, n: usize, k: usize) -> Result<()> {
+    if n == 0 || k == 0 || k % Q4_BLOCK_WEIGHTS != 0 {
+        bail!("q4 weight: [{n}, {k}] needs rows and a multiple of {Q4_BLOCK_WEIGHTS} inputs");
+    }
+    let want = n * (k / Q4_BLOCK_WEIGHTS) * Q4_BLOCK_BYTES;
+    if bytes != want {
+        bail!("q4 weight: [{n}, {k}] holds {want} bytes of Q4_0 blocks, got {bytes}");
+    }
+    Ok(())
+}
+
+fn cpu_unused(op: &str) -> Result<(CpuStorage, Shape)> {
+    bail!("{op}: Q4_0 weights on the CPU go through candle's quantized matmul, not this CUDA op")
+}
+
+/// `x: [t, k]` (arg 1) times the blocks (arg 2) -> `[t, n]`.
+struct Q4Gemv {
+    n: usize,
+    k: usize,
+}
+
+impl CustomOp2 for Q4Gemv {
+    fn name(&self) -> &'static str {
+        "q4-gemv"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        cpu_unused(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        xl: &Layout,
+        w: &candle_core::CudaStorage,
+        wl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::gemv(self.n, self.k, x, xl, w, wl)
+    }
+}
+
+/// The blocks of `n` rows -> `[n, k]` in `dtype`.
+struct Q4Dequant {
+    n: usize,
+    k: usize,
+    dtype: DType,
+}
+
+impl CustomOp1 for Q4Dequant {
+    fn name(&self) -> &'static str {
+        "q4-dequant"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        cpu_unused(self.name())
+    }
+
+    fn cuda_fwd(&self, w: &candle_core::CudaStorage, wl: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::dequant(self.n, self.k, self.dtype, w, wl)
+    }
+}
+
+mod cuda {
+    //! Shape, dtype and alignment checks (errors, never panics), then one launch on candle's stream.
+
+    use super::check_shape;
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::{CudaDType, WrapErr};
+    use candle_core::{bail, CudaDevice, CudaStorage, DType, Layout, Result, Shape};
+    use mlc_kernels::{self as kernels, KernelDType, Q4Kernel};
+    use std::ops::Range;
+
+    fn kernel_dtype(dtype: DType, op: &str) -> Result<KernelDType> {
+        match dtype {
+            DType::F32 => Ok(KernelDType::F32),
+            DType::BF16 => Ok(KernelDType::BF16),
+            DType::F16 => Ok(KernelDType::F16),
+            other => bail!("{op}: no CUDA kernel for {other:?} (f32, bf16, f16 only)"),
+        }
+    }
+
+    fn contiguous(layout: &Layout, what: &str) -> Result<Range<usize>> {
+        match layout.contiguous_offsets() {
+            Some((start, end)) => Ok(start..end),
+            None => bail!("{what} must be contiguous"),
+        }
+    }
+
+    fn to_u32(v: usize, what: &str) -> Result<u32> {
+        u32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("{what} = {v} does not fit u32")))
+    }
+
+    fn view<'a, T>(s: &'a CudaSlice<T>, range: Range<usize>, what: &str) -> Result<CudaView<'a, T>> {
+        let len = s.len();
+        s.try_slice(range.clone())
+            .ok_or_else(|| candle_core::Error::Msg(format!("{what}: range {range:?} outside a buffer of {len}")))
+    }
+
+    fn func(dev: &CudaDevice, kernel: Q4Kernel, dtype: KernelDType) -> Result<candle_core::cuda_backend::CudaFunc> {
+        let Some(name) = kernels::q4_name(kernel, dtype) else { bail!("q4: no {kernel:?} kernel for {dtype:?}") };
+        dev.get_or_load_custom_func(name, kernels::Q4_GEMM_MODULE, kernels::Q4_GEMM_PTX)
+    }
+
+    // ---- y = x . W^T
+
+    pub fn gemv(n: usize, k: usize, x: &CudaStorage, xl: &Layout, w: &CudaStorage, wl: &Layout) -> Result<(CudaStorage, Shape)> {
+        let (t, xk) = xl.shape().dims2()?; // [num_tokens, k]
+        if xk != k {
+            bail!("q4-gemv: x {:?} does not have the weight's {k} inputs", xl.shape());
+        }
+        let wr = contiguous(wl, "q4 blocks")?;
+        check_shape(wr.len(), n, k)?;
+        if w.dtype() != DType::U8 {
+            bail!("q4-gemv: blocks must be u8, got {:?}", w.dtype());
+        }
+        let dtype = kernel_dtype(x.dtype(), "q4-gemv")?;
+        let xr = contiguous(xl, "x")?;
+        let storage = match dtype {
+            KernelDType::F32 => launch_gemv::<f32>(x, xr, w, wr, t, n, k, dtype)?,
+            KernelDType::BF16 => launch_gemv::<half::bf16>(x, xr, w, wr, t, n, k, dtype)?,
+            KernelDType::F16 => launch_gemv::<half::f16>(x, xr, w, wr, t, n, k, dtype)?,
+        };
+        Ok((storage, Shape::from((t, n))))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn launch_gemv<T: CudaDType + DeviceRepr>(
+        x: &CudaStorage,
+        xr: Range<usize>,
+        w: &CudaStorage,
+        wr: Range<usize>,
+        t: usize,
+        n: usize,
+        k: usize,
+        dtype: KernelDType,
+    ) -> Result<CudaStorage> {
+        let dev = x.device().clone();
+        // SAFETY: every (token, row) of the output is written by the launch below.
+        let mut out = unsafe { dev.alloc::<T>((t * n).max(1)) }?;
+        if t == 0 {
+            return Ok(CudaStorage::wrap_cuda_slice(out, dev));
+        }
+        // The tensor-core kernel copies 16-byte chunks of rows (aligned when K % 256 == 0 and the blocks
+        // start on a 16-byte boundary: allocations are 256-byte aligned, so the offset decides) and reads
+        // x in 8-byte words (K % 4 == 0 and x's offset).
+        let elem = std::mem::size_of::<T>();
+        let mma = dtype != KernelDType::F32
+            && k % kernels::Q4_MMA_K_MULTIPLE == 0
+            && wr.start % 16 == 0
+            && (xr.start * elem) % 8 == 0;
+        let (kernel, rows, threads) = if mma {
+            (Q4Kernel::GemvMma, kernels::Q4_MMA_ROWS, kernels::Q4_MMA_THREADS)
+        } else {
+            (Q4Kernel::GemvSimple, kernels::Q4_SIMPLE_ROWS, kernels::Q4_SIMPLE_THREADS)
+        };
+        let func = func(&dev, kernel, dtype)?;
+        let xv = view(x.as_cuda_slice::<T>()?, xr, "x")?;
+        let wv = view(w.as_cuda_slice::<u8>()?, wr, "q4 blocks")?;
+        let (t32, n32, k32) = (to_u32(t, "tokens")?, to_u32(n, "rows")?, to_u32(k, "inputs")?);
+        let grid = (to_u32(t.div_ceil(kernels::Q4_TOKENS_PER_BLOCK), "token tiles")?, to_u32(n.div_ceil(rows), "row tiles")?);
+        if grid.1 > 65_535 {
+            bail!("q4-gemv: {n} rows need {} row tiles, more than a grid's 65535", grid.1);
+        }
+        let mut b = func.builder();
+        b.arg(&mut out);
+        b.arg(&wv);
+        b.arg(&xv);
+        b.arg(&t32);
+        b.arg(&n32);
+        b.arg(&k32);
+        let cfg = LaunchConfig { grid_dim: (grid.0, grid.1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: matches q4_gemv_*_<dtype> in q4_gemm.cu; x holds t * k elements, the blocks n rows of
+        // k / 32 blocks (checked above), out t * n; the tensor-core kernel's alignment was checked above.
+        unsafe { b.launch(cfg) }.w()?;
+        Ok(CudaStorage::wrap_cuda_slice(out, dev))
+    }
+
+    // ---- W -> dense
+
+    pub fn dequant(n: usize, k: usize, dtype: DType, w: &CudaStorage, wl: &Layout) -> Result<(CudaStorage, Shape)> {
+        let wr = contiguous(wl, "q4 blocks")?;
+        check_shape(wr.len(), n, k)?;
+        if w.dtype() != DType::U8 {
+            bail!("q4-dequant: blocks must be u8, got {:?}", w.dtype());
+        }
+        let kd = kernel_dtype(dtype, "q4-dequant")?;
+        let storage = match kd {
+            KernelDType::F32 => launch_dequant::<f32>(w, wr, n * k, kd)?,
+            KernelDType::BF16 => launch_dequant::<half::bf16>(w, wr, n * k, kd)?,
+            KernelDType::F16 => launch_dequant::<half::f16>(w, wr, n * k, kd)?,
+        };
+        Ok((storage, Shape::from((n, k))))
+    }
+
+    fn launch_dequant<T: CudaDType + DeviceRepr>(w: &CudaStorage, wr: Range<usize>, elems: usize, dtype: KernelDType) -> Result<CudaStorage> {
+        let dev = w.device().clone();
+        // SAFETY: one thread per block writes its 32 outputs (grid-stride over every block).
+        let mut out = unsafe { dev.alloc::<T>(elems) }?;
+        let blocks = (elems / kernels::Q4_BLOCK_WEIGHTS) as u64;
+        let func = func(&dev, Q4Kernel::Dequant, dtype)?;
+        let wv = view(w.as_cuda_slice::<u8>()?, wr, "q4 blocks")?;
+        let grid = (blocks as usize).div_ceil(kernels::Q4_DEQUANT_THREADS as usize).min(65_535) as u32;
+        let mut b = func.builder();
+        b.arg(&mut out);
+        b.arg(&wv);
+        b.arg(&blocks);
+        let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (kernels::Q4_DEQUANT_THREADS, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: matches q4_dequant_<dtype> in q4_gemm.cu; the blocks hold `blocks` x 18 bytes (checked
+        // by the caller), out `blocks` x 32 elements.
+        unsafe { b.launch(cfg) }.w()?;
+        Ok(CudaStorage::wrap_cuda_slice(out, dev))
+    }
+}

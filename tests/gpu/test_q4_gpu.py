@@ -1,0 +1,185 @@
+"""The CUDA Q4_0 matmul (our kernels in rust/kernels/kernels/q4_gemm.cu) against a CPU reference, and the
+engine on a Q4_0 GGUF through it (run with `pytest -m gpu tests/gpu`).
+
+Op cases run on the Rust side (`mlc_llm._core._q4_check`, see `mlc_core::model::q4_check`): random weights
+quantized to Q4_0 by candle's CPU quantizer, random activations rounded to the case's dtype, `x . W^T` on
+cuda:0 and the reference on the CPU: the blocks dequantized by a plain-Rust reading of the GGML layout and
+f64 dot products. Batches up to 32 tokens run our GEMV kernels (tensor cores for bf16 / f16 with K a
+multiple of 256, the scalar kernel otherwise), larger ones dequantize and use cuBLAS.
+
+Tolerances: the GEMV kernels accumulate in f32 and round once when they store, so every output whose
+reference is not tiny (|ref| >= max |ref| / 8) is within the output dtype's rounding (2^-8 relative for
+bf16, 2^-11 for f16) plus f32 summation-order noise. The dequantize path rounds the weights to the dtype
+first, so it is held to the error relative to the largest output, as in test_fused.py.
+
+End to end: the tiny random Llama of test_engine_gpu.py written as a Q4_0 GGUF (benches/gpu/gguf_q4.py), our
+engine on cuda:0 with `quantized_matmul` (the Q4_0 kernels) against our engine on the CPU with the weights
+dequantized to f32: identical greedy tokens in float32; in bfloat16 the tokens are recorded and the leading
+ones compared. Skips become failures with MLC_REQUIRE_GPU=1, as in test_smoke.py.
+"""
+
+import json
+import os
+import sys
+
+import pytest
+
+from test_engine_gpu import (  # noqa: F401 - fixtures are used by name
+    _common_prefix,
+    _record,
+    _run_engine,
+    _skip,
+    core,
+    prompts,
+    tiny_llama,
+    torch_mod,
+)
+
+pytestmark = pytest.mark.gpu
+
+# Element-wise relative bound on the GEMV path (output rounding + f32 order noise) and the bound relative
+# to the largest output on any path.
+_ELEM_TOL = {"f32": 1e-4, "bf16": 2.0**-8 + 1e-3, "f16": 2.0**-11 + 1e-3}
+_MAX_TOL = {"f32": 1e-5, "bf16": 2e-2, "f16": 4e-3}
+_GEMV_MAX_TOKENS = 32  # q4::GEMV_MAX_TOKENS
+
+
+@pytest.fixture(scope="module")
+def q4_core(core):
+    if not hasattr(core, "_q4_check"):
+        _skip("this build of mlc_llm._core has no Q4_0 test entry point")
+    return core
+
+
+def _run(c, case):
+    r = json.loads(c._q4_check("cuda:0", json.dumps(case)))
+    print(f"{case}: {r}")
+    path = os.environ.get("MLC_GPU_RESULTS")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"test": "q4", **case, **r}) + "\n")
+    return r
+
+
+def _check(c, case):
+    r = _run(c, case)
+    dtype = case["dtype"]
+    assert r["max_abs_ref"] > 0.0, r
+    assert r["dequant_max_abs_err"] == 0.0, r  # d * (q - 8) in f32 on both sides: exact
+    assert r["path"] == ("gemv" if case["tokens"] <= _GEMV_MAX_TOKENS else "dequant_matmul"), r
+    assert r["max_rel_err"] <= _MAX_TOL[dtype], r
+    if r["path"] == "gemv":
+        assert r["max_elem_rel_err"] <= _ELEM_TOL[dtype], r
+    return r
+
+
+# Llama-3-8B's projections (q/k/v stacked 6144, o 4096, gate/up stacked 28672, down with K = 14336), an
+# odd N, a K that is a multiple of 32 but not of 256 (scalar kernel), a small model's width.
+_SHAPES = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (1001, 4096), (999, 1056), (577, 576)]
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "f16", "f32"])
+@pytest.mark.parametrize("rows,cols", _SHAPES)
+@pytest.mark.parametrize("tokens", [1, 3, 8])
+def test_q4_decode_batches(q4_core, dtype, rows, cols, tokens):
+    _check(q4_core, {"dtype": dtype, "tokens": tokens, "rows": rows, "cols": cols, "seed": rows + tokens})
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "f16"])
+@pytest.mark.parametrize("tokens", [9, 16, 31, 32, 33, 64])
+@pytest.mark.parametrize("rows,cols", [(4096, 4096), (1001, 14336), (999, 1056)])
+def test_q4_larger_batches(q4_core, dtype, tokens, rows, cols):
+    _check(q4_core, {"dtype": dtype, "tokens": tokens, "rows": rows, "cols": cols, "seed": tokens})
+
+
+@pytest.mark.parametrize("tokens", [1, 2, 5, 8])
+def test_q4_output_projection(q4_core, tokens):
+    # Llama-3's vocabulary: 8016 row tiles; rows are compared on a sample plus the last tile.
+    _check(q4_core, {"dtype": "bf16", "tokens": tokens, "rows": 128256, "cols": 4096, "seed": tokens})
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "f32"])
+@pytest.mark.parametrize("tokens", [1, 7, 40])
+def test_q4_stacked(q4_core, dtype, tokens):
+    r = _check(q4_core, {"dtype": dtype, "tokens": tokens, "rows": 6144, "cols": 4096, "stacked": True, "seed": 3})
+    assert r["stacked"] is True, r
+
+
+@pytest.mark.parametrize("tokens", [1, 8])
+def test_q4_misaligned_activations(q4_core, tokens):
+    # x starting 2 bytes into its buffer: the tensor-core kernel's 8-byte loads would be unaligned, the
+    # scalar kernel runs instead.
+    _check(q4_core, {"dtype": "bf16", "tokens": tokens, "rows": 1000, "cols": 4096, "misaligned_x": True, "seed": 5})
+
+
+# Informational timings (recorded, never asserted): Llama-3-8B shapes in bf16; mean of back-to-back
+# calls with one synchronize at the end, output allocation included; weight bytes over time.
+@pytest.mark.parametrize("tokens", [1, 8])
+@pytest.mark.parametrize("name,rows,cols", [
+    ("qkv", 6144, 4096), ("o_proj", 4096, 4096), ("gate_up", 28672, 4096), ("down", 4096, 14336),
+    ("lm_head", 128256, 4096),
+])
+def test_q4_timing(q4_core, name, rows, cols, tokens):
+    r = _run(q4_core, {"dtype": "bf16", "tokens": tokens, "rows": rows, "cols": cols, "repeat": 100, "seed": 1})
+    weight_bytes = rows * cols // 32 * 18
+    result = {"test": "q4_timing", "name": name, "tokens": tokens, "device_us": round(r["device_us"], 2),
+              "weight_tb_s": round(weight_bytes / r["device_us"] / 1e6, 3)}
+    print(result)
+    path = os.environ.get("MLC_GPU_RESULTS")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(result) + "\n")
+    assert r["device_us"] > 0
+
+
+# ---- end to end: a Q4_0 GGUF through the kernels against the CPU's dequantized weights
+
+
+@pytest.fixture(scope="module")
+def tiny_q4_gguf(tmp_path_factory, torch_mod, tiny_llama):
+    """tiny_llama's weights as a llama-arch Q4_0 GGUF (hidden 256: the tensor-core kernel for q/k/v, o and
+    gate/up in bf16; down_proj's K = 640 runs the scalar kernel)."""
+    from transformers import LlamaForCausalLM
+
+    root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from benches.gpu.gguf_q4 import write_llama_gguf
+
+    model = LlamaForCausalLM.from_pretrained(str(tiny_llama), torch_dtype=torch_mod.float32)
+    cfg = model.config
+    shape = {k: getattr(cfg, k) for k in ("hidden_size", "num_attention_heads", "num_key_value_heads", "vocab_size",
+                                          "tie_word_embeddings", "max_position_embeddings", "num_hidden_layers",
+                                          "intermediate_size", "rope_theta", "rms_norm_eps")}
+    path = tmp_path_factory.mktemp("tiny_q4") / "tiny-q4_0.gguf"
+    write_llama_gguf(str(path), model.state_dict(), shape, "q4_0")
+    return path
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_engine_q4_cuda_matches_cpu_dequantized(core, tiny_q4_gguf, prompts, dtype):
+    max_tokens = {i: 16 for i in range(len(prompts))}
+    gpu, gmeta = _run_engine(core, tiny_q4_gguf, "cuda:0", {"dtype": dtype, "quantized_matmul": True}, prompts, max_tokens)
+    cpu, cmeta = _run_engine(core, tiny_q4_gguf, "cpu", {"dtype": "float32"}, prompts, max_tokens)
+    prefixes = [_common_prefix(g["ids"], c["ids"]) for g, c in zip(gpu, cpu)]
+    lp = [abs(a - b) for g, c in zip(gpu, cpu) for a, b in zip(g["logprobs"], c["logprobs"])]
+    result = {
+        "dtype": dtype,
+        "cuda": gmeta,
+        "cpu": cmeta,
+        "sequences_identical": sum(g["ids"] == c["ids"] for g, c in zip(gpu, cpu)),
+        "prompts": len(prompts),
+        "common_prefix_lens": prefixes,
+        "first_logprob_max_abs_diff": max(abs(g["logprobs"][0] - c["logprobs"][0]) for g, c in zip(gpu, cpu)),
+        "logprob_max_abs_diff": max(lp),
+    }
+    _record("engine_q4_cuda_vs_cpu", result)
+    assert gmeta["device"].startswith("cuda") and cmeta["device"] == "cpu", result
+    if dtype == "float32":
+        # Same f32 weights (d * (q - 8)), f32 activations on both sides: only summation order differs.
+        assert result["sequences_identical"] == len(prompts), result
+        assert result["logprob_max_abs_diff"] < 1e-3, result
+    else:
+        # bf16 activations: near ties may flip a later token; the first tokens agree.
+        assert all(p >= 1 for p in prefixes), result
+        assert result["first_logprob_max_abs_diff"] < 0.1, result
