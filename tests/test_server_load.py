@@ -3,8 +3,8 @@ clients hang up after the first token.
 
 Every client that stays gets its complete answer (exactly max_tokens tokens, finish_reason "length",
 a usage chunk and [DONE]); the server stays up; afterwards every KV block is free again (read from
-/metrics) and the server's resident memory is within 10 % of what it was after a warm-up round of
-the same concurrency.
+/metrics) and the server's resident memory is within 10 % of what it was after an identical
+warm-up round.
 """
 
 import asyncio
@@ -98,8 +98,8 @@ def requests_answered(server: ServerProcess) -> float:
 
 
 def test_500_concurrent_streams_with_disconnects(server: ServerProcess) -> None:
-    # Warm-up at the same concurrency (one token each), so that buffers and pools reach their size.
-    asyncio.run(run_round(server.url, NUM_REQUESTS, 1, seed=0))
+    # A warm-up round of the same shape, so that buffers, pools and batch shapes reach their size.
+    asyncio.run(run_round(server.url, NUM_REQUESTS, MAX_TOKENS, seed=0))
     server.wait_idle()
     rss_after_warmup = server.rss_bytes()
     answered_before = requests_answered(server)
