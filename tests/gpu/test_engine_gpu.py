@@ -114,14 +114,17 @@ def prompts():
     return [[rng.randrange(3, 1024) for _ in range(n)] for n in _PROMPT_LENS]
 
 
-def _run_engine(core, path, device: str, extra: dict, prompts):
-    config = {"verbose": False, "max_total_sequence_length": 4096, "max_num_sequence": 8, **extra}
+def _run_engine(core, path, device: str, extra: dict, prompts, max_tokens=None):
+    """Greedy runs of `prompts`, all added at once; `max_tokens`: per-prompt index -> length (default
+    _NEW_TOKENS), so that the batch shrinks as requests finish."""
+    max_tokens = max_tokens or {}
+    config = {"verbose": False, "max_total_sequence_length": 8192, "max_num_sequence": 16, **extra}
     eng = core.Engine(str(path), device, json.dumps(config))
     out = {f"r{i}": {"ids": [], "logprobs": []} for i in range(len(prompts))}
     t0 = time.perf_counter()
     try:
         for i, p in enumerate(prompts):
-            eng.add_request(f"r{i}", p, json.dumps(_PARAMS))
+            eng.add_request(f"r{i}", p, json.dumps({**_PARAMS, "max_tokens": max_tokens.get(i, _NEW_TOKENS)}))
         done = set()
         deadline = time.time() + 300
         while len(done) < len(prompts):
@@ -135,13 +138,20 @@ def _run_engine(core, path, device: str, extra: dict, prompts):
                     assert d["finish_reason"] == "length", d
                     done.add(d["request_id"])
         info = json.loads(eng.info())
+        metrics = json.loads(eng.metrics())
     finally:
         eng.terminate()
     secs = time.perf_counter() - t0
     runs = [out[f"r{i}"] for i in range(len(prompts))]
-    for r in runs:
-        assert len(r["ids"]) == _NEW_TOKENS and len(r["logprobs"]) == _NEW_TOKENS, r
-    return runs, {"device": info.get("device"), "seconds": round(secs, 3)}
+    for i, r in enumerate(runs):
+        assert len(r["ids"]) == len(r["logprobs"]) == max_tokens.get(i, _NEW_TOKENS), r
+    return runs, {
+        "device": info.get("device"),
+        "seconds": round(secs, 3),
+        "cuda_graph": info.get("cuda_graph"),
+        "graph_replays": metrics.get("cuda_graph_replays", 0),
+        "graphs_captured": metrics.get("cuda_graphs_captured", 0),
+    }
 
 
 def _hf_generate(torch, hf, prompt):
@@ -239,3 +249,24 @@ def test_engine_f32_cuda_matches_cpu(core, tiny_llama, prompts):
     assert gmeta["device"].startswith("cuda") and cmeta["device"] == "cpu", result
     assert all(same), result
     assert result["logprob_max_abs_diff"] < 1e-3, result
+
+
+def test_cuda_graph_decode_matches_eager_decode(core, tiny_llama):
+    """Decode steps replayed through CUDA graphs give the tokens and log-probabilities of eager steps (f32,
+    so that only summation order could differ), while the batch shrinks through several capture sizes
+    (12 requests finishing one after another: buckets 16, 8, 4, 2, 1) and contexts cross split sizes."""
+    rng = random.Random(7)
+    prompts = [[rng.randrange(3, 1024) for _ in range(rng.choice([3, 20, 130, 300]))] for _ in range(12)]
+    lengths = {i: 4 + 5 * i for i in range(12)}
+    on, on_meta = _run_engine(core, tiny_llama, "cuda:0", {"dtype": "float32"}, prompts, lengths)
+    off, off_meta = _run_engine(core, tiny_llama, "cuda:0", {"dtype": "float32", "cuda_graph": False}, prompts, lengths)
+    same = [a["ids"] == b["ids"] for a, b in zip(on, off)]
+    lp = [abs(x - y) for a, b in zip(on, off) for x, y in zip(a["logprobs"], b["logprobs"])]
+    result = {"graphs": on_meta, "eager": off_meta, "sequences_identical": sum(same), "prompts": len(prompts),
+              "logprob_max_abs_diff": max(lp)}
+    _record("cuda_graph_vs_eager_f32", result)
+    assert on_meta["cuda_graph"] is True and off_meta["cuda_graph"] is False, result
+    assert on_meta["graph_replays"] > 100 and on_meta["graphs_captured"] >= 5, result
+    assert off_meta["graph_replays"] == 0, result
+    assert all(same), result
+    assert result["logprob_max_abs_diff"] < 1e-4, result

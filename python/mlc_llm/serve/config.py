@@ -55,6 +55,9 @@ class EngineConfig:
     verbose: bool = True
     # Not in MLC: keep GGUF weights quantized on the CPU (faster, 8-bit activations; see the README).
     quantized_matmul: bool = False
+    # Not in MLC (its CUDA graphs are a compile option): replay decode steps through CUDA graphs on
+    # CUDA devices. MLC_CUDA_GRAPH=0 also turns them off.
+    cuda_graph: bool = True
 
     def asjson(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -81,6 +84,7 @@ class EngineArgs:
     kv_cache_page_size: Optional[int] = None
     prefix_cache: bool = True
     quantized_matmul: bool = False
+    cuda_graph: bool = True
 
     def core_config(self) -> Dict[str, Any]:
         """The `config_json` object of `_core.Engine` (see _core.pyi)."""
@@ -98,6 +102,8 @@ class EngineArgs:
         }
         if self.quantized_matmul:
             config["quantized_matmul"] = True
+        if not self.cuda_graph:
+            config["cuda_graph"] = False
         return config
 
 
@@ -133,6 +139,7 @@ def merge_engine_config(args: EngineArgs, config: Optional[EngineConfig]) -> Eng
     merged.prefix_cache = config.prefix_cache_mode == "radix"
     merged.verbose = args.verbose and config.verbose
     merged.quantized_matmul = bool(config.quantized_matmul)
+    merged.cuda_graph = bool(config.cuda_graph)
     return merged
 
 

@@ -6,6 +6,8 @@
 //! (token ids, text, logprobs, finish reason) flow back.
 
 pub mod attention;
+#[cfg(feature = "cuda")]
+pub mod cuda_graph;
 pub mod device;
 pub mod engine;
 pub mod error;

@@ -10,6 +10,9 @@ use candle_core::Tensor;
 pub struct ModelRunner {
     pub model: LlamaModel,
     pub kv: PagedKvCache,
+    /// Decode steps through captured CUDA graphs (see `cuda_graph.rs`); `None`: every step eagerly.
+    #[cfg(feature = "cuda")]
+    pub graphs: Option<crate::cuda_graph::DecodeGraphs>,
 }
 
 /// The logits of one sampled sequence. `[vocab]`
@@ -17,6 +20,20 @@ pub struct ModelRunner {
 pub enum StepLogits {
     Rows(Vec<SeqLogits>),
     Argmax(Vec<(SeqId, u32)>),
+    /// The logits stay on the device for the device sampler: `[num_samples, vocab]` f32, rows in the
+    /// order of `seq_ids`.
+    Device { seq_ids: Vec<SeqId>, logits: Tensor },
+}
+
+/// What the engine wants back from a step's logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SampleOn {
+    /// Every sampling sequence is plain greedy: the device picks the tokens by argmax.
+    Argmax,
+    /// The device sampler runs on the logits where they are (a CUDA device); elsewhere rows come back.
+    Device,
+    /// Full rows to the host (the CPU sampler, logits capture, grammar masks).
+    Host,
 }
 
 pub struct SeqLogits {
@@ -26,7 +43,33 @@ pub struct SeqLogits {
 
 impl ModelRunner {
     pub fn new(model: LlamaModel, kv: PagedKvCache) -> Self {
-        ModelRunner { model, kv }
+        ModelRunner {
+            model,
+            kv,
+            #[cfg(feature = "cuda")]
+            graphs: None,
+        }
+    }
+
+    /// Replays decode steps of up to `max_batch` sequences and `max_context` tokens through CUDA graphs
+    /// when the model runs on a CUDA device (a no-op elsewhere). Returns whether graphs are on.
+    pub fn enable_cuda_graphs(&mut self, max_batch: usize, max_context: usize) -> Result<bool> {
+        #[cfg(feature = "cuda")]
+        if self.model.device().is_cuda() && !crate::cuda_graph::disabled_by_env() {
+            self.graphs = Some(crate::cuda_graph::DecodeGraphs::new(&self.model, &self.kv, max_batch, max_context)?);
+            return Ok(true);
+        }
+        let _ = (max_batch, max_context);
+        Ok(false)
+    }
+
+    /// Decode steps replayed through CUDA graphs so far, and graphs captured.
+    pub fn graph_stats(&self) -> (u64, usize) {
+        #[cfg(feature = "cuda")]
+        if let Some(g) = &self.graphs {
+            return (g.replays, g.num_graphs());
+        }
+        (0, 0)
     }
 
     /// Builds the flattened inputs and attention metadata for a step.
@@ -57,12 +100,22 @@ impl ModelRunner {
         (tokens, positions, sample_rows, meta)
     }
 
-    /// Runs one step; returns logits for every scheduled sequence with `sample == true`, in order.
-    /// `argmax_only`: every sampling sequence is plain greedy, so the device picks the tokens.
-    pub fn execute(&self, out: &SchedulerOutput, argmax_only: bool) -> Result<StepLogits> {
+    /// Runs one step; returns logits for every scheduled sequence with `sample == true`, in order, in
+    /// the form `on` asks for.
+    pub fn execute(&mut self, out: &SchedulerOutput, on: SampleOn) -> Result<StepLogits> {
         let (tokens, positions, sample_rows, meta) = self.prepare(out);
         if tokens.is_empty() {
             return Ok(StepLogits::Rows(Vec::new()));
+        }
+        #[cfg(feature = "cuda")]
+        if let Some(graphs) = &mut self.graphs {
+            // A decode step where every sequence samples: the graph's rows are the sample rows.
+            if sample_rows.len() == tokens.len() && out.seqs.iter().all(|s| s.sample && s.token_ids.len() == 1) {
+                if let Some(h) = graphs.run(&self.model, &self.kv, &meta, &tokens)? {
+                    let logits = self.model.logits(&h)?; // [num_seqs, vocab]
+                    return Self::finish(out, logits, on);
+                }
+            }
         }
         let dev = self.model.device();
         let n = tokens.len();
@@ -78,8 +131,16 @@ impl ModelRunner {
         }
         let rows = Tensor::from_vec(sample_rows, s, dev)?; // [num_samples]
         let logits = self.model.forward(&tokens, &positions, &rows, &self.kv, &step)?; // [num_samples, vocab]
+        Self::finish(out, logits, on)
+    }
+
+    /// Turns the step's logits `[num_samples, vocab]` into what sampling needs.
+    fn finish(out: &SchedulerOutput, logits: Tensor, on: SampleOn) -> Result<StepLogits> {
         let ids = out.seqs.iter().filter(|s| s.sample).map(|s| s.seq_id);
-        if argmax_only {
+        if on == SampleOn::Device && logits.device().is_cuda() {
+            return Ok(StepLogits::Device { seq_ids: ids.collect(), logits });
+        }
+        if on == SampleOn::Argmax {
             // Only token ids leave the device: [num_samples] instead of [num_samples, vocab].
             let tokens = logits.argmax(candle_core::D::Minus1)?.to_device(&candle_core::Device::Cpu)?.to_vec1::<u32>()?;
             return Ok(StepLogits::Argmax(ids.zip(tokens).collect()));

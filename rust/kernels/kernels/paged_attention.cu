@@ -46,6 +46,9 @@ __device__ void paged_attention(T* __restrict__ out, float* __restrict__ part_o,
     const uint32_t lane = threadIdx.x % 32;
     const uint32_t n_keys = token_pos[t] + 1;
     const uint32_t splits = token_splits[t];
+    // A fixed grid (CUDA-graph decode) gives every token as many rows as the most split one; the rows
+    // past a token's own partitions have nothing to do. Uniform per block: before any barrier.
+    if (z >= splits) return;
     const uint32_t per_split = (n_keys + splits - 1) / splits;
     const uint32_t k_begin = z * per_split;
     const uint32_t k_end = min(n_keys, k_begin + per_split);
@@ -146,6 +149,7 @@ __device__ void paged_attention_combine(T* __restrict__ out, const float* __rest
     const uint32_t t = split_tokens[blockIdx.x];
     const uint32_t h = blockIdx.y;
     const uint32_t splits = min(token_splits[t], (uint32_t)ATTN_MAX_SPLITS);
+    if (splits <= 1) return;  // unsplit tokens (listed by a fixed-size grid) were written directly
     const uint32_t first = token_part[t];
     if (threadIdx.x == 0) {
         float mx = -INFINITY;

@@ -75,6 +75,17 @@ impl StepAttention {
         self.device.as_ref().map(|d| &d.plan)
     }
 
+    /// Of a step from [`PagedKvCache::prepare_fixed`]: the padded input ids and positions, `[bucket]`
+    /// u32 each, as views of the step buffer (fixed addresses).
+    pub fn fixed_inputs(&self) -> candle_core::Result<(Tensor, Tensor)> {
+        let d = self.device()?;
+        let (t, p) = (d.plan.tokens, d.plan.token_pos);
+        if t.len == 0 {
+            candle_core::bail!("attention step was not prepared with fixed inputs");
+        }
+        Ok((d.packed.narrow(0, t.start, t.len)?, d.packed.narrow(0, p.start, p.len)?))
+    }
+
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub(crate) fn device(&self) -> candle_core::Result<&DeviceStep> {
         self.device.as_ref().ok_or_else(|| candle_core::Error::Msg("attention step was prepared for a CPU cache".into()))
@@ -131,6 +142,26 @@ impl PagedKvCache {
         let packed = Tensor::from_vec(packed, n, &device)?; // [packed_len] u32
         let device = DeviceStep { num_blocks: self.num_blocks, block_size: self.block_size, plan, packed };
         Ok(StepAttention { meta, device: Some(device) })
+    }
+
+    /// Like [`prepare`](Self::prepare) for a decode step (one query token per sequence) laid out
+    /// for `key` ([`plan::plan_fixed_decode`]) and uploaded into `buffer` (`[capacity]` u32 on the cache's
+    /// device) instead of a fresh allocation, so that a CUDA graph captured over one such step replays
+    /// any other with the same key. `tokens` are the sequences' input ids, stored in the same upload
+    /// (read them back with [`StepAttention::fixed_inputs`]). `Ok(None)`: the step does not fit `key`.
+    pub fn prepare_fixed(
+        &self,
+        meta: AttentionMetadata,
+        tokens: &[u32],
+        key: plan::FixedDecodeKey,
+        buffer: &Tensor,
+    ) -> candle_core::Result<Option<StepAttention>> {
+        plan::validate(&meta, self.num_blocks, self.block_size)?;
+        let Some(mut plan) = plan::plan_fixed_decode(&meta, tokens, key) else { return Ok(None) };
+        let packed = std::mem::take(&mut plan.packed);
+        buffer.inplace_op1(&ops::UploadU32 { data: &packed })?;
+        let device = DeviceStep { num_blocks: self.num_blocks, block_size: self.block_size, plan, packed: buffer.clone() };
+        Ok(Some(StepAttention { meta, device: Some(device) }))
     }
 
     /// Writes the step's new K/V (`[num_tokens, num_kv_heads, head_dim]` each) into their slots.

@@ -3,7 +3,7 @@
 //! (`cuda.rs`, feature `cuda`).
 
 use super::{cpu, StepAttention};
-use candle_core::{CpuStorage, CustomOp3, InplaceOp2, Layout, Result, Shape};
+use candle_core::{bail, CpuStorage, CustomOp3, InplaceOp1, InplaceOp2, Layout, Result, Shape};
 
 /// Copies the step's new K or V rows into their cache slots: `cache[slot_mapping[t]] = new[t]`.
 pub struct KvWrite<'a> {
@@ -65,5 +65,45 @@ impl CustomOp3 for PagedAttention<'_> {
         vl: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         super::cuda::paged_attention(self.step.device()?, self.scale, q, ql, k, kl, v, vl)
+    }
+}
+
+/// Copies host `u32`s into the start of an existing contiguous `u32` buffer (one host-to-device copy on
+/// CUDA): the fixed-address step buffer that captured CUDA graphs read.
+pub struct UploadU32<'a> {
+    pub data: &'a [u32],
+}
+
+impl UploadU32<'_> {
+    fn range(&self, l: &Layout, capacity: usize) -> Result<std::ops::Range<usize>> {
+        let Some((start, end)) = l.contiguous_offsets() else { bail!("upload: the step buffer must be contiguous") };
+        if end - start < self.data.len() || end > capacity {
+            bail!("upload: {} values do not fit a step buffer of {}", self.data.len(), end - start);
+        }
+        Ok(start..start + self.data.len())
+    }
+}
+
+impl InplaceOp1 for UploadU32<'_> {
+    fn name(&self) -> &'static str {
+        "upload-u32"
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
+        let CpuStorage::U32(dst) = s else { bail!("upload: the step buffer must be u32") };
+        let r = self.range(l, dst.len())?;
+        dst[r].copy_from_slice(self.data);
+        Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &mut candle_core::CudaStorage, l: &Layout) -> Result<()> {
+        use candle_core::backend::BackendStorage;
+        use candle_core::cuda_backend::WrapErr;
+        let dev = s.device().clone();
+        let dst = s.as_cuda_slice_mut::<u32>()?;
+        let r = self.range(l, dst.len())?;
+        let Some(mut view) = dst.try_slice_mut(r) else { bail!("upload: range outside the step buffer") };
+        dev.cuda_stream().memcpy_htod(self.data, &mut view).w()
     }
 }

@@ -72,6 +72,9 @@ pub struct StepPlan {
     /// query this step); the tiles with the most keys come first.
     pub tile_seq: Span,
     pub tile_start: Span,
+    /// `[num_tokens]` the step's input token ids, only in fixed decode plans ([`plan_fixed_decode`]),
+    /// which carry the whole step in one upload; empty otherwise.
+    pub tokens: Span,
     pub packed: Vec<u32>,
 }
 
@@ -226,8 +229,113 @@ pub fn plan(meta: &AttentionMetadata) -> StepPlan {
         split_tokens,
         tile_seq,
         tile_start,
+        tokens: Span::default(),
         packed: p.0,
     }
+}
+
+/// Slot of a padding token in a fixed decode plan: outside every cache, so the KV writes skip it.
+pub const PAD_SLOT: u32 = u32::MAX;
+
+/// The shape a fixed decode plan is laid out for: every span's offset and every launch's grid depend
+/// only on it, so a CUDA graph captured for one key replays any decode step planned with the same key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FixedDecodeKey {
+    /// Token rows (the batch padded up to a capture size).
+    pub bucket: usize,
+    /// Grid rows per token: at least the most partitions any token of the step has (a power of two).
+    pub split_cap: usize,
+    /// Block-table width: the blocks of the longest context rounded up to a power of two (at least
+    /// [`FIXED_MIN_BLOCKS`]), so that the upload stays proportional to the contexts of the step.
+    pub max_blocks: usize,
+}
+
+/// Narrowest block table of a fixed decode plan.
+pub const FIXED_MIN_BLOCKS: usize = 16;
+
+impl FixedDecodeKey {
+    /// The key for a decode step of `batch` sequences whose longest context is `max_context` tokens,
+    /// or `None` when the batch exceeds `bucket` or the table would exceed `max_blocks_cap`.
+    pub fn for_step(batch: usize, max_context: usize, bucket: usize, max_blocks_cap: usize, block_size: usize) -> Option<Self> {
+        let splits = num_splits(1, max_context.max(1) - 1);
+        let max_blocks = max_context.div_ceil(block_size.max(1)).next_power_of_two().max(FIXED_MIN_BLOCKS);
+        if batch > bucket || max_blocks > max_blocks_cap {
+            return None;
+        }
+        Some(FixedDecodeKey { bucket, split_cap: splits.next_power_of_two().min(ATTN_MAX_SPLITS), max_blocks })
+    }
+
+    /// Length of the packed buffer of a plan with this key (see [`plan_fixed_decode`]).
+    pub fn packed_len(&self) -> usize {
+        self.bucket * (9 + self.max_blocks + 2 * self.split_cap) + 2
+    }
+}
+
+/// The plan of a decode step (every sequence has one query token and samples) padded to `key`: the
+/// sequences' rows first, then padding rows (token 0 at position 0, slot [`PAD_SLOT`], an all-zero
+/// block table) whose outputs are ignored. Every token is its own sequence and its own split token;
+/// grid row `w` is partition `w % split_cap` of token `w / split_cap`, and the kernels skip rows past
+/// a token's own partitions (`num_splits`, the same per-token rule as [`plan`], so results do not
+/// depend on the padding). `tokens`: the step's input ids, `[num_seqs]`. `None` if the step is not
+/// such a decode step or does not fit the key.
+pub fn plan_fixed_decode(meta: &AttentionMetadata, tokens: &[u32], key: FixedDecodeKey) -> Option<StepPlan> {
+    let n = meta.seqs.len();
+    let FixedDecodeKey { bucket, split_cap, max_blocks } = key;
+    let bs = meta.block_size.max(1);
+    if n > bucket || tokens.len() != n || meta.num_tokens() != n {
+        return None;
+    }
+    for s in &meta.seqs {
+        if s.query_len != 1 || s.context_len.div_ceil(bs) > max_blocks || num_splits(1, s.context_len - 1) > split_cap {
+            return None;
+        }
+    }
+    let pad = bucket - n;
+    let pos = |s: &super::SeqAttention| (s.context_len - 1) as u32;
+    let mut p = Packer(Vec::with_capacity(bucket * (max_blocks + 10 + 2 * split_cap) + 2));
+    let tokens = p.push(tokens.iter().copied().chain(std::iter::repeat_n(0, pad)));
+    let slot_mapping = p.push(meta.slot_mapping.iter().copied().chain(std::iter::repeat_n(PAD_SLOT, pad)));
+    let block_tables = p.push(meta.seqs.iter().flat_map(|s| {
+        let used = s.context_len.div_ceil(bs);
+        s.block_table[..used].iter().copied().chain(std::iter::repeat_n(0, max_blocks - used))
+    }).chain(std::iter::repeat_n(0, pad * max_blocks)));
+    let query_start = p.push(0..=bucket as u32);
+    let context_len = p.push(meta.seqs.iter().map(|s| s.context_len as u32).chain(std::iter::repeat_n(1, pad)));
+    let token_seq = p.push(0..bucket as u32);
+    let token_pos = p.push(meta.seqs.iter().map(pos).chain(std::iter::repeat_n(0, pad)));
+    let token_splits = p.push(meta.seqs.iter().map(|s| num_splits(1, s.context_len - 1) as u32).chain(std::iter::repeat_n(1, pad)));
+    let token_part = p.push((0..bucket).map(|t| (t * split_cap) as u32));
+    let work_token = p.push((0..bucket * split_cap).map(|w| (w / split_cap) as u32));
+    let work_split = p.push((0..bucket * split_cap).map(|w| (w % split_cap) as u32));
+    let split_tokens = p.push(0..bucket as u32);
+    let empty = Span { start: p.0.len(), len: 0 };
+    p.0.push(0);
+    Some(StepPlan {
+        num_tokens: bucket,
+        num_seqs: bucket,
+        max_blocks,
+        num_work: bucket * split_cap,
+        num_short_work: bucket * split_cap,
+        num_tiles: 0,
+        num_split_tokens: bucket,
+        num_partials: bucket * split_cap,
+        max_splits: split_cap,
+        slot_mapping,
+        block_tables,
+        query_start,
+        context_len,
+        token_seq,
+        token_pos,
+        token_splits,
+        token_part,
+        work_token,
+        work_split,
+        split_tokens,
+        tile_seq: empty,
+        tile_start: empty,
+        tokens,
+        packed: p.0,
+    })
 }
 
 #[cfg(test)]
@@ -298,6 +406,38 @@ mod tests {
         assert_eq!(get(p.tile_seq), &[1, 1, 1, 3]);
         assert_eq!(get(p.tile_start), &[128, 64, 0, 0]);
         assert!(!is_tiled(SPLIT_MAX_QUERY_LEN) && is_tiled(SPLIT_MAX_QUERY_LEN + 1));
+    }
+
+    #[test]
+    fn fixed_decode_plans_keep_their_layout_and_the_per_token_splits() {
+        let m = meta(&[(1, 300), (1, 5)], 16);
+        validate(&m, 1000, 16).unwrap();
+        let key = FixedDecodeKey::for_step(2, 300, 4, 64, 16).unwrap();
+        assert_eq!(key.split_cap, 4, "300 keys need 3 partitions of 128, rounded up to 4");
+        assert_eq!(key.max_blocks, 32, "19 blocks, rounded up to 32");
+        let p = plan_fixed_decode(&m, &[11, 12], key).unwrap();
+        let get = |s: Span| &p.packed[s.start..s.start + s.len];
+        assert_eq!(get(p.tokens), &[11, 12, 0, 0]);
+        assert_eq!(&get(p.slot_mapping)[2..], &[PAD_SLOT, PAD_SLOT]);
+        assert_eq!(get(p.token_splits), &[3, 1, 1, 1]);
+        assert_eq!(get(p.token_pos), &[299, 4, 0, 0]);
+        assert_eq!(get(p.block_tables).len(), 4 * 32);
+        assert_eq!(p.packed.len(), key.packed_len());
+        assert_eq!(p.num_work, 16);
+        assert_eq!(&get(p.work_token)[..5], &[0, 0, 0, 0, 1]);
+        assert_eq!(&get(p.work_split)[..5], &[0, 1, 2, 3, 0]);
+        assert_eq!(get(p.token_part), &[0, 4, 8, 12]);
+        // Another step with the same key has every span at the same offset (what a graph replays).
+        let m2 = meta(&[(1, 17)], 16);
+        let p2 = plan_fixed_decode(&m2, &[5], key).unwrap();
+        assert_eq!((p2.tokens, p2.slot_mapping, p2.block_tables, p2.work_split, p2.split_tokens), (p.tokens, p.slot_mapping, p.block_tables, p.work_split, p.split_tokens));
+        assert_eq!(p2.packed.len(), p.packed.len());
+        // Steps that do not fit are refused.
+        assert!(plan_fixed_decode(&meta(&[(2, 20)], 16), &[1], key).is_none(), "not a decode step");
+        assert!(plan_fixed_decode(&meta(&[(1, 600)], 16), &[1], key).is_none(), "more partitions than the cap");
+        assert!(plan_fixed_decode(&meta(&[(1, 513)], 16), &[1], FixedDecodeKey { split_cap: 8, ..key }).is_none(), "wider than the table");
+        assert!(FixedDecodeKey::for_step(5, 10, 4, 64, 16).is_none(), "batch over the bucket");
+        assert!(FixedDecodeKey::for_step(1, 64 * 16 + 1, 4, 64, 16).is_none(), "context over the table width");
     }
 
     #[test]

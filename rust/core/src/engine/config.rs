@@ -31,6 +31,9 @@ pub struct EngineArgs {
     pub quantized_matmul: bool,
     /// Compute dtype: "float32", "bfloat16" or "float16"; None = f32 on the CPU, bf16 on GPUs.
     pub dtype: Option<String>,
+    /// Replay decode steps through captured CUDA graphs on CUDA devices (`MLC_CUDA_GRAPH=0` also
+    /// turns them off).
+    pub cuda_graph: bool,
 }
 
 impl Default for EngineArgs {
@@ -48,6 +51,7 @@ impl Default for EngineArgs {
             verbose: true,
             quantized_matmul: false,
             dtype: None,
+            cuda_graph: true,
         }
     }
 }

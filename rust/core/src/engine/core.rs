@@ -9,7 +9,7 @@ use super::request_state::RequestState;
 use super::trace::Tracer;
 use crate::error::Result;
 use crate::request::SamplingParams;
-use crate::runner::{ModelRunner, StepLogits};
+use crate::runner::{ModelRunner, SampleOn, StepLogits};
 use crate::sampler::Sampled;
 use crate::scheduler::{Scheduler, SchedulerOutput, SeqId};
 use crate::tokenizer::Tokenizer;
@@ -31,6 +31,8 @@ pub struct EngineCore {
     tracer: Tracer,
     /// Tests compare full logits rows against a reference; off in normal use.
     pub capture_logits: bool,
+    /// Sample on the device where the logits are (CUDA); `MLC_GPU_SAMPLING=0` keeps sampling on the host.
+    pub device_sampling: bool,
     pub captured: Vec<(String, Vec<f32>)>,
 }
 
@@ -49,6 +51,7 @@ impl EngineCore {
             metrics: Metrics::default(),
             tracer: Tracer::new(tracing),
             capture_logits: false,
+            device_sampling: std::env::var_os("MLC_GPU_SAMPLING").is_none_or(|v| v != "0"),
             captured: Vec::new(),
         }
     }
@@ -90,6 +93,7 @@ impl EngineCore {
         m.num_waiting = self.scheduler.num_waiting();
         m.num_free_blocks = self.scheduler.num_free_blocks();
         m.num_total_blocks = self.scheduler.num_total_blocks();
+        (m.cuda_graph_replays, m.cuda_graphs_captured) = self.runner.graph_stats();
         m.finalize();
         m
     }
@@ -123,9 +127,16 @@ impl EngineCore {
         }
         self.note_schedule(&out);
         let start = Instant::now();
-        let argmax_only = !self.capture_logits
-            && out.seqs.iter().filter(|s| s.sample).all(|s| self.requests.get(&s.seq_id).is_some_and(|r| r.params.is_plain_greedy()));
-        let logits = match self.runner.execute(&out, argmax_only) {
+        let on = if self.capture_logits {
+            SampleOn::Host
+        } else if out.seqs.iter().filter(|s| s.sample).all(|s| self.requests.get(&s.seq_id).is_some_and(|r| r.params.is_plain_greedy())) {
+            SampleOn::Argmax
+        } else if self.device_sampling {
+            SampleOn::Device
+        } else {
+            SampleOn::Host
+        };
+        let logits = match self.runner.execute(&out, on) {
             Ok(l) => l,
             Err(e) => return self.fail_step(&out, e),
         };
@@ -140,6 +151,15 @@ impl EngineCore {
                     results.push((seq_id, Sampled { token, logprob: 0.0, top_logprobs: Vec::new() }));
                 }
             }
+            StepLogits::Device { seq_ids, logits } => match self.sample_on_device(&seq_ids, &logits) {
+                Ok(drawn) => {
+                    for (seq_id, s) in seq_ids.into_iter().zip(drawn) {
+                        sampled.push((seq_id, s.token));
+                        results.push((seq_id, s));
+                    }
+                }
+                Err(e) => return self.fail_step(&out, e),
+            },
             StepLogits::Rows(rows) => {
                 for mut row in rows {
                     let Some(state) = self.requests.get_mut(&row.seq_id) else { continue };
@@ -175,6 +195,29 @@ impl EngineCore {
             deltas.push(d);
         }
         deltas
+    }
+
+    /// Runs the device sampler over `logits` (`[seq_ids.len(), vocab]` on the device), each row with its
+    /// request's sampler and parameters.
+    fn sample_on_device(&mut self, seq_ids: &[SeqId], logits: &candle_core::Tensor) -> Result<Vec<Sampled>> {
+        #[cfg(feature = "cuda")]
+        {
+            let row_of: HashMap<SeqId, usize> = seq_ids.iter().enumerate().map(|(i, &s)| (s, i)).collect();
+            let mut states: Vec<(usize, &mut RequestState)> =
+                self.requests.iter_mut().filter_map(|(seq, st)| row_of.get(seq).map(|&i| (i, st))).collect();
+            if states.len() != seq_ids.len() {
+                return Err(crate::error::EngineError::Unsupported("device sampling: a sampled sequence has no request".into()));
+            }
+            states.sort_by_key(|(i, _)| *i);
+            let mut seqs: Vec<(&mut crate::sampler::SequenceSampler, &SamplingParams)> =
+                states.iter_mut().map(|(_, st)| { let RequestState { sampler, params, .. } = &mut **st; (sampler, &*params) }).collect();
+            crate::sampler::gpu::sample_on_device(logits, &mut seqs)
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (seq_ids, logits);
+            Err(crate::error::EngineError::Unsupported("device sampling needs a CUDA build".into()))
+        }
     }
 
     fn note_schedule(&mut self, out: &SchedulerOutput) {

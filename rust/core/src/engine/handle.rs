@@ -50,6 +50,8 @@ pub struct EngineInfo {
     pub has_chat_template: bool,
     pub mode: super::config::Mode,
     pub quantized_matmul: bool,
+    /// Decode steps replay captured CUDA graphs (CUDA devices, unless switched off).
+    pub cuda_graph: bool,
     /// Sampling defaults for fields a request leaves unset: the model's generation_config.json where it
     /// has one, else temperature 0.7 and top_p 0.95 (MLC's chat defaults).
     pub generation_defaults: serde_json::Map<String, serde_json::Value>,
@@ -280,9 +282,15 @@ pub fn build(model: &str, device: &str, args: &EngineArgs) -> Result<(EngineCore
         has_chat_template: tokenizer.chat_template().is_some(),
         mode: sizes.mode,
         quantized_matmul: quantized,
+        cuda_graph: false,
         generation_defaults: generation_defaults(&loaded.path),
     };
-    let core = EngineCore::new(ModelRunner::new(model_impl, kv), scheduler, tokenizer.clone(), sizes, args.enable_tracing);
+    let mut runner = ModelRunner::new(model_impl, kv);
+    let mut info = info;
+    if args.cuda_graph {
+        info.cuda_graph = runner.enable_cuda_graphs(sizes.max_num_sequence, sizes.max_single_sequence_length)?;
+    }
+    let core = EngineCore::new(runner, scheduler, tokenizer.clone(), sizes, args.enable_tracing);
     Ok((core, info, tokenizer))
 }
 

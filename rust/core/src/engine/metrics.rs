@@ -23,6 +23,9 @@ pub struct Metrics {
     pub num_preemptions: u64,
     pub prefix_cache_hit_tokens: u64,
     pub engine_steps: u64,
+    /// Decode steps replayed through CUDA graphs, and graphs captured.
+    pub cuda_graph_replays: u64,
+    pub cuda_graphs_captured: usize,
 }
 
 impl Metrics {

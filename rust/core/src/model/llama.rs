@@ -127,6 +127,19 @@ impl LlamaModel {
         kv: &PagedKvCache,
         step: &StepAttention,
     ) -> Result<Tensor> {
+        let h = self.forward_hidden(tokens, positions, kv, step)?;
+        self.logits(&h.index_select(sample_rows, 0)?)
+    }
+
+    /// `h: [num_samples, hidden]` (final-normed hidden states) -> f32 logits `[num_samples, vocab]`.
+    pub fn logits(&self, h: &Tensor) -> Result<Tensor> {
+        Ok(self.lm_head.forward(h)?.to_dtype(DType::F32)?)
+    }
+
+    /// The decoder stack and the final norm: `[num_tokens]` ids and positions -> `[num_tokens, hidden]`.
+    /// On CUDA this launches only kernels (no host copies or synchronisation), so a decode step of
+    /// fixed shape can be captured into a CUDA graph.
+    pub fn forward_hidden(&self, tokens: &Tensor, positions: &Tensor, kv: &PagedKvCache, step: &StepAttention) -> Result<Tensor> {
         let cfg = &self.cfg;
         let n = tokens.dim(0)?;
         let (nh, hd) = (cfg.num_attention_heads, cfg.head_dim);
@@ -162,12 +175,10 @@ impl LlamaModel {
             mlp_out = Some(layer.down_proj.forward(&act)?);
         }
         // The final norm over every row (row-wise, so the sampled rows are exactly as if selected first).
-        let h = match mlp_out {
+        Ok(match mlp_out {
             Some(m) => fused::add_rms_norm(&m, &residual, &self.norm, eps)?.1,
             None => rms_norm(&residual, &self.norm, eps)?,
-        };
-        let last = h.index_select(sample_rows, 0)?; // [num_samples, hidden]
-        Ok(self.lm_head.forward(&last)?.to_dtype(DType::F32)?)
+        })
     }
 
     /// Embedding lookup used by tests to check weights: `[num_tokens] -> [num_tokens, hidden]`.
