@@ -1,5 +1,6 @@
 //! Token sampling over f32 logit rows on the CPU: the reference that the device sampler is checked
-//! against, and the sampler of CPU runs.
+//! against, and the sampler of CPU runs. With feature `cuda`, [`gpu::sample_on_device`] samples a batch
+//! with the same semantics on the device.
 //!
 //! One row is processed in this order (that of vLLM and HF transformers):
 //! 1. repetition penalty on every token seen in the prompt or the output (HF semantics: a positive
@@ -23,6 +24,12 @@
 //! above, or the point mass), so that callers and tests can inspect exactly what was sampled from.
 
 mod batch;
+// Used by the device sampler only (and its tests).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+mod device_rows;
+#[cfg(feature = "cuda")]
+pub mod gpu;
+pub mod gpu_check;
 mod rng;
 mod select;
 #[cfg(test)]
@@ -87,12 +94,28 @@ impl SequenceSampler {
         self.seen.insert(token);
     }
 
+    /// The number [`sample`](Self::sample) would draw next, for samplers that process the row elsewhere
+    /// (the device sampler): one per row and call, as `sample` consumes.
+    pub(crate) fn next_uniform(&mut self) -> f64 {
+        self.rng.next_f64()
+    }
+
+    /// Prompt and generated tokens (repetition penalty), in no particular order.
+    pub(crate) fn seen_tokens(&self) -> impl Iterator<Item = u32> + '_ {
+        self.seen.iter().copied()
+    }
+
+    /// Generated tokens with their counts (frequency and presence penalties), in no particular order.
+    pub(crate) fn output_counts(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.counts.iter().map(|(&t, &c)| (t, c))
+    }
+
     /// Processes one row of raw logits in place and draws a token. Token ids outside the row (in the
     /// prompt, the output or `logit_bias`) are ignored; an empty row yields token 0.
     pub fn sample(&mut self, logits: &mut [f32], params: &SamplingParams) -> Sampled {
         // One number per call on every path (greedy included), so step n always consumes the n-th
         // number of the stream whatever happened before.
-        let uniform = self.rng.next_f64();
+        let uniform = self.next_uniform();
         if logits.is_empty() {
             return Sampled {
                 token: 0,
