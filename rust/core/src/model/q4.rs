@@ -176,7 +176,7 @@ mod cuda {
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
     use candle_core::cuda_backend::{CudaDType, WrapErr};
-    use candle_core::{bail, CudaDevice, CudaStorage, DType, Layout, Result, Shape};
+    use candle_core::{bail, CudaStorage, DType, Layout, Result, Shape};
     use mlc_kernels::{self as kernels, KernelDType, Q4Kernel};
     use std::ops::Range;
 
@@ -206,9 +206,12 @@ mod cuda {
             .ok_or_else(|| candle_core::Error::Msg(format!("{what}: range {range:?} outside a buffer of {len}")))
     }
 
-    fn func(dev: &CudaDevice, kernel: Q4Kernel, dtype: KernelDType) -> Result<candle_core::cuda_backend::CudaFunc> {
-        let Some(name) = kernels::q4_name(kernel, dtype) else { bail!("q4: no {kernel:?} kernel for {dtype:?}") };
-        dev.get_or_load_custom_func(name, kernels::Q4_GEMM_MODULE, kernels::Q4_GEMM_PTX)
+    // candle does not export the type of a loaded function, so callers load it themselves by this name.
+    fn func_name(kernel: Q4Kernel, dtype: KernelDType) -> Result<&'static str> {
+        match kernels::q4_name(kernel, dtype) {
+            Some(name) => Ok(name),
+            None => bail!("q4: no {kernel:?} kernel for {dtype:?}"),
+        }
     }
 
     // ---- y = x . W^T
@@ -263,7 +266,7 @@ mod cuda {
         } else {
             (Q4Kernel::GemvSimple, kernels::Q4_SIMPLE_ROWS, kernels::Q4_SIMPLE_THREADS)
         };
-        let func = func(&dev, kernel, dtype)?;
+        let func = dev.get_or_load_custom_func(func_name(kernel, dtype)?, kernels::Q4_GEMM_MODULE, kernels::Q4_GEMM_PTX)?;
         let xv = view(x.as_cuda_slice::<T>()?, xr, "x")?;
         let wv = view(w.as_cuda_slice::<u8>()?, wr, "q4 blocks")?;
         let (t32, n32, k32) = (to_u32(t, "tokens")?, to_u32(n, "rows")?, to_u32(k, "inputs")?);
@@ -307,7 +310,7 @@ mod cuda {
         // SAFETY: one thread per block writes its 32 outputs (grid-stride over every block).
         let mut out = unsafe { dev.alloc::<T>(elems) }?;
         let blocks = (elems / kernels::Q4_BLOCK_WEIGHTS) as u64;
-        let func = func(&dev, Q4Kernel::Dequant, dtype)?;
+        let func = dev.get_or_load_custom_func(func_name(Q4Kernel::Dequant, dtype)?, kernels::Q4_GEMM_MODULE, kernels::Q4_GEMM_PTX)?;
         let wv = view(w.as_cuda_slice::<u8>()?, wr, "q4 blocks")?;
         let grid = (blocks as usize).div_ceil(kernels::Q4_DEQUANT_THREADS as usize).min(65_535) as u32;
         let mut b = func.builder();
