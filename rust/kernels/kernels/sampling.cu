@@ -3,7 +3,8 @@
 // (mlc_core::sampler, the reference), step by step:
 //
 //   1. penalties and logit_bias on the row's few listed tokens (repetition penalty HF-style, frequency and
-//      presence OpenAI-style, then the bias), NaN -> -inf and +inf -> FLT_MAX, into a work copy of the row;
+//      presence OpenAI-style, then the bias) into a work copy of the row (only rows that list tokens),
+//      NaN -> -inf and +inf -> FLT_MAX as the row is read;
 //      a row with no finite value left becomes a point mass (see `degenerate_peak`);
 //   2. logprobs: log_softmax of that processed row (the normaliser summed in f64);
 //   3. greedy (temperature <= 0): argmax, lowest id on ties. Otherwise weights exp((x - max) / T), with
@@ -22,8 +23,8 @@
 // different order than on the CPU, so a token can differ only where the uniform lands within about 1e-16
 // of a CDF boundary, or where a top_p boundary is equally close.
 //
-//   sample_rows_f32  logits [B, V] f32, work [B, V] f32 (scratch), params (RowParams [B] then Entry [E],
-//                    as 32-bit words), out [B, SAMPLE_OUT_WORDS] u32
+//   sample_rows_f32  logits [B, V] f32, work [W, V] f32 (scratch: one row per row with listed tokens),
+//                    params (RowParams [B] then Entry [E], as 32-bit words), out [B, SAMPLE_OUT_WORDS] u32
 #include "common.cuh"
 #include <float.h>
 
@@ -48,7 +49,8 @@ struct RowParams {
     uint32_t num_top;             // 9: top logprobs to return (0 without logprobs), <= SAMPLE_MAX_TOP
     uint32_t entry_start;         // 10: this row's entries are [entry_start, entry_end)
     uint32_t entry_end;           // 11
-    uint32_t reserved[4];         // 12-15
+    uint32_t work_row;            // 12: row of the work buffer holding the processed copy (rows with entries)
+    uint32_t reserved[3];         // 13-15
 };
 
 // One listed token of a row (each token at most once per row, always < V): 4 words.
@@ -104,6 +106,19 @@ __device__ __forceinline__ float rule_weight(const Rule& r, uint32_t id, float x
     const float w = exp_f32(__fdiv_rn(__fsub_rn(x, r.max), r.temperature));
     return w < r.min_weight ? 0.0f : w;
 }
+
+// The processed row as every pass reads it: sanitized on the fly from the raw logits, or from the work
+// copy where penalties or biases changed some tokens, or a point mass. Rows without listed tokens (most)
+// thus need no copy of their own.
+#define NO_POINT 0xffffffffu
+struct Row {
+    const float* data;
+    uint32_t point;  // the point-mass token, or NO_POINT
+    __device__ __forceinline__ float operator[](uint32_t i) const {
+        if (point != NO_POINT) return i == point ? 0.0f : -INFINITY;
+        return sanitize(data[i]);
+    }
+};
 
 // ---------------------------------------------------------------------------------------------------
 // Block-wide reductions (SAMPLE_THREADS threads). Every result is computed in a fixed order and is the
@@ -221,7 +236,7 @@ __device__ __forceinline__ int radix_digit(uint32_t key, uint32_t prefix, int sh
 // Selections over the processed row.
 
 // top_k: the k-th largest value (1 <= k <= n, repeated values counted separately).
-__device__ __noinline__ float kth_largest(const float* row, uint32_t n, uint32_t k, Scratch& s) {
+__device__ __noinline__ float kth_largest(const Row& row, uint32_t n, uint32_t k, Scratch& s) {
     uint32_t prefix = 0, above = 0;
     for (int shift = 32 - RADIX_BITS; shift >= 0; shift -= RADIX_BITS) {
         uint32_t count[RADIX_BINS];
@@ -246,7 +261,7 @@ __device__ __noinline__ float kth_largest(const float* row, uint32_t n, uint32_t
 // top_p: the smallest best-first prefix of the tokens `rule` keeps (weight > 0) whose mass reaches
 // `target` (> 0); sets rule.end_x / end_id to its last member, or leaves them when the whole row does
 // not reach `target` (rounding with top_p close to 1), as the CPU then keeps every candidate.
-__device__ __noinline__ void nucleus_end(const float* row, uint32_t n, double target, Rule& rule, Scratch& s) {
+__device__ __noinline__ void nucleus_end(const Row& row, uint32_t n, double target, Rule& rule, Scratch& s) {
     uint32_t prefix = 0;
     double above = 0.0;  // mass of the keys greater than every key still matching `prefix`
     for (int shift = 32 - RADIX_BITS; shift >= 0; shift -= RADIX_BITS) {
@@ -314,7 +329,7 @@ __device__ __noinline__ void nucleus_end(const float* row, uint32_t n, double ta
 // The inverse-CDF draw in id order. Each warp owns a contiguous segment of ids; the warp whose segment
 // holds the crossing walks it 32 ids at a time with a prefix sum. Falls back, as the CPU, to the last
 // kept token when rounding leaves the crossing past the end, and to `best` when nothing is kept.
-__device__ __noinline__ uint32_t draw(const float* row, uint32_t n, const Rule& rule, double uniform, uint32_t best, Scratch& s) {
+__device__ __noinline__ uint32_t draw(const Row& row, uint32_t n, const Rule& rule, double uniform, uint32_t best, Scratch& s) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const uint32_t seg = ((n + SAMPLE_WARPS - 1) / SAMPLE_WARPS + 31) / 32 * 32;
     const uint32_t start = min(n, warp * seg), end = min(n, start + seg);
@@ -392,9 +407,8 @@ __device__ __forceinline__ float process_entry(float x, const Entry& e, const Ro
 
 // A row with no finite value after step 1 becomes a point mass (logprob 0) on the argmax of the row
 // before logit_bias, lowest id on ties, or on token 0 when that has no finite value either. Only biased
-// tokens can differ there from the processed row, which is -inf everywhere.
-__device__ __noinline__ uint32_t degenerate_peak(float* work, uint32_t n, const Entry* entries, const RowParams& p,
-                                    const float* logits, Scratch& s) {
+// tokens can differ there from the processed row, which is -inf everywhere. Returns the token.
+__device__ __noinline__ uint32_t degenerate_peak(const Entry* entries, const RowParams& p, const float* logits, Scratch& s) {
     unsigned long long best = ~0ull;
     for (uint32_t e = p.entry_start + threadIdx.x; e < p.entry_end; e += SAMPLE_THREADS) {
         const Entry en = entries[e];
@@ -406,13 +420,10 @@ __device__ __noinline__ uint32_t degenerate_peak(float* work, uint32_t n, const 
         }
     }
     best = block_min(best, s);
-    const uint32_t id = best == ~0ull ? 0u : (uint32_t)best;
-    for (uint32_t i = threadIdx.x; i < n; i += SAMPLE_THREADS) work[i] = i == id ? 0.0f : -INFINITY;
-    __syncthreads();
-    return id;
+    return best == ~0ull ? 0u : (uint32_t)best;
 }
 
-__device__ __noinline__ void write_top(const float* row, uint32_t n, uint32_t num_top, float peak, double ln_total,
+__device__ __noinline__ void write_top(const Row& row, uint32_t n, uint32_t num_top, float peak, double ln_total,
                           uint32_t* out, Scratch& s) {
     unsigned long long prev = 0;
     for (uint32_t j = 0; j < num_top && j < n; ++j) {
@@ -434,7 +445,7 @@ __device__ __noinline__ void write_top(const float* row, uint32_t n, uint32_t nu
 // ---------------------------------------------------------------------------------------------------
 
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
-sample_rows_f32(const float* __restrict__ logits, float* __restrict__ work_all, const uint32_t* __restrict__ params,
+sample_rows_f32(const float* __restrict__ logits, float* work_all, const uint32_t* __restrict__ params,
                 uint32_t* __restrict__ out_all, uint32_t batch, uint32_t vocab) {
     __shared__ Scratch s;
     const uint32_t r = blockIdx.x;
@@ -442,19 +453,23 @@ sample_rows_f32(const float* __restrict__ logits, float* __restrict__ work_all, 
     const RowParams p = reinterpret_cast<const RowParams*>(params)[r];
     const Entry* entries = reinterpret_cast<const Entry*>(params + (size_t)batch * (sizeof(RowParams) / 4));
     const float* raw = logits + (size_t)r * vocab;
-    float* row = work_all + (size_t)r * vocab;
     uint32_t* out = out_all + (size_t)r * SAMPLE_OUT_WORDS;
     const uint32_t n = vocab;
 
     // 1. the processed row
-    for (uint32_t i = threadIdx.x; i < n; i += SAMPLE_THREADS) row[i] = sanitize(raw[i]);
-    __syncthreads();
-    for (uint32_t e = p.entry_start + threadIdx.x; e < p.entry_end; e += SAMPLE_THREADS) {
-        const Entry en = entries[e];
-        float unbiased;
-        row[en.token] = process_entry(raw[en.token], en, p, &unbiased);
+    Row row{raw, NO_POINT};
+    if (p.entry_end > p.entry_start) {
+        float* work = work_all + (size_t)p.work_row * vocab;
+        for (uint32_t i = threadIdx.x; i < n; i += SAMPLE_THREADS) work[i] = sanitize(raw[i]);
+        __syncthreads();
+        for (uint32_t e = p.entry_start + threadIdx.x; e < p.entry_end; e += SAMPLE_THREADS) {
+            const Entry en = entries[e];
+            float unbiased;
+            work[en.token] = process_entry(raw[en.token], en, p, &unbiased);
+        }
+        __syncthreads();
+        row.data = work;
     }
-    __syncthreads();
     unsigned long long best = ~0ull;
     for (uint32_t i = threadIdx.x; i < n; i += SAMPLE_THREADS) {
         const unsigned long long k = rank_key(i, row[i]);
@@ -464,7 +479,8 @@ sample_rows_f32(const float* __restrict__ logits, float* __restrict__ work_all, 
     uint32_t peak_id = (uint32_t)best;
     float peak = row[peak_id];
     if (!(peak > -INFINITY)) {
-        peak_id = degenerate_peak(row, n, entries, p, raw, s);
+        peak_id = degenerate_peak(entries, p, raw, s);
+        row.point = peak_id;
         peak = 0.0f;
     }
 

@@ -55,19 +55,35 @@ fn row_entries(seq: &SequenceSampler, params: &SamplingParams, vocab: usize) -> 
     entries
 }
 
+/// The packed parameters of a batch and how many rows of `vocab` floats the kernel's work buffer needs
+/// (one per row that lists tokens; the others are read straight from the logits).
+pub(crate) struct Packed {
+    pub words: Vec<u32>,
+    pub work_rows: usize,
+}
+
+/// `RowParams::work_row` of a row that lists no tokens (never read by the kernel).
+const NO_WORK_ROW: u32 = u32::MAX;
+
 /// Packs every row's parameters (with `uniforms[i]`, the number row `i` draws with) and entries for a
 /// `[seqs.len(), vocab]` batch.
-pub(crate) fn pack(vocab: usize, seqs: &[(&mut SequenceSampler, &SamplingParams)], uniforms: &[f64]) -> Result<Vec<u32>> {
+pub(crate) fn pack(vocab: usize, seqs: &[(&mut SequenceSampler, &SamplingParams)], uniforms: &[f64]) -> Result<Packed> {
     let rows: Vec<_> = seqs.iter().map(|(seq, params)| row_entries(seq, params, vocab)).collect();
     let num_entries: usize = rows.iter().map(BTreeMap::len).sum();
     u32::try_from(num_entries)
         .map_err(|_| EngineError::Unsupported(format!("{num_entries} penalty and bias entries in one batch")))?;
     let mut words = Vec::with_capacity(seqs.len() * SAMPLING_ROW_WORDS + num_entries * SAMPLING_ENTRY_WORDS);
-    let mut start = 0u32;
+    let (mut start, mut work_rows) = (0u32, 0u32);
     for (((_, params), entries), &uniform) in seqs.iter().zip(&rows).zip(uniforms) {
         let end = start + entries.len() as u32;
         let num_top = if params.logprobs { params.top_logprobs.min(SAMPLING_MAX_TOP) as u32 } else { 0 };
         let u = uniform.to_bits();
+        let work_row = if entries.is_empty() {
+            NO_WORK_ROW
+        } else {
+            work_rows += 1;
+            work_rows - 1
+        };
         words.extend_from_slice(&[
             u as u32,
             (u >> 32) as u32,
@@ -81,7 +97,7 @@ pub(crate) fn pack(vocab: usize, seqs: &[(&mut SequenceSampler, &SamplingParams)
             num_top,
             start,
             end,
-            0,
+            work_row,
             0,
             0,
             0,
@@ -93,7 +109,7 @@ pub(crate) fn pack(vocab: usize, seqs: &[(&mut SequenceSampler, &SamplingParams)
             words.extend_from_slice(&[token, count, bias.to_bits(), flags]);
         }
     }
-    Ok(words)
+    Ok(Packed { words, work_rows: work_rows as usize })
 }
 
 /// One [`Sampled`] per row from the kernel's `[batch, SAMPLING_OUT_WORDS]` output.
@@ -137,15 +153,16 @@ mod tests {
         let other = SamplingParams::default();
         let mut plain = SequenceSampler::new(&other, &[3]);
         let seqs = [(&mut seq, &params), (&mut plain, &other)];
-        let words = pack(10, &seqs, &[0.25, 0.5]).unwrap();
+        let Packed { words, work_rows } = pack(10, &seqs, &[0.25, 0.5]).unwrap();
+        assert_eq!(work_rows, 1);
         assert_eq!(words.len(), 2 * SAMPLING_ROW_WORDS + 3 * SAMPLING_ENTRY_WORDS);
         let row0 = &words[..SAMPLING_ROW_WORDS];
         assert_eq!(f64::from_bits(u64::from(row0[0]) | (u64::from(row0[1]) << 32)), 0.25);
         assert_eq!(f32::from_bits(row0[2]), 0.7);
         assert_eq!(row0[8], 5);
-        assert_eq!((row0[9], row0[10], row0[11]), (3, 0, 3));
+        assert_eq!((row0[9], row0[10], row0[11], row0[12]), (3, 0, 3, 0));
         let row1 = &words[SAMPLING_ROW_WORDS..2 * SAMPLING_ROW_WORDS];
-        assert_eq!((row1[9], row1[10], row1[11]), (0, 3, 3)); // no penalties: no entries
+        assert_eq!((row1[9], row1[10], row1[11], row1[12]), (0, 3, 3, NO_WORK_ROW)); // no entries, no copy
         let entries: Vec<&[u32]> = words[2 * SAMPLING_ROW_WORDS..].chunks(4).collect();
         assert_eq!(entries[0], &[1, 0, 0f32.to_bits(), ENTRY_SEEN]);
         assert_eq!(entries[1], &[2, 2, (-1.5f32).to_bits(), ENTRY_SEEN | ENTRY_COUNTED | ENTRY_BIAS]);

@@ -3,7 +3,8 @@
 //!
 //! Per call: one host-to-device copy (every row's parameters and penalty / bias entries, see
 //! `device_rows`), one launch (one block per row), one device-to-host copy of the tokens, their logprobs
-//! and the requested top logprobs. The logits never leave the device.
+//! and the requested top logprobs. The logits never leave the device; only rows with penalised or biased
+//! tokens get a processed copy in a scratch buffer (`[rows with entries, vocab]`).
 //!
 //! The uniform number of each row is drawn here from the sequence's own generator, exactly one per row
 //! as `sample` consumes, so a seeded request gives the tokens of the CPU sampler wherever it runs (up to
@@ -73,7 +74,7 @@ fn check_logits(logits: &Tensor, num_seqs: usize) -> Result<(usize, usize)> {
 }
 
 /// One launch of `sample_rows_f32`; returns its `[batch, SAMPLING_OUT_WORDS]` output words.
-fn launch(logits: &Tensor, packed: &[u32], batch: usize, vocab: usize) -> Result<Vec<u32>> {
+fn launch(logits: &Tensor, packed: &device_rows::Packed, batch: usize, vocab: usize) -> Result<Vec<u32>> {
     let logits = logits.contiguous()?; // [batch, vocab]
     let (storage, layout) = logits.storage_and_layout();
     let Storage::Cuda(cs) = &*storage else {
@@ -89,9 +90,12 @@ fn launch(logits: &Tensor, packed: &[u32], batch: usize, vocab: usize) -> Result
     let src = all.try_slice(start..end).ok_or_else(|| {
         EngineError::Unsupported(format!("device sampling: logits range {start}..{end} outside a buffer of {len}"))
     })?;
-    let params = dev.clone_htod(packed)?;
-    // SAFETY: scratch; each row's block writes its whole row before reading it.
-    let mut work = unsafe { dev.alloc::<f32>(batch * vocab) }?; // [batch, vocab]
+    let params = dev.clone_htod(&packed.words)?;
+    // SAFETY: scratch; the block of each row that lists tokens writes its whole work row before reading it.
+    let work_len = packed.work_rows.max(1).checked_mul(vocab).ok_or_else(|| {
+        EngineError::Unsupported(format!("device sampling: {} work rows of {vocab}", packed.work_rows))
+    })?;
+    let mut work = unsafe { dev.alloc::<f32>(work_len) }?; // [work_rows, vocab]
     let mut out = dev.alloc_zeros::<u32>(batch * kernels::SAMPLING_OUT_WORDS)?; // [batch, SAMPLING_OUT_WORDS]
     let (b32, v32) = (batch as u32, vocab as u32); // checked in check_logits
     let mut b = func.builder();
@@ -102,9 +106,10 @@ fn launch(logits: &Tensor, packed: &[u32], batch: usize, vocab: usize) -> Result
     b.arg(&b32);
     b.arg(&v32);
     let config = LaunchConfig { grid_dim: (b32, 1, 1), block_dim: (kernels::SAMPLING_THREADS, 1, 1), shared_mem_bytes: 0 };
-    // SAFETY: matches sample_rows_f32 in sampling.cu: logits and work hold batch * vocab f32, params
-    // batch rows of SAMPLING_ROW_WORDS then the entries those rows index (every token < vocab, built by
-    // device_rows::pack), out batch * SAMPLING_OUT_WORDS words.
+    // SAFETY: matches sample_rows_f32 in sampling.cu: logits hold batch * vocab f32, work one row of vocab
+    // f32 per row that lists entries (work_row < work_rows), params batch rows of SAMPLING_ROW_WORDS then
+    // the entries those rows index (every token < vocab, built by device_rows::pack), out
+    // batch * SAMPLING_OUT_WORDS words.
     unsafe { b.launch(config) }.w()?;
     Ok(dev.clone_dtoh(&out)?)
 }
