@@ -193,7 +193,7 @@ def assert_still_serving(http: httpx.Client) -> None:
 
 def test_the_matrix_has_enough_cases() -> None:
     assert len(CASES) >= 40
-    assert {c.status for c in CASES} >= {400, 401, 404, 405, 413, 422}
+    assert {c.status for c in CASES} >= {400, 401, 404, 405, 413, 422}  # 503: the test at the end
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
@@ -253,3 +253,41 @@ def test_errors_are_counted_in_metrics(server: ServerProcess, http: httpx.Client
     assert 'mlc_llm_requests_total{endpoint="/v1/chat/completions",status="400"}' in text
     assert 'mlc_llm_requests_total{endpoint="/v1/chat/completions",status="401"}' in text
     assert json.loads(httpx.get(f"{server.url}/health").text) == {"status": "ok"}
+
+
+def test_503_while_draining_and_after_the_engine_stopped(smollm2_path: str) -> None:
+    """The app in-process (no sockets): a server that drains refuses new work with 503 and so does
+    one whose engine has stopped; /health reports both."""
+    import asyncio
+
+    from mlc_llm import AsyncMLCEngine
+    from mlc_llm.serve.server import ServerSettings, begin_draining, create_app
+
+    engine = AsyncMLCEngine(smollm2_path, device="cpu", verbose=False)
+    try:
+        draining = create_app(engine, ServerSettings.for_model(smollm2_path))
+        stopped = create_app(engine, ServerSettings.for_model(smollm2_path))
+
+        async def call(app: Any, method: str, path: str, body: Any = None) -> httpx.Response:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://server") as client:
+                return await client.request(method, path, json=body)
+
+        async def scenario() -> None:
+            ok = await call(draining, "POST", COMPLETIONS, {"prompt": "Hi", "max_tokens": 1})
+            assert ok.status_code == 200, ok.text
+            begin_draining(draining)
+            refused = await call(draining, "POST", CHAT, chat())
+            assert refused.status_code == 503 and refused.json()["error"]["code"] == "shutting_down"
+            assert (await call(draining, "GET", "/health")).status_code == 503
+
+            engine.terminate()
+            dead = await call(stopped, "POST", CHAT, chat())
+            assert dead.status_code == 503, dead.text
+            assert set(dead.json()["error"]) == {"message", "type", "param", "code"}
+            health = await call(stopped, "GET", "/health")
+            assert health.status_code == 503 and "error" in health.json()
+
+        asyncio.run(scenario())
+    finally:
+        engine.terminate()

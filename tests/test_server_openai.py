@@ -301,6 +301,24 @@ def test_completion_token_id_prompt(http: httpx.Client, engine: Any) -> None:
     assert by_ids["choices"][0]["text"] == by_text["choices"][0]["text"]
 
 
+def test_error_cases_raise_the_sdk_exceptions(client: openai.OpenAI, smollm2_path: str) -> None:
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model=smollm2_path, messages=QUESTION, temperature=5.0)
+    assert bad.value.status_code == 400 and bad.value.param == "temperature"
+    assert bad.value.body["message"] and bad.value.type == "invalid_request_error"
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=smollm2_path, messages=[{"role": "wizard", "content": "x"}])
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model="gpt-4o", messages=QUESTION)
+    assert missing.value.code == "model_not_found"
+    with pytest.raises(openai.UnprocessableEntityError):
+        client.completions.create(model=smollm2_path, prompt="x", best_of=2)
+    with pytest.raises(openai.AuthenticationError):
+        client.with_options(api_key="wrong").chat.completions.create(model=smollm2_path, messages=QUESTION)
+    # The server is still fine.
+    assert client.chat.completions.create(model=smollm2_path, messages=QUESTION, max_tokens=2).choices
+
+
 # ---------------------------------------------------------------------------------- other routes
 
 
