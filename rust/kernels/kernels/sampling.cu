@@ -28,7 +28,11 @@
 #include "common.cuh"
 #include <float.h>
 
+// Fixed at 1024 for the device (mlc_kernels::SAMPLING_THREADS); the CPU emulation (rust/kernels/emulate)
+// builds smaller blocks.
+#ifndef SAMPLE_THREADS
 #define SAMPLE_THREADS 1024
+#endif
 #define SAMPLE_WARPS (SAMPLE_THREADS / 32)
 #define SAMPLE_MAX_TOP 20
 // out row: token, logprob bits, number of top entries, 0, then SAMPLE_MAX_TOP (id, logprob bits) pairs.
