@@ -84,7 +84,7 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-                raise AssertionError(f"mlc_llm serve did not stop within {timeout_s}s:\n{self.log()}")
+                raise AssertionError(f"mlc_llm serve did not stop within {timeout_s}s:\n{self.log()}") from None
         return self.process.returncode
 
     def close(self) -> None:

@@ -116,7 +116,7 @@ CASES = [
     Case("min_p above 1", 400, chat(min_p=2), param="min_p"),
     Case("repetition_penalty zero", 400, chat(repetition_penalty=0), param="repetition_penalty"),
     Case("over-long chat prompt", 400, chat(messages=[{"role": "user", "content": LONG_TEXT}]),
-         code="context_length_exceeded"),
+         param="messages", code="context_length_exceeded"),
     Case("over-long token prompt", 400, completion(prompt=[100] * 9000), path=COMPLETIONS, param="prompt"),
     # ------------------------------------------------------------------ response_format and tools
     Case("invalid response_format schema", 400,

@@ -64,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--allow-origins",
         type=_json_list,
         default=[],
-        help='CORS origins as a JSON list, e.g. \'["*"]\' (default: no CORS headers)',
+        help="CORS origins as a JSON list, e.g. '[\"*\"]' (default: no CORS headers)",
     )
     parser.add_argument(
         "--max-body-size",

@@ -47,7 +47,12 @@ class APIError(Exception):
     """An error answer decided by the server itself (auth, routing, limits, unknown model)."""
 
     def __init__(
-        self, status: int, message: str, type: str = INVALID_REQUEST, param: Optional[str] = None, code: Optional[str] = None
+        self,
+        status: int,
+        message: str,
+        type: str = INVALID_REQUEST,
+        param: Optional[str] = None,
+        code: Optional[str] = None,
     ) -> None:
         super().__init__(message)
         self.status = status

@@ -70,21 +70,30 @@ class ServerMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self._requests = Counter(
-            "mlc_llm_requests", "Requests answered, by endpoint and HTTP status (499: client disconnected)",
-            ["endpoint", "status"], registry=r,
+            "mlc_llm_requests",
+            "Requests answered, by endpoint and HTTP status (499: client disconnected)",
+            ["endpoint", "status"],
+            registry=r,
         )
         self._in_flight = Gauge("mlc_llm_requests_in_flight", "Requests being served", registry=r)
         self._prompt_tokens = Counter("mlc_llm_prompt_tokens", "Prompt tokens of served requests", registry=r)
-        self._generation_tokens = Counter("mlc_llm_generation_tokens", "Tokens generated for served requests", registry=r)
+        self._generation_tokens = Counter(
+            "mlc_llm_generation_tokens", "Tokens generated for served requests", registry=r
+        )
         self._ttft = Histogram(
-            "mlc_llm_time_to_first_token_seconds", "Engine time from arrival to first token", buckets=_TTFT_BUCKETS, registry=r
+            "mlc_llm_time_to_first_token_seconds",
+            "Engine time from arrival to first token",
+            buckets=_TTFT_BUCKETS,
+            registry=r,
         )
         self._itl = Histogram(
             "mlc_llm_inter_token_latency_seconds", "Mean decode interval of a request", buckets=_ITL_BUCKETS, registry=r
         )
         self._latency = Histogram(
-            "mlc_llm_request_latency_seconds", "End-to-end request time seen by the server",
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "mlc_llm_request_latency_seconds",
+            "End-to-end request time seen by the server",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         r.register(_EngineCollector(engine_snapshot))
 

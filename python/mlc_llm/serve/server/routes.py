@@ -12,6 +12,7 @@ from typing import Any, Dict
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from ...protocol.errors import BadRequestError
 from ...protocol.openai_api_protocol import ModelCard, ModelList
 from ..engine_base import PreparedRequest
 from .errors import CLIENT_CLOSED, NOT_FOUND, APIError, classify
@@ -78,6 +79,11 @@ async def _complete(request: Request, chat: bool) -> Response:
     except BodyTooLarge:
         tracker.end(413)  # the guard answers it, once the rest of the body is drained
         raise
+    except BadRequestError as exc:
+        if chat and exc.field == "prompt":
+            exc.field = "messages"  # the engine saw the rendered prompt; the caller sent messages
+        tracker.end(classify(exc)[0])
+        raise
     except BaseException as exc:
         tracker.end(classify(exc)[0] if isinstance(exc, Exception) else CLIENT_CLOSED)
         raise
@@ -94,7 +100,8 @@ async def list_models(request: Request) -> Response:
 async def retrieve_model(request: Request, model_id: str) -> Response:
     state = _state(request)
     if not state.settings.serves(model_id):
-        raise APIError(404, f"the model {model_id!r} does not exist", type=NOT_FOUND, param="model", code="model_not_found")
+        raise APIError(
+            404, f"the model {model_id!r} does not exist", type=NOT_FOUND, param="model", code="model_not_found"
+        )
     card = ModelCard(id=state.settings.served_model_name, created=state.created)
     return Response(card.model_dump_json(), media_type=JSON)
-
