@@ -266,7 +266,8 @@ def test_cuda_graph_decode_matches_eager_decode(core, tiny_llama):
               "logprob_max_abs_diff": max(lp)}
     _record("cuda_graph_vs_eager_f32", result)
     assert on_meta["cuda_graph"] is True and off_meta["cuda_graph"] is False, result
-    assert on_meta["graph_replays"] > 100 and on_meta["graphs_captured"] >= 5, result
+    # One replay per decode step (the longest request decodes 58 tokens after its prefill step).
+    assert on_meta["graph_replays"] >= 50 and on_meta["graphs_captured"] >= 5, result
     assert off_meta["graph_replays"] == 0, result
     assert all(same), result
     assert result["logprob_max_abs_diff"] < 1e-4, result

@@ -157,7 +157,10 @@ def tiny_q4_gguf(tmp_path_factory, torch_mod, tiny_llama):
     cfg = model.config
     shape = {k: getattr(cfg, k) for k in ("hidden_size", "num_attention_heads", "num_key_value_heads", "vocab_size",
                                           "tie_word_embeddings", "max_position_embeddings", "num_hidden_layers",
-                                          "intermediate_size", "rope_theta", "rms_norm_eps")}
+                                          "intermediate_size", "rms_norm_eps")}
+    # transformers 5 keeps the rope base in `rope_parameters` (older releases: `rope_theta`).
+    rope = getattr(cfg, "rope_parameters", None) or {}
+    shape["rope_theta"] = rope.get("rope_theta") if "rope_theta" in rope else cfg.__dict__.get("rope_theta", 10000.0)
     path = tmp_path_factory.mktemp("tiny_q4") / "tiny-q4_0.gguf"
     write_llama_gguf(str(path), model.state_dict(), shape, "q4_0")
     return path
