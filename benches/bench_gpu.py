@@ -117,10 +117,13 @@ def _child_main(phase: str, args_json: str, out: str) -> None:
 def _git_commit() -> dict:
     out: Dict[str, object] = {}
     root = os.path.dirname(HERE)
+    if os.environ.get("MLC_BENCH_COMMIT"):
+        # The copy of the tree on a GPU host may carry a stale .git: the caller names the commit.
+        out["commit"] = os.environ["MLC_BENCH_COMMIT"]
     try:
         r = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=root, timeout=10)
         if r.returncode == 0:
-            out["commit"] = r.stdout.strip()
+            out.setdefault("commit", r.stdout.strip())
             d = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
                                text=True, cwd=root, timeout=10)
             out["dirty"] = bool(d.stdout.strip())
