@@ -11,6 +11,7 @@ pub mod cuda_graph;
 pub mod device;
 pub mod engine;
 pub mod error;
+pub mod grammar;
 pub mod kv_cache;
 pub mod loader;
 pub mod model;

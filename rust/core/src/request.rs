@@ -1,5 +1,6 @@
 //! What a caller asks of the engine: prompt token ids and sampling parameters (owned, plain data).
 
+use crate::grammar::GrammarSpec;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -29,6 +30,8 @@ pub struct SamplingParams {
     pub logprobs: bool,
     /// 0..=20; only meaningful with `logprobs`.
     pub top_logprobs: usize,
+    /// Output constraint (JSON schema, forced tool call), enforced by masking logits each step.
+    pub grammar: Option<GrammarSpec>,
 }
 
 impl Default for SamplingParams {
@@ -49,6 +52,7 @@ impl Default for SamplingParams {
             ignore_eos: false,
             logprobs: false,
             top_logprobs: 0,
+            grammar: None,
         }
     }
 }
@@ -58,10 +62,11 @@ impl SamplingParams {
         self.temperature <= 0.0
     }
 
-    /// Greedy with nothing that needs the full logits row (no logprobs, penalties or bias), so the
-    /// device may pick the token by argmax and send back only its id.
+    /// Greedy with nothing that needs the full logits row (no logprobs, penalties, bias or
+    /// grammar), so the device may pick the token by argmax and send back only its id.
     pub fn is_plain_greedy(&self) -> bool {
         self.is_greedy()
+            && self.grammar.is_none()
             && !self.logprobs
             && self.logit_bias.is_empty()
             && self.frequency_penalty == 0.0

@@ -8,6 +8,7 @@ use super::output::{Delta, FinishReason};
 use super::request_state::RequestState;
 use super::trace::Tracer;
 use crate::error::Result;
+use crate::grammar::{GrammarCompiler, GrammarMatcher};
 use crate::request::SamplingParams;
 use crate::runner::{ModelRunner, SampleOn, StepLogits};
 use crate::sampler::Sampled;
@@ -29,6 +30,9 @@ pub struct EngineCore {
     pub sizes: EngineSizes,
     metrics: Metrics,
     tracer: Tracer,
+    grammars: Arc<GrammarCompiler>,
+    /// Requests that ended while being added (a grammar that does not compile); sent next step.
+    ended_at_add: Vec<Delta>,
     /// Tests compare full logits rows against a reference; off in normal use.
     pub capture_logits: bool,
     /// Sample on the device where the logits are (CUDA); `MLC_GPU_SAMPLING=0` keeps sampling on the host.
@@ -38,6 +42,20 @@ pub struct EngineCore {
 
 impl EngineCore {
     pub fn new(runner: ModelRunner, scheduler: Scheduler, tokenizer: Arc<Tokenizer>, sizes: EngineSizes, tracing: bool) -> Self {
+        // Logit ids beyond the tokenizer's vocabulary are masked anyway (see `GrammarMatcher`).
+        let vocab = crate::grammar::Vocab::from_tokenizer(tokenizer.clone(), tokenizer.vocab_size());
+        Self::with_grammars(runner, scheduler, tokenizer, sizes, tracing, Arc::new(GrammarCompiler::new(vocab)))
+    }
+
+    /// Like `new`, sharing the grammar compiler with the caller's side (see `handle.rs`).
+    pub fn with_grammars(
+        runner: ModelRunner,
+        scheduler: Scheduler,
+        tokenizer: Arc<Tokenizer>,
+        sizes: EngineSizes,
+        tracing: bool,
+        grammars: Arc<GrammarCompiler>,
+    ) -> Self {
         let eos_ids = tokenizer.eos_token_ids().to_vec();
         EngineCore {
             runner,
@@ -50,6 +68,8 @@ impl EngineCore {
             sizes,
             metrics: Metrics::default(),
             tracer: Tracer::new(tracing),
+            grammars,
+            ended_at_add: Vec::new(),
             capture_logits: false,
             device_sampling: std::env::var_os("MLC_GPU_SAMPLING").is_none_or(|v| v != "0"),
             captured: Vec::new(),
@@ -57,17 +77,31 @@ impl EngineCore {
     }
 
     pub fn has_work(&self) -> bool {
-        self.scheduler.has_work()
+        self.scheduler.has_work() || !self.ended_at_add.is_empty()
     }
 
-    /// Queues a request that the handle has already validated (see `validate.rs`).
+    /// Queues a request that the handle has already validated; its grammar, if any, is compiled
+    /// here (a grammar that does not compile ends the request with an error at the next step).
     pub fn add(&mut self, request_id: String, prompt: Vec<u32>, params: SamplingParams, max_new_tokens: usize) {
+        let grammar = match params.grammar.as_ref().map(|g| self.grammars.compile(g)).transpose() {
+            Ok(g) => g,
+            Err(e) => {
+                let state = RequestState::new(request_id, &prompt, params, max_new_tokens, None);
+                self.ended_at_add.push(state.terminal(FinishReason::Error, Some(e.to_string())));
+                return;
+            }
+        };
+        self.add_compiled(request_id, prompt, params, max_new_tokens, grammar);
+    }
+
+    /// Queues a request whose grammar the caller compiled from `params.grammar`.
+    pub fn add_compiled(&mut self, request_id: String, prompt: Vec<u32>, params: SamplingParams, max_new_tokens: usize, grammar: Option<GrammarMatcher>) {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.tracer.event(seq, &request_id, "queued", json!({"prompt_tokens": prompt.len()}));
         self.metrics.num_requests_added += 1;
         self.ids.insert(request_id.clone(), seq);
-        self.requests.insert(seq, RequestState::new(request_id, &prompt, params, max_new_tokens));
+        self.requests.insert(seq, RequestState::new(request_id, &prompt, params, max_new_tokens, grammar));
         self.scheduler.add(seq, prompt);
     }
 
@@ -85,6 +119,11 @@ impl EngineCore {
     pub fn abort_all(&mut self) -> Vec<Delta> {
         let ids: Vec<String> = self.ids.keys().cloned().collect();
         ids.iter().filter_map(|id| self.abort(id)).collect()
+    }
+
+    /// The grammar compiler requests of this engine are checked against.
+    pub fn grammars(&self) -> &Arc<GrammarCompiler> {
+        &self.grammars
     }
 
     pub fn metrics(&self) -> Metrics {
@@ -113,7 +152,7 @@ impl EngineCore {
         let out = self.scheduler.schedule();
         // Sequences that can never fit in the whole cache were dropped by the scheduler: end them
         // with "length" (validation keeps prompts within the window, so this only guards growth).
-        let mut dropped = Vec::new();
+        let mut dropped = std::mem::take(&mut self.ended_at_add);
         for seq in &out.unschedulable {
             if let Some(state) = self.requests.remove(seq) {
                 self.ids.remove(&state.request_id);
@@ -127,7 +166,9 @@ impl EngineCore {
         }
         self.note_schedule(&out);
         let start = Instant::now();
-        let on = if self.capture_logits {
+        // A grammar masks the row on the host before sampling, so such a step keeps its rows there.
+        let constrained = out.seqs.iter().filter(|s| s.sample).any(|s| self.requests.get(&s.seq_id).is_some_and(|r| r.grammar.is_some()));
+        let on = if self.capture_logits || constrained {
             SampleOn::Host
         } else if out.seqs.iter().filter(|s| s.sample).all(|s| self.requests.get(&s.seq_id).is_some_and(|r| r.params.is_plain_greedy())) {
             SampleOn::Argmax
@@ -167,7 +208,9 @@ impl EngineCore {
                         self.captured.push((state.request_id.clone(), row.logits.clone()));
                     }
                     let params = state.params.clone();
+                    state.mask_logits(&mut row.logits);
                     let s = state.sampler.sample(&mut row.logits, &params);
+                    state.commit_grammar(s.token);
                     sampled.push((row.seq_id, s.token));
                     results.push((row.seq_id, s));
                 }

@@ -9,6 +9,7 @@ use super::output::Delta;
 use crate::attention::PagedKvCache;
 use crate::device::{device_name, parse_device};
 use crate::error::{EngineError, Result};
+use crate::grammar::{GrammarCompiler, GrammarMatcher, Vocab};
 use crate::loader::{self, QuantMode};
 use crate::model::{LlamaModel, ModelConfig};
 use crate::request::SamplingParams;
@@ -23,7 +24,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 enum Command {
-    Add { request_id: String, prompt: Vec<u32>, params: SamplingParams, max_new_tokens: usize },
+    Add { request_id: String, prompt: Vec<u32>, params: SamplingParams, max_new_tokens: usize, grammar: Option<GrammarMatcher> },
     Abort(String),
     Metrics(Sender<Metrics>),
     Trace(Sender<String>),
@@ -106,6 +107,7 @@ pub struct EngineHandle {
     /// Ids of requests whose final delta has not been handed out yet (duplicate detection).
     active: Mutex<HashSet<String>>,
     tokenizer: Arc<Tokenizer>,
+    grammars: Arc<GrammarCompiler>,
     info: EngineInfo,
 }
 
@@ -129,6 +131,7 @@ fn weight_bytes(cfg: &ModelConfig, elem_bytes: usize) -> u64 {
 impl EngineHandle {
     pub fn start(model: &str, device: &str, args: EngineArgs) -> Result<Self> {
         let (core, info, tokenizer) = build(model, device, &args)?;
+        let grammars = core.grammars().clone();
         let (cmd_tx, cmd_rx) = unbounded();
         let (out_tx, out_rx) = unbounded();
         let thread = std::thread::Builder::new()
@@ -140,6 +143,7 @@ impl EngineHandle {
             thread: Mutex::new(Some(thread)),
             active: Mutex::new(HashSet::new()),
             tokenizer,
+            grammars,
             info,
         })
     }
@@ -158,13 +162,16 @@ impl EngineHandle {
             return Err(EngineError::bad_request("request_id", "must not be empty"));
         }
         let max_new_tokens = self.info.validate(&prompt, &params)?;
+        // Compiled here, on the caller's thread: an invalid schema fails this call, and the engine
+        // thread never waits for a compile.
+        let grammar = params.grammar.as_ref().map(|g| self.grammars.compile(g)).transpose()?;
         {
             let mut active = self.active.lock().map_err(|_| EngineError::EngineDead("lock poisoned".into()))?;
             if !active.insert(request_id.clone()) {
                 return Err(EngineError::bad_request("request_id", format!("request id {request_id:?} is already in use")));
             }
         }
-        let sent = self.commands.send(Command::Add { request_id: request_id.clone(), prompt, params, max_new_tokens });
+        let sent = self.commands.send(Command::Add { request_id: request_id.clone(), prompt, params, max_new_tokens, grammar });
         if sent.is_err() {
             self.release(&request_id);
             return Err(EngineError::EngineDead("the engine has been terminated".into()));
@@ -290,7 +297,8 @@ pub fn build(model: &str, device: &str, args: &EngineArgs) -> Result<(EngineCore
     if args.cuda_graph {
         info.cuda_graph = runner.enable_cuda_graphs(sizes.max_num_sequence, sizes.max_single_sequence_length)?;
     }
-    let core = EngineCore::new(runner, scheduler, tokenizer.clone(), sizes, args.enable_tracing);
+    let grammars = Arc::new(GrammarCompiler::new(Vocab::from_tokenizer(tokenizer.clone(), cfg.vocab_size)));
+    let core = EngineCore::with_grammars(runner, scheduler, tokenizer.clone(), sizes, args.enable_tracing, grammars);
     Ok((core, info, tokenizer))
 }
 
@@ -324,7 +332,9 @@ fn engine_loop(mut core: EngineCore, commands: Receiver<Command>, outputs: Sende
         let mut terminate = false;
         for cmd in first.into_iter().chain(std::iter::from_fn(|| commands.try_recv().ok())) {
             match cmd {
-                Command::Add { request_id, prompt, params, max_new_tokens } => core.add(request_id, prompt, params, max_new_tokens),
+                Command::Add { request_id, prompt, params, max_new_tokens, grammar } => {
+                    core.add_compiled(request_id, prompt, params, max_new_tokens, grammar)
+                }
                 Command::Abort(id) => {
                     if let Some(d) = core.abort(&id) {
                         let _ = outputs.send(d);

@@ -2,6 +2,7 @@
 
 use super::output::{Delta, FinishReason, TokenLogprob, TopLogprob, Usage};
 use super::stop::{StopMatcher, StopResult};
+use crate::grammar::GrammarMatcher;
 use crate::request::SamplingParams;
 use crate::sampler::{Sampled, SequenceSampler};
 use crate::tokenizer::{IncrementalDetokenizer, Tokenizer};
@@ -11,6 +12,8 @@ pub struct RequestState {
     pub request_id: String,
     pub params: SamplingParams,
     pub sampler: SequenceSampler,
+    /// The output constraint of `params.grammar`, compiled; masks every row before sampling.
+    pub grammar: Option<GrammarMatcher>,
     detok: IncrementalDetokenizer,
     stop: StopMatcher,
     pub prompt_len: usize,
@@ -25,12 +28,13 @@ pub struct RequestState {
 }
 
 impl RequestState {
-    pub fn new(request_id: String, prompt: &[u32], params: SamplingParams, max_new_tokens: usize) -> Self {
+    pub fn new(request_id: String, prompt: &[u32], params: SamplingParams, max_new_tokens: usize, grammar: Option<GrammarMatcher>) -> Self {
         let sampler = SequenceSampler::new(&params, prompt);
         let stop = StopMatcher::new(&params.stop);
         RequestState {
             request_id,
             sampler,
+            grammar,
             detok: IncrementalDetokenizer::new(true),
             stop,
             prompt_len: prompt.len(),
@@ -58,6 +62,23 @@ impl RequestState {
         }
     }
 
+    /// Restricts a logits row (`[vocab_size]`) to the tokens the grammar allows; no-op without one.
+    pub fn mask_logits(&mut self, row: &mut [f32]) {
+        if let Some(g) = self.grammar.as_mut() {
+            g.mask_logits(row);
+        }
+    }
+
+    /// Advances the grammar by the sampled token (before `on_token` turns it into text).
+    pub fn commit_grammar(&mut self, token: u32) {
+        if let Some(g) = self.grammar.as_mut() {
+            if let Err(e) = g.commit(token) {
+                // Only a token outside the mask gets here; the next mask then allows only EOS.
+                log::warn!("request {}: token {token} rejected by its grammar: {e}", self.request_id);
+            }
+        }
+    }
+
     /// Applies one sampled token: text, stop conditions, logprobs. Returns the delta to send.
     pub fn on_token(&mut self, tok: &Tokenizer, eos_ids: &[u32], s: &Sampled) -> Delta {
         let now = Instant::now();
@@ -69,7 +90,9 @@ impl RequestState {
         if self.params.logprobs {
             d.logprobs = Some(vec![Self::logprob_entry(tok, s)]);
         }
-        let is_eos = !self.params.ignore_eos && eos_ids.contains(&s.token);
+        // A grammar allows EOS only where the output is complete, so there it always ends the
+        // sequence (ignore_eos included).
+        let is_eos = (!self.params.ignore_eos || self.grammar.is_some()) && eos_ids.contains(&s.token);
         if is_eos || self.params.stop_token_ids.contains(&s.token) {
             d.text = self.stop.flush();
             d.finish_reason = Some(FinishReason::Stop);
