@@ -70,6 +70,10 @@ INVALID_CHAT = [
     ({"extra_body": {"no_such_option": 1}}, "no_such_option"),
     ({"extra_body": "x"}, "extra_body"),
     ({"tools": [{"type": "function"}]}, "tools"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
+    ({"response_format": {"type": "json_object", "schema": "{not json"}}, "response_format"),
+    ({"response_format": {"type": "json_schema"}}, "response_format"),
 ]
 
 
@@ -83,10 +87,6 @@ def test_invalid_chat_request_names_the_field(kwargs: Dict[str, Any], field: str
 
 
 UNSUPPORTED_CHAT = [
-    ({"response_format": {"type": "json_object"}}, "response_format"),
-    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}, "response_format"),
-    ({"tool_choice": "required"}, "tool_choice"),
-    ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
     ({"best_of": 2}, "best_of"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages"),
     ({"extra_body": {"debug_config": {"pinned_system_prompt": True}}}, "debug_config"),

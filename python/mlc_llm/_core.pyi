@@ -39,9 +39,12 @@ class Engine:
     def add_request(self, request_id: str, prompt_token_ids: List[int], params_json: str) -> None:
         """Queues one sequence. params_json: the SamplingParams fields (temperature, top_p, top_k, min_p,
         frequency_penalty, presence_penalty, repetition_penalty, logit_bias {id: bias}, seed, max_tokens,
-        stop, stop_token_ids, ignore_eos, logprobs, top_logprobs); fields left out (or null) take the model's
-        generation defaults (info()["generation_defaults"]). Raises BadRequestError naming the field
-        (including a duplicate request id and a prompt longer than the context window)."""
+        stop, stop_token_ids, ignore_eos, logprobs, top_logprobs, grammar); fields left out (or null) take the
+        model's generation defaults (info()["generation_defaults"]). grammar constrains the output:
+        {"type": "json_object"}, {"type": "json_schema", "schema": {...}} or
+        {"type": "tagged_json", "begin": str, "schema": {...}, "end": str}. Raises BadRequestError naming
+        the field (including a duplicate request id, a prompt longer than the context window and an
+        invalid schema)."""
     def abort(self, request_id: str) -> None:
         """Stops a request; its stream ends with finish_reason "abort". Unknown ids are ignored."""
     def poll(self, timeout_ms: int) -> List[Dict[str, Any]]:

@@ -189,6 +189,14 @@ class ResponseFormat(_Strict):
         if self.type == "text" and self.schema_ is not None:
             raise BadRequestError("a schema is not allowed with type 'text'", "response_format")
 
+    def grammar(self) -> Optional[Dict[str, Any]]:
+        """The engine's grammar spec (SamplingParams "grammar") enforcing this format while
+        decoding, or None for free text."""
+        if self.type == "text":
+            return None
+        schema = self.schema_dict()
+        return {"type": "json_object"} if schema is None else {"type": "json_schema", "schema": schema}
+
     def schema_dict(self) -> Optional[Dict[str, Any]]:
         """The JSON schema to constrain the output to, if any (both spellings)."""
         if self.json_schema is not None:
@@ -270,6 +278,10 @@ class _SamplingFields(_Strict):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
+    def grammar(self) -> Optional[Dict[str, Any]]:
+        """The output constraint asked for by `response_format` (None for free text)."""
+        return None if self.response_format is None else self.response_format.grammar()
+
     def effective_ignore_eos(self) -> bool:
         return bool(self.ignore_eos or (self.debug_config and self.debug_config.ignore_eos))
 
@@ -284,10 +296,6 @@ class _SamplingFields(_Strict):
             raise UnsupportedError("debug_config supports only ignore_eos", "debug_config")
         if self.response_format is not None:
             self.response_format.check()
-        if self.response_format is not None and self.response_format.type != "text":
-            raise UnsupportedError(
-                f"response_format {self.response_format.type!r} is not implemented yet", "response_format"
-            )
 
 
 class ChatCompletionRequest(_SamplingFields):
@@ -312,8 +320,8 @@ class ChatCompletionRequest(_SamplingFields):
             and self.max_tokens != self.max_completion_tokens
         ):
             raise BadRequestError("max_tokens and max_completion_tokens disagree", "max_completion_tokens")
-        if self.tool_choice is not None and self.tool_choice not in ("none", "auto"):
-            raise UnsupportedError("tool_choice other than 'none' or 'auto' is not implemented yet", "tool_choice")
+        for i, message in enumerate(self.messages):
+            self._check_message(i, message)
 
     def _check_tools(self) -> None:
         """Tool definitions must be unambiguous, and a named tool_choice must name one of them."""
@@ -325,8 +333,22 @@ class ChatCompletionRequest(_SamplingFields):
             raise BadRequestError(
                 f"tool_choice names function {self.tool_choice.function.name!r}, which is not in tools", "tool_choice"
             )
-        for i, message in enumerate(self.messages):
-            self._check_message(i, message)
+        forced = self.tool_choice == "required" or isinstance(self.tool_choice, NamedToolChoice)
+        if forced and not self.tools:
+            raise BadRequestError("tool_choice 'required' or a named function needs tools", "tool_choice")
+        if forced and self.response_format is not None and self.response_format.type != "text":
+            raise BadRequestError("response_format cannot be combined with a forced tool call", "response_format")
+
+    def forced_tools(self) -> Optional[List[Dict[str, Any]]]:
+        """The tools one of which the output must call (tool_choice "required" or a named function),
+        as plain dicts; None when the model is free to answer with text."""
+        choice = self.tool_choice
+        tools = [t.model_dump(exclude_none=True) for t in self.tools or ()]
+        if choice == "required":
+            return tools
+        if isinstance(choice, NamedToolChoice):
+            return [t for t in tools if t["function"]["name"] == choice.function.name]
+        return None
 
     @staticmethod
     def _check_message(i: int, message: ChatMessage) -> None:

@@ -25,6 +25,7 @@ from .config import EngineArgs, EngineConfig, merge_engine_config, validate_engi
 from .metrics import EngineMetrics
 from .responses import ChatResponseBuilder, CompletionResponseBuilder
 from .stream import Sink, StreamBack
+from .tool_calls import call_format, forced_call_grammar, tools_system_prompt
 
 logger = logging.getLogger("mlc_llm.serve")
 
@@ -181,10 +182,12 @@ class EngineBase:
     def _prepare_chat(self, kwargs: Dict[str, Any]) -> PreparedRequest:
         request = parse_request(ChatCompletionRequest, kwargs)
         messages = [_message_for_template(m) for m in request.messages]
-        tools_json = None
-        if request.uses_tools():
-            tools_json = json.dumps([t.model_dump(exclude_none=True) for t in request.tools or ()])
-        prompt = self._core.apply_chat_template(json.dumps(messages), True, tools_json)
+        tools = [t.model_dump(exclude_none=True) for t in request.tools or ()] if request.uses_tools() else []
+        prompt = self._render_chat(messages, tools)
+        grammar = request.grammar()
+        forced = request.forced_tools()
+        if forced:
+            grammar = forced_call_grammar(forced, call_format(prompt))
         # The rendered template already holds BOS and every special token.
         prompt_ids = self._core.tokenize(prompt, False)
         request_id = request.request_id or f"chatcmpl-{uuid.uuid4().hex}"
@@ -199,8 +202,11 @@ class EngineBase:
             stream=request.stream,
             include_usage=request.include_usage(),
             logprobs=request.logprobs,
+            parse_tools=bool(tools),
         )
         params = _sampling_params(request, request.max_new_tokens(), request.logprobs, top)
+        if grammar is not None:
+            params["grammar"] = grammar
         return PreparedRequest(
             request_id, engine_ids, prompt_ids, _per_choice(params, request.seed, request.n), request.stream, builder
         )
@@ -230,9 +236,28 @@ class EngineBase:
             logprobs=logprobs,
         )
         params = _sampling_params(request, request.max_tokens, logprobs, request.num_top_logprobs())
+        grammar = request.grammar()
+        if grammar is not None:
+            params["grammar"] = grammar
         return PreparedRequest(
             request_id, engine_ids, prompt_ids, _per_choice(params, request.seed, request.n), request.stream, builder
         )
+
+    def _render_chat(self, messages: List[Dict[str, Any]], tools: List[Dict[str, Any]]) -> str:
+        """The prompt text. Tools go into the template context as HF passes them; a template that
+        ignores them (no tool name appears in its output) gets them as a Hermes-style system
+        message instead, so the model still learns what it may call and how."""
+        tools_json = json.dumps(tools) if tools else None
+        prompt = str(self._core.apply_chat_template(json.dumps(messages), True, tools_json))
+        if not tools or any(t["function"]["name"] in prompt for t in tools):
+            return prompt
+        described = tools_system_prompt(tools)
+        if messages and messages[0]["role"] == "system":
+            first = {**messages[0], "content": f"{messages[0]['content']}\n\n{described}"}
+            messages = [first, *messages[1:]]
+        else:
+            messages = [{"role": "system", "content": described}, *messages]
+        return str(self._core.apply_chat_template(json.dumps(messages), True, tools_json))
 
     def _model_name(self) -> str:
         return str(self._info.get("model") or self._args.model)

@@ -7,11 +7,12 @@ once every choice has finished. The work per delta is a dict lookup and one smal
 re-rendering, no tokenizer calls.
 """
 
-from typing import Any, Dict, List, Optional, cast
+from typing import Any, Dict, List, Optional, Tuple, cast
 
 from ..protocol.errors import InternalError
 from ..protocol.openai_api_protocol import (
     ChatCompletion,
+    ChatToolCall,
     ChatCompletionChoice,
     ChatCompletionChunk,
     ChatCompletionChunkChoice,
@@ -25,6 +26,7 @@ from ..protocol.openai_api_protocol import (
     FinishReason,
     Logprobs,
 )
+from .tool_calls import ToolCallStream, parse_tool_calls
 
 Delta = Dict[str, Any]
 LogprobEntry = Dict[str, Any]
@@ -76,10 +78,7 @@ class _Builder:
             if self._logprobs and delta.get("logprobs"):
                 self._token_logprobs[index].extend(delta["logprobs"])
             return []
-        chunks: List[Any] = []
-        chunk = self._chunk(index, delta, finish)
-        if chunk is not None:
-            chunks.append(chunk)
+        chunks: List[Any] = self._chunks(index, delta, finish)
         if self.done and self._include_usage:
             chunks.append(self._usage_chunk())
         return chunks
@@ -110,6 +109,10 @@ class _Builder:
             extra=self._extra,
         )
 
+    def _chunks(self, index: int, delta: Delta, finish: Optional[str]) -> List[Any]:
+        chunk = self._chunk(index, delta, finish)
+        return [] if chunk is None else [chunk]
+
     def _chunk(self, index: int, delta: Delta, finish: Optional[str]) -> Any:
         raise NotImplementedError
 
@@ -122,27 +125,69 @@ def _chat_logprobs(entries: List[LogprobEntry]) -> ChoiceLogprobs:
 
 
 class ChatResponseBuilder(_Builder):
-    """Deltas -> ChatCompletionChunk stream or one ChatCompletion."""
+    """Deltas -> ChatCompletionChunk stream or one ChatCompletion. With `parse_tools`, output that
+    is a tool call becomes `tool_calls` with finish_reason "tool_calls" (see tool_calls.py)."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, parse_tools: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._started = [False] * self.n
+        self._tool_streams = [ToolCallStream() for _ in range(self.n)] if parse_tools and self._stream else None
+        self._parse_tools = parse_tools
+
+    def _chunks(self, index: int, delta: Delta, finish: Optional[str]) -> List[Any]:
+        if self._tool_streams is None:
+            return super()._chunks(index, delta, finish)
+        stream = self._tool_streams[index]
+        text = stream.push(delta["text"])
+        if finish is None:
+            chunk = self._chunk(index, {**delta, "text": text}, None)
+            return [] if chunk is None else [chunk]
+        rest, calls = stream.finish()
+        text += rest
+        if not calls:
+            chunk = self._chunk(index, {**delta, "text": text}, finish)
+            return [] if chunk is None else [chunk]
+        chunks = []
+        if text or (self._logprobs and delta.get("logprobs")):
+            chunks.append(self._chunk(index, {**delta, "text": text}, None))
+        for call in calls:
+            chunks.append(self._make_chunk(index, ChoiceDelta(content="", tool_calls=[call]), None, None))
+        reason = "tool_calls" if finish == "stop" else finish
+        chunks.append(self._make_chunk(index, ChoiceDelta(content=""), reason, None))
+        return chunks
+
+    def _make_chunk(
+        self, index: int, delta: ChoiceDelta, finish: Optional[str], entries: Optional[List[LogprobEntry]]
+    ) -> ChatCompletionChunk:
+        if not self._started[index]:
+            self._started[index] = True
+            delta.role = "assistant"
+        choice = ChatCompletionChunkChoice(
+            index=index,
+            delta=delta,
+            finish_reason=cast(Optional[FinishReason], finish),
+            logprobs=_chat_logprobs(entries) if entries is not None else None,
+        )
+        return ChatCompletionChunk(id=self.response_id, created=self.created, model=self.model, choices=[choice])
 
     def _chunk(self, index: int, delta: Delta, finish: Optional[str]) -> Optional[ChatCompletionChunk]:
         text: str = delta["text"]
         entries = delta.get("logprobs") if self._logprobs else None
         if not text and finish is None and not entries:
             return None  # e.g. a token still waiting for the rest of a UTF-8 character
-        first = not self._started[index]
-        self._started[index] = True
-        choice = ChatCompletionChunkChoice(
-            index=index,
-            # Content is always a string so that `print(choice.delta.content, end="")` never prints None.
-            delta=ChoiceDelta(role="assistant" if first else None, content=text),
-            finish_reason=cast(Optional[FinishReason], finish),
-            logprobs=_chat_logprobs(entries) if entries is not None else None,
-        )
-        return ChatCompletionChunk(id=self.response_id, created=self.created, model=self.model, choices=[choice])
+        # Content is always a string so that `print(choice.delta.content, end="")` never prints None.
+        return self._make_chunk(index, ChoiceDelta(content=text), finish, entries)
+
+    def _message(self, i: int) -> Tuple[ChatCompletionMessage, FinishReason]:
+        text = "".join(self._texts[i])
+        finish = cast(FinishReason, self._finish[i] or "stop")
+        if self._parse_tools:
+            content, calls = parse_tool_calls(text)
+            if calls:
+                tool_calls = [ChatToolCall.model_validate(c.to_openai()) for c in calls]
+                reason = cast(FinishReason, "tool_calls" if finish == "stop" else finish)
+                return ChatCompletionMessage(content=content, tool_calls=tool_calls), reason
+        return ChatCompletionMessage(content=text), finish
 
     def _usage_chunk(self) -> ChatCompletionChunk:
         return ChatCompletionChunk(
@@ -150,15 +195,17 @@ class ChatResponseBuilder(_Builder):
         )
 
     def response(self) -> ChatCompletion:
-        choices = [
-            ChatCompletionChoice(
-                index=i,
-                message=ChatCompletionMessage(content="".join(self._texts[i])),
-                finish_reason=cast(FinishReason, self._finish[i] or "stop"),
-                logprobs=_chat_logprobs(self._token_logprobs[i]) if self._logprobs else None,
+        choices = []
+        for i in range(self.n):
+            message, finish = self._message(i)
+            choices.append(
+                ChatCompletionChoice(
+                    index=i,
+                    message=message,
+                    finish_reason=finish,
+                    logprobs=_chat_logprobs(self._token_logprobs[i]) if self._logprobs else None,
+                )
             )
-            for i in range(self.n)
-        ]
         return ChatCompletion(
             id=self.response_id, created=self.created, model=self.model, choices=choices, usage=self.usage()
         )
