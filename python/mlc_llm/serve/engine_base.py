@@ -245,11 +245,11 @@ class EngineBase:
 
     def _render_chat(self, messages: List[Dict[str, Any]], tools: List[Dict[str, Any]]) -> str:
         """The prompt text. Tools go into the template context as HF passes them; a template that
-        ignores them (no tool name appears in its output) gets them as a Hermes-style system
+        ignores them (its output is the same without them) gets them as a Hermes-style system
         message instead, so the model still learns what it may call and how."""
         tools_json = json.dumps(tools) if tools else None
         prompt = str(self._core.apply_chat_template(json.dumps(messages), True, tools_json))
-        if not tools or any(t["function"]["name"] in prompt for t in tools):
+        if not tools or prompt != self._core.apply_chat_template(json.dumps(messages), True, None):
             return prompt
         described = tools_system_prompt(tools)
         if messages and messages[0]["role"] == "system":
