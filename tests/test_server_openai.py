@@ -132,6 +132,91 @@ def test_chat_stream_with_the_sdk(client: openai.OpenAI, engine: Any, smollm2_pa
         ChatCompletionChunk.model_validate(chunk.model_dump())
 
 
+# ----------------------------------------------------------------- structured output and tools
+
+PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}, "city": {"type": "string", "enum": ["Paris", "Rome"]}},
+    "required": ["name", "age", "city"],
+    "additionalProperties": False,
+}
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather of a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+            "required": ["city", "unit"],
+        },
+    },
+}
+
+
+def test_json_schema_through_the_sdk_validates(client: openai.OpenAI, smollm2_path: str) -> None:
+    import jsonschema
+
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
+    messages = [{"role": "user", "content": "Describe a person who lives in Paris as JSON."}]
+    reply = client.chat.completions.create(
+        model=stem(smollm2_path), messages=messages, response_format=fmt, n=2, temperature=1.0, seed=3, max_tokens=96
+    )
+    ChatCompletion.model_validate(reply.model_dump())
+    assert len(reply.choices) == 2
+    for choice in reply.choices:
+        assert choice.finish_reason == "stop", choice
+        jsonschema.validate(json.loads(choice.message.content), PERSON)
+    text = ""
+    for chunk in client.chat.completions.create(
+        model=stem(smollm2_path), messages=messages, response_format=fmt, stream=True, max_tokens=96, **GREEDY
+    ):
+        ChatCompletionChunk.model_validate(chunk.model_dump())
+        text += "".join(c.delta.content or "" for c in chunk.choices)
+    jsonschema.validate(json.loads(text), PERSON)
+
+
+def test_invalid_schema_is_a_400_through_the_sdk(client: openai.OpenAI, smollm2_path: str) -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "bad", "schema": {"type": "object", "properties": {"a": {"type": 12}}}}}
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=stem(smollm2_path), messages=QUESTION, response_format=fmt, max_tokens=8)
+    assert client.chat.completions.create(model=stem(smollm2_path), messages=QUESTION, max_tokens=4).choices
+
+
+def test_forced_tool_call_through_the_sdk(client: openai.OpenAI, smollm2_path: str) -> None:
+    import jsonschema
+
+    messages = [{"role": "user", "content": "What is the weather in Rome?"}]
+    choice = {"type": "function", "function": {"name": "get_weather"}}
+    reply = client.chat.completions.create(
+        model=stem(smollm2_path), messages=messages, tools=[WEATHER_TOOL], tool_choice=choice, max_tokens=96, **GREEDY
+    )
+    ChatCompletion.model_validate(reply.model_dump())
+    message = reply.choices[0].message
+    assert reply.choices[0].finish_reason == "tool_calls", reply
+    assert len(message.tool_calls) == 1 and message.tool_calls[0].id.startswith("call_")
+    call = message.tool_calls[0].function
+    assert call.name == "get_weather"
+    jsonschema.validate(json.loads(call.arguments), WEATHER_TOOL["function"]["parameters"])
+    # Streamed: deltas that the SDK's own accumulation turns into the same call.
+    with client.chat.completions.stream(
+        model=stem(smollm2_path), messages=messages, tools=[WEATHER_TOOL], tool_choice="required", max_tokens=96, **GREEDY
+    ) as stream:
+        for event in stream:
+            pass
+        final = stream.get_final_completion()
+    streamed = final.choices[0].message.tool_calls
+    assert streamed and streamed[0].function.name == "get_weather"
+    jsonschema.validate(json.loads(streamed[0].function.arguments), WEATHER_TOOL["function"]["parameters"])
+    # The history with the call and its result is accepted on the next turn.
+    follow = messages + [
+        {"role": "assistant", "content": None, "tool_calls": [message.tool_calls[0].model_dump()]},
+        {"role": "tool", "tool_call_id": message.tool_calls[0].id, "content": '{"temperature": 21}'},
+    ]
+    again = client.chat.completions.create(model=stem(smollm2_path), messages=follow, tools=[WEATHER_TOOL], max_tokens=16, **GREEDY)
+    ChatCompletion.model_validate(again.model_dump())
+
+
 def test_chat_stream_wire_format_and_include_usage(http: httpx.Client) -> None:
     chunks = stream_chat(
         http, {"messages": QUESTION, "max_tokens": 8, "stream_options": {"include_usage": True}, **GREEDY}
