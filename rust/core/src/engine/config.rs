@@ -83,12 +83,15 @@ fn positive(name: &str, v: Option<usize>) -> Result<Option<usize>> {
 }
 
 /// `total_memory`: device memory (or system memory on the CPU); `weight_bytes`: parameters already
-/// resident; `kv_elem_bytes`: bytes per cached K or V element.
+/// resident; `runtime_bytes`: what the device runtime holds besides (on CUDA the context, cuBLAS
+/// workspaces, kernel modules and CUDA-graph memory: measured at about 0.6 GiB on an H100);
+/// `kv_elem_bytes`: bytes per cached K or V element.
 pub fn infer_sizes(
     args: &EngineArgs,
     model: &ModelConfig,
     total_memory: u64,
     weight_bytes: u64,
+    runtime_bytes: u64,
     kv_elem_bytes: usize,
 ) -> Result<EngineSizes> {
     let max_num_seq_arg = positive("max_num_sequence", args.max_num_sequence)?;
@@ -110,7 +113,8 @@ pub fn infer_sizes(
     let hidden = model.hidden_size as u64;
     let workspace = (chunk_default as u64) * (hidden * 4 + model.intermediate_size as u64 * 3) * 4
         + max_num_seq as u64 * model.vocab_size as u64 * 16
-        + (48 << 20);
+        + (48 << 20)
+        + runtime_bytes;
     let kv_per_token = model.kv_bytes_per_token(kv_elem_bytes) as u64;
     let budget = (total_memory as f64 * util) as i64 - weight_bytes as i64 - workspace as i64;
     if budget <= kv_per_token as i64 * block as i64 && max_total_arg.is_none() {

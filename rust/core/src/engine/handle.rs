@@ -251,7 +251,9 @@ pub fn build(model: &str, device: &str, args: &EngineArgs) -> Result<(EngineCore
     let quant = if quantized { QuantMode::Quantized } else { QuantMode::Dequantize };
     let loaded = loader::load(model, &device, dtype, quant)?;
     let cfg = loaded.config.clone();
-    let sizes: EngineSizes = infer_sizes(args, &cfg, memory_bytes(&device), weight_bytes(&cfg, elem_bytes), elem_bytes)?;
+    // The CUDA context, cuBLAS workspaces and graph memory live outside the weights and the KV cache.
+    let runtime = if device.is_cuda() { 1u64 << 30 } else { 0 };
+    let sizes: EngineSizes = infer_sizes(args, &cfg, memory_bytes(&device), weight_bytes(&cfg, elem_bytes), runtime, elem_bytes)?;
     if args.verbose {
         log::info!(
             "mode={:?}: max_num_sequence={}, max_total_sequence_length={}, prefill_chunk_size={}, kv blocks={}x{} (memory allows {} tokens)",
