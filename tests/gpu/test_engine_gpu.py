@@ -271,3 +271,67 @@ def test_cuda_graph_decode_matches_eager_decode(core, tiny_llama):
     assert off_meta["graph_replays"] == 0, result
     assert all(same), result
     assert result["logprob_max_abs_diff"] < 1e-4, result
+
+
+def test_64_concurrent_requests_with_aborts_match_one_at_a_time(core, tiny_llama):
+    """64 requests at once on cuda:0 (f32: only summation order may differ between batch shapes), 16 aborted
+    while running: every other request's greedy tokens equal the same request run alone, and afterwards every
+    KV block is free. Half the requests ask for logprobs, so both the device argmax and the device sampler run
+    (a step with any logprobs request samples on the device)."""
+    rng = random.Random(11)
+    n = 64
+    prompts = [[rng.randrange(3, 1024) for _ in range(rng.randrange(1, 300))] for _ in range(n)]
+    lengths = [rng.randrange(8, 48) for _ in range(n)]
+    params = [{"temperature": 0, "max_tokens": lengths[i], "ignore_eos": True, **({"logprobs": True} if i % 2 else {})}
+              for i in range(n)]
+    aborted = set(rng.sample(range(n), 16))
+    config = {"verbose": False, "dtype": "float32", "max_total_sequence_length": 65536, "max_num_sequence": n}
+    eng = core.Engine(str(tiny_llama), "cuda:0", json.dumps(config))
+    out = {i: [] for i in range(n)}
+    reasons = {}
+    try:
+        for i in range(n):
+            eng.add_request(f"r{i}", prompts[i], json.dumps(params[i]))
+        polls, deadline = 0, time.time() + 300
+        while len(reasons) < n:
+            assert time.time() < deadline, sorted(reasons)
+            for d in eng.poll(1000):
+                i = int(d["request_id"][1:])
+                assert d.get("error") is None, d
+                out[i] += d["token_ids"]
+                if d["finish_reason"] is not None:
+                    reasons[i] = d["finish_reason"]
+            polls += 1
+            if polls == 3:  # mid-run: most requests are decoding
+                for i in aborted:
+                    eng.abort(f"r{i}")
+        metrics = json.loads(eng.metrics())
+    finally:
+        eng.terminate()
+    single = {}
+    eng = core.Engine(str(tiny_llama), "cuda:0", json.dumps({**config, "max_num_sequence": 1}))
+    try:
+        for i in range(n):
+            if i in aborted and reasons[i] == "abort":
+                continue
+            eng.add_request(f"s{i}", prompts[i], json.dumps(params[i]))
+            ids = []
+            while True:
+                ds = eng.poll(1000)
+                for d in ds:
+                    ids += d["token_ids"]
+                if any(d["finish_reason"] is not None for d in ds):
+                    break
+            single[i] = ids
+    finally:
+        eng.terminate()
+    same = [i for i in single if single[i] == out[i]]
+    result = {"requests": n, "aborted": sum(r == "abort" for r in reasons.values()), "compared": len(single),
+              "identical": len(same), "max_batch": metrics["max_batch_size_seen"],
+              "free_blocks": metrics["num_free_blocks"], "total_blocks": metrics["num_total_blocks"],
+              "graph_replays": metrics.get("cuda_graph_replays")}
+    _record("concurrent_64_with_aborts_vs_single", result)
+    assert result["aborted"] >= 1 and result["max_batch"] > 32, result
+    assert all(reasons[i] == "length" for i in single), result
+    assert len(same) == len(single), [i for i in single if i not in same]
+    assert result["free_blocks"] == result["total_blocks"], result
