@@ -7,6 +7,8 @@
 
 pub mod attention;
 #[cfg(feature = "cuda")]
+mod cuda_args;
+#[cfg(feature = "cuda")]
 pub mod cuda_graph;
 pub mod device;
 pub mod engine;

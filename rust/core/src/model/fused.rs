@@ -268,39 +268,18 @@ mod cuda {
     use crate::model::config::RopeStyle;
     use candle_core::backend::{BackendDevice, BackendStorage};
     use candle_core::cuda_backend::cudarc::driver::{
-        CudaSlice, CudaStream, CudaView, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg, SyncOnDrop,
+        CudaStream, CudaView, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg, SyncOnDrop,
     };
     use candle_core::cuda_backend::{CudaDType, WrapErr};
     use candle_core::{bail, CudaDevice, CudaStorage, DType, Layout, Result, Shape, Storage, Tensor};
     use mlc_kernels::{self as kernels, FusedOp, KernelDType};
     use std::ops::Range;
+    use crate::cuda_args::{contiguous, kernel_dtype, to_u32, view};
     use std::sync::Arc;
 
-    fn kernel_dtype(dtype: DType, op: &str) -> Result<KernelDType> {
-        match dtype {
-            DType::F32 => Ok(KernelDType::F32),
-            DType::BF16 => Ok(KernelDType::BF16),
-            DType::F16 => Ok(KernelDType::F16),
-            other => bail!("{op}: no CUDA kernel for {other:?} (f32, bf16, f16 only)"),
-        }
-    }
 
-    fn contiguous(layout: &Layout, what: &str) -> Result<Range<usize>> {
-        match layout.contiguous_offsets() {
-            Some((start, end)) => Ok(start..end),
-            None => bail!("{what} must be contiguous"),
-        }
-    }
 
-    fn to_u32(v: usize, what: &str) -> Result<u32> {
-        u32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("{what} = {v} does not fit u32")))
-    }
 
-    fn view<'a, T>(s: &'a CudaSlice<T>, range: Range<usize>, what: &str) -> Result<CudaView<'a, T>> {
-        let len = s.len();
-        s.try_slice(range.clone())
-            .ok_or_else(|| candle_core::Error::Msg(format!("{what}: range {range:?} outside a buffer of {len}")))
-    }
 
     /// The kernel `op` for `dtype`, loaded once per device.
     macro_rules! func {

@@ -174,37 +174,16 @@ mod cuda {
 
     use super::check_shape;
     use candle_core::backend::BackendStorage;
-    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
     use candle_core::cuda_backend::{CudaDType, WrapErr};
     use candle_core::{bail, CudaStorage, DType, Layout, Result, Shape};
     use mlc_kernels::{self as kernels, KernelDType, Q4Kernel};
     use std::ops::Range;
+    use crate::cuda_args::{contiguous, kernel_dtype, to_u32, view};
 
-    fn kernel_dtype(dtype: DType, op: &str) -> Result<KernelDType> {
-        match dtype {
-            DType::F32 => Ok(KernelDType::F32),
-            DType::BF16 => Ok(KernelDType::BF16),
-            DType::F16 => Ok(KernelDType::F16),
-            other => bail!("{op}: no CUDA kernel for {other:?} (f32, bf16, f16 only)"),
-        }
-    }
 
-    fn contiguous(layout: &Layout, what: &str) -> Result<Range<usize>> {
-        match layout.contiguous_offsets() {
-            Some((start, end)) => Ok(start..end),
-            None => bail!("{what} must be contiguous"),
-        }
-    }
 
-    fn to_u32(v: usize, what: &str) -> Result<u32> {
-        u32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("{what} = {v} does not fit u32")))
-    }
 
-    fn view<'a, T>(s: &'a CudaSlice<T>, range: Range<usize>, what: &str) -> Result<CudaView<'a, T>> {
-        let len = s.len();
-        s.try_slice(range.clone())
-            .ok_or_else(|| candle_core::Error::Msg(format!("{what}: range {range:?} outside a buffer of {len}")))
-    }
 
     // candle does not export the type of a loaded function, so callers load it themselves by this name.
     fn func_name(kernel: Q4Kernel, dtype: KernelDType) -> Result<&'static str> {
