@@ -11,6 +11,8 @@
 //! encoded with `add_special_tokens = false`, as HF's `apply_chat_template(tokenize=True)` does.
 
 mod clock;
+pub mod conv_template;
+mod conv_template_builtin;
 mod detokenizer;
 mod gguf;
 mod hf;
