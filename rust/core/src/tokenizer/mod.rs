@@ -23,6 +23,7 @@ mod token_bytes;
 
 use std::collections::HashSet;
 
+pub use conv_template::{ConvTemplate, RenderedPrompt};
 pub use detokenizer::IncrementalDetokenizer;
 pub use template::ChatTemplate;
 
