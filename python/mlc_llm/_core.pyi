@@ -5,12 +5,24 @@ plain data (so the binding stays small and the schema lives in one place per sid
 releases the GIL while it waits. Errors are raised as the classes in `mlc_llm.protocol.errors`.
 """
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 __version__: str
 
 def cuda_device_count() -> int:
     """Number of CUDA devices this build can see (0 on a CPU-only build)."""
+
+def convert_weight(
+    source: str, quantization: str, output: str, progress: Optional[Callable[[int, int, str], None]] = None
+) -> str:
+    """Converts the HF checkpoint `source` into an MLC tensor cache in `output` (`progress(done, total, name)`
+    after each parameter). Returns the report as JSON: output, quantization, num_tensors, param_bytes,
+    source_params, bits_per_param, num_shards."""
+
+def conv_template_json(name: str) -> Optional[str]:
+    """The built-in MLC conversation template `name` as a JSON object, None if unknown."""
+
+def conv_template_names() -> List[str]: ...
 
 def device_smoke_test(device: str) -> str:
     """Runs a small matmul on `device` and compares it with the CPU; returns a one-line report."""

@@ -15,6 +15,8 @@ SUBCOMMANDS: Dict[str, Tuple[str, str]] = {
     "chat": ("mlc_llm.cli.chat", "chat with a model in the terminal"),
     "serve": ("mlc_llm.cli.serve", "serve a model behind an OpenAI-compatible REST API"),
     "bench": ("mlc_llm.cli.bench", "benchmark an OpenAI-compatible endpoint (throughput, TTFT, ITL, latency)"),
+    "convert_weight": ("mlc_llm.cli.convert_weight", "convert HF weights to an MLC tensor cache (q0f16, q4f16_1, ...)"),
+    "gen_config": ("mlc_llm.cli.gen_config", "write mlc-chat-config.json and copy the tokenizer"),
 }
 
 # Exit status of a command line that cannot run (argparse uses the same for usage errors).
@@ -24,7 +26,7 @@ EXIT_USAGE = 2
 def _top_parser() -> Tuple[argparse.ArgumentParser, "argparse._SubParsersAction[argparse.ArgumentParser]"]:
     parser = argparse.ArgumentParser(
         prog="mlc_llm",
-        description="MLC LLM command line: chat with, serve and benchmark language models.",
+        description="MLC LLM command line: chat with, serve and benchmark language models, and convert weights.",
     )
     parser.add_argument("--version", action="version", version=f"mlc_llm {_version()}")
     subparsers = parser.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", title="subcommands")

@@ -6,6 +6,7 @@
 //! (token ids, text, logprobs, finish reason) flow back.
 
 pub mod attention;
+pub mod convert;
 #[cfg(feature = "cuda")]
 mod cuda_args;
 #[cfg(feature = "cuda")]
@@ -17,6 +18,7 @@ pub mod grammar;
 pub mod kv_cache;
 pub mod loader;
 pub mod model;
+pub mod quant;
 pub mod request;
 pub mod runner;
 pub mod sampler;

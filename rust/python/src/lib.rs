@@ -1,10 +1,12 @@
 //! The native module `mlc_llm._core`: a thin binding over `mlc_core`. Every call converts to owned
 //! Rust values, releases the GIL while it waits, and maps errors once (see `errors.rs`).
 
+mod convert;
 mod engine;
 mod errors;
 mod testing;
 mod testing_fused;
+mod testing_logits;
 mod testing_sampling;
 mod testing_q4;
 
@@ -28,8 +30,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::Engine>()?;
     m.add_function(wrap_pyfunction!(cuda_device_count, m)?)?;
     m.add_function(wrap_pyfunction!(device_smoke_test, m)?)?;
+    convert::register(m)?;
     testing::register(m)?;
     testing_fused::register(m)?;
+    testing_logits::register(m)?;
     testing_sampling::register(m)?;
     testing_q4::register(m)?;
     Ok(())

@@ -1,7 +1,10 @@
 //! Finds a model on disk and gives its weights by their Hugging Face names, whatever the file format.
 
 mod gguf;
+mod mlc;
+pub mod mlc_config;
 mod safetensors;
+pub mod tensor_cache;
 
 use crate::error::{EngineError, Result};
 use crate::model::config::ModelConfig;
@@ -11,7 +14,10 @@ use candle_core::{DType, Device, Tensor};
 use std::path::{Path, PathBuf};
 
 pub use gguf::GgufWeights;
+pub use mlc::MlcWeights;
+pub use mlc_config::{MlcChatConfig, Quantization};
 pub use safetensors::SafetensorsWeights;
+pub(crate) use safetensors::load as load_safetensors;
 
 /// How GGUF-quantized weights are used on the CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +31,7 @@ pub enum QuantMode {
 pub enum Weights {
     Gguf(GgufWeights),
     Safetensors(SafetensorsWeights),
+    Mlc(MlcWeights),
 }
 
 impl Weights {
@@ -32,18 +39,21 @@ impl Weights {
         match self {
             Weights::Gguf(w) => w.tensor(name),
             Weights::Safetensors(w) => w.tensor(name),
+            Weights::Mlc(w) => w.tensor(name),
         }
     }
     pub fn linear(&self, name: &str, bias: bool) -> Result<Linear> {
         match self {
             Weights::Gguf(w) => w.linear(name, bias),
             Weights::Safetensors(w) => w.linear(name, bias),
+            Weights::Mlc(w) => w.linear(name, bias),
         }
     }
     pub fn contains(&self, name: &str) -> bool {
         match self {
             Weights::Gguf(w) => w.contains(name),
             Weights::Safetensors(w) => w.contains(name),
+            Weights::Mlc(w) => w.contains(name),
         }
     }
 }
@@ -56,6 +66,8 @@ pub struct LoadedModel {
     /// A short name for responses (`model` field) and logs.
     pub name: String,
     pub path: PathBuf,
+    /// The directory's `mlc-chat-config.json`, for MLC directories.
+    pub mlc_config: Option<MlcChatConfig>,
 }
 
 /// `model` is a GGUF file, an HF directory, or the path of a config file inside one.
@@ -69,17 +81,15 @@ pub fn load(model: &str, device: &Device, dtype: DType, quant: QuantMode) -> Res
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
             .collect();
-        if path.join("config.json").exists() {
+        // An MLC directory may also hold the HF config.json it was converted from: its weights are MLC's.
+        if path.join(mlc_config::CHAT_CONFIG).exists() {
+            return load_mlc(&path, device, dtype);
+        } else if path.join("config.json").exists() {
             (path.clone(), false)
         } else if ggufs.len() == 1 {
             (ggufs[0].clone(), true)
-        } else if path.join("mlc-chat-config.json").exists() {
-            return Err(EngineError::Unsupported(format!(
-                "{}: MLC-format weight directories (mlc-chat-config.json) are not supported yet; use an HF or GGUF model",
-                path.display()
-            )));
         } else {
-            return Err(EngineError::model_load(model, "directory holds neither config.json nor exactly one .gguf file"));
+            return Err(EngineError::model_load(model, "directory holds neither config.json, mlc-chat-config.json nor exactly one .gguf file"));
         }
     } else if path.extension().is_some_and(|x| x == "gguf") {
         (path.clone(), true)
@@ -92,12 +102,18 @@ pub fn load(model: &str, device: &Device, dtype: DType, quant: QuantMode) -> Res
     let name = model_name(&kind_path);
     if is_gguf {
         let (config, weights, tokenizer) = gguf::load(&kind_path, device, dtype, quant)?;
-        Ok(LoadedModel { config, weights: Weights::Gguf(weights), tokenizer, name, path: kind_path })
+        Ok(LoadedModel { config, weights: Weights::Gguf(weights), tokenizer, name, path: kind_path, mlc_config: None })
     } else {
         let (config, weights) = safetensors::load(&kind_path, device, dtype)?;
         let tokenizer = Tokenizer::from_hf_dir(&kind_path)?;
-        Ok(LoadedModel { config, weights: Weights::Safetensors(weights), tokenizer, name, path: kind_path })
+        Ok(LoadedModel { config, weights: Weights::Safetensors(weights), tokenizer, name, path: kind_path, mlc_config: None })
     }
+}
+
+fn load_mlc(dir: &Path, device: &Device, dtype: DType) -> Result<LoadedModel> {
+    let (config, chat, weights) = mlc::load(dir, device, dtype)?;
+    let tokenizer = Tokenizer::from_hf_dir(dir)?;
+    Ok(LoadedModel { config, weights: Weights::Mlc(weights), tokenizer, name: model_name(dir), path: dir.to_path_buf(), mlc_config: Some(chat) })
 }
 
 fn model_name(path: &Path) -> String {

@@ -1,0 +1,172 @@
+//! MLC model directories: parameters from the tensor cache, served under HF names. MLC fuses q/k/v
+//! (`qkv_proj`, or `c_attn` for Qwen) and gate/up (`gate_up_proj`) into one matrix each; the model asks for
+//! the HF parts, so the fused rows are split here (and stacked back by the model where that pays off).
+//! 4-bit weights with f16 scales stay quantized as GGML Q4_0 blocks (exact, see [`crate::quant::group4`]);
+//! other scale types are dequantized at load.
+
+use super::mlc_config::{MlcChatConfig, Quantization};
+use super::tensor_cache::{self, RawParam};
+use crate::error::{EngineError, Result};
+use crate::model::config::ModelConfig;
+use crate::model::linear::{Linear, Weight};
+use crate::quant::group4::{self, ScaleType};
+use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul};
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub struct MlcWeights {
+    params: HashMap<String, RawParam>,
+    quant: Quantization,
+    /// The fused attention projection's name: `qkv_proj` (Llama, Mistral) or `c_attn` (Qwen2/3).
+    attn_fused: &'static str,
+    q_rows: usize,
+    kv_rows: usize,
+    ffn_rows: usize,
+    device: Device,
+    dtype: DType,
+    dir: PathBuf,
+}
+
+/// Which stored matrix holds an HF-named one, and which of its rows.
+struct Source {
+    base: String,
+    rows: Option<(usize, usize)>,
+}
+
+pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<(ModelConfig, MlcChatConfig, MlcWeights)> {
+    let chat = MlcChatConfig::read(dir)?;
+    let shown = dir.join(super::mlc_config::CHAT_CONFIG).display().to_string();
+    let quant = chat.quantization(&shown)?;
+    let config = chat.model_config(&shown)?;
+    let params = tensor_cache::read_params(dir)?;
+    let attn_fused = if params.keys().any(|k| k.contains(".self_attn.c_attn.")) { "c_attn" } else { "qkv_proj" };
+    let weights = MlcWeights {
+        params,
+        quant,
+        attn_fused,
+        q_rows: config.num_attention_heads * config.head_dim,
+        kv_rows: config.num_key_value_heads * config.head_dim,
+        ffn_rows: config.intermediate_size,
+        device: device.clone(),
+        dtype,
+        dir: dir.to_path_buf(),
+    };
+    Ok((config, chat, weights))
+}
+
+impl MlcWeights {
+    fn error(&self, message: impl Into<String>) -> EngineError {
+        EngineError::model_load(self.dir.display().to_string(), message)
+    }
+
+    /// `model.layers.3.self_attn.k_proj` -> rows of `model.layers.3.self_attn.qkv_proj`.
+    fn source(&self, hf_prefix: &str) -> Source {
+        let Some((layer, module)) = hf_prefix.split_once(".self_attn.").or_else(|| hf_prefix.split_once(".mlp.")) else {
+            return Source { base: hf_prefix.to_string(), rows: None };
+        };
+        let (q, kv, ffn) = (self.q_rows, self.kv_rows, self.ffn_rows);
+        let (fused, rows) = match module {
+            "q_proj" => (format!("{layer}.self_attn.{}", self.attn_fused), (0, q)),
+            "k_proj" => (format!("{layer}.self_attn.{}", self.attn_fused), (q, kv)),
+            "v_proj" => (format!("{layer}.self_attn.{}", self.attn_fused), (q + kv, kv)),
+            "gate_proj" => (format!("{layer}.mlp.gate_up_proj"), (0, ffn)),
+            "up_proj" => (format!("{layer}.mlp.gate_up_proj"), (ffn, ffn)),
+            _ => return Source { base: hf_prefix.to_string(), rows: None },
+        };
+        Source { base: fused, rows: Some(rows) }
+    }
+
+    fn param(&self, name: &str) -> Result<&RawParam> {
+        self.params.get(name).ok_or_else(|| self.error(format!("parameter {name} is not in the tensor cache")))
+    }
+
+    pub fn contains(&self, hf: &str) -> bool {
+        let (prefix, suffix) = hf.rsplit_once('.').unwrap_or((hf, ""));
+        let base = self.source(prefix).base;
+        self.params.contains_key(&format!("{base}.{suffix}")) || (suffix == "weight" && self.params.contains_key(&format!("{base}.q_weight")))
+    }
+
+    /// A float parameter (`[rows, ...]`), optionally a row range of it, in the compute dtype.
+    fn float_param(&self, name: &str, rows: Option<(usize, usize)>) -> Result<Tensor> {
+        let p = self.param(name)?;
+        let dtype = match p.dtype.as_str() {
+            "float32" => DType::F32,
+            "float16" => DType::F16,
+            "bfloat16" => DType::BF16,
+            other => return Err(self.error(format!("parameter {name} has dtype {other}, expected a float type"))),
+        };
+        let t = Tensor::from_raw_buffer(&p.bytes, dtype, &p.shape, &Device::Cpu)?;
+        let t = match rows {
+            Some((start, len)) => t.narrow(0, start, len)?,
+            None => t,
+        };
+        Ok(t.to_dtype(self.dtype)?.to_device(&self.device)?)
+    }
+
+    /// The named tensor (HF name), dequantized if it is stored 4-bit.
+    pub fn tensor(&self, hf: &str) -> Result<Tensor> {
+        let (prefix, suffix) = hf.rsplit_once('.').unwrap_or((hf, ""));
+        let src = self.source(prefix);
+        let dense = format!("{}.{suffix}", src.base);
+        if self.params.contains_key(&dense) || suffix != "weight" {
+            return self.float_param(&dense, src.rows);
+        }
+        let (q_weight, q_scale, rows, cols, scale) = self.packed(&src)?;
+        let values = group4::dequantize(q_weight, q_scale, rows, cols, scale);
+        Ok(Tensor::from_vec(values, (rows, cols), &Device::Cpu)?.to_dtype(self.dtype)?.to_device(&self.device)?)
+    }
+
+    /// The packed bytes of a 4-bit matrix (or its row range), with its shape and scale type.
+    fn packed(&self, src: &Source) -> Result<(&[u8], &[u8], usize, usize, ScaleType)> {
+        let Quantization::Group4(scale) = self.quant else {
+            return Err(self.error(format!("parameter {}.weight is not in the tensor cache", src.base)));
+        };
+        let w_name = format!("{}.q_weight", src.base);
+        let s_name = format!("{}.q_scale", src.base);
+        let (w, s) = (self.param(&w_name)?, self.param(&s_name)?);
+        if w.dtype != "uint32" || w.shape.len() != 2 || s.shape.len() != 2 || s.dtype != scale.mlc_name() {
+            return Err(self.error(format!(
+                "{w_name} / {s_name}: expected uint32 [rows, cols/8] and {} [rows, cols/32], found {} {:?} and {} {:?}",
+                scale.mlc_name(), w.dtype, w.shape, s.dtype, s.shape
+            )));
+        }
+        let (all_rows, cols) = (w.shape[0], w.shape[1] * 8);
+        group4::check_sizes(&w.bytes, &s.bytes, all_rows, cols, scale).map_err(|m| self.error(format!("{w_name}: {m}")))?;
+        let (start, rows) = src.rows.unwrap_or((0, all_rows));
+        if start + rows > all_rows {
+            return Err(self.error(format!("{w_name} has {all_rows} rows, the model config needs {}", start + rows)));
+        }
+        let (wb, sb) = (cols / 2, cols / group4::GROUP * scale.size());
+        Ok((&w.bytes[start * wb..(start + rows) * wb], &s.bytes[start * sb..(start + rows) * sb], rows, cols, scale))
+    }
+
+    pub fn linear(&self, hf_prefix: &str, bias: bool) -> Result<Linear> {
+        let src = self.source(hf_prefix);
+        let bias = if bias { Some(self.float_param(&format!("{}.bias", src.base), src.rows)?) } else { None };
+        let weight = if self.params.contains_key(&format!("{}.weight", src.base)) {
+            Weight::Dense(self.float_param(&format!("{}.weight", src.base), src.rows)?)
+        } else {
+            let (q_weight, q_scale, rows, cols, scale) = self.packed(&src)?;
+            if scale == ScaleType::F16 {
+                self.q4_0(&group4::to_q4_0(q_weight, q_scale, rows, cols), rows, cols)?
+            } else {
+                let values = group4::dequantize(q_weight, q_scale, rows, cols, scale);
+                Weight::Dense(Tensor::from_vec(values, (rows, cols), &Device::Cpu)?.to_dtype(self.dtype)?.to_device(&self.device)?)
+            }
+        };
+        Ok(Linear { weight, bias })
+    }
+
+    /// Q4_0 blocks as a weight of the compute device: our CUDA kernels on a GPU, candle's quantized matmul
+    /// on the CPU.
+    fn q4_0(&self, blocks: &[u8], rows: usize, cols: usize) -> Result<Weight> {
+        #[cfg(feature = "cuda")]
+        if self.device.is_cuda() {
+            return Ok(Weight::Q4Cuda(crate::model::q4::Q4Weight::from_blocks(blocks, rows, cols, &self.device)?));
+        }
+        let q = qtensor_from_ggml(GgmlDType::Q4_0, blocks, vec![rows, cols], &self.device)?;
+        Ok(Weight::Quantized(QMatMul::QTensor(Arc::new(q))))
+    }
+}

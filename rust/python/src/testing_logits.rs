@@ -1,0 +1,31 @@
+//! Test-only entry point (underscore name, not part of the API): the logits our engine samples from, so that
+//! Python tests can compare them with independent references (numpy forward passes over other readers of the
+//! same weights).
+
+use crate::errors;
+use mlc_core::engine::{build, EngineArgs, Mode};
+use mlc_core::request::SamplingParams;
+use mlc_core::EngineError;
+use pyo3::prelude::*;
+
+/// Greedy decoding of `prompt` for `max_tokens` tokens on `device` (ignoring EOS): the new token ids and, per
+/// token, the logits row it was chosen from.
+#[pyfunction]
+fn _greedy_logits(py: Python<'_>, model: String, device: String, prompt: Vec<u32>, max_tokens: usize) -> PyResult<(Vec<u32>, Vec<Vec<f32>>)> {
+    py.detach(|| {
+        let args = EngineArgs { mode: Mode::Local, max_total_sequence_length: Some(prompt.len() + max_tokens + 16), verbose: false, ..Default::default() };
+        let (mut core, info, _) = build(&model, &device, &args)?;
+        core.capture_logits = true;
+        let params = SamplingParams { temperature: 0.0, max_tokens: Some(max_tokens), ignore_eos: true, ..Default::default() };
+        let max_new = info.validate(&prompt, &params)?;
+        core.add("r".to_string(), prompt, params, max_new);
+        let tokens = core.run_to_completion()?.into_iter().flat_map(|d| d.token_ids).collect();
+        let rows = core.captured.drain(..).map(|(_, row)| row).collect();
+        Ok::<_, EngineError>((tokens, rows))
+    })
+    .map_err(errors::to_py)
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(_greedy_logits, m)?)
+}
