@@ -15,6 +15,7 @@ pub mod device;
 pub mod engine;
 pub mod error;
 pub mod grammar;
+pub mod hub;
 pub mod kv_cache;
 pub mod loader;
 pub mod model;

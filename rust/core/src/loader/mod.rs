@@ -72,6 +72,10 @@ pub struct LoadedModel {
 
 /// `model` is a GGUF file, an HF directory, or the path of a config file inside one.
 pub fn load(model: &str, device: &Device, dtype: DType, quant: QuantMode) -> Result<LoadedModel> {
+    if let Some(local) = crate::hub::resolve(model)? {
+        let loaded = load(&local.to_string_lossy(), device, dtype, quant)?;
+        return Ok(LoadedModel { name: crate::hub::repo_id(model).unwrap_or(loaded.name.clone()), ..loaded });
+    }
     let path = PathBuf::from(model);
     if !path.exists() {
         return Err(EngineError::model_load(model, "no such file or directory"));
@@ -112,7 +116,15 @@ pub fn load(model: &str, device: &Device, dtype: DType, quant: QuantMode) -> Res
 
 fn load_mlc(dir: &Path, device: &Device, dtype: DType) -> Result<LoadedModel> {
     let (config, chat, weights) = mlc::load(dir, device, dtype)?;
-    let tokenizer = Tokenizer::from_hf_dir(dir)?;
+    let mut tokenizer = Tokenizer::from_hf_dir(dir)?;
+    if let Some(value) = &chat.conv_template {
+        match crate::tokenizer::ConvTemplate::from_config_value(value) {
+            Ok(conv) => tokenizer = tokenizer.with_conv_template(conv),
+            // A template name we do not know: the tokenizer's Jinja template (if any) still renders chats.
+            Err(e) if value.is_string() => log::warn!("{}: conv_template: {e}; using the tokenizer's chat template", dir.display()),
+            Err(e) => return Err(EngineError::model_load(dir.join(mlc_config::CHAT_CONFIG).display().to_string(), format!("field \"conv_template\": {e}"))),
+        }
+    }
     Ok(LoadedModel { config, weights: Weights::Mlc(weights), tokenizer, name: model_name(dir), path: dir.to_path_buf(), mlc_config: Some(chat) })
 }
 
