@@ -11,6 +11,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import pytest
 
-from mlc_llm import MLCEngine, MLCError, ModelLoadError
+from mlc_llm import MLCEngine, ModelLoadError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "models" / "llama3"
 REPO = "test-org/tiny-llama3"
@@ -166,6 +168,17 @@ def chat(model: str) -> Tuple[str, int]:
         engine.terminate()
 
 
+def complete(model: str) -> int:
+    """Completion tokens of a plain-prompt request: needs no chat template."""
+    engine = MLCEngine(model, device="cpu", verbose=False)
+    try:
+        response = engine.completions.create(prompt="t5 t6 t7", model=model, max_tokens=4)
+        assert response.usage is not None
+        return response.usage.completion_tokens
+    finally:
+        engine.terminate()
+
+
 def test_repo_downloads_into_the_hf_cache_then_loads_without_network(
     llama3_repo: Path, hf_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -223,45 +236,36 @@ def test_gguf_file_in_a_repository(
     assert mirror.files_requested() == [name, name], "one metadata request and one download, nothing else"
 
 
-def test_mlc_layout_fetches_the_files_its_indexes_name(
+def test_mlc_repository_fetches_the_files_its_indexes_name(
     tmp_path: Path, hf_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An MLC directory (older ndarray-cache.json name): the shards come from the index's dataPath
-    entries and the tokenizer files from mlc-chat-config.json. The weights are placeholders, so
-    loading them fails; what was fetched into one snapshot is the point."""
+    """An MLC directory made by `mlc_llm convert_weight` + `gen_config`, its index under the older
+    ndarray-cache.json name: shards come from the index's dataPath entries and tokenizer files from
+    mlc-chat-config.json's tokenizer_files; nothing else in the repository is fetched."""
     repo = tmp_path / "mlc_repo"
-    repo.mkdir()
-    config = {"model_type": "llama", "tokenizer_files": ["tokenizer.json", "tokenizer_config.json"]}
-    (repo / "mlc-chat-config.json").write_text(json.dumps(config))
-    records = [
-        {"dataPath": f"params_shard_{i}.bin", "format": "raw-shard", "nbytes": 8, "records": []} for i in range(2)
-    ]
-    (repo / "ndarray-cache.json").write_text(json.dumps({"metadata": {}, "records": records}))
-    for i in range(2):
-        (repo / f"params_shard_{i}.bin").write_bytes(bytes(8))
-    shutil.copy(FIXTURE / "tokenizer.json", repo / "tokenizer.json")
-    shutil.copy(FIXTURE / "tokenizer_config.json", repo / "tokenizer_config.json")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent / "python")}
+    for args in (
+        ["convert_weight", str(FIXTURE / "config.json"), "--quantization", "q4f16_1", "-o", str(repo)],
+        ["gen_config", str(FIXTURE), "--quantization", "q4f16_1", "--conv-template", "llama-2", "-o", str(repo)],
+    ):
+        done = subprocess.run([sys.executable, "-m", "mlc_llm", *args], capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr
+    (repo / "tensor-cache.json").rename(repo / "ndarray-cache.json")
+    model_files = sorted(os.listdir(repo))
     (repo / "README.md").write_text("not part of the model")
     mirror = HubMirror({"test-org/tiny-mlc": repo})
     monkeypatch.setenv("HF_ENDPOINT", mirror.endpoint)
     try:
-        with pytest.raises(MLCError):
-            MLCEngine("HF://test-org/tiny-mlc", device="cpu", verbose=False).terminate()
+        assert complete("HF://test-org/tiny-mlc") >= 1
     finally:
         mirror.stop()
     snapshot = snapshot_of(hf_home, "test-org/tiny-mlc", mirror.commits["test-org/tiny-mlc"])
-    expected = [
-        "mlc-chat-config.json",
-        "ndarray-cache.json",
-        "params_shard_0.bin",
-        "params_shard_1.bin",
-        "tokenizer.json",
-        "tokenizer_config.json",
-    ]
-    assert sorted(os.listdir(snapshot)) == expected
+    assert sorted(os.listdir(snapshot)) == model_files
+    assert any(name.startswith("params_shard_") for name in model_files)
     asked = mirror.files_requested()
     assert asked.index("tensor-cache.json") < asked.index("ndarray-cache.json")
     assert "config.json" not in asked and "README.md" not in asked
+    assert complete("HF://test-org/tiny-mlc") >= 1  # from the cache, server gone
 
 
 def test_missing_repository_names_endpoint_and_cache(hf_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
