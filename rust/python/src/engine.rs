@@ -91,13 +91,7 @@ impl Engine {
             None => None,
         };
         let tok = self.handle.tokenizer().clone();
-        py.detach(move || {
-            let template = tok.chat_template().ok_or_else(|| {
-                EngineError::bad_request("messages", "this model has no chat template; use completions.create with a prompt")
-            })?;
-            template.render(&messages, add_generation_prompt, tools.as_ref())
-        })
-        .map_err(to_py)
+        py.detach(move || tok.render_chat(&messages, add_generation_prompt, tools.as_ref())).map_err(to_py)
     }
 
     fn tokenize(&self, py: Python<'_>, text: String, add_special_tokens: bool) -> PyResult<Vec<u32>> {

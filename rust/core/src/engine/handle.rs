@@ -56,6 +56,8 @@ pub struct EngineInfo {
     /// Sampling defaults for fields a request leaves unset: the model's generation_config.json where it
     /// has one, else temperature 0.7 and top_p 0.95 (MLC's chat defaults).
     pub generation_defaults: serde_json::Map<String, serde_json::Value>,
+    /// Stop strings of the model's MLC conversation template, added to every request's own.
+    pub template_stop: Vec<String>,
 }
 
 impl EngineInfo {
@@ -69,11 +71,17 @@ impl EngineInfo {
             }
         }
         obj.retain(|_, x| !x.is_null());
-        serde_json::from_value(v).map_err(|e| {
+        let mut params: SamplingParams = serde_json::from_value(v).map_err(|e| {
             let msg = e.to_string();
             let field = msg.split('`').nth(1).unwrap_or("sampling parameters").to_string();
             EngineError::bad_request(field, msg)
-        })
+        })?;
+        for s in &self.template_stop {
+            if !params.stop.contains(s) {
+                params.stop.push(s.clone());
+            }
+        }
+        Ok(params)
     }
 
     /// Checks a request against the model and the sizes; returns how many tokens it may generate.
@@ -288,11 +296,12 @@ pub fn build(model: &str, device: &str, args: &EngineArgs) -> Result<(EngineCore
         bos_token: tokenizer.bos_token().map(String::from),
         eos_token: tokenizer.eos_token().map(String::from),
         eos_token_ids: tokenizer.eos_token_ids().to_vec(),
-        has_chat_template: tokenizer.chat_template().is_some(),
+        has_chat_template: tokenizer.has_chat_template(),
         mode: sizes.mode,
         quantized_matmul: quantized,
         cuda_graph: false,
-        generation_defaults: generation_defaults(&loaded.path),
+        generation_defaults: generation_defaults(&loaded.path, loaded.mlc_config.as_ref()),
+        template_stop: tokenizer.conv_template().map(|c| c.stop_strs().to_vec()).unwrap_or_default(),
     };
     let mut runner = ModelRunner::new(model_impl, kv);
     let mut info = info;
@@ -305,10 +314,17 @@ pub fn build(model: &str, device: &str, args: &EngineArgs) -> Result<(EngineCore
 }
 
 /// Sampling defaults from an HF directory's generation_config.json, else MLC's chat defaults.
-fn generation_defaults(model_path: &std::path::Path) -> serde_json::Map<String, serde_json::Value> {
+fn generation_defaults(model_path: &std::path::Path, mlc: Option<&crate::loader::MlcChatConfig>) -> serde_json::Map<String, serde_json::Value> {
     let mut out = serde_json::Map::new();
     out.insert("temperature".into(), 0.7.into());
     out.insert("top_p".into(), 0.95.into());
+    if let Some(mlc) = mlc {
+        // MLC directories carry their defaults in mlc-chat-config.json (from the model's generation config).
+        for (key, value) in mlc.generation_defaults() {
+            out.insert(key.into(), value.into());
+        }
+        return out;
+    }
     let file = if model_path.is_dir() { model_path.join("generation_config.json") } else { model_path.with_file_name("generation_config.json") };
     if let Some(cfg) = std::fs::read_to_string(file).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()) {
         for key in ["temperature", "top_p", "top_k", "repetition_penalty"] {

@@ -71,6 +71,8 @@ pub struct Tokenizer {
     eos_ids: Vec<u32>,
     add_bos: bool,
     chat_template: Option<ChatTemplate>,
+    /// An MLC conversation template (from mlc-chat-config.json): renders chat prompts in place of the Jinja one.
+    conv_template: Option<ConvTemplate>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -82,6 +84,7 @@ impl std::fmt::Debug for Tokenizer {
             .field("eos_ids", &self.eos_ids)
             .field("add_bos", &self.add_bos)
             .field("chat_template", &self.chat_template.is_some())
+            .field("conv_template", &self.conv_template.as_ref().map(|c| c.name.clone()))
             .finish()
     }
 }
@@ -141,7 +144,51 @@ impl Tokenizer {
             eos_ids,
             add_bos: parts.add_bos,
             chat_template,
+            conv_template: None,
         }
+    }
+
+    /// Renders chat prompts with MLC's conversation template `conv` from now on; its stop token ids end
+    /// generation like EOS does.
+    pub fn with_conv_template(mut self, conv: ConvTemplate) -> Self {
+        for &id in conv.stop_token_ids() {
+            if !self.eos_ids.contains(&id) {
+                self.eos_ids.push(id);
+            }
+        }
+        self.conv_template = Some(conv);
+        self
+    }
+
+    pub fn conv_template(&self) -> Option<&ConvTemplate> {
+        self.conv_template.as_ref()
+    }
+
+    /// Whether chat requests can be rendered (a conversation template or a Jinja chat template).
+    pub fn has_chat_template(&self) -> bool {
+        self.conv_template.is_some() || self.chat_template.is_some()
+    }
+
+    /// The prompt text of a chat (`messages`: the OpenAI array), to be encoded without adding special tokens.
+    /// An MLC conversation template's prefix token ids are written as their token text, which encodes back to
+    /// the same ids; Jinja templates get `tools` in their context (conversation templates ignore them).
+    pub fn render_chat(&self, messages: &serde_json::Value, add_generation_prompt: bool, tools: Option<&serde_json::Value>) -> Result<String> {
+        if let Some(conv) = &self.conv_template {
+            let rendered = conv.render(messages, add_generation_prompt)?;
+            let mut text = String::new();
+            for &id in &rendered.prefix_token_ids {
+                let token = self.inner.id_to_token(id).filter(|_| self.special_ids.contains(&id)).ok_or_else(|| {
+                    EngineError::Template(format!("system_prefix_token_ids: {id} is not a special token of this tokenizer"))
+                })?;
+                text.push_str(&token);
+            }
+            text.push_str(&rendered.text);
+            return Ok(text);
+        }
+        let template = self.chat_template.as_ref().ok_or_else(|| {
+            EngineError::bad_request("messages", "this model has no chat template; use completions.create with a prompt")
+        })?;
+        template.render(messages, add_generation_prompt, tools)
     }
 
     /// Token ids of `text`. Special-token text in `text` (e.g. `<|im_start|>`) becomes the special id.
