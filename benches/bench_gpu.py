@@ -58,6 +58,8 @@ PHASE_LIMITS = {
     "setup": (200, 40),
     "ours": (200, 40),
     "ours_q4": (120, 30),
+    "mlc_convert": (240, 40),
+    "ours_mlc": (120, 30),
     "hf": (300, 60),
 }
 
@@ -67,7 +69,7 @@ def _run_child(phase: str, python: str, args: dict, rec_path: str, timeout_s: fl
            "--child-out", rec_path]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     extra = os.environ.get("BENCH_ENGINE_PYTHONPATH")
-    if extra and phase in ("ours", "ours_q4"):
+    if extra and phase in ("ours", "ours_q4", "mlc_convert", "ours_mlc"):
         # the installed mlc_llm goes on the path of our engine's phases only (run_on_host.sh)
         env["PYTHONPATH"] = extra + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     t = time.perf_counter()
@@ -90,10 +92,14 @@ def _child_main(phase: str, args_json: str, out: str) -> None:
     a = json.loads(args_json)
     rec = Recorder(out, phase)
     try:
-        if phase == "ours" or phase == "ours_q4":
+        if phase in ("ours", "ours_q4", "ours_mlc"):
             from gpu.phase_ours import phase_ours
 
             phase_ours(a, rec)
+        elif phase == "mlc_convert":
+            from gpu.mlc_convert import phase_mlc_convert
+
+            phase_mlc_convert(a, rec)
         elif phase == "setup":
             from gpu.phase_torch import phase_setup
 
@@ -196,7 +202,7 @@ def print_table(result: dict) -> None:
     print(hdr)
     print("-" * len(hdr))
     hf = {(r["batch"], r["precision"]): r.get("decode_tok_s") for r in result["rows"] if r["engine"] == "hf"}
-    order = sorted(result["rows"], key=lambda r: (r["precision"] == "q4_0", r["batch"], r["engine"] != "ours"))
+    order = sorted(result["rows"], key=lambda r: (r["precision"] in ("q4_0", "q4f16_1"), r["batch"], r["engine"] != "ours"))
     for r in order:
         name = "ours (mlc_llm)" if r["engine"] == "ours" else "HF transformers"
         note = r.get("mode", "")
@@ -251,6 +257,8 @@ def main() -> None:
     ap.add_argument("--hf-reps", type=int, default=3, help="timed generate runs per batch after the warmup")
     ap.add_argument("--hf-mode", default="static", choices=["static", "eager"])
     ap.add_argument("--gguf-q4", action="store_true", help="also write a Q4_0 GGUF and run our engine on it")
+    ap.add_argument("--mlc-q4", action="store_true",
+                    help="also convert the model to MLC q4f16_1 with `mlc_llm convert_weight` and run our engine on it")
     ap.add_argument("--gguf-type", default="q4_0", choices=["q4_0", "f16", "f32"], help=argparse.SUPPRESS)
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--skip-ours", action="store_true")
@@ -268,6 +276,7 @@ def main() -> None:
     shape = shapes.SHAPES[args.shape]
     model_dir = args.model_dir or f"/tmp/mlc_bench_{args.shape}"
     gguf_path = model_dir.rstrip("/") + f"_{args.gguf_type}.gguf" if args.gguf_q4 else None
+    mlc_dir = model_dir.rstrip("/") + "_q4f16_1-MLC" if args.mlc_q4 else None
     cuda = args.device == "cuda"
     torch_device = "cuda:0" if cuda else "cpu"
     ints = lambda s: [int(x) for x in s.split(",") if x.strip()]  # noqa: E731
@@ -291,7 +300,7 @@ def main() -> None:
                       hf_batches=ints(args.hf_batches), q4_batches=ints(args.q4_batches),
                       ttft_prompt=args.ttft_prompt, ttft_reps=args.ttft_reps, hf_reps=args.hf_reps,
                       hf_mode=args.hf_mode, init_std=args.init_std, seed=args.seed, budget_s=args.budget_s,
-                      model_dir=model_dir, gguf=gguf_path),
+                      model_dir=model_dir, gguf=gguf_path, mlc_dir=mlc_dir),
         # GPU.md anchors (H100): used only when the bandwidth phase fails, and flagged in the output
         fallback_bandwidth_Bps=3.03e12 if cuda else 20e9,
         fallback_matmul_flops=7.98e14 if cuda else 1e11,
@@ -324,6 +333,8 @@ def main() -> None:
         plan.append("ours")
     if args.gguf_q4:
         plan.append("ours_q4")
+    if args.mlc_q4:
+        plan += ["mlc_convert", "ours_mlc"]
     if not args.skip_hf:
         plan.append("hf")
     if args.skip_hf:
@@ -341,7 +352,7 @@ def main() -> None:
         timeout = min(cap, left - later_least) if cuda else min(cap, left)
         info: Dict[str, object] = dict(status="skipped", wall_s=0.0, errors=[])
         result["phases"][phase] = info
-        if phase in ("ours", "ours_q4", "hf") and not setup_ok:
+        if phase in ("ours", "ours_q4", "mlc_convert", "ours_mlc", "hf") and not setup_ok:
             info["reason"] = "setup failed: no model"
             result["skipped"].append(dict(engine=phase, reason="setup failed: no model"))
             save()
@@ -356,12 +367,16 @@ def main() -> None:
         python = args.torch_python
         if phase == "setup":
             a.update(gguf_path=gguf_path, gguf_type=args.gguf_type)
-        elif phase in ("ours", "ours_q4"):
+        elif phase in ("ours", "ours_q4", "ours_mlc"):
             python = sys.executable
-            q4 = phase == "ours_q4"
-            a.update(model=gguf_path if q4 else model_dir, engine_device="cuda:0" if cuda else "cpu",
-                     precision=args.gguf_type if q4 else ("bf16" if cuda else "f32"),
+            q4 = phase != "ours"
+            model = {"ours": model_dir, "ours_q4": gguf_path, "ours_mlc": mlc_dir}[phase]
+            precision = {"ours": "bf16" if cuda else "f32", "ours_q4": args.gguf_type, "ours_mlc": "q4f16_1"}[phase]
+            a.update(model=model, engine_device="cuda:0" if cuda else "cpu", precision=precision,
                      batches=ints(args.q4_batches) if q4 else ints(args.batches), ttft=not q4)
+        elif phase == "mlc_convert":
+            python = sys.executable
+            a.update(mlc_dir=mlc_dir)
         elif phase == "hf":
             a.update(batches=ints(args.hf_batches), hf_reps=args.hf_reps, hf_mode=args.hf_mode, ttft=True,
                      deadline=time.time() + timeout - 5,
@@ -393,6 +408,8 @@ def main() -> None:
                 result["skipped"].append({k: v for k, v in r.items() if k != "kind"})
             elif r["kind"] == "gguf":
                 result["gguf"] = {k: v for k, v in r.items() if k != "kind"}
+            elif r["kind"] == "mlc_convert":
+                result["mlc_convert"] = {k: v for k, v in r.items() if k != "kind"}
         if phase == "setup" and not done:
             setup_ok = False
         if phase == "bandwidth" and "bandwidth" not in result:

@@ -76,7 +76,9 @@ def counts(shape: dict) -> dict:
 def weight_bytes_per_step(shape: dict, precision: str, batch: int) -> float:
     """Weight bytes one forward step must read: linear layers (incl. lm_head), norms, `batch` embedding rows."""
     c = counts(shape)
-    per_weight = {"bf16": 2.0, "f16": 2.0, "f32": 4.0, "q4_0": Q4_0_BYTES_PER_WEIGHT}[precision]
+    # q4f16_1 runs as the same Q4_0 blocks (18 bytes per 32 weights) after a lossless repack at load.
+    per_weight = {"bf16": 2.0, "f16": 2.0, "f32": 4.0, "q4_0": Q4_0_BYTES_PER_WEIGHT,
+                  "q4f16_1": Q4_0_BYTES_PER_WEIGHT}[precision]
     act = 4.0 if precision == "f32" else 2.0  # norms and activations: the compute dtype (bf16 on GPUs)
     return c["linear_params"] * per_weight + c["norm_params"] * act + batch * shape["hidden_size"] * act
 

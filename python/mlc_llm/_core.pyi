@@ -40,12 +40,14 @@ class Engine:
         Raises ModelLoadError (missing / corrupt model), BadRequestError (bad configuration).
         """
     def info(self) -> str:
-        """JSON: {"model", "model_path", "architecture", "device", "vocab_size", "context_window_size",
+        """JSON: {"model", "model_path", "architecture", "device", "dtype", "vocab_size", "context_window_size",
         "max_num_sequence", "max_total_sequence_length", "prefill_chunk_size", "kv_block_size",
         "num_kv_blocks", "bos_token", "eos_token", "eos_token_ids": [int], "has_chat_template": bool,
-        "mode", "quantized_matmul": bool, "generation_defaults": {field: value}}"""
+        "mode", "quantized_matmul": bool, "cuda_graph": bool, "generation_defaults": {field: value},
+        "template_stop": [str]}"""
     def apply_chat_template(self, messages_json: str, add_generation_prompt: bool, tools_json: Optional[str]) -> str:
-        """Renders the model's chat template. messages_json: a JSON list of OpenAI-style message dicts."""
+        """Renders the model's chat prompt: its MLC conversation template (mlc-chat-config.json) if it has one,
+        else its Jinja chat template. messages_json: a JSON list of OpenAI-style message dicts."""
     def tokenize(self, text: str, add_special_tokens: bool) -> List[int]: ...
     def detokenize(self, token_ids: List[int]) -> str: ...
     def add_request(self, request_id: str, prompt_token_ids: List[int], params_json: str) -> None:

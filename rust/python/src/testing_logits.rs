@@ -8,12 +8,19 @@ use mlc_core::request::SamplingParams;
 use mlc_core::EngineError;
 use pyo3::prelude::*;
 
-/// Greedy decoding of `prompt` for `max_tokens` tokens on `device` (ignoring EOS): the new token ids and, per
-/// token, the logits row it was chosen from.
+/// Greedy decoding of `prompt` for `max_tokens` tokens on `device` (ignoring EOS; `dtype` as the engine's
+/// argument, None for the default): the new token ids and, per token, the logits row it was chosen from.
 #[pyfunction]
-fn _greedy_logits(py: Python<'_>, model: String, device: String, prompt: Vec<u32>, max_tokens: usize) -> PyResult<(Vec<u32>, Vec<Vec<f32>>)> {
+#[pyo3(signature = (model, device, prompt, max_tokens, dtype=None))]
+fn _greedy_logits(py: Python<'_>, model: String, device: String, prompt: Vec<u32>, max_tokens: usize, dtype: Option<String>) -> PyResult<(Vec<u32>, Vec<Vec<f32>>)> {
     py.detach(|| {
-        let args = EngineArgs { mode: Mode::Local, max_total_sequence_length: Some(prompt.len() + max_tokens + 16), verbose: false, ..Default::default() };
+        let args = EngineArgs {
+            mode: Mode::Local,
+            max_total_sequence_length: Some(prompt.len() + max_tokens + 16),
+            dtype,
+            verbose: false,
+            ..Default::default()
+        };
         let (mut core, info, _) = build(&model, &device, &args)?;
         core.capture_logits = true;
         let params = SamplingParams { temperature: 0.0, max_tokens: Some(max_tokens), ignore_eos: true, ..Default::default() };

@@ -38,6 +38,8 @@ pub struct EngineInfo {
     pub model_path: String,
     pub architecture: String,
     pub device: String,
+    /// The compute dtype of weights, activations and KV cache: float32, bfloat16 or float16.
+    pub dtype: String,
     pub vocab_size: usize,
     pub context_window_size: usize,
     pub max_num_sequence: usize,
@@ -245,9 +247,14 @@ impl Drop for EngineHandle {
 /// Loads the model and sizes the engine: everything that can fail happens here, on the caller's thread.
 pub fn build(model: &str, device: &str, args: &EngineArgs) -> Result<(EngineCore, EngineInfo, Arc<Tokenizer>)> {
     let device = parse_device(device)?;
-    // CPU computes in f32 (bf16 weights are upcast); GPUs run bf16 weights, activations and KV cache.
+    // HF:// paths are fetched (or found in the cache) once, here; the loader then reads local files.
+    let local = crate::hub::resolve(model)?;
+    let path = local.as_ref().map(|p| p.to_string_lossy().into_owned()).unwrap_or_else(|| model.to_string());
+    // CPU computes in f32 (16-bit weights are widened); GPUs keep a checkpoint's own 16-bit type (f16 or bf16)
+    // for weights, activations and KV cache, and run bf16 otherwise.
     let dtype = match args.dtype.as_deref() {
-        None | Some("auto") => if device.is_cuda() { candle_core::DType::BF16 } else { candle_core::DType::F32 },
+        None | Some("auto") if device.is_cuda() => loader::native_dtype(&path).unwrap_or(candle_core::DType::BF16),
+        None | Some("auto") => candle_core::DType::F32,
         Some("float32") | Some("f32") => candle_core::DType::F32,
         Some("bfloat16") | Some("bf16") => candle_core::DType::BF16,
         Some("float16") | Some("f16") => candle_core::DType::F16,
@@ -257,7 +264,10 @@ pub fn build(model: &str, device: &str, args: &EngineArgs) -> Result<(EngineCore
     // MLC_QUANTIZED_MATMUL=1 opts in without an API change (the Python signature follows MLC's).
     let quantized = args.quantized_matmul || std::env::var("MLC_QUANTIZED_MATMUL").is_ok_and(|v| v == "1");
     let quant = if quantized { QuantMode::Quantized } else { QuantMode::Dequantize };
-    let loaded = loader::load(model, &device, dtype, quant)?;
+    let mut loaded = loader::load(&path, &device, dtype, quant)?;
+    if local.is_some() {
+        loaded.name = crate::hub::repo_id(model).unwrap_or(loaded.name);
+    }
     let cfg = loaded.config.clone();
     // The CUDA context, cuBLAS workspaces and graph memory live outside the weights and the KV cache.
     let runtime = if device.is_cuda() { 1u64 << 30 } else { 0 };
@@ -286,6 +296,7 @@ pub fn build(model: &str, device: &str, args: &EngineArgs) -> Result<(EngineCore
         model_path: loaded.path.display().to_string(),
         architecture: cfg.architecture.name().to_string(),
         device: device_name(&device),
+        dtype: dtype_name(dtype).to_string(),
         vocab_size: cfg.vocab_size,
         context_window_size: sizes.max_single_sequence_length.min(sizes.max_total_sequence_length),
         max_num_sequence: sizes.max_num_sequence,
@@ -314,6 +325,14 @@ pub fn build(model: &str, device: &str, args: &EngineArgs) -> Result<(EngineCore
 }
 
 /// Sampling defaults from an HF directory's generation_config.json, else MLC's chat defaults.
+fn dtype_name(dtype: candle_core::DType) -> &'static str {
+    match dtype {
+        candle_core::DType::F16 => "float16",
+        candle_core::DType::BF16 => "bfloat16",
+        _ => "float32",
+    }
+}
+
 fn generation_defaults(model_path: &std::path::Path, mlc: Option<&crate::loader::MlcChatConfig>) -> serde_json::Map<String, serde_json::Value> {
     let mut out = serde_json::Map::new();
     out.insert("temperature".into(), 0.7.into());

@@ -114,6 +114,28 @@ pub fn load(model: &str, device: &Device, dtype: DType, quant: QuantMode) -> Res
     }
 }
 
+/// The 16-bit type a model's weights are stored in (HF `torch_dtype` / `dtype`, an MLC quantization's model
+/// dtype); `None` for f32, GGUF files and anything unreadable.
+pub fn native_dtype(model: &str) -> Option<DType> {
+    let path = PathBuf::from(model);
+    if path.extension().is_some_and(|x| x == "gguf") {
+        return None;
+    }
+    let dir = if path.is_dir() { path } else { path.parent()?.to_path_buf() };
+    let sixteen = |name: &str| match name {
+        "float16" => Some(DType::F16),
+        "bfloat16" => Some(DType::BF16),
+        _ => None,
+    };
+    if dir.join(mlc_config::CHAT_CONFIG).exists() {
+        let quant = MlcChatConfig::read(&dir).ok()?.quantization(model).ok()?;
+        return sixteen(quant.model_dtype());
+    }
+    let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v.get("torch_dtype").or_else(|| v.get("dtype")).and_then(|d| d.as_str()).and_then(sixteen)
+}
+
 fn load_mlc(dir: &Path, device: &Device, dtype: DType) -> Result<LoadedModel> {
     let (config, chat, weights) = mlc::load(dir, device, dtype)?;
     let mut tokenizer = Tokenizer::from_hf_dir(dir)?;
