@@ -33,7 +33,7 @@ for g in 1 0; do
 done
 
 export MLC_GPU_RESULTS="$OUT/gpu_results.jsonl"
-MLC_REQUIRE_GPU=1 PYTHONPATH="$SITE" "$PY" -m pytest -m gpu tests/gpu/test_mlc_gpu.py tests/gpu/test_smoke.py -v -rs \
+MLC_REQUIRE_GPU=1 PYTHONPATH="$SITE" timeout "${GPU_TESTS_TIMEOUT_S:-240}" "$PY" -m pytest -m gpu ${GPU_TESTS:-tests/gpu/test_mlc_gpu.py tests/gpu/test_smoke.py} -v -rs \
     -p no:cacheprovider -o pythonpath= --confcutdir=tests/gpu > "$OUT/gpu_tests.log" 2>&1
 echo "[run_mlc_q4] gpu tests rc=$?"
 tail -n 15 "$OUT/gpu_tests.log"

@@ -13,7 +13,8 @@
 //   part_ml:           [num_partials, num_heads, 2]         f32, (running max, sum of exp) per partial
 //
 // Grid (num_work, num_heads), ATTN_THREADS threads. Each of the ATTN_WARPS warps walks every
-// ATTN_WARPS-th key of the block's partition with an online softmax in f32 (lane i holds dims i, i+32, ..);
+// ATTN_WARPS-th key of the block's partition, a batch of keys at a time, with an online softmax in f32
+// (lane i holds dims i, i+32, ..);
 // the warps are merged through shared memory at the end. A token with one partition writes `out`;
 // split tokens (decode over long contexts: flash-decoding) write partials that
 // paged_attention_combine_* merges with their log-sum-exp weights.
@@ -69,26 +70,51 @@ __device__ void paged_attention(T* __restrict__ out, float* __restrict__ part_o,
 #pragma unroll
     for (int i = 0; i < NPL; ++i) acc[i] = 0.f;
 
-    for (uint32_t j = k_begin + warp; j < k_end; j += ATTN_WARPS) {
-        const size_t base = ((size_t)table[j / block_size] * block_size + j % block_size) * slot_stride +
-                            (size_t)kvh * head_dim;
-        float kf[NPL], vf[NPL];
+    // Keys come in batches of KEYS per warp (keys j, j + W, .., j + (KEYS - 1) W): all their K and V loads
+    // are issued before any is used, so a warp waits for memory once per batch rather than once per key.
+    constexpr int KEYS = NPL <= 4 ? 8 : 4;
+    for (uint32_t j0 = k_begin + warp; j0 < k_end; j0 += ATTN_WARPS * KEYS) {
+        T kr[KEYS][NPL], vr[KEYS][NPL];
 #pragma unroll
-        for (int i = 0; i < NPL; ++i) {
-            const uint32_t d = lane + 32 * i;
-            kf[i] = d < head_dim ? to_f32(k_cache[base + d]) : 0.f;
-            vf[i] = d < head_dim ? to_f32(v_cache[base + d]) : 0.f;
+        for (int u = 0; u < KEYS; ++u) {
+            const uint32_t j = j0 + u * ATTN_WARPS;
+            const uint32_t jj = j < k_end ? j : j0;  // past the partition: re-read a live key, weighted 0
+            const size_t base = ((size_t)table[jj / block_size] * block_size + jj % block_size) * slot_stride +
+                                (size_t)kvh * head_dim;
+#pragma unroll
+            for (int i = 0; i < NPL; ++i) {
+                const uint32_t d = lane + 32 * i;
+                kr[u][i] = d < head_dim ? k_cache[base + d] : from_f32<T>(0.f);
+                vr[u][i] = d < head_dim ? v_cache[base + d] : from_f32<T>(0.f);
+            }
         }
-        float s = 0.f;
+        float s[KEYS];
 #pragma unroll
-        for (int i = 0; i < NPL; ++i) s += qr[i] * kf[i];
-        s = warp_sum(s);
-        const float m_new = fmaxf(m, s);
-        const float alpha = expf(m - m_new);  // 0 on the first key (m = -inf)
-        const float p = expf(s - m_new);
-        l = l * alpha + p;
+        for (int u = 0; u < KEYS; ++u) {
+            float dot = 0.f;
 #pragma unroll
-        for (int i = 0; i < NPL; ++i) acc[i] = acc[i] * alpha + p * vf[i];
+            for (int i = 0; i < NPL; ++i) dot += qr[i] * to_f32(kr[u][i]);
+            s[u] = dot;
+        }
+#pragma unroll
+        for (int u = 0; u < KEYS; ++u) s[u] = warp_sum(s[u]);
+        float m_new = m;
+#pragma unroll
+        for (int u = 0; u < KEYS; ++u) {
+            if (j0 + u * ATTN_WARPS >= k_end) s[u] = -INFINITY;
+            m_new = fmaxf(m_new, s[u]);
+        }
+        const float alpha = expf(m - m_new);  // 0 on the first batch (m = -inf); key j0 is live
+        l *= alpha;
+#pragma unroll
+        for (int i = 0; i < NPL; ++i) acc[i] *= alpha;
+#pragma unroll
+        for (int u = 0; u < KEYS; ++u) {
+            const float p = expf(s[u] - m_new);  // 0 for keys past the partition
+            l += p;
+#pragma unroll
+            for (int i = 0; i < NPL; ++i) acc[i] += p * to_f32(vr[u][i]);
+        }
         m = m_new;
     }
 
