@@ -28,7 +28,7 @@ if command -v ncu > /dev/null && [[ -d $MLC_DIR ]]; then
     tail -n 5 "$OUT/ncu.err"; rm -f "$OUT/ncu.err"
 fi
 # Decode speed of the same directory with and without graphs, outside the profiler.
-for g in 1 0; do
+for g in ${PROFILE_GRAPHS-1 0}; do
     MLC_CUDA_GRAPH=$g PYTHONPATH="$SITE" "$PY" benches/gpu/profile_decode.py "$MLC_DIR" --new 256 2>&1 | tail -n 1 | sed "s/^/[profile_decode graphs=$g] /"
 done
 
