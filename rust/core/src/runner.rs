@@ -142,10 +142,20 @@ impl ModelRunner {
         }
         if on == SampleOn::Argmax {
             // Only token ids leave the device: [num_samples] instead of [num_samples, vocab].
-            let tokens = logits.argmax(candle_core::D::Minus1)?.to_device(&candle_core::Device::Cpu)?.to_vec1::<u32>()?;
+            let tokens = argmax_rows(&logits)?;
             return Ok(StepLogits::Argmax(ids.zip(tokens).collect()));
         }
         let logits = logits.to_device(&candle_core::Device::Cpu)?.to_vec2::<f32>()?;
         Ok(StepLogits::Rows(ids.zip(logits).map(|(seq_id, logits)| SeqLogits { seq_id, logits }).collect()))
     }
+}
+
+/// Greedy tokens of `[num_samples, vocab]` f32 logits: our one-block-per-row kernel on CUDA (candle's
+/// generic argmax reduces a row with a single small block), candle's argmax elsewhere.
+fn argmax_rows(logits: &Tensor) -> Result<Vec<u32>> {
+    #[cfg(feature = "cuda")]
+    if logits.device().is_cuda() && logits.dtype() == candle_core::DType::F32 {
+        return crate::sampler::gpu::argmax_on_device(logits);
+    }
+    Ok(logits.argmax(candle_core::D::Minus1)?.to_device(&candle_core::Device::Cpu)?.to_vec1::<u32>()?)
 }

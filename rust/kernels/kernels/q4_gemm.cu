@@ -1,7 +1,6 @@
 // GGML Q4_0 weights times activations, for decode-sized batches, and Q4_0 dequantization.
 //
 //   q4_gemv_mma_<T>     (T = bf16, f16) y[M, N] = x[M, K] . W[N, K]^T on tensor cores; K % 256 == 0
-//   q4_splitk_reduce_<T> the sum of the K slices of a split q4_gemv_mma_<T>
 //   q4_gemv_simple_<T>  (T = f32, bf16, f16) the same with scalar f32 FMAs; any K % 32 == 0
 //   q4_dequant_<T>      W[N, K] -> out[N, K] in T (for batches too large for the kernels above)
 //
@@ -116,13 +115,11 @@ __device__ __forceinline__ void cp_async_wait_one() {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Tensor-core GEMV. grid = (ceil(M / 8), ceil(N / 16), splits), block = 32 * Q4_MMA_WARPS.
-// Needs K % 256 == 0 and w, x 16- and 8-byte aligned (checked by the caller). With splits > 1 (narrow
-// matrices: too few row tiles to keep every SM's memory pipe busy) block z takes the z-th slice of the K
-// groups and writes its f32 partial sums to part[z][M][N]; q4_splitk_reduce_* adds the slices in order.
+// Tensor-core GEMV. grid = (ceil(M / 8), ceil(N / 16)), block = 32 * Q4_MMA_WARPS.
+// Needs K % 256 == 0 and w, x 16- and 8-byte aligned (checked by the caller).
 template <typename T>
-__device__ void q4_gemv_mma(T* __restrict__ y, float* __restrict__ part, const uint8_t* __restrict__ w,
-                            const T* __restrict__ x, uint32_t m, uint32_t n, uint32_t k, uint32_t splits) {
+__device__ void q4_gemv_mma(T* __restrict__ y, const uint8_t* __restrict__ w, const T* __restrict__ x,
+                            uint32_t m, uint32_t n, uint32_t k) {
     __shared__ __align__(16) uint8_t stage[Q4_MMA_WARPS][Q4_STAGES][Q4_MMA_ROWS * Q4_GROUP_BYTES];
     __shared__ float partial[Q4_MMA_WARPS][Q4_MMA_ROWS][Q4_TOKENS];
 
@@ -131,9 +128,7 @@ __device__ void q4_gemv_mma(T* __restrict__ y, float* __restrict__ part, const u
     const uint32_t t0 = blockIdx.x * Q4_TOKENS;
     const uint32_t row0 = blockIdx.y * Q4_MMA_ROWS;
     const size_t row_bytes = (size_t)(k / 32) * Q4_BLOCK_BYTES;
-    const uint32_t all_groups = k / (32 * Q4_GROUP_BLOCKS);
-    const uint32_t g_begin = blockIdx.z * all_groups / splits;
-    const uint32_t groups = (blockIdx.z + 1) * all_groups / splits - g_begin;
+    const uint32_t groups = k / (32 * Q4_GROUP_BLOCKS);
     const uint32_t mine = groups > (uint32_t)warp ? (groups - warp + Q4_MMA_WARPS - 1) / Q4_MMA_WARPS : 0;
 
     // This lane's token (B column g); lanes past the batch feed zeros.
@@ -147,7 +142,7 @@ __device__ void q4_gemv_mma(T* __restrict__ y, float* __restrict__ part, const u
         for (int j = lane; j < Q4_MMA_ROWS * 9; j += 32) {
             const int r = j / 9, piece = j - r * 9;
             const uint32_t row = min(row0 + r, n - 1);
-            const uint8_t* src = w + (size_t)row * row_bytes + (size_t)(g_begin + grp) * Q4_GROUP_BYTES + piece * 16;
+            const uint8_t* src = w + (size_t)row * row_bytes + (size_t)grp * Q4_GROUP_BYTES + piece * 16;
             cp_async_16(dst + r * Q4_GROUP_BYTES + piece * 16, src);
         }
     };
@@ -177,7 +172,7 @@ __device__ void q4_gemv_mma(T* __restrict__ y, float* __restrict__ part, const u
             const float d_hi[2] = {f16_bits_to_f32(hi[0]), f16_bits_to_f32(hi[4] >> 16)};
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
-                const uint32_t kb = (g_begin + grp) * Q4_GROUP_BLOCKS + 2 * p + h;  // Q4_0 block index along K
+                const uint32_t kb = grp * Q4_GROUP_BLOCKS + 2 * p + h;  // Q4_0 block index along K
                 float cb[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
                 for (int s = 0; s < 2; ++s) {
@@ -216,20 +211,7 @@ __device__ void q4_gemv_mma(T* __restrict__ y, float* __restrict__ part, const u
 #pragma unroll
         for (int v = 0; v < Q4_MMA_WARPS; ++v) sum += partial[v][r][t];
         const uint32_t row = row0 + r, tok = t0 + t;
-        if (row < n && tok < m) {
-            if (splits == 1) y[(size_t)tok * n + row] = from_f32<T>(sum);
-            else part[((size_t)blockIdx.z * m + tok) * n + row] = sum;
-        }
-    }
-}
-
-// y[i] = sum over z (in order) of part[z][i], i < count = M * N. Grid-stride.
-template <typename T>
-__device__ void q4_splitk_reduce(T* __restrict__ y, const float* __restrict__ part, uint32_t count, uint32_t splits) {
-    for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < count; i += gridDim.x * blockDim.x) {
-        float s = 0.f;
-        for (uint32_t z = 0; z < splits; ++z) s += part[(size_t)z * count + i];
-        y[i] = from_f32<T>(s);
+        if (row < n && tok < m) y[(size_t)tok * n + row] = from_f32<T>(sum);
     }
 }
 
@@ -308,22 +290,8 @@ __device__ void q4_dequant(T* __restrict__ out, const uint8_t* __restrict__ w, u
         IMPL<T>(y, w, x, m, n, k);                                                                           \
     }
 
-#define Q4_GEMV_MMA(NAME, T)                                                                                 \
-    extern "C" __global__ void __launch_bounds__(256)                                                        \
-        NAME(T* __restrict__ y, float* __restrict__ part, const uint8_t* __restrict__ w, const T* __restrict__ x, \
-             uint32_t m, uint32_t n, uint32_t k, uint32_t splits) {                                           \
-        q4_gemv_mma<T>(y, part, w, x, m, n, k, splits);                                                      \
-    }
-
-#define Q4_SPLITK_REDUCE(NAME, T)                                                                               \
-    extern "C" __global__ void NAME(T* __restrict__ y, const float* __restrict__ part, uint32_t count, uint32_t splits) { \
-        q4_splitk_reduce<T>(y, part, count, splits);                                                          \
-    }
-
-Q4_GEMV_MMA(q4_gemv_mma_bf16, __nv_bfloat16)
-Q4_GEMV_MMA(q4_gemv_mma_f16, __half)
-Q4_SPLITK_REDUCE(q4_splitk_reduce_bf16, __nv_bfloat16)
-Q4_SPLITK_REDUCE(q4_splitk_reduce_f16, __half)
+Q4_GEMV(q4_gemv_mma_bf16, q4_gemv_mma, __nv_bfloat16)
+Q4_GEMV(q4_gemv_mma_f16, q4_gemv_mma, __half)
 Q4_GEMV(q4_gemv_simple_f32, q4_gemv_simple, float)
 Q4_GEMV(q4_gemv_simple_bf16, q4_gemv_simple, __nv_bfloat16)
 Q4_GEMV(q4_gemv_simple_f16, q4_gemv_simple, __half)

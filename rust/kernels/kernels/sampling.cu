@@ -529,3 +529,22 @@ sample_rows_f32(const float* __restrict__ logits, float* work_all, const uint32_
         out[3] = 0;
     }
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Plain greedy rows: out[r] = the argmax of row r (sanitized as above; lowest id on ties), one block per
+// row. The whole row is read by every thread block in parallel, unlike a generic one-block reduction.
+
+extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
+argmax_rows_f32(const float* __restrict__ logits, uint32_t* __restrict__ out, uint32_t batch, uint32_t vocab) {
+    __shared__ Scratch s;
+    const uint32_t r = blockIdx.x;
+    if (r >= batch) return;
+    const float* row = logits + (size_t)r * vocab;
+    unsigned long long best = ~0ull;
+    for (uint32_t i = threadIdx.x; i < vocab; i += SAMPLE_THREADS) {
+        const unsigned long long key = rank_key(i, sanitize(row[i]));
+        best = key < best ? key : best;
+    }
+    best = block_min(best, s);
+    if (threadIdx.x == 0) out[r] = vocab == 0 ? 0u : (uint32_t)(best & 0xffffffffull);
+}

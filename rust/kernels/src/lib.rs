@@ -176,7 +176,9 @@ pub use ptx::SAMPLING as SAMPLING_PTX;
 pub const SAMPLING_MODULE: &str = "mlc_sampling";
 /// `sample_rows_f32(logits, work, params, out, batch, vocab)`.
 pub const SAMPLING_FUNC: &str = "sample_rows_f32";
-/// Threads per block, one block per row (`SAMPLE_THREADS` in sampling.cu).
+/// `argmax_rows_f32(logits, out, batch, vocab)`: the greedy token of each row.
+pub const ARGMAX_FUNC: &str = "argmax_rows_f32";
+/// Threads per block, one block per row (`SAMPLE_THREADS` in sampling.cu), for both kernels.
 pub const SAMPLING_THREADS: u32 = 1024;
 /// Most top logprobs a row can return (`SAMPLE_MAX_TOP`).
 pub const SAMPLING_MAX_TOP: usize = 20;
@@ -204,15 +206,6 @@ pub const Q4_MMA_ROWS: usize = 16;
 pub const Q4_MMA_THREADS: u32 = 256;
 /// `q4_gemv_mma_*` needs K to be a multiple of this (8 Q4_0 blocks: 144 bytes, 16-byte aligned rows).
 pub const Q4_MMA_K_MULTIPLE: usize = 256;
-/// Split K of `q4_gemv_mma_*` until a matrix has at least this many row tiles x splits, so that narrow
-/// matrices (4096 rows: 256 tiles) still keep every SM's loads in flight; each split keeps at least
-/// `Q4_MMA_MIN_GROUPS_PER_SPLIT` groups of 256 inputs (one per warp) and there are at most
-/// `Q4_MMA_MAX_SPLITS`.
-pub const Q4_MMA_TARGET_TILES: usize = 512;
-pub const Q4_MMA_MIN_GROUPS_PER_SPLIT: usize = 8;
-pub const Q4_MMA_MAX_SPLITS: usize = 8;
-/// Threads per block of `q4_splitk_reduce_*`.
-pub const Q4_REDUCE_THREADS: u32 = 256;
 /// Rows (one warp each) and threads per block of `q4_gemv_simple_*`.
 pub const Q4_SIMPLE_ROWS: usize = 8;
 pub const Q4_SIMPLE_THREADS: u32 = 256;
@@ -227,8 +220,6 @@ pub enum Q4Kernel {
     /// Scalar GEMV (every dtype, any K multiple of 32).
     GemvSimple,
     Dequant,
-    /// Sum of the K slices of a split tensor-core GEMV (bf16 / f16 only).
-    SplitKReduce,
 }
 
 /// `q4_<kernel>_<dtype>`, or `None` for the tensor-core kernel in f32.
@@ -244,8 +235,5 @@ pub fn q4_name(kernel: Q4Kernel, dtype: KernelDType) -> Option<&'static str> {
         (Q4Kernel::Dequant, F32) => "q4_dequant_f32",
         (Q4Kernel::Dequant, BF16) => "q4_dequant_bf16",
         (Q4Kernel::Dequant, F16) => "q4_dequant_f16",
-        (Q4Kernel::SplitKReduce, BF16) => "q4_splitk_reduce_bf16",
-        (Q4Kernel::SplitKReduce, F16) => "q4_splitk_reduce_f16",
-        (Q4Kernel::SplitKReduce, F32) => return None,
     })
 }

@@ -255,62 +255,16 @@ mod cuda {
         }
         let mut b = func.builder();
         b.arg(&mut out);
-        if !mma {
-            b.arg(&wv);
-            b.arg(&xv);
-            b.arg(&t32);
-            b.arg(&n32);
-            b.arg(&k32);
-            let cfg = LaunchConfig { grid_dim: (grid.0, grid.1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
-            // SAFETY: matches q4_gemv_simple_<dtype> in q4_gemm.cu; x holds t * k elements, the blocks n rows of
-            // k / 32 blocks (checked above), out t * n.
-            unsafe { b.launch(cfg) }.w()?;
-            return Ok(CudaStorage::wrap_cuda_slice(out, dev));
-        }
-        let splits = mma_splits(n, k);
-        // SAFETY: with splits > 1 every (split, token, row) partial is written by the GEMV launch.
-        let mut part = unsafe { dev.alloc::<f32>(if splits > 1 { splits * t * n } else { 1 }) }?;
-        let splits32 = splits as u32;
-        b.arg(&mut part);
         b.arg(&wv);
         b.arg(&xv);
         b.arg(&t32);
         b.arg(&n32);
         b.arg(&k32);
-        b.arg(&splits32);
-        let cfg = LaunchConfig { grid_dim: (grid.0, grid.1, splits32), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: matches q4_gemv_mma_<dtype> in q4_gemm.cu; x holds t * k elements, the blocks n rows of
-        // k / 32 blocks (checked above), out t * n, part splits * t * n when split; alignment checked above.
+        let cfg = LaunchConfig { grid_dim: (grid.0, grid.1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: matches q4_gemv_*_<dtype> in q4_gemm.cu; x holds t * k elements, the blocks n rows of
+        // k / 32 blocks (checked above), out t * n; the tensor-core kernel's alignment was checked above.
         unsafe { b.launch(cfg) }.w()?;
-        if splits > 1 {
-            let reduce = dev.get_or_load_custom_func(func_name(Q4Kernel::SplitKReduce, dtype)?, kernels::Q4_GEMM_MODULE, kernels::Q4_GEMM_PTX)?;
-            let count = to_u32(t * n, "outputs")?;
-            let blocks = (t * n).div_ceil(kernels::Q4_REDUCE_THREADS as usize).min(65_535) as u32;
-            let mut r = reduce.builder();
-            r.arg(&mut out);
-            r.arg(&part);
-            r.arg(&count);
-            r.arg(&splits32);
-            let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (kernels::Q4_REDUCE_THREADS, 1, 1), shared_mem_bytes: 0 };
-            // SAFETY: matches q4_splitk_reduce_<dtype>; part holds splits * count f32, out count elements.
-            unsafe { r.launch(cfg) }.w()?;
-        }
         Ok(CudaStorage::wrap_cuda_slice(out, dev))
-    }
-
-    /// K slices of the tensor-core GEMV for an `n x k` matrix: from the shape alone (never the batch), so a
-    /// request's results do not depend on the requests beside it.
-    fn mma_splits(n: usize, k: usize) -> usize {
-        let tiles = n.div_ceil(kernels::Q4_MMA_ROWS);
-        let groups = k / kernels::Q4_MMA_K_MULTIPLE;
-        let mut splits = 1;
-        while tiles * splits < kernels::Q4_MMA_TARGET_TILES
-            && splits * 2 <= kernels::Q4_MMA_MAX_SPLITS
-            && groups / (splits * 2) >= kernels::Q4_MMA_MIN_GROUPS_PER_SPLIT
-        {
-            splits *= 2;
-        }
-        splits
     }
 
     // ---- W -> dense

@@ -43,6 +43,43 @@ pub fn sample_on_device(logits: &Tensor, seqs: &mut [(&mut SequenceSampler, &Sam
     Ok(device_rows::unpack(&words, &params))
 }
 
+/// The argmax of each row of `logits` (`[batch, vocab]` f32 on a CUDA device; lowest id on ties, NaN
+/// below everything): plain greedy decoding without copying the logits to the host.
+pub fn argmax_on_device(logits: &Tensor) -> Result<Vec<u32>> {
+    let batch = logits.dim(0)?;
+    let (batch, vocab) = check_logits(logits, batch)?;
+    if batch == 0 {
+        return Ok(Vec::new());
+    }
+    let logits = logits.contiguous()?; // [batch, vocab]
+    let (storage, layout) = logits.storage_and_layout();
+    let Storage::Cuda(cs) = &*storage else {
+        return Err(EngineError::Unsupported("device argmax: logits storage is not CUDA".to_string()));
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        return Err(candle_core::Error::RequiresContiguous { op: "device argmax" }.into());
+    };
+    let dev = cs.device().clone();
+    let func = dev.get_or_load_custom_func(kernels::ARGMAX_FUNC, kernels::SAMPLING_MODULE, kernels::SAMPLING_PTX)?;
+    let all = cs.as_cuda_slice::<f32>()?;
+    let len = all.len();
+    let src = all.try_slice(start..end).ok_or_else(|| {
+        EngineError::Unsupported(format!("device argmax: logits range {start}..{end} outside a buffer of {len}"))
+    })?;
+    // SAFETY: the launch writes one token per row.
+    let mut out = unsafe { dev.alloc::<u32>(batch) }?;
+    let (b32, v32) = (batch as u32, vocab as u32); // checked in check_logits
+    let mut b = func.builder();
+    b.arg(&src);
+    b.arg(&mut out);
+    b.arg(&b32);
+    b.arg(&v32);
+    let config = LaunchConfig { grid_dim: (b32, 1, 1), block_dim: (kernels::SAMPLING_THREADS, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: matches argmax_rows_f32 in sampling.cu: logits hold batch * vocab f32, out batch words.
+    unsafe { b.launch(config) }.w()?;
+    Ok(dev.clone_dtoh(&out)?)
+}
+
 /// `(batch, vocab)` of a `[batch, vocab]` f32 CUDA tensor with one row per sequence.
 fn check_logits(logits: &Tensor, num_seqs: usize) -> Result<(usize, usize)> {
     if !logits.device().is_cuda() {
