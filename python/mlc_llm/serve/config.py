@@ -17,7 +17,9 @@ from ..protocol.errors import BadRequestError, UnsupportedError
 logger = logging.getLogger("mlc_llm.serve")
 
 MODES = ("local", "interactive", "server")
-SPECULATIVE_MODES = ("disable", "small_draft", "eagle", "medusa")
+# "ngram" (prompt lookup) goes beyond MLC's modes; "eagle" and "medusa" are accepted names that the engine
+# reports as not implemented.
+SPECULATIVE_MODES = ("disable", "small_draft", "eagle", "medusa", "ngram")
 PREFIX_CACHE_MODES = ("disable", "radix")
 
 
@@ -102,6 +104,10 @@ class EngineArgs:
         }
         if self.quantized_matmul:
             config["quantized_matmul"] = True
+        if self.speculative_mode != "disable":
+            config["speculative_mode"] = self.speculative_mode
+            config["spec_draft_length"] = self.spec_draft_length
+            config["additional_models"] = [_model_path(m) for m in self.additional_models]
         if not self.cuda_graph:
             config["cuda_graph"] = False
         return config
@@ -123,6 +129,8 @@ def merge_engine_config(args: EngineArgs, config: Optional[EngineConfig]) -> Eng
         merged.additional_models = list(config.additional_models)
     if args.speculative_mode == "disable":
         merged.speculative_mode = config.speculative_mode
+    if args.spec_draft_length == 0:
+        merged.spec_draft_length = config.spec_draft_length
     pairs = (
         ("max_batch_size", config.max_num_sequence),
         ("max_total_sequence_length", config.max_total_sequence_length),
@@ -170,12 +178,15 @@ def validate_engine_args(args: EngineArgs) -> None:
         raise BadRequestError(
             f"speculative_mode must be one of {SPECULATIVE_MODES}, got {args.speculative_mode!r}", "speculative_mode"
         )
-    if args.speculative_mode != "disable":
+    if args.speculative_mode in ("eagle", "medusa"):
         raise UnsupportedError(
-            f"speculative_mode {args.speculative_mode!r} is not implemented yet; use 'disable'", "speculative_mode"
+            f"speculative_mode {args.speculative_mode!r} is not implemented yet; use 'small_draft' or 'ngram'",
+            "speculative_mode",
         )
-    if args.additional_models:
-        raise BadRequestError("additional_models are draft models and need a speculative_mode", "additional_models")
+    if args.speculative_mode == "small_draft" and not args.additional_models:
+        raise BadRequestError("speculative_mode 'small_draft' needs a draft model in additional_models", "additional_models")
+    if args.additional_models and args.speculative_mode != "small_draft":
+        raise BadRequestError("additional_models are draft models and need speculative_mode='small_draft'", "additional_models")
     for name in ("max_batch_size", "max_total_sequence_length", "prefill_chunk_size", "max_history_size"):
         _check_positive_int(name, getattr(args, name))
     if not _is_int(args.spec_draft_length) or args.spec_draft_length < 0:
@@ -186,6 +197,11 @@ def validate_engine_args(args: EngineArgs) -> None:
     if args.kv_cache_page_size is not None:
         _check_positive_int("kv_cache_page_size", args.kv_cache_page_size)
     _check_model_lib(args.model_lib, args.verbose)
+
+
+def _model_path(model: Union[str, Tuple[str, str]]) -> str:
+    """An additional model as MLC takes it ("path", "path:model_lib" or (path, model_lib)): its path."""
+    return model[0] if isinstance(model, (tuple, list)) else str(model)
 
 
 def _is_int(value: Any) -> bool:

@@ -63,7 +63,7 @@ class _EngineAPI(EngineBase):
         prefill_chunk_size: Optional[int] = None,
         max_history_size: Optional[int] = None,
         gpu_memory_utilization: Optional[float] = None,
-        speculative_mode: Literal["disable", "small_draft", "eagle", "medusa"] = "disable",
+        speculative_mode: Literal["disable", "small_draft", "eagle", "medusa", "ngram"] = "disable",
         spec_draft_length: int = 4,
         enable_tracing: bool = False,
         verbose: bool = True,

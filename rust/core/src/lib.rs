@@ -24,6 +24,7 @@ pub mod request;
 pub mod runner;
 pub mod sampler;
 pub mod scheduler;
+pub mod spec;
 pub mod tokenizer;
 
 pub use error::{EngineError, Result};

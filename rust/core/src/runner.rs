@@ -15,8 +15,8 @@ pub struct ModelRunner {
     pub graphs: Option<crate::cuda_graph::DecodeGraphs>,
 }
 
-/// The logits of one sampled sequence. `[vocab]`
-/// What a step hands to sampling: full rows, or tokens already chosen on the device.
+/// What a step hands to sampling: full rows, or tokens already chosen on the device. A sequence
+/// verifying drafts has one entry per row (`num_draft + 1`, in position order), the others one.
 pub enum StepLogits {
     Rows(Vec<SeqLogits>),
     Argmax(Vec<(SeqId, u32)>),
@@ -36,6 +36,7 @@ pub enum SampleOn {
     Host,
 }
 
+/// The logits of one sampled row of a sequence. `[vocab]`
 pub struct SeqLogits {
     pub seq_id: SeqId,
     pub logits: Vec<f32>,
@@ -94,7 +95,9 @@ impl ModelRunner {
                 block_table: s.block_table.clone(),
             });
             if s.sample {
-                sample_rows.push((tokens.len() - 1) as u32);
+                // The pending token's row, then one per draft token (speculative verification).
+                let end = tokens.len();
+                sample_rows.extend((end - 1 - s.num_draft..end).map(|r| r as u32));
             }
         }
         (tokens, positions, sample_rows, meta)
@@ -136,7 +139,8 @@ impl ModelRunner {
 
     /// Turns the step's logits `[num_samples, vocab]` into what sampling needs.
     fn finish(out: &SchedulerOutput, logits: Tensor, on: SampleOn) -> Result<StepLogits> {
-        let ids = out.seqs.iter().filter(|s| s.sample).map(|s| s.seq_id);
+        // One id per row: a sequence verifying drafts has `num_draft + 1` rows, in position order.
+        let ids = out.seqs.iter().filter(|s| s.sample).flat_map(|s| std::iter::repeat_n(s.seq_id, s.num_draft + 1));
         if on == SampleOn::Device && logits.device().is_cuda() {
             return Ok(StepLogits::Device { seq_ids: ids.collect(), logits });
         }

@@ -34,6 +34,12 @@ pub struct EngineArgs {
     /// Replay decode steps through captured CUDA graphs on CUDA devices (`MLC_CUDA_GRAPH=0` also
     /// turns them off).
     pub cuda_graph: bool,
+    /// Speculative decoding: "disable", "small_draft", "eagle" or "ngram".
+    pub speculative_mode: String,
+    /// Draft tokens per step; 0 adapts the length to the acceptance rate.
+    pub spec_draft_length: usize,
+    /// Draft models ("path" or "path:model_lib"); the first is `small_draft`'s draft.
+    pub additional_models: Vec<String>,
 }
 
 impl Default for EngineArgs {
@@ -52,6 +58,9 @@ impl Default for EngineArgs {
             quantized_matmul: false,
             dtype: None,
             cuda_graph: true,
+            speculative_mode: "disable".to_string(),
+            spec_draft_length: 0,
+            additional_models: Vec::new(),
         }
     }
 }

@@ -10,9 +10,11 @@ use super::trace::Tracer;
 use crate::error::Result;
 use crate::grammar::{GrammarCompiler, GrammarMatcher};
 use crate::request::SamplingParams;
-use crate::runner::{ModelRunner, SampleOn, StepLogits};
+use super::speculation::SeqRows;
+use crate::spec::Speculation;
+use crate::runner::{ModelRunner, SampleOn, SeqLogits, StepLogits};
 use crate::sampler::Sampled;
-use crate::scheduler::{Scheduler, SchedulerOutput, SeqId};
+use crate::scheduler::{ScheduledSeq, Scheduler, SchedulerOutput, SeqId};
 use crate::tokenizer::Tokenizer;
 use serde_json::json;
 use std::collections::HashMap;
@@ -21,14 +23,14 @@ use std::time::Instant;
 
 pub struct EngineCore {
     runner: ModelRunner,
-    scheduler: Scheduler,
+    pub(super) scheduler: Scheduler,
     tokenizer: Arc<Tokenizer>,
     eos_ids: Vec<u32>,
-    requests: HashMap<SeqId, RequestState>,
+    pub(super) requests: HashMap<SeqId, RequestState>,
     ids: HashMap<String, SeqId>,
     next_seq: SeqId,
     pub sizes: EngineSizes,
-    metrics: Metrics,
+    pub(super) metrics: Metrics,
     tracer: Tracer,
     grammars: Arc<GrammarCompiler>,
     /// Requests that ended while being added (a grammar that does not compile); sent next step.
@@ -38,6 +40,8 @@ pub struct EngineCore {
     /// Sample on the device where the logits are (CUDA); `MLC_GPU_SAMPLING=0` keeps sampling on the host.
     pub device_sampling: bool,
     pub captured: Vec<(String, Vec<f32>)>,
+    /// Speculative decoding (`speculative_mode`); `None` when disabled.
+    pub spec: Option<Speculation>,
 }
 
 impl EngineCore {
@@ -73,6 +77,7 @@ impl EngineCore {
             capture_logits: false,
             device_sampling: std::env::var_os("MLC_GPU_SAMPLING").is_none_or(|v| v != "0"),
             captured: Vec::new(),
+            spec: None,
         }
     }
 
@@ -109,6 +114,7 @@ impl EngineCore {
     pub fn abort(&mut self, request_id: &str) -> Option<Delta> {
         let seq = self.ids.remove(request_id)?;
         self.scheduler.abort(seq);
+        self.forget_draft(seq);
         let state = self.requests.remove(&seq)?;
         self.metrics.num_requests_aborted += 1;
         self.record_ttft(&state);
@@ -149,6 +155,7 @@ impl EngineCore {
 
     /// One engine step. Errors in the model fail only the requests of this step.
     pub fn step(&mut self) -> Vec<Delta> {
+        self.propose_drafts();
         let out = self.scheduler.schedule();
         // Sequences that can never fit in the whole cache were dropped by the scheduler: end them
         // with "length" (validation keeps prompts within the window, so this only guards growth).
@@ -168,11 +175,12 @@ impl EngineCore {
         let start = Instant::now();
         // A grammar masks the row on the host before sampling, so such a step keeps its rows there.
         let constrained = out.seqs.iter().filter(|s| s.sample).any(|s| self.requests.get(&s.seq_id).is_some_and(|r| r.grammar.is_some()));
+        let any_draft = out.seqs.iter().any(|s| s.num_draft > 0);
         let on = if self.capture_logits || constrained {
             SampleOn::Host
         } else if out.seqs.iter().filter(|s| s.sample).all(|s| self.requests.get(&s.seq_id).is_some_and(|r| r.params.is_plain_greedy())) {
             SampleOn::Argmax
-        } else if self.device_sampling {
+        } else if self.device_sampling && !any_draft {
             SampleOn::Device
         } else {
             SampleOn::Host
@@ -182,62 +190,86 @@ impl EngineCore {
             Err(e) => return self.fail_step(&out, e),
         };
         self.account_time(&out, start.elapsed().as_secs_f64());
-        let mut sampled = Vec::new();
-        let mut results = Vec::new();
-        match logits {
-            StepLogits::Argmax(tokens) => {
-                for (seq_id, token) in tokens {
-                    sampled.push((seq_id, token));
-                    // Plain greedy requests ask for no logprobs, so none is computed.
-                    results.push((seq_id, Sampled { token, logprob: 0.0, top_logprobs: Vec::new() }));
-                }
-            }
-            StepLogits::Device { seq_ids, logits } => match self.sample_on_device(&seq_ids, &logits) {
-                Ok(drawn) => {
-                    for (seq_id, s) in seq_ids.into_iter().zip(drawn) {
-                        sampled.push((seq_id, s.token));
-                        results.push((seq_id, s));
-                    }
-                }
-                Err(e) => return self.fail_step(&out, e),
-            },
-            StepLogits::Rows(rows) => {
-                for mut row in rows {
-                    let Some(state) = self.requests.get_mut(&row.seq_id) else { continue };
-                    if self.capture_logits {
-                        self.captured.push((state.request_id.clone(), row.logits.clone()));
-                    }
-                    let params = state.params.clone();
-                    state.mask_logits(&mut row.logits);
-                    let s = state.sampler.sample(&mut row.logits, &params);
-                    state.commit_grammar(s.token);
-                    sampled.push((row.seq_id, s.token));
-                    results.push((row.seq_id, s));
-                }
-            }
-        }
-        self.scheduler.update(&out, &sampled);
+        let emitted = match self.emitted_tokens(&out, logits) {
+            Ok(e) => e,
+            Err(e) => return self.fail_step(&out, e),
+        };
+        let tokens: Vec<(SeqId, Vec<u32>)> = emitted.iter().map(|(seq, e)| (*seq, e.iter().map(|s| s.token).collect())).collect();
+        self.scheduler.update_emitted(&out, &tokens);
         let mut deltas = dropped;
-        for (seq, s) in results {
+        for (seq, sampled) in emitted {
             let Some(state) = self.requests.get_mut(&seq) else { continue };
             let first = state.first_token.is_none();
-            let d = state.on_token(&self.tokenizer, &self.eos_ids, &s);
+            let d = state.on_tokens(&self.tokenizer, &self.eos_ids, &sampled);
             if first {
                 let id = state.request_id.clone();
                 self.tracer.event(seq, &id, "first_token", json!({}));
             }
             if let Some(reason) = &d.finish_reason {
                 self.scheduler.finish(seq);
+                self.forget_draft(seq);
                 if let Some(state) = self.requests.remove(&seq) {
                     self.ids.remove(&state.request_id);
                     self.metrics.num_requests_finished += 1;
                     self.record_ttft(&state);
-                    self.tracer.event(seq, &state.request_id, "finished", json!({"reason": reason, "completion_tokens": state.num_generated}));
+                    let spec = &state.spec;
+                    let detail = json!({"reason": reason, "completion_tokens": state.num_generated,
+                        "spec_draft_tokens": spec.proposed, "spec_accepted_tokens": spec.accepted, "spec_verify_steps": spec.steps});
+                    self.tracer.event(seq, &state.request_id, "finished", detail);
                 }
             }
             deltas.push(d);
         }
         deltas
+    }
+
+    /// The tokens each sampling sequence emits this step, in schedule order: one drawn from its row, or
+    /// for a sequence that carried a draft, the accepted drafts and the target's own token.
+    fn emitted_tokens(&mut self, out: &SchedulerOutput, logits: StepLogits) -> Result<Vec<(SeqId, Vec<Sampled>)>> {
+        let samplers: Vec<&ScheduledSeq> = out.seqs.iter().filter(|s| s.sample).collect();
+        let mut emitted = Vec::with_capacity(samplers.len());
+        match logits {
+            StepLogits::Argmax(tokens) => {
+                let mut tokens = tokens.into_iter().map(|(_, t)| t);
+                for s in samplers {
+                    let best: Vec<u32> = tokens.by_ref().take(s.num_draft + 1).collect();
+                    let drawn = if s.num_draft > 0 {
+                        self.verify_seq(s, SeqRows::Argmax(best))
+                    } else {
+                        // Plain greedy requests ask for no logprobs, so none is computed.
+                        best.into_iter().map(|token| Sampled { token, logprob: 0.0, top_logprobs: Vec::new() }).collect()
+                    };
+                    emitted.push((s.seq_id, drawn));
+                }
+            }
+            StepLogits::Device { seq_ids, logits } => {
+                let drawn = self.sample_on_device(&seq_ids, &logits)?;
+                emitted.extend(seq_ids.into_iter().zip(drawn).map(|(seq, s)| (seq, vec![s])));
+            }
+            StepLogits::Rows(rows) => {
+                let mut rows = rows.into_iter();
+                for s in samplers {
+                    let mine: Vec<SeqLogits> = rows.by_ref().take(s.num_draft + 1).collect();
+                    if self.capture_logits {
+                        if let Some(state) = self.requests.get(&s.seq_id) {
+                            self.captured.extend(mine.iter().map(|r| (state.request_id.clone(), r.logits.clone())));
+                        }
+                    }
+                    if s.num_draft > 0 {
+                        let drawn = self.verify_seq(s, SeqRows::Logits(mine.into_iter().map(|r| r.logits).collect()));
+                        emitted.push((s.seq_id, drawn));
+                        continue;
+                    }
+                    let (Some(mut row), Some(state)) = (mine.into_iter().next(), self.requests.get_mut(&s.seq_id)) else { continue };
+                    let params = state.params.clone();
+                    state.mask_logits(&mut row.logits);
+                    let drawn = state.sampler.sample(&mut row.logits, &params);
+                    state.commit_grammar(drawn.token);
+                    emitted.push((s.seq_id, vec![drawn]));
+                }
+            }
+        }
+        Ok(emitted)
     }
 
     /// Runs the device sampler over `logits` (`[seq_ids.len(), vocab]` on the device), each row with its
@@ -314,6 +346,7 @@ impl EngineCore {
         let mut deltas = Vec::new();
         for s in &out.seqs {
             self.scheduler.abort(s.seq_id);
+            self.forget_draft(s.seq_id);
             if let Some(state) = self.requests.remove(&s.seq_id) {
                 self.ids.remove(&state.request_id);
                 self.metrics.num_requests_aborted += 1;

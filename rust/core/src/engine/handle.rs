@@ -60,6 +60,8 @@ pub struct EngineInfo {
     pub generation_defaults: serde_json::Map<String, serde_json::Value>,
     /// Stop strings of the model's MLC conversation template, added to every request's own.
     pub template_stop: Vec<String>,
+    /// "disable", "small_draft", "eagle" or "ngram".
+    pub speculative_mode: String,
 }
 
 impl EngineInfo {
@@ -313,14 +315,18 @@ pub fn build(model: &str, device: &str, args: &EngineArgs) -> Result<(EngineCore
         cuda_graph: false,
         generation_defaults: generation_defaults(&loaded.path, loaded.mlc_config.as_ref()),
         template_stop: tokenizer.conv_template().map(|c| c.stop_strs().to_vec()).unwrap_or_default(),
+        speculative_mode: "disable".to_string(),
     };
     let mut runner = ModelRunner::new(model_impl, kv);
     let mut info = info;
     if args.cuda_graph {
         info.cuda_graph = runner.enable_cuda_graphs(sizes.max_num_sequence, sizes.max_single_sequence_length)?;
     }
+    let spec = crate::spec::build(args, &device, dtype, quant, &tokenizer, &sizes)?;
+    info.speculative_mode = args.speculative_mode.clone();
     let grammars = Arc::new(GrammarCompiler::new(Vocab::from_tokenizer(tokenizer.clone(), cfg.vocab_size)));
-    let core = EngineCore::with_grammars(runner, scheduler, tokenizer.clone(), sizes, args.enable_tracing, grammars);
+    let mut core = EngineCore::with_grammars(runner, scheduler, tokenizer.clone(), sizes, args.enable_tracing, grammars);
+    core.spec = spec;
     Ok((core, info, tokenizer))
 }
 

@@ -26,6 +26,16 @@ pub struct Metrics {
     /// Decode steps replayed through CUDA graphs, and graphs captured.
     pub cuda_graph_replays: u64,
     pub cuda_graphs_captured: usize,
+    /// Speculative decoding: draft tokens proposed and accepted, verification steps (one per sequence
+    /// per step that verified drafts), and the time spent proposing.
+    pub spec_draft_tokens: u64,
+    pub spec_accepted_tokens: u64,
+    pub spec_verify_steps: u64,
+    pub spec_draft_time_s: f64,
+    /// accepted / proposed draft tokens.
+    pub spec_acceptance_rate: f64,
+    /// Tokens emitted per verification step (accepted drafts plus the target's own token).
+    pub spec_mean_accepted_length: f64,
 }
 
 impl Metrics {
@@ -35,6 +45,13 @@ impl Metrics {
         self.decode_tokens_per_s = rate(self.decode_tokens, self.decode_time_s);
         let n = self.num_requests_finished + self.num_requests_aborted;
         self.mean_ttft_s = if n > 0 { self.sum_ttft_s / n as f64 } else { 0.0 };
+        self.spec_acceptance_rate =
+            if self.spec_draft_tokens > 0 { self.spec_accepted_tokens as f64 / self.spec_draft_tokens as f64 } else { 0.0 };
+        self.spec_mean_accepted_length = if self.spec_verify_steps > 0 {
+            (self.spec_accepted_tokens + self.spec_verify_steps) as f64 / self.spec_verify_steps as f64
+        } else {
+            0.0
+        };
     }
 }
 

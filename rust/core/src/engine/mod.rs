@@ -7,6 +7,7 @@ pub mod handle;
 pub mod metrics;
 pub mod output;
 mod request_state;
+pub mod speculation;
 pub mod stop;
 pub mod trace;
 

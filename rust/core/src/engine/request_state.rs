@@ -25,6 +25,9 @@ pub struct RequestState {
     pub scheduled_once: bool,
     /// Prompt tokens computed by this request (not served from the prefix cache).
     pub prefill_tokens: usize,
+    /// Speculative decoding state (draft length, the draft's generator, the last proposal's
+    /// distributions, counters).
+    pub spec: super::speculation::RequestSpec,
 }
 
 impl RequestState {
@@ -44,6 +47,7 @@ impl RequestState {
             first_token: None,
             scheduled_once: false,
             prefill_tokens: 0,
+            spec: super::speculation::RequestSpec::default(),
             params,
         }
     }
@@ -124,6 +128,44 @@ impl RequestState {
             d.usage = Some(self.usage(now));
         }
         d
+    }
+
+    /// Applies several tokens emitted in one step (accepted drafts, then the target's token) as one
+    /// delta; tokens after one that finishes the request are dropped.
+    pub fn on_tokens(&mut self, tok: &Tokenizer, eos_ids: &[u32], tokens: &[Sampled]) -> Delta {
+        let mut merged: Option<Delta> = None;
+        for s in tokens {
+            let d = self.on_token(tok, eos_ids, s);
+            let done = d.finish_reason.is_some();
+            merged = Some(match merged {
+                None => d,
+                Some(mut m) => {
+                    m.token_ids.extend(d.token_ids);
+                    m.text.push_str(&d.text);
+                    if let (Some(all), Some(more)) = (m.logprobs.as_mut(), d.logprobs) {
+                        all.extend(more);
+                    }
+                    m.finish_reason = d.finish_reason;
+                    m.usage = d.usage;
+                    m
+                }
+            });
+            if done {
+                break;
+            }
+        }
+        merged.unwrap_or_else(|| Delta::empty(&self.request_id))
+    }
+
+    /// Whether proposals may be verified for this request exactly: its rows must not depend on the
+    /// tokens emitted within a step (penalties, bias) nor on a grammar's state.
+    pub fn can_speculate(&self) -> bool {
+        let p = &self.params;
+        self.grammar.is_none()
+            && p.logit_bias.is_empty()
+            && p.frequency_penalty == 0.0
+            && p.presence_penalty == 0.0
+            && p.repetition_penalty == 1.0
     }
 
     pub fn usage(&self, now: Instant) -> Usage {

@@ -30,6 +30,7 @@ mod device_rows;
 #[cfg(feature = "cuda")]
 pub mod gpu;
 pub mod gpu_check;
+mod processed;
 mod rng;
 mod select;
 #[cfg(test)]
@@ -37,6 +38,7 @@ mod tests;
 mod truncation;
 
 pub use batch::sample_batch;
+pub(crate) use processed::{draw_weights, ProcessedRow};
 
 use crate::request::SamplingParams;
 use rng::SeqRng;
@@ -139,22 +141,7 @@ impl SequenceSampler {
             )
         };
 
-        let ln_total = ln_sum_exp(logits, peak.value);
-        let logprob_of = |x: f32| (f64::from(x - peak.value) - ln_total) as f32;
-        let logprob = logits.get(token as usize).map_or(0.0, |&x| logprob_of(x));
-        let top_logprobs = if params.logprobs {
-            select::top_n(logits, params.top_logprobs)
-                .into_iter()
-                .map(|(id, x)| (id, logprob_of(x)))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        Sampled {
-            token,
-            logprob,
-            top_logprobs,
-        }
+        describe(logits, peak, token, params)
     }
 
     fn apply_penalties(&self, row: &mut [f32], params: &SamplingParams) {
@@ -176,6 +163,19 @@ impl SequenceSampler {
             }
         }
     }
+}
+
+/// `token` of a processed row (maximum `peak`) with its logprob, and the top logprobs when asked.
+fn describe(logits: &[f32], peak: Peak, token: u32, params: &SamplingParams) -> Sampled {
+    let ln_total = ln_sum_exp(logits, peak.value);
+    let logprob_of = |x: f32| (f64::from(x - peak.value) - ln_total) as f32;
+    let logprob = logits.get(token as usize).map_or(0.0, |&x| logprob_of(x));
+    let top_logprobs = if params.logprobs {
+        select::top_n(logits, params.top_logprobs).into_iter().map(|(id, x)| (id, logprob_of(x))).collect()
+    } else {
+        Vec::new()
+    };
+    Sampled { token, logprob, top_logprobs }
 }
 
 /// Adds the biases and returns the logits they replaced, for the degenerate-row fallback.

@@ -36,6 +36,9 @@ struct Sequence {
     tokens: Vec<u32>,
     /// Leading tokens of `tokens` whose KV is in the cache; 0 while waiting.
     num_computed: usize,
+    /// Proposed continuation (speculative decoding), fed after the pending token at the next step and
+    /// verified there; not part of `tokens` until accepted.
+    draft: Vec<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -80,6 +83,7 @@ impl Scheduler {
             Sequence {
                 tokens: prompt,
                 num_computed: 0,
+                draft: Vec::new(),
             },
         );
         self.waiting.push_back(seq_id);
@@ -89,6 +93,8 @@ impl Scheduler {
         let mut out = SchedulerOutput::default();
         let mut budget = self.cfg.max_num_batched_tokens;
         self.schedule_running(&mut out, &mut budget);
+        // Drafts are for one step: a sequence not scheduled now drafts afresh later.
+        self.seqs.values_mut().for_each(|s| s.draft.clear());
         // Blocks just ran out: admitting now would only take blocks back from running sequences
         // (or readmit the ones just preempted).
         if out.preempted.is_empty() {
@@ -102,7 +108,15 @@ impl Scheduler {
     /// the sequences scheduled with `sample`. Entries for sequences finished or aborted since
     /// [`Self::schedule`], and sampled tokens for sequences that did not sample, are ignored.
     pub fn update(&mut self, out: &SchedulerOutput, sampled: &[(SeqId, u32)]) {
-        let sampled: HashMap<SeqId, u32> = sampled.iter().copied().collect();
+        let emitted: Vec<(SeqId, Vec<u32>)> = sampled.iter().map(|&(s, t)| (s, vec![t])).collect();
+        self.update_emitted(out, &emitted);
+    }
+
+    /// [`Self::update`] for steps that verified drafts: each sampling sequence emits the drafts the
+    /// target accepted (a prefix of its draft) and one token of its own. The KV of the accepted drafts
+    /// stays; the slots of rejected ones are overwritten later.
+    pub fn update_emitted(&mut self, out: &SchedulerOutput, emitted: &[(SeqId, Vec<u32>)]) {
+        let emitted: HashMap<SeqId, &Vec<u32>> = emitted.iter().map(|(s, t)| (*s, t)).collect();
         for s in &out.seqs {
             let Some(seq) = self.seqs.get_mut(&s.seq_id) else {
                 continue;
@@ -110,15 +124,36 @@ impl Scheduler {
             if seq.num_computed != s.start_pos {
                 continue; // not the state this output was scheduled from
             }
-            seq.num_computed = (s.start_pos + s.token_ids.len()).min(seq.tokens.len());
-            self.kv
-                .commit_full_blocks(s.seq_id, &seq.tokens, seq.num_computed);
-            if s.sample {
-                if let Some(&token) = sampled.get(&s.seq_id) {
-                    seq.tokens.push(token);
-                }
+            let fed = s.token_ids.len() - s.num_draft;
+            let tokens = emitted.get(&s.seq_id).filter(|_| s.sample);
+            // Accepted drafts were computed in this step too (as positions after the pending token).
+            let accepted = tokens.map_or(0, |t| t.len().saturating_sub(1).min(s.num_draft));
+            seq.num_computed = (s.start_pos + fed + accepted).min(seq.tokens.len() + accepted);
+            if let Some(tokens) = tokens {
+                seq.tokens.extend_from_slice(tokens);
+            }
+            self.kv.commit_full_blocks(s.seq_id, &seq.tokens, seq.num_computed);
+        }
+    }
+
+    /// Proposes `draft` to follow `seq_id`'s tokens at its next step. Only a running sequence with
+    /// exactly one token to compute (a decode) takes a draft; anything else is ignored.
+    pub fn set_draft(&mut self, seq_id: SeqId, draft: Vec<u32>) {
+        if let Some(seq) = self.seqs.get_mut(&seq_id) {
+            if seq.num_computed + 1 == seq.tokens.len() && self.running.contains(&seq_id) {
+                seq.draft = draft;
             }
         }
+    }
+
+    /// Running sequences that decode at their next step (one token to compute), in admission order:
+    /// the ones a proposer may draft for.
+    pub fn decoding(&self) -> Vec<SeqId> {
+        self.running
+            .iter()
+            .copied()
+            .filter(|id| self.seqs.get(id).is_some_and(|s| s.num_computed + 1 == s.tokens.len()))
+            .collect()
     }
 
     /// The sequence is done (stop or length): frees its blocks and forgets it.
@@ -191,11 +226,19 @@ impl Scheduler {
                 continue;
             }
             let start = seq.num_computed;
-            if !self.reserve_or_preempt(i, start + n, out) {
+            // A draft rides along when it fits in the budget and in free blocks; it never preempts.
+            let draft = std::mem::take(&mut self.seqs.get_mut(&id).expect("present above").draft);
+            let with_draft = n == 1 && !draft.is_empty() && n + draft.len() <= *budget && self.kv.ensure_slots(id, start + n + draft.len());
+            if !with_draft && !self.reserve_or_preempt(i, start + n, out) {
                 continue; // preempted itself: running[i] is now the next sequence, if any
             }
-            out.seqs.push(self.scheduled(id, start, n));
-            *budget -= n;
+            let mut scheduled = self.scheduled(id, start, n);
+            if with_draft {
+                scheduled.token_ids.extend_from_slice(&draft);
+                scheduled.num_draft = draft.len();
+            }
+            *budget -= scheduled.token_ids.len();
+            out.seqs.push(scheduled);
             i += 1;
         }
     }
@@ -263,6 +306,7 @@ impl Scheduler {
         self.kv.free(id);
         if let Some(seq) = self.seqs.get_mut(&id) {
             seq.num_computed = 0;
+            seq.draft.clear();
         }
         self.waiting.push_front(id);
     }
@@ -287,6 +331,7 @@ impl Scheduler {
             token_ids: tokens.get(start..start + n).unwrap_or_default().to_vec(),
             block_table: self.kv.block_table(id).to_vec(),
             sample: start + n == tokens.len(),
+            num_draft: 0,
         }
     }
 

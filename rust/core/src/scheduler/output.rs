@@ -16,6 +16,9 @@ pub struct ScheduledSeq {
     /// This chunk reaches the end of the known tokens, so the engine samples a token from its last
     /// position.
     pub sample: bool,
+    /// The last `num_draft` of `token_ids` are proposed tokens to verify (speculative decoding): the
+    /// engine samples from each of the last `num_draft + 1` positions.
+    pub num_draft: usize,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
