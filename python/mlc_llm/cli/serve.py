@@ -48,6 +48,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--prefix-cache-mode", choices=["disable", "radix"], default=None, help="prefix caching (default: radix)"
     )
     parser.add_argument("--enable-tracing", action="store_true", help="record per-request events")
+    parser.add_argument(
+        "--speculative-mode",
+        choices=["disable", "small_draft", "eagle", "medusa", "ngram"],
+        default="disable",
+        help="speculative decoding: small_draft (needs --additional-models) or ngram (prompt lookup)",
+    )
+    parser.add_argument(
+        "--additional-models", nargs="*", default=[], help='draft models ("path" or "path:model_lib") for small_draft'
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one (default: 8000)")
     parser.add_argument(
@@ -136,6 +145,8 @@ def main(args: Union[argparse.Namespace, Sequence[str], None] = None) -> int:
             device=args.device,
             model_lib=args.model_lib,
             mode=args.mode,
+            additional_models=args.additional_models or None,
+            speculative_mode=args.speculative_mode,
             engine_config=engine_config,
             enable_tracing=args.enable_tracing,
             verbose=args.log_level in ("info", "debug"),

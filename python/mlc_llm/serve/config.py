@@ -129,7 +129,7 @@ def merge_engine_config(args: EngineArgs, config: Optional[EngineConfig]) -> Eng
         merged.additional_models = list(config.additional_models)
     if args.speculative_mode == "disable":
         merged.speculative_mode = config.speculative_mode
-    if args.spec_draft_length == 0:
+    if config.spec_draft_length != 0:  # EngineConfig's default (0) leaves the engine's argument alone
         merged.spec_draft_length = config.spec_draft_length
     pairs = (
         ("max_batch_size", config.max_num_sequence),

@@ -36,6 +36,15 @@ _ENGINE_COUNTERS = (
     ("num_preemptions", "mlc_llm_engine_preemptions", "Sequences preempted for lack of KV blocks"),
     ("prefix_cache_hit_tokens", "mlc_llm_engine_prefix_cache_hit_tokens", "Prompt tokens reused from the prefix cache"),
     ("engine_steps", "mlc_llm_engine_steps", "Engine steps run"),
+    ("spec_draft_tokens", "mlc_llm_spec_draft_tokens", "Draft tokens proposed (speculative decoding)"),
+    ("spec_accepted_tokens", "mlc_llm_spec_accepted_tokens", "Draft tokens the target accepted"),
+    ("spec_verify_steps", "mlc_llm_spec_verify_steps", "Sequence steps that verified drafts"),
+    ("spec_draft_time_s", "mlc_llm_spec_draft_seconds", "Time spent proposing drafts"),
+)
+# Ratios over the engine's life, as gauges.
+_ENGINE_GAUGES = (
+    ("spec_acceptance_rate", "mlc_llm_spec_acceptance_rate", "Accepted over proposed draft tokens"),
+    ("spec_mean_accepted_length", "mlc_llm_spec_mean_accepted_length", "Tokens emitted per verification step"),
 )
 
 
@@ -61,6 +70,9 @@ class _EngineCollector(Collector):
         for key, name, text in _ENGINE_COUNTERS:
             if key in m:
                 yield CounterMetricFamily(name, text, value=m[key])
+        for key, name, text in _ENGINE_GAUGES:
+            if key in m:
+                yield GaugeMetricFamily(name, text, value=m[key])
 
 
 class ServerMetrics:
