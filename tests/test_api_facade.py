@@ -303,7 +303,8 @@ def test_async_stream_cancel_and_batching(fake: types.SimpleNamespace) -> None:
 def test_engine_argument_validation(fake: types.SimpleNamespace, tmp_path: Any) -> None:
     cases = [
         (dict(mode="fast"), "mode"),
-        (dict(speculative_mode="eagle"), "speculative_mode"),
+        (dict(speculative_mode="fast"), "speculative_mode"),
+        (dict(speculative_mode="eagle"), "additional_models"),
         (dict(additional_models=["draft"]), "additional_models"),
         (dict(model_lib=str(tmp_path / "missing.so")), "model_lib"),
         (dict(max_batch_size=0), "max_batch_size"),

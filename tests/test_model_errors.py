@@ -69,4 +69,4 @@ def test_bad_engine_arguments(smollm2_path: str) -> None:
         MLCEngine(smollm2_path, device="tpu", verbose=False)
     assert e.value.field == "device"
     with pytest.raises(UnsupportedError):
-        MLCEngine(smollm2_path, device="cpu", speculative_mode="eagle", verbose=False)
+        MLCEngine(smollm2_path, device="cpu", speculative_mode="medusa", verbose=False)

@@ -17,8 +17,7 @@ from ..protocol.errors import BadRequestError, UnsupportedError
 logger = logging.getLogger("mlc_llm.serve")
 
 MODES = ("local", "interactive", "server")
-# "ngram" (prompt lookup) goes beyond MLC's modes; "eagle" and "medusa" are accepted names that the engine
-# reports as not implemented.
+# "ngram" (prompt lookup) goes beyond MLC's modes; "medusa" is an accepted name reported as not implemented.
 SPECULATIVE_MODES = ("disable", "small_draft", "eagle", "medusa", "ngram")
 PREFIX_CACHE_MODES = ("disable", "radix")
 
@@ -178,15 +177,18 @@ def validate_engine_args(args: EngineArgs) -> None:
         raise BadRequestError(
             f"speculative_mode must be one of {SPECULATIVE_MODES}, got {args.speculative_mode!r}", "speculative_mode"
         )
-    if args.speculative_mode in ("eagle", "medusa"):
+    if args.speculative_mode == "medusa":
         raise UnsupportedError(
-            f"speculative_mode {args.speculative_mode!r} is not implemented yet; use 'small_draft' or 'ngram'",
-            "speculative_mode",
+            "speculative_mode 'medusa' is not implemented yet; use 'eagle', 'small_draft' or 'ngram'", "speculative_mode"
         )
-    if args.speculative_mode == "small_draft" and not args.additional_models:
-        raise BadRequestError("speculative_mode 'small_draft' needs a draft model in additional_models", "additional_models")
-    if args.additional_models and args.speculative_mode != "small_draft":
-        raise BadRequestError("additional_models are draft models and need speculative_mode='small_draft'", "additional_models")
+    if args.speculative_mode in ("small_draft", "eagle") and not args.additional_models:
+        raise BadRequestError(
+            f"speculative_mode {args.speculative_mode!r} needs its draft model in additional_models", "additional_models"
+        )
+    if args.additional_models and args.speculative_mode not in ("small_draft", "eagle"):
+        raise BadRequestError(
+            "additional_models are draft models and need speculative_mode 'small_draft' or 'eagle'", "additional_models"
+        )
     for name in ("max_batch_size", "max_total_sequence_length", "prefill_chunk_size", "max_history_size"):
         _check_positive_int(name, getattr(args, name))
     if not _is_int(args.spec_draft_length) or args.spec_draft_length < 0:

@@ -10,6 +10,10 @@ use candle_core::Tensor;
 pub struct ModelRunner {
     pub model: LlamaModel,
     pub kv: PagedKvCache,
+    /// Keep each step's final hidden states (`[num_tokens, hidden]`) in `last_hidden`: an EAGLE head
+    /// drafts from them, so the target never runs a second pass for it.
+    pub keep_hidden: bool,
+    pub last_hidden: Option<Tensor>,
     /// Decode steps through captured CUDA graphs (see `cuda_graph.rs`); `None`: every step eagerly.
     #[cfg(feature = "cuda")]
     pub graphs: Option<crate::cuda_graph::DecodeGraphs>,
@@ -47,6 +51,8 @@ impl ModelRunner {
         ModelRunner {
             model,
             kv,
+            keep_hidden: false,
+            last_hidden: None,
             #[cfg(feature = "cuda")]
             graphs: None,
         }
@@ -75,32 +81,7 @@ impl ModelRunner {
 
     /// Builds the flattened inputs and attention metadata for a step.
     pub fn prepare(&self, out: &SchedulerOutput) -> (Vec<u32>, Vec<u32>, Vec<u32>, AttentionMetadata) {
-        let bs = self.kv.block_size;
-        let mut tokens = Vec::with_capacity(out.num_batched_tokens);
-        let mut positions = Vec::with_capacity(out.num_batched_tokens);
-        let mut sample_rows = Vec::new();
-        let mut meta = AttentionMetadata { slot_mapping: Vec::with_capacity(out.num_batched_tokens), seqs: Vec::new(), block_size: bs };
-        for s in &out.seqs {
-            let query_start = tokens.len();
-            for (i, &t) in s.token_ids.iter().enumerate() {
-                let pos = s.start_pos + i;
-                tokens.push(t);
-                positions.push(pos as u32);
-                meta.slot_mapping.push(s.block_table[pos / bs] * bs as u32 + (pos % bs) as u32);
-            }
-            meta.seqs.push(SeqAttention {
-                query_start,
-                query_len: s.token_ids.len(),
-                context_len: s.start_pos + s.token_ids.len(),
-                block_table: s.block_table.clone(),
-            });
-            if s.sample {
-                // The pending token's row, then one per draft token (speculative verification).
-                let end = tokens.len();
-                sample_rows.extend((end - 1 - s.num_draft..end).map(|r| r as u32));
-            }
-        }
-        (tokens, positions, sample_rows, meta)
+        prepare_step(out, self.kv.block_size)
     }
 
     /// Runs one step; returns logits for every scheduled sequence with `sample == true`, in order, in
@@ -115,6 +96,9 @@ impl ModelRunner {
             // A decode step where every sequence samples: the graph's rows are the sample rows.
             if sample_rows.len() == tokens.len() && out.seqs.iter().all(|s| s.sample && s.token_ids.len() == 1) {
                 if let Some(h) = graphs.run(&self.model, &self.kv, &meta, &tokens)? {
+                    if self.keep_hidden {
+                        self.last_hidden = Some(h.clone());
+                    }
                     let logits = self.model.logits(&h)?; // [num_seqs, vocab]
                     return Self::finish(out, logits, on);
                 }
@@ -126,14 +110,16 @@ impl ModelRunner {
         let tokens = Tensor::from_vec(tokens, n, dev)?; // [num_tokens]
         let positions = Tensor::from_vec(positions, n, dev)?; // [num_tokens]
         let step = self.kv.prepare(meta)?; // validated, and on CUDA uploaded once for all layers
+        let h = self.model.forward_hidden(&tokens, &positions, &self.kv, &step)?; // [num_tokens, hidden]
+        if self.keep_hidden {
+            self.last_hidden = Some(h.clone());
+        }
         if s == 0 {
             // Prefill chunks that do not reach the end of their prompt still fill the cache.
-            let rows = Tensor::from_vec(vec![(n - 1) as u32], 1, dev)?;
-            self.model.forward(&tokens, &positions, &rows, &self.kv, &step)?;
             return Ok(StepLogits::Rows(Vec::new()));
         }
         let rows = Tensor::from_vec(sample_rows, s, dev)?; // [num_samples]
-        let logits = self.model.forward(&tokens, &positions, &rows, &self.kv, &step)?; // [num_samples, vocab]
+        let logits = self.model.logits(&h.index_select(&rows, 0)?)?; // [num_samples, vocab]
         Self::finish(out, logits, on)
     }
 
@@ -156,10 +142,40 @@ impl ModelRunner {
 
 /// Greedy tokens of `[num_samples, vocab]` f32 logits: our one-block-per-row kernel on CUDA (candle's
 /// generic argmax reduces a row with a single small block), candle's argmax elsewhere.
-fn argmax_rows(logits: &Tensor) -> Result<Vec<u32>> {
+pub(crate) fn argmax_rows(logits: &Tensor) -> Result<Vec<u32>> {
     #[cfg(feature = "cuda")]
     if logits.device().is_cuda() && logits.dtype() == candle_core::DType::F32 {
         return crate::sampler::gpu::argmax_on_device(logits);
     }
     Ok(logits.argmax(candle_core::D::Minus1)?.to_device(&candle_core::Device::Cpu)?.to_vec1::<u32>()?)
+}
+
+/// The flattened token ids, positions, sample rows and attention metadata of a step over a cache of
+/// `bs`-token blocks.
+pub fn prepare_step(out: &SchedulerOutput, bs: usize) -> (Vec<u32>, Vec<u32>, Vec<u32>, AttentionMetadata) {
+    let mut tokens = Vec::with_capacity(out.num_batched_tokens);
+    let mut positions = Vec::with_capacity(out.num_batched_tokens);
+    let mut sample_rows = Vec::new();
+    let mut meta = AttentionMetadata { slot_mapping: Vec::with_capacity(out.num_batched_tokens), seqs: Vec::new(), block_size: bs };
+    for s in &out.seqs {
+        let query_start = tokens.len();
+        for (i, &t) in s.token_ids.iter().enumerate() {
+            let pos = s.start_pos + i;
+            tokens.push(t);
+            positions.push(pos as u32);
+            meta.slot_mapping.push(s.block_table[pos / bs] * bs as u32 + (pos % bs) as u32);
+        }
+        meta.seqs.push(SeqAttention {
+            query_start,
+            query_len: s.token_ids.len(),
+            context_len: s.start_pos + s.token_ids.len(),
+            block_table: s.block_table.clone(),
+        });
+        if s.sample {
+            // The pending token's row, then one per draft token (speculative verification).
+            let end = tokens.len();
+            sample_rows.extend((end - 1 - s.num_draft..end).map(|r| r as u32));
+        }
+    }
+    (tokens, positions, sample_rows, meta)
 }

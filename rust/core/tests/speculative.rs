@@ -1,6 +1,7 @@
 //! Speculative decoding through the whole engine core on the CPU: greedy output is token for token the
-//! output without speculation (one request and 16 together, whole and chunked prefill) for prompt lookup
-//! and for draft models (the target itself: every draft accepted; another model: real rejections), and
+//! output without speculation (one request and 16 together, whole and chunked prefill) for prompt lookup,
+//! draft models (the target itself: every draft accepted; another model: real rejections) and an EAGLE
+//! head over the target's hidden states, and
 //! with temperature > 0 the tokens drawn by verification steps follow the same distribution as without
 //! speculation (two-sample chi-square over many seeds on a model with an 8-token vocabulary).
 //! Fixtures: tests/fixtures/models/* (tiny random HF checkpoints, tests/fixtures/gen_hf_fixtures.py).
@@ -114,6 +115,65 @@ fn another_draft_model_is_verified_exactly() {
     assert!(m.iter().all(|m| m.spec_acceptance_rate < 1.0));
 }
 
+/// Deterministic weights for the test models: uniform in `[-scale, scale)` from a 64-bit LCG.
+struct Lcg(u64);
+
+impl Lcg {
+    fn take(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
+            })
+            .collect()
+    }
+}
+
+/// Writes `tensors` (name, shape, values) as `dir/model.safetensors` and `config` as `dir/config.json`.
+fn save_model(dir: &Path, tensors: Vec<(String, Vec<usize>, Vec<f32>)>, config: serde_json::Value) {
+    use candle_core::{Device, Tensor};
+    std::fs::create_dir_all(dir).unwrap();
+    let w: HashMap<String, Tensor> =
+        tensors.into_iter().map(|(name, shape, v)| (name, Tensor::from_vec(v, shape, &Device::Cpu).unwrap())).collect();
+    candle_core::safetensors::save(&w, dir.join("model.safetensors")).unwrap();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+}
+
+/// A random one-layer EAGLE head for the llama fixture (hidden 64) in the layout of EAGLE checkpoints.
+fn eagle_head(dir: &Path) {
+    let (hidden, inter, heads, kv, hd) = (64usize, 160usize, 4usize, 2usize, 16usize);
+    let mut r = Lcg(4242);
+    let t = |name: &str, shape: &[usize], v: Vec<f32>| (name.to_string(), shape.to_vec(), v);
+    let tensors = vec![
+        t("fc.weight", &[hidden, 2 * hidden], r.take(hidden * 2 * hidden, 0.1)),
+        t("fc.bias", &[hidden], r.take(hidden, 0.01)),
+        t("layers.0.post_attention_layernorm.weight", &[hidden], vec![1.0; hidden]),
+        t("layers.0.self_attn.q_proj.weight", &[heads * hd, hidden], r.take(heads * hd * hidden, 0.1)),
+        t("layers.0.self_attn.k_proj.weight", &[kv * hd, hidden], r.take(kv * hd * hidden, 0.1)),
+        t("layers.0.self_attn.v_proj.weight", &[kv * hd, hidden], r.take(kv * hd * hidden, 0.1)),
+        t("layers.0.self_attn.o_proj.weight", &[hidden, heads * hd], r.take(hidden * heads * hd, 0.1)),
+        t("layers.0.mlp.gate_proj.weight", &[inter, hidden], r.take(inter * hidden, 0.1)),
+        t("layers.0.mlp.up_proj.weight", &[inter, hidden], r.take(inter * hidden, 0.1)),
+        t("layers.0.mlp.down_proj.weight", &[hidden, inter], r.take(hidden * inter, 0.1)),
+    ];
+    let config = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden, "intermediate_size": inter,
+        "num_hidden_layers": 1, "num_attention_heads": heads, "num_key_value_heads": kv, "head_dim": hd,
+        "vocab_size": 2048, "max_position_embeddings": 512, "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "bias": true
+    });
+    save_model(dir, tensors, config);
+}
+
+#[test]
+fn eagle_head_drafts_are_verified_exactly() {
+    let dir = std::env::temp_dir().join(format!("mlc-spec-eagle-{}", std::process::id()));
+    eagle_head(&dir);
+    for m in check_greedy_identity("llama", "eagle", Some(&dir)) {
+        assert!(m.spec_draft_tokens > 0);
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[test]
 fn draft_models_must_share_the_vocabulary_and_modes_must_be_known() {
     let err = |args: EngineArgs| build(model("llama").to_str().unwrap(), "cpu", &args).err().expect("refused").to_string();
@@ -131,43 +191,31 @@ const VOCAB: usize = 8;
 
 /// A random one-layer Llama with an 8-word vocabulary ("t0".."t7"), weights from a fixed-seed generator.
 fn tiny_model(dir: &Path, seed: u64) {
-    use candle_core::{Device, Tensor};
-    std::fs::create_dir_all(dir).unwrap();
     let (hidden, inter, heads, kv, hd) = (32usize, 64usize, 2usize, 1usize, 16usize);
-    let mut x = seed;
-    let mut rand = |n: usize, scale: f32| -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                (((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
-            })
-            .collect()
-    };
-    let mut w = HashMap::new();
-    let mut put = |name: &str, shape: &[usize], v: Vec<f32>| {
-        w.insert(name.to_string(), Tensor::from_vec(v, shape, &Device::Cpu).unwrap());
-    };
-    put("model.embed_tokens.weight", &[VOCAB, hidden], rand(VOCAB * hidden, 1.0));
-    put("lm_head.weight", &[VOCAB, hidden], rand(VOCAB * hidden, 0.4));
-    put("model.norm.weight", &[hidden], vec![1.0; hidden]);
+    let mut r = Lcg(seed);
     let p = "model.layers.0";
-    put(&format!("{p}.input_layernorm.weight"), &[hidden], vec![1.0; hidden]);
-    put(&format!("{p}.post_attention_layernorm.weight"), &[hidden], vec![1.0; hidden]);
-    put(&format!("{p}.self_attn.q_proj.weight"), &[heads * hd, hidden], rand(heads * hd * hidden, 0.3));
-    put(&format!("{p}.self_attn.k_proj.weight"), &[kv * hd, hidden], rand(kv * hd * hidden, 0.3));
-    put(&format!("{p}.self_attn.v_proj.weight"), &[kv * hd, hidden], rand(kv * hd * hidden, 0.3));
-    put(&format!("{p}.self_attn.o_proj.weight"), &[hidden, heads * hd], rand(hidden * heads * hd, 0.3));
-    put(&format!("{p}.mlp.gate_proj.weight"), &[inter, hidden], rand(inter * hidden, 0.3));
-    put(&format!("{p}.mlp.up_proj.weight"), &[inter, hidden], rand(inter * hidden, 0.3));
-    put(&format!("{p}.mlp.down_proj.weight"), &[hidden, inter], rand(hidden * inter, 0.3));
-    candle_core::safetensors::save(&w, dir.join("model.safetensors")).unwrap();
+    let t = |name: &str, shape: &[usize], v: Vec<f32>| (name.to_string(), shape.to_vec(), v);
+    let tensors = vec![
+        t("model.embed_tokens.weight", &[VOCAB, hidden], r.take(VOCAB * hidden, 1.0)),
+        t("lm_head.weight", &[VOCAB, hidden], r.take(VOCAB * hidden, 0.4)),
+        t("model.norm.weight", &[hidden], vec![1.0; hidden]),
+        t(&format!("{p}.input_layernorm.weight"), &[hidden], vec![1.0; hidden]),
+        t(&format!("{p}.post_attention_layernorm.weight"), &[hidden], vec![1.0; hidden]),
+        t(&format!("{p}.self_attn.q_proj.weight"), &[heads * hd, hidden], r.take(heads * hd * hidden, 0.3)),
+        t(&format!("{p}.self_attn.k_proj.weight"), &[kv * hd, hidden], r.take(kv * hd * hidden, 0.3)),
+        t(&format!("{p}.self_attn.v_proj.weight"), &[kv * hd, hidden], r.take(kv * hd * hidden, 0.3)),
+        t(&format!("{p}.self_attn.o_proj.weight"), &[hidden, heads * hd], r.take(hidden * heads * hd, 0.3)),
+        t(&format!("{p}.mlp.gate_proj.weight"), &[inter, hidden], r.take(inter * hidden, 0.3)),
+        t(&format!("{p}.mlp.up_proj.weight"), &[inter, hidden], r.take(inter * hidden, 0.3)),
+        t(&format!("{p}.mlp.down_proj.weight"), &[hidden, inter], r.take(hidden * inter, 0.3)),
+    ];
     let config = serde_json::json!({
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden, "intermediate_size": inter,
         "num_hidden_layers": 1, "num_attention_heads": heads, "num_key_value_heads": kv, "head_dim": hd,
         "vocab_size": VOCAB, "max_position_embeddings": 256, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
         "tie_word_embeddings": false
     });
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    save_model(dir, tensors, config);
     let vocab: serde_json::Map<String, serde_json::Value> = (0..VOCAB).map(|i| (format!("t{i}"), (i as u64).into())).collect();
     let tokenizer = serde_json::json!({
         "version": "1.0", "added_tokens": [], "normalizer": null, "pre_tokenizer": {"type": "WhitespaceSplit"},

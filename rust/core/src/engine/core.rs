@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub struct EngineCore {
-    runner: ModelRunner,
+    pub(super) runner: ModelRunner,
     pub(super) scheduler: Scheduler,
     tokenizer: Arc<Tokenizer>,
     eos_ids: Vec<u32>,
@@ -196,6 +196,7 @@ impl EngineCore {
         };
         let tokens: Vec<(SeqId, Vec<u32>)> = emitted.iter().map(|(seq, e)| (*seq, e.iter().map(|s| s.token).collect())).collect();
         self.scheduler.update_emitted(&out, &tokens);
+        self.keep_features(&out, &tokens);
         let mut deltas = dropped;
         for (seq, sampled) in emitted {
             let Some(state) = self.requests.get_mut(&seq) else { continue };

@@ -322,7 +322,9 @@ pub fn build(model: &str, device: &str, args: &EngineArgs) -> Result<(EngineCore
     if args.cuda_graph {
         info.cuda_graph = runner.enable_cuda_graphs(sizes.max_num_sequence, sizes.max_single_sequence_length)?;
     }
-    let spec = crate::spec::build(args, &device, dtype, quant, &tokenizer, &sizes)?;
+    let spec = crate::spec::build(args, &device, dtype, quant, &tokenizer, cfg.hidden_size, &sizes)?;
+    // An EAGLE head drafts from the target's hidden states of every step.
+    runner.keep_hidden = spec.as_ref().is_some_and(|s| s.eagle.is_some());
     info.speculative_mode = args.speculative_mode.clone();
     let grammars = Arc::new(GrammarCompiler::new(Vocab::from_tokenizer(tokenizer.clone(), cfg.vocab_size)));
     let mut core = EngineCore::with_grammars(runner, scheduler, tokenizer.clone(), sizes, args.enable_tracing, grammars);

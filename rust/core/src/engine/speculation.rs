@@ -8,7 +8,9 @@ use super::core::EngineCore;
 use crate::request::SamplingParams;
 use crate::sampler::{Sampled, SequenceSampler};
 use crate::scheduler::{ScheduledSeq, SeqId};
-use crate::spec::draft_model::DraftRequest;
+use crate::spec::draft_model::{DraftRequest, Proposal};
+use crate::spec::eagle::EagleRequest;
+use candle_core::Tensor;
 use crate::spec::{ngram, verify, DraftLength, SpecMode};
 use std::collections::HashMap;
 use std::time::Instant;
@@ -26,6 +28,9 @@ pub struct RequestSpec {
     pub sampler: Option<SequenceSampler>,
     /// The distributions the pending draft tokens were drawn from (`None`: point masses).
     pub probs: Option<Vec<Vec<f64>>>,
+    /// `eagle`: the target's hidden states of positions computed since the last proposal, as
+    /// (first position, `[rows, hidden]`), oldest first.
+    pub features: Vec<(usize, Tensor)>,
     pub proposed: u64,
     pub accepted: u64,
     pub steps: u64,
@@ -57,18 +62,14 @@ impl EngineCore {
                 wanted.insert(seq, k);
             }
         }
-        match spec.mode {
-            SpecMode::Ngram => {
-                for (seq, k) in wanted {
-                    let draft = self.scheduler.tokens(seq).map(|t| ngram::propose(t, k, NGRAM_MAX, NGRAM_MIN)).unwrap_or_default();
-                    if let Some(state) = self.requests.get_mut(&seq) {
-                        state.spec.probs = None;
-                    }
-                    if !draft.is_empty() {
-                        self.scheduler.set_draft(seq, draft);
-                    }
-                }
-            }
+        let proposals: Vec<Proposal> = match spec.mode {
+            SpecMode::Ngram => wanted
+                .into_iter()
+                .map(|(seq, k)| {
+                    let tokens = self.scheduler.tokens(seq).map(|t| ngram::propose(t, k, NGRAM_MAX, NGRAM_MIN)).unwrap_or_default();
+                    Proposal { seq_id: seq, tokens, probs: None }
+                })
+                .collect(),
             SpecMode::SmallDraft => {
                 let Some(draft) = spec.draft.as_mut() else { return };
                 let mut reqs = Vec::with_capacity(wanted.len());
@@ -78,24 +79,37 @@ impl EngineCore {
                     let sampler = rs.sampler.get_or_insert_with(|| draft_sampler(params));
                     reqs.push(DraftRequest { seq_id: seq, tokens, k, params, sampler });
                 }
-                let proposals = match draft.propose(reqs) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        // A failed proposal costs speed, never output: decode without drafts.
-                        log::warn!("draft model step failed, decoding without drafts: {e}");
-                        Vec::new()
-                    }
-                };
-                for p in proposals {
-                    if let Some(state) = self.requests.get_mut(&p.seq_id) {
-                        state.spec.probs = p.probs;
-                    }
-                    if !p.tokens.is_empty() {
-                        self.scheduler.set_draft(p.seq_id, p.tokens);
-                    }
-                }
+                // A failed proposal costs speed, never output: those steps decode without drafts.
+                draft.propose(reqs).unwrap_or_else(|e| {
+                    log::warn!("draft model step failed, decoding without drafts: {e}");
+                    Vec::new()
+                })
             }
-            SpecMode::Eagle | SpecMode::Disable => {}
+            SpecMode::Eagle => {
+                let Some(eagle) = spec.eagle.as_mut() else { return };
+                let mut reqs = Vec::with_capacity(wanted.len());
+                for (&seq, state) in self.requests.iter_mut() {
+                    let (Some(&k), Some(tokens)) = (wanted.get(&seq), self.scheduler.tokens(seq)) else { continue };
+                    let Some(features) = gather_features(&state.spec.features, eagle.computed(seq), tokens.len() - 1) else { continue };
+                    state.spec.features.clear();
+                    let super::request_state::RequestState { spec: rs, params, .. } = state;
+                    let sampler = rs.sampler.get_or_insert_with(|| draft_sampler(params));
+                    reqs.push(EagleRequest { draft: DraftRequest { seq_id: seq, tokens, k, params, sampler }, features });
+                }
+                eagle.propose(reqs, &self.runner.model).unwrap_or_else(|e| {
+                    log::warn!("EAGLE head step failed, decoding without drafts: {e}");
+                    Vec::new()
+                })
+            }
+            SpecMode::Disable => Vec::new(),
+        };
+        for p in proposals {
+            if let Some(state) = self.requests.get_mut(&p.seq_id) {
+                state.spec.probs = p.probs;
+            }
+            if !p.tokens.is_empty() {
+                self.scheduler.set_draft(p.seq_id, p.tokens);
+            }
         }
         self.metrics.spec_draft_time_s += started.elapsed().as_secs_f64();
     }
@@ -129,10 +143,37 @@ impl EngineCore {
         emitted
     }
 
-    /// Frees what a finished request held in the draft model's cache.
+    /// Frees what a finished request held in the draft model's or the EAGLE head's cache.
     pub(super) fn forget_draft(&mut self, seq: SeqId) {
-        if let Some(draft) = self.spec.as_mut().and_then(|s| s.draft.as_mut()) {
-            draft.forget(seq);
+        if let Some(spec) = self.spec.as_mut() {
+            if let Some(draft) = spec.draft.as_mut() {
+                draft.forget(seq);
+            }
+            if let Some(eagle) = spec.eagle.as_mut() {
+                eagle.forget(seq);
+            }
+        }
+    }
+
+    /// `eagle`: keeps the target's hidden states of the positions this step computed for good (the fed
+    /// tokens and the accepted drafts) for the requests that speculate.
+    pub(super) fn keep_features(&mut self, out: &crate::scheduler::SchedulerOutput, emitted: &[(SeqId, Vec<u32>)]) {
+        if !self.spec.as_ref().is_some_and(|s| s.eagle.is_some()) {
+            return;
+        }
+        let Some(h) = self.runner.last_hidden.take() else { return };
+        let accepted: HashMap<SeqId, usize> = emitted.iter().map(|(s, t)| (*s, t.len().saturating_sub(1))).collect();
+        let mut offset = 0;
+        for s in &out.seqs {
+            let n = s.token_ids.len();
+            let valid = n - s.num_draft + accepted.get(&s.seq_id).copied().unwrap_or(0).min(s.num_draft);
+            if let Some(state) = self.requests.get_mut(&s.seq_id).filter(|st| st.can_speculate()) {
+                match h.narrow(0, offset, valid) {
+                    Ok(rows) => state.spec.features.push((s.start_pos, rows)),
+                    Err(e) => log::warn!("EAGLE features of a step are unusable: {e}"),
+                }
+            }
+            offset += n;
         }
     }
 }
@@ -143,4 +184,21 @@ pub(super) enum SeqRows {
     Argmax(Vec<u32>),
     /// Raw logits per row.
     Logits(Vec<Vec<f32>>),
+}
+
+/// The hidden states of positions `from..to` out of stored chunks (a later chunk wins where they
+/// overlap, as after a recompute); `None` if a position is missing or the range is empty.
+fn gather_features(chunks: &[(usize, Tensor)], from: usize, to: usize) -> Option<Tensor> {
+    let mut pieces = Vec::new();
+    let mut p = from;
+    while p < to {
+        let (start, rows) = chunks.iter().rev().find(|(start, rows)| *start <= p && p < start + rows.dim(0).unwrap_or(0))?;
+        let end = (start + rows.dim(0).ok()?).min(to);
+        pieces.push(rows.narrow(0, p - start, end - p).ok()?);
+        p = end;
+    }
+    if pieces.is_empty() {
+        return None;
+    }
+    Tensor::cat(&pieces, 0).ok()
 }

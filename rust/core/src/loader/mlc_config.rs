@@ -88,13 +88,15 @@ impl MlcChatConfig {
         let mut hf = self.model_config.as_object().cloned().ok_or_else(|| {
             EngineError::model_load(shown, "field \"model_config\" must be an object")
         })?;
-        if !matches!(self.model_type.as_str(), "llama" | "mistral" | "qwen2" | "qwen3") {
+        if !matches!(self.model_type.as_str(), "llama" | "mistral" | "qwen2" | "qwen3" | "eagle") {
             return Err(EngineError::model_load(
                 shown,
                 format!("field \"model_type\": unsupported architecture {:?}; supported: llama, mistral, qwen2, qwen3", self.model_type),
             ));
         }
-        hf.insert("model_type".into(), self.model_type.clone().into());
+        // An EAGLE head's config is a Llama config (its layers are Llama decoder layers).
+        let model_type = if self.model_type == "eagle" { "llama" } else { self.model_type.as_str() };
+        hf.insert("model_type".into(), model_type.into());
         // MLC's Llama and Mistral name the rope base `position_embedding_base`.
         if !hf.contains_key("rope_theta") {
             if let Some(base) = hf.get("position_embedding_base").filter(|v| v.as_f64().is_some_and(|b| b > 0.0)).cloned() {

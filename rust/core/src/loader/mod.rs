@@ -114,6 +114,22 @@ pub fn load(model: &str, device: &Device, dtype: DType, quant: QuantMode) -> Res
     }
 }
 
+/// The architecture and weights of a model directory without its tokenizer (an EAGLE head): an MLC
+/// directory (`mlc-chat-config.json`) or an HF one (`config.json` + safetensors).
+pub fn load_weights(model: &str, device: &Device, dtype: DType) -> Result<(ModelConfig, Weights)> {
+    let path = PathBuf::from(model);
+    let dir = if path.is_dir() { path } else { path.parent().unwrap_or(Path::new(".")).to_path_buf() };
+    if dir.join(mlc_config::CHAT_CONFIG).exists() {
+        let (config, _, weights) = mlc::load(&dir, device, dtype)?;
+        return Ok((config, Weights::Mlc(weights)));
+    }
+    if !dir.join("config.json").exists() {
+        return Err(EngineError::model_load(model, "expected a directory with config.json or mlc-chat-config.json"));
+    }
+    let (config, weights) = safetensors::load(&dir, device, dtype)?;
+    Ok((config, Weights::Safetensors(weights)))
+}
+
 /// The 16-bit type a model's weights are stored in (HF `torch_dtype` / `dtype`, an MLC quantization's model
 /// dtype); `None` for f32, GGUF files and anything unreadable.
 pub fn native_dtype(model: &str) -> Option<DType> {

@@ -19,8 +19,9 @@ use crate::loader::Weights;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::ops::rms_norm;
 
-struct Layer {
-    input_norm: Tensor,
+pub(crate) struct Layer {
+    /// `None` for the first layer of an EAGLE head, which takes its input unnormalised.
+    input_norm: Option<Tensor>,
     /// q, k, v stacked: `[T, hidden] -> [T, (heads + 2 kv_heads) * head_dim]`.
     qkv_proj: StackedLinear,
     o_proj: Linear,
@@ -46,6 +47,88 @@ pub struct LlamaModel {
     dtype: DType,
 }
 
+impl Layer {
+    /// The layer at `p` (`model.layers.3`); `input_norm: false` for a layer without one (EAGLE's first).
+    pub(crate) fn load(cfg: &ModelConfig, w: &Weights, p: &str, input_norm: bool) -> Result<Self> {
+        let bias = cfg.attention_bias;
+        let (q_norm, k_norm) = if cfg.qk_norm {
+            (Some(w.tensor(&format!("{p}.self_attn.q_norm.weight"))?), Some(w.tensor(&format!("{p}.self_attn.k_norm.weight"))?))
+        } else {
+            (None, None)
+        };
+        Ok(Layer {
+            input_norm: if input_norm { Some(w.tensor(&format!("{p}.input_layernorm.weight"))?) } else { None },
+            qkv_proj: StackedLinear::new(vec![
+                w.linear(&format!("{p}.self_attn.q_proj"), bias)?,
+                w.linear(&format!("{p}.self_attn.k_proj"), bias)?,
+                w.linear(&format!("{p}.self_attn.v_proj"), bias)?,
+            ])?,
+            o_proj: w.linear(&format!("{p}.self_attn.o_proj"), false)?,
+            q_norm,
+            k_norm,
+            post_norm: w.tensor(&format!("{p}.post_attention_layernorm.weight"))?,
+            gate_up_proj: StackedLinear::new(vec![w.linear(&format!("{p}.mlp.gate_proj"), false)?, w.linear(&format!("{p}.mlp.up_proj"), false)?])?,
+            down_proj: w.linear(&format!("{p}.mlp.down_proj"), false)?,
+        })
+    }
+}
+
+/// What every layer of a step shares: the shapes, the rope tables, the positions and the cache.
+pub(crate) struct StackStep<'a> {
+    pub cfg: &'a ModelConfig,
+    pub cos: &'a Tensor,
+    pub sin: &'a Tensor,
+    pub positions: &'a Tensor,
+    pub kv: &'a PagedKvCache,
+    pub step: &'a StepAttention,
+}
+
+/// Runs `layers` over `residual` (`[num_tokens, hidden]`, the stack's input), the layers' KV going to
+/// cache layers `0..layers.len()`. Returns the residual stream and the last layer's MLP output, not yet
+/// added (the caller fuses that add with its final norm, or adds it).
+pub(crate) fn run_layers(layers: &[Layer], s: &StackStep<'_>, mut residual: Tensor) -> Result<(Tensor, Option<Tensor>)> {
+    let cfg = s.cfg;
+    let n = residual.dim(0)?;
+    let (nh, hd) = (cfg.num_attention_heads, cfg.head_dim);
+    let eps = cfg.rms_norm_eps as f32;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let spec = QkvSpec { num_heads: nh, num_kv_heads: cfg.num_key_value_heads, head_dim: hd, style: cfg.rope_style, eps };
+    // CUDA reads the rope tables at each token's position inside the rope kernel; the CPU gathers the
+    // rows once per step: [num_tokens, 1, head_dim / 2].
+    let gathered = if residual.device().is_cuda() { None } else { Some(fused::gather_rope(s.cos, s.sin, s.positions)?) };
+    let mut h = match layers.first().and_then(|l| l.input_norm.as_ref()) {
+        Some(norm) => rms_norm(&residual, norm, eps)?,
+        None => residual.clone(),
+    };
+    let mut mlp_out: Option<Tensor> = None; // the last layer's MLP output, not yet added to `residual`
+    for (li, layer) in layers.iter().enumerate() {
+        if let Some(m) = mlp_out.take() {
+            (residual, h) = match &layer.input_norm {
+                Some(norm) => fused::add_rms_norm(&m, &residual, norm, eps)?,
+                None => {
+                    let r = (m + &residual)?;
+                    (r.clone(), r)
+                }
+            };
+        }
+        let qkv = layer.qkv_proj.forward(&h)?; // [num_tokens, (heads + 2 kv_heads) * head_dim]
+        let norm = match (&layer.q_norm, &layer.k_norm) {
+            (Some(q), Some(k)) => Some(QkNorm { q, k }),
+            _ => None,
+        };
+        // q: [num_tokens, heads, head_dim]; k and v go to the cache.
+        let q = match &gathered {
+            Some((cos, sin)) => fused::rope_qkv_reference(&qkv, cos, sin, &spec, norm, s.kv, li, s.step)?,
+            None => fused::rope_qkv(&qkv, s.positions, s.cos, s.sin, &spec, norm, s.kv, li, s.step)?,
+        };
+        let attn = s.kv.attend(li, &q, s.step, scale)?.reshape((n, nh * hd))?; // [num_tokens, heads * head_dim]
+        (residual, h) = fused::add_rms_norm(&layer.o_proj.forward(&attn)?, &residual, &layer.post_norm, eps)?;
+        let act = fused::silu_mul(&layer.gate_up_proj.forward(&h)?)?; // [num_tokens, intermediate]
+        mlp_out = Some(layer.down_proj.forward(&act)?);
+    }
+    Ok((residual, mlp_out))
+}
+
 impl LlamaModel {
     pub fn load(cfg: &ModelConfig, w: &Weights, device: &Device, dtype: DType) -> Result<Self> {
         #[cfg(feature = "cuda")]
@@ -55,36 +138,7 @@ impl LlamaModel {
             // multi-stream mode); without tracking, an allocation skips creating and destroying them.
             unsafe { d.disable_event_tracking() };
         }
-        let bias = cfg.attention_bias;
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for i in 0..cfg.num_hidden_layers {
-            let p = format!("model.layers.{i}");
-            let (q_norm, k_norm) = if cfg.qk_norm {
-                (
-                    Some(w.tensor(&format!("{p}.self_attn.q_norm.weight"))?),
-                    Some(w.tensor(&format!("{p}.self_attn.k_norm.weight"))?),
-                )
-            } else {
-                (None, None)
-            };
-            layers.push(Layer {
-                input_norm: w.tensor(&format!("{p}.input_layernorm.weight"))?,
-                qkv_proj: StackedLinear::new(vec![
-                    w.linear(&format!("{p}.self_attn.q_proj"), bias)?,
-                    w.linear(&format!("{p}.self_attn.k_proj"), bias)?,
-                    w.linear(&format!("{p}.self_attn.v_proj"), bias)?,
-                ])?,
-                o_proj: w.linear(&format!("{p}.self_attn.o_proj"), false)?,
-                q_norm,
-                k_norm,
-                post_norm: w.tensor(&format!("{p}.post_attention_layernorm.weight"))?,
-                gate_up_proj: StackedLinear::new(vec![
-                    w.linear(&format!("{p}.mlp.gate_proj"), false)?,
-                    w.linear(&format!("{p}.mlp.up_proj"), false)?,
-                ])?,
-                down_proj: w.linear(&format!("{p}.mlp.down_proj"), false)?,
-            });
-        }
+        let layers = (0..cfg.num_hidden_layers).map(|i| Layer::load(cfg, w, &format!("model.layers.{i}"), true)).collect::<Result<Vec<_>>>()?;
         let embed = w.tensor("model.embed_tokens.weight")?;
         let lm_head = if cfg.tie_word_embeddings || !w.contains("lm_head.weight") {
             w.linear("model.embed_tokens", false)?
@@ -140,40 +194,10 @@ impl LlamaModel {
     /// On CUDA this launches only kernels (no host copies or synchronisation), so a decode step of
     /// fixed shape can be captured into a CUDA graph.
     pub fn forward_hidden(&self, tokens: &Tensor, positions: &Tensor, kv: &PagedKvCache, step: &StepAttention) -> Result<Tensor> {
-        let cfg = &self.cfg;
-        let n = tokens.dim(0)?;
-        let (nh, hd) = (cfg.num_attention_heads, cfg.head_dim);
-        let eps = cfg.rms_norm_eps as f32;
-        let scale = 1.0 / (hd as f32).sqrt();
-        let spec = QkvSpec { num_heads: nh, num_kv_heads: cfg.num_key_value_heads, head_dim: hd, style: cfg.rope_style, eps };
-        // CUDA reads the rope tables at each token's position inside the rope kernel; the CPU gathers
-        // the rows once per step: [num_tokens, 1, head_dim / 2].
-        let gathered = if self.device.is_cuda() { None } else { Some(fused::gather_rope(&self.cos, &self.sin, positions)?) };
-        let mut residual = self.embed.index_select(tokens, 0)?; // [num_tokens, hidden]
-        let mut h = match self.layers.first() {
-            Some(l) => rms_norm(&residual, &l.input_norm, eps)?,
-            None => residual.clone(),
-        };
-        let mut mlp_out: Option<Tensor> = None; // the last layer's MLP output, not yet added to `residual`
-        for (li, layer) in self.layers.iter().enumerate() {
-            if let Some(m) = mlp_out.take() {
-                (residual, h) = fused::add_rms_norm(&m, &residual, &layer.input_norm, eps)?;
-            }
-            let qkv = layer.qkv_proj.forward(&h)?; // [num_tokens, (heads + 2 kv_heads) * head_dim]
-            let norm = match (&layer.q_norm, &layer.k_norm) {
-                (Some(q), Some(k)) => Some(QkNorm { q, k }),
-                _ => None,
-            };
-            // q: [num_tokens, heads, head_dim]; k and v go to the cache.
-            let q = match &gathered {
-                Some((cos, sin)) => fused::rope_qkv_reference(&qkv, cos, sin, &spec, norm, kv, li, step)?,
-                None => fused::rope_qkv(&qkv, positions, &self.cos, &self.sin, &spec, norm, kv, li, step)?,
-            };
-            let attn = kv.attend(li, &q, step, scale)?.reshape((n, nh * hd))?; // [num_tokens, heads * head_dim]
-            (residual, h) = fused::add_rms_norm(&layer.o_proj.forward(&attn)?, &residual, &layer.post_norm, eps)?;
-            let act = fused::silu_mul(&layer.gate_up_proj.forward(&h)?)?; // [num_tokens, intermediate]
-            mlp_out = Some(layer.down_proj.forward(&act)?);
-        }
+        let eps = self.cfg.rms_norm_eps as f32;
+        let residual = self.embed.index_select(tokens, 0)?; // [num_tokens, hidden]
+        let s = StackStep { cfg: &self.cfg, cos: &self.cos, sin: &self.sin, positions, kv, step };
+        let (residual, mlp_out) = run_layers(&self.layers, &s, residual)?;
         // The final norm over every row (row-wise, so the sampled rows are exactly as if selected first).
         Ok(match mlp_out {
             Some(m) => fused::add_rms_norm(&m, &residual, &self.norm, eps)?.1,
@@ -187,7 +211,7 @@ impl LlamaModel {
     }
 }
 
-fn rope_tables(cfg: &ModelConfig, device: &Device, dtype: DType) -> Result<(Tensor, Tensor)> {
+pub(crate) fn rope_tables(cfg: &ModelConfig, device: &Device, dtype: DType) -> Result<(Tensor, Tensor)> {
     let inv = cfg.rope_inv_freq();
     let half = inv.len();
     let max_pos = cfg.max_position_embeddings;

@@ -1,6 +1,7 @@
 //! Model definitions: our own forward passes over positions and paged-attention metadata.
 
 pub mod config;
+pub mod eagle;
 pub mod fused;
 pub mod fused_check;
 pub mod linear;

@@ -97,7 +97,7 @@ impl DraftModel {
 /// The next draft token of each active request from its row: the argmax for greedy requests, else a
 /// draw from the request's distribution with the draft's generator (the distribution is kept for
 /// verification).
-fn draw_tokens(rows: StepLogits, active: &[usize], reqs: &mut [DraftRequest<'_>], proposals: &mut [Proposal]) -> Vec<u32> {
+pub(super) fn draw_tokens<'a, R: std::borrow::BorrowMut<DraftRequest<'a>>>(rows: StepLogits, active: &[usize], reqs: &mut [R], proposals: &mut [Proposal]) -> Vec<u32> {
     let mut drawn = Vec::with_capacity(active.len());
     match rows {
         StepLogits::Argmax(tokens) => {
@@ -108,7 +108,7 @@ fn draw_tokens(rows: StepLogits, active: &[usize], reqs: &mut [DraftRequest<'_>]
         }
         StepLogits::Rows(rows) => {
             for (&i, row) in active.iter().zip(rows) {
-                let r = &mut reqs[i];
+                let r: &mut DraftRequest<'a> = reqs[i].borrow_mut();
                 let processed = r.sampler.process_row(row.logits, r.params);
                 let t = if r.params.is_greedy() {
                     processed.argmax()

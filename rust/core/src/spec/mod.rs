@@ -7,6 +7,7 @@
 //! [`draft_model`] (a small model of the same vocabulary with its own KV cache, `small_draft`).
 
 pub mod draft_model;
+pub mod eagle;
 pub mod ngram;
 mod setup;
 pub mod verify;
@@ -21,6 +22,8 @@ pub struct Speculation {
     pub draft_length: usize,
     /// The draft model of `small_draft`.
     pub draft: Option<draft_model::DraftModel>,
+    /// The draft head of `eagle`.
+    pub eagle: Option<eagle::EagleModel>,
 }
 
 /// `speculative_mode` of the engine arguments.

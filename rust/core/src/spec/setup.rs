@@ -1,8 +1,11 @@
 //! The engine's speculative decoding from its arguments: the mode, and for `small_draft` the draft model
 //! (`additional_models[0]`, "path" or MLC's "path:model_lib") loaded on the target's device in its dtype,
-//! with a KV cache of as many blocks as the target's.
+//! with a KV cache of as many blocks as the target's; for `eagle` the EAGLE head (HF safetensors or an MLC
+//! directory), whose hidden size must be the target's.
 
 use super::draft_model::DraftModel;
+use super::eagle::EagleModel;
+use crate::model::eagle::EagleHead;
 use super::{SpecMode, Speculation};
 use crate::attention::PagedKvCache;
 use crate::engine::{EngineArgs, EngineSizes};
@@ -14,7 +17,15 @@ use crate::tokenizer::Tokenizer;
 use candle_core::{DType, Device};
 
 /// `None` when speculation is off.
-pub fn build(args: &EngineArgs, device: &Device, dtype: DType, quant: QuantMode, target: &Tokenizer, sizes: &EngineSizes) -> Result<Option<Speculation>> {
+pub fn build(
+    args: &EngineArgs,
+    device: &Device,
+    dtype: DType,
+    quant: QuantMode,
+    target: &Tokenizer,
+    target_hidden: usize,
+    sizes: &EngineSizes,
+) -> Result<Option<Speculation>> {
     let mode = SpecMode::parse(&args.speculative_mode)?;
     let draft_length = args.spec_draft_length;
     match mode {
@@ -24,14 +35,20 @@ pub fn build(args: &EngineArgs, device: &Device, dtype: DType, quant: QuantMode,
             }
             Ok(None)
         }
-        SpecMode::Ngram => Ok(Some(Speculation { mode, draft_length, draft: None })),
-        SpecMode::Eagle => Err(EngineError::Unsupported("speculative_mode \"eagle\" is not implemented yet; use \"small_draft\" or \"ngram\"".into())),
+        SpecMode::Ngram => Ok(Some(Speculation { mode, draft_length, draft: None, eagle: None })),
+        SpecMode::Eagle => {
+            let Some(spec) = args.additional_models.first() else {
+                return Err(EngineError::bad_request("additional_models", "speculative_mode=\"eagle\" needs an EAGLE head in additional_models"));
+            };
+            let eagle = load_eagle(draft_path(spec), device, dtype, target_hidden, sizes)?;
+            Ok(Some(Speculation { mode, draft_length, draft: None, eagle: Some(eagle) }))
+        }
         SpecMode::SmallDraft => {
             let Some(spec) = args.additional_models.first() else {
                 return Err(EngineError::bad_request("additional_models", "speculative_mode=\"small_draft\" needs a draft model in additional_models"));
             };
             let draft = load_draft(draft_path(spec), device, dtype, quant, target, sizes)?;
-            Ok(Some(Speculation { mode, draft_length, draft: Some(draft) }))
+            Ok(Some(Speculation { mode, draft_length, draft: Some(draft), eagle: None }))
         }
     }
 }
@@ -56,4 +73,14 @@ fn load_draft(path: &str, device: &Device, dtype: DType, quant: QuantMode, targe
     let model = LlamaModel::load(cfg, &loaded.weights, device, dtype)?;
     let kv = PagedKvCache::new(cfg.num_hidden_layers, sizes.num_kv_blocks, sizes.kv_block_size, cfg.num_key_value_heads, cfg.head_dim, dtype, device)?;
     Ok(DraftModel::new(ModelRunner::new(model, kv), sizes.num_kv_blocks, sizes.kv_block_size))
+}
+
+fn load_eagle(path: &str, device: &Device, dtype: DType, target_hidden: usize, sizes: &EngineSizes) -> Result<EagleModel> {
+    let (cfg, weights) = loader::load_weights(path, device, dtype)?;
+    if cfg.hidden_size != target_hidden {
+        return Err(EngineError::model_load(path, format!("the EAGLE head's hidden size is {}, the target's {target_hidden}", cfg.hidden_size)));
+    }
+    let head = EagleHead::load(&cfg, &weights, device, dtype)?;
+    let kv = PagedKvCache::new(cfg.num_hidden_layers, sizes.num_kv_blocks, sizes.kv_block_size, cfg.num_key_value_heads, cfg.head_dim, dtype, device)?;
+    Ok(EagleModel::new(head, kv, sizes.num_kv_blocks, sizes.kv_block_size))
 }
