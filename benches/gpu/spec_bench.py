@@ -120,6 +120,7 @@ def main() -> None:
             accepted = m["spec_accepted_tokens"] - before["spec_accepted_tokens"]
             steps = m["spec_verify_steps"] - before["spec_verify_steps"]
             r.update(config=name, batch=b, load_s=load_s, k=args.k if name != "plain" else 0,
+                     drafted=drafted, verify_steps=steps, draft_failures=m["spec_draft_failures"],
                      acceptance=accepted / drafted if drafted else None,
                      mean_accepted_length=(accepted + steps) / steps if steps else None)
             results.append(r)

@@ -26,6 +26,8 @@ fn device_smoke_test(py: Python<'_>, device: String) -> PyResult<String> {
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // Engine warnings (a failed draft step, an ignored chat template) reach stderr; RUST_LOG=info shows more.
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).try_init();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<engine::Engine>()?;
     m.add_function(wrap_pyfunction!(cuda_device_count, m)?)?;

@@ -82,6 +82,7 @@ impl EngineCore {
                 // A failed proposal costs speed, never output: those steps decode without drafts.
                 draft.propose(reqs).unwrap_or_else(|e| {
                     log::warn!("draft model step failed, decoding without drafts: {e}");
+                    self.metrics.spec_draft_failures += 1;
                     Vec::new()
                 })
             }
@@ -98,6 +99,7 @@ impl EngineCore {
                 }
                 eagle.propose(reqs, &self.runner.model).unwrap_or_else(|e| {
                     log::warn!("EAGLE head step failed, decoding without drafts: {e}");
+                    self.metrics.spec_draft_failures += 1;
                     Vec::new()
                 })
             }
