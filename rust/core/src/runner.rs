@@ -97,7 +97,8 @@ impl ModelRunner {
             if sample_rows.len() == tokens.len() && out.seqs.iter().all(|s| s.sample && s.token_ids.len() == 1) {
                 if let Some(h) = graphs.run(&self.model, &self.kv, &meta, &tokens)? {
                     if self.keep_hidden {
-                        self.last_hidden = Some(h.clone());
+                        // The graph's output buffer is rewritten by the next replay: keep a copy.
+                        self.last_hidden = Some(h.copy()?);
                     }
                     let logits = self.model.logits(&h)?; // [num_seqs, vocab]
                     return Self::finish(out, logits, on);

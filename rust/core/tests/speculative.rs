@@ -174,6 +174,30 @@ fn eagle_head_drafts_are_verified_exactly() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// A prompt served from the prefix cache has no hidden states for its cached positions: the head
+/// starts after them and still drafts.
+#[test]
+fn eagle_drafts_after_a_prefix_cache_hit() {
+    let dir = std::env::temp_dir().join(format!("mlc-spec-eagle-prefix-{}", std::process::id()));
+    eagle_head(&dir);
+    let prompt = load_reference(&model("llama")).prompts[2].clone(); // 61 tokens: 3 full blocks reusable
+    let args = spec_args(512, "eagle", 3, Some(&dir));
+    let (mut core, info, _) = build(model("llama").to_str().unwrap(), "cpu", &args).unwrap();
+    let params = greedy(16);
+    let mut outs = Vec::new();
+    let mut drafted = Vec::new();
+    for i in 0..2 {
+        let max_new = info.validate(&prompt, &params).unwrap();
+        core.add(format!("r{i}"), prompt.clone(), params.clone(), max_new);
+        outs.push(core.run_to_completion().unwrap().into_iter().flat_map(|d| d.token_ids).collect::<Vec<_>>());
+        drafted.push(core.metrics().spec_draft_tokens);
+    }
+    assert!(core.metrics().prefix_cache_hit_tokens > 0, "the second request should reuse the first's blocks");
+    assert_eq!(outs[0], outs[1]);
+    assert!(drafted[1] > drafted[0], "no drafts after the prefix-cache hit: {drafted:?}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[test]
 fn draft_models_must_share_the_vocabulary_and_modes_must_be_known() {
     let err = |args: EngineArgs| build(model("llama").to_str().unwrap(), "cpu", &args).err().expect("refused").to_string();

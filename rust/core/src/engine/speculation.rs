@@ -91,7 +91,20 @@ impl EngineCore {
                 let mut reqs = Vec::with_capacity(wanted.len());
                 for (&seq, state) in self.requests.iter_mut() {
                     let (Some(&k), Some(tokens)) = (wanted.get(&seq), self.scheduler.tokens(seq)) else { continue };
-                    let Some(features) = gather_features(&state.spec.features, eagle.computed(seq), tokens.len() - 1) else { continue };
+                    let t = tokens.len() - 1;
+                    let mut features = gather_features(&state.spec.features, eagle.computed(seq), t);
+                    if features.is_none() {
+                        // Positions served from the prefix cache never had their hidden states computed
+                        // here: the head starts at the first position it has (its attention then lacks
+                        // the skipped context, which costs acceptance, never correctness).
+                        if let Some(first) = state.spec.features.iter().map(|(p, _)| *p).filter(|&p| p > eagle.computed(seq) && p < t).min() {
+                            features = gather_features(&state.spec.features, first, t);
+                            if features.is_some() {
+                                eagle.skip_to(seq, first);
+                            }
+                        }
+                    }
+                    let Some(features) = features else { continue };
                     state.spec.features.clear();
                     let super::request_state::RequestState { spec: rs, params, .. } = state;
                     let sampler = rs.sampler.get_or_insert_with(|| draft_sampler(params));

@@ -41,6 +41,12 @@ impl EagleModel {
         self.computed.get(&seq_id).copied().unwrap_or(0)
     }
 
+    /// Starts the sequence's pairs at `position` (the hidden states before it are not available, e.g.
+    /// served from the prefix cache).
+    pub fn skip_to(&mut self, seq_id: SeqId, position: usize) {
+        self.computed.insert(seq_id, position);
+    }
+
     pub fn forget(&mut self, seq_id: SeqId) {
         self.blocks.free(seq_id);
         self.computed.remove(&seq_id);
