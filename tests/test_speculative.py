@@ -127,7 +127,7 @@ def test_metrics_expose_acceptance(ngram_engine: MLCEngine) -> None:
     chat(ngram_engine, REPEAT, max_tokens=16)
     m = ngram_engine.metrics()
     for key in ("spec_acceptance_rate", "spec_mean_accepted_length", "spec_draft_tokens", "spec_accepted_tokens",
-                "spec_verify_steps", "spec_draft_time_s"):
+                "spec_verify_steps", "spec_draft_time_s", "spec_verify_time_s", "spec_draft_failures"):
         assert key in m.to_dict()
     assert "spec_acceptance_rate" in m.prometheus_text()
 

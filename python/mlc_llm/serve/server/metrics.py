@@ -40,6 +40,7 @@ _ENGINE_COUNTERS = (
     ("spec_accepted_tokens", "mlc_llm_spec_accepted_tokens", "Draft tokens the target accepted"),
     ("spec_verify_steps", "mlc_llm_spec_verify_steps", "Sequence steps that verified drafts"),
     ("spec_draft_time_s", "mlc_llm_spec_draft_seconds", "Time spent proposing drafts"),
+    ("spec_verify_time_s", "mlc_llm_spec_verify_seconds", "Time of the target steps that verified drafts"),
 )
 # Ratios over the engine's life, as gauges.
 _ENGINE_GAUGES = (

@@ -190,6 +190,9 @@ impl EngineCore {
             Err(e) => return self.fail_step(&out, e),
         };
         self.account_time(&out, start.elapsed().as_secs_f64());
+        if any_draft {
+            self.metrics.spec_verify_time_s += start.elapsed().as_secs_f64();
+        }
         let emitted = match self.emitted_tokens(&out, logits) {
             Ok(e) => e,
             Err(e) => return self.fail_step(&out, e),

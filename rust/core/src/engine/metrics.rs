@@ -32,6 +32,8 @@ pub struct Metrics {
     pub spec_accepted_tokens: u64,
     pub spec_verify_steps: u64,
     pub spec_draft_time_s: f64,
+    /// Time of the target steps that verified drafts.
+    pub spec_verify_time_s: f64,
     /// Proposal steps that failed (their sequences decoded without drafts).
     pub spec_draft_failures: u64,
     /// accepted / proposed draft tokens.
