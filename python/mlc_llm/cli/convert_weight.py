@@ -15,7 +15,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 QUANTIZATIONS = ["q0f16", "q0bf16", "q0f32", "q4f16_1", "q4bf16_1", "q4f32_1"]
-MODEL_TYPES = ["auto", "llama", "mistral", "qwen2", "qwen3"]
+MODEL_TYPES = ["auto", "llama", "mistral", "qwen2", "qwen3", "eagle"]
 EXIT_OK = 0
 EXIT_ERROR = 1
 
@@ -46,8 +46,9 @@ def model_dir(config: str) -> Path:
 
 
 def check_model_type(source: Path, model_type: str) -> None:
-    """`--model-type` other than auto must agree with config.json."""
-    if model_type == "auto":
+    """`--model-type` other than auto must agree with config.json (an EAGLE head's config is a Llama one;
+    its weights, `fc` beside `layers.*`, tell it apart)."""
+    if model_type in ("auto", "eagle"):
         return
     found = json.loads((source / "config.json").read_text()).get("model_type")
     if found != model_type:

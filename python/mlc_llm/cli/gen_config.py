@@ -140,10 +140,13 @@ def _conv_template(name: str) -> Any:
 
 def build_chat_config(source: Path, args: argparse.Namespace) -> Dict[str, Any]:
     hf = json.loads((source / "config.json").read_text())
-    model_config = _model_config(hf, args)
+    eagle = args.model_type == "eagle"
+    model_config = _model_config({**hf, "model_type": "llama"} if eagle else hf, args)
+    if eagle:  # MLC's EagleConfig: a Llama config and whether fc has a bias
+        model_config["bias"] = bool(hf.get("bias", True))
     config: Dict[str, Any] = {
         "version": CHAT_CONFIG_VERSION,
-        "model_type": hf["model_type"],
+        "model_type": "eagle" if eagle else hf["model_type"],
         "quantization": args.quantization,
         "model_config": model_config,
         "vocab_size": hf["vocab_size"],

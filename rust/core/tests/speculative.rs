@@ -174,6 +174,30 @@ fn eagle_head_drafts_are_verified_exactly() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// The same head converted to an MLC eagle directory (q0f32: exact) drafts exactly as the original: same
+/// tokens and the same proposals and acceptances.
+#[test]
+fn eagle_head_from_an_mlc_directory_drafts_like_the_checkpoint() {
+    let root = std::env::temp_dir().join(format!("mlc-spec-eagle-mlc-{}", std::process::id()));
+    let (hf, mlc) = (root.join("hf"), root.join("mlc"));
+    eagle_head(&hf);
+    mlc_core::convert::convert_weight(&hf, "q0f32", &mlc, &mut |_, _, _| Ok(())).unwrap();
+    let mut model_config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(hf.join("config.json")).unwrap()).unwrap();
+    model_config["model_type"] = "eagle".into();
+    let chat = serde_json::json!({"model_type": "eagle", "quantization": "q0f32", "model_config": model_config});
+    std::fs::write(mlc.join("mlc-chat-config.json"), chat.to_string()).unwrap();
+    let index = std::fs::read_to_string(mlc.join("tensor-cache.json")).unwrap();
+    assert!(index.contains("layers.0.self_attn.qkv_proj.weight") && index.contains("\"fc.bias\""), "MLC's eagle names");
+    let prompts = prompts(2048);
+    let params = greedy(24);
+    let (want, m_hf) = run(&model("llama"), &spec_args(512, "eagle", 3, Some(&hf)), &prompts, &params, true);
+    let (got, m_mlc) = run(&model("llama"), &spec_args(512, "eagle", 3, Some(&mlc)), &prompts, &params, true);
+    assert_eq!(got, want);
+    assert!(m_hf.spec_draft_tokens > 0);
+    assert_eq!((m_mlc.spec_draft_tokens, m_mlc.spec_accepted_tokens), (m_hf.spec_draft_tokens, m_hf.spec_accepted_tokens));
+    std::fs::remove_dir_all(root).unwrap();
+}
+
 /// A prompt served from the prefix cache has no hidden states for its cached positions: the head
 /// starts after them and still drafts.
 #[test]

@@ -1,5 +1,6 @@
 //! `convert_weight`: an HF safetensors checkpoint written as an MLC tensor cache (the parameter names,
 //! fused layouts and quantizations MLC's converter produces), so MLC's runtime and ours load the result.
+//! EAGLE heads (`fc.weight` beside `layers.0.*`) are written as MLC's eagle model.
 
 mod plan;
 
@@ -51,7 +52,11 @@ pub fn convert_weight(
     let text = std::fs::read_to_string(&cfg_path)?;
     let config = ModelConfig::from_hf_json(&text, &cfg_path.display().to_string())?;
     let (_, weights) = crate::loader::load_safetensors(&dir, &Device::Cpu, DType::F32)?;
-    let params = plan::mlc_params(&config, |name| weights.contains(name));
+    let params = if plan::is_eagle(|name| weights.contains(name)) {
+        plan::eagle_params(&config, |name| weights.contains(name))
+    } else {
+        plan::mlc_params(&config, |name| weights.contains(name))
+    };
     let mut writer = CacheWriter::new(output)?;
     let mut source_params = 0u64;
     for (i, p) in params.iter().enumerate() {

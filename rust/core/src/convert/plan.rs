@@ -61,3 +61,35 @@ pub fn mlc_params(cfg: &ModelConfig, has: impl Fn(&str) -> bool) -> Vec<MlcParam
     }
     out
 }
+
+/// An EAGLE head's checkpoint: `fc` and decoder layers without the `model.` prefix.
+pub fn is_eagle(has: impl Fn(&str) -> bool) -> bool {
+    has("fc.weight") && has("layers.0.self_attn.q_proj.weight")
+}
+
+/// The parameters of MLC's `EagleForCasualLM`: the embedding (when the checkpoint has one), the layers
+/// (the first without an input norm) and `fc`.
+pub fn eagle_params(cfg: &ModelConfig, has: impl Fn(&str) -> bool) -> Vec<MlcParam> {
+    use ParamKind::{Matrix, Plain};
+    let mut out = Vec::new();
+    if has("embed_tokens.weight") {
+        out.push(same("embed_tokens", "weight", Matrix));
+    }
+    for i in 0..cfg.num_hidden_layers {
+        let (attn, mlp) = (format!("layers.{i}.self_attn"), format!("layers.{i}.mlp"));
+        let qkv = ["q_proj", "k_proj", "v_proj"].iter().map(|m| format!("{attn}.{m}.weight")).collect();
+        out.push(param(format!("{attn}.qkv_proj"), "weight", qkv, Matrix));
+        out.push(same(&format!("{attn}.o_proj"), "weight", Matrix));
+        out.push(param(format!("{mlp}.gate_up_proj"), "weight", vec![format!("{mlp}.gate_proj.weight"), format!("{mlp}.up_proj.weight")], Matrix));
+        out.push(same(&format!("{mlp}.down_proj"), "weight", Matrix));
+        if i > 0 {
+            out.push(same(&format!("layers.{i}.input_layernorm"), "weight", Plain));
+        }
+        out.push(same(&format!("layers.{i}.post_attention_layernorm"), "weight", Plain));
+    }
+    out.push(same("fc", "weight", Matrix));
+    if has("fc.bias") {
+        out.push(same("fc", "bias", Plain));
+    }
+    out
+}
