@@ -15,7 +15,8 @@ use crate::error::{EngineError, Result};
 use crate::request::SamplingParams;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
-use candle_core::cuda_backend::WrapErr;
+use candle_core::cuda_backend::cudarc::driver::CudaView;
+use candle_core::cuda_backend::{CudaDevice, WrapErr};
 use candle_core::{DType, Storage, Tensor};
 use mlc_kernels as kernels;
 
@@ -51,33 +52,40 @@ pub fn argmax_on_device(logits: &Tensor) -> Result<Vec<u32>> {
     if batch == 0 {
         return Ok(Vec::new());
     }
+    with_logits(logits, "device argmax", |dev, src| {
+        let func = dev.get_or_load_custom_func(kernels::ARGMAX_FUNC, kernels::SAMPLING_MODULE, kernels::SAMPLING_PTX)?;
+        // SAFETY: the launch writes one token per row.
+        let mut out = unsafe { dev.alloc::<u32>(batch) }?;
+        let (b32, v32) = (batch as u32, vocab as u32); // checked in check_logits
+        let mut b = func.builder();
+        b.arg(src);
+        b.arg(&mut out);
+        b.arg(&b32);
+        b.arg(&v32);
+        let config = LaunchConfig { grid_dim: (b32, 1, 1), block_dim: (kernels::SAMPLING_THREADS, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: matches argmax_rows_f32 in sampling.cu: logits hold batch * vocab f32, out batch words.
+        unsafe { b.launch(config) }.w()?;
+        Ok(dev.clone_dtoh(&out)?)
+    })
+}
+
+/// Runs `f` with the device and the f32 elements of a contiguous copy of `logits` (a CUDA tensor); `op`
+/// names the caller in errors.
+fn with_logits<T>(logits: &Tensor, op: &'static str, f: impl FnOnce(&CudaDevice, &CudaView<'_, f32>) -> Result<T>) -> Result<T> {
     let logits = logits.contiguous()?; // [batch, vocab]
     let (storage, layout) = logits.storage_and_layout();
     let Storage::Cuda(cs) = &*storage else {
-        return Err(EngineError::Unsupported("device argmax: logits storage is not CUDA".to_string()));
+        return Err(EngineError::Unsupported(format!("{op}: logits storage is not CUDA")));
     };
     let Some((start, end)) = layout.contiguous_offsets() else {
-        return Err(candle_core::Error::RequiresContiguous { op: "device argmax" }.into());
+        return Err(candle_core::Error::RequiresContiguous { op }.into());
     };
-    let dev = cs.device().clone();
-    let func = dev.get_or_load_custom_func(kernels::ARGMAX_FUNC, kernels::SAMPLING_MODULE, kernels::SAMPLING_PTX)?;
     let all = cs.as_cuda_slice::<f32>()?;
     let len = all.len();
-    let src = all.try_slice(start..end).ok_or_else(|| {
-        EngineError::Unsupported(format!("device argmax: logits range {start}..{end} outside a buffer of {len}"))
-    })?;
-    // SAFETY: the launch writes one token per row.
-    let mut out = unsafe { dev.alloc::<u32>(batch) }?;
-    let (b32, v32) = (batch as u32, vocab as u32); // checked in check_logits
-    let mut b = func.builder();
-    b.arg(&src);
-    b.arg(&mut out);
-    b.arg(&b32);
-    b.arg(&v32);
-    let config = LaunchConfig { grid_dim: (b32, 1, 1), block_dim: (kernels::SAMPLING_THREADS, 1, 1), shared_mem_bytes: 0 };
-    // SAFETY: matches argmax_rows_f32 in sampling.cu: logits hold batch * vocab f32, out batch words.
-    unsafe { b.launch(config) }.w()?;
-    Ok(dev.clone_dtoh(&out)?)
+    let src = all
+        .try_slice(start..end)
+        .ok_or_else(|| EngineError::Unsupported(format!("{op}: logits range {start}..{end} outside a buffer of {len}")))?;
+    f(cs.device(), &src)
 }
 
 /// `(batch, vocab)` of a `[batch, vocab]` f32 CUDA tensor with one row per sequence.
@@ -112,43 +120,31 @@ fn check_logits(logits: &Tensor, num_seqs: usize) -> Result<(usize, usize)> {
 
 /// One launch of `sample_rows_f32`; returns its `[batch, SAMPLING_OUT_WORDS]` output words.
 fn launch(logits: &Tensor, packed: &device_rows::Packed, batch: usize, vocab: usize) -> Result<Vec<u32>> {
-    let logits = logits.contiguous()?; // [batch, vocab]
-    let (storage, layout) = logits.storage_and_layout();
-    let Storage::Cuda(cs) = &*storage else {
-        return Err(EngineError::Unsupported("device sampling: logits storage is not CUDA".to_string()));
-    };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        return Err(candle_core::Error::RequiresContiguous { op: "device sampling" }.into());
-    };
-    let dev = cs.device().clone();
-    let func = dev.get_or_load_custom_func(kernels::SAMPLING_FUNC, kernels::SAMPLING_MODULE, kernels::SAMPLING_PTX)?;
-    let all = cs.as_cuda_slice::<f32>()?;
-    let len = all.len();
-    let src = all.try_slice(start..end).ok_or_else(|| {
-        EngineError::Unsupported(format!("device sampling: logits range {start}..{end} outside a buffer of {len}"))
-    })?;
-    let params = dev.clone_htod(&packed.words)?;
-    // SAFETY: scratch; the block of each row that lists tokens writes its whole work row before reading it.
-    let work_len = packed.work_rows.max(1).checked_mul(vocab).ok_or_else(|| {
-        EngineError::Unsupported(format!("device sampling: {} work rows of {vocab}", packed.work_rows))
-    })?;
-    let mut work = unsafe { dev.alloc::<f32>(work_len) }?; // [work_rows, vocab]
-    let mut out = dev.alloc_zeros::<u32>(batch * kernels::SAMPLING_OUT_WORDS)?; // [batch, SAMPLING_OUT_WORDS]
-    let (b32, v32) = (batch as u32, vocab as u32); // checked in check_logits
-    let mut b = func.builder();
-    b.arg(&src);
-    b.arg(&mut work);
-    b.arg(&params);
-    b.arg(&mut out);
-    b.arg(&b32);
-    b.arg(&v32);
-    let config = LaunchConfig { grid_dim: (b32, 1, 1), block_dim: (kernels::SAMPLING_THREADS, 1, 1), shared_mem_bytes: 0 };
-    // SAFETY: matches sample_rows_f32 in sampling.cu: logits hold batch * vocab f32, work one row of vocab
-    // f32 per row that lists entries (work_row < work_rows), params batch rows of SAMPLING_ROW_WORDS then
-    // the entries those rows index (every token < vocab, built by device_rows::pack), out
-    // batch * SAMPLING_OUT_WORDS words.
-    unsafe { b.launch(config) }.w()?;
-    Ok(dev.clone_dtoh(&out)?)
+    with_logits(logits, "device sampling", |dev, src| {
+        let func = dev.get_or_load_custom_func(kernels::SAMPLING_FUNC, kernels::SAMPLING_MODULE, kernels::SAMPLING_PTX)?;
+        let params = dev.clone_htod(&packed.words)?;
+        // SAFETY: scratch; the block of each row that lists tokens writes its whole work row before reading it.
+        let work_len = packed.work_rows.max(1).checked_mul(vocab).ok_or_else(|| {
+            EngineError::Unsupported(format!("device sampling: {} work rows of {vocab}", packed.work_rows))
+        })?;
+        let mut work = unsafe { dev.alloc::<f32>(work_len) }?; // [work_rows, vocab]
+        let mut out = dev.alloc_zeros::<u32>(batch * kernels::SAMPLING_OUT_WORDS)?; // [batch, SAMPLING_OUT_WORDS]
+        let (b32, v32) = (batch as u32, vocab as u32); // checked in check_logits
+        let mut b = func.builder();
+        b.arg(src);
+        b.arg(&mut work);
+        b.arg(&params);
+        b.arg(&mut out);
+        b.arg(&b32);
+        b.arg(&v32);
+        let config = LaunchConfig { grid_dim: (b32, 1, 1), block_dim: (kernels::SAMPLING_THREADS, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: matches sample_rows_f32 in sampling.cu: logits hold batch * vocab f32, work one row of vocab
+        // f32 per row that lists entries (work_row < work_rows), params batch rows of SAMPLING_ROW_WORDS then
+        // the entries those rows index (every token < vocab, built by device_rows::pack), out
+        // batch * SAMPLING_OUT_WORDS words.
+        unsafe { b.launch(config) }.w()?;
+        Ok(dev.clone_dtoh(&out)?)
+    })
 }
 
 #[cfg(test)]
