@@ -112,6 +112,24 @@ def test_q4_stacked(q4_core, dtype, tokens):
     assert r["stacked"] is True, r
 
 
+# The MLP's gate/up projection with silu(gate) * up in the GEMV's epilogue (bf16 / f16, K % 256 == 0,
+# up to 32 tokens; everything else falls back to the GEMV or dequantize path, then silu_mul). Its gate
+# and up sums are rounded to the dtype before the activation, so it must equal the unfused GEMV +
+# silu_mul exactly; against the f64 reference silu(gate) * up the error is the dtype's rounding of gate,
+# up, silu and the product.
+@pytest.mark.parametrize("dtype", ["bf16", "f16", "f32"])
+@pytest.mark.parametrize("rows,cols", [(28672, 4096), (2002, 4096), (2000, 1056)])
+@pytest.mark.parametrize("tokens", [1, 3, 8, 20, 40])
+def test_q4_gate_up_silu(q4_core, dtype, rows, cols, tokens):
+    r = _run(q4_core, {"dtype": dtype, "tokens": tokens, "rows": rows, "cols": cols, "silu": True, "seed": rows + tokens})
+    assert r["max_abs_ref"] > 0.0, r
+    assert r["dequant_max_abs_err"] == 0.0, r
+    assert r["silu_unfused_max_abs_diff"] == 0.0, r
+    assert r["max_rel_err"] <= 2 * _MAX_TOL[dtype], r
+    if r["path"] == "gemv":
+        assert r["max_elem_rel_err"] <= 4 * _ELEM_TOL[dtype], r
+
+
 @pytest.mark.parametrize("tokens", [1, 8])
 def test_q4_misaligned_activations(q4_core, tokens):
     # x starting 2 bytes into its buffer: the tensor-core kernel's 8-byte loads would be unaligned, the
@@ -123,11 +141,13 @@ def test_q4_misaligned_activations(q4_core, tokens):
 # calls with one synchronize at the end, output allocation included; weight bytes over time.
 @pytest.mark.parametrize("tokens", [1, 8])
 @pytest.mark.parametrize("name,rows,cols", [
-    ("qkv", 6144, 4096), ("o_proj", 4096, 4096), ("gate_up", 28672, 4096), ("down", 4096, 14336),
+    ("qkv", 6144, 4096), ("o_proj", 4096, 4096), ("gate_up", 28672, 4096), ("gate_up_silu", 28672, 4096),
+    ("down", 4096, 14336),
     ("lm_head", 128256, 4096),
 ])
 def test_q4_timing(q4_core, name, rows, cols, tokens):
-    r = _run(q4_core, {"dtype": "bf16", "tokens": tokens, "rows": rows, "cols": cols, "repeat": 100, "seed": 1})
+    r = _run(q4_core, {"dtype": "bf16", "tokens": tokens, "rows": rows, "cols": cols, "repeat": 100, "seed": 1,
+                       "silu": name.endswith("_silu")})
     weight_bytes = rows * cols // 32 * 18
     result = {"test": "q4_timing", "name": name, "tokens": tokens, "device_us": round(r["device_us"], 2),
               "weight_tb_s": round(weight_bytes / r["device_us"] / 1e6, 3)}

@@ -1,4 +1,4 @@
-// Shared helpers of our kernels: element conversions to and from f32 and warp reductions.
+// Shared helpers of our kernels: element conversions to and from f32, warp reductions, silu * up.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -12,6 +12,16 @@ template <typename T> __device__ __forceinline__ T from_f32(float x);
 template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
 template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half(x); }
+
+// x rounded to T's precision, kept in f32.
+template <typename T> __device__ __forceinline__ float round_to(float x) { return to_f32(from_f32<T>(x)); }
+
+// silu(gate) * up for a gate and an up already in T (silu's own output rounded to T, as a separate
+// activation would be): the one definition behind silu_mul_* and the fused gate/up GEMV.
+template <typename T> __device__ __forceinline__ T silu_times(float gate, float up) {
+    const float s = round_to<T>(gate / (1.0f + expf(-gate)));
+    return from_f32<T>(s * up);
+}
 
 __device__ __forceinline__ float warp_sum(float x) {
 #pragma unroll

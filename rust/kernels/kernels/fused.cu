@@ -15,8 +15,6 @@
 // head_dim / 2 rotation pairs, at most 4 per lane: head_dim <= 256.
 #define ROPE_MAX_PAIRS_PER_LANE 4
 
-template <typename T> __device__ __forceinline__ float round_to(float x) { return to_f32(from_f32<T>(x)); }
-
 // ---------------------------------------------------------------------------------------------------
 // silu(gate) * up: one thread per output element (grid-stride).
 template <typename T>
@@ -25,10 +23,7 @@ __device__ void silu_mul(T* __restrict__ out, const T* __restrict__ gate_up, uin
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         const size_t t = i / ffn, j = i % ffn;
         const T* row = gate_up + t * 2 * (size_t)ffn;
-        const float g = to_f32(row[j]);
-        const float u = to_f32(row[ffn + j]);
-        const float s = round_to<T>(g / (1.0f + expf(-g)));  // silu's own output is rounded
-        out[i] = from_f32<T>(s * u);
+        out[i] = silu_times<T>(to_f32(row[j]), to_f32(row[ffn + j]));
     }
 }
 

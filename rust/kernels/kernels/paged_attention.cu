@@ -11,23 +11,57 @@
 //   work_token/split:  [num_work]     one (token, partition) pair per block row of the grid
 //   part_o:            [num_partials, num_heads, head_dim]  f32, normalised partial outputs
 //   part_ml:           [num_partials, num_heads, 2]         f32, (running max, sum of exp) per partial
+//   counters:          [num_tokens, num_heads]              u32, finished partitions (zero at launch)
 //
 // Grid (num_work, num_heads), ATTN_THREADS threads. Each of the ATTN_WARPS warps walks every
 // ATTN_WARPS-th key of the block's partition, a batch of keys at a time, with an online softmax in f32
 // (lane i holds dims i, i+32, ..);
 // the warps are merged through shared memory at the end. A token with one partition writes `out`;
-// split tokens (decode over long contexts: flash-decoding) write partials that
-// paged_attention_combine_* merges with their log-sum-exp weights.
+// split tokens (decode over long contexts: flash-decoding) write partials, and the last of a (token,
+// head)'s partition blocks to finish (counted in `counters`, [num_tokens, num_heads] u32, zero at
+// launch) merges them with their log-sum-exp weights: no second launch, whose fixed cost exceeded the
+// merge itself at batch 1.
 #include "common.cuh"
 #include <math.h>
 
 #define ATTN_THREADS 128
 #define ATTN_WARPS (ATTN_THREADS / 32)
 #define ATTN_MAX_SPLITS 64
-#define COMBINE_THREADS 128
+
+// out[t, h] = sum_z w_z o_z / sum_z w_z over the token's partitions, w_z = l_z * exp(m_z - max_z m_z);
+// run by the whole block. Partials were written by other blocks: read past L1 (__ldcg).
+template <typename T>
+__device__ void combine_partitions(T* __restrict__ out, const float* __restrict__ part_o,
+                                   const float* __restrict__ part_ml, uint32_t first, uint32_t splits, uint32_t t,
+                                   uint32_t h, uint32_t num_heads, uint32_t head_dim) {
+    __shared__ float sm_w[ATTN_MAX_SPLITS];
+    __shared__ float sm_inv;
+    if (threadIdx.x == 0) {
+        float mx = -INFINITY;
+        for (uint32_t z = 0; z < splits; ++z) mx = fmaxf(mx, __ldcg(part_ml + ((size_t)(first + z) * num_heads + h) * 2));
+        float total = 0.f;
+        for (uint32_t z = 0; z < splits; ++z) {
+            const size_t row = (size_t)(first + z) * num_heads + h;
+            const float mz = __ldcg(part_ml + row * 2);
+            const float wz = mz == -INFINITY ? 0.f : __ldcg(part_ml + row * 2 + 1) * expf(mz - mx);
+            sm_w[z] = wz;
+            total += wz;
+        }
+        sm_inv = total > 0.f ? 1.f / total : 0.f;
+    }
+    __syncthreads();
+    const float inv = sm_inv;
+    T* op = out + ((size_t)t * num_heads + h) * head_dim;
+    for (uint32_t d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float o = 0.f;
+        for (uint32_t z = 0; z < splits; ++z) o += sm_w[z] * __ldcg(part_o + ((size_t)(first + z) * num_heads + h) * head_dim + d);
+        op[d] = from_f32<T>(o * inv);
+    }
+}
 
 template <typename T, int NPL>  // NPL: values per lane, head_dim <= 32 * NPL
 __device__ void paged_attention(T* __restrict__ out, float* __restrict__ part_o, float* __restrict__ part_ml,
+                                uint32_t* __restrict__ counters,
                                 const T* __restrict__ q, const T* __restrict__ k_cache,
                                 const T* __restrict__ v_cache, const uint32_t* __restrict__ block_tables,
                                 const uint32_t* __restrict__ token_seq, const uint32_t* __restrict__ token_pos,
@@ -159,65 +193,30 @@ __device__ void paged_attention(T* __restrict__ out, float* __restrict__ part_o,
             part_ml[row * 2] = wm;  // -inf for an empty partition (its sum is 0)
             part_ml[row * 2 + 1] = total;
         }
-    }
-}
-
-// Grid (num_split_tokens, num_heads), COMBINE_THREADS threads: out = sum_z w_z o_z / sum_z w_z with
-// w_z = l_z * exp(m_z - max_z m_z).
-template <typename T>
-__device__ void paged_attention_combine(T* __restrict__ out, const float* __restrict__ part_o,
-                                        const float* __restrict__ part_ml, const uint32_t* __restrict__ split_tokens,
-                                        const uint32_t* __restrict__ token_splits,
-                                        const uint32_t* __restrict__ token_part, uint32_t num_heads,
-                                        uint32_t head_dim) {
-    __shared__ float sm_w[ATTN_MAX_SPLITS];
-    __shared__ float sm_inv;
-    const uint32_t t = split_tokens[blockIdx.x];
-    const uint32_t h = blockIdx.y;
-    const uint32_t splits = min(token_splits[t], (uint32_t)ATTN_MAX_SPLITS);
-    if (splits <= 1) return;  // unsplit tokens (listed by a fixed-size grid) were written directly
-    const uint32_t first = token_part[t];
-    if (threadIdx.x == 0) {
-        float mx = -INFINITY;
-        for (uint32_t z = 0; z < splits; ++z) mx = fmaxf(mx, part_ml[((size_t)(first + z) * num_heads + h) * 2]);
-        float total = 0.f;
-        for (uint32_t z = 0; z < splits; ++z) {
-            const size_t row = (size_t)(first + z) * num_heads + h;
-            const float mz = part_ml[row * 2];
-            const float wz = mz == -INFINITY ? 0.f : part_ml[row * 2 + 1] * expf(mz - mx);
-            sm_w[z] = wz;
-            total += wz;
+        // Publish this partition, then count it; the block that completes the count merges.
+        __shared__ bool sm_last;
+        __threadfence();
+        __syncthreads();
+        if (threadIdx.x == 0) sm_last = atomicAdd(counters + (size_t)t * num_heads + h, 1u) == splits - 1;
+        __syncthreads();
+        if (sm_last) {
+            __threadfence();
+            combine_partitions<T>(out, part_o, part_ml, token_part[t], min(splits, (uint32_t)ATTN_MAX_SPLITS), t, h,
+                                  num_heads, head_dim);
         }
-        sm_inv = total > 0.f ? 1.f / total : 0.f;
-    }
-    __syncthreads();
-    const float inv = sm_inv;
-    T* op = out + ((size_t)t * num_heads + h) * head_dim;
-    for (uint32_t d = threadIdx.x; d < head_dim; d += COMBINE_THREADS) {
-        float o = 0.f;
-        for (uint32_t z = 0; z < splits; ++z) o += sm_w[z] * part_o[((size_t)(first + z) * num_heads + h) * head_dim + d];
-        op[d] = from_f32<T>(o * inv);
     }
 }
 
 #define PAGED_ATTENTION(NAME, T, NPL)                                                                          \
     extern "C" __global__ void __launch_bounds__(ATTN_THREADS)                                                 \
-        NAME(T* out, float* part_o, float* part_ml, const T* q, const T* k_cache, const T* v_cache,            \
-             const uint32_t* block_tables, const uint32_t* token_seq, const uint32_t* token_pos,               \
+        NAME(T* out, float* part_o, float* part_ml, uint32_t* counters, const T* q, const T* k_cache,          \
+             const T* v_cache, const uint32_t* block_tables, const uint32_t* token_seq, const uint32_t* token_pos,               \
              const uint32_t* token_splits, const uint32_t* token_part, const uint32_t* work_token,             \
              const uint32_t* work_split, uint32_t num_heads, uint32_t num_kv_heads, uint32_t head_dim,         \
              uint32_t block_size, uint32_t max_blocks, float scale) {                                          \
-        paged_attention<T, NPL>(out, part_o, part_ml, q, k_cache, v_cache, block_tables, token_seq, token_pos, \
-                                token_splits, token_part, work_token, work_split, num_heads, num_kv_heads,     \
-                                head_dim, block_size, max_blocks, scale);                                      \
-    }
-
-#define COMBINE(NAME, T)                                                                                        \
-    extern "C" __global__ void __launch_bounds__(COMBINE_THREADS)                                               \
-        NAME(T* out, const float* part_o, const float* part_ml, const uint32_t* split_tokens,                   \
-             const uint32_t* token_splits, const uint32_t* token_part, uint32_t num_heads, uint32_t head_dim) { \
-        paged_attention_combine<T>(out, part_o, part_ml, split_tokens, token_splits, token_part, num_heads,     \
-                                   head_dim);                                                                   \
+        paged_attention<T, NPL>(out, part_o, part_ml, counters, q, k_cache, v_cache, block_tables, token_seq,   \
+                                token_pos, token_splits, token_part, work_token, work_split, num_heads,       \
+                                num_kv_heads, head_dim, block_size, max_blocks, scale);                        \
     }
 
 PAGED_ATTENTION(paged_attention_f32_d64, float, 2)
@@ -229,7 +228,3 @@ PAGED_ATTENTION(paged_attention_bf16_d256, __nv_bfloat16, 8)
 PAGED_ATTENTION(paged_attention_f16_d64, __half, 2)
 PAGED_ATTENTION(paged_attention_f16_d128, __half, 4)
 PAGED_ATTENTION(paged_attention_f16_d256, __half, 8)
-
-COMBINE(paged_attention_combine_f32, float)
-COMBINE(paged_attention_combine_bf16, __nv_bfloat16)
-COMBINE(paged_attention_combine_f16, __half)

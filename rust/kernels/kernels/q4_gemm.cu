@@ -1,6 +1,8 @@
 // GGML Q4_0 weights times activations, for decode-sized batches, and Q4_0 dequantization.
 //
 //   q4_gemv_mma_<T>     (T = bf16, f16) y[M, N] = x[M, K] . W[N, K]^T on tensor cores; K % 256 == 0
+//   q4_gemv_mma_silu_<T> the same for a stacked gate/up weight W[2N, K] (gate rows, then up rows), with
+//                       the MLP's activation as epilogue: y[M, N] = silu(x . gate^T) * (x . up^T)
 //   q4_gemv_simple_<T>  (T = f32, bf16, f16) the same with scalar f32 FMAs; any K % 32 == 0
 //   q4_dequant_<T>      W[N, K] -> out[N, K] in T (for batches too large for the kernels above)
 //
@@ -24,6 +26,9 @@
 //   lane (g, c) = (lane / 4, lane % 4) holds, for rows g and g + 8, qs bytes 4c..4c+3 of the block;
 //   step s (0: low nibbles, 1: high nibbles), MMA k index -> element of the block:
 //     2c -> 16s + 4c,  2c + 1 -> 16s + 4c + 2,  2c + 8 -> 16s + 4c + 1,  2c + 9 -> 16s + 4c + 3.
+// The silu variant gives a block gate rows r..r + 7 as MMA rows 0-7 and the matching up rows as rows
+// 8-15, so each output's gate and up sums meet in one block; they are rounded to T (as the separate
+// projection would store them) before silu_times, so it equals the unfused GEMV + silu_mul exactly.
 // Nibbles become f16 / bf16 by the magic-exponent trick (OR the nibble into the mantissa of 1024.0 /
 // 128.0, subtract 1032 / 136 to get q - 8 exactly).
 //
@@ -115,9 +120,10 @@ __device__ __forceinline__ void cp_async_wait_one() {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Tensor-core GEMV. grid = (ceil(M / 8), ceil(N / 16)), block = 32 * Q4_MMA_WARPS.
-// Needs K % 256 == 0 and w, x 16- and 8-byte aligned (checked by the caller).
-template <typename T>
+// Tensor-core GEMV. grid = (ceil(M / 8), ceil(N / 16)) (SILU: ceil(N / 8), N = outputs = half of W's
+// rows), block = 32 * Q4_MMA_WARPS. Needs K % 256 == 0 and w, x 16- and 8-byte aligned (checked by the
+// caller).
+template <typename T, bool SILU>
 __device__ void q4_gemv_mma(T* __restrict__ y, const uint8_t* __restrict__ w, const T* __restrict__ x,
                             uint32_t m, uint32_t n, uint32_t k) {
     __shared__ __align__(16) uint8_t stage[Q4_MMA_WARPS][Q4_STAGES][Q4_MMA_ROWS * Q4_GROUP_BYTES];
@@ -126,7 +132,8 @@ __device__ void q4_gemv_mma(T* __restrict__ y, const uint8_t* __restrict__ w, co
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, c = lane & 3;
     const uint32_t t0 = blockIdx.x * Q4_TOKENS;
-    const uint32_t row0 = blockIdx.y * Q4_MMA_ROWS;
+    // First output row of the block (SILU: first gate row; its up rows start n rows further).
+    const uint32_t row0 = blockIdx.y * (SILU ? Q4_MMA_ROWS / 2 : Q4_MMA_ROWS);
     const size_t row_bytes = (size_t)(k / 32) * Q4_BLOCK_BYTES;
     const uint32_t groups = k / (32 * Q4_GROUP_BLOCKS);
     const uint32_t mine = groups > (uint32_t)warp ? (groups - warp + Q4_MMA_WARPS - 1) / Q4_MMA_WARPS : 0;
@@ -141,7 +148,7 @@ __device__ void q4_gemv_mma(T* __restrict__ y, const uint8_t* __restrict__ w, co
         uint8_t* dst = stage[warp][s];
         for (int j = lane; j < Q4_MMA_ROWS * 9; j += 32) {
             const int r = j / 9, piece = j - r * 9;
-            const uint32_t row = min(row0 + r, n - 1);
+            const uint32_t row = SILU ? min(row0 + (r & 7), n - 1) + (r < 8 ? 0 : n) : min(row0 + r, n - 1);
             const uint8_t* src = w + (size_t)row * row_bytes + (size_t)grp * Q4_GROUP_BYTES + piece * 16;
             cp_async_16(dst + r * Q4_GROUP_BYTES + piece * 16, src);
         }
@@ -204,7 +211,19 @@ __device__ void q4_gemv_mma(T* __restrict__ y, const uint8_t* __restrict__ w, co
     partial[warp][g + 8][2 * c] = acc[2];
     partial[warp][g + 8][2 * c + 1] = acc[3];
     __syncthreads();
-    if (threadIdx.x < Q4_MMA_ROWS * Q4_TOKENS) {
+    if (SILU) {
+        if (threadIdx.x < Q4_MMA_ROWS / 2 * Q4_TOKENS) {
+            const int r = threadIdx.x % (Q4_MMA_ROWS / 2), t = threadIdx.x / (Q4_MMA_ROWS / 2);
+            float gate = 0.f, up = 0.f;
+#pragma unroll
+            for (int v = 0; v < Q4_MMA_WARPS; ++v) {
+                gate += partial[v][r][t];
+                up += partial[v][r + 8][t];
+            }
+            const uint32_t row = row0 + r, tok = t0 + t;
+            if (row < n && tok < m) y[(size_t)tok * n + row] = silu_times<T>(round_to<T>(gate), round_to<T>(up));
+        }
+    } else if (threadIdx.x < Q4_MMA_ROWS * Q4_TOKENS) {
         // Consecutive threads take consecutive rows of one token: contiguous stores.
         const int r = threadIdx.x % Q4_MMA_ROWS, t = threadIdx.x / Q4_MMA_ROWS;
         float sum = 0.f;
@@ -290,8 +309,19 @@ __device__ void q4_dequant(T* __restrict__ out, const uint8_t* __restrict__ w, u
         IMPL<T>(y, w, x, m, n, k);                                                                           \
     }
 
-Q4_GEMV(q4_gemv_mma_bf16, q4_gemv_mma, __nv_bfloat16)
-Q4_GEMV(q4_gemv_mma_f16, q4_gemv_mma, __half)
+template <typename T> __device__ __forceinline__ void q4_gemv_mma_plain(T* y, const uint8_t* w, const T* x, uint32_t m,
+                                                                       uint32_t n, uint32_t k) {
+    q4_gemv_mma<T, false>(y, w, x, m, n, k);
+}
+template <typename T> __device__ __forceinline__ void q4_gemv_mma_silu(T* y, const uint8_t* w, const T* x, uint32_t m,
+                                                                      uint32_t n, uint32_t k) {
+    q4_gemv_mma<T, true>(y, w, x, m, n, k);
+}
+
+Q4_GEMV(q4_gemv_mma_bf16, q4_gemv_mma_plain, __nv_bfloat16)
+Q4_GEMV(q4_gemv_mma_f16, q4_gemv_mma_plain, __half)
+Q4_GEMV(q4_gemv_mma_silu_bf16, q4_gemv_mma_silu, __nv_bfloat16)
+Q4_GEMV(q4_gemv_mma_silu_f16, q4_gemv_mma_silu, __half)
 Q4_GEMV(q4_gemv_simple_f32, q4_gemv_simple, float)
 Q4_GEMV(q4_gemv_simple_bf16, q4_gemv_simple, __nv_bfloat16)
 Q4_GEMV(q4_gemv_simple_f16, q4_gemv_simple, __half)

@@ -61,10 +61,8 @@ pub fn fused_name(op: FusedOp, dtype: KernelDType) -> &'static str {
 
 /// Threads per block of the attention kernel (`ATTN_THREADS` in paged_attention.cu).
 pub const ATTN_THREADS: u32 = 128;
-/// Threads per block of the split-combine kernel (`COMBINE_THREADS` in paged_attention.cu).
-pub const COMBINE_THREADS: u32 = 128;
 /// Most context partitions one query token may be split into (`ATTN_MAX_SPLITS` in paged_attention.cu:
-/// the combine kernel keeps one weight per partition in shared memory).
+/// the merging block keeps one weight per partition in shared memory).
 pub const ATTN_MAX_SPLITS: usize = 64;
 /// Largest head dimension the attention kernels accept (`8 * 32` values per lane-strided row).
 pub const ATTN_MAX_HEAD_DIM: usize = 256;
@@ -141,15 +139,6 @@ pub fn prefill_attention_name(dtype: KernelDType, head_dim: usize) -> Option<&'s
     }
 }
 
-/// `paged_attention_combine_<dtype>`: merges a split token's partitions into its output row.
-pub fn combine_name(dtype: KernelDType) -> &'static str {
-    match dtype {
-        KernelDType::F32 => "paged_attention_combine_f32",
-        KernelDType::BF16 => "paged_attention_combine_bf16",
-        KernelDType::F16 => "paged_attention_combine_f16",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,18 +206,23 @@ pub const Q4_DEQUANT_THREADS: u32 = 256;
 pub enum Q4Kernel {
     /// Tensor-core GEMV (bf16 / f16 only).
     GemvMma,
+    /// The tensor-core GEMV of a stacked gate/up weight with silu(gate) * up as epilogue.
+    GemvMmaSilu,
     /// Scalar GEMV (every dtype, any K multiple of 32).
     GemvSimple,
     Dequant,
 }
 
-/// `q4_<kernel>_<dtype>`, or `None` for the tensor-core kernel in f32.
+/// `q4_<kernel>_<dtype>`, or `None` for the tensor-core kernels in f32.
 pub fn q4_name(kernel: Q4Kernel, dtype: KernelDType) -> Option<&'static str> {
     use KernelDType::*;
     Some(match (kernel, dtype) {
         (Q4Kernel::GemvMma, BF16) => "q4_gemv_mma_bf16",
         (Q4Kernel::GemvMma, F16) => "q4_gemv_mma_f16",
         (Q4Kernel::GemvMma, F32) => return None,
+        (Q4Kernel::GemvMmaSilu, BF16) => "q4_gemv_mma_silu_bf16",
+        (Q4Kernel::GemvMmaSilu, F16) => "q4_gemv_mma_silu_f16",
+        (Q4Kernel::GemvMmaSilu, F32) => return None,
         (Q4Kernel::GemvSimple, F32) => "q4_gemv_simple_f32",
         (Q4Kernel::GemvSimple, BF16) => "q4_gemv_simple_bf16",
         (Q4Kernel::GemvSimple, F16) => "q4_gemv_simple_f16",

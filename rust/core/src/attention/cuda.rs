@@ -4,7 +4,8 @@
 //!
 //! Attention runs up to three kernels: the tiled prefill kernel for the query tiles of long chunks
 //! (bf16 / f16, head_dim 64 or 128), the per-token kernel for every other row of the plan (decode,
-//! short chunks, and long chunks where no tiled kernel applies), and the combine of split tokens.
+//! short chunks, and long chunks where no tiled kernel applies; split tokens are merged by their last
+//! partition's block).
 
 use super::plan::Span;
 use super::DeviceStep;
@@ -181,16 +182,15 @@ pub fn paged_attention(
         args.prefill = kernels::prefill_attention_name(dtype, d);
     }
     let storage = match dtype {
-        KernelDType::F32 => launch_attention::<f32>(step, dtype, name, q, k, v, &args)?,
-        KernelDType::BF16 => launch_attention::<half::bf16>(step, dtype, name, q, k, v, &args)?,
-        KernelDType::F16 => launch_attention::<half::f16>(step, dtype, name, q, k, v, &args)?,
+        KernelDType::F32 => launch_attention::<f32>(step, name, q, k, v, &args)?,
+        KernelDType::BF16 => launch_attention::<half::bf16>(step, name, q, k, v, &args)?,
+        KernelDType::F16 => launch_attention::<half::f16>(step, name, q, k, v, &args)?,
     };
     Ok((storage, Shape::from((t, h, d))))
 }
 
 fn launch_attention<T: CudaDType + DeviceRepr>(
     step: &DeviceStep,
-    dtype: KernelDType,
     name: &str,
     q: &CudaStorage,
     k: &CudaStorage,
@@ -203,11 +203,13 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
     let attn = dev.get_or_load_custom_func(name, kernels::PAGED_ATTENTION_MODULE, kernels::PAGED_ATTENTION_PTX)?;
     // SAFETY: every row of `out` is written: the step's sequences tile all its tokens (validated in
     // `prepare`), each unsplit token by the per-token or the tiled kernel and each split one by the
-    // combine kernel.
+    // block of its last finished partition.
     let mut out = unsafe { dev.alloc::<T>(plan.num_tokens * h * d) }?;
     // Partial results of split tokens (at least one element so the pointers are valid).
     let mut part_o = unsafe { dev.alloc::<f32>((plan.num_partials * h * d).max(1)) }?;
     let mut part_ml = unsafe { dev.alloc::<f32>((plan.num_partials * h * 2).max(1)) }?;
+    // Finished partitions per (token, head): the kernel's merge needs them zero at launch.
+    let mut counters = dev.alloc_zeros::<u32>(if plan.num_split_tokens > 0 { plan.num_tokens * h } else { 1 })?;
     // With the tiled kernel the per-token kernel takes only the rows of the untiled sequences.
     let rows = if a.prefill.is_some() { plan.num_short_work } else { plan.num_work };
     let num_work = to_u32(rows, "attention work items")?;
@@ -225,6 +227,7 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
             b.arg(&mut out);
             b.arg(&mut part_o);
             b.arg(&mut part_ml);
+            b.arg(&mut counters);
             b.arg(&qv);
             b.arg(&kv);
             b.arg(&vv);
@@ -270,23 +273,6 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
             // SAFETY: matches prefill_attention_* in prefill_attention.cu (instantiated for this dtype and
             // head_dim); tiles, query ranges, contexts and block tables were planned from validated
             // metadata, and the tiles cover exactly the rows the per-token launch above left out.
-            unsafe { b.launch(cfg) }.w()?;
-        }
-        if plan.num_split_tokens > 0 {
-            let split_tokens = m(plan.split_tokens, "split tokens")?;
-            let combine = dev.get_or_load_custom_func(kernels::combine_name(dtype), kernels::PAGED_ATTENTION_MODULE, kernels::PAGED_ATTENTION_PTX)?;
-            let mut b = combine.builder();
-            b.arg(&mut out);
-            b.arg(&part_o);
-            b.arg(&part_ml);
-            b.arg(&split_tokens);
-            b.arg(&token_splits);
-            b.arg(&token_part);
-            b.arg(&a.num_heads);
-            b.arg(&a.head_dim);
-            let grid = (to_u32(plan.num_split_tokens, "split tokens")?, a.num_heads, 1);
-            let cfg = LaunchConfig { grid_dim: grid, block_dim: (kernels::COMBINE_THREADS, 1, 1), shared_mem_bytes: 0 };
-            // SAFETY: matches paged_attention_combine_*; partial rows were written by the launch above.
             unsafe { b.launch(cfg) }.w()?;
         }
         Ok(())

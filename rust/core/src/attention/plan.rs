@@ -42,7 +42,7 @@ pub struct StepPlan {
     pub num_short_work: usize,
     /// Blocks of the tiled prefill kernel: one per `PREFILL_TILE_M` queries of a tiled sequence.
     pub num_tiles: usize,
-    /// Tokens whose context is split (they need the combine kernel).
+    /// Tokens whose context is split (their partitions are merged by the last one to finish).
     pub num_split_tokens: usize,
     /// Rows of the f32 partial-result buffers (sum of the split tokens' partition counts).
     pub num_partials: usize,

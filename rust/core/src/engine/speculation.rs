@@ -57,7 +57,7 @@ impl EngineCore {
             let length = state.spec.length.get_or_insert_with(|| DraftLength::new(spec.draft_length));
             // The target adds one token of its own to every verified draft.
             let room = state.max_new_tokens.saturating_sub(state.num_generated + 1);
-            let k = length.get().min(room);
+            let k = length.next().min(room);
             if k > 0 {
                 wanted.insert(seq, k);
             }

@@ -164,6 +164,16 @@ impl StackedLinear {
         matches!(self, StackedLinear::Stacked(_))
     }
 
+    /// For a stacked gate/up pair: `x: [num_tokens, in] -> [num_tokens, out]` silu(gate) * up. A Q4_0
+    /// weight on CUDA computes it inside its GEMV; everything else runs `forward` then `silu_mul`.
+    pub fn forward_silu_mul(&self, x: &Tensor) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if let StackedLinear::Stacked(Linear { weight: Weight::Q4Cuda(q), bias: None }) = self {
+            return q.forward_silu_mul(x);
+        }
+        super::fused::silu_mul(&self.forward(x)?)
+    }
+
     /// `x: [num_tokens, in] -> [num_tokens, sum of outs]`
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {

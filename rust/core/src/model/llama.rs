@@ -123,7 +123,7 @@ pub(crate) fn run_layers(layers: &[Layer], s: &StackStep<'_>, mut residual: Tens
         };
         let attn = s.kv.attend(li, &q, s.step, scale)?.reshape((n, nh * hd))?; // [num_tokens, heads * head_dim]
         (residual, h) = fused::add_rms_norm(&layer.o_proj.forward(&attn)?, &residual, &layer.post_norm, eps)?;
-        let act = fused::silu_mul(&layer.gate_up_proj.forward(&h)?)?; // [num_tokens, intermediate]
+        let act = layer.gate_up_proj.forward_silu_mul(&h)?; // [num_tokens, intermediate]
         mlp_out = Some(layer.down_proj.forward(&act)?);
     }
     Ok((residual, mlp_out))

@@ -68,13 +68,33 @@ impl Q4Weight {
         let t: usize = lead.iter().product();
         let x2 = x.reshape((t, k))?; // [num_tokens, k]
         let y = if t <= GEMV_MAX_TOKENS {
-            x2.contiguous()?.apply_op2_no_bwd(&self.blocks, &Q4Gemv { n: self.n, k: self.k })?
+            x2.contiguous()?.apply_op2_no_bwd(&self.blocks, &Q4Gemv { n: self.n, k: self.k, silu: false })?
         } else {
             self.matmul_dequantized(&x2)?
         }; // [num_tokens, n]
         let mut out = lead.to_vec();
         out.push(self.n);
         y.reshape(out)
+    }
+
+    /// For a stacked gate/up weight (`[2 f, k]`, gate rows then up rows): `x: [t, k] -> [t, f]`
+    /// silu(x . gate^T) * (x . up^T), equal to `silu_mul(self.forward(x))`; decode-sized batches on the
+    /// tensor-core GEMV compute it in the GEMV's epilogue (no `[t, 2 f]` intermediate, one launch
+    /// fewer), every other case runs `forward` then `silu_mul`.
+    pub fn forward_silu_mul(&self, x: &Tensor) -> Result<Tensor> {
+        let (t, k) = x.dims2()?;
+        let fused = t <= GEMV_MAX_TOKENS
+            && self.n % 2 == 0
+            && k == self.k
+            && matches!(x.dtype(), DType::BF16 | DType::F16)
+            && k % mlc_kernels::Q4_MMA_K_MULTIPLE == 0
+            && x.is_contiguous()
+            && (x.layout().start_offset() * x.dtype().size_in_bytes()) % 8 == 0
+            && self.blocks.layout().start_offset() % 16 == 0;
+        if fused {
+            return x.apply_op2_no_bwd(&self.blocks, &Q4Gemv { n: self.n, k: self.k, silu: true });
+        }
+        super::fused::silu_mul(&self.forward(x)?)
     }
 
     /// The weight as `[n, k]` in `dtype`.
@@ -122,10 +142,12 @@ fn cpu_unused(op: &str) -> Result<(CpuStorage, Shape)> {
     bail!("{op}: Q4_0 weights on the CPU go through candle's quantized matmul, not this CUDA op")
 }
 
-/// `x: [t, k]` (arg 1) times the blocks (arg 2) -> `[t, n]`.
+/// `x: [t, k]` (arg 1) times the blocks (arg 2) -> `[t, n]`, or with `silu` (a stacked gate/up weight)
+/// `[t, n / 2]` silu(gate) * up.
 struct Q4Gemv {
     n: usize,
     k: usize,
+    silu: bool,
 }
 
 impl CustomOp2 for Q4Gemv {
@@ -144,7 +166,7 @@ impl CustomOp2 for Q4Gemv {
         w: &candle_core::CudaStorage,
         wl: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        cuda::gemv(self.n, self.k, x, xl, w, wl)
+        cuda::gemv(self.n, self.k, self.silu, x, xl, w, wl)
     }
 }
 
@@ -195,7 +217,7 @@ mod cuda {
 
     // ---- y = x . W^T
 
-    pub fn gemv(n: usize, k: usize, x: &CudaStorage, xl: &Layout, w: &CudaStorage, wl: &Layout) -> Result<(CudaStorage, Shape)> {
+    pub fn gemv(n: usize, k: usize, silu: bool, x: &CudaStorage, xl: &Layout, w: &CudaStorage, wl: &Layout) -> Result<(CudaStorage, Shape)> {
         let (t, xk) = xl.shape().dims2()?; // [num_tokens, k]
         if xk != k {
             bail!("q4-gemv: x {:?} does not have the weight's {k} inputs", xl.shape());
@@ -207,28 +229,33 @@ mod cuda {
         }
         let dtype = kernel_dtype(x.dtype(), "q4-gemv")?;
         let xr = contiguous(xl, "x")?;
+        if silu && n % 2 != 0 {
+            bail!("q4-gemv: a stacked gate/up weight needs an even number of rows, got {n}");
+        }
+        let g = Gemv { t, n, k, silu, dtype };
         let storage = match dtype {
-            KernelDType::F32 => launch_gemv::<f32>(x, xr, w, wr, t, n, k, dtype)?,
-            KernelDType::BF16 => launch_gemv::<half::bf16>(x, xr, w, wr, t, n, k, dtype)?,
-            KernelDType::F16 => launch_gemv::<half::f16>(x, xr, w, wr, t, n, k, dtype)?,
+            KernelDType::F32 => launch_gemv::<f32>(x, xr, w, wr, &g)?,
+            KernelDType::BF16 => launch_gemv::<half::bf16>(x, xr, w, wr, &g)?,
+            KernelDType::F16 => launch_gemv::<half::f16>(x, xr, w, wr, &g)?,
         };
-        Ok((storage, Shape::from((t, n))))
+        Ok((storage, Shape::from((t, if silu { n / 2 } else { n }))))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn launch_gemv<T: CudaDType + DeviceRepr>(
-        x: &CudaStorage,
-        xr: Range<usize>,
-        w: &CudaStorage,
-        wr: Range<usize>,
+    /// One GEMV launch: `t` tokens, `n` weight rows (`n / 2` outputs with `silu`), `k` inputs.
+    struct Gemv {
         t: usize,
         n: usize,
         k: usize,
+        silu: bool,
         dtype: KernelDType,
-    ) -> Result<CudaStorage> {
+    }
+
+    fn launch_gemv<T: CudaDType + DeviceRepr>(x: &CudaStorage, xr: Range<usize>, w: &CudaStorage, wr: Range<usize>, g: &Gemv) -> Result<CudaStorage> {
+        let Gemv { t, n, k, silu, dtype } = *g;
+        let outs = if silu { n / 2 } else { n };
         let dev = x.device().clone();
-        // SAFETY: every (token, row) of the output is written by the launch below.
-        let mut out = unsafe { dev.alloc::<T>((t * n).max(1)) }?;
+        // SAFETY: every (token, output row) of the output is written by the launch below.
+        let mut out = unsafe { dev.alloc::<T>((t * outs).max(1)) }?;
         if t == 0 {
             return Ok(CudaStorage::wrap_cuda_slice(out, dev));
         }
@@ -240,16 +267,19 @@ mod cuda {
             && k % kernels::Q4_MMA_K_MULTIPLE == 0
             && wr.start % 16 == 0
             && (xr.start * elem) % 8 == 0;
-        let (kernel, rows, threads) = if mma {
-            (Q4Kernel::GemvMma, kernels::Q4_MMA_ROWS, kernels::Q4_MMA_THREADS)
-        } else {
-            (Q4Kernel::GemvSimple, kernels::Q4_SIMPLE_ROWS, kernels::Q4_SIMPLE_THREADS)
+        // Output rows per block: the silu kernel spends its 16 MMA rows on 8 gate and 8 up rows.
+        let (kernel, rows, threads) = match (mma, silu) {
+            (true, false) => (Q4Kernel::GemvMma, kernels::Q4_MMA_ROWS, kernels::Q4_MMA_THREADS),
+            (true, true) => (Q4Kernel::GemvMmaSilu, kernels::Q4_MMA_ROWS / 2, kernels::Q4_MMA_THREADS),
+            (false, false) => (Q4Kernel::GemvSimple, kernels::Q4_SIMPLE_ROWS, kernels::Q4_SIMPLE_THREADS),
+            (false, true) => bail!("q4-gemv: the fused silu GEMV needs bf16 / f16, K % 256 == 0 and aligned operands"),
         };
         let func = dev.get_or_load_custom_func(func_name(kernel, dtype)?, kernels::Q4_GEMM_MODULE, kernels::Q4_GEMM_PTX)?;
         let xv = view(x.as_cuda_slice::<T>()?, xr, "x")?;
         let wv = view(w.as_cuda_slice::<u8>()?, wr, "q4 blocks")?;
-        let (t32, n32, k32) = (to_u32(t, "tokens")?, to_u32(n, "rows")?, to_u32(k, "inputs")?);
-        let grid = (to_u32(t.div_ceil(kernels::Q4_TOKENS_PER_BLOCK), "token tiles")?, to_u32(n.div_ceil(rows), "row tiles")?);
+        // The kernels take N as their output count (the silu kernel finds the up rows N rows further).
+        let (t32, outs32, k32) = (to_u32(t, "tokens")?, to_u32(outs, "rows")?, to_u32(k, "inputs")?);
+        let grid = (to_u32(t.div_ceil(kernels::Q4_TOKENS_PER_BLOCK), "token tiles")?, to_u32(outs.div_ceil(rows), "row tiles")?);
         if grid.1 > 65_535 {
             bail!("q4-gemv: {n} rows need {} row tiles, more than a grid's 65535", grid.1);
         }
@@ -258,11 +288,11 @@ mod cuda {
         b.arg(&wv);
         b.arg(&xv);
         b.arg(&t32);
-        b.arg(&n32);
+        b.arg(&outs32);
         b.arg(&k32);
         let cfg = LaunchConfig { grid_dim: (grid.0, grid.1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: matches q4_gemv_*_<dtype> in q4_gemm.cu; x holds t * k elements, the blocks n rows of
-        // k / 32 blocks (checked above), out t * n; the tensor-core kernel's alignment was checked above.
+        // k / 32 blocks (checked above), out t * outs; the tensor-core kernels' alignment was checked above.
         unsafe { b.launch(cfg) }.w()?;
         Ok(CudaStorage::wrap_cuda_slice(out, dev))
     }

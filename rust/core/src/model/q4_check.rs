@@ -50,6 +50,10 @@ pub struct Q4Case {
     /// Offset x by one element inside its buffer (the kernels' unaligned path).
     #[serde(default)]
     pub misaligned_x: bool,
+    /// Treat the rows as a stacked gate/up weight (gate rows, then up rows; `rows` even) and check
+    /// `forward_silu_mul`: outputs are silu(gate) * up, `[tokens, rows / 2]`.
+    #[serde(default)]
+    pub silu: bool,
     #[serde(default)]
     pub seed: u64,
     /// After the check, time this many further calls (one synchronize at the end).
@@ -80,6 +84,8 @@ pub struct Q4Report {
     pub dequant_max_abs_err: f64,
     /// Mean time of one device matmul over `repeat` back-to-back calls.
     pub device_us: Option<f64>,
+    /// `silu` cases: max |fused - (GEMV, then silu_mul)| over every output.
+    pub silu_unfused_max_abs_diff: Option<f64>,
 }
 
 fn parse_dtype(s: &str) -> Result<DType> {
@@ -135,8 +141,14 @@ pub fn compare_on_device(device: &Device, case: &Q4Case) -> Result<Q4Report> {
     if n < 3 || k == 0 || k % BLOCK_WEIGHTS != 0 || t == 0 {
         bail!("q4 check: need rows >= 3, cols a positive multiple of 32 and tokens > 0, got [{t}, {k}] x [{n}, {k}]");
     }
+    if case.silu && n % 2 != 0 {
+        bail!("q4 check: a gate/up weight needs an even number of rows, got {n}");
+    }
     let (raw, x) = inputs(case, dtype)?;
-    let rows = checked_rows(n);
+    // Outputs compared, and the weight rows they read (with `silu`, output o reads rows o and f + o).
+    let f = if case.silu { n / 2 } else { n };
+    let out_rows = checked_rows(f);
+    let rows: Vec<usize> = if case.silu { out_rows.iter().copied().chain(out_rows.iter().map(|r| r + f)).collect() } else { out_rows.clone() };
     let row_bytes = k / BLOCK_WEIGHTS * BLOCK_BYTES;
     let wd: Vec<Vec<f32>> = rows
         .par_iter()
@@ -147,10 +159,15 @@ pub fn compare_on_device(device: &Device, case: &Q4Case) -> Result<Q4Report> {
         .into_par_iter()
         .map(|ti| {
             let xt = &x[ti * k..(ti + 1) * k];
-            wd.iter().map(|w| w.iter().zip(xt).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum()).collect()
+            let dots: Vec<f64> = wd.iter().map(|w| w.iter().zip(xt).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum()).collect();
+            if !case.silu {
+                return dots;
+            }
+            let (gate, up) = dots.split_at(out_rows.len());
+            gate.iter().zip(up).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u).collect()
         })
         .collect();
-    let (device_y, device_w, device_us) = device_run(device, case, dtype, &raw, &x, &rows)?;
+    let (device_y, device_w, device_us, silu_diff) = device_run(device, case, dtype, &raw, &x, &rows, &out_rows)?;
 
     let mut report = Q4Report {
         tokens: t,
@@ -160,6 +177,7 @@ pub fn compare_on_device(device: &Device, case: &Q4Case) -> Result<Q4Report> {
         path: if t <= device_gemv_max_tokens() { "gemv" } else { "dequant_matmul" }.to_string(),
         stacked: case.stacked,
         device_us,
+        silu_unfused_max_abs_diff: silu_diff,
         ..Default::default()
     };
     for (ref_t, dev_t) in reference.iter().zip(&device_y) {
@@ -195,22 +213,27 @@ fn device_gemv_max_tokens() -> usize {
     0
 }
 
-/// The device's `[t][rows]` outputs, its f32 dequantization of `rows`, and the optional timing.
-type DeviceRun = (Vec<Vec<f32>>, Vec<Vec<f32>>, Option<f64>);
+/// The device's `[t][out_rows]` outputs, its f32 dequantization of `rows`, the optional timing, and
+/// (`silu`) the fused kernel's largest difference from the unfused GEMV + silu_mul.
+type DeviceRun = (Vec<Vec<f32>>, Vec<Vec<f32>>, Option<f64>, Option<f64>);
 
 #[cfg(not(feature = "cuda"))]
-fn device_run(_: &Device, _: &Q4Case, _: DType, _: &[u8], _: &[f32], _: &[usize]) -> Result<DeviceRun> {
+fn device_run(_: &Device, _: &Q4Case, _: DType, _: &[u8], _: &[f32], _: &[usize], _: &[usize]) -> Result<DeviceRun> {
     bail!("q4 check: this build has no CUDA support")
 }
 
 #[cfg(feature = "cuda")]
-fn device_run(device: &Device, case: &Q4Case, dtype: DType, raw: &[u8], x: &[f32], rows: &[usize]) -> Result<DeviceRun> {
+fn device_run(device: &Device, case: &Q4Case, dtype: DType, raw: &[u8], x: &[f32], rows: &[usize], out_rows: &[usize]) -> Result<DeviceRun> {
     use super::linear::{Linear, StackedLinear, Weight};
     use super::q4::Q4Weight;
 
     let (n, k, t) = (case.rows, case.cols, case.tokens);
     let row_bytes = k / BLOCK_WEIGHTS * BLOCK_BYTES;
-    let parts = if case.stacked { vec![n / 2, n / 4, n - n / 2 - n / 4] } else { vec![n] };
+    let parts = match (case.silu, case.stacked) {
+        (true, _) => vec![n / 2, n / 2], // gate, up
+        (false, true) => vec![n / 2, n / 4, n - n / 2 - n / 4],
+        (false, false) => vec![n],
+    };
     let mut start = 0;
     let mut linears = Vec::with_capacity(parts.len());
     for &p in &parts {
@@ -235,27 +258,35 @@ fn device_run(device: &Device, case: &Q4Case, dtype: DType, raw: &[u8], x: &[f32
     } else {
         xs.to_device(device)?
     };
-    let y = layer.forward(&xd)?; // [t, n]
-    if y.dims() != [t, n] || y.dtype() != dtype {
-        bail!("q4 check: output is {:?} {:?}, expected [{t}, {n}] {dtype:?}", y.shape(), y.dtype());
+    let run = |x: &Tensor| if case.silu { layer.forward_silu_mul(x) } else { layer.forward(x) };
+    let y = run(&xd)?; // [t, f]
+    let f = if case.silu { n / 2 } else { n };
+    if y.dims() != [t, f] || y.dtype() != dtype {
+        bail!("q4 check: output is {:?} {:?}, expected [{t}, {f}] {dtype:?}", y.shape(), y.dtype());
     }
-    let index = Tensor::from_vec(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), rows.len(), device)?;
-    let y_rows = y.index_select(&index, 1)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.to_vec2::<f32>()?;
-    let w_rows = full.dequantize(DType::F32)?.index_select(&index, 0)?.to_device(&Device::Cpu)?.to_vec2::<f32>()?;
+    let silu_diff = if case.silu {
+        let unfused = super::fused::silu_mul(&layer.forward(&xd)?)?;
+        Some(f64::from((y.to_dtype(DType::F32)? - unfused.to_dtype(DType::F32)?)?.abs()?.max_all()?.to_scalar::<f32>()?))
+    } else {
+        None
+    };
+    let index = |rs: &[usize]| Tensor::from_vec(rs.iter().map(|&r| r as u32).collect::<Vec<_>>(), rs.len(), device);
+    let y_rows = y.index_select(&index(out_rows)?, 1)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.to_vec2::<f32>()?;
+    let w_rows = full.dequantize(DType::F32)?.index_select(&index(rows)?, 0)?.to_device(&Device::Cpu)?.to_vec2::<f32>()?;
 
     let device_us = if case.repeat == 0 {
         None
     } else {
-        layer.forward(&xd)?;
+        run(&xd)?;
         device.synchronize()?;
         let started = std::time::Instant::now();
         for _ in 0..case.repeat {
-            layer.forward(&xd)?;
+            run(&xd)?;
         }
         device.synchronize()?;
         Some(started.elapsed().as_secs_f64() * 1e6 / case.repeat as f64)
     };
-    Ok((y_rows, w_rows, device_us))
+    Ok((y_rows, w_rows, device_us, silu_diff))
 }
 
 #[cfg(test)]
@@ -310,7 +341,7 @@ mod tests {
 
     #[test]
     fn the_cpu_is_refused() {
-        let case = Q4Case { dtype: "f32".into(), tokens: 1, rows: 4, cols: 32, stacked: false, misaligned_x: false, seed: 0, repeat: 0 };
+        let case = Q4Case { dtype: "f32".into(), tokens: 1, rows: 4, cols: 32, stacked: false, misaligned_x: false, silu: false, seed: 0, repeat: 0 };
         assert!(compare_on_device(&Device::Cpu, &case).is_err());
     }
 }
