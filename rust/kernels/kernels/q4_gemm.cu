@@ -1,8 +1,7 @@
 // GGML Q4_0 weights times activations, for decode-sized batches, and Q4_0 dequantization.
 //
 //   q4_gemv_mma_<T>     (T = bf16, f16) y[M, N] = x[M, K] . W[N, K]^T on tensor cores; K % 256 == 0
-//   q4_gemv_mma_deep_<T> the same in the deep shape (see below)
-//   q4_gemv_mma_silu_[deep_]<T> the same for a stacked gate/up weight W[2N, K] (gate rows, then up rows), with
+//   q4_gemv_mma_silu_<T> the same for a stacked gate/up weight W[2N, K] (gate rows, then up rows), with
 //                       the MLP's activation as epilogue: y[M, N] = silu(x . gate^T) * (x . up^T)
 //   q4_gemv_simple_<T>  (T = f32, bf16, f16) the same with scalar f32 FMAs; any K % 32 == 0
 //   q4_dequant_<T>      W[N, K] -> out[N, K] in T (for batches too large for the kernels above)
@@ -16,10 +15,10 @@
 // tiles of one row tile run side by side, so for M > 8 the later tiles re-read the weights from L2 and
 // the weights leave DRAM once.
 //
-// The tensor-core kernel (the decode path for bf16 / f16 models). One block = 16 rows x 8 tokens; its
-// warps (8 or 4) split K (warp w takes the groups of 8 Q4_0 blocks w, w + W, ...) and sum their partial
-// results through shared memory at the end. Per group a warp copies the 16 rows' 144 contiguous bytes
-// with 16-byte cp.async into a ring of stages (later groups load while this one computes; no thread
+// The tensor-core kernel (the decode path for bf16 / f16 models). One block = 16 rows x 8 tokens; its 8
+// warps split K (warp w takes the groups of 8 Q4_0 blocks w, w + 8, ...) and sum their partial results
+// through shared memory at the end. Per group a warp copies the 16 rows' 144 contiguous bytes with
+// 16-byte cp.async into a two-stage buffer (the next group loads while this one computes; no thread
 // waits on a global load), then per Q4_0 block runs two m16n8k16 MMAs (A = q - 8, exact in bf16 / f16;
 // B = x; C fresh in f32) and folds the result into the accumulator times the block's scale in f32.
 // The order of K inside one MMA is free as long as A and B agree, so it is chosen to let each lane's A
@@ -44,13 +43,8 @@
 #define Q4_GROUP_BLOCKS 8
 #define Q4_GROUP_BYTES 144
 #define Q4_MMA_ROWS 16
-// The tensor-core kernel comes in two shapes: "wide" (8 warps, two stages: one group in flight per warp
-// while it computes the other) and "deep" (4 warps, four stages: three groups in flight per warp). Both
-// keep under 48 KiB of static shared memory; which one a weight uses is the caller's choice.
-#define Q4_WIDE_WARPS 8
-#define Q4_WIDE_STAGES 2
-#define Q4_DEEP_WARPS 4
-#define Q4_DEEP_STAGES 4
+#define Q4_MMA_WARPS 8
+#define Q4_STAGES 2
 #define Q4_TOKENS 8
 #define Q4_SIMPLE_WARPS 8
 
@@ -118,21 +112,22 @@ __device__ __forceinline__ void cp_async_commit() {
     asm volatile("cp.async.commit_group;\n" ::);
 #endif
 }
-// Waits until at most N committed groups of this thread are still in flight.
-template <int N> __device__ __forceinline__ void cp_async_wait() {
+// Waits until at most one committed group of this thread is still in flight.
+__device__ __forceinline__ void cp_async_wait_one() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+    asm volatile("cp.async.wait_group 1;\n" ::);
 #endif
 }
 
 // ---------------------------------------------------------------------------------------------------
 // Tensor-core GEMV. grid = (ceil(M / 8), ceil(N / 16)) (SILU: ceil(N / 8), N = outputs = half of W's
-// rows), block = 32 * WARPS. Needs K % 256 == 0 and w, x 16- and 8-byte aligned (checked by the caller).
-template <typename T, bool SILU, int WARPS, int STAGES>
+// rows), block = 32 * Q4_MMA_WARPS. Needs K % 256 == 0 and w, x 16- and 8-byte aligned (checked by the
+// caller).
+template <typename T, bool SILU>
 __device__ void q4_gemv_mma(T* __restrict__ y, const uint8_t* __restrict__ w, const T* __restrict__ x,
                             uint32_t m, uint32_t n, uint32_t k) {
-    __shared__ __align__(16) uint8_t stage[WARPS][STAGES][Q4_MMA_ROWS * Q4_GROUP_BYTES];
-    __shared__ float partial[WARPS][Q4_MMA_ROWS][Q4_TOKENS];
+    __shared__ __align__(16) uint8_t stage[Q4_MMA_WARPS][Q4_STAGES][Q4_MMA_ROWS * Q4_GROUP_BYTES];
+    __shared__ float partial[Q4_MMA_WARPS][Q4_MMA_ROWS][Q4_TOKENS];
 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, c = lane & 3;
@@ -141,7 +136,7 @@ __device__ void q4_gemv_mma(T* __restrict__ y, const uint8_t* __restrict__ w, co
     const uint32_t row0 = blockIdx.y * (SILU ? Q4_MMA_ROWS / 2 : Q4_MMA_ROWS);
     const size_t row_bytes = (size_t)(k / 32) * Q4_BLOCK_BYTES;
     const uint32_t groups = k / (32 * Q4_GROUP_BLOCKS);
-    const uint32_t mine = groups > (uint32_t)warp ? (groups - warp + WARPS - 1) / WARPS : 0;
+    const uint32_t mine = groups > (uint32_t)warp ? (groups - warp + Q4_MMA_WARPS - 1) / Q4_MMA_WARPS : 0;
 
     // This lane's token (B column g); lanes past the batch feed zeros.
     const uint32_t token = t0 + g;
@@ -160,25 +155,17 @@ __device__ void q4_gemv_mma(T* __restrict__ y, const uint8_t* __restrict__ w, co
     };
 
     float acc[4] = {0.f, 0.f, 0.f, 0.f};  // rows g, g + 8 x tokens 2c, 2c + 1 (the C fragment)
-    // Group i of this warp lives in stage i % STAGES; STAGES - 1 groups are in flight ahead of the one
-    // computed. Every iteration commits one (possibly empty) copy group, so "all but the newest
-    // STAGES - 1 committed groups are done" means "group i is done".
-#pragma unroll
-    for (int s = 0; s < STAGES - 1; ++s) {
-        if ((uint32_t)s < mine) issue(warp + s * WARPS, s);
-        cp_async_commit();
-    }
+    if (mine > 0) issue(warp, 0);
+    cp_async_commit();
     for (uint32_t i = 0; i < mine; ++i) {
-        const uint32_t ahead = i + STAGES - 1;
-        if (ahead < mine) issue(warp + ahead * WARPS, ahead % STAGES);
-        cp_async_commit();
-        cp_async_wait<STAGES - 1>();
+        if (i + 1 < mine) issue(warp + (i + 1) * Q4_MMA_WARPS, (i + 1) & 1);
+        cp_async_commit();  // possibly empty: keeps "all but the newest group" meaning "stage i"
+        cp_async_wait_one();
         __syncwarp();
 
-        const uint32_t grp = warp + i * WARPS;
-        const uint8_t* st = stage[warp][i % STAGES];
-        const uint32_t* lo_row = reinterpret_cast<const uint32_t*>(st + g * Q4_GROUP_BYTES);
-        const uint32_t* hi_row = reinterpret_cast<const uint32_t*>(st + (g + 8) * Q4_GROUP_BYTES);
+        const uint32_t grp = warp + i * Q4_MMA_WARPS;
+        const uint32_t* lo_row = reinterpret_cast<const uint32_t*>(stage[warp][i & 1] + g * Q4_GROUP_BYTES);
+        const uint32_t* hi_row = reinterpret_cast<const uint32_t*>(stage[warp][i & 1] + (g + 8) * Q4_GROUP_BYTES);
 #pragma unroll
         for (int p = 0; p < Q4_GROUP_BLOCKS / 2; ++p) {
             // Two blocks = 36 bytes = 9 words: [d0 | qs0 0..1] [qs0 2..5] .. [qs0 14..15 | d1] [qs1 0..3] ..
@@ -216,7 +203,7 @@ __device__ void q4_gemv_mma(T* __restrict__ y, const uint8_t* __restrict__ w, co
                 acc[3] = fmaf(d_hi[h], cb[3], acc[3]);
             }
         }
-        __syncwarp();  // the stage is overwritten by a later iteration's copy
+        __syncwarp();  // the stage is overwritten by the next iteration's copy
     }
 
     partial[warp][g][2 * c] = acc[0];
@@ -229,7 +216,7 @@ __device__ void q4_gemv_mma(T* __restrict__ y, const uint8_t* __restrict__ w, co
             const int r = threadIdx.x % (Q4_MMA_ROWS / 2), t = threadIdx.x / (Q4_MMA_ROWS / 2);
             float gate = 0.f, up = 0.f;
 #pragma unroll
-            for (int v = 0; v < WARPS; ++v) {
+            for (int v = 0; v < Q4_MMA_WARPS; ++v) {
                 gate += partial[v][r][t];
                 up += partial[v][r + 8][t];
             }
@@ -241,7 +228,7 @@ __device__ void q4_gemv_mma(T* __restrict__ y, const uint8_t* __restrict__ w, co
         const int r = threadIdx.x % Q4_MMA_ROWS, t = threadIdx.x / Q4_MMA_ROWS;
         float sum = 0.f;
 #pragma unroll
-        for (int v = 0; v < WARPS; ++v) sum += partial[v][r][t];
+        for (int v = 0; v < Q4_MMA_WARPS; ++v) sum += partial[v][r][t];
         const uint32_t row = row0 + r, tok = t0 + t;
         if (row < n && tok < m) y[(size_t)tok * n + row] = from_f32<T>(sum);
     }
@@ -322,27 +309,19 @@ __device__ void q4_dequant(T* __restrict__ out, const uint8_t* __restrict__ w, u
         IMPL<T>(y, w, x, m, n, k);                                                                           \
     }
 
-#define Q4_GEMV_MMA(SHAPE, WARPS, STAGES)                                                                 \
-    template <typename T> __device__ __forceinline__ void q4_gemv_mma_##SHAPE(T* y, const uint8_t* w, const T* x, \
-                                                                               uint32_t m, uint32_t n, uint32_t k) { \
-        q4_gemv_mma<T, false, WARPS, STAGES>(y, w, x, m, n, k);                                                 \
-    }                                                                                                          \
-    template <typename T> __device__ __forceinline__ void q4_gemv_mma_silu_##SHAPE(T* y, const uint8_t* w,      \
-                                                                                    const T* x, uint32_t m,      \
-                                                                                    uint32_t n, uint32_t k) {    \
-        q4_gemv_mma<T, true, WARPS, STAGES>(y, w, x, m, n, k);                                                  \
-    }
-Q4_GEMV_MMA(wide, Q4_WIDE_WARPS, Q4_WIDE_STAGES)
-Q4_GEMV_MMA(deep, Q4_DEEP_WARPS, Q4_DEEP_STAGES)
+template <typename T> __device__ __forceinline__ void q4_gemv_mma_plain(T* y, const uint8_t* w, const T* x, uint32_t m,
+                                                                       uint32_t n, uint32_t k) {
+    q4_gemv_mma<T, false>(y, w, x, m, n, k);
+}
+template <typename T> __device__ __forceinline__ void q4_gemv_mma_silu(T* y, const uint8_t* w, const T* x, uint32_t m,
+                                                                      uint32_t n, uint32_t k) {
+    q4_gemv_mma<T, true>(y, w, x, m, n, k);
+}
 
-Q4_GEMV(q4_gemv_mma_bf16, q4_gemv_mma_wide, __nv_bfloat16)
-Q4_GEMV(q4_gemv_mma_f16, q4_gemv_mma_wide, __half)
-Q4_GEMV(q4_gemv_mma_silu_bf16, q4_gemv_mma_silu_wide, __nv_bfloat16)
-Q4_GEMV(q4_gemv_mma_silu_f16, q4_gemv_mma_silu_wide, __half)
-Q4_GEMV(q4_gemv_mma_deep_bf16, q4_gemv_mma_deep, __nv_bfloat16)
-Q4_GEMV(q4_gemv_mma_deep_f16, q4_gemv_mma_deep, __half)
-Q4_GEMV(q4_gemv_mma_silu_deep_bf16, q4_gemv_mma_silu_deep, __nv_bfloat16)
-Q4_GEMV(q4_gemv_mma_silu_deep_f16, q4_gemv_mma_silu_deep, __half)
+Q4_GEMV(q4_gemv_mma_bf16, q4_gemv_mma_plain, __nv_bfloat16)
+Q4_GEMV(q4_gemv_mma_f16, q4_gemv_mma_plain, __half)
+Q4_GEMV(q4_gemv_mma_silu_bf16, q4_gemv_mma_silu, __nv_bfloat16)
+Q4_GEMV(q4_gemv_mma_silu_f16, q4_gemv_mma_silu, __half)
 Q4_GEMV(q4_gemv_simple_f32, q4_gemv_simple, float)
 Q4_GEMV(q4_gemv_simple_bf16, q4_gemv_simple, __nv_bfloat16)
 Q4_GEMV(q4_gemv_simple_f16, q4_gemv_simple, __half)

@@ -190,11 +190,9 @@ pub const Q4_BLOCK_BYTES: usize = 18;
 pub const Q4_BLOCK_WEIGHTS: usize = 32;
 /// Tokens per block of both GEMV kernels (grid.x tiles the batch).
 pub const Q4_TOKENS_PER_BLOCK: usize = 8;
-/// Rows per block of `q4_gemv_mma_*` (`Q4_MMA_ROWS`), and threads per block of its wide (8 warps) and
-/// deep (4 warps: `_deep_` in the name) shapes.
+/// Rows and threads per block of `q4_gemv_mma_*` (`Q4_MMA_ROWS`, `32 * Q4_MMA_WARPS`).
 pub const Q4_MMA_ROWS: usize = 16;
 pub const Q4_MMA_THREADS: u32 = 256;
-pub const Q4_MMA_DEEP_THREADS: u32 = 128;
 /// `q4_gemv_mma_*` needs K to be a multiple of this (8 Q4_0 blocks: 144 bytes, 16-byte aligned rows).
 pub const Q4_MMA_K_MULTIPLE: usize = 256;
 /// Rows (one warp each) and threads per block of `q4_gemv_simple_*`.
@@ -210,9 +208,6 @@ pub enum Q4Kernel {
     GemvMma,
     /// The tensor-core GEMV of a stacked gate/up weight with silu(gate) * up as epilogue.
     GemvMmaSilu,
-    /// The same two in the deep shape (4 warps, 4 copy stages).
-    GemvMmaDeep,
-    GemvMmaSiluDeep,
     /// Scalar GEMV (every dtype, any K multiple of 32).
     GemvSimple,
     Dequant,
@@ -228,11 +223,6 @@ pub fn q4_name(kernel: Q4Kernel, dtype: KernelDType) -> Option<&'static str> {
         (Q4Kernel::GemvMmaSilu, BF16) => "q4_gemv_mma_silu_bf16",
         (Q4Kernel::GemvMmaSilu, F16) => "q4_gemv_mma_silu_f16",
         (Q4Kernel::GemvMmaSilu, F32) => return None,
-        (Q4Kernel::GemvMmaDeep, BF16) => "q4_gemv_mma_deep_bf16",
-        (Q4Kernel::GemvMmaDeep, F16) => "q4_gemv_mma_deep_f16",
-        (Q4Kernel::GemvMmaSiluDeep, BF16) => "q4_gemv_mma_silu_deep_bf16",
-        (Q4Kernel::GemvMmaSiluDeep, F16) => "q4_gemv_mma_silu_deep_f16",
-        (Q4Kernel::GemvMmaDeep | Q4Kernel::GemvMmaSiluDeep, F32) => return None,
         (Q4Kernel::GemvSimple, F32) => "q4_gemv_simple_f32",
         (Q4Kernel::GemvSimple, BF16) => "q4_gemv_simple_bf16",
         (Q4Kernel::GemvSimple, F16) => "q4_gemv_simple_f16",

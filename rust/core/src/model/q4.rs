@@ -241,27 +241,6 @@ mod cuda {
         Ok((storage, Shape::from((t, if silu { n / 2 } else { n }))))
     }
 
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    enum MmaShape {
-        /// 8 warps per block, two copy stages per warp.
-        Wide,
-        /// 4 warps per block, four copy stages per warp (more bytes in flight per warp).
-        Deep,
-    }
-
-    /// The tensor-core kernel's shape for a weight of `n` rows and `k` inputs. Depends on the weight
-    /// only, so a fused gate/up GEMV and its unfused form sum in the same order.
-    /// `MLC_Q4_GEMV_SHAPE=wide|deep` forces one (for measurements).
-    fn mma_shape(_n: usize, _k: usize) -> MmaShape {
-        static FORCED: std::sync::OnceLock<Option<MmaShape>> = std::sync::OnceLock::new();
-        let forced = *FORCED.get_or_init(|| match std::env::var("MLC_Q4_GEMV_SHAPE").as_deref() {
-            Ok("wide") => Some(MmaShape::Wide),
-            Ok("deep") => Some(MmaShape::Deep),
-            _ => None,
-        });
-        forced.unwrap_or(MmaShape::Wide)
-    }
-
     /// One GEMV launch: `t` tokens, `n` weight rows (`n / 2` outputs with `silu`), `k` inputs.
     struct Gemv {
         t: usize,
@@ -289,15 +268,11 @@ mod cuda {
             && wr.start % 16 == 0
             && (xr.start * elem) % 8 == 0;
         // Output rows per block: the silu kernel spends its 16 MMA rows on 8 gate and 8 up rows.
-        let deep = mma_shape(n, k) == MmaShape::Deep;
-        let mma_threads = if deep { kernels::Q4_MMA_DEEP_THREADS } else { kernels::Q4_MMA_THREADS };
-        let (kernel, rows, threads) = match (mma, silu, deep) {
-            (true, false, false) => (Q4Kernel::GemvMma, kernels::Q4_MMA_ROWS, mma_threads),
-            (true, false, true) => (Q4Kernel::GemvMmaDeep, kernels::Q4_MMA_ROWS, mma_threads),
-            (true, true, false) => (Q4Kernel::GemvMmaSilu, kernels::Q4_MMA_ROWS / 2, mma_threads),
-            (true, true, true) => (Q4Kernel::GemvMmaSiluDeep, kernels::Q4_MMA_ROWS / 2, mma_threads),
-            (false, false, _) => (Q4Kernel::GemvSimple, kernels::Q4_SIMPLE_ROWS, kernels::Q4_SIMPLE_THREADS),
-            (false, true, _) => bail!("q4-gemv: the fused silu GEMV needs bf16 / f16, K % 256 == 0 and aligned operands"),
+        let (kernel, rows, threads) = match (mma, silu) {
+            (true, false) => (Q4Kernel::GemvMma, kernels::Q4_MMA_ROWS, kernels::Q4_MMA_THREADS),
+            (true, true) => (Q4Kernel::GemvMmaSilu, kernels::Q4_MMA_ROWS / 2, kernels::Q4_MMA_THREADS),
+            (false, false) => (Q4Kernel::GemvSimple, kernels::Q4_SIMPLE_ROWS, kernels::Q4_SIMPLE_THREADS),
+            (false, true) => bail!("q4-gemv: the fused silu GEMV needs bf16 / f16, K % 256 == 0 and aligned operands"),
         };
         let func = dev.get_or_load_custom_func(func_name(kernel, dtype)?, kernels::Q4_GEMM_MODULE, kernels::Q4_GEMM_PTX)?;
         let xv = view(x.as_cuda_slice::<T>()?, xr, "x")?;
