@@ -13,6 +13,15 @@ pub const SPLIT_MAX_QUERY_LEN: usize = 16;
 /// Fewest keys one partition covers: a 4096-token decode gets 32 partitions per head.
 pub const SPLIT_MIN_KEYS: usize = 128;
 
+/// [`SPLIT_MIN_KEYS`], or `MLC_ATTN_SPLIT_MIN_KEYS` when set to a positive number (for measurements;
+/// read once per process, so every step of it plans alike).
+fn split_min_keys() -> usize {
+    static KEYS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *KEYS.get_or_init(|| {
+        std::env::var("MLC_ATTN_SPLIT_MIN_KEYS").ok().and_then(|v| v.parse::<usize>().ok()).filter(|&k| k > 0).unwrap_or(SPLIT_MIN_KEYS)
+    })
+}
+
 /// Whether a sequence with `query_len` queries this step goes to the tiled prefill kernel (where the
 /// dtype and head_dim have one; see `StepPlan::num_short_work`). Depends only on the sequence itself,
 /// so a request's result does not change with the batch around it.
@@ -121,7 +130,7 @@ pub fn num_splits(query_len: usize, pos: usize) -> usize {
     if query_len > SPLIT_MAX_QUERY_LEN {
         return 1;
     }
-    (pos + 1).div_ceil(SPLIT_MIN_KEYS).clamp(1, ATTN_MAX_SPLITS)
+    (pos + 1).div_ceil(split_min_keys()).clamp(1, ATTN_MAX_SPLITS)
 }
 
 struct Packer(Vec<u32>);
