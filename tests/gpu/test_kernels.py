@@ -92,7 +92,7 @@ def test_one_token_contexts(core, dtype, head_dim):
 @pytest.mark.parametrize("dtype", ["f32", "bf16"])
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_decode_4096_is_split(core, dtype, head_dim):
-    # Batch-1 decode over 4096 cached tokens: 32 partitions per head (flash-decoding) + the combine.
+    # Batch-1 decode over 4096 cached tokens: 64 partitions per head (flash-decoding), merged by the last.
     r = _check(core, dtype, 32, 8, head_dim, [(1, 4096)], seed=2)
     assert r["max_splits"] == 32 and r["num_partials"] == 32 and r["num_work"] == 32, r
 

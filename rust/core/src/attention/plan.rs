@@ -10,8 +10,11 @@ use mlc_kernels::{ATTN_MAX_SPLITS, PREFILL_TILE_M};
 /// Sequences with at most this many query tokens (decode, short chunks, speculative verification) split
 /// their context across blocks; longer chunks already give the GPU one block per token and head.
 pub const SPLIT_MAX_QUERY_LEN: usize = 16;
-/// Fewest keys one partition covers: a 4096-token decode gets 32 partitions per head.
-pub const SPLIT_MIN_KEYS: usize = 128;
+/// Fewest keys one partition covers: a 2048-token decode gets 32 partitions per head, 4096 tokens the
+/// cap of 64. On the H200, batch-1 q4f16_1 decode of a Llama-3-8B shape (256 tokens) ran at 301.5 tok/s
+/// with 64 against 294.1 with 128: short contexts spread over more blocks, and the merge is cheap since
+/// the last partition's block does it (benches/results/gpu_attn_split_keys_h200_2026-11-28.json).
+pub const SPLIT_MIN_KEYS: usize = 64;
 
 /// [`SPLIT_MIN_KEYS`], or `MLC_ATTN_SPLIT_MIN_KEYS` when set to a positive number (for measurements;
 /// read once per process, so every step of it plans alike).
@@ -472,8 +475,8 @@ mod tests {
     #[test]
     fn splits_are_capped_and_need_short_queries() {
         assert_eq!(num_splits(1, 0), 1);
-        assert_eq!(num_splits(1, 127), 1);
-        assert_eq!(num_splits(1, 128), 2);
+        assert_eq!(num_splits(1, SPLIT_MIN_KEYS - 1), 1);
+        assert_eq!(num_splits(1, SPLIT_MIN_KEYS), 2);
         assert_eq!(num_splits(SPLIT_MAX_QUERY_LEN + 1, 100_000), 1);
         assert_eq!(num_splits(1, 1 << 20), ATTN_MAX_SPLITS);
     }
