@@ -378,14 +378,16 @@ mod tests {
         let get = |s: Span| &p.packed[s.start..s.start + s.len];
         assert_eq!(p.num_tokens, 44);
         assert_eq!(p.max_blocks, 256);
-        assert_eq!(get(p.token_splits)[0], 32);
+        // 64 keys per partition: 4096 keys -> 64 (the cap), 129 and 130 keys -> 3.
+        assert_eq!(SPLIT_MIN_KEYS, 64);
+        assert_eq!(get(p.token_splits)[0], 64);
         assert!(get(p.token_splits)[1..41].iter().all(|&s| s == 1));
         assert_eq!(get(p.token_splits)[41], 1);
-        assert_eq!(&get(p.token_splits)[42..], &[2, 2]);
-        assert_eq!(p.num_partials, 36);
+        assert_eq!(&get(p.token_splits)[42..], &[3, 3]);
+        assert_eq!(p.num_partials, 70);
         assert_eq!(get(p.split_tokens), &[0, 42, 43]);
-        assert_eq!(&get(p.token_part)[42..], &[32, 34]);
-        assert_eq!(p.num_work, 32 + 40 + 1 + 4);
+        assert_eq!(&get(p.token_part)[42..], &[64, 67]);
+        assert_eq!(p.num_work, 64 + 40 + 1 + 6);
         assert_eq!(get(p.token_pos)[41], 0);
         assert_eq!(&get(p.token_pos)[42..], &[128, 129]);
         assert_eq!(get(p.query_start), &[0, 1, 41, 42, 44]);
@@ -404,13 +406,13 @@ mod tests {
         let p = plan(&m);
         let get = |s: Span| &p.packed[s.start..s.start + s.len];
         assert_eq!(p.num_tokens, 1 + 130 + 16 + 17);
-        assert_eq!(p.num_short_work, 3 + 16, "the decode's 3 partitions and the 16-query chunk");
+        assert_eq!(p.num_short_work, 5 + 16, "the decode's 5 partitions and the 16-query chunk");
         assert_eq!(p.num_work, p.num_short_work + 130 + 17);
         let work = get(p.work_token);
-        assert_eq!(&work[..3], &[0, 0, 0]);
-        assert_eq!(&work[3..19], &(131..147).collect::<Vec<u32>>()[..]);
-        assert_eq!(&work[19..149], &(1..131).collect::<Vec<u32>>()[..]);
-        assert_eq!(&work[149..], &(147..164).collect::<Vec<u32>>()[..]);
+        assert_eq!(&work[..5], &[0; 5]);
+        assert_eq!(&work[5..21], &(131..147).collect::<Vec<u32>>()[..]);
+        assert_eq!(&work[21..151], &(1..131).collect::<Vec<u32>>()[..]);
+        assert_eq!(&work[151..], &(147..164).collect::<Vec<u32>>()[..]);
         assert!(get(p.work_split)[p.num_short_work..].iter().all(|&z| z == 0));
         // Tiles of 64 queries, the ones seeing the most keys first: (seq 1, 128) sees 200 keys,
         // (1, 64) 198, (1, 0) 134, (3, 0) 17.
@@ -425,20 +427,20 @@ mod tests {
         let m = meta(&[(1, 300), (1, 5)], 16);
         validate(&m, 1000, 16).unwrap();
         let key = FixedDecodeKey::for_step(2, 300, 4, 64, 16).unwrap();
-        assert_eq!(key.split_cap, 4, "300 keys need 3 partitions of 128, rounded up to 4");
+        assert_eq!(key.split_cap, 8, "300 keys need 5 partitions of 64, rounded up to 8");
         assert_eq!(key.max_blocks, 32, "19 blocks, rounded up to 32");
         let p = plan_fixed_decode(&m, &[11, 12], key).unwrap();
         let get = |s: Span| &p.packed[s.start..s.start + s.len];
         assert_eq!(get(p.tokens), &[11, 12, 0, 0]);
         assert_eq!(&get(p.slot_mapping)[2..], &[PAD_SLOT, PAD_SLOT]);
-        assert_eq!(get(p.token_splits), &[3, 1, 1, 1]);
+        assert_eq!(get(p.token_splits), &[5, 1, 1, 1]);
         assert_eq!(get(p.token_pos), &[299, 4, 0, 0]);
         assert_eq!(get(p.block_tables).len(), 4 * 32);
         assert_eq!(p.packed.len(), key.packed_len());
-        assert_eq!(p.num_work, 16);
-        assert_eq!(&get(p.work_token)[..5], &[0, 0, 0, 0, 1]);
-        assert_eq!(&get(p.work_split)[..5], &[0, 1, 2, 3, 0]);
-        assert_eq!(get(p.token_part), &[0, 4, 8, 12]);
+        assert_eq!(p.num_work, 32);
+        assert_eq!(&get(p.work_token)[..9], &[0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        assert_eq!(&get(p.work_split)[..9], &[0, 1, 2, 3, 4, 5, 6, 7, 0]);
+        assert_eq!(get(p.token_part), &[0, 8, 16, 24]);
         // Another step with the same key has every span at the same offset (what a graph replays).
         let m2 = meta(&[(1, 17)], 16);
         let p2 = plan_fixed_decode(&m2, &[5], key).unwrap();
@@ -447,7 +449,7 @@ mod tests {
         // Steps that do not fit are refused.
         assert!(plan_fixed_decode(&meta(&[(2, 20)], 16), &[1], key).is_none(), "not a decode step");
         assert!(plan_fixed_decode(&meta(&[(1, 600)], 16), &[1], key).is_none(), "more partitions than the cap");
-        assert!(plan_fixed_decode(&meta(&[(1, 513)], 16), &[1], FixedDecodeKey { split_cap: 8, ..key }).is_none(), "wider than the table");
+        assert!(plan_fixed_decode(&meta(&[(1, 513)], 16), &[1], FixedDecodeKey { split_cap: 16, ..key }).is_none(), "wider than the table");
         assert!(FixedDecodeKey::for_step(5, 10, 4, 64, 16).is_none(), "batch over the bucket");
         assert!(FixedDecodeKey::for_step(1, 64 * 16 + 1, 4, 64, 16).is_none(), "context over the table width");
     }
