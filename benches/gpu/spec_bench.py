@@ -114,12 +114,18 @@ PASSAGES = [
 ]
 
 
-def engine_config(name: str, args, batch_max: int, draft_model: str = "", head: str = "") -> Dict:
+def draft_length(name: str, args) -> int:
+    """The configuration's spec_draft_length (0 for plain decoding and the adaptive ones)."""
     mode, k = CONFIGS[name]
+    return 0 if mode is None else (args.k if k is None else k)
+
+
+def engine_config(name: str, args, batch_max: int, draft_model: str = "", head: str = "") -> Dict:
+    mode = CONFIGS[name][0]
     cfg = {"verbose": False, "mode": "server", "max_num_sequence": batch_max, "max_total_sequence_length": 16384,
            "prefill_chunk_size": 2048}
     if mode is not None:
-        cfg.update(speculative_mode=mode, spec_draft_length=args.k if k is None else k)
+        cfg.update(speculative_mode=mode, spec_draft_length=draft_length(name, args))
     if mode == "small_draft":
         cfg["additional_models"] = [draft_model]
     if mode == "eagle":
@@ -189,7 +195,7 @@ def main() -> None:
         engine = _core.Engine(args.model, args.device, json.dumps(engine_config(name, args, max(batches), args.model, head)))
         load_s = time.perf_counter() - t
         for b in batches:
-            r = measure(engine, name, b, prompts[b], warm[b], args.new, True, CONFIGS[name][1] if CONFIGS[name][1] is not None else (args.k if CONFIGS[name][0] else 0))
+            r = measure(engine, name, b, prompts[b], warm[b], args.new, True, draft_length(name, args))
             r["load_s"] = load_s
             results.append(r)
             print(json.dumps({k: v for k, v in r.items() if k != "outputs"}), flush=True)
@@ -209,7 +215,7 @@ def main() -> None:
             for b in batches:
                 ps = [chat(PASSAGES[i % len(PASSAGES)]) for i in range(b)]
                 ws = [chat(PASSAGES[(i + 3) % len(PASSAGES)][::-1]) for i in range(b)]
-                r = measure(engine, name, b, ps, ws, 160, False, CONFIGS[name][1] if CONFIGS[name][1] is not None else (args.k if CONFIGS[name][0] else 0))
+                r = measure(engine, name, b, ps, ws, 160, False, draft_length(name, args))
                 r["first_answer"] = engine.detokenize(r["outputs"][0])
                 copy_results.append(r)
                 print(json.dumps({k: v for k, v in r.items() if k != "outputs"}), flush=True)

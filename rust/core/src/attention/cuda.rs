@@ -208,8 +208,14 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
     // Partial results of split tokens (at least one element so the pointers are valid).
     let mut part_o = unsafe { dev.alloc::<f32>((plan.num_partials * h * d).max(1)) }?;
     let mut part_ml = unsafe { dev.alloc::<f32>((plan.num_partials * h * 2).max(1)) }?;
-    // Finished partitions per (token, head): the kernel's merge needs them zero at launch.
-    let mut counters = dev.alloc_zeros::<u32>(if plan.num_split_tokens > 0 { plan.num_tokens * h } else { 1 })?;
+    // Finished partitions per (token, head): the kernel's merge needs them zero at launch. Steps without
+    // split tokens never touch them (no memset for a placeholder).
+    let mut counters = if plan.num_split_tokens > 0 {
+        dev.alloc_zeros::<u32>(plan.num_tokens * h)?
+    } else {
+        // SAFETY: never read or written: every token of the step has one partition.
+        unsafe { dev.alloc::<u32>(1) }?
+    };
     // With the tiled kernel the per-token kernel takes only the rows of the untiled sequences.
     let rows = if a.prefill.is_some() { plan.num_short_work } else { plan.num_work };
     let num_work = to_u32(rows, "attention work items")?;
