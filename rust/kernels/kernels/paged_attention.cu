@@ -5,7 +5,7 @@
 //   k_cache, v_cache:  [num_blocks, block_size, num_kv_heads, head_dim]
 //   block_tables:      [num_seqs, max_blocks]   (padded; only the first ceil(context / block_size) are read)
 //   token_seq/pos:     [num_tokens]   sequence of each query token and its position; it attends causally to
-//                                     positions 0..=pos of its own sequence
+//                                     positions lo..=pos of its own sequence, lo = max(0, pos + 1 - window)
 //   token_splits:      [num_tokens]   partitions of its keys (1 = whole context in one block)
 //   token_part:        [num_tokens]   first row of its partial results when token_splits > 1
 //   work_token/split:  [num_work]     one (token, partition) pair per block row of the grid
@@ -21,6 +21,15 @@
 // head)'s partition blocks to finish (counted in `counters`, [num_tokens, num_heads] u32, zero at
 // launch) merges them with their log-sum-exp weights: no second launch, whose fixed cost exceeded the
 // merge itself at batch 1.
+//
+// Per layer (launch arguments, so one plan serves full and sliding layers alike and a CUDA graph holds
+// them as constants): `window` keys at most per query (UINT32_MAX: full causal) and `softcap` (0: none;
+// else score = softcap * tanh(scale * q.k / softcap), before the softmax, as HF transformers does). The
+// plan splits a token's whole context 0..=pos into token_splits partitions of per_split keys; a layer
+// with a window lays partitions of the same size from its window start lo instead, and only the first
+// `live` of them hold keys: the others return at once, so whole partitions before the window cost
+// nothing and keys (and block-table entries) before lo are never read. `live` depends only on the
+// token and the layer, so every block of a (token, head) agrees on how many partitions to merge.
 #include "common.cuh"
 #include <math.h>
 
@@ -68,7 +77,7 @@ __device__ void paged_attention(T* __restrict__ out, float* __restrict__ part_o,
                                 const uint32_t* __restrict__ token_splits, const uint32_t* __restrict__ token_part,
                                 const uint32_t* __restrict__ work_token, const uint32_t* __restrict__ work_split,
                                 uint32_t num_heads, uint32_t num_kv_heads, uint32_t head_dim, uint32_t block_size,
-                                uint32_t max_blocks, float scale) {
+                                uint32_t max_blocks, float scale, uint32_t window, float softcap) {
     __shared__ float sm_m[ATTN_WARPS];
     __shared__ float sm_l[ATTN_WARPS];
     __shared__ float sm_acc[ATTN_WARPS][NPL * 32];
@@ -85,7 +94,10 @@ __device__ void paged_attention(T* __restrict__ out, float* __restrict__ part_o,
     // past a token's own partitions have nothing to do. Uniform per block: before any barrier.
     if (z >= splits) return;
     const uint32_t per_split = (n_keys + splits - 1) / splits;
-    const uint32_t k_begin = z * per_split;
+    const uint32_t lo = n_keys > window ? n_keys - window : 0;  // the layer's first key
+    const uint32_t live = (n_keys - lo + per_split - 1) / per_split;  // partitions holding keys, >= 1
+    if (z >= live) return;  // wholly before the window (or past the context): nothing to read or merge
+    const uint32_t k_begin = lo + z * per_split;
     const uint32_t k_end = min(n_keys, k_begin + per_split);
     const uint32_t kvh = h / (num_heads / num_kv_heads);
     const uint32_t* table = block_tables + (size_t)token_seq[t] * max_blocks;
@@ -132,6 +144,10 @@ __device__ void paged_attention(T* __restrict__ out, float* __restrict__ part_o,
         }
 #pragma unroll
         for (int u = 0; u < KEYS; ++u) s[u] = warp_sum(s[u]);
+        if (softcap > 0.f) {  // uniform per launch
+#pragma unroll
+            for (int u = 0; u < KEYS; ++u) s[u] = softcap * tanhf(s[u] / softcap);
+        }
         float m_new = m;
 #pragma unroll
         for (int u = 0; u < KEYS; ++u) {
@@ -172,7 +188,7 @@ __device__ void paged_attention(T* __restrict__ out, float* __restrict__ part_o,
     }
     const float inv = total > 0.f ? 1.f / total : 0.f;
 
-    if (splits == 1) {
+    if (live == 1) {
         T* op = out + ((size_t)t * num_heads + h) * head_dim;
         for (uint32_t d = threadIdx.x; d < head_dim; d += ATTN_THREADS) {
             float o = 0.f;
@@ -197,11 +213,11 @@ __device__ void paged_attention(T* __restrict__ out, float* __restrict__ part_o,
         __shared__ bool sm_last;
         __threadfence();
         __syncthreads();
-        if (threadIdx.x == 0) sm_last = atomicAdd(counters + (size_t)t * num_heads + h, 1u) == splits - 1;
+        if (threadIdx.x == 0) sm_last = atomicAdd(counters + (size_t)t * num_heads + h, 1u) == live - 1;
         __syncthreads();
         if (sm_last) {
             __threadfence();
-            combine_partitions<T>(out, part_o, part_ml, token_part[t], min(splits, (uint32_t)ATTN_MAX_SPLITS), t, h,
+            combine_partitions<T>(out, part_o, part_ml, token_part[t], min(live, (uint32_t)ATTN_MAX_SPLITS), t, h,
                                   num_heads, head_dim);
         }
     }
@@ -213,18 +229,22 @@ __device__ void paged_attention(T* __restrict__ out, float* __restrict__ part_o,
              const T* v_cache, const uint32_t* block_tables, const uint32_t* token_seq, const uint32_t* token_pos,               \
              const uint32_t* token_splits, const uint32_t* token_part, const uint32_t* work_token,             \
              const uint32_t* work_split, uint32_t num_heads, uint32_t num_kv_heads, uint32_t head_dim,         \
-             uint32_t block_size, uint32_t max_blocks, float scale) {                                          \
+             uint32_t block_size, uint32_t max_blocks, float scale, uint32_t window, float softcap) {          \
         paged_attention<T, NPL>(out, part_o, part_ml, counters, q, k_cache, v_cache, block_tables, token_seq,   \
                                 token_pos, token_splits, token_part, work_token, work_split, num_heads,       \
-                                num_kv_heads, head_dim, block_size, max_blocks, scale);                        \
+                                num_kv_heads, head_dim, block_size, max_blocks, scale, window, softcap);       \
     }
 
+// d96 (Phi-3) is an exact fit too: three values per lane instead of the d128 instance's masked fourth.
 PAGED_ATTENTION(paged_attention_f32_d64, float, 2)
+PAGED_ATTENTION(paged_attention_f32_d96, float, 3)
 PAGED_ATTENTION(paged_attention_f32_d128, float, 4)
 PAGED_ATTENTION(paged_attention_f32_d256, float, 8)
 PAGED_ATTENTION(paged_attention_bf16_d64, __nv_bfloat16, 2)
+PAGED_ATTENTION(paged_attention_bf16_d96, __nv_bfloat16, 3)
 PAGED_ATTENTION(paged_attention_bf16_d128, __nv_bfloat16, 4)
 PAGED_ATTENTION(paged_attention_bf16_d256, __nv_bfloat16, 8)
 PAGED_ATTENTION(paged_attention_f16_d64, __half, 2)
+PAGED_ATTENTION(paged_attention_f16_d96, __half, 3)
 PAGED_ATTENTION(paged_attention_f16_d128, __half, 4)
 PAGED_ATTENTION(paged_attention_f16_d256, __half, 8)

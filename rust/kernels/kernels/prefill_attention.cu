@@ -12,14 +12,25 @@
 //
 // Grid (num_tiles, num_heads), PREFILL_THREADS threads. A block takes PREFILL_TILE_M query rows of one head;
 // each of its 4 warps owns 16 rows and keeps their Q fragments and f32 output accumulators in registers.
-// Keys are walked in tiles of PREFILL_TILE_N from position 0: each K and V tile is gathered once through the
+// Keys are walked in tiles of BN (below) from the block's first key: each K and V tile is gathered once through the
 // block table into shared memory (cp.async) and used by all 64 rows. V's load overlaps S = Q K^T and the
 // next K's load overlaps O += P V. The softmax is online, in f32 (exp2 of log2e-scaled scores); P is rounded
 // to the input type for the tensor-core product and the row sums add the rounded values.
 //
-// Result of a row does not depend on the tile it sits in: every row walks the same key tiles from 0, and
-// a tile that lies wholly after a row's position changes nothing in it (its weights are exactly 0 and the
-// rescale factor exactly 1), so chunking and tiling leave each row's arithmetic unchanged.
+// Per layer (launch arguments, constants of a captured graph): `window` keys at most per query (UINT32_MAX:
+// full causal; row at position p sees keys max(0, p + 1 - window)..=p) and `softcap` (0: none; else the
+// scaled score s becomes softcap * tanh(s / softcap) before the softmax, as in HF transformers). A block
+// starts at the key tile holding its first row's window start (the lowest of its rows'), so key tiles
+// wholly before it are never loaded, and keys before it inside that tile are zero-filled, never gathered:
+// block-table entries before the window are never read.
+//
+// Result of a row does not depend on the tile it sits in: a key tile wholly outside a row's keys (after
+// its position or before its window) changes nothing in it (its weights are exactly 0; before the row's
+// first key its running max stays -inf and the row's sums stay exact zeros; after it the rescale factor
+// is exactly 1), so chunking and tiling leave each row's arithmetic unchanged.
+//
+// Key tiles are PREFILL_TILE_N keys (64) up to head_dim 128 and 32 at head_dim 256, so that the K and V
+// tiles stay in 48 KB of static shared memory (2 x 32 x 264 x 2 bytes = 33 KB) and two blocks fit an SM.
 #include "common.cuh"
 #include <math.h>
 
@@ -91,24 +102,25 @@ template <> struct PrefillOps<__half> {
     }
 };
 
-template <typename T, int D>
+template <typename T, int D, int BN>
 __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q, const T* __restrict__ k_cache,
                                   const T* __restrict__ v_cache, const uint32_t* __restrict__ block_tables,
                                   const uint32_t* __restrict__ query_start, const uint32_t* __restrict__ context_len,
                                   const uint32_t* __restrict__ tile_seq, const uint32_t* __restrict__ tile_start,
                                   uint32_t num_heads, uint32_t num_kv_heads, uint32_t block_size,
-                                  uint32_t max_blocks, float scale) {
+                                  uint32_t max_blocks, float scale, uint32_t window, float softcap) {
     using Ops = PrefillOps<T>;
-    constexpr int BN = PREFILL_TILE_N;
     constexpr int STRIDE = D + PREFILL_PAD;  // elements per shared-memory row
     constexpr int KC = D / 16;               // 16-wide k steps of Q K^T
     constexpr int DT = D / 8;                // 8-wide column tiles of O
     constexpr int NT = BN / 8;               // 8-key column tiles of S
     constexpr int PK = BN / 16;              // 16-key k steps of P V
     constexpr int CHUNKS = D / 8;            // 16-byte chunks per cache row
+    constexpr int COPIES = BN * CHUNKS / PREFILL_THREADS;  // chunks each thread copies per tile
     static_assert(PREFILL_TILE_M == 4 * 16 && PREFILL_THREADS == 128, "4 warps of 16 query rows");
-    static_assert(D % 16 == 0 && KC % 2 == 0 && DT % 2 == 0, "head_dim must be a multiple of 32");
-    static_assert(PREFILL_THREADS % CHUNKS == 0, "each thread copies one fixed chunk column");
+    static_assert(D % 32 == 0 && KC % 2 == 0 && DT % 2 == 0, "head_dim must be a multiple of 32");
+    static_assert(BN % 16 == 0 && BN <= PREFILL_THREADS, "key tiles of 16-key steps, one slot per thread");
+    static_assert((BN * CHUNKS) % PREFILL_THREADS == 0, "the block copies whole tiles");
     __shared__ __align__(16) T ks[BN * STRIDE];
     __shared__ __align__(16) T vs[BN * STRIDE];
     __shared__ uint32_t slot_buf[2][BN];  // cache slots of the current and the next key tile
@@ -122,6 +134,8 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q, 
     const uint32_t kvh = h / (num_heads / num_kv_heads);
     const uint32_t* table = block_tables + (size_t)seq * max_blocks;
     const size_t slot_stride = (size_t)num_kv_heads * D;
+    // First key a query at `pos` attends.
+    auto key_lo = [&](uint32_t pos) { return pos + 1 > window ? pos + 1 - window : 0u; };
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int g = lane >> 2, tig = lane & 3;  // mma fragment row group and thread within the group
@@ -129,10 +143,13 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q, 
     const bool warp_rows = wq0 < qlen;
     const uint32_t warp_min_pos = first_pos + wq0;
     const uint32_t warp_max_pos = first_pos + min(wq0 + 15, qlen - 1);
+    const uint32_t warp_min_lo = key_lo(warp_min_pos), warp_max_lo = key_lo(warp_max_pos);
     const uint32_t n_keys = first_pos + min(q0 + PREFILL_TILE_M, qlen);  // keys any row of the block sees
+    const uint32_t k_lo = key_lo(first_pos + q0);                        // the first key any row sees
     const uint32_t n_tiles = (n_keys + BN - 1) / BN;
     const uint32_t r0 = wq0 + g, r1 = r0 + 8;  // this thread's two rows
     const uint32_t pos0 = first_pos + r0, pos1 = first_pos + r1;
+    const uint32_t lo0 = key_lo(pos0), lo1 = key_lo(pos1);
 
     // Q as A fragments of m16n8k16 (rows g / g+8, columns 2*tig + {0,1} and + 8); rows past the chunk are 0.
     uint32_t qf[KC][4];
@@ -152,28 +169,27 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q, 
         }
     }
 
-    // Cache slots of the keys of a tile (NO_SLOT for keys >= n_keys): looked up in the block table once
-    // per key tile by the first BN threads (key key0 + thread), kept in shared memory for the K and the V
-    // copy of that tile.
+    // Cache slots of the keys of a tile (NO_SLOT for keys outside k_lo..n_keys): looked up in the block
+    // table once per key tile by the first BN threads (key key0 + thread), kept in shared memory for the K
+    // and the V copy of that tile.
     constexpr uint32_t NO_SLOT = 0xffffffffu;
     auto slot_of = [&](uint32_t key) {
-        return key < n_keys ? table[key / block_size] * block_size + key % block_size : NO_SLOT;
+        return key >= k_lo && key < n_keys ? table[key / block_size] * block_size + key % block_size : NO_SLOT;
     };
     // Copies one K or V tile (rows of `slots`) into shared memory; rows without a slot are zero-filled.
-    const int chunk = threadIdx.x % CHUNKS;
-    const T* k_head = k_cache + (size_t)kvh * D + chunk * 8;
-    const T* v_head = v_cache + (size_t)kvh * D + chunk * 8;
+    // Chunk i of the tile (row i / CHUNKS, 16-byte column i % CHUNKS) is copied by thread i % THREADS.
+    const T* k_head = k_cache + (size_t)kvh * D;
+    const T* v_head = v_cache + (size_t)kvh * D;
     auto load_tile = [&](T* dst, const T* head, const uint32_t* slots) {
-        constexpr int ROWS = PREFILL_THREADS / CHUNKS;  // rows copied per pass of the block
-        const int r0 = threadIdx.x / CHUNKS;
-        uint32_t slot[BN / ROWS];  // all slot reads first: the copies then issue back to back
+        uint32_t slot[COPIES];  // all slot reads first: the copies then issue back to back
 #pragma unroll
-        for (int i = 0; i < BN / ROWS; ++i) slot[i] = slots[r0 + i * ROWS];
+        for (int i = 0; i < COPIES; ++i) slot[i] = slots[(threadIdx.x + i * PREFILL_THREADS) / CHUNKS];
 #pragma unroll
-        for (int i = 0; i < BN / ROWS; ++i) {
+        for (int i = 0; i < COPIES; ++i) {
+            const int c = threadIdx.x + i * PREFILL_THREADS;
+            const int row = c / CHUNKS, col = (c % CHUNKS) * 8;
             const bool valid = slot[i] != NO_SLOT;
-            cp_async16(dst + (r0 + i * ROWS) * STRIDE + chunk * 8, head + (size_t)(valid ? slot[i] : 0u) * slot_stride,
-                       valid);
+            cp_async16(dst + row * STRIDE + col, head + (size_t)(valid ? slot[i] : 0u) * slot_stride + col, valid);
         }
     };
 
@@ -182,12 +198,17 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q, 
     for (int i = 0; i < DT; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
     const float sl2 = scale * 1.4426950408889634f;
+    // With a cap, scores are replaced by cap(scale s) / scale, so that the scaled exponent below is
+    // unchanged: scale * that = softcap * tanh(scale s / softcap).
+    const bool capped = softcap > 0.f;
+    const float cap_in = capped ? scale / softcap : 0.f, cap_out = capped ? softcap / scale : 0.f;
 
-    if (threadIdx.x < BN) slot_buf[0][threadIdx.x] = slot_of(threadIdx.x);
+    const uint32_t kt0 = k_lo / BN;  // the tile holding the block's first key
+    if (threadIdx.x < BN) slot_buf[kt0 & 1][threadIdx.x] = slot_of(kt0 * BN + threadIdx.x);
     __syncthreads();
-    load_tile(ks, k_head, slot_buf[0]);
+    load_tile(ks, k_head, slot_buf[kt0 & 1]);
     cp_async_commit();
-    for (uint32_t kt = 0; kt < n_tiles; ++kt) {
+    for (uint32_t kt = kt0; kt < n_tiles; ++kt) {
         const uint32_t key0 = kt * BN;
         const uint32_t* slots = slot_buf[kt & 1];
         uint32_t* next_slots = slot_buf[(kt + 1) & 1];
@@ -200,8 +221,9 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q, 
         const bool fill = kt + 1 < n_tiles && threadIdx.x < BN;
         const uint32_t next_slot = fill ? slot_of(key0 + BN + threadIdx.x) : NO_SLOT;
 
-        // A warp skips key tiles wholly after its rows: for them it would add exact zeros.
-        const bool active = warp_rows && key0 <= warp_max_pos;
+        // A warp skips key tiles wholly after its rows or wholly before their windows: for them it would
+        // add exact zeros.
+        const bool active = warp_rows && key0 <= warp_max_pos && key0 + BN > warp_min_lo;
         uint32_t pf[PK][4];
         if (active) {
             float s[NT][4];
@@ -216,7 +238,8 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q, 
                     Ops::mma(s[nt], qf[kc + 1], b[2], b[3]);
                 }
             }
-            const bool masked = key0 + BN - 1 > warp_min_pos;  // the tile reaches past some row's position
+            // The tile reaches past some row's position or before some row's window start.
+            const bool masked = key0 + BN - 1 > warp_min_pos || key0 < warp_max_lo;
             float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
@@ -224,9 +247,13 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q, 
                 for (int e = 0; e < 2; ++e) {
                     const uint32_t key = key0 + nt * 8 + 2 * tig + e;
                     float a = s[nt][e], b = s[nt][2 + e];
+                    if (capped) {
+                        a = cap_out * tanhf(a * cap_in);
+                        b = cap_out * tanhf(b * cap_in);
+                    }
                     if (masked) {
-                        if (key > pos0) a = -INFINITY;
-                        if (key > pos1) b = -INFINITY;
+                        if (key > pos0 || key < lo0) a = -INFINITY;
+                        if (key > pos1 || key < lo1) b = -INFINITY;
                     }
                     s[nt][e] = a;
                     s[nt][2 + e] = b;
@@ -238,13 +265,15 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q, 
             mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
             mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
             mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-            // Maxima of the unscaled scores (scale > 0); finite: key 0 is in the first tile and every row's
-            // position is >= 0. p = 2^(s * scale * log2e - max * scale * log2e), one FFMA per score.
+            // Maxima of the unscaled scores (scale > 0). A row whose keys all lie outside the tiles seen
+            // so far (its window starts later) keeps m = -inf: its exponent offset is then 0, so its p are
+            // 2^-inf = 0 and its rescale factor 2^-inf = 0 (of sums that are still exact zeros).
+            // p = 2^(s * scale * log2e - max * scale * log2e), one FFMA per score.
             const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-            const float al0 = fast_exp2((m0 - mn0) * sl2), al1 = fast_exp2((m1 - mn1) * sl2);  // 0 at first
+            const float ms0 = mn0 == -INFINITY ? 0.f : mn0 * sl2, ms1 = mn1 == -INFINITY ? 0.f : mn1 * sl2;
+            const float al0 = fast_exp2(fmaf(m0, sl2, -ms0)), al1 = fast_exp2(fmaf(m1, sl2, -ms1));  // 0 at first
             m0 = mn0;
             m1 = mn1;
-            const float ms0 = mn0 * sl2, ms1 = mn1 * sl2;
             auto p = [&](float x, float ms) { return fast_exp2(fmaf(x, sl2, -ms)); };
             float rs0 = 0.f, rs1 = 0.f;
 #pragma unroll
@@ -303,17 +332,22 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q, 
     }
 }
 
-#define PREFILL_ATTENTION(NAME, T, D)                                                                          \
+#define PREFILL_ATTENTION(NAME, T, D, BN)                                                                      \
     extern "C" __global__ void __launch_bounds__(PREFILL_THREADS, 2)                                           \
         NAME(T* out, const T* q, const T* k_cache, const T* v_cache, const uint32_t* block_tables,             \
              const uint32_t* query_start, const uint32_t* context_len, const uint32_t* tile_seq,               \
              const uint32_t* tile_start, uint32_t num_heads, uint32_t num_kv_heads, uint32_t block_size,       \
-             uint32_t max_blocks, float scale) {                                                               \
-        prefill_attention<T, D>(out, q, k_cache, v_cache, block_tables, query_start, context_len, tile_seq,    \
-                                tile_start, num_heads, num_kv_heads, block_size, max_blocks, scale);           \
+             uint32_t max_blocks, float scale, uint32_t window, float softcap) {                               \
+        prefill_attention<T, D, BN>(out, q, k_cache, v_cache, block_tables, query_start, context_len,          \
+                                    tile_seq, tile_start, num_heads, num_kv_heads, block_size, max_blocks,     \
+                                    scale, window, softcap);                                                   \
     }
 
-PREFILL_ATTENTION(prefill_attention_bf16_d64, __nv_bfloat16, 64)
-PREFILL_ATTENTION(prefill_attention_bf16_d128, __nv_bfloat16, 128)
-PREFILL_ATTENTION(prefill_attention_f16_d64, __half, 64)
-PREFILL_ATTENTION(prefill_attention_f16_d128, __half, 128)
+PREFILL_ATTENTION(prefill_attention_bf16_d64, __nv_bfloat16, 64, PREFILL_TILE_N)
+PREFILL_ATTENTION(prefill_attention_bf16_d96, __nv_bfloat16, 96, PREFILL_TILE_N)
+PREFILL_ATTENTION(prefill_attention_bf16_d128, __nv_bfloat16, 128, PREFILL_TILE_N)
+PREFILL_ATTENTION(prefill_attention_bf16_d256, __nv_bfloat16, 256, PREFILL_TILE_N / 2)
+PREFILL_ATTENTION(prefill_attention_f16_d64, __half, 64, PREFILL_TILE_N)
+PREFILL_ATTENTION(prefill_attention_f16_d96, __half, 96, PREFILL_TILE_N)
+PREFILL_ATTENTION(prefill_attention_f16_d128, __half, 128, PREFILL_TILE_N)
+PREFILL_ATTENTION(prefill_attention_f16_d256, __half, 256, PREFILL_TILE_N / 2)

@@ -96,29 +96,44 @@ pub fn kv_write_name(dtype: KernelDType) -> &'static str {
     }
 }
 
-/// `paged_attention_<dtype>_d<max head dim>`: the instance for the smallest of 64, 128, 256 that holds
-/// `head_dim` (64 and 128 are exact fits; other sizes run the next instance with bounds checks).
+/// `paged_attention_<dtype>_d<max head dim>`: the instance for the smallest of 64, 96, 128, 256 that
+/// holds `head_dim` (those four are exact fits; other sizes run the next instance with bounds checks).
 /// `None` above [`ATTN_MAX_HEAD_DIM`].
 pub fn paged_attention_name(dtype: KernelDType, head_dim: usize) -> Option<&'static str> {
     use KernelDType::*;
     let d = match head_dim {
         0 => return None,
         1..=64 => 64,
-        65..=128 => 128,
+        65..=96 => 96,
+        97..=128 => 128,
         129..=256 => 256,
         _ => return None,
     };
     Some(match (dtype, d) {
         (F32, 64) => "paged_attention_f32_d64",
+        (F32, 96) => "paged_attention_f32_d96",
         (F32, 128) => "paged_attention_f32_d128",
         (F32, _) => "paged_attention_f32_d256",
         (BF16, 64) => "paged_attention_bf16_d64",
+        (BF16, 96) => "paged_attention_bf16_d96",
         (BF16, 128) => "paged_attention_bf16_d128",
         (BF16, _) => "paged_attention_bf16_d256",
         (F16, 64) => "paged_attention_f16_d64",
+        (F16, 96) => "paged_attention_f16_d96",
         (F16, 128) => "paged_attention_f16_d128",
         (F16, _) => "paged_attention_f16_d256",
     })
+}
+
+/// The attention kernels' `window` argument: keys per query at most, `u32::MAX` for full causal
+/// attention (a window that wide excludes no position a `u32` index can hold).
+pub fn attn_window_arg(window: Option<usize>) -> u32 {
+    window.map_or(u32::MAX, |w| u32::try_from(w).unwrap_or(u32::MAX))
+}
+
+/// The attention kernels' `softcap` argument: the cap, 0 for none.
+pub fn attn_softcap_arg(softcap: Option<f32>) -> f32 {
+    softcap.unwrap_or(0.0)
 }
 
 /// Module name of the tiled prefill kernels and their launch constants (`PREFILL_*` in
@@ -127,14 +142,19 @@ pub const PREFILL_ATTENTION_MODULE: &str = "mlc_prefill_attention";
 pub const PREFILL_TILE_M: usize = 64;
 pub const PREFILL_THREADS: u32 = 128;
 
-/// `prefill_attention_<dtype>_d<head_dim>`: the tiled tensor-core kernel, for bf16 / f16 and head_dim 64
-/// or 128 only (`None` otherwise: those steps stay on the per-token kernel).
+/// `prefill_attention_<dtype>_d<head_dim>`: the tiled tensor-core kernel, for bf16 / f16 and head_dim 64,
+/// 96, 128 or 256 exactly (`None` otherwise: those steps stay on the per-token kernel). head_dim 256 walks
+/// keys in tiles of 32 rather than 64 (shared memory).
 pub fn prefill_attention_name(dtype: KernelDType, head_dim: usize) -> Option<&'static str> {
     match (dtype, head_dim) {
         (KernelDType::BF16, 64) => Some("prefill_attention_bf16_d64"),
+        (KernelDType::BF16, 96) => Some("prefill_attention_bf16_d96"),
         (KernelDType::BF16, 128) => Some("prefill_attention_bf16_d128"),
+        (KernelDType::BF16, 256) => Some("prefill_attention_bf16_d256"),
         (KernelDType::F16, 64) => Some("prefill_attention_f16_d64"),
+        (KernelDType::F16, 96) => Some("prefill_attention_f16_d96"),
         (KernelDType::F16, 128) => Some("prefill_attention_f16_d128"),
+        (KernelDType::F16, 256) => Some("prefill_attention_f16_d256"),
         _ => None,
     }
 }
@@ -148,10 +168,26 @@ mod tests {
         assert_eq!(paged_attention_name(KernelDType::BF16, 64), Some("paged_attention_bf16_d64"));
         assert_eq!(paged_attention_name(KernelDType::BF16, 128), Some("paged_attention_bf16_d128"));
         assert_eq!(paged_attention_name(KernelDType::F32, 32), Some("paged_attention_f32_d64"));
-        assert_eq!(paged_attention_name(KernelDType::F16, 96), Some("paged_attention_f16_d128"));
+        assert_eq!(paged_attention_name(KernelDType::F16, 96), Some("paged_attention_f16_d96"));
+        assert_eq!(paged_attention_name(KernelDType::F16, 80), Some("paged_attention_f16_d96"));
+        assert_eq!(paged_attention_name(KernelDType::BF16, 112), Some("paged_attention_bf16_d128"));
         assert_eq!(paged_attention_name(KernelDType::F16, 256), Some("paged_attention_f16_d256"));
         assert_eq!(paged_attention_name(KernelDType::F32, 257), None);
         assert_eq!(paged_attention_name(KernelDType::F32, 0), None);
+        for d in [64, 96, 128, 256] {
+            assert!(prefill_attention_name(KernelDType::BF16, d).is_some() && prefill_attention_name(KernelDType::F16, d).is_some());
+            assert!(prefill_attention_name(KernelDType::F32, d).is_none());
+        }
+        assert_eq!(prefill_attention_name(KernelDType::BF16, 80), None);
+    }
+
+    #[test]
+    fn layer_arguments() {
+        assert_eq!(attn_window_arg(None), u32::MAX);
+        assert_eq!(attn_window_arg(Some(4096)), 4096);
+        assert_eq!(attn_window_arg(Some(usize::MAX)), u32::MAX);
+        assert_eq!(attn_softcap_arg(None), 0.0);
+        assert_eq!(attn_softcap_arg(Some(50.0)), 50.0);
     }
 }
 

@@ -1,6 +1,6 @@
 //! CPU implementations of the KV write and paged attention (also the reference for the CUDA kernels).
 
-use super::AttentionMetadata;
+use super::{AttentionMetadata, AttnParams};
 use candle_core::{bail, CpuStorage, Layout, Result, Shape};
 use rayon::prelude::*;
 
@@ -35,12 +35,15 @@ pub fn kv_write(slot_mapping: &[u32], cache: &mut CpuStorage, cl: &Layout, new: 
     Ok(())
 }
 
-/// Causal paged attention of `q` `[num_tokens, num_heads, head_dim]` over the caches
-/// `[num_blocks, block_size, num_kv_heads, head_dim]`, in f32.
+/// Paged attention of `q` `[num_tokens, num_heads, head_dim]` over the caches
+/// `[num_blocks, block_size, num_kv_heads, head_dim]`, in f32: a query at position `pos` attends the keys
+/// `params.window_start(pos)..=pos` of its sequence with scores `cap(scale * q·k)`, where
+/// `cap(x) = softcap * tanh(x / softcap)` when the layer has a cap (as HF transformers computes Gemma 2:
+/// scale, cap, mask, softmax). Block-table entries of keys before the window are never looked at.
 #[allow(clippy::too_many_arguments)]
 pub fn paged_attention(
     meta: &AttentionMetadata,
-    scale: f32,
+    params: &AttnParams,
     q: &CpuStorage,
     ql: &Layout,
     k: &CpuStorage,
@@ -79,21 +82,22 @@ pub fn paged_attention(
     let group = num_heads / kv_heads;
     let row = num_heads * head_dim;
     let kv_row = kv_heads * head_dim;
+    let cap = |x: f32| params.softcap.map_or(x, |c| c * (x / c).tanh());
     let mut out = vec![0f32; num_tokens * row];
     out.par_chunks_mut(row).enumerate().for_each(|(t, out_row)| {
         let (s, pos) = owner[t];
         let table = &meta.seqs[s].block_table;
-        let ctx = pos + 1; // causal: positions 0..=pos
-        let mut scores = vec![0f32; ctx];
+        let keys = params.window_start(pos)..pos + 1; // causal, within the window
+        let slot = |j: usize| table[j / block_size] as usize * block_size + j % block_size;
+        let mut scores = vec![0f32; keys.len()];
         for h in 0..num_heads {
             let kvh = h / group;
             let qv = &q[t * row + h * head_dim..t * row + (h + 1) * head_dim];
             let mut max = f32::NEG_INFINITY;
-            for (j, sc) in scores.iter_mut().enumerate() {
-                let slot = table[j / block_size] as usize * block_size + j % block_size;
-                let kv = &k[slot * kv_row + kvh * head_dim..slot * kv_row + (kvh + 1) * head_dim];
-                let dot: f32 = qv.iter().zip(kv).map(|(a, b)| a * b).sum();
-                *sc = dot * scale;
+            for (sc, j) in scores.iter_mut().zip(keys.clone()) {
+                let base = slot(j) * kv_row + kvh * head_dim;
+                let dot: f32 = qv.iter().zip(&k[base..base + head_dim]).map(|(a, b)| a * b).sum();
+                *sc = cap(dot * params.scale);
                 max = max.max(*sc);
             }
             let mut sum = 0f32;
@@ -102,11 +106,10 @@ pub fn paged_attention(
                 sum += *sc;
             }
             let o = &mut out_row[h * head_dim..(h + 1) * head_dim];
-            for (j, &p) in scores.iter().enumerate() {
-                let slot = table[j / block_size] as usize * block_size + j % block_size;
-                let vv = &v[slot * kv_row + kvh * head_dim..slot * kv_row + (kvh + 1) * head_dim];
+            for (&p, j) in scores.iter().zip(keys.clone()) {
+                let base = slot(j) * kv_row + kvh * head_dim;
                 let w = p / sum;
-                for (od, vd) in o.iter_mut().zip(vv) {
+                for (od, vd) in o.iter_mut().zip(&v[base..base + head_dim]) {
                     *od += w * vd;
                 }
             }

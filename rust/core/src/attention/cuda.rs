@@ -2,23 +2,21 @@
 //! then launches of `mlc_kernels`' PTX on candle's stream. The step's metadata arrays are views into
 //! the one buffer [`PagedKvCache::prepare`](super::PagedKvCache::prepare) uploaded.
 //!
-//! Attention runs up to three kernels: the tiled prefill kernel for the query tiles of long chunks
-//! (bf16 / f16, head_dim 64 or 128), the per-token kernel for every other row of the plan (decode,
-//! short chunks, and long chunks where no tiled kernel applies; split tokens are merged by their last
-//! partition's block).
+//! Attention runs up to two kernels: the tiled prefill kernel for the query tiles of long chunks
+//! (bf16 / f16, head_dim 64, 96, 128 or 256), the per-token kernel for every other row of the plan
+//! (decode, short chunks, and long chunks where no tiled kernel applies, i.e. f32 and other head dims;
+//! split tokens are merged by their last partition's block). A layer's window and cap are launch
+//! arguments of both: the plan is the step's, shared by every layer, and nothing is planned or uploaded
+//! per layer (a captured CUDA graph holds each layer's arguments as constants).
 
 use super::plan::Span;
-use super::DeviceStep;
+use super::{AttnParams, DeviceStep};
 use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{bail, CudaDevice, CudaStorage, Layout, Result, Shape, Storage};
 use mlc_kernels::{self as kernels, KernelDType};
 use crate::cuda_args::{contiguous, kernel_dtype, to_u32, view};
-
-
-
-
 
 fn span(s: Span) -> std::ops::Range<usize> {
     s.start..s.start + s.len
@@ -120,6 +118,9 @@ struct AttentionArgs {
     head_dim: u32,
     block_size: u32,
     scale: f32,
+    /// Keys per query at most (`u32::MAX`: full causal) and the score cap (0: none).
+    window: u32,
+    softcap: f32,
     /// The tiled kernel for the plan's query tiles (`None`: every row runs on the per-token kernel).
     prefill: Option<&'static str>,
 }
@@ -134,7 +135,7 @@ fn tiled_prefill_enabled() -> bool {
 #[allow(clippy::too_many_arguments)]
 pub fn paged_attention(
     step: &DeviceStep,
-    scale: f32,
+    params: &AttnParams,
     q: &CudaStorage,
     ql: &Layout,
     k: &CudaStorage,
@@ -168,7 +169,9 @@ pub fn paged_attention(
         num_kv_heads: to_u32(kvh, "num_kv_heads")?,
         head_dim: to_u32(d, "head_dim")?,
         block_size: to_u32(bs, "block_size")?,
-        scale,
+        scale: params.scale,
+        window: kernels::attn_window_arg(params.window),
+        softcap: kernels::attn_softcap_arg(params.softcap),
         prefill: None,
     };
     if h > 65_535 {
@@ -250,6 +253,8 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
             b.arg(&a.block_size);
             b.arg(&max_blocks);
             b.arg(&a.scale);
+            b.arg(&a.window);
+            b.arg(&a.softcap);
             let cfg = LaunchConfig { grid_dim: (num_work, a.num_heads, 1), block_dim: (kernels::ATTN_THREADS, 1, 1), shared_mem_bytes: 0 };
             // SAFETY: the argument list matches paged_attention_* in paged_attention.cu; the block
             // tables, positions and partitions were validated and planned from the same metadata.
@@ -274,6 +279,8 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
             b.arg(&a.block_size);
             b.arg(&max_blocks);
             b.arg(&a.scale);
+            b.arg(&a.window);
+            b.arg(&a.softcap);
             let grid = (to_u32(plan.num_tiles, "query tiles")?, a.num_heads, 1);
             let cfg = LaunchConfig { grid_dim: grid, block_dim: (kernels::PREFILL_THREADS, 1, 1), shared_mem_bytes: 0 };
             // SAFETY: matches prefill_attention_* in prefill_attention.cu (instantiated for this dtype and

@@ -12,8 +12,52 @@ mod cpu;
 mod cuda;
 mod ops;
 pub mod plan;
+#[cfg(test)]
+mod reference_tests;
 
 use candle_core::{DType, Device, Tensor};
+
+/// How one layer's queries attend. The step's plan is shared by every layer, so a layer's window and
+/// cap are applied inside the kernels: nothing of them is planned or uploaded per layer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttnParams {
+    /// Multiplies q·k (1/sqrt(head_dim), or query_pre_attn_scalar^-0.5 for Gemma).
+    pub scale: f32,
+    /// Gemma 2: score = softcap * tanh(score / softcap), applied after scaling, before the softmax.
+    pub softcap: Option<f32>,
+    /// Sliding window W: a query at position p attends keys at positions k with p - W < k <= p
+    /// (W keys, itself included; this is HF transformers' sliding_window semantics). None = full causal.
+    /// Keys before a query's window are never read, so their block-table entries may hold any valid
+    /// block id (the KV manager may hand such blocks back to the pool while the sequence runs).
+    pub window: Option<usize>,
+}
+
+impl AttnParams {
+    /// Plain causal attention.
+    pub fn causal(scale: f32) -> Self {
+        AttnParams { scale, softcap: None, window: None }
+    }
+
+    /// The kernels need a positive finite scale (they take maxima of unscaled scores), a positive
+    /// finite cap and a window of at least one key (the query itself).
+    pub fn validate(&self) -> candle_core::Result<()> {
+        if !(self.scale.is_finite() && self.scale > 0.0) {
+            candle_core::bail!("attention: scale {} must be positive and finite", self.scale);
+        }
+        if let Some(c) = self.softcap.filter(|c| !(c.is_finite() && *c > 0.0)) {
+            candle_core::bail!("attention: softcap {c} must be positive and finite");
+        }
+        if self.window == Some(0) {
+            candle_core::bail!("attention: a sliding window holds at least one key");
+        }
+        Ok(())
+    }
+
+    /// First key position a query at `pos` attends (0 without a window).
+    pub fn window_start(&self, pos: usize) -> usize {
+        self.window.map_or(0, |w| (pos + 1).saturating_sub(w))
+    }
+}
 
 /// One sequence's slice of a step: its new query tokens and the context they attend to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,15 +219,22 @@ impl PagedKvCache {
         cache.v.inplace_op2(v, &op)
     }
 
-    /// Causal attention of the step's queries `[num_tokens, num_heads, head_dim]` over the cached
-    /// context of their sequences; returns `[num_tokens, num_heads, head_dim]`.
-    pub fn attend(&self, layer: usize, q: &Tensor, step: &StepAttention, scale: f32) -> candle_core::Result<Tensor> {
+    /// Attention of the step's queries `[num_tokens, num_heads, head_dim]` over the cached context of
+    /// their sequences, causal and within `params.window`, with scores scaled and capped by `params`;
+    /// returns `[num_tokens, num_heads, head_dim]`. Keys before a query's window are never read.
+    pub fn attend_with(&self, layer: usize, q: &Tensor, step: &StepAttention, params: &AttnParams) -> candle_core::Result<Tensor> {
+        params.validate()?;
         let cache = self.layer(layer)?;
         if step.num_tokens() == 0 {
             return Ok(q.clone()); // [0, num_heads, head_dim]
         }
-        let op = ops::PagedAttention { step, scale };
+        let op = ops::PagedAttention { step, params: *params };
         q.apply_op3_no_bwd(&cache.k, &cache.v, &op)
+    }
+
+    /// Plain causal attention: [`attend_with`](Self::attend_with) without a cap or a window.
+    pub fn attend(&self, layer: usize, q: &Tensor, step: &StepAttention, scale: f32) -> candle_core::Result<Tensor> {
+        self.attend_with(layer, q, step, &AttnParams::causal(scale))
     }
 
     fn layer(&self, layer: usize) -> candle_core::Result<&LayerKvCache> {

@@ -2,7 +2,7 @@
 //! operation, dispatching to the CPU implementation (`cpu.rs`, also the reference) or our CUDA kernels
 //! (`cuda.rs`, feature `cuda`).
 
-use super::{cpu, StepAttention};
+use super::{cpu, AttnParams, StepAttention};
 use candle_core::{bail, CpuStorage, CustomOp3, InplaceOp1, InplaceOp2, Layout, Result, Shape};
 
 /// Copies the step's new K or V rows into their cache slots: `cache[slot_mapping[t]] = new[t]`.
@@ -31,10 +31,10 @@ impl InplaceOp2 for KvWrite<'_> {
     }
 }
 
-/// Causal attention of each query token over positions `0..=pos` of its own sequence.
+/// Attention of each query token over positions `window_start(pos)..=pos` of its own sequence.
 pub struct PagedAttention<'a> {
     pub step: &'a StepAttention,
-    pub scale: f32,
+    pub params: AttnParams,
 }
 
 impl CustomOp3 for PagedAttention<'_> {
@@ -51,7 +51,7 @@ impl CustomOp3 for PagedAttention<'_> {
         v: &CpuStorage,
         vl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        cpu::paged_attention(&self.step.meta, self.scale, q, ql, k, kl, v, vl)
+        cpu::paged_attention(&self.step.meta, &self.params, q, ql, k, kl, v, vl)
     }
 
     #[cfg(feature = "cuda")]
@@ -64,7 +64,7 @@ impl CustomOp3 for PagedAttention<'_> {
         v: &candle_core::CudaStorage,
         vl: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        super::cuda::paged_attention(self.step.device()?, self.scale, q, ql, k, kl, v, vl)
+        super::cuda::paged_attention(self.step.device()?, &self.params, q, ql, k, kl, v, vl)
     }
 }
 
