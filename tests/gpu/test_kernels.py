@@ -2,7 +2,8 @@
 
 Each case builds one random step on the Rust side (`mlc_llm._core._attention_check`): scattered block
 tables, random cached context, new K/V written through the KV-write kernel, then attention of every query
-token over positions 0..=pos of its own sequence. The CPU reference runs in f32 on the same values rounded
+token over positions 0..=pos of its own sequence (or the last `window` of them, with scores soft-capped
+when the case has a `softcap`). The CPU reference runs in f32 on the same values rounded
 to the device dtype, so the only differences are the kernels' f32 arithmetic order and the final rounding.
 Skips (no GPU, no CUDA build) become failures with MLC_REQUIRE_GPU=1, as in test_smoke.py.
 """
@@ -56,11 +57,13 @@ def core():
     return c
 
 
-def _check(core, dtype, heads, kv_heads, head_dim, seqs, block_size=16, seed=0):
+def _check(core, dtype, heads, kv_heads, head_dim, seqs, block_size=16, seed=0, **layer):
+    """`layer`: optional `window`, `softcap`, `scale`, `placeholders` (block-table entries before every
+    query's window point at a block of NaNs), `fixed_bucket` (a CUDA-graph decode plan)."""
     case = {"dtype": dtype, "num_heads": heads, "num_kv_heads": kv_heads, "head_dim": head_dim,
-            "block_size": block_size, "seqs": seqs, "seed": seed}
+            "block_size": block_size, "seqs": seqs, "seed": seed, **layer}
     r = json.loads(core._attention_check("cuda:0", json.dumps(case)))
-    print(f"{dtype} h={heads}/{kv_heads} d={head_dim} bs={block_size} seqs={seqs}: {r}")
+    print(f"{dtype} h={heads}/{kv_heads} d={head_dim} bs={block_size} {layer} seqs={seqs}: {r}")
     results = os.environ.get("MLC_GPU_RESULTS")
     if results:  # the numbers travel back from the GPU host (see .ci/cuda/run_gpu.sh)
         with open(results, "a") as f:
@@ -68,6 +71,9 @@ def _check(core, dtype, heads, kv_heads, head_dim, seqs, block_size=16, seed=0):
     assert r["kv_max_abs_err"] == 0.0, r
     assert r["max_abs_ref"] > 0.0, r
     assert r["max_abs_err"] <= _TOL[dtype], r
+    assert r["nonfinite"] == 0, r
+    if r["plain_max_abs_err"] is not None:  # the same step as a plain causal layer
+        assert r["plain_max_abs_err"] <= _TOL[dtype], r
     assert r["num_tokens"] == sum(q for q, _ in seqs)
     return r
 
@@ -137,7 +143,7 @@ _CHUNKS = [(100, 1000), (37, 53), (500, 1234), (17, 4000), (1, 777), (16, 300), 
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "f16"])
-@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("head_dim", [64, 96, 128, 256])
 @pytest.mark.parametrize("heads,kv_heads", [(8, 8), (16, 4)])
 def test_tiled_prefill(core, dtype, head_dim, heads, kv_heads, monkeypatch):
     r = _check(core, dtype, heads, kv_heads, head_dim, _PROMPTS, seed=head_dim + heads)
@@ -163,6 +169,71 @@ def test_tiled_long_prompts(core, dtype, n):
     _check(core, dtype, 8, 2, 128, [(n, n)], seed=n)
 
 
+# Sliding windows and soft-capping (Gemma 2 / 3, Mistral; Phi-3 for head_dim 96). The windowed cases point
+# every block-table entry before the window at a block of NaNs: one read of it, even of a masked key,
+# makes outputs NaN. Window 5 is shorter than a block, 100 and 37 are not multiples of it.
+_LAYERS = [
+    {"window": 5, "placeholders": True},
+    {"window": 100, "placeholders": True},
+    {"softcap": 2.0},
+    {"softcap": 50.0, "window": 37, "placeholders": True},
+    {"softcap": 5.0, "window": 100},  # no placeholders: also checks the plain layer on the same step
+]
+_LAYER_SEQS = _EDGES + [(1, 300), (40, 240), (7, 130), (20, 20)]
+
+
+@pytest.mark.parametrize("dtype", ["f32", "bf16", "f16"])
+@pytest.mark.parametrize("head_dim", [64, 96, 128, 256])
+@pytest.mark.parametrize("layer", range(len(_LAYERS)))
+def test_windows_and_caps(core, dtype, head_dim, layer):
+    r = _check(core, dtype, 8, 2, head_dim, _LAYER_SEQS, seed=layer + head_dim, **_LAYERS[layer])
+    if _LAYERS[layer].get("placeholders"):
+        assert r["placeholders"] > 0, r
+
+
+@pytest.mark.parametrize("dtype", ["f32", "bf16", "f16"])
+@pytest.mark.parametrize("head_dim", [128, 256])
+@pytest.mark.parametrize("window", [100, 1000, 4096])
+def test_windowed_decode_skips_whole_partitions(core, dtype, head_dim, window):
+    # Long decodes split into up to 64 partitions of the whole context; a sliding layer walks only the
+    # partitions from its window start (the rest return at once), and reads nothing before the window.
+    seqs = [(1, 8192), (1, 4097), (1, 3000), (1, 700), (1, 100), (3, 2500)]
+    r = _check(core, dtype, 16, 8, head_dim, seqs, seed=window, window=window, softcap=50.0, placeholders=True)
+    assert r["max_splits"] == 64 and r["num_partials"] > 0 and r["placeholders"] > 0, r
+    # The same step as alternating layers see it: also checked as a plain causal layer.
+    _check(core, dtype, 16, 8, head_dim, seqs, seed=window, window=window, softcap=50.0)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "f16"])
+@pytest.mark.parametrize("head_dim", [64, 96, 128, 256])
+@pytest.mark.parametrize("layer", [{"window": 128}, {"window": 1000, "softcap": 30.0}, {"window": 47}, {"softcap": 20.0}])
+def test_tiled_prefill_with_windows(core, dtype, head_dim, layer, monkeypatch):
+    # Chunks crossing the window (key tiles wholly before a block's first window are never loaded),
+    # a window shorter than one query tile (47), a decode and a short chunk beside them.
+    seqs = [(100, 1000), (300, 300), (200, 1234), (17, 4000), (1, 777), (129, 129), (65, 2000), (16, 300)]
+    placeholders = "window" in layer
+    r = _check(core, dtype, 16, 4, head_dim, seqs, seed=head_dim, placeholders=placeholders, **layer)
+    if placeholders:
+        assert r["placeholders"] > 0, r
+    if layer != {"window": 1000, "softcap": 30.0}:
+        return
+    # The same case on the per-token kernel: also within tolerance, and not bit-identical (so the
+    # default run above did take the tiled kernel).
+    monkeypatch.setenv("MLC_TILED_PREFILL", "0")
+    per_token = _check(core, dtype, 16, 4, head_dim, seqs, seed=head_dim, placeholders=placeholders, **layer)
+    assert per_token["mean_abs_err"] != r["mean_abs_err"], (r, per_token)
+
+
+@pytest.mark.parametrize("dtype", ["f32", "bf16", "f16"])
+@pytest.mark.parametrize("head_dim", [96, 128, 256])
+@pytest.mark.parametrize("layer", [{}, {"window": 512, "softcap": 50.0, "placeholders": True}, {"window": 9}])
+def test_fixed_decode_plan(core, dtype, head_dim, layer):
+    # The CUDA-graph layout: 3 decodes padded to 8 rows, 128 partition rows per token (5000 keys), the
+    # rows past a token's own (or its window's) partitions returning at once.
+    r = _check(core, dtype, 8, 4, head_dim, [(1, 5000), (1, 300), (1, 17)], seed=head_dim, fixed_bucket=8, **layer)
+    assert r["max_splits"] == 64 and r["num_work"] == 8 * 64, r
+
+
 # Informational timings (recorded, never asserted): the Llama-3-8B attention shape (32 heads, 8 KV heads,
 # head_dim 128) in bf16; mean of back-to-back attend calls, allocation of the output included.
 @pytest.mark.parametrize("name,seqs,repeat", [
@@ -179,13 +250,37 @@ def test_tiled_long_prompts(core, dtype, n):
     ("prefill_4096_per_token", [(4096, 4096)], 3),
 ])
 def test_attention_timing(core, name, seqs, repeat, monkeypatch):
+    _time(core, name, seqs, repeat, monkeypatch)
+
+
+# The Gemma-2-9B attention shape (16 heads, 8 KV heads, head_dim 256, window 4096, cap 50): a full and a
+# sliding layer over the same steps, and the tiled kernel at head_dim 256 against the per-token one.
+_GEMMA = {"heads": 16, "kv_heads": 8, "head_dim": 256}
+
+
+@pytest.mark.parametrize("name,seqs,repeat,layer", [
+    ("gemma_decode_b1_ctx8192_full", [(1, 8192)], 100, {"softcap": 50.0}),
+    ("gemma_decode_b1_ctx8192_window4096", [(1, 8192)], 100, {"softcap": 50.0, "window": 4096}),
+    ("gemma_decode_b16_ctx8192_window4096", [(1, 8192)] * 16, 30, {"softcap": 50.0, "window": 4096}),
+    ("gemma_prefill_2048", [(2048, 2048)], 10, {"softcap": 50.0}),
+    ("gemma_prefill_2048_per_token", [(2048, 2048)], 3, {"softcap": 50.0}),
+    ("gemma_prefill_8192_window4096", [(8192, 8192)], 3, {"softcap": 50.0, "window": 4096}),
+    ("gemma_prefill_8192_full", [(8192, 8192)], 3, {"softcap": 50.0}),
+])
+def test_attention_timing_gemma(core, name, seqs, repeat, layer, monkeypatch):
+    _time(core, name, seqs, repeat, monkeypatch, **_GEMMA, **layer)
+
+
+def _time(core, name, seqs, repeat, monkeypatch, heads=32, kv_heads=8, head_dim=128, **layer):
     if name.endswith("_per_token"):
         monkeypatch.setenv("MLC_TILED_PREFILL", "0")
-    case = {"dtype": "bf16", "num_heads": 32, "num_kv_heads": 8, "head_dim": 128, "block_size": 16,
-            "seqs": seqs, "seed": 5, "reference": False, "repeat": repeat}
+    case = {"dtype": "bf16", "num_heads": heads, "num_kv_heads": kv_heads, "head_dim": head_dim, "block_size": 16,
+            "seqs": seqs, "seed": 5, "reference": False, "repeat": repeat, **layer}
     r = json.loads(core._attention_check("cuda:0", json.dumps(case)))
-    kv_bytes = sum(ctx for _, ctx in seqs) * 8 * 128 * 2 * 2  # K and V of every context, read once
-    causal_flops = sum(4 * 32 * 128 * sum(ctx - q + i + 1 for i in range(q)) for q, ctx in seqs)
+    w = layer.get("window", 1 << 62)
+    keys = lambda pos: min(pos + 1, w)  # noqa: E731 - keys a query at `pos` attends
+    kv_bytes = sum(min(ctx, w + q - 1) for q, ctx in seqs) * kv_heads * head_dim * 2 * 2  # K and V read once
+    causal_flops = sum(4 * heads * head_dim * sum(keys(ctx - q + i) for i in range(q)) for q, ctx in seqs)
     us = r["attend_us"]
     result = {"test": "attention_timing", "name": name, "attend_us": round(us, 2),
               "kv_gb_per_s": round(kv_bytes / us / 1e3, 1), "tflop_per_s": round(causal_flops / us / 1e6, 2),

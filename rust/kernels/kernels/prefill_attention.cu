@@ -68,6 +68,13 @@ __device__ __forceinline__ float fast_exp2(float x) {
     return y;
 }
 
+// tanh(x) from one ex2.approx: absolute error about 2e-7 (so a cap of 50 moves a score by about 1e-5, far
+// below the rounding of P to bf16 / f16), and far fewer registers than tanhf in the unrolled score loop.
+__device__ __forceinline__ float fast_tanh(float x) {
+    const float e = fast_exp2(-2.8853900817779268f * fabsf(x));  // exp(-2|x|), in (0, 1]
+    return copysignf(__fdividef(1.f - e, 1.f + e), x);
+}
+
 // Type-specific pieces: the mma instruction and the f32 -> pair packing of P.
 template <typename T> struct PrefillOps;
 
@@ -102,7 +109,7 @@ template <> struct PrefillOps<__half> {
     }
 };
 
-template <typename T, int D, int BN>
+template <typename T, int D, int BN, bool CAP>
 __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q, const T* __restrict__ k_cache,
                                   const T* __restrict__ v_cache, const uint32_t* __restrict__ block_tables,
                                   const uint32_t* __restrict__ query_start, const uint32_t* __restrict__ context_len,
@@ -198,10 +205,10 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q, 
     for (int i = 0; i < DT; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
     const float sl2 = scale * 1.4426950408889634f;
-    // With a cap, scores are replaced by cap(scale s) / scale, so that the scaled exponent below is
-    // unchanged: scale * that = softcap * tanh(scale s / softcap).
-    const bool capped = softcap > 0.f;
-    const float cap_in = capped ? scale / softcap : 0.f, cap_out = capped ? softcap / scale : 0.f;
+    // With a cap (CAP: instances of their own, so the plain ones keep their registers), scores are
+    // replaced by cap(scale s) / scale, so that the scaled exponent below is unchanged: scale * that =
+    // softcap * tanh(scale s / softcap).
+    const float cap_in = CAP ? scale / softcap : 0.f, cap_out = CAP ? softcap / scale : 0.f;
 
     const uint32_t kt0 = k_lo / BN;  // the tile holding the block's first key
     if (threadIdx.x < BN) slot_buf[kt0 & 1][threadIdx.x] = slot_of(kt0 * BN + threadIdx.x);
@@ -240,6 +247,13 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q, 
             }
             // The tile reaches past some row's position or before some row's window start.
             const bool masked = key0 + BN - 1 > warp_min_pos || key0 < warp_max_lo;
+            if (CAP) {
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) s[nt][e] = cap_out * fast_tanh(s[nt][e] * cap_in);
+                }
+            }
             float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
@@ -247,10 +261,6 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q, 
                 for (int e = 0; e < 2; ++e) {
                     const uint32_t key = key0 + nt * 8 + 2 * tig + e;
                     float a = s[nt][e], b = s[nt][2 + e];
-                    if (capped) {
-                        a = cap_out * tanhf(a * cap_in);
-                        b = cap_out * tanhf(b * cap_in);
-                    }
                     if (masked) {
                         if (key > pos0 || key < lo0) a = -INFINITY;
                         if (key > pos1 || key < lo1) b = -INFINITY;
@@ -332,22 +342,27 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q, 
     }
 }
 
-#define PREFILL_ATTENTION(NAME, T, D, BN)                                                                      \
-    extern "C" __global__ void __launch_bounds__(PREFILL_THREADS, 2)                                           \
+// MINB: blocks per SM the registers must allow. head_dim 64 fits three (153 registers, 19 KB of shared
+// memory) without its cap; the others take two.
+#define PREFILL_ATTENTION(NAME, T, D, BN, CAP, MINB)                                                           \
+    extern "C" __global__ void __launch_bounds__(PREFILL_THREADS, MINB)                                        \
         NAME(T* out, const T* q, const T* k_cache, const T* v_cache, const uint32_t* block_tables,             \
              const uint32_t* query_start, const uint32_t* context_len, const uint32_t* tile_seq,               \
              const uint32_t* tile_start, uint32_t num_heads, uint32_t num_kv_heads, uint32_t block_size,       \
              uint32_t max_blocks, float scale, uint32_t window, float softcap) {                               \
-        prefill_attention<T, D, BN>(out, q, k_cache, v_cache, block_tables, query_start, context_len,          \
-                                    tile_seq, tile_start, num_heads, num_kv_heads, block_size, max_blocks,     \
-                                    scale, window, softcap);                                                   \
+        prefill_attention<T, D, BN, CAP>(out, q, k_cache, v_cache, block_tables, query_start, context_len,     \
+                                         tile_seq, tile_start, num_heads, num_kv_heads, block_size,            \
+                                         max_blocks, scale, window, softcap);                                  \
     }
+#define PREFILL_ATTENTION_DTYPE(SUFFIX, T)                                                                     \
+    PREFILL_ATTENTION(prefill_attention_##SUFFIX##_d64, T, 64, PREFILL_TILE_N, false, 3)                       \
+    PREFILL_ATTENTION(prefill_attention_##SUFFIX##_d96, T, 96, PREFILL_TILE_N, false, 2)                       \
+    PREFILL_ATTENTION(prefill_attention_##SUFFIX##_d128, T, 128, PREFILL_TILE_N, false, 2)                     \
+    PREFILL_ATTENTION(prefill_attention_##SUFFIX##_d256, T, 256, PREFILL_TILE_N / 2, false, 2)                 \
+    PREFILL_ATTENTION(prefill_attention_##SUFFIX##_d64_cap, T, 64, PREFILL_TILE_N, true, 2)                    \
+    PREFILL_ATTENTION(prefill_attention_##SUFFIX##_d96_cap, T, 96, PREFILL_TILE_N, true, 2)                    \
+    PREFILL_ATTENTION(prefill_attention_##SUFFIX##_d128_cap, T, 128, PREFILL_TILE_N, true, 2)                  \
+    PREFILL_ATTENTION(prefill_attention_##SUFFIX##_d256_cap, T, 256, PREFILL_TILE_N / 2, true, 2)
 
-PREFILL_ATTENTION(prefill_attention_bf16_d64, __nv_bfloat16, 64, PREFILL_TILE_N)
-PREFILL_ATTENTION(prefill_attention_bf16_d96, __nv_bfloat16, 96, PREFILL_TILE_N)
-PREFILL_ATTENTION(prefill_attention_bf16_d128, __nv_bfloat16, 128, PREFILL_TILE_N)
-PREFILL_ATTENTION(prefill_attention_bf16_d256, __nv_bfloat16, 256, PREFILL_TILE_N / 2)
-PREFILL_ATTENTION(prefill_attention_f16_d64, __half, 64, PREFILL_TILE_N)
-PREFILL_ATTENTION(prefill_attention_f16_d96, __half, 96, PREFILL_TILE_N)
-PREFILL_ATTENTION(prefill_attention_f16_d128, __half, 128, PREFILL_TILE_N)
-PREFILL_ATTENTION(prefill_attention_f16_d256, __half, 256, PREFILL_TILE_N / 2)
+PREFILL_ATTENTION_DTYPE(bf16, __nv_bfloat16)
+PREFILL_ATTENTION_DTYPE(f16, __half)

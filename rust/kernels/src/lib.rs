@@ -142,21 +142,31 @@ pub const PREFILL_ATTENTION_MODULE: &str = "mlc_prefill_attention";
 pub const PREFILL_TILE_M: usize = 64;
 pub const PREFILL_THREADS: u32 = 128;
 
-/// `prefill_attention_<dtype>_d<head_dim>`: the tiled tensor-core kernel, for bf16 / f16 and head_dim 64,
-/// 96, 128 or 256 exactly (`None` otherwise: those steps stay on the per-token kernel). head_dim 256 walks
-/// keys in tiles of 32 rather than 64 (shared memory).
-pub fn prefill_attention_name(dtype: KernelDType, head_dim: usize) -> Option<&'static str> {
-    match (dtype, head_dim) {
-        (KernelDType::BF16, 64) => Some("prefill_attention_bf16_d64"),
-        (KernelDType::BF16, 96) => Some("prefill_attention_bf16_d96"),
-        (KernelDType::BF16, 128) => Some("prefill_attention_bf16_d128"),
-        (KernelDType::BF16, 256) => Some("prefill_attention_bf16_d256"),
-        (KernelDType::F16, 64) => Some("prefill_attention_f16_d64"),
-        (KernelDType::F16, 96) => Some("prefill_attention_f16_d96"),
-        (KernelDType::F16, 128) => Some("prefill_attention_f16_d128"),
-        (KernelDType::F16, 256) => Some("prefill_attention_f16_d256"),
-        _ => None,
-    }
+/// `prefill_attention_<dtype>_d<head_dim>[_cap]`: the tiled tensor-core kernel, for bf16 / f16 and
+/// head_dim 64, 96, 128 or 256 exactly (`None` otherwise: those steps stay on the per-token kernel);
+/// `_cap` for layers with a score cap (instances of their own, so the others keep their registers).
+/// head_dim 256 walks keys in tiles of 32 rather than 64 (shared memory).
+pub fn prefill_attention_name(dtype: KernelDType, head_dim: usize, capped: bool) -> Option<&'static str> {
+    use KernelDType::*;
+    Some(match (dtype, head_dim, capped) {
+        (BF16, 64, false) => "prefill_attention_bf16_d64",
+        (BF16, 96, false) => "prefill_attention_bf16_d96",
+        (BF16, 128, false) => "prefill_attention_bf16_d128",
+        (BF16, 256, false) => "prefill_attention_bf16_d256",
+        (F16, 64, false) => "prefill_attention_f16_d64",
+        (F16, 96, false) => "prefill_attention_f16_d96",
+        (F16, 128, false) => "prefill_attention_f16_d128",
+        (F16, 256, false) => "prefill_attention_f16_d256",
+        (BF16, 64, true) => "prefill_attention_bf16_d64_cap",
+        (BF16, 96, true) => "prefill_attention_bf16_d96_cap",
+        (BF16, 128, true) => "prefill_attention_bf16_d128_cap",
+        (BF16, 256, true) => "prefill_attention_bf16_d256_cap",
+        (F16, 64, true) => "prefill_attention_f16_d64_cap",
+        (F16, 96, true) => "prefill_attention_f16_d96_cap",
+        (F16, 128, true) => "prefill_attention_f16_d128_cap",
+        (F16, 256, true) => "prefill_attention_f16_d256_cap",
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -175,10 +185,16 @@ mod tests {
         assert_eq!(paged_attention_name(KernelDType::F32, 257), None);
         assert_eq!(paged_attention_name(KernelDType::F32, 0), None);
         for d in [64, 96, 128, 256] {
-            assert!(prefill_attention_name(KernelDType::BF16, d).is_some() && prefill_attention_name(KernelDType::F16, d).is_some());
-            assert!(prefill_attention_name(KernelDType::F32, d).is_none());
+            for cap in [false, true] {
+                let suffix = if cap { "_cap" } else { "" };
+                let bf16 = format!("prefill_attention_bf16_d{d}{suffix}");
+                let f16 = format!("prefill_attention_f16_d{d}{suffix}");
+                assert_eq!(prefill_attention_name(KernelDType::BF16, d, cap), Some(bf16.as_str()));
+                assert_eq!(prefill_attention_name(KernelDType::F16, d, cap), Some(f16.as_str()));
+                assert!(prefill_attention_name(KernelDType::F32, d, cap).is_none());
+            }
         }
-        assert_eq!(prefill_attention_name(KernelDType::BF16, 80), None);
+        assert_eq!(prefill_attention_name(KernelDType::BF16, 80, false), None);
     }
 
     #[test]

@@ -182,7 +182,7 @@ pub fn paged_attention(
     let elem = q.dtype().size_in_bytes();
     let aligned = (args.k.start * elem) % 16 == 0 && (args.v.start * elem) % 16 == 0;
     if step.plan.num_tiles > 0 && aligned && tiled_prefill_enabled() {
-        args.prefill = kernels::prefill_attention_name(dtype, d);
+        args.prefill = kernels::prefill_attention_name(dtype, d, params.softcap.is_some());
     }
     let storage = match dtype {
         KernelDType::F32 => launch_attention::<f32>(step, name, q, k, v, &args)?,

@@ -5,6 +5,10 @@
 //! validated, and on CUDA planned and uploaded in one copy, so every layer's write and attend read the
 //! same device arrays. The CPU implementations (`cpu.rs`) are the reference for the CUDA kernels
 //! (`cuda.rs`, launching `mlc_kernels`' PTX on candle's stream).
+//!
+//! How a layer attends ([`AttnParams`]: scale, soft-cap, sliding window) is an argument of each attend
+//! call, not of the step: one step serves full and sliding layers alike (Gemma 2 alternates them), and
+//! keys before a layer's window are skipped inside the kernels, never read.
 
 pub mod check;
 mod cpu;

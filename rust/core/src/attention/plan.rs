@@ -69,7 +69,8 @@ pub struct StepPlan {
     pub context_len: Span,
     /// `[num_tokens]` sequence index of each token.
     pub token_seq: Span,
-    /// `[num_tokens]` position of each token; it attends to positions `0..=pos`.
+    /// `[num_tokens]` position of each token; it attends to positions `0..=pos` (a layer with a sliding
+    /// window only to the last `window` of them: the kernels apply windows, the plan is every layer's).
     pub token_pos: Span,
     /// `[num_tokens]` partitions of each token's keys (1 = not split).
     pub token_splits: Span,
@@ -92,7 +93,9 @@ pub struct StepPlan {
 
 /// Checks that the metadata describes a well-formed step over a cache of `num_blocks` blocks: the
 /// sequences' query ranges tile `0..num_tokens` in order, every context fits its block table, every
-/// block id and slot lies inside the cache, and every index fits in `u32`.
+/// block id and slot lies inside the cache, and every index fits in `u32`. Nothing more is asked of the
+/// entries of positions before every layer's window: they may hold any block id below `num_blocks` (a
+/// placeholder for a block handed back to the pool), and the kernels never dereference them.
 pub fn validate(meta: &AttentionMetadata, num_blocks: usize, block_size: usize) -> Result<()> {
     if meta.block_size != block_size {
         bail!("attention metadata: block size {} != cache block size {block_size}", meta.block_size);
@@ -129,6 +132,8 @@ pub fn validate(meta: &AttentionMetadata, num_blocks: usize, block_size: usize) 
 
 /// Partitions of the keys `0..=pos` of a token whose sequence has `query_len` queries this step.
 /// Depends only on the token itself, so a request's result does not change with the batch around it.
+/// A layer with a sliding window lays partitions of the same size from its window start instead, and its
+/// partitions past the window's keys return at once (in the kernel: the plan is shared by every layer).
 pub fn num_splits(query_len: usize, pos: usize) -> usize {
     if query_len > SPLIT_MAX_QUERY_LEN {
         return 1;
