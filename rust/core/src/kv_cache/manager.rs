@@ -1,15 +1,40 @@
-//! Per-sequence block tables on top of the [`BlockPool`], with prefix-cache reuse on allocation.
+//! Per-sequence block tables on top of the [`BlockPool`], with prefix-cache reuse on allocation and,
+//! for sliding-window attention, release of the blocks that fell out of the window.
+//!
+//! # Sliding window
+//!
+//! With a window of `W` positions a query at position `p` attends keys `p - W + 1 ..= p`, so once a
+//! sequence's next query is at `p` (or later), positions below [`KvCacheManager::window_start`]`(p)`
+//! are never read again and the blocks wholly below it go back to the pool. Released blocks are
+//! always a leading run of the table (the window only moves forward); their entries keep their place,
+//! holding [`PLACEHOLDER_BLOCK`], so that entry `i` still means positions `i * block_size ..`.
 
 use super::{BlockHash, BlockId, BlockPool, SeqId};
 use std::collections::HashMap;
 
+/// Stands in a block table for a block released because it fell out of the sliding window. A real
+/// block id, so a table stays a list of valid indices; the attention kernels never read entries
+/// wholly before the window, and nothing writes there (writes go to positions past the window).
+pub const PLACEHOLDER_BLOCK: BlockId = 0;
+
 /// The blocks of one sequence.
 #[derive(Debug, Clone, Default)]
 struct SeqBlocks {
-    /// Block `i` holds token positions `i * block_size .. (i + 1) * block_size`.
+    /// Block `i` holds token positions `i * block_size .. (i + 1) * block_size`; the first
+    /// `released` entries are [`PLACEHOLDER_BLOCK`].
     blocks: Vec<BlockId>,
+    /// Leading entries of `blocks` given back because they fell out of the sliding window.
+    released: usize,
     /// Chain hashes of the leading full, computed blocks; the last one is the parent of the next.
+    /// Released blocks keep their place here: the chain continues through them.
     hashes: Vec<BlockHash>,
+}
+
+impl SeqBlocks {
+    /// The blocks this sequence holds a reference on.
+    fn held(&self) -> &[BlockId] {
+        &self.blocks[self.released..]
+    }
 }
 
 /// Cached blocks matching a prefix of some tokens, found but not yet taken.
@@ -25,6 +50,9 @@ pub struct KvCacheManager {
     seqs: HashMap<SeqId, SeqBlocks>,
     prefix_cache: bool,
     prefix_hit_tokens: usize,
+    /// Every query attends only to the last `W` positions; `None`: full attention, blocks are
+    /// kept for the sequence's life.
+    sliding_window: Option<usize>,
 }
 
 impl KvCacheManager {
@@ -36,7 +64,28 @@ impl KvCacheManager {
             seqs: HashMap::new(),
             prefix_cache: enable_prefix_cache,
             prefix_hit_tokens: 0,
+            sliding_window: None,
         }
+    }
+
+    /// Lets [`Self::allocate_with_prefix`] skip cached blocks before the window and
+    /// [`Self::release_out_of_window`] give blocks back; see the module docs.
+    ///
+    /// # Panics
+    /// If the window is 0; `SchedulerConfig::validate` rejects it first.
+    pub fn with_sliding_window(mut self, window: Option<usize>) -> Self {
+        assert!(window != Some(0), "sliding_window must be positive");
+        self.sliding_window = window;
+        self
+    }
+
+    pub fn sliding_window(&self) -> Option<usize> {
+        self.sliding_window
+    }
+
+    /// Lowest position that a query at `pos` or later attends: `pos - W + 1`, 0 without a window.
+    pub fn window_start(&self, pos: usize) -> usize {
+        self.sliding_window.map_or(0, |w| pos.saturating_sub(w - 1))
     }
 
     /// Starts the block table of `seq` with the cached full blocks matching the longest prefix of
@@ -54,6 +103,9 @@ impl KvCacheManager {
     ///
     /// Doing both at once lets a caller admit a sequence without undoing a prefix match that turns
     /// out not to fit; such an undo would also reorder the free queue.
+    ///
+    /// With a sliding window, matched blocks wholly before the window of the first computed token
+    /// are not taken: their entries start out released.
     pub fn allocate_with_prefix(
         &mut self,
         seq: SeqId,
@@ -64,9 +116,11 @@ impl KvCacheManager {
         let found = self.match_prefix(tokens);
         let num_cached = found.blocks.len() * self.block_size();
         let num_total = num_cached + tokens.len().saturating_sub(num_cached).min(max_new_tokens);
+        // At most found.blocks.len(): the window start never passes num_cached.
+        let released = self.window_start(num_cached) / self.block_size();
+        let taken = &found.blocks[released..];
         // Matched blocks that nobody holds are in the free queue: taking them uses up free blocks.
-        let revived = found
-            .blocks
+        let revived = taken
             .iter()
             .filter(|&&b| self.pool.ref_count(b) == Some(0))
             .count();
@@ -76,16 +130,18 @@ impl KvCacheManager {
         if revived + new > self.pool.num_free() {
             return None;
         }
-        for &b in &found.blocks {
+        for &b in taken {
             self.pool.share(b);
         }
-        let mut blocks = found.blocks;
+        let mut blocks = vec![PLACEHOLDER_BLOCK; released];
+        blocks.extend_from_slice(taken);
         // Cannot fail: checked against num_free above, with the revived blocks already taken out.
         blocks.extend(self.pool.allocate_n(new)?);
         self.seqs.insert(
             seq,
             SeqBlocks {
                 blocks,
+                released,
                 hashes: found.hashes,
             },
         );
@@ -95,7 +151,8 @@ impl KvCacheManager {
 
     /// Grows the block table of `seq` to hold `num_tokens_total` tokens, taking free blocks (and
     /// dropping the cached content of those). Returns false, changing nothing, when too few blocks are
-    /// free. An unknown `seq` starts with an empty table.
+    /// free. An unknown `seq` starts with an empty table. Released entries count as present: only
+    /// blocks past the end of the table are taken.
     pub fn ensure_slots(&mut self, seq: SeqId, num_tokens_total: usize) -> bool {
         let needed = self.blocks_for(num_tokens_total);
         let held = self.seqs.get(&seq).map_or(0, |s| s.blocks.len());
@@ -122,14 +179,57 @@ impl KvCacheManager {
         let num_full = (num_computed.min(tokens.len()) / bs).min(entry.blocks.len());
         for i in entry.hashes.len()..num_full {
             let hash = BlockHash::new(entry.hashes.last().copied(), &tokens[i * bs..(i + 1) * bs]);
-            self.pool.register(entry.blocks[i], hash);
+            // A block released before it was hashed is gone; the chain still goes through it.
+            // (The scheduler commits before it releases, so this does not happen there.)
+            if i >= entry.released {
+                self.pool.register(entry.blocks[i], hash);
+            }
             entry.hashes.push(hash);
         }
     }
 
-    /// Empty for a sequence that holds no blocks.
+    /// Gives back the blocks of `seq` that no query at `next_pos` or later attends (wholly before
+    /// [`Self::window_start`]`(next_pos)`); returns how many. Without a window, nothing.
+    ///
+    /// The caller promises that `seq` computes nothing before `next_pos` again while it holds its
+    /// table (a sequence that restarts, after preemption, is freed and allocated anew).
+    pub fn release_out_of_window(&mut self, seq: SeqId, next_pos: usize) -> usize {
+        if self.sliding_window.is_none() {
+            return 0;
+        }
+        let first_kept = self.window_start(next_pos) / self.pool.block_size();
+        let Some(entry) = self.seqs.get_mut(&seq) else {
+            return 0;
+        };
+        let end = first_kept.min(entry.blocks.len());
+        if end <= entry.released {
+            return 0; // the window never moves back: released entries stay released
+        }
+        // Last block first, as in `free`: of a run released together, the earliest (the one a
+        // later prompt is likelier to share) stays cached longest.
+        for &b in entry.blocks[entry.released..end].iter().rev() {
+            self.pool.release(b);
+        }
+        entry.blocks[entry.released..end].fill(PLACEHOLDER_BLOCK);
+        let n = end - entry.released;
+        entry.released = end;
+        n
+    }
+
+    /// Entry `i` covers positions `i * block_size ..`; released entries hold
+    /// [`PLACEHOLDER_BLOCK`]. Empty for a sequence that holds no blocks.
     pub fn block_table(&self, seq: SeqId) -> &[BlockId] {
         self.seqs.get(&seq).map_or(&[], |s| &s.blocks)
+    }
+
+    /// Leading entries of the block table of `seq` released out of the sliding window.
+    pub fn num_released(&self, seq: SeqId) -> usize {
+        self.seqs.get(&seq).map_or(0, |s| s.released)
+    }
+
+    /// Blocks `seq` holds a reference on: its table without the released entries.
+    pub fn num_held(&self, seq: SeqId) -> usize {
+        self.seqs.get(&seq).map_or(0, |s| s.held().len())
     }
 
     /// Gives up every block of `seq`; blocks nobody else holds become free and keep their hashes.
@@ -139,7 +239,7 @@ impl KvCacheManager {
         };
         // Last block first: the tail of a sequence is the part least likely to be shared (a later
         // prompt must match everything before it), so it should be the first to be evicted.
-        for &b in entry.blocks.iter().rev() {
+        for &b in entry.held().iter().rev() {
             self.pool.release(b);
         }
     }
@@ -197,26 +297,36 @@ impl KvCacheManager {
     }
 
     /// Panics unless every block's reference count equals the number of block tables holding it,
-    /// no table holds a block twice, and blocks held by several tables are cached (shared only
-    /// through equal content).
+    /// no table holds a block twice, blocks held by several tables are cached (shared only
+    /// through equal content), and released entries are placeholders.
     #[cfg(test)]
     pub(crate) fn assert_consistent(&self) {
         self.pool.assert_consistent();
         let mut holders = vec![0u32; self.num_total()];
         for (seq, entry) in &self.seqs {
-            let mut own = entry.blocks.clone();
+            assert!(
+                entry.released <= entry.blocks.len(),
+                "seq {seq} released more blocks than its table has"
+            );
+            assert!(
+                entry.blocks[..entry.released]
+                    .iter()
+                    .all(|&b| b == PLACEHOLDER_BLOCK),
+                "seq {seq}: a released entry is not the placeholder"
+            );
+            let mut own = entry.held().to_vec();
             own.sort_unstable();
             own.dedup();
             assert_eq!(
                 own.len(),
-                entry.blocks.len(),
+                entry.held().len(),
                 "seq {seq} holds a block twice"
             );
             assert!(
                 entry.hashes.len() <= entry.blocks.len(),
                 "seq {seq} hashed more blocks than it holds"
             );
-            for &b in &entry.blocks {
+            for &b in entry.held() {
                 holders[b as usize] += 1;
             }
         }

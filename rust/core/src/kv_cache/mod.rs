@@ -7,7 +7,8 @@
 //!
 //! - [`BlockPool`]: the blocks, their reference counts, the free list in eviction order and the
 //!   hash -> block map of the prefix cache.
-//! - [`KvCacheManager`]: the pool plus one block table per sequence.
+//! - [`KvCacheManager`]: the pool plus one block table per sequence, with the blocks that fell out of
+//!   a sliding window given back while the sequence runs.
 
 mod block_hash;
 mod block_pool;
@@ -15,10 +16,12 @@ mod free_queue;
 mod manager;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod window_tests;
 
 pub use block_hash::BlockHash;
 pub use block_pool::{BlockId, BlockPool};
-pub use manager::KvCacheManager;
+pub use manager::{KvCacheManager, PLACEHOLDER_BLOCK};
 
 /// Identifies one sequence (one request's generation) to the KV cache and the scheduler.
 pub type SeqId = u64;

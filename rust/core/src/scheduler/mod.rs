@@ -15,6 +15,19 @@
 //!
 //! A sequence whose tokens exceed the whole cache could never run; instead of preempting forever
 //! it is dropped and reported in [`SchedulerOutput::unschedulable`] (see [`Scheduler::add`]).
+//!
+//! # Sliding window
+//!
+//! With [`SchedulerConfig::sliding_window`] `= Some(W)`, a chunk starting at position `a` reads keys
+//! from `a - W + 1` on. Every time `num_computed` advances, the blocks wholly before
+//! `num_computed - W + 1` go back to the pool (their table entries become
+//! [`crate::kv_cache::PLACEHOLDER_BLOCK`]), and an admission does not take cached blocks before its
+//! window. This is sound because `num_computed` never decreases while a sequence holds blocks: a
+//! step fed from `start_pos = num_computed` sets it to `start_pos + fed + accepted > start_pos`
+//! (rejected drafts sit after it and are recomputed from there), and preemption frees the whole table
+//! before resetting it to 0. So a sequence holds at most [`SchedulerConfig::window_blocks`]`(n)`
+//! blocks, `n` its longest step (a chunk, or a decode with its draft), and one longer than the whole
+//! cache still runs: chunks are capped at [`SchedulerConfig::max_chunk_tokens`] so that theirs fit.
 
 mod config;
 mod output;
@@ -22,6 +35,8 @@ mod output;
 mod stress_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod window_tests;
 
 pub use crate::kv_cache::SeqId;
 pub use config::SchedulerConfig;
@@ -59,7 +74,8 @@ impl Scheduler {
         if let Err(e) = cfg.validate() {
             panic!("invalid scheduler configuration: {e}");
         }
-        let kv = KvCacheManager::new(cfg.num_blocks, cfg.block_size, cfg.enable_prefix_cache);
+        let kv = KvCacheManager::new(cfg.num_blocks, cfg.block_size, cfg.enable_prefix_cache)
+            .with_sliding_window(cfg.sliding_window);
         Scheduler {
             cfg,
             kv,
@@ -132,7 +148,10 @@ impl Scheduler {
             if let Some(tokens) = tokens {
                 seq.tokens.extend_from_slice(tokens);
             }
-            self.kv.commit_full_blocks(s.seq_id, &seq.tokens, seq.num_computed);
+            // Hash before releasing, so that released full blocks stay findable in the prefix cache.
+            self.kv
+                .commit_full_blocks(s.seq_id, &seq.tokens, seq.num_computed);
+            self.kv.release_out_of_window(s.seq_id, seq.num_computed);
         }
     }
 
@@ -152,7 +171,11 @@ impl Scheduler {
         self.running
             .iter()
             .copied()
-            .filter(|id| self.seqs.get(id).is_some_and(|s| s.num_computed + 1 == s.tokens.len()))
+            .filter(|id| {
+                self.seqs
+                    .get(id)
+                    .is_some_and(|s| s.num_computed + 1 == s.tokens.len())
+            })
             .collect()
     }
 
@@ -219,16 +242,27 @@ impl Scheduler {
                 .tokens
                 .len()
                 .saturating_sub(seq.num_computed)
-                .min(self.cfg.prefill_chunk_size)
+                .min(self.cfg.max_chunk_tokens())
                 .min(*budget);
             if n == 0 {
                 i += 1;
                 continue;
             }
             let start = seq.num_computed;
+            if !self.holds_window(id, start) {
+                // Unreachable (see the module docs); recomputing is right where stale KV is not.
+                debug_assert!(false, "sequence {id} lost KV inside its window");
+                self.running.remove(i);
+                self.preempt(id);
+                out.preempted.push(id);
+                continue;
+            }
             // A draft rides along when it fits in the budget and in free blocks; it never preempts.
             let draft = std::mem::take(&mut self.seqs.get_mut(&id).expect("present above").draft);
-            let with_draft = n == 1 && !draft.is_empty() && n + draft.len() <= *budget && self.kv.ensure_slots(id, start + n + draft.len());
+            let with_draft = n == 1
+                && !draft.is_empty()
+                && n + draft.len() <= *budget
+                && self.kv.ensure_slots(id, start + n + draft.len());
             if !with_draft && !self.reserve_or_preempt(i, start + n, out) {
                 continue; // preempted itself: running[i] is now the next sequence, if any
             }
@@ -258,7 +292,7 @@ impl Scheduler {
                 self.drop_unschedulable(id, out);
                 continue;
             }
-            let max_new = self.cfg.prefill_chunk_size.min(*budget);
+            let max_new = self.cfg.max_chunk_tokens().min(*budget);
             // Prefix hits are taken here, on every admission: a resumed sequence finds its own
             // blocks again if nothing reused them meanwhile.
             let Some(cached) = self.kv.allocate_with_prefix(id, &seq.tokens, max_new) else {
@@ -318,9 +352,14 @@ impl Scheduler {
         out.unschedulable.push(id);
     }
 
-    /// Alone in the cache, a sequence can hold every one of its tokens.
+    /// Alone in the cache, a sequence can hold every block it needs at once.
     fn can_ever_run(&self, seq: &Sequence) -> bool {
-        !seq.tokens.is_empty() && seq.tokens.len() <= self.cfg.capacity_tokens()
+        !seq.tokens.is_empty() && self.cfg.can_ever_run(seq.tokens.len())
+    }
+
+    /// Every block that a chunk starting at `start` reads is still in the table of `id`.
+    fn holds_window(&self, id: SeqId, start: usize) -> bool {
+        self.kv.num_released(id) * self.cfg.block_size <= self.kv.window_start(start)
     }
 
     fn scheduled(&self, id: SeqId, start: usize, n: usize) -> ScheduledSeq {

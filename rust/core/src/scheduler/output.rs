@@ -11,7 +11,9 @@ pub struct ScheduledSeq {
     pub start_pos: usize,
     /// Tokens fed this step.
     pub token_ids: Vec<u32>,
-    /// Blocks covering positions `0 .. start_pos + token_ids.len()` (at least).
+    /// Blocks covering positions `0 .. start_pos + token_ids.len()` (at least): entry `i` holds
+    /// positions `i * block_size ..`. Under a sliding window of `W`, entries of blocks wholly before
+    /// `start_pos - W + 1` (never read by this step) hold [`crate::kv_cache::PLACEHOLDER_BLOCK`].
     pub block_table: Vec<BlockId>,
     /// This chunk reaches the end of the known tokens, so the engine samples a token from its last
     /// position.

@@ -1,13 +1,18 @@
 //! Randomized add / schedule / update / abort / finish (fixed seeds) against a shadow KV cache, with
 //! every invariant checked after every step.
 //!
+//! With a sliding window the harness also proposes drafts (speculative decoding) and accepts a random
+//! prefix of each, so that rollback and the release of blocks behind the window meet.
+//!
 //! The shadow cache records, for each slot, the tokens its KV was computed from: the token at that
 //! position and every token before it (attention makes K and V depend on the whole prefix). Before a
 //! sequence is fed, every slot below its `start_pos` must hold exactly its own prefix: that catches a
 //! prefix hit on the wrong content, a block freed or overwritten while in use, and a block table
-//! that lost a block.
+//! that lost a block. Under a sliding window of `W` only the slots from `start_pos - W + 1` on are
+//! read, so only those are checked, and every entry before them must be a placeholder.
 
 use super::{Scheduler, SchedulerConfig, SchedulerOutput, SeqId};
+use crate::kv_cache::PLACEHOLDER_BLOCK;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{HashMap, HashSet};
@@ -21,12 +26,32 @@ struct Expected {
 
 #[derive(Default)]
 struct Counts {
+    steps: usize,
     preemptions: usize,
     prefix_hit_tokens: usize,
     unschedulable: usize,
     finished: usize,
     aborted: usize,
+    drafts_accepted: usize,
+    drafts_rejected: usize,
+    /// Most tokens of a sequence that finished normally.
+    longest_finished: usize,
+    /// Every step's output, to compare runs.
+    outputs: Vec<SchedulerOutput>,
 }
+
+/// What the random workload looks like beyond the scheduler's own configuration.
+#[derive(Clone, Copy)]
+struct Workload {
+    max_new: usize,
+    /// Most draft tokens proposed for a decoding sequence; 0: no speculative decoding.
+    max_draft: usize,
+}
+
+const PLAIN: Workload = Workload {
+    max_new: 30,
+    max_draft: 0,
+};
 
 struct Harness {
     s: Scheduler,
@@ -37,10 +62,11 @@ struct Harness {
     families: Vec<Vec<u32>>,
     next_id: SeqId,
     counts: Counts,
+    workload: Workload,
 }
 
 impl Harness {
-    fn new(cfg: SchedulerConfig, seed: u64) -> Self {
+    fn new(cfg: SchedulerConfig, seed: u64, workload: Workload) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         // Shared system prompts of 0..=14 tokens, so that requests often share full blocks.
         let families = (0..4)
@@ -59,6 +85,7 @@ impl Harness {
             families,
             next_id: 1,
             counts: Counts::default(),
+            workload,
         }
     }
 
@@ -72,7 +99,7 @@ impl Harness {
         };
         // A tiny vocabulary makes equal blocks appear by chance too.
         prompt.extend((0..tail).map(|_| rng.random_range(0..3)));
-        let max_new = rng.random_range(1..=30);
+        let max_new = rng.random_range(1..=self.workload.max_new);
         let id = self.next_id;
         self.next_id += 1;
         self.live.insert(
@@ -98,8 +125,32 @@ impl Harness {
         self.counts.aborted += 1;
     }
 
+    fn propose_drafts(&mut self) {
+        if self.workload.max_draft == 0 {
+            return;
+        }
+        for id in self.s.decoding() {
+            if self.rng.random_bool(0.5) {
+                let k = self.rng.random_range(1..=self.workload.max_draft);
+                let draft = (0..k).map(|_| self.rng.random_range(0..3)).collect();
+                self.s.set_draft(id, draft);
+            }
+        }
+    }
+
+    /// What a verification step emits: a random prefix of the draft, then a token of its own.
+    fn emit(&mut self, draft: &[u32]) -> Vec<u32> {
+        let accepted = self.rng.random_range(0..=draft.len());
+        self.counts.drafts_accepted += accepted;
+        self.counts.drafts_rejected += draft.len() - accepted;
+        let mut tokens = draft[..accepted].to_vec();
+        tokens.push(self.rng.random_range(0..3));
+        tokens
+    }
+
     /// schedule, check, "run the model" on the shadow cache, sample, update, finish.
     fn step(&mut self) {
+        self.propose_drafts();
         let running_before: HashSet<SeqId> = self.s.running.iter().copied().collect();
         let out = self.s.schedule();
         self.check_output(&out, &running_before);
@@ -109,7 +160,7 @@ impl Harness {
                 .remove(&id)
                 .expect("unschedulable sequence was live");
             assert!(
-                e.tokens.is_empty() || e.tokens.len() > self.s.cfg.capacity_tokens(),
+                e.tokens.is_empty() || !self.s.cfg.can_ever_run(e.tokens.len()),
                 "seq {id} dropped while it fits"
             );
             self.counts.unschedulable += 1;
@@ -117,26 +168,34 @@ impl Harness {
         self.counts.preemptions += out.preempted.len();
         self.counts.prefix_hit_tokens += out.prefix_hit_tokens;
 
-        let mut sampled = Vec::new();
+        let mut emitted = Vec::new();
         for x in &out.seqs {
-            let end = x.start_pos + x.token_ids.len();
-            let tokens = self.live[&x.seq_id].tokens[..end].to_vec();
+            // Drafts are computed like any fed token, after the known ones.
+            let known = &self.live[&x.seq_id].tokens[..x.start_pos];
+            let tokens = [known, &x.token_ids[..]].concat();
             self.write_shadow(x.seq_id, x.start_pos, &tokens, &x.block_table);
-            if x.sample {
-                sampled.push((x.seq_id, self.rng.random_range(0..3)));
+            if x.sample && x.num_draft > 0 {
+                let draft = &x.token_ids[x.token_ids.len() - x.num_draft..];
+                let tokens = self.emit(draft);
+                emitted.push((x.seq_id, tokens));
+            } else if x.sample {
+                emitted.push((x.seq_id, vec![self.rng.random_range(0..3)]));
             }
         }
-        self.s.update(&out, &sampled);
-        for &(id, token) in &sampled {
-            let e = self.live.get_mut(&id).expect("sampled sequence is live");
-            e.tokens.push(token);
+        self.s.update_emitted(&out, &emitted);
+        for (id, tokens) in &emitted {
+            let e = self.live.get_mut(id).expect("sampled sequence is live");
+            e.tokens.extend_from_slice(tokens);
             if e.tokens.len() - e.prompt_len >= e.max_new {
-                self.s.finish(id);
-                self.live.remove(&id);
+                self.counts.longest_finished = self.counts.longest_finished.max(e.tokens.len());
+                self.s.finish(*id);
+                self.live.remove(id);
                 self.counts.finished += 1;
             }
         }
         self.check_state();
+        self.counts.steps += 1;
+        self.counts.outputs.push(out);
     }
 
     fn check_output(&self, out: &SchedulerOutput, running_before: &HashSet<SeqId>) {
@@ -166,16 +225,20 @@ impl Harness {
         for x in &out.seqs {
             let e = &self.live[&x.seq_id];
             let end = x.start_pos + x.token_ids.len();
-            assert!((1..=cfg.prefill_chunk_size).contains(&x.token_ids.len()));
+            let fed_end = end - x.num_draft;
+            let fed = x.token_ids.len() - x.num_draft;
+            assert!((1..=cfg.prefill_chunk_size).contains(&fed));
+            assert!(x.num_draft == 0 || (fed == 1 && x.num_draft <= self.workload.max_draft));
             assert_eq!(
-                x.token_ids,
-                e.tokens[x.start_pos..end],
+                x.token_ids[..fed],
+                e.tokens[x.start_pos..fed_end],
                 "seq {} fed the wrong tokens",
                 x.seq_id
             );
-            assert_eq!(x.sample, end == e.tokens.len());
+            assert_eq!(x.sample, fed_end == e.tokens.len());
             assert!(x.block_table.len() * bs >= end, "block table too short");
-            for p in 0..x.start_pos {
+            let window_start = self.check_window(x.seq_id, x.start_pos, &x.block_table);
+            for p in window_start..x.start_pos {
                 let slot = &self.shadow[x.block_table[p / bs] as usize][p % bs];
                 assert!(
                     *slot == e.tokens[..=p],
@@ -186,7 +249,29 @@ impl Harness {
         }
     }
 
-    /// Computes positions `start..tokens.len()` of `tokens` (prompt + generated up to there).
+    /// Under a sliding window: exactly the blocks wholly before the window of a chunk starting at
+    /// `start` are placeholders, and the sequence holds no more blocks than the bound for the longest
+    /// step (a prefill chunk or a decode with its draft). Returns the first position read.
+    fn check_window(&self, id: SeqId, start: usize, table: &[u32]) -> usize {
+        let cfg = &self.s.cfg;
+        let Some(w) = cfg.sliding_window else {
+            assert_eq!(self.s.kv.num_released(id), 0);
+            return 0;
+        };
+        let window_start = start.saturating_sub(w - 1);
+        let released = self.s.kv.num_released(id);
+        assert_eq!(released, window_start / cfg.block_size, "seq {id} released");
+        assert!(table[..released].iter().all(|&b| b == PLACEHOLDER_BLOCK));
+        let longest = cfg.prefill_chunk_size.max(1 + self.workload.max_draft);
+        let bound = cfg.window_blocks(longest).expect("a window");
+        assert!(
+            self.s.kv.num_held(id) <= bound,
+            "seq {id} holds too many blocks"
+        );
+        window_start
+    }
+
+    /// Computes positions `start..tokens.len()` of `tokens` (known tokens, then the fed ones).
     fn write_shadow(&mut self, id: SeqId, start: usize, tokens: &[u32], table: &[u32]) {
         let bs = self.s.cfg.block_size;
         for p in start..tokens.len() {
@@ -217,6 +302,7 @@ impl Harness {
             "scheduler and test disagree on live sequences"
         );
         let mut held = HashSet::new();
+        let bs = s.cfg.block_size;
         for (&id, seq) in &s.seqs {
             assert_eq!(seq.tokens, self.live[&id].tokens);
             let table = s.kv.block_table(id);
@@ -228,16 +314,22 @@ impl Harness {
                 );
             } else {
                 assert!(seq.num_computed <= seq.tokens.len());
-                assert!(table.len() * s.cfg.block_size >= seq.num_computed);
+                assert!(table.len() * bs >= seq.num_computed);
+                let window_start = s.kv.window_start(seq.num_computed);
+                assert_eq!(
+                    s.kv.num_released(id),
+                    window_start / bs,
+                    "seq {id} released"
+                );
             }
-            held.extend(table.iter().copied());
+            held.extend(table[s.kv.num_released(id)..].iter().copied());
         }
         assert_eq!(s.num_free_blocks(), s.num_total_blocks() - held.len());
     }
 }
 
-fn run(cfg: SchedulerConfig, seed: u64) -> Counts {
-    let mut h = Harness::new(cfg, seed);
+fn run(cfg: SchedulerConfig, seed: u64, workload: Workload) -> Counts {
+    let mut h = Harness::new(cfg, seed, workload);
     for _ in 0..1500 {
         // About as many arrivals as the cache can serve, with bursts that overfill it.
         let arrivals = if h.rng.random_bool(0.04) {
@@ -280,13 +372,14 @@ fn stress_config(prefix: bool) -> SchedulerConfig {
         block_size: 4,
         num_blocks: 24,
         enable_prefix_cache: prefix,
+        sliding_window: None,
     }
 }
 
 #[test]
 fn random_workload_with_prefix_cache() {
     for seed in [1, 2, 3] {
-        let c = run(stress_config(true), seed);
+        let c = run(stress_config(true), seed, PLAIN);
         // The workload must reach the paths it is meant to check.
         assert!(
             c.preemptions > 0 && c.prefix_hit_tokens > 0 && c.unschedulable > 0,
@@ -299,11 +392,61 @@ fn random_workload_with_prefix_cache() {
 #[test]
 fn random_workload_without_prefix_cache() {
     for seed in [4, 5] {
-        let c = run(stress_config(false), seed);
+        let c = run(stress_config(false), seed, PLAIN);
         assert_eq!(c.prefix_hit_tokens, 0);
         assert!(
             c.preemptions > 0 && c.unschedulable > 0 && c.finished > 300,
             "seed {seed}"
         );
     }
+}
+
+/// A window of 10 positions: at most `window_blocks(8)` = 5 blocks a sequence, so prompts longer
+/// than the 96 token slots run too; drafts of up to 3 tokens are verified and partly rolled back.
+#[test]
+fn random_workload_with_a_sliding_window_and_drafts() {
+    for (seed, prefix) in [(6, true), (7, true), (8, false)] {
+        let cfg = SchedulerConfig {
+            sliding_window: Some(10),
+            ..stress_config(prefix)
+        };
+        let workload = Workload {
+            max_new: 60,
+            max_draft: 3,
+        };
+        let c = run(cfg.clone(), seed, workload);
+        assert_eq!(
+            c.unschedulable, 0,
+            "seed {seed}: every sequence fits its window"
+        );
+        assert!(
+            c.longest_finished > cfg.capacity_tokens(),
+            "seed {seed}: {}",
+            c.longest_finished
+        );
+        assert!(c.preemptions > 0 && c.finished > 300, "seed {seed}");
+        assert!(
+            c.drafts_accepted > 0 && c.drafts_rejected > 0,
+            "seed {seed}"
+        );
+        assert_eq!(c.prefix_hit_tokens > 0, prefix, "seed {seed}");
+    }
+}
+
+/// A window no sequence reaches releases nothing: every step is the one full attention schedules.
+#[test]
+fn a_window_longer_than_any_sequence_changes_nothing() {
+    let workload = Workload {
+        max_new: 30,
+        max_draft: 2,
+    };
+    let full = run(stress_config(true), 9, workload);
+    let wide = SchedulerConfig {
+        sliding_window: Some(10_000),
+        ..stress_config(true)
+    };
+    let windowed = run(wide, 9, workload);
+    assert!(full.preemptions > 0 && full.drafts_rejected > 0);
+    assert_eq!(full.steps, windowed.steps);
+    assert!(full.outputs == windowed.outputs);
 }

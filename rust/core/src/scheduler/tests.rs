@@ -17,6 +17,7 @@ fn config(
         block_size,
         num_blocks,
         enable_prefix_cache: prefix,
+        sliding_window: None,
     }
 }
 
