@@ -22,6 +22,7 @@ fn decoding_scheduler(prefix_cache: bool) -> Scheduler {
         block_size: 16,
         num_blocks: 16_384,
         enable_prefix_cache: prefix_cache,
+        sliding_window: None,
     });
     for id in 0..NUM_SEQS {
         let first = id as u32 * PROMPT_LEN;

@@ -291,6 +291,7 @@ pub fn build(model: &str, device: &str, args: &EngineArgs) -> Result<(EngineCore
         block_size: sizes.kv_block_size,
         num_blocks: sizes.num_kv_blocks,
         enable_prefix_cache: args.prefix_cache,
+        sliding_window: None,
     });
     let tokenizer = Arc::new(loaded.tokenizer);
     let info = EngineInfo {
