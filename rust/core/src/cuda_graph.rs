@@ -14,7 +14,7 @@
 use crate::attention::plan::FixedDecodeKey;
 use crate::attention::{AttentionMetadata, PagedKvCache, StepAttention};
 use crate::error::Result;
-use crate::model::LlamaModel;
+use crate::model::CausalLm;
 use candle_core::cuda_backend::cudarc::driver::{sys, CudaGraph};
 use candle_core::cuda_backend::WrapErr;
 use candle_core::{DType, Device, Tensor};
@@ -50,7 +50,7 @@ pub struct DecodeGraphs {
 
 impl DecodeGraphs {
     /// Buffers for batches up to `max_batch` and contexts up to `max_context` tokens.
-    pub fn new(model: &LlamaModel, kv: &PagedKvCache, max_batch: usize, max_context: usize) -> Result<Self> {
+    pub fn new(model: &dyn CausalLm, kv: &PagedKvCache, max_batch: usize, max_context: usize) -> Result<Self> {
         let buckets: Vec<usize> = BUCKETS.iter().copied().filter(|&b| b < max_batch).chain([max_batch.min(256)]).collect();
         let largest = *buckets.last().unwrap_or(&1);
         let max_blocks_cap = max_context.div_ceil(kv.block_size.max(1)).next_power_of_two();
@@ -74,7 +74,7 @@ impl DecodeGraphs {
     /// Runs the decoder stack of a decode step through a graph, capturing it on first use; returns the
     /// final hidden states `[num_seqs, hidden]` (a view of the output buffer, valid until the next
     /// step), or `None` when the step is not a decode step that fits (the caller runs it eagerly).
-    pub fn run(&mut self, model: &LlamaModel, kv: &PagedKvCache, meta: &AttentionMetadata, tokens: &[u32]) -> Result<Option<Tensor>> {
+    pub fn run(&mut self, model: &dyn CausalLm, kv: &PagedKvCache, meta: &AttentionMetadata, tokens: &[u32]) -> Result<Option<Tensor>> {
         let n = meta.seqs.len();
         if self.disabled || n == 0 || meta.seqs.iter().any(|s| s.query_len != 1) {
             return Ok(None);
@@ -104,7 +104,7 @@ impl DecodeGraphs {
         Ok(Some(self.out.narrow(0, 0, n)?))
     }
 
-    fn capture(&self, model: &LlamaModel, kv: &PagedKvCache, step: &StepAttention, key: FixedDecodeKey) -> Result<Graph> {
+    fn capture(&self, model: &dyn CausalLm, kv: &PagedKvCache, step: &StepAttention, key: FixedDecodeKey) -> Result<Graph> {
         let Device::Cuda(dev) = model.device() else {
             return Err(candle_core::Error::Msg("CUDA graphs need a CUDA device".into()).into());
         };

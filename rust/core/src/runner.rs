@@ -3,12 +3,12 @@
 
 use crate::attention::{AttentionMetadata, PagedKvCache, SeqAttention};
 use crate::error::Result;
-use crate::model::LlamaModel;
+use crate::model::CausalLm;
 use crate::scheduler::{SchedulerOutput, SeqId};
 use candle_core::Tensor;
 
 pub struct ModelRunner {
-    pub model: LlamaModel,
+    pub model: Box<dyn CausalLm>,
     pub kv: PagedKvCache,
     /// Keep each step's final hidden states (`[num_tokens, hidden]`) in `last_hidden`: an EAGLE head
     /// drafts from them, so the target never runs a second pass for it.
@@ -47,7 +47,7 @@ pub struct SeqLogits {
 }
 
 impl ModelRunner {
-    pub fn new(model: LlamaModel, kv: PagedKvCache) -> Self {
+    pub fn new(model: Box<dyn CausalLm>, kv: PagedKvCache) -> Self {
         ModelRunner {
             model,
             kv,
@@ -63,7 +63,7 @@ impl ModelRunner {
     pub fn enable_cuda_graphs(&mut self, max_batch: usize, max_context: usize) -> Result<bool> {
         #[cfg(feature = "cuda")]
         if self.model.device().is_cuda() && !crate::cuda_graph::disabled_by_env() {
-            self.graphs = Some(crate::cuda_graph::DecodeGraphs::new(&self.model, &self.kv, max_batch, max_context)?);
+            self.graphs = Some(crate::cuda_graph::DecodeGraphs::new(self.model.as_ref(), &self.kv, max_batch, max_context)?);
             return Ok(true);
         }
         let _ = (max_batch, max_context);
@@ -95,7 +95,7 @@ impl ModelRunner {
         if let Some(graphs) = &mut self.graphs {
             // A decode step where every sequence samples: the graph's rows are the sample rows.
             if sample_rows.len() == tokens.len() && out.seqs.iter().all(|s| s.sample && s.token_ids.len() == 1) {
-                if let Some(h) = graphs.run(&self.model, &self.kv, &meta, &tokens)? {
+                if let Some(h) = graphs.run(self.model.as_ref(), &self.kv, &meta, &tokens)? {
                     if self.keep_hidden {
                         // The graph's output buffer is rewritten by the next replay: keep a copy.
                         self.last_hidden = Some(h.copy()?);

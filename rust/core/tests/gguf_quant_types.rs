@@ -6,6 +6,7 @@
 //! weight type's partner: Q8_0, Q8_1 or Q8_K).
 //! Fixtures: tests/fixtures/gguf_quant/, made by tests/fixtures/gen_gguf_fixtures.py.
 
+use mlc_core::model::WeightSource;
 use candle_core::{DType, Device, Tensor};
 use mlc_core::engine::{build, EngineArgs, Mode};
 use mlc_core::loader::{self, QuantMode};

@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use mlc_core::attention::{AttentionMetadata, PagedKvCache, SeqAttention};
 use mlc_core::engine::{build, EngineArgs};
 use mlc_core::loader::{self, QuantMode};
-use mlc_core::model::LlamaModel;
+use mlc_core::model::{registry, CausalLm};
 use mlc_core::request::SamplingParams;
 use std::path::PathBuf;
 
@@ -42,7 +42,7 @@ fn cases() -> Vec<Case> {
 }
 
 /// log p(ids[i+1] | ids[..=i]) for every position, from one forward pass over the whole sequence.
-fn teacher_forced(model: &LlamaModel, ids: &[u32]) -> Vec<f32> {
+fn teacher_forced(model: &dyn CausalLm, ids: &[u32]) -> Vec<f32> {
     let cfg = model.config();
     let n = ids.len();
     let bs = 16;
@@ -59,9 +59,9 @@ fn teacher_forced(model: &LlamaModel, ids: &[u32]) -> Vec<f32> {
     (0..n - 1).map(|i| lp[i][ids[i + 1] as usize]).collect()
 }
 
-fn load_model(quant: QuantMode) -> LlamaModel {
+fn load_model(quant: QuantMode) -> Box<dyn CausalLm> {
     let loaded = loader::load(&gguf(), &Device::Cpu, DType::F32, quant).unwrap();
-    LlamaModel::load(&loaded.config, &loaded.weights, &Device::Cpu, DType::F32).unwrap()
+    registry::build(&loaded.config, &loaded.weights, &Device::Cpu, DType::F32).unwrap()
 }
 
 #[test]
@@ -69,7 +69,7 @@ fn dequantized_logprobs_match_transformers_within_1e_3() {
     let model = load_model(QuantMode::Dequantize);
     for c in cases() {
         let ids: Vec<u32> = c.prompt.iter().chain(&c.greedy).copied().collect();
-        let ours = teacher_forced(&model, &ids);
+        let ours = teacher_forced(model.as_ref(), &ids);
         assert_eq!(ours.len(), c.token_logprobs.len());
         let worst = ours.iter().zip(&c.token_logprobs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         eprintln!("dequantized: max |logprob difference| over {} positions = {worst:e}", ours.len());
@@ -82,7 +82,7 @@ fn quantized_matmul_logprobs_within_a_tenth_of_a_nat_on_average() {
     let model = load_model(QuantMode::Quantized);
     for c in cases() {
         let ids: Vec<u32> = c.prompt.iter().chain(&c.greedy).copied().collect();
-        let ours = teacher_forced(&model, &ids);
+        let ours = teacher_forced(model.as_ref(), &ids);
         let mean = ours.iter().zip(&c.token_logprobs).map(|(a, b)| (a - b).abs()).sum::<f32>() / ours.len() as f32;
         eprintln!("quantized matmul: mean |logprob difference| = {mean:.4}");
         assert!(mean < 0.1, "mean |logprob difference| {mean}");

@@ -7,7 +7,6 @@ mod plan;
 use crate::error::{EngineError, Result};
 use crate::loader::tensor_cache::CacheWriter;
 use crate::loader::Quantization;
-use crate::model::config::ModelConfig;
 use crate::quant::group4;
 use candle_core::{DType, Device, Tensor};
 use plan::{MlcParam, ParamKind};
@@ -48,11 +47,12 @@ pub fn convert_weight(
         EngineError::bad_request("quantization", format!("{quantization:?} is not supported; supported: {}", Quantization::NAMES.join(", ")))
     })?;
     let dir = source_dir(source)?;
-    let cfg_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&cfg_path)?;
-    let config = ModelConfig::from_hf_json(&text, &cfg_path.display().to_string())?;
-    let (_, weights) = crate::loader::load_safetensors(&dir, &Device::Cpu, DType::F32)?;
-    let params = if plan::is_eagle(|name| weights.contains(name)) {
+    let shown = dir.join("config.json").display().to_string();
+    let weights = crate::loader::open_safetensors(&dir, &Device::Cpu, DType::F32)?;
+    let text = crate::loader::read_hf_config(&dir)?;
+    let eagle = plan::is_eagle(|name| weights.contains(name));
+    let config = if eagle { crate::model::registry::eagle_config_from_hf(&text, &shown)? } else { crate::model::registry::config_from_hf(&text, &shown)? };
+    let params = if eagle {
         plan::eagle_params(&config, |name| weights.contains(name))
     } else {
         plan::mlc_params(&config, |name| weights.contains(name))

@@ -1,7 +1,7 @@
 //! The parameters MLC's models declare, in their declaration order, and the HF tensors each is made of
 //! (q/k/v and gate/up concatenated along the output rows, as MLC's loaders do).
 
-use crate::model::config::{Architecture, ModelConfig};
+use crate::model::config::{ModelConfig, QkNormKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ParamKind {
@@ -33,8 +33,7 @@ fn same(name: &str, suffix: &'static str, kind: ParamKind) -> MlcParam {
 /// checkpoint has no `lm_head.weight`).
 pub fn mlc_params(cfg: &ModelConfig, has: impl Fn(&str) -> bool) -> Vec<MlcParam> {
     use ParamKind::{Matrix, Plain};
-    let qwen = matches!(cfg.architecture, Architecture::Qwen2 | Architecture::Qwen3);
-    let attn_fused = if qwen { "c_attn" } else { "qkv_proj" };
+    let attn_fused = cfg.architecture.entry().mlc_fused_qkv;
     let mut out = vec![same("model.embed_tokens", "weight", Matrix)];
     for i in 0..cfg.num_hidden_layers {
         let attn = format!("model.layers.{i}.self_attn");
@@ -45,7 +44,7 @@ pub fn mlc_params(cfg: &ModelConfig, has: impl Fn(&str) -> bool) -> Vec<MlcParam
             out.push(param(format!("{attn}.{attn_fused}"), "bias", qkv("bias"), Plain));
         }
         out.push(same(&format!("{attn}.o_proj"), "weight", Matrix));
-        if cfg.qk_norm {
+        if cfg.qk_norm != QkNormKind::None {
             out.push(same(&format!("{attn}.q_norm"), "weight", Plain));
             out.push(same(&format!("{attn}.k_norm"), "weight", Plain));
         }

@@ -11,7 +11,6 @@ use crate::device::{device_name, parse_device};
 use crate::error::{EngineError, Result};
 use crate::grammar::{GrammarCompiler, GrammarMatcher, Vocab};
 use crate::loader::{self, QuantMode};
-use crate::model::{LlamaModel, ModelConfig};
 use crate::request::SamplingParams;
 use crate::runner::ModelRunner;
 use crate::scheduler::{Scheduler, SchedulerConfig};
@@ -129,15 +128,6 @@ fn memory_bytes(device: &candle_core::Device) -> u64 {
         Some(b) => b,
         None => system_memory_bytes(),
     }
-}
-
-fn weight_bytes(cfg: &ModelConfig, elem_bytes: usize) -> u64 {
-    let h = cfg.hidden_size as u64;
-    let per_layer = h * (cfg.num_attention_heads * cfg.head_dim) as u64 * 2
-        + h * (cfg.num_key_value_heads * cfg.head_dim) as u64 * 2
-        + 3 * h * cfg.intermediate_size as u64;
-    let embed = cfg.vocab_size as u64 * h * if cfg.tie_word_embeddings { 1 } else { 2 };
-    (per_layer * cfg.num_hidden_layers as u64 + embed) * elem_bytes as u64
 }
 
 impl EngineHandle {
@@ -273,7 +263,7 @@ pub fn build(model: &str, device: &str, args: &EngineArgs) -> Result<(EngineCore
     let cfg = loaded.config.clone();
     // The CUDA context, cuBLAS workspaces and graph memory live outside the weights and the KV cache.
     let runtime = if device.is_cuda() { 1u64 << 30 } else { 0 };
-    let sizes: EngineSizes = infer_sizes(args, &cfg, memory_bytes(&device), weight_bytes(&cfg, elem_bytes), runtime, elem_bytes)?;
+    let sizes: EngineSizes = infer_sizes(args, &cfg, memory_bytes(&device), cfg.weight_bytes(elem_bytes), runtime, elem_bytes)?;
     if args.verbose {
         log::info!(
             "mode={:?}: max_num_sequence={}, max_total_sequence_length={}, prefill_chunk_size={}, kv blocks={}x{} (memory allows {} tokens)",
@@ -281,7 +271,7 @@ pub fn build(model: &str, device: &str, args: &EngineArgs) -> Result<(EngineCore
             sizes.num_kv_blocks, sizes.kv_block_size, sizes.memory_max_total_sequence_length
         );
     }
-    let model_impl = LlamaModel::load(&cfg, &loaded.weights, &device, dtype)?;
+    let model_impl = crate::model::registry::build(&cfg, &loaded.weights, &device, dtype)?;
     drop(loaded.weights);
     let kv = PagedKvCache::new(cfg.num_hidden_layers, sizes.num_kv_blocks, sizes.kv_block_size, cfg.num_key_value_heads, cfg.head_dim, dtype, &device)?;
     let scheduler = Scheduler::new(SchedulerConfig {
@@ -291,7 +281,7 @@ pub fn build(model: &str, device: &str, args: &EngineArgs) -> Result<(EngineCore
         block_size: sizes.kv_block_size,
         num_blocks: sizes.num_kv_blocks,
         enable_prefix_cache: args.prefix_cache,
-        sliding_window: None,
+        sliding_window: cfg.uniform_sliding_window(),
     });
     let tokenizer = Arc::new(loaded.tokenizer);
     let info = EngineInfo {

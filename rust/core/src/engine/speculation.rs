@@ -110,7 +110,7 @@ impl EngineCore {
                     let sampler = rs.sampler.get_or_insert_with(|| draft_sampler(params));
                     reqs.push(EagleRequest { draft: DraftRequest { seq_id: seq, tokens, k, params, sampler }, features });
                 }
-                eagle.propose(reqs, &self.runner.model).unwrap_or_else(|e| {
+                eagle.propose(reqs, self.runner.model.as_ref()).unwrap_or_else(|e| {
                     log::warn!("EAGLE head step failed, decoding without drafts: {e}");
                     self.metrics.spec_draft_failures += 1;
                     Vec::new()

@@ -2,7 +2,8 @@
 
 use super::QuantMode;
 use crate::error::{EngineError, Result};
-use crate::model::config::ModelConfig;
+use crate::model::config::{ModelConfig, NormPlacement};
+use crate::model::gguf_meta::GgufMeta;
 use crate::model::linear::{Linear, Weight};
 use crate::tokenizer::Tokenizer;
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
@@ -20,6 +21,8 @@ pub struct GgufWeights {
     device: Device,
     dtype: DType,
     quant: QuantMode,
+    /// `post_attention_layernorm` is a branch-output norm (Gemma, OLMo 2), not the MLP's input norm.
+    post_norms: bool,
 }
 
 pub fn load(path: &Path, device: &Device, dtype: DType, quant: QuantMode) -> Result<(ModelConfig, GgufWeights, Tokenizer)> {
@@ -28,14 +31,23 @@ pub fn load(path: &Path, device: &Device, dtype: DType, quant: QuantMode) -> Res
     let content = gguf_file::Content::read(&mut file)
         .map_err(|e| EngineError::model_load(&shown, format!("not a valid GGUF file: {e}")))?;
     let has_output = content.tensor_infos.contains_key("output.weight");
-    let config = ModelConfig::from_gguf(&content.metadata, has_output, &shown)?;
+    let read_f32 = |name: &str| -> Option<Vec<f32>> {
+        let mut own = BufReader::new(File::open(path).ok()?);
+        let t = content.tensor(&mut own, name, &Device::Cpu).ok()?;
+        t.dequantize(&Device::Cpu).ok()?.flatten_all().ok()?.to_dtype(DType::F32).ok()?.to_vec1::<f32>().ok()
+    };
+    let meta = GgufMeta { md: &content.metadata, path: &shown, has_output_weight: has_output, read_f32: &read_f32 };
+    let config = crate::model::registry::config_from_gguf(&meta)?;
     let tokenizer = Tokenizer::from_gguf(&content, path)?;
-    let weights = GgufWeights { content, file: Mutex::new(file), path: path.to_path_buf(), device: device.clone(), dtype, quant };
+    // llama.cpp names a branch-output norm `post_attention_norm` and the MLP's input norm `ffn_norm`;
+    // HF's `post_attention_layernorm` is the one or the other depending on where the norms sit.
+    let post_norms = config.norms != NormPlacement::Pre;
+    let weights = GgufWeights { content, file: Mutex::new(file), path: path.to_path_buf(), device: device.clone(), dtype, quant, post_norms };
     Ok((config, weights, tokenizer))
 }
 
-/// `model.layers.3.self_attn.q_proj.weight` -> `blk.3.attn_q.weight`.
-fn gguf_name(hf: &str) -> Option<String> {
+/// `model.layers.3.self_attn.q_proj.weight` -> `blk.3.attn_q.weight` (llama.cpp's names).
+fn gguf_name(hf: &str, post_norms: bool) -> Option<String> {
     let fixed = [
         ("model.embed_tokens", "token_embd"),
         ("model.norm", "output_norm"),
@@ -51,7 +63,13 @@ fn gguf_name(hf: &str) -> Option<String> {
     let (module, suffix) = rest.rsplit_once('.')?;
     let g = match module {
         "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" if post_norms => "post_attention_norm",
         "post_attention_layernorm" => "ffn_norm",
+        "pre_feedforward_layernorm" => "ffn_norm",
+        "post_feedforward_layernorm" => "post_ffw_norm",
+        "self_attn.qkv_proj" => "attn_qkv",
+        // Phi-3: llama.cpp keeps the fused gate/up projection as ffn_up.
+        "mlp.gate_up_proj" => "ffn_up",
         "self_attn.q_proj" => "attn_q",
         "self_attn.k_proj" => "attn_k",
         "self_attn.v_proj" => "attn_v",
@@ -72,7 +90,7 @@ impl GgufWeights {
     }
 
     fn qtensor_on(&self, hf: &str, device: &Device) -> Result<QTensor> {
-        let name = gguf_name(hf).ok_or_else(|| EngineError::model_load(self.path.display().to_string(), format!("no GGUF name for {hf}")))?;
+        let name = gguf_name(hf, self.post_norms).ok_or_else(|| EngineError::model_load(self.path.display().to_string(), format!("no GGUF name for {hf}")))?;
         let mut file = self.file.lock().map_err(|_| EngineError::model_load(self.path.display().to_string(), "file lock poisoned"))?;
         self.content.tensor(&mut *file, &name, device).map_err(|e| {
             EngineError::model_load(self.path.display().to_string(), format!("tensor {name}: {e}"))
@@ -80,7 +98,7 @@ impl GgufWeights {
     }
 
     pub fn contains(&self, hf: &str) -> bool {
-        gguf_name(hf).is_some_and(|n| self.content.tensor_infos.contains_key(&n))
+        gguf_name(hf, self.post_norms).is_some_and(|n| self.content.tensor_infos.contains_key(&n))
     }
 
     /// The named tensor dequantized to the compute dtype.
@@ -109,7 +127,7 @@ impl GgufWeights {
     /// uploaded once); `None` for any other type, device or mode.
     #[cfg(feature = "cuda")]
     fn q4_cuda(&self, hf: &str) -> Result<Option<Weight>> {
-        let is_q4 = gguf_name(hf)
+        let is_q4 = gguf_name(hf, self.post_norms)
             .and_then(|n| self.content.tensor_infos.get(&n))
             .is_some_and(|info| info.ggml_dtype == GgmlDType::Q4_0);
         if !(is_q4 && self.device.is_cuda() && self.quant == QuantMode::Quantized) {

@@ -9,6 +9,12 @@ use std::path::Path;
 
 pub const CHAT_CONFIG: &str = "mlc-chat-config.json";
 
+/// Fields of MLC's `model_config` that size the compiled engine or shard it; none changes the math.
+const MLC_SIZING_KEYS: &[&str] = &[
+    "context_window_size", "prefill_chunk_size", "tensor_parallel_shards", "pipeline_parallel_stages", "max_batch_size",
+    "disaggregation", "kwargs", "max_sequence_length",
+];
+
 /// How the weights of an MLC directory are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Quantization {
@@ -83,36 +89,43 @@ impl MlcChatConfig {
         })
     }
 
-    /// The architecture, read through the HF config parser after renaming MLC's fields.
+    /// The architecture, read through the HF config parser after renaming MLC's fields and dropping its
+    /// sizing fields (they size the engine, not the math).
     pub fn model_config(&self, shown: &str) -> Result<ModelConfig> {
         let mut hf = self.model_config.as_object().cloned().ok_or_else(|| {
             EngineError::model_load(shown, "field \"model_config\" must be an object")
         })?;
-        if !matches!(self.model_type.as_str(), "llama" | "mistral" | "qwen2" | "qwen3" | "eagle") {
-            return Err(EngineError::model_load(
-                shown,
-                format!("field \"model_type\": unsupported architecture {:?}; supported: llama, mistral, qwen2, qwen3", self.model_type),
-            ));
-        }
         // An EAGLE head's config is a Llama config (its layers are Llama decoder layers).
         let model_type = if self.model_type == "eagle" { "llama" } else { self.model_type.as_str() };
-        hf.insert("model_type".into(), model_type.into());
+        let entry = crate::model::registry::by_mlc(model_type, shown)?;
+        hf.insert("model_type".into(), entry.hf_names[0].into());
         // MLC's Llama and Mistral name the rope base `position_embedding_base`.
-        if !hf.contains_key("rope_theta") {
-            if let Some(base) = hf.get("position_embedding_base").filter(|v| v.as_f64().is_some_and(|b| b > 0.0)).cloned() {
+        if let Some(base) = hf.remove("position_embedding_base") {
+            if !hf.contains_key("rope_theta") && base.as_f64().is_some_and(|b| b > 0.0) {
                 hf.insert("rope_theta".into(), base);
             }
         }
-        let window = hf
-            .get("context_window_size")
-            .and_then(|v| v.as_i64())
-            .or(self.context_window_size)
-            .filter(|&w| w > 0);
-        if let (Some(w), false) = (window, hf.contains_key("max_position_embeddings")) {
+        // MLC's Mistral: `sliding_window_size` (-1: none) and attention sinks kept inside the window.
+        let window = hf.remove("sliding_window_size").and_then(|v| v.as_i64()).filter(|&w| w > 0);
+        let sinks = hf.remove("attention_sink_size").and_then(|v| v.as_i64()).filter(|&s| s > 0);
+        if let Some(w) = window {
+            if sinks.is_some() {
+                return Err(EngineError::model_load(shown, "model_config.attention_sink_size: attention sinks inside a sliding window are not supported"));
+            }
+            hf.insert("sliding_window".into(), w.into());
+        }
+        let context = hf.get("context_window_size").and_then(|v| v.as_i64()).or(self.context_window_size).filter(|&w| w > 0);
+        if let (Some(w), false) = (context, hf.contains_key("max_position_embeddings")) {
             hf.insert("max_position_embeddings".into(), w.into());
         }
+        for k in MLC_SIZING_KEYS {
+            hf.remove(*k);
+        }
+        if self.model_type == "eagle" {
+            hf.remove("bias"); // fc's bias: read from the weights
+        }
         let text = serde_json::Value::Object(hf).to_string();
-        ModelConfig::from_hf_json(&text, shown)
+        crate::model::registry::config_from_hf(&text, shown)
     }
 
     /// Sampling defaults the config sets (MLC applies them to requests that leave the field unset).

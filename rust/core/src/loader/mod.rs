@@ -17,7 +17,7 @@ pub use gguf::GgufWeights;
 pub use mlc::MlcWeights;
 pub use mlc_config::{MlcChatConfig, Quantization};
 pub use safetensors::SafetensorsWeights;
-pub(crate) use safetensors::load as load_safetensors;
+pub(crate) use safetensors::{open as open_safetensors, read_config as read_hf_config};
 
 /// How GGUF-quantized weights are used on the CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,22 +34,22 @@ pub enum Weights {
     Mlc(MlcWeights),
 }
 
-impl Weights {
-    pub fn tensor(&self, name: &str) -> Result<Tensor> {
+impl crate::model::WeightSource for Weights {
+    fn tensor(&self, name: &str) -> Result<Tensor> {
         match self {
             Weights::Gguf(w) => w.tensor(name),
             Weights::Safetensors(w) => w.tensor(name),
             Weights::Mlc(w) => w.tensor(name),
         }
     }
-    pub fn linear(&self, name: &str, bias: bool) -> Result<Linear> {
+    fn linear(&self, name: &str, bias: bool) -> Result<Linear> {
         match self {
             Weights::Gguf(w) => w.linear(name, bias),
             Weights::Safetensors(w) => w.linear(name, bias),
             Weights::Mlc(w) => w.linear(name, bias),
         }
     }
-    pub fn contains(&self, name: &str) -> bool {
+    fn contains(&self, name: &str) -> bool {
         match self {
             Weights::Gguf(w) => w.contains(name),
             Weights::Safetensors(w) => w.contains(name),
@@ -126,7 +126,8 @@ pub fn load_weights(model: &str, device: &Device, dtype: DType) -> Result<(Model
     if !dir.join("config.json").exists() {
         return Err(EngineError::model_load(model, "expected a directory with config.json or mlc-chat-config.json"));
     }
-    let (config, weights) = safetensors::load(&dir, device, dtype)?;
+    let weights = safetensors::open(&dir, device, dtype)?;
+    let config = crate::model::registry::eagle_config_from_hf(&safetensors::read_config(&dir)?, &dir.join("config.json").display().to_string())?;
     Ok((config, Weights::Safetensors(weights)))
 }
 

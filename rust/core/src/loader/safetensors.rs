@@ -15,10 +15,18 @@ pub struct SafetensorsWeights {
 }
 
 pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<(ModelConfig, SafetensorsWeights)> {
+    let config = crate::model::registry::config_from_hf(&read_config(dir)?, &dir.join("config.json").display().to_string())?;
+    Ok((config, open(dir, device, dtype)?))
+}
+
+/// The text of the directory's `config.json`.
+pub fn read_config(dir: &Path) -> Result<String> {
     let cfg_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&cfg_path)
-        .map_err(|e| EngineError::model_load(cfg_path.display().to_string(), e.to_string()))?;
-    let config = ModelConfig::from_hf_json(&text, &cfg_path.display().to_string())?;
+    std::fs::read_to_string(&cfg_path).map_err(|e| EngineError::model_load(cfg_path.display().to_string(), e.to_string()))
+}
+
+/// The weights of the directory, without reading its config.
+pub fn open(dir: &Path, device: &Device, dtype: DType) -> Result<SafetensorsWeights> {
     let files = shard_files(dir)?;
     for f in &files {
         if !f.exists() {
@@ -29,7 +37,7 @@ pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<(ModelConfig, S
     // safetensors' header checks mostly catch.
     let st = unsafe { MmapedSafetensors::multi(&files) }
         .map_err(|e| EngineError::model_load(dir.display().to_string(), format!("cannot read safetensors: {e}")))?;
-    Ok((config, SafetensorsWeights { st, device: device.clone(), dtype, dir: dir.to_path_buf() }))
+    Ok(SafetensorsWeights { st, device: device.clone(), dtype, dir: dir.to_path_buf() })
 }
 
 fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {

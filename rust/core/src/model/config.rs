@@ -1,46 +1,84 @@
-//! One configuration for the Llama family (Llama 2/3/3.1, Mistral, Qwen2/2.5, Qwen3): the architectures
-//! differ only in flags (QKV bias, q/k norm, rope scaling, tied embeddings), so one forward pass serves all.
+//! One configuration for every dense decoder we run: what the architectures share (sizes, norms, rope,
+//! attention kinds per layer) as plain values, so the decoder reads only this and never an architecture
+//! name. Each architecture's file (`arch/`) fills it from HF `config.json` (transformers 4 and 5 forms),
+//! GGUF metadata or MLC's `model_config`.
+//!
+//! Rule: every key that changes the math is read here or refused at load with an error naming it
+//! ([`HfConfig::finish`]); keys that cannot change the math are listed in [`NEUTRAL_KEYS`].
 
+use super::registry::Architecture;
+use super::rope::{RopeConfig, RopeContext, RopeScaling, RopeStyle};
 use crate::error::{EngineError, Result};
-use candle_core::quantized::gguf_file;
-use serde::Deserialize;
-use std::collections::HashMap;
+use serde_json::{Map, Value};
+use std::cell::RefCell;
+use std::collections::BTreeSet;
 
+/// The MLP's gate activation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Architecture {
-    Llama,
-    Mistral,
-    Qwen2,
-    Qwen3,
+pub enum Activation {
+    Silu,
+    /// `gelu_pytorch_tanh` / `gelu_new`: the tanh approximation.
+    GeluTanh,
+    /// `gelu`: the exact (erf) form.
+    Gelu,
 }
 
-impl Architecture {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Architecture::Llama => "llama",
-            Architecture::Mistral => "mistral",
-            Architecture::Qwen2 => "qwen2",
-            Architecture::Qwen3 => "qwen3",
+impl Activation {
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "silu" | "swish" => Some(Activation::Silu),
+            "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => Some(Activation::GeluTanh),
+            "gelu" => Some(Activation::Gelu),
+            _ => None,
         }
     }
 }
 
-/// Which elements RoPE rotates together. HF checkpoints rotate the two halves of a head
-/// (`rotate_half`); llama.cpp's converter permutes Q/K rows of llama-arch GGUFs so that adjacent
-/// pairs are rotated instead, and we keep its layout rather than undoing the permutation.
+/// Where a layer's RMSNorms sit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RopeStyle {
-    Half,
-    Interleaved,
+pub enum NormPlacement {
+    /// Llama: `input_layernorm` before attention, `post_attention_layernorm` before the MLP.
+    Pre,
+    /// Gemma 2/3: also a norm on each branch's output (`post_attention_layernorm`,
+    /// `post_feedforward_layernorm`), the MLP's input norm being `pre_feedforward_layernorm`.
+    Sandwich,
+    /// OLMo 2: only on the branches' outputs (`post_attention_layernorm`, `post_feedforward_layernorm`).
+    Post,
 }
 
-/// Llama 3.1's frequency-dependent rope scaling (`rope_scaling.rope_type == "llama3"`).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Llama3RopeScaling {
-    pub factor: f64,
-    pub low_freq_factor: f64,
-    pub high_freq_factor: f64,
-    pub original_max_position_embeddings: usize,
+/// RMSNorm of q and k before rope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QkNormKind {
+    None,
+    /// Per head, weights `[head_dim]` (Qwen3, Gemma 3).
+    PerHead,
+    /// Over the whole projection, weights `[heads * head_dim]` (OLMo 2).
+    Whole,
+}
+
+/// Which positions a layer's queries see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionKind {
+    /// Every earlier position.
+    Full,
+    /// The last `W` positions, itself included (`p - W < k <= p`).
+    Sliding(usize),
+}
+
+impl AttentionKind {
+    pub fn window(&self) -> Option<usize> {
+        match self {
+            AttentionKind::Full => None,
+            AttentionKind::Sliding(w) => Some(*w),
+        }
+    }
+}
+
+/// One decoder layer's attention: its kind and which of [`ModelConfig::ropes`] it uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerConfig {
+    pub attention: AttentionKind,
+    pub rope: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -52,216 +90,315 @@ pub struct ModelConfig {
     pub num_attention_heads: usize,
     pub num_key_value_heads: usize,
     pub head_dim: usize,
-    pub rope_theta: f64,
-    pub rope_scaling: Option<Llama3RopeScaling>,
-    pub rope_style: RopeStyle,
     pub rms_norm_eps: f64,
     pub vocab_size: usize,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
-    /// Qwen2: q/k/v projections carry a bias.
+    /// q/k/v projections carry a bias (Qwen2).
     pub attention_bias: bool,
-    /// Qwen3: RMSNorm over each head of q and k before rope.
-    pub qk_norm: bool,
-}
-
-#[derive(Deserialize)]
-struct HfConfig {
-    #[serde(default)]
-    architectures: Vec<String>,
-    #[serde(default)]
-    model_type: Option<String>,
-    hidden_size: usize,
-    intermediate_size: usize,
-    num_hidden_layers: usize,
-    num_attention_heads: usize,
-    num_key_value_heads: Option<usize>,
-    head_dim: Option<usize>,
-    rope_theta: Option<f64>,
-    rope_scaling: Option<serde_json::Value>,
-    rms_norm_eps: Option<f64>,
-    vocab_size: usize,
-    max_position_embeddings: Option<usize>,
-    tie_word_embeddings: Option<bool>,
-    attention_bias: Option<bool>,
-}
-
-fn arch_from_name(name: &str) -> Option<Architecture> {
-    let n = name.to_ascii_lowercase();
-    if n.starts_with("qwen3") && !n.contains("moe") {
-        Some(Architecture::Qwen3)
-    } else if n.starts_with("qwen2") && !n.contains("moe") && !n.contains("vl") {
-        Some(Architecture::Qwen2)
-    } else if n.starts_with("mistral") {
-        Some(Architecture::Mistral)
-    } else if n.starts_with("llama") && !n.starts_with("llama4") {
-        Some(Architecture::Llama)
-    } else {
-        None
-    }
-}
-
-fn parse_rope_scaling(v: &serde_json::Value, path: &str) -> Result<Option<Llama3RopeScaling>> {
-    if v.is_null() {
-        return Ok(None);
-    }
-    let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(|t| t.as_str()).unwrap_or("");
-    match kind {
-        "llama3" => {
-            let f = |k: &str| v.get(k).and_then(|x| x.as_f64());
-            let (Some(factor), Some(low), Some(high), Some(orig)) = (
-                f("factor"),
-                f("low_freq_factor"),
-                f("high_freq_factor"),
-                f("original_max_position_embeddings"),
-            ) else {
-                return Err(EngineError::model_load(path, "rope_scaling llama3 is missing a field"));
-            };
-            Ok(Some(Llama3RopeScaling {
-                factor,
-                low_freq_factor: low,
-                high_freq_factor: high,
-                original_max_position_embeddings: orig as usize,
-            }))
-        }
-        "default" | "" => Ok(None),
-        other => Err(EngineError::model_load(path, format!("rope_scaling type {other:?} is not supported"))),
-    }
+    /// o_proj carries a bias (Llama with `attention_bias`).
+    pub o_proj_bias: bool,
+    /// The checkpoint stores q/k/v as one `qkv_proj` and gate/up as one `gate_up_proj` (Phi-3).
+    pub fused_projections: bool,
+    pub qk_norm: QkNormKind,
+    pub norms: NormPlacement,
+    /// Norm weights are applied as `1 + w` (Gemma); the weights are folded to `1 + w` at load.
+    pub norm_plus_one: bool,
+    pub activation: Activation,
+    /// Multiplies the token embeddings (Gemma: sqrt(hidden_size), rounded to the compute dtype).
+    pub embedding_scale: Option<f64>,
+    /// Multiplies q·k: `head_dim^-0.5`, or `query_pre_attn_scalar^-0.5` (Gemma).
+    pub attention_scale: f64,
+    /// Gemma 2: attention scores become `cap * tanh(score / cap)`.
+    pub attn_logit_softcap: Option<f64>,
+    /// Gemma 2: final logits become `cap * tanh(logits / cap)`.
+    pub final_logit_softcap: Option<f64>,
+    /// The rotary embeddings the layers use (one, or one per layer kind as in Gemma 3).
+    pub ropes: Vec<RopeConfig>,
+    /// `[num_hidden_layers]`
+    pub layers: Vec<LayerConfig>,
 }
 
 impl ModelConfig {
-    /// From an HF `config.json`.
-    pub fn from_hf_json(text: &str, path: &str) -> Result<Self> {
-        let c: HfConfig = serde_json::from_str(text)
-            .map_err(|e| EngineError::model_load(path, format!("invalid config.json: {e}")))?;
-        let names: Vec<&str> = c.model_type.iter().map(|s| s.as_str()).chain(c.architectures.iter().map(|s| s.as_str())).collect();
-        let architecture = names.iter().find_map(|n| arch_from_name(n)).ok_or_else(|| {
-            EngineError::model_load(path, format!("unsupported architecture {names:?}; supported: llama, mistral, qwen2, qwen3"))
-        })?;
-        if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 && c.head_dim.is_none() {
-            return Err(EngineError::model_load(path, "num_attention_heads must divide hidden_size"));
-        }
-        let num_kv = c.num_key_value_heads.unwrap_or(c.num_attention_heads);
-        if num_kv == 0 || c.num_attention_heads % num_kv != 0 {
-            return Err(EngineError::model_load(path, "num_key_value_heads must divide num_attention_heads"));
-        }
-        let rope_scaling = match &c.rope_scaling {
-            Some(v) => parse_rope_scaling(v, path)?,
-            None => None,
-        };
-        Ok(ModelConfig {
-            architecture,
-            hidden_size: c.hidden_size,
-            intermediate_size: c.intermediate_size,
-            num_hidden_layers: c.num_hidden_layers,
-            num_attention_heads: c.num_attention_heads,
-            num_key_value_heads: num_kv,
-            head_dim: c.head_dim.unwrap_or(c.hidden_size / c.num_attention_heads),
-            rope_theta: c.rope_theta.unwrap_or(10_000.0),
-            rope_scaling,
-            rope_style: RopeStyle::Half,
-            rms_norm_eps: c.rms_norm_eps.unwrap_or(1e-6),
-            vocab_size: c.vocab_size,
-            max_position_embeddings: c.max_position_embeddings.unwrap_or(4096),
-            tie_word_embeddings: c.tie_word_embeddings.unwrap_or(false),
-            attention_bias: c.attention_bias.unwrap_or(architecture == Architecture::Qwen2),
-            qk_norm: architecture == Architecture::Qwen3,
-        })
-    }
-
-    /// From GGUF metadata (`general.architecture` and `<arch>.*` keys).
-    pub fn from_gguf(md: &HashMap<String, gguf_file::Value>, has_output_weight: bool, path: &str) -> Result<Self> {
-        let err = |m: String| EngineError::model_load(path, m);
-        let arch_name = md
-            .get("general.architecture")
-            .and_then(|v| v.to_string().ok())
-            .ok_or_else(|| err("GGUF has no general.architecture".into()))?
-            .clone();
-        let architecture = arch_from_name(&arch_name)
-            .ok_or_else(|| err(format!("unsupported GGUF architecture {arch_name:?}; supported: llama, mistral, qwen2, qwen3")))?;
-        let get = |k: &str| md.get(&format!("{arch_name}.{k}"));
-        let get_usize = |k: &str| -> Result<usize> {
-            let v = get(k).ok_or_else(|| err(format!("GGUF is missing {arch_name}.{k}")))?;
-            v.to_u64().map(|x| x as usize).or_else(|_| v.to_u32().map(|x| x as usize)).map_err(|e| err(format!("{arch_name}.{k}: {e}")))
-        };
-        let get_f64 = |k: &str| get(k).and_then(|v| v.to_f32().ok().map(|x| x as f64).or_else(|| v.to_f64().ok()));
-        let hidden = get_usize("embedding_length")?;
-        let heads = get_usize("attention.head_count")?;
-        let kv_heads = get_usize("attention.head_count_kv").unwrap_or(heads);
-        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
-            return Err(err("invalid attention head counts".into()));
-        }
-        let head_dim = get_usize("attention.key_length").unwrap_or(hidden / heads);
-        let vocab_size = match get_usize("vocab_size") {
-            Ok(v) => v,
-            Err(_) => md
-                .get("tokenizer.ggml.tokens")
-                .and_then(|v| v.to_vec().ok().map(|t| t.len()))
-                .ok_or_else(|| err("GGUF has neither vocab_size nor tokenizer.ggml.tokens".into()))?,
-        };
-        let rope_scaling = match md.get(&format!("{arch_name}.rope.scaling.type")).and_then(|v| v.to_string().ok()) {
-            Some(t) if t == "llama3" => Some(Llama3RopeScaling {
-                factor: get_f64("rope.scaling.factor").unwrap_or(8.0),
-                low_freq_factor: get_f64("rope.scaling.low_freq_factor").unwrap_or(1.0),
-                high_freq_factor: get_f64("rope.scaling.high_freq_factor").unwrap_or(4.0),
-                original_max_position_embeddings: get_usize("rope.scaling.original_context_length").unwrap_or(8192),
-            }),
-            _ => None,
-        };
-        Ok(ModelConfig {
-            architecture,
-            hidden_size: hidden,
-            intermediate_size: get_usize("feed_forward_length")?,
-            num_hidden_layers: get_usize("block_count")?,
-            num_attention_heads: heads,
-            num_key_value_heads: kv_heads,
-            head_dim,
-            rope_theta: get_f64("rope.freq_base").unwrap_or(10_000.0),
-            rope_scaling,
-            // llama.cpp permutes Q/K of llama-arch models only; qwen2/qwen3 use NeoX (half) rotation.
-            rope_style: match architecture {
-                Architecture::Llama | Architecture::Mistral => RopeStyle::Interleaved,
-                Architecture::Qwen2 | Architecture::Qwen3 => RopeStyle::Half,
-            },
-            rms_norm_eps: get_f64("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
-            vocab_size,
-            max_position_embeddings: get_usize("context_length").unwrap_or(4096),
-            tie_word_embeddings: !has_output_weight,
-            attention_bias: architecture == Architecture::Qwen2,
-            qk_norm: architecture == Architecture::Qwen3,
-        })
-    }
-
-    /// Per-dimension inverse frequencies, with Llama 3.1 scaling applied when configured.
-    pub fn rope_inv_freq(&self) -> Vec<f32> {
-        let d = self.head_dim;
-        (0..d / 2)
-            .map(|i| {
-                let f = 1.0 / self.rope_theta.powf(2.0 * i as f64 / d as f64);
-                match &self.rope_scaling {
-                    None => f as f32,
-                    Some(s) => {
-                        let old = s.original_max_position_embeddings as f64;
-                        let low_wavelen = old / s.low_freq_factor;
-                        let high_wavelen = old / s.high_freq_factor;
-                        let wavelen = 2.0 * std::f64::consts::PI / f;
-                        let scaled = if wavelen < high_wavelen {
-                            f
-                        } else if wavelen > low_wavelen {
-                            f / s.factor
-                        } else {
-                            let smooth = (old / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
-                            (1.0 - smooth) * f / s.factor + smooth * f
-                        };
-                        scaled as f32
-                    }
-                }
-            })
-            .collect()
-    }
-
     /// Bytes of K and V per token across all layers at `dtype_bytes` per element.
     pub fn kv_bytes_per_token(&self, dtype_bytes: usize) -> usize {
         2 * self.num_hidden_layers * self.num_key_value_heads * self.head_dim * dtype_bytes
+    }
+
+    /// Bytes of the weights at `elem_bytes` per element (norms and biases are negligible and left out).
+    pub fn weight_bytes(&self, elem_bytes: usize) -> u64 {
+        let h = self.hidden_size as u64;
+        let (q, kv) = ((self.num_attention_heads * self.head_dim) as u64, (self.num_key_value_heads * self.head_dim) as u64);
+        let attention = h * q * 2 + h * kv * 2;
+        let mlp = 3 * h * self.intermediate_size as u64;
+        let embed = self.vocab_size as u64 * h * if self.tie_word_embeddings { 1 } else { 2 };
+        ((attention + mlp) * self.num_hidden_layers as u64 + embed) * elem_bytes as u64
+    }
+
+    /// The window every layer shares when all layers slide (KV blocks before it can be released);
+    /// `None` when any layer attends fully.
+    pub fn uniform_sliding_window(&self) -> Option<usize> {
+        let windows: Option<Vec<usize>> = self.layers.iter().map(|l| l.attention.window()).collect();
+        windows?.into_iter().max()
+    }
+
+    /// Checks what the decoder relies on.
+    pub fn validate(&self, path: &str) -> Result<()> {
+        let err = |m: String| Err(EngineError::model_load(path, m));
+        let sizes = [
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("head_dim", self.head_dim),
+            ("vocab_size", self.vocab_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ];
+        if let Some((k, _)) = sizes.iter().find(|(_, v)| *v == 0) {
+            return err(format!("{k} must be at least 1"));
+        }
+        // Sizes beyond these are not models but corrupt files; they would only overflow allocations.
+        if let Some((k, v)) = sizes.iter().find(|(_, v)| *v > 1 << 24) {
+            return err(format!("{k} = {v} is out of range"));
+        }
+        if self.num_attention_heads % self.num_key_value_heads != 0 {
+            return err("num_key_value_heads must divide num_attention_heads".into());
+        }
+        if self.layers.len() != self.num_hidden_layers {
+            return err(format!("{} layer types for {} layers", self.layers.len(), self.num_hidden_layers));
+        }
+        for l in &self.layers {
+            if l.rope >= self.ropes.len() {
+                return err("a layer names a rope that does not exist".into());
+            }
+            if l.attention == AttentionKind::Sliding(0) {
+                return err("sliding_window must be at least 1".into());
+            }
+        }
+        for r in &self.ropes {
+            if r.rotary_dim > self.head_dim {
+                return err(format!("rotary dimension {} exceeds head_dim {}", r.rotary_dim, self.head_dim));
+            }
+            r.validate(path)?;
+        }
+        Ok(())
+    }
+}
+
+/// Keys of an HF config that never change the math of inference (bookkeeping, training, generation).
+pub const NEUTRAL_KEYS: &[&str] = &[
+    "_name_or_path", "architectures", "model_type", "transformers_version", "torch_dtype", "dtype", "auto_map",
+    "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "decoder_start_token_id", "use_cache",
+    "initializer_range", "initializer_factor", "attention_dropout", "hidden_dropout", "embd_pdrop", "resid_pdrop",
+    "attn_pdrop", "dropout", "hidden_dropout_prob", "attention_probs_dropout_prob", "tie_encoder_decoder",
+    "pretraining_tp", "cache_implementation", "id2label", "label2id", "problem_type", "output_attentions",
+    "output_hidden_states", "return_dict", "torchscript", "is_encoder_decoder", "is_decoder", "add_cross_attention",
+    "chunk_size_feed_forward", "task_specific_params", "tokenizer_class", "prefix", "finetuning_task",
+    "use_return_dict", "pruned_heads", "tf_legacy_loss", "use_bfloat16", "cross_attention_hidden_size",
+    "bad_words_ids", "begin_suppress_tokens", "diversity_penalty", "do_sample", "early_stopping",
+    "encoder_no_repeat_ngram_size", "exponential_decay_length_penalty", "forced_bos_token_id",
+    "forced_eos_token_id", "length_penalty", "max_length", "min_length", "no_repeat_ngram_size", "num_beam_groups",
+    "num_beams", "num_return_sequences", "output_scores", "remove_invalid_values", "repetition_penalty",
+    "return_dict_in_generate", "suppress_tokens", "temperature", "top_k", "top_p", "typical_p", "model_name",
+    "use_flash_attn", "_attn_implementation", "_attn_implementation_autoset", "attn_implementation",
+    "gradient_checkpointing", "router_aux_loss_coef", "output_router_logits", "chat_template",
+];
+
+/// An HF `config.json` as an object whose reads are recorded, so that [`HfConfig::finish`] can tell
+/// which keys nothing read.
+pub struct HfConfig<'a> {
+    obj: Map<String, Value>,
+    read: RefCell<BTreeSet<String>>,
+    pub path: &'a str,
+}
+
+impl<'a> HfConfig<'a> {
+    pub fn new(obj: Map<String, Value>, path: &'a str) -> Self {
+        HfConfig { obj, read: RefCell::new(BTreeSet::new()), path }
+    }
+
+    pub fn err(&self, m: impl Into<String>) -> EngineError {
+        EngineError::model_load(self.path, m)
+    }
+
+    /// The value of `k` unless absent or null; marks `k` read.
+    pub fn get(&self, k: &str) -> Option<&Value> {
+        self.read.borrow_mut().insert(k.to_string());
+        self.obj.get(k).filter(|v| !v.is_null())
+    }
+
+    /// `k` as a number; `default` when the config does not have the key at all (an explicit null is
+    /// `None`, as transformers reads it).
+    pub fn f64_or(&self, k: &str, default: Option<f64>) -> Result<Option<f64>> {
+        if self.obj.contains_key(k) {
+            self.f64(k)
+        } else {
+            self.read.borrow_mut().insert(k.to_string());
+            Ok(default)
+        }
+    }
+
+    pub fn usize(&self, k: &str) -> Result<Option<usize>> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) => v.as_u64().map(|x| Some(x as usize)).ok_or_else(|| self.err(format!("{k} must be a non-negative integer, found {v}"))),
+        }
+    }
+
+    pub fn need_usize(&self, k: &str) -> Result<usize> {
+        self.usize(k)?.ok_or_else(|| self.err(format!("config.json has no {k}")))
+    }
+
+    pub fn f64(&self, k: &str) -> Result<Option<f64>> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| self.err(format!("{k} must be a number, found {v}"))),
+        }
+    }
+
+    pub fn bool(&self, k: &str) -> Result<Option<bool>> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) => v.as_bool().map(Some).ok_or_else(|| self.err(format!("{k} must be true or false, found {v}"))),
+        }
+    }
+
+    pub fn str(&self, k: &str) -> Result<Option<&str>> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) => v.as_str().map(Some).ok_or_else(|| self.err(format!("{k} must be a string, found {v}"))),
+        }
+    }
+
+    /// Refuses `k` when it is set to anything but `allowed` (or null): a math-changing option we do not
+    /// implement.
+    pub fn refuse_unless(&self, k: &str, allowed: &Value) -> Result<()> {
+        match self.get(k) {
+            Some(v) if v != allowed => Err(self.err(format!("{k} = {v} is not supported"))),
+            _ => Ok(()),
+        }
+    }
+
+    /// The MLP activation from `hidden_act` (or `hidden_activation`, Gemma's key, which wins).
+    pub fn activation(&self, default: Activation) -> Result<Activation> {
+        let name = match self.str("hidden_activation")? {
+            Some(n) => Some(("hidden_activation", n)),
+            None => self.str("hidden_act")?.map(|n| ("hidden_act", n)),
+        };
+        match name {
+            None => Ok(default),
+            Some((k, n)) => Activation::from_name(n).ok_or_else(|| self.err(format!("{k} {n:?} is not supported; supported: silu, gelu, gelu_pytorch_tanh"))),
+        }
+    }
+
+    /// The rope of one layer type: transformers 5's `rope_parameters` (flat, or keyed by layer type as
+    /// `{"full_attention": {...}, "sliding_attention": {...}}`), else transformers 4's `rope_theta` /
+    /// `rope_scaling`. `theta_key` / `default_theta`: where the classic form keeps this kind's base
+    /// (Gemma 3's local base is `rope_local_base_freq`) and its default; `scaled`: whether the classic
+    /// `rope_scaling` applies to this kind.
+    pub fn rope(&self, layer_type: Option<&str>, theta_key: &str, default_theta: f64, scaled: bool, head_dim: usize, style: RopeStyle) -> Result<RopeConfig> {
+        let max_pos = self.usize("max_position_embeddings")?.unwrap_or(4096);
+        let top_partial = self.f64("partial_rotary_factor")?;
+        let top_original = self.usize("original_max_position_embeddings")?;
+        let params = match (self.get("rope_parameters").cloned(), layer_type) {
+            (Some(Value::Object(p)), Some(kind)) if p.contains_key(kind) => match &p[kind] {
+                Value::Object(o) => Some((o.clone(), format!("rope_parameters.{kind}"))),
+                _ => return Err(self.err(format!("rope_parameters.{kind} must be an object"))),
+            },
+            (Some(Value::Object(p)), _) if p.keys().any(|k| k.ends_with("_attention")) => {
+                let kind = layer_type.unwrap_or("full_attention");
+                return Err(self.err(format!("rope_parameters has no entry for layer type {kind:?}")));
+            }
+            (Some(Value::Object(p)), _) => Some((p, "rope_parameters".to_string())),
+            (Some(other), _) => return Err(self.err(format!("rope_parameters must be an object, found {other}"))),
+            (None, _) => None,
+        };
+        let (obj, key, theta) = match params {
+            Some((obj, key)) => {
+                let theta = obj.get("rope_theta").and_then(|v| v.as_f64());
+                (obj, key, theta)
+            }
+            None => {
+                let scaling = if scaled { self.get("rope_scaling").cloned() } else { None };
+                let obj = match scaling {
+                    Some(Value::Object(o)) => o,
+                    Some(other) => return Err(self.err(format!("rope_scaling must be an object, found {other}"))),
+                    None => Map::new(),
+                };
+                (obj, "rope_scaling".to_string(), self.f64(theta_key)?)
+            }
+        };
+        // A config may carry both forms (transformers 5 keeps the classic keys of checkpoints it
+        // converted); they must agree.
+        let classic_theta = self.f64(theta_key)?;
+        if scaled {
+            self.get("rope_scaling");
+        }
+        let theta = match (theta, classic_theta) {
+            (Some(t), Some(c)) if (t - c).abs() > 1e-9 * t.abs() => {
+                return Err(self.err(format!("{key}.rope_theta {t} disagrees with {theta_key} {c}")));
+            }
+            (Some(t), _) | (None, Some(t)) => t,
+            (None, None) => default_theta,
+        };
+        if !(theta > 1.0 && theta.is_finite()) {
+            return Err(self.err(format!("{key}: rope_theta {theta} must be greater than 1")));
+        }
+        let partial = obj.get("partial_rotary_factor").and_then(|v| v.as_f64()).or(top_partial).unwrap_or(1.0);
+        if !(partial > 0.0 && partial <= 1.0) {
+            return Err(self.err(format!("partial_rotary_factor {partial} must be in (0, 1]")));
+        }
+        let ctx = RopeContext { head_dim, max_position_embeddings: max_pos, path: self.path, key: &key };
+        let scaling = RopeScaling::parse(&obj, top_original, &ctx)?;
+        Ok(RopeConfig { theta, scaling, rotary_dim: (head_dim as f64 * partial) as usize, style })
+    }
+
+    /// Per-layer kinds from transformers' `layer_types` (`"full_attention"` / `"sliding_attention"`), or
+    /// `fallback(i)` when the config has none.
+    pub fn layer_types(&self, num_layers: usize, fallback: impl Fn(usize) -> &'static str) -> Result<Vec<String>> {
+        match self.get("layer_types") {
+            None => Ok((0..num_layers).map(|i| fallback(i).to_string()).collect()),
+            Some(Value::Array(a)) => {
+                let types: Vec<String> = a.iter().filter_map(|v| v.as_str().map(String::from)).collect();
+                if types.len() != num_layers || types.len() != a.len() {
+                    return Err(self.err(format!("layer_types must list {num_layers} strings")));
+                }
+                if let Some(t) = types.iter().find(|t| !matches!(t.as_str(), "full_attention" | "sliding_attention")) {
+                    return Err(self.err(format!("layer_types: {t:?} is not supported; supported: full_attention, sliding_attention")));
+                }
+                Ok(types)
+            }
+            Some(other) => Err(self.err(format!("layer_types must be a list, found {other}"))),
+        }
+    }
+
+    /// The keys nothing read: a key that is not known to leave the math unchanged is refused, naming it.
+    pub fn finish(&self) -> Result<()> {
+        let read = self.read.borrow();
+        let unknown: Vec<&String> = self
+            .obj
+            .iter()
+            .filter(|(k, v)| !read.contains(*k) && !NEUTRAL_KEYS.contains(&k.as_str()) && !is_unset(v))
+            .map(|(k, _)| k)
+            .collect();
+        match unknown.first() {
+            None => Ok(()),
+            Some(k) => Err(self.err(format!(
+                "config key {k:?} is not supported by this engine's {} implementation (it may change the model's math){}",
+                self.obj.get("model_type").and_then(|v| v.as_str()).unwrap_or("model"),
+                if unknown.len() > 1 { format!("; also unsupported: {:?}", &unknown[1..]) } else { String::new() }
+            ))),
+        }
+    }
+}
+
+/// Values that mean "off" for an option we do not implement.
+fn is_unset(v: &Value) -> bool {
+    match v {
+        Value::Null | Value::Bool(false) => true,
+        Value::Object(o) => o.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        _ => false,
     }
 }

@@ -5,31 +5,31 @@
 //! `embed_tokens.weight`) in HF safetensors or an MLC directory (fused `qkv_proj` / `gate_up_proj`).
 
 use super::config::ModelConfig;
+use super::decoder::{gather_ropes, rope_tables, run_layers, DecoderLayer};
+use super::layers::attention::StackStep;
 use super::linear::Linear;
-use super::llama::{rope_tables, run_layers, Layer, StackStep};
+use super::weights::WeightSource;
 use crate::attention::{PagedKvCache, StepAttention};
 use crate::error::Result;
-use crate::loader::Weights;
 use candle_core::{DType, Device, Tensor};
 
 pub struct EagleHead {
     cfg: ModelConfig,
     /// `[2 hidden] -> [hidden]`
     fc: Linear,
-    layers: Vec<Layer>,
+    layers: Vec<DecoderLayer>,
     /// The head's own token embedding, when the checkpoint carries one (else the target's is used).
     embed: Option<Tensor>,
-    cos: Tensor,
-    sin: Tensor,
+    ropes: Vec<(Tensor, Tensor)>,
 }
 
 impl EagleHead {
-    pub fn load(cfg: &ModelConfig, w: &Weights, device: &Device, dtype: DType) -> Result<Self> {
-        let layers = (0..cfg.num_hidden_layers).map(|i| Layer::load(cfg, w, &format!("layers.{i}"), i != 0)).collect::<Result<Vec<_>>>()?;
+    pub fn load(cfg: &ModelConfig, w: &dyn WeightSource, device: &Device, dtype: DType) -> Result<Self> {
+        let layers = (0..cfg.num_hidden_layers).map(|i| DecoderLayer::load(cfg, w, &format!("layers.{i}"), i, i != 0)).collect::<Result<Vec<_>>>()?;
         let fc = w.linear("fc", w.contains("fc.bias"))?;
         let embed = if w.contains("embed_tokens.weight") { Some(w.tensor("embed_tokens.weight")?) } else { None };
-        let (cos, sin) = rope_tables(cfg, device, dtype)?;
-        Ok(EagleHead { cfg: cfg.clone(), fc, layers, embed, cos, sin })
+        let ropes = rope_tables(cfg, device, dtype)?;
+        Ok(EagleHead { cfg: cfg.clone(), fc, layers, embed, ropes })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -50,7 +50,8 @@ impl EagleHead {
     pub fn forward(&self, embeds: &Tensor, features: &Tensor, positions: &Tensor, kv: &PagedKvCache, step: &StepAttention) -> Result<Tensor> {
         let x = Tensor::cat(&[embeds, &features.to_dtype(embeds.dtype())?], 1)?; // [n, 2 hidden]
         let residual = self.fc.forward(&x)?; // [n, hidden]
-        let s = StackStep { cfg: &self.cfg, cos: &self.cos, sin: &self.sin, positions, kv, step };
+        let gathered = gather_ropes(&self.cfg, &self.ropes, positions)?;
+        let s = StackStep { cfg: &self.cfg, ropes: &self.ropes, gathered: &gathered, positions, kv, step };
         let (residual, mlp_out) = run_layers(&self.layers, &s, residual)?;
         Ok(match mlp_out {
             Some(m) => (m + residual)?,

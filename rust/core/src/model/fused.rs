@@ -10,7 +10,7 @@
 //! The kernels compute in f32 and round to the element type where the reference's ops round their
 //! outputs, so the two agree up to f32 arithmetic order (see `fused_check`).
 
-use super::config::RopeStyle;
+use super::rope::RopeStyle;
 use crate::attention::{PagedKvCache, StepAttention};
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use candle_nn::ops::rms_norm;
@@ -147,9 +147,29 @@ pub fn rope_qkv_reference(
     Ok(q)
 }
 
-/// `x: [num_tokens, heads, head_dim]`, `cos`/`sin`: `[num_tokens, 1, head_dim / 2]`.
+/// Whether the fused rope kernel takes heads of `head_dim` rotated over `rotary_dim` leading dimensions
+/// (it rotates whole heads only, up to a width).
+pub fn rope_kernel_fits(head_dim: usize, rotary_dim: usize) -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        rotary_dim == head_dim && head_dim % 2 == 0 && head_dim <= mlc_kernels::ROPE_MAX_HEAD_DIM
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (head_dim, rotary_dim);
+        false
+    }
+}
+
+/// `x: [num_tokens, heads, head_dim]`, `cos`/`sin`: `[num_tokens, 1, rotary_dim / 2]`: the leading
+/// `rotary_dim` dimensions of each head rotate, the rest pass unchanged (partial rotary).
 fn rope_reference(x: &Tensor, cos: &Tensor, sin: &Tensor, style: RopeStyle) -> Result<Tensor> {
     let (n, h, d) = x.dims3()?;
+    let rot = 2 * cos.dim(2)?;
+    if rot < d {
+        let rotated = rope_reference(&x.narrow(2, 0, rot)?, cos, sin, style)?;
+        return Tensor::cat(&[&rotated, &x.narrow(2, rot, d - rot)?], 2);
+    }
     // Seen by candle's rope as batch = token, one position each: positions differ per token.
     let x4 = x.contiguous()?.reshape((n, h, 1, d))?;
     let y = match style {
@@ -265,7 +285,7 @@ mod cuda {
     //! Shape and dtype checks (errors, never panics), then one launch on candle's stream.
 
     use super::{QkvSpec, RopeQkv};
-    use crate::model::config::RopeStyle;
+    use crate::model::rope::RopeStyle;
     use candle_core::backend::{BackendDevice, BackendStorage};
     use candle_core::cuda_backend::cudarc::driver::{
         CudaStream, CudaView, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg, SyncOnDrop,

@@ -6,7 +6,7 @@
 //! Inputs are drawn in f32, rounded to the case's dtype for the device, and the CPU reference runs in
 //! f32 on the rounded values: the differences are the kernels' f32 arithmetic order and their roundings.
 
-use super::config::RopeStyle;
+use super::rope::RopeStyle;
 use super::fused::{self, QkNorm, QkvSpec};
 use super::linear::{Linear, StackedLinear, Weight};
 use crate::attention::{AttentionMetadata, LayerKvCache, PagedKvCache, SeqAttention};

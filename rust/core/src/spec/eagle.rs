@@ -10,7 +10,7 @@ use crate::attention::PagedKvCache;
 use crate::error::Result;
 use crate::kv_cache::KvCacheManager;
 use crate::model::eagle::EagleHead;
-use crate::model::LlamaModel;
+use crate::model::CausalLm;
 use crate::runner::{argmax_rows, prepare_step, SeqLogits, StepLogits};
 use crate::scheduler::{ScheduledSeq, SchedulerOutput, SeqId};
 use candle_core::{Device, IndexOp, Tensor};
@@ -53,7 +53,7 @@ impl EagleModel {
     }
 
     /// Up to `k` tokens per request (none where the head's cache is full).
-    pub fn propose(&mut self, reqs: Vec<EagleRequest<'_>>, target: &LlamaModel) -> Result<Vec<Proposal>> {
+    pub fn propose(&mut self, reqs: Vec<EagleRequest<'_>>, target: &dyn CausalLm) -> Result<Vec<Proposal>> {
         let mut reqs: Vec<EagleRequest<'_>> =
             reqs.into_iter().filter(|r| r.draft.k > 0 && r.draft.tokens.len() > self.computed(r.draft.seq_id) + 1).collect();
         reqs.retain(|r| self.blocks.ensure_slots(r.draft.seq_id, r.draft.tokens.len() + r.draft.k));
@@ -107,7 +107,7 @@ impl EagleModel {
 
     /// One head step over `out` (one row of `features` per fed token); the output row of each
     /// sequence's last token.
-    fn run(&mut self, out: &SchedulerOutput, features: &Tensor, target: &LlamaModel) -> Result<Tensor> {
+    fn run(&mut self, out: &SchedulerOutput, features: &Tensor, target: &dyn CausalLm) -> Result<Tensor> {
         let (tokens, positions, _, meta) = prepare_step(out, self.kv.block_size);
         let dev = target.device();
         let n = tokens.len();

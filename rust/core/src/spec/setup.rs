@@ -11,7 +11,6 @@ use crate::attention::PagedKvCache;
 use crate::engine::{EngineArgs, EngineSizes};
 use crate::error::{EngineError, Result};
 use crate::loader::{self, QuantMode};
-use crate::model::LlamaModel;
 use crate::runner::ModelRunner;
 use crate::tokenizer::Tokenizer;
 use candle_core::{DType, Device};
@@ -70,7 +69,7 @@ fn load_draft(path: &str, device: &Device, dtype: DType, quant: QuantMode, targe
         ));
     }
     let cfg = &loaded.config;
-    let model = LlamaModel::load(cfg, &loaded.weights, device, dtype)?;
+    let model = crate::model::registry::build(cfg, &loaded.weights, device, dtype)?;
     let kv = PagedKvCache::new(cfg.num_hidden_layers, sizes.num_kv_blocks, sizes.kv_block_size, cfg.num_key_value_heads, cfg.head_dim, dtype, device)?;
     Ok(DraftModel::new(ModelRunner::new(model, kv), sizes.num_kv_blocks, sizes.kv_block_size))
 }

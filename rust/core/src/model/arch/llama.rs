@@ -1,0 +1,27 @@
+//! Llama 2/3/3.1 and Mistral: the base every other architecture starts from.
+
+use super::{gguf_base, hf_base, single_rope, uniform_window};
+use crate::error::Result;
+use crate::model::config::{HfConfig, ModelConfig};
+use crate::model::gguf_meta::GgufMeta;
+use crate::model::registry::Architecture;
+use crate::model::rope::RopeStyle;
+
+pub fn from_hf(c: &HfConfig<'_>, arch: Architecture) -> Result<ModelConfig> {
+    let mut cfg = hf_base(c, arch, false)?;
+    single_rope(c, &mut cfg, 10_000.0)?;
+    // Llama's attention_bias puts a bias on o_proj too.
+    let bias = c.bool("attention_bias")?.unwrap_or(false);
+    cfg.attention_bias = bias;
+    cfg.o_proj_bias = bias;
+    c.refuse_unless("mlp_bias", &false.into())?;
+    if arch == Architecture::Mistral {
+        uniform_window(&mut cfg, c.usize("sliding_window")?);
+    }
+    Ok(cfg)
+}
+
+pub fn from_gguf(m: &GgufMeta<'_>, arch: Architecture) -> Result<ModelConfig> {
+    // llama.cpp's converter permutes Q/K rows of llama-arch models so that rope rotates adjacent pairs.
+    gguf_base(m, arch, RopeStyle::Interleaved)
+}

@@ -1,0 +1,209 @@
+//! The dense decoder every registered architecture runs (Llama, Mistral, Qwen2/3, Gemma 2/3, Phi-3,
+//! OLMo 2) over a paged KV cache: what differs between them is plain data in [`ModelConfig`] (norm
+//! placement, q/k norms, activation, rope per layer, attention kind per layer, soft-capping).
+//!
+//! The forward pass takes a flat list of tokens from any number of sequences (prefill chunks and
+//! decode tokens mixed), their positions, and the attention metadata; it returns logits only for the
+//! rows the engine samples from, so a long prefill never materializes `[tokens, vocab]`.
+//!
+//! A residual add is deferred into the next norm wherever one follows (one fused add + RMSNorm kernel
+//! on CUDA): with Llama's pre-norms a layer runs 9 launches (RMSNorm fused with the previous residual
+//! add, the q/k/v matmul, rope with the KV-cache write, attention, o_proj, add + RMSNorm, gate/up,
+//! activation * up, down). The CPU runs the same ops unfused (`fused`'s references).
+
+use super::config::{ModelConfig, NormPlacement};
+use super::fused;
+use super::layers::attention::StackStep;
+use super::layers::{norm, Attention, GatedMlp};
+use super::linear::Linear;
+use super::weights::WeightSource;
+use super::CausalLm;
+use crate::attention::{PagedKvCache, StepAttention};
+use crate::error::Result;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::ops::rms_norm;
+
+pub(crate) struct DecoderLayer {
+    /// Before attention; `None` for OLMo 2 and the first layer of an EAGLE head.
+    input_norm: Option<Tensor>,
+    attn: Attention,
+    /// On the attention output, before the residual add (Gemma, OLMo 2).
+    post_attn_norm: Option<Tensor>,
+    /// Before the MLP (Llama's `post_attention_layernorm`, Gemma's `pre_feedforward_layernorm`).
+    pre_mlp_norm: Option<Tensor>,
+    /// On the MLP output, before the residual add (Gemma, OLMo 2).
+    post_mlp_norm: Option<Tensor>,
+    mlp: GatedMlp,
+}
+
+impl DecoderLayer {
+    /// Layer `li` at `p` (`model.layers.3`); `input_norm: false` for a layer without one (EAGLE's first).
+    pub(crate) fn load(cfg: &ModelConfig, w: &dyn WeightSource, p: &str, li: usize, input_norm: bool) -> Result<Self> {
+        let n = |name: &str| norm::load(cfg, w, &format!("{p}.{name}.weight"));
+        let (input, post_attn, pre_mlp, post_mlp) = match cfg.norms {
+            NormPlacement::Pre => (input_norm, None, Some("post_attention_layernorm"), None),
+            NormPlacement::Sandwich => (input_norm, Some("post_attention_layernorm"), Some("pre_feedforward_layernorm"), Some("post_feedforward_layernorm")),
+            NormPlacement::Post => (false, Some("post_attention_layernorm"), None, Some("post_feedforward_layernorm")),
+        };
+        Ok(DecoderLayer {
+            input_norm: if input { Some(n("input_layernorm")?) } else { None },
+            attn: Attention::load(cfg, w, &format!("{p}.self_attn"), cfg.layers[li])?,
+            post_attn_norm: post_attn.map(n).transpose()?,
+            pre_mlp_norm: pre_mlp.map(n).transpose()?,
+            post_mlp_norm: post_mlp.map(n).transpose()?,
+            mlp: GatedMlp::load(cfg, w, &format!("{p}.mlp"))?,
+        })
+    }
+}
+
+/// `branch + residual` and, when a norm follows, its RMSNorm (fused on CUDA); without a norm the
+/// sum itself is the next input.
+fn add_then_norm(branch: &Tensor, residual: &Tensor, norm: Option<&Tensor>, eps: f32) -> Result<(Tensor, Tensor)> {
+    Ok(match norm {
+        Some(w) => fused::add_rms_norm(branch, residual, w, eps)?,
+        None => {
+            let r = (branch + residual)?;
+            (r.clone(), r)
+        }
+    })
+}
+
+/// Runs `layers` over `residual` (`[num_tokens, hidden]`, the stack's input), layer `i`'s KV going to
+/// cache layer `i`. Returns the residual stream and the last layer's MLP output, not yet added (the
+/// caller fuses that add with its final norm, or adds it).
+pub(crate) fn run_layers(layers: &[DecoderLayer], s: &StackStep<'_>, mut residual: Tensor) -> Result<(Tensor, Option<Tensor>)> {
+    let eps = s.cfg.rms_norm_eps as f32;
+    let mut h = match layers.first().and_then(|l| l.input_norm.as_ref()) {
+        Some(norm) => rms_norm(&residual, norm, eps)?,
+        None => residual.clone(),
+    };
+    let mut mlp_out: Option<Tensor> = None; // the last layer's MLP output, not yet added to `residual`
+    for (li, layer) in layers.iter().enumerate() {
+        if let Some(m) = mlp_out.take() {
+            (residual, h) = add_then_norm(&m, &residual, layer.input_norm.as_ref(), eps)?;
+        }
+        let mut attn = layer.attn.forward(&h, s, li)?; // [num_tokens, hidden]
+        if let Some(w) = &layer.post_attn_norm {
+            attn = rms_norm(&attn, w, eps)?;
+        }
+        (residual, h) = add_then_norm(&attn, &residual, layer.pre_mlp_norm.as_ref(), eps)?;
+        let mut m = layer.mlp.forward(&h)?; // [num_tokens, hidden]
+        if let Some(w) = &layer.post_mlp_norm {
+            m = rms_norm(&m, w, eps)?;
+        }
+        mlp_out = Some(m);
+    }
+    Ok((residual, mlp_out))
+}
+
+/// The rope tables of every rope in `cfg`, `[max_positions, rotary_dim / 2]` each.
+pub(crate) fn rope_tables(cfg: &ModelConfig, device: &Device, dtype: DType) -> Result<Vec<(Tensor, Tensor)>> {
+    cfg.ropes.iter().map(|r| r.tables(cfg.max_position_embeddings, device, dtype)).collect()
+}
+
+/// Per rope: on the CPU, the table rows at `positions` (`[T, 1, rotary_dim / 2]`); on CUDA `None`
+/// (the rope kernel reads the tables itself) unless the rope rotates only part of each head or the
+/// head is wider than the kernel takes, which the reference ops handle.
+pub(crate) fn gather_ropes(cfg: &ModelConfig, ropes: &[(Tensor, Tensor)], positions: &Tensor) -> Result<Vec<Option<(Tensor, Tensor)>>> {
+    ropes
+        .iter()
+        .zip(&cfg.ropes)
+        .map(|((cos, sin), r)| {
+            if positions.device().is_cuda() && fused::rope_kernel_fits(cfg.head_dim, r.rotary_dim) {
+                Ok(None)
+            } else {
+                Ok(Some(fused::gather_rope(cos, sin, positions)?))
+            }
+        })
+        .collect()
+}
+
+pub struct DecoderModel {
+    cfg: ModelConfig,
+    /// `[vocab, hidden]`
+    embed: Tensor,
+    /// `[1]` in the compute dtype: Gemma multiplies embeddings by sqrt(hidden) rounded to it.
+    embed_scale: Option<Tensor>,
+    layers: Vec<DecoderLayer>,
+    norm: Tensor,
+    lm_head: Linear,
+    ropes: Vec<(Tensor, Tensor)>,
+    device: Device,
+    dtype: DType,
+}
+
+impl DecoderModel {
+    pub fn load(cfg: &ModelConfig, w: &dyn WeightSource, device: &Device, dtype: DType) -> Result<Self> {
+        #[cfg(feature = "cuda")]
+        if let Device::Cuda(d) = device {
+            // SAFETY: candle runs every op of a device on its one stream, so the per-buffer CUDA events
+            // cudarc creates for cross-stream ordering are never waited on (it orders streams only in
+            // multi-stream mode); without tracking, an allocation skips creating and destroying them.
+            unsafe { d.disable_event_tracking() };
+        }
+        let layers = (0..cfg.num_hidden_layers).map(|i| DecoderLayer::load(cfg, w, &format!("model.layers.{i}"), i, true)).collect::<Result<Vec<_>>>()?;
+        let embed = w.tensor("model.embed_tokens.weight")?;
+        let lm_head = if cfg.tie_word_embeddings || !w.contains("lm_head.weight") {
+            w.linear("model.embed_tokens", false)?
+        } else {
+            w.linear("lm_head", false)?
+        };
+        let embed_scale = match cfg.embedding_scale {
+            Some(s) => Some(Tensor::new(&[s as f32], device)?.to_dtype(dtype)?),
+            None => None,
+        };
+        Ok(DecoderModel {
+            cfg: cfg.clone(),
+            embed,
+            embed_scale,
+            layers,
+            norm: norm::load(cfg, w, "model.norm.weight")?,
+            lm_head,
+            ropes: rope_tables(cfg, device, dtype)?,
+            device: device.clone(),
+            dtype,
+        })
+    }
+}
+
+impl CausalLm for DecoderModel {
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn logits(&self, h: &Tensor) -> Result<Tensor> {
+        let logits = self.lm_head.forward(h)?.to_dtype(DType::F32)?; // [num_samples, vocab]
+        Ok(match self.cfg.final_logit_softcap {
+            Some(cap) => ((logits / cap)?.tanh()? * cap)?,
+            None => logits,
+        })
+    }
+
+    fn forward_hidden(&self, tokens: &Tensor, positions: &Tensor, kv: &PagedKvCache, step: &StepAttention) -> Result<Tensor> {
+        let eps = self.cfg.rms_norm_eps as f32;
+        let mut residual = self.embed.index_select(tokens, 0)?; // [num_tokens, hidden]
+        if let Some(scale) = &self.embed_scale {
+            residual = residual.broadcast_mul(scale)?;
+        }
+        let gathered = gather_ropes(&self.cfg, &self.ropes, positions)?;
+        let s = StackStep { cfg: &self.cfg, ropes: &self.ropes, gathered: &gathered, positions, kv, step };
+        let (residual, mlp_out) = run_layers(&self.layers, &s, residual)?;
+        // The final norm over every row (row-wise, so the sampled rows are exactly as if selected first).
+        Ok(match mlp_out {
+            Some(m) => fused::add_rms_norm(&m, &residual, &self.norm, eps)?.1,
+            None => rms_norm(&residual, &self.norm, eps)?,
+        })
+    }
+
+    fn embed(&self, tokens: &Tensor) -> Result<Tensor> {
+        Ok(self.embed.index_select(tokens, 0)?)
+    }
+}

@@ -1,0 +1,43 @@
+//! The gated MLP: `down(act(gate(x)) * up(x))`, gate and up stacked into one matmul.
+
+use crate::error::Result;
+use crate::model::config::{Activation, ModelConfig};
+use crate::model::linear::{Linear, StackedLinear};
+use crate::model::weights::WeightSource;
+use candle_core::Tensor;
+
+pub struct GatedMlp {
+    /// gate, up stacked: `[T, hidden] -> [T, 2 * intermediate]` (gate columns first).
+    gate_up: StackedLinear,
+    down: Linear,
+    act: Activation,
+}
+
+impl GatedMlp {
+    /// The MLP at `p` (`model.layers.3.mlp`): `gate_proj` + `up_proj`, or one `gate_up_proj` where the
+    /// checkpoint fuses them (Phi-3).
+    pub fn load(cfg: &ModelConfig, w: &dyn WeightSource, p: &str) -> Result<Self> {
+        let gate_up = if cfg.fused_projections {
+            StackedLinear::new(vec![w.linear(&format!("{p}.gate_up_proj"), false)?])?
+        } else {
+            StackedLinear::new(vec![w.linear(&format!("{p}.gate_proj"), false)?, w.linear(&format!("{p}.up_proj"), false)?])?
+        };
+        Ok(GatedMlp { gate_up, down: w.linear(&format!("{p}.down_proj"), false)?, act: cfg.activation })
+    }
+
+    /// `x: [T, hidden] -> [T, hidden]`
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let act = match self.act {
+            // silu: fused into one kernel (or into the Q4 GEMV's epilogue) on CUDA.
+            Activation::Silu => self.gate_up.forward_silu_mul(x)?,
+            Activation::GeluTanh | Activation::Gelu => {
+                let gu = self.gate_up.forward(x)?; // [T, 2 * intermediate]
+                let f = gu.dim(1)? / 2;
+                let gate = gu.narrow(1, 0, f)?;
+                let gate = if self.act == Activation::Gelu { gate.gelu_erf()? } else { gate.gelu()? };
+                (gate * gu.narrow(1, f, f)?)?
+            }
+        }; // [T, intermediate]
+        Ok(self.down.forward(&act)?)
+    }
+}
