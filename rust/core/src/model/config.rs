@@ -373,6 +373,11 @@ impl<'a> HfConfig<'a> {
         }
     }
 
+    /// Every key read so far (the ones the architecture implements, present or not).
+    pub fn keys_read(&self) -> Vec<String> {
+        self.read.borrow().iter().cloned().collect()
+    }
+
     /// The keys nothing read: a key that is not known to leave the math unchanged is refused, naming it.
     pub fn finish(&self) -> Result<()> {
         let read = self.read.borrow();

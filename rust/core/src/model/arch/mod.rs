@@ -6,6 +6,8 @@ pub mod llama;
 pub mod olmo2;
 pub mod phi3;
 pub mod qwen;
+#[cfg(test)]
+mod tests;
 
 use super::config::{Activation, AttentionKind, HfConfig, LayerConfig, ModelConfig, NormPlacement, QkNormKind};
 use super::gguf_meta::GgufMeta;

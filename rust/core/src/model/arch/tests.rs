@@ -1,0 +1,159 @@
+//! What each architecture reads from an HF config: the keys (listed, so a new key is a visible
+//! decision), the values in both the transformers 4 and 5 forms, and refusals that name the key.
+
+use crate::model::config::{Activation, AttentionKind, HfConfig, ModelConfig, NormPlacement, QkNormKind};
+use crate::model::registry::{self, config_from_hf};
+use crate::model::rope::RopeScaling;
+use serde_json::{json, Value};
+
+fn base(model_type: &str) -> Value {
+    json!({
+        "model_type": model_type, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100, "max_position_embeddings": 256,
+        "rms_norm_eps": 1e-6, "bos_token_id": 1, "torch_dtype": "bfloat16", "transformers_version": "5.25.0"
+    })
+}
+
+fn with(mut v: Value, extra: Value) -> Value {
+    for (k, x) in extra.as_object().unwrap() {
+        v[k] = x.clone();
+    }
+    v
+}
+
+fn parse(v: &Value) -> crate::error::Result<ModelConfig> {
+    config_from_hf(&v.to_string(), "config.json")
+}
+
+/// The keys the architecture's reader looks at (whether present or not).
+fn keys_read(model_type: &str) -> Vec<String> {
+    let v = base(model_type);
+    let c = HfConfig::new(v.as_object().unwrap().clone(), "config.json");
+    let entry = registry::by_hf(Some(model_type), &[], "config.json").unwrap();
+    (entry.from_hf)(&c, entry.arch).unwrap();
+    c.keys_read()
+}
+
+#[test]
+fn the_keys_each_architecture_reads() {
+    let common = "hidden_act hidden_activation hidden_size intermediate_size max_position_embeddings num_attention_heads \
+        num_hidden_layers num_key_value_heads original_max_position_embeddings partial_rotary_factor rms_norm_eps \
+        rope_parameters rope_scaling rope_theta tie_word_embeddings vocab_size head_dim";
+    let expect = |extra: &str| {
+        let mut k: Vec<String> = format!("{common} {extra}").split_whitespace().map(String::from).collect();
+        k.sort();
+        k.dedup();
+        k
+    };
+    assert_eq!(keys_read("llama"), expect("attention_bias mlp_bias"));
+    assert_eq!(keys_read("mistral"), expect("attention_bias mlp_bias sliding_window"));
+    assert_eq!(keys_read("qwen2"), expect("use_mrope use_sliding_window sliding_window max_window_layers layer_types"));
+    assert_eq!(keys_read("qwen3"), expect("attention_bias use_mrope use_sliding_window sliding_window max_window_layers layer_types"));
+    assert_eq!(
+        keys_read("gemma2"),
+        expect("attention_bias query_pre_attn_scalar sliding_window use_bidirectional_attention attn_logit_softcapping final_logit_softcapping layer_types")
+    );
+    assert_eq!(
+        keys_read("gemma3_text"),
+        expect("attention_bias query_pre_attn_scalar sliding_window use_bidirectional_attention attn_logit_softcapping final_logit_softcapping layer_types sliding_window_pattern rope_local_base_freq")
+    );
+    assert_eq!(keys_read("phi3"), expect("attention_bias sliding_window"));
+    assert_eq!(keys_read("olmo2"), expect("attention_bias"));
+}
+
+#[test]
+fn a_key_nothing_reads_is_refused_by_name_and_neutral_keys_pass() {
+    let e = parse(&with(base("llama"), json!({"quantization_config": {"quant_method": "gptq", "bits": 4}}))).unwrap_err().to_string();
+    assert!(e.contains("\"quantization_config\""), "{e}");
+    let e = parse(&with(base("llama"), json!({"mlp_bias": true}))).unwrap_err().to_string();
+    assert!(e.contains("mlp_bias"), "{e}");
+    // Gemma's soft-capping means nothing to Llama: refused rather than ignored.
+    let e = parse(&with(base("llama"), json!({"attn_logit_softcapping": 50.0}))).unwrap_err().to_string();
+    assert!(e.contains("attn_logit_softcapping"), "{e}");
+    let e = parse(&with(base("qwen2"), json!({"use_mrope": true}))).unwrap_err().to_string();
+    assert!(e.contains("use_mrope"), "{e}");
+    // Off values and bookkeeping keys are fine.
+    parse(&with(base("llama"), json!({"mlp_bias": false, "use_cache": true, "pretraining_tp": 1, "_name_or_path": "x"}))).unwrap();
+}
+
+#[test]
+fn rope_theta_from_rope_parameters_or_the_classic_key() {
+    // transformers 5 writes the base only under rope_parameters (the Qwen2 case that used to run at 10000).
+    let v5 = parse(&with(base("qwen2"), json!({"rope_parameters": {"rope_theta": 1000000.0, "rope_type": "default"}}))).unwrap();
+    assert_eq!(v5.ropes[0].theta, 1_000_000.0);
+    let v4 = parse(&with(base("qwen2"), json!({"rope_theta": 1000000.0, "rope_scaling": null}))).unwrap();
+    assert_eq!(v4.ropes, v5.ropes);
+    let e = parse(&with(base("qwen2"), json!({"rope_theta": 10000.0, "rope_parameters": {"rope_theta": 1000000.0}}))).unwrap_err().to_string();
+    assert!(e.contains("disagrees"), "{e}");
+    let e = parse(&with(base("llama"), json!({"rope_parameters": {"rope_type": "su2", "rope_theta": 1e4}}))).unwrap_err().to_string();
+    assert!(e.contains("rope_type \"su2\""), "{e}");
+}
+
+#[test]
+fn yarn_longrope_and_partial_rotary_are_read() {
+    let y = parse(&with(base("llama"), json!({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}, "rope_theta": 10000.0}))).unwrap();
+    match &y.ropes[0].scaling {
+        RopeScaling::Yarn { factor, attention_factor, .. } => {
+            assert_eq!(*factor, 4.0);
+            assert!((attention_factor - (0.1 * 4f64.ln() + 1.0)).abs() < 1e-12);
+        }
+        other => panic!("{other:?}"),
+    }
+    let long = json!({"rope_scaling": {"type": "longrope", "short_factor": vec![1.0; 8], "long_factor": vec![2.0; 8]},
+        "original_max_position_embeddings": 64, "partial_rotary_factor": 0.5, "head_dim": 32});
+    let p = parse(&with(base("phi3"), long)).unwrap();
+    assert_eq!(p.ropes[0].rotary_dim, 16);
+    assert!(matches!(&p.ropes[0].scaling, RopeScaling::LongRope { original_max_position_embeddings: 64, .. }));
+    // 8 factors for 8 rotated pairs; a wrong count is refused.
+    let bad = json!({"rope_scaling": {"type": "longrope", "short_factor": vec![1.0; 4], "long_factor": vec![2.0; 8]}, "original_max_position_embeddings": 64, "partial_rotary_factor": 0.5, "head_dim": 32});
+    assert!(parse(&with(base("phi3"), bad)).unwrap_err().to_string().contains("short_factor"));
+}
+
+#[test]
+fn gemma_layers_norms_and_caps() {
+    let g2 = parse(&with(base("gemma2"), json!({"head_dim": 256, "query_pre_attn_scalar": 64, "sliding_window": 16}))).unwrap();
+    assert_eq!(g2.norms, NormPlacement::Sandwich);
+    assert!(g2.norm_plus_one && g2.tie_word_embeddings);
+    assert_eq!(g2.activation, Activation::GeluTanh);
+    assert_eq!((g2.attn_logit_softcap, g2.final_logit_softcap), (Some(50.0), Some(30.0)), "transformers' defaults");
+    assert_eq!(g2.attention_scale, 1.0 / 8.0);
+    let kinds: Vec<AttentionKind> = g2.layers.iter().map(|l| l.attention).collect();
+    assert_eq!(kinds, [AttentionKind::Sliding(16), AttentionKind::Full, AttentionKind::Sliding(16), AttentionKind::Full]);
+    assert_eq!(g2.uniform_sliding_window(), None);
+    let g3 = parse(&with(
+        base("gemma3_text"),
+        json!({"layer_types": ["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"], "sliding_window": 8,
+               "rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+                                   "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}}),
+    ))
+    .unwrap();
+    assert_eq!(g3.qk_norm, QkNormKind::PerHead);
+    assert_eq!(g3.ropes[0].scaling, RopeScaling::Linear { factor: 8.0 });
+    assert_eq!((g3.ropes[0].theta, g3.ropes[1].theta), (1e6, 1e4));
+    assert_eq!(g3.layers.iter().map(|l| l.rope).collect::<Vec<_>>(), [1, 1, 1, 0]);
+    let g3_v4 = parse(&with(
+        base("gemma3_text"),
+        json!({"sliding_window_pattern": 4, "sliding_window": 8, "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0,
+               "rope_scaling": {"rope_type": "linear", "factor": 8.0}}),
+    ))
+    .unwrap();
+    assert_eq!(g3_v4.ropes, g3.ropes);
+    assert_eq!(g3_v4.layers, g3.layers);
+}
+
+#[test]
+fn sliding_windows_of_mistral_qwen2_phi3() {
+    let m = parse(&with(base("mistral"), json!({"sliding_window": 32}))).unwrap();
+    assert_eq!(m.uniform_sliding_window(), Some(32));
+    // Qwen2 ignores sliding_window unless use_sliding_window, then slides from max_window_layers on.
+    let q = parse(&with(base("qwen2"), json!({"sliding_window": 32, "max_window_layers": 2}))).unwrap();
+    assert_eq!(q.uniform_sliding_window(), None);
+    assert!(q.layers.iter().all(|l| l.attention == AttentionKind::Full));
+    let q = parse(&with(base("qwen2"), json!({"sliding_window": 32, "max_window_layers": 2, "use_sliding_window": true}))).unwrap();
+    assert_eq!(q.layers.iter().map(|l| l.attention.window()).collect::<Vec<_>>(), [None, None, Some(32), Some(32)]);
+    let p = parse(&with(base("phi3"), json!({"sliding_window": 47}))).unwrap();
+    assert_eq!(p.uniform_sliding_window(), Some(47));
+    assert!(p.fused_projections);
+    let o = parse(&base("olmo2")).unwrap();
+    assert_eq!((o.norms, o.qk_norm), (NormPlacement::Post, QkNormKind::Whole));
+}
