@@ -36,7 +36,7 @@ pub fn load(path: &Path, device: &Device, dtype: DType, quant: QuantMode) -> Res
         let t = content.tensor(&mut own, name, &Device::Cpu).ok()?;
         t.dequantize(&Device::Cpu).ok()?.flatten_all().ok()?.to_dtype(DType::F32).ok()?.to_vec1::<f32>().ok()
     };
-    let meta = GgufMeta { md: &content.metadata, path: &shown, has_output_weight: has_output, read_f32: &read_f32 };
+    let meta = GgufMeta { md: &content.metadata, path: &shown, has_output_weight: has_output, read_f32: &read_f32, read: Default::default() };
     let config = crate::model::registry::config_from_gguf(&meta)?;
     let tokenizer = Tokenizer::from_gguf(&content, path)?;
     // llama.cpp names a branch-output norm `post_attention_norm` and the MLP's input norm `ffn_norm`;

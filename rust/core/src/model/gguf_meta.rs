@@ -3,7 +3,11 @@
 
 use crate::error::{EngineError, Result};
 use candle_core::quantized::gguf_file::Value;
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
+
+/// `<arch>.` keys that never change the math (sizes the engine does not use, provenance).
+const NEUTRAL: &[&str] = &["rope.scaling.finetuned", "tensor_data_layout", "pooling_type", "expert_shared_count", "rope.scaling.yarn_log_multiplier"];
 
 pub struct GgufMeta<'a> {
     pub md: &'a HashMap<String, Value>,
@@ -13,6 +17,8 @@ pub struct GgufMeta<'a> {
     pub has_output_weight: bool,
     /// Reads a small tensor by its GGUF name as f32 values (`None`: not in the file).
     pub read_f32: &'a dyn Fn(&str) -> Option<Vec<f32>>,
+    /// `<arch>.` keys looked at so far.
+    pub read: RefCell<BTreeSet<String>>,
 }
 
 impl GgufMeta<'_> {
@@ -29,7 +35,29 @@ impl GgufMeta<'_> {
     }
 
     fn value(&self, k: &str) -> Option<&Value> {
+        self.read.borrow_mut().insert(k.to_string());
         self.md.get(&format!("{}.{k}", self.arch()))
+    }
+
+    /// Refuses any `<arch>.` key nothing read (a mixture of experts in a `llama` file, a norm or rope
+    /// option we do not implement), naming it; zero and false values mean "off" and pass.
+    pub fn finish(&self) -> Result<()> {
+        let prefix = format!("{}.", self.arch());
+        let read = self.read.borrow();
+        let mut unknown: Vec<&String> = self
+            .md
+            .iter()
+            .filter(|(k, v)| {
+                k.strip_prefix(&prefix).is_some_and(|rest| !read.contains(rest) && !NEUTRAL.contains(&rest))
+                    && !matches!(v, Value::Bool(false) | Value::U32(0) | Value::U64(0) | Value::I32(0) | Value::I64(0))
+            })
+            .map(|(k, _)| k)
+            .collect();
+        unknown.sort();
+        match unknown.first() {
+            None => Ok(()),
+            Some(k) => Err(self.err(format!("GGUF key {k:?} is not supported by this engine's {} implementation (it may change the model's math)", self.arch()))),
+        }
     }
 
     pub fn usize(&self, k: &str) -> Result<Option<usize>> {
@@ -75,5 +103,64 @@ impl GgufMeta<'_> {
             Some(Value::Array(t)) => Ok(t.len()),
             _ => Err(self.err("GGUF has neither vocab_size nor tokenizer.ggml.tokens")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::AttentionKind;
+    use crate::model::registry::config_from_gguf;
+    use crate::model::rope::RopeScaling;
+
+    fn md(arch: &str, extra: &[(&str, Value)]) -> HashMap<String, Value> {
+        let mut m: HashMap<String, Value> = [
+            ("block_count", Value::U32(2)),
+            ("embedding_length", Value::U32(64)),
+            ("feed_forward_length", Value::U32(128)),
+            ("attention.head_count", Value::U32(4)),
+            ("attention.head_count_kv", Value::U32(2)),
+            ("vocab_size", Value::U32(100)),
+            ("context_length", Value::U32(256)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (format!("{arch}.{k}"), v))
+        .collect();
+        m.insert("general.architecture".into(), Value::String(arch.into()));
+        for (k, v) in extra {
+            m.insert(format!("{arch}.{k}"), v.clone());
+        }
+        m
+    }
+
+    fn parse(md: &HashMap<String, Value>, tensors: &dyn Fn(&str) -> Option<Vec<f32>>) -> Result<crate::model::ModelConfig> {
+        config_from_gguf(&GgufMeta { md, path: "m.gguf", has_output_weight: true, read_f32: tensors, read: Default::default() })
+    }
+
+    #[test]
+    fn unread_keys_are_refused_and_off_values_pass() {
+        let none = |_: &str| None;
+        parse(&md("llama", &[("expert_count", Value::U32(0))]), &none).unwrap();
+        let e = parse(&md("llama", &[("expert_count", Value::U32(8))]), &none).unwrap_err().to_string();
+        assert!(e.contains("llama.expert_count"), "{e}");
+        let e = parse(&md("llama", &[("rope.scaling.type", Value::String("su".into()))]), &none).unwrap_err().to_string();
+        assert!(e.contains("rope.scaling.type"), "{e}");
+    }
+
+    #[test]
+    fn gemma2_layers_and_llama31_rope_freqs() {
+        let none = |_: &str| None;
+        let g = parse(
+            &md("gemma2", &[("attention.sliding_window", Value::U32(16)), ("attn_logit_softcapping", Value::F32(50.0)), ("final_logit_softcapping", Value::F32(30.0))]),
+            &none,
+        )
+        .unwrap();
+        assert_eq!(g.layers[0].attention, AttentionKind::Sliding(16));
+        assert_eq!(g.layers[1].attention, AttentionKind::Full);
+        assert!(!g.norm_plus_one, "llama.cpp stores Gemma's norms with the 1 added");
+        assert_eq!((g.attn_logit_softcap, g.final_logit_softcap), (Some(50.0), Some(30.0)));
+        let freqs = |n: &str| (n == "rope_freqs.weight").then(|| vec![1.0f32, 2.0, 4.0, 8.0, 1.0, 1.0, 1.0, 1.0]);
+        let l = parse(&md("llama", &[]), &freqs).unwrap();
+        assert!(matches!(&l.ropes[0].scaling, RopeScaling::LongRope { short, .. } if short[3] == 8.0));
     }
 }

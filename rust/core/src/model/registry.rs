@@ -207,6 +207,7 @@ pub fn eagle_config_from_hf(text: &str, path: &str) -> Result<ModelConfig> {
 pub fn config_from_gguf(meta: &GgufMeta<'_>) -> Result<ModelConfig> {
     let entry = by_gguf(meta.arch(), meta.path)?;
     let cfg = (entry.from_gguf)(meta, entry.arch)?;
+    meta.finish()?;
     cfg.validate(meta.path)?;
     Ok(cfg)
 }

@@ -103,7 +103,15 @@ pub(crate) fn gguf_base(m: &GgufMeta<'_>, arch: Architecture, style: RopeStyle) 
     let layers = m.need_usize("block_count")?;
     let max_pos = m.usize("context_length")?.unwrap_or(4096);
     let rotary_dim = m.usize("rope.dimension_count")?.unwrap_or(head_dim);
-    let scaling = gguf_rope_scaling(m, max_pos)?;
+    let mut scaling = gguf_rope_scaling(m, max_pos)?;
+    // Llama 3.1 GGUFs carry their rope scaling precomputed: per-dimension divisors of the frequencies.
+    if let Some(divisors) = (m.read_f32)("rope_freqs.weight") {
+        if scaling != RopeScaling::None {
+            return Err(m.err("rope_freqs.weight beside rope.scaling.type: not supported"));
+        }
+        let d: Vec<f64> = divisors.into_iter().map(f64::from).collect();
+        scaling = RopeScaling::LongRope { short: d.clone(), long: d, original_max_position_embeddings: max_pos, attention_factor: 1.0 };
+    }
     Ok(ModelConfig {
         architecture: arch,
         hidden_size: hidden,
