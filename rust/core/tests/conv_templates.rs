@@ -95,6 +95,19 @@ const EXPECTED: &[(&str, &str, &[u32])] = &[
     ("hermes2_pro_llama3", IM_EXPECTED, &[]),
     // hermes.py
     ("hermes3_llama-3_1", IM_EXPECTED, &[]),
+    // olmo.py: bare system message, "\n" after every message.
+    (
+        "olmo",
+        "Be brief.<|user|>\nHi.\n<|assistant|>\nHello!\n<|user|>\nSky color?\n<|assistant|>\n",
+        &[50279],
+    ),
+    // olmo2.py: "<|endoftext|>\n" after every message, user and assistant alike.
+    (
+        "olmo2",
+        "<|system|>\nBe brief.\n<|user|>\nHi.<|endoftext|>\n<|assistant|>\nHello!<|endoftext|>\n\
+         <|user|>\nSky color?<|endoftext|>\n<|assistant|>\n",
+        &[100257],
+    ),
     // deepseek.py: two seps ("" after user, end-of-sentence after assistant), empty role separators.
     ("deepseek_r1_qwen", DEEPSEEK_R1_EXPECTED, &[]),
     // deepseek.py
@@ -156,6 +169,75 @@ fn builtin_stop_criteria_are_mlc_values() {
     );
     assert_eq!(builtin("phi-3").stop_token_ids(), [2, 32000, 32001, 32007]);
     assert_eq!(builtin("gemma3_instruction").stop_token_ids(), [1, 106]);
+    // gemma.py, olmo.py, olmo2.py
+    assert_eq!(builtin("gemma_instruction").stop_token_ids(), [1, 107]);
+    assert_eq!(builtin("gemma_instruction").stop_strs(), ["<end_of_turn>"]);
+    assert_eq!(builtin("gemma3_instruction").stop_strs(), ["<end_of_turn>"]);
+    assert_eq!(builtin("phi-3").stop_strs(), ["<|endoftext|>"]);
+    assert_eq!(builtin("olmo").stop_token_ids(), [50279]);
+    assert!(builtin("olmo").stop_strs().is_empty());
+    assert_eq!(builtin("olmo2").stop_token_ids(), [100257]);
+    assert_eq!(builtin("olmo2").stop_strs(), ["<|endoftext|>"]);
+}
+
+/// The templates of the Gemma, Phi-3 and OLMo families without a system message, with and without the
+/// generation prompt. Each expected string is `Conversation.as_prompt` worked by hand from the file named:
+/// the system prompt is `system_template` with the default `system_message` (printed only when the result
+/// is non-empty), then `roles[role] + role_content_sep + content + sep` per message, then
+/// `roles["assistant"] + role_empty_sep` for the generation prompt.
+#[test]
+fn model_family_templates_without_system_message() {
+    let turns = json!([
+        {"role": "user", "content": "Hi."},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Sky color?"}
+    ]);
+    let gemma_turns = "<start_of_turn>user\nHi.<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n\
+                       <start_of_turn>user\nSky color?<end_of_turn>\n";
+    let phi3_turns = "<|system|>\nYou are a helpful digital assistant. Please provide safe, ethical and \
+                      accurate information to the user.<|user|>\nHi.<|end|>\n<|assistant|>\nHello!<|end|>\n\
+                      <|user|>\nSky color?<|end|>\n";
+    let olmo2_turns = "<|system|>\n\n<|user|>\nHi.<|endoftext|>\n<|assistant|>\nHello!<|endoftext|>\n\
+                       <|user|>\nSky color?<|endoftext|>\n";
+    let olmo_turns = "<|user|>\nHi.\n<|assistant|>\nHello!\n<|user|>\nSky color?\n";
+    let cases: &[(&str, &str, &str, &[u32])] = &[
+        // gemma.py: system_message "" and system_template "{system_message}": no system text at all.
+        ("gemma_instruction", gemma_turns, "<start_of_turn>model\n", &[2]),
+        ("gemma3_instruction", gemma_turns, "<start_of_turn>model\n", &[2]),
+        // phi.py: the default system message, with no separator after it.
+        ("phi-3", phi3_turns, "<|assistant|>\n", &[1]),
+        // olmo2.py: the system block is printed even when the message is empty.
+        ("olmo2", olmo2_turns, "<|assistant|>\n", &[100257]),
+        // olmo.py
+        ("olmo", olmo_turns, "<|assistant|>\n", &[50279]),
+    ];
+    for (name, history, generation, prefix) in cases {
+        let template = builtin(name);
+        let with = template.render(&turns, true).unwrap();
+        assert_eq!(with.text, format!("{history}{generation}"), "{name}");
+        assert_eq!(with.prefix_token_ids, *prefix, "{name}");
+        let without = template.render(&turns, false).unwrap();
+        assert_eq!(without.text, *history, "{name} without generation prompt");
+    }
+}
+
+/// MLC has no system role to refuse or fold for Gemma: the system message replaces the empty
+/// `system_message`, and `system_template` "{system_message}" puts it, bare, before the first turn.
+#[test]
+fn gemma_system_message_is_prepended_as_mlc_does() {
+    let messages = json!([
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi."}
+    ]);
+    for name in ["gemma_instruction", "gemma3_instruction"] {
+        let rendered = render(&builtin(name), messages.clone());
+        assert_eq!(
+            rendered.text,
+            "Be brief.<start_of_turn>user\nHi.<end_of_turn>\n<start_of_turn>model\n",
+            "{name}"
+        );
+        assert_eq!(rendered.prefix_token_ids, [2], "{name}");
+    }
 }
 
 /// `conv_template` of a published Llama-3 MLC model's `mlc-chat-config.json`, as MLC writes it.

@@ -247,6 +247,31 @@ pub(crate) const BUILTINS: &[BuiltinSpec] = &[
         stop_token_ids: &[2],
         ..BASE
     },
+    // olmo.py: OLMo (1) Instruct; EOS (50279) is both the prefix and the stop id.
+    BuiltinSpec {
+        name: "olmo",
+        system_prefix_token_ids: Some(&[50279]),
+        roles: &[("user", "<|user|>"), ("assistant", "<|assistant|>")],
+        seps: &["\n"],
+        role_content_sep: "\n",
+        role_empty_sep: "\n",
+        stop_token_ids: &[50279],
+        ..BASE
+    },
+    // olmo2.py: OLMo 2 Instruct (Tulu format). Unlike the model's own Jinja template, MLC ends every
+    // message with `<|endoftext|>\n` and always prints the system block, empty or not.
+    BuiltinSpec {
+        name: "olmo2",
+        system_template: "<|system|>\n{system_message}\n",
+        roles: &[("user", "<|user|>"), ("assistant", "<|assistant|>")],
+        seps: &["<|endoftext|>\n"],
+        role_content_sep: "\n",
+        role_empty_sep: "\n",
+        stop_str: &["<|endoftext|>"],
+        stop_token_ids: &[100257],
+        system_prefix_token_ids: Some(&[100257]),
+        ..BASE
+    },
     HERMES2_PRO_LLAMA3,
     // hermes.py
     BuiltinSpec {
