@@ -116,6 +116,25 @@ def test_user_prompt_is_the_gemma2_rendering(engine: MLCEngine) -> None:
     )
 
 
+def test_async_engine_raises_the_same_error(gemma2_model: Path) -> None:
+    import asyncio
+
+    from mlc_llm import AsyncMLCEngine
+
+    async def run(eng: Any) -> None:
+        with pytest.raises(BadRequestError, match=SYSTEM_ERROR) as info:
+            await eng.chat.completions.create(messages=WITH_SYSTEM, max_tokens=3, stream=True)
+        assert info.value.field == "messages"
+        out = await eng.chat.completions.create(messages=USER_ONLY, max_tokens=3)
+        assert out.usage.completion_tokens >= 1
+
+    eng = AsyncMLCEngine(str(gemma2_model), device="cpu", verbose=False)
+    try:
+        asyncio.run(run(eng))
+    finally:
+        eng.terminate()
+
+
 @pytest.fixture(scope="module")
 def server(gemma2_model: Path) -> Iterator[ServerProcess]:
     proc = ServerProcess(str(gemma2_model), "--no-access-log")
