@@ -15,7 +15,10 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 QUANTIZATIONS = ["q0f16", "q0bf16", "q0f32", "q4f16_1", "q4bf16_1", "q4f32_1"]
-MODEL_TYPES = ["auto", "llama", "mistral", "qwen2", "qwen3", "eagle"]
+# MLC's model types we convert (olmo2: ours; MLC LLM has no OLMo 2 model).
+MODEL_TYPES = ["auto", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "gemma3_text", "phi3", "olmo2", "eagle"]
+# MLC model types that read a checkpoint of another config.json model_type.
+MODEL_TYPE_ALIASES = {"gemma3": ["gemma3_text"]}
 EXIT_OK = 0
 EXIT_ERROR = 1
 
@@ -51,7 +54,7 @@ def check_model_type(source: Path, model_type: str) -> None:
     if model_type in ("auto", "eagle"):
         return
     found = json.loads((source / "config.json").read_text()).get("model_type")
-    if found != model_type:
+    if found != model_type and found not in MODEL_TYPE_ALIASES.get(model_type, []):
         raise ValueError(f"--model-type {model_type} but {source / 'config.json'} says model_type {found!r}")
 
 

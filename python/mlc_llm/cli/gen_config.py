@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from mlc_llm.cli import mlc_arch
 from mlc_llm.cli.convert_weight import MODEL_TYPES, QUANTIZATIONS, check_model_type, model_dir
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,8 @@ def register(subparsers: Any) -> None:
 def _model_config(hf: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
     """The `model_config` object MLC's config class for this architecture dumps."""
     model_type = hf["model_type"]
+    if model_type in mlc_arch.BUILDERS:
+        return mlc_arch.BUILDERS[model_type](hf, args)
     heads = hf["num_attention_heads"]
     window = args.context_window_size or hf.get("max_position_embeddings") or hf.get("max_sequence_length") or 4096
     chunk = args.prefill_chunk_size or min(window, 8192)
@@ -68,7 +71,7 @@ def _model_config(hf: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any
         "vocab_size": hf["vocab_size"],
         "tie_word_embeddings": bool(hf.get("tie_word_embeddings", False)),
     }
-    rope_theta = hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta") or 10000.0
+    rope_theta = mlc_arch.rope_theta(hf) or 10000.0
     sizes = {
         "context_window_size": window,
         "prefill_chunk_size": chunk,
@@ -144,18 +147,20 @@ def build_chat_config(source: Path, args: argparse.Namespace) -> Dict[str, Any]:
     model_config = _model_config({**hf, "model_type": "llama"} if eagle else hf, args)
     if eagle:  # MLC's EagleConfig: a Llama config and whether fc has a bias
         model_config["bias"] = bool(hf.get("bias", True))
+    # MLC names the directory's model type after its model class (`--model-type`, else config.json's).
+    model_type = hf["model_type"] if args.model_type == "auto" else args.model_type
     config: Dict[str, Any] = {
         "version": CHAT_CONFIG_VERSION,
-        "model_type": "eagle" if eagle else hf["model_type"],
+        "model_type": model_type,
         "quantization": args.quantization,
         "model_config": model_config,
-        "vocab_size": hf["vocab_size"],
-        "context_window_size": model_config["context_window_size"],
+        "vocab_size": model_config.get("vocab_size", hf.get("vocab_size")),
+        "context_window_size": model_config.get("context_window_size", -1),
         "sliding_window_size": model_config.get("sliding_window_size", -1),
         "prefill_chunk_size": model_config["prefill_chunk_size"],
         "attention_sink_size": model_config.get("attention_sink_size", -1),
         "tensor_parallel_shards": model_config["tensor_parallel_shards"],
-        "pipeline_parallel_stages": model_config["pipeline_parallel_stages"],
+        "pipeline_parallel_stages": model_config.get("pipeline_parallel_stages", 1),
         "active_vocab_size": _active_vocab_size(source / "tokenizer.json", hf["vocab_size"]),
         "temperature": None,
         "presence_penalty": None,

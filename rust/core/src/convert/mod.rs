@@ -2,7 +2,7 @@
 //! fused layouts and quantizations MLC's converter produces), so MLC's runtime and ours load the result.
 //! EAGLE heads (`fc.weight` beside `layers.0.*`) are written as MLC's eagle model.
 
-mod plan;
+pub(crate) mod plan;
 
 use crate::error::{EngineError, Result};
 use crate::loader::tensor_cache::CacheWriter;
@@ -55,13 +55,13 @@ pub fn convert_weight(
     let params = if eagle {
         plan::eagle_params(&config, |name| weights.contains(name))
     } else {
+        plan::check_representable(&config)?;
         plan::mlc_params(&config, |name| weights.contains(name))
     };
     let mut writer = CacheWriter::new(output)?;
     let mut source_params = 0u64;
     for (i, p) in params.iter().enumerate() {
-        let parts = p.hf_parts.iter().map(|n| weights.tensor(n)).collect::<Result<Vec<_>>>()?;
-        let t = if parts.len() == 1 { parts[0].clone() } else { Tensor::cat(&parts, 0)? };
+        let t = assemble(p, |name| weights.tensor(name), &dir.display().to_string())?;
         source_params += t.elem_count() as u64;
         write_param(&mut writer, p, &t, quant)?;
         progress(i + 1, params.len(), &p.name)?;
@@ -76,6 +76,24 @@ pub fn convert_weight(
         bits_per_param: cache.metadata.bits_per_param,
         num_shards: cache.records.len(),
     })
+}
+
+/// The f32 value of `p`: its HF parts concatenated along the rows (each checked against the rows the
+/// plan gives it), plus one where MLC stores `1 + w`.
+fn assemble(p: &MlcParam, tensor: impl Fn(&str) -> Result<Tensor>, shown: &str) -> Result<Tensor> {
+    let mut parts = Vec::with_capacity(p.hf_parts.len());
+    for h in &p.hf_parts {
+        let t = tensor(&h.name)?.to_dtype(DType::F32)?;
+        if let Some((_, rows)) = h.rows {
+            if t.dim(0)? != rows {
+                let msg = format!("{} has {} rows, the config gives it {rows} (as part of {})", h.name, t.dim(0)?, p.name);
+                return Err(EngineError::model_load(shown, msg));
+            }
+        }
+        parts.push(t);
+    }
+    let t = if parts.len() == 1 { parts.remove(0) } else { Tensor::cat(&parts, 0)? };
+    Ok(if p.plus_one { (t + 1.0)? } else { t })
 }
 
 fn write_param(writer: &mut CacheWriter, p: &MlcParam, t: &Tensor, quant: Quantization) -> Result<()> {

@@ -1,11 +1,15 @@
-//! MLC model directories: parameters from the tensor cache, served under HF names. MLC fuses q/k/v
-//! (`qkv_proj`, or `c_attn` for Qwen) and gate/up (`gate_up_proj`) into one matrix each; the model asks for
-//! the HF parts, so the fused rows are split here (and stacked back by the model where that pays off).
+//! MLC model directories: parameters from the tensor cache, served under HF names. Which MLC parameter
+//! holds an HF tensor, and which of its rows, is the converter's table ([`crate::convert::plan`]): MLC fuses
+//! q/k/v (`qkv_proj`, `c_attn` for Qwen) and gate/up (`gate_up_proj`) into one matrix each and names some
+//! modules its own way (Phi-3's `transformer.h.N.mixer`, Gemma 3's `language_model.` prefix); the model asks
+//! for the HF parts, so the fused rows are split here (and stacked back by the model where that pays off).
+//! Gemma's norms are stored as `1 + w` (the config then says so, see [`super::mlc_config`]).
 //! 4-bit weights with f16 scales stay quantized as GGML Q4_0 blocks (exact, see [`crate::quant::group4`]);
 //! other scale types are dequantized at load.
 
 use super::mlc_config::{MlcChatConfig, Quantization};
 use super::tensor_cache::{self, RawParam};
+use crate::convert::plan::{self, Location};
 use crate::error::{EngineError, Result};
 use crate::model::config::ModelConfig;
 use crate::model::linear::{Linear, Weight};
@@ -19,11 +23,8 @@ use std::sync::Arc;
 pub struct MlcWeights {
     params: HashMap<String, RawParam>,
     quant: Quantization,
-    /// The fused attention projection's name: `qkv_proj` (Llama, Mistral) or `c_attn` (Qwen2/3).
-    attn_fused: &'static str,
-    q_rows: usize,
-    kv_rows: usize,
-    ffn_rows: usize,
+    /// HF name -> the MLC parameter (and rows) holding it; names not listed are stored under their own.
+    locations: HashMap<String, Location>,
     device: Device,
     dtype: DType,
     dir: PathBuf,
@@ -41,14 +42,11 @@ pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<(ModelConfig, M
     let quant = chat.quantization(&shown)?;
     let config = chat.model_config(&shown)?;
     let params = tensor_cache::read_params(dir)?;
-    let attn_fused = if params.keys().any(|k| k.contains(".self_attn.c_attn.")) { "c_attn" } else { "qkv_proj" };
+    let layout = if chat.model_type == "eagle" { plan::eagle_params(&config, |_| true) } else { plan::mlc_params(&config, |_| true) };
     let weights = MlcWeights {
         params,
         quant,
-        attn_fused,
-        q_rows: config.num_attention_heads * config.head_dim,
-        kv_rows: config.num_key_value_heads * config.head_dim,
-        ffn_rows: config.intermediate_size,
+        locations: plan::locations(&layout),
         device: device.clone(),
         dtype,
         dir: dir.to_path_buf(),
@@ -61,21 +59,12 @@ impl MlcWeights {
         EngineError::model_load(self.dir.display().to_string(), message)
     }
 
-    /// `model.layers.3.self_attn.k_proj` -> rows of `model.layers.3.self_attn.qkv_proj`.
-    fn source(&self, hf_prefix: &str) -> Source {
-        let Some((layer, module)) = hf_prefix.split_once(".self_attn.").or_else(|| hf_prefix.split_once(".mlp.")) else {
-            return Source { base: hf_prefix.to_string(), rows: None };
-        };
-        let (q, kv, ffn) = (self.q_rows, self.kv_rows, self.ffn_rows);
-        let (fused, rows) = match module {
-            "q_proj" => (format!("{layer}.self_attn.{}", self.attn_fused), (0, q)),
-            "k_proj" => (format!("{layer}.self_attn.{}", self.attn_fused), (q, kv)),
-            "v_proj" => (format!("{layer}.self_attn.{}", self.attn_fused), (q + kv, kv)),
-            "gate_proj" => (format!("{layer}.mlp.gate_up_proj"), (0, ffn)),
-            "up_proj" => (format!("{layer}.mlp.gate_up_proj"), (ffn, ffn)),
-            _ => return Source { base: hf_prefix.to_string(), rows: None },
-        };
-        Source { base: fused, rows: Some(rows) }
+    /// `model.layers.3.self_attn.k_proj` (+ `weight`) -> rows of `model.layers.3.self_attn.qkv_proj`.
+    fn source(&self, hf_prefix: &str, suffix: &str) -> Source {
+        match self.locations.get(&format!("{hf_prefix}.{suffix}")) {
+            Some(l) => Source { base: l.name.clone(), rows: l.rows },
+            None => Source { base: hf_prefix.to_string(), rows: None },
+        }
     }
 
     fn param(&self, name: &str) -> Result<&RawParam> {
@@ -84,7 +73,7 @@ impl MlcWeights {
 
     pub fn contains(&self, hf: &str) -> bool {
         let (prefix, suffix) = hf.rsplit_once('.').unwrap_or((hf, ""));
-        let base = self.source(prefix).base;
+        let base = self.source(prefix, suffix).base;
         self.params.contains_key(&format!("{base}.{suffix}")) || (suffix == "weight" && self.params.contains_key(&format!("{base}.q_weight")))
     }
 
@@ -108,7 +97,7 @@ impl MlcWeights {
     /// The named tensor (HF name), dequantized if it is stored 4-bit.
     pub fn tensor(&self, hf: &str) -> Result<Tensor> {
         let (prefix, suffix) = hf.rsplit_once('.').unwrap_or((hf, ""));
-        let src = self.source(prefix);
+        let src = self.source(prefix, suffix);
         let dense = format!("{}.{suffix}", src.base);
         if self.params.contains_key(&dense) || suffix != "weight" {
             return self.float_param(&dense, src.rows);
@@ -143,8 +132,13 @@ impl MlcWeights {
     }
 
     pub fn linear(&self, hf_prefix: &str, bias: bool) -> Result<Linear> {
-        let src = self.source(hf_prefix);
-        let bias = if bias { Some(self.float_param(&format!("{}.bias", src.base), src.rows)?) } else { None };
+        let src = self.source(hf_prefix, "weight");
+        let bias = if bias {
+            let b = self.source(hf_prefix, "bias");
+            Some(self.float_param(&format!("{}.bias", b.base), b.rows)?)
+        } else {
+            None
+        };
         let weight = if self.params.contains_key(&format!("{}.weight", src.base)) {
             Weight::Dense(self.float_param(&format!("{}.weight", src.base), src.rows)?)
         } else {
