@@ -215,3 +215,93 @@ fn phi3_rope_scaling(hf: &mut Map<String, Value>, shown: &str) -> Result<()> {
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn read(model_type: &str, model_config: Value) -> Result<ModelConfig> {
+        let chat: MlcChatConfig = serde_json::from_value(json!({"model_type": model_type, "quantization": "q0f32", "model_config": model_config})).unwrap();
+        chat.model_config("mlc-chat-config.json")
+    }
+
+    fn gemma2() -> Value {
+        json!({"hidden_size": 64, "intermediate_size": 128, "attention_bias": false, "num_attention_heads": 4, "num_key_value_heads": 2,
+               "head_dim": 16, "num_hidden_layers": 2, "rms_norm_eps": 1e-6, "vocab_size": 100, "hidden_activation": "gelu_pytorch_tanh",
+               "position_embedding_base": 10000.0, "context_window_size": 16, "prefill_chunk_size": 16, "tensor_parallel_shards": 1,
+               "max_batch_size": 128, "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0, "query_pre_attn_scalar": 32,
+               "sliding_window": 16})
+    }
+
+    /// MLC's Gemma2Config as written: its fields are read (the window is the context), the norms are already `1 + w`.
+    #[test]
+    fn gemma2_fields_and_norms_stored_plus_one() {
+        let cfg = read("gemma2", gemma2()).unwrap();
+        assert!(!cfg.norm_plus_one);
+        assert_eq!((cfg.attn_logit_softcap, cfg.final_logit_softcap, cfg.max_position_embeddings), (Some(50.0), Some(30.0), 16));
+        assert!((cfg.attention_scale - 32f64.powf(-0.5)).abs() < 1e-12);
+        let mut with_length = gemma2();
+        with_length["max_position_embeddings"] = 512.into();
+        assert_eq!(read("gemma2", with_length).unwrap().max_position_embeddings, 512);
+    }
+
+    #[test]
+    fn unknown_math_fields_are_refused_by_name() {
+        let mut c = gemma2();
+        c["use_bidirectional_attention"] = true.into();
+        let e = read("gemma2", c).unwrap_err().to_string();
+        assert!(e.contains("use_bidirectional_attention"), "{e}");
+        let mut c = gemma2();
+        c["logit_scale"] = 2.0.into();
+        let e = read("gemma2", c).unwrap_err().to_string();
+        assert!(e.contains("\"logit_scale\""), "{e}");
+    }
+
+    /// MLC's Gemma3Config: text fields and the checkpoint's other keys (kwargs) under text_config; the
+    /// local rope base and the layer pattern come from the kwargs; `gemma3_text` is MLC's name for it.
+    #[test]
+    fn gemma3_text_config_and_kwargs() {
+        let text = json!({"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 6, "attention_bias": false,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "rms_norm_eps": 1e-6,
+            "hidden_activation": "gelu_pytorch_tanh", "position_embedding_base": 1e6, "context_window_size": 8192,
+            "prefill_chunk_size": 8192, "query_pre_attn_scalar": 48, "sliding_window": 16,
+            "kwargs": {"max_position_embeddings": 512, "rope_local_base_freq": 20000.0, "sliding_window_pattern": 3,
+                       "rope_scaling": {"rope_type": "linear", "factor": 8.0}, "hidden_act": "gelu_pytorch_tanh", "model_type": "gemma3_text"}});
+        let top = json!({"text_config": text, "vocab_size": 100, "tensor_parallel_shards": 1, "max_batch_size": 128,
+            "context_window_size": 8192, "sliding_window_size": -1, "prefill_chunk_size": 8192, "is_text_model": true});
+        let cfg = read("gemma3_text", top.clone()).unwrap();
+        assert!(!cfg.norm_plus_one);
+        assert_eq!((cfg.vocab_size, cfg.max_position_embeddings, cfg.ropes.len()), (100, 512, 2));
+        assert_eq!((cfg.ropes[0].theta, cfg.ropes[1].theta), (1e6, 20000.0));
+        assert_eq!(cfg.layers.iter().filter(|l| l.attention.window() == Some(16)).count(), 4);
+        assert_eq!(read("gemma3", top.clone()).unwrap().ropes, cfg.ropes);
+        let mut sliding = top;
+        sliding["sliding_window_size"] = 1024.into();
+        let e = read("gemma3_text", sliding).unwrap_err().to_string();
+        assert!(e.contains("sliding_window_size"), "{e}");
+    }
+
+    /// MLC's Phi3Config copies both lengths into rope_scaling and writes 0 for a missing original length.
+    #[test]
+    fn phi3_rope_scaling_copies() {
+        let scaling = json!({"type": "longrope", "rope_type": "longrope", "short_factor": [1.0, 1.0], "long_factor": [2.0, 2.0],
+                             "max_position_embeddings": 256, "original_max_position_embeddings": 32});
+        let phi3 = json!({"model_type": "phi3", "hidden_size": 16, "vocab_size": 100, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "intermediate_size": 32, "rms_norm_eps": 1e-5, "num_key_value_heads": 1, "max_position_embeddings": 256,
+            "position_embedding_base": 10000.0, "rope_scaling": scaling, "original_max_position_embeddings": 32,
+            "context_window_size": 256, "prefill_chunk_size": 256, "head_dim": 8, "tensor_parallel_shards": 1,
+            "max_batch_size": 128, "tie_word_embeddings": false, "partial_rotary_factor": 0.5});
+        let cfg = read("phi3", phi3.clone()).unwrap();
+        assert_eq!(cfg.ropes[0].rotary_dim, 4);
+        assert!(matches!(cfg.ropes[0].scaling, crate::model::rope::RopeScaling::LongRope { original_max_position_embeddings: 32, .. }));
+        let mut bad = phi3.clone();
+        bad["rope_scaling"]["max_position_embeddings"] = 4096.into();
+        let e = read("phi3", bad).unwrap_err().to_string();
+        assert!(e.contains("rope_scaling.max_position_embeddings"), "{e}");
+        let mut plain = phi3;
+        plain["rope_scaling"] = Value::Null;
+        plain["original_max_position_embeddings"] = 0.into();
+        assert_eq!(read("phi3", plain).unwrap().ropes[0].scaling, crate::model::rope::RopeScaling::None);
+    }
+}
