@@ -207,3 +207,15 @@ def test_unrepresentable_checkpoints_are_refused(tmp_path: Path) -> None:
     (src / "config.json").write_text(json.dumps({**cfg, "tie_word_embeddings": False}))
     done = mlc_llm("convert_weight", str(src), "--quantization", "q0f32", "-o", str(tmp_path / "out"))
     assert done.returncode == 1 and "tie_word_embeddings" in done.stderr, done.stderr
+
+
+def test_gen_config_refuses_what_it_cannot_describe(tmp_path: Path) -> None:
+    for name, edit, words in [
+        ("falcon", {"model_type": "falcon"}, ["falcon", "gemma3_text"]),
+        ("gemma3-mm", {"model_type": "gemma3", "text_config": hf("gemma3_v4cfg")}, ["multimodal"]),
+    ]:
+        src = tmp_path / name
+        src.mkdir()
+        (src / "config.json").write_text(json.dumps({**hf("gemma3_v4cfg"), **edit}))
+        done = mlc_llm("gen_config", str(src), "--quantization", "q0f32", "--conv-template", "chatml", "-o", str(tmp_path / f"{name}-out"))
+        assert done.returncode == 1 and all(w in done.stderr for w in words), done.stderr

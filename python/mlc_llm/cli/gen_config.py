@@ -59,6 +59,9 @@ def _model_config(hf: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any
     model_type = hf["model_type"]
     if model_type in mlc_arch.BUILDERS:
         return mlc_arch.BUILDERS[model_type](hf, args)
+    if model_type not in ("llama", "mistral", "qwen2", "qwen3"):
+        known = ", ".join(["llama", "mistral", "qwen2", "qwen3", *mlc_arch.BUILDERS])
+        raise ValueError(f"config.json model_type {model_type!r} is not supported; supported: {known}")
     heads = hf["num_attention_heads"]
     window = args.context_window_size or hf.get("max_position_embeddings") or hf.get("max_sequence_length") or 4096
     chunk = args.prefill_chunk_size or min(window, 8192)

@@ -227,6 +227,7 @@ def olmo2(hf: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
 BUILDERS: Dict[str, Callable[[Dict[str, Any], argparse.Namespace], Dict[str, Any]]] = {
     "gemma2": gemma2,
     "gemma3_text": gemma3,
+    "gemma3": gemma3,
     "phi3": phi3,
     "olmo2": olmo2,
 }

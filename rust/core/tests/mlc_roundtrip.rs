@@ -146,12 +146,14 @@ fn stored_names(dir: &Path) -> Vec<String> {
     index["records"].as_array().unwrap().iter().flat_map(|s| s["records"].as_array().unwrap()).map(|p| p["name"].as_str().unwrap().to_string()).collect()
 }
 
+/// (fixture, layer 0's names in order, the last names, names that must not exist)
+type NameCase = (&'static str, &'static [&'static str], &'static [&'static str], &'static [&'static str]);
+
 /// Layer 0's parameters as MLC's model of each architecture names them (python/mlc_llm/model/<arch>/), the
 /// whole list in MLC's declaration order, and Gemma's norms stored as `1 + w`.
 #[test]
 fn new_architectures_carry_mlc_names_and_gemma_norms_plus_one() {
-    // (fixture, layer 0's names in order, the last names, names that must not exist)
-    let cases: [(&str, &[&str], &[&str], &[&str]); 4] = [
+    let cases: [NameCase; 4] = [
         (
             "gemma2",
             &["model.embed_tokens.weight", "model.layers.0.self_attn.qkv_proj.weight", "model.layers.0.self_attn.o_proj.weight",
