@@ -135,6 +135,11 @@ impl ModelConfig {
         ((attention + mlp) * self.num_hidden_layers as u64 + embed) * elem_bytes as u64
     }
 
+    /// Phi-3's longrope: sequences longer than this run in the long rope regime (see [`RopeScaling::LongRope`]).
+    pub fn long_context_from(&self) -> Option<usize> {
+        self.ropes.iter().find_map(|r| r.long_context_from())
+    }
+
     /// The window every layer shares when all layers slide (KV blocks before it can be released);
     /// `None` when any layer attends fully.
     pub fn uniform_sliding_window(&self) -> Option<usize> {

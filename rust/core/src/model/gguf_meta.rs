@@ -161,6 +161,6 @@ mod tests {
         assert_eq!((g.attn_logit_softcap, g.final_logit_softcap), (Some(50.0), Some(30.0)));
         let freqs = |n: &str| (n == "rope_freqs.weight").then(|| vec![1.0f32, 2.0, 4.0, 8.0, 1.0, 1.0, 1.0, 1.0]);
         let l = parse(&md("llama", &[]), &freqs).unwrap();
-        assert!(matches!(&l.ropes[0].scaling, RopeScaling::LongRope { short, .. } if short[3] == 8.0));
+        assert!(matches!(&l.ropes[0].scaling, RopeScaling::Divisors(d) if d[3] == 8.0));
     }
 }

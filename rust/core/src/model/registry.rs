@@ -5,6 +5,7 @@
 use super::arch;
 use super::config::{HfConfig, ModelConfig};
 use super::gguf_meta::GgufMeta;
+use super::rope::RopeScaling;
 use super::weights::WeightSource;
 use super::{CausalLm, DecoderModel};
 use crate::error::{EngineError, Result};
@@ -187,8 +188,16 @@ pub fn config_from_hf(text: &str, path: &str) -> Result<ModelConfig> {
     };
     let model_type = c.str("model_type")?.map(String::from);
     let entry = by_hf(model_type.as_deref(), &architectures, path)?;
-    let cfg = (entry.from_hf)(&c, entry.arch)?;
+    let mut cfg = (entry.from_hf)(&c, entry.arch)?;
     c.finish()?;
+    // Dynamic NTK exists to run past max_position_embeddings: the context it serves is factor times
+    // longer (as vLLM derives it).
+    if let Some(f) = cfg.ropes.iter().find_map(|r| match r.scaling {
+        RopeScaling::Dynamic { factor, .. } => Some(factor),
+        _ => None,
+    }) {
+        cfg.max_position_embeddings = (cfg.max_position_embeddings as f64 * f.max(1.0)).ceil() as usize;
+    }
     cfg.validate(path)?;
     Ok(cfg)
 }

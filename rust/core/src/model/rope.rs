@@ -37,7 +37,12 @@ pub enum RopeScaling {
     /// YaRN: interpolation ramped between `beta_fast` and `beta_slow` rotations; cos and sin scaled by
     /// `attention_factor`.
     Yarn { factor: f64, original_max_position_embeddings: usize, beta_fast: f64, beta_slow: f64, attention_factor: f64, truncate: bool },
-    /// Phi-3's per-dimension factors: `short` within the original context, `long` beyond it.
+    /// Per-dimension divisors of the frequencies (llama.cpp's `rope_freqs.weight`, Llama 3.1's scaling
+    /// precomputed).
+    Divisors(Vec<f64>),
+    /// Phi-3's per-dimension factors: `short` for sequences within the original context, `long` for
+    /// longer ones. The tables hold both: rows `0..max_positions` short, then as many long; a sequence
+    /// in the long regime reads its rows at `position + max_positions`.
     LongRope { short: Vec<f64>, long: Vec<f64>, original_max_position_embeddings: usize, attention_factor: f64 },
 }
 
@@ -217,6 +222,7 @@ impl RopeConfig {
                 });
                 (f.collect(), *attention_factor)
             }
+            RopeScaling::Divisors(d) => (base_freq(self.theta).into_iter().zip(d).map(|(f, e)| f / e).collect(), 1.0),
             RopeScaling::LongRope { short, long, original_max_position_embeddings, attention_factor } => {
                 let ext = if seq_len > *original_max_position_embeddings { long } else { short };
                 let f = base_freq(self.theta).into_iter().zip(ext).map(|(f, e)| f / e);
@@ -227,13 +233,26 @@ impl RopeConfig {
 
     /// Whether the frequencies depend on the sequence length (evaluated per position).
     fn per_position(&self) -> bool {
-        matches!(self.scaling, RopeScaling::Dynamic { .. } | RopeScaling::LongRope { .. })
+        matches!(self.scaling, RopeScaling::Dynamic { .. })
+    }
+
+    /// Phi-3's longrope: the sequence length beyond which a sequence runs in the long regime.
+    pub fn long_context_from(&self) -> Option<usize> {
+        match &self.scaling {
+            RopeScaling::LongRope { original_max_position_embeddings, .. } => Some(*original_max_position_embeddings),
+            _ => None,
+        }
     }
 
     /// Checks that per-dimension lists fit the rotated dimensions.
     pub fn validate(&self, path: &str) -> Result<()> {
         if self.rotary_dim == 0 || self.rotary_dim % 2 != 0 {
             return Err(EngineError::model_load(path, format!("rotary dimension {} must be even and positive", self.rotary_dim)));
+        }
+        if let RopeScaling::Divisors(d) = &self.scaling {
+            if d.len() != self.rotary_dim / 2 {
+                return Err(EngineError::model_load(path, format!("rope_freqs has {} entries; the rotated dimensions need {}", d.len(), self.rotary_dim / 2)));
+            }
         }
         if let RopeScaling::LongRope { short, long, .. } = &self.scaling {
             if short.len() != self.rotary_dim / 2 || long.len() != self.rotary_dim / 2 {
@@ -246,16 +265,24 @@ impl RopeConfig {
         Ok(())
     }
 
-    /// `(cos, sin)`, each `[max_positions, rotary_dim / 2]` in `dtype` on `device`, attention factor
-    /// included. Computed in f64, then rounded once.
+    /// `(cos, sin)`, each `[max_positions, rotary_dim / 2]` in `dtype` on `device` (`[2 max_positions, ..]`
+    /// for longrope: short rows, then long rows), attention factor included. Computed in f64, then
+    /// rounded once.
     pub fn tables(&self, max_positions: usize, device: &Device, dtype: DType) -> Result<(Tensor, Tensor)> {
         let half = self.rotary_dim / 2;
-        let mut cos = Vec::with_capacity(max_positions * half);
-        let mut sin = Vec::with_capacity(max_positions * half);
-        let fixed = (!self.per_position()).then(|| self.inv_freq(max_positions));
-        for p in 0..max_positions {
+        let regimes = match self.long_context_from() {
+            // seq_len picks the factors: at most the threshold gives short, above it long.
+            Some(t) => vec![self.inv_freq(t), self.inv_freq(t + 1)],
+            None if self.per_position() => Vec::new(),
+            None => vec![self.inv_freq(max_positions)],
+        };
+        let rows = max_positions * regimes.len().max(1);
+        let mut cos = Vec::with_capacity(rows * half);
+        let mut sin = Vec::with_capacity(rows * half);
+        for r in 0..rows {
+            let p = r % max_positions;
             let own;
-            let (freqs, scale) = match &fixed {
+            let (freqs, scale) = match regimes.get(r / max_positions) {
                 Some(f) => f,
                 None => {
                     own = self.inv_freq(p + 1);
@@ -269,8 +296,8 @@ impl RopeConfig {
                 sin.push((angle.sin() * scale) as f32);
             }
         }
-        let cos = Tensor::from_vec(cos, (max_positions, half), &Device::Cpu)?.to_dtype(dtype)?.to_device(device)?;
-        let sin = Tensor::from_vec(sin, (max_positions, half), &Device::Cpu)?.to_dtype(dtype)?.to_device(device)?;
+        let cos = Tensor::from_vec(cos, (rows, half), &Device::Cpu)?.to_dtype(dtype)?.to_device(device)?;
+        let sin = Tensor::from_vec(sin, (rows, half), &Device::Cpu)?.to_dtype(dtype)?.to_device(device)?;
         Ok((cos, sin))
     }
 }

@@ -37,7 +37,13 @@ pub fn from_hf(c: &HfConfig<'_>, arch: Architecture) -> Result<ModelConfig> {
         cfg.qk_norm = QkNormKind::PerHead;
         cfg.attn_logit_softcap = c.f64("attn_logit_softcapping")?;
         cfg.final_logit_softcap = c.f64("final_logit_softcapping")?;
-        let pattern = c.usize("sliding_window_pattern")?.unwrap_or(6).max(1);
+        // transformers 5 keeps the pattern as `_sliding_window_pattern` beside `layer_types`.
+        let pattern = match (c.usize("sliding_window_pattern")?, c.usize("_sliding_window_pattern")?) {
+            (Some(a), Some(b)) if a != b => return Err(c.err(format!("sliding_window_pattern {a} disagrees with _sliding_window_pattern {b}"))),
+            (Some(p), _) | (None, Some(p)) => p,
+            (None, None) => 6,
+        }
+        .max(1);
         let types = c.layer_types(n, move |i| if (i + 1) % pattern != 0 { "sliding_attention" } else { "full_attention" })?;
         // Global layers: rope_theta with rope_scaling; local layers: rope_local_base_freq, unscaled.
         let full = c.rope(Some("full_attention"), "rope_theta", 1_000_000.0, true, cfg.head_dim, RopeStyle::Half)?;

@@ -109,8 +109,7 @@ pub(crate) fn gguf_base(m: &GgufMeta<'_>, arch: Architecture, style: RopeStyle) 
         if scaling != RopeScaling::None {
             return Err(m.err("rope_freqs.weight beside rope.scaling.type: not supported"));
         }
-        let d: Vec<f64> = divisors.into_iter().map(f64::from).collect();
-        scaling = RopeScaling::LongRope { short: d.clone(), long: d, original_max_position_embeddings: max_pos, attention_factor: 1.0 };
+        scaling = RopeScaling::Divisors(divisors.into_iter().map(f64::from).collect());
     }
     Ok(ModelConfig {
         architecture: arch,
