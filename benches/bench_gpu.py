@@ -1,9 +1,11 @@
-"""End-to-end GPU benchmark: our engine against HF transformers on a Llama-3-8B-shaped random model, with the
-physical floor beside every row.
+"""End-to-end GPU benchmark: our engine against HF transformers on a random model of a real model's shape
+(Llama-3-8B by default, Gemma-2-9B with --shape gemma2-9b), with the physical floor beside every row.
 
     python benches/bench_gpu.py --out $OUT/bench_gpu.json                 # H100: bf16, batches 1..256, HF peer
     python benches/bench_gpu.py --out $OUT/bench_gpu_q4.json --gguf-q4 --skip-hf   # + Q4_0 GGUF, batch 1
+    python benches/bench_gpu.py --shape gemma2-9b --batches 1,16,64,256 --hf-batches 1,64 --out $OUT/g.json
     python benches/bench_gpu.py --shape tiny --device cpu --torch-python /opt/refvenv/bin/python --out /tmp/b.json
+    python benches/bench_gpu.py --shape gemma2-tiny --device cpu --torch-python /opt/refvenv/bin/python --out /tmp/g.json
 
 On the GPU host run it through benches/gpu/run_on_host.sh, which installs the carried wheels first
 (about 7 minutes for the default run on one H100; the device call allows 10):
@@ -16,8 +18,9 @@ the GPU is free again when it exits); each phase writes what it measured as it g
 records the error of a failed phase and goes on:
   bandwidth  torch: device-to-device copy of a 2 GiB tensor (CUDA events, median of 20) and an
              8192^3 bf16 matmul: the bandwidth and compute rate the floors are computed from
-  setup      torch + transformers: random bf16 Llama weights made on the device
-             (LlamaForCausalLM._from_config, normal init with std --init-std), save_pretrained to
+  setup      torch + transformers: random bf16 weights made on the device (LlamaForCausalLM, or
+             Gemma2ForCausalLM for an `arch: gemma2` shape, ._from_config, normal init with std --init-std
+             (Gemma's norms stay at their 1 + 0)), save_pretrained to
              --model-dir with a word-level tokenizer.json; with --gguf-q4 also a Q4_0 GGUF of the same
              weights (benches/gpu/gguf_q4.py). Reused when the directory already holds the same spec.
   ours       mlc_llm._core.Engine(dir, "cuda:0", server mode, max_num_sequence = largest batch,
@@ -28,10 +31,14 @@ records the error of a failed phase and goes on:
   hf         transformers on the same directory: 2048-token prefill (eager forward, median), then
              generate(cache_implementation="static") per batch size: one warmup (compiles), --hf-reps timed
              runs, prefill-only runs; decode tok/s = batch * (new - 1) / (generate time - prefill time).
-             If static cache fails, eager generate, marked in the mode column.
+             If static cache fails, eager generate, marked in the mode column. Attention: transformers'
+             default for the model (sdpa), or --hf-attn; Gemma 2 with sdpa runs without its attention
+             soft-capping (transformers' sdpa path ignores softcap), which the notes say.
+--only PHASES runs only those (e.g. `--only setup` writes the model while something else uses the GPU).
 
 Floors (benches/gpu/shapes.py): per decode step max(bytes / measured bandwidth, flops / measured matmul
-rate), bytes = linear weights incl. lm_head + KV of every sequence at the mean context; floor tok/s =
+rate), bytes = linear weights incl. lm_head (a tied one too: Gemma reads its embedding table as the lm_head)
++ norms + KV of every sequence at the mean context (sliding layers: at most their window); floor tok/s =
 batch / step. % of floor = measured / floor (TTFT: floor time / measured time).
 """
 
@@ -256,6 +263,9 @@ def main() -> None:
     ap.add_argument("--ttft-reps", type=int, default=5)
     ap.add_argument("--hf-reps", type=int, default=3, help="timed generate runs per batch after the warmup")
     ap.add_argument("--hf-mode", default="static", choices=["static", "eager"])
+    ap.add_argument("--hf-attn", default=None, choices=["eager", "sdpa"],
+                    help="HF attention implementation (default: transformers' default for the model)")
+    ap.add_argument("--only", default=None, help="comma-separated phases to run (of bandwidth, setup, ours, hf, ...)")
     ap.add_argument("--gguf-q4", action="store_true", help="also write a Q4_0 GGUF and run our engine on it")
     ap.add_argument("--mlc-q4", action="store_true",
                     help="also convert the model to MLC q4f16_1 with `mlc_llm convert_weight` and run our engine on it")
@@ -274,6 +284,8 @@ def main() -> None:
     t_begin = time.time()
     deadline = t_begin + args.budget_s
     shape = shapes.SHAPES[args.shape]
+    if shapes.arch(shape) != "llama" and (args.gguf_q4 or args.mlc_q4):
+        ap.error(f"--gguf-q4 / --mlc-q4 write Llama files only; shape {args.shape} is {shapes.arch(shape)}")
     model_dir = args.model_dir or f"/tmp/mlc_bench_{args.shape}"
     gguf_path = model_dir.rstrip("/") + f"_{args.gguf_type}.gguf" if args.gguf_q4 else None
     mlc_dir = model_dir.rstrip("/") + "_q4f16_1-MLC" if args.mlc_q4 else None
@@ -286,7 +298,8 @@ def main() -> None:
     os.makedirs(rec_dir, exist_ok=True)
 
     result = dict(
-        what="end-to-end decode tok/s and TTFT of our engine vs HF transformers on random Llama weights, with floors",
+        what=f"end-to-end decode tok/s and TTFT of our engine vs HF transformers on random {args.shape}-shaped "
+             f"{shapes.arch(shape)} weights, with floors",
         time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         command=" ".join([sys.executable] + sys.argv),
         commit=_git_commit(),
@@ -299,7 +312,7 @@ def main() -> None:
         settings=dict(prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, batches=ints(args.batches),
                       hf_batches=ints(args.hf_batches), q4_batches=ints(args.q4_batches),
                       ttft_prompt=args.ttft_prompt, ttft_reps=args.ttft_reps, hf_reps=args.hf_reps,
-                      hf_mode=args.hf_mode, init_std=args.init_std, seed=args.seed, budget_s=args.budget_s,
+                      hf_mode=args.hf_mode, hf_attn=args.hf_attn, only=args.only, init_std=args.init_std, seed=args.seed, budget_s=args.budget_s,
                       model_dir=model_dir, gguf=gguf_path, mlc_dir=mlc_dir),
         # GPU.md anchors (H100): used only when the bandwidth phase fails, and flagged in the output
         fallback_bandwidth_Bps=3.03e12 if cuda else 20e9,
@@ -337,6 +350,13 @@ def main() -> None:
         plan += ["mlc_convert", "ours_mlc"]
     if not args.skip_hf:
         plan.append("hf")
+    if args.only:
+        only = [p.strip() for p in args.only.split(",") if p.strip()]
+        unknown = [p for p in only if p not in PHASE_LIMITS]
+        if unknown:
+            ap.error(f"--only: unknown phases {unknown}")
+        plan = [p for p in plan if p in only]
+        result["notes"].append(f"only these phases were run (--only): {plan}")
     if args.skip_hf:
         result["notes"].append("HF transformers peer skipped (--skip-hf)")
     if not args.gguf_q4:
@@ -378,7 +398,8 @@ def main() -> None:
             python = sys.executable
             a.update(mlc_dir=mlc_dir)
         elif phase == "hf":
-            a.update(batches=ints(args.hf_batches), hf_reps=args.hf_reps, hf_mode=args.hf_mode, ttft=True,
+            a.update(batches=ints(args.hf_batches), hf_reps=args.hf_reps, hf_mode=args.hf_mode, hf_attn=args.hf_attn,
+                     ttft=True,
                      deadline=time.time() + timeout - 5,
                      hf_min_s_per_batch=(75 if args.hf_mode == "static" else 20) if cuda else 1)
         rec_path = os.path.join(rec_dir, f"{phase}.jsonl")
@@ -412,6 +433,13 @@ def main() -> None:
                 result["mlc_convert"] = {k: v for k, v in r.items() if k != "kind"}
         if phase == "setup" and not done:
             setup_ok = False
+        if phase == "hf":
+            attn = next((r.get("attn_implementation") for r in recs if r["kind"] == "load"), None)
+            if shape.get("attn_logit_softcapping") and attn not in (None, "eager"):
+                result["notes"].append(
+                    f"HF ran with attn_implementation={attn}: transformers' {attn} attention ignores the attention "
+                    f"soft-capping of this model (attn_logit_softcapping={shape['attn_logit_softcapping']}), so the "
+                    "peer skips a tanh per score that our kernels apply; --hf-attn eager runs the exact math")
         if phase == "bandwidth" and "bandwidth" not in result:
             result["notes"].append("bandwidth phase failed: floors use the GPU.md anchors (3.03 TB/s, 798 TFLOP/s)")
         if phase == "ours_q4" and not done and not any(r["kind"] == "decode" for r in recs):

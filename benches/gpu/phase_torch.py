@@ -63,12 +63,10 @@ def _add_classic_keys(d: str, shape: dict) -> None:
         json.dump(cfg, f, indent=1)
 
 
-def _make_model(a: dict, rec):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
+def _hf_config(a: dict):
+    """The transformers config and model class of the shape (benches/gpu/shapes.py: `arch`)."""
     shape = a["shape"]
-    cfg = LlamaConfig(
+    common = dict(
         hidden_size=shape["hidden_size"],
         intermediate_size=shape["intermediate_size"],
         num_hidden_layers=shape["num_hidden_layers"],
@@ -84,13 +82,40 @@ def _make_model(a: dict, rec):
         eos_token_id=None,
         pad_token_id=None,
     )
+    arch = shape.get("arch", "llama")
+    if arch == "llama":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        return LlamaConfig(**common), LlamaForCausalLM
+    if arch == "gemma2":
+        from transformers import Gemma2Config, Gemma2ForCausalLM
+
+        cfg = Gemma2Config(
+            **common,
+            head_dim=shape["head_dim"],
+            query_pre_attn_scalar=shape["query_pre_attn_scalar"],
+            sliding_window=shape["sliding_window"],
+            layer_types=list(shape["layer_types"]),
+            attn_logit_softcapping=shape["attn_logit_softcapping"],
+            final_logit_softcapping=shape["final_logit_softcapping"],
+            hidden_activation=shape["hidden_activation"],
+        )
+        return cfg, Gemma2ForCausalLM
+    raise ValueError(f"no random-model recipe for arch {arch!r}")
+
+
+def _make_model(a: dict, rec):
+    import torch
+
+    shape = a["shape"]
+    cfg, model_cls = _hf_config(a)
     torch.manual_seed(a["seed"])
     t = time.perf_counter()
     with torch.device(a["torch_device"]):
         try:
-            model = LlamaForCausalLM._from_config(cfg, dtype=torch.bfloat16)
+            model = model_cls._from_config(cfg, dtype=torch.bfloat16)
         except TypeError:
-            model = LlamaForCausalLM._from_config(cfg, torch_dtype=torch.bfloat16)
+            model = model_cls._from_config(cfg, torch_dtype=torch.bfloat16)
     model.eval()
     _sync(a["torch_device"])
     init_s = time.perf_counter() - t
@@ -109,7 +134,8 @@ def _make_model(a: dict, rec):
         )
     if not check["logits_finite"] or check["q_proj0_std"] == 0:
         raise RuntimeError(f"random model is degenerate: {check}")
-    rec.put("model_init", init_s=init_s, **check)
+    rec.put("model_init", init_s=init_s, model_class=type(model).__name__,
+            params=sum(p.numel() for p in model.parameters()), **check)
     return model
 
 
@@ -247,13 +273,17 @@ def phase_hf(a: dict, rec) -> None:
     dtype = torch.bfloat16 if cuda else torch.float32
     deadline = a["deadline"]
     t = time.perf_counter()
+    # None: transformers' default for the model (sdpa for Llama and Gemma 2 in transformers 5)
+    kw = {"attn_implementation": a["hf_attn"]} if a.get("hf_attn") else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(a["model_dir"], dtype=dtype, device_map=dev)
+        model = AutoModelForCausalLM.from_pretrained(a["model_dir"], dtype=dtype, device_map=dev, **kw)
     except (TypeError, ImportError, ValueError):
-        model = AutoModelForCausalLM.from_pretrained(a["model_dir"], dtype=dtype).to(dev)
+        model = AutoModelForCausalLM.from_pretrained(a["model_dir"], dtype=dtype, **kw).to(dev)
     model.eval()
     _sync(dev)
-    rec.put("load", load_s=time.perf_counter() - t, dtype=str(dtype).replace("torch.", ""))
+    attn = getattr(model.config, "_attn_implementation", None)
+    rec.put("load", load_s=time.perf_counter() - t, dtype=str(dtype).replace("torch.", ""), model_class=type(model).__name__,
+            attn_implementation=attn)
     vocab = model.config.vocab_size
     g = torch.Generator(device="cpu").manual_seed(4321)
 
@@ -280,7 +310,7 @@ def phase_hf(a: dict, rec) -> None:
                         ms.append((time.perf_counter() - t) * 1e3)
                     del out
             rec.put("ttft", engine="hf", precision="bf16" if cuda else "f32", mode="eager forward",
-                    prompt_tokens=P, reps=len(ms), ttft_ms=statistics.median(ms), ttft_ms_runs=ms)
+                    attn_implementation=attn, prompt_tokens=P, reps=len(ms), ttft_ms=statistics.median(ms), ttft_ms_runs=ms)
         except Exception as e:
             rec.error("hf ttft", e)
 
@@ -341,7 +371,7 @@ def phase_hf(a: dict, rec) -> None:
                 pass
             rec.put("decode", engine="hf", precision="bf16" if cuda else "f32",
                     mode=m + (" (static cache failed, eager fallback)" if static_error and m == "eager" and a["hf_mode"] == "static" else ""),
-                    batch=b, prompt_tokens=P, new_tokens=N, warmup_s=warm_s, generate_s=t_gen,
+                    attn_implementation=attn, batch=b, prompt_tokens=P, new_tokens=N, warmup_s=warm_s, generate_s=t_gen,
                     generate_s_runs=times, prefill_s=t_pre, prefill_s_runs=pre,
                     decode_tok_s=b * (N - 1) / (t_gen - t_pre) if t_gen > t_pre else None,
                     e2e_tok_s=b * N / t_gen, first_ids_req0=out[0, P:P + 16].tolist(),

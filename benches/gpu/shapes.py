@@ -3,16 +3,24 @@
 Pure Python (no torch): the orchestrator computes floors from the shape, the measured device-to-device
 bandwidth and the measured bf16 matmul rate.
 
+A shape is a config.json in miniature. `arch` names the model family ("llama" when absent: LlamaForCausalLM;
+"gemma2": Gemma2ForCausalLM). `head_dim` may differ from hidden / heads (Gemma 2 9B: 256 x 16 = 4096 query
+features on a 3584-wide residual); `norms_per_layer` counts the RMSNorm weights of a layer (Llama 2, Gemma 2 4:
+input, post-attention, pre- and post-feed-forward); `layer_types` (sliding_attention / full_attention) with
+`sliding_window` say which layers read only the last W keys.
+
 Floor of one decode step at batch B (every sequence at context c):
     bytes = weights read per step (all linear layers incl. lm_head, norms, B embedding rows)
-            + B * c * KV bytes per token (each sequence reads its whole KV cache)
-    flops = B * (2 * linear parameters + 4 * c * layers * heads * head_dim)
+            + B * KV bytes of the keys each layer reads (c, or min(c, W) on a sliding layer)
+    flops = B * (2 * linear parameters + 4 * heads * head_dim * sum over layers of the keys read)
     step  = max(bytes / bandwidth, flops / matmul peak);  floor tok/s = B / step
 with c the mean context over the generated tokens (prompt + new / 2). The embedding table is not read as
-a whole in a decode step (only B rows), so it is left out of the weight bytes.
+a whole in a decode step (only B rows), so it is left out of the weight bytes, except that a tied lm_head
+(Gemma) is the embedding table: its vocab x hidden matrix is read every step as the output projection, and
+it is counted there, once. Soft-capping (tanh on scores and logits) is elementwise work, left out.
 Floor of a prefill of P tokens: max((weights + P * KV bytes) / bandwidth, flops / peak) with
-flops = 2 * P * linear parameters (lm_head for the last token only) + 2 * layers * heads * head_dim * P^2
-(causal attention: QK^T and PV, half of the square each).
+flops = 2 * P * linear parameters (lm_head for the last token only) + 4 * heads * head_dim * (query, key)
+pairs summed over layers (causal: P^2 / 2 per layer; a sliding layer with P > W: W^2 / 2 + (P - W) * W).
 """
 
 from typing import Dict
@@ -44,22 +52,104 @@ SHAPES: Dict[str, dict] = {
         max_position_embeddings=8192,
         tie_word_embeddings=False,
     ),
+    # google/gemma-2-9b's config.json: head_dim 256 (16 heads = 4096 query features on a 3584 residual),
+    # tied embeddings (the 256000 x 3584 table is also the lm_head), 4 norms per layer, even layers slide
+    # over 4096 keys, attention scores capped at 50 and logits at 30, gelu-tanh MLP.
+    "gemma2-9b": dict(
+        arch="gemma2",
+        hidden_size=3584,
+        num_hidden_layers=42,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=256,
+        intermediate_size=14336,
+        vocab_size=256000,
+        query_pre_attn_scalar=256,
+        sliding_window=4096,
+        layer_types=["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(42)],
+        attn_logit_softcapping=50.0,
+        final_logit_softcapping=30.0,
+        hidden_activation="gelu_pytorch_tanh",
+        rope_theta=10000.0,
+        rms_norm_eps=1e-6,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+        norms_per_layer=4,
+    ),
+    # Quick runs and CPU tests of the Gemma 2 path: the same structure (head_dim != hidden / heads, tied,
+    # capped, alternating sliding layers), a window the 128 + 128 runs cross.
+    "gemma2-tiny": dict(
+        arch="gemma2",
+        hidden_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=128,
+        intermediate_size=512,
+        vocab_size=4096,
+        query_pre_attn_scalar=128,
+        sliding_window=160,
+        layer_types=["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(4)],
+        attn_logit_softcapping=50.0,
+        final_logit_softcapping=30.0,
+        hidden_activation="gelu_pytorch_tanh",
+        rope_theta=10000.0,
+        rms_norm_eps=1e-6,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+        norms_per_layer=4,
+    ),
 }
 
 Q4_0_BYTES_PER_WEIGHT = 18 / 32  # ggml block_q4_0: one f16 scale + 32 4-bit values
 
 
+def arch(shape: dict) -> str:
+    return shape.get("arch", "llama")
+
+
+def head_dim(shape: dict) -> int:
+    return shape.get("head_dim") or shape["hidden_size"] // shape["num_attention_heads"]
+
+
+def layer_windows(shape: dict) -> list:
+    """Per layer: the sliding window (keys a query reads at most), or None for full attention."""
+    n = shape["num_hidden_layers"]
+    types = shape.get("layer_types")
+    w = shape.get("sliding_window")
+    if not w:
+        return [None] * n
+    if types is None:  # one window on every layer (Mistral-style)
+        return [w] * n
+    return [w if t == "sliding_attention" else None for t in types]
+
+
+def keys_read(shape: dict, ctx: float) -> float:
+    """Keys one query reads at context `ctx`, summed over layers."""
+    return sum(ctx if w is None else min(ctx, w) for w in layer_windows(shape))
+
+
+def prefill_pairs(shape: dict, prompt: int) -> float:
+    """(query, key) pairs of a causal prefill of `prompt` tokens, summed over layers."""
+    def pairs(w):
+        if w is None or prompt <= w:
+            return prompt * prompt / 2.0
+        return w * w / 2.0 + (prompt - w) * w
+    return sum(pairs(w) for w in layer_windows(shape))
+
+
 def counts(shape: dict) -> dict:
-    """Parameter counts of a Llama shape."""
+    """Parameter counts of a dense decoder shape (Llama / Gemma 2)."""
     h = shape["hidden_size"]
     nh = shape["num_attention_heads"]
     kvh = shape["num_key_value_heads"]
-    hd = h // nh
+    hd = head_dim(shape)
     ffn = shape["intermediate_size"]
     layers = shape["num_hidden_layers"]
     vocab = shape["vocab_size"]
+    # q, k, v, o (q and o are nh * hd wide, not h) + gate, up, down
     per_layer_linear = h * nh * hd + 2 * h * kvh * hd + nh * hd * h + 3 * h * ffn
-    norms = layers * 2 * h + h
+    norms = layers * shape.get("norms_per_layer", 2) * h + h
     embed = vocab * h
     lm_head = 0 if shape["tie_word_embeddings"] else vocab * h
     return dict(
@@ -70,6 +160,7 @@ def counts(shape: dict) -> dict:
         embed_params=embed,
         total_params=layers * per_layer_linear + norms + embed + lm_head,
         kv_bytes_per_token_bf16=2 * layers * kvh * hd * 2,
+        kv_bytes_per_layer_token_bf16=2 * kvh * hd * 2,
     )
 
 
@@ -88,8 +179,9 @@ def decode_floor(shape: dict, precision: str, batch: int, prompt: int, new: int,
     c = counts(shape)
     ctx = prompt + new / 2.0
     w = weight_bytes_per_step(shape, precision, batch)
-    kv = batch * ctx * c["kv_bytes_per_token_bf16"] * (2 if precision == "f32" else 1)
-    attn_flops = 4.0 * ctx * shape["num_hidden_layers"] * shape["num_attention_heads"] * c["head_dim"]
+    keys = keys_read(shape, ctx)  # = ctx * layers without sliding layers
+    kv = batch * keys * c["kv_bytes_per_layer_token_bf16"] * (2 if precision == "f32" else 1)
+    attn_flops = 4.0 * keys * shape["num_attention_heads"] * c["head_dim"]
     flops = batch * (2.0 * c["linear_params"] + attn_flops)
     t_bytes = (w + kv) / bandwidth
     t_flops = flops / peak_flops
@@ -102,6 +194,7 @@ def decode_floor(shape: dict, precision: str, batch: int, prompt: int, new: int,
         step_kv_bytes=kv,
         step_flops=flops,
         mean_context=ctx,
+        mean_keys_read=keys,
     )
 
 
@@ -111,7 +204,7 @@ def prefill_floor(shape: dict, precision: str, prompt: int, bandwidth: float, pe
     w = weight_bytes_per_step(shape, precision, prompt)
     kv = prompt * c["kv_bytes_per_token_bf16"] * (2 if precision == "f32" else 1)
     flops = 2.0 * prompt * c["layer_linear_params"] + 2.0 * h * vocab
-    flops += 2.0 * shape["num_hidden_layers"] * shape["num_attention_heads"] * c["head_dim"] * prompt * prompt
+    flops += 4.0 * shape["num_attention_heads"] * c["head_dim"] * prefill_pairs(shape, prompt)
     t_bytes = (w + kv) / bandwidth
     t_flops = flops / peak_flops
     return dict(
