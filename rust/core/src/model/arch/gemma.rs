@@ -80,8 +80,8 @@ pub fn from_gguf(m: &GgufMeta<'_>, arch: Architecture) -> Result<ModelConfig> {
         cfg.qk_norm = QkNormKind::PerHead;
         let pattern = m.usize("attention.sliding_window_pattern")?.unwrap_or(6).max(1);
         let global = cfg.ropes[0].clone();
-        // llama.cpp: the local layers' rope base is 10000 without scaling.
-        let local = RopeConfig { theta: 10_000.0, scaling: RopeScaling::None, ..global.clone() };
+        // llama.cpp: the local layers' rope is unscaled, its base `rope.freq_base_swa` (default 10000).
+        let local = RopeConfig { theta: m.f64("rope.freq_base_swa")?.unwrap_or(10_000.0), scaling: RopeScaling::None, ..global.clone() };
         cfg.ropes = vec![global, local];
         cfg.layers = (0..n).map(|i| if (i + 1) % pattern != 0 { slide(window, 1) } else { slide(None, 0) }).collect();
     }
