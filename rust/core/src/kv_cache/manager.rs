@@ -8,8 +8,14 @@
 //! are never read again and the blocks wholly below it go back to the pool. Released blocks are
 //! always a leading run of the table (the window only moves forward); their entries keep their place,
 //! holding [`PLACEHOLDER_BLOCK`], so that entry `i` still means positions `i * block_size ..`.
+//!
+//! # Regimes
+//!
+//! Each table belongs to one [`KvRegime`], fixed when it is allocated: its blocks are hashed on
+//! that regime's chain and its prefix hits come from that chain only. A sequence that changes regime
+//! is freed and allocated anew.
 
-use super::{BlockHash, BlockId, BlockPool, SeqId};
+use super::{BlockHash, BlockId, BlockPool, KvRegime, SeqId};
 use std::collections::HashMap;
 
 /// Stands in a block table for a block released because it fell out of the sliding window. A real
@@ -28,6 +34,8 @@ struct SeqBlocks {
     /// Chain hashes of the leading full, computed blocks; the last one is the parent of the next.
     /// Released blocks keep their place here: the chain continues through them.
     hashes: Vec<BlockHash>,
+    /// The chain these blocks are hashed on.
+    regime: KvRegime,
 }
 
 impl SeqBlocks {
@@ -112,8 +120,20 @@ impl KvCacheManager {
         tokens: &[u32],
         max_new_tokens: usize,
     ) -> Option<usize> {
+        self.allocate_with_prefix_in(KvRegime::Base, seq, tokens, max_new_tokens)
+    }
+
+    /// [`Self::allocate_with_prefix`] for a sequence whose KV is computed in `regime`: only blocks
+    /// of that regime match, and its blocks are hashed on that regime's chain.
+    pub fn allocate_with_prefix_in(
+        &mut self,
+        regime: KvRegime,
+        seq: SeqId,
+        tokens: &[u32],
+        max_new_tokens: usize,
+    ) -> Option<usize> {
         self.free(seq);
-        let found = self.match_prefix(tokens);
+        let found = self.match_prefix(regime, tokens);
         let num_cached = found.blocks.len() * self.block_size();
         let num_total = num_cached + tokens.len().saturating_sub(num_cached).min(max_new_tokens);
         // At most found.blocks.len(): the window start never passes num_cached.
@@ -143,6 +163,7 @@ impl KvCacheManager {
                 blocks,
                 released,
                 hashes: found.hashes,
+                regime,
             },
         );
         self.prefix_hit_tokens += num_cached;
@@ -151,8 +172,8 @@ impl KvCacheManager {
 
     /// Grows the block table of `seq` to hold `num_tokens_total` tokens, taking free blocks (and
     /// dropping the cached content of those). Returns false, changing nothing, when too few blocks are
-    /// free. An unknown `seq` starts with an empty table. Released entries count as present: only
-    /// blocks past the end of the table are taken.
+    /// free. An unknown `seq` starts with an empty table in the base regime. Released entries count
+    /// as present: only blocks past the end of the table are taken.
     pub fn ensure_slots(&mut self, seq: SeqId, num_tokens_total: usize) -> bool {
         let needed = self.blocks_for(num_tokens_total);
         let held = self.seqs.get(&seq).map_or(0, |s| s.blocks.len());
@@ -178,7 +199,8 @@ impl KvCacheManager {
         };
         let num_full = (num_computed.min(tokens.len()) / bs).min(entry.blocks.len());
         for i in entry.hashes.len()..num_full {
-            let hash = BlockHash::new(entry.hashes.last().copied(), &tokens[i * bs..(i + 1) * bs]);
+            let parent = entry.hashes.last().copied().or(entry.regime.first_parent());
+            let hash = BlockHash::new(parent, &tokens[i * bs..(i + 1) * bs]);
             // A block released before it was hashed is gone; the chain still goes through it.
             // (The scheduler commits before it releases, so this does not happen there.)
             if i >= entry.released {
@@ -220,6 +242,11 @@ impl KvCacheManager {
     /// [`PLACEHOLDER_BLOCK`]. Empty for a sequence that holds no blocks.
     pub fn block_table(&self, seq: SeqId) -> &[BlockId] {
         self.seqs.get(&seq).map_or(&[], |s| &s.blocks)
+    }
+
+    /// The regime `seq`'s table was allocated in; `None` for a sequence that holds no table.
+    pub fn regime(&self, seq: SeqId) -> Option<KvRegime> {
+        self.seqs.get(&seq).map(|s| s.regime)
     }
 
     /// Leading entries of the block table of `seq` released out of the sliding window.
@@ -274,9 +301,10 @@ impl KvCacheManager {
         num_tokens.div_ceil(self.pool.block_size())
     }
 
-    /// Longest run of cached full blocks matching `tokens` from the start, leaving at least the last
-    /// token uncovered: the engine samples from the last position's logits, so it must compute it.
-    fn match_prefix(&self, tokens: &[u32]) -> PrefixMatch {
+    /// Longest run of cached full blocks of `regime` matching `tokens` from the start, leaving at
+    /// least the last token uncovered: the engine samples from the last position's logits, so it must
+    /// compute it.
+    fn match_prefix(&self, regime: KvRegime, tokens: &[u32]) -> PrefixMatch {
         let mut found = PrefixMatch {
             blocks: Vec::new(),
             hashes: Vec::new(),
@@ -286,7 +314,8 @@ impl KvCacheManager {
         }
         let bs = self.pool.block_size();
         for chunk in tokens[..tokens.len().saturating_sub(1)].chunks_exact(bs) {
-            let hash = BlockHash::new(found.hashes.last().copied(), chunk);
+            let parent = found.hashes.last().copied().or(regime.first_parent());
+            let hash = BlockHash::new(parent, chunk);
             let Some(b) = self.pool.lookup(hash) else {
                 break;
             };
@@ -298,7 +327,8 @@ impl KvCacheManager {
 
     /// Panics unless every block's reference count equals the number of block tables holding it,
     /// no table holds a block twice, blocks held by several tables are cached (shared only
-    /// through equal content), and released entries are placeholders.
+    /// through equal content), released entries are placeholders, and every cached block a table
+    /// holds is cached under that table's own chain hash (so never shared across regimes).
     #[cfg(test)]
     pub(crate) fn assert_consistent(&self) {
         self.pool.assert_consistent();
@@ -326,8 +356,15 @@ impl KvCacheManager {
                 entry.hashes.len() <= entry.blocks.len(),
                 "seq {seq} hashed more blocks than it holds"
             );
-            for &b in entry.held() {
+            for (i, &b) in entry.blocks.iter().enumerate().skip(entry.released) {
                 holders[b as usize] += 1;
+                if let Some(hash) = self.pool.hash(b) {
+                    assert_eq!(
+                        entry.hashes.get(i),
+                        Some(&hash),
+                        "seq {seq} holds block {b} cached under another chain"
+                    );
+                }
             }
         }
         for (b, &n) in holders.iter().enumerate() {

@@ -9,6 +9,8 @@
 //!   hash -> block map of the prefix cache.
 //! - [`KvCacheManager`]: the pool plus one block table per sequence, with the blocks that fell out of
 //!   a sliding window given back while the sequence runs.
+//! - [`KvRegime`]: what a sequence's KV was computed with beyond its tokens (Phi-3's long rope);
+//!   each regime has its own hash chain, so prefix hits never cross regimes.
 
 mod block_hash;
 mod block_pool;
@@ -19,7 +21,7 @@ mod tests;
 #[cfg(test)]
 mod window_tests;
 
-pub use block_hash::BlockHash;
+pub use block_hash::{BlockHash, KvRegime};
 pub use block_pool::{BlockId, BlockPool};
 pub use manager::{KvCacheManager, PLACEHOLDER_BLOCK};
 

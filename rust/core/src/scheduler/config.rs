@@ -19,10 +19,16 @@ pub struct SchedulerConfig {
     /// window of every running token are released to the pool while the sequence runs. `None`: full attention
     /// somewhere in the model, blocks are kept for the sequence's life.
     pub sliding_window: Option<usize>,
+    /// Sequences longer than this run in the long rope regime (Phi-3 longrope): a sequence's regime
+    /// is fixed when it is admitted (long iff its known tokens, prompt plus generated, exceed this),
+    /// and a short-regime sequence about to hold more tokens is recomputed from position 0 in the
+    /// long regime. `None`: one regime.
+    pub long_context_from: Option<usize>,
 }
 
 impl SchedulerConfig {
-    /// Every count must be at least 1 (a zero budget or batch would leave work that never runs) and
+    /// Every count must be at least 1 (a zero budget or batch would leave work that never runs; a
+    /// long-context threshold of 0 would make every sequence long, which no model means) and
     /// `num_blocks` must fit a block id.
     pub fn validate(&self) -> Result<()> {
         let positive = [
@@ -37,16 +43,24 @@ impl SchedulerConfig {
                 return Err(EngineError::bad_request(field, "must be at least 1"));
             }
         }
-        if self.sliding_window == Some(0) {
-            return Err(EngineError::bad_request(
-                "sliding_window",
-                "must be at least 1",
-            ));
+        for (field, value) in [
+            ("sliding_window", self.sliding_window),
+            ("long_context_from", self.long_context_from),
+        ] {
+            if value == Some(0) {
+                return Err(EngineError::bad_request(field, "must be at least 1"));
+            }
         }
         if u32::try_from(self.num_blocks).is_err() {
             return Err(EngineError::bad_request("num_blocks", "must be below 2^32"));
         }
         Ok(())
+    }
+
+    /// Whether a sequence with `num_tokens` known tokens runs in the long rope regime when admitted
+    /// now; always false without [`Self::long_context_from`].
+    pub fn is_long_context(&self, num_tokens: usize) -> bool {
+        self.long_context_from.is_some_and(|t| num_tokens > t)
     }
 
     /// Tokens the whole KV cache can hold: without a sliding window, the longest sequence that can

@@ -28,6 +28,25 @@
 //! before resetting it to 0. So a sequence holds at most [`SchedulerConfig::window_blocks`]`(n)`
 //! blocks, `n` its longest step (a chunk, or a decode with its draft), and one longer than the whole
 //! cache still runs: chunks are capped at [`SchedulerConfig::max_chunk_tokens`] so that theirs fit.
+//!
+//! # Long rope (Phi-3 longrope)
+//!
+//! With [`SchedulerConfig::long_context_from`] `= Some(T)` each admission fixes the sequence's
+//! regime, [`ScheduledSeq::long_rope`]: long iff its known tokens exceed `T`. That is HF
+//! transformers' rule: a prompt of at most `T` tokens runs with the short factors, and at the step
+//! where the sequence grows past `T` tokens HF drops its cache and recomputes all of it with the long
+//! factors. Here a running short-regime sequence whose known tokens exceed `T` (its next step would
+//! compute position `T`) gives up its blocks and goes to the front of the waiting queue as a
+//! preempted one does; its readmission, in the same step when the budget and blocks allow, is long.
+//! It is reported in [`SchedulerOutput::rope_recomputes`], not as a preemption. So a short-regime
+//! step only computes positions below `T`, `long_rope` is "known tokens > T" at every step, and the
+//! logits at position `p` come from the long factors iff `p >= T`, as in HF. A short-regime draft is
+//! cut to stay below `T` for the same reason: switching early for it would take the pending token's
+//! logits from the long factors where HF uses the short ones.
+//!
+//! KV of the two regimes never mixes: each hashes its blocks on its own chain
+//! ([`crate::kv_cache::KvRegime`]), so prefix hits stay within one regime. Under a sliding window the
+//! switch frees the whole table before `num_computed` goes back to 0, as preemption does.
 
 mod config;
 mod output;
@@ -42,7 +61,7 @@ pub use crate::kv_cache::SeqId;
 pub use config::SchedulerConfig;
 pub use output::{ScheduledSeq, SchedulerOutput};
 
-use crate::kv_cache::KvCacheManager;
+use crate::kv_cache::{KvCacheManager, KvRegime};
 use std::collections::{HashMap, VecDeque};
 
 #[derive(Debug, Clone)]
@@ -54,6 +73,8 @@ struct Sequence {
     /// Proposed continuation (speculative decoding), fed after the pending token at the next step and
     /// verified there; not part of `tokens` until accepted.
     draft: Vec<u32>,
+    /// The rope regime of the KV in the cache, fixed at admission; meaningless while waiting.
+    long_rope: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -100,6 +121,7 @@ impl Scheduler {
                 tokens: prompt,
                 num_computed: 0,
                 draft: Vec::new(),
+                long_rope: false,
             },
         );
         self.waiting.push_back(seq_id);
@@ -166,15 +188,16 @@ impl Scheduler {
     }
 
     /// Running sequences that decode at their next step (one token to compute), in admission order:
-    /// the ones a proposer may draft for.
+    /// the ones a proposer may draft for. A sequence about to be recomputed in the long rope regime
+    /// does not decode.
     pub fn decoding(&self) -> Vec<SeqId> {
         self.running
             .iter()
             .copied()
             .filter(|id| {
-                self.seqs
-                    .get(id)
-                    .is_some_and(|s| s.num_computed + 1 == s.tokens.len())
+                self.seqs.get(id).is_some_and(|s| {
+                    s.num_computed + 1 == s.tokens.len() && !self.outgrew_short_rope(s)
+                })
             })
             .collect()
     }
@@ -237,6 +260,12 @@ impl Scheduler {
                 self.drop_unschedulable(id, out);
                 continue;
             }
+            if self.outgrew_short_rope(seq) {
+                self.running.remove(i);
+                self.forget_kv(id);
+                out.rope_recomputes.push(id); // queued after the loop, ahead of this step's victims
+                continue;
+            }
             // 0 only if the engine did not deliver a sampled token; nothing to compute until it does.
             let n = seq
                 .tokens
@@ -257,23 +286,43 @@ impl Scheduler {
                 out.preempted.push(id);
                 continue;
             }
-            // A draft rides along when it fits in the budget and in free blocks; it never preempts.
-            let draft = std::mem::take(&mut self.seqs.get_mut(&id).expect("present above").draft);
-            let with_draft = n == 1
-                && !draft.is_empty()
-                && n + draft.len() <= *budget
-                && self.kv.ensure_slots(id, start + n + draft.len());
-            if !with_draft && !self.reserve_or_preempt(i, start + n, out) {
+            let draft = self.take_draft(id, start, n, *budget);
+            if draft.is_empty() && !self.reserve_or_preempt(i, start + n, out) {
                 continue; // preempted itself: running[i] is now the next sequence, if any
             }
             let mut scheduled = self.scheduled(id, start, n);
-            if with_draft {
-                scheduled.token_ids.extend_from_slice(&draft);
-                scheduled.num_draft = draft.len();
-            }
+            scheduled.token_ids.extend_from_slice(&draft);
+            scheduled.num_draft = draft.len();
             *budget -= scheduled.token_ids.len();
             out.seqs.push(scheduled);
             i += 1;
+        }
+        // Every sequence preempted in this step was admitted after the ones that switched regime
+        // (victims come from the back of `running`): the switched ones go first, in admission order.
+        for &id in out.rope_recomputes.iter().rev() {
+            self.waiting.push_front(id);
+        }
+    }
+
+    /// The draft of `id` to verify after its `n` tokens from `start`, when it fits in the budget
+    /// and in free blocks (a draft never preempts); cut, for a short-regime sequence, to the
+    /// positions below `long_context_from` (see the module docs). Empty when none rides along.
+    fn take_draft(&mut self, id: SeqId, start: usize, n: usize, budget: usize) -> Vec<u32> {
+        let Some(seq) = self.seqs.get_mut(&id) else {
+            return Vec::new();
+        };
+        let mut draft = std::mem::take(&mut seq.draft);
+        if let Some(t) = self.cfg.long_context_from.filter(|_| !seq.long_rope) {
+            draft.truncate(t.saturating_sub(start + n));
+        }
+        let fits = n == 1
+            && !draft.is_empty()
+            && n + draft.len() <= budget
+            && self.kv.ensure_slots(id, start + n + draft.len());
+        if fits {
+            draft
+        } else {
+            Vec::new()
         }
     }
 
@@ -293,14 +342,24 @@ impl Scheduler {
                 continue;
             }
             let max_new = self.cfg.max_chunk_tokens().min(*budget);
+            let long_rope = self.cfg.is_long_context(seq.tokens.len());
+            let regime = if long_rope {
+                KvRegime::LongRope
+            } else {
+                KvRegime::Base
+            };
             // Prefix hits are taken here, on every admission: a resumed sequence finds its own
-            // blocks again if nothing reused them meanwhile.
-            let Some(cached) = self.kv.allocate_with_prefix(id, &seq.tokens, max_new) else {
+            // blocks again if nothing reused them meanwhile (and they are of its regime).
+            let Some(cached) = self
+                .kv
+                .allocate_with_prefix_in(regime, id, &seq.tokens, max_new)
+            else {
                 break;
             };
             let n = (seq.tokens.len() - cached).min(max_new);
             if let Some(seq) = self.seqs.get_mut(&id) {
                 seq.num_computed = cached;
+                seq.long_rope = long_rope;
             }
             self.waiting.pop_front();
             self.running.push(id);
@@ -337,12 +396,23 @@ impl Scheduler {
     /// recomputed first. Preempting newest first and pushing to the front keeps several victims of
     /// one step in admission order.
     fn preempt(&mut self, id: SeqId) {
+        self.forget_kv(id);
+        self.waiting.push_front(id);
+    }
+
+    /// Frees the blocks of `id`, which is to be recomputed from position 0.
+    fn forget_kv(&mut self, id: SeqId) {
         self.kv.free(id);
         if let Some(seq) = self.seqs.get_mut(&id) {
             seq.num_computed = 0;
             seq.draft.clear();
         }
-        self.waiting.push_front(id);
+    }
+
+    /// A running short-regime sequence whose known tokens passed `long_context_from`: its next step
+    /// would compute a position of the long regime.
+    fn outgrew_short_rope(&self, seq: &Sequence) -> bool {
+        !seq.long_rope && self.cfg.is_long_context(seq.tokens.len())
     }
 
     /// A sequence already taken out of its queue that can never run (see the module docs).
@@ -363,7 +433,10 @@ impl Scheduler {
     }
 
     fn scheduled(&self, id: SeqId, start: usize, n: usize) -> ScheduledSeq {
-        let tokens = self.seqs.get(&id).map_or(&[][..], |s| &s.tokens);
+        let (tokens, long_rope) = self
+            .seqs
+            .get(&id)
+            .map_or((&[][..], false), |s| (&s.tokens[..], s.long_rope));
         ScheduledSeq {
             seq_id: id,
             start_pos: start,
@@ -371,6 +444,7 @@ impl Scheduler {
             block_table: self.kv.block_table(id).to_vec(),
             sample: start + n == tokens.len(),
             num_draft: 0,
+            long_rope,
         }
     }
 

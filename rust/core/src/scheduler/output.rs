@@ -21,6 +21,10 @@ pub struct ScheduledSeq {
     /// The last `num_draft` of `token_ids` are proposed tokens to verify (speculative decoding): the
     /// engine samples from each of the last `num_draft + 1` positions.
     pub num_draft: usize,
+    /// Rotate every position of this step with the long rope factors (Phi-3 longrope); the KV in
+    /// the cache was computed in the same regime. Always false without
+    /// [`super::SchedulerConfig::long_context_from`].
+    pub long_rope: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -30,6 +34,11 @@ pub struct SchedulerOutput {
     /// Sequences preempted this step: their blocks were freed and they wait to be recomputed. None
     /// of them is in `seqs`.
     pub preempted: Vec<SeqId>,
+    /// Sequences that outgrew the short rope regime this step: their blocks were freed and they
+    /// are recomputed from position 0 in the long regime, first in the waiting queue (already in
+    /// `seqs`, from position 0 or a long-regime prefix hit, when admitted in this same step). Not
+    /// preemptions: none of them is in `preempted`. At most once per sequence.
+    pub rope_recomputes: Vec<SeqId>,
     /// Sequences dropped because they can never run: their tokens (prompt + generated) no longer
     /// fit in the whole KV cache, or they have no token at all. Their blocks are freed and the
     /// scheduler has forgotten them; the engine finishes them (finish reason "length").

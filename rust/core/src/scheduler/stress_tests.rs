@@ -373,6 +373,7 @@ fn stress_config(prefix: bool) -> SchedulerConfig {
         num_blocks: 24,
         enable_prefix_cache: prefix,
         sliding_window: None,
+        long_context_from: None,
     }
 }
 

@@ -18,6 +18,7 @@ fn config(
         num_blocks,
         enable_prefix_cache: prefix,
         sliding_window: None,
+        long_context_from: None,
     }
 }
 

@@ -12,6 +12,7 @@ fn config(window: usize, chunk: usize, num_blocks: usize, prefix: bool) -> Sched
         num_blocks,
         enable_prefix_cache: prefix,
         sliding_window: Some(window),
+        long_context_from: None,
     }
 }
 
