@@ -23,6 +23,7 @@ fn decoding_scheduler(prefix_cache: bool) -> Scheduler {
         num_blocks: 16_384,
         enable_prefix_cache: prefix_cache,
         sliding_window: None,
+        long_context_from: None,
     });
     for id in 0..NUM_SEQS {
         let first = id as u32 * PROMPT_LEN;

@@ -90,7 +90,7 @@ impl DraftModel {
     }
 
     fn scheduled(&self, seq_id: SeqId, start_pos: usize, token_ids: Vec<u32>) -> ScheduledSeq {
-        ScheduledSeq { seq_id, start_pos, token_ids, block_table: self.blocks.block_table(seq_id).to_vec(), sample: true, num_draft: 0 }
+        ScheduledSeq { seq_id, start_pos, token_ids, block_table: self.blocks.block_table(seq_id).to_vec(), sample: true, num_draft: 0, long_rope: false }
     }
 }
 
