@@ -127,6 +127,13 @@ fn q0f32_gemma3_two_ropes_qk_norm_matches_transformers() {
     check_q0f32_within("gemma3_v4cfg", 1e-4, |_| 32);
 }
 
+/// The same checkpoint with transformers 5's config.json (rope_parameters per layer type, layer_types,
+/// `_sliding_window_pattern`).
+#[test]
+fn q0f32_gemma3_transformers5_config_matches_transformers() {
+    check_q0f32_within("gemma3", 1e-4, |_| 32);
+}
+
 /// transformers' Phi-3 recomputes the whole sequence with long factors once it passes
 /// original_max_position_embeddings (32), and applies them to a longer prompt's every position; this
 /// engine keeps each position's own factors (rope.rs), so only the rows before the switch compare.
