@@ -17,6 +17,8 @@ mod block_pool;
 mod free_queue;
 mod manager;
 #[cfg(test)]
+mod regime_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod window_tests;

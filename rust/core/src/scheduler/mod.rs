@@ -51,6 +51,8 @@
 mod config;
 mod output;
 #[cfg(test)]
+mod rope_tests;
+#[cfg(test)]
 mod stress_tests;
 #[cfg(test)]
 mod tests;
