@@ -35,7 +35,10 @@ fn base_regime_hashes_are_the_plain_chain() {
     let mut base = KvCacheManager::new(8, 4, true);
     let a = toks(0, 9);
     assert_eq!(plain.allocate_with_prefix(1, &a, 9), Some(0));
-    assert_eq!(base.allocate_with_prefix_in(KvRegime::Base, 1, &a, 9), Some(0));
+    assert_eq!(
+        base.allocate_with_prefix_in(KvRegime::Base, 1, &a, 9),
+        Some(0)
+    );
     plain.commit_full_blocks(1, &a, 9);
     base.commit_full_blocks(1, &a, 9);
     for i in 0..2 {
@@ -58,13 +61,19 @@ fn the_long_rope_chain_starts_from_a_fixed_seed() {
     );
     let mut kv = KvCacheManager::new(8, 4, true);
     let a = toks(0, 5);
-    assert_eq!(kv.allocate_with_prefix_in(KvRegime::LongRope, 1, &a, 5), Some(0));
+    assert_eq!(
+        kv.allocate_with_prefix_in(KvRegime::LongRope, 1, &a, 5),
+        Some(0)
+    );
     kv.commit_full_blocks(1, &a, 5);
     assert_eq!(
         hash_of(&kv, 1, 0),
         "BlockHash(272379802981736036934131063999624442706)"
     );
-    assert_eq!(hash_of(&kv, 1, 0), format!("{:?}", BlockHash::new(Some(seed), &a[..4])));
+    assert_eq!(
+        hash_of(&kv, 1, 0),
+        format!("{:?}", BlockHash::new(Some(seed), &a[..4]))
+    );
     assert_eq!(kv.regime(1), Some(KvRegime::LongRope));
 }
 
@@ -73,7 +82,10 @@ fn prefix_hits_stay_within_one_regime() {
     let mut kv = KvCacheManager::new(16, 4, true);
     let a = toks(0, 9);
     let long = KvRegime::LongRope;
-    assert_eq!(kv.allocate_with_prefix_in(KvRegime::Base, 1, &a, 9), Some(0));
+    assert_eq!(
+        kv.allocate_with_prefix_in(KvRegime::Base, 1, &a, 9),
+        Some(0)
+    );
     kv.commit_full_blocks(1, &a, 9);
     assert_eq!(kv.block_table(1), [0, 1, 2]);
     // Same tokens, other regime: nothing matches; its own blocks are cached on its own chain.
@@ -111,7 +123,10 @@ fn reallocating_in_another_regime_drops_the_old_table() {
     let a = toks(0, 9);
     assert_eq!(kv.allocate_with_prefix(1, &a, 9), Some(0));
     kv.commit_full_blocks(1, &a, 9);
-    assert_eq!(kv.allocate_with_prefix_in(KvRegime::LongRope, 1, &a, 9), Some(0));
+    assert_eq!(
+        kv.allocate_with_prefix_in(KvRegime::LongRope, 1, &a, 9),
+        Some(0)
+    );
     assert_eq!(kv.regime(1), Some(KvRegime::LongRope));
     assert_eq!(kv.num_held(1), 3);
     assert_eq!(kv.num_free(), 5);

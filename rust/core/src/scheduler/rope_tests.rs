@@ -46,14 +46,25 @@ fn check_regimes(s: &Scheduler, out: &SchedulerOutput) {
         assert_eq!(x.long_rope, known > T, "seq {}", x.seq_id);
         assert!(x.long_rope || x.start_pos + x.token_ids.len() <= T);
     }
-    assert!(out.rope_recomputes.iter().all(|r| !out.preempted.contains(r)));
+    assert!(out
+        .rope_recomputes
+        .iter()
+        .all(|r| !out.preempted.contains(r)));
 }
 
 /// (seq, start_pos, number of tokens, sample, long_rope) per scheduled sequence.
 fn chunks(out: &SchedulerOutput) -> Vec<(SeqId, usize, usize, bool, bool)> {
     out.seqs
         .iter()
-        .map(|x| (x.seq_id, x.start_pos, x.token_ids.len(), x.sample, x.long_rope))
+        .map(|x| {
+            (
+                x.seq_id,
+                x.start_pos,
+                x.token_ids.len(),
+                x.sample,
+                x.long_rope,
+            )
+        })
         .collect()
 }
 
@@ -72,7 +83,10 @@ fn a_short_prompt_that_grows_past_t_is_recomputed_once_in_the_long_regime() {
     // 9 known tokens: position 8 is long. Blocks 1, 0 go back; all 9 tokens are fed again.
     let out = step(&mut s, 4);
     assert_eq!(chunks(&out), [(1, 0, 9, true, true)]);
-    assert_eq!(out.seqs[0].token_ids, [&toks(100, 6)[..], &[1, 2, 3]].concat());
+    assert_eq!(
+        out.seqs[0].token_ids,
+        [&toks(100, 6)[..], &[1, 2, 3]].concat()
+    );
     assert_eq!(out.seqs[0].block_table, [2, 3, 4]);
     assert_eq!(out.rope_recomputes, [1]);
     assert!(out.preempted.is_empty());
@@ -104,9 +118,18 @@ fn a_long_prompt_is_long_from_the_start_and_never_switches() {
     s.add(1, toks(0, 9));
     s.add(2, toks(50, 3));
     let out = step(&mut s, 1);
-    assert_eq!(chunks(&out), [(1, 0, 4, false, true), (2, 0, 3, true, false)]);
-    assert_eq!(chunks(&step(&mut s, 1)), [(1, 4, 4, false, true), (2, 3, 1, true, false)]);
-    assert_eq!(chunks(&step(&mut s, 1)), [(1, 8, 1, true, true), (2, 4, 1, true, false)]);
+    assert_eq!(
+        chunks(&out),
+        [(1, 0, 4, false, true), (2, 0, 3, true, false)]
+    );
+    assert_eq!(
+        chunks(&step(&mut s, 1)),
+        [(1, 4, 4, false, true), (2, 3, 1, true, false)]
+    );
+    assert_eq!(
+        chunks(&step(&mut s, 1)),
+        [(1, 8, 1, true, true), (2, 4, 1, true, false)]
+    );
     let mut recomputes = Vec::new();
     for _ in 0..20 {
         let out = step(&mut s, 1);
@@ -124,13 +147,19 @@ fn the_switch_is_recomputed_in_chunks() {
     assert_eq!(chunks(&step(&mut s, 1)), [(1, 3, 3, false, false)]);
     assert_eq!(chunks(&step(&mut s, 1)), [(1, 6, 2, true, false)]);
     let out = step(&mut s, 2);
-    assert_eq!((chunks(&out), out.rope_recomputes), (vec![(1, 0, 3, false, true)], vec![1]));
+    assert_eq!(
+        (chunks(&out), out.rope_recomputes),
+        (vec![(1, 0, 3, false, true)], vec![1])
+    );
     assert_eq!(chunks(&step(&mut s, 3)), [(1, 3, 3, false, true)]);
     let out = step(&mut s, 3);
     assert_eq!(chunks(&out), [(1, 6, 3, true, true)]);
     assert_eq!(out.seqs[0].token_ids, [6, 7, 1]);
     assert_eq!(chunks(&step(&mut s, 4)), [(1, 9, 1, true, true)]);
-    assert_eq!(s.tokens(1), Some(&[&toks(0, 8)[..], &[1, 3, 4]].concat()[..]));
+    assert_eq!(
+        s.tokens(1),
+        Some(&[&toks(0, 8)[..], &[1, 3, 4]].concat()[..])
+    );
 }
 
 /// A short-regime draft is cut at T: verifying past T would need long KV, and switching for a
@@ -146,7 +175,10 @@ fn drafts_stay_below_t_and_the_switch_drops_them() {
     check_regimes(&s, &out);
     // Positions 5 (pending), 6 and 7 (draft): the third draft token would sit at 8.
     assert_eq!(chunks(&out), [(1, 5, 3, true, false)]);
-    assert_eq!((out.seqs[0].token_ids.clone(), out.seqs[0].num_draft), (vec![9, 1, 2], 2));
+    assert_eq!(
+        (out.seqs[0].token_ids.clone(), out.seqs[0].num_draft),
+        (vec![9, 1, 2], 2)
+    );
     assert!(out.rope_recomputes.is_empty());
     s.update_emitted(&out, &[(1, vec![1, 2, 7])]);
     assert_eq!(s.seqs[&1].num_computed, 8);
@@ -156,14 +188,20 @@ fn drafts_stay_below_t_and_the_switch_drops_them() {
     s.set_draft(1, vec![1, 2]);
     let out = s.schedule();
     check_regimes(&s, &out);
-    assert_eq!((chunks(&out), out.rope_recomputes.clone()), (vec![(1, 0, 9, true, true)], vec![1]));
+    assert_eq!(
+        (chunks(&out), out.rope_recomputes.clone()),
+        (vec![(1, 0, 9, true, true)], vec![1])
+    );
     assert_eq!(out.seqs[0].num_draft, 0);
     s.update(&out, &[(1, 4)]);
 
     // Long: drafts go on uncut.
     s.set_draft(1, vec![1, 2, 3]);
     let out = s.schedule();
-    assert_eq!((chunks(&out), out.seqs[0].num_draft), (vec![(1, 9, 4, true, true)], 3));
+    assert_eq!(
+        (chunks(&out), out.seqs[0].num_draft),
+        (vec![(1, 9, 4, true, true)], 3)
+    );
 }
 
 #[test]
@@ -173,9 +211,15 @@ fn a_draft_with_no_room_below_t_is_dropped() {
     step(&mut s, 9); // 8 known tokens, the pending one at position 7
     s.set_draft(1, vec![1, 2]);
     let out = step(&mut s, 3);
-    assert_eq!((chunks(&out), out.seqs[0].num_draft), (vec![(1, 7, 1, true, false)], 0));
+    assert_eq!(
+        (chunks(&out), out.seqs[0].num_draft),
+        (vec![(1, 7, 1, true, false)], 0)
+    );
     let out = step(&mut s, 3);
-    assert_eq!((chunks(&out), out.rope_recomputes), (vec![(1, 0, 9, true, true)], vec![1]));
+    assert_eq!(
+        (chunks(&out), out.rope_recomputes),
+        (vec![(1, 0, 9, true, true)], vec![1])
+    );
 }
 
 #[test]
@@ -184,7 +228,10 @@ fn prefix_hits_never_cross_regimes() {
     s.add(1, toks(0, 12)); // long
     s.add(2, toks(0, 6)); // short: same first block, other regime
     let out = step(&mut s, 1);
-    assert_eq!(chunks(&out), [(1, 0, 12, true, true), (2, 0, 6, true, false)]);
+    assert_eq!(
+        chunks(&out),
+        [(1, 0, 12, true, true), (2, 0, 6, true, false)]
+    );
     assert_eq!(out.prefix_hit_tokens, 0);
     let tables: Vec<_> = out.seqs.iter().map(|x| x.block_table.clone()).collect();
     assert_eq!(tables, [vec![0, 1, 2], vec![3, 4]]);
@@ -201,7 +248,10 @@ fn prefix_hits_never_cross_regimes() {
     assert_eq!(out.seqs[2].block_table, [0, 1, 6]);
     assert_eq!(out.seqs[3].block_table, [3, 7]);
     let pool = s.kv_cache().pool();
-    assert_eq!([0, 1, 3].map(|b| pool.ref_count(b)), [Some(2), Some(2), Some(2)]);
+    assert_eq!(
+        [0, 1, 3].map(|b| pool.ref_count(b)),
+        [Some(2), Some(2), Some(2)]
+    );
 }
 
 /// The switch recomputes from position 0 in the long regime: its own short blocks never match,
@@ -214,17 +264,26 @@ fn a_switching_sequence_reuses_long_kv_only() {
     s.add(1, toks(0, 8)); // short: the same first 8 tokens, other regime
     let out = step(&mut s, 8);
     assert_eq!(chunks(&out)[1], (1, 0, 8, true, false));
-    assert_eq!((out.prefix_hit_tokens, &out.seqs[1].block_table), (0, &vec![4, 5]));
+    assert_eq!(
+        (out.prefix_hit_tokens, &out.seqs[1].block_table),
+        (0, &vec![4, 5])
+    );
 
     // Seq 1 knows 0..=8 now: readmitted long, it finds seq 2's long blocks, not its own.
     let out = step(&mut s, 8);
     assert_eq!(out.rope_recomputes, [1]);
-    assert_eq!(chunks(&out), [(2, 13, 1, true, true), (1, 8, 1, true, true)]);
+    assert_eq!(
+        chunks(&out),
+        [(2, 13, 1, true, true), (1, 8, 1, true, true)]
+    );
     assert_eq!(out.prefix_hit_tokens, 8);
     assert_eq!(out.seqs[1].block_table, [0, 1, 6]);
     let pool = s.kv_cache().pool();
     assert_eq!([4, 5].map(|b| pool.ref_count(b)), [Some(0), Some(0)]);
-    assert!(pool.hash(4).is_some() && pool.hash(5).is_some(), "still cached, short");
+    assert!(
+        pool.hash(4).is_some() && pool.hash(5).is_some(),
+        "still cached, short"
+    );
 }
 
 /// Three sequences fill 5 blocks; in one step the oldest needs a block (and preempts the newest)
@@ -243,13 +302,19 @@ fn a_switch_and_a_preemption_in_the_same_step() {
     let out = step(&mut s, 2);
     assert_eq!(chunks(&out), [(1, 4, 1, true, false)]);
     assert_eq!(out.seqs[0].block_table, [0, 4]);
-    assert_eq!((out.preempted.clone(), out.rope_recomputes.clone()), (vec![3], vec![2]));
+    assert_eq!(
+        (out.preempted.clone(), out.rope_recomputes.clone()),
+        (vec![3], vec![2])
+    );
     assert_eq!(s.waiting, [2, 3]);
     assert_eq!(s.num_free_blocks(), 3);
 
     // Seq 2 (9 tokens, long) takes the 3 free blocks; seq 3 (8 tokens, short) waits.
     let out = step(&mut s, 3);
-    assert_eq!(chunks(&out), [(1, 5, 1, true, false), (2, 0, 9, true, true)]);
+    assert_eq!(
+        chunks(&out),
+        [(1, 5, 1, true, false), (2, 0, 9, true, true)]
+    );
     assert!(out.preempted.is_empty() && out.rope_recomputes.is_empty());
     assert_eq!(s.waiting, [3]);
 
@@ -258,7 +323,10 @@ fn a_switch_and_a_preemption_in_the_same_step() {
     let out = step(&mut s, 4);
     assert_eq!(chunks(&out), [(3, 0, 8, true, false)]);
     let out = step(&mut s, 5);
-    assert_eq!((chunks(&out), out.rope_recomputes), (vec![(3, 0, 9, true, true)], vec![3]));
+    assert_eq!(
+        (chunks(&out), out.rope_recomputes),
+        (vec![(3, 0, 9, true, true)], vec![3])
+    );
 }
 
 /// A sequence preempted at its switch point (more than T known tokens, short KV) comes back long
@@ -269,7 +337,10 @@ fn a_preempted_sequence_is_readmitted_in_the_regime_of_its_tokens() {
     s.add(1, toks(0, 4));
     s.add(2, toks(100, 8));
     let out = step(&mut s, 1);
-    assert_eq!(chunks(&out), [(1, 0, 4, true, false), (2, 0, 8, true, false)]);
+    assert_eq!(
+        chunks(&out),
+        [(1, 0, 4, true, false), (2, 0, 8, true, false)]
+    );
     // Seq 1 needs a second block before seq 2 (9 known tokens) gets its turn to switch.
     let out = step(&mut s, 1);
     assert_eq!(chunks(&out), [(1, 4, 1, true, false)]);
@@ -300,9 +371,16 @@ fn the_switch_composes_with_a_sliding_window() {
     assert_eq!(chunks(&out), [(1, 7, 1, true, false)]);
     assert_eq!(out.seqs[0].block_table, [P, 1]);
     let out = step(&mut s, 1);
-    assert_eq!((chunks(&out), out.rope_recomputes.clone()), (vec![(1, 0, 9, true, true)], vec![1]));
+    assert_eq!(
+        (chunks(&out), out.rope_recomputes.clone()),
+        (vec![(1, 0, 9, true, true)], vec![1])
+    );
     assert!(!out.seqs[0].block_table.contains(&P), "a fresh table");
-    assert_eq!(s.kv_cache().num_released(1), 1, "released behind the recompute");
+    assert_eq!(
+        s.kv_cache().num_released(1),
+        1,
+        "released behind the recompute"
+    );
     for _ in 0..60 {
         let out = step(&mut s, 1);
         assert!(out.seqs[0].long_rope);

@@ -10,8 +10,13 @@
 //! prefix hit on the wrong content, a block freed or overwritten while in use, and a block table
 //! that lost a block. Under a sliding window of `W` only the slots from `start_pos - W + 1` on are
 //! read, so only those are checked, and every entry before them must be a placeholder.
+//!
+//! With `long_context_from` a slot also records the rope regime it was written in, and is valid only
+//! for a sequence in that same regime: that catches a prefix hit across regimes and a switch that
+//! kept short KV. Every step's regime must be "known tokens > T", and a short step must compute
+//! only positions below T.
 
-use super::{Scheduler, SchedulerConfig, SchedulerOutput, SeqId};
+use super::{ScheduledSeq, Scheduler, SchedulerConfig, SchedulerOutput, SeqId};
 use crate::kv_cache::PLACEHOLDER_BLOCK;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -22,6 +27,18 @@ struct Expected {
     tokens: Vec<u32>,
     prompt_len: usize,
     max_new: usize,
+    /// The regime of its last scheduled step.
+    long_rope: Option<bool>,
+    /// It has switched to the long regime (at most once).
+    switched: bool,
+}
+
+/// What one KV slot was computed from.
+#[derive(Clone, Default, PartialEq, Debug)]
+struct Slot {
+    /// The token at the slot's position and every token before it.
+    prefix: Vec<u32>,
+    long_rope: bool,
 }
 
 #[derive(Default)]
@@ -34,6 +51,10 @@ struct Counts {
     aborted: usize,
     drafts_accepted: usize,
     drafts_rejected: usize,
+    rope_recomputes: usize,
+    /// Steps computed in the long regime, and prefix-hit tokens of long admissions.
+    long_steps: usize,
+    long_prefix_hit_tokens: usize,
     /// Most tokens of a sequence that finished normally.
     longest_finished: usize,
     /// Every step's output, to compare runs.
@@ -57,8 +78,8 @@ struct Harness {
     s: Scheduler,
     rng: StdRng,
     live: HashMap<SeqId, Expected>,
-    /// `[num_blocks][block_size]`: the tokens up to and including each slot's position.
-    shadow: Vec<Vec<Vec<u32>>>,
+    /// `[num_blocks][block_size]`: what each slot was computed from.
+    shadow: Vec<Vec<Slot>>,
     families: Vec<Vec<u32>>,
     next_id: SeqId,
     counts: Counts,
@@ -76,7 +97,7 @@ impl Harness {
                     .collect()
             })
             .collect();
-        let shadow = vec![vec![Vec::new(); cfg.block_size]; cfg.num_blocks];
+        let shadow = vec![vec![Slot::default(); cfg.block_size]; cfg.num_blocks];
         Harness {
             s: Scheduler::new(cfg),
             rng,
@@ -108,6 +129,8 @@ impl Harness {
                 prompt_len: prompt.len(),
                 tokens: prompt.clone(),
                 max_new,
+                long_rope: None,
+                switched: false,
             },
         );
         self.s.add(id, prompt);
@@ -167,13 +190,14 @@ impl Harness {
         }
         self.counts.preemptions += out.preempted.len();
         self.counts.prefix_hit_tokens += out.prefix_hit_tokens;
+        self.note_regimes(&out, &running_before);
 
         let mut emitted = Vec::new();
         for x in &out.seqs {
             // Drafts are computed like any fed token, after the known ones.
             let known = &self.live[&x.seq_id].tokens[..x.start_pos];
             let tokens = [known, &x.token_ids[..]].concat();
-            self.write_shadow(x.seq_id, x.start_pos, &tokens, &x.block_table);
+            self.write_shadow(x, &tokens);
             if x.sample && x.num_draft > 0 {
                 let draft = &x.token_ids[x.token_ids.len() - x.num_draft..];
                 let tokens = self.emit(draft);
@@ -241,12 +265,81 @@ impl Harness {
             for p in window_start..x.start_pos {
                 let slot = &self.shadow[x.block_table[p / bs] as usize][p % bs];
                 assert!(
-                    *slot == e.tokens[..=p],
+                    slot.prefix == e.tokens[..=p] && slot.long_rope == x.long_rope,
                     "seq {} reads a wrong KV at position {p}",
                     x.seq_id
                 );
             }
+            assert_eq!(
+                x.long_rope,
+                cfg.is_long_context(e.tokens.len()),
+                "seq {}",
+                x.seq_id
+            );
+            if let Some(t) = cfg.long_context_from.filter(|_| !x.long_rope) {
+                assert!(
+                    end <= t,
+                    "seq {} computes position {} short",
+                    x.seq_id,
+                    end - 1
+                );
+            }
         }
+        self.check_rope_recomputes(out, &ids, running_before);
+    }
+
+    /// Every switch is of a running short-regime sequence that outgrew T, happens once, and puts
+    /// the sequence (unless readmitted at once) at the front of the waiting queue, ahead of this
+    /// step's victims of preemption, which follow in admission order.
+    fn check_rope_recomputes(
+        &self,
+        out: &SchedulerOutput,
+        ids: &HashSet<SeqId>,
+        running_before: &HashSet<SeqId>,
+    ) {
+        let cfg = &self.s.cfg;
+        for id in &out.rope_recomputes {
+            let e = &self.live[id];
+            assert!(running_before.contains(id) && !out.preempted.contains(id));
+            assert!(cfg.is_long_context(e.tokens.len()));
+            assert_eq!(e.long_rope, Some(false), "seq {id} was short");
+            assert!(!e.switched, "seq {id} switched twice");
+        }
+        let pending: Vec<SeqId> = out
+            .rope_recomputes
+            .iter()
+            .copied()
+            .filter(|id| !ids.contains(id))
+            .collect();
+        let victims = out.preempted.iter().rev().copied();
+        let front: Vec<SeqId> = pending.iter().copied().chain(victims).collect();
+        assert!(
+            self.s.waiting.iter().copied().take(front.len()).eq(front),
+            "switched, then preempted, at the front of the queue"
+        );
+    }
+
+    fn note_regimes(&mut self, out: &SchedulerOutput, running_before: &HashSet<SeqId>) {
+        self.counts.rope_recomputes += out.rope_recomputes.len();
+        for id in &out.rope_recomputes {
+            self.live.get_mut(id).expect("live").switched = true;
+        }
+        for x in &out.seqs {
+            self.live.get_mut(&x.seq_id).expect("live").long_rope = Some(x.long_rope);
+            if x.long_rope {
+                self.counts.long_steps += 1;
+            }
+        }
+        // An admission starts at its prefix hit.
+        self.counts.long_prefix_hit_tokens += out
+            .seqs
+            .iter()
+            .filter(|x| {
+                !running_before.contains(&x.seq_id) || out.rope_recomputes.contains(&x.seq_id)
+            })
+            .filter(|x| x.long_rope)
+            .map(|x| x.start_pos)
+            .sum::<usize>();
     }
 
     /// Under a sliding window: exactly the blocks wholly before the window of a chunk starting at
@@ -271,17 +364,22 @@ impl Harness {
         window_start
     }
 
-    /// Computes positions `start..tokens.len()` of `tokens` (known tokens, then the fed ones).
-    fn write_shadow(&mut self, id: SeqId, start: usize, tokens: &[u32], table: &[u32]) {
+    /// Computes positions `x.start_pos..tokens.len()` of `tokens` (known tokens, then the fed
+    /// ones) in the regime of `x`.
+    fn write_shadow(&mut self, x: &ScheduledSeq, tokens: &[u32]) {
         let bs = self.s.cfg.block_size;
-        for p in start..tokens.len() {
-            let b = table[p / bs];
+        for p in x.start_pos..tokens.len() {
+            let b = x.block_table[p / bs];
             assert_eq!(
                 self.s.kv.pool().ref_count(b),
                 Some(1),
-                "seq {id} writes into shared block {b}"
+                "seq {} writes into shared block {b}",
+                x.seq_id
             );
-            self.shadow[b as usize][p % bs] = tokens[..=p].to_vec();
+            self.shadow[b as usize][p % bs] = Slot {
+                prefix: tokens[..=p].to_vec(),
+                long_rope: x.long_rope,
+            };
         }
     }
 
@@ -450,4 +548,55 @@ fn a_window_longer_than_any_sequence_changes_nothing() {
     assert!(full.preemptions > 0 && full.drafts_rejected > 0);
     assert_eq!(full.steps, windowed.steps);
     assert!(full.outputs == windowed.outputs);
+}
+
+/// The long rope regime from 20 tokens on: most sequences cross it while decoding (and switch once),
+/// some prompts are long from the start; with drafts, prefix caching and a sliding window in turn.
+#[test]
+fn random_workload_with_a_long_rope_regime() {
+    let drafts = Workload {
+        max_new: 30,
+        max_draft: 3,
+    };
+    for (seed, prefix, window, workload) in [
+        (10, true, None, drafts),
+        (11, false, None, PLAIN),
+        (12, true, Some(10), drafts),
+        (13, true, Some(10), PLAIN),
+    ] {
+        let cfg = SchedulerConfig {
+            sliding_window: window,
+            long_context_from: Some(20),
+            ..stress_config(prefix)
+        };
+        let c = run(cfg, seed, workload);
+        assert!(c.rope_recomputes > 50 && c.long_steps > 0, "seed {seed}");
+        assert!(c.preemptions > 0 && c.finished > 300, "seed {seed}");
+        assert_eq!(c.long_prefix_hit_tokens > 0, prefix, "seed {seed}");
+        if workload.max_draft > 0 {
+            assert!(
+                c.drafts_accepted > 0 && c.drafts_rejected > 0,
+                "seed {seed}"
+            );
+        }
+    }
+}
+
+/// A threshold no sequence reaches changes nothing: every step is the one a single regime schedules.
+#[test]
+fn a_long_context_threshold_beyond_any_sequence_changes_nothing() {
+    let workload = Workload {
+        max_new: 30,
+        max_draft: 2,
+    };
+    let one = run(stress_config(true), 14, workload);
+    let high = SchedulerConfig {
+        long_context_from: Some(10_000),
+        ..stress_config(true)
+    };
+    let two = run(high, 14, workload);
+    assert!(one.preemptions > 0 && one.prefix_hit_tokens > 0 && one.drafts_rejected > 0);
+    assert_eq!((two.rope_recomputes, two.long_steps), (0, 0));
+    assert_eq!(one.steps, two.steps);
+    assert!(one.outputs == two.outputs);
 }
