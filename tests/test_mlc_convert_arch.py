@@ -22,7 +22,7 @@ from mlc_llm import _core
 
 MODELS = Path(__file__).parent / "fixtures" / "models"
 REPO = Path(__file__).parent.parent
-ARCHS = {"gemma2": "gemma_instruction", "gemma3_v4cfg": "gemma3_instruction", "phi3": "phi-3", "olmo2": "olmo2"}
+ARCHS = {"gemma2": "gemma_instruction", "gemma3": "gemma3_instruction", "gemma3_v4cfg": "gemma3_instruction", "phi3": "phi-3", "olmo2": "olmo2"}
 
 
 def mlc_llm(*args: str) -> subprocess.CompletedProcess:
@@ -143,6 +143,7 @@ def test_parameters_carry_mlcs_names(dirs: Dict[Tuple[str, str], Path]) -> None:
     names = {name: set(tensor_names(dirs[(name, "q4f16_1")])) for name in ARCHS}
     assert {"model.layers.0.self_attn.qkv_proj.q_weight", "model.layers.0.pre_feedforward_layernorm.weight"} <= names["gemma2"]
     assert not any(n.startswith("lm_head") for n in names["gemma2"] | names["gemma3_v4cfg"])
+    assert names["gemma3"] == names["gemma3_v4cfg"]
     assert {"language_model.model.layers.0.self_attn.k_proj.q_scale", "language_model.model.layers.0.self_attn.k_norm.weight",
             "language_model.model.embed_tokens.q_weight"} <= names["gemma3_v4cfg"]
     assert {"transformer.h.1.mixer.qkv_proj.q_weight", "transformer.h.1.mixer.out_proj.q_weight", "transformer.h.0.ln.weight",
