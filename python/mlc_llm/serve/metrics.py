@@ -15,6 +15,7 @@ _COUNTERS = frozenset(
         "prefill_tokens",
         "decode_tokens",
         "num_preemptions",
+        "num_rope_recomputes",
         "prefix_cache_hit_tokens",
         "engine_steps",
     }

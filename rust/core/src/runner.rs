@@ -81,7 +81,20 @@ impl ModelRunner {
 
     /// Builds the flattened inputs and attention metadata for a step.
     pub fn prepare(&self, out: &SchedulerOutput) -> (Vec<u32>, Vec<u32>, Vec<u32>, AttentionMetadata) {
-        prepare_step(out, self.kv.block_size)
+        let (tokens, mut positions, rows, meta) = prepare_step(out, self.kv.block_size);
+        // Phi-3's longrope: a sequence in the long regime reads the long half of the rope tables.
+        if self.model.config().long_context_from().is_some() {
+            let offset = self.model.config().max_position_embeddings as u32;
+            let mut at = 0;
+            for s in &out.seqs {
+                let n = s.token_ids.len();
+                if s.long_rope {
+                    positions[at..at + n].iter_mut().for_each(|p| *p += offset);
+                }
+                at += n;
+            }
+        }
+        (tokens, positions, rows, meta)
     }
 
     /// Runs one step; returns logits for every scheduled sequence with `sample == true`, in order, in
@@ -94,7 +107,9 @@ impl ModelRunner {
         #[cfg(feature = "cuda")]
         if let Some(graphs) = &mut self.graphs {
             // A decode step where every sequence samples: the graph's rows are the sample rows.
-            if sample_rows.len() == tokens.len() && out.seqs.iter().all(|s| s.sample && s.token_ids.len() == 1) {
+            // The graphs read positions from the attention plan, which knows no rope regime: steps with a
+            // sequence in Phi-3's long regime run eagerly.
+            if sample_rows.len() == tokens.len() && out.seqs.iter().all(|s| s.sample && s.token_ids.len() == 1 && !s.long_rope) {
                 if let Some(h) = graphs.run(self.model.as_ref(), &self.kv, &meta, &tokens)? {
                     if self.keep_hidden {
                         // The graph's output buffer is rewritten by the next replay: keep a copy.

@@ -34,6 +34,7 @@ _ENGINE_COUNTERS = (
     ("prefill_tokens", "mlc_llm_engine_prefill_tokens", "Prompt tokens the engine computed"),
     ("decode_tokens", "mlc_llm_engine_decode_tokens", "Tokens the engine generated"),
     ("num_preemptions", "mlc_llm_engine_preemptions", "Sequences preempted for lack of KV blocks"),
+    ("num_rope_recomputes", "mlc_llm_engine_rope_recomputes", "Sequences recomputed on growing past a longrope model's original context"),
     ("prefix_cache_hit_tokens", "mlc_llm_engine_prefix_cache_hit_tokens", "Prompt tokens reused from the prefix cache"),
     ("engine_steps", "mlc_llm_engine_steps", "Engine steps run"),
     ("spec_draft_tokens", "mlc_llm_spec_draft_tokens", "Draft tokens proposed (speculative decoding)"),

@@ -303,6 +303,7 @@ impl EngineCore {
         self.metrics.engine_steps += 1;
         self.metrics.max_batch_size_seen = self.metrics.max_batch_size_seen.max(out.seqs.len());
         self.metrics.num_preemptions += out.preempted.len() as u64;
+        self.metrics.num_rope_recomputes += out.rope_recomputes.len() as u64;
         self.metrics.prefix_cache_hit_tokens += out.prefix_hit_tokens as u64;
         for s in &out.seqs {
             let Some(state) = self.requests.get_mut(&s.seq_id) else { continue };

@@ -282,7 +282,7 @@ pub fn build(model: &str, device: &str, args: &EngineArgs) -> Result<(EngineCore
         num_blocks: sizes.num_kv_blocks,
         enable_prefix_cache: args.prefix_cache,
         sliding_window: cfg.uniform_sliding_window(),
-        long_context_from: None,
+        long_context_from: cfg.long_context_from(),
     });
     let tokenizer = Arc::new(loaded.tokenizer);
     let info = EngineInfo {

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub num_free_blocks: usize,
     pub num_total_blocks: usize,
     pub num_preemptions: u64,
+    /// Sequences recomputed from position 0 when they grew past Phi-3's original context (longrope).
+    pub num_rope_recomputes: u64,
     pub prefix_cache_hit_tokens: u64,
     pub engine_steps: u64,
     /// Decode steps replayed through CUDA graphs, and graphs captured.

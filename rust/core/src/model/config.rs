@@ -287,9 +287,11 @@ impl<'a> HfConfig<'a> {
 
     /// The MLP activation from `hidden_act` (or `hidden_activation`, Gemma's key, which wins).
     pub fn activation(&self, default: Activation) -> Result<Activation> {
-        let name = match self.str("hidden_activation")? {
+        // Both are read: Gemma's configs carry both and transformers uses hidden_activation.
+        let (activation, act) = (self.str("hidden_activation")?, self.str("hidden_act")?);
+        let name = match activation {
             Some(n) => Some(("hidden_activation", n)),
-            None => self.str("hidden_act")?.map(|n| ("hidden_act", n)),
+            None => act.map(|n| ("hidden_act", n)),
         };
         match name {
             None => Ok(default),

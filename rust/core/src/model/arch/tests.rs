@@ -55,7 +55,7 @@ fn the_keys_each_architecture_reads() {
     );
     assert_eq!(
         keys_read("gemma3_text"),
-        expect("attention_bias query_pre_attn_scalar sliding_window use_bidirectional_attention attn_logit_softcapping final_logit_softcapping layer_types sliding_window_pattern rope_local_base_freq")
+        expect("attention_bias query_pre_attn_scalar sliding_window use_bidirectional_attention attn_logit_softcapping final_logit_softcapping layer_types sliding_window_pattern _sliding_window_pattern rope_local_base_freq")
     );
     assert_eq!(keys_read("phi3"), expect("attention_bias sliding_window"));
     assert_eq!(keys_read("olmo2"), expect("attention_bias"));
