@@ -46,21 +46,21 @@ nvidia-smi > "$OUT/nvidia_smi.txt" 2>&1 || echo "[run_arch] nvidia-smi failed"
 echo "[run_arch] GPU: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n 1)"
 
 import_check() {
-    PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" "$PY" -c 'import mlc_llm, mlc_llm._core as c; print("_core from", c.__file__, c.cuda_device_count(), "CUDA device(s)")' > "$OUT/import.log" 2>&1
+    PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" "$PY" -c 'import mlc_llm, mlc_llm._core as c; print("_core from", c.__file__, c.cuda_device_count(), "CUDA device(s)")' > /tmp/import.log 2>&1
 }
 if ! import_check; then
-    cat "$OUT/import.log"
+    cat /tmp/import.log
     CU13=$("$PY" -c 'import site,os;print(next((os.path.join(p,"nvidia","cu13","lib") for p in site.getsitepackages() if os.path.isdir(os.path.join(p,"nvidia","cu13","lib"))),""))')
-    if [[ -n "$CU13" ]] && grep -q 'cannot open shared object' "$OUT/import.log"; then
+    if [[ -n "$CU13" ]] && grep -q "cannot open shared object" /tmp/import.log; then
         export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$CU13"
         echo "[run_arch] import failed on a shared library; LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
         import_check || echo "[run_arch] mlc_llm still does not import"
     fi
 fi
-cat "$OUT/import.log"
+cat /tmp/import.log
 
 # 1. the benchmark's model, in the background
-"$PY" benches/bench_gpu.py --shape "$SHAPE" --torch-python "$PY" --out "$OUT/gemma2_setup.json" "$@" --only setup \
+"$PY" benches/bench_gpu.py --shape "$SHAPE" --torch-python "$PY" --out /tmp/gemma2_setup.json "$@" --only setup \
     > "$OUT/gemma2_setup.log" 2>&1 &
 setup_pid=$!
 

@@ -12,12 +12,13 @@ made with transformers on the spot, saved in bf16 exactly as transformers saves 
 * f32: `mlc_llm._core._greedy_logits` (our logits rows, f32 on cuda:0) against HF in f32 teacher-forced on
   the same tokens: max |ours - HF| / max |HF| <= 1e-3 over every row.
 
-Prompts are longer than every window (one shorter prompt too) and decoding crosses Phi-3's original context,
-where longrope switches factors. HF's reference is one forward over prompt + tokens, except for Phi-3: its
-longrope frequencies depend on the sequence length of the forward pass (transformers uses the long factors for
-every position once any position is past the original context), while a decoding engine computes each
-position's rotation once, with the frequencies of the sequence up to it; HF reproduces that when it is fed one
-token at a time with its KV cache, so Phi-3's reference is that incremental pass.
+Prompts are longer than most windows and one prompt's decoding crosses Phi-3's original context T (64), where
+longrope switches factors. HF's reference is one forward over prompt + tokens, except for Phi-3, whose longrope
+factors follow the length of the forward pass (long iff it exceeds T). HF generate drops its cache and recomputes
+the sequence with the long factors at the step that grows it past T, and our engine does the same (the scheduler's
+long-rope regime), so the logits at position p come from the long factors iff p >= T: the reference takes the
+rows p >= T from one forward over prompt + tokens (long) and the rows p < T from one forward over its first T
+tokens (short).
 
 The table is printed (`-s` shows it) and, when MLC_GPU_RESULTS names a file, appended to it as JSON lines.
 MLC_ARCH_PARITY_DEVICE=cpu runs the same checks on the CPU (development without a GPU; our engine in f32 there,
@@ -42,9 +43,9 @@ _ENGINE_DEVICE = "cuda:0" if _DEVICE == "cuda" else "cpu"
 _ENGINE_DTYPE = "bfloat16" if _DEVICE == "cuda" else "float32"  # candle has no bf16 matmul on the CPU
 VOCAB = 1024
 NEW_TOKENS = 48
-PROMPT_LENS = [23, 70, 129, 230]  # windows are 40..80 tokens: all but the first prompt are longer
-F32_PROMPTS = (1, 3)  # indices into PROMPT_LENS for the f32 logits check
-F32_NEW_TOKENS = 12
+PROMPT_LENS = [50, 97, 129, 230]  # windows are 40..80 tokens; 50 + NEW_TOKENS crosses Phi-3's T = 64
+F32_PROMPTS = (0, 3)  # indices into PROMPT_LENS for the f32 logits check
+F32_NEW_TOKENS = 20
 MIN_TOP1 = 0.95
 MAX_F32_REL = 1e-3
 FINAL_NORM_SCALE = 24.0
@@ -64,7 +65,8 @@ PHI3_ROTARY_PAIRS = 24  # head_dim 96 * partial_rotary_factor 0.5 / 2
 PHI3_SHORT = [round(1.0 + 0.05 * i, 4) for i in range(PHI3_ROTARY_PAIRS)]
 PHI3_LONG = [round(1.2 ** i, 4) for i in range(PHI3_ROTARY_PAIRS)]
 
-# name -> (config class, model class, overrides of COMMON, gemma norms (1 + w), q/k gain, HF reference pass)
+# name -> (config class, model class, overrides of COMMON, gemma norms (1 + w), q/k gain, HF reference pass:
+# "forward" or "longrope", see _teacher_forced)
 ARCHS = {
     "llama": ("LlamaConfig", "LlamaForCausalLM", dict(rope_theta=10000.0, tie_word_embeddings=False), False, 1.0, "forward"),
     "mistral": ("MistralConfig", "MistralForCausalLM",
@@ -91,7 +93,7 @@ ARCHS = {
                   tie_word_embeddings=False,
                   rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": PHI3_SHORT,
                                    "long_factor": PHI3_LONG, "partial_rotary_factor": 0.5}),
-             False, 1.0, "incremental"),
+             False, 1.0, "longrope"),
     "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", dict(rope_theta=500000.0, tie_word_embeddings=False), False, 1.0, "forward"),
 }
 
@@ -280,19 +282,16 @@ def _teacher_forced(torch, hf, prompt, tokens, mode: str):
     """HF logits rows [len(tokens), vocab] (f32) that predict tokens[i] from prompt + tokens[:i]."""
     ids = torch.tensor([prompt + tokens], device=_DEVICE)
     p = len(prompt)
+    rows = slice(p - 1, p - 1 + len(tokens))
     with torch.no_grad():
+        full = hf(ids).logits[0].float()
         if mode == "forward":
-            return hf(ids).logits[0, p - 1: p - 1 + len(tokens)].float()
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=hf.config)
-        rows = []
-        for t in range(p - 1 + len(tokens)):
-            out = hf(ids[:, t: t + 1], past_key_values=cache, use_cache=True,
-                     position_ids=torch.tensor([[t]], device=_DEVICE))
-            if t >= p - 1:
-                rows.append(out.logits[0, -1].float())
-        return torch.stack(rows)
+            return full[rows]
+        # longrope: HF's factors follow the forward's length (long iff > T); position p is long iff p >= T
+        t = hf.config.rope_parameters.get("original_max_position_embeddings") or hf.config.original_max_position_embeddings
+        if ids.shape[1] > t:
+            full[:t] = hf(ids[:, :t]).logits[0].float()
+        return full[rows]
 
 
 def _run_engine_bf16(core, path, prompts):
