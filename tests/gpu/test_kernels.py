@@ -193,7 +193,7 @@ def test_windows_and_caps(core, dtype, head_dim, layer):
 
 @pytest.mark.parametrize("dtype", ["f32", "bf16", "f16"])
 @pytest.mark.parametrize("head_dim", [128, 256])
-@pytest.mark.parametrize("window", [100, 1000, 4096])
+@pytest.mark.parametrize("window", [100, 4096])
 def test_windowed_decode_skips_whole_partitions(core, dtype, head_dim, window):
     # Long decodes split into up to 64 partitions of the whole context; a sliding layer walks only the
     # partitions from its window start (the rest return at once), and reads nothing before the window.

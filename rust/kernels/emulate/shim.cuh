@@ -1,4 +1,4 @@
-// CPU emulation of the CUDA primitives sampling.cu uses: one OS thread per CUDA thread, a std::barrier
+// CPU emulation of the CUDA primitives sampling.cu (and, with attention_shim.h, the attention kernels) use: one OS thread per CUDA thread, a std::barrier
 // for __syncthreads and per-warp barriers around every shuffle / ballot. Slow (barriers cost context
 // switches) but exact in control flow and f32 rounding, so the kernel logic can be checked on a machine
 // without a GPU. Copied next to sampling.cu as common.cuh by check_sampling.py.
@@ -15,10 +15,10 @@ using std::min; using std::max;
 #define __device__
 #define __forceinline__ inline
 #define __noinline__
-#define __launch_bounds__(x)
+#define __launch_bounds__(...)
 #define __shared__ static
 #define __restrict__
-struct Dim { unsigned x; };
+struct Dim { unsigned x, y; };
 extern thread_local Dim threadIdx;
 extern Dim blockIdx;
 extern std::barrier<>* g_block_barrier;

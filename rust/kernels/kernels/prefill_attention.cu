@@ -32,6 +32,7 @@
 // Key tiles are PREFILL_TILE_N keys (64) up to head_dim 128 and 32 at head_dim 256, so that the K and V
 // tiles stay in 48 KB of static shared memory (2 x 32 x 264 x 2 bytes = 33 KB) and two blocks fit an SM.
 #include "common.cuh"
+#include "mma.cuh"
 #include <math.h>
 
 #define PREFILL_TILE_M 64
@@ -40,33 +41,6 @@
 // Padding of each shared-memory row (elements): rows start 16 bytes apart modulo 128, so the 8 row
 // addresses of one ldmatrix fall in distinct banks.
 #define PREFILL_PAD 8
-
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
-    const uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
-    const int src_bytes = valid ? 16 : 0;  // 0: fill the 16 bytes with zeros
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem) {
-    const uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(s));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* smem) {
-    const uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(s));
-}
-
-__device__ __forceinline__ float fast_exp2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));  // ex2(-inf) = +0
-    return y;
-}
 
 // tanh(x) from one ex2.approx: absolute error about 2e-7 (so a cap of 50 moves a score by about 1e-5, far
 // below the rounding of P to bf16 / f16), and far fewer registers than tanhf in the unrolled score loop.
@@ -80,11 +54,7 @@ template <typename T> struct PrefillOps;
 
 template <> struct PrefillOps<__nv_bfloat16> {
     static __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-            "{%0,%1,%2,%3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+        mma_m16n8k16_bf16(c, a, b0, b1);
     }
     // Rounds (lo, hi) to a packed pair and adds the rounded values to `sum`.
     static __device__ __forceinline__ uint32_t pack(float lo, float hi, float& sum) {
@@ -96,11 +66,7 @@ template <> struct PrefillOps<__nv_bfloat16> {
 
 template <> struct PrefillOps<__half> {
     static __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-            "{%0,%1,%2,%3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+        mma_m16n8k16_f16(c, a, b0, b1);
     }
     static __device__ __forceinline__ uint32_t pack(float lo, float hi, float& sum) {
         __half2 v = __floats2half2_rn(lo, hi);

@@ -1,0 +1,266 @@
+// Runs paged_attention.cu and prefill_attention.cu (compiled on the host against shim.cuh,
+// attention_shim.h and mma_shim.cuh) block by block, one OS thread per CUDA thread, on one random step,
+// and compares every output row with a dense reference in double: causal, within the sliding window,
+// scores soft-capped after the scale. The step is planned as mlc_core::attention::plan does (decode and
+// short chunks split into partitions of 64 keys, at most 64; longer chunks in query tiles of 64), or as a
+// fixed decode plan (every token given as many partition rows as the most split one).
+//
+//   attention_driver DTYPE HEADS KV_HEADS HEAD_DIM BLOCK WINDOW SOFTCAP PLACEHOLDERS FIXED TILED SEED Q:C,Q:C,..
+//
+// WINDOW 0: none; SOFTCAP 0: none; PLACEHOLDERS 1: block-table entries wholly before each sequence's first
+// query's window point at a block of NaNs (any read of it, even masked, shows as a NaN output); TILED 1:
+// tiles go to the tiled kernel where it has an instance. Prints one line; exit status 1 if the error
+// exceeds the dtype's tolerance or any output is not finite.
+#include "paged_attention.cu"
+#include "prefill_attention.cu"
+#include <cstdio>
+#include <functional>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+thread_local Dim threadIdx;
+Dim blockIdx;
+std::barrier<>* g_block_barrier;
+std::barrier<>* g_warp_barriers[32];
+uint64_t g_slots[32][32];
+
+static void launch(unsigned gx, unsigned gy, unsigned threads, const std::function<void()>& body) {
+    std::barrier<> block(threads);
+    std::vector<std::unique_ptr<std::barrier<>>> warps;
+    for (unsigned w = 0; w < threads / 32; ++w) {
+        warps.emplace_back(new std::barrier<>(32));
+        g_warp_barriers[w] = warps.back().get();
+    }
+    g_block_barrier = &block;
+    blockDim.x = threads;
+    blockDim.y = 1;
+    for (unsigned y = 0; y < gy; ++y)
+        for (unsigned x = 0; x < gx; ++x) {
+            blockIdx.x = x;
+            blockIdx.y = y;
+            std::vector<std::thread> ts;
+            for (unsigned t = 0; t < threads; ++t) ts.emplace_back([&, t] { threadIdx.x = t; body(); });
+            for (auto& t : ts) t.join();
+        }
+}
+
+struct Case {
+    std::string dtype;
+    uint32_t heads, kv_heads, d, bs, window;
+    float softcap;
+    bool placeholders, fixed, tiled;
+    uint32_t seed;
+    std::vector<std::pair<uint32_t, uint32_t>> seqs;  // (query_len, context_len)
+};
+
+struct Plan {
+    uint32_t num_tokens = 0, max_blocks = 1, num_short_work = 0, num_partials = 0;
+    std::vector<uint32_t> tables, query_start, context_len, token_seq, token_pos, token_splits, token_part;
+    std::vector<uint32_t> work_token, work_split, tile_seq, tile_start;
+};
+
+static uint32_t num_splits(uint32_t q, uint32_t pos) {
+    if (q > 16) return 1;
+    return std::min<uint32_t>(std::max<uint32_t>((pos + 64) / 64, 1), ATTN_MAX_SPLITS);
+}
+
+static Plan make_plan(const Case& c, const std::vector<std::vector<uint32_t>>& tables) {
+    Plan p;
+    for (auto& [q, ctx] : c.seqs) p.max_blocks = std::max(p.max_blocks, (ctx + c.bs - 1) / c.bs);
+    uint32_t cap = 1;
+    for (auto& [q, ctx] : c.seqs) while (cap < num_splits(q, ctx - 1)) cap *= 2;
+    std::vector<uint32_t> long_tokens;
+    for (uint32_t s = 0; s < c.seqs.size(); ++s) {
+        auto [q, ctx] = c.seqs[s];
+        auto row = tables[s];
+        row.resize(p.max_blocks, 0);
+        p.tables.insert(p.tables.end(), row.begin(), row.end());
+        p.query_start.push_back(p.num_tokens);
+        p.context_len.push_back(ctx);
+        if (q > 16)
+            for (uint32_t start = 0; start < q; start += PREFILL_TILE_M) {
+                p.tile_seq.push_back(s);
+                p.tile_start.push_back(start);
+            }
+        for (uint32_t i = 0; i < q; ++i) {
+            const uint32_t t = p.num_tokens++, pos = ctx - q + i, splits = num_splits(q, pos);
+            p.token_seq.push_back(s);
+            p.token_pos.push_back(pos);
+            p.token_splits.push_back(splits);
+            p.token_part.push_back(c.fixed ? t * cap : (splits > 1 ? p.num_partials : 0));
+            if (c.fixed) p.num_partials += cap;
+            else if (splits > 1) p.num_partials += splits;
+            if (q > 16 && !c.fixed) {
+                long_tokens.push_back(t);
+                continue;
+            }
+            for (uint32_t z = 0; z < (c.fixed ? cap : splits); ++z) {
+                p.work_token.push_back(t);
+                p.work_split.push_back(z);
+            }
+        }
+    }
+    p.query_start.push_back(p.num_tokens);
+    p.num_short_work = p.work_token.size();
+    for (uint32_t t : long_tokens) {
+        p.work_token.push_back(t);
+        p.work_split.push_back(0);
+    }
+    return p;
+}
+
+template <typename T> static T from_float(float x) { return from_f32<T>(x); }
+
+template <typename T, int NPL>
+static void per_token(T* out, std::vector<float>& po, std::vector<float>& pml, std::vector<uint32_t>& counters,
+                      const T* q, const T* k, const T* v, const Plan& p, const Case& c, uint32_t rows, float scale) {
+    launch(rows, c.heads, ATTN_THREADS, [&] {
+        paged_attention<T, NPL>(out, po.data(), pml.data(), counters.data(), q, k, v, p.tables.data(), p.token_seq.data(),
+                                p.token_pos.data(), p.token_splits.data(), p.token_part.data(), p.work_token.data(),
+                                p.work_split.data(), c.heads, c.kv_heads, c.d, c.bs, p.max_blocks, scale,
+                                c.window ? c.window : UINT32_MAX, c.softcap);
+    });
+}
+
+template <typename T, int D, int BN>
+static void tiled(T* out, const T* q, const T* k, const T* v, const Plan& p, const Case& c, float scale) {
+    launch(p.tile_seq.size(), c.heads, PREFILL_THREADS, [&] {
+        const uint32_t w = c.window ? c.window : UINT32_MAX;
+        if (c.softcap > 0.f)
+            prefill_attention<T, D, BN, true>(out, q, k, v, p.tables.data(), p.query_start.data(), p.context_len.data(),
+                                              p.tile_seq.data(), p.tile_start.data(), c.heads, c.kv_heads, c.bs,
+                                              p.max_blocks, scale, w, c.softcap);
+        else
+            prefill_attention<T, D, BN, false>(out, q, k, v, p.tables.data(), p.query_start.data(), p.context_len.data(),
+                                               p.tile_seq.data(), p.tile_start.data(), c.heads, c.kv_heads, c.bs,
+                                               p.max_blocks, scale, w, c.softcap);
+    });
+}
+
+template <typename T>
+static int run(const Case& c) {
+    std::mt19937 rng(c.seed);
+    std::uniform_real_distribution<float> unit(-1.f, 1.f);
+    const uint32_t row = c.kv_heads * c.d;
+    uint32_t needed = 0;
+    for (auto& [q, ctx] : c.seqs) needed += (ctx + c.bs - 1) / c.bs;
+    const uint32_t num_blocks = needed + 1, poison = needed;  // the last block: NaNs, used by no sequence
+    std::vector<uint32_t> pool(needed);
+    for (uint32_t i = 0; i < needed; ++i) pool[i] = i;
+    std::shuffle(pool.begin(), pool.end(), rng);
+    std::vector<std::vector<uint32_t>> tables, kernel_tables;
+    uint32_t next = 0, replaced = 0;
+    for (auto& [q, ctx] : c.seqs) {
+        std::vector<uint32_t> t(pool.begin() + next, pool.begin() + next + (ctx + c.bs - 1) / c.bs);
+        next += t.size();
+        tables.push_back(t);
+        const uint32_t first = ctx - q, lo = c.window && first + 1 > c.window ? first + 1 - c.window : 0;
+        if (c.placeholders)
+            for (uint32_t b = 0; b < lo / c.bs; ++b, ++replaced) t[b] = poison;
+        kernel_tables.push_back(t);
+    }
+    std::vector<T> k(num_blocks * c.bs * row), v(k.size());
+    for (size_t i = 0; i < k.size(); ++i) {
+        const bool nan = i / (c.bs * row) == poison;
+        k[i] = from_float<T>(nan ? NAN : unit(rng));
+        v[i] = from_float<T>(nan ? NAN : unit(rng));
+    }
+    const Plan p = make_plan(c, kernel_tables);
+    std::vector<T> q(p.num_tokens * c.heads * c.d), out(q.size(), from_float<T>(NAN));
+    for (auto& x : q) x = from_float<T>(3.f * unit(rng));
+    std::vector<float> po(std::max(1u, p.num_partials * c.heads * c.d)), pml(std::max(1u, p.num_partials * c.heads * 2));
+    std::vector<uint32_t> counters(p.num_tokens * c.heads, 0);
+    const float scale = 1.f / std::sqrt((float)c.d);
+
+    const bool has_tiled = c.dtype != "f32" && (c.d == 64 || c.d == 96 || c.d == 128 || c.d == 256);
+    const bool use_tiled = c.tiled && has_tiled && !p.tile_seq.empty();
+    const uint32_t rows = use_tiled ? p.num_short_work : p.work_token.size();
+    auto pt = [&](auto npl) {
+        per_token<T, decltype(npl)::value>(out.data(), po, pml, counters, q.data(), k.data(), v.data(), p, c, rows, scale);
+    };
+    if (c.d <= 64) pt(std::integral_constant<int, 2>{});
+    else if (c.d <= 96) pt(std::integral_constant<int, 3>{});
+    else if (c.d <= 128) pt(std::integral_constant<int, 4>{});
+    else pt(std::integral_constant<int, 8>{});
+    if (use_tiled) {
+        if constexpr (!std::is_same_v<T, float>) {
+            if (c.d == 64) tiled<T, 64, 64>(out.data(), q.data(), k.data(), v.data(), p, c, scale);
+            if (c.d == 96) tiled<T, 96, 64>(out.data(), q.data(), k.data(), v.data(), p, c, scale);
+            if (c.d == 128) tiled<T, 128, 64>(out.data(), q.data(), k.data(), v.data(), p, c, scale);
+            if (c.d == 256) tiled<T, 256, 32>(out.data(), q.data(), k.data(), v.data(), p, c, scale);
+        }
+    }
+
+    // Dense reference over the real tables.
+    double max_err = 0, max_ref = 0;
+    size_t nonfinite = 0;
+    const uint32_t group = c.heads / c.kv_heads;
+    for (uint32_t s = 0; s < c.seqs.size(); ++s) {
+        auto [ql, ctx] = c.seqs[s];
+        for (uint32_t i = 0; i < ql; ++i) {
+            const uint32_t t = p.query_start[s] + i, pos = ctx - ql + i;
+            for (uint32_t h = 0; h < c.heads; ++h) {
+                const uint32_t kvh = h / group;
+                auto at = [&](const std::vector<T>& cache, uint32_t key, uint32_t dim) {
+                    const size_t slot = (size_t)tables[s][key / c.bs] * c.bs + key % c.bs;
+                    return (double)to_f32(cache[slot * row + kvh * c.d + dim]);
+                };
+                std::vector<double> w(ctx, 0.0);
+                double mx = -INFINITY;
+                for (uint32_t key = 0; key < ctx; ++key) {
+                    const bool in = key <= pos && (c.window == 0 || pos < key + c.window);
+                    if (!in) { w[key] = -INFINITY; continue; }
+                    double dot = 0;
+                    for (uint32_t e = 0; e < c.d; ++e) dot += (double)to_f32(q[((size_t)t * c.heads + h) * c.d + e]) * at(k, key, e);
+                    dot *= scale;
+                    if (c.softcap > 0) dot = c.softcap * std::tanh(dot / c.softcap);
+                    w[key] = dot;
+                    mx = std::max(mx, dot);
+                }
+                double sum = 0;
+                for (auto& x : w) { x = x == -INFINITY ? 0.0 : std::exp(x - mx); sum += x; }
+                for (uint32_t e = 0; e < c.d; ++e) {
+                    double o = 0;
+                    for (uint32_t key = 0; key < ctx; ++key) if (w[key] > 0) o += w[key] / sum * at(v, key, e);
+                    const float got = to_f32(out[((size_t)t * c.heads + h) * c.d + e]);
+                    if (!std::isfinite(got)) ++nonfinite;
+                    else max_err = std::max(max_err, std::fabs(got - o));
+                    max_ref = std::max(max_ref, std::fabs(o));
+                }
+            }
+        }
+    }
+    const double tol = c.dtype == "f32" ? 1e-4 : c.dtype == "bf16" ? 1e-2 : 2e-3;
+    const bool ok = nonfinite == 0 && max_err <= tol && max_ref > 0;
+    std::printf("%s %s h=%u/%u d=%u bs=%u window=%u softcap=%g placeholders=%u fixed=%d tiled=%d: tokens=%u rows=%u tiles=%zu "
+                "partials=%u max_abs_err=%.3g max_abs_ref=%.3g nonfinite=%zu\n",
+                ok ? "ok  " : "FAIL", c.dtype.c_str(), c.heads, c.kv_heads, c.d, c.bs, c.window, c.softcap, replaced, c.fixed,
+                use_tiled, p.num_tokens, rows, use_tiled ? p.tile_seq.size() : 0, p.num_partials, max_err, max_ref, nonfinite);
+    return ok ? 0 : 1;
+}
+
+int main(int argc, char** argv) {
+    if (argc != 13) {
+        std::fprintf(stderr, "usage: %s DTYPE HEADS KV_HEADS HEAD_DIM BLOCK WINDOW SOFTCAP PLACEHOLDERS FIXED TILED SEED Q:C,..\n", argv[0]);
+        return 2;
+    }
+    Case c{argv[1], (uint32_t)std::stoul(argv[2]), (uint32_t)std::stoul(argv[3]), (uint32_t)std::stoul(argv[4]),
+           (uint32_t)std::stoul(argv[5]), (uint32_t)std::stoul(argv[6]), std::stof(argv[7]), argv[8][0] == '1',
+           argv[9][0] == '1', argv[10][0] == '1', (uint32_t)std::stoul(argv[11]), {}};
+    std::string s = argv[12];
+    for (size_t at = 0; at < s.size();) {
+        size_t comma = s.find(',', at);
+        if (comma == std::string::npos) comma = s.size();
+        const std::string item = s.substr(at, comma - at);
+        const size_t colon = item.find(':');
+        c.seqs.emplace_back(std::stoul(item.substr(0, colon)), std::stoul(item.substr(colon + 1)));
+        at = comma + 1;
+    }
+    if (c.dtype == "f32") return run<float>(c);
+    if (c.dtype == "bf16") return run<__nv_bfloat16>(c);
+    if (c.dtype == "f16") return run<__half>(c);
+    std::fprintf(stderr, "unknown dtype %s\n", c.dtype.c_str());
+    return 2;
+}

@@ -1,0 +1,101 @@
+"""Checks the attention kernels' logic on the CPU: paged_attention.cu and prefill_attention.cu compiled for
+the host (shim.cuh: one OS thread per CUDA thread; attention_shim.h: bf16 / f16 and atomics; mma_shim.cuh:
+ldmatrix and mma.sync from the PTX ISA's fragment layouts) and run on random steps against a dense
+reference in double (attention_driver.cpp). Covers what the GPU tests (tests/gpu/test_kernels.py) cover
+with small shapes: sliding windows (shorter than a block, not a multiple of it, crossing prefill chunks),
+soft-capping, NaN placeholders before the window, split decode partitions wholly before the window, fixed
+(CUDA-graph) decode plans, head_dim 64 / 96 / 128 / 256 on both kernels. Needs g++ with C++20; no GPU, no
+CUDA toolkit. Slow (barriers are context switches): a few minutes on 2 cores.
+
+    python3 rust/kernels/emulate/check_attention.py [--jobs 2] [--quick]
+
+Prints one line per case and exits non-zero if any case fails.
+"""
+import argparse, os, shutil, subprocess, sys, tempfile
+from concurrent.futures import ThreadPoolExecutor
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+KERNELS = os.path.join(HERE, "..", "kernels")
+
+
+def build(out_dir):
+    for f in ("paged_attention.cu", "prefill_attention.cu", "common.cuh"):
+        shutil.copy(os.path.join(KERNELS, f), os.path.join(out_dir, f))
+    shutil.copy(os.path.join(HERE, "mma_shim.cuh"), os.path.join(out_dir, "mma.cuh"))
+    for f in ("shim.cuh", "attention_shim.h", "attention_driver.cpp"):
+        shutil.copy(os.path.join(HERE, f), os.path.join(out_dir, f))
+    for h in ("cuda_bf16.h", "cuda_fp16.h"):
+        with open(os.path.join(out_dir, h), "w") as f:
+            f.write('#include "attention_shim.h"\n')
+    exe = os.path.join(out_dir, "attention_driver")
+    subprocess.run(["g++", "-std=c++20", "-O2", "-pthread", "-I", out_dir, "-o", exe,
+                    os.path.join(out_dir, "attention_driver.cpp")], check=True)
+    return exe
+
+
+def seqs(*pairs):
+    return ",".join(f"{q}:{c}" for q, c in pairs)
+
+
+# (dtype, heads, kv_heads, head_dim, block, window, softcap, placeholders, fixed, tiled, seed, seqs)
+EDGES = seqs((1, 16), (1, 17), (1, 15), (1, 33), (3, 48), (5, 49), (16, 16), (1, 130), (7, 90))
+CHUNKS = seqs((100, 300), (70, 70), (20, 200), (1, 150), (16, 80))
+DECODES = seqs((1, 2000), (1, 700), (1, 129), (2, 1100), (1, 40))
+
+
+def cases(quick):
+    out = []
+    # The emulator on the kernels' plain paths (no window, no cap) first.
+    for dt in ("f32", "bf16"):
+        out.append((dt, 4, 2, 64, 16, 0, 0, 0, 0, 1, 1, EDGES))
+    out.append(("bf16", 4, 2, 128, 16, 0, 0, 0, 0, 1, 2, CHUNKS))
+    # Windows and caps on the per-token kernel, every head_dim and dtype.
+    for d in (64, 96, 128, 256):
+        for dt in ("f32", "bf16", "f16"):
+            out.append((dt, 4, 2, d, 16, 5, 0, 1, 0, 0, d, EDGES))           # window shorter than a block
+            if not quick:
+                out.append((dt, 4, 2, d, 8, 37, 2.0, 1, 0, 0, d + 1, EDGES))  # not a multiple of the block; cap
+                out.append((dt, 4, 4, d, 16, 0, 2.0, 0, 0, 0, d + 2, EDGES))  # cap alone
+    # Split decode: partitions wholly before the window return at once; windows of 100 and 1000.
+    for dt in ("f32", "bf16", "f16"):
+        for w in (100, 1000):
+            out.append((dt, 2, 1, 128 if dt != "f16" else 256, 16, w, 50.0, 1, 0, 0, w, DECODES))
+    # Fixed (CUDA-graph) decode plans.
+    for dt in ("f32", "bf16"):
+        out.append((dt, 2, 2, 96, 16, 300, 30.0, 1, 1, 0, 7, seqs((1, 2000), (1, 300), (1, 17))))
+        out.append((dt, 2, 2, 128, 16, 0, 0, 0, 1, 0, 8, seqs((1, 2000), (1, 300), (1, 17))))
+    # The tiled kernel: chunks crossing windows (47: shorter than a query tile), caps, every head_dim.
+    for d in (64, 96, 128, 256):
+        for dt in ("bf16", "f16"):
+            if quick and dt == "f16":
+                continue
+            out.append((dt, 2, 1, d, 16, 47, 0, 1, 0, 1, d, CHUNKS))
+            out.append((dt, 2, 2, d, 8, 130, 20.0, 1, 0, 1, d + 3, CHUNKS))
+            if not quick:
+                out.append((dt, 2, 1, d, 16, 0, 5.0, 0, 0, 1, d + 4, CHUNKS))
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = build(tmp)
+
+        def one(c):
+            r = subprocess.run([exe, *map(str, c)], capture_output=True, text=True)
+            return r.returncode, (r.stdout + r.stderr).strip()
+
+        failed = 0
+        with ThreadPoolExecutor(args.jobs) as pool:
+            for rc, line in pool.map(one, cases(args.quick)):
+                print(line, flush=True)
+                failed += rc != 0
+    print(f"{failed} failed" if failed else "all passed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
