@@ -119,7 +119,7 @@ static void per_token(T* out, std::vector<float>& po, std::vector<float>& pml, s
     launch(rows, c.heads, ATTN_THREADS, [&] {
         paged_attention<T, NPL>(out, po.data(), pml.data(), counters.data(), q, k, v, p.tables.data(), p.token_seq.data(),
                                 p.token_pos.data(), p.token_splits.data(), p.token_part.data(), p.work_token.data(),
-                                p.work_split.data(), c.heads, c.kv_heads, c.d, c.bs, p.max_blocks, scale,
+                                p.work_split.data(), c.heads, c.kv_heads, c.d, c.bs, p.max_blocks, scale, 64,
                                 c.window ? c.window : UINT32_MAX, c.softcap);
     });
 }

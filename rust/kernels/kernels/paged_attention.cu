@@ -25,11 +25,12 @@
 // Per layer (launch arguments, so one plan serves full and sliding layers alike and a CUDA graph holds
 // them as constants): `window` keys at most per query (UINT32_MAX: full causal) and `softcap` (0: none;
 // else score = softcap * tanh(scale * q.k / softcap), before the softmax, as HF transformers does). The
-// plan splits a token's whole context 0..=pos into token_splits partitions of per_split keys; a layer
-// with a window lays partitions of the same size from its window start lo instead, and only the first
-// `live` of them hold keys: the others return at once, so whole partitions before the window cost
-// nothing and keys (and block-table entries) before lo are never read. `live` depends only on the
-// token and the layer, so every block of a (token, head) agrees on how many partitions to merge.
+// plan gives a token token_splits = clamp(ceil(keys / split_keys), 1, ATTN_MAX_SPLITS) partitions of its
+// whole context 0..=pos. A layer splits only the keys it attends, lo..=pos, by the same rule within
+// them: live = min(token_splits, ceil((pos + 1 - lo) / split_keys)) partitions of equal size (for a full
+// layer exactly the plan's). The grid rows past `live` return at once, so partitions before the window
+// cost nothing, and keys (and block-table entries) before lo are never read. `live` depends only on
+// the token and the layer, so every block of a (token, head) agrees on how many partitions to merge.
 #include "common.cuh"
 #include <math.h>
 
@@ -77,7 +78,8 @@ __device__ void paged_attention(T* __restrict__ out, float* __restrict__ part_o,
                                 const uint32_t* __restrict__ token_splits, const uint32_t* __restrict__ token_part,
                                 const uint32_t* __restrict__ work_token, const uint32_t* __restrict__ work_split,
                                 uint32_t num_heads, uint32_t num_kv_heads, uint32_t head_dim, uint32_t block_size,
-                                uint32_t max_blocks, float scale, uint32_t window, float softcap) {
+                                uint32_t max_blocks, float scale, uint32_t split_keys, uint32_t window,
+                                float softcap) {
     __shared__ float sm_m[ATTN_WARPS];
     __shared__ float sm_l[ATTN_WARPS];
     __shared__ float sm_acc[ATTN_WARPS][NPL * 32];
@@ -90,13 +92,14 @@ __device__ void paged_attention(T* __restrict__ out, float* __restrict__ part_o,
     const uint32_t lane = threadIdx.x % 32;
     const uint32_t n_keys = token_pos[t] + 1;
     const uint32_t splits = token_splits[t];
-    // A fixed grid (CUDA-graph decode) gives every token as many rows as the most split one; the rows
-    // past a token's own partitions have nothing to do. Uniform per block: before any barrier.
-    if (z >= splits) return;
-    const uint32_t per_split = (n_keys + splits - 1) / splits;
     const uint32_t lo = n_keys > window ? n_keys - window : 0;  // the layer's first key
-    const uint32_t live = (n_keys - lo + per_split - 1) / per_split;  // partitions holding keys, >= 1
-    if (z >= live) return;  // wholly before the window (or past the context): nothing to read or merge
+    const uint32_t n_win = n_keys - lo;
+    const uint32_t live = min(splits, (n_win + split_keys - 1) / split_keys);  // >= 1
+    // Rows past the layer's partitions have nothing to read or merge: those a window does not need, and
+    // in a fixed grid (CUDA-graph decode, as many rows per token as the most split one) those past the
+    // token's own partitions. Uniform per block: before any barrier.
+    if (z >= live) return;
+    const uint32_t per_split = (n_win + live - 1) / live;
     const uint32_t k_begin = lo + z * per_split;
     const uint32_t k_end = min(n_keys, k_begin + per_split);
     const uint32_t kvh = h / (num_heads / num_kv_heads);
@@ -229,10 +232,12 @@ __device__ void paged_attention(T* __restrict__ out, float* __restrict__ part_o,
              const T* v_cache, const uint32_t* block_tables, const uint32_t* token_seq, const uint32_t* token_pos,               \
              const uint32_t* token_splits, const uint32_t* token_part, const uint32_t* work_token,             \
              const uint32_t* work_split, uint32_t num_heads, uint32_t num_kv_heads, uint32_t head_dim,         \
-             uint32_t block_size, uint32_t max_blocks, float scale, uint32_t window, float softcap) {          \
+             uint32_t block_size, uint32_t max_blocks, float scale, uint32_t split_keys, uint32_t window,       \
+             float softcap) {                                                                                  \
         paged_attention<T, NPL>(out, part_o, part_ml, counters, q, k_cache, v_cache, block_tables, token_seq,   \
                                 token_pos, token_splits, token_part, work_token, work_split, num_heads,       \
-                                num_kv_heads, head_dim, block_size, max_blocks, scale, window, softcap);       \
+                                num_kv_heads, head_dim, block_size, max_blocks, scale, split_keys, window,     \
+                                softcap);                                                                      \
     }
 
 // d96 (Phi-3) is an exact fit too: three values per lane instead of the d128 instance's masked fourth.

@@ -180,7 +180,7 @@ pub fn paged_attention(
     // The tiled kernel copies cache rows in 16-byte words (cp.async): both caches must start 16-byte
     // aligned (candle's allocations are; a view at an odd offset falls back).
     let elem = q.dtype().size_in_bytes();
-    let aligned = (args.k.start * elem) % 16 == 0 && (args.v.start * elem) % 16 == 0;
+    let aligned = (args.k.start * elem).is_multiple_of(16) && (args.v.start * elem).is_multiple_of(16);
     if step.plan.num_tiles > 0 && aligned && tiled_prefill_enabled() {
         args.prefill = kernels::prefill_attention_name(dtype, d, params.softcap.is_some());
     }
@@ -223,6 +223,7 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
     let rows = if a.prefill.is_some() { plan.num_short_work } else { plan.num_work };
     let num_work = to_u32(rows, "attention work items")?;
     let max_blocks = to_u32(plan.max_blocks, "max_blocks")?;
+    let split_keys = to_u32(plan.split_keys.max(1), "split keys")?;
     with_packed(step, &dev, |meta| {
         let m = |s: Span, what: &str| view(meta, span(s), what);
         let (block_tables, token_seq, token_pos) = (m(plan.block_tables, "block tables")?, m(plan.token_seq, "token seq")?, m(plan.token_pos, "token pos")?);
@@ -253,6 +254,7 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
             b.arg(&a.block_size);
             b.arg(&max_blocks);
             b.arg(&a.scale);
+            b.arg(&split_keys);
             b.arg(&a.window);
             b.arg(&a.softcap);
             let cfg = LaunchConfig { grid_dim: (num_work, a.num_heads, 1), block_dim: (kernels::ATTN_THREADS, 1, 1), shared_mem_bytes: 0 };

@@ -59,6 +59,9 @@ pub struct StepPlan {
     /// Rows of the f32 partial-result buffers (sum of the split tokens' partition counts).
     pub num_partials: usize,
     pub max_splits: usize,
+    /// Fewest keys per partition ([`split_min_keys`]) the partitions were counted with; the kernel lays
+    /// a sliding layer's partitions over its window with the same rule.
+    pub split_keys: usize,
     /// `[num_tokens]` cache slot of each new token.
     pub slot_mapping: Span,
     /// `[num_seqs, max_blocks]` block tables, zero padded.
@@ -132,8 +135,9 @@ pub fn validate(meta: &AttentionMetadata, num_blocks: usize, block_size: usize) 
 
 /// Partitions of the keys `0..=pos` of a token whose sequence has `query_len` queries this step.
 /// Depends only on the token itself, so a request's result does not change with the batch around it.
-/// A layer with a sliding window lays partitions of the same size from its window start instead, and its
-/// partitions past the window's keys return at once (in the kernel: the plan is shared by every layer).
+/// A layer with a sliding window splits only its window's keys, by the same rule within these
+/// partitions (`min(splits, ceil(window keys / split_keys))` of them); the grid rows of the others
+/// return at once (in the kernel: the plan is shared by every layer).
 pub fn num_splits(query_len: usize, pos: usize) -> usize {
     if query_len > SPLIT_MAX_QUERY_LEN {
         return 1;
@@ -200,7 +204,7 @@ pub fn plan(meta: &AttentionMetadata) -> StepPlan {
     work_split.extend(std::iter::repeat_n(0, long_tokens.len()));
     work_token.extend(long_tokens);
     // Heaviest tiles first, so the causal tail of the grid is made of short tiles.
-    tiles.sort_by(|a, b| b.0.cmp(&a.0));
+    tiles.sort_by_key(|t| std::cmp::Reverse(t.0));
     let cap = 8 * num_tokens + meta.seqs.len() * (max_blocks + 2) + work_token.len() * 2 + tiles.len() * 2 + 1;
     let mut p = Packer(Vec::with_capacity(cap));
     let slot_mapping = p.push(meta.slot_mapping.iter().copied());
@@ -233,6 +237,7 @@ pub fn plan(meta: &AttentionMetadata) -> StepPlan {
         num_split_tokens,
         num_partials,
         max_splits,
+        split_keys: split_min_keys(),
         slot_mapping,
         block_tables,
         query_start,
@@ -249,6 +254,17 @@ pub fn plan(meta: &AttentionMetadata) -> StepPlan {
         tokens: Span::default(),
         packed: p.0,
     }
+}
+
+/// How the per-token kernel (paged_attention.cu) splits a token's keys for one layer: of the token's
+/// `splits` planned partitions, the first `live` cover the keys `lo..n_keys` the layer attends (`lo` > 0
+/// under a sliding window) in parts of `per_split` keys; the others return at once. Returns
+/// `(live, per_split)`. For a full layer this is the plan's own partitioning. (The kernel computes it;
+/// this mirror documents and tests the rule.)
+pub fn layer_partitions(splits: usize, n_keys: usize, lo: usize, split_keys: usize) -> (usize, usize) {
+    let n_win = n_keys - lo;
+    let live = splits.min(n_win.div_ceil(split_keys.max(1))).max(1);
+    (live, n_win.div_ceil(live))
 }
 
 /// Slot of a padding token in a fixed decode plan: outside every cache, so the KV writes skip it.
@@ -337,6 +353,7 @@ pub fn plan_fixed_decode(meta: &AttentionMetadata, tokens: &[u32], key: FixedDec
         num_split_tokens: bucket,
         num_partials: bucket * split_cap,
         max_splits: split_cap,
+        split_keys: split_min_keys(),
         slot_mapping,
         block_tables,
         query_start,
@@ -477,6 +494,25 @@ mod tests {
         let mut slot = m;
         slot.slot_mapping[0] = 32;
         assert!(validate(&slot, 2, 16).is_err());
+    }
+
+    #[test]
+    fn layers_split_the_keys_they_attend() {
+        // A full layer keeps the plan's partitions exactly (so its results do not change with windows).
+        for n in 1..5000 {
+            let splits = num_splits(1, n - 1);
+            assert_eq!(layer_partitions(splits, n, 0, SPLIT_MIN_KEYS), (splits, n.div_ceil(splits)), "{n} keys");
+        }
+        // A sliding layer splits its window alone: 4096 of 8192 keys in 64 partitions of 64, 100 in 2 of
+        // 50, 1 in 1; every live partition holds keys.
+        assert_eq!(layer_partitions(64, 8192, 8192 - 4096, 64), (64, 64));
+        assert_eq!(layer_partitions(64, 8192, 8092, 64), (2, 50));
+        assert_eq!(layer_partitions(64, 8192, 8191, 64), (1, 1));
+        assert_eq!(layer_partitions(64, 100_000, 100_000 - 4096, 64), (64, 64));
+        for (splits, n, lo) in [(64, 8192, 8000), (3, 130, 1), (47, 3000, 2900), (64, 5000, 4488)] {
+            let (live, per) = layer_partitions(splits, n, lo, 64);
+            assert!(live <= splits && lo + (live - 1) * per < n && lo + live * per >= n);
+        }
     }
 
     #[test]
