@@ -15,6 +15,48 @@ use super::registry::Architecture;
 use super::rope::{RopeConfig, RopeScaling, RopeStyle};
 use crate::error::Result;
 
+/// The sizes every source gives.
+pub(crate) struct Sizes {
+    hidden: usize,
+    intermediate: usize,
+    layers: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    vocab: usize,
+    max_positions: usize,
+}
+
+/// Llama's choices for everything but the sizes (no rope yet, every layer full attention with rope 0).
+fn llama_defaults(arch: Architecture, s: Sizes, rms_norm_eps: f64, tie_word_embeddings: bool) -> ModelConfig {
+    ModelConfig {
+        architecture: arch,
+        hidden_size: s.hidden,
+        intermediate_size: s.intermediate,
+        num_hidden_layers: s.layers,
+        num_attention_heads: s.heads,
+        num_key_value_heads: s.kv_heads,
+        head_dim: s.head_dim,
+        rms_norm_eps,
+        vocab_size: s.vocab,
+        max_position_embeddings: s.max_positions,
+        tie_word_embeddings,
+        attention_bias: false,
+        o_proj_bias: false,
+        fused_projections: false,
+        qk_norm: QkNormKind::None,
+        norms: NormPlacement::Pre,
+        norm_plus_one: false,
+        activation: Activation::Silu,
+        embedding_scale: None,
+        attention_scale: 1.0 / (s.head_dim as f64).sqrt(),
+        attn_logit_softcap: None,
+        final_logit_softcap: None,
+        ropes: Vec::new(),
+        layers: vec![LayerConfig { attention: AttentionKind::Full, rope: 0 }; s.layers],
+    }
+}
+
 /// The Llama defaults every architecture starts from, with the sizes read from an HF config. The rope
 /// is read separately ([`single_rope`]) because architectures differ in its keys.
 pub(crate) fn hf_base(c: &HfConfig<'_>, arch: Architecture, tie_default: bool) -> Result<ModelConfig> {
@@ -28,33 +70,19 @@ pub(crate) fn hf_base(c: &HfConfig<'_>, arch: Architecture, tie_default: bool) -
         None if hidden % heads == 0 => hidden / heads,
         None => return Err(c.err("num_attention_heads must divide hidden_size")),
     };
-    let layers = c.need_usize("num_hidden_layers")?;
-    Ok(ModelConfig {
-        architecture: arch,
-        hidden_size: hidden,
-        intermediate_size: c.need_usize("intermediate_size")?,
-        num_hidden_layers: layers,
-        num_attention_heads: heads,
-        num_key_value_heads: c.usize("num_key_value_heads")?.unwrap_or(heads),
+    let sizes = Sizes {
+        hidden,
+        intermediate: c.need_usize("intermediate_size")?,
+        layers: c.need_usize("num_hidden_layers")?,
+        heads,
+        kv_heads: c.usize("num_key_value_heads")?.unwrap_or(heads),
         head_dim,
-        rms_norm_eps: c.f64("rms_norm_eps")?.unwrap_or(1e-6),
-        vocab_size: c.need_usize("vocab_size")?,
-        max_position_embeddings: c.usize("max_position_embeddings")?.unwrap_or(4096),
-        tie_word_embeddings: c.bool("tie_word_embeddings")?.unwrap_or(tie_default),
-        attention_bias: false,
-        o_proj_bias: false,
-        fused_projections: false,
-        qk_norm: QkNormKind::None,
-        norms: NormPlacement::Pre,
-        norm_plus_one: false,
-        activation: c.activation(Activation::Silu)?,
-        embedding_scale: None,
-        attention_scale: 1.0 / (head_dim as f64).sqrt(),
-        attn_logit_softcap: None,
-        final_logit_softcap: None,
-        ropes: Vec::new(),
-        layers: vec![LayerConfig { attention: AttentionKind::Full, rope: 0 }; layers],
-    })
+        vocab: c.need_usize("vocab_size")?,
+        max_positions: c.usize("max_position_embeddings")?.unwrap_or(4096),
+    };
+    let mut cfg = llama_defaults(arch, sizes, c.f64("rms_norm_eps")?.unwrap_or(1e-6), c.bool("tie_word_embeddings")?.unwrap_or(tie_default));
+    cfg.activation = c.activation(Activation::Silu)?;
+    Ok(cfg)
 }
 
 /// One rope for every layer, from `rope_theta` / `rope_scaling` or `rope_parameters`.
@@ -111,35 +139,24 @@ pub(crate) fn gguf_base(m: &GgufMeta<'_>, arch: Architecture, style: RopeStyle) 
         }
         scaling = RopeScaling::Divisors(divisors.into_iter().map(f64::from).collect());
     }
-    Ok(ModelConfig {
-        architecture: arch,
-        hidden_size: hidden,
-        intermediate_size: m.need_usize("feed_forward_length")?,
-        num_hidden_layers: layers,
-        num_attention_heads: heads,
-        num_key_value_heads: kv_heads,
+    let sizes = Sizes {
+        hidden,
+        intermediate: m.need_usize("feed_forward_length")?,
+        layers,
+        heads,
+        kv_heads,
         head_dim,
-        rms_norm_eps: m.f64("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5),
-        vocab_size: m.vocab_size()?,
-        max_position_embeddings: max_pos,
-        tie_word_embeddings: !m.has_output_weight,
-        attention_bias: false,
-        o_proj_bias: false,
-        fused_projections: false,
-        qk_norm: QkNormKind::None,
-        norms: NormPlacement::Pre,
-        norm_plus_one: false,
-        activation: Activation::Silu,
-        embedding_scale: None,
-        attention_scale: 1.0 / (head_dim as f64).sqrt(),
-        attn_logit_softcap: None,
-        final_logit_softcap: None,
-        ropes: vec![RopeConfig { theta: m.f64("rope.freq_base")?.unwrap_or(10_000.0), scaling, rotary_dim, style }],
-        layers: vec![LayerConfig { attention: match m.usize("attention.sliding_window")? {
-            Some(w) if w > 0 => AttentionKind::Sliding(w),
-            _ => AttentionKind::Full,
-        }, rope: 0 }; layers],
-    })
+        vocab: m.vocab_size()?,
+        max_positions: max_pos,
+    };
+    let mut cfg = llama_defaults(arch, sizes, m.f64("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5), !m.has_output_weight);
+    cfg.ropes = vec![RopeConfig { theta: m.f64("rope.freq_base")?.unwrap_or(10_000.0), scaling, rotary_dim, style }];
+    let attention = match m.usize("attention.sliding_window")? {
+        Some(w) if w > 0 => AttentionKind::Sliding(w),
+        _ => AttentionKind::Full,
+    };
+    cfg.layers = vec![LayerConfig { attention, rope: 0 }; layers];
+    Ok(cfg)
 }
 
 /// llama.cpp's `rope.scaling.*` keys. Unknown types are refused.
