@@ -12,8 +12,8 @@
 //
 // Grid (num_tiles, num_heads), PREFILL_THREADS threads. A block takes PREFILL_TILE_M query rows of one head;
 // each of its 4 warps owns 16 rows and keeps their Q fragments and f32 output accumulators in registers.
-// Keys are walked in tiles of BN (below) from the block's first key: each K and V tile is gathered once through the
-// block table into shared memory (cp.async) and used by all 64 rows. V's load overlaps S = Q K^T and the
+// Keys are walked in tiles of BN (below) from the block's first key: each K and V tile is gathered once
+// through the block table into shared memory (cp.async) and used by all 64 rows. V's load overlaps S = Q K^T and the
 // next K's load overlaps O += P V. The softmax is online, in f32 (exp2 of log2e-scaled scores); P is rounded
 // to the input type for the tensor-core product and the row sums add the rounded values.
 //
