@@ -334,7 +334,11 @@ def test_bf16_top1_agreement_with_hf(core, torch_mod, checkpoints, prompts, name
     _record(f"arch_parity_bf16_{name}", result)
     if _DEVICE == "cuda":
         assert info.get("device", "").startswith("cuda"), info
-        assert info.get("cuda_graph") is True and result["graph_replays"] > 0, result
+        assert info.get("cuda_graph") is True, result
+        # runner.rs: a step with a sequence in Phi-3's long regime runs eagerly, and here every decode step has
+        # one (prompts of 97+ tokens are long from the start), so only the other architectures replay graphs.
+        if mode != "longrope":
+            assert result["graph_replays"] > 0, result
     if mode == "longrope":  # the prompt of 50 tokens grows past T = 64 while decoding
         assert result["rope_recomputes"] == 1, result
     assert result["top1_agreement"] >= MIN_TOP1, result
