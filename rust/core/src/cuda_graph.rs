@@ -74,7 +74,7 @@ impl DecodeGraphs {
     /// Runs the decoder stack of a decode step through a graph, capturing it on first use; returns the
     /// final hidden states `[num_seqs, hidden]` (a view of the output buffer, valid until the next
     /// step), or `None` when the step is not a decode step that fits (the caller runs it eagerly).
-    pub fn run(&mut self, model: &dyn CausalLm, kv: &PagedKvCache, meta: &AttentionMetadata, tokens: &[u32]) -> Result<Option<Tensor>> {
+    pub fn run(&mut self, model: &dyn CausalLm, kv: &PagedKvCache, meta: &AttentionMetadata, tokens: &[u32], positions: &[u32]) -> Result<Option<Tensor>> {
         let n = meta.seqs.len();
         if self.disabled || n == 0 || meta.seqs.iter().any(|s| s.query_len != 1) {
             return Ok(None);
@@ -84,7 +84,7 @@ impl DecodeGraphs {
         let Some(key) = FixedDecodeKey::for_step(n, max_context, bucket, self.max_blocks_cap, kv.block_size) else {
             return Ok(None);
         };
-        let Some(step) = kv.prepare_fixed(meta.clone(), tokens, key, &self.buffer)? else { return Ok(None) };
+        let Some(step) = kv.prepare_fixed(meta.clone(), tokens, positions, key, &self.buffer)? else { return Ok(None) };
         if !self.graphs.contains_key(&key) {
             match self.capture(model, kv, &step, key) {
                 Ok(g) => {

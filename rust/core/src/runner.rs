@@ -107,10 +107,8 @@ impl ModelRunner {
         #[cfg(feature = "cuda")]
         if let Some(graphs) = &mut self.graphs {
             // A decode step where every sequence samples: the graph's rows are the sample rows.
-            // The graphs read positions from the attention plan, which knows no rope regime: steps with a
-            // sequence in Phi-3's long regime run eagerly.
-            if sample_rows.len() == tokens.len() && out.seqs.iter().all(|s| s.sample && s.token_ids.len() == 1 && !s.long_rope) {
-                if let Some(h) = graphs.run(self.model.as_ref(), &self.kv, &meta, &tokens)? {
+            if sample_rows.len() == tokens.len() && out.seqs.iter().all(|s| s.sample && s.token_ids.len() == 1) {
+                if let Some(h) = graphs.run(self.model.as_ref(), &self.kv, &meta, &tokens, &positions)? {
                     if self.keep_hidden {
                         // The graph's output buffer is rewritten by the next replay: keep a copy.
                         self.last_hidden = Some(h.copy()?);

@@ -298,7 +298,8 @@ fn prepare_fixed(cache: &PagedKvCache, meta: AttentionMetadata, bucket: usize, d
     };
     let buffer = Tensor::zeros(key.packed_len(), DType::U32, device)?; // [packed_len] u32
     let tokens = vec![0u32; n];
-    cache.prepare_fixed(meta, &tokens, key, &buffer)?.ok_or_else(|| candle_core::Error::Msg("fixed decode: the step is not a decode step that fits its key".into()))
+    let positions: Vec<u32> = meta.seqs.iter().map(|s| (s.context_len - 1) as u32).collect();
+    cache.prepare_fixed(meta, &tokens, &positions, key, &buffer)?.ok_or_else(|| candle_core::Error::Msg("fixed decode: the step is not a decode step that fits its key".into()))
 }
 
 /// Malformed calls on `device`, each of which must fail with an error (never a panic): returns

@@ -123,11 +123,11 @@ impl StepAttention {
         self.device.as_ref().map(|d| &d.plan)
     }
 
-    /// Of a step from [`PagedKvCache::prepare_fixed`]: the padded input ids and positions, `[bucket]`
+    /// Of a step from [`PagedKvCache::prepare_fixed`]: the padded input ids and rope positions, `[bucket]`
     /// u32 each, as views of the step buffer (fixed addresses).
     pub fn fixed_inputs(&self) -> candle_core::Result<(Tensor, Tensor)> {
         let d = self.device()?;
-        let (t, p) = (d.plan.tokens, d.plan.token_pos);
+        let (t, p) = (d.plan.tokens, d.plan.rope_pos);
         if t.len == 0 {
             candle_core::bail!("attention step was not prepared with fixed inputs");
         }
@@ -201,11 +201,12 @@ impl PagedKvCache {
         &self,
         meta: AttentionMetadata,
         tokens: &[u32],
+        rope_pos: &[u32],
         key: plan::FixedDecodeKey,
         buffer: &Tensor,
     ) -> candle_core::Result<Option<StepAttention>> {
         plan::validate(&meta, self.num_blocks, self.block_size)?;
-        let Some(mut plan) = plan::plan_fixed_decode(&meta, tokens, key) else { return Ok(None) };
+        let Some(mut plan) = plan::plan_fixed_decode(&meta, tokens, rope_pos, key) else { return Ok(None) };
         let packed = std::mem::take(&mut plan.packed);
         buffer.inplace_op1(&ops::UploadU32 { data: &packed })?;
         let device = DeviceStep { num_blocks: self.num_blocks, block_size: self.block_size, plan, packed: buffer.clone() };

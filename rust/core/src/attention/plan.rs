@@ -91,6 +91,9 @@ pub struct StepPlan {
     /// `[num_tokens]` the step's input token ids, only in fixed decode plans ([`plan_fixed_decode`]),
     /// which carry the whole step in one upload; empty otherwise.
     pub tokens: Span,
+    /// `[num_tokens]` the rows of the rope tables the tokens read, only in fixed decode plans: their
+    /// positions, offset for a sequence in Phi-3's long rope regime (the model's input positions).
+    pub rope_pos: Span,
     pub packed: Vec<u32>,
 }
 
@@ -252,6 +255,7 @@ pub fn plan(meta: &AttentionMetadata) -> StepPlan {
         tile_seq,
         tile_start,
         tokens: Span::default(),
+        rope_pos: Span::default(),
         packed: p.0,
     }
 }
@@ -300,7 +304,7 @@ impl FixedDecodeKey {
 
     /// Length of the packed buffer of a plan with this key (see [`plan_fixed_decode`]).
     pub fn packed_len(&self) -> usize {
-        self.bucket * (9 + self.max_blocks + 2 * self.split_cap) + 2
+        self.bucket * (10 + self.max_blocks + 2 * self.split_cap) + 2
     }
 }
 
@@ -309,13 +313,14 @@ impl FixedDecodeKey {
 /// block table) whose outputs are ignored. Every token is its own sequence and its own split token;
 /// grid row `w` is partition `w % split_cap` of token `w / split_cap`, and the kernels skip rows past
 /// a token's own partitions (`num_splits`, the same per-token rule as [`plan`], so results do not
-/// depend on the padding). `tokens`: the step's input ids, `[num_seqs]`. `None` if the step is not
-/// such a decode step or does not fit the key.
-pub fn plan_fixed_decode(meta: &AttentionMetadata, tokens: &[u32], key: FixedDecodeKey) -> Option<StepPlan> {
+/// depend on the padding). `tokens`: the step's input ids, `[num_seqs]`; `rope_pos`: the model's input
+/// positions, `[num_seqs]` (the rope table rows). `None` if the step is not such a decode step or does
+/// not fit the key.
+pub fn plan_fixed_decode(meta: &AttentionMetadata, tokens: &[u32], rope_pos: &[u32], key: FixedDecodeKey) -> Option<StepPlan> {
     let n = meta.seqs.len();
     let FixedDecodeKey { bucket, split_cap, max_blocks } = key;
     let bs = meta.block_size.max(1);
-    if n > bucket || tokens.len() != n || meta.num_tokens() != n {
+    if n > bucket || tokens.len() != n || rope_pos.len() != n || meta.num_tokens() != n {
         return None;
     }
     for s in &meta.seqs {
@@ -327,6 +332,7 @@ pub fn plan_fixed_decode(meta: &AttentionMetadata, tokens: &[u32], key: FixedDec
     let pos = |s: &super::SeqAttention| (s.context_len - 1) as u32;
     let mut p = Packer(Vec::with_capacity(bucket * (max_blocks + 10 + 2 * split_cap) + 2));
     let tokens = p.push(tokens.iter().copied().chain(std::iter::repeat_n(0, pad)));
+    let rope_pos = p.push(rope_pos.iter().copied().chain(std::iter::repeat_n(0, pad)));
     let slot_mapping = p.push(meta.slot_mapping.iter().copied().chain(std::iter::repeat_n(PAD_SLOT, pad)));
     let block_tables = p.push(meta.seqs.iter().flat_map(|s| {
         let used = s.context_len.div_ceil(bs);
@@ -368,6 +374,7 @@ pub fn plan_fixed_decode(meta: &AttentionMetadata, tokens: &[u32], key: FixedDec
         tile_seq: empty,
         tile_start: empty,
         tokens,
+        rope_pos,
         packed: p.0,
     })
 }
@@ -451,7 +458,7 @@ mod tests {
         let key = FixedDecodeKey::for_step(2, 300, 4, 64, 16).unwrap();
         assert_eq!(key.split_cap, 8, "300 keys need 5 partitions of 64, rounded up to 8");
         assert_eq!(key.max_blocks, 32, "19 blocks, rounded up to 32");
-        let p = plan_fixed_decode(&m, &[11, 12], key).unwrap();
+        let p = plan_fixed_decode(&m, &[11, 12], &[299, 4], key).unwrap();
         let get = |s: Span| &p.packed[s.start..s.start + s.len];
         assert_eq!(get(p.tokens), &[11, 12, 0, 0]);
         assert_eq!(&get(p.slot_mapping)[2..], &[PAD_SLOT, PAD_SLOT]);
@@ -465,13 +472,13 @@ mod tests {
         assert_eq!(get(p.token_part), &[0, 8, 16, 24]);
         // Another step with the same key has every span at the same offset (what a graph replays).
         let m2 = meta(&[(1, 17)], 16);
-        let p2 = plan_fixed_decode(&m2, &[5], key).unwrap();
+        let p2 = plan_fixed_decode(&m2, &[5], &[0], key).unwrap();
         assert_eq!((p2.tokens, p2.slot_mapping, p2.block_tables, p2.work_split, p2.split_tokens), (p.tokens, p.slot_mapping, p.block_tables, p.work_split, p.split_tokens));
         assert_eq!(p2.packed.len(), p.packed.len());
         // Steps that do not fit are refused.
-        assert!(plan_fixed_decode(&meta(&[(2, 20)], 16), &[1], key).is_none(), "not a decode step");
-        assert!(plan_fixed_decode(&meta(&[(1, 600)], 16), &[1], key).is_none(), "more partitions than the cap");
-        assert!(plan_fixed_decode(&meta(&[(1, 513)], 16), &[1], FixedDecodeKey { split_cap: 16, ..key }).is_none(), "wider than the table");
+        assert!(plan_fixed_decode(&meta(&[(2, 20)], 16), &[1], &[0], key).is_none(), "not a decode step");
+        assert!(plan_fixed_decode(&meta(&[(1, 600)], 16), &[1], &[0], key).is_none(), "more partitions than the cap");
+        assert!(plan_fixed_decode(&meta(&[(1, 513)], 16), &[1], &[0], FixedDecodeKey { split_cap: 16, ..key }).is_none(), "wider than the table");
         assert!(FixedDecodeKey::for_step(5, 10, 4, 64, 16).is_none(), "batch over the bucket");
         assert!(FixedDecodeKey::for_step(1, 64 * 16 + 1, 4, 64, 16).is_none(), "context over the table width");
     }
