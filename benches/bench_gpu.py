@@ -393,13 +393,13 @@ def main() -> None:
             model = {"ours": model_dir, "ours_q4": gguf_path, "ours_mlc": mlc_dir}[phase]
             precision = {"ours": "bf16" if cuda else "f32", "ours_q4": args.gguf_type, "ours_mlc": "q4f16_1"}[phase]
             a.update(model=model, engine_device="cuda:0" if cuda else "cpu", precision=precision,
-                     batches=ints(args.q4_batches) if q4 else ints(args.batches), ttft=not q4)
+                     batches=ints(args.q4_batches) if q4 else ints(args.batches), ttft=not q4 and args.ttft_reps > 0)
         elif phase == "mlc_convert":
             python = sys.executable
             a.update(mlc_dir=mlc_dir)
         elif phase == "hf":
             a.update(batches=ints(args.hf_batches), hf_reps=args.hf_reps, hf_mode=args.hf_mode, hf_attn=args.hf_attn,
-                     ttft=True,
+                     ttft=args.ttft_reps > 0,
                      deadline=time.time() + timeout - 5,
                      hf_min_s_per_batch=(75 if args.hf_mode == "static" else 20) if cuda else 1)
         rec_path = os.path.join(rec_dir, f"{phase}.jsonl")
