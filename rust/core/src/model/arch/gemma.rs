@@ -23,6 +23,12 @@ pub fn from_hf(c: &HfConfig<'_>, arch: Architecture) -> Result<ModelConfig> {
     cfg.attention_scale = 1.0 / scalar.sqrt();
     // transformers' default when the config leaves it out.
     let window = Some(c.usize("sliding_window")?.unwrap_or(4096));
+    // google/gemma-2-* configs repeat the window as `sliding_window_size`.
+    if let Some(w) = c.usize("sliding_window_size")? {
+        if Some(w) != window {
+            return Err(c.err(format!("sliding_window_size {w} disagrees with sliding_window {}", window.unwrap_or(0))));
+        }
+    }
     c.refuse_unless("use_bidirectional_attention", &false.into())?;
     let n = cfg.num_hidden_layers;
     if arch == Architecture::Gemma2 {

@@ -16,6 +16,11 @@ pub fn from_hf(c: &HfConfig<'_>, arch: Architecture) -> Result<ModelConfig> {
     cfg.attention_bias = bias;
     cfg.o_proj_bias = bias;
     uniform_window(&mut cfg, c.usize("sliding_window")?);
+    // Phi-4-mini's config.json carries these for its original remote code; at these values they change
+    // nothing (every layer full attention, no interpolation), and transformers does not read them.
+    c.refuse_unless("full_attn_mod", &1.into())?;
+    c.refuse_unless("interpolate_factor", &1.into())?;
+    c.refuse_unless("lm_head_bias", &false.into())?;
     Ok(cfg)
 }
 

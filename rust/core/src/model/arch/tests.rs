@@ -51,13 +51,13 @@ fn the_keys_each_architecture_reads() {
     assert_eq!(keys_read("qwen3"), expect("attention_bias use_mrope use_sliding_window sliding_window max_window_layers layer_types"));
     assert_eq!(
         keys_read("gemma2"),
-        expect("attention_bias query_pre_attn_scalar sliding_window use_bidirectional_attention attn_logit_softcapping final_logit_softcapping layer_types")
+        expect("attention_bias query_pre_attn_scalar sliding_window sliding_window_size use_bidirectional_attention attn_logit_softcapping final_logit_softcapping layer_types")
     );
     assert_eq!(
         keys_read("gemma3_text"),
-        expect("attention_bias query_pre_attn_scalar sliding_window use_bidirectional_attention attn_logit_softcapping final_logit_softcapping layer_types sliding_window_pattern _sliding_window_pattern rope_local_base_freq")
+        expect("attention_bias query_pre_attn_scalar sliding_window use_bidirectional_attention attn_logit_softcapping final_logit_softcapping layer_types sliding_window_size sliding_window_pattern _sliding_window_pattern rope_local_base_freq")
     );
-    assert_eq!(keys_read("phi3"), expect("attention_bias sliding_window"));
+    assert_eq!(keys_read("phi3"), expect("attention_bias sliding_window full_attn_mod interpolate_factor lm_head_bias"));
     assert_eq!(keys_read("olmo2"), expect("attention_bias"));
 }
 
@@ -151,6 +151,11 @@ fn sliding_windows_of_mistral_qwen2_phi3() {
     assert!(q.layers.iter().all(|l| l.attention == AttentionKind::Full));
     let q = parse(&with(base("qwen2"), json!({"sliding_window": 32, "max_window_layers": 2, "use_sliding_window": true}))).unwrap();
     assert_eq!(q.layers.iter().map(|l| l.attention.window()).collect::<Vec<_>>(), [None, None, Some(32), Some(32)]);
+    // Phi-4-mini's own config keys at their neutral values load; other values are refused.
+    parse(&with(base("phi3"), json!({"full_attn_mod": 1, "interpolate_factor": 1, "lm_head_bias": false}))).unwrap();
+    assert!(parse(&with(base("phi3"), json!({"full_attn_mod": 2}))).unwrap_err().to_string().contains("full_attn_mod"));
+    // google/gemma-2-9b's config repeats the window.
+    parse(&with(base("gemma2"), json!({"sliding_window": 4096, "sliding_window_size": 4096, "hidden_act": "gelu_pytorch_tanh", "hidden_activation": "gelu_pytorch_tanh", "cache_implementation": "hybrid"}))).unwrap();
     let p = parse(&with(base("phi3"), json!({"sliding_window": 47}))).unwrap();
     assert_eq!(p.uniform_sliding_window(), Some(47));
     assert!(p.fused_projections);
