@@ -17,6 +17,15 @@ use mlc_kernels::{Q4_BLOCK_BYTES, Q4_BLOCK_WEIGHTS};
 /// the GEMV's four L2 passes (about 2.3 bytes per weight) are still well under the dequantize path.
 pub const GEMV_MAX_TOKENS: usize = 32;
 
+/// [`GEMV_MAX_TOKENS`], or `MLC_Q4_GEMV_MAX_TOKENS` when set (read once; for measuring where the GEMV
+/// stops paying off).
+pub fn gemv_max_tokens() -> usize {
+    static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        std::env::var("MLC_Q4_GEMV_MAX_TOKENS").ok().and_then(|v| v.parse::<usize>().ok()).filter(|&t| t > 0).unwrap_or(GEMV_MAX_TOKENS)
+    })
+}
+
 /// Dequantized rows per slice on the large-batch path: at most this many bytes of dequantized weight
 /// exist at a time (an 8B model's output projection would otherwise need a 1 GiB temporary).
 const DEQUANT_SLICE_BYTES: usize = 64 << 20;
@@ -67,7 +76,7 @@ impl Q4Weight {
         }
         let t: usize = lead.iter().product();
         let x2 = x.reshape((t, k))?; // [num_tokens, k]
-        let y = if t <= GEMV_MAX_TOKENS {
+        let y = if t <= gemv_max_tokens() {
             x2.contiguous()?.apply_op2_no_bwd(&self.blocks, &Q4Gemv { n: self.n, k: self.k, silu: false })?
         } else {
             self.matmul_dequantized(&x2)?
@@ -83,7 +92,7 @@ impl Q4Weight {
     /// fewer), every other case runs `forward` then `silu_mul`.
     pub fn forward_silu_mul(&self, x: &Tensor) -> Result<Tensor> {
         let (t, k) = x.dims2()?;
-        let fused = t <= GEMV_MAX_TOKENS
+        let fused = t <= gemv_max_tokens()
             && self.n % 2 == 0
             && k == self.k
             && matches!(x.dtype(), DType::BF16 | DType::F16)

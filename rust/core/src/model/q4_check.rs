@@ -205,7 +205,7 @@ pub fn compare_on_device(device: &Device, case: &Q4Case) -> Result<Q4Report> {
 
 #[cfg(feature = "cuda")]
 fn device_gemv_max_tokens() -> usize {
-    super::q4::GEMV_MAX_TOKENS
+    super::q4::gemv_max_tokens()
 }
 
 #[cfg(not(feature = "cuda"))]
