@@ -12,10 +12,12 @@ use mlc_kernels::{Q4_BLOCK_BYTES, Q4_BLOCK_WEIGHTS};
 
 /// Largest batch the GEMV kernel takes. Per weight it moves 0.56 bytes from DRAM plus one L2 re-read per
 /// further tile of 8 tokens (the tiles of one row tile run side by side); the dequantize + cuBLAS path
-/// moves about 4.6 bytes per weight (read the blocks, write and re-read 2-byte weights) whatever the
-/// batch, and its GEMM only pays off once the batch is large enough to be compute-bound. At 32 tokens
-/// the GEMV's four L2 passes (about 2.3 bytes per weight) are still well under the dequantize path.
-pub const GEMV_MAX_TOKENS: usize = 32;
+/// dequantizes every weight to 2 bytes in slices, writes and re-reads them and launches per slice. Measured
+/// on an H100 (Llama-3-8B shape, q4f16_1, benches/results/gpu_q4f16_1_gemv{32,256}_h100_2026-12-06.json):
+/// with the GEMV up to 256 tokens decode runs 2,141 / 3,018 / 3,101 / 3,040 tok/s at batch 33 / 64 / 128 /
+/// 256, against 323 / 612 / 1,165 / 2,073 through the dequantize path (the cliff past 32). Larger chunks
+/// (prefill) keep the dequantize path.
+pub const GEMV_MAX_TOKENS: usize = 256;
 
 /// [`GEMV_MAX_TOKENS`], or `MLC_Q4_GEMV_MAX_TOKENS` when set (read once; for measuring where the GEMV
 /// stops paying off).
