@@ -29,15 +29,13 @@ with MLC_REQUIRE_GPU=1, as in the other GPU tests.
 import json
 import os
 import random
-import shutil
-import subprocess
 import time
 
 import pytest
+from test_engine_gpu import _gpu_present, _record, _skip  # shared GPU-test helpers
 
 pytestmark = pytest.mark.gpu
 
-_REQUIRE = os.environ.get("MLC_REQUIRE_GPU") == "1"
 _DEVICE = os.environ.get("MLC_ARCH_PARITY_DEVICE", "cuda")
 _ENGINE_DEVICE = "cuda:0" if _DEVICE == "cuda" else "cpu"
 _ENGINE_DTYPE = "bfloat16" if _DEVICE == "cuda" else "float32"  # candle has no bf16 matmul on the CPU
@@ -92,33 +90,6 @@ ARCHS = {
 }
 
 _TABLE = {}
-
-
-def _skip(reason: str):
-    if _REQUIRE:
-        pytest.fail(f"MLC_REQUIRE_GPU=1 but {reason}")
-    pytest.skip(reason)
-
-
-def _gpu_present() -> bool:
-    if os.path.exists("/dev/nvidia0"):
-        return True
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return False
-    try:
-        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return out.returncode == 0 and "GPU" in out.stdout
-
-
-def _record(name: str, result: dict) -> None:
-    print(f"{name}: {json.dumps(result)}")
-    path = os.environ.get("MLC_GPU_RESULTS")
-    if path:
-        with open(path, "a") as f:
-            f.write(json.dumps({"test": name, **result}) + "\n")
 
 
 @pytest.fixture(scope="module")

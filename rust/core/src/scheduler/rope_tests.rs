@@ -27,17 +27,7 @@ fn toks(start: u32, n: u32) -> Vec<u32> {
 /// One engine step that samples `token` for every sequence that samples, checked against the rule:
 /// a sequence is long iff its known tokens exceed T, and a short one computes only positions < T.
 fn step(s: &mut Scheduler, token: u32) -> SchedulerOutput {
-    let out = s.schedule();
-    check_regimes(s, &out);
-    let sampled: Vec<(SeqId, u32)> = out
-        .seqs
-        .iter()
-        .filter(|x| x.sample)
-        .map(|x| (x.seq_id, token))
-        .collect();
-    s.update(&out, &sampled);
-    s.kv_cache().assert_consistent();
-    out
+    super::tests::step_checked(s, token, check_regimes)
 }
 
 fn check_regimes(s: &Scheduler, out: &SchedulerOutput) {

@@ -33,7 +33,13 @@ fn cat(a: &[u32], b: &[u32]) -> Vec<u32> {
 
 /// One engine step that samples `token` for every sequence that samples.
 fn step(s: &mut Scheduler, token: u32) -> SchedulerOutput {
+    step_checked(s, token, |_, _| {})
+}
+
+/// [`step`] with `check` run on the schedule before the update, and the KV manager's invariants after.
+pub(super) fn step_checked(s: &mut Scheduler, token: u32, check: impl Fn(&Scheduler, &SchedulerOutput)) -> SchedulerOutput {
     let out = s.schedule();
+    check(s, &out);
     let sampled: Vec<(SeqId, u32)> = out
         .seqs
         .iter()
@@ -41,6 +47,7 @@ fn step(s: &mut Scheduler, token: u32) -> SchedulerOutput {
         .map(|x| (x.seq_id, token))
         .collect();
     s.update(&out, &sampled);
+    s.kv_cache().assert_consistent();
     out
 }
 

@@ -24,17 +24,7 @@ fn toks(start: u32, n: u32) -> Vec<u32> {
 /// One engine step that samples `token` for every sequence that samples, with the block tables
 /// checked against the window as the runner receives them.
 fn step(s: &mut Scheduler, token: u32) -> SchedulerOutput {
-    let out = s.schedule();
-    check_tables(s, &out);
-    let sampled: Vec<(SeqId, u32)> = out
-        .seqs
-        .iter()
-        .filter(|x| x.sample)
-        .map(|x| (x.seq_id, token))
-        .collect();
-    s.update(&out, &sampled);
-    s.kv_cache().assert_consistent();
-    out
+    super::tests::step_checked(s, token, check_tables)
 }
 
 /// Placeholders stand exactly for the blocks wholly before the window of the chunk; every block from
