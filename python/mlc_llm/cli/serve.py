@@ -13,6 +13,7 @@ second Ctrl-C quits at once.
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any, List, Sequence, Union
 
@@ -21,14 +22,26 @@ EXIT_ERROR = 1
 
 logger = logging.getLogger("mlc_llm.serve.server")
 
-DESCRIPTION = """Serve a model behind an OpenAI-compatible REST API.
+# Read when --api-key is not given, so the key need not appear in `ps` or /proc/PID/cmdline. Only
+# this name: a key meant for another server (VLLM_API_KEY, OPENAI_API_KEY) is not silently reused.
+API_KEY_ENV = "MLC_LLM_API_KEY"
+
+DESCRIPTION = f"""Serve a model behind an OpenAI-compatible REST API.
 
 Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health,
-GET /metrics (Prometheus)."""
+GET /metrics (Prometheus). Request bodies must be sent as Content-Type: application/json.
+
+Environment: {API_KEY_ENV}, the API key when --api-key is not given (the recommended way: a key on
+the command line is visible to every user of the machine). VLLM_API_KEY is not read."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..serve.server.settings import DEFAULT_MAX_BODY_BYTES
+    from ..serve.server.settings import (
+        DEFAULT_BODY_TIMEOUT_S,
+        DEFAULT_MAX_BODY_BYTES,
+        DEFAULT_MAX_N,
+        DEFAULT_REQUEST_TOKENS_PER_WINDOW,
+    )
 
     parser.add_argument("model", help="a GGUF file, an HF or MLC model directory, or HF://org/repo")
     parser.add_argument("--device", default="auto", help='"auto", "cpu", "cuda" or "cuda:N" (default: auto)')
@@ -62,7 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--api-key",
         default=None,
-        help="require `Authorization: Bearer KEY` on /v1 routes (default: no key)",
+        help=f"require `Authorization: Bearer KEY` on /v1 routes (default: ${API_KEY_ENV} if set, else no key)",
     )
     parser.add_argument(
         "--served-model-name",
@@ -82,6 +95,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="largest request body in bytes; larger ones get 413 (default: %(default)s)",
     )
     parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=DEFAULT_BODY_TIMEOUT_S,
+        help="seconds a client may take to send a request body; slower ones get 408 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-n",
+        type=int,
+        default=DEFAULT_MAX_N,
+        help="largest `n` (choices) one request may ask for, at most 128 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-request-tokens",
+        type=int,
+        default=None,
+        help="most tokens one request may use: prompt + n x max_tokens, an unset max_tokens counting as "
+        f"the rest of the context window (default: {DEFAULT_REQUEST_TOKENS_PER_WINDOW} x the context window). "
+        "A max_tokens that does not fit in the context window with the prompt is refused (400), as OpenAI does",
+    )
+    parser.add_argument(
         "--shutdown-timeout",
         type=float,
         default=30.0,
@@ -93,7 +126,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="info",
         help="log level of the server and the engine (default: info)",
     )
-    parser.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
+    parser.add_argument(
+        "--no-access-log", action="store_true", help="do not log one line per request (query strings are never logged)"
+    )
 
 
 def _json_list(text: str) -> List[str]:
@@ -129,10 +164,12 @@ def main(args: Union[argparse.Namespace, Sequence[str], None] = None) -> int:
     from ..protocol.errors import MLCError
     from ..serve.engine import AsyncMLCEngine
     from ..serve.server import ServerSettings, create_app
+    from ..serve.server.access_log import install_access_log_filter
     from ..serve.server.lifecycle import run_server
     from .overrides import engine_config_from_overrides
 
     _configure_logging(args.log_level)
+    install_access_log_filter()
     try:
         engine_config = engine_config_from_overrides(args.overrides)
         if args.prefix_cache_mode is not None:
@@ -159,8 +196,11 @@ def main(args: Union[argparse.Namespace, Sequence[str], None] = None) -> int:
         args.model,
         host=args.host,
         port=args.port,
-        api_key=args.api_key,
+        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
         max_body_bytes=args.max_body_size,
+        body_timeout_s=args.body_timeout,
+        max_n=args.max_n,
+        max_request_tokens=args.max_request_tokens,
         shutdown_timeout_s=args.shutdown_timeout,
         served_model_name=args.served_model_name or "",
         allow_origins=args.allow_origins,

@@ -1,10 +1,25 @@
 """The exceptions the engine raises. The native module raises these very classes."""
 
+import re
 from typing import Optional
+
+# A Rust backtrace appended to an error's text (candle captures one when RUST_BACKTRACE is set):
+# numbered frames ("   0: candle_core::error::Error::bt") or the panic hook's "stack backtrace:".
+_BACKTRACE = re.compile(r"\n(?:\s*stack backtrace:|\s*0: )", re.IGNORECASE)
 
 
 class MLCError(Exception):
-    """Base class of every error raised by mlc_llm."""
+    """Base class of every error raised by mlc_llm.
+
+    The message is what callers and HTTP clients are shown, so a Rust backtrace is cut off it and
+    kept in `backtrace` for whoever debugs the engine.
+    """
+
+    def __init__(self, message: str = "", *args: object) -> None:
+        text = str(message)
+        cut = _BACKTRACE.search(text)
+        self.backtrace: Optional[str] = text[cut.start() + 1 :] if cut else None
+        super().__init__(text[: cut.start()] if cut else text, *args)
 
 
 class BadRequestError(MLCError, ValueError):

@@ -13,9 +13,11 @@ import re
 import time
 from typing import Any, Dict, List, Literal, Mapping, Optional, Type, TypeVar, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, field_validator
 
 from .errors import BadRequestError, UnsupportedError
+from .json_schema import check_json_schema
+from .limits import MAX_F32, MAX_I32, MAX_U32, TokenCount, TokenId, check_request_values
 
 # ---------------------------------------------------------------------------------------------
 # Requests
@@ -83,25 +85,11 @@ def _check_name(value: str) -> str:
     return value
 
 
-def check_json_schema(schema: Any, what: str) -> None:
-    """Raises ValueError unless `schema` is a well-formed JSON Schema (checked against its draft's
-    meta-schema), so that a broken schema is a 400 at the door, not a failure mid-generation."""
-    from jsonschema import exceptions, validators  # imported lazily: only schema-carrying requests pay
-
-    if not isinstance(schema, dict):
-        raise ValueError(f"{what} must be a JSON object")
-    try:
-        validators.validator_for(schema).check_schema(schema)
-    except exceptions.SchemaError as err:
-        location = "/".join(str(p) for p in err.absolute_path)
-        raise ValueError(f"{what} is not a valid JSON Schema at '/{location}': {err.message}") from None
-
-
 class FunctionDefinition(_Strict):
     name: str
     description: Optional[str] = None
     parameters: Optional[Dict[str, Any]] = None
-    strict: Optional[bool] = None
+    strict: Optional[StrictBool] = None
 
     @field_validator("name")
     @classmethod
@@ -131,8 +119,9 @@ class NamedToolChoice(_Strict):
 
 
 class StreamOptions(_Strict):
-    include_usage: bool = False
-    include_obfuscation: Optional[bool] = None
+    # Strict: pydantic's lax bools would take "yes", "off" or 0 for a flag.
+    include_usage: StrictBool = False
+    include_obfuscation: Optional[StrictBool] = None
 
 
 class JSONSchemaFormat(_Strict):
@@ -141,7 +130,7 @@ class JSONSchemaFormat(_Strict):
     name: str
     description: Optional[str] = None
     schema_: Optional[Dict[str, Any]] = Field(default=None, alias="schema")
-    strict: Optional[bool] = None
+    strict: Optional[StrictBool] = None
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -209,8 +198,8 @@ class ResponseFormat(_Strict):
 class DebugConfig(_Strict):
     """MLC's `extra_body["debug_config"]`; only `ignore_eos` has an effect here."""
 
-    ignore_eos: bool = False
-    pinned_system_prompt: bool = False
+    ignore_eos: StrictBool = False
+    pinned_system_prompt: StrictBool = False
     special_request: Optional[str] = None
     grammar_execution_mode: Optional[str] = None
 
@@ -225,7 +214,7 @@ class _SamplingFields(_Strict):
     frequency_penalty: Penalty = Field(default=None, ge=-2.0, le=2.0, strict=True)
     presence_penalty: Penalty = Field(default=None, ge=-2.0, le=2.0, strict=True)
     logit_bias: Optional[Dict[Union[int, str], float]] = None
-    max_tokens: Optional[int] = Field(default=None, ge=1, strict=True)
+    max_tokens: Optional[TokenCount] = None
     n: int = Field(default=1, ge=1, le=128, strict=True)  # OpenAI's limit
     seed: Optional[int] = Field(default=None, strict=True)
     stop: Optional[Union[str, List[str]]] = None
@@ -234,11 +223,11 @@ class _SamplingFields(_Strict):
     temperature: Optional[float] = Field(default=None, ge=0.0, le=2.0, strict=True)
     top_p: Optional[float] = Field(default=None, gt=0.0, le=1.0, strict=True)
     user: Optional[str] = None
-    request_id: Optional[str] = None
+    request_id: Optional[StrictStr] = None
     best_of: Optional[int] = Field(default=None, strict=True)
-    top_k: Optional[int] = Field(default=None, ge=-1, strict=True)
+    top_k: Optional[int] = Field(default=None, ge=-1, le=MAX_I32, strict=True)
     min_p: Optional[float] = Field(default=None, ge=0.0, le=1.0, strict=True)
-    repetition_penalty: Optional[float] = Field(default=None, gt=0.0, strict=True)
+    repetition_penalty: Optional[float] = Field(default=None, strict=True)
     ignore_eos: Optional[bool] = Field(default=None, strict=True)
     debug_config: Optional[DebugConfig] = None
     response_format: Optional[ResponseFormat] = None
@@ -255,12 +244,20 @@ class _SamplingFields(_Strict):
                 token_id = int(key)
             except ValueError:
                 raise ValueError(f"key {key!r} is not a token id") from None
-            if token_id < 0:
-                raise ValueError(f"token id {token_id} is negative")
+            if not 0 <= token_id <= MAX_U32:
+                raise ValueError(f"token id {token_id} is not between 0 and {MAX_U32}")
             if not -100.0 <= bias <= 100.0:
                 raise ValueError(f"bias {bias} for token {token_id} is not between -100 and 100")
             out[token_id] = bias
         return out
+
+    @field_validator("repetition_penalty")
+    @classmethod
+    def _f32_penalty(cls, value: Optional[float]) -> Optional[float]:
+        # The engine keeps it as an f32: 1e300 would become infinity there.
+        if value is not None and not 0.0 < value <= MAX_F32:
+            raise ValueError(f"must be greater than 0 and at most {MAX_F32:.4g} (a finite 32-bit float), not {value}")
+        return value
 
     @field_validator("stop")
     @classmethod
@@ -304,7 +301,7 @@ class ChatCompletionRequest(_SamplingFields):
     messages: List[ChatMessage] = Field(min_length=1)
     logprobs: bool = Field(default=False, strict=True)
     top_logprobs: Optional[int] = Field(default=None, ge=0, le=20, strict=True)
-    max_completion_tokens: Optional[int] = Field(default=None, ge=1, strict=True)
+    max_completion_tokens: Optional[TokenCount] = None
     tools: Optional[List[ChatTool]] = None
     tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = None
     parallel_tool_calls: Optional[bool] = Field(default=None, strict=True)
@@ -379,7 +376,8 @@ class CompletionRequest(_SamplingFields):
     """The body of POST /v1/completions. `logprobs` is OpenAI's legacy integer (top-k count) or
     MLC's boolean with `top_logprobs`."""
 
-    prompt: Union[str, List[int]]
+    # Strict members: lax validation would read b"..." as text and [True] or [1.0] as token ids.
+    prompt: Union[StrictStr, List[TokenId]]
     echo: bool = Field(default=False, strict=True)
     suffix: Optional[str] = None
     logprobs: Optional[Union[StrictBool, StrictInt]] = None
@@ -388,8 +386,8 @@ class CompletionRequest(_SamplingFields):
     @field_validator("prompt")
     @classmethod
     def _non_empty_prompt(cls, value: Union[str, List[int]]) -> Union[str, List[int]]:
-        if isinstance(value, list) and (not value or any(t < 0 for t in value)):
-            raise ValueError("a token-id prompt must be a non-empty list of non-negative ids")
+        if isinstance(value, list) and not value:
+            raise ValueError("a token-id prompt must be a non-empty list of token ids")
         return value
 
     @field_validator("logprobs")
@@ -431,6 +429,7 @@ def parse_request(cls: Type[RequestT], kwargs: Mapping[str, Any]) -> RequestT:
         if not isinstance(extra_body, Mapping):
             raise BadRequestError("extra_body must be a dict", "extra_body")
         data.update(extra_body)
+    check_request_values(data)
     try:
         request = cls.model_validate(data)
     except ValidationError as err:
@@ -440,7 +439,12 @@ def parse_request(cls: Type[RequestT], kwargs: Mapping[str, Any]) -> RequestT:
 
 
 def _bad_request(err: ValidationError) -> BadRequestError:
-    first = err.errors(include_url=False)[0]
+    errors = err.errors(include_url=False)
+    first = errors[0]
+    # A value that fits no member of a union gets one error per member; the deepest location is the
+    # member the value was meant for (a list of ids with one id out of range, not "not a string").
+    same_field = [e for e in errors if e.get("loc", ())[:1] == first.get("loc", ())[:1]]
+    first = max(same_field, key=lambda e: len(e.get("loc", ())))
     loc = first.get("loc", ())
     field = str(loc[0]) if loc else "request"
     path = field + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc[1:] if _is_field_name(p))

@@ -13,7 +13,7 @@ from ..engine import AsyncMLCEngine
 from . import ops, routes
 from .errors import install_error_handlers
 from .guards import RequestGuard
-from .metrics import ServerMetrics
+from .metrics import ServerMetrics, route_label
 from .settings import ServerSettings
 from .state import ServerState
 
@@ -26,12 +26,15 @@ def create_app(engine: AsyncMLCEngine, settings: ServerSettings) -> FastAPI:
     app.include_router(routes.router)
     app.include_router(ops.router)
     install_error_handlers(app)
+    # The routers' own routes: how FastAPI stores included routers inside the app varies by version.
+    known_routes = [*routes.router.routes, *ops.router.routes]
     app.add_middleware(
         RequestGuard,
         api_key=settings.api_key,
         max_body_bytes=settings.max_body_bytes,
+        body_timeout_s=settings.body_timeout_s,
         is_draining=lambda: state.draining,
-        on_rejected=metrics.count,
+        on_rejected=lambda scope, status: metrics.count(route_label(known_routes, scope), status),
     )
     if settings.allow_origins:
         app.add_middleware(

@@ -11,11 +11,12 @@ They measure the engine, not HTTP; `mlc_llm_request_latency_seconds` is the end-
 server saw.
 """
 
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from starlette.routing import BaseRoute, Match
 
 from ...protocol.openai_api_protocol import CompletionUsage
 
@@ -26,6 +27,10 @@ _ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 EngineSnapshot = Callable[[], Mapping[str, Any]]
+
+# The endpoint label of a request that matches no route. Labels are route templates, never raw
+# paths: a client choosing paths would otherwise choose how many series /metrics holds.
+UNMATCHED = "unmatched"
 
 # Engine counters exported as they are (name in the engine's metrics dict -> Prometheus name, help).
 _ENGINE_COUNTERS = (
@@ -75,6 +80,15 @@ class _EngineCollector(Collector):
         for key, name, text in _ENGINE_GAUGES:
             if key in m:
                 yield GaugeMetricFamily(name, text, value=m[key])
+
+
+def route_label(routes: Sequence[BaseRoute], scope: Mapping[str, Any]) -> str:
+    """The template of the route `scope` is for ("/v1/models/{model_id:path}"), or UNMATCHED."""
+    for route in routes:
+        match, _ = route.matches(dict(scope))
+        if match != Match.NONE:
+            return str(getattr(route, "path", UNMATCHED))
+    return UNMATCHED
 
 
 class ServerMetrics:

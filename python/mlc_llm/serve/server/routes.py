@@ -7,22 +7,30 @@ requests. Errors raised before the first byte become OpenAI error objects with t
 """
 
 import json
+import logging
 from typing import Any, Dict
 
 from fastapi import APIRouter, Request
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from ...protocol.errors import BadRequestError
+from ...protocol.limits import json_depth_exceeded
 from ...protocol.openai_api_protocol import ModelCard, ModelList
 from ..engine_base import PreparedRequest
 from .errors import CLIENT_CLOSED, NOT_FOUND, APIError, classify
-from .guards import BodyTooLarge
+from .guards import BodyTimeout, BodyTooLarge
+from .request_limits import check_request_work
 from .state import ServerState
 from .streaming import ClientDisconnected, EventStreamResponse, unless_disconnected
+
+logger = logging.getLogger("mlc_llm.serve.server")
 
 router = APIRouter()
 
 JSON = "application/json"
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
 
 
 def _state(request: Request) -> ServerState:
@@ -31,7 +39,9 @@ def _state(request: Request) -> ServerState:
 
 
 async def read_json_object(request: Request) -> Dict[str, Any]:
-    """The body as a JSON object; anything else (empty, malformed, NaN, an array) is a 400."""
+    """The body as a JSON object; anything else (empty, malformed, NaN, an array) is a 400, and a
+    body not declared as JSON is a 415."""
+    _check_content_type(request)
     raw = await request.body()
     if not raw.strip():
         raise APIError(400, "the request body is empty; expected a JSON object", code="invalid_json")
@@ -39,6 +49,8 @@ async def read_json_object(request: Request) -> Dict[str, Any]:
         data = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as err:
         raise APIError(400, f"the request body is not valid JSON: {err}", code="invalid_json") from None
+    except RecursionError:  # nested past the decoder's recursion limit (about 1,000 levels)
+        raise APIError(400, str(json_depth_exceeded("the request body")), code="invalid_json") from None
     if not isinstance(data, dict):
         raise APIError(400, f"the request body must be a JSON object, not {type(data).__name__}", code="invalid_json")
     return data
@@ -48,24 +60,38 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-@router.post("/v1/chat/completions")
+def _check_content_type(request: Request) -> None:
+    """Only `application/json` bodies are read. A web page can POST text/plain or form bodies to
+    any origin without a CORS preflight; requiring JSON makes the browser ask first, and a server
+    without --allow-origins then says no, so a page cannot drive a local server behind the user's back."""
+    declared = request.headers.get("content-type", "")
+    media_type = declared.split(";", 1)[0].strip().lower()
+    if media_type != JSON:
+        shown = media_type or "none"
+        raise APIError(
+            415, f"the request body must be sent as Content-Type: {JSON} (got {shown})", code="unsupported_media_type"
+        )
+
+
+@router.post(CHAT)
 async def chat_completions(request: Request) -> Response:
     return await _complete(request, chat=True)
 
 
-@router.post("/v1/completions")
+@router.post(COMPLETIONS)
 async def completions(request: Request) -> Response:
     return await _complete(request, chat=False)
 
 
 async def _complete(request: Request, chat: bool) -> Response:
     state = _state(request)
-    tracker = state.track(request.url.path)
+    tracker = state.track(CHAT if chat else COMPLETIONS)
     try:
         body = await read_json_object(request)
         state.check_model(body)
         engine = state.engine
         prepared: PreparedRequest = engine._prepare_chat(body) if chat else engine._prepare_completion(body)
+        check_request_work(prepared, int(engine.info["context_window_size"]), state.settings)
         if prepared.stream:
             stream = await engine._run_async(prepared)
             return EventStreamResponse(stream, stream.close, prepared.builder.usage, tracker.end)
@@ -79,6 +105,15 @@ async def _complete(request: Request, chat: bool) -> Response:
     except BodyTooLarge:
         tracker.end(413)  # the guard answers it, once the rest of the body is drained
         raise
+    except BodyTimeout:
+        tracker.end(408)  # the guard answers it
+        raise
+    except ClientDisconnect:
+        # The client went away while sending the body: nothing failed here and nobody is left to
+        # answer, so one quiet line rather than an error with a traceback.
+        logger.debug("client disconnected before sending the whole request body (%s)", request.url.path)
+        tracker.end(CLIENT_CLOSED)
+        return Response(status_code=CLIENT_CLOSED)
     except BadRequestError as exc:
         if chat and exc.field == "prompt":
             exc.field = "messages"  # the engine saw the rendered prompt; the caller sent messages

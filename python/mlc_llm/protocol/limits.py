@@ -1,0 +1,72 @@
+"""Limits every request value must respect before any field is validated: how deeply JSON may nest,
+which strings are text at all, and the integer ranges the engine's types can hold.
+
+Why here, at the protocol boundary: Python's recursive code (the JSON decoder, pydantic, jsonschema)
+hits the interpreter's recursion limit on deeply nested values, a lone UTF-16 surrogate ("\\udfff",
+which JSON's escapes can spell) cannot be encoded to UTF-8 by the tokenizer or the native module, and an
+integer beyond the engine's `u32` / `i32` fields fails there with a message about floats. Checking these
+once, first, turns each of them into a BadRequestError naming the field, for the REST API and the Python
+API alike.
+"""
+
+import re
+from typing import Any, Iterator, Mapping, Tuple
+
+from annotated_types import Ge, Le
+from pydantic import StrictInt
+from typing_extensions import Annotated
+
+from .errors import BadRequestError
+
+# Deeper than any real request (a JSON schema nested 45 levels is still accepted) and well inside
+# both Python's recursion limit and serde_json's (128), which sees the same values in the engine.
+MAX_JSON_DEPTH = 100
+
+# Token ids and token counts are u32 in the engine, top_k is i32, penalties are f32.
+MAX_U32 = 2**32 - 1
+MAX_I32 = 2**31 - 1
+MAX_F32 = 3.4028234663852886e38
+
+# Strict: lax validation would read True or 1.0 as a token id.
+TokenId = Annotated[StrictInt, Ge(0), Le(MAX_U32)]
+TokenCount = Annotated[StrictInt, Ge(1), Le(MAX_U32)]
+
+# Python strings may hold surrogate code points that no UTF-8 text can (json.loads makes them from
+# escapes such as "\udfff"); any one of them makes a string unencodable.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_request_values(data: Mapping[str, Any]) -> None:
+    """Raises BadRequestError, naming the top-level field, for a value nested deeper than
+    MAX_JSON_DEPTH or a string (or key) that is not valid Unicode text.
+
+    Iterative, so a value nested a million levels deep costs no Python stack.
+    """
+    for field, value in data.items():
+        if isinstance(field, str) and _SURROGATE.search(field) is not None:
+            # The name goes into the answer, which must be encodable itself.
+            shown = field.encode("utf-8", "backslashreplace").decode("utf-8")
+            raise BadRequestError(f"the field name {shown!r} is not valid Unicode (a lone surrogate)", shown)
+        for depth, item in _walk(value):
+            if depth > MAX_JSON_DEPTH:
+                raise BadRequestError(f"{field!r} is nested more than {MAX_JSON_DEPTH} levels deep", field)
+            if isinstance(item, str) and _SURROGATE.search(item) is not None:
+                raise BadRequestError(f"{field!r} holds a string that is not valid Unicode (a lone surrogate)", field)
+
+
+def _walk(value: Any) -> Iterator[Tuple[int, Any]]:
+    """Every value (and dict key) inside `value` with its depth (the value itself is at depth 1)."""
+    stack = [(1, value)]
+    while stack:
+        depth, item = stack.pop()
+        yield depth, item
+        if isinstance(item, Mapping):
+            stack.extend((depth + 1, k) for k in item.keys())
+            stack.extend((depth + 1, v) for v in item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend((depth + 1, v) for v in item)
+
+
+def json_depth_exceeded(field: str) -> BadRequestError:
+    """The error for a JSON document too deep even to decode (the decoder's own recursion limit)."""
+    return BadRequestError(f"{field} is nested more than {MAX_JSON_DEPTH} levels deep", field)
