@@ -15,7 +15,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from ...protocol.errors import BadRequestError
-from ...protocol.limits import json_depth_exceeded
+from ...protocol.limits import check_request_values, json_depth_exceeded
 from ...protocol.openai_api_protocol import ModelCard, ModelList
 from ..engine_base import PreparedRequest
 from .errors import CLIENT_CLOSED, NOT_FOUND, APIError, classify
@@ -46,13 +46,16 @@ async def read_json_object(request: Request) -> Dict[str, Any]:
     if not raw.strip():
         raise APIError(400, "the request body is empty; expected a JSON object", code="invalid_json")
     try:
-        data = json.loads(raw, parse_constant=_reject_constant)
+        # JSON on the wire is UTF-8 (RFC 8259); json.loads would also guess UTF-16 and UTF-32.
+        data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as err:
         raise APIError(400, f"the request body is not valid JSON: {err}", code="invalid_json") from None
     except RecursionError:  # nested past the decoder's recursion limit (about 1,000 levels)
         raise APIError(400, str(json_depth_exceeded("the request body")), code="invalid_json") from None
     if not isinstance(data, dict):
         raise APIError(400, f"the request body must be a JSON object, not {type(data).__name__}", code="invalid_json")
+    # Before anything reads a field (the model name is checked first): depth and valid text.
+    check_request_values(data)
     return data
 
 
@@ -86,6 +89,7 @@ async def completions(request: Request) -> Response:
 async def _complete(request: Request, chat: bool) -> Response:
     state = _state(request)
     tracker = state.track(CHAT if chat else COMPLETIONS)
+    body: Dict[str, Any] = {}
     try:
         body = await read_json_object(request)
         state.check_model(body)
@@ -115,7 +119,7 @@ async def _complete(request: Request, chat: bool) -> Response:
         tracker.end(CLIENT_CLOSED)
         return Response(status_code=CLIENT_CLOSED)
     except BadRequestError as exc:
-        if chat and exc.field == "prompt":
+        if chat and exc.field == "prompt" and "prompt" not in body:
             exc.field = "messages"  # the engine saw the rendered prompt; the caller sent messages
         tracker.end(classify(exc)[0])
         raise
