@@ -1,89 +1,207 @@
-"""CPU throughput of the engine on the embedded SmolLM2-135M-Instruct (Q4_1 GGUF).
+"""CPU throughput of our engine against llama.cpp, in the same run, on the same GGUF and thread count.
 
-Prefill tokens/s (one 256-token prompt) and decode tokens/s at batch 1 and batch 8 (128 new tokens each,
-ignore_eos), for the default dequantized-f32 weights and for candle's quantized matmul. Prints a table and
-saves JSON under benches/results/ with the commit, the machine and the command.
+For each model: prefill of one 256-token prompt, decode at batch 1 and at batch 8 (greedy, EOS ignored),
+each measured `--repeats` times; the table shows the medians and ours / llama.cpp. llama.cpp runs through
+llama-cpp-python in its own virtual environment (built natively), driven by this same file with
+`--llama-worker` so both sides use one definition of the workload:
 
-    python benches/bench_cpu.py [--out benches/results/cpu_smollm2.json] [--new-tokens 128]
+    python -m venv /tmp/llamavenv
+    CMAKE_ARGS="-DGGML_NATIVE=ON" /tmp/llamavenv/bin/pip install llama-cpp-python
+    python benches/bench_cpu.py --qwen-gguf /path/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
+
+Our side uses the engine's defaults on the CPU (GGUF weights kept quantized, our kernels; see the
+README's CPU section) unless `--ours-dequantized` is given. Both sides use `--threads` threads (our
+kernels through `MLC_CPU_THREADS`). Results go to benches/results/cpu_<date>.json with the commit, the
+CPU model and the command.
 """
 
 import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
 from typing import Dict, List
 
-from mlc_llm import _core
-from mlc_llm.examples.default_model import smollm2_path
+PROMPT_TEXT = "The history of the city is long and full of stories. " * 60
 
 
-def _drain(engine: "_core.Engine", ids: List[str]) -> Dict[str, dict]:
-    done: Dict[str, dict] = {}
-    while len(done) < len(ids):
-        for d in engine.poll(100):
-            if d["finish_reason"] is not None:
-                done[d["request_id"]] = d["usage"]
-    return done
+# ----------------------------------------------------------------------------------------------- llama.cpp
 
 
-def _run(engine: "_core.Engine", prompt: List[int], batch: int, new_tokens: int, tag: str) -> Dict[str, float]:
-    ids = [f"{tag}-{i}" for i in range(batch)]
-    params = json.dumps({"temperature": 0.0, "max_tokens": new_tokens, "ignore_eos": True})
-    start = time.perf_counter()
-    for i, rid in enumerate(ids):
-        # Distinct first token per request so the prefix cache does not skip the prefill.
-        engine.add_request(rid, [prompt[0] + i] + prompt[1:], params)
-    usage = _drain(engine, ids)
-    wall = time.perf_counter() - start
-    ttft = max(u["ttft_s"] for u in usage.values())
-    decode_time = wall - ttft
+def llama_worker(args: argparse.Namespace) -> None:
+    """Runs inside the llama-cpp-python venv; prints one JSON line of measurements."""
+    import ctypes
+
+    import llama_cpp as L
+    import numpy as np
+
+    L.llama_backend_init()
+    model = L.llama_model_load_from_file(args.model.encode(), L.llama_model_default_params())
+    vocab = L.llama_model_get_vocab(model)
+    n_vocab = L.llama_vocab_n_tokens(vocab)
+    buf = (L.llama_token * 4096)()
+    text = PROMPT_TEXT.encode()
+    n = L.llama_tokenize(vocab, text, len(text), buf, 4096, False, False)
+    prompt = list(buf[: min(n, args.prompt_tokens)])
+    batch_max = 8
+    cp = L.llama_context_default_params()
+    cp.n_ctx = batch_max * (len(prompt) + args.new_tokens + 16)
+    cp.n_batch = cp.n_ubatch = 512
+    cp.n_seq_max = batch_max
+    cp.n_threads = cp.n_threads_batch = args.threads
+    ctx = L.llama_init_from_model(model, cp)
+    batch = L.llama_batch_init(512, 0, batch_max)
+
+    def submit(entries):  # entries: (token, pos, seq, want_logits)
+        batch.n_tokens = len(entries)
+        for i, (tok, pos, seq, want) in enumerate(entries):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = tok, pos, 1, want
+            batch.seq_id[i][0] = seq
+        if L.llama_decode(ctx, batch) != 0:
+            raise RuntimeError("llama_decode failed")
+
+    def argmax(i: int) -> int:
+        return int(np.argmax(np.ctypeslib.as_array(L.llama_get_logits_ith(ctx, i), shape=(n_vocab,))))
+
+    def run(bsz: int) -> Dict[str, float]:
+        L.llama_memory_clear(L.llama_get_memory(ctx), True)
+        start = time.perf_counter()
+        nxt = []
+        for s in range(bsz):
+            # Distinct first token per sequence, as on our side (no shared prefix).
+            toks = [prompt[0] + s] + prompt[1:]
+            submit([(t, p, s, p == len(toks) - 1) for p, t in enumerate(toks)])
+            nxt.append(argmax(len(toks) - 1))
+        prefill = time.perf_counter() - start
+        start = time.perf_counter()
+        for step in range(args.new_tokens - 1):
+            submit([(nxt[s], len(prompt) + step, s, True) for s in range(bsz)])
+            nxt = [argmax(s) for s in range(bsz)]
+        decode = time.perf_counter() - start
+        return {"prefill_tokens_per_s": bsz * len(prompt) / prefill, "decode_tokens_per_s": bsz * (args.new_tokens - 1) / decode}
+
+    run(1)  # warm-up
+    out = {"prompt_tokens": len(prompt), "version": L.__version__, "runs": {}}
+    for bsz in (1, 8):
+        out["runs"][str(bsz)] = [run(bsz) for _ in range(args.repeats)]
+    print(json.dumps(out))
+
+
+# ----------------------------------------------------------------------------------------------------- ours
+
+
+def ours(args: argparse.Namespace, model: str) -> Dict:
+    from mlc_llm import _core
+
+    cfg = {"verbose": False, "max_total_sequence_length": 8 * (args.prompt_tokens + args.new_tokens + 16),
+           "max_num_sequence": 8, "prefill_chunk_size": 512, "prefix_cache": False,
+           "quantized_matmul": not args.ours_dequantized}
+    engine = _core.Engine(model, "cpu", json.dumps(cfg))
+    prompt = engine.tokenize(PROMPT_TEXT, False)[: args.prompt_tokens]
+    params = json.dumps({"temperature": 0.0, "max_tokens": args.new_tokens, "ignore_eos": True})
+
+    def run(bsz: int, tag: str) -> Dict[str, float]:
+        ids = [f"{tag}-{i}" for i in range(bsz)]
+        start = time.perf_counter()
+        for i, rid in enumerate(ids):
+            engine.add_request(rid, [prompt[0] + i] + prompt[1:], params)
+        usage: Dict[str, dict] = {}
+        while len(usage) < bsz:
+            for d in engine.poll(100):
+                if d["finish_reason"] is not None:
+                    usage[d["request_id"]] = d["usage"]
+        wall = time.perf_counter() - start
+        ttft = max(u["ttft_s"] for u in usage.values())
+        return {"prefill_tokens_per_s": bsz * len(prompt) / ttft, "decode_tokens_per_s": bsz * (args.new_tokens - 1) / (wall - ttft)}
+
+    run(1, "warmup")
+    out = {"prompt_tokens": len(prompt), "runs": {}}
+    for bsz in (1, 8):
+        out["runs"][str(bsz)] = [run(bsz, f"b{bsz}r{r}") for r in range(args.repeats)]
+    engine.terminate()
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- driver
+
+
+def median(runs: List[Dict[str, float]], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def summarize(side: Dict) -> Dict[str, float]:
     return {
-        "batch": batch,
-        "prompt_tokens": len(prompt),
-        "new_tokens": new_tokens,
-        "wall_s": wall,
-        "ttft_s": ttft,
-        "prefill_tokens_per_s": batch * len(prompt) / ttft,
-        "decode_tokens_per_s": batch * (new_tokens - 1) / decode_time,
+        "prefill_256": median(side["runs"]["1"], "prefill_tokens_per_s"),
+        "decode_b1": median(side["runs"]["1"], "decode_tokens_per_s"),
+        "decode_b8": median(side["runs"]["8"], "decode_tokens_per_s"),
     }
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="benches/results/cpu_smollm2.json")
-    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--qwen-gguf", default=os.environ.get("MLC_QWEN15_GGUF"), help="a 1.5B-class Q4_K_M GGUF")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--prompt-tokens", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--llama-python", default="/tmp/llamavenv/bin/python")
+    ap.add_argument("--ours-dequantized", action="store_true", help="our f32 reference path instead of the default")
+    ap.add_argument("--out", default=f"benches/results/cpu_{time.strftime('%Y-%m-%d', time.gmtime())}.json")
+    ap.add_argument("--llama-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--model", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    model = smollm2_path()
-    rows = []
-    for quantized in (False, True):
-        cfg = {"verbose": False, "max_total_sequence_length": 8192, "max_num_sequence": 8,
-               "prefix_cache": False, "quantized_matmul": quantized}
-        engine = _core.Engine(model, "cpu", json.dumps(cfg))
-        text = "The history of the city is long and full of stories. " * 40
-        prompt = engine.tokenize(text, False)[: args.prompt_tokens]
-        _run(engine, prompt[:16], 1, 4, "warmup")
-        for batch in (1, 8):
-            r = _run(engine, prompt, batch, args.new_tokens, f"b{batch}q{int(quantized)}")
-            r["weights"] = "q4_1 quantized matmul" if quantized else "dequantized f32 (default)"
-            rows.append(r)
-        engine.terminate()
-    print(f"{'weights':28} {'batch':>5} {'prefill tok/s':>14} {'decode tok/s':>13} {'TTFT s':>8}")
-    for r in rows:
-        print(f"{r['weights']:28} {r['batch']:>5} {r['prefill_tokens_per_s']:>14.1f} {r['decode_tokens_per_s']:>13.1f} {r['ttft_s']:>8.2f}")
+    if args.llama_worker:
+        llama_worker(args)
+        return
+    os.environ["MLC_CPU_THREADS"] = str(args.threads)
+    from mlc_llm.examples.default_model import smollm2_path
+
+    models = {"SmolLM2-135M Q4_1": smollm2_path()}
+    if args.qwen_gguf:
+        models["Qwen2.5-1.5B Q4_K_M"] = args.qwen_gguf
+    results = {}
+    for name, path in models.items():
+        cmd = [args.llama_python, os.path.abspath(__file__), "--llama-worker", "--model", path, "--threads", str(args.threads),
+               "--new-tokens", str(args.new_tokens), "--prompt-tokens", str(args.prompt_tokens), "--repeats", str(args.repeats)]
+        llama = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        mine = ours(args, path)
+        results[name] = {"path": os.path.basename(path), "llama_cpp": llama, "ours": mine,
+                         "median": {"llama_cpp": summarize(llama), "ours": summarize(mine)}}
+    print(f"\n{'model':22} {'metric (tok/s)':15} {'llama.cpp':>10} {'ours':>10} {'ratio':>7}")
+    for name, r in results.items():
+        for metric in ("decode_b1", "decode_b8", "prefill_256"):
+            a, b = r["median"]["llama_cpp"][metric], r["median"]["ours"][metric]
+            print(f"{name:22} {metric:15} {a:10.1f} {b:10.1f} {b / a:7.2f}")
+        m = r["median"]["ours"]
+        print(f"{name:22} {'ours b8 / b1':15} {'':10} {'':10} {m['decode_b8'] / m['decode_b1']:7.2f}")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
     result = {
-        "commit": commit,
-        "device": f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-        "model": os.path.basename(model),
+        "commit": commit + ("-dirty" if dirty else ""),
+        "cpu": f"{cpu_model()}, {os.cpu_count()} logical cores",
+        "threads": args.threads,
+        "command": " ".join(["python"] + sys.argv),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "rows": rows,
+        "new_tokens": args.new_tokens,
+        "repeats": args.repeats,
+        "ours_weights": "dequantized f32" if args.ours_dequantized else "default (quantized, our CPU kernels)",
+        "models": results,
     }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
     print("saved", args.out)

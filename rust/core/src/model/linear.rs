@@ -9,7 +9,9 @@ use std::sync::Arc;
 pub enum Weight {
     /// `[out, in]`, in the compute dtype.
     Dense(Tensor),
-    /// Quantized blocks multiplied by candle's quantized kernels (activations go through 8-bit on CPU).
+    /// GGUF-quantized blocks. On the CPU, Q4_0 / Q4_1 / Q8_0 run our kernels (`quant::cpu`: 8-bit
+    /// activations, integer dot products, instruction set chosen at run time); other types and devices
+    /// run candle's quantized matmul.
     Quantized(QMatMul),
     /// GGUF Q4_0 blocks on a CUDA device, multiplied by our own kernels.
     #[cfg(feature = "cuda")]
@@ -28,6 +30,7 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
             Weight::Dense(w) => x.matmul(&w.t()?)?,
+            Weight::Quantized(QMatMul::QTensor(q)) if crate::quant::cpu::op::supports(q, x) => crate::quant::cpu::op::forward(q, x)?,
             Weight::Quantized(q) => q.forward(x)?,
             #[cfg(feature = "cuda")]
             Weight::Q4Cuda(q) => q.forward(x)?,

@@ -1,3 +1,5 @@
-//! Weight quantization formats that are ours to read and write (GGUF's come from candle).
+//! Weight quantization formats that are ours to read and write (GGUF's come from candle), and the CPU
+//! kernels that multiply quantized weights.
 
+pub mod cpu;
 pub mod group4;

@@ -1,0 +1,72 @@
+//! Activations quantized to 8 bits per block of 32, the other operand of every integer dot product
+//! (llama.cpp's `q8_0` / `q8_1`, with f32 instead of f16 scales: the scale costs nothing extra here and
+//! keeps the activation error at the rounding of the 8-bit values alone).
+//!
+//! One block format serves every weight type: Q4_0 / Q4_1 / Q8_0 blocks are 32 wide, and the K-quants'
+//! sub-blocks (32 for Q4_K, two scales of 16 for Q6_K) fall inside one activation block each.
+
+/// Values per activation block.
+pub const QK: usize = 32;
+
+/// 32 activations as `x ~= d * q`; `s = d * sum(q)` is what a weight block's offset (Q4_1's `m`, Q4_K's
+/// `dmin * m`, Q4_0's `-8 d`) multiplies, precomputed once per activation instead of once per weight row.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ActBlock {
+    pub d: f32,
+    pub s: f32,
+    pub q: [i8; QK],
+}
+
+impl ActBlock {
+    pub const ZERO: ActBlock = ActBlock { d: 0.0, s: 0.0, q: [0; QK] };
+}
+
+/// Quantizes one row `x: [k]` (`k` a multiple of 32) into `out: [k / 32]`: `d = max|x| / 127`,
+/// `q = round_ties_even(x / d)` (what llama.cpp's SIMD quantizers do).
+pub fn quantize_row(x: &[f32], out: &mut [ActBlock]) {
+    debug_assert_eq!(x.len(), out.len() * QK);
+    for (xs, blk) in x.chunks_exact(QK).zip(out.iter_mut()) {
+        let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, &v) in blk.q.iter_mut().zip(xs) {
+            // |v * id| <= 127 up to rounding, so the cast never saturates meaningfully.
+            *q = (v * id).round_ties_even() as i8;
+            sum += *q as i32;
+        }
+        blk.d = d;
+        blk.s = d * sum as f32;
+    }
+}
+
+/// `x: [t, k]` row-major -> `[t, k / 32]` blocks.
+pub fn quantize_rows(x: &[f32], k: usize) -> Vec<ActBlock> {
+    let mut out = vec![ActBlock::ZERO; x.len() / QK];
+    for (xr, or) in x.chunks_exact(k).zip(out.chunks_exact_mut(k / QK)) {
+        quantize_row(xr, or);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_round_trip_within_half_a_step() {
+        let x: Vec<f32> = (0..64).map(|i| ((i * 37 % 19) as f32 - 9.0) * 0.37).collect();
+        let blocks = quantize_rows(&x, 64);
+        assert_eq!(blocks.len(), 2);
+        for (xs, b) in x.chunks(QK).zip(&blocks) {
+            let sum: i32 = b.q.iter().map(|&q| q as i32).sum();
+            assert!((b.s - b.d * sum as f32).abs() < 1e-6);
+            for (v, &q) in xs.iter().zip(&b.q) {
+                assert!((v - b.d * q as f32).abs() <= b.d * 0.5 + 1e-6);
+            }
+        }
+        let zero = quantize_rows(&[0.0; 32], 32);
+        assert_eq!(zero[0], ActBlock::ZERO);
+    }
+}

@@ -1,0 +1,158 @@
+//! Quantized matmul on the CPU: GGUF weight blocks times activations quantized to 8 bits per block,
+//! with integer dot products (llama.cpp's `vec_dot_q4_1_q8_1` scheme) and the instruction set chosen
+//! at run time ([`dispatch`]).
+//!
+//! Per call: the activations `[t, k]` become [`act::ActBlock`]s once, then every output row is a dot
+//! product of one weight row with each token's blocks; [`gemm`] splits rows over a pool sized to the
+//! physical cores and runs four tokens per pass over a weight row. Each type's file holds its block
+//! layout, the f32 dequantization (the reference), a scalar kernel and the x86 kernels.
+//!
+//! A token's result does not depend on the batch it runs in: the four-token kernels do the same
+//! arithmetic in the same order per token as the one-token ones.
+
+pub mod act;
+pub mod dispatch;
+mod gemm;
+pub mod op;
+mod pool;
+pub mod q4_0;
+pub mod q4_1;
+pub mod q8_0;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use act::ActBlock;
+use candle_core::quantized::GgmlDType;
+pub use dispatch::Isa;
+
+/// Dot products of one weight row (`k / block_values` blocks) with the activation blocks of `N` tokens.
+///
+/// # Safety
+/// The kernel's instruction set is available ([`Kernels::for_type`] only hands out ones that are). The
+/// kernels check the lengths themselves.
+pub type Dot<const N: usize> = unsafe fn(&[u8], [&[ActBlock]; N]) -> [f32; N];
+
+/// One weight type's kernels at one instruction set level.
+#[derive(Clone, Copy)]
+pub struct Kernels {
+    pub one: Dot<1>,
+    pub four: Dot<4>,
+}
+
+impl Kernels {
+    fn new(one: Dot<1>, four: Dot<4>) -> Self {
+        Kernels { one, four }
+    }
+
+    /// `qtype`'s kernels at `isa`, lowered to what this CPU has.
+    pub fn for_type(qtype: QType, isa: Isa) -> Kernels {
+        let isa = isa.min(dispatch::detect());
+        match qtype {
+            QType::Q4_0 => q4_0::kernels(isa),
+            QType::Q4_1 => q4_1::kernels(isa),
+            QType::Q8_0 => q8_0::kernels(isa),
+        }
+    }
+}
+
+/// The GGUF block types these kernels multiply; others stay on candle's quantized matmul.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QType {
+    Q4_0,
+    Q4_1,
+    Q8_0,
+}
+
+impl QType {
+    pub fn from_ggml(t: GgmlDType) -> Option<QType> {
+        match t {
+            GgmlDType::Q4_0 => Some(QType::Q4_0),
+            GgmlDType::Q4_1 => Some(QType::Q4_1),
+            GgmlDType::Q8_0 => Some(QType::Q8_0),
+            _ => None,
+        }
+    }
+
+    pub fn block_bytes(self) -> usize {
+        match self {
+            QType::Q4_0 => q4_0::BLOCK_BYTES,
+            QType::Q4_1 => q4_1::BLOCK_BYTES,
+            QType::Q8_0 => q8_0::BLOCK_BYTES,
+        }
+    }
+
+    /// Weights per block.
+    pub fn block_values(self) -> usize {
+        act::QK
+    }
+
+    /// One row's blocks -> `out: [k]` f32, the reference every kernel is tested against.
+    pub fn dequantize_row(self, w: &[u8], out: &mut [f32]) {
+        match self {
+            QType::Q4_0 => q4_0::dequantize_row(w, out),
+            QType::Q4_1 => q4_1::dequantize_row(w, out),
+            QType::Q8_0 => q8_0::dequantize_row(w, out),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QuantError {
+    #[error("{qtype:?} weight [{n}, {k}]: {message}")]
+    Shape { qtype: QType, n: usize, k: usize, message: String },
+    #[error("activations of {len} values are not rows of the weight's {k} inputs")]
+    Activations { len: usize, k: usize },
+}
+
+/// A quantized weight `[n, k]` as GGUF stores it: `n` rows of `k / block_values` blocks.
+#[derive(Debug, Clone, Copy)]
+pub struct QMatrix<'a> {
+    pub qtype: QType,
+    pub data: &'a [u8],
+    pub n: usize,
+    pub k: usize,
+}
+
+impl<'a> QMatrix<'a> {
+    pub fn new(qtype: QType, data: &'a [u8], n: usize, k: usize) -> Result<Self, QuantError> {
+        let shape_err = |message: String| QuantError::Shape { qtype, n, k, message };
+        if k == 0 || k % qtype.block_values() != 0 {
+            return Err(shape_err(format!("k is not a positive multiple of {}", qtype.block_values())));
+        }
+        let want = n * (k / qtype.block_values()) * qtype.block_bytes();
+        if data.len() != want {
+            return Err(shape_err(format!("{} bytes of blocks, the shape needs {want}", data.len())));
+        }
+        Ok(QMatrix { qtype, data, n, k })
+    }
+
+    fn row_bytes(&self) -> usize {
+        self.k / self.qtype.block_values() * self.qtype.block_bytes()
+    }
+
+    /// Row `r`'s blocks.
+    pub fn row(&self, r: usize) -> &'a [u8] {
+        let b = self.row_bytes();
+        &self.data[r * b..(r + 1) * b]
+    }
+
+    /// `[n, k]` f32.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.n * self.k];
+        for (r, y) in out.chunks_exact_mut(self.k).enumerate() {
+            self.qtype.dequantize_row(self.row(r), y);
+        }
+        out
+    }
+}
+
+/// `x: [t, k]` f32 row-major -> `[t, n]`: `x` quantized to 8 bits per block, integer dot products with
+/// the weight's blocks at instruction set `isa` (lowered to what the CPU has).
+pub fn matmul(w: &QMatrix, x: &[f32], isa: Isa) -> Result<Vec<f32>, QuantError> {
+    if x.len() % w.k != 0 {
+        return Err(QuantError::Activations { len: x.len(), k: w.k });
+    }
+    let t = x.len() / w.k;
+    let act = pool::install(|| gemm::quantize_activations(x, w.k));
+    Ok(pool::install(|| gemm::matmul(w, &act, t, Kernels::for_type(w.qtype, isa))))
+}

@@ -1,0 +1,50 @@
+//! Pieces the x86 kernels of every block type share, as macros: a `#[target_feature]` function cannot be
+//! `#[inline(always)]`, and a helper that is not inlined into the kernel would run without the kernel's
+//! instruction set. Each macro expands inside a kernel compiled for AVX2 or AVX-512, so the intrinsics
+//! it names are available there. The two levels' feature lists, written at each kernel:
+//! AVX2 = `"avx2,fma,f16c"`, AVX-512 = `"avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni"`.
+
+/// `[32 x u8] . [32 x i8]` in groups of 4 -> `[8 x i32]` with AVX2: `maddubs` sums pairs into i16, which
+/// saturates only past 32767; every caller keeps `|u8 * i8| * 2 <= 2 * 128 * 127 = 32512`.
+macro_rules! dot_u8i8_avx2 {
+    ($a:expr, $b:expr) => {
+        _mm256_madd_epi16(_mm256_maddubs_epi16($a, $b), _mm256_set1_epi16(1))
+    };
+}
+
+/// The same dot product with VNNI's `vpdpbusd` (no i16 intermediate, one instruction).
+macro_rules! dot_u8i8_vnni {
+    ($a:expr, $b:expr) => {
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), $a, $b)
+    };
+}
+
+/// Horizontal sum of an `__m256` in a fixed order (the same for every batch size, so results do not
+/// depend on how many tokens share a kernel call).
+macro_rules! hsum_ps {
+    ($v:expr) => {{
+        let v = $v;
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+    }};
+}
+
+/// The f16 at `p` (a `*const u8`, unaligned) as f32, with F16C.
+macro_rules! f16_at {
+    ($p:expr) => {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(($p as *const u16).read_unaligned() as i32)))
+    };
+}
+
+/// 16 bytes of packed nibbles -> 32 u8 values, low nibbles first (GGML's order: byte `j` holds values
+/// `j` and `j + 16`).
+macro_rules! unpack_nibbles {
+    ($p:expr) => {{
+        let raw = _mm_loadu_si128($p as *const __m128i);
+        let mask = _mm_set1_epi8(0xF);
+        _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), mask), _mm_and_si128(raw, mask))
+    }};
+}
+
+pub(crate) use {dot_u8i8_avx2, dot_u8i8_vnni, f16_at, hsum_ps, unpack_nibbles};
