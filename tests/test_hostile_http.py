@@ -22,6 +22,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 import httpx
 import pytest
 
+from openai_errors import assert_error_object
 from server_process import ServerProcess
 
 API_KEY = "sk-hostile"
@@ -366,17 +367,6 @@ def send(http: httpx.Client, case: Bad) -> httpx.Response:
     else:
         content = case.body
     return http.request(case.method, case.path, content=content, headers=case.headers)
-
-
-def assert_error_object(response: httpx.Response) -> Dict[str, Any]:
-    assert response.headers["content-type"].startswith("application/json"), response.text
-    body = response.json()
-    assert set(body) == {"error"}, body
-    error = body["error"]
-    assert set(error) == {"message", "type", "param", "code"}, error
-    assert isinstance(error["message"], str) and error["message"], error
-    assert "Traceback" not in error["message"] and "\n   0: " not in error["message"], error
-    return error
 
 
 def assert_serves(http: httpx.Client) -> None:

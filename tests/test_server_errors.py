@@ -14,6 +14,7 @@ import httpx
 import openai
 import pytest
 
+from openai_errors import assert_error_object
 from server_process import ServerProcess
 
 API_KEY = "sk-errors"
@@ -170,14 +171,8 @@ def send(http: httpx.Client, case: Case) -> httpx.Response:
     return http.request(case.method, case.path, json=case.body, headers=case.headers)
 
 
-def assert_error_object(response: httpx.Response, case: Case) -> Dict[str, Any]:
-    assert response.headers["content-type"].startswith("application/json"), response.text
-    body = response.json()
-    assert set(body) == {"error"}, body
-    error = body["error"]
-    assert set(error) == {"message", "type", "param", "code"}, error
-    assert isinstance(error["message"], str) and error["message"], error
-    assert isinstance(error["type"], str) and error["type"], error
+def assert_case_error(response: httpx.Response, case: Case) -> Dict[str, Any]:
+    error = assert_error_object(response)
     if case.param is not None:
         assert error["param"] == case.param, error
     if case.code is not None:
@@ -200,7 +195,7 @@ def test_the_matrix_has_enough_cases() -> None:
 def test_bad_request_gets_an_error_object_and_the_server_keeps_serving(http: httpx.Client, case: Case) -> None:
     response = send(http, case)
     assert response.status_code == case.status, response.text
-    assert_error_object(response, case)
+    assert_case_error(response, case)
     assert_still_serving(http)
 
 

@@ -58,22 +58,26 @@ def _check_value(field: str, value: Any) -> None:
         depth, item = stack.pop()
         if depth > MAX_JSON_DEPTH:
             raise BadRequestError(f"{field!r} is nested more than {MAX_JSON_DEPTH} levels deep", field)
-        if isinstance(item, str):
+        if isinstance(item, str):  # a string does not nest: its depth is its container's
             if _SURROGATE.search(item) is not None:
                 raise BadRequestError(f"{field!r} holds a string that is not valid Unicode (a lone surrogate)", field)
             continue
         if isinstance(item, Mapping):
-            children: Iterable[Any] = [*item.keys(), *item.values()]
+            if any(isinstance(key, str) and _SURROGATE.search(key) is not None for key in item):
+                raise BadRequestError(f"{field!r} holds a key that is not valid Unicode (a lone surrogate)", field)
+            children: Iterable[Any] = item.values()
         elif isinstance(item, (list, tuple)):
             children = item
         else:
             continue
         # A C-level scan first: a list of a million token ids has nothing to descend into.
         if any(map(isinstance, children, repeat(_COMPOUND_OR_TEXT))):
-            stack.extend((depth + 1, child) for child in children if isinstance(child, _COMPOUND_OR_TEXT))
+            stack.extend((depth + 1 if isinstance(child, _COMPOUND) else depth, child)
+                     for child in children if isinstance(child, _COMPOUND_OR_TEXT))
 
 
 # dict, not Mapping: an ABC check per token id costs twice as much, and JSON values are dicts.
+_COMPOUND = (dict, list, tuple)
 _COMPOUND_OR_TEXT = (str, dict, list, tuple)
 
 
