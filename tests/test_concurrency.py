@@ -5,6 +5,7 @@ seeded sampling gives the same tokens alone and batched; every KV block is free 
 
 import asyncio
 import random
+import threading
 from typing import Dict, List, Optional
 
 import pytest
@@ -89,3 +90,48 @@ def test_32_requests_with_random_aborts(batch_engine: AsyncMLCEngine, engine: ML
             continue
         alone = engine.chat.completions.create(**_request(prompts[i], seeds[i]), stream=False)
         assert alone.choices[0].message.content == results[i], f"request {i} differs alone vs batched"
+
+
+# --------------------------------------------------------------------------- ids are owned per request
+
+VICTIM = {"messages": [{"role": "user", "content": "Count to ten."}], "max_tokens": 24,
+          "temperature": 0.0, "extra_body": {"ignore_eos": True}}
+
+
+def test_refused_request_leaves_the_running_owner_of_its_engine_id_alone(engine: MLCEngine) -> None:
+    """"victim" with n=2 would use the engine ids "victim-0" and "victim-1": refused, and the
+    running "victim-0" still streams to its end (it once lost its route and hung forever)."""
+    from mlc_llm.protocol.errors import BadRequestError
+
+    stream = engine.chat.completions.create(**VICTIM, stream=True, request_id="victim-0")
+    first = next(stream)
+    for n in (2, 3):
+        with pytest.raises(BadRequestError) as err:
+            engine.chat.completions.create(**VICTIM, n=n, request_id="victim")
+        assert err.value.field == "request_id"
+    rest: List[object] = []
+    reader = threading.Thread(target=lambda: rest.extend(stream), daemon=True)
+    reader.start()
+    reader.join(60)
+    assert not reader.is_alive(), "the running stream lost its route and hangs"
+    assert [first, *rest][-1].choices[0].finish_reason == "length"
+    # The id is free again once its request ended; "victim" with n=2 now runs.
+    both = engine.chat.completions.create(**VICTIM, n=2, request_id="victim")
+    assert [c.finish_reason for c in both.choices] == ["length", "length"]
+
+
+def test_refused_async_request_leaves_the_running_owner_alone(async_engine: AsyncMLCEngine) -> None:
+    from mlc_llm.protocol.errors import BadRequestError
+
+    async def run() -> List[Optional[str]]:
+        stream = await async_engine.chat.completions.create(**VICTIM, stream=True, request_id="avictim-1")
+        first = await stream.__anext__()
+        with pytest.raises(BadRequestError):
+            await async_engine.chat.completions.create(**VICTIM, n=2, request_id="avictim")
+        # Aborting the refused request's id must not reach the running one either.
+        await async_engine.abort("avictim")
+        chunks = [first] + [c async for c in stream]
+        return [c.choices[0].finish_reason for c in chunks if c.choices]
+
+    finishes = asyncio.run(asyncio.wait_for(run(), timeout=60))
+    assert finishes[-1] == "length"

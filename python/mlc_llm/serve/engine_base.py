@@ -74,6 +74,8 @@ class EngineSubmission:
         self._engine = engine
         self.request_id = request_id
         self.engine_ids = engine_ids
+        # Set once the routes are registered; unregistering compares it so that only our routes go.
+        self.sink: Optional[Sink] = None
         self._released = False
 
     def cancel(self) -> None:
@@ -90,7 +92,7 @@ class EngineSubmission:
     def release(self) -> None:
         if not self._released:
             self._released = True
-            self._engine._forget(self.request_id, self.engine_ids)
+            self._engine._forget(self)
 
 
 class EngineBase:
@@ -141,7 +143,9 @@ class EngineBase:
         self._core = core_module.Engine(args.model, args.device, json.dumps(args.core_config()))
         self._info: Dict[str, Any] = json.loads(self._core.info())
         self._lock = threading.Lock()
-        self._active: Dict[str, List[str]] = {}
+        # request id -> its submission, and engine id -> the submission that owns it (see _submit).
+        self._active: Dict[str, EngineSubmission] = {}
+        self._owners: Dict[str, EngineSubmission] = {}
         self._stream_back = StreamBack(self._core)
         self._stream_back.start()
         self._terminated = False
@@ -265,18 +269,32 @@ class EngineBase:
     # ------------------------------------------------------------------ submission and registry
 
     def _submit(self, prepared: PreparedRequest, sink: Sink) -> EngineSubmission:
-        """Registers the routes, then queues the n engine requests; undoes everything on failure."""
+        """Claims the request id and its engine ids, routes them, then queues the n engine requests;
+        undoes exactly what it did on failure.
+
+        Ids are owned per request: a request whose id or any engine id ("x" with n=2 claims "x-0"
+        and "x-1") is held by a running request is refused before anything of the running one is
+        touched, and a refused or finished request releases only the entries it owns."""
         if self._terminated:
             raise EngineDeadError("the engine has been terminated")
         request_id = prepared.request_id
+        submission = EngineSubmission(self, request_id, prepared.engine_ids)
         with self._lock:
             if request_id in self._active:
                 raise BadRequestError(f"request_id {request_id!r} is already running", "request_id")
-            self._active[request_id] = prepared.engine_ids
-        submission = EngineSubmission(self, request_id, prepared.engine_ids)
+            taken = next((e for e in prepared.engine_ids if e in self._owners), None)
+            if taken is not None:
+                raise BadRequestError(
+                    f"request_id {request_id!r} would use the engine id {taken!r} of a running request",
+                    "request_id",
+                )
+            self._active[request_id] = submission
+            for engine_id in prepared.engine_ids:
+                self._owners[engine_id] = submission
         added: List[str] = []
         try:
             self._stream_back.register(prepared.engine_ids, sink)
+            submission.sink = sink
             for engine_id, params in zip(prepared.engine_ids, prepared.params_json):
                 self._core.add_request(engine_id, prepared.prompt_token_ids, params)
                 added.append(engine_id)
@@ -288,16 +306,22 @@ class EngineBase:
             raise
         return submission
 
-    def _forget(self, request_id: str, engine_ids: List[str]) -> None:
-        self._stream_back.unregister(engine_ids)
+    def _forget(self, submission: "EngineSubmission") -> None:
+        """Drops the routes and registry entries that `submission` owns, and nothing else."""
+        self._stream_back.unregister(submission.engine_ids, submission.sink)
         with self._lock:
-            if self._active.get(request_id) is engine_ids:
-                del self._active[request_id]
+            if self._active.get(submission.request_id) is submission:
+                del self._active[submission.request_id]
+            for engine_id in submission.engine_ids:
+                if self._owners.get(engine_id) is submission:
+                    del self._owners[engine_id]
 
     def _abort(self, request_id: str) -> None:
-        """Aborts every engine request of `request_id`; their streams end with finish_reason "abort"."""
+        """Aborts every engine request of `request_id`; their streams end with finish_reason "abort".
+        An id that no running request owns is ignored."""
         with self._lock:
-            engine_ids = list(self._active.get(request_id, [request_id]))
+            submission = self._active.get(request_id)
+            engine_ids = list(submission.engine_ids) if submission is not None else []
         for engine_id in engine_ids:
             self._core.abort(engine_id)
 

@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any, Callable, Deque, Dict, Generic, Iterable, List, Optional, Protocol, TypeVar, Union
 
-from ..protocol.errors import EngineDeadError
+from ..protocol.errors import BadRequestError, EngineDeadError
 
 logger = logging.getLogger("mlc_llm.serve")
 
@@ -50,17 +50,25 @@ class StreamBack:
 
     def register(self, request_ids: Iterable[str], sink: Sink) -> None:
         """Routes the deltas of `request_ids` to `sink`; must happen before the request is queued so
-        that no delta can arrive unrouted."""
+        that no delta can arrive unrouted. All or nothing: an id that is already routed is refused
+        and the routes of its owner are left as they are."""
+        ids = list(request_ids)
         with self._lock:
             if self._dead is not None:
                 raise EngineDeadError(f"the engine has stopped: {self._dead}")
-            for request_id in request_ids:
+            taken = next((i for i in ids if i in self._sinks), None)
+            if taken is not None:
+                raise BadRequestError(f"request id {taken!r} is already in use", "request_id")
+            for request_id in ids:
                 self._sinks[request_id] = sink
 
-    def unregister(self, request_ids: Iterable[str]) -> None:
+    def unregister(self, request_ids: Iterable[str], sink: Optional[Sink]) -> None:
+        """Drops the routes of `request_ids` that lead to `sink` (a route that another request
+        registered under the same id is not ours to drop)."""
         with self._lock:
             for request_id in request_ids:
-                self._sinks.pop(request_id, None)
+                if sink is not None and self._sinks.get(request_id) is sink:
+                    del self._sinks[request_id]
 
     def request_stop(self) -> None:
         """Lets the thread exit once the engine reports dead (or after a short drain)."""
