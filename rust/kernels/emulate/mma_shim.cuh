@@ -12,6 +12,7 @@ inline void cp_async16(void* smem, const void* gmem, bool valid) {
 }
 inline void cp_async_commit() {}
 inline void cp_async_wait_all() {}
+template <int N> inline void cp_async_wait_pending() {}
 
 // Lane l receives, of each of the 4 matrices (rows given by lanes 8i .. 8i+7), the pair at row l/4,
 // columns 2(l%4), 2(l%4)+1; transposed: rows 2(l%4), 2(l%4)+1 of column l/4.

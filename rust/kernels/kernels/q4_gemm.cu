@@ -4,7 +4,7 @@
 //   q4_gemv_mma_silu_<T> the same for a stacked gate/up weight W[2N, K] (gate rows, then up rows), with
 //                       the MLP's activation as epilogue: y[M, N] = silu(x . gate^T) * (x . up^T)
 //   q4_gemv_simple_<T>  (T = f32, bf16, f16) the same with scalar f32 FMAs; any K % 32 == 0
-//   q4_dequant_<T>      W[N, K] -> out[N, K] in T (for batches too large for the kernels above)
+//   q4_dequant_<T>      W[N, K] -> out[N, K] in T (for what q4_gemm_tc.cu does not take: f32, K % 256 != 0)
 //
 // Q4_0 (GGML): per 32 weights one block of 18 bytes, an f16 scale d then 16 bytes of nibbles; byte j
 // holds element j in its low nibble and element j + 16 in its high nibble; value = d * (q - 8). A row
@@ -281,21 +281,26 @@ __device__ void q4_gemv_simple(T* __restrict__ y, const uint8_t* __restrict__ w,
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Dequantization: one thread per Q4_0 block (grid-stride), 32 outputs each.
+// Dequantization: one thread per quarter of a Q4_0 block (grid-stride): 8 consecutive outputs, stored
+// as one 16-byte (bf16 / f16) or two 16-byte (f32) writes, so a warp writes 512 (1024) contiguous bytes.
+// Quarters 0, 1 are the low nibbles of qs bytes 0..7, 8..15 (elements 0..15); quarters 2, 3 the high ones.
 template <typename T>
 __device__ void q4_dequant(T* __restrict__ out, const uint8_t* __restrict__ w, uint64_t num_blocks) {
-    for (uint64_t b = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; b < num_blocks; b += (uint64_t)gridDim.x * blockDim.x) {
+    for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < num_blocks * 4; i += (uint64_t)gridDim.x * blockDim.x) {
+        const uint64_t b = i >> 2;
+        const int quarter = (int)(i & 3), sh = quarter < 2 ? 0 : 4;
         const uint16_t* blk = reinterpret_cast<const uint16_t*>(w + b * Q4_BLOCK_BYTES);
         const float d = f16_bits_to_f32(blk[0]);
-        T* o = out + b * 32;
+        __align__(16) T v[8];
 #pragma unroll
-        for (int j = 0; j < 8; ++j) {
-            const uint32_t two = blk[1 + j];
-            o[2 * j] = from_f32<T>(d * (float)((int)(two & 0xf) - 8));
-            o[2 * j + 16] = from_f32<T>(d * (float)((int)((two >> 4) & 0xf) - 8));
-            o[2 * j + 1] = from_f32<T>(d * (float)((int)((two >> 8) & 0xf) - 8));
-            o[2 * j + 17] = from_f32<T>(d * (float)((int)((two >> 12) & 0xf) - 8));
+        for (int j = 0; j < 4; ++j) {
+            const uint32_t two = blk[1 + 4 * (quarter & 1) + j];  // qs bytes 8 (quarter & 1) + 2j, + 2j + 1
+            v[2 * j] = from_f32<T>(d * (float)((int)((two >> sh) & 0xf) - 8));
+            v[2 * j + 1] = from_f32<T>(d * (float)((int)((two >> (8 + sh)) & 0xf) - 8));
         }
+        uint4* o = reinterpret_cast<uint4*>(out + b * 32 + quarter * 8);  // 16-byte aligned: 8 x sizeof(T) apart
+#pragma unroll
+        for (int p = 0; p < (int)(8 * sizeof(T) / 16); ++p) o[p] = reinterpret_cast<const uint4*>(v)[p];
     }
 }
 

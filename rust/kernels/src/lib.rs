@@ -253,6 +253,34 @@ pub const Q4_SIMPLE_THREADS: u32 = 256;
 /// Threads per block of `q4_dequant_*`.
 pub const Q4_DEQUANT_THREADS: u32 = 256;
 
+// ------------------------------------------------------------------------------------------------
+// Q4_0 GEMM on tensor cores (kernels/q4_gemm_tc.cu).
+
+/// PTX of `kernels/q4_gemm_tc.cu`.
+#[cfg(feature = "cuda")]
+pub use ptx::Q4_GEMM_TC as Q4_GEMM_TC_PTX;
+
+pub const Q4_GEMM_TC_MODULE: &str = "mlc_q4_gemm_tc";
+/// Weight rows and tokens per block of `q4_gemm_tc_*` (grid = (ceil(N / rows), ceil(M / tokens))).
+pub const Q4_GEMM_TC_ROWS: usize = 128;
+pub const Q4_GEMM_TC_TOKENS: usize = 64;
+pub const Q4_GEMM_TC_THREADS: u32 = 256;
+/// Dynamic shared memory of one block: 2 stages of 128 x 144 weight bytes and 64 x 528 activation bytes.
+pub const Q4_GEMM_TC_SMEM_BYTES: u32 = 2 * (128 * 144 + 64 * 528);
+/// Inputs per pipeline stage (the kernel splits K in whole stages).
+pub const Q4_GEMM_TC_GROUP_K: usize = 256;
+/// Threads per block of `q4_gemm_tc_reduce_*`.
+pub const Q4_GEMM_TC_REDUCE_THREADS: u32 = 256;
+
+/// `q4_gemm_tc_<dtype>` and `q4_gemm_tc_reduce_<dtype>` (bf16 / f16; `None` for f32).
+pub fn q4_gemm_tc_names(dtype: KernelDType) -> Option<(&'static str, &'static str)> {
+    match dtype {
+        KernelDType::BF16 => Some(("q4_gemm_tc_bf16", "q4_gemm_tc_reduce_bf16")),
+        KernelDType::F16 => Some(("q4_gemm_tc_f16", "q4_gemm_tc_reduce_f16")),
+        KernelDType::F32 => None,
+    }
+}
+
 /// The kernels of q4_gemm.cu.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Q4Kernel {

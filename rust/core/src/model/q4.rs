@@ -4,28 +4,54 @@
 //!
 //! The weight is the GGUF tensor's raw Q4_0 blocks (18 bytes per 32 weights, rows of `K / 32` blocks)
 //! uploaded once at load as a u8 tensor; `[N, K]` is recorded beside it. Batches of up to
-//! [`GEMV_MAX_TOKENS`] tokens run the GEMV kernel (the weights leave DRAM once); larger ones (prefill)
-//! dequantize slices of rows to the activations' dtype and use candle's matmul (cuBLAS).
+//! [`GEMV_MAX_TOKENS`] tokens run the GEMV kernel (the weights leave DRAM once); larger ones (decode
+//! batches of many sequences, prefill) run the tensor-core GEMM (q4_gemm_tc.cu), which dequantizes each
+//! weight once per 64 tokens in registers. What neither takes (f32 activations, K not a multiple of 256)
+//! dequantizes slices of rows to the activations' dtype and uses candle's matmul (cuBLAS).
 
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
 use mlc_kernels::{Q4_BLOCK_BYTES, Q4_BLOCK_WEIGHTS};
 
-/// Largest batch the GEMV kernel takes. Per weight it moves 0.56 bytes from DRAM plus one L2 re-read per
-/// further tile of 8 tokens (the tiles of one row tile run side by side); the dequantize + cuBLAS path
-/// dequantizes every weight to 2 bytes in slices, writes and re-reads them and launches per slice. Measured
-/// on an H100 (Llama-3-8B shape, q4f16_1, benches/results/gpu_q4f16_1_gemv{32,256}_h100_2026-12-06.json):
-/// with the GEMV up to 256 tokens decode runs 2,141 / 3,018 / 3,101 / 3,040 tok/s at batch 33 / 64 / 128 /
-/// 256, against 323 / 612 / 1,165 / 2,073 through the dequantize path (the cliff past 32). Larger chunks
-/// (prefill) keep the dequantize path.
-pub const GEMV_MAX_TOKENS: usize = 256;
+/// Largest batch the GEMV kernel takes. Per weight it moves 0.56 bytes from DRAM plus one L2 re-read and
+/// one dequantization per further tile of 8 tokens (the tiles of one row tile run side by side), so past a
+/// few tiles the tensor-core GEMM, which dequantizes once per 64 tokens, wins. Measured on an H100 (f16,
+/// Llama-3-8B's q/k/v, gate/up and down projections, tests/gpu/test_q4_gpu.py::test_q4_path_timing): at 16
+/// tokens the GEMV takes 22 / 85 / 41 us against the GEMM's 30 / 108 / 61, at 32 tokens 37 / 145 / 78
+/// against 33 / 97 / 63; they are about even at 24.
+pub const GEMV_MAX_TOKENS: usize = 24;
 
 /// [`GEMV_MAX_TOKENS`], or `MLC_Q4_GEMV_MAX_TOKENS` when set (read once; for measuring where the GEMV
-/// stops paying off).
+/// stops paying off; 0 sends every batch to the GEMM).
 pub fn gemv_max_tokens() -> usize {
     static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *MAX.get_or_init(|| {
-        std::env::var("MLC_Q4_GEMV_MAX_TOKENS").ok().and_then(|v| v.parse::<usize>().ok()).filter(|&t| t > 0).unwrap_or(GEMV_MAX_TOKENS)
+        std::env::var("MLC_Q4_GEMV_MAX_TOKENS").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(GEMV_MAX_TOKENS)
     })
+}
+
+/// Largest batch the tensor-core GEMM takes; larger ones (prefill chunks) dequantize the weight in slices
+/// and use cuBLAS, which at hundreds of tokens per step outruns our mma.sync kernel (about 210 TFLOPS) by
+/// more than the dequantization costs. Same H100 measurement as above, q/k/v + gate/up + down: at 64
+/// tokens 35 + 103 + 66 us against 48 + 254 + 163 dequantized, at 256 tokens 87 + 289 + 160 against 53 +
+/// 288 + 236, at 512 tokens 132 + 575 + 311 against 73 + 380 + 354.
+pub const GEMM_MAX_TOKENS: usize = 256;
+
+/// [`GEMM_MAX_TOKENS`], or `MLC_Q4_GEMM_MAX_TOKENS` when set (read once; 0 turns the GEMM off, for
+/// measuring it against the dequantize path in one process).
+pub fn gemm_max_tokens() -> usize {
+    static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| std::env::var("MLC_Q4_GEMM_MAX_TOKENS").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(GEMM_MAX_TOKENS))
+}
+
+/// How one Q4_0 matmul runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Q4Path {
+    /// The GEMV kernels (tensor-core for bf16 / f16 with K % 256 == 0, scalar otherwise).
+    Gemv,
+    /// The tensor-core GEMM (bf16 / f16, K % 256 == 0, 16-byte aligned operands).
+    Gemm,
+    /// Dequantized slices of rows and candle's matmul.
+    Dequant,
 }
 
 /// Dequantized rows per slice on the large-batch path: at most this many bytes of dequantized weight
@@ -77,15 +103,44 @@ impl Q4Weight {
             bail!("q4 matmul: x {:?} does not end in the weight's {} inputs", x.shape(), self.k);
         }
         let t: usize = lead.iter().product();
-        let x2 = x.reshape((t, k))?; // [num_tokens, k]
-        let y = if t <= gemv_max_tokens() {
-            x2.contiguous()?.apply_op2_no_bwd(&self.blocks, &Q4Gemv { n: self.n, k: self.k, silu: false })?
-        } else {
-            self.matmul_dequantized(&x2)?
-        }; // [num_tokens, n]
+        let x2 = x.reshape((t, k))?.contiguous()?; // [num_tokens, k]
+        let path = self.path_for(&x2);
+        let y = self.forward_with(&x2, path)?; // [num_tokens, n]
         let mut out = lead.to_vec();
         out.push(self.n);
         y.reshape(out)
+    }
+
+    /// The path [`Self::forward`] takes for `x: [t, k]`.
+    pub fn path_for(&self, x: &Tensor) -> Q4Path {
+        let t = x.elem_count() / self.k.max(1);
+        if t <= gemv_max_tokens() {
+            Q4Path::Gemv
+        } else if t <= gemm_max_tokens() && self.gemm_fits(x) {
+            Q4Path::Gemm
+        } else {
+            Q4Path::Dequant
+        }
+    }
+
+    /// Whether the tensor-core GEMM takes `x` (its copies are 16-byte cp.async of rows of 256 inputs).
+    fn gemm_fits(&self, x: &Tensor) -> bool {
+        matches!(x.dtype(), DType::BF16 | DType::F16)
+            && self.k % mlc_kernels::Q4_MMA_K_MULTIPLE == 0
+            && x.is_contiguous()
+            && (x.layout().start_offset() * x.dtype().size_in_bytes()) % 16 == 0
+            && self.blocks.layout().start_offset() % 16 == 0
+    }
+
+    /// `x: [t, k] -> [t, n]` on the given path (the GEMM path falls back to the dequantized one where
+    /// the GEMM does not fit `x`).
+    pub fn forward_with(&self, x: &Tensor, path: Q4Path) -> Result<Tensor> {
+        let x = x.contiguous()?;
+        match path {
+            Q4Path::Gemv => x.apply_op2_no_bwd(&self.blocks, &Q4Gemv { n: self.n, k: self.k, silu: false }),
+            Q4Path::Gemm if self.gemm_fits(&x) => x.apply_op2_no_bwd(&self.blocks, &Q4GemmTc { n: self.n, k: self.k }),
+            Q4Path::Gemm | Q4Path::Dequant => self.matmul_dequantized(&x),
+        }
     }
 
     /// For a stacked gate/up weight (`[2 f, k]`, gate rows then up rows): `x: [t, k] -> [t, f]`
@@ -178,6 +233,32 @@ impl CustomOp2 for Q4Gemv {
         wl: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         cuda::gemv(self.n, self.k, self.silu, x, xl, w, wl)
+    }
+}
+
+/// `x: [t, k]` (arg 1) times the blocks (arg 2) -> `[t, n]` on the tensor-core GEMM.
+struct Q4GemmTc {
+    n: usize,
+    k: usize,
+}
+
+impl CustomOp2 for Q4GemmTc {
+    fn name(&self) -> &'static str {
+        "q4-gemm-tc"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        cpu_unused(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        xl: &Layout,
+        w: &candle_core::CudaStorage,
+        wl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::gemm_tc(self.n, self.k, x, xl, w, wl)
     }
 }
 
@@ -308,6 +389,108 @@ mod cuda {
         Ok(CudaStorage::wrap_cuda_slice(out, dev))
     }
 
+    // ---- y = x . W^T on the tensor-core GEMM
+
+    pub fn gemm_tc(n: usize, k: usize, x: &CudaStorage, xl: &Layout, w: &CudaStorage, wl: &Layout) -> Result<(CudaStorage, Shape)> {
+        let (t, xk) = xl.shape().dims2()?; // [num_tokens, k]
+        if xk != k {
+            bail!("q4-gemm-tc: x {:?} does not have the weight's {k} inputs", xl.shape());
+        }
+        let wr = contiguous(wl, "q4 blocks")?;
+        check_shape(wr.len(), n, k)?;
+        if w.dtype() != DType::U8 {
+            bail!("q4-gemm-tc: blocks must be u8, got {:?}", w.dtype());
+        }
+        let dtype = kernel_dtype(x.dtype(), "q4-gemm-tc")?;
+        let xr = contiguous(xl, "x")?;
+        let storage = match dtype {
+            KernelDType::BF16 => launch_gemm_tc::<half::bf16>(x, xr, w, wr, (t, n, k), dtype)?,
+            KernelDType::F16 => launch_gemm_tc::<half::f16>(x, xr, w, wr, (t, n, k), dtype)?,
+            KernelDType::F32 => bail!("q4-gemm-tc: f32 activations take the dequantize path"),
+        };
+        Ok((storage, Shape::from((t, n))))
+    }
+
+    fn launch_gemm_tc<T: CudaDType + DeviceRepr>(
+        x: &CudaStorage,
+        xr: Range<usize>,
+        w: &CudaStorage,
+        wr: Range<usize>,
+        (t, n, k): (usize, usize, usize),
+        dtype: KernelDType,
+    ) -> Result<CudaStorage> {
+        use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
+        // The kernel copies 16-byte pieces of weight rows (144-byte groups: K % 256 == 0, blocks on a
+        // 16-byte boundary) and of activation rows (K % 8 == 0, x on a 16-byte boundary).
+        let elem = std::mem::size_of::<T>();
+        if k % kernels::Q4_MMA_K_MULTIPLE != 0 || wr.start % 16 != 0 || (xr.start * elem) % 16 != 0 {
+            bail!("q4-gemm-tc: needs K % 256 == 0 and 16-byte aligned operands (K {k}, offsets {} / {})", wr.start, xr.start * elem);
+        }
+        let dev = x.device().clone();
+        // SAFETY: every (token, row) of the output is written by the launch below.
+        let mut out = unsafe { dev.alloc::<T>((t * n).max(1)) }?;
+        if t == 0 {
+            return Ok(CudaStorage::wrap_cuda_slice(out, dev));
+        }
+        let Some((name, reduce_name)) = kernels::q4_gemm_tc_names(dtype) else { bail!("q4-gemm-tc: no kernel for {dtype:?}") };
+        let func = dev.get_or_load_custom_func(name, kernels::Q4_GEMM_TC_MODULE, kernels::Q4_GEMM_TC_PTX)?;
+        // More than the default 48 KiB of dynamic shared memory must be asked for per function; cheap, and
+        // idempotent, so it is set on every launch rather than tracked per context.
+        func.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, kernels::Q4_GEMM_TC_SMEM_BYTES as i32)
+            .w()?;
+        let xv = view(x.as_cuda_slice::<T>()?, xr, "x")?;
+        let wv = view(w.as_cuda_slice::<u8>()?, wr, "q4 blocks")?;
+        let (t32, n32, k32) = (to_u32(t, "tokens")?, to_u32(n, "rows")?, to_u32(k, "inputs")?);
+        let (row_tiles, token_tiles) = (n.div_ceil(kernels::Q4_GEMM_TC_ROWS), t.div_ceil(kernels::Q4_GEMM_TC_TOKENS));
+        let grid = (to_u32(row_tiles, "row tiles")?, to_u32(token_tiles, "token tiles")?);
+        if grid.1 > 65_535 {
+            bail!("q4-gemm-tc: {t} tokens need {} token tiles, more than a grid's 65535", grid.1);
+        }
+        let splits = k_splits(row_tiles * token_tiles, k / kernels::Q4_GEMM_TC_GROUP_K);
+        // SAFETY: with splits > 1 every (split, token, row) is written by the GEMM before the reduce reads it.
+        let mut partial = unsafe { dev.alloc::<f32>(if splits > 1 { splits * t * n } else { 1 }) }?;
+        let splits32 = splits as u32;
+        let mut b = func.builder();
+        b.arg(&mut out);
+        b.arg(&mut partial);
+        b.arg(&wv);
+        b.arg(&xv);
+        b.arg(&t32);
+        b.arg(&n32);
+        b.arg(&k32);
+        b.arg(&splits32);
+        let cfg = LaunchConfig {
+            grid_dim: (grid.0, grid.1, splits32),
+            block_dim: (kernels::Q4_GEMM_TC_THREADS, 1, 1),
+            shared_mem_bytes: kernels::Q4_GEMM_TC_SMEM_BYTES,
+        };
+        // SAFETY: matches q4_gemm_tc_<dtype> in q4_gemm_tc.cu; x holds t * k elements, the blocks n rows
+        // of k / 32 blocks (checked by the caller), out t * n, partial splits * t * n when splits > 1;
+        // alignment checked above.
+        unsafe { b.launch(cfg) }.w()?;
+        if splits > 1 {
+            let reduce = dev.get_or_load_custom_func(reduce_name, kernels::Q4_GEMM_TC_MODULE, kernels::Q4_GEMM_TC_PTX)?;
+            let count = (t * n) as u64;
+            let blocks = (t * n).div_ceil(kernels::Q4_GEMM_TC_REDUCE_THREADS as usize).min(65_535) as u32;
+            let mut b = reduce.builder();
+            b.arg(&mut out);
+            b.arg(&partial);
+            b.arg(&count);
+            b.arg(&splits32);
+            let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (kernels::Q4_GEMM_TC_REDUCE_THREADS, 1, 1), shared_mem_bytes: 0 };
+            // SAFETY: matches q4_gemm_tc_reduce_<dtype>; partial holds splits x count f32, out count T.
+            unsafe { b.launch(cfg) }.w()?;
+        }
+        Ok(CudaStorage::wrap_cuda_slice(out, dev))
+    }
+
+    /// K splits for `tiles` blocks over `groups` stages of K: enough blocks for two per SM on an H100 /
+    /// H200 (132 SMs), each split at least two stages long (so its pipeline overlaps), at most 16.
+    pub(super) fn k_splits(tiles: usize, groups: usize) -> usize {
+        const TARGET_BLOCKS: usize = 264;
+        TARGET_BLOCKS.div_ceil(tiles.max(1)).min(groups / 2).clamp(1, 16)
+    }
+
     // ---- W -> dense
 
     pub fn dequant(n: usize, k: usize, dtype: DType, w: &CudaStorage, wl: &Layout) -> Result<(CudaStorage, Shape)> {
@@ -327,12 +510,13 @@ mod cuda {
 
     fn launch_dequant<T: CudaDType + DeviceRepr>(w: &CudaStorage, wr: Range<usize>, elems: usize, dtype: KernelDType) -> Result<CudaStorage> {
         let dev = w.device().clone();
-        // SAFETY: one thread per block writes its 32 outputs (grid-stride over every block).
+        // SAFETY: every block's 32 outputs are written (grid-stride over every quarter block).
         let mut out = unsafe { dev.alloc::<T>(elems) }?;
         let blocks = (elems / kernels::Q4_BLOCK_WEIGHTS) as u64;
         let func = dev.get_or_load_custom_func(func_name(Q4Kernel::Dequant, dtype)?, kernels::Q4_GEMM_MODULE, kernels::Q4_GEMM_PTX)?;
         let wv = view(w.as_cuda_slice::<u8>()?, wr, "q4 blocks")?;
-        let grid = (blocks as usize).div_ceil(kernels::Q4_DEQUANT_THREADS as usize).min(65_535) as u32;
+        // One thread per quarter block (8 outputs), grid-stride.
+        let grid = (blocks as usize * 4).div_ceil(kernels::Q4_DEQUANT_THREADS as usize).min(65_535) as u32;
         let mut b = func.builder();
         b.arg(&mut out);
         b.arg(&wv);

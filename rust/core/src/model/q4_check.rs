@@ -56,6 +56,9 @@ pub struct Q4Case {
     pub silu: bool,
     #[serde(default)]
     pub seed: u64,
+    /// Force a path ("gemv", "gemm" or "dequant") instead of the one `forward` picks (not with `silu`).
+    #[serde(default)]
+    pub path: Option<String>,
     /// After the check, time this many further calls (one synchronize at the end).
     #[serde(default)]
     pub repeat: usize,
@@ -69,7 +72,7 @@ pub struct Q4Report {
     /// Rows compared against the reference (all of them, or an even sample plus the last 17 for very
     /// large weights).
     pub rows_checked: usize,
-    /// "gemv" (our kernel) or "dequant_matmul" (dequantized slices and candle's matmul).
+    /// "gemv", "gemm" (our kernels) or "dequant_matmul" (dequantized slices and candle's matmul).
     pub path: String,
     pub stacked: bool,
     /// max |device - reference| and max |reference| over the checked outputs.
@@ -131,6 +134,15 @@ fn checked_rows(n: usize) -> Vec<usize> {
     rows
 }
 
+/// Tokens compared: all up to 300, else the first 256 and the last 17 (the last token tiles), so prefill-
+/// sized cases keep the f64 reference affordable.
+fn checked_tokens(t: usize) -> Vec<usize> {
+    if t <= 300 {
+        return (0..t).collect();
+    }
+    (0..256).chain(t - 17..t).collect()
+}
+
 /// Runs `case` on `device` (CUDA) and compares with the CPU reference.
 pub fn compare_on_device(device: &Device, case: &Q4Case) -> Result<Q4Report> {
     let dtype = parse_dtype(&case.dtype)?;
@@ -154,10 +166,11 @@ pub fn compare_on_device(device: &Device, case: &Q4Case) -> Result<Q4Report> {
         .par_iter()
         .map(|&r| dequantize_q4_0(&raw[r * row_bytes..(r + 1) * row_bytes], 1, k))
         .collect::<Result<_>>()?;
-    // [t, rows_checked]: f64 dot products of the dequantized rows and the rounded activations.
-    let reference: Vec<Vec<f64>> = (0..t)
-        .into_par_iter()
-        .map(|ti| {
+    // [tokens_checked, rows_checked]: f64 dot products of the dequantized rows and the rounded activations.
+    let tokens = checked_tokens(t);
+    let reference: Vec<Vec<f64>> = tokens
+        .par_iter()
+        .map(|&ti| {
             let xt = &x[ti * k..(ti + 1) * k];
             let dots: Vec<f64> = wd.iter().map(|w| w.iter().zip(xt).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum()).collect();
             if !case.silu {
@@ -167,28 +180,29 @@ pub fn compare_on_device(device: &Device, case: &Q4Case) -> Result<Q4Report> {
             gate.iter().zip(up).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u).collect()
         })
         .collect();
-    let (device_y, device_w, device_us, silu_diff) = device_run(device, case, dtype, &raw, &x, &rows, &out_rows)?;
+    let (device_y, device_w, device_us, silu_diff, path) = device_run(device, case, dtype, &raw, &x, &rows, &out_rows)?;
+    let device_y: Vec<&Vec<f32>> = tokens.iter().map(|&ti| &device_y[ti]).collect();
 
     let mut report = Q4Report {
         tokens: t,
         rows: n,
         cols: k,
         rows_checked: rows.len(),
-        path: if t <= device_gemv_max_tokens() { "gemv" } else { "dequant_matmul" }.to_string(),
+        path,
         stacked: case.stacked,
         device_us,
         silu_unfused_max_abs_diff: silu_diff,
         ..Default::default()
     };
-    for (ref_t, dev_t) in reference.iter().zip(&device_y) {
-        for (&r, &d) in ref_t.iter().zip(dev_t) {
+    for (ref_t, dev_t) in reference.iter().zip(device_y.iter().copied()) {
+        for (&r, &d) in ref_t.iter().zip(dev_t.iter()) {
             report.max_abs_ref = report.max_abs_ref.max(r.abs());
             report.max_abs_err = report.max_abs_err.max((f64::from(d) - r).abs());
         }
     }
     let floor = report.max_abs_ref / 8.0;
-    for (ref_t, dev_t) in reference.iter().zip(&device_y) {
-        for (&r, &d) in ref_t.iter().zip(dev_t) {
+    for (ref_t, dev_t) in reference.iter().zip(device_y.iter().copied()) {
+        for (&r, &d) in ref_t.iter().zip(dev_t.iter()) {
             if r.abs() >= floor && r != 0.0 {
                 report.max_elem_rel_err = report.max_elem_rel_err.max((f64::from(d) - r).abs() / r.abs());
             }
@@ -203,19 +217,9 @@ pub fn compare_on_device(device: &Device, case: &Q4Case) -> Result<Q4Report> {
     Ok(report)
 }
 
-#[cfg(feature = "cuda")]
-fn device_gemv_max_tokens() -> usize {
-    super::q4::gemv_max_tokens()
-}
-
-#[cfg(not(feature = "cuda"))]
-fn device_gemv_max_tokens() -> usize {
-    0
-}
-
-/// The device's `[t][out_rows]` outputs, its f32 dequantization of `rows`, the optional timing, and
-/// (`silu`) the fused kernel's largest difference from the unfused GEMV + silu_mul.
-type DeviceRun = (Vec<Vec<f32>>, Vec<Vec<f32>>, Option<f64>, Option<f64>);
+/// The device's `[t][out_rows]` outputs, its f32 dequantization of `rows`, the optional timing,
+/// (`silu`) the fused kernel's largest difference from the unfused GEMV + silu_mul, and the path taken.
+type DeviceRun = (Vec<Vec<f32>>, Vec<Vec<f32>>, Option<f64>, Option<f64>, String);
 
 #[cfg(not(feature = "cuda"))]
 fn device_run(_: &Device, _: &Q4Case, _: DType, _: &[u8], _: &[f32], _: &[usize], _: &[usize]) -> Result<DeviceRun> {
@@ -225,7 +229,7 @@ fn device_run(_: &Device, _: &Q4Case, _: DType, _: &[u8], _: &[f32], _: &[usize]
 #[cfg(feature = "cuda")]
 fn device_run(device: &Device, case: &Q4Case, dtype: DType, raw: &[u8], x: &[f32], rows: &[usize], out_rows: &[usize]) -> Result<DeviceRun> {
     use super::linear::{Linear, StackedLinear, Weight};
-    use super::q4::Q4Weight;
+    use super::q4::{Q4Path, Q4Weight};
 
     let (n, k, t) = (case.rows, case.cols, case.tokens);
     let row_bytes = k / BLOCK_WEIGHTS * BLOCK_BYTES;
@@ -258,7 +262,24 @@ fn device_run(device: &Device, case: &Q4Case, dtype: DType, raw: &[u8], x: &[f32
     } else {
         xs.to_device(device)?
     };
-    let run = |x: &Tensor| if case.silu { layer.forward_silu_mul(x) } else { layer.forward(x) };
+    let forced = match case.path.as_deref() {
+        None => None,
+        Some(_) if case.silu => bail!("q4 check: a forced path is not checked with silu"),
+        Some("gemv") => Some(Q4Path::Gemv),
+        Some("gemm") => Some(Q4Path::Gemm),
+        Some("dequant") => Some(Q4Path::Dequant),
+        Some(other) => bail!("q4 check: unknown path {other:?} (gemv, gemm, dequant)"),
+    };
+    let path = match forced.unwrap_or_else(|| full.path_for(&xd)) {
+        Q4Path::Gemv => "gemv",
+        Q4Path::Gemm => "gemm",
+        Q4Path::Dequant => "dequant_matmul",
+    };
+    let run = |x: &Tensor| match (forced, case.silu) {
+        (Some(p), _) => full.forward_with(x, p),
+        (None, true) => layer.forward_silu_mul(x),
+        (None, false) => layer.forward(x),
+    };
     let y = run(&xd)?; // [t, f]
     let f = if case.silu { n / 2 } else { n };
     if y.dims() != [t, f] || y.dtype() != dtype {
@@ -286,7 +307,7 @@ fn device_run(device: &Device, case: &Q4Case, dtype: DType, raw: &[u8], x: &[f32
         device.synchronize()?;
         Some(started.elapsed().as_secs_f64() * 1e6 / case.repeat as f64)
     };
-    Ok((y_rows, w_rows, device_us, silu_diff))
+    Ok((y_rows, w_rows, device_us, silu_diff, path.to_string()))
 }
 
 #[cfg(test)]
@@ -329,6 +350,15 @@ mod tests {
     fn reference_rejects_wrong_sizes() {
         assert!(dequantize_q4_0(&[0u8; 18], 1, 64).is_err());
         assert!(dequantize_q4_0(&[0u8; 18], 1, 16).is_err());
+    }
+
+    #[test]
+    fn checked_tokens_cover_the_tail() {
+        assert_eq!(checked_tokens(5), vec![0, 1, 2, 3, 4]);
+        let big = checked_tokens(2048);
+        assert_eq!(big.len(), 256 + 17);
+        assert_eq!(*big.last().unwrap(), 2047);
+        assert!(big.contains(&2031) && !big.contains(&2030));
     }
 
     #[test]
