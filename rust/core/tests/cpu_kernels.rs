@@ -3,9 +3,9 @@
 //! machine too), on shapes that leave remainders everywhere (odd rows, token counts not a multiple of 4).
 
 use mlc_core::quant::cpu::act::{quantize_rows, ActBlock, QK};
-use mlc_core::quant::cpu::{dispatch, matmul, Isa, Kernels, QMatrix, QType};
+use mlc_core::quant::cpu::{dispatch, kernels, matmul, Isa, QMatrix, QType};
 
-const TYPES: [QType; 3] = [QType::Q4_0, QType::Q4_1, QType::Q8_0];
+const TYPES: [QType; 5] = [QType::Q4_0, QType::Q4_1, QType::Q8_0, QType::Q4K, QType::Q6K];
 
 /// Deterministic pseudo-random numbers (no rand dependency in the test's arithmetic).
 struct Lcg(u64);
@@ -19,17 +19,22 @@ impl Lcg {
     }
 }
 
-/// `n` rows of random blocks: random quant bytes, f16 scales (and Q4_1 offsets) of either sign.
+/// Byte offsets of a block's f16 fields (scales, offsets); every other byte is quantized data.
+fn f16_fields(qtype: QType) -> &'static [usize] {
+    match qtype {
+        QType::Q4_0 | QType::Q8_0 => &[0],
+        QType::Q4_1 | QType::Q4K => &[0, 2],
+        QType::Q6K => &[208],
+    }
+}
+
+/// `n` rows of random blocks: random quantized bytes (and K-quant sub-scales), f16 scales of either sign.
 fn random_weight(qtype: QType, n: usize, k: usize, rng: &mut Lcg) -> Vec<u8> {
-    let blocks = n * k / qtype.block_values();
-    let mut out = Vec::with_capacity(blocks * qtype.block_bytes());
-    for _ in 0..blocks {
-        let scales = if qtype == QType::Q4_1 { 2 } else { 1 };
-        for _ in 0..scales {
-            out.extend_from_slice(&half::f16::from_f32(rng.unit() * 0.05).to_le_bytes());
-        }
-        while out.len() % qtype.block_bytes() != 0 {
-            out.push(rng.next() as u8);
+    let (bytes, blocks) = (qtype.block_bytes(), n * k / qtype.block_values());
+    let mut out: Vec<u8> = (0..blocks * bytes).map(|_| rng.next() as u8).collect();
+    for blk in out.chunks_mut(bytes) {
+        for &f in f16_fields(qtype) {
+            blk[f..f + 2].copy_from_slice(&half::f16::from_f32(rng.unit() * 0.05).to_le_bytes());
         }
     }
     out
@@ -62,10 +67,18 @@ fn assert_close(got: &[f32], want: &[f64], scale: f64, what: &str) {
 }
 
 #[test]
+fn every_level_this_cpu_has_is_tested() {
+    let levels = Isa::available();
+    assert_eq!(levels.first(), Some(&Isa::Scalar));
+    assert_eq!(levels.last(), Some(&dispatch::detect()));
+}
+
+#[test]
 fn every_kernel_matches_the_dequantized_reference_at_every_level() {
     let mut rng = Lcg(7);
     for qtype in TYPES {
-        for (n, k) in [(1, 32), (7, 96), (19, 224)] {
+        let bv = qtype.block_values();
+        for (n, k) in [(1, bv), (7, 3 * bv), (19, 7 * bv)] {
             let data = random_weight(qtype, n, k, &mut rng);
             let w = QMatrix::new(qtype, &data, n, k).unwrap();
             let t = 6;
@@ -75,16 +88,23 @@ fn every_kernel_matches_the_dequantized_reference_at_every_level() {
             let kb = k / QK;
             let tok = |g: usize| &act[g * kb..(g + 1) * kb];
             for isa in Isa::available() {
-                let kern = Kernels::for_type(qtype, isa);
+                let kern = kernels(qtype, isa);
                 for r in 0..n {
                     // SAFETY: `Isa::available` lists only levels this CPU has.
-                    let one: Vec<f32> = (0..t).map(|g| unsafe { (kern.one)(w.row(r), [tok(g)]) }[0]).collect();
-                    let four = unsafe { (kern.four)(w.row(r), [tok(0), tok(1), tok(2), tok(3)]) };
+                    let one: Vec<f32> = (0..t).map(|g| unsafe { (kern.t1x1)([w.row(r)], [tok(g)]) }[0][0]).collect();
+                    let four = unsafe { (kern.t1x4)([w.row(r)], [tok(0), tok(1), tok(2), tok(3)]) }[0];
                     let want_r: Vec<f64> = (0..t).map(|g| want[g * n + r]).collect();
                     let what = format!("{qtype:?} {isa:?} [{n}, {k}] row {r}");
                     assert_close(&one, &want_r, scale, &what);
-                    // Four tokens per call give each token bit for bit what one per call gives.
-                    assert_eq!(four.as_slice(), &one[..4], "{what}: four-token kernel");
+                    // Every tile shape gives each (row, token) bit for bit what the 1 x 1 tile gives.
+                    assert_eq!(four.as_slice(), &one[..4], "{what}: 1 x 4 tile");
+                    if r + 4 <= n {
+                        let rows = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
+                        let t4x4 = unsafe { (kern.t4x4)(rows, [tok(0), tok(1), tok(2), tok(3)]) };
+                        let t4x1 = unsafe { (kern.t4x1)(rows, [tok(0)]) };
+                        assert_eq!(t4x4[0], four, "{what}: 4 x 4 tile");
+                        assert_eq!(t4x1[0][0], one[0], "{what}: 4 x 1 tile");
+                    }
                 }
             }
         }
@@ -95,7 +115,7 @@ fn every_kernel_matches_the_dequantized_reference_at_every_level() {
 fn matmul_handles_odd_shapes_and_is_batch_invariant() {
     let mut rng = Lcg(11);
     for qtype in TYPES {
-        let (n, k) = (37, 160);
+        let (n, k) = (37, 5 * qtype.block_values());
         let data = random_weight(qtype, n, k, &mut rng);
         let w = QMatrix::new(qtype, &data, n, k).unwrap();
         for t in [1, 3, 5, 9] {
@@ -119,7 +139,7 @@ fn quantized_activations_stay_close_to_the_f32_product() {
     // The one approximation on top of the weights' own: 8-bit activations. Relative to the f32 product
     // of the same dequantized weights the error stays at the 8-bit rounding level.
     let mut rng = Lcg(3);
-    let (n, k, t) = (16, 576, 2);
+    let (n, k, t) = (16, 1536, 2);
     for qtype in TYPES {
         let data = random_weight(qtype, n, k, &mut rng);
         let w = QMatrix::new(qtype, &data, n, k).unwrap();
@@ -142,4 +162,29 @@ fn shapes_are_checked() {
     assert!(QMatrix::new(QType::Q4_0, &[0u8; 17], 1, 32).is_err());
     let w = QMatrix::new(QType::Q4_0, &[0u8; 18], 1, 32).unwrap();
     assert!(matmul(&w, &[0.0; 33], Isa::Scalar).is_err());
+}
+
+#[test]
+fn dequantization_matches_candles_for_every_type() {
+    // The kernels are tested against our dequantization; this ties that to GGML's layouts as candle reads
+    // them (an independent implementation).
+    use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType};
+    let mut rng = Lcg(5);
+    for (qtype, ggml) in [
+        (QType::Q4_0, GgmlDType::Q4_0),
+        (QType::Q4_1, GgmlDType::Q4_1),
+        (QType::Q8_0, GgmlDType::Q8_0),
+        (QType::Q4K, GgmlDType::Q4K),
+        (QType::Q6K, GgmlDType::Q6K),
+    ] {
+        assert_eq!(QType::from_ggml(ggml), Some(qtype));
+        let (n, k) = (3, 2 * qtype.block_values());
+        let data = random_weight(qtype, n, k, &mut rng);
+        let ours = QMatrix::new(qtype, &data, n, k).unwrap().dequantize();
+        let q = qtensor_from_ggml(ggml, &data, vec![n, k], &candle_core::Device::Cpu).unwrap();
+        let theirs = q.dequantize(&candle_core::Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+            assert!((a - b).abs() <= 1e-6 * b.abs().max(1e-3), "{qtype:?} value {i}: {a} vs candle's {b}");
+        }
+    }
 }

@@ -22,6 +22,10 @@ impl ActBlock {
     pub const ZERO: ActBlock = ActBlock { d: 0.0, s: 0.0, q: [0; QK] };
 }
 
+/// Adding and subtracting 1.5 * 2^23 rounds an f32 below 2^22 in magnitude to the nearest integer, ties to
+/// even, in plain SSE2 arithmetic the loop vectorizes (`round_ties_even` is a libm call on baseline x86-64).
+const ROUND_MAGIC: f32 = 12_582_912.0;
+
 /// Quantizes one row `x: [k]` (`k` a multiple of 32) into `out: [k / 32]`: `d = max|x| / 127`,
 /// `q = round_ties_even(x / d)` (what llama.cpp's SIMD quantizers do).
 pub fn quantize_row(x: &[f32], out: &mut [ActBlock]) {
@@ -33,7 +37,7 @@ pub fn quantize_row(x: &[f32], out: &mut [ActBlock]) {
         let mut sum = 0i32;
         for (q, &v) in blk.q.iter_mut().zip(xs) {
             // |v * id| <= 127 up to rounding, so the cast never saturates meaningfully.
-            *q = (v * id).round_ties_even() as i8;
+            *q = ((v * id + ROUND_MAGIC) - ROUND_MAGIC) as i8;
             sum += *q as i32;
         }
         blk.d = d;

@@ -2,13 +2,12 @@
 //! with integer dot products (llama.cpp's `vec_dot_q4_1_q8_1` scheme) and the instruction set chosen
 //! at run time ([`dispatch`]).
 //!
-//! Per call: the activations `[t, k]` become [`act::ActBlock`]s once, then every output row is a dot
-//! product of one weight row with each token's blocks; [`gemm`] splits rows over a pool sized to the
-//! physical cores and runs four tokens per pass over a weight row. Each type's file holds its block
-//! layout, the f32 dequantization (the reference), a scalar kernel and the x86 kernels.
+//! Per call: the activations `[t, k]` become [`act::ActBlock`]s once, then [`gemm`] splits the output
+//! rows over a pool sized to the physical cores and runs [`tile`] kernels of 4 rows x 4 tokens over them.
+//! Each type's file holds its block layout, the f32 dequantization (the reference) and how a block
+//! unpacks for the scalar and x86 tile kernels.
 //!
-//! A token's result does not depend on the batch it runs in: the four-token kernels do the same
-//! arithmetic in the same order per token as the one-token ones.
+//! A token's result does not depend on the batch it runs in (see [`tile`]).
 
 pub mod act;
 pub mod dispatch;
@@ -17,41 +16,26 @@ pub mod op;
 mod pool;
 pub mod q4_0;
 pub mod q4_1;
+pub mod q4_k;
+pub mod q6_k;
 pub mod q8_0;
+pub mod tile;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-use act::ActBlock;
 use candle_core::quantized::GgmlDType;
 pub use dispatch::Isa;
+pub use tile::Kernels;
 
-/// Dot products of one weight row (`k / block_values` blocks) with the activation blocks of `N` tokens.
-///
-/// # Safety
-/// The kernel's instruction set is available ([`Kernels::for_type`] only hands out ones that are). The
-/// kernels check the lengths themselves.
-pub type Dot<const N: usize> = unsafe fn(&[u8], [&[ActBlock]; N]) -> [f32; N];
-
-/// One weight type's kernels at one instruction set level.
-#[derive(Clone, Copy)]
-pub struct Kernels {
-    pub one: Dot<1>,
-    pub four: Dot<4>,
-}
-
-impl Kernels {
-    fn new(one: Dot<1>, four: Dot<4>) -> Self {
-        Kernels { one, four }
-    }
-
-    /// `qtype`'s kernels at `isa`, lowered to what this CPU has.
-    pub fn for_type(qtype: QType, isa: Isa) -> Kernels {
-        let isa = isa.min(dispatch::detect());
-        match qtype {
-            QType::Q4_0 => q4_0::kernels(isa),
-            QType::Q4_1 => q4_1::kernels(isa),
-            QType::Q8_0 => q8_0::kernels(isa),
-        }
+/// `qtype`'s kernels at `isa`, lowered to what this CPU has.
+pub fn kernels(qtype: QType, isa: Isa) -> Kernels {
+    let isa = isa.min(dispatch::detect());
+    match qtype {
+        QType::Q4_0 => q4_0::kernels(isa),
+        QType::Q4_1 => q4_1::kernels(isa),
+        QType::Q8_0 => q8_0::kernels(isa),
+        QType::Q4K => q4_k::kernels(isa),
+        QType::Q6K => q6_k::kernels(isa),
     }
 }
 
@@ -61,6 +45,8 @@ pub enum QType {
     Q4_0,
     Q4_1,
     Q8_0,
+    Q4K,
+    Q6K,
 }
 
 impl QType {
@@ -69,6 +55,8 @@ impl QType {
             GgmlDType::Q4_0 => Some(QType::Q4_0),
             GgmlDType::Q4_1 => Some(QType::Q4_1),
             GgmlDType::Q8_0 => Some(QType::Q8_0),
+            GgmlDType::Q4K => Some(QType::Q4K),
+            GgmlDType::Q6K => Some(QType::Q6K),
             _ => None,
         }
     }
@@ -78,12 +66,18 @@ impl QType {
             QType::Q4_0 => q4_0::BLOCK_BYTES,
             QType::Q4_1 => q4_1::BLOCK_BYTES,
             QType::Q8_0 => q8_0::BLOCK_BYTES,
+            QType::Q4K => q4_k::BLOCK_BYTES,
+            QType::Q6K => q6_k::BLOCK_BYTES,
         }
     }
 
     /// Weights per block.
     pub fn block_values(self) -> usize {
-        act::QK
+        match self {
+            QType::Q4_0 | QType::Q4_1 | QType::Q8_0 => act::QK,
+            QType::Q4K => q4_k::BLOCK_VALUES,
+            QType::Q6K => q6_k::BLOCK_VALUES,
+        }
     }
 
     /// One row's blocks -> `out: [k]` f32, the reference every kernel is tested against.
@@ -92,6 +86,8 @@ impl QType {
             QType::Q4_0 => q4_0::dequantize_row(w, out),
             QType::Q4_1 => q4_1::dequantize_row(w, out),
             QType::Q8_0 => q8_0::dequantize_row(w, out),
+            QType::Q4K => q4_k::dequantize_row(w, out),
+            QType::Q6K => q6_k::dequantize_row(w, out),
         }
     }
 }
@@ -154,5 +150,5 @@ pub fn matmul(w: &QMatrix, x: &[f32], isa: Isa) -> Result<Vec<f32>, QuantError> 
     }
     let t = x.len() / w.k;
     let act = pool::install(|| gemm::quantize_activations(x, w.k));
-    Ok(pool::install(|| gemm::matmul(w, &act, t, Kernels::for_type(w.qtype, isa))))
+    Ok(pool::install(|| gemm::matmul(w, &act, t, kernels(w.qtype, isa))))
 }

@@ -14,7 +14,7 @@ pub fn supports(w: &QTensor, x: &Tensor) -> bool {
         && x.device().is_cpu()
         && x.dtype() == DType::F32
         && QType::from_ggml(w.dtype()).is_some()
-        && w.shape().dims2().is_ok_and(|(_, k)| k % 32 == 0)
+        && w.shape().dims2().is_ok_and(|(_, k)| QType::from_ggml(w.dtype()).is_some_and(|q| k % q.block_values() == 0))
 }
 
 /// `x: [..., k] -> [..., n]` for a `[n, k]` weight, at the instruction set [`dispatch::active`] picks.

@@ -1,89 +1,57 @@
 //! GGML Q8_0 weights (SmolLM2's embedding / tied output head): blocks of 32 as `f16 d, 32 x i8`,
-//! `w = q * d`. Both operands are signed, so the u8 x i8 instructions take `|q|` and `qx` with `q`'s sign
-//! (llama.cpp's trick): exact, and `2 * 128 * 127` stays inside AVX2's i16 pair sums.
+//! `w = q * d`. Both operands are signed; the u8 x i8 instructions get them two ways:
+//! - AVX2: `|q|` times `qx` with `q`'s sign (llama.cpp's trick): exact, and `2 * 128 * 127` fits
+//!   `maddubs`' i16 pair sums.
+//! - VNNI: `q + 128` (a u8) times `qx`, minus `128 d * (dx sum(qx))` as [`tile`](super::tile)'s offset:
+//!   one instruction fewer, and `vpdpbusd` sums into i32 with no i16 step to overflow.
 
-use super::act::{ActBlock, QK};
-use super::{Dot, Kernels};
-use crate::quant::cpu::dispatch::Isa;
+use super::act::QK;
+use super::tile::{self, ScalarBlock};
 use half::f16;
 
+/// Activation blocks per weight block.
+const SUBS: usize = 1;
 pub const BLOCK_BYTES: usize = 34;
 
-fn f16_at(b: &[u8], i: usize) -> f32 {
-    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+fn decode(row: &[u8], b: usize) -> ScalarBlock {
+    let blk = &row[b * BLOCK_BYTES..(b + 1) * BLOCK_BYTES];
+    let mut q = [0i32; QK];
+    for (q, &b) in q.iter_mut().zip(&blk[2..2 + QK]) {
+        *q = b as i8 as i32;
+    }
+    ScalarBlock { q, d: f16::from_le_bytes([blk[0], blk[1]]).to_f32(), o: 0.0 }
 }
 
-/// `w: [k / 32 blocks] -> out: [k]`, the f32 reference.
-pub fn dequantize_row(w: &[u8], out: &mut [f32]) {
-    for (blk, y) in w.chunks_exact(BLOCK_BYTES).zip(out.chunks_exact_mut(QK)) {
-        let d = f16_at(blk, 0);
-        for j in 0..QK {
-            y[j] = blk[2 + j] as i8 as f32 * d;
-        }
-    }
-}
-
-pub fn dot_scalar<const N: usize>(w: &[u8], x: [&[ActBlock]; N]) -> [f32; N] {
-    let mut out = [0f32; N];
-    for (b, blk) in w.chunks_exact(BLOCK_BYTES).enumerate() {
-        let d = f16_at(blk, 0);
-        for (o, xt) in out.iter_mut().zip(&x) {
-            let a = &xt[b];
-            let sum: i32 = (0..QK).map(|j| blk[2 + j] as i8 as i32 * a.q[j] as i32).sum();
-            *o += d * a.d * sum as f32;
-        }
-    }
-    out
-}
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::*;
+    use super::{row_bytes, BLOCK_BYTES};
+    use crate::quant::cpu::act::ActBlock;
+    use crate::quant::cpu::tile::x86_tile;
     use crate::quant::cpu::x86::*;
     use std::arch::x86_64::*;
 
-    macro_rules! kernel {
-        ($name:ident, $feat:literal, $dot:ident) => {
-            /// # Safety
-            /// The CPU has the instruction set named in `$feat` (the dispatcher checks it).
-            #[target_feature(enable = $feat)]
-            pub unsafe fn $name<const N: usize>(w: &[u8], x: [&[ActBlock]; N]) -> [f32; N] {
-                let nb = w.len() / BLOCK_BYTES;
-                assert!(w.len() % BLOCK_BYTES == 0 && x.iter().all(|xt| xt.len() == nb), "q8_0 row and activations differ in length");
-                let mut acc = [_mm256_setzero_ps(); N];
-                for b in 0..nb {
-                    // SAFETY: block b lies within w (length checked above); loads are unaligned.
-                    let blk = w.as_ptr().add(b * BLOCK_BYTES);
-                    let d = f16_at!(blk);
-                    let q = _mm256_loadu_si256(blk.add(2) as *const __m256i);
-                    let q_abs = _mm256_sign_epi8(q, q);
-                    for t in 0..N {
-                        let a = x[t].get_unchecked(b);
-                        let xq = _mm256_loadu_si256(a.q.as_ptr() as *const __m256i);
-                        let p = $dot!(q_abs, _mm256_sign_epi8(xq, q));
-                        acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(p), acc[t]);
-                    }
-                }
-                let mut out = [0f32; N];
-                for t in 0..N {
-                    out[t] = hsum_ps!(acc[t]);
-                }
-                out
-            }
+    macro_rules! load_signed {
+        ($row:expr, $b:expr) => {{
+            let p = $row.add($b * BLOCK_BYTES);
+            (_mm256_loadu_si256(p.add(2) as *const __m256i), _mm256_setzero_si256(), f16_at!(p), 0.0f32)
+        }};
+    }
+    macro_rules! dot_signed_avx2 {
+        ($w:expr, $aux:expr, $x:expr) => {
+            dot_signed!(dot_u8i8_avx2, $w, $x)
         };
     }
-    kernel!(avx2, "avx2,fma,f16c", dot_u8i8_avx2);
-    kernel!(avx512, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", dot_u8i8_vnni);
+    macro_rules! load_biased {
+        ($row:expr, $b:expr) => {{
+            let p = $row.add($b * BLOCK_BYTES);
+            let d = f16_at!(p);
+            let q = _mm256_loadu_si256(p.add(2) as *const __m256i);
+            (_mm256_xor_si256(q, _mm256_set1_epi8(-128)), _mm256_setzero_si256(), d, -128.0 * d)
+        }};
+    }
+    x86_tile!(avx2, "avx2,fma,f16c", row_bytes, load_signed, dot_signed_avx2, false);
+    x86_tile!(avx512, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", row_bytes, load_biased, dot_vnni, true);
 }
 
-pub fn kernels(isa: Isa) -> Kernels {
-    match isa {
-        Isa::Scalar => Kernels::new(dot_scalar::<1> as Dot<1>, dot_scalar::<4> as Dot<4>),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => Kernels::new(x86::avx2::<1>, x86::avx2::<4>),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => Kernels::new(x86::avx512::<1>, x86::avx512::<4>),
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => kernels(Isa::Scalar),
-    }
-}
+tile::type_kernels!();

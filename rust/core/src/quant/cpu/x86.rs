@@ -19,6 +19,27 @@ macro_rules! dot_u8i8_vnni {
     };
 }
 
+/// `$dot!(w, aux, x)` forms of the two for types without per-lane scales (`aux` unused).
+macro_rules! dot_avx2 {
+    ($w:expr, $aux:expr, $x:expr) => {
+        dot_u8i8_avx2!($w, $x)
+    };
+}
+macro_rules! dot_vnni {
+    ($w:expr, $aux:expr, $x:expr) => {
+        dot_u8i8_vnni!($w, $x)
+    };
+}
+
+/// Signed x signed: `|w|` times `x` with `w`'s sign, through the u8 x i8 form `$dot` (exact; the
+/// products stay within `128 * 127`).
+macro_rules! dot_signed {
+    ($dot:ident, $w:expr, $x:expr) => {{
+        let w = $w;
+        $dot!(_mm256_sign_epi8(w, w), _mm256_sign_epi8($x, w))
+    }};
+}
+
 /// Horizontal sum of an `__m256` in a fixed order (the same for every batch size, so results do not
 /// depend on how many tokens share a kernel call).
 macro_rules! hsum_ps {
@@ -47,4 +68,4 @@ macro_rules! unpack_nibbles {
     }};
 }
 
-pub(crate) use {dot_u8i8_avx2, dot_u8i8_vnni, f16_at, hsum_ps, unpack_nibbles};
+pub(crate) use {dot_avx2, dot_signed, dot_u8i8_avx2, dot_u8i8_vnni, dot_vnni, f16_at, hsum_ps, unpack_nibbles};
