@@ -5,7 +5,9 @@
     401  missing or wrong API key
     404  unknown path or unknown model name
     405  known path, wrong method
+    408  the request body did not arrive within --body-timeout
     413  request body larger than the server accepts
+    415  the body is not declared as application/json
     422  a valid OpenAI option this engine does not implement (UnsupportedError)
     500  a failure inside the engine
     503  the engine is gone or the server is shutting down; another replica may serve it
