@@ -2,8 +2,10 @@
 
 Field names and nesting follow the openai SDK's types, so that a response built here validates as the
 SDK's own class (`openai.types.chat.ChatCompletion.model_validate(obj.model_dump())`) and a request
-written for OpenAI or MLC LLM is accepted unchanged. Pydantic checks types and ranges field by field;
-`parse_request` turns its `ValidationError` into `BadRequestError` naming the field, and each request's
+written for OpenAI or MLC LLM is accepted unchanged. `parse_request` first applies the limits every
+value must respect (limits.py: nesting depth, valid Unicode), pydantic then checks types and ranges
+field by field (integers within the engine's u32 / i32), its `ValidationError` becomes `BadRequestError`
+naming the field (validation_errors.py), and each request's
 `check()` adds the rules that span fields or that this engine does not implement (`UnsupportedError`,
 never a silent ignore).
 """
@@ -18,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 from .errors import BadRequestError, UnsupportedError
 from .json_schema import check_json_schema
 from .limits import MAX_F32, MAX_I32, MAX_U32, TokenCount, TokenId, check_request_values
+from .validation_errors import bad_request_from
 
 # ---------------------------------------------------------------------------------------------
 # Requests
@@ -433,32 +436,9 @@ def parse_request(cls: Type[RequestT], kwargs: Mapping[str, Any]) -> RequestT:
     try:
         request = cls.model_validate(data)
     except ValidationError as err:
-        raise _bad_request(err) from None
+        raise bad_request_from(err) from None
     request.check()
     return request
-
-
-def _bad_request(err: ValidationError) -> BadRequestError:
-    errors = err.errors(include_url=False)
-    first = errors[0]
-    # A value that fits no member of a union gets one error per member; the deepest location is the
-    # member the value was meant for (a list of ids with one id out of range, not "not a string").
-    same_field = [e for e in errors if e.get("loc", ())[:1] == first.get("loc", ())[:1]]
-    first = max(same_field, key=lambda e: len(e.get("loc", ())))
-    loc = first.get("loc", ())
-    field = str(loc[0]) if loc else "request"
-    path = field + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc[1:] if _is_field_name(p))
-    if first.get("type") == "extra_forbidden":
-        return BadRequestError(f"unknown field {path!r}", field)
-    return BadRequestError(f"invalid {path!r}: {first.get('msg', 'invalid value')}", field)
-
-
-_TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none"}
-
-
-def _is_field_name(part: Union[int, str]) -> bool:
-    """Pydantic puts union member tags (`str`, `list[ContentPart]`) into error locations; drop them."""
-    return isinstance(part, int) or (part.isidentifier() and part not in _TYPE_TAGS)
 
 
 # ---------------------------------------------------------------------------------------------
