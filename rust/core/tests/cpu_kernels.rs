@@ -52,7 +52,10 @@ fn reference(w: &QMatrix, act: &[ActBlock], t: usize) -> Vec<f64> {
     let kb = w.k / QK;
     let mut out = vec![0f64; t * w.n];
     for g in 0..t {
-        let xd: Vec<f64> = act[g * kb..(g + 1) * kb].iter().flat_map(|b| b.q.iter().map(move |&q| b.d as f64 * q as f64)).collect();
+        let xd: Vec<f64> = act[g * kb..(g + 1) * kb]
+            .iter()
+            .flat_map(|b| b.q.iter().zip(&b.r).map(move |(&q, &r)| b.d as f64 * (q as f64 + r as f64 / 128.0)))
+            .collect();
         for r in 0..w.n {
             out[g * w.n + r] = wf[r * w.k..(r + 1) * w.k].iter().zip(&xd).map(|(&a, &b)| a as f64 * b).sum();
         }
@@ -136,8 +139,8 @@ fn matmul_handles_odd_shapes_and_is_batch_invariant() {
 
 #[test]
 fn quantized_activations_stay_close_to_the_f32_product() {
-    // The one approximation on top of the weights' own: 8-bit activations. Relative to the f32 product
-    // of the same dequantized weights the error stays at the 8-bit rounding level.
+    // The one approximation on top of the weights' own: activations as 8 bits plus an 8-bit residual.
+    // Relative to the f32 product of the same dequantized weights the error stays near 15-bit rounding.
     let mut rng = Lcg(3);
     let (n, k, t) = (16, 1536, 2);
     for qtype in TYPES {
@@ -150,7 +153,7 @@ fn quantized_activations_stay_close_to_the_f32_product() {
             for r in 0..n {
                 let exact: f64 = (0..k).map(|i| wf[r * k + i] as f64 * x[g * k + i] as f64).sum();
                 let norm: f64 = (0..k).map(|i| (wf[r * k + i] as f64 * x[g * k + i] as f64).abs()).sum();
-                assert!((y[g * n + r] as f64 - exact).abs() <= 0.01 * norm, "{qtype:?}: {} vs {exact}", y[g * n + r]);
+                assert!((y[g * n + r] as f64 - exact).abs() <= 2e-4 * norm, "{qtype:?}: {} vs {exact}", y[g * n + r]);
             }
         }
     }

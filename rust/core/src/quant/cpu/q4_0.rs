@@ -37,8 +37,8 @@ mod x86 {
             (unpack_nibbles!(p.add(2)), _mm256_setzero_si256(), d, -8.0 * d)
         }};
     }
-    x86_tile!(avx2, "avx2,fma,f16c", row_bytes, load, dot_avx2, true);
-    x86_tile!(avx512, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", row_bytes, load, dot_vnni, true);
+    x86_tile!(avx2, "avx2,fma,f16c", row_bytes, load, dot_u8i8_avx2, no_post, true);
+    x86_tile!(avx512, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", row_bytes, load, dot_u8i8_vnni, no_post, true);
 }
 
 tile::type_kernels!();

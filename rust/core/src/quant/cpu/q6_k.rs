@@ -59,17 +59,24 @@ mod x86 {
         }};
     }
     macro_rules! dot6_avx2 {
-        ($w:expr, $aux:expr, $x:expr) => {
-            _mm256_mullo_epi32(dot_signed!(dot_u8i8_avx2, $w, $x), $aux)
+        ($w:expr, $x:expr) => {
+            dot_signed!(dot_u8i8_avx2, $w, $x)
         };
     }
     macro_rules! dot6_vnni {
-        ($w:expr, $aux:expr, $x:expr) => {
-            _mm256_mullo_epi32(dot_signed!(dot_u8i8_vnni, $w, $x), $aux)
+        ($w:expr, $x:expr) => {
+            dot_signed!(dot_u8i8_vnni, $w, $x)
         };
     }
-    x86_tile!(avx2, "avx2,fma,f16c", row_bytes, load, dot6_avx2, false);
-    x86_tile!(avx512, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", row_bytes, load, dot6_vnni, false);
+    /// The two scales of 16, per lane half (a lane of 4 products: at most 128 * (4 * 32 * 127 + 4 * 32 * 64 / 128)
+    /// * 128 < 2^31).
+    macro_rules! scale16 {
+        ($p:expr, $aux:expr) => {
+            _mm256_mullo_epi32($p, $aux)
+        };
+    }
+    x86_tile!(avx2, "avx2,fma,f16c", row_bytes, load, dot6_avx2, scale16, false);
+    x86_tile!(avx512, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", row_bytes, load, dot6_vnni, scale16, false);
 }
 
 tile::type_kernels!();

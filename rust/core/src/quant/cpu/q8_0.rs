@@ -38,7 +38,7 @@ mod x86 {
         }};
     }
     macro_rules! dot_signed_avx2 {
-        ($w:expr, $aux:expr, $x:expr) => {
+        ($w:expr, $x:expr) => {
             dot_signed!(dot_u8i8_avx2, $w, $x)
         };
     }
@@ -50,8 +50,8 @@ mod x86 {
             (_mm256_xor_si256(q, _mm256_set1_epi8(-128)), _mm256_setzero_si256(), d, -128.0 * d)
         }};
     }
-    x86_tile!(avx2, "avx2,fma,f16c", row_bytes, load_signed, dot_signed_avx2, false);
-    x86_tile!(avx512, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", row_bytes, load_biased, dot_vnni, true);
+    x86_tile!(avx2, "avx2,fma,f16c", row_bytes, load_signed, dot_signed_avx2, no_post, false);
+    x86_tile!(avx512, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", row_bytes, load_biased, dot_u8i8_vnni, no_post, true);
 }
 
 tile::type_kernels!();

@@ -119,8 +119,8 @@ pub fn scalar<const R: usize, const N: usize>(
             let wb = decode(row, b);
             for (o, xt) in o_row.iter_mut().zip(&x) {
                 let a = &xt[b];
-                let sum: i32 = wb.q.iter().zip(&a.q).map(|(&q, &qx)| q * qx as i32).sum();
-                *o += wb.d * a.d * sum as f32 + wb.o * a.s;
+                let sum: i32 = wb.q.iter().zip(a.q.iter().zip(&a.r)).map(|(&q, (&qx, &rx))| q * (128 * qx as i32 + rx as i32)).sum();
+                *o += wb.d * a.fine_scale() * sum as f32 + wb.o * a.s;
             }
         }
     }
@@ -129,11 +129,12 @@ pub fn scalar<const R: usize, const N: usize>(
 
 /// The x86 tile kernel for one block type at one level, generic over `<R, N>`:
 /// `$load!(row_ptr, b) -> (w, aux, d, o)` unpacks the 32 weights of activation block `b` to operands for
-/// `$dot!(w, aux, x) -> [8 x i32]` (`aux`: per-lane integer scales where a type has them, else unused);
-/// `$row_bytes(nb)` is a row's length; `$offset` says whether the type has an offset term at all.
+/// `$dot!(w, x) -> [8 x i32]`; `$post!(p, aux)` applies per-lane integer scales where a type has them
+/// (`aux`), after the activation's two stages are combined; `$row_bytes(nb)` is a row's length; `$offset`
+/// says whether the type has an offset term at all.
 #[cfg(target_arch = "x86_64")]
 macro_rules! x86_tile {
-    ($name:ident, $feat:literal, $row_bytes:expr, $load:ident, $dot:ident, $offset:expr) => {
+    ($name:ident, $feat:literal, $row_bytes:expr, $load:ident, $dot:ident, $post:ident, $offset:expr) => {
         /// # Safety
         /// The CPU has the features in `$feat` (the dispatcher checks it).
         #[target_feature(enable = $feat)]
@@ -160,11 +161,15 @@ macro_rules! x86_tile {
                 for t in 0..N {
                     let a = x[t].get_unchecked(b);
                     let xv = _mm256_loadu_si256(a.q.as_ptr() as *const __m256i);
-                    let dx = _mm256_set1_ps(a.d);
+                    let rv = _mm256_loadu_si256(a.r.as_ptr() as *const __m256i);
+                    let dx = _mm256_set1_ps(a.fine_scale());
                     // The offset goes into all 8 lanes, so each carries an eighth (exact: a power of 2).
                     let sv = _mm256_set1_ps(a.s * 0.125);
                     for r in 0..R {
-                        let p = $dot!(wv[r], av[r], xv);
+                        // 128 p_q + p_r per lane of 4 products: at most 128 * 4 * 255 * 127 + 4 * 255 * 64 < 2^24, so
+                        // also exact as an f32.
+                        let p = _mm256_add_epi32(_mm256_slli_epi32($dot!(wv[r], xv), 7), $dot!(wv[r], rv));
+                        let p = $post!(p, av[r]);
                         acc[r][t] = _mm256_fmadd_ps(_mm256_mul_ps(dv[r], dx), _mm256_cvtepi32_ps(p), acc[r][t]);
                         if $offset {
                             acc[r][t] = _mm256_fmadd_ps(ov[r], sv, acc[r][t]);

@@ -19,15 +19,10 @@ macro_rules! dot_u8i8_vnni {
     };
 }
 
-/// `$dot!(w, aux, x)` forms of the two for types without per-lane scales (`aux` unused).
-macro_rules! dot_avx2 {
-    ($w:expr, $aux:expr, $x:expr) => {
-        dot_u8i8_avx2!($w, $x)
-    };
-}
-macro_rules! dot_vnni {
-    ($w:expr, $aux:expr, $x:expr) => {
-        dot_u8i8_vnni!($w, $x)
+/// `$post!(p, aux)` for types without per-lane scales.
+macro_rules! no_post {
+    ($p:expr, $aux:expr) => {
+        $p
     };
 }
 
@@ -68,4 +63,4 @@ macro_rules! unpack_nibbles {
     }};
 }
 
-pub(crate) use {dot_avx2, dot_signed, dot_u8i8_avx2, dot_u8i8_vnni, dot_vnni, f16_at, hsum_ps, unpack_nibbles};
+pub(crate) use {dot_signed, dot_u8i8_avx2, dot_u8i8_vnni, f16_at, hsum_ps, no_post, unpack_nibbles};
