@@ -6,6 +6,7 @@ seeded sampling gives the same tokens alone and batched; every KV block is free 
 import asyncio
 import random
 import threading
+import time
 from typing import Dict, List, Optional
 
 import pytest
@@ -135,3 +136,47 @@ def test_refused_async_request_leaves_the_running_owner_alone(async_engine: Asyn
 
     finishes = asyncio.run(asyncio.wait_for(run(), timeout=60))
     assert finishes[-1] == "length"
+
+
+# --------------------------------------------------------------------------- liveness during a long step
+
+LONG_PROMPT_TOKENS = 1024
+
+
+def test_health_and_metrics_answer_within_a_second_during_a_long_cpu_prefill(smollm2_path: str) -> None:
+    """One CPU prefill step of 1,024 tokens takes seconds; /health and /metrics once waited for it
+    (17.8 s for 8,000 tokens), so a liveness probe would have killed a healthy server."""
+    import httpx
+    from server_process import ServerProcess
+
+    server = ServerProcess(
+        smollm2_path, "--overrides", f"prefill_chunk_size={LONG_PROMPT_TOKENS};max_total_seq_length=8192",
+        "--no-access-log", "--log-level", "warning",
+    )
+    try:
+        body = {"prompt": [(i * 7919) % 40000 + 100 for i in range(LONG_PROMPT_TOKENS)], "max_tokens": 1}
+        done: List[float] = []
+
+        def post() -> None:
+            started = time.monotonic()
+            r = httpx.post(f"{server.url}/v1/completions", json=body, timeout=300)
+            assert r.status_code == 200, r.text
+            done.append(time.monotonic() - started)
+
+        poster = threading.Thread(target=post, daemon=True)
+        poster.start()
+        time.sleep(0.5)  # let the step start
+        latencies: List[float] = []
+        while poster.is_alive():
+            for path in ("/health", "/metrics"):
+                started = time.monotonic()
+                r = httpx.get(f"{server.url}{path}", timeout=30)
+                latencies.append(time.monotonic() - started)
+                assert r.status_code == 200, (path, r.text)
+            time.sleep(0.1)
+        poster.join()
+        print(f"prefill {done[0]:.1f}s, {len(latencies)} probes, slowest {max(latencies):.3f}s")
+        assert done and done[0] > 2.0, f"the prefill took {done}: too short to show anything"
+        assert len(latencies) >= 4 and max(latencies) < 1.0, f"prefill {done[0]:.1f}s, latencies {latencies}"
+    finally:
+        server.close()

@@ -27,6 +27,9 @@ pub enum EngineError {
     /// Not enough memory for the requested configuration; the message says what to change.
     #[error("insufficient memory: {0}")]
     OutOfMemory(String),
+    /// A bug: a panic caught at the engine boundary (the message is the panic's).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl EngineError {
@@ -36,6 +39,21 @@ impl EngineError {
     pub fn model_load(path: impl Into<String>, message: impl Into<String>) -> Self {
         EngineError::ModelLoad { path: path.into(), message: message.into() }
     }
+}
+
+/// The message of a caught panic payload (`panic!` carries a `String` or a `&str`).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panic".into())
+}
+
+/// Runs `f` with panics turned into [`EngineError::Internal`], so that no panic crosses the engine
+/// boundary (into Python it would arrive as a `BaseException` that `except Exception` misses).
+pub fn catch_panics<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| Err(EngineError::Internal(panic_message(p.as_ref()))))
 }
 
 pub type Result<T> = std::result::Result<T, EngineError>;

@@ -18,7 +18,9 @@ fn convert_weight(py: Python<'_>, source: String, quantization: String, output: 
                 Python::attach(|py| cb.call1(py, (done, total, name)).map(|_| ()))
                     .map_err(|e| EngineError::Unsupported(format!("conversion stopped: {e}")))
             };
-            mlc_core::convert::convert_weight(Path::new(&source), &quantization, Path::new(&output), &mut report_progress)
+            mlc_core::error::catch_panics(|| {
+                mlc_core::convert::convert_weight(Path::new(&source), &quantization, Path::new(&output), &mut report_progress)
+            })
         })
         .map_err(errors::to_py)?;
     serde_json::to_string(&report).map_err(|e| errors::to_py(EngineError::Unsupported(e.to_string())))

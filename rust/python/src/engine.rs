@@ -1,9 +1,12 @@
 //! `_core.Engine`: the Python face of `EngineHandle`. Arguments arrive as owned values or JSON,
-//! the GIL is released for anything that waits, and deltas go back as plain dicts.
+//! the GIL is released for anything that waits, and deltas go back as plain dicts. No panic crosses
+//! this boundary: each call into the core runs under `catch_panics` (a panic becomes `InternalError`,
+//! or `ModelLoadError` while loading), never pyo3's `PanicException`.
 
 use crate::errors::to_py;
 use mlc_core::engine::{Delta, EngineArgs, EngineHandle};
 use mlc_core::request::SamplingParams;
+use mlc_core::error::catch_panics;
 use mlc_core::EngineError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
@@ -91,22 +94,22 @@ impl Engine {
             None => None,
         };
         let tok = self.handle.tokenizer().clone();
-        py.detach(move || tok.render_chat(&messages, add_generation_prompt, tools.as_ref())).map_err(to_py)
+        py.detach(move || catch_panics(|| tok.render_chat(&messages, add_generation_prompt, tools.as_ref()))).map_err(to_py)
     }
 
     fn tokenize(&self, py: Python<'_>, text: String, add_special_tokens: bool) -> PyResult<Vec<u32>> {
         let tok = self.handle.tokenizer().clone();
-        py.detach(move || tok.encode(&text, add_special_tokens)).map_err(to_py)
+        py.detach(move || catch_panics(|| tok.encode(&text, add_special_tokens))).map_err(to_py)
     }
 
     fn detokenize(&self, py: Python<'_>, token_ids: Vec<u32>) -> PyResult<String> {
         let tok = self.handle.tokenizer().clone();
-        py.detach(move || tok.decode(&token_ids, true)).map_err(to_py)
+        py.detach(move || catch_panics(|| tok.decode(&token_ids, true))).map_err(to_py)
     }
 
     fn add_request(&self, py: Python<'_>, request_id: String, prompt_token_ids: Vec<u32>, params_json: String) -> PyResult<()> {
-        let params: SamplingParams = self.handle.info().sampling_params(&params_json).map_err(to_py)?;
-        py.detach(|| self.handle.add_request(request_id, prompt_token_ids, params)).map_err(to_py)
+        let params: SamplingParams = catch_panics(|| self.handle.info().sampling_params(&params_json)).map_err(to_py)?;
+        py.detach(|| catch_panics(|| self.handle.add_request(request_id, prompt_token_ids, params))).map_err(to_py)
     }
 
     fn abort(&self, py: Python<'_>, request_id: String) {
@@ -114,7 +117,7 @@ impl Engine {
     }
 
     fn poll<'py>(&self, py: Python<'py>, timeout_ms: u64) -> PyResult<Bound<'py, PyList>> {
-        let deltas = py.detach(|| self.handle.poll(Duration::from_millis(timeout_ms))).map_err(to_py)?;
+        let deltas = py.detach(|| catch_panics(|| self.handle.poll(Duration::from_millis(timeout_ms)))).map_err(to_py)?;
         let list = PyList::empty(py);
         for d in deltas {
             list.append(delta_to_py(py, d)?)?;

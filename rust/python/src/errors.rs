@@ -29,7 +29,7 @@ pub fn to_py(err: EngineError) -> PyErr {
         EngineError::ModelLoad { .. } => raise("ModelLoadError", message, None),
         EngineError::OutOfMemory(_) => raise("InsufficientMemoryError", message, None),
         EngineError::EngineDead(_) => raise("EngineDeadError", message, None),
-        EngineError::Tokenizer(_) | EngineError::Candle(_) | EngineError::Io(_) => {
+        EngineError::Tokenizer(_) | EngineError::Candle(_) | EngineError::Io(_) | EngineError::Internal(_) => {
             raise("InternalError", message, None)
         }
     }

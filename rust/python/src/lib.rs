@@ -21,7 +21,7 @@ fn cuda_device_count(py: Python<'_>) -> usize {
 /// Runs a small matmul on the device and compares it with the CPU.
 #[pyfunction]
 fn device_smoke_test(py: Python<'_>, device: String) -> PyResult<String> {
-    py.detach(|| mlc_core::device::device_smoke_test(&device)).map_err(errors::to_py)
+    py.detach(|| mlc_core::error::catch_panics(|| mlc_core::device::device_smoke_test(&device))).map_err(errors::to_py)
 }
 
 #[pymodule]

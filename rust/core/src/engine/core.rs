@@ -138,6 +138,9 @@ impl EngineCore {
         m.num_waiting = self.scheduler.num_waiting();
         m.num_free_blocks = self.scheduler.num_free_blocks();
         m.num_total_blocks = self.scheduler.num_total_blocks();
+        m.num_cached_blocks = self.scheduler.num_cached_blocks();
+        m.num_empty_blocks = m.num_free_blocks.saturating_sub(m.num_cached_blocks);
+        m.num_used_blocks = m.num_total_blocks.saturating_sub(m.num_free_blocks);
         (m.cuda_graph_replays, m.cuda_graphs_captured) = self.runner.graph_stats();
         m.finalize();
         m

@@ -2,7 +2,7 @@
 //! channels. Requests are validated here, on the caller's thread, so a bad request fails at once
 //! without waiting for the current step.
 
-use super::config::{infer_sizes, system_memory_bytes, EngineArgs, EngineSizes};
+use super::config::{available_memory_bytes, infer_sizes, EngineArgs, EngineSizes};
 use super::core::EngineCore;
 use super::metrics::Metrics;
 use super::output::Delta;
@@ -25,7 +25,6 @@ use std::time::Duration;
 enum Command {
     Add { request_id: String, prompt: Vec<u32>, params: SamplingParams, max_new_tokens: usize, grammar: Option<GrammarMatcher> },
     Abort(String),
-    Metrics(Sender<Metrics>),
     Trace(Sender<String>),
     Terminate,
 }
@@ -117,33 +116,52 @@ pub struct EngineHandle {
     thread: Mutex<Option<JoinHandle<()>>>,
     /// Ids of requests whose final delta has not been handed out yet (duplicate detection).
     active: Mutex<HashSet<String>>,
+    /// The engine thread's latest metrics, published between steps: reading them never waits for a
+    /// step (a CPU prefill step can take seconds, and liveness probes read them).
+    metrics: Arc<Mutex<Metrics>>,
     tokenizer: Arc<Tokenizer>,
     grammars: Arc<GrammarCompiler>,
     info: EngineInfo,
 }
 
-/// Memory the KV cache is sized from: the GPU's total memory, or system memory on the CPU.
+/// What the CPU engine leaves to the rest of the machine (the interpreter, the tokenizer, other
+/// processes' growth) out of the memory available when it starts.
+const CPU_MEMORY_MARGIN: u64 = 1 << 30;
+
+/// Rope-table rows beyond the context window (speculative drafts are verified past a sequence's end).
+const ROPE_TABLE_MARGIN: usize = 256;
+
+/// Memory the KV cache is sized from: the GPU's total memory (MLC's `gpu_memory_utilization` is a
+/// fraction of it), or on the CPU the memory available now less a margin. Read before the weights load.
 fn memory_bytes(device: &candle_core::Device) -> u64 {
     match crate::device::total_device_memory(device) {
         Some(b) => b,
-        None => system_memory_bytes(),
+        None => available_memory_bytes().saturating_sub(CPU_MEMORY_MARGIN),
     }
 }
 
 impl EngineHandle {
     pub fn start(model: &str, device: &str, args: EngineArgs) -> Result<Self> {
-        let (core, info, tokenizer) = build(model, device, &args)?;
+        // A panic while loading is a file this engine failed to reject properly: report it as a load
+        // failure of that model.
+        let (core, info, tokenizer) = crate::error::catch_panics(|| build(model, device, &args)).map_err(|e| match e {
+            EngineError::Internal(m) => EngineError::model_load(model, format!("internal error while loading: {m}")),
+            other => other,
+        })?;
         let grammars = core.grammars().clone();
         let (cmd_tx, cmd_rx) = unbounded();
         let (out_tx, out_rx) = unbounded();
+        let metrics = Arc::new(Mutex::new(core.metrics()));
+        let published = metrics.clone();
         let thread = std::thread::Builder::new()
             .name("mlc-engine".into())
-            .spawn(move || engine_loop(core, cmd_rx, out_tx))?;
+            .spawn(move || engine_loop(core, cmd_rx, out_tx, published))?;
         Ok(EngineHandle {
             commands: cmd_tx,
             outputs: out_rx,
             thread: Mutex::new(Some(thread)),
             active: Mutex::new(HashSet::new()),
+            metrics,
             tokenizer,
             grammars,
             info,
@@ -212,8 +230,13 @@ impl EngineHandle {
         rx.recv().map_err(|_| EngineError::EngineDead("the engine stopped before answering".into()))
     }
 
+    /// The metrics as of the last step boundary; `EngineDead` once the engine thread has ended.
     pub fn metrics(&self) -> Result<Metrics> {
-        self.ask(Command::Metrics)
+        let running = self.thread.lock().map_err(|_| EngineError::EngineDead("lock poisoned".into()))?.as_ref().is_some_and(|t| !t.is_finished());
+        if !running {
+            return Err(EngineError::EngineDead("the engine has stopped".into()));
+        }
+        self.metrics.lock().map(|m| m.clone()).map_err(|_| EngineError::EngineDead("lock poisoned".into()))
     }
 
     pub fn trace_json(&self) -> Result<String> {
@@ -253,9 +276,12 @@ pub fn build(model: &str, device: &str, args: &EngineArgs) -> Result<(EngineCore
         Some(other) => return Err(EngineError::bad_request("dtype", format!("{other:?} is not one of float32, bfloat16, float16"))),
     };
     let elem_bytes = dtype.size_in_bytes();
-    // MLC_QUANTIZED_MATMUL=1 opts in without an API change (the Python signature follows MLC's).
-    let quantized = args.quantized_matmul || std::env::var("MLC_QUANTIZED_MATMUL").is_ok_and(|v| v == "1");
+    // An explicit argument wins, then MLC_QUANTIZED_MATMUL (1 / 0; the Python signature follows MLC's), then
+    // the device: quantized on the CPU (quant::cpu's kernels meet the fidelity bound, README "CPU").
+    let from_env = || std::env::var("MLC_QUANTIZED_MATMUL").ok().map(|v| v == "1");
+    let quantized = args.quantized_matmul.or_else(from_env).unwrap_or(device.is_cpu());
     let quant = if quantized { QuantMode::Quantized } else { QuantMode::Dequantize };
+    let memory = memory_bytes(&device);
     let mut loaded = loader::load(&path, &device, dtype, quant)?;
     if local.is_some() {
         loaded.name = crate::hub::repo_id(model).unwrap_or(loaded.name);
@@ -263,7 +289,7 @@ pub fn build(model: &str, device: &str, args: &EngineArgs) -> Result<(EngineCore
     let cfg = loaded.config.clone();
     // The CUDA context, cuBLAS workspaces and graph memory live outside the weights and the KV cache.
     let runtime = if device.is_cuda() { 1u64 << 30 } else { 0 };
-    let sizes: EngineSizes = infer_sizes(args, &cfg, memory_bytes(&device), cfg.weight_bytes(elem_bytes), runtime, elem_bytes)?;
+    let sizes: EngineSizes = infer_sizes(args, &cfg, memory, cfg.weight_bytes(elem_bytes), runtime, elem_bytes)?;
     if args.verbose {
         log::info!(
             "mode={:?}: max_num_sequence={}, max_total_sequence_length={}, prefill_chunk_size={}, kv blocks={}x{} (memory allows {} tokens)",
@@ -271,7 +297,11 @@ pub fn build(model: &str, device: &str, args: &EngineArgs) -> Result<(EngineCore
             sizes.num_kv_blocks, sizes.kv_block_size, sizes.memory_max_total_sequence_length
         );
     }
-    let model_impl = crate::model::registry::build(&cfg, &loaded.weights, &device, dtype)?;
+    // Rope tables cover the positions this engine can reach, not the file's claim (a corrupt or
+    // optimistic context length would otherwise size them); the margin covers draft positions.
+    let window = sizes.max_single_sequence_length.min(sizes.max_total_sequence_length);
+    let model_cfg = cfg.with_max_positions(window.saturating_add(ROPE_TABLE_MARGIN));
+    let model_impl = crate::model::registry::build(&model_cfg, &loaded.weights, &device, dtype)?;
     drop(loaded.weights);
     let kv = PagedKvCache::new(cfg.num_hidden_layers, sizes.num_kv_blocks, sizes.kv_block_size, cfg.num_key_value_heads, cfg.head_dim, dtype, &device)?;
     let scheduler = Scheduler::new(SchedulerConfig {
@@ -355,7 +385,14 @@ fn generation_defaults(model_path: &std::path::Path, mlc: Option<&crate::loader:
     out
 }
 
-fn engine_loop(mut core: EngineCore, commands: Receiver<Command>, outputs: Sender<Delta>) {
+fn engine_loop(mut core: EngineCore, commands: Receiver<Command>, outputs: Sender<Delta>, metrics: Arc<Mutex<Metrics>>) {
+    // Metrics are published before the deltas they account for are sent, so a caller that saw a
+    // request end also sees it counted.
+    let publish = |core: &EngineCore| {
+        if let Ok(mut m) = metrics.lock() {
+            *m = core.metrics();
+        }
+    };
     loop {
         // Block only when idle; otherwise take whatever arrived since the last step.
         let first = if core.has_work() {
@@ -367,19 +404,13 @@ fn engine_loop(mut core: EngineCore, commands: Receiver<Command>, outputs: Sende
             }
         };
         let mut terminate = false;
+        let mut ended = Vec::new();
         for cmd in first.into_iter().chain(std::iter::from_fn(|| commands.try_recv().ok())) {
             match cmd {
                 Command::Add { request_id, prompt, params, max_new_tokens, grammar } => {
                     core.add_compiled(request_id, prompt, params, max_new_tokens, grammar)
                 }
-                Command::Abort(id) => {
-                    if let Some(d) = core.abort(&id) {
-                        let _ = outputs.send(d);
-                    }
-                }
-                Command::Metrics(tx) => {
-                    let _ = tx.send(core.metrics());
-                }
+                Command::Abort(id) => ended.extend(core.abort(&id)),
                 Command::Trace(tx) => {
                     let _ = tx.send(core.trace_json());
                 }
@@ -387,29 +418,34 @@ fn engine_loop(mut core: EngineCore, commands: Receiver<Command>, outputs: Sende
             }
         }
         if terminate {
-            for d in core.abort_all() {
-                let _ = outputs.send(d);
-            }
+            ended.extend(core.abort_all());
+        }
+        publish(&core);
+        for d in ended {
+            let _ = outputs.send(d);
+        }
+        if terminate {
             break;
         }
         if core.has_work() {
             // A panic inside a step must not take the process (or the Python interpreter) down:
             // fail the in-flight requests and keep serving.
-            match std::panic::catch_unwind(AssertUnwindSafe(|| core.step())) {
-                Ok(deltas) => {
-                    for d in deltas {
-                        let _ = outputs.send(d);
-                    }
-                }
+            let deltas = match std::panic::catch_unwind(AssertUnwindSafe(|| core.step())) {
+                Ok(deltas) => deltas,
                 Err(p) => {
-                    let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "panic".into());
+                    let msg = crate::error::panic_message(p.as_ref());
                     log::error!("engine step panicked: {msg}");
-                    for mut d in core.abort_all() {
+                    let mut failed = core.abort_all();
+                    for d in &mut failed {
                         d.finish_reason = Some(super::output::FinishReason::Error);
                         d.error = Some(format!("internal error: {msg}"));
-                        let _ = outputs.send(d);
                     }
+                    failed
                 }
+            };
+            publish(&core);
+            for d in deltas {
+                let _ = outputs.send(d);
             }
         }
     }

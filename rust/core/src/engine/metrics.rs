@@ -18,7 +18,14 @@ pub struct Metrics {
     pub mean_ttft_s: f64,
     pub sum_ttft_s: f64,
     pub max_batch_size_seen: usize,
+    /// Blocks no sequence holds: `num_empty_blocks` + `num_cached_blocks`.
     pub num_free_blocks: usize,
+    /// Free blocks holding a cached prefix (reusable by a matching prompt, evicted last).
+    pub num_cached_blocks: usize,
+    /// Free blocks without cached content.
+    pub num_empty_blocks: usize,
+    /// Blocks held by running or preempted-and-kept sequences.
+    pub num_used_blocks: usize,
     pub num_total_blocks: usize,
     pub num_preemptions: u64,
     /// Sequences recomputed from position 0 when they grew past Phi-3's original context (longrope).

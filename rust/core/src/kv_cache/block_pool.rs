@@ -27,6 +27,8 @@ pub struct BlockPool {
     blocks: Vec<Block>,
     free: FreeQueue,
     cached: HashMap<BlockHash, BlockId>,
+    /// Free blocks that still hold a cached prefix (counted as they move, so reading it is O(1)).
+    free_cached: usize,
 }
 
 impl BlockPool {
@@ -44,6 +46,7 @@ impl BlockPool {
             blocks: vec![Block::default(); num_blocks],
             free: FreeQueue::with_all(num_blocks),
             cached: HashMap::new(),
+            free_cached: 0,
         }
     }
 
@@ -58,6 +61,12 @@ impl BlockPool {
     /// Blocks with reference count 0, cached ones included.
     pub fn num_free(&self) -> usize {
         self.free.len()
+    }
+
+    /// Free blocks that still hold prefix-cache content: reusable by a request with that prefix,
+    /// handed out for new content only after the empty ones.
+    pub fn num_free_cached(&self) -> usize {
+        self.free_cached
     }
 
     /// `None` for an id outside the pool.
@@ -81,6 +90,7 @@ impl BlockPool {
         let block = &mut self.blocks[id as usize];
         if let Some(hash) = block.hash.take() {
             self.cached.remove(&hash);
+            self.free_cached -= 1;
         }
         block.ref_count = 1;
         Some(id)
@@ -102,6 +112,9 @@ impl BlockPool {
         };
         if block.ref_count == 0 {
             self.free.remove(id);
+            if block.hash.is_some() {
+                self.free_cached -= 1;
+            }
         }
         block.ref_count += 1;
         true
@@ -117,6 +130,9 @@ impl BlockPool {
         block.ref_count = block.ref_count.saturating_sub(1);
         if block.ref_count == 0 {
             self.free.push_back(id);
+            if block.hash.is_some() {
+                self.free_cached += 1;
+            }
         }
     }
 
@@ -132,6 +148,9 @@ impl BlockPool {
         }
         block.hash = Some(hash);
         self.cached.insert(hash, id);
+        if block.ref_count == 0 {
+            self.free_cached += 1;
+        }
     }
 
     /// Free blocks in the order they will be reused.
@@ -162,5 +181,7 @@ impl BlockPool {
         }
         let hashed = self.blocks.iter().filter(|b| b.hash.is_some()).count();
         assert_eq!(hashed, self.cached.len(), "hashed blocks vs index entries");
+        let free_cached = self.blocks.iter().filter(|b| b.ref_count == 0 && b.hash.is_some()).count();
+        assert_eq!(free_cached, self.free_cached, "free cached blocks vs their count");
     }
 }

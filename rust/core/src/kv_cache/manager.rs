@@ -279,6 +279,11 @@ impl KvCacheManager {
         self.pool.num_total()
     }
 
+    /// Of the free blocks, those still holding a cached prefix.
+    pub fn num_free_cached(&self) -> usize {
+        self.pool.num_free_cached()
+    }
+
     pub fn block_size(&self) -> usize {
         self.pool.block_size()
     }

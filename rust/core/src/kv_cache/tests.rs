@@ -88,12 +88,15 @@ fn two_sequences_share_a_cached_prefix() {
     assert_eq!(kv.num_free(), 5);
     kv.free(2);
     assert_eq!(kv.num_free(), 8);
+    // Free, but blocks 0 and 1 keep their prefix: counted apart from the empty ones.
+    assert_eq!(kv.num_free_cached(), 2);
     kv.assert_consistent();
 
     // Freed, still cached: a third request finds both blocks although nobody holds them.
     assert_eq!(kv.allocate_prefix(3, &a), 8);
     assert_eq!(kv.block_table(3), [0, 1]);
     assert_eq!(kv.num_free(), 6);
+    assert_eq!(kv.num_free_cached(), 0, "revived from the cache: held again");
     assert_eq!(kv.prefix_hit_tokens_total(), 16);
     kv.assert_consistent();
 }

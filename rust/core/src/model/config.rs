@@ -122,17 +122,20 @@ pub struct ModelConfig {
 impl ModelConfig {
     /// Bytes of K and V per token across all layers at `dtype_bytes` per element.
     pub fn kv_bytes_per_token(&self, dtype_bytes: usize) -> usize {
-        2 * self.num_hidden_layers * self.num_key_value_heads * self.head_dim * dtype_bytes
+        // Saturating: an absurd configuration must size as "too large", never wrap to something small.
+        [self.num_hidden_layers, self.num_key_value_heads, self.head_dim, dtype_bytes].iter().fold(2usize, |a, &b| a.saturating_mul(b))
     }
 
     /// Bytes of the weights at `elem_bytes` per element (norms and biases are negligible and left out).
     pub fn weight_bytes(&self, elem_bytes: usize) -> u64 {
-        let h = self.hidden_size as u64;
-        let (q, kv) = ((self.num_attention_heads * self.head_dim) as u64, (self.num_key_value_heads * self.head_dim) as u64);
+        // In u128 (every size is at most 2^24, so nothing overflows), then saturated to u64.
+        let h = self.hidden_size as u128;
+        let (q, kv) = ((self.num_attention_heads * self.head_dim) as u128, (self.num_key_value_heads * self.head_dim) as u128);
         let attention = h * q * 2 + h * kv * 2;
-        let mlp = 3 * h * self.intermediate_size as u64;
-        let embed = self.vocab_size as u64 * h * if self.tie_word_embeddings { 1 } else { 2 };
-        ((attention + mlp) * self.num_hidden_layers as u64 + embed) * elem_bytes as u64
+        let mlp = 3 * h * self.intermediate_size as u128;
+        let embed = self.vocab_size as u128 * h * if self.tie_word_embeddings { 1 } else { 2 };
+        let bytes = ((attention + mlp) * self.num_hidden_layers as u128 + embed) * elem_bytes as u128;
+        u64::try_from(bytes).unwrap_or(u64::MAX)
     }
 
     /// Phi-3's longrope: sequences longer than this run in the long rope regime (see [`RopeScaling::LongRope`]).
@@ -147,8 +150,20 @@ impl ModelConfig {
         windows?.into_iter().max()
     }
 
-    /// Checks what the decoder relies on.
+    /// Checks what the decoder relies on; errors name the `config.json` key.
     pub fn validate(&self, path: &str) -> Result<()> {
+        self.validate_named(path, &|k| k.to_string())
+    }
+
+    /// As [`Self::validate`] for a GGUF file: errors name llama.cpp's `<arch>.` key.
+    pub fn validate_gguf(&self, path: &str, arch: &str) -> Result<()> {
+        self.validate_named(path, &|k| match gguf_key(k) {
+            Some(g) => format!("{arch}.{g} ({k})"),
+            None => k.to_string(),
+        })
+    }
+
+    fn validate_named(&self, path: &str, key: &dyn Fn(&str) -> String) -> Result<()> {
         let err = |m: String| Err(EngineError::model_load(path, m));
         let sizes = [
             ("hidden_size", self.hidden_size),
@@ -161,14 +176,27 @@ impl ModelConfig {
             ("max_position_embeddings", self.max_position_embeddings),
         ];
         if let Some((k, _)) = sizes.iter().find(|(_, v)| *v == 0) {
-            return err(format!("{k} must be at least 1"));
+            return err(format!("{} must be at least 1", key(k)));
         }
         // Sizes beyond these are not models but corrupt files; they would only overflow allocations.
         if let Some((k, v)) = sizes.iter().find(|(_, v)| *v > 1 << 24) {
-            return err(format!("{k} = {v} is out of range"));
+            return err(format!("{} = {v} is out of range", key(k)));
         }
         if self.num_attention_heads % self.num_key_value_heads != 0 {
-            return err("num_key_value_heads must divide num_attention_heads".into());
+            return err(format!("{} must divide {}", key("num_key_value_heads"), key("num_attention_heads")));
+        }
+        // NaN fails every comparison, so each check is written as "must hold".
+        if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps < 1.0) {
+            return err(format!("{} = {} must be in (0, 1)", key("rms_norm_eps"), self.rms_norm_eps));
+        }
+        let positive = [
+            ("attention_scale", Some(self.attention_scale)),
+            ("embedding_scale", self.embedding_scale),
+            ("attn_logit_softcapping", self.attn_logit_softcap),
+            ("final_logit_softcapping", self.final_logit_softcap),
+        ];
+        if let Some((k, Some(v))) = positive.iter().find(|(_, v)| v.is_some_and(|x| !(x > 0.0 && x.is_finite()))) {
+            return err(format!("{} = {v} must be positive and finite", key(k)));
         }
         if self.layers.len() != self.num_hidden_layers {
             return err(format!("{} layer types for {} layers", self.layers.len(), self.num_hidden_layers));
@@ -178,17 +206,48 @@ impl ModelConfig {
                 return err("a layer names a rope that does not exist".into());
             }
             if l.attention == AttentionKind::Sliding(0) {
-                return err("sliding_window must be at least 1".into());
+                return err(format!("{} must be at least 1", key("sliding_window")));
             }
         }
         for r in &self.ropes {
             if r.rotary_dim > self.head_dim {
-                return err(format!("rotary dimension {} exceeds head_dim {}", r.rotary_dim, self.head_dim));
+                return err(format!("rotary dimension {} exceeds {} {}", r.rotary_dim, key("head_dim"), self.head_dim));
+            }
+            if !(r.theta > 1.0 && r.theta.is_finite()) {
+                return err(format!("{} = {} must be greater than 1", key("rope_theta"), r.theta));
             }
             r.validate(path)?;
         }
         Ok(())
     }
+
+    /// This configuration with rope tables for `max_positions` positions at most: the tables are
+    /// built for the engine's context window, not for what the file claims the model supports.
+    pub fn with_max_positions(&self, max_positions: usize) -> ModelConfig {
+        let mut cfg = self.clone();
+        cfg.max_position_embeddings = cfg.max_position_embeddings.min(max_positions.max(1));
+        cfg
+    }
+}
+
+/// llama.cpp's GGUF key (after `<arch>.`) for a `config.json` key, where the two differ.
+fn gguf_key(k: &str) -> Option<&'static str> {
+    Some(match k {
+        "hidden_size" => "embedding_length",
+        "intermediate_size" => "feed_forward_length",
+        "num_hidden_layers" => "block_count",
+        "num_attention_heads" => "attention.head_count",
+        "num_key_value_heads" => "attention.head_count_kv",
+        "head_dim" => "attention.key_length",
+        "vocab_size" => "vocab_size",
+        "max_position_embeddings" => "context_length",
+        "rms_norm_eps" => "attention.layer_norm_rms_epsilon",
+        "rope_theta" => "rope.freq_base",
+        "sliding_window" => "attention.sliding_window",
+        "attn_logit_softcapping" => "attn_logit_softcapping",
+        "final_logit_softcapping" => "final_logit_softcapping",
+        _ => return None,
+    })
 }
 
 /// Keys of an HF config that never change the math of inference (bookkeeping, training, generation).

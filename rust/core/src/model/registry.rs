@@ -207,7 +207,7 @@ pub fn config_from_gguf(meta: &GgufMeta<'_>) -> Result<ModelConfig> {
     let entry = by_gguf(meta.arch(), meta.path)?;
     let cfg = (entry.from_gguf)(meta, entry.arch)?;
     meta.finish()?;
-    cfg.validate(meta.path)?;
+    cfg.validate_gguf(meta.path, meta.arch())?;
     Ok(cfg)
 }
 

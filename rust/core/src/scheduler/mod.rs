@@ -234,6 +234,11 @@ impl Scheduler {
         self.kv.num_total()
     }
 
+    /// Free blocks that still hold a cached prefix (included in [`Self::num_free_blocks`]).
+    pub fn num_cached_blocks(&self) -> usize {
+        self.kv.num_free_cached()
+    }
+
     /// Prompt followed by generated tokens.
     pub fn tokens(&self, seq_id: SeqId) -> Option<&[u32]> {
         self.seqs.get(&seq_id).map(|s| s.tokens.as_slice())
