@@ -77,20 +77,24 @@ fn dequantized_logprobs_match_transformers_within_1e_3() {
     }
 }
 
+/// The fidelity bound the CPU default (quantized weights, `quant::cpu` kernels) must meet: mean |delta
+/// logprob| <= 0.05 nats and max <= 0.5 against transformers. Measured: mean 0.0008, max 0.0075 (one
+/// 8-bit activation stage alone gave 0.063-0.070 and 0.52).
 #[test]
-fn quantized_matmul_logprobs_within_a_tenth_of_a_nat_on_average() {
+fn quantized_matmul_logprobs_within_the_fidelity_bound() {
     let model = load_model(QuantMode::Quantized);
     for c in cases() {
         let ids: Vec<u32> = c.prompt.iter().chain(&c.greedy).copied().collect();
         let ours = teacher_forced(model.as_ref(), &ids);
         let mean = ours.iter().zip(&c.token_logprobs).map(|(a, b)| (a - b).abs()).sum::<f32>() / ours.len() as f32;
-        eprintln!("quantized matmul: mean |logprob difference| = {mean:.4}");
-        assert!(mean < 0.1, "mean |logprob difference| {mean}");
+        let worst = ours.iter().zip(&c.token_logprobs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        eprintln!("quantized matmul: mean |logprob difference| = {mean:.4}, max {worst:.4} over {} positions", ours.len());
+        assert!(mean <= 0.05 && worst <= 0.5, "mean |logprob difference| {mean}, max {worst}");
     }
 }
 
 fn greedy_through_engine(quantized: bool, prompt: &[u32]) -> Vec<u32> {
-    let args = EngineArgs { verbose: false, quantized_matmul: quantized, max_total_sequence_length: Some(1024), ..Default::default() };
+    let args = EngineArgs { verbose: false, quantized_matmul: Some(quantized), max_total_sequence_length: Some(1024), ..Default::default() };
     let (mut core, info, _) = build(&gguf(), "cpu", &args).unwrap();
     let params = SamplingParams { temperature: 0.0, max_tokens: Some(16), ..Default::default() };
     let max_new = info.validate(prompt, &params).unwrap();
@@ -101,11 +105,12 @@ fn greedy_through_engine(quantized: bool, prompt: &[u32]) -> Vec<u32> {
 #[test]
 fn greedy_answers_match_transformers() {
     let cs = cases();
-    // France has a 0.08-nat near tie on its first token: exact only on the dequantized path.
-    for c in &cs {
-        assert_eq!(greedy_through_engine(false, &c.prompt), c.until_eos);
-    }
-    // Japan has a wide margin: both paths must answer "The capital of Japan is Tokyo."
+    // Japan has a wide margin: "The capital of Japan is Tokyo." France has a 0.08-nat near tie on its
+    // first token, which both paths resolve as transformers does.
     assert_eq!(&cs[1].until_eos[..7], &[504, 3575, 282, 3085, 314, 19081, 30]);
-    assert_eq!(greedy_through_engine(true, &cs[1].prompt), cs[1].until_eos);
+    for quantized in [false, true] {
+        for c in &cs {
+            assert_eq!(greedy_through_engine(quantized, &c.prompt), c.until_eos, "quantized: {quantized}");
+        }
+    }
 }
