@@ -35,7 +35,9 @@ mod x86 {
     macro_rules! load {
         ($row:expr, $b:expr) => {{
             let p = $row.add($b * BLOCK_BYTES);
-            (unpack_nibbles!(p.add(4)), _mm256_setzero_si256(), f16_at!(p), f16_at!(p.add(2)))
+            // d and m are adjacent: one conversion gives both.
+            let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((p as *const i32).read_unaligned()));
+            (unpack_nibbles!(p.add(4)), _mm256_setzero_si256(), _mm_cvtss_f32(dm), _mm_cvtss_f32(_mm_movehdup_ps(dm)))
         }};
     }
     x86_tile!(avx2, "avx2,fma,f16c", row_bytes, load, dot_u8i8_avx2, no_post, true);

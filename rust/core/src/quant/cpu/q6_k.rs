@@ -59,13 +59,13 @@ mod x86 {
         }};
     }
     macro_rules! dot6_avx2 {
-        ($w:expr, $x:expr) => {
-            dot_signed!(dot_u8i8_avx2, $w, $x)
+        ($acc:expr, $w:expr, $x:expr) => {
+            dot_signed!(dot_u8i8_avx2, $acc, $w, $x)
         };
     }
     macro_rules! dot6_vnni {
-        ($w:expr, $x:expr) => {
-            dot_signed!(dot_u8i8_vnni, $w, $x)
+        ($acc:expr, $w:expr, $x:expr) => {
+            dot_signed!(dot_u8i8_vnni, $acc, $w, $x)
         };
     }
     /// The two scales of 16, per lane half (a lane of 4 products: at most 128 * (4 * 32 * 127 + 4 * 32 * 64 / 128)

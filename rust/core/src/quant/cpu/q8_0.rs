@@ -38,8 +38,8 @@ mod x86 {
         }};
     }
     macro_rules! dot_signed_avx2 {
-        ($w:expr, $x:expr) => {
-            dot_signed!(dot_u8i8_avx2, $w, $x)
+        ($acc:expr, $w:expr, $x:expr) => {
+            dot_signed!(dot_u8i8_avx2, $acc, $w, $x)
         };
     }
     macro_rules! load_biased {

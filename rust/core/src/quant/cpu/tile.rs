@@ -129,7 +129,7 @@ pub fn scalar<const R: usize, const N: usize>(
 
 /// The x86 tile kernel for one block type at one level, generic over `<R, N>`:
 /// `$load!(row_ptr, b) -> (w, aux, d, o)` unpacks the 32 weights of activation block `b` to operands for
-/// `$dot!(w, x) -> [8 x i32]`; `$post!(p, aux)` applies per-lane integer scales where a type has them
+/// `$dot!(acc, w, x) -> acc + [8 x i32]`; `$post!(p, aux)` applies per-lane integer scales where a type has them
 /// (`aux`), after the activation's two stages are combined; `$row_bytes(nb)` is a row's length; `$offset`
 /// says whether the type has an offset term at all.
 #[cfg(target_arch = "x86_64")]
@@ -145,6 +145,11 @@ macro_rules! x86_tile {
                 "weight rows and activations differ in length"
             );
             let mut acc = [[_mm256_setzero_ps(); N]; R];
+            // Rows are short (576 inputs: 6-10 cache lines), too short for the hardware prefetcher to
+            // ramp up on each new tile's rows, so the next tile (the R rows after these, contiguous in a
+            // matrix) is prefetched while this one runs; a prefetch past the end is harmless.
+            let row_len = $row_bytes(nb);
+            let step = row_len / nb;
             for b in 0..nb {
                 let mut wv = [_mm256_setzero_si256(); R];
                 let mut av = [_mm256_setzero_si256(); R];
@@ -152,6 +157,7 @@ macro_rules! x86_tile {
                 let mut ov = [_mm256_setzero_ps(); R];
                 for r in 0..R {
                     // SAFETY: activation block b's weights lie within w[r] (lengths checked above).
+                    _mm_prefetch::<_MM_HINT_T0>(w[r].as_ptr().wrapping_add(R * row_len + b * step) as *const i8);
                     let (v, aux, d, o) = $load!(w[r].as_ptr(), b);
                     wv[r] = v;
                     av[r] = aux;
@@ -168,7 +174,7 @@ macro_rules! x86_tile {
                     for r in 0..R {
                         // 128 p_q + p_r per lane of 4 products: at most 128 * 4 * 255 * 127 + 4 * 255 * 64 < 2^24, so
                         // also exact as an f32.
-                        let p = _mm256_add_epi32(_mm256_slli_epi32($dot!(wv[r], xv), 7), $dot!(wv[r], rv));
+                        let p = $dot!(_mm256_slli_epi32($dot!(_mm256_setzero_si256(), wv[r], xv), 7), wv[r], rv);
                         let p = $post!(p, av[r]);
                         acc[r][t] = _mm256_fmadd_ps(_mm256_mul_ps(dv[r], dx), _mm256_cvtepi32_ps(p), acc[r][t]);
                         if $offset {

@@ -4,18 +4,18 @@
 //! it names are available there. The two levels' feature lists, written at each kernel:
 //! AVX2 = `"avx2,fma,f16c"`, AVX-512 = `"avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni"`.
 
-/// `[32 x u8] . [32 x i8]` in groups of 4 -> `[8 x i32]` with AVX2: `maddubs` sums pairs into i16, which
+/// `acc + [32 x u8] . [32 x i8]` in groups of 4 -> `[8 x i32]` with AVX2: `maddubs` sums pairs into i16, which
 /// saturates only past 32767; every caller keeps `|u8 * i8| * 2 <= 2 * 128 * 127 = 32512`.
 macro_rules! dot_u8i8_avx2 {
-    ($a:expr, $b:expr) => {
-        _mm256_madd_epi16(_mm256_maddubs_epi16($a, $b), _mm256_set1_epi16(1))
+    ($acc:expr, $a:expr, $b:expr) => {
+        _mm256_add_epi32($acc, _mm256_madd_epi16(_mm256_maddubs_epi16($a, $b), _mm256_set1_epi16(1)))
     };
 }
 
-/// The same dot product with VNNI's `vpdpbusd` (no i16 intermediate, one instruction).
+/// The same with VNNI's `vpdpbusd` (no i16 intermediate, accumulating in one instruction).
 macro_rules! dot_u8i8_vnni {
-    ($a:expr, $b:expr) => {
-        _mm256_dpbusd_epi32(_mm256_setzero_si256(), $a, $b)
+    ($acc:expr, $a:expr, $b:expr) => {
+        _mm256_dpbusd_epi32($acc, $a, $b)
     };
 }
 
@@ -29,9 +29,9 @@ macro_rules! no_post {
 /// Signed x signed: `|w|` times `x` with `w`'s sign, through the u8 x i8 form `$dot` (exact; the
 /// products stay within `128 * 127`).
 macro_rules! dot_signed {
-    ($dot:ident, $w:expr, $x:expr) => {{
+    ($dot:ident, $acc:expr, $w:expr, $x:expr) => {{
         let w = $w;
-        $dot!(_mm256_sign_epi8(w, w), _mm256_sign_epi8($x, w))
+        $dot!($acc, _mm256_sign_epi8(w, w), _mm256_sign_epi8($x, w))
     }};
 }
 
