@@ -84,36 +84,49 @@ pub fn paged_attention(
     let kv_row = kv_heads * head_dim;
     let cap = |x: f32| params.softcap.map_or(x, |c| c * (x / c).tanh());
     let mut out = vec![0f32; num_tokens * row];
-    out.par_chunks_mut(row).enumerate().for_each(|(t, out_row)| {
+    // One task per (token, head): a decode step has one token, and its heads are what there is to
+    // split over the cores.
+    out.par_chunks_mut(head_dim).enumerate().for_each(|(item, o)| {
+        let (t, h) = (item / num_heads, item % num_heads);
         let (s, pos) = owner[t];
         let table = &meta.seqs[s].block_table;
         let keys = params.window_start(pos)..pos + 1; // causal, within the window
         let slot = |j: usize| table[j / block_size] as usize * block_size + j % block_size;
+        let kvh = h / group;
+        let qv = &q[t * row + h * head_dim..t * row + (h + 1) * head_dim];
         let mut scores = vec![0f32; keys.len()];
-        for h in 0..num_heads {
-            let kvh = h / group;
-            let qv = &q[t * row + h * head_dim..t * row + (h + 1) * head_dim];
-            let mut max = f32::NEG_INFINITY;
-            for (sc, j) in scores.iter_mut().zip(keys.clone()) {
-                let base = slot(j) * kv_row + kvh * head_dim;
-                let dot: f32 = qv.iter().zip(&k[base..base + head_dim]).map(|(a, b)| a * b).sum();
-                *sc = cap(dot * params.scale);
-                max = max.max(*sc);
-            }
-            let mut sum = 0f32;
-            for sc in scores.iter_mut() {
-                *sc = (*sc - max).exp();
-                sum += *sc;
-            }
-            let o = &mut out_row[h * head_dim..(h + 1) * head_dim];
-            for (&p, j) in scores.iter().zip(keys.clone()) {
-                let base = slot(j) * kv_row + kvh * head_dim;
-                let w = p / sum;
-                for (od, vd) in o.iter_mut().zip(&v[base..base + head_dim]) {
-                    *od += w * vd;
-                }
+        let mut max = f32::NEG_INFINITY;
+        for (sc, j) in scores.iter_mut().zip(keys.clone()) {
+            let base = slot(j) * kv_row + kvh * head_dim;
+            *sc = cap(dot(qv, &k[base..base + head_dim]) * params.scale);
+            max = max.max(*sc);
+        }
+        let mut sum = 0f32;
+        for sc in scores.iter_mut() {
+            *sc = (*sc - max).exp();
+            sum += *sc;
+        }
+        for (&p, j) in scores.iter().zip(keys.clone()) {
+            let base = slot(j) * kv_row + kvh * head_dim;
+            let w = p / sum;
+            for (od, vd) in o.iter_mut().zip(&v[base..base + head_dim]) {
+                *od += w * vd;
             }
         }
     });
     Ok((CpuStorage::F32(out), Shape::from((num_tokens, num_heads, head_dim))))
+}
+
+/// `a . b` over 8 partial sums (a fixed order, independent of the batch), which the compiler keeps in
+/// vector registers; a single running sum would serialize on the add latency.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (xa, xb) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += xa[i] * xb[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
