@@ -20,6 +20,8 @@ MODES = ("local", "interactive", "server")
 # "ngram" (prompt lookup) goes beyond MLC's modes; "medusa" is an accepted name reported as not implemented.
 SPECULATIVE_MODES = ("disable", "small_draft", "eagle", "medusa", "ngram")
 PREFIX_CACHE_MODES = ("disable", "radix")
+# Drafts beyond this never pay off (each drafted token costs a draft step; acceptance decays with length).
+MAX_SPEC_DRAFT_LENGTH = 64
 
 
 @dataclass
@@ -191,8 +193,10 @@ def validate_engine_args(args: EngineArgs) -> None:
         )
     for name in ("max_batch_size", "max_total_sequence_length", "prefill_chunk_size", "max_history_size"):
         _check_positive_int(name, getattr(args, name))
-    if not _is_int(args.spec_draft_length) or args.spec_draft_length < 0:
-        raise BadRequestError("spec_draft_length must be a non-negative integer (0 = adaptive)", "spec_draft_length")
+    if not _is_int(args.spec_draft_length) or not 0 <= args.spec_draft_length <= MAX_SPEC_DRAFT_LENGTH:
+        raise BadRequestError(
+            f"spec_draft_length must be an integer in [0, {MAX_SPEC_DRAFT_LENGTH}] (0 = adaptive)", "spec_draft_length"
+        )
     util = args.gpu_memory_utilization
     if util is not None and (isinstance(util, bool) or not isinstance(util, (int, float)) or not 0.0 < util <= 1.0):
         raise BadRequestError(f"gpu_memory_utilization must be in (0, 1], got {util!r}", "gpu_memory_utilization")

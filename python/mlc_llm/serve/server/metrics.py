@@ -69,7 +69,14 @@ class _EngineCollector(Collector):
         total = int(m.get("num_total_blocks", 0))
         free = int(m.get("num_free_blocks", 0))
         yield GaugeMetricFamily("mlc_llm_kv_cache_blocks_total", "KV-cache blocks in the pool", value=total)
-        yield GaugeMetricFamily("mlc_llm_kv_cache_blocks_free", "KV-cache blocks not held by any sequence", value=free)
+        yield GaugeMetricFamily(
+            "mlc_llm_kv_cache_blocks_free", "KV-cache blocks not held by any sequence (cached ones included)", value=free
+        )
+        yield GaugeMetricFamily(
+            "mlc_llm_kv_cache_blocks_cached",
+            "Free KV-cache blocks that still hold a cached prefix (reused by a matching prompt, evicted last)",
+            value=int(m.get("num_cached_blocks", 0)),
+        )
         usage = (total - free) / total if total else 0.0
         yield GaugeMetricFamily("mlc_llm_kv_cache_usage_ratio", "Fraction of KV-cache blocks in use", value=usage)
         yield GaugeMetricFamily("mlc_llm_engine_running", "Sequences being generated", value=m.get("num_running", 0))

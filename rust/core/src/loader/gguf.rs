@@ -30,6 +30,8 @@ pub fn load(path: &Path, device: &Device, dtype: DType, quant: QuantMode) -> Res
     let mut file = BufReader::new(File::open(path).map_err(|e| EngineError::model_load(&shown, e.to_string()))?);
     let content = gguf_file::Content::read(&mut file)
         .map_err(|e| EngineError::model_load(&shown, format!("not a valid GGUF file: {e}")))?;
+    let file_len = file.get_ref().metadata().map_err(|e| EngineError::model_load(&shown, e.to_string()))?.len();
+    check_tensor_infos(&content, file_len).map_err(|m| EngineError::model_load(&shown, m))?;
     let has_output = content.tensor_infos.contains_key("output.weight");
     let read_f32 = |name: &str| -> Option<Vec<f32>> {
         let mut own = BufReader::new(File::open(path).ok()?);
@@ -44,6 +46,28 @@ pub fn load(path: &Path, device: &Device, dtype: DType, quant: QuantMode) -> Res
     let post_norms = config.norms != NormPlacement::Pre;
     let weights = GgufWeights { content, file: Mutex::new(file), path: path.to_path_buf(), device: device.clone(), dtype, quant, post_norms };
     Ok((config, weights, tokenizer))
+}
+
+/// Checks every tensor info against the file before any tensor is read: candle trusts them, and a
+/// zero or huge dimension or an offset past the end would reach an allocation or a raw slice.
+fn check_tensor_infos(content: &gguf_file::Content, file_len: u64) -> std::result::Result<(), String> {
+    for (name, info) in &content.tensor_infos {
+        let dims = info.shape.dims();
+        if dims.is_empty() || dims.len() > 4 || dims.contains(&0) {
+            return Err(format!("tensor {name} has shape {dims:?}"));
+        }
+        let elems = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64)).filter(|&n| n <= 1 << 40);
+        let block = info.ggml_dtype.block_size() as u64;
+        let Some(elems) = elems.filter(|n| n % block == 0) else {
+            return Err(format!("tensor {name}: shape {dims:?} is out of range or not whole {:?} blocks", info.ggml_dtype));
+        };
+        let bytes = elems / block * info.ggml_dtype.type_size() as u64;
+        let end = content.tensor_data_offset.checked_add(info.offset).and_then(|o| o.checked_add(bytes));
+        if end.is_none_or(|e| e > file_len) {
+            return Err(format!("tensor {name} ends past the end of the file ({file_len} bytes): the file is truncated or corrupt"));
+        }
+    }
+    Ok(())
 }
 
 /// `model.layers.3.self_attn.q_proj.weight` -> `blk.3.attn_q.weight` (llama.cpp's names).

@@ -13,6 +13,10 @@ use serde_json::{Map, Value};
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 
+/// The largest size or count a configuration may hold (2^24: above the longest context of any real
+/// model); beyond it a file is corrupt, and the value would only size an allocation that fails.
+pub const MAX_SIZE: usize = 1 << 24;
+
 /// The MLP's gate activation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
@@ -179,7 +183,7 @@ impl ModelConfig {
             return err(format!("{} must be at least 1", key(k)));
         }
         // Sizes beyond these are not models but corrupt files; they would only overflow allocations.
-        if let Some((k, v)) = sizes.iter().find(|(_, v)| *v > 1 << 24) {
+        if let Some((k, v)) = sizes.iter().find(|(_, v)| *v > MAX_SIZE) {
             return err(format!("{} = {v} is out of range", key(k)));
         }
         if self.num_attention_heads % self.num_key_value_heads != 0 {
@@ -306,7 +310,12 @@ impl<'a> HfConfig<'a> {
     pub fn usize(&self, k: &str) -> Result<Option<usize>> {
         match self.get(k) {
             None => Ok(None),
-            Some(v) => v.as_u64().map(|x| Some(x as usize)).ok_or_else(|| self.err(format!("{k} must be a non-negative integer, found {v}"))),
+            Some(v) => match v.as_u64() {
+                // Checked on reading: sizes become allocations (one entry per layer) before validation.
+                Some(x) if x > MAX_SIZE as u64 => Err(self.err(format!("{k} = {x} is out of range (at most {MAX_SIZE})"))),
+                Some(x) => Ok(Some(x as usize)),
+                None => Err(self.err(format!("{k} must be a non-negative integer, found {v}"))),
+            },
         }
     }
 

@@ -16,6 +16,7 @@ use super::fused;
 use super::layers::attention::StackStep;
 use super::layers::{norm, Attention, GatedMlp};
 use super::linear::Linear;
+use super::weight_shapes::ShapeChecked;
 use super::weights::WeightSource;
 use super::CausalLm;
 use crate::attention::{PagedKvCache, StepAttention};
@@ -141,6 +142,8 @@ impl DecoderModel {
             // multi-stream mode); without tracking, an allocation skips creating and destroying them.
             unsafe { d.disable_event_tracking() };
         }
+        let checked = ShapeChecked::new(cfg, w);
+        let w: &dyn WeightSource = &checked;
         let layers = (0..cfg.num_hidden_layers).map(|i| DecoderLayer::load(cfg, w, &format!("model.layers.{i}"), i, true)).collect::<Result<Vec<_>>>()?;
         let embed = w.tensor("model.embed_tokens.weight")?;
         let lm_head = if cfg.tie_word_embeddings || !w.contains("lm_head.weight") {

@@ -9,6 +9,8 @@ use std::collections::{BTreeSet, HashMap};
 /// `<arch>.` keys that never change the math (sizes the engine does not use, provenance).
 const NEUTRAL: &[&str] = &["rope.scaling.finetuned", "tensor_data_layout", "pooling_type", "expert_shared_count", "rope.scaling.yarn_log_multiplier"];
 
+use super::config::MAX_SIZE as MAX_COUNT;
+
 pub struct GgufMeta<'a> {
     pub md: &'a HashMap<String, Value>,
     /// The file, for errors.
@@ -71,6 +73,10 @@ impl GgufMeta<'_> {
             Value::I64(x) if *x >= 0 => *x as u64,
             other => return Err(self.err(format!("{}.{k} must be a non-negative integer, found {other:?}", self.arch()))),
         };
+        // Checked on reading: sizes become allocations (one entry per layer) before the config is whole.
+        if n > MAX_COUNT as u64 {
+            return Err(self.err(format!("{}.{k} = {n} is out of range (at most {MAX_COUNT})", self.arch())));
+        }
         Ok(Some(n as usize))
     }
 

@@ -1,0 +1,98 @@
+//! Weight shapes checked at load against the configuration, so that a checkpoint whose tensors do not
+//! match its config (a corrupt header, a transposed or truncated tensor, a config edited by hand) fails
+//! with a `ModelLoad` error naming the tensor, not with a shape error at the first request.
+
+use super::config::ModelConfig;
+use super::linear::{Linear, Weight};
+use super::weights::WeightSource;
+use crate::error::{EngineError, Result};
+use candle_core::quantized::QMatMul;
+use candle_core::Tensor;
+
+/// A [`WeightSource`] that checks every tensor and linear weight whose shape the configuration fixes.
+pub struct ShapeChecked<'a> {
+    inner: &'a dyn WeightSource,
+    cfg: &'a ModelConfig,
+}
+
+impl<'a> ShapeChecked<'a> {
+    pub fn new(cfg: &'a ModelConfig, inner: &'a dyn WeightSource) -> Self {
+        ShapeChecked { inner, cfg }
+    }
+
+    /// `[out, in]` of the linear layer at `prefix`, where the configuration fixes it.
+    fn linear_shape(&self, prefix: &str) -> Option<[usize; 2]> {
+        let c = self.cfg;
+        let (h, hd, q, kv, inter) = (c.hidden_size, c.head_dim, c.num_attention_heads, c.num_key_value_heads, c.intermediate_size);
+        let last = prefix.rsplit('.').next().unwrap_or(prefix);
+        Some(match last {
+            "q_proj" => [q * hd, h],
+            "k_proj" | "v_proj" => [kv * hd, h],
+            "qkv_proj" => [(q + 2 * kv) * hd, h],
+            "o_proj" => [h, q * hd],
+            "gate_proj" | "up_proj" => [inter, h],
+            "gate_up_proj" => [2 * inter, h],
+            "down_proj" => [h, inter],
+            "lm_head" | "embed_tokens" => [c.vocab_size, h],
+            _ => return None,
+        })
+    }
+
+    /// The shape of the tensor `name`, where the configuration fixes it.
+    fn tensor_shape(&self, name: &str) -> Option<Vec<usize>> {
+        let c = self.cfg;
+        if name == "model.embed_tokens.weight" {
+            return Some(vec![c.vocab_size, c.hidden_size]);
+        }
+        let norms = ["model.norm.weight", "input_layernorm.weight", "post_attention_layernorm.weight", "pre_feedforward_layernorm.weight", "post_feedforward_layernorm.weight"];
+        norms.iter().any(|n| name == *n || name.ends_with(&format!(".{n}"))).then(|| vec![c.hidden_size])
+    }
+}
+
+fn mismatch(name: &str, found: &[usize], want: &[usize]) -> EngineError {
+    EngineError::model_load("the checkpoint", format!("tensor {name} has shape {found:?}; the configuration needs {want:?}"))
+}
+
+/// `[out, in]` of a linear weight, whatever its storage.
+fn weight_dims(w: &Weight) -> Vec<usize> {
+    match w {
+        Weight::Dense(t) => t.dims().to_vec(),
+        Weight::Quantized(QMatMul::QTensor(q)) => q.shape().dims().to_vec(),
+        Weight::Quantized(QMatMul::Tensor(t)) | Weight::Quantized(QMatMul::TensorF16(t)) => t.dims().to_vec(),
+        #[cfg(feature = "cuda")]
+        Weight::Q4Cuda(q) => {
+            let (n, k) = q.dims();
+            vec![n, k]
+        }
+    }
+}
+
+impl WeightSource for ShapeChecked<'_> {
+    fn tensor(&self, name: &str) -> Result<Tensor> {
+        let t = self.inner.tensor(name)?;
+        match self.tensor_shape(name) {
+            Some(want) if t.dims() != want.as_slice() => Err(mismatch(name, t.dims(), &want)),
+            _ => Ok(t),
+        }
+    }
+
+    fn linear(&self, prefix: &str, bias: bool) -> Result<Linear> {
+        let l = self.inner.linear(prefix, bias)?;
+        if let Some(want) = self.linear_shape(prefix) {
+            let found = weight_dims(&l.weight);
+            if found != want {
+                return Err(mismatch(&format!("{prefix}.weight"), &found, &want));
+            }
+        }
+        if let Some(b) = &l.bias {
+            if b.dims().len() != 1 || weight_dims(&l.weight).first() != b.dims().first() {
+                return Err(mismatch(&format!("{prefix}.bias"), b.dims(), &weight_dims(&l.weight)[..1]));
+            }
+        }
+        Ok(l)
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.inner.contains(name)
+    }
+}
