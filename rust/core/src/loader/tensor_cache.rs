@@ -116,17 +116,18 @@ fn read_shard(dir: &Path, shard: &ShardRecord) -> Result<Vec<u8>> {
 }
 
 fn decode(stored: &[u8], rec: &ParamRecord) -> std::result::Result<Vec<u8>, String> {
-    let elems: usize = rec.shape.iter().product();
+    // Checked: a corrupt record's shape must not wrap around to a size that happens to match.
+    let size = |elem: usize| rec.shape.iter().try_fold(elem, |a, &d| a.checked_mul(d));
     match rec.format.as_str() {
         "raw" => {
-            let want = elems * dtype_size(&rec.dtype).ok_or_else(|| format!("parameter {}: unknown dtype {}", rec.name, rec.dtype))?;
-            if stored.len() != want {
+            let elem = dtype_size(&rec.dtype).ok_or_else(|| format!("parameter {}: unknown dtype {}", rec.name, rec.dtype))?;
+            if size(elem) != Some(stored.len()) {
                 return Err(format!("parameter {}: {} bytes for shape {:?} {}", rec.name, stored.len(), rec.shape, rec.dtype));
             }
             Ok(stored.to_vec())
         }
         "f32-to-bf16" => {
-            if rec.dtype != "float32" || stored.len() != elems * 2 {
+            if rec.dtype != "float32" || size(2) != Some(stored.len()) {
                 return Err(format!("parameter {}: f32-to-bf16 record of {} bytes for {:?} {}", rec.name, stored.len(), rec.shape, rec.dtype));
             }
             Ok(stored.chunks_exact(2).flat_map(|b| [0, 0, b[0], b[1]]).collect())
