@@ -245,3 +245,43 @@ if __name__ == "__main__":
             all_ = all_cases(Path(d))
             for case, result in zip(all_, run_cases(all_, Path(d))):
                 print(f"{case['name'][:60]:60s} {result['outcome'][:150]}")
+
+
+# --------------------------------------------------------------------------- memory sizing (CPU)
+
+def _meminfo_bytes(key: str) -> int:
+    with open("/proc/meminfo", encoding="ascii") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+# SmolLM2-135M: 30 layers x 3 KV heads x head_dim 64, K and V, f32 on the CPU.
+SMOLLM2_KV_BYTES_PER_TOKEN = 30 * 3 * 64 * 2 * 4
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/meminfo"), reason="reads /proc/meminfo")
+def test_cpu_server_mode_sizes_the_kv_cache_from_available_memory(smollm2_path: str) -> None:
+    """The KV cache once came from total memory (20.8 GB of 23.5 GB), more than the machine had free:
+    its pages are committed as it fills, so a busy server ended OOM-killed."""
+    from mlc_llm import MLCEngine
+
+    available = _meminfo_bytes("MemAvailable")
+    engine = MLCEngine(smollm2_path, device="cpu", mode="server", gpu_memory_utilization=1.0, verbose=False)
+    try:
+        info = engine.info
+        kv_bytes = info["num_kv_blocks"] * info["kv_block_size"] * SMOLLM2_KV_BYTES_PER_TOKEN
+        assert kv_bytes < available, (kv_bytes, available)
+    finally:
+        engine.terminate()
+
+
+def test_prefix_cached_blocks_are_counted_apart_from_empty_ones(engine: Any) -> None:
+    prompt = " ".join(f"word{i}" for i in range(60))
+    engine.completions.create(prompt=prompt, max_tokens=1, temperature=0.0)
+    m = engine.metrics()
+    assert m["num_free_blocks"] == m["num_total_blocks"], m  # nothing running: every block is free
+    assert m["num_cached_blocks"] >= 2, m  # ... but the prompt's full blocks stay cached
+    assert m["num_empty_blocks"] + m["num_cached_blocks"] == m["num_free_blocks"], m
+    assert m["num_used_blocks"] == 0, m

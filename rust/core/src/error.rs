@@ -57,3 +57,17 @@ pub fn catch_panics<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
 }
 
 pub type Result<T> = std::result::Result<T, EngineError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_becomes_an_internal_error_with_its_message() {
+        let r: Result<()> = catch_panics(|| panic!("index {} out of range", 7));
+        assert!(matches!(r, Err(EngineError::Internal(m)) if m == "index 7 out of range"));
+        let r: Result<()> = catch_panics(|| std::panic::panic_any(5u8));
+        assert!(matches!(r, Err(EngineError::Internal(m)) if m == "panic"));
+        assert!(matches!(catch_panics(|| Ok(3)), Ok(3)));
+    }
+}

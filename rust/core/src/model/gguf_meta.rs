@@ -154,6 +154,23 @@ mod tests {
     }
 
     #[test]
+    fn broken_values_are_refused_naming_the_gguf_key() {
+        let none = |_: &str| None;
+        for (key, value, named) in [
+            ("attention.layer_norm_rms_epsilon", Value::F32(-1e-5), "llama.attention.layer_norm_rms_epsilon"),
+            ("attention.layer_norm_rms_epsilon", Value::F32(f32::NAN), "llama.attention.layer_norm_rms_epsilon"),
+            ("rope.freq_base", Value::F32(0.0), "llama.rope.freq_base"),
+            ("context_length", Value::U32(0), "llama.context_length"),
+            ("context_length", Value::U32(u32::MAX), "llama.context_length"),
+            ("block_count", Value::U32(u32::MAX), "llama.block_count"),
+            ("attention.head_count_kv", Value::U32(3), "llama.attention.head_count_kv"),
+        ] {
+            let e = parse(&md("llama", &[(key, value.clone())]), &none).expect_err(key).to_string();
+            assert!(e.contains(named), "{key} = {value:?}: {e}");
+        }
+    }
+
+    #[test]
     fn gemma2_layers_and_llama31_rope_freqs() {
         let none = |_: &str| None;
         let g = parse(
