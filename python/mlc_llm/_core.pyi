@@ -75,8 +75,11 @@ class Engine:
     def metrics(self) -> str:
         """JSON: {"num_requests_finished", "num_requests_aborted", "num_running", "num_waiting",
         "prefill_tokens", "decode_tokens", "prefill_tokens_per_s", "decode_tokens_per_s",
-        "mean_ttft_s", "max_batch_size_seen", "num_free_blocks", "num_total_blocks",
-        "num_preemptions", "prefix_cache_hit_tokens", "engine_steps"}"""
+        "mean_ttft_s", "max_batch_size_seen", "num_free_blocks" (= "num_empty_blocks" +
+        "num_cached_blocks": free blocks still holding a cached prefix), "num_used_blocks",
+        "num_total_blocks", "num_preemptions", "prefix_cache_hit_tokens", "engine_steps", ...}
+        As of the last step boundary: never waits for a running step. Raises EngineDeadError once the
+        engine thread has stopped."""
     def trace(self) -> str:
         """Chrome trace JSON of the recorded per-request events ("[]" if tracing is off)."""
     def terminate(self) -> None:
