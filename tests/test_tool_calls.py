@@ -2,10 +2,12 @@
 forced calls (tool_choice "required" / named) end to end on the real SmolLM2-135M-Instruct (CPU)."""
 
 import json
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, cast
 
 import jsonschema
+import openai
 import openai.types.chat
+import pydantic
 import pytest
 
 from mlc_llm import BadRequestError, MLCEngine
@@ -120,7 +122,51 @@ def test_call_format_follows_the_prompt() -> None:
     assert call_format("no hint here") == "json"
     grammar = forced_call_grammar([WEATHER], "hermes")
     assert grammar["type"] == "tagged_json" and grammar["begin"].startswith("<tool_call>")
-    assert forced_call_grammar(TOOLS, "llama")["schema"]["anyOf"][1]["properties"]["parameters"] == PARAMS["get_time"]
+    schema = forced_call_grammar(TOOLS, "llama")["schema"]
+    jsonschema.validate({"name": "get_time", "parameters": {"timezone": "UTC"}}, schema)
+    with pytest.raises(jsonschema.ValidationError):  # the arguments must match the named function
+        jsonschema.validate({"name": "get_time", "parameters": {"city": "Paris", "unit": "celsius"}}, schema)
+
+
+# A pydantic model with a nested model, as `openai.pydantic_function_tool` (and instructor's TOOLS
+# mode, LangChain's function calling) sends it: the nested model is a root-relative `$ref` into `$defs`.
+class Person(pydantic.BaseModel):
+    name: str = pydantic.Field(max_length=20)
+    age: int
+
+
+class Team(pydantic.BaseModel):
+    lead: Person
+    members: List[Person] = pydantic.Field(max_length=2)
+
+
+TEAM = cast(Dict[str, Any], openai.pydantic_function_tool(Team))
+
+
+@pytest.mark.parametrize("fmt", ["hermes", "llama", "json"])
+def test_forced_call_schema_keeps_nested_refs_resolvable(fmt: str) -> None:
+    assert "$defs" in TEAM["function"]["parameters"]  # the shape that broke
+    grammar = forced_call_grammar([TEAM, WEATHER], fmt)
+    key = "parameters" if fmt == "llama" else "arguments"
+    person = {"name": "Ada", "age": 36}
+    jsonschema.validate({"name": "Team", key: {"lead": person, "members": [person]}}, grammar["schema"])
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"name": "Team", key: {"lead": {"name": "Ada"}, "members": []}}, grammar["schema"])
+
+
+def test_forced_call_schema_rebases_root_and_definitions_refs() -> None:
+    tree = {
+        "type": "object",
+        "definitions": {"node": {"type": "object", "properties": {"kids": {"type": "array", "items": {"$ref": "#"}}}}},
+        "properties": {"root": {"$ref": "#/definitions/node"}, "$ref": {"const": {"$ref": "#/kept"}}},
+    }
+    tool = {"type": "function", "function": {"name": "tree", "parameters": tree}}
+    schema = forced_call_grammar([tool], "json")["schema"]
+    moved = schema["$defs"]["tool_0"]
+    assert moved["properties"]["root"] == {"$ref": "#/$defs/tool_0/definitions/node"}
+    assert moved["definitions"]["node"]["properties"]["kids"]["items"] == {"$ref": "#/$defs/tool_0"}
+    assert moved["properties"]["$ref"] == {"const": {"$ref": "#/kept"}}  # data, not a reference
+    jsonschema.validate({"name": "tree", "arguments": {"root": {"kids": [{"root": {}}]}}}, schema)
 
 
 def _assemble(deltas: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -239,3 +285,26 @@ def test_unknown_named_tool_is_a_bad_request(engine: MLCEngine) -> None:
             messages=ASK, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "nope"}}, max_tokens=4
         )
     assert err.value.field == "tool_choice"
+
+
+@pytest.mark.parametrize("tool_choice", ["required", {"type": "function", "function": {"name": "Team"}}, "auto"])
+def test_nested_pydantic_tool_forced_and_auto(engine: MLCEngine, tool_choice: Any) -> None:
+    """Forced: a call whose arguments validate against the nested model (today's main: 400 "Pointer
+    '/$defs/Person' does not exist"). Auto: a well-formed answer either way."""
+    response = engine.chat.completions.create(
+        messages=[{"role": "user", "content": "Make a team of two people."}],
+        tools=[TEAM, WEATHER],
+        tool_choice=tool_choice,
+        temperature=0.0,
+        max_tokens=120,
+    )
+    choice = openai.types.chat.ChatCompletion.model_validate(response.model_dump()).choices[0]
+    if tool_choice == "auto" and not choice.message.tool_calls:
+        assert choice.message.content is not None
+        return
+    assert choice.finish_reason == "tool_calls" and choice.message.tool_calls
+    call = choice.message.tool_calls[0]
+    if call.function.name == "Team":
+        Team.model_validate_json(call.function.arguments)
+    else:
+        jsonschema.validate(json.loads(call.function.arguments), PARAMS[call.function.name])

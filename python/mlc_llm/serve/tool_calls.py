@@ -157,20 +157,53 @@ def call_format(rendered_prompt: str) -> str:
 
 def _call_schema(tools: Sequence[Dict[str, Any]], args_key: str) -> Dict[str, Any]:
     """`{"name": <one of the tools>, args_key: <that tool's parameters>}`, one branch per tool so
-    that the arguments match the named function."""
+    that the arguments match the named function.
+
+    Each tool's parameters are moved under the root's `$defs` (as `tool_<i>`) and referenced from
+    its branch, with the tool's own local refs rewritten to the new place: a parameters schema is a
+    root document, so `#/$defs/Person` (every nested pydantic model) means its own `$defs`, which
+    would point at nothing once nested inside the call schema."""
     branches = []
-    for tool in tools:
+    defs: Dict[str, Any] = {}
+    for i, tool in enumerate(tools):
         fn = tool["function"]
         params = fn.get("parameters") or {"type": "object", "properties": {}}
+        key = f"tool_{i}"
+        defs[key] = _rebase_refs(params, f"#/$defs/{key}")
         branches.append(
             {
                 "type": "object",
-                "properties": {"name": {"const": fn["name"]}, args_key: params},
+                "properties": {"name": {"const": fn["name"]}, args_key: {"$ref": f"#/$defs/{key}"}},
                 "required": ["name", args_key],
                 "additionalProperties": False,
             }
         )
-    return branches[0] if len(branches) == 1 else {"anyOf": branches}
+    root: Dict[str, Any] = dict(branches[0]) if len(branches) == 1 else {"anyOf": branches}
+    root["$defs"] = defs
+    return root
+
+
+def _rebase_refs(schema: Any, base: str) -> Any:
+    """A copy of `schema` whose document-local refs (`#`, `#/...`) point into `base` instead of the
+    document root. Refs to other documents, and `$ref` used as a property name, are left alone."""
+    if isinstance(schema, list):
+        return [_rebase_refs(item, base) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: Dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "$ref" and isinstance(value, str) and (value == "#" or value.startswith("#/")):
+            out[key] = base + value[1:]
+        elif key in ("properties", "$defs", "definitions", "patternProperties", "dependentSchemas"):
+            # Names of properties / definitions are not keywords: only their values are schemas.
+            out[key] = (
+                {name: _rebase_refs(sub, base) for name, sub in value.items()} if isinstance(value, dict) else value
+            )
+        elif key in ("const", "enum", "default", "examples"):
+            out[key] = value  # JSON values, not schemas: a "$ref" key inside is data
+        else:
+            out[key] = _rebase_refs(value, base)
+    return out
 
 
 def forced_call_grammar(tools: Sequence[Dict[str, Any]], fmt: str) -> Dict[str, Any]:
