@@ -5,9 +5,10 @@
 //! The weight is the GGUF tensor's raw Q4_0 blocks (18 bytes per 32 weights, rows of `K / 32` blocks)
 //! uploaded once at load as a u8 tensor; `[N, K]` is recorded beside it. Batches of up to
 //! [`GEMV_MAX_TOKENS`] tokens run the GEMV kernel (the weights leave DRAM once); larger ones (decode
-//! batches of many sequences, prefill) run the tensor-core GEMM (q4_gemm_tc.cu), which dequantizes each
-//! weight once per 64 tokens in registers. What neither takes (f32 activations, K not a multiple of 256)
-//! dequantizes slices of rows to the activations' dtype and uses candle's matmul (cuBLAS).
+//! batches of dozens of sequences) run the tensor-core GEMM (q4_gemm_tc.cu), which dequantizes each weight
+//! once per 64 tokens in registers. Larger batches (prefill chunks) and what neither kernel takes (f32
+//! activations, K not a multiple of 256) dequantize slices of rows to the activations' dtype and use
+//! candle's matmul (cuBLAS).
 
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
 use mlc_kernels::{Q4_BLOCK_BYTES, Q4_BLOCK_WEIGHTS};
@@ -29,12 +30,13 @@ pub fn gemv_max_tokens() -> usize {
     })
 }
 
-/// Largest batch the tensor-core GEMM takes; larger ones (prefill chunks) dequantize the weight in slices
-/// and use cuBLAS, which at hundreds of tokens per step outruns our mma.sync kernel (about 210 TFLOPS) by
-/// more than the dequantization costs. Same H100 measurement as above, q/k/v + gate/up + down: at 64
-/// tokens 35 + 103 + 66 us against 48 + 254 + 163 dequantized, at 256 tokens 87 + 289 + 160 against 53 +
-/// 288 + 236, at 512 tokens 132 + 575 + 311 against 73 + 380 + 354.
-pub const GEMM_MAX_TOKENS: usize = 256;
+/// Largest batch the tensor-core GEMM takes; larger ones (prefill chunks, decode batches past 128)
+/// dequantize the weight in slices and use cuBLAS, which from about 150 tokens per step outruns our
+/// mma.sync kernel (about 210 TFLOPS at best) by more than the dequantization costs. Measured on an H100
+/// (f16, q/k/v + gate/up + down of Llama-3-8B, tests/gpu/test_q4_gpu.py::test_q4_path_timing): at 64 tokens
+/// 34 + 103 + 66 us against 47 + 243 + 130 dequantized, at 128 tokens 68 + 197 + 107 against 64 + 251 +
+/// 131, at 192 tokens 105 + 283 + 163 against 52 + 238 + 139.
+pub const GEMM_MAX_TOKENS: usize = 128;
 
 /// [`GEMM_MAX_TOKENS`], or `MLC_Q4_GEMM_MAX_TOKENS` when set (read once; 0 turns the GEMM off, for
 /// measuring it against the dequantize path in one process).
@@ -55,8 +57,11 @@ pub enum Q4Path {
 }
 
 /// Dequantized rows per slice on the large-batch path: at most this many bytes of dequantized weight
-/// exist at a time (an 8B model's output projection would otherwise need a 1 GiB temporary).
-const DEQUANT_SLICE_BYTES: usize = 64 << 20;
+/// exist at a time (an 8B model's output projection would otherwise need a 1 GiB temporary). Large enough
+/// for Llama-3-8B's stacked gate/up (235 MB in f16) and down projection in one slice each: every further
+/// slice costs a cuBLAS call on a narrower matrix and a concatenation of the outputs (on an H100 the
+/// 2048-token q4f16_1 prefill took 89 ms with 64 MiB slices, 61 ms with these; bf16 55 ms).
+const DEQUANT_SLICE_BYTES: usize = 256 << 20;
 
 /// Q4_0 blocks of an `[n, k]` weight on a CUDA device.
 #[derive(Debug, Clone)]
