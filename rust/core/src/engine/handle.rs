@@ -289,7 +289,7 @@ pub fn build(model: &str, device: &str, args: &EngineArgs) -> Result<(EngineCore
     let cfg = loaded.config.clone();
     // The CUDA context, cuBLAS workspaces and graph memory live outside the weights and the KV cache.
     let runtime = if device.is_cuda() { 1u64 << 30 } else { 0 };
-    let sizes: EngineSizes = infer_sizes(args, &cfg, memory, cfg.weight_bytes(elem_bytes), runtime, elem_bytes)?;
+    let sizes: EngineSizes = infer_sizes(args, &cfg, memory, resident_weight_bytes(&path, &cfg, quant, elem_bytes), runtime, elem_bytes)?;
     if args.verbose {
         log::info!(
             "mode={:?}: max_num_sequence={}, max_total_sequence_length={}, prefill_chunk_size={}, kv blocks={}x{} (memory allows {} tokens)",
@@ -352,6 +352,21 @@ pub fn build(model: &str, device: &str, args: &EngineArgs) -> Result<(EngineCore
     let mut core = EngineCore::with_grammars(runner, scheduler, tokenizer.clone(), sizes, args.enable_tracing, grammars);
     core.spec = spec;
     Ok((core, info, tokenizer))
+}
+
+/// What the weights will occupy: GGUF weights kept quantized stay about the size of the file (plus the
+/// embedding, which is dequantized for row lookups); anything else is widened to the compute dtype.
+fn resident_weight_bytes(path: &str, cfg: &crate::model::ModelConfig, quant: QuantMode, elem_bytes: usize) -> u64 {
+    let widened = cfg.weight_bytes(elem_bytes);
+    let file = std::path::Path::new(path);
+    let is_gguf = file.is_file() && file.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    match (quant, is_gguf, std::fs::metadata(file)) {
+        (QuantMode::Quantized, true, Ok(m)) => {
+            let embedding = (cfg.vocab_size as u64).saturating_mul(cfg.hidden_size as u64).saturating_mul(elem_bytes as u64);
+            m.len().saturating_add(embedding).min(widened)
+        }
+        _ => widened,
+    }
 }
 
 /// Sampling defaults from an HF directory's generation_config.json, else MLC's chat defaults.
