@@ -175,7 +175,8 @@ def test_sync_stream_and_non_stream(fake: types.SimpleNamespace) -> None:
             roles.append(choice.delta.role)
             text += choice.delta.content
     assert text == "abcdefghijkl"
-    assert roles[0] == "assistant" and roles[1] is None
+    # MLC's engine streams name the role in every delta (the REST server only in the first).
+    assert roles and set(roles) == {"assistant"}
     response = engine.chat.completions.create(messages=MESSAGES, seed=0, model="m")
     assert isinstance(response, ChatCompletion)
     assert response.choices[0].message.content == text

@@ -89,7 +89,9 @@ def test_invalid_chat_request_names_the_field(kwargs: Dict[str, Any], field: str
 UNSUPPORTED_CHAT = [
     ({"best_of": 2}, "best_of"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages"),
-    ({"extra_body": {"debug_config": {"pinned_system_prompt": True}}}, "debug_config"),
+    ({"extra_body": {"debug_config": {"special_request": "query_engine_metrics"}}}, "debug_config"),
+    ({"extra_body": {"debug_config": {"disagg_config": {"kind": "prepare_receive"}}}}, "debug_config"),
+    ({"modalities": ["text", "audio"]}, "modalities"),
 ]
 
 
@@ -135,7 +137,10 @@ def test_valid_chat_request_with_tools_history_and_extras() -> None:
 
 
 INVALID_COMPLETION = [
-    ({"prompt": ["a", "b"]}, "prompt"),
+    ({"prompt": ["a", 5]}, "prompt"),
+    ({"prompt": [[1], []]}, "prompt"),
+    ({"prompt": ["a"] * 65, "n": 2}, "prompt"),
+    ({"logprobs": 6}, "logprobs"),
     ({"prompt": []}, "prompt"),
     ({"prompt": 5}, "prompt"),
     ({"logprobs": 21}, "logprobs"),
@@ -157,7 +162,7 @@ def test_invalid_completion_request_names_the_field(kwargs: Dict[str, Any], fiel
 
 @pytest.mark.parametrize(
     "kwargs,field",
-    [({"suffix": "end"}, "suffix"), ({"best_of": 3}, "best_of"), ({"echo": True, "logprobs": 1}, "echo")],
+    [({"best_of": 3}, "best_of"), ({"echo": True, "logprobs": 1}, "echo")],
 )
 def test_unsupported_completion_options(kwargs: Dict[str, Any], field: str) -> None:
     with pytest.raises(UnsupportedError) as err:
@@ -214,7 +219,7 @@ def test_chat_responses_validate_as_openai_types() -> None:
 
 
 def test_completion_responses_validate_as_openai_types() -> None:
-    full = _builder(CompletionResponseBuilder, stream=False, echo_text="Q:")
+    full = _builder(CompletionResponseBuilder, stream=False, echo_texts=["Q:", "Q:"])
     full.on_delta(_delta("r-0", "Hi", "stop", LP))
     full.on_delta(_delta("r-1", "Hi", "length", LP))
     sdk = openai.types.Completion.model_validate(full.response().model_dump())

@@ -62,6 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--enable-tracing", action="store_true", help="record per-request events")
     parser.add_argument(
+        "--enable-debug", action="store_true", help="serve MLC's debug routes (POST /debug/dump_event_trace)"
+    )
+    parser.add_argument(
         "--speculative-mode",
         choices=["disable", "small_draft", "eagle", "medusa", "ngram"],
         default="disable",
@@ -204,6 +207,7 @@ def main(args: Union[argparse.Namespace, Sequence[str], None] = None) -> int:
         shutdown_timeout_s=args.shutdown_timeout,
         served_model_name=args.served_model_name or "",
         allow_origins=args.allow_origins,
+        enable_debug=args.enable_debug,
     )
     app = create_app(engine, settings)
     try:

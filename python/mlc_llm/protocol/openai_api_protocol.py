@@ -20,7 +20,14 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 from .errors import BadRequestError, UnsupportedError
 from .json_schema import check_json_schema
 from .limits import MAX_F32, MAX_I32, MAX_U32, TokenCount, TokenId, check_request_values
+from .debug_protocol import DebugConfig
+from .request_compat import normalize_request
+from .server_protocol import ErrorInfo, ErrorResponse, ModelCard, ModelList  # noqa: F401  (re-exported)
 from .validation_errors import bad_request_from
+
+# OpenAI's limits on the number of alternatives returned per token (MLC exports the same names).
+CHAT_COMPLETION_MAX_TOP_LOGPROBS = 20
+COMPLETION_MAX_TOP_LOGPROBS = 5
 
 # ---------------------------------------------------------------------------------------------
 # Requests
@@ -198,16 +205,9 @@ class ResponseFormat(_Strict):
         return self.schema_
 
 
-class DebugConfig(_Strict):
-    """MLC's `extra_body["debug_config"]`; only `ignore_eos` has an effect here."""
-
-    ignore_eos: StrictBool = False
-    pinned_system_prompt: StrictBool = False
-    special_request: Optional[str] = None
-    grammar_execution_mode: Optional[str] = None
-
-
 Penalty = Optional[float]
+# OpenAI's limit on n; also bounds prompts x n of a completion with a list of prompts.
+MAX_CHOICES = 128
 
 
 class _SamplingFields(_Strict):
@@ -218,7 +218,7 @@ class _SamplingFields(_Strict):
     presence_penalty: Penalty = Field(default=None, ge=-2.0, le=2.0, strict=True)
     logit_bias: Optional[Dict[Union[int, str], float]] = None
     max_tokens: Optional[TokenCount] = None
-    n: int = Field(default=1, ge=1, le=128, strict=True)  # OpenAI's limit
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES, strict=True)
     seed: Optional[int] = Field(default=None, strict=True)
     stop: Optional[Union[str, List[str]]] = None
     stream: bool = Field(default=False, strict=True)
@@ -292,8 +292,8 @@ class _SamplingFields(_Strict):
         if self.best_of is not None and self.best_of != 1:
             raise UnsupportedError("best_of other than 1 is not supported; use n", "best_of")
         dbg = self.debug_config
-        if dbg is not None and (dbg.pinned_system_prompt or dbg.special_request or dbg.grammar_execution_mode):
-            raise UnsupportedError("debug_config supports only ignore_eos", "debug_config")
+        if dbg is not None and (dbg.special_request is not None or dbg.disagg_config is not None):
+            raise UnsupportedError("debug_config special_request and disagg_config are not supported", "debug_config")
         if self.response_format is not None:
             self.response_format.check()
 
@@ -303,7 +303,7 @@ class ChatCompletionRequest(_SamplingFields):
 
     messages: List[ChatMessage] = Field(min_length=1)
     logprobs: bool = Field(default=False, strict=True)
-    top_logprobs: Optional[int] = Field(default=None, ge=0, le=20, strict=True)
+    top_logprobs: Optional[int] = Field(default=None, ge=0, le=CHAT_COMPLETION_MAX_TOP_LOGPROBS, strict=True)
     max_completion_tokens: Optional[TokenCount] = None
     tools: Optional[List[ChatTool]] = None
     tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = None
@@ -353,6 +353,9 @@ class ChatCompletionRequest(_SamplingFields):
     @staticmethod
     def _check_message(i: int, message: ChatMessage) -> None:
         where = f"messages[{i}]"
+        if i > 0 and message.role in ("system", "developer"):
+            # MLC's rule: chat templates put the system prompt first, and many drop a later one.
+            raise BadRequestError(f"{where}: a {message.role} message is only allowed first", "messages")
         if message.content is None and not (message.role == "assistant" and message.tool_calls):
             raise BadRequestError(f"{where}.content is required for role {message.role!r}", "messages")
         if message.tool_calls and message.role != "assistant":
@@ -379,31 +382,40 @@ class CompletionRequest(_SamplingFields):
     """The body of POST /v1/completions. `logprobs` is OpenAI's legacy integer (top-k count) or
     MLC's boolean with `top_logprobs`."""
 
+    # One prompt (text or token ids) or, as OpenAI allows, a list of them: one choice per prompt (n each).
     # Strict members: lax validation would read b"..." as text and [True] or [1.0] as token ids.
-    prompt: Union[StrictStr, List[TokenId]]
+    prompt: Union[StrictStr, List[TokenId], List[StrictStr], List[List[TokenId]]]
     echo: bool = Field(default=False, strict=True)
-    suffix: Optional[str] = None
+    # Appended to every choice's text once it ends (MLC's behaviour; no insertion is attempted).
+    suffix: Optional[StrictStr] = None
     logprobs: Optional[Union[StrictBool, StrictInt]] = None
-    top_logprobs: Optional[int] = Field(default=None, ge=0, le=20, strict=True)
+    top_logprobs: Optional[int] = Field(default=None, ge=0, le=COMPLETION_MAX_TOP_LOGPROBS, strict=True)
 
     @field_validator("prompt")
     @classmethod
-    def _non_empty_prompt(cls, value: Union[str, List[int]]) -> Union[str, List[int]]:
-        if isinstance(value, list) and not value:
+    def _non_empty_prompt(cls, value: Union[str, List[Any]]) -> Union[str, List[Any]]:
+        if isinstance(value, list) and (not value or any(isinstance(p, list) and not p for p in value)):
             raise ValueError("a token-id prompt must be a non-empty list of token ids")
         return value
 
     @field_validator("logprobs")
     @classmethod
     def _logprobs_range(cls, value: Optional[Union[bool, int]]) -> Optional[Union[bool, int]]:
-        if value is not None and not isinstance(value, bool) and not 0 <= value <= 20:
-            raise ValueError("logprobs must be between 0 and 20")
+        if value is not None and not isinstance(value, bool) and not 0 <= value <= COMPLETION_MAX_TOP_LOGPROBS:
+            raise ValueError(f"logprobs must be between 0 and {COMPLETION_MAX_TOP_LOGPROBS}")
         return value
+
+    def prompts(self) -> List[Union[str, List[int]]]:
+        """The prompts, one per group of n choices (a single prompt is a list of one)."""
+        prompt = self.prompt
+        if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
+            return [prompt]  # type: ignore[list-item]
+        return list(prompt)  # type: ignore[arg-type]
 
     def check(self) -> None:
         super().check()
-        if self.suffix:
-            raise UnsupportedError("suffix (insertion) is not supported", "suffix")
+        if len(self.prompts()) * self.n > MAX_CHOICES:
+            raise BadRequestError(f"prompts x n must be at most {MAX_CHOICES} choices", "prompt")
         if self.top_logprobs and not self.wants_logprobs():
             raise BadRequestError("top_logprobs requires logprobs", "top_logprobs")
         if self.echo and self.wants_logprobs():
@@ -433,6 +445,7 @@ def parse_request(cls: Type[RequestT], kwargs: Mapping[str, Any]) -> RequestT:
             raise BadRequestError("extra_body must be a dict", "extra_body")
         data.update(extra_body)
     check_request_values(data)
+    data = normalize_request(data, chat="messages" in cls.model_fields)
     try:
         request = cls.model_validate(data)
     except ValidationError as err:
@@ -556,33 +569,3 @@ ChatCompletionResponse = ChatCompletion
 ChatCompletionStreamResponse = ChatCompletionChunk
 CompletionResponse = Completion
 CompletionLogProbs = Logprobs
-
-
-# ---------------------------------------------------------------------------------------------
-# Server-only shapes: the model list and the error body (openai.types.Model, OpenAI's error object)
-# ---------------------------------------------------------------------------------------------
-
-
-class ModelCard(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    owned_by: str = "mlc_llm"
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: List[ModelCard]
-
-
-class ErrorInfo(BaseModel):
-    message: str
-    type: str
-    param: Optional[str] = None
-    code: Optional[str] = None
-
-
-class ErrorResponse(BaseModel):
-    """The body of every non-2xx answer of the REST server, as OpenAI sends it."""
-
-    error: ErrorInfo

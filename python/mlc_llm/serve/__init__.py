@@ -1,7 +1,19 @@
-"""The serving engine: MLCEngine, AsyncMLCEngine and their configuration."""
+"""The serving engine: MLCEngine, AsyncMLCEngine and their configuration, and (as MLC exports it)
+PopenServer, which runs `mlc_llm serve` in a subprocess."""
+
+from typing import Any
 
 from .config import EngineConfig
 from .engine import AsyncMLCEngine, MLCEngine
 from .metrics import EngineMetrics
 
-__all__ = ["AsyncMLCEngine", "EngineConfig", "EngineMetrics", "MLCEngine"]
+__all__ = ["AsyncMLCEngine", "EngineConfig", "EngineMetrics", "MLCEngine", "PopenServer"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: importing the engine must not pay for the web stack.
+    if name == "PopenServer":
+        from .server.popen_server import PopenServer
+
+        return PopenServer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -57,11 +57,12 @@ def _ensure_log_handler() -> None:
 
 @dataclass
 class PreparedRequest:
-    """A validated request ready for the engine: one prompt, one params JSON per choice."""
+    """A validated request ready for the engine: per choice (engine id) its prompt and params JSON
+    (choices of one prompt share the same list object)."""
 
     request_id: str
     engine_ids: List[str]
-    prompt_token_ids: List[int]
+    prompts: List[List[int]]
     params_json: List[str]
     stream: bool
     builder: Union[ChatResponseBuilder, CompletionResponseBuilder]
@@ -212,29 +213,41 @@ class EngineBase:
         if grammar is not None:
             params["grammar"] = grammar
         return PreparedRequest(
-            request_id, engine_ids, prompt_ids, _per_choice(params, request.seed, request.n), request.stream, builder
+            request_id,
+            engine_ids,
+            [prompt_ids] * len(engine_ids),
+            _per_choice(params, request.seed, request.n),
+            request.stream,
+            builder,
         )
 
     def _prepare_completion(self, kwargs: Dict[str, Any]) -> PreparedRequest:
         request = parse_request(CompletionRequest, kwargs)
-        if isinstance(request.prompt, str):
-            prompt_ids = self._core.tokenize(request.prompt, True)
-            echo_text = request.prompt if request.echo else ""
-        else:
-            prompt_ids = list(request.prompt)
-            echo_text = self._core.detokenize(prompt_ids) if request.echo else ""
-        if not prompt_ids:
-            raise BadRequestError("the prompt is empty", "prompt")
+        prompts: List[List[int]] = []
+        echo_texts: List[str] = []
+        for prompt in request.prompts():
+            if isinstance(prompt, str):
+                prompt_ids = self._core.tokenize(prompt, True)
+                echo_text = prompt if request.echo else ""
+            else:
+                prompt_ids = list(prompt)
+                echo_text = self._core.detokenize(prompt_ids) if request.echo else ""
+            if not prompt_ids:
+                raise BadRequestError("the prompt is empty", "prompt")
+            # OpenAI's order for a list of prompts: the n choices of the first prompt, then the next.
+            prompts += [prompt_ids] * request.n
+            echo_texts += [echo_text] * request.n
         request_id = request.request_id or f"cmpl-{uuid.uuid4().hex}"
-        engine_ids = _engine_ids(request_id, request.n)
+        engine_ids = _engine_ids(request_id, len(prompts))
         logprobs = request.wants_logprobs()
         builder = CompletionResponseBuilder(
-            echo_text=echo_text,
+            echo_texts=echo_texts,
+            suffix=request.suffix or "",
             response_id=request_id,
             model=request.model or self._model_name(),
             created=int(time.time()),
             engine_ids=engine_ids,
-            prompt_tokens=len(prompt_ids),
+            prompt_tokens=sum(len(p) for p in prompts[:: request.n]),
             stream=request.stream,
             include_usage=request.include_usage(),
             logprobs=logprobs,
@@ -243,9 +256,8 @@ class EngineBase:
         grammar = request.grammar()
         if grammar is not None:
             params["grammar"] = grammar
-        return PreparedRequest(
-            request_id, engine_ids, prompt_ids, _per_choice(params, request.seed, request.n), request.stream, builder
-        )
+        params_json = _per_choice(params, request.seed, request.n) * (len(prompts) // request.n)
+        return PreparedRequest(request_id, engine_ids, prompts, params_json, request.stream, builder)
 
     def _render_chat(self, messages: List[Dict[str, Any]], tools: List[Dict[str, Any]]) -> str:
         """The prompt text. Tools go into the template context as HF passes them; a template that
@@ -295,8 +307,8 @@ class EngineBase:
         try:
             self._stream_back.register(prepared.engine_ids, sink)
             submission.sink = sink
-            for engine_id, params in zip(prepared.engine_ids, prepared.params_json):
-                self._core.add_request(engine_id, prepared.prompt_token_ids, params)
+            for engine_id, prompt, params in zip(prepared.engine_ids, prepared.prompts, prepared.params_json):
+                self._core.add_request(engine_id, prompt, params)
                 added.append(engine_id)
         except BaseException:
             # Abort only what was queued: a rejected id may belong to another running request.

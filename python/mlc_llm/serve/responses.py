@@ -131,6 +131,10 @@ class ChatResponseBuilder(_Builder):
     def __init__(self, *, parse_tools: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._started = [False] * self.n
+        # MLC's engine streams carry role "assistant" in every delta (its tests assert it); the REST
+        # server turns this off for OpenAI's convention of the first chunk only, because the openai
+        # SDK's stream helper concatenates a role that repeats.
+        self.role_in_every_delta = True
         self._tool_streams = [ToolCallStream() for _ in range(self.n)] if parse_tools and self._stream else None
         self._parse_tools = parse_tools
 
@@ -159,7 +163,7 @@ class ChatResponseBuilder(_Builder):
     def _make_chunk(
         self, index: int, delta: ChoiceDelta, finish: Optional[str], entries: Optional[List[LogprobEntry]]
     ) -> ChatCompletionChunk:
-        if not self._started[index]:
+        if self.role_in_every_delta or not self._started[index]:
             self._started[index] = True
             delta.role = "assistant"
         choice = ChatCompletionChunkChoice(
@@ -234,13 +238,15 @@ class _LegacyLogprobs:
 
 
 class CompletionResponseBuilder(_Builder):
-    """Deltas -> Completion chunks or one Completion. `echo_text` is prepended to every choice."""
+    """Deltas -> Completion chunks or one Completion. `echo_texts[i]` (its prompt, with echo) is
+    prepended to choice i, and `suffix` appended to every choice when it ends (as MLC does)."""
 
-    def __init__(self, *, echo_text: str = "", **kwargs: Any) -> None:
+    def __init__(self, *, echo_texts: Optional[List[str]] = None, suffix: str = "", **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._echo_text = echo_text
+        self._echo_texts = echo_texts or [""] * self.n
+        self._suffix = suffix
         self._started = [False] * self.n
-        self._legacy = [_LegacyLogprobs(len(echo_text)) for _ in range(self.n)]
+        self._legacy = [_LegacyLogprobs(len(echo)) for echo in self._echo_texts]
 
     def _chunk(self, index: int, delta: Delta, finish: Optional[str]) -> Optional[Completion]:
         text: str = delta["text"]
@@ -249,7 +255,9 @@ class CompletionResponseBuilder(_Builder):
             return None
         if not self._started[index]:
             self._started[index] = True
-            text = self._echo_text + text
+            text = self._echo_texts[index] + text
+        if finish is not None:
+            text += self._suffix
         choice = CompletionChoice(
             index=index,
             text=text,
@@ -271,7 +279,7 @@ class CompletionResponseBuilder(_Builder):
             choices.append(
                 CompletionChoice(
                     index=i,
-                    text=self._echo_text + "".join(self._texts[i]),
+                    text=self._echo_texts[i] + "".join(self._texts[i]) + self._suffix,
                     finish_reason=cast(FinishReason, self._finish[i] or "stop"),
                     logprobs=logprobs,
                 )

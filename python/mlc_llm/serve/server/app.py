@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from ..engine import AsyncMLCEngine
-from . import ops, routes
+from . import debug_routes, ops, routes
 from .errors import install_error_handlers
 from .guards import RequestGuard
 from .metrics import ServerMetrics, route_label
@@ -25,9 +25,13 @@ def create_app(engine: AsyncMLCEngine, settings: ServerSettings) -> FastAPI:
     app.state.server = state
     app.include_router(routes.router)
     app.include_router(ops.router)
+    if settings.enable_debug:
+        app.include_router(debug_routes.router)
     install_error_handlers(app)
     # The routers' own routes: how FastAPI stores included routers inside the app varies by version.
     known_routes = [*routes.router.routes, *ops.router.routes]
+    if settings.enable_debug:
+        known_routes += debug_routes.router.routes
     app.add_middleware(
         RequestGuard,
         api_key=settings.api_key,

@@ -8,7 +8,9 @@
     408  the request body did not arrive within --body-timeout
     413  request body larger than the server accepts
     415  the body is not declared as application/json
-    422  a valid OpenAI option this engine does not implement (UnsupportedError)
+         (a valid OpenAI option this engine does not implement is a 400 too, with code
+         "unsupported_parameter": OpenAI answers 400 for every invalid request and its SDK raises
+         BadRequestError for it)
     500  a failure inside the engine
     503  the engine is gone or the server is shutting down; another replica may serve it
 
@@ -74,7 +76,7 @@ def classify(exc: BaseException) -> Tuple[int, ErrorInfo]:
     if isinstance(exc, APIError):
         return exc.status, exc.info
     if isinstance(exc, UnsupportedError):
-        return 422, ErrorInfo(message=str(exc), type=INVALID_REQUEST, param=exc.field, code="unsupported_parameter")
+        return 400, ErrorInfo(message=str(exc), type=INVALID_REQUEST, param=exc.field, code="unsupported_parameter")
     if isinstance(exc, BadRequestError):
         return 400, ErrorInfo(message=str(exc), type=INVALID_REQUEST, param=exc.field, code=_bad_request_code(exc))
     if isinstance(exc, (EngineDeadError, InsufficientMemoryError)):

@@ -61,7 +61,7 @@ class RequestGuard:
             return
         headers = _headers(scope)
         path: str = scope.get("path", "")
-        if path.startswith("/v1") and self._api_key is not None:
+        if path.startswith(("/v1", "/debug")) and self._api_key is not None:
             credentials = _header_values(scope, b"authorization")
             if len(credentials) > 1:
                 # Proxies and frameworks disagree on which of two wins; refuse rather than pick one.

@@ -23,7 +23,9 @@ def check_request_work(prepared: PreparedRequest, context_window: int, settings:
     n = len(prepared.engine_ids)
     if n > settings.max_n:
         raise APIError(400, f"n is {n}; this server allows at most {settings.max_n} (--max-n)", param="n")
-    prompt = len(prepared.prompt_token_ids)
+    # A list of prompts (completions) is checked by its longest; the work counts each prompt once.
+    prompt = max(len(p) for p in prepared.prompts)
+    prompt_work = sum(len(p) for p in {id(p): p for p in prepared.prompts}.values())
     if prompt >= context_window:
         return  # the engine refuses the prompt itself, naming the prompt (or messages) as the field
     max_tokens = _max_tokens(prepared)
@@ -37,13 +39,13 @@ def check_request_work(prepared: PreparedRequest, context_window: int, settings:
             code="context_length_exceeded",
         )
     per_choice = max_tokens if max_tokens is not None else max(context_window - prompt, 0)
-    total = prompt + n * per_choice
+    total = prompt_work + n * per_choice
     limit = settings.max_request_tokens or DEFAULT_REQUEST_TOKENS_PER_WINDOW * context_window
     if total > limit:
         unset = "" if max_tokens is not None else " (max_tokens is unset, so each may fill the context window)"
         raise APIError(
             400,
-            f"the request may use {total} tokens: {prompt} in the prompt plus {n} choices of up to {per_choice}"
+            f"the request may use {total} tokens: {prompt_work} in the prompt plus {n} choices of up to {per_choice}"
             f"{unset}; this server allows {limit} per request (--max-request-tokens). Lower n or max_tokens.",
             param="max_tokens" if max_tokens is not None else "n",
             code="request_too_large",

@@ -18,6 +18,7 @@ from ...protocol.errors import BadRequestError
 from ...protocol.limits import check_request_values, json_depth_exceeded
 from ...protocol.openai_api_protocol import ModelCard, ModelList
 from ..engine_base import PreparedRequest
+from ..responses import ChatResponseBuilder
 from .errors import CLIENT_CLOSED, NOT_FOUND, APIError, classify
 from .guards import BodyTimeout, BodyTooLarge
 from .request_limits import check_request_work
@@ -95,6 +96,8 @@ async def _complete(request: Request, chat: bool) -> Response:
         state.check_model(body)
         engine = state.engine
         prepared: PreparedRequest = engine._prepare_chat(body) if chat else engine._prepare_completion(body)
+        if isinstance(prepared.builder, ChatResponseBuilder):
+            prepared.builder.role_in_every_delta = False  # OpenAI's convention (see ChatResponseBuilder)
         check_request_work(prepared, int(engine.info["context_window_size"]), state.settings)
         if prepared.stream:
             stream = await engine._run_async(prepared)
