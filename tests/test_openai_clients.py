@@ -10,29 +10,17 @@ TOOLS mode), reproduced with the SDK or httpx.
 import json
 import os
 import socket
-from typing import Any, Dict, Iterator, List, cast
+from typing import Any, Dict, Iterator, cast
 
 import httpx
 import openai
-import pydantic
 import pytest
+from nested_models import Team
 from openai.types import Completion
 
 from mlc_llm.serve import PopenServer
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-class Person(pydantic.BaseModel):
-    name: str = pydantic.Field(max_length=20)
-    age: int
-
-
-class Team(pydantic.BaseModel):
-    """A team: the nested model is a `$ref` into `$defs`, as every nested pydantic model is."""
-
-    lead: Person
-    members: List[Person] = pydantic.Field(max_length=2)
 
 
 def _free_port() -> int:

@@ -7,8 +7,9 @@ from typing import Any, Dict, List, Optional, cast
 import jsonschema
 import openai
 import openai.types.chat
-import pydantic
 import pytest
+
+from nested_models import Team
 
 from mlc_llm import BadRequestError, MLCEngine
 from mlc_llm.serve.tool_calls import (
@@ -126,18 +127,6 @@ def test_call_format_follows_the_prompt() -> None:
     jsonschema.validate({"name": "get_time", "parameters": {"timezone": "UTC"}}, schema)
     with pytest.raises(jsonschema.ValidationError):  # the arguments must match the named function
         jsonschema.validate({"name": "get_time", "parameters": {"city": "Paris", "unit": "celsius"}}, schema)
-
-
-# A pydantic model with a nested model, as `openai.pydantic_function_tool` (and instructor's TOOLS
-# mode, LangChain's function calling) sends it: the nested model is a root-relative `$ref` into `$defs`.
-class Person(pydantic.BaseModel):
-    name: str = pydantic.Field(max_length=20)
-    age: int
-
-
-class Team(pydantic.BaseModel):
-    lead: Person
-    members: List[Person] = pydantic.Field(max_length=2)
 
 
 TEAM = cast(Dict[str, Any], openai.pydantic_function_tool(Team))
