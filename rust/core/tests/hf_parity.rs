@@ -105,3 +105,18 @@ fn phi3_longrope_partial_rotary_window_matches_transformers() {
 fn olmo2_post_norms_whole_qk_norm_matches_transformers() {
     check_model("olmo2");
 }
+
+#[test]
+fn mixtral_top2_of_4_experts_matches_transformers() {
+    check_model("mixtral");
+}
+
+#[test]
+fn qwen2_moe_shared_expert_dense_layer_matches_transformers() {
+    check_model("qwen2_moe");
+}
+
+#[test]
+fn qwen3_moe_top4_of_16_sparse_step_matches_transformers() {
+    check_model("qwen3_moe");
+}

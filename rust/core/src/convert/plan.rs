@@ -104,7 +104,8 @@ const LLAMA: Naming = Naming {
 
 fn naming(arch: Architecture) -> Naming {
     match arch {
-        Architecture::Llama | Architecture::Mistral | Architecture::Olmo2 => LLAMA,
+        // Mixtures of experts are refused by check_representable before any naming is used.
+        Architecture::Llama | Architecture::Mistral | Architecture::Olmo2 | Architecture::Mixtral | Architecture::Qwen2Moe | Architecture::Qwen3Moe => LLAMA,
         Architecture::Qwen2 | Architecture::Qwen3 => Naming { qkv: Some("c_attn"), ..LLAMA },
         Architecture::Gemma2 => Naming { plus_one: true, lm_head: false, ..LLAMA },
         Architecture::Gemma3 => Naming { root: "language_model.model", qkv: None, plus_one: true, lm_head: false, ..LLAMA },
@@ -152,6 +153,9 @@ fn same(name: &str, suffix: &'static str, kind: ParamKind) -> MlcParam {
 pub fn check_representable(cfg: &ModelConfig) -> Result<()> {
     let n = naming(cfg.architecture);
     let refuse = |m: String| Err(EngineError::Unsupported(format!("{} in MLC's format: {m}", cfg.architecture.name())));
+    if cfg.moe.is_some() {
+        return refuse("converting mixture-of-experts models to MLC's format is not supported yet".into());
+    }
     if !n.lm_head && !cfg.tie_word_embeddings {
         return refuse("MLC's model ties lm_head to the embeddings, but this checkpoint sets tie_word_embeddings false".into());
     }

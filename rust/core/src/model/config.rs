@@ -85,6 +85,34 @@ pub struct LayerConfig {
     pub rope: usize,
 }
 
+/// How a mixture-of-experts checkpoint names its experts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoeNaming {
+    /// Mixtral: `block_sparse_moe.gate`, `block_sparse_moe.experts.{e}.w1 / w3 / w2` (gate / up / down).
+    Mixtral,
+    /// Qwen2-MoE / Qwen3-MoE: `mlp.gate`, `mlp.experts.{e}.gate_proj / up_proj / down_proj`, and Qwen2-MoE's
+    /// `mlp.shared_expert.*` with `mlp.shared_expert_gate`.
+    Qwen,
+}
+
+/// A mixture-of-experts MLP: a router picks `top_k` of `num_experts` gated MLPs per token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MoeConfig {
+    pub num_experts: usize,
+    pub top_k: usize,
+    /// Whether the top-k softmax probabilities are divided by their sum (Mixtral always; Qwen's
+    /// `norm_topk_prob`). The softmax is over all experts, before the top-k, in f32.
+    pub norm_topk_prob: bool,
+    /// Each expert's intermediate size (Qwen's `moe_intermediate_size`; Mixtral's `intermediate_size`).
+    pub expert_intermediate: usize,
+    /// Qwen2-MoE: an expert every token takes, scaled by sigmoid(shared_expert_gate(x)).
+    pub shared_expert_intermediate: Option<usize>,
+    /// `[num_hidden_layers]`: true where the layer's MLP is the mixture (Qwen's `mlp_only_layers` and
+    /// `decoder_sparse_step` keep some layers dense, with `intermediate_size`).
+    pub sparse_layers: Vec<bool>,
+    pub naming: MoeNaming,
+}
+
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
     pub architecture: Architecture,
@@ -121,6 +149,8 @@ pub struct ModelConfig {
     pub ropes: Vec<RopeConfig>,
     /// `[num_hidden_layers]`
     pub layers: Vec<LayerConfig>,
+    /// The mixture of experts, for MoE architectures.
+    pub moe: Option<MoeConfig>,
 }
 
 impl ModelConfig {
@@ -136,9 +166,19 @@ impl ModelConfig {
         let h = self.hidden_size as u128;
         let (q, kv) = ((self.num_attention_heads * self.head_dim) as u128, (self.num_key_value_heads * self.head_dim) as u128);
         let attention = h * q * 2 + h * kv * 2;
-        let mlp = 3 * h * self.intermediate_size as u128;
+        let dense_mlp = 3 * h * self.intermediate_size as u128;
+        // Every expert is resident, however few a token uses.
+        let mlps: u128 = match &self.moe {
+            None => dense_mlp * self.num_hidden_layers as u128,
+            Some(m) => {
+                let moe = m.num_experts as u128 * 3 * h * m.expert_intermediate as u128
+                    + m.num_experts as u128 * h
+                    + m.shared_expert_intermediate.map_or(0, |s| 3 * h * s as u128 + h);
+                m.sparse_layers.iter().map(|&sparse| if sparse { moe } else { dense_mlp }).sum()
+            }
+        };
         let embed = self.vocab_size as u128 * h * if self.tie_word_embeddings { 1 } else { 2 };
-        let bytes = ((attention + mlp) * self.num_hidden_layers as u128 + embed) * elem_bytes as u128;
+        let bytes = (attention * self.num_hidden_layers as u128 + mlps + embed) * elem_bytes as u128;
         u64::try_from(bytes).unwrap_or(u64::MAX)
     }
 
@@ -213,6 +253,20 @@ impl ModelConfig {
                 return err(format!("{} must be at least 1", key("sliding_window")));
             }
         }
+        if let Some(m) = &self.moe {
+            if m.num_experts == 0 || m.num_experts > 4096 {
+                return err(format!("{} = {} must be in 1..=4096", key("num_experts"), m.num_experts));
+            }
+            if m.top_k == 0 || m.top_k > m.num_experts {
+                return err(format!("{} = {} must be in 1..={}", key("num_experts_per_tok"), m.top_k, m.num_experts));
+            }
+            if m.expert_intermediate == 0 || m.expert_intermediate > MAX_SIZE || m.shared_expert_intermediate.is_some_and(|s| s == 0 || s > MAX_SIZE) {
+                return err(format!("{} must be in 1..={MAX_SIZE}", key("moe_intermediate_size")));
+            }
+            if m.sparse_layers.len() != self.num_hidden_layers {
+                return err(format!("{} MoE layer flags for {} layers", m.sparse_layers.len(), self.num_hidden_layers));
+            }
+        }
         for r in &self.ropes {
             if r.rotary_dim > self.head_dim {
                 return err(format!("rotary dimension {} exceeds {} {}", r.rotary_dim, key("head_dim"), self.head_dim));
@@ -271,6 +325,8 @@ pub const NEUTRAL_KEYS: &[&str] = &[
     "return_dict_in_generate", "suppress_tokens", "temperature", "top_k", "top_p", "typical_p", "model_name",
     "use_flash_attn", "_attn_implementation", "_attn_implementation_autoset", "attn_implementation",
     "gradient_checkpointing", "router_aux_loss_coef", "output_router_logits", "chat_template",
+    // Mixtral adds noise to the router logits in training only.
+    "router_jitter_noise",
 ];
 
 /// An HF `config.json` as an object whose reads are recorded, so that [`HfConfig::finish`] can tell

@@ -1,6 +1,7 @@
-//! The dense decoder every registered architecture runs (Llama, Mistral, Qwen2/3, Gemma 2/3, Phi-3,
-//! OLMo 2) over a paged KV cache: what differs between them is plain data in [`ModelConfig`] (norm
-//! placement, q/k norms, activation, rope per layer, attention kind per layer, soft-capping).
+//! The decoder every registered architecture runs (Llama, Mistral, Qwen2/3, Gemma 2/3, Phi-3, OLMo 2 and
+//! the mixtures of experts Mixtral, Qwen2-MoE, Qwen3-MoE) over a paged KV cache: what differs between them
+//! is plain data in [`ModelConfig`] (norm placement, q/k norms, activation, rope per layer, attention kind
+//! per layer, soft-capping, the experts).
 //!
 //! The forward pass takes a flat list of tokens from any number of sequences (prefill chunks and
 //! decode tokens mixed), their positions, and the attention metadata; it returns logits only for the
@@ -11,10 +12,10 @@
 //! add, the q/k/v matmul, rope with the KV-cache write, attention, o_proj, add + RMSNorm, gate/up,
 //! activation * up, down). The CPU runs the same ops unfused (`fused`'s references).
 
-use super::config::{ModelConfig, NormPlacement};
+use super::config::{ModelConfig, MoeNaming, NormPlacement};
 use super::fused;
 use super::layers::attention::StackStep;
-use super::layers::{norm, Attention, GatedMlp};
+use super::layers::{norm, Attention, GatedMlp, MoeMlp};
 use super::linear::Linear;
 use super::weight_shapes::ShapeChecked;
 use super::weights::WeightSource;
@@ -34,7 +35,37 @@ pub(crate) struct DecoderLayer {
     pre_mlp_norm: Option<Tensor>,
     /// On the MLP output, before the residual add (Gemma, OLMo 2).
     post_mlp_norm: Option<Tensor>,
-    mlp: GatedMlp,
+    mlp: Mlp,
+}
+
+/// A layer's MLP: dense, or a mixture of experts.
+enum Mlp {
+    Dense(GatedMlp),
+    Moe(MoeMlp),
+}
+
+impl Mlp {
+    /// `x: [T, hidden] -> [T, hidden]`
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Mlp::Dense(m) => m.forward(x),
+            Mlp::Moe(m) => m.forward(x),
+        }
+    }
+
+    /// Layer `li`'s MLP at `p` (`model.layers.3`).
+    fn load(cfg: &ModelConfig, w: &dyn WeightSource, p: &str, li: usize) -> Result<Self> {
+        match &cfg.moe {
+            Some(m) if m.sparse_layers.get(li).copied().unwrap_or(false) => {
+                let block = match m.naming {
+                    MoeNaming::Mixtral => "block_sparse_moe",
+                    MoeNaming::Qwen => "mlp",
+                };
+                Ok(Mlp::Moe(MoeMlp::load(cfg, m, w, &format!("{p}.{block}"))?))
+            }
+            _ => Ok(Mlp::Dense(GatedMlp::load(cfg, w, &format!("{p}.mlp"))?)),
+        }
+    }
 }
 
 impl DecoderLayer {
@@ -52,7 +83,7 @@ impl DecoderLayer {
             post_attn_norm: post_attn.map(n).transpose()?,
             pre_mlp_norm: pre_mlp.map(n).transpose()?,
             post_mlp_norm: post_mlp.map(n).transpose()?,
-            mlp: GatedMlp::load(cfg, w, &format!("{p}.mlp"))?,
+            mlp: Mlp::load(cfg, w, p, li)?,
         })
     }
 }

@@ -371,7 +371,7 @@ mod tests {
 
     #[test]
     fn the_cpu_is_refused() {
-        let case = Q4Case { dtype: "f32".into(), tokens: 1, rows: 4, cols: 32, stacked: false, misaligned_x: false, silu: false, seed: 0, repeat: 0 };
+        let case = Q4Case { dtype: "f32".into(), tokens: 1, rows: 4, cols: 32, stacked: false, misaligned_x: false, silu: false, seed: 0, repeat: 0, path: None };
         assert!(compare_on_device(&Device::Cpu, &case).is_err());
     }
 }

@@ -21,6 +21,9 @@ pub enum Architecture {
     Gemma3,
     Phi3,
     Olmo2,
+    Mixtral,
+    Qwen2Moe,
+    Qwen3Moe,
 }
 
 pub struct ArchEntry {
@@ -121,6 +124,37 @@ pub static REGISTRY: &[ArchEntry] = &[
         mlc_name: Some("olmo2"),
         from_hf: arch::olmo2::from_hf,
         from_gguf: arch::olmo2::from_gguf,
+        build: dense,
+    },
+    // Mixtures of experts: HF checkpoints only so far (no GGUF or MLC names yet).
+    ArchEntry {
+        arch: Architecture::Mixtral,
+        name: "mixtral",
+        hf_names: &["mixtral", "MixtralForCausalLM"],
+        gguf_name: None,
+        mlc_name: None,
+        from_hf: arch::moe::from_hf,
+        from_gguf: arch::moe::from_gguf,
+        build: dense,
+    },
+    ArchEntry {
+        arch: Architecture::Qwen2Moe,
+        name: "qwen2_moe",
+        hf_names: &["qwen2_moe", "Qwen2MoeForCausalLM"],
+        gguf_name: None,
+        mlc_name: None,
+        from_hf: arch::moe::from_hf,
+        from_gguf: arch::moe::from_gguf,
+        build: dense,
+    },
+    ArchEntry {
+        arch: Architecture::Qwen3Moe,
+        name: "qwen3_moe",
+        hf_names: &["qwen3_moe", "Qwen3MoeForCausalLM"],
+        gguf_name: None,
+        mlc_name: None,
+        from_hf: arch::moe::from_hf,
+        from_gguf: arch::moe::from_gguf,
         build: dense,
     },
 ];

@@ -23,8 +23,23 @@ impl<'a> ShapeChecked<'a> {
     /// `[out, in]` of the linear layer at `prefix`, where the configuration fixes it.
     fn linear_shape(&self, prefix: &str) -> Option<[usize; 2]> {
         let c = self.cfg;
-        let (h, hd, q, kv, inter) = (c.hidden_size, c.head_dim, c.num_attention_heads, c.num_key_value_heads, c.intermediate_size);
+        let (h, hd, q, kv) = (c.hidden_size, c.head_dim, c.num_attention_heads, c.num_key_value_heads);
         let last = prefix.rsplit('.').next().unwrap_or(prefix);
+        // An MLP's width: an expert's, the shared expert's, or the dense one.
+        let inter = match &c.moe {
+            Some(m) if prefix.contains(".experts.") => m.expert_intermediate,
+            Some(m) if prefix.contains(".shared_expert.") => m.shared_expert_intermediate.unwrap_or(c.intermediate_size),
+            _ => c.intermediate_size,
+        };
+        if let Some(m) = &c.moe {
+            match last {
+                "gate" => return Some([m.num_experts, h]),
+                "shared_expert_gate" => return Some([1, h]),
+                "w1" | "w3" => return Some([inter, h]),
+                "w2" => return Some([h, inter]),
+                _ => {}
+            }
+        }
         Some(match last {
             "q_proj" => [q * hd, h],
             "k_proj" | "v_proj" => [kv * hd, h],

@@ -3,6 +3,7 @@
 
 pub mod gemma;
 pub mod llama;
+pub mod moe;
 pub mod olmo2;
 pub mod phi3;
 pub mod qwen;
@@ -54,6 +55,7 @@ fn llama_defaults(arch: Architecture, s: Sizes, rms_norm_eps: f64, tie_word_embe
         final_logit_softcap: None,
         ropes: Vec::new(),
         layers: vec![LayerConfig { attention: AttentionKind::Full, rope: 0 }; s.layers],
+        moe: None,
     }
 }
 

@@ -162,3 +162,55 @@ fn sliding_windows_of_mistral_qwen2_phi3() {
     let o = parse(&base("olmo2")).unwrap();
     assert_eq!((o.norms, o.qk_norm), (NormPlacement::Post, QkNormKind::Whole));
 }
+
+fn moe(model_type: &str, extra: Value) -> crate::error::Result<ModelConfig> {
+    parse(&with(base(model_type), extra))
+}
+
+#[test]
+fn qwen_moe_sparse_layers_follow_the_step_and_mlp_only_layers() {
+    let extra = json!({"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "decoder_sparse_step": 2,
+                       "mlp_only_layers": [3], "norm_topk_prob": true});
+    let m = moe("qwen3_moe", extra).unwrap().moe.unwrap();
+    // Sparse iff not in mlp_only_layers and (i + 1) % 2 == 0: layer 1 only (3 is listed dense).
+    assert_eq!(m.sparse_layers, vec![false, true, false, false]);
+    assert_eq!((m.num_experts, m.top_k, m.expert_intermediate, m.norm_topk_prob), (8, 2, 32, true));
+    assert_eq!(m.shared_expert_intermediate, None);
+}
+
+#[test]
+fn qwen3_moe_takes_either_expert_count_key_but_not_two_that_disagree() {
+    let k = |extra: Value| moe("qwen3_moe", with(json!({"num_experts_per_tok": 2, "moe_intermediate_size": 32}), extra));
+    assert_eq!(k(json!({"num_local_experts": 8})).unwrap().moe.unwrap().num_experts, 8); // transformers 5
+    assert_eq!(k(json!({"num_experts": 8})).unwrap().moe.unwrap().num_experts, 8); // published checkpoints
+    assert!(k(json!({"num_experts": 8, "num_local_experts": 4})).unwrap_err().to_string().contains("disagree"));
+    assert!(k(json!({})).unwrap_err().to_string().contains("num_experts"));
+}
+
+#[test]
+fn moe_configs_refuse_impossible_routing_naming_the_key() {
+    let e = moe("mixtral", json!({"num_local_experts": 4, "num_experts_per_tok": 5})).unwrap_err().to_string();
+    assert!(e.contains("num_experts_per_tok"), "{e}");
+    let e = moe("qwen2_moe", json!({"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 8,
+                                    "shared_expert_intermediate_size": 16, "decoder_sparse_step": 0})).unwrap_err().to_string();
+    assert!(e.contains("decoder_sparse_step"), "{e}");
+    // An unknown routing option is refused by name, never ignored.
+    let e = moe("mixtral", json!({"num_local_experts": 4, "router_type": "sigmoid"})).unwrap_err().to_string();
+    assert!(e.contains("router_type"), "{e}");
+}
+
+#[test]
+fn mixtral_always_renormalizes_and_qwen2_moe_has_its_shared_expert_and_qkv_bias() {
+    let m = moe("mixtral", json!({"num_local_experts": 8, "num_experts_per_tok": 2})).unwrap();
+    let x = m.moe.as_ref().unwrap();
+    assert!(x.norm_topk_prob && x.sparse_layers.iter().all(|&s| s));
+    assert_eq!(x.expert_intermediate, 128);
+    let q = moe("qwen2_moe", json!({"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 8,
+                                    "shared_expert_intermediate_size": 16, "qkv_bias": false})).unwrap();
+    assert_eq!(q.moe.as_ref().unwrap().shared_expert_intermediate, Some(16));
+    assert!(!q.attention_bias);
+    // Every expert is resident: the weight bytes count all of them.
+    let dense = moe("qwen2", json!({})).unwrap().weight_bytes(2);
+    assert!(q.weight_bytes(2) > dense - 4 * 3 * 64 * 128 * 2);
+    assert!(m.weight_bytes(2) > 8 * 4 * 3 * 64 * 128 * 2);
+}

@@ -25,6 +25,13 @@ impl GatedMlp {
         Ok(GatedMlp { gate_up, down: w.linear(&format!("{p}.down_proj"), false)?, act: cfg.activation })
     }
 
+    /// The MLP whose gate, up and down projections sit at the three given prefixes (Mixtral's experts:
+    /// `w1`, `w3`, `w2`).
+    pub fn load_parts(cfg: &ModelConfig, w: &dyn WeightSource, gate: &str, up: &str, down: &str) -> Result<Self> {
+        let gate_up = StackedLinear::new(vec![w.linear(gate, false)?, w.linear(up, false)?])?;
+        Ok(GatedMlp { gate_up, down: w.linear(down, false)?, act: cfg.activation })
+    }
+
     /// `x: [T, hidden] -> [T, hidden]`
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let act = match self.act {
