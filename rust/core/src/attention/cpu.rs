@@ -2,7 +2,7 @@
 
 use super::{AttentionMetadata, AttnParams};
 use candle_core::{bail, CpuStorage, Layout, Result, Shape};
-use rayon::prelude::*;
+use crate::quant::cpu::pool;
 
 fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let Some((start, end)) = l.contiguous_offsets() else { bail!("{what} must be contiguous") };
@@ -85,8 +85,8 @@ pub fn paged_attention(
     let cap = |x: f32| params.softcap.map_or(x, |c| c * (x / c).tanh());
     let mut out = vec![0f32; num_tokens * row];
     // One task per (token, head): a decode step has one token, and its heads are what there is to
-    // split over the cores.
-    out.par_chunks_mut(head_dim).enumerate().for_each(|(item, o)| {
+    // split over the cores (the CPU kernels' threads: no wake-ups between a step's matmuls and this).
+    pool::for_each_chunk_mut(&mut out, head_dim, |item, o| {
         let (t, h) = (item / num_heads, item % num_heads);
         let (s, pos) = owner[t];
         let table = &meta.seqs[s].block_table;

@@ -6,7 +6,6 @@
 
 use super::act::{quantize_row, ActBlock, QK};
 use super::{pool, Kernels, QMatrix};
-use rayon::prelude::*;
 
 /// Tasks per thread: more than one, so a core slowed by another process does not hold the others up.
 const TASKS_PER_THREAD: usize = 4;
@@ -18,7 +17,7 @@ pub fn quantize_activations(x: &[f32], k: usize) -> Vec<ActBlock> {
     let mut act = vec![ActBlock::ZERO; x.len() / QK];
     let kb = k / QK;
     if x.len() / k >= PARALLEL_QUANTIZE_TOKENS {
-        act.par_chunks_mut(kb).zip(x.par_chunks(k)).for_each(|(a, xr)| quantize_row(xr, a));
+        pool::for_each_chunk_mut(&mut act, kb, |i, a| quantize_row(&x[i * k..(i + 1) * k], a));
     } else {
         act.chunks_mut(kb).zip(x.chunks(k)).for_each(|(a, xr)| quantize_row(xr, a));
     }
@@ -34,7 +33,7 @@ pub fn matmul(w: &QMatrix, act: &[ActBlock], t: usize, kern: Kernels) -> Vec<f32
     let token = |i: usize| &act[i * kb..(i + 1) * kb];
     // [n, t]: each task owns whole rows; transposed at the end (a no-op copy for t = 1).
     let mut out_nt = vec![0f32; n * t];
-    out_nt.par_chunks_mut(rows_per_task * t).enumerate().for_each(|(c, ys)| {
+    pool::for_each_chunk_mut(&mut out_nt, rows_per_task * t, |c, ys| {
         let first = c * rows_per_task;
         let rows = ys.len() / t;
         let row = |r: usize| w.row(first + r);

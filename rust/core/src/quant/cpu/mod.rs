@@ -13,7 +13,7 @@ pub mod act;
 pub mod dispatch;
 mod gemm;
 pub mod op;
-mod pool;
+pub mod pool;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q4_k;
@@ -149,6 +149,6 @@ pub fn matmul(w: &QMatrix, x: &[f32], isa: Isa) -> Result<Vec<f32>, QuantError> 
         return Err(QuantError::Activations { len: x.len(), k: w.k });
     }
     let t = x.len() / w.k;
-    let act = pool::install(|| gemm::quantize_activations(x, w.k));
-    Ok(pool::install(|| gemm::matmul(w, &act, t, kernels(w.qtype, isa))))
+    let act = gemm::quantize_activations(x, w.k);
+    Ok(gemm::matmul(w, &act, t, kernels(w.qtype, isa)))
 }

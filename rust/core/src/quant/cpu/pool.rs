@@ -1,16 +1,67 @@
-//! The threads the kernels run on: one per physical core. Two SMT siblings share one core's integer
-//! units and L1, so a second thread per core adds contention, not throughput, to these kernels.
+//! The threads the CPU kernels (quantized matmuls, paged attention) run on: one per physical core, the
+//! calling thread included. Two SMT siblings share one core's integer units and L1, so a second thread
+//! per core adds contention, not throughput, to these kernels. `MLC_CPU_THREADS` sets the count
+//! (benchmarks match llama.cpp's thread count with it).
 //!
-//! Where rayon's global pool already has one thread per physical core (no SMT), the kernels use it, so
-//! the process keeps one set of workers for them, attention and candle's ops, which run one after the
-//! other on the engine thread and never at once. Elsewhere a dedicated pool is built once.
-//! `MLC_CPU_THREADS` sets the count (benchmarks match llama.cpp's thread count with it).
+//! Why not rayon: a decode step of a small model is ~120 matmuls of tens of microseconds each. Rayon
+//! parks idle workers and the caller (not a worker) sleeps until the job is done, so every matmul paid
+//! two futex wake-ups (about 14% of a SmolLM2 decode step in a profile). Here the caller does a share of
+//! the work itself and helpers spin between jobs for a short while (llama.cpp's threadpool does the
+//! same), yielding the core when other threads want it and parking after [`SPIN`] without work.
+//! Work is handed out one task at a time from a shared counter, so a core slowed by another process
+//! takes fewer tasks.
 
-use std::sync::OnceLock;
+use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
 
-enum Pool {
-    Global,
-    Own(rayon::ThreadPool),
+/// How long a helper waits for the next job before parking: longer than the gaps between the kernels of
+/// one decode step (norms, rope, sampling's share), short enough that an engine between steps, or one
+/// of several engine processes on a shared machine, does not hold a core. Measured on 2 cores
+/// (SmolLM2 decode, idle machine): 143-145 tok/s against 118-123 with rayon; spinning 2 ms instead cost
+/// a third of the speed when other processes were busy.
+const SPIN: Duration = Duration::from_micros(100);
+/// Pure spins (a few microseconds) before a waiting helper starts yielding its core to other threads.
+const PURE_SPINS: u32 = 500;
+
+/// One parallel call: tasks `0..tasks` handed out one at a time to whichever thread asks next.
+struct Job<'a> {
+    f: &'a (dyn Fn(usize) + Sync),
+    next: AtomicUsize,
+    tasks: usize,
+}
+
+impl Job<'_> {
+    fn work(&self) {
+        loop {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            if i >= self.tasks {
+                return;
+            }
+            (self.f)(i);
+        }
+    }
+}
+
+struct Shared {
+    /// Bumped once per job; helpers run the job of each generation exactly once.
+    generation: AtomicU64,
+    /// The current job, valid while `busy > 0` (the caller does not return before that).
+    job: AtomicPtr<Job<'static>>,
+    /// Helpers still working on the current generation.
+    busy: AtomicUsize,
+    /// A helper's panic, re-raised on the caller's thread.
+    panic: Mutex<Option<Box<dyn Any + Send>>>,
+}
+
+pub struct Pool {
+    shared: Arc<Shared>,
+    helpers: Vec<Thread>,
+    /// One job at a time (the engine thread is the only caller in practice).
+    call: Mutex<()>,
 }
 
 fn pool() -> &'static Pool {
@@ -21,31 +72,142 @@ fn pool() -> &'static Pool {
             .and_then(|v| v.parse::<usize>().ok())
             .filter(|&n| n > 0)
             .unwrap_or_else(num_cpus::get_physical);
-        if want == rayon::current_num_threads() {
-            return Pool::Global;
-        }
-        match rayon::ThreadPoolBuilder::new().num_threads(want).thread_name(|i| format!("mlc-cpu-{i}")).build() {
-            Ok(p) => Pool::Own(p),
-            Err(e) => {
-                log::warn!("cpu kernels: cannot start {want} threads ({e}); using rayon's global pool");
-                Pool::Global
-            }
-        }
+        Pool::new(want)
     })
 }
 
-/// Threads the kernels split work over.
-pub fn threads() -> usize {
-    match pool() {
-        Pool::Global => rayon::current_num_threads(),
-        Pool::Own(p) => p.current_num_threads(),
+impl Pool {
+    fn new(threads: usize) -> Pool {
+        let shared = Arc::new(Shared {
+            generation: AtomicU64::new(0),
+            job: AtomicPtr::new(std::ptr::null_mut()),
+            busy: AtomicUsize::new(0),
+            panic: Mutex::new(None),
+        });
+        let mut helpers = Vec::new();
+        for i in 1..threads {
+            let s = shared.clone();
+            match std::thread::Builder::new().name(format!("mlc-cpu-{i}")).spawn(move || helper(&s)) {
+                Ok(h) => helpers.push(h.thread().clone()),
+                Err(e) => {
+                    log::warn!("cpu kernels: cannot start helper thread {i} ({e}); running on {}", helpers.len() + 1);
+                    break;
+                }
+            }
+        }
+        Pool { shared, helpers, call: Mutex::new(()) }
+    }
+
+    /// Runs `f(i)` for every `i` in `0..tasks` on the caller and the helpers; returns when all are done.
+    fn run(&self, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
+        let job = Job { f, next: AtomicUsize::new(0), tasks };
+        if self.helpers.is_empty() || tasks <= 1 {
+            return job.work();
+        }
+        let _one_at_a_time = self.call.lock().unwrap_or_else(|e| e.into_inner());
+        let s = &self.shared;
+        // SAFETY: helpers dereference `job` only between the generation bump below and their `busy`
+        // decrement, and `Wait` (also on unwind) keeps this frame alive until `busy` is 0.
+        s.job.store(&job as *const Job as *mut Job<'static>, Ordering::Relaxed);
+        s.busy.store(self.helpers.len(), Ordering::Relaxed);
+        s.generation.fetch_add(1, Ordering::Release);
+        for h in &self.helpers {
+            h.unpark();
+        }
+        struct Wait<'a>(&'a Shared);
+        impl Drop for Wait<'_> {
+            fn drop(&mut self) {
+                while self.0.busy.load(Ordering::Acquire) != 0 {
+                    std::hint::spin_loop();
+                }
+            }
+        }
+        let wait = Wait(s);
+        job.work();
+        drop(wait);
+        if let Some(p) = s.panic.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            std::panic::resume_unwind(p);
+        }
     }
 }
 
-/// Runs `f` (which uses rayon's parallel iterators) on the kernels' pool.
-pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    match pool() {
-        Pool::Global => f(),
-        Pool::Own(p) => p.install(f),
+fn helper(s: &Shared) {
+    let mut seen = 0u64;
+    loop {
+        seen = wait_for_job(s, seen);
+        // SAFETY: set before the generation bump (Release, paired with the Acquire in wait_for_job) and
+        // kept alive by the caller until `busy` reaches 0 below.
+        let job = unsafe { &*s.job.load(Ordering::Relaxed) };
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| job.work())) {
+            *s.panic.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
+        }
+        s.busy.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// Waits for a generation after `seen`: spins, then spins yielding the core, then parks.
+fn wait_for_job(s: &Shared, seen: u64) -> u64 {
+    let start = Instant::now();
+    let mut spins = 0u32;
+    loop {
+        let g = s.generation.load(Ordering::Acquire);
+        if g != seen {
+            return g;
+        }
+        spins = spins.saturating_add(1);
+        if spins < PURE_SPINS {
+            std::hint::spin_loop();
+        } else if start.elapsed() < SPIN {
+            std::thread::yield_now();
+        } else {
+            // A job posted after the load above unparks this thread, so the park returns at once.
+            std::thread::park();
+        }
+    }
+}
+
+/// Threads the kernels split work over (the caller included).
+pub fn threads() -> usize {
+    pool().helpers.len() + 1
+}
+
+/// Runs `f(i)` for every `i` in `0..tasks` across the kernels' threads; returns when all have run.
+pub fn run(tasks: usize, f: impl Fn(usize) + Sync) {
+    pool().run(tasks, &f)
+}
+
+/// `f(i, chunk)` for every `chunk` of `data` (the `i`-th, `chunk_len` long, the last maybe shorter),
+/// across the kernels' threads.
+pub fn for_each_chunk_mut<T: Send>(data: &mut [T], chunk_len: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    // Each chunk is taken by exactly one task; the (uncontended) lock hands its `&mut` across threads.
+    let chunks: Vec<Mutex<&mut [T]>> = data.chunks_mut(chunk_len.max(1)).map(Mutex::new).collect();
+    run(chunks.len(), |i| {
+        let mut c = chunks[i].lock().unwrap_or_else(|e| e.into_inner());
+        f(i, &mut c)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_task_runs_once_and_panics_reach_the_caller() {
+        let p = Pool::new(3);
+        for tasks in [0, 1, 2, 7, 100] {
+            let hits: Vec<AtomicUsize> = (0..tasks).map(|_| AtomicUsize::new(0)).collect();
+            p.run(tasks, &|i| {
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "{tasks} tasks");
+        }
+        let r = catch_unwind(AssertUnwindSafe(|| p.run(8, &|i| assert!(i != 5, "task 5"))));
+        assert!(r.is_err());
+        // The pool still works after a panic.
+        let n = AtomicUsize::new(0);
+        p.run(8, &|_| {
+            n.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(n.load(Ordering::Relaxed), 8);
     }
 }
