@@ -77,6 +77,9 @@ class ChatMessage(_Strict):
     annotations: Optional[List[Any]] = None
     audio: Optional[Any] = None
     function_call: Optional[Any] = None
+    # A reasoning model's thinking, as our responses carry it; never shown to the template (reasoning.py).
+    reasoning_content: Optional[str] = None
+    reasoning: Optional[str] = None
 
     def text(self) -> Optional[str]:
         """The content as one string: text parts joined the way OpenAI-compatible servers do."""
@@ -485,6 +488,8 @@ class CompletionUsage(BaseModel):
     total_tokens: int
     # MLC's engine statistics (ttft, latency, throughput); extra fields are accepted by the SDK.
     extra: Optional[Dict[str, Any]] = None
+    # OpenAI's {"reasoning_tokens": n}, for reasoning models only.
+    completion_tokens_details: Optional[Dict[str, int]] = None
 
 
 class ChatCompletionMessage(BaseModel):
@@ -492,6 +497,9 @@ class ChatCompletionMessage(BaseModel):
     content: Optional[str] = None
     refusal: Optional[str] = None
     tool_calls: Optional[List[ChatToolCall]] = None
+    # A reasoning model's thinking under both of vLLM's names (older and newer clients read one each).
+    reasoning_content: Optional[str] = None
+    reasoning: Optional[str] = None
 
 
 class ChatCompletionChoice(BaseModel):
@@ -516,6 +524,8 @@ class ChoiceDelta(BaseModel):
     content: Optional[str] = None
     refusal: Optional[str] = None
     tool_calls: Optional[List[Dict[str, Any]]] = None
+    reasoning_content: Optional[str] = None
+    reasoning: Optional[str] = None
 
 
 class ChatCompletionChunkChoice(BaseModel):

@@ -23,6 +23,7 @@ from ..protocol.errors import BadRequestError, EngineDeadError
 from ..protocol.openai_api_protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, parse_request
 from .config import EngineArgs, EngineConfig, merge_engine_config, validate_engine_args
 from .metrics import EngineMetrics
+from .reasoning import knows_think_tags, starts_in_reasoning, strip_history
 from .responses import ChatResponseBuilder, CompletionResponseBuilder
 from .stream import Sink, StreamBack
 from .tool_calls import call_format, forced_call_grammar, tools_system_prompt
@@ -147,6 +148,7 @@ class EngineBase:
         # request id -> its submission, and engine id -> the submission that owns it (see _submit).
         self._active: Dict[str, EngineSubmission] = {}
         self._owners: Dict[str, EngineSubmission] = {}
+        self._think_tags: Optional[bool] = None  # see _thinks
         self._stream_back = StreamBack(self._core)
         self._stream_back.start()
         self._terminated = False
@@ -187,6 +189,9 @@ class EngineBase:
     def _prepare_chat(self, kwargs: Dict[str, Any]) -> PreparedRequest:
         request = parse_request(ChatCompletionRequest, kwargs)
         messages = [_message_for_template(m) for m in request.messages]
+        thinks = self._thinks()
+        if thinks:
+            messages = strip_history(messages)
         tools = [t.model_dump(exclude_none=True) for t in request.tools or ()] if request.uses_tools() else []
         prompt = self._render_chat(messages, tools)
         grammar = request.grammar()
@@ -208,6 +213,7 @@ class EngineBase:
             include_usage=request.include_usage(),
             logprobs=request.logprobs,
             parse_tools=bool(tools),
+            reasoning=starts_in_reasoning(prompt) if thinks else None,
         )
         params = _sampling_params(request, request.max_new_tokens(), request.logprobs, top)
         if grammar is not None:
@@ -274,6 +280,12 @@ class EngineBase:
         else:
             messages = [{"role": "system", "content": described}, *messages]
         return str(self._core.apply_chat_template(json.dumps(messages), True, tools_json))
+
+    def _thinks(self) -> bool:
+        """Whether the model thinks in <think> tags (reasoning.py); asked of the tokenizer once."""
+        if self._think_tags is None:
+            self._think_tags = knows_think_tags(lambda text: list(self._core.tokenize(text, False)))
+        return self._think_tags
 
     def _model_name(self) -> str:
         return str(self._info.get("model") or self._args.model)

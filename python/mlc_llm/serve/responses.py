@@ -26,6 +26,7 @@ from ..protocol.openai_api_protocol import (
     FinishReason,
     Logprobs,
 )
+from .reasoning import ReasoningStream
 from .tool_calls import ToolCallStream, parse_tool_calls
 
 Delta = Dict[str, Any]
@@ -126,10 +127,17 @@ def _chat_logprobs(entries: List[LogprobEntry]) -> ChoiceLogprobs:
 
 class ChatResponseBuilder(_Builder):
     """Deltas -> ChatCompletionChunk stream or one ChatCompletion. With `parse_tools`, output that
-    is a tool call becomes `tool_calls` with finish_reason "tool_calls" (see tool_calls.py)."""
+    is a tool call becomes `tool_calls` with finish_reason "tool_calls" (see tool_calls.py). With
+    `reasoning` (True: the prompt leaves a <think> block open, False: the model may open one), a
+    reasoning model's thinking goes to `reasoning_content` / `reasoning` and only the rest is content
+    or a tool call (see reasoning.py)."""
 
-    def __init__(self, *, parse_tools: bool = False, **kwargs: Any) -> None:
+    def __init__(self, *, parse_tools: bool = False, reasoning: Optional[bool] = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self._reasoning = None if reasoning is None else [ReasoningStream(reasoning) for _ in range(self.n)]
+        self._reasoning_texts: List[List[str]] = [[] for _ in range(self.n)]
+        self._reasoning_tokens = [0] * self.n
+        self._pending_reasoning = [""] * self.n
         self._started = [False] * self.n
         # MLC's engine streams carry role "assistant" in every delta (its tests assert it); the REST
         # server turns this off for OpenAI's convention of the first chunk only, because the openai
@@ -138,7 +146,38 @@ class ChatResponseBuilder(_Builder):
         self._tool_streams = [ToolCallStream() for _ in range(self.n)] if parse_tools and self._stream else None
         self._parse_tools = parse_tools
 
+    def on_delta(self, delta: Delta) -> List[Any]:
+        """Splits the thinking off first; the base class then sees only the answer text."""
+        if self._reasoning is None:
+            return super().on_delta(delta)
+        index = self._index_of[delta["request_id"]]
+        stream = self._reasoning[index]
+        was_reasoning = stream.in_reasoning
+        reasoning, text = stream.push(delta["text"])
+        if delta.get("finish_reason") is not None:
+            more_reasoning, more_text = stream.finish()
+            reasoning, text = reasoning + more_reasoning, text + more_text
+        if was_reasoning or reasoning or stream.in_reasoning:
+            # The tokens that open and close the thinking count as thinking, as OpenAI counts them.
+            self._reasoning_tokens[index] += len(delta.get("token_ids") or ())
+        self._reasoning_texts[index].append(reasoning)
+        self._pending_reasoning[index] = reasoning
+        return super().on_delta({**delta, "text": text})
+
+    def usage(self) -> CompletionUsage:
+        usage = super().usage()
+        if self._reasoning is not None:
+            usage.completion_tokens_details = {"reasoning_tokens": sum(self._reasoning_tokens)}
+        return usage
+
     def _chunks(self, index: int, delta: Delta, finish: Optional[str]) -> List[Any]:
+        reasoning, self._pending_reasoning[index] = self._pending_reasoning[index], ""
+        if not reasoning:
+            return self._answer_chunks(index, delta, finish)
+        thinking = ChoiceDelta(content="", reasoning_content=reasoning, reasoning=reasoning)
+        return [self._make_chunk(index, thinking, None, None), *self._answer_chunks(index, delta, finish)]
+
+    def _answer_chunks(self, index: int, delta: Delta, finish: Optional[str]) -> List[Any]:
         if self._tool_streams is None:
             return super()._chunks(index, delta, finish)
         stream = self._tool_streams[index]
@@ -185,13 +224,17 @@ class ChatResponseBuilder(_Builder):
     def _message(self, i: int) -> Tuple[ChatCompletionMessage, FinishReason]:
         text = "".join(self._texts[i])
         finish = cast(FinishReason, self._finish[i] or "stop")
+        thinking = None
+        if self._reasoning is not None and self._reasoning[i].saw_reasoning:
+            thinking = "".join(self._reasoning_texts[i])
         if self._parse_tools:
             content, calls = parse_tool_calls(text)
             if calls:
                 tool_calls = [ChatToolCall.model_validate(c.to_openai()) for c in calls]
                 reason = cast(FinishReason, "tool_calls" if finish == "stop" else finish)
-                return ChatCompletionMessage(content=content, tool_calls=tool_calls), reason
-        return ChatCompletionMessage(content=text), finish
+                message = ChatCompletionMessage(content=content, tool_calls=tool_calls)
+                return message.model_copy(update={"reasoning_content": thinking, "reasoning": thinking}), reason
+        return ChatCompletionMessage(content=text, reasoning_content=thinking, reasoning=thinking), finish
 
     def _usage_chunk(self) -> ChatCompletionChunk:
         return ChatCompletionChunk(
