@@ -83,3 +83,9 @@ fn gemma2_gguf_matches_transformers_at_llama_cpp_scale() {
 fn gemma3_gguf_matches_transformers_at_llama_cpp_scale() {
     check_gguf("gemma3", Some("gemma3.llamacpp_logits.bin"));
 }
+
+#[test]
+fn mixtral_gguf_stacked_experts_matches_transformers() {
+    // A llama GGUF with expert_count: experts read one by one out of llama.cpp's [E, out, in] tensors.
+    check_gguf("mixtral", None);
+}

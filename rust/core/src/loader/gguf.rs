@@ -70,6 +70,24 @@ fn check_tensor_infos(content: &gguf_file::Content, file_len: u64) -> std::resul
     Ok(())
 }
 
+/// A mixture's expert weight -> llama.cpp's tensor of all experts (`blk.3.ffn_gate_exps.weight`, `[E, out,
+/// in]`) and the expert's index: Mixtral's `block_sparse_moe.experts.5.w1` (w1 / w3 / w2: gate / up /
+/// down) and Qwen's `mlp.experts.5.gate_proj` / `up_proj` / `down_proj`.
+fn gguf_expert(hf: &str) -> Option<(String, usize)> {
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (idx, rest) = rest.split_once('.')?;
+    let rest = rest.strip_prefix("block_sparse_moe.experts.").or_else(|| rest.strip_prefix("mlp.experts."))?;
+    let (expert, rest) = rest.split_once('.')?;
+    let (proj, suffix) = rest.split_once('.')?;
+    let g = match proj {
+        "w1" | "gate_proj" => "ffn_gate_exps",
+        "w3" | "up_proj" => "ffn_up_exps",
+        "w2" | "down_proj" => "ffn_down_exps",
+        _ => return None,
+    };
+    Some((format!("blk.{idx}.{g}.{suffix}"), expert.parse().ok()?))
+}
+
 /// `model.layers.3.self_attn.q_proj.weight` -> `blk.3.attn_q.weight` (llama.cpp's names).
 fn gguf_name(hf: &str, post_norms: bool) -> Option<String> {
     let fixed = [
@@ -103,6 +121,12 @@ fn gguf_name(hf: &str, post_norms: bool) -> Option<String> {
         "mlp.gate_proj" => "ffn_gate",
         "mlp.up_proj" => "ffn_up",
         "mlp.down_proj" => "ffn_down",
+        // Mixtures: the router, and Qwen2-MoE's shared expert with its gate.
+        "block_sparse_moe.gate" | "mlp.gate" => "ffn_gate_inp",
+        "mlp.shared_expert.gate_proj" => "ffn_gate_shexp",
+        "mlp.shared_expert.up_proj" => "ffn_up_shexp",
+        "mlp.shared_expert.down_proj" => "ffn_down_shexp",
+        "mlp.shared_expert_gate" => "ffn_gate_inp_shexp",
         _ => return None,
     };
     Some(format!("blk.{idx}.{g}.{suffix}"))
@@ -114,15 +138,40 @@ impl GgufWeights {
     }
 
     fn qtensor_on(&self, hf: &str, device: &Device) -> Result<QTensor> {
-        let name = gguf_name(hf, self.post_norms).ok_or_else(|| EngineError::model_load(self.path.display().to_string(), format!("no GGUF name for {hf}")))?;
-        let mut file = self.file.lock().map_err(|_| EngineError::model_load(self.path.display().to_string(), "file lock poisoned"))?;
-        self.content.tensor(&mut *file, &name, device).map_err(|e| {
-            EngineError::model_load(self.path.display().to_string(), format!("tensor {name}: {e}"))
-        })
+        let shown = || self.path.display().to_string();
+        if let Some((name, expert)) = gguf_expert(hf) {
+            return self.expert_qtensor(&name, expert, device);
+        }
+        let name = gguf_name(hf, self.post_norms).ok_or_else(|| EngineError::model_load(shown(), format!("no GGUF name for {hf}")))?;
+        let mut file = self.file.lock().map_err(|_| EngineError::model_load(shown(), "file lock poisoned"))?;
+        self.content.tensor(&mut *file, &name, device).map_err(|e| EngineError::model_load(shown(), format!("tensor {name}: {e}")))
+    }
+
+    /// Expert `expert` of the `[E, out, in]` tensor `name`: its rows are contiguous in the file (whole
+    /// quantization blocks, as rows are), so only they are read.
+    fn expert_qtensor(&self, name: &str, expert: usize, device: &Device) -> Result<QTensor> {
+        let shown = || self.path.display().to_string();
+        let info = self.content.tensor_infos.get(name).ok_or_else(|| EngineError::model_load(shown(), format!("no tensor {name}")))?;
+        let &[experts, rows, cols] = info.shape.dims() else {
+            return Err(EngineError::model_load(shown(), format!("tensor {name} has shape {:?}, not [experts, out, in]", info.shape.dims())));
+        };
+        if expert >= experts {
+            return Err(EngineError::model_load(shown(), format!("tensor {name} has {experts} experts, expert {expert} was asked for")));
+        }
+        // check_tensor_infos checked at open that the whole tensor is whole blocks inside the file; rows
+        // of whole blocks make each expert whole blocks too.
+        if cols % info.ggml_dtype.block_size() != 0 {
+            return Err(EngineError::model_load(shown(), format!("tensor {name}: rows of {cols} are not whole {:?} blocks", info.ggml_dtype)));
+        }
+        let bytes = (rows * cols / info.ggml_dtype.block_size() * info.ggml_dtype.type_size()) as u64;
+        let slice = gguf_file::TensorInfo { ggml_dtype: info.ggml_dtype, shape: (rows, cols).into(), offset: info.offset + expert as u64 * bytes };
+        let mut file = self.file.lock().map_err(|_| EngineError::model_load(shown(), "file lock poisoned"))?;
+        slice.read(&mut *file, self.content.tensor_data_offset, device).map_err(|e| EngineError::model_load(shown(), format!("tensor {name} expert {expert}: {e}")))
     }
 
     pub fn contains(&self, hf: &str) -> bool {
-        gguf_name(hf, self.post_norms).is_some_and(|n| self.content.tensor_infos.contains_key(&n))
+        let name = gguf_expert(hf).map(|(n, _)| n).or_else(|| gguf_name(hf, self.post_norms));
+        name.is_some_and(|n| self.content.tensor_infos.contains_key(&n))
     }
 
     /// The named tensor dequantized to the compute dtype.

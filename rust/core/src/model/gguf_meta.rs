@@ -147,8 +147,11 @@ mod tests {
     fn unread_keys_are_refused_and_off_values_pass() {
         let none = |_: &str| None;
         parse(&md("llama", &[("expert_count", Value::U32(0))]), &none).unwrap();
+        // A llama file with experts is Mixtral; it must say how many a token uses.
         let e = parse(&md("llama", &[("expert_count", Value::U32(8))]), &none).unwrap_err().to_string();
-        assert!(e.contains("llama.expert_count"), "{e}");
+        assert!(e.contains("llama.expert_used_count"), "{e}");
+        let m = parse(&md("llama", &[("expert_count", Value::U32(8)), ("expert_used_count", Value::U32(2))]), &none).unwrap();
+        assert_eq!(m.moe.map(|x| (x.num_experts, x.top_k)), Some((8, 2)));
         let e = parse(&md("llama", &[("rope.scaling.type", Value::String("su".into()))]), &none).unwrap_err().to_string();
         assert!(e.contains("rope.scaling.type"), "{e}");
     }
