@@ -117,8 +117,16 @@ impl Pool {
         struct Wait<'a>(&'a Shared);
         impl Drop for Wait<'_> {
             fn drop(&mut self) {
+                // A helper descheduled by another process holds its task until it runs again: spin
+                // briefly, then give the core away so that it can.
+                let mut spins = 0u32;
                 while self.0.busy.load(Ordering::Acquire) != 0 {
-                    std::hint::spin_loop();
+                    spins = spins.saturating_add(1);
+                    if spins < PURE_SPINS {
+                        std::hint::spin_loop();
+                    } else {
+                        std::thread::yield_now();
+                    }
                 }
             }
         }
