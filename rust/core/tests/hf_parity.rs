@@ -120,3 +120,23 @@ fn qwen2_moe_shared_expert_dense_layer_matches_transformers() {
 fn qwen3_moe_top4_of_16_sparse_step_matches_transformers() {
     check_model("qwen3_moe");
 }
+
+/// Speculative decoding with a mixture-of-experts target: the greedy tokens are transformers' own, with
+/// prompt-lookup drafts and with a small dense draft model (the qwen3 fixture: same vocabulary).
+#[test]
+fn moe_targets_keep_their_greedy_tokens_under_speculative_decoding() {
+    let models = fixtures().join("models");
+    for (target, mode, draft) in [("qwen3_moe", "ngram", None), ("mixtral", "ngram", None), ("qwen3_moe", "small_draft", Some("qwen3"))] {
+        let dir = models.join(target);
+        let r = load_reference(&dir);
+        let mut args = parity_args(16);
+        args.speculative_mode = mode.to_string();
+        args.spec_draft_length = 3;
+        args.additional_models = draft.map(|d| vec![models.join(d).to_string_lossy().into_owned()]).unwrap_or_default();
+        for (together, runs) in [(false, run_greedy(&dir, args.clone(), &r.prompts, 32, false)), (true, run_greedy(&dir, args, &r.prompts, 32, true))] {
+            for (i, (toks, _)) in runs.iter().enumerate() {
+                assert_eq!(toks, &r.greedy[i], "{target} with {mode}: prompt {i} (batched {together})");
+            }
+        }
+    }
+}
