@@ -89,3 +89,8 @@ fn mixtral_gguf_stacked_experts_matches_transformers() {
     // A llama GGUF with expert_count: experts read one by one out of llama.cpp's [E, out, in] tensors.
     check_gguf("mixtral", None);
 }
+
+#[test]
+fn qwen3_moe_gguf_matches_transformers() {
+    check_gguf("qwen3_moe", None);
+}

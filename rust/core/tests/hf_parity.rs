@@ -117,7 +117,7 @@ fn qwen2_moe_shared_expert_dense_layer_matches_transformers() {
 }
 
 #[test]
-fn qwen3_moe_top4_of_16_sparse_step_matches_transformers() {
+fn qwen3_moe_top4_of_16_matches_transformers() {
     check_model("qwen3_moe");
 }
 

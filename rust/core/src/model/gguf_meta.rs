@@ -93,6 +93,14 @@ impl GgufMeta<'_> {
         }
     }
 
+    pub fn bool(&self, k: &str) -> Result<Option<bool>> {
+        match self.value(k) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(other) => Err(self.err(format!("{}.{k} must be true or false, found {other:?}", self.arch()))),
+        }
+    }
+
     pub fn str(&self, k: &str) -> Option<&str> {
         match self.value(k) {
             Some(Value::String(s)) => Some(s),

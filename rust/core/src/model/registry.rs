@@ -126,7 +126,7 @@ pub static REGISTRY: &[ArchEntry] = &[
         from_gguf: arch::olmo2::from_gguf,
         build: dense,
     },
-    // Mixtures of experts: HF checkpoints only so far (no GGUF or MLC names yet).
+    // Mixtures of experts (no MLC names yet; Mixtral GGUFs are llama files with experts).
     ArchEntry {
         arch: Architecture::Mixtral,
         name: "mixtral",
@@ -141,7 +141,7 @@ pub static REGISTRY: &[ArchEntry] = &[
         arch: Architecture::Qwen2Moe,
         name: "qwen2_moe",
         hf_names: &["qwen2_moe", "Qwen2MoeForCausalLM"],
-        gguf_name: None,
+        gguf_name: Some("qwen2moe"),
         mlc_name: None,
         from_hf: arch::moe::from_hf,
         from_gguf: arch::moe::from_gguf,
@@ -151,7 +151,7 @@ pub static REGISTRY: &[ArchEntry] = &[
         arch: Architecture::Qwen3Moe,
         name: "qwen3_moe",
         hf_names: &["qwen3_moe", "Qwen3MoeForCausalLM"],
-        gguf_name: None,
+        gguf_name: Some("qwen3moe"),
         mlc_name: None,
         from_hf: arch::moe::from_hf,
         from_gguf: arch::moe::from_gguf,

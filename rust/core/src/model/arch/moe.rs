@@ -74,8 +74,27 @@ fn mlp_only_layers(c: &HfConfig<'_>) -> Result<Vec<usize>> {
         .collect()
 }
 
-/// MoE GGUFs (llama.cpp's `ffn_*_exps` tensors) are not read yet: refused by name rather than loaded as
-/// a dense model.
-pub fn from_gguf(m: &GgufMeta<'_>, _: Architecture) -> Result<ModelConfig> {
-    Err(m.err(format!("{}: mixture-of-experts GGUF files are not supported yet; load the HF checkpoint", m.arch())))
+/// llama.cpp's `qwen2moe` / `qwen3moe` files (Mixtral GGUFs are `llama` files: arch/llama.rs). Every layer
+/// is sparse there; the top-k is renormalized for qwen3moe and not for qwen2moe unless
+/// `expert_weights_norm` says otherwise, as llama.cpp decides.
+pub fn from_gguf(m: &GgufMeta<'_>, arch: Architecture) -> Result<ModelConfig> {
+    let mut cfg = qwen::from_gguf(m, if arch == Architecture::Qwen2Moe { Architecture::Qwen2 } else { Architecture::Qwen3 })?;
+    cfg.architecture = arch;
+    // 1 = softmax, the only gating these architectures use (2 = sigmoid, DeepSeek V3's).
+    if let Some(g) = m.usize("expert_gating_func")?.filter(|&g| g != 1) {
+        return Err(m.err(format!("{}.expert_gating_func {g} is not supported (softmax = 1 only)", m.arch())));
+    }
+    cfg.moe = Some(MoeConfig {
+        num_experts: m.need_usize("expert_count")?,
+        top_k: m.need_usize("expert_used_count")?,
+        norm_topk_prob: m.bool("expert_weights_norm")?.unwrap_or(arch == Architecture::Qwen3Moe),
+        expert_intermediate: m.need_usize("expert_feed_forward_length")?,
+        shared_expert_intermediate: match arch {
+            Architecture::Qwen2Moe => Some(m.need_usize("expert_shared_feed_forward_length")?),
+            _ => None,
+        },
+        sparse_layers: vec![true; cfg.num_hidden_layers],
+        naming: MoeNaming::Qwen,
+    });
+    Ok(cfg)
 }
