@@ -3,7 +3,9 @@
 off), streamed and not, with and without a tool call after the thinking; history stripping."""
 
 import json
-from typing import Any, Dict, List, Optional, Tuple
+import shutil
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import openai
 import pytest
@@ -63,8 +65,11 @@ def test_split_whole_and_streamed_agree(
 
 def test_knows_think_tags_by_single_tokens() -> None:
     vocab = {"<think>": [151667], "</think>": [151668]}
-    assert knows_think_tags(lambda text: vocab.get(text, [1, 2, 3]))
-    assert not knows_think_tags(lambda text: [ord(c) for c in text])
+    words = {151667: "<think>", 151668: "</think>"}
+    assert knows_think_tags(lambda text: vocab.get(text, [1, 2, 3]), lambda ids: "".join(words[i] for i in ids))
+    assert not knows_think_tags(lambda text: [ord(c) for c in text], lambda ids: "".join(map(chr, ids)))
+    # A word-level tokenizer spells every unknown word as one id, which does not spell the tag back.
+    assert not knows_think_tags(lambda text: [0], lambda ids: "<unk>")
 
 
 # ------------------------------------------------------------------------------------- the builder
@@ -169,3 +174,47 @@ def test_reasoning_is_stripped_from_history() -> None:
     messages = strip_history([_message_for_template(m) for m in request.messages])
     assert [m["content"] for m in messages] == ["Capital of France?", "Paris.", "Rome.", "And <think> of Italy?"]
     assert all("reasoning_content" not in m and "reasoning" not in m for m in messages)
+
+
+# ------------------------------------------------------------------------------ chat_template_kwargs
+
+# Qwen3's switch, cut down: without thinking, the generation prompt carries an empty thinking block.
+QWEN3_LIKE_TEMPLATE = (
+    "{% for m in messages %}<|{{ m.role }}|> {{ m.content }} {% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|> "
+    "{% if enable_thinking is defined and enable_thinking is false %}<think> </think> {% endif %}{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def templated_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from mlc_llm import MLCEngine
+
+    llama = Path(__file__).parent / "fixtures" / "models" / "llama"
+    model = tmp_path_factory.mktemp("kwargs") / "llama-qwen3-like"
+    model.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        shutil.copy(llama / name, model / name)
+    config = {"bos_token": "t1", "eos_token": "t2", "add_bos_token": False, "chat_template": QWEN3_LIKE_TEMPLATE}
+    (model / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    engine = MLCEngine(str(model), device="cpu", verbose=False)
+    yield engine
+    engine.terminate()
+
+
+def test_chat_template_kwargs_reach_the_template(templated_engine: Any) -> None:
+    def prompt_tokens(**kwargs: Any) -> int:
+        response = templated_engine.chat.completions.create(
+            messages=[{"role": "user", "content": "t5 t6"}], max_tokens=1, **kwargs
+        )
+        return int(response.usage.prompt_tokens)
+
+    thinking = prompt_tokens()
+    assert prompt_tokens(extra_body={"chat_template_kwargs": {"enable_thinking": True}}) == thinking
+    # "<think> </think>" are two more words of the prompt.
+    assert prompt_tokens(extra_body={"chat_template_kwargs": {"enable_thinking": False}}) == thinking + 2
+    from mlc_llm import BadRequestError
+
+    with pytest.raises(BadRequestError) as err:
+        prompt_tokens(extra_body={"chat_template_kwargs": {"messages": []}})
+    assert err.value.field == "chat_template_kwargs"

@@ -45,9 +45,16 @@ class Engine:
         "num_kv_blocks", "bos_token", "eos_token", "eos_token_ids": [int], "has_chat_template": bool,
         "mode", "quantized_matmul": bool, "cuda_graph": bool, "generation_defaults": {field: value},
         "template_stop": [str]}"""
-    def apply_chat_template(self, messages_json: str, add_generation_prompt: bool, tools_json: Optional[str]) -> str:
+    def apply_chat_template(
+        self,
+        messages_json: str,
+        add_generation_prompt: bool,
+        tools_json: Optional[str] = None,
+        template_kwargs_json: Optional[str] = None,
+    ) -> str:
         """Renders the model's chat prompt: its MLC conversation template (mlc-chat-config.json) if it has one,
-        else its Jinja chat template. messages_json: a JSON list of OpenAI-style message dicts."""
+        else its Jinja chat template. messages_json: a JSON list of OpenAI-style message dicts;
+        template_kwargs_json: a JSON object of extra Jinja variables (a request's chat_template_kwargs)."""
     def tokenize(self, text: str, add_special_tokens: bool) -> List[int]: ...
     def detokenize(self, token_ids: List[int]) -> str: ...
     def add_request(self, request_id: str, prompt_token_ids: List[int], params_json: str) -> None:

@@ -311,6 +311,8 @@ class ChatCompletionRequest(_SamplingFields):
     tools: Optional[List[ChatTool]] = None
     tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = None
     parallel_tool_calls: Optional[bool] = Field(default=None, strict=True)
+    # vLLM's extra variables for the chat template, e.g. {"enable_thinking": false} for Qwen3.
+    chat_template_kwargs: Optional[Dict[str, Any]] = None
 
     def check(self) -> None:
         super().check()

@@ -193,7 +193,7 @@ class EngineBase:
         if thinks:
             messages = strip_history(messages)
         tools = [t.model_dump(exclude_none=True) for t in request.tools or ()] if request.uses_tools() else []
-        prompt = self._render_chat(messages, tools)
+        prompt = self._render_chat(messages, tools, request.chat_template_kwargs)
         grammar = request.grammar()
         forced = request.forced_tools()
         if forced:
@@ -265,13 +265,21 @@ class EngineBase:
         params_json = _per_choice(params, request.seed, request.n) * (len(prompts) // request.n)
         return PreparedRequest(request_id, engine_ids, prompts, params_json, request.stream, builder)
 
-    def _render_chat(self, messages: List[Dict[str, Any]], tools: List[Dict[str, Any]]) -> str:
+    def _render_chat(
+        self, messages: List[Dict[str, Any]], tools: List[Dict[str, Any]], kwargs: Optional[Dict[str, Any]] = None
+    ) -> str:
         """The prompt text. Tools go into the template context as HF passes them; a template that
         ignores them (its output is the same without them) gets them as a Hermes-style system
-        message instead, so the model still learns what it may call and how."""
+        message instead, so the model still learns what it may call and how. `kwargs` (a request's
+        chat_template_kwargs) are extra template variables."""
+        extra = (json.dumps(kwargs),) if kwargs else ()
+
+        def render(turns: List[Dict[str, Any]], tools_json: Optional[str]) -> str:
+            return str(self._core.apply_chat_template(json.dumps(turns), True, tools_json, *extra))
+
         tools_json = json.dumps(tools) if tools else None
-        prompt = str(self._core.apply_chat_template(json.dumps(messages), True, tools_json))
-        if not tools or prompt != self._core.apply_chat_template(json.dumps(messages), True, None):
+        prompt = render(messages, tools_json)
+        if not tools or prompt != render(messages, None):
             return prompt
         described = tools_system_prompt(tools)
         if messages and messages[0]["role"] == "system":
@@ -279,12 +287,13 @@ class EngineBase:
             messages = [first, *messages[1:]]
         else:
             messages = [{"role": "system", "content": described}, *messages]
-        return str(self._core.apply_chat_template(json.dumps(messages), True, tools_json))
+        return render(messages, tools_json)
 
     def _thinks(self) -> bool:
         """Whether the model thinks in <think> tags (reasoning.py); asked of the tokenizer once."""
         if self._think_tags is None:
-            self._think_tags = knows_think_tags(lambda text: list(self._core.tokenize(text, False)))
+            core = self._core
+            self._think_tags = knows_think_tags(lambda text: list(core.tokenize(text, False)), core.detokenize)
         return self._think_tags
 
     def _model_name(self) -> str:

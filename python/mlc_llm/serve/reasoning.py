@@ -30,11 +30,16 @@ class ReasoningSplit:
     content: str
 
 
-def knows_think_tags(tokenize: Callable[[str], List[int]]) -> bool:
+def knows_think_tags(tokenize: Callable[[str], List[int]], detokenize: Callable[[List[int]], str]) -> bool:
     """Whether the tokenizer has `<think>` and `</think>` as tokens of their own: the mark of a model
     trained to think in them (Qwen3, QwQ, the DeepSeek-R1 distills), where other models would spell
-    them out of pieces and never produce them on their own."""
-    return len(tokenize(THINK_OPEN)) == 1 and len(tokenize(THINK_CLOSE)) == 1
+    them out of pieces and never produce them on their own. The id must spell the tag back: a
+    word-level tokenizer maps any unknown word to one id as well."""
+    for tag in (THINK_OPEN, THINK_CLOSE):
+        ids = tokenize(tag)
+        if len(ids) != 1 or detokenize(ids) != tag:
+            return False
+    return True
 
 
 def strip_history(messages: List[Dict[str, Any]]) -> List[Dict[str, Any]]:

@@ -86,15 +86,29 @@ impl Engine {
         serde_json::to_string(self.handle.info()).map_err(|e| to_py(EngineError::Unsupported(e.to_string())))
     }
 
-    #[pyo3(signature = (messages_json, add_generation_prompt, tools_json=None))]
-    fn apply_chat_template(&self, py: Python<'_>, messages_json: String, add_generation_prompt: bool, tools_json: Option<String>) -> PyResult<String> {
+    #[pyo3(signature = (messages_json, add_generation_prompt, tools_json=None, template_kwargs_json=None))]
+    fn apply_chat_template(
+        &self,
+        py: Python<'_>,
+        messages_json: String,
+        add_generation_prompt: bool,
+        tools_json: Option<String>,
+        template_kwargs_json: Option<String>,
+    ) -> PyResult<String> {
         let messages: serde_json::Value = serde_json::from_str(&messages_json).map_err(|e| bad_json("messages", e))?;
         let tools: Option<serde_json::Value> = match tools_json {
             Some(t) => Some(serde_json::from_str(&t).map_err(|e| bad_json("tools", e))?),
             None => None,
         };
+        let kwargs: Option<serde_json::Map<String, serde_json::Value>> = match template_kwargs_json {
+            Some(k) => Some(serde_json::from_str(&k).map_err(|e| bad_json("chat_template_kwargs", e))?),
+            None => None,
+        };
         let tok = self.handle.tokenizer().clone();
-        py.detach(move || catch_panics(|| tok.render_chat(&messages, add_generation_prompt, tools.as_ref()))).map_err(to_py)
+        py.detach(move || {
+            catch_panics(|| tok.render_chat_with(&messages, add_generation_prompt, tools.as_ref(), kwargs.as_ref()))
+        })
+        .map_err(to_py)
     }
 
     fn tokenize(&self, py: Python<'_>, text: String, add_special_tokens: bool) -> PyResult<Vec<u32>> {

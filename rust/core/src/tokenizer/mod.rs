@@ -173,6 +173,18 @@ impl Tokenizer {
     /// An MLC conversation template's prefix token ids are written as their token text, which encodes back to
     /// the same ids; Jinja templates get `tools` in their context (conversation templates ignore them).
     pub fn render_chat(&self, messages: &serde_json::Value, add_generation_prompt: bool, tools: Option<&serde_json::Value>) -> Result<String> {
+        self.render_chat_with(messages, add_generation_prompt, tools, None)
+    }
+
+    /// [`Self::render_chat`] with a request's `chat_template_kwargs` as extra Jinja variables (MLC
+    /// conversation templates have no variables and ignore them).
+    pub fn render_chat_with(
+        &self,
+        messages: &serde_json::Value,
+        add_generation_prompt: bool,
+        tools: Option<&serde_json::Value>,
+        kwargs: Option<&serde_json::Map<String, serde_json::Value>>,
+    ) -> Result<String> {
         if let Some(conv) = &self.conv_template {
             let rendered = conv.render(messages, add_generation_prompt)?;
             let mut text = String::new();
@@ -188,7 +200,7 @@ impl Tokenizer {
         let template = self.chat_template.as_ref().ok_or_else(|| {
             EngineError::bad_request("messages", "this model has no chat template; use completions.create with a prompt")
         })?;
-        template.render(messages, add_generation_prompt, tools)
+        template.render_with(messages, add_generation_prompt, tools, kwargs)
     }
 
     /// Token ids of `text`. Special-token text in `text` (e.g. `<|im_start|>`) becomes the special id.

@@ -17,6 +17,8 @@ use super::python_format::{json_dumps, python_str, JsonStyle};
 use crate::error::{EngineError, Result};
 
 const TEMPLATE_NAME: &str = "chat_template";
+/// Template variables the renderer sets; `chat_template_kwargs` may not replace them.
+const RESERVED_VARIABLES: [&str; 5] = ["messages", "tools", "add_generation_prompt", "bos_token", "eos_token"];
 
 /// A compiled chat template plus the special-token strings it may reference.
 pub struct ChatTemplate {
@@ -81,12 +83,31 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         tools: Option<&serde_json::Value>,
     ) -> Result<String> {
+        self.render_with(messages, add_generation_prompt, tools, None)
+    }
+
+    /// [`Self::render`] with extra template variables (a request's `chat_template_kwargs`, e.g.
+    /// `{"enable_thinking": false}`), as HF's `apply_chat_template(**kwargs)` passes them. They may not
+    /// replace the variables the renderer sets itself.
+    pub fn render_with(
+        &self,
+        messages: &serde_json::Value,
+        add_generation_prompt: bool,
+        tools: Option<&serde_json::Value>,
+        kwargs: Option<&serde_json::Map<String, serde_json::Value>>,
+    ) -> Result<String> {
         let messages = Value::from_serialize(&normalize_messages(messages)?);
-        self.render_values(
-            messages,
-            add_generation_prompt,
-            tools.map(Value::from_serialize),
-        )
+        let mut extra: Vec<(String, Value)> = Vec::new();
+        for (name, value) in kwargs.into_iter().flatten() {
+            if RESERVED_VARIABLES.contains(&name.as_str()) {
+                return Err(EngineError::bad_request(
+                    "chat_template_kwargs",
+                    format!("chat_template_kwargs may not set {name:?}: the server sets it"),
+                ));
+            }
+            extra.push((name.clone(), Value::from_serialize(value)));
+        }
+        self.render_values(messages, add_generation_prompt, tools.map(Value::from_serialize), extra)
     }
 
     /// Renders already-normalized template values; `tools: None` is Python's `tools=None`.
@@ -95,17 +116,19 @@ impl ChatTemplate {
         messages: Value,
         add_generation_prompt: bool,
         tools: Option<Value>,
+        extra: Vec<(String, Value)>,
     ) -> Result<String> {
-        let mut vars: Vec<(&str, Value)> = vec![
-            ("messages", messages),
-            ("tools", tools.unwrap_or(Value::from(()))),
-            ("add_generation_prompt", Value::from(add_generation_prompt)),
-        ];
+        let mut vars: Vec<(String, Value)> = extra;
+        vars.extend([
+            ("messages".to_string(), messages),
+            ("tools".to_string(), tools.unwrap_or(Value::from(()))),
+            ("add_generation_prompt".to_string(), Value::from(add_generation_prompt)),
+        ]);
         if let Some(bos) = &self.bos_token {
-            vars.push(("bos_token", Value::from(bos.as_str())));
+            vars.push(("bos_token".to_string(), Value::from(bos.as_str())));
         }
         if let Some(eos) = &self.eos_token {
-            vars.push(("eos_token", Value::from(eos.as_str())));
+            vars.push(("eos_token".to_string(), Value::from(eos.as_str())));
         }
         let template = self
             .env
@@ -351,6 +374,24 @@ mod tests {
     }
 
     #[test]
+    fn chat_template_kwargs_reach_the_template_and_cannot_replace_its_variables() {
+        let t = ChatTemplate::new(
+            "{% if enable_thinking is defined and not enable_thinking %}<think></think>{% endif %}{{ n }}",
+            None,
+            None,
+        )
+        .unwrap();
+        let kwargs = json!({"enable_thinking": false, "n": 3});
+        assert_eq!(t.render_with(&json!([]), true, None, kwargs.as_object()).unwrap(), "<think></think>3");
+        assert_eq!(t.render(&json!([]), true, None).unwrap(), "");
+        let bad = json!({"messages": []});
+        match t.render_with(&json!([]), true, None, bad.as_object()).unwrap_err() {
+            EngineError::BadRequest { field, .. } => assert_eq!(field, "chat_template_kwargs"),
+            other => panic!("unexpected error {other:?}"),
+        }
+    }
+
+    #[test]
     fn generation_tags_keep_whitespace_control() {
         let src = "A\n{%- generation -%}\nB\n{%- endgeneration %}C";
         assert_eq!(
@@ -386,7 +427,7 @@ mod tests {
                 }
                 let agp = case.get_attr("add_generation_prompt").unwrap().is_true();
                 let got = t
-                    .render_values(case.get_attr("messages").unwrap(), agp, Some(tools))
+                    .render_values(case.get_attr("messages").unwrap(), agp, Some(tools), Vec::new())
                     .unwrap();
                 assert_eq!(
                     got,
