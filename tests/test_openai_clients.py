@@ -148,7 +148,9 @@ def test_unknown_and_unsupported_fields_are_400s(client: openai.OpenAI, model: s
         client.chat.completions.create(model=model, messages=QUESTION, store=cast(Any, "yes"))
 
 
-def test_legacy_functions_become_tools(client: openai.OpenAI, model: str) -> None:
+def test_legacy_function_history_is_understood(client: openai.OpenAI, model: str) -> None:
+    """An assistant `function_call` and the `role: "function"` answer after it reach the template as
+    a tool call and its result."""
     weather = {
         "name": "get_weather",
         "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
@@ -167,9 +169,9 @@ def test_legacy_functions_become_tools(client: openai.OpenAI, model: str) -> Non
         temperature=0.0,
         max_tokens=60,
     )
-    calls = response.choices[0].message.tool_calls
-    assert calls and calls[0].function.name == "get_weather"
-    assert isinstance(json.loads(calls[0].function.arguments)["city"], str)
+    call = response.choices[0].message.function_call
+    assert call is not None and call.name == "get_weather"
+    assert isinstance(json.loads(call.arguments)["city"], str)
 
 
 def test_langchain_openai_llm_list_prompt(client: openai.OpenAI, model: str) -> None:
@@ -249,3 +251,24 @@ def test_popen_server_reports_a_server_that_cannot_start(tmp_path: Any) -> None:
 
     with pytest.raises(ModelLoadError):
         PopenServer(os.fspath(tmp_path / "missing.gguf"), "cpu", port=_free_port()).start(timeout_s=60)
+
+
+def test_legacy_functions_are_answered_with_function_call(client: openai.OpenAI, model: str) -> None:
+    """A request in the legacy form gets OpenAI's legacy answer: `message.function_call` and
+    finish_reason "function_call" (what LangChain's and LlamaIndex's older function agents read)."""
+    functions = [{"name": "get_time", "parameters": {"type": "object", "properties": {
+        "timezone": {"type": "string", "maxLength": 10}}, "required": ["timezone"], "additionalProperties": False}}]
+    kwargs: Dict[str, Any] = dict(model=model, messages=QUESTION, functions=functions,
+                                  function_call={"name": "get_time"}, temperature=0.0, max_tokens=40)
+    choice = client.chat.completions.create(**kwargs).choices[0]
+    assert choice.finish_reason == "function_call" and choice.message.tool_calls is None
+    assert choice.message.function_call is not None and choice.message.function_call.name == "get_time"
+    whole = json.loads(choice.message.function_call.arguments)
+    name, arguments, finish = "", "", None
+    for chunk in client.chat.completions.create(stream=True, **kwargs):
+        for c in chunk.choices:
+            if c.delta.function_call is not None:
+                name += c.delta.function_call.name or ""
+                arguments += c.delta.function_call.arguments or ""
+            finish = c.finish_reason or finish
+    assert (name, json.loads(arguments), finish) == ("get_time", whole, "function_call")

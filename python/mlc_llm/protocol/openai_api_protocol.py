@@ -10,18 +10,18 @@ naming the field (validation_errors.py), and each request's
 never a silent ignore).
 """
 
-import json
-import re
 import time
 from typing import Any, Dict, List, Literal, Mapping, Optional, Type, TypeVar, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictBool, StrictInt, StrictStr, ValidationError
+from pydantic import field_validator
 
+from .debug_protocol import DebugConfig
 from .errors import BadRequestError, UnsupportedError
 from .json_schema import check_json_schema
 from .limits import MAX_F32, MAX_I32, MAX_U32, TokenCount, TokenId, check_request_values
-from .debug_protocol import DebugConfig
 from .request_compat import normalize_request
+from .response_format import JSONSchemaFormat, ResponseFormat, check_name  # noqa: F401  (re-exported)
 from .server_protocol import ErrorInfo, ErrorResponse, ModelCard, ModelList  # noqa: F401  (re-exported)
 from .validation_errors import bad_request_from
 
@@ -88,16 +88,6 @@ class ChatMessage(_Strict):
         return "\n".join(part.text or "" for part in self.content)
 
 
-# OpenAI's rule for function and response-schema names.
-_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-
-def _check_name(value: str) -> str:
-    if not _NAME_PATTERN.match(value):
-        raise ValueError(f"name {value!r} must be 1 to 64 letters, digits, '_' or '-'")
-    return value
-
-
 class FunctionDefinition(_Strict):
     name: str
     description: Optional[str] = None
@@ -107,7 +97,7 @@ class FunctionDefinition(_Strict):
     @field_validator("name")
     @classmethod
     def _valid_name(cls, value: str) -> str:
-        return _check_name(value)
+        return check_name(value)
 
     @field_validator("parameters")
     @classmethod
@@ -135,77 +125,6 @@ class StreamOptions(_Strict):
     # Strict: pydantic's lax bools would take "yes", "off" or 0 for a flag.
     include_usage: StrictBool = False
     include_obfuscation: Optional[StrictBool] = None
-
-
-class JSONSchemaFormat(_Strict):
-    """OpenAI's `response_format.json_schema` object."""
-
-    name: str
-    description: Optional[str] = None
-    schema_: Optional[Dict[str, Any]] = Field(default=None, alias="schema")
-    strict: Optional[StrictBool] = None
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    @field_validator("name")
-    @classmethod
-    def _valid_name(cls, value: str) -> str:
-        return _check_name(value)
-
-    @field_validator("schema_")
-    @classmethod
-    def _valid_schema(cls, value: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
-        if value is not None:
-            check_json_schema(value, "schema")
-        return value
-
-
-class ResponseFormat(_Strict):
-    """OpenAI's `{"type": "json_schema", "json_schema": {...}}`, and MLC's older
-    `{"type": "json_object", "schema": ...}` where the schema may also be a JSON string."""
-
-    type: Literal["text", "json_object", "json_schema"] = "text"
-    json_schema: Optional[JSONSchemaFormat] = None
-    schema_: Optional[Union[Dict[str, Any], str]] = Field(default=None, alias="schema")
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    @field_validator("schema_")
-    @classmethod
-    def _valid_schema(cls, value: Optional[Union[Dict[str, Any], str]]) -> Optional[Union[Dict[str, Any], str]]:
-        if isinstance(value, str):
-            try:
-                parsed = json.loads(value)
-            except ValueError:
-                raise ValueError("schema is a string but not JSON") from None
-            check_json_schema(parsed, "schema")
-        elif value is not None:
-            check_json_schema(value, "schema")
-        return value
-
-    def check(self) -> None:
-        if self.type == "json_schema" and self.json_schema is None:
-            raise BadRequestError("response_format of type 'json_schema' needs a 'json_schema' object", "response_format")
-        if self.type != "json_schema" and self.json_schema is not None:
-            raise BadRequestError("'json_schema' is only allowed with type 'json_schema'", "response_format")
-        if self.type == "text" and self.schema_ is not None:
-            raise BadRequestError("a schema is not allowed with type 'text'", "response_format")
-
-    def grammar(self) -> Optional[Dict[str, Any]]:
-        """The engine's grammar spec (SamplingParams "grammar") enforcing this format while
-        decoding, or None for free text."""
-        if self.type == "text":
-            return None
-        schema = self.schema_dict()
-        return {"type": "json_object"} if schema is None else {"type": "json_schema", "schema": schema}
-
-    def schema_dict(self) -> Optional[Dict[str, Any]]:
-        """The JSON schema to constrain the output to, if any (both spellings)."""
-        if self.json_schema is not None:
-            return self.json_schema.schema_
-        if isinstance(self.schema_, str):
-            return dict(json.loads(self.schema_))
-        return self.schema_
 
 
 Penalty = Optional[float]
@@ -313,6 +232,11 @@ class ChatCompletionRequest(_SamplingFields):
     parallel_tool_calls: Optional[bool] = Field(default=None, strict=True)
     # vLLM's extra variables for the chat template, e.g. {"enable_thinking": false} for Qwen3.
     chat_template_kwargs: Optional[Dict[str, Any]] = None
+    # Set by parse_request for a request in the legacy `functions` form, answered in that form.
+    _legacy_functions: bool = PrivateAttr(default=False)
+
+    def legacy_functions(self) -> bool:
+        return self._legacy_functions
 
     def check(self) -> None:
         super().check()
@@ -450,11 +374,15 @@ def parse_request(cls: Type[RequestT], kwargs: Mapping[str, Any]) -> RequestT:
             raise BadRequestError("extra_body must be a dict", "extra_body")
         data.update(extra_body)
     check_request_values(data)
-    data = normalize_request(data, chat="messages" in cls.model_fields)
+    chat = "messages" in cls.model_fields
+    legacy_functions = chat and data.get("functions") is not None
+    data = normalize_request(data, chat=chat)
     try:
         request = cls.model_validate(data)
     except ValidationError as err:
         raise bad_request_from(err) from None
+    if isinstance(request, ChatCompletionRequest):
+        request._legacy_functions = legacy_functions
     request.check()
     return request
 
@@ -463,7 +391,7 @@ def parse_request(cls: Type[RequestT], kwargs: Mapping[str, Any]) -> RequestT:
 # Responses (shaped like openai.types.*)
 # ---------------------------------------------------------------------------------------------
 
-FinishReason = Literal["stop", "length", "tool_calls", "abort"]
+FinishReason = Literal["stop", "length", "tool_calls", "function_call", "abort"]
 
 
 class TopLogprob(BaseModel):
@@ -499,6 +427,7 @@ class ChatCompletionMessage(BaseModel):
     content: Optional[str] = None
     refusal: Optional[str] = None
     tool_calls: Optional[List[ChatToolCall]] = None
+    function_call: Optional[FunctionCall] = None  # the answer to a request in the legacy `functions` form
     # A reasoning model's thinking under both of vLLM's names (older and newer clients read one each).
     reasoning_content: Optional[str] = None
     reasoning: Optional[str] = None
@@ -526,6 +455,7 @@ class ChoiceDelta(BaseModel):
     content: Optional[str] = None
     refusal: Optional[str] = None
     tool_calls: Optional[List[Dict[str, Any]]] = None
+    function_call: Optional[Dict[str, str]] = None
     reasoning_content: Optional[str] = None
     reasoning: Optional[str] = None
 

@@ -214,6 +214,7 @@ class EngineBase:
             logprobs=request.logprobs,
             parse_tools=bool(tools),
             reasoning=starts_in_reasoning(prompt) if thinks else None,
+            legacy_functions=request.legacy_functions(),
         )
         params = _sampling_params(request, request.max_new_tokens(), request.logprobs, top)
         if grammar is not None:

@@ -24,6 +24,7 @@ from ..protocol.openai_api_protocol import (
     CompletionChoice,
     CompletionUsage,
     FinishReason,
+    FunctionCall,
     Logprobs,
 )
 from .reasoning import ReasoningStream
@@ -132,8 +133,17 @@ class ChatResponseBuilder(_Builder):
     reasoning model's thinking goes to `reasoning_content` / `reasoning` and only the rest is content
     or a tool call (see reasoning.py)."""
 
-    def __init__(self, *, parse_tools: bool = False, reasoning: Optional[bool] = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        parse_tools: bool = False,
+        reasoning: Optional[bool] = None,
+        legacy_functions: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
+        # A request in the legacy `functions` form gets its call as `function_call` (one per choice).
+        self._legacy_functions = legacy_functions
         self._reasoning = None if reasoning is None else [ReasoningStream(reasoning) for _ in range(self.n)]
         self._reasoning_texts: List[List[str]] = [[] for _ in range(self.n)]
         self._reasoning_tokens = [0] * self.n
@@ -194,8 +204,12 @@ class ChatResponseBuilder(_Builder):
         if text or (self._logprobs and delta.get("logprobs")):
             chunks.append(self._chunk(index, {**delta, "text": text}, None))
         for call in calls:
-            chunks.append(self._make_chunk(index, ChoiceDelta(content="", tool_calls=[call]), None, None))
-        reason = "tool_calls" if finish == "stop" else finish
+            if not self._legacy_functions:
+                chunks.append(self._make_chunk(index, ChoiceDelta(content="", tool_calls=[call]), None, None))
+            elif call["index"] == 0:
+                legacy = {k: v for k, v in call["function"].items() if k in ("name", "arguments")}
+                chunks.append(self._make_chunk(index, ChoiceDelta(content="", function_call=legacy), None, None))
+        reason = ("function_call" if self._legacy_functions else "tool_calls") if finish == "stop" else finish
         chunks.append(self._make_chunk(index, ChoiceDelta(content=""), reason, None))
         return chunks
 
@@ -229,6 +243,11 @@ class ChatResponseBuilder(_Builder):
             thinking = "".join(self._reasoning_texts[i])
         if self._parse_tools:
             content, calls = parse_tool_calls(text)
+            if calls and self._legacy_functions:
+                reason = cast(FinishReason, "function_call" if finish == "stop" else finish)
+                call = FunctionCall(name=calls[0].name, arguments=calls[0].arguments)
+                message = ChatCompletionMessage(content=content, function_call=call)
+                return message.model_copy(update={"reasoning_content": thinking, "reasoning": thinking}), reason
             if calls:
                 tool_calls = [ChatToolCall.model_validate(c.to_openai()) for c in calls]
                 reason = cast(FinishReason, "tool_calls" if finish == "stop" else finish)
