@@ -13,6 +13,7 @@ pub mod act;
 pub mod dispatch;
 mod gemm;
 pub mod op;
+mod pairs;
 pub mod pool;
 pub mod q4_0;
 pub mod q4_1;

@@ -54,6 +54,13 @@ pub const fn row_bytes_of(nb: usize, per_block: usize, block_bytes: usize) -> us
 /// (activation blocks per weight block), `decode` and `x86::{avx2, avx512}`.
 macro_rules! type_kernels {
     () => {
+        $crate::quant::cpu::tile::type_kernels!(@with x86::avx512::<1, 4>, x86::avx512::<4, 4>);
+    };
+    // AVX-512 tiles of 4 tokens from `x86::avx512_pairs` (see `pairs.rs`).
+    (pairs) => {
+        $crate::quant::cpu::tile::type_kernels!(@with x86::avx512_pairs::<1, 4>, x86::avx512_pairs::<4, 4>);
+    };
+    (@with $t1x4:expr, $t4x4:expr) => {
         /// One row's blocks -> `out: [k]` f32, the reference.
         pub fn dequantize_row(w: &[u8], out: &mut [f32]) {
             $crate::quant::cpu::tile::dequantize(w, out, decode)
@@ -75,7 +82,12 @@ macro_rules! type_kernels {
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2 => kernels_of!(x86::avx2),
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx512Vnni => kernels_of!(x86::avx512),
+                Isa::Avx512Vnni => $crate::quant::cpu::tile::Kernels {
+                    t1x1: x86::avx512::<1, 1>,
+                    t4x1: x86::avx512::<4, 1>,
+                    t1x4: $t1x4,
+                    t4x4: $t4x4,
+                },
                 _ => kernels_of!(scalar),
             }
         }
