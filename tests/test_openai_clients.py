@@ -272,3 +272,19 @@ def test_legacy_functions_are_answered_with_function_call(client: openai.OpenAI,
                 arguments += c.delta.function_call.arguments or ""
             finish = c.finish_reason or finish
     assert (name, json.loads(arguments), finish) == ("get_time", whole, "function_call")
+
+
+def test_metrics_carry_mlc_names(server: PopenServer, client: openai.OpenAI, model: str) -> None:
+    client.completions.create(model=model, prompt="One,", max_tokens=2)
+    text = httpx.get(f"{server.base_url}/metrics", timeout=30).text
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    assert float(values["engine_prefill_time_sum"]) > 0 and float(values["decode_tokens_sum"]) >= 1
+    assert "engine_decode_time_sum" in values and "mlc_llm_engine_prefill_tokens_total" in values
+
+
+def test_engine_metrics_carry_mlc_names() -> None:
+    from mlc_llm.serve import EngineMetrics
+
+    metrics = EngineMetrics({"prefill_time_s": 1.5, "decode_time_s": 2.5, "prefill_tokens": 7, "decode_tokens": 9})
+    assert (metrics["engine_prefill_time_sum"], metrics["engine_decode_time_sum"]) == (1.5, 2.5)
+    assert (metrics["prefill_tokens_sum"], metrics["decode_tokens_sum"], metrics["jump_forward_tokens_sum"]) == (7, 9, 0)

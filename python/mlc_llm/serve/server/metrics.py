@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 from starlette.routing import BaseRoute, Match
 
 from ...protocol.openai_api_protocol import CompletionUsage
+from ..metrics import MLC_METRIC_NAMES, MLC_ZERO_METRICS, with_mlc_names
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -87,6 +88,12 @@ class _EngineCollector(Collector):
         for key, name, text in _ENGINE_GAUGES:
             if key in m:
                 yield GaugeMetricFamily(name, text, value=m[key])
+        # MLC's names, unprefixed as MLC's /metrics shows them (its dashboards and tests read them);
+        # gauges, because a counter's name would gain "_total".
+        mlc = with_mlc_names(m)
+        for name in (*MLC_METRIC_NAMES, *MLC_ZERO_METRICS):
+            if name in mlc:
+                yield GaugeMetricFamily(name, "MLC LLM's name for an engine total", value=mlc[name])
 
 
 def route_label(routes: Sequence[BaseRoute], scope: Mapping[str, Any]) -> str:
