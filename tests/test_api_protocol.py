@@ -233,3 +233,30 @@ def test_completion_responses_validate_as_openai_types() -> None:
         assert c.object == "text_completion"
         openai.types.Completion.model_validate(c.model_dump())
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 4
+
+
+@pytest.mark.parametrize("extra,field", [
+    ({"functions": [5]}, "functions"),
+    ({"functions": "x"}, "functions"),
+    ({"function_call": "required"}, "function_call"),
+    ({"function_call": {"name": 5}}, "function_call"),
+    ({"functions": [{"name": "f"}], "tools": []}, "functions"),
+    ({"store": "yes"}, "store"),
+    ({"metadata": {"k": 1}}, "metadata"),
+    ({"web_search_options": {}}, "web_search_options"),
+    ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
+])
+def test_compat_fields_of_the_wrong_shape_name_themselves(extra: Dict[str, Any], field: str) -> None:
+    with pytest.raises(BadRequestError) as err:
+        chat(**extra)
+    assert err.value.field == field
+
+
+def test_nulls_and_ignored_fields_are_absent() -> None:
+    request = chat(n=None, stream=None, logprobs=None, store=False, metadata={"a": "b"}, verbosity="low",
+                   service_tier="flex", reasoning_effort="high", prompt_cache_key="k", safety_identifier="s",
+                   modalities=["text"], moderation={"model": "m"}, prediction={"type": "content", "content": "x"})
+    assert request.n == 1 and request.stream is False and request.logprobs is False
+    legacy = chat(functions=[{"name": "f", "parameters": {"type": "object"}}], function_call="auto")
+    assert legacy.tools and legacy.tools[0].function.name == "f" and legacy.tool_choice == "auto"
+    assert legacy.legacy_functions() and not chat().legacy_functions()

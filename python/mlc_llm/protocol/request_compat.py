@@ -92,7 +92,7 @@ def _map_legacy_functions(body: Dict[str, Any]) -> None:
     if functions is not None:
         if "tools" in body:
             raise BadRequestError("give either tools or the legacy functions, not both", "functions")
-        if not isinstance(functions, list):
+        if not isinstance(functions, list) or not all(isinstance(f, dict) for f in functions):
             raise BadRequestError("functions must be a list of function definitions", "functions")
         body["tools"] = [{"type": "function", "function": f} for f in functions]
     if function_call is not None:
@@ -107,7 +107,7 @@ def _map_legacy_functions(body: Dict[str, Any]) -> None:
 def _tool_choice_of(function_call: Any) -> Union[str, Dict[str, Any]]:
     if function_call in ("none", "auto"):
         return str(function_call)
-    if isinstance(function_call, dict) and set(function_call) == {"name"}:
+    if isinstance(function_call, dict) and set(function_call) == {"name"} and isinstance(function_call["name"], str):
         return {"type": "function", "function": {"name": function_call["name"]}}
     raise BadRequestError('function_call must be "none", "auto" or {"name": ...}', "function_call")
 
