@@ -416,6 +416,9 @@ def test_models_health_and_metrics(client: openai.OpenAI, server: ServerProcess,
         client.models.retrieve("gpt-4")
 
     assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}  # no API key needed
+    # Kubernetes probes: liveness only asks that the process answers, readiness that it takes requests.
+    assert httpx.get(f"{server.url}/health/live").json() == {"status": "alive"}
+    assert httpx.get(f"{server.url}/health/ready").json() == {"status": "ok"}
     before = server.metrics()
     client.chat.completions.create(model=smollm2_path, messages=QUESTION, max_tokens=4)
     text = httpx.get(f"{server.url}/metrics").text
@@ -435,6 +438,37 @@ def test_models_health_and_metrics(client: openai.OpenAI, server: ServerProcess,
     assert after["mlc_llm_time_to_first_token_seconds_count"] == before["mlc_llm_time_to_first_token_seconds_count"] + 1
     assert 'mlc_llm_requests_total{endpoint="/v1/chat/completions",status="200"}' in text
     assert after["mlc_llm_kv_cache_blocks_total"] > 0
+
+
+def test_vllm_named_metrics_for_llm_d_and_gateway_routers(client: openai.OpenAI, server: ServerProcess, smollm2_path: str) -> None:
+    """The series llm-d's scheduler and the Gateway API Inference Extension read, under vLLM's names and
+    its model_name label, parseable by Prometheus' own parser, moving with a request."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape() -> dict:
+        out = {}
+        for fam in text_string_to_metric_families(httpx.get(f"{server.url}/metrics").text):
+            for sample in fam.samples:
+                if sample.name.startswith("vllm:"):
+                    assert sample.labels.get("model_name") == smollm2_path, sample
+                    if "le" not in sample.labels:
+                        out[sample.name] = sample.value
+        return out
+
+    server.wait_idle()
+    before = scrape()
+    client.chat.completions.create(model=smollm2_path, messages=QUESTION, max_tokens=4)
+    after = scrape()
+    for name in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
+                 "vllm:gpu_cache_usage_perc", "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total",
+                 "vllm:time_to_first_token_seconds_count", "vllm:inter_token_latency_seconds_count",
+                 "vllm:e2e_request_latency_seconds_count"):
+        assert name in after, (name, sorted(after))
+    assert 0.0 <= after["vllm:kv_cache_usage_perc"] <= 1.0
+    assert after["vllm:kv_cache_usage_perc"] == after["vllm:gpu_cache_usage_perc"]
+    assert after["vllm:time_to_first_token_seconds_count"] == before["vllm:time_to_first_token_seconds_count"] + 1
+    assert after["vllm:prefix_cache_queries_total"] > before["vllm:prefix_cache_queries_total"]
+    assert after["vllm:prefix_cache_hits_total"] <= after["vllm:prefix_cache_queries_total"]
 
 
 # ----------------------------------------------------------------------------------- disconnects

@@ -19,7 +19,7 @@ from .state import ServerState
 
 
 def create_app(engine: AsyncMLCEngine, settings: ServerSettings) -> FastAPI:
-    metrics = ServerMetrics(engine._metrics)
+    metrics = ServerMetrics(engine._metrics, settings.served_model_name)
     state = ServerState(engine=engine, settings=settings, metrics=metrics)
     app = FastAPI(title="mlc_llm", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = state

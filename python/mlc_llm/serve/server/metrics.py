@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 from starlette.routing import BaseRoute, Match
 
 from ...protocol.openai_api_protocol import CompletionUsage
+from .vllm_metrics import VllmMetrics
 from ..metrics import MLC_METRIC_NAMES, MLC_ZERO_METRICS, with_mlc_names
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -106,7 +107,7 @@ def route_label(routes: Sequence[BaseRoute], scope: Mapping[str, Any]) -> str:
 
 
 class ServerMetrics:
-    def __init__(self, engine_snapshot: EngineSnapshot) -> None:
+    def __init__(self, engine_snapshot: EngineSnapshot, model_name: str = "") -> None:
         # The `*_created` timestamp series double the output and no dashboard reads them.
         disable_created_metrics()
         self.registry = CollectorRegistry()
@@ -138,6 +139,8 @@ class ServerMetrics:
             registry=r,
         )
         r.register(_EngineCollector(engine_snapshot))
+        # The same figures under vLLM's names, for routers and dashboards made for vLLM (llm-d, GIE).
+        self._vllm = VllmMetrics(r, engine_snapshot, model_name)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -161,6 +164,7 @@ class ServerMetrics:
         rate = extra.get("decode_tokens_per_s")
         if isinstance(rate, (int, float)) and rate > 0:
             self._itl.observe(1.0 / rate)
+        self._vllm.observe(latency_s, ttft, rate)
 
     def count(self, endpoint: str, status: int) -> None:
         self._requests.labels(endpoint=endpoint, status=str(status)).inc()

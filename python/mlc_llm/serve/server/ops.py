@@ -1,4 +1,9 @@
-"""Operational endpoints: GET /health (liveness and readiness) and GET /metrics (Prometheus)."""
+"""Operational endpoints: GET /health (= /health/ready), /health/ready and /health/live for Kubernetes
+probes, and GET /metrics (Prometheus).
+
+Readiness (may this replica get traffic?) fails while the server drains or the engine is stopped, so a
+router or Service stops sending it requests; liveness (should the process be restarted?) only asks that
+the event loop answers, so a draining or busy server is never killed for it."""
 
 import asyncio
 
@@ -12,7 +17,14 @@ from .state import ServerState
 router = APIRouter()
 
 
+@router.get("/health/live")
+async def live() -> Response:
+    """200 whenever the process answers (the engine and draining do not matter)."""
+    return JSONResponse({"status": "alive"})
+
+
 @router.get("/health")
+@router.get("/health/ready")
 async def health(request: Request) -> Response:
     """200 while the engine runs and the server takes requests; 503 once either stops."""
     state: ServerState = request.app.state.server
