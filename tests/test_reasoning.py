@@ -42,6 +42,7 @@ def test_starts_in_reasoning_reads_the_prompt() -> None:
     assert not starts_in_reasoning(PROMPTS["qwen3"])
     assert starts_in_reasoning(PROMPTS["r1"])
     assert not starts_in_reasoning(PROMPTS["qwen3_nothink"])
+    assert not starts_in_reasoning("<|im_start|>user\nWhat does <think> mean?<|im_end|>\n<|im_start|>assistant\n")
 
 
 @pytest.mark.parametrize("pieces,in_reasoning,reasoning,content", [
@@ -218,3 +219,24 @@ def test_chat_template_kwargs_reach_the_template(templated_engine: Any) -> None:
     with pytest.raises(BadRequestError) as err:
         prompt_tokens(extra_body={"chat_template_kwargs": {"messages": []}})
     assert err.value.field == "chat_template_kwargs"
+
+
+def test_a_grammar_turns_the_split_off(engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forced call is constrained from its first token, even where the template opened a thinking
+    block (SmolLM2 taken for a thinking model whose prompt opens one)."""
+    from mlc_llm.serve import engine_base
+
+    monkeypatch.setattr(engine, "_think_tags", True)
+    monkeypatch.setattr(engine_base, "starts_in_reasoning", lambda prompt: True)
+    tool = {"type": "function", "function": {"name": "answer", "parameters": {
+        "type": "object", "properties": {"text": {"type": "string", "maxLength": 8}}, "required": ["text"]}}}
+    response = engine.chat.completions.create(
+        messages=[{"role": "user", "content": "Answer"}], tools=[tool], tool_choice="required", max_tokens=40,
+        temperature=0.0,
+    )
+    message = response.choices[0].message
+    assert message.tool_calls and message.reasoning_content is None
+    # Without a grammar the same prompt's answer is all thinking (it never closed the block).
+    plain = engine.chat.completions.create(messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
+    assert plain.choices[0].message.content == "" and plain.choices[0].message.reasoning_content
+    assert plain.usage.completion_tokens_details == {"reasoning_tokens": plain.usage.completion_tokens}

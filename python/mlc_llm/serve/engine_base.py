@@ -213,7 +213,9 @@ class EngineBase:
             include_usage=request.include_usage(),
             logprobs=request.logprobs,
             parse_tools=bool(tools),
-            reasoning=starts_in_reasoning(prompt) if thinks else None,
+            # Under a grammar (JSON output, a forced call) the output is constrained from its first token:
+            # there is no thinking to split off, even where the template opened a block.
+            reasoning=starts_in_reasoning(prompt) if thinks and grammar is None else None,
             legacy_functions=request.legacy_functions(),
         )
         params = _sampling_params(request, request.max_new_tokens(), request.logprobs, top)

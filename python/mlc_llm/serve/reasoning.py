@@ -53,8 +53,10 @@ def strip_history(messages: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
 
 
 def starts_in_reasoning(prompt: str) -> bool:
-    """Whether the rendered prompt leaves a `<think>` block open, so generation starts inside it."""
-    return prompt.rfind(THINK_OPEN) > prompt.rfind(THINK_CLOSE)
+    """Whether the rendered prompt ends by opening a `<think>` block (the generation prompt of
+    DeepSeek-R1's and Qwen3.5's templates), so generation starts inside it. Only the end counts: a
+    user may well write "<think>" in a message."""
+    return prompt.rstrip().endswith(THINK_OPEN)
 
 
 def split_reasoning(text: str, in_reasoning: bool) -> ReasoningSplit:
