@@ -1,6 +1,7 @@
 """Every architecture against HF transformers on the GPU (run with `pytest -m gpu tests/gpu` on the GPU host):
 for each of llama, mistral (sliding window), qwen2, qwen3, gemma2 (soft-caps, alternating windows), gemma3
-text (mixed layer_types, two ropes), phi3 (longrope, partial rotary, window) and olmo2, a tiny random model
+text (mixed layer_types, two ropes), phi3 (longrope, partial rotary, window), olmo2 and the mixtures of experts
+mixtral, qwen2_moe (shared expert, a dense layer) and qwen3_moe, a tiny random model
 made with transformers on the spot, saved in bf16 exactly as transformers saves it, then
 
 * bf16: our engine (`mlc_llm._core.Engine` on cuda:0, bf16, CUDA graphs on (the default), the prompts
@@ -87,6 +88,18 @@ ARCHS = {
                                    "long_factor": PHI3_LONG, "partial_rotary_factor": 0.5}),
              False, 1.0, "longrope"),
     "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", dict(rope_theta=500000.0, tie_word_embeddings=False), False, 1.0, "forward"),
+    # Mixtures of experts (the host-routed reference path, without CUDA graphs).
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM",
+                dict(num_local_experts=8, num_experts_per_tok=2, rope_theta=1000000.0, tie_word_embeddings=False),
+                False, 1.0, "forward"),
+    "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM",
+                  dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=128, shared_expert_intermediate_size=256,
+                       mlp_only_layers=[1], rope_theta=1000000.0, tie_word_embeddings=False),
+                  False, 1.0, "forward"),
+    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM",
+                  dict(num_experts=16, num_experts_per_tok=4, moe_intermediate_size=128, norm_topk_prob=True,
+                       head_dim=128, rope_theta=1000000.0, tie_word_embeddings=False),
+                  False, 1.0, "forward"),
 }
 
 _TABLE = {}
@@ -164,6 +177,8 @@ def _init_weights(model, seed: int, gemma_norms: bool, qk_gain: float, final_sca
                 w = 0.2 * torch.randn(p.shape, generator=g)
             elif "embed_tokens" in name or name == "lm_head.weight":
                 w = 0.05 * torch.randn(p.shape, generator=g)
+            elif p.dim() == 3:  # transformers 5's fused experts [E, out, in]
+                w = torch.randn(p.shape, generator=g) / (p.shape[2] ** 0.5)
             elif p.dim() == 2:
                 w = torch.randn(p.shape, generator=g) / (p.shape[1] ** 0.5)
                 if name.endswith(("q_proj.weight", "k_proj.weight")):
