@@ -1,7 +1,9 @@
 """CPU throughput of our engine against llama.cpp, in the same run, on the same GGUF and thread count.
 
-For each model: prefill of one 256-token prompt, decode at batch 1 and at batch 8 (greedy, EOS ignored),
-each measured `--repeats` times; the table shows the medians and ours / llama.cpp. llama.cpp runs through
+For each model: prefill of one 256-token prompt and decode after it at batch 1, and decode at batch 8
+(8 sequences of `--b8-prompt-tokens` prompt tokens each, distinct, so the prefill of the batch stays short on
+2 cores); greedy, EOS ignored, each measured `--repeats` times; the table shows the medians and
+ours / llama.cpp. llama.cpp runs through
 llama-cpp-python in its own virtual environment (built natively), driven by this same file with
 `--llama-worker` so both sides use one definition of the workload:
 
@@ -68,20 +70,21 @@ def llama_worker(args: argparse.Namespace) -> None:
 
     def run(bsz: int) -> Dict[str, float]:
         L.llama_memory_clear(L.llama_get_memory(ctx), True)
+        plen = len(prompt) if bsz == 1 else min(len(prompt), args.b8_prompt_tokens)
         start = time.perf_counter()
         nxt = []
         for s in range(bsz):
             # Distinct first token per sequence, as on our side (no shared prefix).
-            toks = [prompt[0] + s] + prompt[1:]
+            toks = [prompt[0] + s] + prompt[1:plen]
             submit([(t, p, s, p == len(toks) - 1) for p, t in enumerate(toks)])
             nxt.append(argmax(len(toks) - 1))
         prefill = time.perf_counter() - start
         start = time.perf_counter()
         for step in range(args.new_tokens - 1):
-            submit([(nxt[s], len(prompt) + step, s, True) for s in range(bsz)])
+            submit([(nxt[s], plen + step, s, True) for s in range(bsz)])
             nxt = [argmax(s) for s in range(bsz)]
         decode = time.perf_counter() - start
-        return {"prefill_tokens_per_s": bsz * len(prompt) / prefill, "decode_tokens_per_s": bsz * (args.new_tokens - 1) / decode}
+        return {"prefill_tokens_per_s": bsz * plen / prefill, "decode_tokens_per_s": bsz * (args.new_tokens - 1) / decode}
 
     run(1)  # warm-up
     out = {"prompt_tokens": len(prompt), "version": L.__version__, "runs": {}}
@@ -105,9 +108,10 @@ def ours(args: argparse.Namespace, model: str) -> Dict:
 
     def run(bsz: int, tag: str) -> Dict[str, float]:
         ids = [f"{tag}-{i}" for i in range(bsz)]
+        plen = len(prompt) if bsz == 1 else min(len(prompt), args.b8_prompt_tokens)
         start = time.perf_counter()
         for i, rid in enumerate(ids):
-            engine.add_request(rid, [prompt[0] + i] + prompt[1:], params)
+            engine.add_request(rid, [prompt[0] + i] + prompt[1:plen], params)
         usage: Dict[str, dict] = {}
         while len(usage) < bsz:
             for d in engine.poll(100):
@@ -115,7 +119,7 @@ def ours(args: argparse.Namespace, model: str) -> Dict:
                     usage[d["request_id"]] = d["usage"]
         wall = time.perf_counter() - start
         ttft = max(u["ttft_s"] for u in usage.values())
-        return {"prefill_tokens_per_s": bsz * len(prompt) / ttft, "decode_tokens_per_s": bsz * (args.new_tokens - 1) / (wall - ttft)}
+        return {"prefill_tokens_per_s": bsz * plen / ttft, "decode_tokens_per_s": bsz * (args.new_tokens - 1) / (wall - ttft)}
 
     run(1, "warmup")
     out = {"prompt_tokens": len(prompt), "runs": {}}
@@ -157,6 +161,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--prompt-tokens", type=int, default=256)
+    ap.add_argument("--b8-prompt-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--llama-python", default="/tmp/llamavenv/bin/python")
     ap.add_argument("--ours-dequantized", action="store_true", help="our f32 reference path instead of the default")
@@ -174,9 +179,11 @@ def main() -> None:
     if args.qwen_gguf:
         models["Qwen2.5-1.5B Q4_K_M"] = args.qwen_gguf
     results = {}
+    load_start = os.getloadavg()
     for name, path in models.items():
         cmd = [args.llama_python, os.path.abspath(__file__), "--llama-worker", "--model", path, "--threads", str(args.threads),
-               "--new-tokens", str(args.new_tokens), "--prompt-tokens", str(args.prompt_tokens), "--repeats", str(args.repeats)]
+               "--new-tokens", str(args.new_tokens), "--prompt-tokens", str(args.prompt_tokens),
+               "--b8-prompt-tokens", str(args.b8_prompt_tokens), "--repeats", str(args.repeats)]
         llama = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
         mine = ours(args, path)
         results[name] = {"path": os.path.basename(path), "llama_cpp": llama, "ours": mine,
@@ -194,9 +201,13 @@ def main() -> None:
         "commit": commit + ("-dirty" if dirty else ""),
         "cpu": f"{cpu_model()}, {os.cpu_count()} logical cores",
         "threads": args.threads,
+        # Other processes on the machine skew both sides; the load average says how busy it was.
+        "loadavg_start": load_start,
+        "loadavg_end": os.getloadavg(),
         "command": " ".join(["python"] + sys.argv),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "new_tokens": args.new_tokens,
+        "b8_prompt_tokens": args.b8_prompt_tokens,
         "repeats": args.repeats,
         "ours_weights": "dequantized f32" if args.ours_dequantized else "default (quantized, our CPU kernels)",
         "models": results,
