@@ -1,9 +1,11 @@
-//! Quantized matmul on the CPU: GGUF weight blocks times activations quantized to 8 bits per block,
-//! with integer dot products (llama.cpp's `vec_dot_q4_1_q8_1` scheme) and the instruction set chosen
-//! at run time ([`dispatch`]).
+//! Quantized matmul on the CPU: GGUF weight blocks (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K) times activations
+//! quantized to 8 bits plus an 8-bit residual per block, with integer dot products (llama.cpp's
+//! `vec_dot_q4_1_q8_1` scheme, one stage more: see [`act`]) and the instruction set chosen at run time
+//! ([`dispatch`]).
 //!
 //! Per call: the activations `[t, k]` become [`act::ActBlock`]s once, then [`gemm`] splits the output
-//! rows over a pool sized to the physical cores and runs [`tile`] kernels of 4 rows x 4 tokens over them.
+//! rows over [`pool`] (one thread per physical core) and runs [`tile`] kernels of 4 rows x 4 tokens
+//! over them ([`pairs`] on AVX-512).
 //! Each type's file holds its block layout, the f32 dequantization (the reference) and how a block
 //! unpacks for the scalar and x86 tile kernels.
 //!
@@ -143,7 +145,7 @@ impl<'a> QMatrix<'a> {
     }
 }
 
-/// `x: [t, k]` f32 row-major -> `[t, n]`: `x` quantized to 8 bits per block, integer dot products with
+/// `x: [t, k]` f32 row-major -> `[t, n]`: `x` quantized per block ([`act`]), integer dot products with
 /// the weight's blocks at instruction set `isa` (lowered to what the CPU has).
 pub fn matmul(w: &QMatrix, x: &[f32], isa: Isa) -> Result<Vec<f32>, QuantError> {
     if x.len() % w.k != 0 {
