@@ -93,7 +93,10 @@ class PopenServer:
             if self._proc.poll() is not None:
                 code = self._proc.returncode
                 self._proc = None
-                raise ModelLoadError(f"mlc_llm serve exited with status {code} before it was ready (model {self.model!r})")
+                raise ModelLoadError(
+                    f"mlc_llm serve {self.model!r} exited with status {code} before it was ready "
+                    "(its output above says why: a model that cannot load, a port in use, ...)"
+                )
             try:
                 if httpx.get(f"{self.base_url}/health", timeout=5).status_code == 200:
                     return
