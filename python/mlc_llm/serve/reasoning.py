@@ -7,8 +7,9 @@ the answer part only. The parser runs on detokenized text, per choice, and never
 the length of a tag, so streaming costs the same as passing text through.
 
 Where the thinking starts: a model opens `<think>` itself (Qwen3), or the chat template already wrote
-it at the end of the prompt (DeepSeek-R1's templates, Qwen3's `enable_thinking` with a prefilled block).
-So the state at the start of the answer is read off the rendered prompt (`starts_in_reasoning`).
+it at the end of the prompt (DeepSeek-R1's and Qwen3.5's templates), so the state at the start of the
+answer is read off the rendered prompt (`starts_in_reasoning`). Qwen3 with `chat_template_kwargs:
+{"enable_thinking": false}` prefills an empty, closed block: its answer is all content.
 
 History: the thinking of earlier assistant turns is removed before the template sees them, as MLC's
 `strip_reasoning_in_history` does (the models are trained without it, and echoing it makes the next
