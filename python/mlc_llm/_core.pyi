@@ -36,7 +36,8 @@ class Engine:
         config_json: {"mode": "local"|"interactive"|"server", "max_num_sequence": int|null,
           "max_total_sequence_length": int|null, "prefill_chunk_size": int|null,
           "max_history_size": int|null, "gpu_memory_utilization": float|null,
-          "kv_cache_page_size": int|null, "prefix_cache": bool, "enable_tracing": bool, "verbose": bool}
+          "kv_cache_page_size": int|null, "prefix_cache": bool, "enable_tracing": bool, "verbose": bool,
+          "kv_events": bool}
         Raises ModelLoadError (missing / corrupt model), BadRequestError (bad configuration).
         """
     def info(self) -> str:
@@ -87,6 +88,11 @@ class Engine:
         "num_total_blocks", "num_preemptions", "prefix_cache_hit_tokens", "engine_steps", ...}
         As of the last step boundary: never waits for a running step. Raises EngineDeadError once the
         engine thread has stopped."""
+    def kv_events(self) -> str:
+        """JSON list of the prefix-cache events since the last call (config "kv_events": true; else
+        always "[]"): {"type": "BlockStored", "block_hashes": [u64], "parent_block_hash": u64 | null,
+        "token_ids": [u32], "block_size"}, {"type": "BlockRemoved", "block_hashes"}, {"type":
+        "AllBlocksCleared"}. Never waits for a step."""
     def trace(self) -> str:
         """Chrome trace JSON of the recorded per-request events ("[]" if tracing is off)."""
     def terminate(self) -> None:

@@ -132,6 +132,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-access-log", action="store_true", help="do not log one line per request (query strings are never logged)"
     )
+    parser.add_argument(
+        "--kv-events-endpoint",
+        default=None,
+        help="publish prefix-cache events in vLLM's format on this ZeroMQ PUB endpoint, e.g. tcp://*:5557, for "
+        'prefix-aware routers such as llm-d (needs pip install "mlc_llm[kv-events]")',
+    )
+    parser.add_argument("--kv-events-topic", default="", help="ZeroMQ topic of the KV events (default: empty, as vLLM)")
 
 
 def _json_list(text: str) -> List[str]:
@@ -190,6 +197,7 @@ def main(args: Union[argparse.Namespace, Sequence[str], None] = None) -> int:
             engine_config=engine_config,
             enable_tracing=args.enable_tracing,
             verbose=args.log_level in ("info", "debug"),
+            enable_kv_events=args.kv_events_endpoint is not None,
         )
     except (MLCError, ImportError) as err:  # bad arguments, a model that cannot load, no native engine
         print(f"mlc_llm serve: {err}", file=sys.stderr)
@@ -210,11 +218,21 @@ def main(args: Union[argparse.Namespace, Sequence[str], None] = None) -> int:
         enable_debug=args.enable_debug,
     )
     app = create_app(engine, settings)
+    publisher = None
     try:
+        if args.kv_events_endpoint is not None:
+            from ..serve.server.kv_events import KvEventPublisher
+
+            publisher = KvEventPublisher(engine.kv_events, args.kv_events_endpoint, args.kv_events_topic)
         started = run_server(app, settings, engine.reset, log_level=args.log_level, access_log=not args.no_access_log)
+    except (ImportError, OSError) as err:  # no pyzmq / msgspec, or an endpoint that cannot be bound
+        print(f"mlc_llm serve: --kv-events-endpoint: {err}", file=sys.stderr)
+        return EXIT_ERROR
     except SystemExit as exit_:  # uvicorn exits this way when it cannot bind the port
         return int(exit_.code or EXIT_ERROR)
     finally:
+        if publisher is not None:
+            publisher.close()
         engine.terminate()
     logger.info("server stopped")
     return EXIT_OK if started else EXIT_ERROR

@@ -88,6 +88,7 @@ class EngineArgs:
     prefix_cache: bool = True
     quantized_matmul: bool = False
     cuda_graph: bool = True
+    kv_events: bool = False
 
     def core_config(self) -> Dict[str, Any]:
         """The `config_json` object of `_core.Engine` (see _core.pyi)."""
@@ -111,6 +112,8 @@ class EngineArgs:
             config["additional_models"] = [_model_path(m) for m in self.additional_models]
         if not self.cuda_graph:
             config["cuda_graph"] = False
+        if self.kv_events:
+            config["kv_events"] = True
         return config
 
 

@@ -67,11 +67,13 @@ class _EngineAPI(EngineBase):
         spec_draft_length: int = 4,
         enable_tracing: bool = False,
         verbose: bool = True,
+        enable_kv_events: bool = False,
     ) -> None:
         """Loads `model` (a GGUF file, an HF or MLC directory, or HF://org/repo) on `device`
         ("auto", "cpu", "cuda", "cuda:N"). `mode` picks batch and cache sizes as MLC does
         (local: 4 sequences, interactive: 1, server: as many as fit); explicit sizes win.
-        `model_lib` is accepted for compatibility: the kernels are built in."""
+        `model_lib` is accepted for compatibility: the kernels are built in. `enable_kv_events`
+        records prefix-cache events for a router (`kv_events()`; `mlc_llm serve --kv-events-endpoint`)."""
         super().__init__(
             model,
             device,
@@ -88,6 +90,7 @@ class _EngineAPI(EngineBase):
             spec_draft_length=spec_draft_length,
             enable_tracing=enable_tracing,
             verbose=verbose,
+            enable_kv_events=enable_kv_events,
         )
         self._init_api()
 

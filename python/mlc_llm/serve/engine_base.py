@@ -118,6 +118,7 @@ class EngineBase:
         spec_draft_length: int = 4,
         enable_tracing: bool = False,
         verbose: bool = True,
+        enable_kv_events: bool = False,
     ) -> None:
         self._terminated = True  # until construction succeeds, terminate() has nothing to stop
         args = EngineArgs(
@@ -135,6 +136,7 @@ class EngineBase:
             spec_draft_length=spec_draft_length,
             enable_tracing=enable_tracing,
             verbose=verbose,
+            kv_events=enable_kv_events,
         )
         if args.verbose:
             _ensure_log_handler()
@@ -161,6 +163,12 @@ class EngineBase:
     @property
     def model(self) -> str:
         return self._args.model
+
+    def kv_events(self) -> List[Dict[str, Any]]:
+        """The prefix-cache events since the last call, oldest first: {"type": "BlockStored",
+        "block_hashes", "parent_block_hash", "token_ids", "block_size"}, {"type": "BlockRemoved",
+        "block_hashes"} or {"type": "AllBlocksCleared"}; empty unless built with enable_kv_events."""
+        return json.loads(self._core.kv_events())
 
     @property
     def info(self) -> Dict[str, Any]:

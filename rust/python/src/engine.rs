@@ -144,6 +144,13 @@ impl Engine {
         serde_json::to_string(&m).map_err(|e| to_py(EngineError::Unsupported(e.to_string())))
     }
 
+    /// The prefix-cache events since the last call as a JSON list (`EngineArgs.kv_events`), each an
+    /// object with a "type": BlockStored, BlockRemoved or AllBlocksCleared.
+    fn kv_events(&self, py: Python<'_>) -> PyResult<String> {
+        let events = py.detach(|| self.handle.kv_events()).map_err(to_py)?;
+        serde_json::to_string(&events).map_err(|e| to_py(EngineError::Unsupported(e.to_string())))
+    }
+
     fn trace(&self, py: Python<'_>) -> PyResult<String> {
         py.detach(|| self.handle.trace_json()).map_err(to_py)
     }

@@ -42,6 +42,9 @@ pub struct EngineArgs {
     pub spec_draft_length: usize,
     /// Draft models ("path" or "path:model_lib"); the first is `small_draft`'s draft.
     pub additional_models: Vec<String>,
+    /// Record prefix-cache events (blocks stored / removed) for a router to read
+    /// ([`crate::engine::EngineHandle::kv_events`]); off, nothing is recorded.
+    pub kv_events: bool,
 }
 
 impl Default for EngineArgs {
@@ -63,6 +66,7 @@ impl Default for EngineArgs {
             speculative_mode: "disable".to_string(),
             spec_draft_length: 0,
             additional_models: Vec::new(),
+            kv_events: false,
         }
     }
 }

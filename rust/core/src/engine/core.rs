@@ -150,6 +150,16 @@ impl EngineCore {
         self.tracer.to_json()
     }
 
+    /// Records prefix-cache events for a router (`EngineArgs::kv_events`).
+    pub fn enable_kv_events(&mut self, capacity: usize) {
+        self.scheduler.enable_kv_events(capacity);
+    }
+
+    /// The prefix-cache events since the last call.
+    pub fn take_kv_events(&mut self) -> Vec<crate::kv_cache::KvEvent> {
+        self.scheduler.take_kv_events()
+    }
+
     fn record_ttft(&mut self, state: &RequestState) {
         if let Some(t) = state.first_token {
             self.metrics.sum_ttft_s += t.duration_since(state.arrival).as_secs_f64();

@@ -15,8 +15,9 @@ use crate::request::SamplingParams;
 use crate::runner::ModelRunner;
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::tokenizer::Tokenizer;
+use crate::kv_cache::KvEvent;
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -119,9 +120,21 @@ pub struct EngineHandle {
     /// The engine thread's latest metrics, published between steps: reading them never waits for a
     /// step (a CPU prefill step can take seconds, and liveness probes read them).
     metrics: Arc<Mutex<Metrics>>,
+    /// Prefix-cache events the engine thread moved out between steps, for [`Self::kv_events`].
+    kv_events: Arc<Mutex<VecDeque<KvEvent>>>,
     tokenizer: Arc<Tokenizer>,
     grammars: Arc<GrammarCompiler>,
     info: EngineInfo,
+}
+
+/// Prefix-cache events kept for a reader between two reads (the oldest go first when a reader falls
+/// behind: a router then re-learns those blocks from later events, the engine's memory stays bounded).
+const KV_EVENTS_CAPACITY: usize = 1 << 16;
+
+/// What the engine thread publishes between steps.
+struct Published {
+    metrics: Arc<Mutex<Metrics>>,
+    kv_events: Arc<Mutex<VecDeque<KvEvent>>>,
 }
 
 /// What the CPU engine leaves to the rest of the machine (the interpreter, the tokenizer, other
@@ -144,15 +157,19 @@ impl EngineHandle {
     pub fn start(model: &str, device: &str, args: EngineArgs) -> Result<Self> {
         // A panic while loading is a file this engine failed to reject properly: report it as a load
         // failure of that model.
-        let (core, info, tokenizer) = crate::error::catch_panics(|| build(model, device, &args)).map_err(|e| match e {
+        let (mut core, info, tokenizer) = crate::error::catch_panics(|| build(model, device, &args)).map_err(|e| match e {
             EngineError::Internal(m) => EngineError::model_load(model, format!("internal error while loading: {m}")),
             other => other,
         })?;
         let grammars = core.grammars().clone();
         let (cmd_tx, cmd_rx) = unbounded();
         let (out_tx, out_rx) = unbounded();
+        if args.kv_events {
+            core.enable_kv_events(KV_EVENTS_CAPACITY);
+        }
         let metrics = Arc::new(Mutex::new(core.metrics()));
-        let published = metrics.clone();
+        let kv_events = Arc::new(Mutex::new(VecDeque::new()));
+        let published = Published { metrics: metrics.clone(), kv_events: kv_events.clone() };
         let thread = std::thread::Builder::new()
             .name("mlc-engine".into())
             .spawn(move || engine_loop(core, cmd_rx, out_tx, published))?;
@@ -162,6 +179,7 @@ impl EngineHandle {
             thread: Mutex::new(Some(thread)),
             active: Mutex::new(HashSet::new()),
             metrics,
+            kv_events,
             tokenizer,
             grammars,
             info,
@@ -237,6 +255,12 @@ impl EngineHandle {
             return Err(EngineError::EngineDead("the engine has stopped".into()));
         }
         self.metrics.lock().map(|m| m.clone()).map_err(|_| EngineError::EngineDead("lock poisoned".into()))
+    }
+
+    /// The prefix-cache events since the last call, oldest first (empty unless `EngineArgs::kv_events`).
+    /// Never waits for a step.
+    pub fn kv_events(&self) -> Result<Vec<KvEvent>> {
+        self.kv_events.lock().map(|mut q| q.drain(..).collect()).map_err(|_| EngineError::EngineDead("lock poisoned".into()))
     }
 
     pub fn trace_json(&self) -> Result<String> {
@@ -400,12 +424,20 @@ fn generation_defaults(model_path: &std::path::Path, mlc: Option<&crate::loader:
     out
 }
 
-fn engine_loop(mut core: EngineCore, commands: Receiver<Command>, outputs: Sender<Delta>, metrics: Arc<Mutex<Metrics>>) {
+fn engine_loop(mut core: EngineCore, commands: Receiver<Command>, outputs: Sender<Delta>, published: Published) {
     // Metrics are published before the deltas they account for are sent, so a caller that saw a
     // request end also sees it counted.
-    let publish = |core: &EngineCore| {
-        if let Ok(mut m) = metrics.lock() {
+    let publish = |core: &mut EngineCore| {
+        if let Ok(mut m) = published.metrics.lock() {
             *m = core.metrics();
+        }
+        let events = core.take_kv_events();
+        if !events.is_empty() {
+            if let Ok(mut q) = published.kv_events.lock() {
+                q.extend(events);
+                let excess = q.len().saturating_sub(KV_EVENTS_CAPACITY);
+                q.drain(..excess);
+            }
         }
     };
     loop {
@@ -435,7 +467,7 @@ fn engine_loop(mut core: EngineCore, commands: Receiver<Command>, outputs: Sende
         if terminate {
             ended.extend(core.abort_all());
         }
-        publish(&core);
+        publish(&mut core);
         for d in ended {
             let _ = outputs.send(d);
         }
@@ -458,7 +490,7 @@ fn engine_loop(mut core: EngineCore, commands: Receiver<Command>, outputs: Sende
                     failed
                 }
             };
-            publish(&core);
+            publish(&mut core);
             for d in deltas {
                 let _ = outputs.send(d);
             }

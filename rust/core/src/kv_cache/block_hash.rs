@@ -38,6 +38,11 @@ impl BlockHash {
         Self::digest(&bytes)
     }
 
+    /// The low 64 bits, as KV events report a block (routers compare hashes only with each other).
+    pub fn external(self) -> u64 {
+        self.0 as u64
+    }
+
     fn digest(bytes: &[u8]) -> Self {
         let digest = Sha256::digest(bytes);
         let mut head = [0u8; 16];

@@ -1,7 +1,7 @@
 //! The fixed set of KV blocks: reference counts, the free list and the prefix-cache index.
 
 use super::free_queue::FreeQueue;
-use super::BlockHash;
+use super::{BlockHash, KvEvent, KvEventLog};
 use std::collections::HashMap;
 
 /// Index of a block in the device KV tensors.
@@ -29,6 +29,8 @@ pub struct BlockPool {
     cached: HashMap<BlockHash, BlockId>,
     /// Free blocks that still hold a cached prefix (counted as they move, so reading it is O(1)).
     free_cached: usize,
+    /// Blocks stored in and removed from the prefix cache, when a router reads them.
+    events: KvEventLog,
 }
 
 impl BlockPool {
@@ -47,7 +49,13 @@ impl BlockPool {
             free: FreeQueue::with_all(num_blocks),
             cached: HashMap::new(),
             free_cached: 0,
+            events: KvEventLog::default(),
         }
+    }
+
+    /// The prefix-cache event log (see [`KvEvent`]).
+    pub fn events(&mut self) -> &mut KvEventLog {
+        &mut self.events
     }
 
     pub fn block_size(&self) -> usize {
@@ -91,6 +99,7 @@ impl BlockPool {
         if let Some(hash) = block.hash.take() {
             self.cached.remove(&hash);
             self.free_cached -= 1;
+            self.events.push(KvEvent::BlockRemoved { block_hashes: vec![hash.external()] });
         }
         block.ref_count = 1;
         Some(id)
@@ -138,19 +147,21 @@ impl BlockPool {
 
     /// Makes a full, computed block findable under `hash`. When another block already holds the
     /// same content (two sequences computed it independently) that one stays the cached copy and
-    /// `id` remains unhashed, so the index never maps one hash to two blocks.
-    pub fn register(&mut self, id: BlockId, hash: BlockHash) {
+    /// `id` remains unhashed, so the index never maps one hash to two blocks. Returns whether `id`
+    /// is now findable under `hash`.
+    pub fn register(&mut self, id: BlockId, hash: BlockHash) -> bool {
         let Some(block) = self.blocks.get_mut(id as usize) else {
-            return;
+            return false;
         };
         if block.hash.is_some() || self.cached.contains_key(&hash) {
-            return;
+            return false;
         }
         block.hash = Some(hash);
         self.cached.insert(hash, id);
         if block.ref_count == 0 {
             self.free_cached += 1;
         }
+        true
     }
 
     /// Free blocks in the order they will be reused.

@@ -15,7 +15,7 @@
 //! that regime's chain and its prefix hits come from that chain only. A sequence that changes regime
 //! is freed and allocated anew.
 
-use super::{BlockHash, BlockId, BlockPool, KvRegime, SeqId};
+use super::{BlockHash, BlockId, BlockPool, KvEvent, KvRegime, SeqId};
 use std::collections::HashMap;
 
 /// Stands in a block table for a block released because it fell out of the sliding window. A real
@@ -198,16 +198,48 @@ impl KvCacheManager {
             return;
         };
         let num_full = (num_computed.min(tokens.len()) / bs).min(entry.blocks.len());
+        // The run of blocks this call makes findable, reported as one event (as vLLM reports them).
+        let mut stored: Option<KvEvent> = None;
         for i in entry.hashes.len()..num_full {
             let parent = entry.hashes.last().copied().or(entry.regime.first_parent());
             let hash = BlockHash::new(parent, &tokens[i * bs..(i + 1) * bs]);
             // A block released before it was hashed is gone; the chain still goes through it.
             // (The scheduler commits before it releases, so this does not happen there.)
-            if i >= entry.released {
-                self.pool.register(entry.blocks[i], hash);
+            let registered = i >= entry.released && self.pool.register(entry.blocks[i], hash);
+            if registered && self.pool.events().is_enabled() {
+                match &mut stored {
+                    Some(KvEvent::BlockStored { block_hashes, token_ids, .. }) => {
+                        block_hashes.push(hash.external());
+                        token_ids.extend_from_slice(&tokens[i * bs..(i + 1) * bs]);
+                    }
+                    _ => {
+                        stored = Some(KvEvent::BlockStored {
+                            block_hashes: vec![hash.external()],
+                            parent_block_hash: parent.map(BlockHash::external),
+                            token_ids: tokens[i * bs..(i + 1) * bs].to_vec(),
+                            block_size: bs,
+                        })
+                    }
+                }
+            } else if let Some(e) = stored.take() {
+                // Another copy of this block is the cached one: the run breaks here.
+                self.pool.events().push(e);
             }
             entry.hashes.push(hash);
         }
+        if let Some(e) = stored {
+            self.pool.events().push(e);
+        }
+    }
+
+    /// Records prefix-cache events (at most `capacity` between two [`Self::take_events`]).
+    pub fn enable_events(&mut self, capacity: usize) {
+        self.pool.events().enable(capacity);
+    }
+
+    /// The prefix-cache events since the last call, oldest first.
+    pub fn take_events(&mut self) -> Vec<KvEvent> {
+        self.pool.events().drain()
     }
 
     /// Gives back the blocks of `seq` that no query at `next_pos` or later attends (wholly before

@@ -11,9 +11,11 @@
 //!   a sliding window given back while the sequence runs.
 //! - [`KvRegime`]: what a sequence's KV was computed with beyond its tokens (Phi-3's long rope);
 //!   each regime has its own hash chain, so prefix hits never cross regimes.
+//! - [`KvEvent`]: blocks stored in and removed from the prefix cache, for routers (when enabled).
 
 mod block_hash;
 mod block_pool;
+mod events;
 mod free_queue;
 mod manager;
 #[cfg(test)]
@@ -25,6 +27,7 @@ mod window_tests;
 
 pub use block_hash::{BlockHash, KvRegime};
 pub use block_pool::{BlockId, BlockPool};
+pub use events::{KvEvent, KvEventLog};
 pub use manager::{KvCacheManager, PLACEHOLDER_BLOCK};
 
 /// Identifies one sequence (one request's generation) to the KV cache and the scheduler.

@@ -262,3 +262,52 @@ fn free_returns_every_block_and_unknown_seqs_are_harmless() {
     assert_eq!(kv.num_seqs(), 0);
     kv.assert_consistent();
 }
+
+#[test]
+fn prefix_cache_events_report_stored_runs_with_parents_and_removals() {
+    use crate::kv_cache::KvEvent;
+    let mut m = KvCacheManager::new(4, 2, true);
+    // Off by default: nothing recorded.
+    let t: Vec<u32> = (10..16).collect();
+    assert_eq!(m.allocate_prefix(1, &t), 0);
+    assert!(m.ensure_slots(1, 6));
+    m.commit_full_blocks(1, &t, 6);
+    assert!(m.take_events().is_empty());
+    m.free(1);
+
+    let mut m = KvCacheManager::new(4, 2, true);
+    m.enable_events(100);
+    assert_eq!(m.allocate_prefix(1, &t), 0);
+    assert!(m.ensure_slots(1, 6));
+    m.commit_full_blocks(1, &t, 4); // blocks 0 and 1 computed
+    m.commit_full_blocks(1, &t, 6); // block 2
+    let ev = m.take_events();
+    let h0 = BlockHash::new(None, &t[0..2]);
+    let h1 = BlockHash::new(Some(h0), &t[2..4]);
+    match &ev[..] {
+        [KvEvent::BlockStored { block_hashes: a, parent_block_hash: None, token_ids: ta, block_size: 2 },
+         KvEvent::BlockStored { block_hashes: b, parent_block_hash: Some(p), token_ids: tb, block_size: 2 }] => {
+            assert_eq!(a, &vec![h0.external(), h1.external()]);
+            assert_eq!(ta, &t[0..4].to_vec());
+            assert_eq!(*p, h1.external());
+            assert_eq!(b.len(), 1);
+            assert_eq!(tb, &t[4..6].to_vec());
+        }
+        other => panic!("unexpected events {other:?}"),
+    }
+    // Freed blocks stay cached; handing them out for new content removes them from the cache.
+    m.free(1);
+    let other: Vec<u32> = (50..58).collect();
+    assert_eq!(m.allocate_prefix(2, &other), 0);
+    assert!(m.ensure_slots(2, 8));
+    let removed: Vec<u64> = m
+        .take_events()
+        .into_iter()
+        .flat_map(|e| match e {
+            KvEvent::BlockRemoved { block_hashes } => block_hashes,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(removed.len(), 3);
+    assert!(removed.contains(&h0.external()) && removed.contains(&h1.external()));
+}

@@ -253,6 +253,16 @@ impl Scheduler {
         &self.kv
     }
 
+    /// Records prefix-cache events for a router (at most `capacity` between two drains).
+    pub fn enable_kv_events(&mut self, capacity: usize) {
+        self.kv.enable_events(capacity);
+    }
+
+    /// The prefix-cache events since the last call.
+    pub fn take_kv_events(&mut self) -> Vec<crate::kv_cache::KvEvent> {
+        self.kv.take_events()
+    }
+
     /// Running sequences in admission order: decode tokens or the next prefill chunk.
     fn schedule_running(&mut self, out: &mut SchedulerOutput, budget: &mut usize) {
         let mut i = 0;
