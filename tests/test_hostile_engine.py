@@ -15,9 +15,10 @@ Run by hand: `python tests/test_hostile_engine.py` lists each case and its outco
 import json
 import math
 import os
+import queue
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -29,7 +30,7 @@ import hostile_files  # noqa: E402
 FIXTURES = Path(__file__).parent / "fixtures"
 GOOD_HF = FIXTURES / "models" / "llama"
 GOOD_GGUF = FIXTURES / "gguf_quant" / "tiny-llama-q5_0.gguf"
-CASE_TIMEOUT_S = 60.0
+CASE_TIMEOUT_S = 30.0
 
 Case = Dict[str, Any]
 
@@ -70,6 +71,15 @@ def _arg_cases(tmp: Path) -> Iterator[Case]:
     (tmp / "no_config").mkdir()
     (tmp / "only_config").mkdir()
     (tmp / "only_config" / "config.json").write_text((GOOD_HF / "config.json").read_text())
+    # A FIFO blocks whoever opens it for reading until a writer comes: once a hang for ever.
+    fifo_dir = tmp / "fifo_config"
+    hostile_files.write_dir_case(GOOD_HF, fifo_dir, "config.json", b"")
+    (fifo_dir / "config.json").unlink()
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp / "fifo.gguf")
+        os.mkfifo(fifo_dir / "config.json")
+        yield {"name": "model a FIFO", "model": str(tmp / "fifo.gguf"), "kwargs": {}}
+        yield {"name": "model config.json a FIFO", "model": str(fifo_dir), "kwargs": {}}
     for model in ("", "/nonexistent/model", str(tmp / "no_config"), str(tmp / "only_config"), "/dev/null",
                   str(tmp / "empty.gguf"), str(tmp / "text.gguf"), 123, None, "x" * 5000, "bad\x00path"):
         yield {"name": f"model {str(model)[:40]!r}", "model": model, "kwargs": {}}
@@ -166,7 +176,8 @@ def _worker(cases_file: str, start: int) -> None:
 
 def run_cases(cases: List[Case], work: Path) -> List[Dict[str, Any]]:
     """Runs every case in worker subprocesses; a case during which the worker died is reported as
-    `DEAD` and the next worker starts after it."""
+    `DEAD`, one that took longer than CASE_TIMEOUT_S as `HUNG` (the worker is killed), and the next
+    worker starts after it."""
     cases_file = work / "cases.json"
     cases_file.write_text(json.dumps(cases))
     results: List[Optional[Dict[str, Any]]] = [None] * len(cases)
@@ -175,28 +186,36 @@ def run_cases(cases: List[Case], work: Path) -> List[Dict[str, Any]]:
     while start < len(cases):
         proc = subprocess.Popen([sys.executable, __file__, "--worker", str(cases_file), str(start)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        current = start
-        deadline = time.monotonic() + CASE_TIMEOUT_S
-        assert proc.stdout is not None
-        for line in proc.stdout:
+        lines: "queue.Queue[Optional[str]]" = queue.Queue()
+        threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
+        current, hung = start, False
+        while True:
+            try:
+                line = lines.get(timeout=CASE_TIMEOUT_S)
+            except queue.Empty:
+                hung = True
+                proc.kill()
+                break
+            if line is None:
+                break
             msg = json.loads(line)
             if "start" in msg:
                 current = msg["start"]
-                deadline = time.monotonic() + CASE_TIMEOUT_S
             else:
                 results[msg["case"]] = msg
-            if time.monotonic() > deadline:
-                break
-        try:
-            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        proc.wait()
         stderr = proc.stderr.read()[-300:] if proc.stderr else ""
         if results[current] is None:
-            results[current] = {"case": current, "outcome": f"DEAD (exit {proc.returncode}): {stderr}", "good_after": False}
+            what = f"HUNG (over {CASE_TIMEOUT_S:.0f} s)" if hung else f"DEAD (exit {proc.returncode})"
+            results[current] = {"case": current, "outcome": f"{what}: {stderr}", "good_after": False}
         start = current + 1
     return [r for r in results if r is not None]
+
+
+def _pump(stream: Any, lines: "queue.Queue[Optional[str]]") -> None:
+    for line in stream:
+        lines.put(line)
+    lines.put(None)
 
 
 # --------------------------------------------------------------------------- the test

@@ -80,6 +80,7 @@ pub fn load(model: &str, device: &Device, dtype: DType, quant: QuantMode) -> Res
     if !path.exists() {
         return Err(EngineError::model_load(model, "no such file or directory"));
     }
+    check_regular(&path)?;
     let (kind_path, is_gguf) = if path.is_dir() {
         let ggufs: Vec<PathBuf> = std::fs::read_dir(&path)?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -116,9 +117,29 @@ pub fn load(model: &str, device: &Device, dtype: DType, quant: QuantMode) -> Res
 
 /// The architecture and weights of a model directory without its tokenizer (an EAGLE head): an MLC
 /// directory (`mlc-chat-config.json`) or an HF one (`config.json` + safetensors).
+/// Refuses a model path, or a file in a model directory, that is neither a regular file nor a
+/// directory: reading a FIFO blocks until someone writes to it, and a device can stream forever.
+fn check_regular(path: &Path) -> Result<()> {
+    let special = |p: &Path| std::fs::metadata(p).is_ok_and(|m| !m.is_file() && !m.is_dir());
+    let refuse = |p: &Path| Err(EngineError::model_load(p.display().to_string(), "not a regular file (a FIFO, socket or device)"));
+    if special(path) {
+        return refuse(path);
+    }
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            let p = entry?.path();
+            if special(&p) {
+                return refuse(&p);
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn load_weights(model: &str, device: &Device, dtype: DType) -> Result<(ModelConfig, Weights)> {
     let path = PathBuf::from(model);
     let dir = if path.is_dir() { path } else { path.parent().unwrap_or(Path::new(".")).to_path_buf() };
+    check_regular(&dir)?;
     if dir.join(mlc_config::CHAT_CONFIG).exists() {
         let (config, _, weights) = mlc::load(&dir, device, dtype)?;
         return Ok((config, Weights::Mlc(weights)));
@@ -139,6 +160,7 @@ pub fn native_dtype(model: &str) -> Option<DType> {
         return None;
     }
     let dir = if path.is_dir() { path } else { path.parent()?.to_path_buf() };
+    check_regular(&dir).ok()?;
     let sixteen = |name: &str| match name {
         "float16" => Some(DType::F16),
         "bfloat16" => Some(DType::BF16),
