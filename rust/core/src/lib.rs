@@ -19,6 +19,7 @@ pub mod hub;
 pub mod kv_cache;
 pub mod loader;
 pub mod model;
+pub mod parallel;
 pub mod quant;
 pub mod request;
 pub mod runner;
