@@ -121,6 +121,14 @@ fn qwen3_moe_top4_of_16_matches_transformers() {
     check_model("qwen3_moe");
 }
 
+#[test]
+fn gpt_oss_sinks_window_moe_matches_transformers() {
+    // Per-head attention sinks, window 16 on even layers (the 61-token prompt crosses it), q/k/v/o
+    // biases, yarn without truncation, router bias with the softmax over the top 2 of 8, fused experts
+    // with biases and a clamped SwiGLU whose limit bites.
+    check_model("gpt_oss");
+}
+
 /// Speculative decoding with a mixture-of-experts target: the greedy tokens are transformers' own, with
 /// prompt-lookup drafts and with a small dense draft model (the qwen3 fixture: same vocabulary).
 #[test]

@@ -40,10 +40,14 @@ pub fn kv_write(slot_mapping: &[u32], cache: &mut CpuStorage, cl: &Layout, new: 
 /// `params.window_start(pos)..=pos` of its sequence with scores `cap(scale * q·k)`, where
 /// `cap(x) = softcap * tanh(x / softcap)` when the layer has a cap (as HF transformers computes Gemma 2:
 /// scale, cap, mask, softmax). Block-table entries of keys before the window are never looked at.
+/// `sinks` (`[num_heads]`, gpt-oss): head `h`'s softmax also takes the logit `sinks[h]` (unscaled,
+/// uncapped) in its max and denominator, with no value: transformers' eager attention concatenates it as
+/// an extra score column, subtracts the row max, takes the softmax and drops the column.
 #[allow(clippy::too_many_arguments)]
 pub fn paged_attention(
     meta: &AttentionMetadata,
     params: &AttnParams,
+    sinks: Option<&[f32]>,
     q: &CpuStorage,
     ql: &Layout,
     k: &CpuStorage,
@@ -61,6 +65,9 @@ pub fn paged_attention(
     }
     if block_size != meta.block_size {
         bail!("paged-attention: cache block size {block_size} != metadata {}", meta.block_size);
+    }
+    if let Some(s) = sinks.filter(|s| s.len() != num_heads) {
+        bail!("paged-attention: {} sinks for {num_heads} heads", s.len());
     }
     let q = contiguous_f32(q, ql, "q")?;
     let k = contiguous_f32(k, kl, "k cache")?;
@@ -95,13 +102,15 @@ pub fn paged_attention(
         let kvh = h / group;
         let qv = &q[t * row + h * head_dim..t * row + (h + 1) * head_dim];
         let mut scores = vec![0f32; keys.len()];
-        let mut max = f32::NEG_INFINITY;
+        let sink = sinks.map(|s| s[h]);
+        let mut max = sink.unwrap_or(f32::NEG_INFINITY);
         for (sc, j) in scores.iter_mut().zip(keys.clone()) {
             let base = slot(j) * kv_row + kvh * head_dim;
             *sc = cap(dot(qv, &k[base..base + head_dim]) * params.scale);
             max = max.max(*sc);
         }
-        let mut sum = 0f32;
+        // The sink's share of the denominator (its column is then dropped).
+        let mut sum = sink.map_or(0.0, |s| (s - max).exp());
         for sc in scores.iter_mut() {
             *sc = (*sc - max).exp();
             sum += *sc;
@@ -129,4 +138,48 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::paged_attention;
+    use crate::attention::{AttentionMetadata, AttnParams, SeqAttention};
+    use candle_core::{CpuStorage, Layout, Shape};
+
+    /// One query (position 2) of one head over three keys, with and without a sink: the sink takes its
+    /// share of the denominator and adds no value, as transformers' eager gpt-oss attention does.
+    #[test]
+    fn a_sink_joins_the_denominator_only() {
+        let meta = AttentionMetadata {
+            slot_mapping: vec![2],
+            seqs: vec![SeqAttention { query_start: 0, query_len: 1, context_len: 3, block_table: vec![0] }],
+            block_size: 4,
+        };
+        let q = [1.0f32, 0.5];
+        let keys = [[0.2f32, -0.1], [0.7, 0.3], [-0.4, 0.9], [0.0, 0.0]];
+        let values = [[1.0f32, 2.0], [-1.0, 0.5], [3.0, -2.0], [0.0, 0.0]];
+        let flat = |x: &[[f32; 2]; 4]| CpuStorage::F32(x.iter().flatten().copied().collect());
+        let (ql, kl) = (Layout::contiguous(Shape::from((1, 1, 2))), Layout::contiguous(Shape::from((1, 4, 1, 2))));
+        let params = AttnParams::causal(0.5);
+        let run = |sinks: Option<&[f32]>| {
+            let (out, _) = paged_attention(&meta, &params, sinks, &CpuStorage::F32(q.to_vec()), &ql, &flat(&keys), &kl, &flat(&values), &kl).unwrap();
+            match out {
+                CpuStorage::F32(v) => v,
+                _ => unreachable!(),
+            }
+        };
+        let sink = 0.3f32;
+        let exps: Vec<f32> = keys[..3].iter().map(|k| (0.5 * (q[0] * k[0] + q[1] * k[1])).exp()).collect();
+        let expect = |extra: f32| -> Vec<f32> {
+            let sum: f32 = exps.iter().sum::<f32>() + extra;
+            (0..2).map(|d| exps.iter().zip(&values).map(|(e, v)| e / sum * v[d]).sum()).collect()
+        };
+        let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6);
+        assert!(close(&run(Some(&[sink])), &expect(sink.exp())), "{:?} vs {:?}", run(Some(&[sink])), expect(sink.exp()));
+        assert!(close(&run(None), &expect(0.0)));
+        // A very negative sink is no sink.
+        assert!(close(&run(Some(&[-1e4])), &run(None)));
+        // One sink per head, or an error.
+        assert!(paged_attention(&meta, &params, Some(&[0.0, 0.0]), &CpuStorage::F32(q.to_vec()), &ql, &flat(&keys), &kl, &flat(&values), &kl).is_err());
+    }
 }

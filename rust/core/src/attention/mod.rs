@@ -6,8 +6,8 @@
 //! same device arrays. The CPU implementations (`cpu.rs`) are the reference for the CUDA kernels
 //! (`cuda.rs`, launching `mlc_kernels`' PTX on candle's stream).
 //!
-//! How a layer attends ([`AttnParams`]: scale, soft-cap, sliding window) is an argument of each attend
-//! call, not of the step: one step serves full and sliding layers alike (Gemma 2 alternates them), and
+//! How a layer attends ([`AttnParams`]: scale, soft-cap, sliding window; gpt-oss's per-head sinks beside
+//! it) is an argument of each attend call, not of the step: one step serves full and sliding layers alike (Gemma 2 alternates them), and
 //! keys before a layer's window are skipped inside the kernels, never read.
 
 pub mod check;
@@ -228,12 +228,20 @@ impl PagedKvCache {
     /// their sequences, causal and within `params.window`, with scores scaled and capped by `params`;
     /// returns `[num_tokens, num_heads, head_dim]`. Keys before a query's window are never read.
     pub fn attend_with(&self, layer: usize, q: &Tensor, step: &StepAttention, params: &AttnParams) -> candle_core::Result<Tensor> {
+        self.attend_with_sinks(layer, q, step, params, None)
+    }
+
+    /// [`attend_with`](Self::attend_with) where each head may also have a sink (gpt-oss): a learned
+    /// logit `sinks[h]` that joins head `h`'s softmax (max and denominator) and attends to no value, so
+    /// the weights on the keys sum to less than 1. `sinks`: `[num_heads]`. CPU only: the CUDA kernels
+    /// have no sinks and refuse them.
+    pub fn attend_with_sinks(&self, layer: usize, q: &Tensor, step: &StepAttention, params: &AttnParams, sinks: Option<&[f32]>) -> candle_core::Result<Tensor> {
         params.validate()?;
         let cache = self.layer(layer)?;
         if step.num_tokens() == 0 {
             return Ok(q.clone()); // [0, num_heads, head_dim]
         }
-        let op = ops::PagedAttention { step, params: *params };
+        let op = ops::PagedAttention { step, params: *params, sinks };
         q.apply_op3_no_bwd(&cache.k, &cache.v, &op)
     }
 

@@ -35,6 +35,9 @@ impl InplaceOp2 for KvWrite<'_> {
 pub struct PagedAttention<'a> {
     pub step: &'a StepAttention,
     pub params: AttnParams,
+    /// gpt-oss: one logit per query head joining that head's softmax denominator (`[num_heads]`). On
+    /// the host: a handful of values per layer, read by the CPU reference only.
+    pub sinks: Option<&'a [f32]>,
 }
 
 impl CustomOp3 for PagedAttention<'_> {
@@ -51,7 +54,7 @@ impl CustomOp3 for PagedAttention<'_> {
         v: &CpuStorage,
         vl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        cpu::paged_attention(&self.step.meta, &self.params, q, ql, k, kl, v, vl)
+        cpu::paged_attention(&self.step.meta, &self.params, self.sinks, q, ql, k, kl, v, vl)
     }
 
     #[cfg(feature = "cuda")]
@@ -64,6 +67,11 @@ impl CustomOp3 for PagedAttention<'_> {
         v: &candle_core::CudaStorage,
         vl: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
+        // Models with sinks are refused on CUDA at load (model/layers/attention.rs); this guards any
+        // other caller, since the kernels would silently leave the sinks out.
+        if self.sinks.is_some() {
+            bail!("paged-attention: attention sinks are not implemented in the CUDA kernels");
+        }
         super::cuda::paged_attention(self.step.device()?, &self.params, q, ql, k, kl, v, vl)
     }
 }

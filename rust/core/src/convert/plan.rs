@@ -105,7 +105,7 @@ const LLAMA: Naming = Naming {
 fn naming(arch: Architecture) -> Naming {
     match arch {
         // Mixtures of experts are refused by check_representable before any naming is used.
-        Architecture::Llama | Architecture::Mistral | Architecture::Olmo2 | Architecture::Mixtral | Architecture::Qwen2Moe | Architecture::Qwen3Moe => LLAMA,
+        Architecture::Llama | Architecture::Mistral | Architecture::Olmo2 | Architecture::Mixtral | Architecture::Qwen2Moe | Architecture::Qwen3Moe | Architecture::GptOss => LLAMA,
         Architecture::Qwen2 | Architecture::Qwen3 => Naming { qkv: Some("c_attn"), ..LLAMA },
         Architecture::Gemma2 => Naming { plus_one: true, lm_head: false, ..LLAMA },
         Architecture::Gemma3 => Naming { root: "language_model.model", qkv: None, plus_one: true, lm_head: false, ..LLAMA },

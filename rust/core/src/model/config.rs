@@ -93,6 +93,32 @@ pub enum MoeNaming {
     /// Qwen2-MoE / Qwen3-MoE: `mlp.gate`, `mlp.experts.{e}.gate_proj / up_proj / down_proj`, and Qwen2-MoE's
     /// `mlp.shared_expert.*` with `mlp.shared_expert_gate`.
     Qwen,
+    /// gpt-oss: `mlp.router` (weight and bias) and each layer's experts fused into 3D tensors with biases:
+    /// `mlp.experts.gate_up_proj [E, hidden, 2I]` (input first; gate and up interleaved along the last
+    /// dimension: gate = `[..., ::2]`, up = `[..., 1::2]`), `gate_up_proj_bias [E, 2I]`,
+    /// `down_proj [E, I, hidden]`, `down_proj_bias [E, hidden]`.
+    GptOss,
+}
+
+/// How the router's logits become the chosen experts' weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routing {
+    /// Softmax over all experts in f32, then the top `k` probabilities (renormalized when
+    /// `norm_topk_prob`): Mixtral, Qwen.
+    SoftmaxTopK,
+    /// The top `k` logits, then a softmax over those `k` only (gpt-oss): the weights sum to 1 by
+    /// construction, so `norm_topk_prob` has nothing to do.
+    TopKSoftmax,
+}
+
+/// gpt-oss's expert activation: `gate.clamp(max = limit)`, `up.clamp(-limit, limit)`,
+/// `(up + 1) * gate * sigmoid(alpha * gate)` (transformers' `GptOssExperts._apply_gate`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClampedSwiglu {
+    /// `swiglu_alpha`
+    pub alpha: f64,
+    /// `swiglu_limit`
+    pub limit: f64,
 }
 
 /// A mixture-of-experts MLP: a router picks `top_k` of `num_experts` gated MLPs per token.
@@ -111,6 +137,10 @@ pub struct MoeConfig {
     /// `decoder_sparse_step` keep some layers dense, with `intermediate_size`).
     pub sparse_layers: Vec<bool>,
     pub naming: MoeNaming,
+    pub routing: Routing,
+    /// gpt-oss's clamped SwiGLU in every expert (with [`MoeNaming::GptOss`]); `None`: the model's
+    /// [`Activation`] gates the experts as it gates a dense MLP.
+    pub clamped_swiglu: Option<ClampedSwiglu>,
 }
 
 #[derive(Debug, Clone)]
@@ -143,6 +173,9 @@ pub struct ModelConfig {
     pub attention_scale: f64,
     /// Gemma 2: attention scores become `cap * tanh(score / cap)`.
     pub attn_logit_softcap: Option<f64>,
+    /// gpt-oss: each head has a learned logit (`self_attn.sinks [heads]`) that joins its softmax's
+    /// denominator and attends to nothing.
+    pub attention_sinks: bool,
     /// Gemma 2: final logits become `cap * tanh(logits / cap)`.
     pub final_logit_softcap: Option<f64>,
     /// The rotary embeddings the layers use (one, or one per layer kind as in Gemma 3).
@@ -265,6 +298,18 @@ impl ModelConfig {
             }
             if m.sparse_layers.len() != self.num_hidden_layers {
                 return err(format!("{} MoE layer flags for {} layers", m.sparse_layers.len(), self.num_hidden_layers));
+            }
+            if let Some(s) = m.clamped_swiglu {
+                if !s.alpha.is_finite() {
+                    return err(format!("{} = {} must be finite", key("swiglu_alpha"), s.alpha));
+                }
+                // A negative limit would make up's clamp range empty (torch then returns the max bound).
+                if !(s.limit > 0.0) {
+                    return err(format!("{} = {} must be positive", key("swiglu_limit"), s.limit));
+                }
+            }
+            if (m.naming == MoeNaming::GptOss) != m.clamped_swiglu.is_some() {
+                return err("the clamped SwiGLU comes with gpt-oss's fused experts, and only with them".into());
             }
         }
         for r in &self.ropes {

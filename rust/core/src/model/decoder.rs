@@ -1,7 +1,7 @@
 //! The decoder every registered architecture runs (Llama, Mistral, Qwen2/3, Gemma 2/3, Phi-3, OLMo 2 and
-//! the mixtures of experts Mixtral, Qwen2-MoE, Qwen3-MoE) over a paged KV cache: what differs between them
+//! the mixtures of experts Mixtral, Qwen2-MoE, Qwen3-MoE, gpt-oss) over a paged KV cache: what differs between them
 //! is plain data in [`ModelConfig`] (norm placement, q/k norms, activation, rope per layer, attention kind
-//! per layer, soft-capping, the experts).
+//! per layer, soft-capping, attention sinks, the experts).
 //!
 //! The forward pass takes a flat list of tokens from any number of sequences (prefill chunks and
 //! decode tokens mixed), their positions, and the attention metadata; it returns logits only for the
@@ -59,7 +59,7 @@ impl Mlp {
             Some(m) if m.sparse_layers.get(li).copied().unwrap_or(false) => {
                 let block = match m.naming {
                     MoeNaming::Mixtral => "block_sparse_moe",
-                    MoeNaming::Qwen => "mlp",
+                    MoeNaming::Qwen | MoeNaming::GptOss => "mlp",
                 };
                 Ok(Mlp::Moe(MoeMlp::load(cfg, m, w, &format!("{p}.{block}"))?))
             }

@@ -24,6 +24,7 @@ pub enum Architecture {
     Mixtral,
     Qwen2Moe,
     Qwen3Moe,
+    GptOss,
 }
 
 pub struct ArchEntry {
@@ -155,6 +156,17 @@ pub static REGISTRY: &[ArchEntry] = &[
         mlc_name: None,
         from_hf: arch::moe::from_hf,
         from_gguf: arch::moe::from_gguf,
+        build: dense,
+    },
+    // Attention sinks and fused experts: the CPU reference path only (CUDA refuses sinks at load).
+    ArchEntry {
+        arch: Architecture::GptOss,
+        name: "gpt_oss",
+        hf_names: &["gpt_oss", "GptOssForCausalLM"],
+        gguf_name: None,
+        mlc_name: None,
+        from_hf: arch::gpt_oss::from_hf,
+        from_gguf: arch::gpt_oss::from_gguf,
         build: dense,
     },
 ];

@@ -33,7 +33,7 @@ impl<'a> ShapeChecked<'a> {
         };
         if let Some(m) = &c.moe {
             match last {
-                "gate" => return Some([m.num_experts, h]),
+                "gate" | "router" => return Some([m.num_experts, h]),
                 "shared_expert_gate" => return Some([1, h]),
                 "w1" | "w3" => return Some([inter, h]),
                 "w2" => return Some([h, inter]),
@@ -58,6 +58,21 @@ impl<'a> ShapeChecked<'a> {
         let c = self.cfg;
         if name == "model.embed_tokens.weight" {
             return Some(vec![c.vocab_size, c.hidden_size]);
+        }
+        if name.ends_with(".self_attn.sinks") {
+            return Some(vec![c.num_attention_heads]);
+        }
+        // gpt-oss's fused experts, input dimension first.
+        if let Some(m) = c.moe.as_ref().filter(|_| name.contains(".experts.")) {
+            let (e, i) = (m.num_experts, m.expert_intermediate);
+            let last = name.rsplit('.').next().unwrap_or(name);
+            match last {
+                "gate_up_proj" => return Some(vec![e, c.hidden_size, 2 * i]),
+                "gate_up_proj_bias" => return Some(vec![e, 2 * i]),
+                "down_proj" => return Some(vec![e, i, c.hidden_size]),
+                "down_proj_bias" => return Some(vec![e, c.hidden_size]),
+                _ => {}
+            }
         }
         let norms = ["model.norm.weight", "input_layernorm.weight", "post_attention_layernorm.weight", "pre_feedforward_layernorm.weight", "post_feedforward_layernorm.weight"];
         norms.iter().any(|n| name == *n || name.ends_with(&format!(".{n}"))).then(|| vec![c.hidden_size])

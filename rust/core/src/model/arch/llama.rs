@@ -2,7 +2,7 @@
 
 use super::{gguf_base, hf_base, single_rope, uniform_window};
 use crate::error::Result;
-use crate::model::config::{HfConfig, ModelConfig, MoeConfig, MoeNaming};
+use crate::model::config::{HfConfig, ModelConfig, MoeConfig, MoeNaming, Routing};
 use crate::model::gguf_meta::GgufMeta;
 use crate::model::registry::Architecture;
 use crate::model::rope::RopeStyle;
@@ -35,6 +35,8 @@ pub fn from_gguf(m: &GgufMeta<'_>, arch: Architecture) -> Result<ModelConfig> {
             shared_expert_intermediate: None,
             sparse_layers: vec![true; cfg.num_hidden_layers],
             naming: MoeNaming::Mixtral,
+            routing: Routing::SoftmaxTopK,
+            clamped_swiglu: None,
         });
     }
     Ok(cfg)

@@ -2,6 +2,7 @@
 //! decoder reads only the config, so an architecture says here only what differs from Llama.
 
 pub mod gemma;
+pub mod gpt_oss;
 pub mod llama;
 pub mod moe;
 pub mod olmo2;
@@ -52,6 +53,7 @@ fn llama_defaults(arch: Architecture, s: Sizes, rms_norm_eps: f64, tie_word_embe
         embedding_scale: None,
         attention_scale: 1.0 / (s.head_dim as f64).sqrt(),
         attn_logit_softcap: None,
+        attention_sinks: false,
         final_logit_softcap: None,
         ropes: Vec::new(),
         layers: vec![LayerConfig { attention: AttentionKind::Full, rope: 0 }; s.layers],

@@ -4,7 +4,7 @@
 
 use super::{llama, qwen};
 use crate::error::Result;
-use crate::model::config::{HfConfig, ModelConfig, MoeConfig, MoeNaming};
+use crate::model::config::{HfConfig, ModelConfig, MoeConfig, MoeNaming, Routing};
 use crate::model::gguf_meta::GgufMeta;
 use crate::model::registry::Architecture;
 
@@ -33,6 +33,8 @@ pub fn from_hf(c: &HfConfig<'_>, arch: Architecture) -> Result<ModelConfig> {
             shared_expert_intermediate: None,
             sparse_layers: vec![true; layers],
             naming: MoeNaming::Mixtral,
+            routing: Routing::SoftmaxTopK,
+            clamped_swiglu: None,
         },
         _ => {
             // transformers 5 saves Qwen3-MoE's expert count as num_local_experts, published checkpoints
@@ -59,6 +61,8 @@ pub fn from_hf(c: &HfConfig<'_>, arch: Architecture) -> Result<ModelConfig> {
                 // transformers: sparse iff not in mlp_only_layers and (i + 1) % decoder_sparse_step == 0.
                 sparse_layers: (0..layers).map(|i| !dense_only.contains(&i) && (i + 1) % step == 0).collect(),
                 naming: MoeNaming::Qwen,
+                routing: Routing::SoftmaxTopK,
+                clamped_swiglu: None,
             }
         }
     });
@@ -95,6 +99,8 @@ pub fn from_gguf(m: &GgufMeta<'_>, arch: Architecture) -> Result<ModelConfig> {
         },
         sparse_layers: vec![true; cfg.num_hidden_layers],
         naming: MoeNaming::Qwen,
+        routing: Routing::SoftmaxTopK,
+        clamped_swiglu: None,
     });
     Ok(cfg)
 }

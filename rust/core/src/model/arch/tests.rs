@@ -214,3 +214,87 @@ fn mixtral_always_renormalizes_and_qwen2_moe_has_its_shared_expert_and_qkv_bias(
     assert!(q.weight_bytes(2) > dense - 4 * 3 * 64 * 128 * 2);
     assert!(m.weight_bytes(2) > 8 * 4 * 3 * 64 * 128 * 2);
 }
+
+/// openai/gpt-oss-20b's config.json (transformers 4.55 form: rope_scaling, openai's own keys), shrunk.
+fn gpt_oss(extra: Value) -> crate::error::Result<ModelConfig> {
+    let published = json!({
+        "model_type": "gpt_oss", "architectures": ["GptOssForCausalLM"], "hidden_size": 64, "intermediate_size": 64,
+        "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 100,
+        "max_position_embeddings": 131072, "rms_norm_eps": 1e-5, "attention_bias": true, "attention_dropout": 0.0,
+        "eos_token_id": 200002, "pad_token_id": 199999, "experts_per_token": 4, "num_experts_per_tok": 4,
+        "num_local_experts": 32, "hidden_act": "silu", "initial_context_length": 4096, "initializer_range": 0.02,
+        "output_router_logits": false, "router_aux_loss_coef": 0.9, "sliding_window": 128, "swiglu_limit": 7.0,
+        "tie_word_embeddings": false, "use_cache": true, "rope_theta": 150000,
+        "rope_scaling": {"beta_fast": 32.0, "beta_slow": 1.0, "factor": 32.0, "original_max_position_embeddings": 4096,
+                         "rope_type": "yarn", "truncate": false}
+    });
+    parse(&with(published, extra))
+}
+
+#[test]
+fn gpt_oss_reads_sinks_biases_routing_swiglu_and_yarn() {
+    use crate::model::config::{ClampedSwiglu, MoeNaming, Routing};
+    let c = gpt_oss(json!({})).unwrap();
+    assert!(c.attention_sinks && c.attention_bias && c.o_proj_bias);
+    let m = c.moe.as_ref().unwrap();
+    assert_eq!((m.num_experts, m.top_k, m.expert_intermediate), (32, 4, 64));
+    assert_eq!((m.naming, m.routing), (MoeNaming::GptOss, Routing::TopKSoftmax));
+    // swiglu_alpha is absent from the published configs: GptOssConfig's default.
+    assert_eq!(m.clamped_swiglu, Some(ClampedSwiglu { alpha: 1.702, limit: 7.0 }));
+    match &c.ropes[0].scaling {
+        RopeScaling::Yarn { factor, original_max_position_embeddings, truncate, .. } => {
+            assert_eq!((*factor, *original_max_position_embeddings, *truncate), (32.0, 4096, false));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.ropes[0].theta, 150000.0);
+    // transformers 5's form reads the same.
+    let v5 = gpt_oss(json!({"rope_scaling": null, "rope_theta": null, "swiglu_alpha": 1.702,
+        "rope_parameters": {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0, "truncate": false,
+                            "original_max_position_embeddings": 4096, "rope_theta": 150000.0}})).unwrap();
+    assert_eq!(v5.ropes, c.ropes);
+}
+
+#[test]
+fn gpt_oss_layer_types_alternate_from_a_sliding_first_layer() {
+    let kinds = |c: ModelConfig| c.layers.iter().map(|l| l.attention).collect::<Vec<_>>();
+    let (s, f) = (AttentionKind::Sliding(128), AttentionKind::Full);
+    // GptOssConfig's default: layer i slides iff i is even.
+    assert_eq!(kinds(gpt_oss(json!({})).unwrap()), [s, f, s, f]);
+    let types = json!({"layer_types": ["full_attention", "sliding_attention", "sliding_attention", "full_attention"], "sliding_window": 16});
+    let w = AttentionKind::Sliding(16);
+    assert_eq!(kinds(gpt_oss(types).unwrap()), [f, w, w, f]);
+    let e = gpt_oss(json!({"layer_types": ["chunked_attention", "full_attention", "full_attention", "full_attention"]})).unwrap_err().to_string();
+    assert!(e.contains("chunked_attention"), "{e}");
+}
+
+#[test]
+fn gpt_oss_refuses_unknown_keys_mxfp4_and_missing_sizes_by_name() {
+    let e = gpt_oss(json!({"attention_chunk_size": 8192})).unwrap_err().to_string();
+    assert!(e.contains("\"attention_chunk_size\"") && e.contains("gpt_oss"), "{e}");
+    let mxfp4 = json!({"quantization_config": {"quant_method": "mxfp4", "modules_to_not_convert": ["model.layers.*.self_attn"]}});
+    let e = gpt_oss(mxfp4).unwrap_err().to_string();
+    assert!(e.contains("MXFP4") && e.contains("quantization_config"), "{e}");
+    let e = gpt_oss(json!({"quantization_config": {"quant_method": "gptq", "bits": 4}})).unwrap_err().to_string();
+    assert!(e.contains("\"quantization_config\""), "{e}");
+    let e = gpt_oss(json!({"head_dim": null})).unwrap_err().to_string();
+    assert!(e.contains("head_dim"), "{e}");
+    let e = gpt_oss(json!({"rope_scaling": null})).unwrap_err().to_string();
+    assert!(e.contains("rope_parameters nor rope_scaling"), "{e}");
+    let e = gpt_oss(json!({"num_experts": 16})).unwrap_err().to_string();
+    assert!(e.contains("disagree"), "{e}");
+    let e = gpt_oss(json!({"swiglu_limit": -1.0})).unwrap_err().to_string();
+    assert!(e.contains("swiglu_limit"), "{e}");
+    // The keys it reads, so that a new one is a visible decision.
+    let v = with(base("gpt_oss"), json!({"head_dim": 16, "num_local_experts": 4, "rope_theta": 150000.0, "rope_scaling": {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 128}}));
+    let c = HfConfig::new(v.as_object().unwrap().clone(), "config.json");
+    (registry::by_hf(Some("gpt_oss"), &[], "config.json").unwrap().from_hf)(&c, registry::Architecture::GptOss).unwrap();
+    let mut want: Vec<&str> = "attention_bias experts_per_token head_dim hidden_act hidden_activation hidden_size initial_context_length \
+        intermediate_size layer_types max_position_embeddings num_attention_heads num_experts num_experts_per_tok num_hidden_layers \
+        num_key_value_heads num_local_experts original_max_position_embeddings partial_rotary_factor quantization_config rms_norm_eps \
+        rope_parameters rope_scaling rope_theta sliding_window swiglu_alpha swiglu_limit tie_word_embeddings vocab_size"
+        .split_whitespace()
+        .collect();
+    want.sort();
+    assert_eq!(c.keys_read(), want);
+}

@@ -1,10 +1,10 @@
 //! Self-attention of one layer over the paged KV cache: stacked q/k/v projection, optional q/k norm
 //! (per head, or over the whole projection), rope (all or the leading part of each head), the write of
-//! k and v into the cache, attention of the layer's kind (full or sliding window, soft-capped or not),
-//! o_proj.
+//! k and v into the cache, attention of the layer's kind (full or sliding window, soft-capped or not,
+//! with per-head sinks or not), o_proj.
 
 use crate::attention::{AttnParams, PagedKvCache, StepAttention};
-use crate::error::Result;
+use crate::error::{EngineError, Result};
 use crate::model::config::{LayerConfig, ModelConfig, QkNormKind};
 use crate::model::fused::{self, QkNorm, QkvSpec};
 use crate::model::layers::norm;
@@ -22,6 +22,9 @@ pub struct Attention {
     k_norm: Option<Tensor>,
     qk_norm: QkNormKind,
     layer: LayerConfig,
+    /// gpt-oss: `self_attn.sinks`, one logit per query head, in f32 on the host (the CPU attention
+    /// reads them beside its [`AttnParams`]).
+    sinks: Option<Vec<f32>>,
 }
 
 /// What every layer of a step shares: the config, the rope tables, the positions and the cache.
@@ -55,7 +58,8 @@ impl Attention {
             QkNormKind::None => (None, None),
             _ => (Some(norm::load(cfg, w, &format!("{p}.q_norm.weight"))?), Some(norm::load(cfg, w, &format!("{p}.k_norm.weight"))?)),
         };
-        Ok(Attention { qkv, o_proj: w.linear(&format!("{p}.o_proj"), cfg.o_proj_bias)?, q_norm, k_norm, qk_norm: cfg.qk_norm, layer })
+        let sinks = if cfg.attention_sinks { Some(load_sinks(w, &format!("{p}.sinks"))?) } else { None };
+        Ok(Attention { qkv, o_proj: w.linear(&format!("{p}.o_proj"), cfg.o_proj_bias)?, q_norm, k_norm, qk_norm: cfg.qk_norm, layer, sinks })
     }
 
     /// `h: [T, hidden]` (normed) -> `[T, hidden]`; writes the layer's k and v into cache layer `li`.
@@ -88,7 +92,19 @@ impl Attention {
             softcap: cfg.attn_logit_softcap.map(|c| c as f32),
             window: self.layer.attention.window(),
         };
-        let attn = s.kv.attend_with(li, &q, s.step, &params)?.reshape((n, nh * hd))?; // [T, heads * head_dim]
+        let attn = s.kv.attend_with_sinks(li, &q, s.step, &params, self.sinks.as_deref())?.reshape((n, nh * hd))?; // [T, heads * head_dim]
         Ok(self.o_proj.forward(&attn)?)
     }
+}
+
+/// A layer's sinks (`[heads]`) as host f32s. Refused on CUDA, whose attention kernels have no sinks:
+/// a model run without them would be another model, not a slower one.
+fn load_sinks(w: &dyn WeightSource, name: &str) -> Result<Vec<f32>> {
+    let t = w.tensor(name)?; // [heads]
+    if t.device().is_cuda() {
+        return Err(EngineError::Unsupported(format!(
+            "attention sinks ({name}, gpt-oss) are implemented only on the CPU reference path; the CUDA attention kernels do not have them yet"
+        )));
+    }
+    Ok(t.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?)
 }

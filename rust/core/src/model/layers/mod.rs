@@ -1,7 +1,8 @@
 //! The pieces every decoder layer is made of: attention with its per-layer kind, the gated MLP with its
-//! activation (or a mixture of such MLPs), and RMSNorm weights as the architecture applies them.
+//! activation (or a mixture of such MLPs, or of gpt-oss's clamped SwiGLU experts), and RMSNorm weights as the architecture applies them.
 
 pub mod attention;
+pub mod clamped_swiglu;
 pub mod mlp;
 pub mod moe;
 pub mod norm;

@@ -1,66 +1,93 @@
-//! The mixture-of-experts MLP (Mixtral, Qwen2-MoE, Qwen3-MoE): a router scores every expert, each token
-//! takes its `top_k` experts, and their outputs are summed weighted by the router's probabilities.
+//! The mixture-of-experts MLP (Mixtral, Qwen2-MoE, Qwen3-MoE, gpt-oss): a router scores every expert,
+//! each token takes its `top_k` experts, and their outputs are summed weighted by the router's weights.
 //!
-//! Order of operations, as transformers computes it: router logits `x . gate^T`, softmax over all experts
-//! in f32, the top `k` probabilities (ties to the lower expert index), divided by their sum when
-//! `norm_topk_prob`; each expert's MLP runs once on all of its tokens (gathered), its outputs are
-//! multiplied by their weights and added into the output in increasing expert order. Qwen2-MoE then adds
-//! the shared expert times sigmoid(shared_expert_gate(x)).
+//! Order of operations, as transformers computes it: router logits `x . gate^T` (+ bias for gpt-oss);
+//! [`Routing::SoftmaxTopK`]: softmax over all experts in f32, the top `k` probabilities (ties to the
+//! lower expert index), divided by their sum when `norm_topk_prob`; [`Routing::TopKSoftmax`] (gpt-oss):
+//! the top `k` logits, softmax over those `k`. Each expert's MLP runs once on all of its tokens
+//! (gathered), its outputs are multiplied by their weights and added into the output in increasing
+//! expert order. Qwen2-MoE then adds the shared expert times sigmoid(shared_expert_gate(x)).
 //!
 //! The routing (top-k, grouping tokens by expert) runs on the host from one read-back of the
 //! probabilities per layer: the reference path, correct on every device. The experts' matmuls run on the
 //! tensors' device. A fused on-device MoE (tokens sorted by expert, one grouped GEMM) is the fast path to
 //! come; until then MoE models do not capture CUDA graphs (runner.rs).
 
+use super::clamped_swiglu::ClampedSwigluExperts;
 use super::mlp::GatedMlp;
-use crate::error::Result;
-use crate::model::config::{ModelConfig, MoeConfig, MoeNaming};
+use crate::error::{EngineError, Result};
+use crate::model::config::{ModelConfig, MoeConfig, MoeNaming, Routing};
 use crate::model::linear::Linear;
 use crate::model::weights::WeightSource;
 use candle_core::{DType, Tensor};
 
 pub struct MoeMlp {
-    /// `[num_experts, hidden]`
+    /// `[num_experts, hidden]` (with a `[num_experts]` bias for gpt-oss)
     router: Linear,
-    experts: Vec<GatedMlp>,
+    experts: Experts,
+    num_experts: usize,
     /// Qwen2-MoE: the shared expert and its `[1, hidden]` gate.
     shared: Option<(GatedMlp, Linear)>,
     top_k: usize,
     norm_topk_prob: bool,
+    routing: Routing,
+}
+
+/// The experts of one layer: separate gated MLPs, or gpt-oss's fused tensors.
+enum Experts {
+    Gated(Vec<GatedMlp>),
+    ClampedSwiglu(ClampedSwigluExperts),
+}
+
+impl Experts {
+    /// Expert `e` on its tokens: `x: [n, hidden] -> [n, hidden]`.
+    fn forward(&self, e: usize, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Experts::Gated(v) => v[e].forward(x),
+            Experts::ClampedSwiglu(f) => f.forward(e, x),
+        }
+    }
 }
 
 impl MoeMlp {
-    /// The mixture at `p` (`model.layers.3.block_sparse_moe` for Mixtral, `model.layers.3.mlp` for Qwen).
+    /// The mixture at `p` (`model.layers.3.block_sparse_moe` for Mixtral, `model.layers.3.mlp` for Qwen
+    /// and gpt-oss).
     pub fn load(cfg: &ModelConfig, m: &MoeConfig, w: &dyn WeightSource, p: &str) -> Result<Self> {
-        let experts = (0..m.num_experts)
-            .map(|e| match m.naming {
-                MoeNaming::Mixtral => {
-                    let x = format!("{p}.experts.{e}");
-                    GatedMlp::load_parts(cfg, w, &format!("{x}.w1"), &format!("{x}.w3"), &format!("{x}.w2"))
-                }
-                MoeNaming::Qwen => GatedMlp::load(cfg, w, &format!("{p}.experts.{e}")),
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let gated = |load: &dyn Fn(usize) -> Result<GatedMlp>| (0..m.num_experts).map(load).collect::<Result<Vec<_>>>().map(Experts::Gated);
+        let (experts, router) = match m.naming {
+            MoeNaming::Mixtral => {
+                let x = |e: usize, part: &str| format!("{p}.experts.{e}.{part}");
+                (gated(&|e| GatedMlp::load_parts(cfg, w, &x(e, "w1"), &x(e, "w3"), &x(e, "w2")))?, w.linear(&format!("{p}.gate"), false)?)
+            }
+            MoeNaming::Qwen => (gated(&|e| GatedMlp::load(cfg, w, &format!("{p}.experts.{e}")))?, w.linear(&format!("{p}.gate"), false)?),
+            MoeNaming::GptOss => {
+                let act = m.clamped_swiglu.ok_or_else(|| EngineError::model_load(p, "gpt-oss experts without swiglu_alpha / swiglu_limit"))?;
+                (Experts::ClampedSwiglu(ClampedSwigluExperts::load(w, &format!("{p}.experts"), act)?), w.linear(&format!("{p}.router"), true)?)
+            }
+        };
         let shared = match m.shared_expert_intermediate {
             Some(_) => Some((GatedMlp::load(cfg, w, &format!("{p}.shared_expert"))?, w.linear(&format!("{p}.shared_expert_gate"), false)?)),
             None => None,
         };
-        Ok(MoeMlp { router: w.linear(&format!("{p}.gate"), false)?, experts, shared, top_k: m.top_k, norm_topk_prob: m.norm_topk_prob })
+        Ok(MoeMlp { router, experts, num_experts: m.num_experts, shared, top_k: m.top_k, norm_topk_prob: m.norm_topk_prob, routing: m.routing })
     }
 
     /// `x: [T, hidden] -> [T, hidden]`
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let logits = self.router.forward(x)?.to_dtype(DType::F32)?; // [T, num_experts]
-        let probs = candle_nn::ops::softmax_last_dim(&logits)?.to_vec2::<f32>()?;
-        let routes = route(&probs, self.top_k, self.norm_topk_prob, self.experts.len());
+        let scores = match self.routing {
+            Routing::SoftmaxTopK => candle_nn::ops::softmax_last_dim(&logits)?,
+            Routing::TopKSoftmax => logits,
+        };
+        let routes = route(&scores.to_vec2::<f32>()?, self.top_k, self.routing, self.norm_topk_prob, self.num_experts);
         let mut out = x.zeros_like()?; // [T, hidden]
-        for (expert, tokens) in self.experts.iter().zip(&routes) {
+        for (e, tokens) in routes.iter().enumerate() {
             if tokens.is_empty() {
                 continue;
             }
             let idx = Tensor::from_iter(tokens.iter().map(|&(t, _)| t as u32), x.device())?; // [n]
             let weights = Tensor::from_iter(tokens.iter().map(|&(_, w)| w), x.device())?.unsqueeze(1)?; // [n, 1] f32
-            let y = expert.forward(&x.index_select(&idx, 0)?)?; // [n, hidden]
+            let y = self.experts.forward(e, &x.index_select(&idx, 0)?)?; // [n, hidden]
             let y = y.to_dtype(DType::F32)?.broadcast_mul(&weights)?.to_dtype(x.dtype())?;
             out = out.index_add(&idx, &y, 0)?;
         }
@@ -72,20 +99,33 @@ impl MoeMlp {
     }
 }
 
-/// Per expert, its `(token, weight)` pairs in token order: each token's `top_k` most probable experts
-/// (ties to the lower index), weights renormalized to sum to 1 when `norm`.
-pub fn route(probs: &[Vec<f32>], top_k: usize, norm: bool, num_experts: usize) -> Vec<Vec<(usize, f32)>> {
+/// Per expert, its `(token, weight)` pairs in token order: each token's `top_k` highest-scoring experts
+/// (ties to the lower index). `scores` are probabilities for [`Routing::SoftmaxTopK`] (weights
+/// renormalized to sum to 1 when `norm`), logits for [`Routing::TopKSoftmax`] (weights: the softmax of
+/// the chosen logits, in descending order as torch.topk returns them).
+pub fn route(scores: &[Vec<f32>], top_k: usize, routing: Routing, norm: bool, num_experts: usize) -> Vec<Vec<(usize, f32)>> {
     let mut routes = vec![Vec::new(); num_experts];
     let mut order: Vec<usize> = Vec::with_capacity(num_experts);
-    for (t, p) in probs.iter().enumerate() {
+    for (t, p) in scores.iter().enumerate() {
         order.clear();
         order.extend(0..p.len());
-        // NaN probabilities (a broken model) sort last rather than panic.
+        // NaN scores (a broken model) sort last rather than panic.
         order.sort_by(|&a, &b| p[b].partial_cmp(&p[a]).unwrap_or(std::cmp::Ordering::Less).then(a.cmp(&b)));
         let chosen = &order[..top_k.min(order.len())];
-        let sum: f32 = chosen.iter().map(|&e| p[e]).sum();
-        for &e in chosen {
-            routes[e].push((t, if norm { p[e] / sum } else { p[e] }));
+        let weights: Vec<f32> = match routing {
+            Routing::SoftmaxTopK => {
+                let sum: f32 = chosen.iter().map(|&e| p[e]).sum();
+                chosen.iter().map(|&e| if norm { p[e] / sum } else { p[e] }).collect()
+            }
+            Routing::TopKSoftmax => {
+                let max = chosen.first().map_or(0.0, |&e| p[e]);
+                let exps: Vec<f32> = chosen.iter().map(|&e| (p[e] - max).exp()).collect();
+                let sum: f32 = exps.iter().sum();
+                exps.iter().map(|x| x / sum).collect()
+            }
+        };
+        for (&e, w) in chosen.iter().zip(weights) {
+            routes[e].push((t, w));
         }
     }
     routes
@@ -94,11 +134,12 @@ pub fn route(probs: &[Vec<f32>], top_k: usize, norm: bool, num_experts: usize) -
 #[cfg(test)]
 mod tests {
     use super::route;
+    use crate::model::config::Routing::{SoftmaxTopK, TopKSoftmax};
 
     #[test]
     fn top_k_picks_the_largest_and_renormalizes() {
         let probs = vec![vec![0.1, 0.5, 0.3, 0.1], vec![0.25, 0.25, 0.4, 0.1]];
-        let r = route(&probs, 2, true, 4);
+        let r = route(&probs, 2, SoftmaxTopK, true, 4);
         assert_eq!(r[1], vec![(0, 0.5 / 0.8)]);
         assert_eq!(r[2], vec![(0, 0.3 / 0.8), (1, 0.4 / 0.65)]);
         // The tie between experts 0 and 1 of token 1 goes to the lower index.
@@ -108,8 +149,18 @@ mod tests {
 
     #[test]
     fn without_norm_the_probabilities_are_kept() {
-        let r = route(&[vec![0.2, 0.7, 0.1]], 1, false, 3);
+        let r = route(&[vec![0.2, 0.7, 0.1]], 1, SoftmaxTopK, false, 3);
         assert_eq!(r[1], vec![(0, 0.7)]);
         assert!(r[0].is_empty() && r[2].is_empty());
+    }
+
+    #[test]
+    fn top_k_then_softmax_weighs_the_chosen_logits_only() {
+        // Logits 2 and 1 chosen of 4: weights e^2 / (e^2 + e^1) and e^1 / (e^2 + e^1), whatever the rest.
+        let r = route(&[vec![1.0, -3.0, 2.0, 0.5]], 2, TopKSoftmax, false, 4);
+        let (a, b) = (1f32.exp() / (1.0 + 1f32.exp()), 1.0 / (1.0 + 1f32.exp()));
+        assert_eq!(r[2].len(), 1);
+        assert!((r[2][0].1 - a).abs() < 1e-6 && (r[0][0].1 - b).abs() < 1e-6, "{r:?}");
+        assert!(r[1].is_empty() && r[3].is_empty());
     }
 }

@@ -1,0 +1,92 @@
+//! gpt-oss (`GptOssForCausalLM`): Llama-shaped attention with biases on q/k/v/o and a learned sink logit
+//! per head, layers alternating a sliding window and full attention, YaRN rope, and a mixture of experts
+//! whose router has a bias, whose softmax runs over the top `k` logits only, and whose experts (fused
+//! 3D tensors with biases) apply a clamped SwiGLU. As transformers 5 reads `GptOssConfig`.
+
+use super::{hf_base, single_rope, typed_layers};
+use crate::error::Result;
+use crate::model::config::{ClampedSwiglu, HfConfig, ModelConfig, MoeConfig, MoeNaming, Routing};
+use crate::model::gguf_meta::GgufMeta;
+use crate::model::registry::Architecture;
+
+/// `GptOssConfig`'s defaults where a key is absent.
+const DEFAULT_THETA: f64 = 150_000.0;
+const DEFAULT_WINDOW: f64 = 128.0;
+const DEFAULT_TOP_K: usize = 4;
+const DEFAULT_ALPHA: f64 = 1.702;
+const DEFAULT_LIMIT: f64 = 7.0;
+
+pub fn from_hf(c: &HfConfig<'_>, arch: Architecture) -> Result<ModelConfig> {
+    refuse_quantization(c)?;
+    // GptOssConfig defaults these sizes to gpt-oss-120b's (head_dim 64, 8 kv heads), not to what Llama
+    // derives; a config that leaves them out is refused rather than read as another model.
+    for k in ["head_dim", "num_key_value_heads"] {
+        if c.get(k).is_none() {
+            return Err(c.err(format!("config.json has no {k} (gpt_oss defaults it to gpt-oss-120b's size)")));
+        }
+    }
+    // Without either, GptOssConfig substitutes its own yarn scaling (factor 32 over 4096 positions).
+    if c.get("rope_parameters").is_none() && c.get("rope_scaling").is_none() {
+        return Err(c.err("config.json has neither rope_parameters nor rope_scaling (gpt_oss would apply its default yarn scaling)"));
+    }
+    let mut cfg = hf_base(c, arch, false)?;
+    cfg.rms_norm_eps = c.f64("rms_norm_eps")?.unwrap_or(1e-5);
+    single_rope(c, &mut cfg, DEFAULT_THETA)?;
+    // attention_bias covers o_proj too.
+    let bias = c.bool("attention_bias")?.unwrap_or(true);
+    (cfg.attention_bias, cfg.o_proj_bias) = (bias, bias);
+    cfg.attention_sinks = true;
+    let window = match c.f64_or("sliding_window", Some(DEFAULT_WINDOW))? {
+        Some(w) if w >= 1.0 && w.fract() == 0.0 && w <= crate::model::config::MAX_SIZE as f64 => Some(w as usize),
+        Some(w) => return Err(c.err(format!("sliding_window = {w} must be a positive integer"))),
+        None => None,
+    };
+    // GptOssConfig's default: even layers slide, odd layers attend fully.
+    let types = c.layer_types(cfg.num_hidden_layers, |i| if i % 2 == 0 { "sliding_attention" } else { "full_attention" })?;
+    typed_layers(&mut cfg, &types, window, (0, 0), c)?;
+    // openai's own keys beside transformers' (the pretrained length, the expert count per token):
+    // transformers reads neither, so they cannot change its math.
+    c.get("initial_context_length");
+    c.get("experts_per_token");
+    let experts = match (c.usize("num_local_experts")?, c.usize("num_experts")?) {
+        (Some(a), Some(b)) if a != b => return Err(c.err(format!("num_local_experts {a} and num_experts {b} disagree"))),
+        (Some(a), _) | (None, Some(a)) => a,
+        (None, None) => return Err(c.err("config.json has no num_local_experts")),
+    };
+    let number = |k: &str, default: f64| -> Result<f64> {
+        c.f64_or(k, Some(default))?.ok_or_else(|| c.err(format!("{k} must be a number, found null")))
+    };
+    cfg.moe = Some(MoeConfig {
+        num_experts: experts,
+        top_k: c.usize("num_experts_per_tok")?.unwrap_or(DEFAULT_TOP_K),
+        // The softmax over the chosen k already sums to 1.
+        norm_topk_prob: false,
+        expert_intermediate: cfg.intermediate_size,
+        shared_expert_intermediate: None,
+        sparse_layers: vec![true; cfg.num_hidden_layers],
+        naming: MoeNaming::GptOss,
+        routing: Routing::TopKSoftmax,
+        clamped_swiglu: Some(ClampedSwiglu { alpha: number("swiglu_alpha", DEFAULT_ALPHA)?, limit: number("swiglu_limit", DEFAULT_LIMIT)? }),
+    });
+    Ok(cfg)
+}
+
+/// The published gpt-oss checkpoints keep their experts in MXFP4; only unquantized (bf16 / f32)
+/// checkpoints load for now. Reading the key here takes it off `HfConfig::finish`'s list, so any other
+/// quantization is refused here too.
+fn refuse_quantization(c: &HfConfig<'_>) -> Result<()> {
+    let Some(q) = c.get("quantization_config") else { return Ok(()) };
+    if q.as_object().is_some_and(|o| o.is_empty()) || q.as_bool() == Some(false) {
+        return Ok(());
+    }
+    Err(match q.get("quant_method").and_then(|m| m.as_str()) {
+        Some("mxfp4") => c.err("quantization_config: MXFP4 expert weights (quant_method \"mxfp4\") are not supported yet; use a dequantized (bf16) checkpoint"),
+        _ => c.err(format!("config key \"quantization_config\" ({q}) is not supported")),
+    })
+}
+
+/// No GGUF reader yet (llama.cpp's `gpt-oss` files): the registry row names no GGUF architecture, so
+/// this is never reached from a file.
+pub fn from_gguf(m: &GgufMeta<'_>, _arch: Architecture) -> Result<ModelConfig> {
+    Err(m.err("gpt-oss GGUF files are not supported yet"))
+}
