@@ -12,6 +12,7 @@ import pytest
 
 from mlc_llm.protocol.openai_api_protocol import ChatCompletionRequest, parse_request
 from mlc_llm.serve.engine_base import _message_for_template
+from mlc_llm.serve.harmony import HarmonyTokens
 from mlc_llm.serve.reasoning import (
     ReasoningStream,
     knows_think_tags,
@@ -226,7 +227,7 @@ def test_a_grammar_turns_the_split_off(engine: Any, monkeypatch: pytest.MonkeyPa
     block (SmolLM2 taken for a thinking model whose prompt opens one)."""
     from mlc_llm.serve import engine_base
 
-    monkeypatch.setattr(engine, "_think_tags", True)
+    monkeypatch.setattr(engine, "_thinking", ("think",))
     monkeypatch.setattr(engine_base, "starts_in_reasoning", lambda prompt: True)
     tool = {"type": "function", "function": {"name": "answer", "parameters": {
         "type": "object", "properties": {"text": {"type": "string", "maxLength": 8}}, "required": ["text"]}}}
@@ -240,3 +241,63 @@ def test_a_grammar_turns_the_split_off(engine: Any, monkeypatch: pytest.MonkeyPa
     plain = engine.chat.completions.create(messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
     assert plain.choices[0].message.content == "" and plain.choices[0].message.reasoning_content
     assert plain.usage.completion_tokens_details == {"reasoning_tokens": plain.usage.completion_tokens}
+
+
+# ------------------------------------------------------------------------------ gpt-oss (Harmony)
+
+HARMONY = HarmonyTokens(start=200006, channel=200005, message=200008, end=200007, return_=200002, call=200012,
+                        constrain=200003)
+_MARK = {"<|start|>": 200006, "<|channel|>": 200005, "<|message|>": 200008, "<|end|>": 200007,
+         "<|return|>": 200002, "<|call|>": 200012, "<|constrain|>": 200003}
+
+# gpt-oss output one token per delta: markers are special tokens (no text), the rest text.
+GPT_OSS_ANSWER = ["<|channel|>", "analysis", "<|message|>", "User", " asks", " the", " capital", ".", "<|end|>",
+                  "<|start|>", "assistant", "<|channel|>", "final", "<|message|>", "Paris", ".", "<|return|>"]
+GPT_OSS_CALL = ["<|channel|>", "analysis", "<|message|>", "Need", " weather", ".", "<|end|>", "<|start|>",
+                "assistant", "<|channel|>", "commentary", " to", "=functions", ".get", "_weather", " ",
+                "<|constrain|>", "json", "<|message|>", '{"', "city", '":"', "Paris", '"}', "<|call|>"]
+
+
+def _harmony_deltas(pieces: List[str]) -> List[Dict[str, Any]]:
+    deltas = _deltas(pieces)
+    for d, piece in zip(deltas, pieces):
+        d["token_ids"] = [_MARK.get(piece, 1000 + len(piece))]
+        d["text"] = "" if piece in _MARK else piece
+    return deltas
+
+
+def _harmony_build(pieces: List[str], stream: bool) -> Any:
+    builder = ChatResponseBuilder(
+        response_id="chatcmpl-h", model="m", created=1, engine_ids=["r"], prompt_tokens=9, stream=stream,
+        include_usage=True, logprobs=False, parse_tools=True, reasoning=HARMONY,
+    )
+    chunks = [chunk for d in _harmony_deltas(pieces) for chunk in builder.on_delta(d)]
+    return chunks if stream else builder.response()
+
+
+def test_harmony_tokens_are_found_only_as_single_tokens() -> None:
+    assert HarmonyTokens.of(lambda text: [_MARK[text]] if text in _MARK else [1, 2]) == HARMONY
+    assert HarmonyTokens.of(lambda text: [ord(c) for c in text]) is None
+    assert HarmonyTokens.of(lambda text: [0]) is None  # a word-level tokenizer's unknown word
+
+
+def test_harmony_analysis_is_reasoning_and_final_is_content() -> None:
+    message = _harmony_build(GPT_OSS_ANSWER, stream=False).choices[0].message
+    assert (message.reasoning_content, message.content) == ("User asks the capital.", "Paris.")
+    streamed = _assemble(_harmony_build(GPT_OSS_ANSWER, stream=True))
+    assert (streamed["reasoning"], streamed["content"], streamed["finish"]) == ("User asks the capital.", "Paris.", "stop")
+    # <|message|> .. <|end|> of the analysis channel: its five text tokens and both markers.
+    assert streamed["usage"].completion_tokens_details.reasoning_tokens == 7
+
+
+@pytest.mark.parametrize("pieces", [GPT_OSS_CALL, GPT_OSS_CALL[:-1]], ids=["call-token", "call-as-stop"])
+def test_harmony_commentary_to_a_function_is_a_tool_call(pieces: List[str]) -> None:
+    choice = _harmony_build(pieces, stream=False).choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.reasoning_content == "Need weather."
+    assert choice.message.tool_calls and choice.message.tool_calls[0].function.name == "get_weather"
+    assert json.loads(str(choice.message.tool_calls[0].function.arguments)) == {"city": "Paris"}
+    streamed = _assemble(_harmony_build(pieces, stream=True))
+    assert streamed["reasoning"] == "Need weather." and streamed["finish"] == "tool_calls"
+    assert [(c["name"], json.loads(c["arguments"])) for c in streamed["tool_calls"].values()] == [
+        ("get_weather", {"city": "Paris"})
+    ]

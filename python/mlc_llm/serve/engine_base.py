@@ -23,6 +23,7 @@ from ..protocol.errors import BadRequestError, EngineDeadError
 from ..protocol.openai_api_protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, parse_request
 from .config import EngineArgs, EngineConfig, merge_engine_config, validate_engine_args
 from .metrics import EngineMetrics
+from .harmony import HarmonyTokens
 from .reasoning import knows_think_tags, starts_in_reasoning, strip_history
 from .responses import ChatResponseBuilder, CompletionResponseBuilder
 from .stream import Sink, StreamBack
@@ -150,7 +151,7 @@ class EngineBase:
         # request id -> its submission, and engine id -> the submission that owns it (see _submit).
         self._active: Dict[str, EngineSubmission] = {}
         self._owners: Dict[str, EngineSubmission] = {}
-        self._think_tags: Optional[bool] = None  # see _thinks
+        self._thinking: Optional[Tuple[Union[None, str, HarmonyTokens]]] = None  # see _thinking_format
         self._stream_back = StreamBack(self._core)
         self._stream_back.start()
         self._terminated = False
@@ -197,8 +198,8 @@ class EngineBase:
     def _prepare_chat(self, kwargs: Dict[str, Any]) -> PreparedRequest:
         request = parse_request(ChatCompletionRequest, kwargs)
         messages = [_message_for_template(m) for m in request.messages]
-        thinks = self._thinks()
-        if thinks:
+        thinking = self._thinking_format()
+        if thinking == "think":
             messages = strip_history(messages)
         tools = [t.model_dump(exclude_none=True) for t in request.tools or ()] if request.uses_tools() else []
         prompt = self._render_chat(messages, tools, request.chat_template_kwargs)
@@ -223,7 +224,7 @@ class EngineBase:
             parse_tools=bool(tools),
             # Under a grammar (JSON output, a forced call) the output is constrained from its first token:
             # there is no thinking to split off, even where the template opened a block.
-            reasoning=starts_in_reasoning(prompt) if thinks and grammar is None else None,
+            reasoning=_reasoning_start(thinking, prompt) if grammar is None else None,
             legacy_functions=request.legacy_functions(),
         )
         params = _sampling_params(request, request.max_new_tokens(), request.logprobs, top)
@@ -300,12 +301,19 @@ class EngineBase:
             messages = [{"role": "system", "content": described}, *messages]
         return render(messages, tools_json)
 
-    def _thinks(self) -> bool:
-        """Whether the model thinks in <think> tags (reasoning.py); asked of the tokenizer once."""
-        if self._think_tags is None:
+    def _thinking_format(self) -> Union[None, str, HarmonyTokens]:
+        """How the model marks its thinking, asked of the tokenizer once: "think" (<think> tags,
+        reasoning.py), gpt-oss's Harmony channels (harmony.py), or None."""
+        if self._thinking is None:
             core = self._core
-            self._think_tags = knows_think_tags(lambda text: list(core.tokenize(text, False)), core.detokenize)
-        return self._think_tags
+
+            def tokenize(text: str) -> List[int]:
+                return list(core.tokenize(text, False))
+
+            harmony = HarmonyTokens.of(tokenize)
+            think = "think" if knows_think_tags(tokenize, core.detokenize) else None
+            self._thinking = (harmony or think,)
+        return self._thinking[0]
 
     def _model_name(self) -> str:
         return str(self._info.get("model") or self._args.model)
@@ -412,6 +420,13 @@ class EngineBase:
             self.terminate()
         except Exception:
             pass
+
+
+def _reasoning_start(thinking: Union[None, str, HarmonyTokens], prompt: str) -> Union[None, bool, HarmonyTokens]:
+    """The builder's `reasoning` argument (responses.ChatResponseBuilder) for this model and prompt."""
+    if thinking == "think":
+        return starts_in_reasoning(prompt)
+    return thinking if isinstance(thinking, HarmonyTokens) else None
 
 
 def _engine_ids(request_id: str, n: int) -> List[str]:

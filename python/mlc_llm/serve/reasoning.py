@@ -17,7 +17,7 @@ turn drift); `reasoning_content` sent back by a client is dropped for the same r
 """
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -95,7 +95,8 @@ class ReasoningStream:
     def in_reasoning(self) -> bool:
         return self._in_reasoning
 
-    def push(self, text: str) -> Tuple[str, str]:
+    def push(self, text: str, token_ids: Sequence[int] = ()) -> Tuple[str, str]:
+        """`token_ids` (unused: the tags are text) keeps the interface of harmony.HarmonyStream."""
         reasoning: List[str] = []
         content: List[str] = []
         rest = self._held + text

@@ -7,7 +7,7 @@ once every choice has finished. The work per delta is a dict lookup and one smal
 re-rendering, no tokenizer calls.
 """
 
-from typing import Any, Dict, List, Optional, Tuple, cast
+from typing import Any, Dict, List, Optional, Tuple, Union, cast
 
 from ..protocol.errors import InternalError
 from ..protocol.openai_api_protocol import (
@@ -27,6 +27,7 @@ from ..protocol.openai_api_protocol import (
     FunctionCall,
     Logprobs,
 )
+from .harmony import HarmonyStream, HarmonyTokens
 from .reasoning import ReasoningStream
 from .tool_calls import ToolCallStream, parse_tool_calls
 
@@ -129,22 +130,26 @@ def _chat_logprobs(entries: List[LogprobEntry]) -> ChoiceLogprobs:
 class ChatResponseBuilder(_Builder):
     """Deltas -> ChatCompletionChunk stream or one ChatCompletion. With `parse_tools`, output that
     is a tool call becomes `tool_calls` with finish_reason "tool_calls" (see tool_calls.py). With
-    `reasoning` (True: the prompt leaves a <think> block open, False: the model may open one), a
-    reasoning model's thinking goes to `reasoning_content` / `reasoning` and only the rest is content
-    or a tool call (see reasoning.py)."""
+    `reasoning` (True: the prompt leaves a <think> block open, False: the model may open one; gpt-oss's
+    HarmonyTokens: its channels), a reasoning model's thinking goes to `reasoning_content` /
+    `reasoning` and only the rest is content or a tool call (see reasoning.py, harmony.py)."""
 
     def __init__(
         self,
         *,
         parse_tools: bool = False,
-        reasoning: Optional[bool] = None,
+        reasoning: Union[None, bool, HarmonyTokens] = None,
         legacy_functions: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         # A request in the legacy `functions` form gets its call as `function_call` (one per choice).
         self._legacy_functions = legacy_functions
-        self._reasoning = None if reasoning is None else [ReasoningStream(reasoning) for _ in range(self.n)]
+        self._reasoning: Optional[List[Union[ReasoningStream, HarmonyStream]]] = None
+        if isinstance(reasoning, HarmonyTokens):
+            self._reasoning = [HarmonyStream(reasoning) for _ in range(self.n)]
+        elif reasoning is not None:
+            self._reasoning = [ReasoningStream(reasoning) for _ in range(self.n)]
         self._reasoning_texts: List[List[str]] = [[] for _ in range(self.n)]
         self._reasoning_tokens = [0] * self.n
         self._pending_reasoning = [""] * self.n
@@ -163,7 +168,7 @@ class ChatResponseBuilder(_Builder):
         index = self._index_of[delta["request_id"]]
         stream = self._reasoning[index]
         was_reasoning = stream.in_reasoning
-        reasoning, text = stream.push(delta["text"])
+        reasoning, text = stream.push(delta["text"], delta.get("token_ids") or ())
         if delta.get("finish_reason") is not None:
             more_reasoning, more_text = stream.finish()
             reasoning, text = reasoning + more_reasoning, text + more_text
