@@ -28,6 +28,10 @@ records the error of a failed phase and goes on:
              run (greedy, ignore_eos, distinct random prompts); the 2048-token TTFT (median of --ttft-reps
              after one warmup) right after batch 1
   ours_q4    the same on the Q4_0 GGUF with quantized matmul (--gguf-q4; batch 1 by default), TTFT included
+             With --long BATCHxPROMPT,... also long-context decode rows (prompt lengths 1k-8k: the KV cache read
+             every step), with --open-requests N an open workload (N ShareGPT-like requests submitted at once,
+             the KV cache sized from memory as a server runs: output tok/s, request rate, TTFT p50 / p99), and
+             always the engine-ready time (constructed, and one request answered).
   hf         transformers on the same directory: 2048-token prefill (eager forward, median), then
              generate(cache_implementation="static") per batch size: one warmup (compiles), --hf-reps timed
              runs, prefill-only runs; decode tok/s = batch * (new - 1) / (generate time - prefill time).
@@ -63,7 +67,7 @@ from gpu.record import Recorder, read_records  # noqa: E402
 PHASE_LIMITS = {
     "bandwidth": (60, 15),
     "setup": (200, 40),
-    "ours": (200, 40),
+    "ours": (300, 40),
     "ours_q4": (120, 30),
     "mlc_convert": (240, 40),
     "ours_mlc": (180, 30),
@@ -204,17 +208,18 @@ def print_table(result: dict) -> None:
     fi = result["floor_inputs"]
     print(f"floor inputs: bandwidth {fi['bandwidth_Bps'] / 1e12:.3f} TB/s, matmul {fi['matmul_flops'] / 1e12:.1f} TFLOP/s"
           f" ({'measured in this run' if fi['measured'] else 'NOT measured: fallback anchors'})")
-    hdr = (f"{'engine':22} {'precision':9} {'batch':>5} {'decode tok/s':>13} {'floor tok/s':>12} {'% floor':>8}"
+    hdr = (f"{'engine':22} {'precision':9} {'batch':>5} {'prompt':>6} {'decode tok/s':>13} {'floor tok/s':>12} {'% floor':>8}"
            f"  {'steady tok/s':>12} {'x HF':>6}  notes")
     print(hdr)
     print("-" * len(hdr))
-    hf = {(r["batch"], r["precision"]): r.get("decode_tok_s") for r in result["rows"] if r["engine"] == "hf"}
-    order = sorted(result["rows"], key=lambda r: (r["precision"] in ("q4_0", "q4f16_1"), r["batch"], r["engine"] != "ours"))
+    key = lambda r: (r["batch"], r["precision"], r["prompt_tokens"])  # noqa: E731
+    hf = {key(r): r.get("decode_tok_s") for r in result["rows"] if r["engine"] == "hf"}
+    order = sorted(result["rows"], key=lambda r: (r["precision"] in ("q4_0", "q4f16_1"), r["prompt_tokens"], r["batch"], r["engine"] != "ours"))
     for r in order:
         name = "ours (mlc_llm)" if r["engine"] == "ours" else "HF transformers"
         note = r.get("mode", "")
-        vs = r["decode_tok_s"] / hf[(r["batch"], r["precision"])] if r["engine"] == "ours" and r.get("decode_tok_s") and hf.get((r["batch"], r["precision"])) else None
-        print(f"{name:22} {r['precision']:9} {r['batch']:>5} {_fmt(r.get('decode_tok_s'), '13.1f')} "
+        vs = r["decode_tok_s"] / hf[key(r)] if r["engine"] == "ours" and r.get("decode_tok_s") and hf.get(key(r)) else None
+        print(f"{name:22} {r['precision']:9} {r['batch']:>5} {r['prompt_tokens']:>6} {_fmt(r.get('decode_tok_s'), '13.1f')} "
               f"{r['floor_tok_s']:12.1f} {_fmt(r.get('pct_of_floor'), '7.1f')}% "
               f" {_fmt(r.get('steady_tok_s'), '12.1f')} {_fmt(vs, '6.2f')}  {note}")
     for s in result["skipped"]:
@@ -232,6 +237,19 @@ def print_table(result: dict) -> None:
               f"{_fmt(r.get('pct_of_floor'), '7.1f')}% {_fmt(vs, '6.2f')}  {r.get('mode', '')}")
     print("x HF: our speed relative to HF transformers at the same batch and precision (decode: tok/s ratio;"
           " TTFT: HF ms / our ms)")
+    if result.get("open_rows"):
+        print()
+        hdr = f"{'open workload':22} {'precision':9} {'requests':>8} {'output tok/s':>12} {'req/s':>7} {'TTFT p50 s':>10} {'TTFT p99 s':>10} {'wall s':>7}"
+        print(hdr)
+        print("-" * len(hdr))
+        for r in result["open_rows"]:
+            print(f"{'ours (mlc_llm)':22} {r['precision']:9} {r['requests']:>8} {r['output_tok_s']:12.1f} {r['requests_per_s']:7.2f} "
+                  f"{r['ttft_p50_s']:10.3f} {r['ttft_p99_s']:10.3f} {r['wall_s']:7.1f}")
+    if result.get("engine_ready"):
+        print()
+        for phase, r in result["engine_ready"].items():
+            print(f"engine ready ({phase}): constructed in {_fmt(r.get('load_s'), '.2f')} s, first request answered at "
+                  f"{_fmt(r.get('ready_s'), '.2f')} s")
     print()
     print("phases:")
     for name, p in result["phases"].items():
@@ -274,6 +292,13 @@ def main() -> None:
     ap.add_argument("--skip-ours", action="store_true")
     ap.add_argument("--init-std", type=float, default=0.02)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--long", default="", help="long-context decode rows of our engine, BATCHxPROMPT comma-separated "
+                    "(e.g. 64x1000,16x4000,4x8000,1x8000)")
+    ap.add_argument("--long-new", type=int, default=64, help="tokens generated per sequence in the --long rows")
+    ap.add_argument("--open-requests", type=int, default=0,
+                    help="open workload: this many ShareGPT-like requests (lognormal lengths, median ~160 in / 150 out) "
+                         "submitted at once to our engine (0: skip)")
+    ap.add_argument("--open-max-running", type=int, default=256, help="max_num_sequence of the open workload")
     ap.add_argument("--budget-s", type=float, default=500.0, help="wall budget for all phases")
     ap.add_argument("--request-timeout-s", type=float, default=150.0)
     args = ap.parse_args()
@@ -310,6 +335,8 @@ def main() -> None:
         shape=shape,
         counts=shapes.counts(shape),
         settings=dict(prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, batches=ints(args.batches),
+                      long=args.long, long_new=args.long_new, open_requests=args.open_requests,
+                      open_max_running=args.open_max_running,
                       hf_batches=ints(args.hf_batches), q4_batches=ints(args.q4_batches),
                       ttft_prompt=args.ttft_prompt, ttft_reps=args.ttft_reps, hf_reps=args.hf_reps,
                       hf_mode=args.hf_mode, hf_attn=args.hf_attn, only=args.only, init_std=args.init_std, seed=args.seed, budget_s=args.budget_s,
@@ -321,6 +348,8 @@ def main() -> None:
         phases={},
         decode_rows=[],
         ttft_rows=[],
+        open_rows=[],
+        engine_ready={},
         skipped=[],
         notes=[],
     )
@@ -393,7 +422,9 @@ def main() -> None:
             model = {"ours": model_dir, "ours_q4": gguf_path, "ours_mlc": mlc_dir}[phase]
             precision = {"ours": "bf16" if cuda else "f32", "ours_q4": args.gguf_type, "ours_mlc": "q4f16_1"}[phase]
             a.update(model=model, engine_device="cuda:0" if cuda else "cpu", precision=precision,
-                     batches=ints(args.q4_batches) if q4 else ints(args.batches), ttft=args.ttft_reps > 0)
+                     batches=ints(args.q4_batches) if q4 else ints(args.batches), ttft=args.ttft_reps > 0,
+                     long=[[int(v) for v in x.split("x")] for x in args.long.split(",") if x.strip()],
+                     long_new=args.long_new, open_requests=args.open_requests, open_max_running=args.open_max_running)
         elif phase == "mlc_convert":
             python = sys.executable
             a.update(mlc_dir=mlc_dir)
@@ -415,7 +446,7 @@ def main() -> None:
             info["errors"].append("spawn: " + st["spawn_error"])
         if st["timed_out"]:
             info["errors"].append(f"killed at its {timeout:.0f} s limit")
-        info["records"] = [r for r in recs if r["kind"] not in ("decode", "ttft")]
+        info["records"] = [r for r in recs if r["kind"] not in ("decode", "ttft", "open")]
         for r in recs:
             if r["kind"] == "versions":
                 result["versions"].update({k: v for k, v in r.items() if k not in ("kind", "t_s")})
@@ -425,6 +456,10 @@ def main() -> None:
                 result["decode_rows"].append({k: v for k, v in r.items() if k != "kind"})
             elif r["kind"] == "ttft":
                 result["ttft_rows"].append({k: v for k, v in r.items() if k != "kind"})
+            elif r["kind"] == "open":
+                result["open_rows"].append({k: v for k, v in r.items() if k != "kind"})
+            elif r["kind"] == "load" and phase.startswith("ours"):
+                result["engine_ready"][phase] = {k: r.get(k) for k in ("load_s", "ready_s")}
             elif r["kind"] == "skip":
                 result["skipped"].append({k: v for k, v in r.items() if k != "kind"})
             elif r["kind"] == "gguf":

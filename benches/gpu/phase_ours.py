@@ -1,4 +1,6 @@
-"""Our engine (mlc_llm._core) on the benchmark model: decode tokens/s per batch and 2048-token TTFT.
+"""Our engine (mlc_llm._core) on the benchmark model: decode tokens/s per batch (short prompts, and long ones
+with `long`: batch x prompt length), 2048-token TTFT, engine-ready time, and an open workload of many
+requests with ShareGPT-like lengths submitted at once (`open`).
 
 Decode tokens/s counts every token that arrives after the last request of the batch got its first token
 (all prefills done) over the time from then to the last token: it excludes the prefill phase and the
@@ -92,6 +94,57 @@ def run_batch(engine, batch: int, prompt_len: int, new: int, vocab: int, rng: ra
     return r
 
 
+def open_workload(engine, n: int, vocab: int, rng: random.Random, timeout_s: float) -> Dict[str, object]:
+    """`n` requests with ShareGPT-like lengths (lognormal, median about 160 prompt / 150 output tokens, clipped
+    to 4..2048 / 4..1024), all submitted at once: the engine admits as many as its batch and KV cache allow.
+    Output tok/s = every generated token over the wall time from the first submission to the last token."""
+    sizes = [(min(2048, max(4, int(rng.lognormvariate(5.08, 0.9)))), min(1024, max(4, int(rng.lognormvariate(5.0, 0.8)))))
+             for _ in range(n)]
+    t_start = time.perf_counter()
+    for i, (p, o) in enumerate(sizes):
+        prompt = _prompts(rng, 1, p, vocab)[0]
+        engine.add_request(f"open-{i}", prompt, json.dumps({"temperature": 0.0, "max_tokens": o, "ignore_eos": True}))
+    first: Dict[str, float] = {}
+    done: Dict[str, float] = {}
+    generated = 0
+    errors: List[str] = []
+    while len(done) < n:
+        if time.perf_counter() - t_start > timeout_s:
+            for i in range(n):
+                if f"open-{i}" not in done:
+                    engine.abort(f"open-{i}")
+            raise TimeoutError(f"open workload: {len(done)}/{n} requests finished after {timeout_s:.0f} s")
+        t = time.perf_counter()
+        for d in engine.poll(20):
+            rid = d["request_id"]
+            if d["token_ids"]:
+                first.setdefault(rid, t - t_start)
+                generated += len(d["token_ids"])
+            if d["finish_reason"] is not None:
+                done[rid] = t - t_start
+                if d["finish_reason"] not in ("length", "stop"):
+                    errors.append(f"{rid}: {d['finish_reason']} {d.get('error')}")
+    if errors:
+        raise RuntimeError(f"{len(errors)} requests failed: {errors[:3]}")
+    wall = max(done.values())
+    ttft = sorted(first.values())
+    q = lambda xs, f: xs[min(len(xs) - 1, int(f * len(xs)))]  # noqa: E731
+    return dict(
+        requests=n,
+        prompt_tokens_total=sum(p for p, _ in sizes),
+        expected_output_tokens=sum(o for _, o in sizes),
+        output_tokens=generated,
+        prompt_median=statistics.median(p for p, _ in sizes),
+        output_median=statistics.median(o for _, o in sizes),
+        wall_s=wall,
+        output_tok_s=generated / wall,
+        requests_per_s=n / wall,
+        ttft_p50_s=q(ttft, 0.5),
+        ttft_p99_s=q(ttft, 0.99),
+        last_first_token_s=ttft[-1],
+    )
+
+
 def ttft_runs(engine, prompt_len: int, reps: int, vocab: int, rng: random.Random, timeout_s: float) -> dict:
     params = json.dumps({"temperature": 0.0, "max_tokens": 1, "ignore_eos": True})
     walls, usage_ttft = [], []
@@ -140,15 +193,29 @@ def phase_ours(a: dict, rec) -> None:
     batches = a["batches"]
     max_batch = max(batches)
     prompt_len, new = a["prompt_tokens"], a["new_tokens"]
-    total = max(max_batch * (prompt_len + new + 32), a["ttft_prompt"] + 64)
-    cfg = {"verbose": False, "mode": "server", "max_num_sequence": max_batch,
-           "max_total_sequence_length": total, "prefill_chunk_size": 2048}
+    long_rows = [tuple(x) for x in a.get("long") or []]  # (batch, prompt tokens)
+    long_new = a.get("long_new", 64)
+    open_n, open_running = a.get("open_requests", 0), a.get("open_max_running", 256)
+    total = max([max_batch * (prompt_len + new + 32), a["ttft_prompt"] + 64]
+                + [b * (p + long_new + 32) for b, p in long_rows])
+    max_seq = max([max_batch] + [b for b, _ in long_rows] + ([open_running] if open_n else []))
+    cfg = {"verbose": False, "mode": "server", "max_num_sequence": max_seq, "prefill_chunk_size": 2048}
+    if not open_n:
+        cfg["max_total_sequence_length"] = total
+    # With an open workload the KV cache is sized from memory (server mode), as a deployment would run.
     if precision == "q4_0":
         cfg["quantized_matmul"] = True
     t = time.perf_counter()
     engine = _core.Engine(a["model"], a["engine_device"], json.dumps(cfg))
     info = json.loads(engine.info())
-    rec.put("load", load_s=time.perf_counter() - t, engine_config=cfg, engine_info=info)
+    load_s = time.perf_counter() - t
+    # Engine ready: constructed and one request answered (what a server needs before it takes traffic).
+    probe = json.dumps({"temperature": 0.0, "max_tokens": 1, "ignore_eos": True})
+    engine.add_request("ready", [11, 12, 13, 14], probe)
+    while not any(d["request_id"] == "ready" and d["finish_reason"] is not None for d in engine.poll(5)):
+        if time.perf_counter() - t > a["request_timeout_s"]:
+            break
+    rec.put("load", load_s=load_s, ready_s=time.perf_counter() - t, engine_config=cfg, engine_info=info)
     vocab = info["vocab_size"]
     rng = random.Random(1234)
     timeout = a["request_timeout_s"]
@@ -165,12 +232,29 @@ def phase_ours(a: dict, rec) -> None:
                 plan.append(("ttft", None))
         if a["ttft"] and not order:
             plan.append(("ttft", None))
+        plan += [("long", bp) for bp in long_rows]
+        if open_n:
+            plan.append(("open", open_n))
         for kind, b in plan:
             try:
                 if kind == "ttft":
                     t = time.perf_counter()
                     r = ttft_runs(engine, a["ttft_prompt"], a["ttft_reps"], vocab, rng, timeout)
                     rec.put("ttft", engine="ours", precision=precision, phase_s=time.perf_counter() - t, **r)
+                    continue
+                if kind == "long":
+                    lb, lp = b
+                    t = time.perf_counter()
+                    run_batch(engine, lb, lp, 8, vocab, rng, f"wl{lb}x{lp}", timeout)
+                    r = run_batch(engine, lb, lp, long_new, vocab, rng, f"l{lb}x{lp}", timeout)
+                    rec.put("decode", engine="ours", precision=precision, context="long",
+                            phase_s=time.perf_counter() - t, **r)
+                    continue
+                if kind == "open":
+                    t = time.perf_counter()
+                    r = open_workload(engine, b, vocab, rng, timeout)
+                    rec.put("open", engine="ours", precision=precision, max_num_sequence=max_seq,
+                            phase_s=time.perf_counter() - t, **r)
                     continue
                 t = time.perf_counter()
                 # Warm this batch size (buffers, kernel selection) with a short run first.
