@@ -12,6 +12,7 @@ mod cuda_args;
 #[cfg(feature = "cuda")]
 pub mod cuda_graph;
 pub mod device;
+pub mod embedding;
 pub mod engine;
 pub mod error;
 pub mod grammar;

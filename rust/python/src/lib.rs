@@ -2,6 +2,7 @@
 //! Rust values, releases the GIL while it waits, and maps errors once (see `errors.rs`).
 
 mod convert;
+mod embedding;
 mod engine;
 mod errors;
 mod testing;
@@ -30,6 +31,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).try_init();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<engine::Engine>()?;
+    m.add_class::<embedding::EmbeddingEngine>()?;
     m.add_function(wrap_pyfunction!(cuda_device_count, m)?)?;
     m.add_function(wrap_pyfunction!(device_smoke_test, m)?)?;
     convert::register(m)?;

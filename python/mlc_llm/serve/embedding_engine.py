@@ -1,0 +1,92 @@
+"""Sentence embeddings with MLC's embedding-engine API (`mlc_llm.serve.embedding_engine`), on the native
+`_core.EmbeddingEngine` (rust/core/src/embedding.rs).
+
+    engine = AsyncEmbeddingEngine(model, device="cpu")
+    vectors, num_tokens = engine.embed(["first text", "second text"])       # or: await engine.async_embed(...)
+
+Decoder models (Qwen3-Embedding and other causal LMs trained for it) pool the last token's hidden state,
+after an end-of-text token where the tokenizer does not add one itself (the token such models are trained
+to summarise the input in); vectors are L2-normalized. Encoder models (BERT) are not supported yet.
+"""
+
+import asyncio
+import concurrent.futures
+import json
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from .._native import load_core
+from ..protocol.errors import BadRequestError, EngineDeadError
+
+Input = Union[str, Sequence[int]]
+
+POOLING_STRATEGIES = ("last", "mean", "cls")
+
+
+class AsyncEmbeddingEngine:
+    """MLC's constructor: `model_lib` is accepted for compatibility (the kernels are built in);
+    `pooling_strategy` is "last" (the default for decoder models), "mean" or "cls"."""
+
+    def __init__(
+        self,
+        model: str,
+        model_lib: Optional[str] = None,
+        device: str = "auto",
+        *,
+        pooling_strategy: Optional[str] = None,
+        max_batch_tokens: int = 2048,
+    ) -> None:
+        if pooling_strategy is not None and pooling_strategy not in POOLING_STRATEGIES:
+            raise BadRequestError(f"pooling_strategy must be one of {POOLING_STRATEGIES}", "pooling_strategy")
+        self._core = load_core().EmbeddingEngine(model, device, max_batch_tokens)
+        self.info: Dict[str, Any] = json.loads(self._core.info())
+        self.model_type = "decoder"
+        self.pooling_strategy = pooling_strategy or "last"
+        # The token a decoder embedding model summarises the input in: its end-of-text token, unless the
+        # tokenizer's post-processor already appends one.
+        eos = list(self.info.get("eos_token_ids") or [])
+        probe = self._core.tokenize("test", True)
+        self._eos: Optional[int] = None if not eos or (probe and probe[-1] in eos) else eos[0]
+        # One worker: the native engine runs one batch at a time anyway.
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedding")
+        self._terminated = False
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.info["hidden_size"])
+
+    def tokenize(self, inputs: Sequence[Input]) -> List[List[int]]:
+        """Token ids of each input as the model embeds it (strings tokenized, ids taken as they are),
+        cut to the longest input the engine takes."""
+        limit = int(self.info["max_batch_tokens"])
+        out = []
+        for item in inputs:
+            if isinstance(item, str):
+                ids = list(self._core.tokenize(item, True))
+                if self._eos is not None and (not ids or ids[-1] != self._eos):
+                    ids.append(self._eos)
+            else:
+                ids = list(item)
+            out.append(ids[:limit])
+        return out
+
+    def embed(self, inputs: Sequence[Input], normalize: bool = True) -> Tuple[List[List[float]], int]:
+        """(one vector per input, in order; the number of tokens embedded)."""
+        if self._terminated:
+            raise EngineDeadError("the embedding engine has been terminated")
+        token_lists = self.tokenize(inputs)
+        if any(not ids for ids in token_lists):
+            raise BadRequestError("an input has no tokens", "input")
+        vectors = self._core.embed(token_lists, self.pooling_strategy, normalize)
+        return [list(v) for v in vectors], sum(len(ids) for ids in token_lists)
+
+    async def async_embed(
+        self, inputs: Sequence[Input], normalize: bool = True
+    ) -> Tuple[List[List[float]], int]:
+        """`embed` on the engine's worker thread, so the event loop keeps serving."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.embed, inputs, normalize)
+
+    def terminate(self) -> None:
+        if not self._terminated:
+            self._terminated = True
+            self._executor.shutdown(wait=True)

@@ -1,0 +1,88 @@
+"""Sentence embeddings of a decoder model (MLC's AsyncEmbeddingEngine API) on the tiny random Qwen3 of
+tests/fixtures/models/qwen3, checked against HF transformers without torch: its reference logits at the
+last prompt token are `h @ E^T` (tied embeddings), so transformers' final hidden state `h` is their least-
+squares solution over the embedding matrix `E`, which the engine's last-token embedding must match."""
+
+import json
+import struct
+from pathlib import Path
+from typing import Any, Dict, Iterator, List
+
+import numpy as np
+import pytest
+
+from mlc_llm import BadRequestError
+from mlc_llm.serve.embedding_engine import AsyncEmbeddingEngine
+
+QWEN3 = Path(__file__).parent / "fixtures" / "models" / "qwen3"
+
+
+def read_safetensor(path: Path, name: str) -> np.ndarray:
+    with open(path, "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header: Dict[str, Any] = json.loads(f.read(size))
+        entry = header[name]
+        assert entry["dtype"] == "F32", entry
+        begin, end = entry["data_offsets"]
+        f.seek(8 + size + begin)
+        return np.frombuffer(f.read(end - begin), dtype="<f4").reshape(entry["shape"])
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Iterator[AsyncEmbeddingEngine]:
+    engine = AsyncEmbeddingEngine(str(QWEN3), device="cpu", max_batch_tokens=64)
+    yield engine
+    engine.terminate()
+
+
+@pytest.fixture(scope="module")
+def reference() -> Dict[str, Any]:
+    ref = json.loads((QWEN3 / "reference.json").read_text())
+    logits = np.fromfile(QWEN3 / ref["logits_file"], dtype="<f4").reshape(ref["logits_shape"])
+    embed = read_safetensor(QWEN3 / "model.safetensors", "model.embed_tokens.weight")  # [vocab, hidden]
+    # Row 0 of each prompt: the logits at its last token, h @ E^T.
+    hidden = np.linalg.lstsq(embed.astype(np.float64), logits[:, 0, :].T.astype(np.float64), rcond=None)[0].T
+    return {"prompts": ref["prompts"], "hidden": hidden, "logits": logits[:, 0, :], "embed": embed}
+
+
+def cosine(a: Any, b: Any) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def test_last_token_embedding_matches_transformers(embedder: AsyncEmbeddingEngine, reference: Dict[str, Any]) -> None:
+    raw, tokens = embedder.embed(reference["prompts"], normalize=False)
+    assert tokens == sum(len(p) for p in reference["prompts"])
+    for ours, theirs, logits in zip(raw, reference["hidden"], reference["logits"]):
+        assert cosine(ours, theirs) >= 0.99999
+        assert np.allclose(ours, theirs, rtol=1e-3, atol=1e-3)
+        # The same through the model's head: transformers' own numbers, to f32 precision.
+        assert np.abs(np.asarray(ours) @ reference["embed"].T - logits).max() < 1e-3
+
+
+def test_unit_norm_and_batch_equals_one_by_one(embedder: AsyncEmbeddingEngine, reference: Dict[str, Any]) -> None:
+    prompts: List[List[int]] = reference["prompts"]
+    together, _ = embedder.embed(prompts)
+    for prompt, vector in zip(prompts, together):
+        assert abs(np.linalg.norm(vector) - 1.0) < 1e-5
+        alone, _ = embedder.embed([prompt])
+        assert np.allclose(alone[0], vector, atol=1e-6)
+    # More tokens than one step holds: split into steps, same vectors.
+    many, _ = embedder.embed(prompts * 3)
+    assert np.allclose(np.array(many), np.array(together * 3), atol=1e-6)
+
+
+def test_strings_pooling_and_bad_inputs(embedder: AsyncEmbeddingEngine) -> None:
+    import asyncio
+
+    vectors, tokens = asyncio.run(embedder.async_embed(["t5 t6", "t7"]))
+    assert len(vectors) == 2 and len(vectors[0]) == embedder.hidden_size and tokens >= 3
+    mean = AsyncEmbeddingEngine(str(QWEN3), device="cpu", pooling_strategy="mean", max_batch_tokens=64)
+    assert cosine(mean.embed([[5, 6, 7]])[0][0], embedder.embed([[5, 6, 7]])[0][0]) < 0.9999
+    mean.terminate()
+    with pytest.raises(BadRequestError):
+        embedder.embed([[]])
+    with pytest.raises(BadRequestError):
+        embedder.embed([[10**6]])
+    with pytest.raises(BadRequestError):
+        AsyncEmbeddingEngine(str(QWEN3), device="cpu", pooling_strategy="max")
