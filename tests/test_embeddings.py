@@ -86,3 +86,51 @@ def test_strings_pooling_and_bad_inputs(embedder: AsyncEmbeddingEngine) -> None:
         embedder.embed([[10**6]])
     with pytest.raises(BadRequestError):
         AsyncEmbeddingEngine(str(QWEN3), device="cpu", pooling_strategy="max")
+
+
+# ------------------------------------------------------------------------------------ /v1/embeddings
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Any]:
+    from server_process import ServerProcess
+
+    llama = Path(__file__).parent / "fixtures" / "models" / "llama"
+    proc = ServerProcess(str(llama), "--embedding-model", str(QWEN3), "--no-access-log")
+    yield proc
+    proc.close()
+
+
+def test_embeddings_through_the_openai_sdk(server: Any, embedder: AsyncEmbeddingEngine) -> None:
+    import openai
+
+    with openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0) as client:
+        texts = ["t5 t6 t7", "t8"]
+        # The SDK asks for base64 unless told otherwise, and decodes it itself.
+        default = client.embeddings.create(model="qwen3", input=texts)
+        floats = client.embeddings.create(model=str(QWEN3), input=texts, encoding_format="float")
+        assert [d.index for d in default.data] == [0, 1] and default.model == str(QWEN3)
+        assert np.allclose([d.embedding for d in default.data], [d.embedding for d in floats.data], atol=1e-7)
+        assert np.allclose([d.embedding for d in floats.data], embedder.embed(texts)[0], atol=1e-6)
+        assert floats.usage.prompt_tokens == floats.usage.total_tokens == embedder.embed(texts)[1]
+
+        ids = client.embeddings.create(model="qwen3", input=[5, 6, 7], encoding_format="float")
+        assert np.allclose(ids.data[0].embedding, embedder.embed([[5, 6, 7]])[0][0], atol=1e-6)
+        lists = client.embeddings.create(model="qwen3", input=[[5, 6, 7], [8]], encoding_format="float")
+        assert len(lists.data) == 2
+
+        short = client.embeddings.create(model="qwen3", input="t5 t6", dimensions=16, encoding_format="float")
+        full = embedder.embed(["t5 t6"])[0][0]
+        assert len(short.data[0].embedding) == 16 and abs(np.linalg.norm(short.data[0].embedding) - 1) < 1e-5
+        assert cosine(short.data[0].embedding, full[:16]) > 0.99999
+
+        with pytest.raises(openai.BadRequestError) as too_wide:
+            client.embeddings.create(model="qwen3", input="t5", dimensions=65)
+        assert too_wide.value.param == "dimensions"
+        with pytest.raises(openai.NotFoundError):
+            client.embeddings.create(model="text-embedding-3-small", input="t5")
+        with pytest.raises(openai.BadRequestError) as unknown:
+            client.embeddings.create(model="qwen3", input="t5", extra_body={"truncate": True})
+        assert unknown.value.param == "truncate"
+        with pytest.raises(openai.BadRequestError):
+            client.embeddings.create(model="qwen3", input=[])

@@ -288,3 +288,9 @@ def test_engine_metrics_carry_mlc_names() -> None:
     metrics = EngineMetrics({"prefill_time_s": 1.5, "decode_time_s": 2.5, "prefill_tokens": 7, "decode_tokens": 9})
     assert (metrics["engine_prefill_time_sum"], metrics["engine_decode_time_sum"]) == (1.5, 2.5)
     assert (metrics["prefill_tokens_sum"], metrics["decode_tokens_sum"], metrics["jump_forward_tokens_sum"]) == (7, 9, 0)
+
+
+def test_embeddings_without_an_embedding_model_are_a_404(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.embeddings.create(model="any", input="Hi")
+    assert missing.value.code == "model_not_found" and "--embedding-model" in str(missing.value)

@@ -65,6 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--enable-debug", action="store_true", help="serve MLC's debug routes (POST /debug/dump_event_trace)"
     )
     parser.add_argument(
+        "--embedding-model",
+        default=None,
+        help="also serve POST /v1/embeddings with this decoder embedding model (e.g. Qwen3-Embedding), on --device",
+    )
+    parser.add_argument(
         "--speculative-mode",
         choices=["disable", "small_draft", "eagle", "medusa", "ngram"],
         default="disable",
@@ -199,6 +204,11 @@ def main(args: Union[argparse.Namespace, Sequence[str], None] = None) -> int:
             verbose=args.log_level in ("info", "debug"),
             enable_kv_events=args.kv_events_endpoint is not None,
         )
+        embeddings = None
+        if args.embedding_model:
+            from ..serve.embedding_engine import AsyncEmbeddingEngine
+
+            embeddings = AsyncEmbeddingEngine(args.embedding_model, device=args.device)
     except (MLCError, ImportError) as err:  # bad arguments, a model that cannot load, no native engine
         print(f"mlc_llm serve: {err}", file=sys.stderr)
         return EXIT_ERROR
@@ -217,7 +227,7 @@ def main(args: Union[argparse.Namespace, Sequence[str], None] = None) -> int:
         allow_origins=args.allow_origins,
         enable_debug=args.enable_debug,
     )
-    app = create_app(engine, settings)
+    app = create_app(engine, settings, embeddings, args.embedding_model or "")
     publisher = None
     try:
         if args.kv_events_endpoint is not None:
@@ -234,6 +244,8 @@ def main(args: Union[argparse.Namespace, Sequence[str], None] = None) -> int:
         if publisher is not None:
             publisher.close()
         engine.terminate()
+        if embeddings is not None:
+            embeddings.terminate()
     logger.info("server stopped")
     return EXIT_OK if started else EXIT_ERROR
 
