@@ -1,13 +1,14 @@
-"""The serving engine: MLCEngine, AsyncMLCEngine and their configuration, and (as MLC exports it)
-PopenServer, which runs `mlc_llm serve` in a subprocess."""
+"""The serving engine: MLCEngine, AsyncMLCEngine and their configuration, and (as MLC exports them)
+AsyncEmbeddingEngine and PopenServer, which runs `mlc_llm serve` in a subprocess."""
 
 from typing import Any
 
 from .config import EngineConfig
+from .embedding_engine import AsyncEmbeddingEngine
 from .engine import AsyncMLCEngine, MLCEngine
 from .metrics import EngineMetrics
 
-__all__ = ["AsyncMLCEngine", "EngineConfig", "EngineMetrics", "MLCEngine", "PopenServer"]
+__all__ = ["AsyncEmbeddingEngine", "AsyncMLCEngine", "EngineConfig", "EngineMetrics", "MLCEngine", "PopenServer"]
 
 
 def __getattr__(name: str) -> Any:
