@@ -361,3 +361,48 @@ fn unknown_quantization_is_refused_before_writing() {
     assert!(e.to_string().contains("quantization") && e.to_string().contains("q4f16_1"), "{e}");
     assert!(!out.exists());
 }
+
+/// Mixtures in MLC's layout: transformers' logits from the q0f32 directory; the router and the stacked
+/// experts with their leading expert dimension (`e1_e3` / `moe_gate_up_proj` `[E, 2I, H]`, per expert gate
+/// rows then up rows), in MLC's declaration order; 4-bit experts compute with the values they store; a
+/// checkpoint with dense layers is refused. (One test: the conversions share scratch directory names.)
+#[test]
+fn moe_directories_match_transformers_with_mlc_names_and_shapes() {
+    check_q0f32("mixtral");
+    check_q0f32("qwen3_moe");
+    let cases: [(&str, &[&str], &str, [usize; 3]); 2] = [
+        ("mixtral", &["model.layers.0.self_attn.qkv_proj.weight", "model.layers.0.self_attn.o_proj.weight", "model.layers.0.moe.gate.weight",
+                      "model.layers.0.moe.e1_e3.weight", "model.layers.0.moe.e2.weight", "model.layers.0.input_layernorm.weight"],
+         "model.layers.0.moe.e1_e3.weight", [4, 192, 64]),
+        ("qwen3_moe", &["model.layers.0.self_attn.c_attn.weight", "model.layers.0.self_attn.o_proj.weight", "model.layers.0.self_attn.q_norm.weight",
+                        "model.layers.0.self_attn.k_norm.weight", "model.layers.0.mlp.gate.weight", "model.layers.0.mlp.moe_gate_up_proj.weight",
+                        "model.layers.0.mlp.moe_down_proj.weight", "model.layers.0.input_layernorm.weight"],
+         "model.layers.0.mlp.moe_gate_up_proj.weight", [16, 64, 64]),
+    ];
+    for (model, layer0, stacked, shape) in cases {
+        let out = convert(model, "q0f32");
+        let names = stored_names(&out);
+        let first: Vec<&str> = names.iter().skip(1).take(layer0.len()).map(String::as_str).collect();
+        assert_eq!(first, layer0, "{model}: MLC's names in declaration order");
+        let stored = mlc_core::loader::tensor_cache::read_params(&out).unwrap();
+        assert_eq!(stored[stacked].shape, shape.to_vec(), "{model}: {stacked}");
+        // Expert 1's up rows: rows I..2I of expert 1 in the stacked parameter.
+        let hf = candle_core::safetensors::load(model_dir(model).join("model.safetensors"), &Device::Cpu).unwrap();
+        let up = if model == "mixtral" { "model.layers.0.block_sparse_moe.experts.1.w3.weight" } else { "model.layers.0.mlp.experts.1.up_proj.weight" };
+        let (i, h) = (shape[1] / 2, shape[2]);
+        let all: Vec<f32> = stored[stacked].bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let start = (2 * i + i) * h; // expert 1 begins after expert 0's 2I rows; its up rows after its I gate rows
+        assert_eq!(all[start..start + i * h].to_vec(), hf[up].flatten_all().unwrap().to_vec1::<f32>().unwrap(), "{model}: {up}");
+        std::fs::remove_dir_all(out).unwrap();
+        let r = load_reference(&model_dir(model));
+        let (out, values) = (convert(model, "q4f32_1"), as_stored_hf(model, "q4f32_1"));
+        let got = run_greedy(&out, parity_args(512), &r.prompts, 1, false);
+        let want = run_greedy(&values, parity_args(512), &r.prompts, 1, false);
+        let worst = got.iter().zip(&want).map(|((_, g), (_, w))| max_rel_err(&g[0], &w[0])).fold(0f32, f32::max);
+        assert!(worst < 1e-6, "{model} q4f32_1: {worst:e} from the stored values");
+        std::fs::remove_dir_all(out).unwrap();
+        std::fs::remove_dir_all(values).unwrap();
+    }
+    let e = convert_weight(&model_dir("qwen2_moe"), "q0f32", &scratch("qwen2_moe-refused"), &mut |_, _, _| Ok(())).unwrap_err().to_string();
+    assert!(e.contains("dense layers"), "{e}");
+}

@@ -98,6 +98,14 @@ fn assemble(p: &MlcParam, tensor: impl Fn(&str) -> Result<Tensor>, shown: &str) 
 
 fn write_param(writer: &mut CacheWriter, p: &MlcParam, t: &Tensor, quant: Quantization) -> Result<()> {
     let shape = t.dims().to_vec();
+    // Stacked experts are written with their leading expert dimension ([experts, rows / experts, ...]).
+    let with_experts = |mut dims: Vec<usize>| -> Vec<usize> {
+        if let Some(e) = p.experts {
+            dims[0] /= e;
+            dims.insert(0, e);
+        }
+        dims
+    };
     match (quant, p.kind) {
         (Quantization::Group4(scale), ParamKind::Matrix) => {
             let (rows, cols) = t.dims2()?;
@@ -109,8 +117,8 @@ fn write_param(writer: &mut CacheWriter, p: &MlcParam, t: &Tensor, quant: Quanti
             }
             let values = t.flatten_all()?.to_vec1::<f32>()?;
             let packed = group4::quantize(&values, rows, cols, scale);
-            writer.add(&format!("{}.q_weight", p.name), "uint32", &[rows, cols / 8], &packed.q_weight)?;
-            writer.add(&format!("{}.q_scale", p.name), scale.mlc_name(), &[rows, cols / group4::GROUP], &packed.q_scale)
+            writer.add(&format!("{}.q_weight", p.name), "uint32", &with_experts(vec![rows, cols / 8]), &packed.q_weight)?;
+            writer.add(&format!("{}.q_scale", p.name), scale.mlc_name(), &with_experts(vec![rows, cols / group4::GROUP]), &packed.q_scale)
         }
         _ => {
             let dtype = match quant.model_dtype() {
@@ -119,7 +127,7 @@ fn write_param(writer: &mut CacheWriter, p: &MlcParam, t: &Tensor, quant: Quanti
                 _ => DType::F32,
             };
             let full = format!("{}.{}", p.name, p.suffix);
-            writer.add(&full, quant.model_dtype(), &shape, &tensor_bytes(&t.to_dtype(dtype)?)?)
+            writer.add(&full, quant.model_dtype(), &with_experts(shape), &tensor_bytes(&t.to_dtype(dtype)?)?)
         }
     }
 }

@@ -14,12 +14,20 @@
 //! - Phi-3 (`phi3_model.py`, `phi3_loader.py`): `transformer.embd`, `transformer.h.N.ln` (input norm),
 //!   `mixer.qkv_proj`, `mixer.out_proj`, `mlp.gate_up_proj` (fused in the HF checkpoint already),
 //!   `post_attention_layernorm`, `transformer.norm`, `lm_head`.
+//! - Mixtral (`mixtral_model.py`, `mixtral_loader.py`): Llama attention; `model.layers.N.moe.gate` (router),
+//!   `moe.e1_e3` `[E, 2I, H]` (per expert w1 rows then w3 rows) and `moe.e2` `[E, H, I]`.
+//! - Qwen2-MoE / Qwen3-MoE (`qwen2_moe_model.py`, `qwen3_moe_model.py` and loaders): Qwen attention
+//!   (`c_attn`); `mlp.shared_expert.gate_up_proj` / `down_proj` and `mlp.shared_expert_gate` (Qwen2-MoE),
+//!   `mlp.gate`, `mlp.moe_gate_up_proj` `[E, 2I, H]` (gate rows then up rows) and `mlp.moe_down_proj`
+//!   `[E, H, I]`. MLC's models make every layer sparse (they assert it): a checkpoint with dense layers is
+//!   refused. Stacked experts are rows of one matrix (`[E * rows, cols]`, 4-bit groups run along a row),
+//!   written with their 3-D shape.
 //! - OLMo 2: MLC LLM has no OLMo 2 model (its `olmo` is OLMo 1, with parameter-free LayerNorms). We write
 //!   the names its Llama-family models would use: fused `qkv_proj` / `gate_up_proj`, HF norm names
 //!   (`q_norm`, `k_norm`, `post_attention_layernorm`, `post_feedforward_layernorm`).
 
 use crate::error::{EngineError, Result};
-use crate::model::config::{ModelConfig, NormPlacement, QkNormKind};
+use crate::model::config::{ModelConfig, MoeConfig, MoeNaming, NormPlacement, QkNormKind};
 use crate::model::registry::Architecture;
 use std::collections::HashMap;
 
@@ -50,6 +58,8 @@ pub struct MlcParam {
     pub kind: ParamKind,
     /// Stored as `1 + w` (Gemma's norms).
     pub plus_one: bool,
+    /// The experts' matrices stacked (`[experts, rows / experts, cols]` on disk; rows of one matrix here).
+    pub experts: Option<usize>,
 }
 
 /// Where an HF tensor is stored in an MLC directory.
@@ -104,9 +114,9 @@ const LLAMA: Naming = Naming {
 
 fn naming(arch: Architecture) -> Naming {
     match arch {
-        // Mixtures of experts are refused by check_representable before any naming is used.
-        Architecture::Llama | Architecture::Mistral | Architecture::Olmo2 | Architecture::Mixtral | Architecture::Qwen2Moe | Architecture::Qwen3Moe | Architecture::GptOss => LLAMA,
-        Architecture::Qwen2 | Architecture::Qwen3 => Naming { qkv: Some("c_attn"), ..LLAMA },
+        // gpt-oss has no MLC layout: check_representable refuses it before any naming is used.
+        Architecture::Llama | Architecture::Mistral | Architecture::Olmo2 | Architecture::Mixtral | Architecture::GptOss => LLAMA,
+        Architecture::Qwen2 | Architecture::Qwen3 | Architecture::Qwen2Moe | Architecture::Qwen3Moe => Naming { qkv: Some("c_attn"), ..LLAMA },
         Architecture::Gemma2 => Naming { plus_one: true, lm_head: false, ..LLAMA },
         Architecture::Gemma3 => Naming { root: "language_model.model", qkv: None, plus_one: true, lm_head: false, ..LLAMA },
         Architecture::Phi3 => Naming {
@@ -140,7 +150,51 @@ fn stacked(parts: Vec<(String, usize)>) -> Vec<HfPart> {
 }
 
 fn param(name: String, suffix: &'static str, hf_parts: Vec<HfPart>, kind: ParamKind, plus_one: bool) -> MlcParam {
-    MlcParam { name, suffix, hf_parts, kind, plus_one }
+    MlcParam { name, suffix, hf_parts, kind, plus_one, experts: None }
+}
+
+/// The experts' matrices of one layer stacked as MLC's `MixtralExperts` holds them: for each expert its
+/// `projs` (HF suffixes, `rows` each) one after another.
+fn experts(name: String, hf_expert: impl Fn(usize, &str) -> String, projs: &[&str], rows: usize, count: usize) -> MlcParam {
+    let parts = (0..count).flat_map(|e| projs.iter().map(move |p| (e, *p))).map(|(e, p)| (hf_expert(e, p), rows)).collect();
+    MlcParam { name, suffix: "weight", hf_parts: stacked(parts), kind: ParamKind::Matrix, plus_one: false, experts: Some(count) }
+}
+
+/// Layer `hf`'s mixture, in MLC's declaration order.
+fn moe_params(cfg: &ModelConfig, m: &MoeConfig, hf: &str, mlc: &str) -> Vec<MlcParam> {
+    let (h, i, e) = (cfg.hidden_size, m.expert_intermediate, m.num_experts);
+    match m.naming {
+        MoeNaming::Mixtral => {
+            let x = |e: usize, p: &str| format!("{hf}.block_sparse_moe.experts.{e}.{p}.weight");
+            vec![
+                param(format!("{mlc}.moe.gate"), "weight", vec![part(format!("{hf}.block_sparse_moe.gate.weight"))], ParamKind::Matrix, false),
+                experts(format!("{mlc}.moe.e1_e3"), x, &["w1", "w3"], i, e),
+                experts(format!("{mlc}.moe.e2"), x, &["w2"], h, e),
+            ]
+        }
+        MoeNaming::Qwen => {
+            let x = |e: usize, p: &str| format!("{hf}.mlp.experts.{e}.{p}.weight");
+            let mut out = Vec::new();
+            if let Some(s) = m.shared_expert_intermediate {
+                let shared = stacked(vec![(format!("{hf}.mlp.shared_expert.gate_proj.weight"), s), (format!("{hf}.mlp.shared_expert.up_proj.weight"), s)]);
+                out.push(param(format!("{mlc}.mlp.shared_expert.gate_up_proj"), "weight", shared, ParamKind::Matrix, false));
+                out.push(same_at(&format!("{mlc}.mlp.shared_expert.down_proj"), &format!("{hf}.mlp.shared_expert.down_proj")));
+                out.push(same_at(&format!("{mlc}.mlp.shared_expert_gate"), &format!("{hf}.mlp.shared_expert_gate")));
+            }
+            out.push(same_at(&format!("{mlc}.mlp.gate"), &format!("{hf}.mlp.gate")));
+            out.push(experts(format!("{mlc}.mlp.moe_gate_up_proj"), x, &["gate_proj", "up_proj"], i, e));
+            out.push(experts(format!("{mlc}.mlp.moe_down_proj"), x, &["down_proj"], h, e));
+            out
+        }
+        // Other mixtures have no MLC layout; check_representable refuses them first.
+        #[allow(unreachable_patterns)]
+        _ => Vec::new(),
+    }
+}
+
+/// A matrix stored whole under its MLC name, made of the HF weight at `hf`.
+fn same_at(mlc: &str, hf: &str) -> MlcParam {
+    param(mlc.to_string(), "weight", vec![part(format!("{hf}.weight"))], ParamKind::Matrix, false)
 }
 
 /// An MLC parameter made of one HF tensor of the same name.
@@ -153,8 +207,11 @@ fn same(name: &str, suffix: &'static str, kind: ParamKind) -> MlcParam {
 pub fn check_representable(cfg: &ModelConfig) -> Result<()> {
     let n = naming(cfg.architecture);
     let refuse = |m: String| Err(EngineError::Unsupported(format!("{} in MLC's format: {m}", cfg.architecture.name())));
-    if cfg.moe.is_some() {
-        return refuse("converting mixture-of-experts models to MLC's format is not supported yet".into());
+    if cfg.moe.as_ref().is_some_and(|m| !matches!(m.naming, MoeNaming::Mixtral | MoeNaming::Qwen)) {
+        return refuse("MLC has no layout for this mixture of experts".into());
+    }
+    if cfg.moe.as_ref().is_some_and(|m| m.sparse_layers.iter().any(|&s| !s)) {
+        return refuse("MLC's mixture-of-experts models make every layer sparse, but this checkpoint has dense layers (mlp_only_layers / decoder_sparse_step)".into());
     }
     if !n.lm_head && !cfg.tie_word_embeddings {
         return refuse("MLC's model ties lm_head to the embeddings, but this checkpoint sets tie_word_embeddings false".into());
@@ -199,13 +256,18 @@ fn layer_params(cfg: &ModelConfig, n: &Naming, i: usize) -> Vec<MlcParam> {
         out.extend(input_norm.clone());
     }
     out.extend(attention_params(cfg, n, &format!("{hf}.self_attn"), &format!("{mlc}.{}", n.attn)));
-    let gate_up = if cfg.fused_projections {
-        vec![part(format!("{hf}.mlp.gate_up_proj.weight"))]
-    } else {
-        stacked(vec![(format!("{hf}.mlp.gate_proj.weight"), ffn), (format!("{hf}.mlp.up_proj.weight"), ffn)])
-    };
-    out.push(param(format!("{mlc}.mlp.gate_up_proj"), "weight", gate_up, ParamKind::Matrix, false));
-    out.push(param(format!("{mlc}.mlp.down_proj"), "weight", vec![part(format!("{hf}.mlp.down_proj.weight"))], ParamKind::Matrix, false));
+    match &cfg.moe {
+        Some(m) if m.sparse_layers.get(i).copied().unwrap_or(false) => out.extend(moe_params(cfg, m, &hf, &mlc)),
+        _ => {
+            let gate_up = if cfg.fused_projections {
+                vec![part(format!("{hf}.mlp.gate_up_proj.weight"))]
+            } else {
+                stacked(vec![(format!("{hf}.mlp.gate_proj.weight"), ffn), (format!("{hf}.mlp.up_proj.weight"), ffn)])
+            };
+            out.push(param(format!("{mlc}.mlp.gate_up_proj"), "weight", gate_up, ParamKind::Matrix, false));
+            out.push(param(format!("{mlc}.mlp.down_proj"), "weight", vec![part(format!("{hf}.mlp.down_proj.weight"))], ParamKind::Matrix, false));
+        }
+    }
     if !n.input_norm_first {
         out.extend(input_norm);
     }

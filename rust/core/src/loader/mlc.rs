@@ -87,6 +87,8 @@ impl MlcWeights {
             other => return Err(self.error(format!("parameter {name} has dtype {other}, expected a float type"))),
         };
         let t = Tensor::from_raw_buffer(&p.bytes, dtype, &p.shape, &Device::Cpu)?;
+        // Stacked experts `[E, rows, cols]`: their rows count over both leading dimensions.
+        let t = if p.shape.len() == 3 { t.reshape((p.shape[0] * p.shape[1], p.shape[2]))? } else { t };
         let t = match rows {
             Some((start, len)) => t.narrow(0, start, len)?,
             None => t,
@@ -115,13 +117,15 @@ impl MlcWeights {
         let w_name = format!("{}.q_weight", src.base);
         let s_name = format!("{}.q_scale", src.base);
         let (w, s) = (self.param(&w_name)?, self.param(&s_name)?);
-        if w.dtype != "uint32" || w.shape.len() != 2 || s.shape.len() != 2 || s.dtype != scale.mlc_name() {
+        // Stacked experts carry a leading expert dimension: their rows are the rows of every expert in turn.
+        let dims_ok = |d: &[usize]| d.len() == 2 || d.len() == 3;
+        if w.dtype != "uint32" || !dims_ok(&w.shape) || w.shape.len() != s.shape.len() || s.dtype != scale.mlc_name() {
             return Err(self.error(format!(
-                "{w_name} / {s_name}: expected uint32 [rows, cols/8] and {} [rows, cols/32], found {} {:?} and {} {:?}",
+                "{w_name} / {s_name}: expected uint32 [rows, cols/8] and {} [rows, cols/32] (with a leading expert dimension for experts), found {} {:?} and {} {:?}",
                 scale.mlc_name(), w.dtype, w.shape, s.dtype, s.shape
             )));
         }
-        let (all_rows, cols) = (w.shape[0], w.shape[1] * 8);
+        let (all_rows, cols) = (w.shape[..w.shape.len() - 1].iter().product::<usize>(), w.shape[w.shape.len() - 1] * 8);
         group4::check_sizes(&w.bytes, &s.bytes, all_rows, cols, scale).map_err(|m| self.error(format!("{w_name}: {m}")))?;
         let (start, rows) = src.rows.unwrap_or((0, all_rows));
         if start + rows > all_rows {

@@ -127,13 +127,13 @@ pub static REGISTRY: &[ArchEntry] = &[
         from_gguf: arch::olmo2::from_gguf,
         build: dense,
     },
-    // Mixtures of experts (no MLC names yet; Mixtral GGUFs are llama files with experts).
+    // Mixtures of experts (Mixtral GGUFs are llama files with experts).
     ArchEntry {
         arch: Architecture::Mixtral,
         name: "mixtral",
         hf_names: &["mixtral", "MixtralForCausalLM"],
         gguf_name: None,
-        mlc_name: None,
+        mlc_name: Some("mixtral"),
         from_hf: arch::moe::from_hf,
         from_gguf: arch::moe::from_gguf,
         build: dense,
@@ -143,7 +143,7 @@ pub static REGISTRY: &[ArchEntry] = &[
         name: "qwen2_moe",
         hf_names: &["qwen2_moe", "Qwen2MoeForCausalLM"],
         gguf_name: Some("qwen2moe"),
-        mlc_name: None,
+        mlc_name: Some("qwen2_moe"),
         from_hf: arch::moe::from_hf,
         from_gguf: arch::moe::from_gguf,
         build: dense,
@@ -153,7 +153,7 @@ pub static REGISTRY: &[ArchEntry] = &[
         name: "qwen3_moe",
         hf_names: &["qwen3_moe", "Qwen3MoeForCausalLM"],
         gguf_name: Some("qwen3moe"),
-        mlc_name: None,
+        mlc_name: Some("qwen3_moe"),
         from_hf: arch::moe::from_hf,
         from_gguf: arch::moe::from_gguf,
         build: dense,
