@@ -218,3 +218,24 @@ def test_gen_config_refuses_what_it_cannot_describe(tmp_path: Path) -> None:
         (src / "config.json").write_text(json.dumps({**hf("gemma3_v4cfg"), **edit}))
         done = mlc_llm("gen_config", str(src), "--quantization", "q0f32", "--conv-template", "chatml", "-o", str(tmp_path / f"{name}-out"))
         assert done.returncode == 1 and all(w in done.stderr for w in words), done.stderr
+
+
+@pytest.mark.parametrize("name", ["mixtral", "qwen3_moe"])
+def test_moe_directories_from_the_cli_reproduce_transformers(tmp_path: Path, name: str) -> None:
+    """`convert_weight` + `gen_config` on the mixture-of-experts fixtures: MLC's model_config fields for the
+    experts (MixtralConfig's num_local_experts; Qwen3MoeConfig's num_experts, moe_intermediate_size, ...), and
+    the q0f32 directory is the HF model (same tokens and logits as the checkpoint itself)."""
+    out = tmp_path / f"{name}-q0f32-MLC"
+    done = mlc_llm("convert_weight", str(MODELS / name), "--quantization", "q0f32", "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    cfg = gen_config(MODELS / name, out, "q0f32", "chatml")["model_config"]
+    if name == "mixtral":
+        assert (cfg["num_local_experts"], cfg["num_experts_per_tok"]) == (4, 2)
+    else:
+        assert (cfg["num_experts"], cfg["num_experts_per_tok"], cfg["moe_intermediate_size"], cfg["norm_topk_prob"]) == (16, 4, 32, True)
+    ref = reference(name)
+    prompt = ref["prompts"][1]
+    tokens, rows = _core._greedy_logits(str(out), "cpu", prompt, 32)
+    hf_tokens, hf_rows = _core._greedy_logits(str(MODELS / name), "cpu", prompt, 32)
+    assert tokens == hf_tokens == ref["greedy"][1]
+    assert np.array_equal(np.array(rows), np.array(hf_rows))

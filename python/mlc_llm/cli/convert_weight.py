@@ -16,7 +16,8 @@ logger = logging.getLogger(__name__)
 
 QUANTIZATIONS = ["q0f16", "q0bf16", "q0f32", "q4f16_1", "q4bf16_1", "q4f32_1"]
 # MLC's model types we convert (olmo2: ours; MLC LLM has no OLMo 2 model).
-MODEL_TYPES = ["auto", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "gemma3_text", "phi3", "olmo2", "eagle"]
+MODEL_TYPES = ["auto", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "gemma3_text", "phi3", "olmo2", "mixtral",
+               "qwen2_moe", "qwen3_moe", "eagle"]
 # MLC model types that read a checkpoint of another config.json model_type.
 MODEL_TYPE_ALIASES = {"gemma3": ["gemma3_text"]}
 EXIT_OK = 0

@@ -59,8 +59,9 @@ def _model_config(hf: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any
     model_type = hf["model_type"]
     if model_type in mlc_arch.BUILDERS:
         return mlc_arch.BUILDERS[model_type](hf, args)
-    if model_type not in ("llama", "mistral", "qwen2", "qwen3"):
-        known = ", ".join(["llama", "mistral", "qwen2", "qwen3", *mlc_arch.BUILDERS])
+    llama_like, qwen_like = ("llama", "mistral", "mixtral"), ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe")
+    if model_type not in llama_like + qwen_like:
+        known = ", ".join([*llama_like, *qwen_like, *mlc_arch.BUILDERS])
         raise ValueError(f"config.json model_type {model_type!r} is not supported; supported: {known}")
     heads = hf["num_attention_heads"]
     window = args.context_window_size or hf.get("max_position_embeddings") or hf.get("max_sequence_length") or 4096
@@ -84,20 +85,32 @@ def _model_config(hf: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any
         "pipeline_parallel_stages": args.pipeline_parallel_stages or 1,
         "max_batch_size": args.max_batch_size,
     }
-    if model_type in ("llama", "mistral"):
+    if model_type in llama_like:
         out = {**common, "position_embedding_base": rope_theta, "rope_scaling": hf.get("rope_scaling"), **sizes}
         if model_type == "mistral":
             out["sliding_window_size"] = args.sliding_window_size or hf.get("sliding_window") or -1
             out["attention_sink_size"] = args.attention_sink_size or 4
         else:
             out["disaggregation"] = False
+        if model_type == "mixtral":  # MixtralConfig(LlamaConfig)
+            out["num_local_experts"] = hf["num_local_experts"]
+            out["num_experts_per_tok"] = hf.get("num_experts_per_tok", 2)
         return out
     out = {"hidden_act": hf.get("hidden_act", "silu"), **common, "rope_theta": rope_theta, **sizes}
     out["sliding_window_size"] = args.sliding_window_size or -1
     out["dtype"] = "float32"
-    if model_type == "qwen3":
+    if model_type in ("qwen3", "qwen3_moe"):
         out["attention_bias"] = bool(hf.get("attention_bias", False))
         out["rope_scaling"] = hf.get("rope_scaling")
+    if model_type in ("qwen2_moe", "qwen3_moe"):  # Qwen2MoeConfig / Qwen3MoeConfig
+        out["moe_intermediate_size"] = hf["moe_intermediate_size"]
+        if model_type == "qwen2_moe":
+            out["shared_expert_intermediate_size"] = hf["shared_expert_intermediate_size"]
+        out["num_experts_per_tok"] = hf["num_experts_per_tok"]
+        # transformers 5 saves Qwen3-MoE's count as num_local_experts; MLC's field is num_experts.
+        out["num_experts"] = hf.get("num_experts", hf.get("num_local_experts"))
+        out["decoder_sparse_step"] = hf.get("decoder_sparse_step", 1)
+        out["norm_topk_prob"] = bool(hf.get("norm_topk_prob", False))
     return out
 
 
