@@ -28,11 +28,12 @@ def device_smoke_test(device: str) -> str:
     """Runs a small matmul on `device` and compares it with the CPU; returns a one-line report."""
 
 class EmbeddingEngine:
-    """A decoder model's sentence embeddings (rust/core/src/embedding.rs): one prefill per input, pooled."""
+    """Sentence embeddings of a decoder model or a BERT encoder (rust/core/src/embedding/): hidden states, pooled."""
 
     def __init__(self, model: str, device: str, max_batch_tokens: int = 2048) -> None: ...
     def info(self) -> str:
-        """JSON: {"model", "hidden_size", "max_batch_tokens", "device", "eos_token_ids": [int]}."""
+        """JSON: {"model", "hidden_size", "model_type": "encoder" | "decoder", "max_batch_tokens", "device",
+        "eos_token_ids": [int]}."""
     def tokenize(self, text: str, add_special_tokens: bool) -> List[int]: ...
     def embed(self, inputs: List[List[int]], pooling: str, normalize: bool) -> List[List[float]]:
         """One vector per input (token ids, 1 to max_batch_tokens each); pooling: "last", "mean" or "cls"."""

@@ -6,7 +6,9 @@
 
 Decoder models (Qwen3-Embedding and other causal LMs trained for it) pool the last token's hidden state,
 after an end-of-text token where the tokenizer does not add one itself (the token such models are trained
-to summarise the input in); vectors are L2-normalized. Encoder models (BERT) are not supported yet.
+to summarise the input in). BERT-family encoders (BGE, MiniLM, E5: an HF directory with model_type "bert")
+pool the [CLS] token's, with [CLS] and [SEP] around the input as their tokenizer's post-processor puts
+them. Vectors are L2-normalized.
 """
 
 import asyncio
@@ -39,16 +41,23 @@ class AsyncEmbeddingEngine:
             raise BadRequestError(f"pooling_strategy must be one of {POOLING_STRATEGIES}", "pooling_strategy")
         self._core = load_core().EmbeddingEngine(model, device, max_batch_tokens)
         self.info: Dict[str, Any] = json.loads(self._core.info())
-        self.model_type = "decoder"
-        self.pooling_strategy = pooling_strategy or "last"
-        # The token a decoder embedding model summarises the input in: its end-of-text token, unless the
-        # tokenizer's post-processor already appends one.
+        self.model_type: str = self.info["model_type"]
+        encoder = self.model_type == "encoder"
+        self.pooling_strategy = pooling_strategy or ("cls" if encoder else "last")
+        # A decoder embedding model summarises the input in its end-of-text token (appended unless the
+        # tokenizer's post-processor does); an encoder's input is framed by [CLS] and [SEP].
         eos = list(self.info.get("eos_token_ids") or [])
         probe = self._core.tokenize("test", True)
-        self._eos: Optional[int] = None if not eos or (probe and probe[-1] in eos) else eos[0]
+        self._eos: Optional[int] = None if encoder or not eos or (probe and probe[-1] in eos) else eos[0]
+        self._cls = self._single_token("[CLS]") if encoder else None
+        self._sep = self._single_token("[SEP]") if encoder else None
         # One worker: the native engine runs one batch at a time anyway.
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedding")
         self._terminated = False
+
+    def _single_token(self, text: str) -> Optional[int]:
+        ids = list(self._core.tokenize(text, False))
+        return ids[0] if len(ids) == 1 else None
 
     @property
     def hidden_size(self) -> int:
@@ -64,9 +73,16 @@ class AsyncEmbeddingEngine:
                 ids = list(self._core.tokenize(item, True))
                 if self._eos is not None and (not ids or ids[-1] != self._eos):
                     ids.append(self._eos)
+                if self._cls is not None and (not ids or ids[0] != self._cls):
+                    ids.insert(0, self._cls)
+                if self._sep is not None and (not ids or ids[-1] != self._sep):
+                    ids.append(self._sep)
             else:
                 ids = list(item)
-            out.append(ids[:limit])
+            if len(ids) > limit:
+                # Cut to what the model takes, keeping the closing [SEP] an encoder expects.
+                ids = ids[: limit - 1] + [self._sep] if self._sep is not None else ids[:limit]
+            out.append(ids)
         return out
 
     def embed(self, inputs: Sequence[Input], normalize: bool = True) -> Tuple[List[List[float]], int]:

@@ -39,13 +39,15 @@ impl EmbeddingEngine {
         Ok(EmbeddingEngine { embedder: Mutex::new(embedder) })
     }
 
-    /// JSON: {"model", "hidden_size", "max_batch_tokens", "device", "eos_token_ids": [int]}.
+    /// JSON: {"model", "hidden_size", "model_type": "encoder" | "decoder", "max_batch_tokens", "device",
+    /// "eos_token_ids": [int]}.
     fn info(&self) -> PyResult<String> {
         let info = self
             .with(|e| {
                 Ok(serde_json::json!({
                     "model": e.name(),
                     "hidden_size": e.hidden_size(),
+                    "model_type": if e.is_encoder() { "encoder" } else { "decoder" },
                     "max_batch_tokens": e.max_batch_tokens(),
                     "device": format!("{:?}", e.device().location()),
                     "eos_token_ids": e.tokenizer().eos_token_ids(),

@@ -1,11 +1,12 @@
-//! Sentence embeddings from a decoder model (Qwen3-Embedding and other causal LMs trained for it): MLC's
-//! embedding engine and OpenAI's `/v1/embeddings`.
+//! Sentence embeddings: MLC's embedding engine and OpenAI's `/v1/embeddings`, from a decoder model
+//! (Qwen3-Embedding and other causal LMs trained for it) or a BERT-family encoder (bert.rs).
 //!
-//! An input is one full prefill through the model's decoder stack and final norm; its embedding is a
-//! pooling of those hidden states (the last token's for causal models, whose last position has seen the
-//! whole input), optionally L2-normalized. Inputs are batched into steps of at most `max_batch_tokens`
-//! tokens over a KV cache of that size, which every step reuses from block 0: nothing is kept between
-//! inputs, so results do not depend on what else is in the batch.
+//! A decoder input is one full prefill through the model's decoder stack and final norm; its embedding
+//! is a pooling of those hidden states (the last token's for causal models, whose last position has seen
+//! the whole input; the first, [CLS], for encoders), optionally L2-normalized. Decoder inputs are batched
+//! into steps of at most `max_batch_tokens` tokens over a KV cache of that size, which every step reuses
+//! from block 0: nothing is kept between inputs, so results do not depend on what else is in the batch.
+//! An encoder runs one input at a time (its attention sees the whole input, so nothing is cached).
 //!
 //! The embedder owns its own model and cache, apart from the generating engine (as MLC's
 //! `AsyncEmbeddingEngine` is), and runs on its caller's thread.
@@ -22,7 +23,14 @@ use crate::runner::{ModelRunner, SampleOn};
 use crate::scheduler::{ScheduledSeq, SchedulerOutput};
 use crate::tokenizer::Tokenizer;
 
+pub mod bert;
+
 const BLOCK_SIZE: usize = 16;
+
+enum Backbone {
+    Decoder(ModelRunner),
+    Encoder(bert::Bert),
+}
 
 /// Which hidden states make an input's embedding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +56,8 @@ impl Pooling {
 
 /// A loaded embedding model: see the module documentation.
 pub struct Embedder {
-    runner: ModelRunner,
+    backbone: Backbone,
+    vocab_size: usize,
     tokenizer: Arc<Tokenizer>,
     max_batch_tokens: usize,
     hidden_size: usize,
@@ -66,6 +75,22 @@ impl Embedder {
         let device = crate::device::parse_device(device)?;
         let local = crate::hub::resolve(model)?;
         let path = local.as_ref().map(|p| p.to_string_lossy().into_owned()).unwrap_or_else(|| model.to_string());
+        let dir = std::path::Path::new(&path);
+        if dir.is_dir() && bert::is_bert(dir) {
+            let encoder = bert::Bert::load(dir, &device)?;
+            let cfg = encoder.config().clone();
+            let tokenizer = Tokenizer::from_hf_dir(dir)?;
+            let name = crate::hub::repo_id(model).unwrap_or_else(|| dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or(path.clone()));
+            return Ok(Embedder {
+                backbone: Backbone::Encoder(encoder),
+                vocab_size: cfg.vocab_size,
+                tokenizer: Arc::new(tokenizer),
+                max_batch_tokens: max_batch_tokens.min(cfg.max_position_embeddings),
+                hidden_size: cfg.hidden_size,
+                name,
+                device,
+            });
+        }
         let dtype = if device.is_cuda() { loader::native_dtype(&path).unwrap_or(DType::BF16) } else { DType::F32 };
         let loaded = loader::load(&path, &device, dtype, QuantMode::Dequantize)?;
         let cfg = loaded.config.with_max_positions(max_batch_tokens);
@@ -75,7 +100,15 @@ impl Embedder {
         let mut runner = ModelRunner::new(model_impl, kv);
         runner.keep_hidden = true;
         let name = crate::hub::repo_id(model).unwrap_or(loaded.name);
-        Ok(Embedder { runner, tokenizer: Arc::new(loaded.tokenizer), max_batch_tokens, hidden_size: cfg.hidden_size, name, device })
+        Ok(Embedder {
+            backbone: Backbone::Decoder(runner),
+            vocab_size: cfg.vocab_size,
+            tokenizer: Arc::new(loaded.tokenizer),
+            max_batch_tokens,
+            hidden_size: cfg.hidden_size,
+            name,
+            device,
+        })
     }
 
     pub fn tokenizer(&self) -> &Arc<Tokenizer> {
@@ -99,6 +132,11 @@ impl Embedder {
         &self.device
     }
 
+    /// Whether the model is a bidirectional encoder (BERT) rather than a causal decoder.
+    pub fn is_encoder(&self) -> bool {
+        matches!(self.backbone, Backbone::Encoder(_))
+    }
+
     /// One embedding per input, in order. Every input needs at least one token and at most
     /// `max_batch_tokens`.
     pub fn embed(&mut self, inputs: &[Vec<u32>], pooling: Pooling, normalize: bool) -> Result<Vec<Vec<f32>>> {
@@ -109,10 +147,13 @@ impl Embedder {
                     format!("input {i} has {} tokens; it needs 1 to {}", ids.len(), self.max_batch_tokens),
                 ));
             }
-            let vocab = self.runner.model.config().vocab_size as u32;
+            let vocab = self.vocab_size as u32;
             if let Some(bad) = ids.iter().find(|&&t| t >= vocab) {
                 return Err(EngineError::bad_request("input", format!("token id {bad} is not below the vocabulary size {vocab}")));
             }
+        }
+        if let Backbone::Encoder(encoder) = &self.backbone {
+            return inputs.iter().map(|ids| self.finish(&encoder.forward(ids)?, &[ids.len()], pooling, normalize).map(|mut v| v.remove(0))).collect();
         }
         let mut out = Vec::with_capacity(inputs.len());
         let mut start = 0;
@@ -149,19 +190,27 @@ impl Embedder {
         }
         let num_batched_tokens: usize = inputs.iter().map(Vec::len).sum();
         let step = SchedulerOutput { seqs, num_batched_tokens, ..Default::default() };
-        self.runner.execute(&step, SampleOn::Host)?;
-        let hidden = self
-            .runner
+        let Backbone::Decoder(runner) = &mut self.backbone else {
+            return Err(EngineError::Internal("a decoder step on an encoder".into()));
+        };
+        runner.execute(&step, SampleOn::Host)?;
+        let hidden = runner
             .last_hidden
             .take()
             .ok_or_else(|| EngineError::Internal("the model kept no hidden states".into()))?; // [num_tokens, hidden]
-        check_hidden(&hidden, num_batched_tokens, self.hidden_size)?;
+        let lens: Vec<usize> = inputs.iter().map(Vec::len).collect();
+        self.finish(&hidden, &lens, pooling, normalize)
+    }
+
+    /// `hidden`: the stacked hidden states `[sum(lens), hidden]` of inputs of `lens` tokens -> pooled vectors.
+    fn finish(&self, hidden: &Tensor, lens: &[usize], pooling: Pooling, normalize: bool) -> Result<Vec<Vec<f32>>> {
+        check_hidden(hidden, lens.iter().sum(), self.hidden_size)?;
         let hidden: Vec<Vec<f32>> = hidden.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.to_vec2::<f32>()?;
-        let mut out = Vec::with_capacity(inputs.len());
+        let mut out = Vec::with_capacity(lens.len());
         let mut at = 0;
-        for ids in inputs {
-            let rows = &hidden[at..at + ids.len()];
-            at += ids.len();
+        for &len in lens {
+            let rows = &hidden[at..at + len];
+            at += len;
             let mut v = pool(rows, pooling);
             if normalize {
                 l2_normalize(&mut v);
