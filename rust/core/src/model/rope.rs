@@ -146,16 +146,19 @@ impl RopeScaling {
     }
 
     fn yarn(obj: &Map<String, Value>, ctx: &RopeContext<'_>, err: &dyn Fn(String) -> EngineError) -> Result<RopeScaling> {
-        let mut factor = num(obj, "factor").filter(|f| *f > 0.0).ok_or_else(|| err("rope_type \"yarn\" needs a positive \"factor\"".into()))?;
-        // transformers: a config that keeps the pretrained length beside an extended
-        // max_position_embeddings (DeepSeek-V3, gpt-oss) takes the factor from their ratio.
         let original = match num(obj, "original_max_position_embeddings") {
-            Some(o) if o >= 1.0 => {
-                factor = ctx.max_position_embeddings as f64 / o;
-                o as usize
-            }
+            Some(o) if o >= 1.0 => o as usize,
             Some(o) => return Err(err(format!("original_max_position_embeddings {o} must be at least 1"))),
             None => ctx.max_position_embeddings,
+        };
+        // transformers 5: the explicit factor, even where it disagrees with max_position_embeddings /
+        // original_max_position_embeddings (it only warns); the ratio only when the factor is missing
+        // (DeepSeek-V3-style configs that keep the pretrained length beside the extended one).
+        let factor = match num(obj, "factor") {
+            Some(f) if f > 0.0 => f,
+            Some(f) => return Err(err(format!("rope_type \"yarn\" needs a positive \"factor\", got {f}"))),
+            None if original < ctx.max_position_embeddings => ctx.max_position_embeddings as f64 / original as f64,
+            None => return Err(err("rope_type \"yarn\" needs a \"factor\" (or original_max_position_embeddings below max_position_embeddings)".into())),
         };
         let mscale = |scale: f64, m: f64| if scale <= 1.0 { 1.0 } else { 0.1 * m * scale.ln() + 1.0 };
         let attention_factor = match (num(obj, "attention_factor"), num(obj, "mscale"), num(obj, "mscale_all_dim")) {

@@ -99,6 +99,14 @@ fn yarn_longrope_and_partial_rotary_are_read() {
         }
         other => panic!("{other:?}"),
     }
+    // transformers 5: an explicit factor wins over max_position_embeddings / original_max_position_embeddings
+    // (256 / 32 = 8 here; transformers only warns), and the ratio stands in for a missing factor.
+    let factor_of = |rope: Value| match parse(&with(base("llama"), json!({"rope_scaling": rope, "rope_theta": 10000.0}))).unwrap().ropes[0].scaling {
+        RopeScaling::Yarn { factor, original_max_position_embeddings, .. } => (factor, original_max_position_embeddings),
+        ref other => panic!("{other:?}"),
+    };
+    assert_eq!(factor_of(json!({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32})), (4.0, 32));
+    assert_eq!(factor_of(json!({"rope_type": "yarn", "original_max_position_embeddings": 32})), (8.0, 32));
     let long = json!({"rope_scaling": {"type": "longrope", "short_factor": vec![1.0; 8], "long_factor": vec![2.0; 8]},
         "original_max_position_embeddings": 64, "partial_rotary_factor": 0.5, "head_dim": 32});
     let p = parse(&with(base("phi3"), long)).unwrap();
