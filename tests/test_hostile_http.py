@@ -31,6 +31,7 @@ JSON_HEADERS = {**AUTH, "content-type": "application/json"}
 MAX_BODY = 256 * 1024
 MAX_N = 8
 BODY_TIMEOUT_S = 2.0
+HEADER_TIMEOUT_S = 2.0
 CONTEXT = 4096
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -48,6 +49,7 @@ def server(smollm2_path: str) -> Iterator[ServerProcess]:
             "--max-body-size", str(MAX_BODY),
             "--max-n", str(MAX_N),
             "--body-timeout", str(BODY_TIMEOUT_S),
+            "--header-timeout", str(HEADER_TIMEOUT_S),
             "--overrides", f"max_total_seq_length={CONTEXT}",
         )
     finally:
@@ -456,6 +458,43 @@ def test_a_body_sent_too_slowly_gets_408(server: ServerProcess, http: httpx.Clie
     assert response.startswith(b"HTTP/1.1 408"), response
     assert BODY_TIMEOUT_S <= elapsed < BODY_TIMEOUT_S + 5, elapsed
     assert json.loads(response.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "request_timeout"
+    assert_serves(http)
+
+
+def _closed_after(sock: socket.socket, drip: list) -> float:
+    """Sends `drip` one piece every 0.25 s (then keeps the line open) until the server closes the
+    connection; returns the seconds that took."""
+    started = time.monotonic()
+    sock.settimeout(0.25)
+    pieces = iter(drip)
+    while time.monotonic() - started < 30:
+        piece = next(pieces, None)
+        try:
+            if piece is not None:
+                sock.sendall(piece)
+            if sock.recv(65536) == b"":
+                return time.monotonic() - started
+        except socket.timeout:
+            continue
+        except OSError:
+            return time.monotonic() - started
+    raise AssertionError("the server kept a connection with unfinished headers open for 30 s")
+
+
+def test_headers_sent_too_slowly_close_the_connection(server: ServerProcess, http: httpx.Client) -> None:
+    """Slowloris on the headers: one header line every 0.25 s, never finished. The server closes the
+    connection once --header-timeout has passed, on a fresh connection and on a kept-alive one after a
+    first request was answered."""
+    drip = [f"POST {COMPLETIONS} HTTP/1.1\r\n".encode(), b"Host: x\r\n"] + [f"X-Slow-{i}: y\r\n".encode() for i in range(200)]
+    with _connect(server) as sock:
+        elapsed = _closed_after(sock, drip)
+    assert HEADER_TIMEOUT_S - 0.5 <= elapsed < HEADER_TIMEOUT_S + 3, elapsed
+    with _connect(server) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.settimeout(10)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        elapsed = _closed_after(sock, drip)
+    assert elapsed < HEADER_TIMEOUT_S + 3, elapsed
     assert_serves(http)
 
 

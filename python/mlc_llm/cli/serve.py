@@ -38,6 +38,7 @@ the command line is visible to every user of the machine). VLLM_API_KEY is not r
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..serve.server.settings import (
         DEFAULT_BODY_TIMEOUT_S,
+        DEFAULT_HEADER_TIMEOUT_S,
         DEFAULT_MAX_BODY_BYTES,
         DEFAULT_MAX_N,
         DEFAULT_REQUEST_TOKENS_PER_WINDOW,
@@ -107,6 +108,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=DEFAULT_BODY_TIMEOUT_S,
         help="seconds a client may take to send a request body; slower ones get 408 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=DEFAULT_HEADER_TIMEOUT_S,
+        help="seconds a client may take to send a request's headers; slower connections are closed "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--max-n",
@@ -220,6 +228,7 @@ def main(args: Union[argparse.Namespace, Sequence[str], None] = None) -> int:
         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
         max_body_bytes=args.max_body_size,
         body_timeout_s=args.body_timeout,
+        header_timeout_s=args.header_timeout,
         max_n=args.max_n,
         max_request_tokens=args.max_request_tokens,
         shutdown_timeout_s=args.shutdown_timeout,

@@ -21,6 +21,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from .app import begin_draining
+from .header_timeout import header_timeout_protocol
 from .settings import ServerSettings
 
 logger = logging.getLogger("mlc_llm.serve.server")
@@ -98,6 +99,7 @@ def run_server(
         access_log=access_log,
         timeout_graceful_shutdown=settings.shutdown_timeout_s + _CANCEL_GRACE_S,
         lifespan="off",
+        http=header_timeout_protocol(settings.header_timeout_s),
     )
     server = DrainingServer(
         config,

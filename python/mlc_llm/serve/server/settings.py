@@ -7,6 +7,7 @@ from typing import List, Optional
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 DEFAULT_BODY_TIMEOUT_S = 60.0
+DEFAULT_HEADER_TIMEOUT_S = 15.0
 # OpenAI's own limit on `n`.
 DEFAULT_MAX_N = 128
 # A request may ask for as many tokens as four full-length sequences hold (MLC's local mode runs
@@ -24,6 +25,9 @@ class ServerSettings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     # The whole body must arrive within this many seconds of the request's start (slow clients).
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    # A request's headers must arrive within this many seconds of the connection opening, or of the
+    # previous response on it (slowloris); slower connections are closed.
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
     # Work one request may ask for: choices, and prompt plus n x max_tokens (an unset max_tokens
     # counts as the rest of the context window). None: DEFAULT_REQUEST_TOKENS_PER_WINDOW windows.
     max_n: int = DEFAULT_MAX_N
