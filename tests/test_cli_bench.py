@@ -277,3 +277,36 @@ def test_bench_reports_unreachable_endpoint() -> None:
                       "--num-prompts", "2", "--num-warmup", "0", "--no-progress", timeout=60)
     assert result.returncode == 1
     assert "2 failed" in result.stdout and "ConnectError" in result.stdout
+
+
+class _KeyedServer(BaseHTTPRequestHandler):
+    """Answers 401 without `Authorization: Bearer k`, an empty model list with it."""
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        ok = self.headers.get("Authorization") == "Bearer k"
+        body = json.dumps({"object": "list", "data": []} if ok else {"error": {"message": "no key"}}).encode()
+        self.send_response(200 if ok else 401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_bench_says_why_it_found_no_model() -> None:
+    """Without --model the bench asks /v1/models; when that fails it says what to change."""
+    args = ["--num-prompts", "1", "--num-warmup", "0", "--no-progress"]
+    r = _mlc_llm("bench", "--base-url", f"http://127.0.0.1:{_free_port()}/v1", *args, timeout=60)
+    assert r.returncode == 1 and "cannot be reached" in r.stderr and "--base-url" in r.stderr, r.stderr
+    port = _free_port()
+    httpd = ThreadingHTTPServer(("127.0.0.1", port), _KeyedServer)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        r = _mlc_llm("bench", "--base-url", f"http://127.0.0.1:{port}/v1", *args, timeout=60)
+        assert r.returncode == 1 and "401" in r.stderr and "--api-key" in r.stderr, r.stderr
+        r = _mlc_llm("bench", "--base-url", f"http://127.0.0.1:{port}/v1", "--api-key", "k", *args, timeout=60)
+        assert r.returncode == 1 and "lists no model" in r.stderr and "--model" in r.stderr, r.stderr
+    finally:
+        httpd.shutdown()

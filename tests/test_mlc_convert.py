@@ -217,4 +217,5 @@ def test_bad_command_lines_fail_clearly(tmp_path: Path) -> None:
     done = mlc_llm("convert_weight", str(tmp_path), "--quantization", "q4f16_1", "-o", str(tmp_path / "x"))
     assert done.returncode == 1 and "config.json" in done.stderr
     done = mlc_llm("gen_config", str(FIXTURE), "--quantization", "q4f16_1", "--conv-template", "no-such", "-o", str(tmp_path / "y"))
-    assert done.returncode == 0 and "no-such" in done.stderr
+    assert done.returncode == 1 and "no-such" in done.stderr and "chatml" in done.stderr
+    assert not (tmp_path / "y" / "mlc-chat-config.json").exists()

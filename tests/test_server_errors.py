@@ -287,3 +287,26 @@ def test_503_while_draining_and_after_the_engine_stopped(smollm2_path: str) -> N
         asyncio.run(scenario())
     finally:
         engine.terminate()
+
+
+def test_a_port_in_use_fails_before_the_model_loads(smollm2_path: str, tmp_path) -> None:
+    """`mlc_llm serve` checks its port first: a taken port ends the command at once with a message naming
+    it, instead of after the model loaded (minutes for a large one)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "mlc_llm.cli.serve", smollm2_path, "--device", "cpu", "--port", str(port)],
+                              capture_output=True, text=True, timeout=120)
+        elapsed = time.monotonic() - started
+    assert done.returncode == 1, done.stderr
+    assert f"127.0.0.1:{port}" in done.stderr, done.stderr
+    assert "engine ready" not in done.stderr + done.stdout
+    assert elapsed < 30, elapsed

@@ -11,7 +11,7 @@ import asyncio
 import importlib.util
 import os
 import sys
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -134,10 +134,13 @@ async def _run(args: argparse.Namespace, scenarios: List[Any], prompts: List[Any
     from ..bench.plot import save_plot
     from ..bench.runner import run_scenario
 
-    model = args.model or await _first_model(args.base_url, args.api_key, args.timeout)
-    if model is None:
-        print(f"mlc_llm bench: no --model given and {args.base_url}/models lists none", file=sys.stderr)
-        return EXIT_ERROR
+    if args.model:
+        model = args.model
+    else:
+        model, problem = await _first_model(args.base_url, args.api_key, args.timeout)
+        if model is None:
+            print(f"mlc_llm bench: no --model given and {args.base_url}/models {problem}", file=sys.stderr)
+            return EXIT_ERROR
     endpoint = Endpoint(args.base_url, model, args.api_key, args.ignore_eos, args.temperature)
     summaries = []
     for scenario in scenarios:
@@ -178,15 +181,31 @@ async def _run(args: argparse.Namespace, scenarios: List[Any], prompts: List[Any
     return EXIT_OK if all(s.num_failed < s.num_requests for s in summaries) else EXIT_ERROR
 
 
-async def _first_model(base_url: str, api_key: Optional[str], timeout_s: float) -> Optional[str]:
+async def _first_model(base_url: str, api_key: Optional[str], timeout_s: float) -> Tuple[Optional[str], str]:
+    """The first model the endpoint lists, or None and what went wrong, said so that the user knows
+    what to change (the key, the URL, or --model)."""
     import httpx
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    url = base_url.rstrip("/") + "/models"
     try:
         async with httpx.AsyncClient(timeout=timeout_s) as client:
-            response = await client.get(base_url.rstrip("/") + "/models", headers=headers)
-            response.raise_for_status()
-            data = response.json().get("data") or []
-    except (httpx.HTTPError, ValueError):
-        return None
-    return str(data[0]["id"]) if data and "id" in data[0] else None
+            response = await client.get(url, headers=headers)
+    except httpx.ConnectError as e:
+        return None, f"cannot be reached ({e}): is the server running, and is --base-url right?"
+    except httpx.HTTPError as e:
+        return None, f"did not answer ({type(e).__name__}: {e})"
+    if response.status_code in (401, 403):
+        hint = "pass the server's key with --api-key" if not api_key else "the server refused the --api-key given"
+        return None, f"answered {response.status_code}: {hint}"
+    if response.status_code == 404:
+        return None, "answered 404: --base-url should end with the API prefix, e.g. http://HOST:PORT/v1"
+    if response.status_code != 200:
+        return None, f"answered {response.status_code}: pass --model"
+    try:
+        data = response.json().get("data") or []
+    except ValueError:
+        return None, "answered something that is not JSON: pass --model"
+    if not (data and isinstance(data[0], dict) and "id" in data[0]):
+        return None, "lists no model: pass --model"
+    return str(data[0]["id"]), ""

@@ -148,12 +148,9 @@ def _conv_template(name: str) -> Any:
 
     found: Optional[str] = _core.conv_template_json(name)
     if found is None:
-        logger.warning(
-            "conversation template %r is not built in (known: %s); storing the name only",
-            name,
-            ", ".join(_core.conv_template_names()),
-        )
-        return name
+        # As MLC's gen_config (its --conv-template has fixed choices): a misspelled name would otherwise
+        # give a directory whose chats render with no template at all.
+        raise ValueError(f"--conv-template {name!r} is not a known conversation template; known: {', '.join(_core.conv_template_names())}")
     return json.loads(found)
 
 

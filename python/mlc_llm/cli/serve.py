@@ -5,7 +5,7 @@
         -d '{"messages": [{"role": "user", "content": "Hi"}], "stream": true}'
 
 The model is loaded before the port is bound, so a model that cannot load ends the command with an
-error and nothing listens. SIGTERM or Ctrl-C stops accepting connections, lets running requests
+error and nothing listens; the port is checked first, so a port in use ends it before the model loads. SIGTERM or Ctrl-C stops accepting connections, lets running requests
 finish for `--shutdown-timeout` seconds, aborts what is left, stops the engine and exits with 0; a
 second Ctrl-C quits at once.
 """
@@ -154,6 +154,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kv-events-topic", default="", help="ZeroMQ topic of the KV events (default: empty, as vLLM)")
 
 
+def _port_in_use(host: str, port: int) -> str:
+    """Why `host:port` cannot be listened on (as uvicorn binds it), or "" when it can."""
+    import socket
+
+    if port == 0:
+        return ""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            return str(e)
+    return ""
+
+
 def _json_list(text: str) -> List[str]:
     value = json.loads(text)
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -193,6 +209,11 @@ def main(args: Union[argparse.Namespace, Sequence[str], None] = None) -> int:
 
     _configure_logging(args.log_level)
     install_access_log_filter()
+    # Before the model loads (which can take minutes): a port already taken would only fail after it.
+    busy = _port_in_use(args.host, args.port)
+    if busy:
+        print(f"mlc_llm serve: cannot listen on {args.host}:{args.port}: {busy}", file=sys.stderr)
+        return EXIT_ERROR
     try:
         engine_config = engine_config_from_overrides(args.overrides)
         if args.prefix_cache_mode is not None:

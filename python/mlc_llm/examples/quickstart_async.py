@@ -25,10 +25,12 @@ async def test_completion():
             messages=[{"role": "user", "content": prompt}],
             model=model,
             stream=True,
+            max_tokens=128,  # a bound, so that the example ends in seconds on a laptop CPU
         ):
             if response.id not in output_texts:
                 output_texts[response.id] = ""
-            output_texts[response.id] += response.choices[0].delta.content
+            for choice in response.choices:
+                output_texts[response.id] += choice.delta.content or ""
 
     tasks = [asyncio.create_task(generate_task(prompts[i])) for i in range(num_requests)]
     await asyncio.gather(*tasks)
