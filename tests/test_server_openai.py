@@ -414,6 +414,10 @@ def test_models_health_and_metrics(client: openai.OpenAI, server: ServerProcess,
     assert client.models.retrieve(stem(smollm2_path)).id == smollm2_path
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("gpt-4")
+    # Answers name the model as /v1/models does, whatever alias the request used.
+    for name in (smollm2_path, stem(smollm2_path)):
+        assert client.chat.completions.create(model=name, messages=QUESTION, max_tokens=1).model == smollm2_path
+        assert client.completions.create(model=name, prompt="Hi", max_tokens=1).model == smollm2_path
 
     assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}  # no API key needed
     # Kubernetes probes: liveness only asks that the process answers, readiness that it takes requests.

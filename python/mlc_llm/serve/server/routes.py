@@ -98,6 +98,8 @@ async def _complete(request: Request, chat: bool) -> Response:
         prepared: PreparedRequest = engine._prepare_chat(body) if chat else engine._prepare_completion(body)
         if isinstance(prepared.builder, ChatResponseBuilder):
             prepared.builder.role_in_every_delta = False  # OpenAI's convention (see ChatResponseBuilder)
+        # The response names the model as /v1/models lists it, whichever alias (or none) the request used.
+        prepared.builder.model = state.settings.served_model_name or prepared.builder.model
         check_request_work(prepared, int(engine.info["context_window_size"]), state.settings)
         if prepared.stream:
             stream = await engine._run_async(prepared)
