@@ -28,6 +28,10 @@ macro_rules! avx512_pairs_tile {
             let join_ps = |lo: __m256, hi: __m256| {
                 _mm512_castpd_ps(_mm512_insertf64x4::<1>(_mm512_castps_pd(_mm512_castps256_ps512(lo)), _mm256_castps_pd(hi)))
             };
+            // Per-row scratch a type's `$load` may fill at a weight block's first activation block and
+            // read at the others (Q4_K's 8 decoded scales and mins).
+            #[allow(unused_mut, unused_variables)]
+            let mut st = [[0f32; 16]; R];
             for b in 0..nb {
                 let mut wv = [_mm512_setzero_si512(); R];
                 let mut dv = [_mm512_setzero_ps(); R];
@@ -35,7 +39,7 @@ macro_rules! avx512_pairs_tile {
                 for r in 0..R {
                     // SAFETY: as in x86_tile: block b lies within w[r]; prefetching past the end is harmless.
                     _mm_prefetch::<_MM_HINT_T0>(w[r].as_ptr().wrapping_add(R * row_len + b * step) as *const i8);
-                    let (v, _aux, d, o) = $load!(w[r].as_ptr(), b);
+                    let (v, _aux, d, o) = $load!(w[r].as_ptr(), b, &mut st[r]);
                     wv[r] = _mm512_broadcast_i64x4(v);
                     dv[r] = _mm512_set1_ps(d);
                     ov[r] = _mm512_set1_ps(o);

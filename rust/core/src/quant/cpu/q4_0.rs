@@ -32,7 +32,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     macro_rules! load {
-        ($row:expr, $b:expr) => {{
+        ($row:expr, $b:expr, $scratch:expr) => {{
             let p = $row.add($b * BLOCK_BYTES);
             let d = f16_at!(p);
             (unpack_nibbles!(p.add(2)), _mm256_setzero_si256(), d, -8.0 * d)

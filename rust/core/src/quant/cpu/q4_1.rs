@@ -34,7 +34,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     macro_rules! load {
-        ($row:expr, $b:expr) => {{
+        ($row:expr, $b:expr, $scratch:expr) => {{
             let p = $row.add($b * BLOCK_BYTES);
             // d and m are adjacent: one conversion gives both.
             let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((p as *const i32).read_unaligned()));

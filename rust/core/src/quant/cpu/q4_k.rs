@@ -42,21 +42,44 @@ fn decode(row: &[u8], b: usize) -> ScalarBlock {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{row_bytes, scale_min, BLOCK_BYTES, SUBS};
+    use super::{row_bytes, BLOCK_BYTES, SUBS};
     use crate::quant::cpu::act::ActBlock;
     use crate::quant::cpu::pairs::avx512_pairs_tile;
     use crate::quant::cpu::tile::x86_tile;
     use crate::quant::cpu::x86::*;
     use std::arch::x86_64::*;
 
+    /// A super-block's 8 scales `d * sc_j` and offsets `-dmin * m_j` into `$st[0..8]`, `$st[8..16]`:
+    /// llama.cpp's word-wise unpacking of the 12 bytes of 6-bit values, then one conversion for all 8.
+    macro_rules! scales {
+        ($p:expr, $st:expr) => {{
+            let p = $p;
+            let st: &mut [f32; 16] = $st;
+            let s = p.add(4) as *const u32;
+            let (u0, u1, u2) = (s.read_unaligned(), s.add(1).read_unaligned(), s.add(2).read_unaligned());
+            const M6: u32 = 0x3f3f_3f3f;
+            const M4: u32 = 0x0f0f_0f0f;
+            const M2: u32 = 0x0303_0303;
+            let sc = _mm_set_epi32(0, 0, ((u2 & M4) | (((u0 >> 6) & M2) << 4)) as i32, (u0 & M6) as i32);
+            let mn = _mm_set_epi32(0, 0, (((u2 >> 4) & M4) | (((u1 >> 6) & M2) << 4)) as i32, (u1 & M6) as i32);
+            let to_f32 = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
+            _mm256_storeu_ps(st.as_mut_ptr(), _mm256_mul_ps(to_f32(sc), _mm256_set1_ps(f16_at!(p))));
+            // -(dmin * m), as the scalar decoder rounds it.
+            let neg = _mm256_set1_ps(-0.0);
+            _mm256_storeu_ps(st.as_mut_ptr().add(8), _mm256_xor_ps(_mm256_mul_ps(to_f32(mn), _mm256_set1_ps(f16_at!(p.add(2)))), neg));
+        }};
+    }
     macro_rules! load {
-        ($row:expr, $b:expr) => {{
+        ($row:expr, $b:expr, $scratch:expr) => {{
             let (sb, j) = ($b / SUBS, $b % SUBS);
             let p = $row.add(sb * BLOCK_BYTES);
-            let (sc, m) = scale_min(j, &*(p.add(4) as *const [u8; 12]));
+            let st: &mut [f32; 16] = $scratch;
+            if j == 0 {
+                scales!(p, &mut *st);
+            }
             let raw = _mm256_loadu_si256(p.add(16 + 32 * (j / 2)) as *const __m256i);
             let q = _mm256_and_si256(_mm256_srl_epi16(raw, _mm_cvtsi32_si128(4 * (j % 2) as i32)), _mm256_set1_epi8(0xF));
-            (q, _mm256_setzero_si256(), f16_at!(p) * sc as f32, -(f16_at!(p.add(2)) * m as f32))
+            (q, _mm256_setzero_si256(), st[j], st[8 + j])
         }};
     }
     x86_tile!(avx2, "avx2,fma,f16c", row_bytes, load, dot_u8i8_avx2, no_post, true);

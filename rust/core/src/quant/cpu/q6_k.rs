@@ -44,7 +44,7 @@ mod x86 {
 
     /// `q - 32` as i8 (signed operand) and the two scales as i32 lanes: lanes 0..4 hold values 0..16.
     macro_rules! load {
-        ($row:expr, $b:expr) => {{
+        ($row:expr, $b:expr, $scratch:expr) => {{
             let (sb, j) = ($b / SUBS, $b % SUBS);
             let (n, g) = (j / 4, j % 4);
             let p = $row.add(sb * BLOCK_BYTES);

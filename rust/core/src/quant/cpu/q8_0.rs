@@ -33,7 +33,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     macro_rules! load_signed {
-        ($row:expr, $b:expr) => {{
+        ($row:expr, $b:expr, $scratch:expr) => {{
             let p = $row.add($b * BLOCK_BYTES);
             (_mm256_loadu_si256(p.add(2) as *const __m256i), _mm256_setzero_si256(), f16_at!(p), 0.0f32)
         }};
@@ -44,7 +44,7 @@ mod x86 {
         };
     }
     macro_rules! load_biased {
-        ($row:expr, $b:expr) => {{
+        ($row:expr, $b:expr, $scratch:expr) => {{
             let p = $row.add($b * BLOCK_BYTES);
             let d = f16_at!(p);
             let q = _mm256_loadu_si256(p.add(2) as *const __m256i);

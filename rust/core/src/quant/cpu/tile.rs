@@ -140,7 +140,7 @@ pub fn scalar<const R: usize, const N: usize>(
 }
 
 /// The x86 tile kernel for one block type at one level, generic over `<R, N>`:
-/// `$load!(row_ptr, b) -> (w, aux, d, o)` unpacks the 32 weights of activation block `b` to operands for
+/// `$load!(row_ptr, b, &mut scratch) -> (w, aux, d, o)` unpacks the 32 weights of activation block `b` to operands for
 /// `$dot!(acc, w, x) -> acc + [8 x i32]`; `$post!(p, aux)` applies per-lane integer scales where a type has them
 /// (`aux`), after the activation's two stages are combined; `$row_bytes(nb)` is a row's length; `$offset`
 /// says whether the type has an offset term at all.
@@ -162,6 +162,10 @@ macro_rules! x86_tile {
             // matrix) is prefetched while this one runs; a prefetch past the end is harmless.
             let row_len = $row_bytes(nb);
             let step = row_len / nb;
+            // Per-row scratch a type's `$load` may fill at a weight block's first activation block and
+            // read at the others (Q4_K's 8 decoded scales and mins).
+            #[allow(unused_mut, unused_variables)]
+            let mut st = [[0f32; 16]; R];
             for b in 0..nb {
                 let mut wv = [_mm256_setzero_si256(); R];
                 let mut av = [_mm256_setzero_si256(); R];
@@ -170,7 +174,7 @@ macro_rules! x86_tile {
                 for r in 0..R {
                     // SAFETY: activation block b's weights lie within w[r] (lengths checked above).
                     _mm_prefetch::<_MM_HINT_T0>(w[r].as_ptr().wrapping_add(R * row_len + b * step) as *const i8);
-                    let (v, aux, d, o) = $load!(w[r].as_ptr(), b);
+                    let (v, aux, d, o) = $load!(w[r].as_ptr(), b, &mut st[r]);
                     wv[r] = v;
                     av[r] = aux;
                     dv[r] = _mm256_set1_ps(d);
