@@ -46,3 +46,17 @@ def test_engine_config() -> None:
 def test_errors_name_the_problem(text: str, fragment: str) -> None:
     with pytest.raises(BadRequestError, match=fragment):
         parse_overrides(text)
+
+
+def test_quantized_matmul_can_be_turned_off_from_python(smollm2_path: str) -> None:
+    """EngineConfig(quantized_matmul=False) widens the GGUF weights on the CPU (its default keeps them
+    quantized); None leaves the device's default."""
+    from mlc_llm import MLCEngine
+    from mlc_llm.serve import EngineConfig
+
+    for choice, expected in ((None, True), (False, False), (True, True)):
+        engine = MLCEngine(smollm2_path, device="cpu", engine_config=EngineConfig(quantized_matmul=choice), verbose=False)
+        try:
+            assert engine.info["quantized_matmul"] is expected, choice
+        finally:
+            engine.terminate()

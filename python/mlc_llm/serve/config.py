@@ -56,8 +56,9 @@ class EngineConfig:
     prefix_cache_max_num_recycling_seqs: Optional[int] = None
     prefill_mode: str = "hybrid"
     verbose: bool = True
-    # Not in MLC: keep GGUF weights quantized on the CPU (faster, 8-bit activations; see the README).
-    quantized_matmul: bool = False
+    # Not in MLC: keep GGUF weights quantized (our kernels) or widen them at load. None: the device's
+    # default (quantized on the CPU, widened on GPUs; MLC_QUANTIZED_MATMUL=0/1 overrides), see the README.
+    quantized_matmul: Optional[bool] = None
     # Not in MLC (its CUDA graphs are a compile option): replay decode steps through CUDA graphs on
     # CUDA devices. MLC_CUDA_GRAPH=0 also turns them off.
     cuda_graph: bool = True
@@ -86,7 +87,7 @@ class EngineArgs:
     verbose: bool
     kv_cache_page_size: Optional[int] = None
     prefix_cache: bool = True
-    quantized_matmul: bool = False
+    quantized_matmul: Optional[bool] = None
     cuda_graph: bool = True
     kv_events: bool = False
 
@@ -104,8 +105,8 @@ class EngineArgs:
             "enable_tracing": self.enable_tracing,
             "verbose": self.verbose,
         }
-        if self.quantized_matmul:
-            config["quantized_matmul"] = True
+        if self.quantized_matmul is not None:  # an explicit choice, either way, wins over the device default
+            config["quantized_matmul"] = self.quantized_matmul
         if self.speculative_mode != "disable":
             config["speculative_mode"] = self.speculative_mode
             config["spec_draft_length"] = self.spec_draft_length
@@ -150,7 +151,7 @@ def merge_engine_config(args: EngineArgs, config: Optional[EngineConfig]) -> Eng
         raise BadRequestError(f"prefix_cache_mode must be one of {PREFIX_CACHE_MODES}", "prefix_cache_mode")
     merged.prefix_cache = config.prefix_cache_mode == "radix"
     merged.verbose = args.verbose and config.verbose
-    merged.quantized_matmul = bool(config.quantized_matmul)
+    merged.quantized_matmul = None if config.quantized_matmul is None else bool(config.quantized_matmul)
     merged.cuda_graph = bool(config.cuda_graph)
     return merged
 
