@@ -131,7 +131,7 @@ def merge_engine_config(args: EngineArgs, config: Optional[EngineConfig]) -> Eng
     if args.model_lib is None:
         merged.model_lib = config.model_lib
     if not args.additional_models:
-        merged.additional_models = list(config.additional_models)
+        merged.additional_models = model_list(config.additional_models)
     if args.speculative_mode == "disable":
         merged.speculative_mode = config.speculative_mode
     if config.spec_draft_length != 0:  # EngineConfig's default (0) leaves the engine's argument alone
@@ -207,6 +207,24 @@ def validate_engine_args(args: EngineArgs) -> None:
     if args.kv_cache_page_size is not None:
         _check_positive_int("kv_cache_page_size", args.kv_cache_page_size)
     _check_model_lib(args.model_lib, args.verbose)
+
+
+def model_list(value: Any) -> List[Union[str, Tuple[str, str]]]:
+    """`additional_models` as MLC takes it (paths, or (path, model_lib) pairs; `None`: none), checked:
+    anything else is a BadRequestError naming the field, not a TypeError from deep inside."""
+    if value is None:
+        return []
+    if isinstance(value, (str, bytes, os.PathLike)) or not isinstance(value, (list, tuple)):
+        raise BadRequestError("additional_models must be a list of model paths or (path, model_lib) pairs", "additional_models")
+    out: List[Union[str, Tuple[str, str]]] = []
+    for m in value:
+        if isinstance(m, os.PathLike):
+            m = os.fspath(m)
+        pair = isinstance(m, (tuple, list)) and len(m) == 2 and all(isinstance(x, str) for x in m)
+        if not (isinstance(m, str) and m) and not pair:
+            raise BadRequestError(f"additional_models holds {m!r}, not a model path or a (path, model_lib) pair", "additional_models")
+        out.append(tuple(m) if pair else m)  # type: ignore[arg-type]
+    return out
 
 
 def _model_path(model: Union[str, Tuple[str, str]]) -> str:

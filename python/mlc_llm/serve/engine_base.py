@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 from .._native import load_core
 from ..protocol.errors import BadRequestError, EngineDeadError
 from ..protocol.openai_api_protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, parse_request
-from .config import EngineArgs, EngineConfig, merge_engine_config, validate_engine_args
+from .config import EngineArgs, EngineConfig, merge_engine_config, model_list, validate_engine_args
 from .metrics import EngineMetrics
 from .harmony import HarmonyTokens
 from .reasoning import knows_think_tags, starts_in_reasoning, strip_history
@@ -127,7 +127,7 @@ class EngineBase:
             device=device,
             model_lib=model_lib,
             mode=mode,
-            additional_models=list(additional_models or []),
+            additional_models=model_list(additional_models),
             max_batch_size=max_batch_size,
             max_total_sequence_length=max_total_sequence_length,
             prefill_chunk_size=prefill_chunk_size,
