@@ -6,6 +6,7 @@ requests. Errors raised before the first byte become OpenAI error objects with t
 (errors.py); a streaming request then answers with server-sent events (streaming.py).
 """
 
+import asyncio
 import json
 import logging
 from typing import Any, Dict
@@ -95,7 +96,9 @@ async def _complete(request: Request, chat: bool) -> Response:
         body = await read_json_object(request)
         state.check_model(body)
         engine = state.engine
-        prepared: PreparedRequest = engine._prepare_chat(body) if chat else engine._prepare_completion(body)
+        # Parsing, the chat template, tokenization and grammar compilation take a millisecond or more per
+        # request: off the event loop, so that a burst of arrivals never holds up /health or other streams.
+        prepared: PreparedRequest = await asyncio.to_thread(engine._prepare_chat if chat else engine._prepare_completion, body)
         if isinstance(prepared.builder, ChatResponseBuilder):
             prepared.builder.role_in_every_delta = False  # OpenAI's convention (see ChatResponseBuilder)
         # The response names the model as /v1/models lists it, whichever alias (or none) the request used.
