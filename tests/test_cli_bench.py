@@ -310,3 +310,20 @@ def test_bench_says_why_it_found_no_model() -> None:
         assert r.returncode == 1 and "lists no model" in r.stderr and "--model" in r.stderr, r.stderr
     finally:
         httpd.shutdown()
+
+
+def test_plot_has_a_legend_on_both_panels(tmp_path: Any) -> None:
+    # Same output length per request: requests/s is proportional to tokens/s, the case where two lines on
+    # twin axes coincide and one hid the other. Both series must be named on the throughput panel.
+    from mlc_llm.bench.plot import save_plot
+    from mlc_llm.bench.stats import Distribution, Summary
+
+    lat = Distribution.of_seconds([0.01, 0.02, 0.03])
+    summaries = [
+        Summary(c, None, 8, 0, 1.0, 2.0 * c, 10.0 * c, 64.0 * c, 74.0 * c, lat, lat, lat, None) for c in (1, 4, 16)
+    ]
+    path = tmp_path / "p.png"
+    throughput, latency = save_plot(str(path), summaries, "t")
+    assert throughput == ["output tokens/s", "requests/s"]
+    assert latency == [f"{m} {p}" for m in ("TTFT", "ITL", "E2E") for p in ("p50", "p99")]
+    assert path.read_bytes()[:8] == PNG_MAGIC

@@ -219,3 +219,26 @@ def test_bad_command_lines_fail_clearly(tmp_path: Path) -> None:
     done = mlc_llm("gen_config", str(FIXTURE), "--quantization", "q4f16_1", "--conv-template", "no-such", "-o", str(tmp_path / "y"))
     assert done.returncode == 1 and "no-such" in done.stderr and "chatml" in done.stderr
     assert not (tmp_path / "y" / "mlc-chat-config.json").exists()
+
+
+def test_gen_config_checks_the_template_against_the_tokenizer(tmp_path: Path) -> None:
+    """The real Llama 3 tokenizer: its own template fits; ChatML's and Qwen2's markers and stop ids do not,
+    and gen_config says which (the directory is still written, as MLC writes it)."""
+    src = tmp_path / "llama3"
+    src.mkdir()
+    config = {**json.loads((FIXTURE / "config.json").read_text()), "bos_token_id": 128000, "eos_token_id": [128001, 128009]}
+    (src / "config.json").write_text(json.dumps(config))
+    tokenizers = Path(__file__).parent / "fixtures" / "tokenizers" / "llama3"
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (src / name).write_bytes((tokenizers / name).read_bytes())
+
+    done = mlc_llm("gen_config", str(src), "--quantization", "q0f32", "--conv-template", "llama-3_1", "-o", str(tmp_path / "a"))
+    assert done.returncode == 0 and "warning" not in done.stderr, done.stderr
+
+    done = mlc_llm("gen_config", str(src), "--quantization", "q0f32", "--conv-template", "chatml", "-o", str(tmp_path / "b"))
+    assert done.returncode == 0 and (tmp_path / "b" / "mlc-chat-config.json").exists()
+    assert "<|im_end|>, <|im_start|> are not a token of this tokenizer" in done.stderr, done.stderr
+    assert "stop token id 2 is the ordinary token '#'" in done.stderr, done.stderr
+
+    done = mlc_llm("gen_config", str(src), "--quantization", "q0f32", "--conv-template", "qwen2", "-o", str(tmp_path / "c"))
+    assert "stop token id 151643 is not in this tokenizer's vocabulary" in done.stderr, done.stderr

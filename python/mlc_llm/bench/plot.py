@@ -12,8 +12,9 @@ def _axis(summaries: Sequence[Summary]) -> Tuple[str, List[float]]:
     return "concurrency", [float(s.concurrency or 1) for s in summaries]
 
 
-def save_plot(path: str, summaries: Sequence[Summary], title: str) -> None:
-    """Left: output tokens/s and requests/s; right: p50 (solid) and p99 (dashed) latencies."""
+def save_plot(path: str, summaries: Sequence[Summary], title: str) -> List[List[str]]:
+    """Left: output tokens/s and requests/s; right: p50 (solid) and p99 (dashed) latencies. Returns each
+    panel's legend labels."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: works without a display
@@ -26,12 +27,19 @@ def save_plot(path: str, summaries: Sequence[Summary], title: str) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     fig.suptitle(title)
 
-    left.plot(xs, [s.output_token_throughput for s in summaries], "o-", color="tab:blue", label="output tok/s")
+    # Requests/s is proportional to tokens/s when every request has the same output length, so on twin
+    # axes the two lines coincide and one hides the other: requests/s is drawn as bars behind the line.
+    requests = left.twinx()
+    bars = requests.bar(xs, [s.request_throughput for s in summaries], width=0.5, color="tab:orange", alpha=0.35, label="requests/s")
+    requests.set_ylabel("requests/s", color="tab:orange")
+    (line,) = left.plot(xs, [s.output_token_throughput for s in summaries], "o-", color="tab:blue", label="output tokens/s")
     left.set_xlabel(xlabel)
     left.set_ylabel("output tokens/s", color="tab:blue")
-    requests = left.twinx()
-    requests.plot(xs, [s.request_throughput for s in summaries], "s--", color="tab:orange", label="req/s")
-    requests.set_ylabel("requests/s", color="tab:orange")
+    left.set_zorder(requests.get_zorder() + 1)  # the line over the bars
+    left.patch.set_visible(False)
+    left.set_ylim(bottom=0)
+    requests.set_ylim(bottom=0)
+    left.legend(handles=[line, bars], loc="upper left", fontsize="small")
     left.set_title("throughput")
 
     for name, label, color in (("ttft_ms", "TTFT", "tab:green"), ("itl_ms", "ITL", "tab:red"), ("e2e_ms", "E2E", "tab:purple")):
@@ -52,4 +60,6 @@ def save_plot(path: str, summaries: Sequence[Summary], title: str) -> None:
         axis.grid(True, alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    labels = [[t.get_text() for t in axis.get_legend().get_texts()] for axis in (left, right)]
     plt.close(fig)
+    return labels

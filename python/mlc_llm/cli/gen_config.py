@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional
 
 from mlc_llm.cli import mlc_arch
 from mlc_llm.cli.convert_weight import MODEL_TYPES, QUANTIZATIONS, check_model_type, model_dir
+from mlc_llm.cli.template_check import Vocabulary, template_mismatches
 
 logger = logging.getLogger(__name__)
 
@@ -216,5 +217,10 @@ def main(args: argparse.Namespace) -> int:
     except (ValueError, KeyError, OSError) as e:
         print(f"mlc_llm gen_config: {e}", file=sys.stderr)
         return EXIT_ERROR
+    vocab = Vocabulary.load(source / "tokenizer.json")
+    if vocab is not None:
+        eos = config["eos_token_id"]
+        for problem in template_mismatches(config["conv_template"], vocab, eos if isinstance(eos, list) else [eos]):
+            print(f"mlc_llm gen_config: warning: --conv-template {args.conv_template}: {problem}", file=sys.stderr)
     print(f"wrote {output / 'mlc-chat-config.json'} ({', '.join(config['tokenizer_files']) or 'no tokenizer files'})")
     return EXIT_OK
