@@ -297,3 +297,27 @@ def test_nested_pydantic_tool_forced_and_auto(engine: MLCEngine, tool_choice: An
         Team.model_validate_json(call.function.arguments)
     else:
         jsonschema.validate(json.loads(call.function.arguments), PARAMS[call.function.name])
+
+
+def test_stream_of_text_then_a_call_gives_what_the_whole_text_parses_to() -> None:
+    # Hermes-style models often say a sentence first: the sentence is content, the call a call, streamed
+    # as parse_tool_calls splits the whole text; the tag is never sent as content, even cut across pieces.
+    text = 'Let me look that up. <tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
+    whole_content, whole_calls = parse_tool_calls(text)
+    assert whole_content == "Let me look that up." and [c.name for c in whole_calls] == ["get_weather"]
+    for size in (1, 3, 7, len(text)):
+        stream = ToolCallStream()
+        sent = "".join(stream.push(text[i : i + size]) for i in range(0, len(text), size))
+        rest, deltas = stream.finish()
+        assert (sent + rest).strip() == whole_content and "<" not in sent + rest, (size, sent, rest)
+        assembled = _assemble(deltas)
+        assert [c["name"] for c in assembled] == ["get_weather"]
+        assert json.loads(assembled[0]["arguments"]) == {"city": "Oslo"}
+
+
+def test_stream_of_text_with_a_tag_that_is_not_a_call_stays_content() -> None:
+    for text in ["a < b and <tool_ is a prefix", "see <tool_call> here but no JSON", "ends with <tool_c"]:
+        stream = ToolCallStream()
+        sent = "".join(stream.push(text[i : i + 2]) for i in range(0, len(text), 2))
+        rest, deltas = stream.finish()
+        assert sent + rest == text and deltas == [], text

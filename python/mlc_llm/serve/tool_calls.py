@@ -233,9 +233,14 @@ def tools_system_prompt(tools: Sequence[Dict[str, Any]]) -> str:
 
 
 class ToolCallStream:
-    """Per-choice streaming state: passes text through as content until the output might be a
-    tool call, then holds it back and, at the end of the choice, emits either the calls (as OpenAI
-    `delta.tool_calls` entries) or the held text as content.
+    """Per-choice streaming state, giving the same split into content and calls as `parse_tool_calls`
+    gives the whole text:
+
+    - while the output might still be a call from its start (`may_start_call`), it is held back;
+    - otherwise it is content, sent as it comes, except a tail that may be the start of `<tool_call>`
+      (Hermes-style models write a sentence, then the call); from `<tool_call>` on it is held again;
+    - at the end of the choice the held text becomes the calls (as OpenAI `delta.tool_calls` entries) if
+      it parses as calls, else content.
 
     Calls are emitted once the choice ends because only the complete text tells a call from JSON
     that merely looks like one; the arguments still arrive in several fragments, as the SDK's
@@ -245,31 +250,44 @@ class ToolCallStream:
     ARGUMENT_FRAGMENT = 16
 
     def __init__(self) -> None:
-        self._held: List[str] = []
-        self._passing = False  # decided: plain content, no call can follow
+        self._held = ""
+        self._content = False  # decided: the output does not start with a call; watching for <tool_call>
+        self._in_call = False  # held from a <tool_call> that followed content
 
     def push(self, text: str) -> str:
         """Adds generated text; returns the part that may be sent as content now."""
-        if self._passing:
-            return text
-        self._held.append(text)
-        so_far = "".join(self._held)
-        if may_start_call(so_far):
+        self._held += text
+        if self._in_call:
             return ""
-        self._passing = True
-        self._held = []
-        return so_far
+        if not self._content:
+            if may_start_call(self._held):
+                return ""
+            self._content = True
+        at = self._held.find(HERMES_BEGIN)
+        if at >= 0:
+            self._in_call = True
+        else:  # keep back a tail that may be the start of the tag
+            at = len(self._held) - _partial_suffix(self._held, HERMES_BEGIN)
+        out, self._held = self._held[:at], self._held[at:]
+        return out
 
     def finish(self) -> Tuple[str, List[Dict[str, Any]]]:
         """At the end of the choice: (content still to send, tool-call delta entries)."""
-        held = "".join(self._held)
-        self._held = []
-        if self._passing or not held:
+        held, self._held = self._held, ""
+        if (self._content and not self._in_call) or not held:
             return held, []
         content, calls = parse_tool_calls(held)
         if not calls:
             return held, []
         return content or "", call_deltas(calls, self.ARGUMENT_FRAGMENT)
+
+
+def _partial_suffix(text: str, tag: str) -> int:
+    """Length of the longest end of `text` that is a proper beginning of `tag`."""
+    for n in range(min(len(tag) - 1, len(text)), 0, -1):
+        if tag.startswith(text[-n:]):
+            return n
+    return 0
 
 
 def call_deltas(calls: Sequence[ToolCall], fragment: int) -> List[Dict[str, Any]]:
