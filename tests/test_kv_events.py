@@ -3,6 +3,7 @@ llm-d's indexer reads vLLM's: a SUB socket, multipart [topic, 8-byte sequence, m
 decoded with vLLM's msgspec structs (copied here from vllm/distributed/kv_events.py, not from our module)."""
 
 import socket
+import time
 from typing import Any, List, Optional, Union
 
 import httpx
@@ -114,3 +115,62 @@ def test_without_the_flag_nothing_is_recorded(smollm2_path: str) -> None:
         assert engine.kv_events() == []
     finally:
         engine.terminate()
+
+
+def _replay(events: List[Any]) -> set:
+    """The block set a router's index holds after applying `events` in order."""
+    blocks: set = set()
+    for e in events:
+        if isinstance(e, BlockStored):
+            blocks.update(e.block_hashes)
+        elif isinstance(e, BlockRemoved):
+            assert blocks.issuperset(e.block_hashes), "a removed block was never announced"
+            blocks.difference_update(e.block_hashes)
+        else:
+            blocks.clear()
+    return blocks
+
+
+def test_replaying_the_events_rebuilds_the_prefix_cache_s_block_set(smollm2_path: str) -> None:
+    """A run that fills and evicts a 32-block cache: BlockStored / BlockRemoved applied in order give
+    exactly the blocks the engine's prefix cache can find afterwards."""
+    from mlc_llm import MLCEngine
+    from mlc_llm.serve.server.kv_events import KvEventPublisher
+
+    engine = MLCEngine(smollm2_path, device="cpu", max_total_sequence_length=512, enable_kv_events=True, verbose=False)
+    assert engine.info["num_kv_blocks"] == 32 and engine.info["kv_block_size"] == 16
+    port = _free_port()
+    publisher = KvEventPublisher(engine.kv_events, f"tcp://127.0.0.1:{port}", "replay")
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.connect(f"tcp://127.0.0.1:{port}")
+    sub.setsockopt(zmq.SUBSCRIBE, b"replay")
+    try:
+        # A SUB socket misses what is published before its subscription reaches the publisher.
+        time.sleep(0.5)
+        shared = list(range(2000, 2064))  # four blocks several prompts start with
+        prompts = [shared + list(range(3000 + 100 * i, 3000 + 100 * i + 56)) for i in range(4)]
+        prompts += [list(range(5000 + 200 * i, 5000 + 200 * i + 120)) for i in range(10)]  # evict the above
+        prompts += [shared + list(range(9000, 9040)), prompts[-1]]  # a prefix lost to eviction, one still held
+        for p in prompts:
+            engine.completions.create(prompt=p, max_tokens=3, temperature=0)
+        cached = engine.cached_block_hashes()
+        events = _receive_until_quiet(sub, quiet_s=1.0)
+    finally:
+        publisher.close()
+        sub.close(linger=0)
+        ctx.term()
+        engine.terminate()
+    kinds = {type(e).__name__ for e in events}
+    assert {"BlockStored", "BlockRemoved"} <= kinds, kinds
+    assert 0 < len(cached) <= 32
+    assert _replay(events) == cached
+
+
+def _receive_until_quiet(sub: Any, quiet_s: float) -> List[Any]:
+    decoder = msgspec.msgpack.Decoder(type=KVEventBatch)
+    events: List[Any] = []
+    while sub.poll(int(quiet_s * 1000)):
+        _, _, payload = sub.recv_multipart()
+        events += decoder.decode(payload).events
+    return events

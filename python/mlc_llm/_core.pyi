@@ -104,6 +104,9 @@ class Engine:
         always "[]"): {"type": "BlockStored", "block_hashes": [u64], "parent_block_hash": u64 | null,
         "token_ids": [u32], "block_size"}, {"type": "BlockRemoved", "block_hashes"}, {"type":
         "AllBlocksCleared"}. Never waits for a step."""
+    def cached_block_hashes(self) -> List[int]:
+        """The hashes (u64, as kv_events name them) of the blocks the prefix cache can find now, in use
+        or free, unordered: the set a router rebuilds from kv_events. Waits for the running step."""
     def trace(self) -> str:
         """Chrome trace JSON of the recorded per-request events ("[]" if tracing is off)."""
     def terminate(self) -> None:

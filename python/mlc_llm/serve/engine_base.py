@@ -16,7 +16,7 @@ import time
 import uuid
 import weakref
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Set, Tuple, Union
 
 from .._native import load_core
 from ..protocol.errors import BadRequestError, EngineDeadError
@@ -170,6 +170,11 @@ class EngineBase:
         "block_hashes", "parent_block_hash", "token_ids", "block_size"}, {"type": "BlockRemoved",
         "block_hashes"} or {"type": "AllBlocksCleared"}; empty unless built with enable_kv_events."""
         return json.loads(self._core.kv_events())
+
+    def cached_block_hashes(self) -> Set[int]:
+        """A debug view: the hashes (as `kv_events` name them) of the blocks the prefix cache can
+        find now, the set a router rebuilds by replaying the events. Waits for the running step."""
+        return set(self._core.cached_block_hashes())
 
     @property
     def info(self) -> Dict[str, Any]:

@@ -151,6 +151,11 @@ impl Engine {
         serde_json::to_string(&events).map_err(|e| to_py(EngineError::Unsupported(e.to_string())))
     }
 
+    /// The hashes of the prefix cache's findable blocks, as `kv_events` name them (a debug view).
+    fn cached_block_hashes(&self, py: Python<'_>) -> PyResult<Vec<u64>> {
+        py.detach(|| self.handle.cached_block_hashes()).map_err(to_py)
+    }
+
     fn trace(&self, py: Python<'_>) -> PyResult<String> {
         py.detach(|| self.handle.trace_json()).map_err(to_py)
     }

@@ -155,6 +155,11 @@ impl EngineCore {
         self.scheduler.enable_kv_events(capacity);
     }
 
+    /// The prefix cache's findable blocks (external hashes), to check what a router rebuilds from the events.
+    pub fn cached_block_hashes(&self) -> Vec<u64> {
+        self.scheduler.kv_cache().pool().cached_hashes()
+    }
+
     /// The prefix-cache events since the last call.
     pub fn take_kv_events(&mut self) -> Vec<crate::kv_cache::KvEvent> {
         self.scheduler.take_kv_events()

@@ -27,6 +27,7 @@ enum Command {
     Add { request_id: String, prompt: Vec<u32>, params: SamplingParams, max_new_tokens: usize, grammar: Option<GrammarMatcher> },
     Abort(String),
     Trace(Sender<String>),
+    CachedBlocks(Sender<Vec<u64>>),
     Terminate,
 }
 
@@ -263,6 +264,12 @@ impl EngineHandle {
         self.kv_events.lock().map(|mut q| q.drain(..).collect()).map_err(|_| EngineError::EngineDead("lock poisoned".into()))
     }
 
+    /// The hashes of the prefix cache's findable blocks between two steps, as KV events name them
+    /// (for checking a replay of [`Self::kv_events`]; waits for the current step).
+    pub fn cached_block_hashes(&self) -> Result<Vec<u64>> {
+        self.ask(Command::CachedBlocks)
+    }
+
     pub fn trace_json(&self) -> Result<String> {
         self.ask(Command::Trace)
     }
@@ -460,6 +467,9 @@ fn engine_loop(mut core: EngineCore, commands: Receiver<Command>, outputs: Sende
                 Command::Abort(id) => ended.extend(core.abort(&id)),
                 Command::Trace(tx) => {
                     let _ = tx.send(core.trace_json());
+                }
+                Command::CachedBlocks(tx) => {
+                    let _ = tx.send(core.cached_block_hashes());
                 }
                 Command::Terminate => terminate = true,
             }

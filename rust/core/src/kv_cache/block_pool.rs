@@ -87,6 +87,12 @@ impl BlockPool {
         self.blocks.get(id as usize).and_then(|b| b.hash)
     }
 
+    /// The hashes of every findable block, in use or free, as [`KvEvent`]s name them: the set a router
+    /// rebuilds by replaying the events (unordered).
+    pub fn cached_hashes(&self) -> Vec<u64> {
+        self.cached.keys().map(|h| h.external()).collect()
+    }
+
     /// The block holding the content of `hash`, whether in use or free.
     pub fn lookup(&self, hash: BlockHash) -> Option<BlockId> {
         self.cached.get(&hash).copied()
