@@ -11,26 +11,10 @@ CUDA toolkit. Slow (barriers are context switches): a few minutes on 2 cores.
 
 Prints one line per case and exits non-zero if any case fails.
 """
-import argparse, os, shutil, subprocess, sys, tempfile
-from concurrent.futures import ThreadPoolExecutor
+import argparse, os, sys, tempfile
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-KERNELS = os.path.join(HERE, "..", "kernels")
-
-
-def build(out_dir):
-    for f in ("paged_attention.cu", "prefill_attention.cu", "common.cuh"):
-        shutil.copy(os.path.join(KERNELS, f), os.path.join(out_dir, f))
-    shutil.copy(os.path.join(HERE, "mma_shim.cuh"), os.path.join(out_dir, "mma.cuh"))
-    for f in ("shim.cuh", "attention_shim.h", "attention_driver.cpp"):
-        shutil.copy(os.path.join(HERE, f), os.path.join(out_dir, f))
-    for h in ("cuda_bf16.h", "cuda_fp16.h"):
-        with open(os.path.join(out_dir, h), "w") as f:
-            f.write('#include "attention_shim.h"\n')
-    exe = os.path.join(out_dir, "attention_driver")
-    subprocess.run(["g++", "-std=c++20", "-O2", "-pthread", "-I", out_dir, "-o", exe,
-                    os.path.join(out_dir, "attention_driver.cpp")], check=True)
-    return exe
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
 
 
 def seqs(*pairs):
@@ -82,19 +66,9 @@ def main():
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        exe = build(tmp)
-
-        def one(c):
-            r = subprocess.run([exe, *map(str, c)], capture_output=True, text=True)
-            return r.returncode, (r.stdout + r.stderr).strip()
-
-        failed = 0
-        with ThreadPoolExecutor(args.jobs) as pool:
-            for rc, line in pool.map(one, cases(args.quick)):
-                print(line, flush=True)
-                failed += rc != 0
-    print(f"{failed} failed" if failed else "all passed")
-    return 1 if failed else 0
+        exe = harness.build(tmp, ("paged_attention.cu", "prefill_attention.cu", "common.cuh"),
+                            ("shim.cuh", "attention_shim.h", "q4_shim.h", "harness.h"), "attention_driver.cpp")
+        return 1 if harness.run_cases(exe, cases(args.quick), args.jobs) else 0
 
 
 if __name__ == "__main__":

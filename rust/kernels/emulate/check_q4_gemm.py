@@ -8,11 +8,10 @@ stages wrapping), K split over several blocks and reduced. Needs g++ with C++20;
 
 Prints one line per case and exits non-zero if any case fails.
 """
-import argparse, os, shutil, subprocess, sys, tempfile
-from concurrent.futures import ThreadPoolExecutor
+import argparse, os, sys, tempfile
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-KERNELS = os.path.join(HERE, "..", "kernels")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
 
 # (dtype, M, N, K, K splits, seed)
 CASES = [
@@ -27,39 +26,14 @@ CASES = [
 ]
 
 
-def build(out_dir):
-    for f in ("q4_gemm_tc.cu", "common.cuh"):
-        shutil.copy(os.path.join(KERNELS, f), os.path.join(out_dir, f))
-    shutil.copy(os.path.join(HERE, "mma_shim.cuh"), os.path.join(out_dir, "mma.cuh"))
-    for f in ("shim.cuh", "attention_shim.h", "q4_shim.h", "q4_gemm_driver.cpp"):
-        shutil.copy(os.path.join(HERE, f), os.path.join(out_dir, f))
-    for h in ("cuda_bf16.h", "cuda_fp16.h"):
-        with open(os.path.join(out_dir, h), "w") as f:
-            f.write('#include "q4_shim.h"\n')
-    exe = os.path.join(out_dir, "q4_gemm_driver")
-    subprocess.run(["g++", "-std=c++20", "-O2", "-pthread", "-I", out_dir, "-o", exe,
-                    os.path.join(out_dir, "q4_gemm_driver.cpp")], check=True)
-    return exe
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        exe = build(tmp)
-
-        def one(c):
-            r = subprocess.run([exe, *map(str, c)], capture_output=True, text=True)
-            return r.returncode, (r.stdout + r.stderr).strip()
-
-        failed = 0
-        with ThreadPoolExecutor(args.jobs) as pool:
-            for rc, line in pool.map(one, CASES):
-                print(line, flush=True)
-                failed += rc != 0
-    print(f"{failed} failed" if failed else "all passed")
-    return 1 if failed else 0
+        exe = harness.build(tmp, ("q4_gemm_tc.cu", "common.cuh"), ("shim.cuh", "attention_shim.h", "q4_shim.h", "harness.h"),
+                            "q4_gemm_driver.cpp")
+        return 1 if harness.run_cases(exe, CASES, args.jobs) else 0
 
 
 if __name__ == "__main__":

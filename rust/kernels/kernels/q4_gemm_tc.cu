@@ -76,6 +76,31 @@ template <> __device__ __forceinline__ void q4t_mma<__nv_bfloat16>(float (&c)[4]
 // Bytes b0, b1 of a 16-bit word -> bits 0..7 and 16..23.
 __device__ __forceinline__ uint32_t q4t_spread(uint32_t two) { return (two & 0xffu) | ((two & 0xff00u) << 8); }
 
+// The A fragments of one Q4_0 block (32 k) of MMA rows g and g + 8, whose blocks start at blk_g and
+// blk_g8, for lane column c: a[0] the first k16 step (low nibbles, elements 0..15), a[1] the second (high).
+template <typename T>
+__device__ __forceinline__ void q4t_a_fragments(uint32_t (&a)[2][4], const uint8_t* blk_g, const uint8_t* blk_g8, int c) {
+    const uint16_t d_g_bits = *reinterpret_cast<const uint16_t*>(blk_g);
+    const uint16_t d_g8_bits = *reinterpret_cast<const uint16_t*>(blk_g8);
+    __half d_g_h, d_g8_h;
+    memcpy(&d_g_h, &d_g_bits, 2);
+    memcpy(&d_g8_h, &d_g8_bits, 2);
+    const float d_g = __half2float(d_g_h), d_g8 = __half2float(d_g8_h);
+    const __half2 d2_g = __halves2half2(d_g_h, d_g_h), d2_g8 = __halves2half2(d_g8_h, d_g8_h);
+    const uint32_t v0 = q4t_spread(*reinterpret_cast<const uint16_t*>(blk_g + 2 + 2 * c));
+    const uint32_t v1 = q4t_spread(*reinterpret_cast<const uint16_t*>(blk_g8 + 2 + 2 * c));
+    const uint32_t v2 = q4t_spread(*reinterpret_cast<const uint16_t*>(blk_g + 10 + 2 * c));
+    const uint32_t v3 = q4t_spread(*reinterpret_cast<const uint16_t*>(blk_g8 + 10 + 2 * c));
+#pragma unroll
+    for (int s = 0; s < 2; ++s) {
+        const int sh = 4 * s;  // low nibbles, then high nibbles
+        a[s][0] = q4t_scaled_pair<T>((v0 >> sh) & 0x000f000fu, d_g, d2_g);
+        a[s][1] = q4t_scaled_pair<T>((v1 >> sh) & 0x000f000fu, d_g8, d2_g8);
+        a[s][2] = q4t_scaled_pair<T>((v2 >> sh) & 0x000f000fu, d_g, d2_g);
+        a[s][3] = q4t_scaled_pair<T>((v3 >> sh) & 0x000f000fu, d_g8, d2_g8);
+    }
+}
+
 // grid = (ceil(N / 128), ceil(M / 64), splits), block = 256 threads, Q4T_SMEM_BYTES of dynamic shared
 // memory at `smem` (16-byte aligned). Needs K % 256 == 0, w 16-byte and x 16-byte aligned (checked by the
 // caller). splits == 1: y gets the result; else partial[split][M][N] gets each split's f32 sums.
@@ -136,26 +161,7 @@ __device__ void q4_gemm_tc(T* __restrict__ y, float* __restrict__ partial, const
 #pragma unroll
             for (int rt = 0; rt < 2; ++rt) {
                 const uint8_t* blk_g = ws + (warp_rows + rt * 16 + g) * Q4T_W_ROW_BYTES + qb * 18;
-                const uint8_t* blk_g8 = blk_g + 8 * Q4T_W_ROW_BYTES;
-                const uint16_t d_g_bits = *reinterpret_cast<const uint16_t*>(blk_g);
-                const uint16_t d_g8_bits = *reinterpret_cast<const uint16_t*>(blk_g8);
-                __half d_g_h, d_g8_h;
-                memcpy(&d_g_h, &d_g_bits, 2);
-                memcpy(&d_g8_h, &d_g8_bits, 2);
-                const float d_g = __half2float(d_g_h), d_g8 = __half2float(d_g8_h);
-                const __half2 d2_g = __halves2half2(d_g_h, d_g_h), d2_g8 = __halves2half2(d_g8_h, d_g8_h);
-                const uint32_t v0 = q4t_spread(*reinterpret_cast<const uint16_t*>(blk_g + 2 + 2 * c));
-                const uint32_t v1 = q4t_spread(*reinterpret_cast<const uint16_t*>(blk_g8 + 2 + 2 * c));
-                const uint32_t v2 = q4t_spread(*reinterpret_cast<const uint16_t*>(blk_g + 10 + 2 * c));
-                const uint32_t v3 = q4t_spread(*reinterpret_cast<const uint16_t*>(blk_g8 + 10 + 2 * c));
-#pragma unroll
-                for (int s = 0; s < 2; ++s) {
-                    const int sh = 4 * s;  // low nibbles, then high nibbles
-                    a[rt][s][0] = q4t_scaled_pair<T>((v0 >> sh) & 0x000f000fu, d_g, d2_g);
-                    a[rt][s][1] = q4t_scaled_pair<T>((v1 >> sh) & 0x000f000fu, d_g8, d2_g8);
-                    a[rt][s][2] = q4t_scaled_pair<T>((v2 >> sh) & 0x000f000fu, d_g, d2_g);
-                    a[rt][s][3] = q4t_scaled_pair<T>((v3 >> sh) & 0x000f000fu, d_g8, d2_g8);
-                }
+                q4t_a_fragments<T>(a[rt], blk_g, blk_g + 8 * Q4T_W_ROW_BYTES, c);
             }
 #pragma unroll
             for (int s = 0; s < 2; ++s) {
