@@ -17,13 +17,16 @@ use super::fused;
 use super::layers::attention::StackStep;
 use super::layers::{norm, Attention, GatedMlp, MoeMlp};
 use super::linear::Linear;
+use super::sharded::{ShardPlan, ShardedWeights, TensorParallel};
 use super::weight_shapes::ShapeChecked;
 use super::weights::WeightSource;
 use super::CausalLm;
 use crate::attention::{PagedKvCache, StepAttention};
 use crate::error::Result;
+use crate::parallel::Communicator;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::ops::rms_norm;
+use std::sync::Arc;
 
 pub(crate) struct DecoderLayer {
     /// Before attention; `None` for OLMo 2 and the first layer of an EAGLE head.
@@ -119,7 +122,10 @@ pub(crate) fn run_layers(layers: &[DecoderLayer], s: &StackStep<'_>, mut residua
             attn = rms_norm(&attn, w, eps)?;
         }
         (residual, h) = add_then_norm(&attn, &residual, layer.pre_mlp_norm.as_ref(), eps)?;
-        let mut m = layer.mlp.forward(&h)?; // [num_tokens, hidden]
+        let mut m = layer.mlp.forward(&h)?; // [num_tokens, hidden] (this rank's partial sum when sharded)
+        if let Some(tp) = s.tp {
+            m = tp.all_reduce(&m)?;
+        }
         if let Some(w) = &layer.post_mlp_norm {
             m = rms_norm(&m, w, eps)?;
         }
@@ -152,7 +158,7 @@ pub(crate) fn gather_ropes(cfg: &ModelConfig, ropes: &[(Tensor, Tensor)], positi
 
 pub struct DecoderModel {
     cfg: ModelConfig,
-    /// `[vocab, hidden]`
+    /// `[vocab, hidden]` (sharded: this rank's `[vocab_per_rank, hidden]`)
     embed: Tensor,
     /// `[1]` in the compute dtype: Gemma multiplies embeddings by sqrt(hidden) rounded to it.
     embed_scale: Option<Tensor>,
@@ -162,10 +168,42 @@ pub struct DecoderModel {
     ropes: Vec<(Tensor, Tensor)>,
     device: Device,
     dtype: DType,
+    /// Tensor parallelism: the rank's group and the config of its slice of the layers; `None` unsharded.
+    tp: Option<(TensorParallel, ModelConfig)>,
 }
 
 impl DecoderModel {
     pub fn load(cfg: &ModelConfig, w: &dyn WeightSource, device: &Device, dtype: DType) -> Result<Self> {
+        Self::load_slice(cfg, cfg, w, device, dtype)
+    }
+
+    /// This rank's slice of the model over `comm`'s ranks (`tensor_parallel_shards` = its world size):
+    /// `w` is the whole checkpoint, narrowed as it loads. Every rank runs `forward` on the same inputs
+    /// with its own KV cache, sized by [`DecoderModel::layer_config`]; all get the whole logits.
+    pub fn load_sharded(cfg: &ModelConfig, w: &dyn WeightSource, device: &Device, dtype: DType, comm: Arc<dyn Communicator>) -> Result<Self> {
+        let plan = ShardPlan::new(cfg, comm.rank(), comm.world_size())?;
+        let local = plan.local_config(cfg);
+        let mut model = Self::load_slice(cfg, &local, &ShardedWeights::new(w, &plan), device, dtype)?;
+        model.tp = Some((TensorParallel { comm, plan }, local));
+        Ok(model)
+    }
+
+    /// The config this rank's layers run with: the model's own, or its slice's (heads, KV heads, MLP
+    /// widths, vocabulary rows) when sharded; its KV cache is sized by it.
+    pub fn layer_config(&self) -> &ModelConfig {
+        self.tp.as_ref().map_or(&self.cfg, |(_, local)| local)
+    }
+
+    /// The token embedding rows `[num_tokens, hidden]`, assembled over the ranks when sharded.
+    fn lookup(&self, tokens: &Tensor) -> Result<Tensor> {
+        match &self.tp {
+            Some((tp, _)) => tp.embed(&self.embed, tokens),
+            None => Ok(self.embed.index_select(tokens, 0)?),
+        }
+    }
+
+    /// `cfg`: the model's; `layer_cfg`: the one its (possibly sharded) weights `w` have.
+    fn load_slice(cfg: &ModelConfig, layer_cfg: &ModelConfig, w: &dyn WeightSource, device: &Device, dtype: DType) -> Result<Self> {
         #[cfg(feature = "cuda")]
         if let Device::Cuda(d) = device {
             // SAFETY: candle runs every op of a device on its one stream, so the per-buffer CUDA events
@@ -173,9 +211,9 @@ impl DecoderModel {
             // multi-stream mode); without tracking, an allocation skips creating and destroying them.
             unsafe { d.disable_event_tracking() };
         }
-        let checked = ShapeChecked::new(cfg, w);
+        let checked = ShapeChecked::new(layer_cfg, w);
         let w: &dyn WeightSource = &checked;
-        let layers = (0..cfg.num_hidden_layers).map(|i| DecoderLayer::load(cfg, w, &format!("model.layers.{i}"), i, true)).collect::<Result<Vec<_>>>()?;
+        let layers = (0..cfg.num_hidden_layers).map(|i| DecoderLayer::load(layer_cfg, w, &format!("model.layers.{i}"), i, true)).collect::<Result<Vec<_>>>()?;
         let embed = w.tensor("model.embed_tokens.weight")?;
         let lm_head = if cfg.tie_word_embeddings || !w.contains("lm_head.weight") {
             w.linear("model.embed_tokens", false)?
@@ -196,6 +234,7 @@ impl DecoderModel {
             ropes: rope_tables(cfg, device, dtype)?,
             device: device.clone(),
             dtype,
+            tp: None,
         })
     }
 }
@@ -214,7 +253,10 @@ impl CausalLm for DecoderModel {
     }
 
     fn logits(&self, h: &Tensor) -> Result<Tensor> {
-        let logits = self.lm_head.forward(h)?.to_dtype(DType::F32)?; // [num_samples, vocab]
+        let mut logits = self.lm_head.forward(h)?.to_dtype(DType::F32)?; // [num_samples, vocab] ([.., vocab_per_rank] sharded)
+        if let Some((tp, _)) = &self.tp {
+            logits = tp.gather_logits(&logits)?;
+        }
         Ok(match self.cfg.final_logit_softcap {
             Some(cap) => ((logits / cap)?.tanh()? * cap)?,
             None => logits,
@@ -223,12 +265,16 @@ impl CausalLm for DecoderModel {
 
     fn forward_hidden(&self, tokens: &Tensor, positions: &Tensor, kv: &PagedKvCache, step: &StepAttention) -> Result<Tensor> {
         let eps = self.cfg.rms_norm_eps as f32;
-        let mut residual = self.embed.index_select(tokens, 0)?; // [num_tokens, hidden]
+        let mut residual = self.lookup(tokens)?; // [num_tokens, hidden]
         if let Some(scale) = &self.embed_scale {
             residual = residual.broadcast_mul(scale)?;
         }
         let gathered = gather_ropes(&self.cfg, &self.ropes, positions)?;
-        let s = StackStep { cfg: &self.cfg, ropes: &self.ropes, gathered: &gathered, positions, kv, step };
+        let (cfg, tp) = match &self.tp {
+            Some((tp, local)) => (local, Some(tp)),
+            None => (&self.cfg, None),
+        };
+        let s = StackStep { cfg, ropes: &self.ropes, gathered: &gathered, positions, kv, step, tp };
         let (residual, mlp_out) = run_layers(&self.layers, &s, residual)?;
         // The final norm over every row (row-wise, so the sampled rows are exactly as if selected first).
         Ok(match mlp_out {
@@ -238,6 +284,6 @@ impl CausalLm for DecoderModel {
     }
 
     fn embed(&self, tokens: &Tensor) -> Result<Tensor> {
-        Ok(self.embed.index_select(tokens, 0)?)
+        self.lookup(tokens)
     }
 }

@@ -51,7 +51,7 @@ impl EagleHead {
         let x = Tensor::cat(&[embeds, &features.to_dtype(embeds.dtype())?], 1)?; // [n, 2 hidden]
         let residual = self.fc.forward(&x)?; // [n, hidden]
         let gathered = gather_ropes(&self.cfg, &self.ropes, positions)?;
-        let s = StackStep { cfg: &self.cfg, ropes: &self.ropes, gathered: &gathered, positions, kv, step };
+        let s = StackStep { cfg: &self.cfg, ropes: &self.ropes, gathered: &gathered, positions, kv, step, tp: None };
         let (residual, mlp_out) = run_layers(&self.layers, &s, residual)?;
         Ok(match mlp_out {
             Some(m) => (m + residual)?,

@@ -15,6 +15,7 @@ pub mod q4;
 pub mod q4_check;
 pub mod registry;
 pub mod rope;
+pub mod sharded;
 pub mod weight_shapes;
 pub mod weights;
 

@@ -9,6 +9,7 @@ use crate::model::config::{LayerConfig, ModelConfig, QkNormKind};
 use crate::model::fused::{self, QkNorm, QkvSpec};
 use crate::model::layers::norm;
 use crate::model::linear::{Linear, StackedLinear};
+use crate::model::sharded::TensorParallel;
 use crate::model::weights::WeightSource;
 use candle_core::Tensor;
 use candle_nn::ops::rms_norm;
@@ -39,6 +40,9 @@ pub struct StackStep<'a> {
     pub positions: &'a Tensor,
     pub kv: &'a PagedKvCache,
     pub step: &'a StepAttention,
+    /// The rank's group when the model is sharded (`cfg` is then the rank's slice): o_proj's and the
+    /// MLP's partial sums are all-reduced, OLMo 2's whole q/k norms take their sums of squares over it.
+    pub tp: Option<&'a TensorParallel>,
 }
 
 impl Attention {
@@ -72,8 +76,12 @@ impl Attention {
             (QkNormKind::PerHead, Some(q), Some(k)) => Some(QkNorm { q, k }),
             (QkNormKind::Whole, Some(qw), Some(kw)) => {
                 // OLMo 2 normalises q and k over all heads at once, before they are split into heads.
-                let q = rms_norm(&qkv.narrow(1, 0, nh * hd)?.contiguous()?, qw, eps)?;
-                let k = rms_norm(&qkv.narrow(1, nh * hd, nkv * hd)?.contiguous()?, kw, eps)?;
+                let norm = |x: Tensor, w: &Tensor| match s.tp {
+                    Some(tp) => tp.rms_norm_split(&x, w, eps),
+                    None => Ok(rms_norm(&x, w, eps)?),
+                };
+                let q = norm(qkv.narrow(1, 0, nh * hd)?.contiguous()?, qw)?;
+                let k = norm(qkv.narrow(1, nh * hd, nkv * hd)?.contiguous()?, kw)?;
                 qkv = Tensor::cat(&[&q, &k, &qkv.narrow(1, (nh + nkv) * hd, nkv * hd)?], 1)?;
                 None
             }
@@ -93,7 +101,11 @@ impl Attention {
             window: self.layer.attention.window(),
         };
         let attn = s.kv.attend_with_sinks(li, &q, s.step, &params, self.sinks.as_deref())?.reshape((n, nh * hd))?; // [T, heads * head_dim]
-        Ok(self.o_proj.forward(&attn)?)
+        let out = self.o_proj.forward(&attn)?; // [T, hidden] (this rank's partial sum when sharded)
+        match s.tp {
+            Some(tp) => tp.all_reduce(&out),
+            None => Ok(out),
+        }
     }
 }
 
