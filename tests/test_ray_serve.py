@@ -52,7 +52,7 @@ def _client(url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", timeout=60.0, max_retries=0)
 
 
-def _metrics_by_replica(url: str, want: int = 2, tries: int = 60) -> Dict[str, Dict[str, float]]:
+def _metrics_by_replica(url: str, want: int = 2, tries: int = 40) -> Dict[str, Dict[str, float]]:
     """Each replica's vLLM-named counters, from /metrics answers until `want` replicas have answered
     (requests without a prompt are spread at random over the replicas)."""
     seen: Dict[str, Dict[str, float]] = {}
@@ -110,9 +110,9 @@ def test_a_repeated_long_prefix_goes_to_one_replica_and_hits_its_cache(front: st
 class _Stream(threading.Thread):
     """One streaming chat request: which replica took it, how many chunks came, and how it ended."""
 
-    def __init__(self, url: str, model: str, i: int) -> None:
+    def __init__(self, url: str, model: str, i: int, max_tokens: int = 200) -> None:
         super().__init__(daemon=True)
-        self._client, self._model, self._i = _client(url), model, i
+        self._client, self._model, self._i, self._max_tokens = _client(url), model, i, max_tokens
         self.replica: Optional[str] = None
         self.chunks = 0
         self.outcome: Optional[str] = None  # "done", or the exception class name
@@ -121,7 +121,13 @@ class _Stream(threading.Thread):
         messages = [{"role": "user", "content": f"Story {self._i}: write a long tale about a lighthouse."}]
         try:
             with self._client.chat.completions.with_streaming_response.create(
-                model=self._model, messages=messages, max_tokens=200, temperature=0.8, seed=self._i, stream=True
+                model=self._model,
+                messages=messages,
+                max_tokens=self._max_tokens,
+                temperature=0.8,
+                seed=self._i,
+                stream=True,
+                extra_body={"ignore_eos": True},  # every stream runs its max_tokens
             ) as response:
                 self.replica = response.headers.get(REPLICA_HEADER)
                 for chunk in response.parse():
@@ -132,22 +138,39 @@ class _Stream(threading.Thread):
             self.outcome = type(e).__name__
 
 
-def _running_replicas() -> int:
-    status = serve.status().applications[APP].deployments["MLCServer"]
-    return int(status.replica_states.get("RUNNING", 0))
-
-
-def test_killing_a_replica_mid_load_fails_its_streams_cleanly_and_ray_restarts_it(front: str, smollm2_path: str) -> None:
-    streams = [_Stream(front, smollm2_path, i) for i in range(6)]
+def _start_streams(url: str, model: str, n: int, max_tokens: int, replicas: int) -> List[_Stream]:
+    """`n` streams, returned once streams on `replicas` replicas have had a chunk after their first."""
+    streams = [_Stream(url, model, i, max_tokens) for i in range(n)]
     for s in streams:
         s.start()
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len({s.replica for s in streams if s.chunks > 1}) < 2:
+    while time.monotonic() < deadline and len({s.replica for s in streams if s.chunks > 1}) < replicas:
         time.sleep(0.05)
-    by_replica = {s.replica for s in streams if s.chunks > 1}
-    assert len(by_replica) == 2, [(s.replica, s.chunks, s.outcome) for s in streams]
+    assert len({s.replica for s in streams if s.chunks > 1}) == replicas, [(s.replica, s.chunks, s.outcome) for s in streams]
+    return streams
+
+
+def _wait_for_new_replicas(url: str, gone: str, timeout_s: float) -> List[str]:
+    """The replicas answering once two do and `gone` is not among them."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            names = list(_metrics_by_replica(url, tries=20))
+            if gone not in names:
+                return names
+        except AssertionError:  # only one replica answers yet
+            pass
+        assert time.monotonic() < deadline, f"no replacement replica within {timeout_s}s"
+        time.sleep(0.5)
+
+
+def test_killing_a_replica_mid_load_fails_its_streams_cleanly_and_ray_restarts_it(front: str, smollm2_path: str) -> None:
+    streams = _start_streams(front, smollm2_path, 6, max_tokens=200, replicas=2)
     victim = next(s.replica for s in streams if s.chunks > 1 and s.outcome is None)
     assert victim is not None
+    # What each stream should end with: cut if its replica was the victim and it was still running;
+    # complete if it was elsewhere, finished, or not yet answered (the front retries it on the survivor).
+    expected = ["APIError" if s.replica == victim and s.outcome is None else "done" for s in streams]
     ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
     killed_at = time.monotonic()
 
@@ -163,17 +186,39 @@ def test_killing_a_replica_mid_load_fails_its_streams_cleanly_and_ray_restarts_i
 
     for s in streams:
         s.join(timeout=120)
-    outcomes = [(s.replica == victim, s.outcome) for s in streams]
-    assert not any(s.is_alive() for s in streams), outcomes
-    # The victim's streams end with an error the client sees (an error event: openai.APIError), never
-    # a hang (APITimeoutError) or a silent end; the survivor's finish.
-    assert all(o == "APIError" for on_victim, o in outcomes if on_victim), outcomes
-    assert all(o == "done" for on_victim, o in outcomes if not on_victim), outcomes
+    assert not any(s.is_alive() for s in streams), [(s.chunks, s.outcome) for s in streams]
+    # A cut stream ends with an error the client sees (an error event: openai.APIError), never a hang
+    # (APITimeoutError) or a silent end.
+    assert [s.outcome for s in streams] == expected, [(s.replica == victim, s.chunks, s.outcome) for s in streams]
 
-    # Ray replaces the replica: two running again, one of them new.
-    while time.monotonic() - killed_at < 120 and _running_replicas() < 2:
-        time.sleep(0.5)
-    assert _running_replicas() == 2
-    names = set(_metrics_by_replica(front))
-    assert victim not in names and len(names) == 2, names
+    # Ray replaces the replica: two answer again, one of them new.
+    _wait_for_new_replicas(front, victim, timeout_s=120)
     print(f"replica replaced {time.monotonic() - killed_at:.1f}s after the kill")
+
+
+def test_deleting_the_app_lets_running_streams_finish(front: str, smollm2_path: str) -> None:
+    """Ray's drain, then the replicas' __del__: streams running when the app is deleted complete."""
+    streams = _start_streams(front, smollm2_path, 2, max_tokens=60, replicas=1)
+    serve.delete(APP)  # returns once the replicas have drained and stopped
+    for s in streams:
+        s.join(timeout=60)
+    assert [s.outcome for s in streams] == ["done", "done"], [(s.chunks, s.outcome) for s in streams]
+    # 60 content chunks, the finish chunk and the usage-less end: nothing was cut.
+    assert all(s.chunks >= 60 for s in streams), [s.chunks for s in streams]
+
+
+def test_prefix_hashes_are_chained_over_full_blocks_and_prompts_are_read_from_the_body() -> None:
+    from mlc_llm.serve.integrations.ray import prefix_text
+    from mlc_llm.serve.integrations.ray_router import prefix_block_hashes
+
+    a = prefix_block_hashes("x" * 64 + "y" * 64 + "z" * 63, 64, 1024)
+    b = prefix_block_hashes("x" * 64 + "y" * 64 + "w" * 64, 64, 1024)
+    c = prefix_block_hashes("q" * 64 + "y" * 64, 64, 1024)
+    assert len(a) == 2 and b[:2] == a and len(b) == 3  # the partial last block does not count
+    assert c[1] != a[1]  # a block's hash depends on every block before it
+    assert len(prefix_block_hashes("x" * 1000, 64, 256)) == 4
+    chat = b'{"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]}'
+    assert prefix_text("/v1/chat/completions", chat) == '[{"role":"system","content":"S"},{"role":"user","content":"U"}]'
+    assert prefix_text("/v1/completions", b'{"prompt": "abc"}') == "abc"
+    assert prefix_text("/v1/completions", b'{"prompt": [1, 2]}') == "[1,2]"
+    assert prefix_text("/v1/completions", b"not json") == prefix_text("/metrics", b"") == ""

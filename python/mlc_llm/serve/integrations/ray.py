@@ -135,7 +135,7 @@ async def _rest(stream: DeploymentResponseGenerator, event_stream: bool) -> Asyn
 class MLCFront:
     """The HTTP ingress: forwards every request to an MLCServer replica and streams its answer back."""
 
-    def __init__(self, server: DeploymentHandle, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, attempts: int = 2) -> None:
+    def __init__(self, server: DeploymentHandle, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, attempts: int = 3) -> None:
         self._server = server.options(stream=True, method_name="handle")
         self._max_body_bytes = max_body_bytes
         self._attempts = max(1, attempts)
@@ -202,7 +202,7 @@ def build_app(
     health_check_timeout_s: float = 30.0,
     engine_kwargs: Optional[Dict[str, Any]] = None,
     server_kwargs: Optional[Dict[str, Any]] = None,
-    attempts: int = 2,
+    attempts: int = 3,
 ) -> "serve.Application":
     """The Ray Serve application: `num_replicas` MLCServer replicas of `model` (or, with
     `autoscaling_config`, Ray's autoscaler decides, e.g. {"min_replicas": 1, "max_replicas": 4,
