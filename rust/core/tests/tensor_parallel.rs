@@ -222,3 +222,39 @@ fn quantized_weights_are_refused_by_name() {
     let e = DecoderModel::load_sharded(&loaded.config, &loaded.weights, &Device::Cpu, DType::F32, Arc::new(lone)).err().unwrap();
     assert!(matches!(&e, EngineError::Unsupported(m) if m.contains("tensor_parallel_shards")), "{e}");
 }
+
+/// Through the whole engine (scheduler, paged KV cache, sampler) with `tensor_parallel_shards`: the
+/// greedy tokens are transformers' own and the logits the unsharded engine's, prompts alone and batched.
+#[test]
+fn the_engine_with_tensor_parallel_shards_gives_the_unsharded_results() {
+    use common::{load_reference, parity_args, run_greedy};
+    for (name, shards) in [("llama", 2), ("qwen3_moe", 4), ("gpt_oss", 2)] {
+        let dir = fixtures().join("models").join(name);
+        let r = load_reference(&dir);
+        for together in [false, true] {
+            let whole = run_greedy(&dir, parity_args(16), &r.prompts, 8, together);
+            let args = mlc_core::engine::EngineArgs { tensor_parallel_shards: shards, ..parity_args(16) };
+            let sharded = run_greedy(&dir, args, &r.prompts, 8, together);
+            for (i, ((toks, rows), (want_toks, want_rows))) in sharded.iter().zip(&whole).enumerate() {
+                assert_eq!(toks, want_toks, "{name} over {shards}: prompt {i} (batched {together})");
+                assert_eq!(&toks[..], &r.greedy[i][..toks.len()], "{name}: transformers' greedy tokens");
+                for (g, w) in rows.iter().zip(want_rows) {
+                    assert!(rel(g, w) < 1e-5, "{name} over {shards}: prompt {i} relative error {:e}", rel(g, w));
+                }
+            }
+        }
+    }
+    let err = |shards: usize| mlc_core::engine::build(fixtures().join("models/llama").to_str().unwrap(), "cpu", &mlc_core::engine::EngineArgs { tensor_parallel_shards: shards, ..parity_args(16) }).err().unwrap();
+    assert!(is_tp_refusal(&err(3)), "{}", err(3));
+    assert!(is_tp_refusal(&err(0)), "{}", err(0));
+}
+
+#[test]
+fn cuda_refuses_more_than_one_shard_by_name() {
+    let loaded = loader::load(fixtures().join("models/llama").to_str().unwrap(), &Device::Cpu, DType::F32, QuantMode::Dequantize).unwrap();
+    let e = mlc_core::model::sharded::sizing_config(&loaded.config, 2, true).unwrap_err();
+    assert!(matches!(&e, EngineError::Unsupported(m) if m.contains("tensor_parallel_shards")), "{e}");
+    // On the CPU, 4 ranks keep a copy of each of the 2 KV heads on 2 ranks: the caches hold 4 in all.
+    assert_eq!(mlc_core::model::sharded::sizing_config(&loaded.config, 4, false).unwrap().num_key_value_heads, 4);
+    assert_eq!(mlc_core::model::sharded::sizing_config(&loaded.config, 1, true).unwrap().num_key_value_heads, 2);
+}

@@ -45,6 +45,10 @@ pub struct EngineArgs {
     /// Record prefix-cache events (blocks stored / removed) for a router to read
     /// ([`crate::engine::EngineHandle::kv_events`]); off, nothing is recorded.
     pub kv_events: bool,
+    /// MLC's `tensor_parallel_shards`: ranks the model is split over. More than 1 runs on the CPU as
+    /// in-process ranks (model/sharded_lm.rs: the same results, no speed-up); CUDA devices refuse it
+    /// (no NCCL ranks yet).
+    pub tensor_parallel_shards: usize,
 }
 
 impl Default for EngineArgs {
@@ -67,6 +71,7 @@ impl Default for EngineArgs {
             spec_draft_length: 0,
             additional_models: Vec::new(),
             kv_events: false,
+            tensor_parallel_shards: 1,
         }
     }
 }

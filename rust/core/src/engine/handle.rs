@@ -320,7 +320,8 @@ pub fn build(model: &str, device: &str, args: &EngineArgs) -> Result<(EngineCore
     let cfg = loaded.config.clone();
     // The CUDA context, cuBLAS workspaces and graph memory live outside the weights and the KV cache.
     let runtime = if device.is_cuda() { 1u64 << 30 } else { 0 };
-    let sizes: EngineSizes = infer_sizes(args, &cfg, memory, resident_weight_bytes(&path, &cfg, quant, elem_bytes), runtime, elem_bytes)?;
+    let sizing_cfg = crate::model::sharded::sizing_config(&cfg, args.tensor_parallel_shards, device.is_cuda())?;
+    let sizes: EngineSizes = infer_sizes(args, &sizing_cfg, memory, resident_weight_bytes(&path, &cfg, quant, elem_bytes), runtime, elem_bytes)?;
     if args.verbose {
         log::info!(
             "mode={:?}: max_num_sequence={}, max_total_sequence_length={}, prefill_chunk_size={}, kv blocks={}x{} (memory allows {} tokens)",
@@ -332,9 +333,12 @@ pub fn build(model: &str, device: &str, args: &EngineArgs) -> Result<(EngineCore
     // optimistic context length would otherwise size them); the margin covers draft positions.
     let window = sizes.max_single_sequence_length.min(sizes.max_total_sequence_length);
     let model_cfg = cfg.with_max_positions(window.saturating_add(ROPE_TABLE_MARGIN));
-    let model_impl = crate::model::registry::build(&model_cfg, &loaded.weights, &device, dtype)?;
+    let model_impl: Box<dyn crate::model::CausalLm> = match args.tensor_parallel_shards {
+        1 => crate::model::registry::build(&model_cfg, &loaded.weights, &device, dtype)?,
+        n => Box::new(crate::model::sharded_lm::ShardedLm::load(&model_cfg, &loaded.weights, &device, dtype, n, sizes.num_kv_blocks, sizes.kv_block_size)?),
+    };
     drop(loaded.weights);
-    let kv = PagedKvCache::new(cfg.num_hidden_layers, sizes.num_kv_blocks, sizes.kv_block_size, cfg.num_key_value_heads, cfg.head_dim, dtype, &device)?;
+    let kv = PagedKvCache::new(cfg.num_hidden_layers, sizes.num_kv_blocks, sizes.kv_block_size, model_impl.kv_heads(), cfg.head_dim, dtype, &device)?;
     let scheduler = Scheduler::new(SchedulerConfig {
         max_num_seqs: sizes.max_num_sequence,
         max_num_batched_tokens: sizes.prefill_chunk_size.max(sizes.max_num_sequence),

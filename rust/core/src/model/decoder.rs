@@ -252,6 +252,10 @@ impl CausalLm for DecoderModel {
         self.dtype
     }
 
+    fn kv_heads(&self) -> usize {
+        self.layer_config().num_key_value_heads
+    }
+
     fn logits(&self, h: &Tensor) -> Result<Tensor> {
         let mut logits = self.lm_head.forward(h)?.to_dtype(DType::F32)?; // [num_samples, vocab] ([.., vocab_per_rank] sharded)
         if let Some((tp, _)) = &self.tp {

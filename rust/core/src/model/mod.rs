@@ -16,6 +16,7 @@ pub mod q4_check;
 pub mod registry;
 pub mod rope;
 pub mod sharded;
+pub mod sharded_lm;
 pub mod weight_shapes;
 pub mod weights;
 
@@ -35,6 +36,11 @@ pub trait CausalLm: Send {
     fn config(&self) -> &ModelConfig;
     fn device(&self) -> &Device;
     fn dtype(&self) -> DType;
+
+    /// The KV heads per layer of the engine's KV cache: the model's, or a sharded model's rank 0's.
+    fn kv_heads(&self) -> usize {
+        self.config().num_key_value_heads
+    }
 
     /// The decoder stack and the final norm: `[num_tokens]` ids and positions -> `[num_tokens, hidden]`.
     /// On CUDA this launches only kernels (no host copies or synchronisation), so a decode step of

@@ -267,6 +267,25 @@ impl WeightSource for ShardedWeights<'_> {
     }
 }
 
+/// The config the engine sizes its memory by with `shards` ranks in this process, once the shard count
+/// is checked: the KV heads of all the ranks' caches together (a replicated KV head counts once per
+/// rank that holds it). CUDA devices refuse more than one shard: they need NCCL ranks, one per GPU, which
+/// the engine does not run yet.
+pub fn sizing_config(cfg: &ModelConfig, shards: usize, on_cuda: bool) -> Result<ModelConfig> {
+    if shards == 1 {
+        return Ok(cfg.clone());
+    }
+    let plan = ShardPlan::new(cfg, 0, shards)?;
+    if on_cuda {
+        return Err(EngineError::Unsupported(format!(
+            "{TP_KEY}={shards} on CUDA: multi-GPU ranks (NCCL, one per GPU) are not run by this engine yet; one GPU holds the whole model, and {TP_KEY} > 1 runs on the CPU only"
+        )));
+    }
+    let mut c = cfg.clone();
+    c.num_key_value_heads = plan.local_kv_heads() * shards;
+    Ok(c)
+}
+
 /// What a sharded model's forward pass needs beyond its weights: the rank's group, how many ranks share
 /// each KV head, and the true vocabulary size (the gathered logits are cut to it).
 pub struct TensorParallel {
