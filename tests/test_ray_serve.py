@@ -107,6 +107,30 @@ def test_a_repeated_long_prefix_goes_to_one_replica_and_hits_its_cache(front: st
     assert all(h == 0 for name, h in hits.items() if name != owner), hits
 
 
+def test_a_client_that_hangs_up_mid_stream_frees_its_sequence_on_the_replica(front: str, smollm2_path: str) -> None:
+    body = {
+        "model": smollm2_path,
+        "messages": [{"role": "user", "content": "Count to a thousand."}],
+        "max_tokens": 1500,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    with httpx.stream("POST", f"{front}/v1/chat/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        replica = r.headers[REPLICA_HEADER]
+        lines = r.iter_lines()
+        for _ in range(5):
+            next(lines)
+    # The front cancels the replica's work, the app sees http.disconnect and aborts the engine request.
+    deadline = time.monotonic() + 20
+    while True:
+        running = _metrics_by_replica(front)[replica]
+        if running["vllm:num_requests_running"] == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert running["vllm:num_requests_running"] == 0 and running["mlc_llm_engine_requests_aborted_total"] >= 1, running
+
+
 class _Stream(threading.Thread):
     """One streaming chat request: which replica took it, how many chunks came, and how it ended."""
 

@@ -80,13 +80,15 @@ class MLCServer:
         """Raises once the engine thread has stopped (EngineDeadError): Ray then replaces the replica."""
         await asyncio.to_thread(self._engine._metrics)
 
-    async def __del__(self) -> None:
-        """Called by Ray after its drain: late requests get 503, what still runs is aborted."""
+    def __del__(self) -> None:
+        """Called by Ray after its drain (and again by the garbage collector: every step is idempotent):
+        late requests get 503, what still runs is aborted, the engine stops."""
         from ..server import begin_draining
 
-        begin_draining(self._app)
-        self._engine.reset()
-        await asyncio.to_thread(self._engine.terminate)
+        if hasattr(self, "_app"):  # a constructor that failed leaves nothing to stop
+            begin_draining(self._app)
+            self._engine.reset()
+            self._engine.terminate()
 
 
 # serve.ingress pickles the routes when MLCFront is decorated: everything they use is defined above it.
@@ -203,6 +205,7 @@ def build_app(
     engine_kwargs: Optional[Dict[str, Any]] = None,
     server_kwargs: Optional[Dict[str, Any]] = None,
     attempts: int = 3,
+    front_options: Optional[Dict[str, Any]] = None,
 ) -> "serve.Application":
     """The Ray Serve application: `num_replicas` MLCServer replicas of `model` (or, with
     `autoscaling_config`, Ray's autoscaler decides, e.g. {"min_replicas": 1, "max_replicas": 4,
@@ -213,7 +216,9 @@ def build_app(
     ray_actor_options: per replica, e.g. {"num_cpus": 4} or {"num_gpus": 1}.
     prefix_aware_routing: route by prompt prefix (PrefixAwareRouter, `router_kwargs` to its
     initialize_state); False: Ray's default power of two choices.
-    attempts: how many replicas a request is tried on when they die before answering."""
+    attempts: how many replicas a request is tried on when they die before answering.
+    front_options: MLCFront's deployment options (default: one replica, no CPU, 4,096 requests at
+    once: it only forwards, and Ray's default of 5 would queue streams in front of idle replicas)."""
     from ray.serve.config import RequestRouterConfig
 
     server_kwargs = dict(server_kwargs or {})
@@ -238,5 +243,5 @@ def build_app(
         )
     server = MLCServer.options(**options).bind(model, dict(engine_kwargs or {}), server_kwargs)
     max_body = int(server_kwargs.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES))
-    # The front holds no model; it must not keep a CPU from the replicas.
-    return MLCFront.options(ray_actor_options={"num_cpus": 0}).bind(server, max_body, attempts)
+    front = {"num_replicas": 1, "max_ongoing_requests": 4096, "ray_actor_options": {"num_cpus": 0}, **(front_options or {})}
+    return MLCFront.options(**front).bind(server, max_body, attempts)
