@@ -2,10 +2,12 @@
 replica that served it last, whose prefix cache still holds it.
 
 Ray Serve LLM ships such a router (`ray.serve.llm.request_router.PrefixCacheAffinityRouter`), but it
-cannot be used here: it lives in `ray.llm`, whose import needs `ray[llm]` (vLLM, pyarrow), it reads
-the prompt from a vLLM request object, and it keeps its prefix tree in a detached actor. This one is
-written against Ray Serve's public custom-router API (`ray.serve.request_router.RequestRouter`, as
-in Ray's "custom request router" guide) and follows the same policy:
+is not used here: it comes with `ray[llm]`, which pins vLLM (`vllm[audio]==0.29.0` for Ray 2.60), and
+without it the import fails (ray.llm needs pyarrow); it also divides by the prompt's length (a request
+without one, /health or /metrics, fails) and keeps its prefix tree in a detached actor of its own.
+This one is written against Ray Serve's public custom-router API
+(`ray.serve.request_router.RequestRouter`, as in Ray's "custom request router" guide) and follows the
+same policy:
 
 - The text the front put in `HttpRequest.prefix_text` is cut into blocks of `block_chars`
   characters (64 characters are about one 16-token KV block) and each full block gets a chained
