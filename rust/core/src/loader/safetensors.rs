@@ -3,6 +3,7 @@
 use crate::error::{EngineError, Result};
 use crate::model::config::ModelConfig;
 use crate::model::linear::{Linear, Weight};
+use crate::quant::fp8::Fp8Config;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use std::path::{Path, PathBuf};
@@ -12,11 +13,16 @@ pub struct SafetensorsWeights {
     device: Device,
     dtype: DType,
     dir: PathBuf,
+    /// How FP8 projections are scaled (the config's `quantization_config`); `None`: the checkpoint
+    /// declares no FP8 weights, and an F8_E4M3 tensor is an error.
+    fp8: Option<Fp8Config>,
 }
 
 pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<(ModelConfig, SafetensorsWeights)> {
     let config = crate::model::registry::config_from_hf(&read_config(dir)?, &dir.join("config.json").display().to_string())?;
-    Ok((config, open(dir, device, dtype)?))
+    let mut weights = open(dir, device, dtype)?;
+    weights.fp8 = config.fp8;
+    Ok((config, weights))
 }
 
 /// The text of the directory's `config.json`.
@@ -37,7 +43,7 @@ pub fn open(dir: &Path, device: &Device, dtype: DType) -> Result<SafetensorsWeig
     // safetensors' header checks mostly catch.
     let st = unsafe { MmapedSafetensors::multi(&files) }
         .map_err(|e| EngineError::model_load(dir.display().to_string(), format!("cannot read safetensors: {e}")))?;
-    Ok(SafetensorsWeights { st, device: device.clone(), dtype, dir: dir.to_path_buf() })
+    Ok(SafetensorsWeights { st, device: device.clone(), dtype, dir: dir.to_path_buf(), fp8: None })
 }
 
 fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -66,16 +72,42 @@ impl SafetensorsWeights {
         self.st.get(name).is_ok()
     }
 
+    /// The named tensor as stored, on the CPU.
+    fn raw(&self, name: &str) -> Result<Tensor> {
+        self.st.load(name, &Device::Cpu).map_err(|e| EngineError::model_load(self.dir.display().to_string(), format!("tensor {name}: {e}")))
+    }
+
     /// The named tensor, converted to the compute dtype on the compute device.
     pub fn tensor(&self, name: &str) -> Result<Tensor> {
-        let t = self.st.load(name, &Device::Cpu).map_err(|e| {
-            EngineError::model_load(self.dir.display().to_string(), format!("tensor {name}: {e}"))
-        })?;
+        let t = self.raw(name)?;
+        if t.dtype() == DType::F8E4M3 {
+            // Its scale lives beside it: only projections (`linear`) know how to read one.
+            return Err(EngineError::model_load(self.dir.display().to_string(), format!("tensor {name}: FP8 (F8_E4M3) is supported for linear layer weights only")));
+        }
         Ok(t.to_dtype(self.dtype)?.to_device(&self.device)?)
     }
 
+    /// A projection's weight: as stored, or an FP8 one times its scale (`weight_scale_inv` or
+    /// `weight_scale`), in the compute dtype on the compute device.
+    fn weight(&self, name: &str) -> Result<Tensor> {
+        let q = self.raw(name)?;
+        if q.dtype() != DType::F8E4M3 {
+            return Ok(q.to_dtype(self.dtype)?.to_device(&self.device)?);
+        }
+        let Some(fp8) = &self.fp8 else {
+            return Err(EngineError::model_load(self.dir.display().to_string(), format!("tensor {name} is FP8 (F8_E4M3) but config.json has no quantization_config saying how it is scaled")));
+        };
+        let base = name.strip_suffix("weight").unwrap_or(name);
+        let scale = [format!("{base}weight_scale_inv"), format!("{base}weight_scale")]
+            .into_iter()
+            .find(|s| self.contains(s))
+            .ok_or_else(|| EngineError::model_load(self.dir.display().to_string(), format!("FP8 tensor {name} has no {base}weight_scale_inv or {base}weight_scale")))?;
+        let w = crate::quant::fp8::dequantize(&q, &self.raw(&scale)?, fp8, name)?; // [out, in] f32
+        Ok(w.to_dtype(self.dtype)?.to_device(&self.device)?)
+    }
+
     pub fn linear(&self, name: &str, bias: bool) -> Result<Linear> {
-        let weight = Weight::Dense(self.tensor(&format!("{name}.weight"))?);
+        let weight = Weight::Dense(self.weight(&format!("{name}.weight"))?);
         let bias = if bias { Some(self.tensor(&format!("{name}.bias"))?) } else { None };
         Ok(Linear { weight, bias })
     }

@@ -184,6 +184,8 @@ pub struct ModelConfig {
     pub layers: Vec<LayerConfig>,
     /// The mixture of experts, for MoE architectures.
     pub moe: Option<MoeConfig>,
+    /// FP8 projections (HF `quantization_config`), dequantized at load.
+    pub fp8: Option<crate::quant::fp8::Fp8Config>,
 }
 
 impl ModelConfig {

@@ -2,4 +2,5 @@
 //! kernels that multiply quantized weights.
 
 pub mod cpu;
+pub mod fp8;
 pub mod group4;

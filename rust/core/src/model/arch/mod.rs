@@ -58,6 +58,7 @@ fn llama_defaults(arch: Architecture, s: Sizes, rms_norm_eps: f64, tie_word_embe
         ropes: Vec::new(),
         layers: vec![LayerConfig { attention: AttentionKind::Full, rope: 0 }; s.layers],
         moe: None,
+        fp8: None,
     }
 }
 
