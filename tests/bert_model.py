@@ -31,8 +31,9 @@ def write_safetensors(path: Path, tensors: Dict[str, np.ndarray]) -> None:
             f.write(np.ascontiguousarray(t, dtype="<f4").tobytes())
 
 
-def random_bert(rng: np.random.Generator) -> Dict[str, np.ndarray]:
-    c = BERT_CONFIG
+def random_bert(rng: np.random.Generator, c: Dict[str, Any] = BERT_CONFIG, pooler: bool = True) -> Dict[str, np.ndarray]:
+    """BertModel's tensors for config `c` (any BERT-family layout: XLM-R's is the same), std 0.2 so that every
+    input, positions included, moves the output well past float32 noise."""
     h, i = c["hidden_size"], c["intermediate_size"]
 
     def w(*shape: int) -> np.ndarray:
@@ -50,7 +51,8 @@ def random_bert(rng: np.random.Generator) -> Dict[str, np.ndarray]:
             t[f"{p}.{name}.weight"], t[f"{p}.{name}.bias"] = w(o, k), w(o)
         for name in ("attention.output.LayerNorm", "output.LayerNorm"):
             t[f"{p}.{name}.weight"], t[f"{p}.{name}.bias"] = 1 + w(h), w(h)
-    t["pooler.dense.weight"], t["pooler.dense.bias"] = w(h, h), w(h)  # present in checkpoints, unused
+    if pooler:
+        t["pooler.dense.weight"], t["pooler.dense.bias"] = w(h, h), w(h)  # present in checkpoints, unused
     return t
 
 

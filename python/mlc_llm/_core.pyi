@@ -32,11 +32,12 @@ class EmbeddingEngine:
 
     def __init__(self, model: str, device: str, max_batch_tokens: int = 2048) -> None: ...
     def info(self) -> str:
-        """JSON: {"model", "hidden_size", "model_type": "encoder" | "decoder", "max_batch_tokens", "device",
-        "eos_token_ids": [int]}."""
+        """JSON: {"model", "hidden_size", "model_type": "encoder" | "decoder", "max_batch_tokens" (per step),
+        "max_input_tokens", "device", "eos_token_ids": [int], "default_pooling": "last" | "mean" | "cls",
+        "frame": [cls_id, sep_id] | None (an encoder's framing tokens), "steps": forward passes so far}."""
     def tokenize(self, text: str, add_special_tokens: bool) -> List[int]: ...
     def embed(self, inputs: List[List[int]], pooling: str, normalize: bool) -> List[List[float]]:
-        """One vector per input (token ids, 1 to max_batch_tokens each); pooling: "last", "mean" or "cls"."""
+        """One vector per input (token ids, 1 to max_input_tokens each); pooling: "last", "mean" or "cls"."""
 
 class Engine:
     def __init__(self, model: str, device: str, config_json: str) -> None:

@@ -1,14 +1,16 @@
 """Sentence embeddings with MLC's embedding-engine API (`mlc_llm.serve.embedding_engine`), on the native
-`_core.EmbeddingEngine` (rust/core/src/embedding.rs).
+`_core.EmbeddingEngine` (rust/core/src/embedding/).
 
     engine = AsyncEmbeddingEngine(model, device="cpu")
     vectors, num_tokens = engine.embed(["first text", "second text"])       # or: await engine.async_embed(...)
 
-Decoder models (Qwen3-Embedding and other causal LMs trained for it) pool the last token's hidden state,
-after an end-of-text token where the tokenizer does not add one itself (the token such models are trained
-to summarise the input in). BERT-family encoders (BGE, MiniLM, E5: an HF directory with model_type "bert")
-pool the [CLS] token's, with [CLS] and [SEP] around the input as their tokenizer's post-processor puts
-them. Vectors are L2-normalized.
+Decoder models (Qwen3-Embedding and other causal LMs trained for it; HF, GGUF or MLC weights) pool the last
+token's hidden state, after an end-of-text token where the tokenizer does not add one itself (the token such
+models are trained to summarise the input in). BERT-family encoders (BGE, MiniLM, E5, RoBERTa, XLM-RoBERTa
+such as BGE-M3 and multilingual-e5: an HF directory with model_type "bert", "roberta" or "xlm-roberta", or a
+llama.cpp "bert" GGUF) pool as the model was trained to (its sentence-transformers pooling module or the GGUF's
+pooling_type; [CLS] when it says nothing), with [CLS] and [SEP] (<s> and </s>) around the input as their
+tokenizer's post-processor puts them. Vectors are L2-normalized. Many inputs run as one engine step.
 """
 
 import asyncio
@@ -43,30 +45,32 @@ class AsyncEmbeddingEngine:
         self.info: Dict[str, Any] = json.loads(self._core.info())
         self.model_type: str = self.info["model_type"]
         encoder = self.model_type == "encoder"
-        self.pooling_strategy = pooling_strategy or ("cls" if encoder else "last")
+        self.pooling_strategy = pooling_strategy or self.info["default_pooling"]
         # A decoder embedding model summarises the input in its end-of-text token (appended unless the
         # tokenizer's post-processor does); an encoder's input is framed by [CLS] and [SEP].
         eos = list(self.info.get("eos_token_ids") or [])
         probe = self._core.tokenize("test", True)
         self._eos: Optional[int] = None if encoder or not eos or (probe and probe[-1] in eos) else eos[0]
-        self._cls = self._single_token("[CLS]") if encoder else None
-        self._sep = self._single_token("[SEP]") if encoder else None
+        frame = self.info.get("frame")
+        self._cls: Optional[int] = frame[0] if frame else None
+        self._sep: Optional[int] = frame[1] if frame else None
         # One worker: the native engine runs one batch at a time anyway.
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedding")
         self._terminated = False
-
-    def _single_token(self, text: str) -> Optional[int]:
-        ids = list(self._core.tokenize(text, False))
-        return ids[0] if len(ids) == 1 else None
 
     @property
     def hidden_size(self) -> int:
         return int(self.info["hidden_size"])
 
+    @property
+    def steps(self) -> int:
+        """Forward passes the engine has run: inputs that fit one step together add one."""
+        return int(json.loads(self._core.info())["steps"])
+
     def tokenize(self, inputs: Sequence[Input]) -> List[List[int]]:
         """Token ids of each input as the model embeds it (strings tokenized, ids taken as they are),
         cut to the longest input the engine takes."""
-        limit = int(self.info["max_batch_tokens"])
+        limit = int(self.info["max_input_tokens"])
         out = []
         for item in inputs:
             if isinstance(item, str):

@@ -39,8 +39,9 @@ impl EmbeddingEngine {
         Ok(EmbeddingEngine { embedder: Mutex::new(embedder) })
     }
 
-    /// JSON: {"model", "hidden_size", "model_type": "encoder" | "decoder", "max_batch_tokens", "device",
-    /// "eos_token_ids": [int]}.
+    /// JSON: {"model", "hidden_size", "model_type": "encoder" | "decoder", "max_batch_tokens", "max_input_tokens", "device",
+    /// "eos_token_ids": [int], "default_pooling": "last" | "mean" | "cls", "frame": [cls, sep] | null,
+    /// "steps": forward passes run so far}.
     fn info(&self) -> PyResult<String> {
         let info = self
             .with(|e| {
@@ -49,8 +50,12 @@ impl EmbeddingEngine {
                     "hidden_size": e.hidden_size(),
                     "model_type": if e.is_encoder() { "encoder" } else { "decoder" },
                     "max_batch_tokens": e.max_batch_tokens(),
+                    "max_input_tokens": e.max_input_tokens(),
                     "device": format!("{:?}", e.device().location()),
                     "eos_token_ids": e.tokenizer().eos_token_ids(),
+                    "default_pooling": e.default_pooling().name(),
+                    "frame": e.frame().map(|(cls, sep)| [cls, sep]),
+                    "steps": e.steps(),
                 }))
             })
             .map_err(to_py)?;

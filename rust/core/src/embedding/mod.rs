@@ -1,12 +1,16 @@
 //! Sentence embeddings: MLC's embedding engine and OpenAI's `/v1/embeddings`, from a decoder model
-//! (Qwen3-Embedding and other causal LMs trained for it) or a BERT-family encoder (bert.rs).
+//! (Qwen3-Embedding and other causal LMs trained for it; HF, GGUF or MLC weights) or a BERT-family encoder
+//! (bert.rs: BERT, RoBERTa, XLM-RoBERTa from an HF directory, bert_hf.rs, or a llama.cpp `bert` GGUF,
+//! bert_gguf.rs).
 //!
 //! A decoder input is one full prefill through the model's decoder stack and final norm; its embedding
 //! is a pooling of those hidden states (the last token's for causal models, whose last position has seen
-//! the whole input; the first, [CLS], for encoders), optionally L2-normalized. Decoder inputs are batched
-//! into steps of at most `max_batch_tokens` tokens over a KV cache of that size, which every step reuses
-//! from block 0: nothing is kept between inputs, so results do not depend on what else is in the batch.
-//! An encoder runs one input at a time (its attention sees the whole input, so nothing is cached).
+//! the whole input; the first, [CLS], or the mean for encoders), optionally L2-normalized. Many inputs
+//! run as one step: decoder inputs are packed into steps over a KV cache of `max_batch_tokens` tokens
+//! (each input in whole blocks of its own), which every step reuses from block 0; encoder inputs, ordered
+//! by length, are
+//! padded into steps of at most `max_batch_tokens` padded tokens. Nothing is kept between inputs, so
+//! results do not depend on what else is in the batch.
 //!
 //! The embedder owns its own model and cache, apart from the generating engine (as MLC's
 //! `AsyncEmbeddingEngine` is), and runs on its caller's thread.
@@ -24,12 +28,22 @@ use crate::scheduler::{ScheduledSeq, SchedulerOutput};
 use crate::tokenizer::Tokenizer;
 
 pub mod bert;
+pub mod bert_gguf;
+pub mod bert_hf;
 
 const BLOCK_SIZE: usize = 16;
 
 enum Backbone {
     Decoder(ModelRunner),
-    Encoder(bert::Bert),
+    Encoder(Encoder),
+}
+
+struct Encoder {
+    bert: bert::Bert,
+    /// The ids framing an input ([CLS] / [SEP], <s> / </s>), where the model says.
+    frame: Option<(u32, u32)>,
+    /// The pooling the model was trained with (sentence-transformers' module, GGUF's pooling_type).
+    pooling: Pooling,
 }
 
 /// Which hidden states make an input's embedding.
@@ -52,6 +66,15 @@ impl Pooling {
             other => Err(EngineError::bad_request("pooling", format!("{other:?} is not one of last, mean, cls"))),
         }
     }
+
+    /// The name `parse` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Pooling::Last => "last",
+            Pooling::Mean => "mean",
+            Pooling::First => "cls",
+        }
+    }
 }
 
 /// A loaded embedding model: see the module documentation.
@@ -60,9 +83,13 @@ pub struct Embedder {
     vocab_size: usize,
     tokenizer: Arc<Tokenizer>,
     max_batch_tokens: usize,
+    /// The longest input: the step size, or an encoder's position table if shorter.
+    max_input_tokens: usize,
     hidden_size: usize,
     name: String,
     device: Device,
+    /// Forward passes run so far (one per step of many inputs).
+    steps: u64,
 }
 
 impl Embedder {
@@ -76,20 +103,18 @@ impl Embedder {
         let local = crate::hub::resolve(model)?;
         let path = local.as_ref().map(|p| p.to_string_lossy().into_owned()).unwrap_or_else(|| model.to_string());
         let dir = std::path::Path::new(&path);
-        if dir.is_dir() && bert::is_bert(dir) {
-            let encoder = bert::Bert::load(dir, &device)?;
-            let cfg = encoder.config().clone();
+        let display_name = || crate::hub::repo_id(model).unwrap_or_else(|| loader_name(dir));
+        if dir.is_dir() && bert_hf::is_encoder_dir(dir) {
+            let bert = bert_hf::load(dir, &device)?;
             let tokenizer = Tokenizer::from_hf_dir(dir)?;
-            let name = crate::hub::repo_id(model).unwrap_or_else(|| dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or(path.clone()));
-            return Ok(Embedder {
-                backbone: Backbone::Encoder(encoder),
-                vocab_size: cfg.vocab_size,
-                tokenizer: Arc::new(tokenizer),
-                max_batch_tokens: max_batch_tokens.min(cfg.max_position_embeddings),
-                hidden_size: cfg.hidden_size,
-                name,
-                device,
-            });
+            let frame = bert_hf::frame_texts(dir).and_then(|(c, s)| tokenizer.token_to_id(&c).zip(tokenizer.token_to_id(&s)));
+            let pooling = bert_hf::sentence_transformers_pooling(dir)?.unwrap_or(Pooling::First);
+            return Ok(Self::encoder(Encoder { bert, frame, pooling }, tokenizer, display_name(), device, max_batch_tokens));
+        }
+        if bert_gguf::is_bert_gguf(dir) {
+            let g = bert_gguf::load(dir, &device)?;
+            let encoder = Encoder { bert: g.bert, frame: g.frame, pooling: g.pooling.unwrap_or(Pooling::First) };
+            return Ok(Self::encoder(encoder, g.tokenizer, display_name(), device, max_batch_tokens));
         }
         let dtype = if device.is_cuda() { loader::native_dtype(&path).unwrap_or(DType::BF16) } else { DType::F32 };
         let loaded = loader::load(&path, &device, dtype, QuantMode::Dequantize)?;
@@ -105,10 +130,27 @@ impl Embedder {
             vocab_size: cfg.vocab_size,
             tokenizer: Arc::new(loaded.tokenizer),
             max_batch_tokens,
+            max_input_tokens: max_batch_tokens,
             hidden_size: cfg.hidden_size,
             name,
             device,
+            steps: 0,
         })
+    }
+
+    fn encoder(encoder: Encoder, tokenizer: Tokenizer, name: String, device: Device, max_batch_tokens: usize) -> Self {
+        let cfg = encoder.bert.config();
+        Embedder {
+            vocab_size: cfg.vocab_size,
+            max_batch_tokens,
+            max_input_tokens: max_batch_tokens.min(cfg.max_input_tokens()),
+            hidden_size: cfg.hidden_size,
+            backbone: Backbone::Encoder(encoder),
+            tokenizer: Arc::new(tokenizer),
+            name,
+            device,
+            steps: 0,
+        }
     }
 
     pub fn tokenizer(&self) -> &Arc<Tokenizer> {
@@ -123,9 +165,14 @@ impl Embedder {
         self.hidden_size
     }
 
-    /// The most tokens one input may have (and one step may run).
+    /// The most tokens one step may run (padding included for an encoder).
     pub fn max_batch_tokens(&self) -> usize {
         self.max_batch_tokens
+    }
+
+    /// The most tokens one input may have.
+    pub fn max_input_tokens(&self) -> usize {
+        self.max_input_tokens
     }
 
     pub fn device(&self) -> &Device {
@@ -137,14 +184,36 @@ impl Embedder {
         matches!(self.backbone, Backbone::Encoder(_))
     }
 
+    /// The pooling the model was trained with: the last token for a decoder; an encoder's own (its
+    /// sentence-transformers module or GGUF pooling_type), else [CLS].
+    pub fn default_pooling(&self) -> Pooling {
+        match &self.backbone {
+            Backbone::Decoder(_) => Pooling::Last,
+            Backbone::Encoder(e) => e.pooling,
+        }
+    }
+
+    /// The ids an encoder's input is framed by (its tokenizer's [CLS] and [SEP], or <s> and </s>).
+    pub fn frame(&self) -> Option<(u32, u32)> {
+        match &self.backbone {
+            Backbone::Decoder(_) => None,
+            Backbone::Encoder(e) => e.frame,
+        }
+    }
+
+    /// Forward passes run so far: a call with many inputs that fit one step adds one.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
     /// One embedding per input, in order. Every input needs at least one token and at most
-    /// `max_batch_tokens`.
+    /// `max_input_tokens`.
     pub fn embed(&mut self, inputs: &[Vec<u32>], pooling: Pooling, normalize: bool) -> Result<Vec<Vec<f32>>> {
         for (i, ids) in inputs.iter().enumerate() {
-            if ids.is_empty() || ids.len() > self.max_batch_tokens {
+            if ids.is_empty() || ids.len() > self.max_input_tokens {
                 return Err(EngineError::bad_request(
                     "input",
-                    format!("input {i} has {} tokens; it needs 1 to {}", ids.len(), self.max_batch_tokens),
+                    format!("input {i} has {} tokens; it needs 1 to {}", ids.len(), self.max_input_tokens),
                 ));
             }
             let vocab = self.vocab_size as u32;
@@ -152,17 +221,19 @@ impl Embedder {
                 return Err(EngineError::bad_request("input", format!("token id {bad} is not below the vocabulary size {vocab}")));
             }
         }
-        if let Backbone::Encoder(encoder) = &self.backbone {
-            return inputs.iter().map(|ids| self.finish(&encoder.forward(ids)?, &[ids.len()], pooling, normalize).map(|mut v| v.remove(0))).collect();
+        if matches!(self.backbone, Backbone::Encoder(_)) {
+            return self.embed_encoder(inputs, pooling, normalize);
         }
         let mut out = Vec::with_capacity(inputs.len());
         let mut start = 0;
         while start < inputs.len() {
-            // As many whole inputs as fit in one step.
+            // As many whole inputs as fit in one step: each input starts a fresh block, so the bound is the
+            // cache's blocks (counting tokens alone overflowed it with inputs of partial blocks).
+            let num_blocks = self.max_batch_tokens.div_ceil(BLOCK_SIZE);
             let mut end = start;
-            let mut tokens = 0;
-            while end < inputs.len() && tokens + inputs[end].len() <= self.max_batch_tokens {
-                tokens += inputs[end].len();
+            let mut blocks = 0;
+            while end < inputs.len() && blocks + inputs[end].len().div_ceil(BLOCK_SIZE) <= num_blocks {
+                blocks += inputs[end].len().div_ceil(BLOCK_SIZE);
                 end += 1;
             }
             out.extend(self.embed_step(&inputs[start..end], pooling, normalize)?);
@@ -194,12 +265,41 @@ impl Embedder {
             return Err(EngineError::Internal("a decoder step on an encoder".into()));
         };
         runner.execute(&step, SampleOn::Host)?;
+        self.steps += 1;
         let hidden = runner
             .last_hidden
             .take()
             .ok_or_else(|| EngineError::Internal("the model kept no hidden states".into()))?; // [num_tokens, hidden]
         let lens: Vec<usize> = inputs.iter().map(Vec::len).collect();
         self.finish(&hidden, &lens, pooling, normalize)
+    }
+
+    /// Encoder inputs in steps of at most `max_batch_tokens` padded tokens, shortest first so that a
+    /// step pads little; the vectors come back in the inputs' order.
+    fn embed_encoder(&mut self, inputs: &[Vec<u32>], pooling: Pooling, normalize: bool) -> Result<Vec<Vec<f32>>> {
+        let mut order: Vec<usize> = (0..inputs.len()).collect();
+        order.sort_by_key(|&i| inputs[i].len());
+        let mut out = vec![Vec::new(); inputs.len()];
+        let mut start = 0;
+        while start < order.len() {
+            // Sorted ascending: the step's padded size is its count times its last input's length.
+            let mut end = start + 1;
+            while end < order.len() && (end + 1 - start) * inputs[order[end]].len() <= self.max_batch_tokens {
+                end += 1;
+            }
+            let batch: Vec<&[u32]> = order[start..end].iter().map(|&i| inputs[i].as_slice()).collect();
+            let Backbone::Encoder(encoder) = &self.backbone else {
+                return Err(EngineError::Internal("an encoder step on a decoder".into()));
+            };
+            let hidden = encoder.bert.forward(&batch)?; // [sum(len), hidden]
+            self.steps += 1;
+            let lens: Vec<usize> = batch.iter().map(|ids| ids.len()).collect();
+            for (&i, v) in order[start..end].iter().zip(self.finish(&hidden, &lens, pooling, normalize)?) {
+                out[i] = v;
+            }
+            start = end;
+        }
+        Ok(out)
     }
 
     /// `hidden`: the stacked hidden states `[sum(lens), hidden]` of inputs of `lens` tokens -> pooled vectors.
@@ -219,6 +319,12 @@ impl Embedder {
         }
         Ok(out)
     }
+}
+
+/// The file or directory name a model is known by when it has no hub id.
+fn loader_name(path: &std::path::Path) -> String {
+    let stem = if path.is_dir() { path.file_name() } else { path.file_stem() };
+    stem.map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string())
 }
 
 /// `rows`: the input's hidden states `[len, hidden]`, len >= 1.

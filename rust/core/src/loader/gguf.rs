@@ -50,7 +50,7 @@ pub fn load(path: &Path, device: &Device, dtype: DType, quant: QuantMode) -> Res
 
 /// Checks every tensor info against the file before any tensor is read: candle trusts them, and a
 /// zero or huge dimension or an offset past the end would reach an allocation or a raw slice.
-fn check_tensor_infos(content: &gguf_file::Content, file_len: u64) -> std::result::Result<(), String> {
+pub(crate) fn check_tensor_infos(content: &gguf_file::Content, file_len: u64) -> std::result::Result<(), String> {
     for (name, info) in &content.tensor_infos {
         let dims = info.shape.dims();
         if dims.is_empty() || dims.len() > 4 || dims.contains(&0) {

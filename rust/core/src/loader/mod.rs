@@ -14,6 +14,7 @@ use candle_core::{DType, Device, Tensor};
 use std::path::{Path, PathBuf};
 
 pub use gguf::GgufWeights;
+pub(crate) use gguf::check_tensor_infos as check_gguf_tensor_infos;
 pub use mlc::MlcWeights;
 pub use mlc_config::{MlcChatConfig, Quantization};
 pub use safetensors::SafetensorsWeights;

@@ -361,9 +361,27 @@ pub(super) fn load(content: &Content, path: &Path) -> Result<TokenizerParts> {
                 super::spm::build(&vocab, &scores, add_space_prefix).map_err(|e| md.error(e))?;
             (inner, vocab.token_bytes(ByteSpelling::SentencePiece), true)
         }
+        // Encoders' vocabularies (BERT's WordPiece, XLM-RoBERTa's Unigram): their framing tokens
+        // ([CLS] / [SEP], <s> / </s>) are added by the embedding engine, not as BOS.
+        "bert" => {
+            let unk = md.id("tokenizer.ggml.unknown_token_id")?;
+            let inner = super::wpm::build(&vocab, unk).map_err(|e| md.error(e))?;
+            (inner, vocab.token_bytes(ByteSpelling::SentencePiece), false)
+        }
+        "t5" => {
+            let scores = md.floats("tokenizer.ggml.scores")?.ok_or_else(|| md.error("no tokenizer.ggml.scores"))?;
+            let charsmap = md.integers("tokenizer.ggml.precompiled_charsmap")?.map(|b| b.into_iter().map(|x| x as u8).collect::<Vec<u8>>());
+            let ws = super::ugm::Whitespace {
+                add_space_prefix: md.bool("tokenizer.ggml.add_space_prefix")?.unwrap_or(true),
+                remove_extra_whitespaces: md.bool("tokenizer.ggml.remove_extra_whitespaces")?.unwrap_or(false),
+            };
+            let unk = md.id("tokenizer.ggml.unknown_token_id")?;
+            let inner = super::ugm::build(&vocab, &scores, unk, charsmap.as_deref(), ws).map_err(|e| md.error(e))?;
+            (inner, vocab.token_bytes(ByteSpelling::SentencePiece), false)
+        }
         other => {
             return Err(EngineError::Unsupported(format!(
-                "GGUF tokenizer model '{other}' in {} (supported: gpt2, llama)",
+                "GGUF tokenizer model '{other}' in {} (supported: gpt2, llama, bert, t5)",
                 path.display()
             )))
         }

@@ -20,6 +20,8 @@ mod python_format;
 mod spm;
 mod template;
 mod token_bytes;
+mod ugm;
+mod wpm;
 
 use std::collections::HashSet;
 
