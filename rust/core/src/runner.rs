@@ -62,9 +62,12 @@ impl ModelRunner {
     /// when the model runs on a CUDA device (a no-op elsewhere). Returns whether graphs are on.
     pub fn enable_cuda_graphs(&mut self, max_batch: usize, max_context: usize) -> Result<bool> {
         #[cfg(feature = "cuda")]
-        // The mixture-of-experts layer routes tokens on the host (its top-k is read back every layer), which
-        // a CUDA graph cannot capture: MoE models decode eagerly until the routing runs on the device.
-        if self.model.device().is_cuda() && !crate::cuda_graph::disabled_by_env() && self.model.config().moe.is_none() {
+        // A mixture-of-experts layer on the host-routed path reads its top-k back every layer, which a CUDA
+        // graph cannot capture: such models decode eagerly. Fused layers (moe_cuda.rs) route on the device.
+        if self.model.device().is_cuda()
+            && !crate::cuda_graph::disabled_by_env()
+            && (self.model.config().moe.is_none() || crate::model::layers::moe_cuda::all_fused())
+        {
             self.graphs = Some(crate::cuda_graph::DecodeGraphs::new(self.model.as_ref(), &self.kv, max_batch, max_context)?);
             return Ok(true);
         }

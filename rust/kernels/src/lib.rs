@@ -311,3 +311,100 @@ pub fn q4_name(kernel: Q4Kernel, dtype: KernelDType) -> Option<&'static str> {
         (Q4Kernel::Dequant, F16) => "q4_dequant_f16",
     })
 }
+
+// ------------------------------------------------------------------------------------------------
+// The fused mixture of experts (kernels/moe.cu: routing, alignment, combine; kernels/moe_gemm.cu: the
+// grouped GEMM); the launches live in mlc_core::model::layers::moe_cuda.
+
+/// PTX of `kernels/moe.cu`.
+#[cfg(feature = "cuda")]
+pub use ptx::MOE as MOE_PTX;
+/// PTX of `kernels/moe_gemm.cu`.
+#[cfg(feature = "cuda")]
+pub use ptx::MOE_GEMM as MOE_GEMM_PTX;
+pub const MOE_MODULE: &str = "mlc_moe";
+pub const MOE_GEMM_MODULE: &str = "mlc_moe_gemm";
+/// `moe_route_f32(logits, ids, weights, tokens, experts, k, mode, norm)`, one warp per token.
+pub const MOE_ROUTE_FUNC: &str = "moe_route_f32";
+/// `moe_align_u32(ids, slots, experts, sorted, tile_expert, max_tiles)`, one block.
+pub const MOE_ALIGN_FUNC: &str = "moe_align_u32";
+/// Slots per token tile of the grouped GEMM (`MOE_TILE` / `MG_TOKENS`).
+pub const MOE_TILE: usize = 32;
+/// Most experts and most experts per token the routing takes (`MOE_MAX_EXPERTS`, `MOE_MAX_TOPK`).
+pub const MOE_MAX_EXPERTS: usize = 256;
+pub const MOE_MAX_TOPK: usize = 16;
+/// Tokens (warps) per block of the routing; threads of the alignment's one block and of the combine.
+pub const MOE_ROUTE_WARPS: u32 = 4;
+pub const MOE_ALIGN_THREADS: u32 = 512;
+pub const MOE_COMBINE_THREADS: u32 = 256;
+/// The routing kernel's `mode` (`MOE_SOFTMAX_TOPK`, `MOE_TOPK_SOFTMAX`).
+pub const MOE_ROUTE_SOFTMAX_TOPK: u32 = 0;
+pub const MOE_ROUTE_TOPK_SOFTMAX: u32 = 1;
+/// Weight rows per block of the grouped GEMM (`MG_ROWS`: 32 outputs in the gated modes), threads per
+/// block, K multiple of the dense and Q4_0 instances, dynamic shared memory of each.
+pub const MOE_GEMM_ROWS: usize = 64;
+pub const MOE_GEMM_THREADS: u32 = 128;
+pub const MOE_GEMM_DENSE_K_MULTIPLE: usize = 64;
+pub const MOE_GEMM_Q4_K_MULTIPLE: usize = 256;
+pub const MOE_GEMM_DENSE_SMEM_BYTES: u32 = 4 * (96 * 144) + 128;
+pub const MOE_GEMM_Q4_SMEM_BYTES: u32 = 2 * (64 * 144 + 32 * 528) + 128;
+
+/// The grouped GEMM's epilogue (`MG_PLAIN`, `MG_SILU`, `MG_SWIGLU`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoeGemmMode {
+    /// `out = acc (+ bias)`: the down projection.
+    Plain = 0,
+    /// Gate rows then up rows: `silu(gate) * up`.
+    Silu = 1,
+    /// gpt-oss's clamped SwiGLU (with alpha and limit as launch arguments).
+    ClampedSwiglu = 2,
+}
+
+/// Token tiles the grouped GEMM's grid holds for `slots` (tokens x top-k) over `experts`: each nonempty
+/// expert's run is padded to whole tiles, so at most `(slots + min(slots, experts) * (tile - 1)) / tile`.
+pub fn moe_max_tiles(slots: usize, experts: usize) -> usize {
+    (slots + slots.min(experts) * (MOE_TILE - 1)) / MOE_TILE
+}
+
+/// `moe_gemm_[q4_]<dtype>` (bf16 / f16 only).
+pub fn moe_gemm_name(dtype: KernelDType, q4: bool) -> Option<&'static str> {
+    Some(match (dtype, q4) {
+        (KernelDType::BF16, false) => "moe_gemm_bf16",
+        (KernelDType::F16, false) => "moe_gemm_f16",
+        (KernelDType::BF16, true) => "moe_gemm_q4_bf16",
+        (KernelDType::F16, true) => "moe_gemm_q4_f16",
+        (KernelDType::F32, _) => return None,
+    })
+}
+
+/// `moe_combine_<dtype>`.
+pub fn moe_combine_name(dtype: KernelDType) -> &'static str {
+    match dtype {
+        KernelDType::F32 => "moe_combine_f32",
+        KernelDType::BF16 => "moe_combine_bf16",
+        KernelDType::F16 => "moe_combine_f16",
+    }
+}
+
+#[cfg(test)]
+mod moe_tests {
+    use super::*;
+
+    #[test]
+    fn the_grid_holds_the_worst_routing() {
+        // One slot: one tile. Every slot on one expert: ceil(slots / tile). Spread over all experts: one
+        // partial tile each.
+        assert_eq!(moe_max_tiles(1, 128), 1);
+        assert_eq!(moe_max_tiles(8, 128), 8);
+        assert_eq!(moe_max_tiles(64, 4), (64 + 4 * 31) / 32);
+        for (slots, experts) in [(1usize, 4usize), (40, 4), (9 * 8, 128), (2048, 128), (16384, 128), (100, 8)] {
+            // Worst cases: all on one expert, or as many experts as possible with 1 slot and the rest on one.
+            let spread = slots.min(experts);
+            let worst = (spread - 1) + (slots - (spread - 1)).div_ceil(MOE_TILE);
+            assert!(moe_max_tiles(slots, experts) >= worst, "{slots} {experts}");
+            assert!(moe_max_tiles(slots, experts) >= slots.div_ceil(MOE_TILE));
+        }
+        assert_eq!(moe_gemm_name(KernelDType::BF16, true), Some("moe_gemm_q4_bf16"));
+        assert_eq!(moe_gemm_name(KernelDType::F32, false), None);
+    }
+}

@@ -83,6 +83,11 @@ impl Q4Weight {
         Ok(Q4Weight { blocks, n, k })
     }
 
+    /// `[n * k / 32 * 18]` u8: the raw blocks, row after row.
+    pub fn blocks(&self) -> &Tensor {
+        &self.blocks
+    }
+
     /// `[out, in]`.
     pub fn dims(&self) -> (usize, usize) {
         (self.n, self.k)

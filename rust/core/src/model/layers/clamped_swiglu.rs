@@ -35,6 +35,13 @@ impl ClampedSwigluExperts {
         })
     }
 
+    /// gate_up `[E, hidden, 2I]`, its bias `[E, 2I]`, down `[E, I, hidden]`, its bias `[E, hidden]` and the
+    /// activation's constants (the fused MoE on CUDA stacks them transposed).
+    #[cfg(feature = "cuda")]
+    pub(crate) fn parts(&self) -> (&Tensor, &Tensor, &Tensor, &Tensor, ClampedSwiglu) {
+        (&self.gate_up, &self.gate_up_bias, &self.down, &self.down_bias, self.act)
+    }
+
     /// Expert `e` on its tokens: `x: [n, hidden] -> [n, hidden]`.
     pub fn forward(&self, e: usize, x: &Tensor) -> Result<Tensor> {
         let gu = x.matmul(&self.gate_up.i(e)?)?.broadcast_add(&self.gate_up_bias.i(e)?)?; // [n, 2I]

@@ -32,6 +32,13 @@ impl GatedMlp {
         Ok(GatedMlp { gate_up, down: w.linear(down, false)?, act: cfg.activation })
     }
 
+    /// The stacked gate/up projection, the down projection and the activation (the fused MoE stacks its
+    /// experts' weights from them).
+    #[cfg(feature = "cuda")]
+    pub(crate) fn parts(&self) -> (&StackedLinear, &Linear, Activation) {
+        (&self.gate_up, &self.down, self.act)
+    }
+
     /// `x: [T, hidden] -> [T, hidden]`
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let act = match self.act {

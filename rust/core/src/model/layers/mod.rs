@@ -5,6 +5,8 @@ pub mod attention;
 pub mod clamped_swiglu;
 pub mod mlp;
 pub mod moe;
+#[cfg(feature = "cuda")]
+pub mod moe_cuda;
 pub mod norm;
 
 pub use attention::Attention;

@@ -8,10 +8,11 @@
 //! (gathered), its outputs are multiplied by their weights and added into the output in increasing
 //! expert order. Qwen2-MoE then adds the shared expert times sigmoid(shared_expert_gate(x)).
 //!
-//! The routing (top-k, grouping tokens by expert) runs on the host from one read-back of the
+//! Here the routing (top-k, grouping tokens by expert) runs on the host from one read-back of the
 //! probabilities per layer: the reference path, correct on every device. The experts' matmuls run on the
-//! tensors' device. A fused on-device MoE (tokens sorted by expert, one grouped GEMM) is the fast path to
-//! come; until then MoE models do not capture CUDA graphs (runner.rs).
+//! tensors' device. On CUDA, bf16 / f16 layers whose experts are dense or Q4_0 run the fused MoE instead
+//! (moe_cuda.rs: routing, sort by expert, grouped GEMMs, combine, all on the device, captured in CUDA
+//! graphs); its experts are stacked at load and the per-expert weights dropped.
 
 use super::clamped_swiglu::ClampedSwigluExperts;
 use super::mlp::GatedMlp;
@@ -31,6 +32,9 @@ pub struct MoeMlp {
     top_k: usize,
     norm_topk_prob: bool,
     routing: Routing,
+    /// The fused on-device path (CUDA, bf16 / f16, dense or Q4_0 experts); `experts` is then empty.
+    #[cfg(feature = "cuda")]
+    fused: Option<super::moe_cuda::FusedMoe>,
 }
 
 /// The experts of one layer: separate gated MLPs, or gpt-oss's fused tensors.
@@ -69,12 +73,88 @@ impl MoeMlp {
             Some(_) => Some((GatedMlp::load(cfg, w, &format!("{p}.shared_expert"))?, w.linear(&format!("{p}.shared_expert_gate"), false)?)),
             None => None,
         };
-        Ok(MoeMlp { router, experts, num_experts: m.num_experts, shared, top_k: m.top_k, norm_topk_prob: m.norm_topk_prob, routing: m.routing })
+        #[allow(unused_mut)]
+        let mut moe = MoeMlp {
+            router,
+            experts,
+            num_experts: m.num_experts,
+            shared,
+            top_k: m.top_k,
+            norm_topk_prob: m.norm_topk_prob,
+            routing: m.routing,
+            #[cfg(feature = "cuda")]
+            fused: None,
+        };
+        #[cfg(feature = "cuda")]
+        moe.fuse(m, cfg.hidden_size, p)?;
+        Ok(moe)
+    }
+
+    /// On CUDA, stacks the experts for the fused path where it applies (else says why, once per layer).
+    /// The compute dtype is the experts' (dense) or the router's (Q4_0 experts).
+    #[cfg(feature = "cuda")]
+    fn fuse(&mut self, m: &MoeConfig, hidden: usize, p: &str) -> Result<()> {
+        use super::moe_cuda::FusedMoe;
+        use crate::model::linear::Weight;
+        let router_dtype = match &self.router.weight {
+            Weight::Dense(w) if w.device().is_cuda() => Some(w.dtype()),
+            _ => None,
+        };
+        let built = match &self.experts {
+            Experts::Gated(v) => {
+                let Some(first) = v.first() else { return Ok(()) };
+                let dense = match first.parts().0 {
+                    crate::model::linear::StackedLinear::Stacked(l) => l.weight.clone(),
+                    crate::model::linear::StackedLinear::Separate(parts) => parts[0].weight.clone(),
+                };
+                let dtype = match &dense {
+                    Weight::Dense(w) if w.device().is_cuda() => w.dtype(),
+                    Weight::Q4Cuda(_) => match router_dtype {
+                        Some(d) => d,
+                        None => {
+                            super::moe_cuda::note_host_routed();
+                            return Ok(());
+                        }
+                    },
+                    _ => {
+                        // Other quantizations on CUDA (a dense router there says the device).
+                        if router_dtype.is_some() {
+                            super::moe_cuda::note_host_routed();
+                        }
+                        return Ok(());
+                    }
+                };
+                FusedMoe::from_gated(v, m, dtype, hidden)?
+            }
+            Experts::ClampedSwiglu(f) => {
+                if !f.parts().0.device().is_cuda() {
+                    return Ok(());
+                }
+                FusedMoe::from_clamped_swiglu(f, m, f.parts().0.dtype(), hidden)?
+            }
+        };
+        match built {
+            Ok(fused) => {
+                self.fused = Some(fused);
+                self.experts = Experts::Gated(Vec::new());
+            }
+            Err(why) => {
+                super::moe_cuda::note_host_routed();
+                log::info!("{p}: mixture of experts on the host-routed path ({why})");
+            }
+        }
+        Ok(())
     }
 
     /// `x: [T, hidden] -> [T, hidden]`
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let logits = self.router.forward(x)?.to_dtype(DType::F32)?; // [T, num_experts]
+        let logits = self.router.forward(x)?; // [T, num_experts]
+        #[cfg(feature = "cuda")]
+        if let Some(fused) = &self.fused {
+            let out = fused.forward(x, &logits)?;
+            return self.add_shared(x, out);
+        }
+        let logits = logits.to_dtype(DType::F32)?;
         let scores = match self.routing {
             Routing::SoftmaxTopK => candle_nn::ops::softmax_last_dim(&logits)?,
             Routing::TopKSoftmax => logits,
@@ -91,11 +171,18 @@ impl MoeMlp {
             let y = y.to_dtype(DType::F32)?.broadcast_mul(&weights)?.to_dtype(x.dtype())?;
             out = out.index_add(&idx, &y, 0)?;
         }
-        if let Some((mlp, gate)) = &self.shared {
-            let g = candle_nn::ops::sigmoid(&gate.forward(x)?)?; // [T, 1]
-            out = (out + mlp.forward(x)?.broadcast_mul(&g)?)?;
+        self.add_shared(x, out)
+    }
+
+    /// Qwen2-MoE: `out` plus the shared expert times sigmoid(its gate); else `out`.
+    fn add_shared(&self, x: &Tensor, out: Tensor) -> Result<Tensor> {
+        match &self.shared {
+            Some((mlp, gate)) => {
+                let g = candle_nn::ops::sigmoid(&gate.forward(x)?)?; // [T, 1]
+                Ok((out + mlp.forward(x)?.broadcast_mul(&g)?)?)
+            }
+            None => Ok(out),
         }
-        Ok(out)
     }
 }
 
