@@ -49,7 +49,7 @@ class Engine:
           "max_total_sequence_length": int|null, "prefill_chunk_size": int|null,
           "max_history_size": int|null, "gpu_memory_utilization": float|null,
           "kv_cache_page_size": int|null, "prefix_cache": bool, "enable_tracing": bool, "verbose": bool,
-          "kv_events": bool}
+          "kv_events": bool, "tensor_parallel_shards": int (default 1; more than 1: CPU only)}
         Raises ModelLoadError (missing / corrupt model), BadRequestError (bad configuration).
         """
     def info(self) -> str:

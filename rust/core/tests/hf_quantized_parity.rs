@@ -1,8 +1,11 @@
-//! FP8 checkpoints (block-scaled `fp8`, per-row `fbgemm_fp8`, per-tensor `compressed-tensors`) against HF
-//! transformers in f32 on the same FP8 weights, through the full engine core: prompts whole, chunked and
-//! batched, every logits row within 1e-4 relative and 32 greedy tokens identical.
-//! Fixtures: tests/fixtures/models/llama_fp8_*, made by tests/fixtures/gen_fp8_fixtures.py (the block one
-//! is transformers' own dequantizing reading of the file).
+//! Quantized HF checkpoints against HF transformers in f32 on the same quantized weights, through the full
+//! engine core: prompts whole, chunked and batched, every logits row within 1e-4 relative and 32 greedy
+//! tokens identical.
+//! - FP8 (block-scaled `fp8`, per-row `fbgemm_fp8`, per-tensor `compressed-tensors`): tests/fixtures/models/
+//!   llama_fp8_*, made by tests/fixtures/gen_fp8_fixtures.py (the block one is transformers' own
+//!   dequantizing reading of the file).
+//! - MXFP4 gpt-oss experts: tests/fixtures/models/gpt_oss_mxfp4, made by gen_mxfp4_fixtures.py; the
+//!   reference is transformers reading the file with Mxfp4Config(dequantize=True).
 
 mod common;
 
@@ -35,6 +38,11 @@ fn fbgemm_fp8_per_row_matches_transformers() {
 #[test]
 fn compressed_tensors_fp8_per_tensor_matches_transformers() {
     check("llama_fp8_tensor");
+}
+
+#[test]
+fn gpt_oss_mxfp4_experts_match_transformers() {
+    check("gpt_oss_mxfp4");
 }
 
 /// The scales are applied where they belong: reading the block fixture's scales as one per tensor (the

@@ -77,8 +77,17 @@ impl SafetensorsWeights {
         self.st.load(name, &Device::Cpu).map_err(|e| EngineError::model_load(self.dir.display().to_string(), format!("tensor {name}: {e}")))
     }
 
-    /// The named tensor, converted to the compute dtype on the compute device.
+    /// The named tensor, converted to the compute dtype on the compute device. A tensor stored as MXFP4
+    /// (`{name}_blocks` and `{name}_scales`, gpt-oss's experts) is dequantized: its rows `[E, out, in]`
+    /// are the transpose of the parameter transformers builds from them (`[E, in, out]`), which is what
+    /// the name means.
     pub fn tensor(&self, name: &str) -> Result<Tensor> {
+        if !self.contains(name) && self.contains(&format!("{name}_blocks")) {
+            let blocks = self.raw(&format!("{name}_blocks"))?;
+            let rows = crate::quant::mxfp4::dequantize(&blocks, &self.raw(&format!("{name}_scales"))?, name)?; // [E, out, in]
+            let t = if rows.rank() == 3 { rows.transpose(1, 2)?.contiguous()? } else { rows };
+            return Ok(t.to_dtype(self.dtype)?.to_device(&self.device)?);
+        }
         let t = self.raw(name)?;
         if t.dtype() == DType::F8E4M3 {
             // Its scale lives beside it: only projections (`linear`) know how to read one.

@@ -225,7 +225,10 @@ pub fn config_from_hf(text: &str, path: &str) -> Result<ModelConfig> {
     let model_type = c.str("model_type")?.map(String::from);
     let entry = by_hf(model_type.as_deref(), &architectures, path)?;
     let mut cfg = (entry.from_hf)(&c, entry.arch)?;
-    cfg.fp8 = crate::quant::fp8::read_config(&c)?;
+    // gpt-oss reads its own quantization_config (MXFP4 experts, arch/gpt_oss.rs).
+    if entry.arch != Architecture::GptOss {
+        cfg.fp8 = crate::quant::fp8::read_config(&c)?;
+    }
     c.finish()?;
     // Dynamic NTK exists to run past max_position_embeddings: the context it serves is factor times
     // longer (as vLLM derives it).

@@ -3,4 +3,5 @@
 
 pub mod cpu;
 pub mod fp8;
+pub mod mxfp4;
 pub mod group4;

@@ -71,18 +71,21 @@ pub fn from_hf(c: &HfConfig<'_>, arch: Architecture) -> Result<ModelConfig> {
     Ok(cfg)
 }
 
-/// The published gpt-oss checkpoints keep their experts in MXFP4; only unquantized (bf16 / f32)
-/// checkpoints load for now. Reading the key here takes it off `HfConfig::finish`'s list, so any other
-/// quantization is refused here too.
+/// The published gpt-oss checkpoints keep their experts in MXFP4 (`quant_method: "mxfp4"`): read, and
+/// dequantized at load by the safetensors reader (`*_blocks` / `*_scales`, quant/mxfp4.rs). Reading the
+/// key here takes it off `HfConfig::finish`'s list, so any other quantization is refused here.
 fn refuse_quantization(c: &HfConfig<'_>) -> Result<()> {
     let Some(q) = c.get("quantization_config") else { return Ok(()) };
     if q.as_object().is_some_and(|o| o.is_empty()) || q.as_bool() == Some(false) {
         return Ok(());
     }
-    Err(match q.get("quant_method").and_then(|m| m.as_str()) {
-        Some("mxfp4") => c.err("quantization_config: MXFP4 expert weights (quant_method \"mxfp4\") are not supported yet; use a dequantized (bf16) checkpoint"),
-        _ => c.err(format!("config key \"quantization_config\" ({q}) is not supported")),
-    })
+    match q.get("quant_method").and_then(|m| m.as_str()) {
+        Some("mxfp4") => match q.as_object().and_then(|o| o.keys().find(|k| !["quant_method", "modules_to_not_convert", "dequantize"].contains(&k.as_str()))) {
+            Some(k) => Err(c.err(format!("config key \"quantization_config\": key {k:?} of quant_method \"mxfp4\" is not supported"))),
+            None => Ok(()),
+        },
+        _ => Err(c.err(format!("config key \"quantization_config\" ({q}) is not supported"))),
+    }
 }
 
 /// No GGUF reader yet (llama.cpp's `gpt-oss` files): the registry row names no GGUF architecture, so
