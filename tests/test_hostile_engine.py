@@ -84,7 +84,7 @@ def _arg_cases(tmp: Path) -> Iterator[Case]:
                   str(tmp / "empty.gguf"), str(tmp / "text.gguf"), 123, None, "x" * 5000, "bad\x00path"):
         yield {"name": f"model {str(model)[:40]!r}", "model": model, "kwargs": {}}
     configs = [
-        {"tensor_parallel_shards": 2}, {"kv_state_kind": "rnn"}, {"prefix_cache_mode": "lru"},
+        {"tensor_parallel_shards": 3}, {"tensor_parallel_shards": 0}, {"kv_state_kind": "rnn"}, {"prefix_cache_mode": "lru"},
         {"kv_cache_page_size": 0}, {"kv_cache_page_size": 2**40}, {"kv_cache_page_size": 2**64},
         {"max_single_sequence_length": 10}, {"sliding_window_size": 5}, {"max_num_sequence": 2**50},
     ]

@@ -90,6 +90,7 @@ class EngineArgs:
     quantized_matmul: Optional[bool] = None
     cuda_graph: bool = True
     kv_events: bool = False
+    tensor_parallel_shards: Optional[int] = None
 
     def core_config(self) -> Dict[str, Any]:
         """The `config_json` object of `_core.Engine` (see _core.pyi)."""
@@ -115,6 +116,8 @@ class EngineArgs:
             config["cuda_graph"] = False
         if self.kv_events:
             config["kv_events"] = True
+        if self.tensor_parallel_shards is not None:
+            config["tensor_parallel_shards"] = self.tensor_parallel_shards
         return config
 
 
@@ -153,14 +156,13 @@ def merge_engine_config(args: EngineArgs, config: Optional[EngineConfig]) -> Eng
     merged.verbose = args.verbose and config.verbose
     merged.quantized_matmul = None if config.quantized_matmul is None else bool(config.quantized_matmul)
     merged.cuda_graph = bool(config.cuda_graph)
+    merged.tensor_parallel_shards = config.tensor_parallel_shards
     return merged
 
 
 def _reject_unsupported_config(config: EngineConfig) -> None:
-    for name in ("tensor_parallel_shards", "pipeline_parallel_stages"):
-        value = getattr(config, name)
-        if value is not None and value != 1:
-            raise UnsupportedError(f"{name} > 1 (multi-GPU) is not supported yet", name)
+    if config.pipeline_parallel_stages is not None and config.pipeline_parallel_stages != 1:
+        raise UnsupportedError("pipeline_parallel_stages > 1 (multi-GPU) is not supported yet", "pipeline_parallel_stages")
     for name in ("sliding_window_size", "attention_sink_size", "max_single_sequence_length"):
         value = getattr(config, name)
         if value is not None and value != -1:
@@ -206,6 +208,7 @@ def validate_engine_args(args: EngineArgs) -> None:
         raise BadRequestError(f"gpu_memory_utilization must be in (0, 1], got {util!r}", "gpu_memory_utilization")
     if args.kv_cache_page_size is not None:
         _check_positive_int("kv_cache_page_size", args.kv_cache_page_size)
+    _check_tensor_parallel(args)
     _check_model_lib(args.model_lib, args.verbose)
 
 
@@ -239,6 +242,20 @@ def _is_int(value: Any) -> bool:
 def _check_positive_int(name: str, value: Any) -> None:
     if value is not None and (not _is_int(value) or value < 1):
         raise BadRequestError(f"{name} must be a positive integer, got {value!r}", name)
+
+
+def _check_tensor_parallel(args: EngineArgs) -> None:
+    """More than one shard runs on the CPU as in-process ranks (the sharded model's math, no speed-up);
+    GPUs would need NCCL ranks, one per GPU, which the engine does not run yet. Whether the model splits
+    into that many shards (heads, KV heads, MLP widths) is checked by the core when it loads."""
+    shards = args.tensor_parallel_shards
+    _check_positive_int("tensor_parallel_shards", shards)
+    if shards is not None and shards > 1 and args.device.split(":")[0] != "cpu":
+        raise UnsupportedError(
+            f"tensor_parallel_shards={shards} runs on device='cpu' only (in-process ranks); multi-GPU tensor "
+            "parallelism (NCCL ranks, one per GPU) is not run by this engine yet",
+            "tensor_parallel_shards",
+        )
 
 
 def _check_model_lib(model_lib: Optional[str], verbose: bool) -> None:

@@ -1,7 +1,7 @@
 //! Tensor parallelism: the pieces a model is sharded with, independent of how ranks talk.
 //!
 //! - [`Communicator`] (comm.rs): all-reduce and all-gather between the ranks of one model. NCCL between
-//!   GPUs is one implementation (to come); [`LocalGroup`] runs N ranks as threads of one process on any
+//!   GPUs is one implementation (nccl.rs, feature `nccl`); [`LocalGroup`] runs N ranks as threads of one process on any
 //!   device, which is how CI checks on the CPU that the sharded math equals the unsharded one.
 //! - Sharding rules (shard.rs), Megatron-style: a column-parallel linear splits its output rows (q/k/v
 //!   by heads, gate/up by intermediate rows, lm_head by vocabulary) and needs no communication; a
@@ -13,9 +13,13 @@
 //! holds `1 / world` of the weights and of the KV heads.
 
 mod comm;
+#[cfg(feature = "nccl")]
+mod nccl;
 mod shard;
 #[cfg(test)]
 mod tests;
 
 pub use comm::{Communicator, LocalComm, LocalGroup};
+#[cfg(feature = "nccl")]
+pub use nccl::{NcclComm, NcclId};
 pub use shard::{shard_cols, shard_rows, ColumnParallel, RowParallel, VocabParallelEmbedding};
