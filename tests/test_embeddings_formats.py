@@ -96,6 +96,25 @@ def test_roberta_positions_must_start_after_padding(tmp_path: Path) -> None:
     engine.terminate()
 
 
+@pytest.mark.parametrize(
+    "edit, named",
+    [
+        (("config.json", {"position_embedding_type": "relative_key"}), "position_embedding_type"),
+        (("config.json", {"pad_token_id": None}), "pad_token_id"),
+        (("config.json", {"hidden_act": "relu"}), "hidden_act"),
+        (("1_Pooling/config.json", {"pooling_mode_max_tokens": True, "pooling_mode_mean_tokens": False}), "pooling_mode_max_tokens"),
+    ],
+)
+def test_settings_that_change_the_math_are_refused_by_name(tmp_path: Path, edit: Any, named: str) -> None:
+    from mlc_llm.protocol.errors import ModelLoadError
+
+    shutil.copytree(XLMR_DIR, tmp_path / "m")
+    path = tmp_path / "m" / edit[0]
+    path.write_text(json.dumps({**json.loads(path.read_text()), **edit[1]}))
+    with pytest.raises(ModelLoadError, match=named):
+        AsyncEmbeddingEngine(str(tmp_path / "m"), device="cpu")
+
+
 def test_qwen3_gguf_last_token_matches_transformers(engines: Dict[str, AsyncEmbeddingEngine]) -> None:
     ref, engine = REF["qwen3_gguf"], engines["qwen3_gguf"]
     assert engine.model_type == "decoder" and engine.pooling_strategy == "last"
