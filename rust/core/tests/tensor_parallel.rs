@@ -61,7 +61,7 @@ fn token(i: usize, vocab: usize) -> u32 {
 
 /// One step: `(seq, first position, count)` runs -> the inputs and metadata of the step; sampled rows
 /// are each run's last token.
-fn step_inputs(runs: &[(usize, usize, usize)], vocab: usize) -> (Tensor, Tensor, Tensor, AttentionMetadata) {
+fn step_inputs(runs: &[(usize, usize, usize)], vocab: usize, device: &Device) -> (Tensor, Tensor, Tensor, AttentionMetadata) {
     let (mut toks, mut pos, mut slots, mut seqs, mut rows) = (vec![], vec![], vec![], vec![], vec![]);
     for &(seq, first, n) in runs {
         let blocks: Vec<u32> = (0..4).map(|b| (seq * 4 + b) as u32).collect();
@@ -73,7 +73,7 @@ fn step_inputs(runs: &[(usize, usize, usize)], vocab: usize) -> (Tensor, Tensor,
         }
         rows.push((toks.len() - 1) as u32);
     }
-    let t = |v: Vec<u32>| Tensor::new(v.as_slice(), &Device::Cpu).unwrap();
+    let t = |v: Vec<u32>| Tensor::new(v.as_slice(), device).unwrap();
     (t(toks), t(pos), t(rows), AttentionMetadata { slot_mapping: slots, seqs, block_size: BLOCK })
 }
 
@@ -81,7 +81,7 @@ fn step_inputs(runs: &[(usize, usize, usize)], vocab: usize) -> (Tensor, Tensor,
 /// in a forward call of its own (the same math, other matmul shapes: the unsharded model's own rounding
 /// spread).
 fn run(model: &dyn CausalLm, layer_cfg: &ModelConfig, vocab: usize, apart: bool) -> Vec<Vec<f32>> {
-    let kv = PagedKvCache::new(layer_cfg.num_hidden_layers, 8, BLOCK, layer_cfg.num_key_value_heads, layer_cfg.head_dim, DType::F32, &Device::Cpu).unwrap();
+    let kv = PagedKvCache::new(layer_cfg.num_hidden_layers, 8, BLOCK, layer_cfg.num_key_value_heads, layer_cfg.head_dim, model.dtype(), model.device()).unwrap();
     let mut steps = vec![PROMPTS.iter().enumerate().map(|(s, &n)| (s, 0, n)).collect::<Vec<_>>()];
     steps.extend((0..DECODE_STEPS).map(|d| PROMPTS.iter().enumerate().map(|(s, &n)| (s, n + d, 1)).collect()));
     let mut rows = Vec::new();
@@ -90,7 +90,7 @@ fn run(model: &dyn CausalLm, layer_cfg: &ModelConfig, vocab: usize, apart: bool)
         false => steps,
     };
     for runs in calls {
-        let (toks, pos, sample, meta) = step_inputs(&runs, vocab);
+        let (toks, pos, sample, meta) = step_inputs(&runs, vocab, model.device());
         let step = kv.prepare(meta).unwrap();
         let logits = model.forward(&toks, &pos, &sample, &kv, &step).unwrap(); // [sequences, vocab]
         rows.extend(logits.to_vec2::<f32>().unwrap());
@@ -257,4 +257,69 @@ fn cuda_refuses_more_than_one_shard_by_name() {
     // On the CPU, 4 ranks keep a copy of each of the 2 KV heads on 2 ranks: the caches hold 4 in all.
     assert_eq!(mlc_core::model::sharded::sizing_config(&loaded.config, 4, false).unwrap().num_key_value_heads, 4);
     assert_eq!(mlc_core::model::sharded::sizing_config(&loaded.config, 1, true).unwrap().num_key_value_heads, 2);
+}
+
+/// NCCL between two GPUs (feature `nccl`, run on a host with at least 2): the collectives, and the
+/// llama and Qwen3 fixtures sharded over 2 GPUs against the unsharded model on the first, in f32.
+#[cfg(feature = "nccl")]
+mod nccl {
+    use super::*;
+    use mlc_core::parallel::{Communicator, NcclComm};
+
+    const WORLD: usize = 2;
+
+    /// Runs `f(rank, device, communicator)` on one thread per GPU; rank 0's result first.
+    fn on_gpus<T: Send>(f: impl Fn(usize, Device, Arc<dyn Communicator>) -> T + Sync) -> Vec<T> {
+        let id = NcclComm::unique_id().unwrap();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..WORLD)
+                .map(|rank| {
+                    let f = &f;
+                    s.spawn(move || {
+                        let device = Device::new_cuda(rank).expect("this test needs 2 CUDA devices");
+                        let comm = NcclComm::new(device.as_cuda_device().unwrap(), rank, WORLD, id).unwrap();
+                        f(rank, device, Arc::new(comm))
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    }
+
+    #[test]
+    fn nccl_all_reduce_and_all_gather() {
+        let outs = on_gpus(|rank, device, comm| {
+            let x = Tensor::new(&[[rank as f32, 1.0], [2.0, 10.0 * rank as f32]], &device).unwrap(); // [2, 2]
+            let sum = comm.all_reduce_sum(&x).unwrap().to_vec2::<f32>().unwrap();
+            let g1 = comm.all_gather(&x, 1).unwrap().to_vec2::<f32>().unwrap();
+            let bf = comm.all_reduce_sum(&x.to_dtype(DType::BF16).unwrap()).unwrap().to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap();
+            (sum, g1, bf)
+        });
+        for (sum, g1, bf) in outs {
+            assert_eq!(sum, vec![vec![1.0, 2.0], vec![4.0, 10.0]]);
+            assert_eq!(bf, sum);
+            assert_eq!(g1, vec![vec![0.0, 1.0, 1.0, 1.0], vec![2.0, 0.0, 2.0, 10.0]]);
+        }
+    }
+
+    #[test]
+    fn fixtures_sharded_over_2_gpus_give_the_unsharded_logits() {
+        for name in ["llama", "qwen3", "gemma3"] {
+            let dir = fixtures().join("models").join(name);
+            let gpu0 = Device::new_cuda(0).unwrap();
+            let loaded = loader::load(dir.to_str().unwrap(), &gpu0, DType::F32, QuantMode::Dequantize).unwrap();
+            let cfg = loaded.config.clone();
+            let whole = DecoderModel::load(&cfg, &loaded.weights, &gpu0, DType::F32).unwrap();
+            let want = run(&whole, &cfg, cfg.vocab_size, false);
+            let outs = on_gpus(|_, device, comm| {
+                let l = loader::load(dir.to_str().unwrap(), &device, DType::F32, QuantMode::Dequantize).unwrap();
+                let m = DecoderModel::load_sharded(&cfg, &l.weights, &device, DType::F32, comm).unwrap();
+                run(&m, m.layer_config(), cfg.vocab_size, false)
+            });
+            assert!(outs.iter().all(|o| *o == outs[0]), "{name}: the ranks' logits differ");
+            let worst = outs[0].iter().zip(&want).map(|(g, w)| rel(g, w)).fold(0f32, f32::max);
+            eprintln!("{name}: 2 GPUs vs 1, worst relative logit error {worst:e}");
+            assert!(worst < 1e-4, "{name}: {worst:e}");
+        }
+    }
 }
