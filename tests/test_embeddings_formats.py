@@ -67,6 +67,12 @@ def test_bert_gguf_matches_transformers(engines: Dict[str, AsyncEmbeddingEngine]
     hf = AsyncEmbeddingEngine(str(tmp_path / "bert"), device="cpu")
     assert np.allclose(hf.embed(ref["texts"])[0], vectors, atol=1e-5)
     hf.terminate()
+    # A directory holding just the GGUF loads as the file does.
+    (tmp_path / "gguf-dir").mkdir()
+    shutil.copy(BERT_GGUF, tmp_path / "gguf-dir")
+    in_dir = AsyncEmbeddingEngine(str(tmp_path / "gguf-dir"), device="cpu")
+    assert in_dir.model_type == "encoder" and np.allclose(in_dir.embed(ref["texts"])[0], vectors, atol=1e-7)
+    in_dir.terminate()
 
 
 @pytest.mark.parametrize("name", ["xlmr_dir", "xlmr_gguf"])

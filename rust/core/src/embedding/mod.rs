@@ -111,8 +111,10 @@ impl Embedder {
             let pooling = bert_hf::sentence_transformers_pooling(dir)?.unwrap_or(Pooling::First);
             return Ok(Self::encoder(Encoder { bert, frame, pooling }, tokenizer, display_name(), device, max_batch_tokens));
         }
-        if bert_gguf::is_bert_gguf(dir) {
-            let g = bert_gguf::load(dir, &device)?;
+        // A GGUF file, or a directory holding just one (as the loader takes it).
+        let gguf = if dir.is_dir() && !dir.join("config.json").exists() { single_gguf(dir) } else { Some(dir.to_path_buf()) };
+        if let Some(file) = gguf.filter(|f| bert_gguf::is_bert_gguf(f)) {
+            let g = bert_gguf::load(&file, &device)?;
             let encoder = Encoder { bert: g.bert, frame: g.frame, pooling: g.pooling.unwrap_or(Pooling::First) };
             return Ok(Self::encoder(encoder, g.tokenizer, display_name(), device, max_batch_tokens));
         }
@@ -319,6 +321,13 @@ impl Embedder {
         }
         Ok(out)
     }
+}
+
+/// The one `.gguf` file in `dir`, if it holds exactly one.
+fn single_gguf(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    let mut found = std::fs::read_dir(dir).ok()?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "gguf"));
+    let first = found.next()?;
+    found.next().is_none().then_some(first)
 }
 
 /// The file or directory name a model is known by when it has no hub id.
