@@ -309,8 +309,10 @@ def main() -> None:
     t_begin = time.time()
     deadline = t_begin + args.budget_s
     shape = shapes.SHAPES[args.shape]
-    if shapes.arch(shape) != "llama" and (args.gguf_q4 or args.mlc_q4):
-        ap.error(f"--gguf-q4 / --mlc-q4 write Llama files only; shape {args.shape} is {shapes.arch(shape)}")
+    if shapes.arch(shape) != "llama" and args.gguf_q4:
+        ap.error(f"--gguf-q4 writes Llama files only; shape {args.shape} is {shapes.arch(shape)}")
+    if shapes.arch(shape) not in ("llama", "qwen3_moe") and args.mlc_q4:
+        ap.error(f"--mlc-q4: no q4f16_1 conversion tried for arch {shapes.arch(shape)} (llama, qwen3_moe)")
     model_dir = args.model_dir or f"/tmp/mlc_bench_{args.shape}"
     gguf_path = model_dir.rstrip("/") + f"_{args.gguf_type}.gguf" if args.gguf_q4 else None
     mlc_dir = model_dir.rstrip("/") + "_q4f16_1-MLC" if args.mlc_q4 else None

@@ -101,6 +101,20 @@ def _hf_config(a: dict):
             hidden_activation=shape["hidden_activation"],
         )
         return cfg, Gemma2ForCausalLM
+    if arch == "qwen3_moe":
+        from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+        cfg = Qwen3MoeConfig(
+            **common,
+            head_dim=shape["head_dim"],
+            moe_intermediate_size=shape["moe_intermediate_size"],
+            num_experts=shape["num_experts"],
+            num_experts_per_tok=shape["num_experts_per_tok"],
+            norm_topk_prob=True,
+            decoder_sparse_step=1,
+            mlp_only_layers=[],
+        )
+        return cfg, Qwen3MoeForCausalLM
     raise ValueError(f"no random-model recipe for arch {arch!r}")
 
 

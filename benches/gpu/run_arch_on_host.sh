@@ -21,6 +21,12 @@ SITE=${SITE:-/tmp/site}
 LIMIT_S=${LIMIT_S:-570}
 PARITY_LIMIT_S=${PARITY_LIMIT_S:-240}
 SHAPE=${SHAPE:-gemma2-9b}
+# Set by run_moe_on_host.sh, which runs this script on another test and shape: the GPU test file, and the
+# stems of its logs, of the setup log and of the benchmark's outputs.
+TEST=${TEST:-tests/gpu/test_arch_parity.py}
+TEST_NAME=${TEST_NAME:-arch_parity}
+NAME=${NAME:-gemma2_9b}
+SETUP_NAME=${SETUP_NAME:-gemma2}
 mkdir -p "$OUT"
 t0=$(date +%s)
 
@@ -60,28 +66,28 @@ fi
 cat /tmp/import.log
 
 # 1. the benchmark's model, in the background
-"$PY" benches/bench_gpu.py --shape "$SHAPE" --torch-python "$PY" --out /tmp/gemma2_setup.json "$@" --only setup \
-    > "$OUT/gemma2_setup.log" 2>&1 &
+"$PY" benches/bench_gpu.py --shape "$SHAPE" --torch-python "$PY" --out "/tmp/${SETUP_NAME}_setup.json" "$@" --only setup \
+    > "$OUT/${SETUP_NAME}_setup.log" 2>&1 &
 setup_pid=$!
 
 # 2. parity of every architecture (the installed package only: --confcutdir keeps tests/conftest.py out)
-MLC_REQUIRE_GPU=1 MLC_GPU_RESULTS="$OUT/arch_parity.jsonl" PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" timeout "$PARITY_LIMIT_S" \
-    "$PY" -m pytest -m gpu tests/gpu/test_arch_parity.py -v -s -rs -p no:cacheprovider -o pythonpath= \
-    --confcutdir=tests/gpu > "$OUT/arch_parity.log" 2>&1
+MLC_REQUIRE_GPU=1 MLC_GPU_RESULTS="$OUT/$TEST_NAME.jsonl" PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" timeout "$PARITY_LIMIT_S" \
+    "$PY" -m pytest -m gpu "$TEST" -v -s -rs -p no:cacheprovider -o pythonpath= \
+    --confcutdir=tests/gpu > "$OUT/$TEST_NAME.log" 2>&1
 parity_rc=$?
 echo "[run_arch] parity rc=$parity_rc after $(( $(date +%s) - t0 )) s"
-grep -E '^(arch |-{20}|[a-z0-9]+ +[0-9.-]+ )|passed|failed' "$OUT/arch_parity.log" | tail -n 14
+grep -E '^(arch |-{20}|[a-z0-9]+ +[0-9.-]+ )|passed|failed' "$OUT/$TEST_NAME.log" | tail -n 14
 
 wait "$setup_pid"
-echo "[run_arch] setup rc=$? after $(( $(date +%s) - t0 )) s: $(grep -E 'phase setup:' "$OUT/gemma2_setup.log" | tail -n 1)"
+echo "[run_arch] setup rc=$? after $(( $(date +%s) - t0 )) s: $(grep -E 'phase setup:' "$OUT/${SETUP_NAME}_setup.log" | tail -n 1)"
 
 # 3. the benchmark, with what is left
 left=$(( LIMIT_S - ($(date +%s) - t0) - 10 ))
 echo "[run_arch] benchmark budget ${left} s"
 BENCH_ENGINE_PYTHONPATH="$SITE" "$PY" benches/bench_gpu.py --shape "$SHAPE" --batches 1,16,64,256 --hf-batches 1,64,16 \
-    --budget-s "$left" --torch-python "$PY" --out "$OUT/bench_gemma2_9b.json" "$@" > "$OUT/bench_gemma2_9b.log" 2>&1
+    --budget-s "$left" --torch-python "$PY" --out "$OUT/bench_$NAME.json" "$@" > "$OUT/bench_$NAME.log" 2>&1
 bench_rc=$?
-sed -n '/^device:/,$p' "$OUT/bench_gemma2_9b.log"
+sed -n '/^device:/,$p' "$OUT/bench_$NAME.log"
 echo "[run_arch] bench rc=$bench_rc; parity rc=$parity_rc; $(( $(date +%s) - t0 )) s in all"
 [[ $parity_rc == 0 && $bench_rc == 0 ]]
 }

@@ -99,7 +99,32 @@ SHAPES: Dict[str, dict] = {
         tie_word_embeddings=True,
         norms_per_layer=4,
     ),
+    # Qwen/Qwen3-30B-A3B's config.json: 48 layers of 128 experts (768 wide), 8 per token, no shared expert;
+    # q/k RMSNorm per head. "-24l": its first 24 layers (the same per-layer work; half the 61 GB of bf16
+    # weights, so the random model, its q4f16_1 conversion and both engines fit one device call).
+    "qwen3-30b-a3b": dict(
+        arch="qwen3_moe",
+        hidden_size=2048,
+        num_hidden_layers=48,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        head_dim=128,
+        intermediate_size=6144,
+        moe_intermediate_size=768,
+        num_experts=128,
+        num_experts_per_tok=8,
+        vocab_size=151936,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        max_position_embeddings=8192,
+        tie_word_embeddings=False,
+    ),
 }
+SHAPES["qwen3-30b-a3b-24l"] = {**SHAPES["qwen3-30b-a3b"], "num_hidden_layers": 24}
+# Quick runs and CPU tests of the mixture: the same structure, a few MB of weights.
+SHAPES["qwen3-moe-tiny"] = {**SHAPES["qwen3-30b-a3b"], "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+                            "num_key_value_heads": 2, "head_dim": 64, "intermediate_size": 512, "moe_intermediate_size": 256,
+                            "num_experts": 16, "num_experts_per_tok": 4, "vocab_size": 4096}
 
 Q4_0_BYTES_PER_WEIGHT = 18 / 32  # ggml block_q4_0: one f16 scale + 32 4-bit values
 
@@ -148,7 +173,16 @@ def counts(shape: dict) -> dict:
     layers = shape["num_hidden_layers"]
     vocab = shape["vocab_size"]
     # q, k, v, o (q and o are nh * hd wide, not h) + gate, up, down
-    per_layer_linear = h * nh * hd + 2 * h * kvh * hd + nh * hd * h + 3 * h * ffn
+    attn = h * nh * hd + 2 * h * kvh * hd + nh * hd * h
+    if is_moe(shape):
+        # per token: attention, the router and its top-k experts (what the flops count); every expert
+        # exists (total_params) and a step reads the experts its batch touches (weight_bytes_per_step).
+        expert = 3 * h * shape["moe_intermediate_size"]
+        per_layer_linear = attn + h * shape["num_experts"] + shape["num_experts_per_tok"] * expert
+        all_experts = layers * (shape["num_experts"] - shape["num_experts_per_tok"]) * expert
+    else:
+        per_layer_linear = attn + 3 * h * ffn
+        all_experts = 0
     norms = layers * shape.get("norms_per_layer", 2) * h + h
     embed = vocab * h
     lm_head = 0 if shape["tie_word_embeddings"] else vocab * h
@@ -158,15 +192,31 @@ def counts(shape: dict) -> dict:
         layer_linear_params=layers * per_layer_linear,
         norm_params=norms,
         embed_params=embed,
-        total_params=layers * per_layer_linear + norms + embed + lm_head,
+        total_params=layers * per_layer_linear + all_experts + norms + embed + lm_head,
         kv_bytes_per_token_bf16=2 * layers * kvh * hd * 2,
         kv_bytes_per_layer_token_bf16=2 * kvh * hd * 2,
     )
 
 
+def is_moe(shape: dict) -> bool:
+    return "num_experts" in shape
+
+
+def experts_touched(shape: dict, tokens: int) -> float:
+    """Experts of a layer that `tokens` tokens route to, expected under uniform independent routing:
+    E (1 - (1 - k / E)^tokens)."""
+    e, k = shape["num_experts"], shape["num_experts_per_tok"]
+    return e * (1.0 - (1.0 - k / e) ** tokens)
+
+
 def weight_bytes_per_step(shape: dict, precision: str, batch: int) -> float:
-    """Weight bytes one forward step must read: linear layers (incl. lm_head), norms, `batch` embedding rows."""
+    """Weight bytes one forward step must read: linear layers (incl. lm_head; of a mixture, the experts
+    the step's `batch` tokens touch), norms, `batch` embedding rows."""
     c = counts(shape)
+    if is_moe(shape):
+        expert = 3 * shape["hidden_size"] * shape["moe_intermediate_size"]
+        extra = shape["num_hidden_layers"] * (experts_touched(shape, batch) - shape["num_experts_per_tok"]) * expert
+        c = {**c, "linear_params": c["linear_params"] + extra}
     # q4f16_1 runs as the same Q4_0 blocks (18 bytes per 32 weights) after a lossless repack at load.
     per_weight = {"bf16": 2.0, "f16": 2.0, "f32": 4.0, "q4_0": Q4_0_BYTES_PER_WEIGHT,
                   "q4f16_1": Q4_0_BYTES_PER_WEIGHT}[precision]
