@@ -296,7 +296,8 @@ pub struct TensorParallel {
 impl TensorParallel {
     /// The embedding rows of `tokens` (`[T]` u32) from this rank's vocabulary slice `table`
     /// (`[vocab_per_rank, hidden]`): each rank contributes the rows it holds (zeros for the others) and
-    /// one all-reduce assembles them. -> `[T, hidden]`
+    /// one all-reduce assembles them. -> `[T, hidden]`. Ids are checked against the vocabulary where
+    /// requests enter the engine; here one outside it would get a zero row, not an error.
     pub fn embed(&self, table: &Tensor, tokens: &Tensor) -> Result<Tensor> {
         let start = self.plan.vocab_range().0;
         let emb = crate::parallel::VocabParallelEmbedding { local: table.clone(), start, comm: self.comm.clone() };

@@ -9,15 +9,15 @@
 //! brings no speed (the matmuls already use every core). GPUs need NCCL between processes or
 //! threads, one per GPU (parallel/nccl.rs), which the engine does not drive yet.
 //!
-//! A rank that fails in the middle of a step would leave the others waiting at the next collective;
-//! the ranks run the same ops on the same shapes, so an error (a shape check, an allocation) strikes
-//! all of them at the same point and every rank returns it.
+//! A rank that fails in the middle of a step aborts the group, so the ranks waiting for it in a
+//! collective return an error rather than wait forever; once every rank has returned, the group is
+//! reset for the next step, and the step's first error is the answer.
 
 use super::config::ModelConfig;
 use super::{CausalLm, DecoderModel, WeightSource};
 use crate::attention::{AttentionMetadata, PagedKvCache, StepAttention};
 use crate::error::{EngineError, Result};
-use crate::parallel::LocalGroup;
+use crate::parallel::{LocalComm, LocalGroup};
 use candle_core::{DType, Device, Tensor};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
@@ -39,6 +39,8 @@ struct Rank {
 
 pub struct ShardedLm {
     rank0: DecoderModel,
+    /// Rank 0's handle on the group, to abort it when rank 0 fails and reset it after a failed step.
+    group: LocalComm,
     others: Vec<Rank>,
 }
 
@@ -49,36 +51,59 @@ impl ShardedLm {
     pub fn load(cfg: &ModelConfig, w: &dyn WeightSource, device: &Device, dtype: DType, world: usize, num_blocks: usize, block_size: usize) -> Result<Self> {
         let mut comms = LocalGroup::new(world).into_iter();
         let first = comms.next().ok_or_else(|| EngineError::bad_request(super::sharded::TP_KEY, "at least one shard"))?;
+        let group = first.clone();
         let rank0 = DecoderModel::load_sharded(cfg, w, device, dtype, Arc::new(first))?;
         let mut others = Vec::with_capacity(world - 1);
         for comm in comms {
-            let model = DecoderModel::load_sharded(cfg, w, device, dtype, Arc::new(comm))?;
+            let model = DecoderModel::load_sharded(cfg, w, device, dtype, Arc::new(comm.clone()))?;
             let lc = model.layer_config();
             let kv = PagedKvCache::new(lc.num_hidden_layers, num_blocks, block_size, lc.num_key_value_heads, lc.head_dim, dtype, device)?;
             let (jobs, inbox) = channel::<Job>();
             let (report, done) = channel::<Result<()>>();
             let thread = std::thread::Builder::new().name("mlc-tp-rank".into()).spawn(move || {
                 for job in inbox {
-                    if report.send(run_job(&model, &kv, job)).is_err() {
+                    let result = run_job(&model, &kv, job);
+                    if result.is_err() {
+                        comm.abort();
+                    }
+                    if report.send(result).is_err() {
                         break;
                     }
                 }
             })?;
             others.push(Rank { jobs: Some(jobs), done, thread: Some(thread) });
         }
-        Ok(ShardedLm { rank0, others })
+        Ok(ShardedLm { rank0, group, others })
     }
 
-    /// Sends `job()` to ranks 1.., runs `own` here, then waits for them: the first error wins.
+    /// Sends `job()` to ranks 1.., runs `own` here, then waits for them. The first rank to fail aborts
+    /// the group (the others then fail in their next collective); its error is returned, not the
+    /// aborted ranks' ("another rank failed"), and the group is reset.
     fn mirrored<T>(&self, job: impl Fn() -> Job, own: impl FnOnce() -> Result<T>) -> Result<T> {
+        let stopped = || EngineError::Internal("a tensor-parallel rank has stopped".into());
         for r in &self.others {
-            r.jobs.as_ref().and_then(|j| j.send(job()).ok()).ok_or_else(|| EngineError::Internal("a tensor-parallel rank has stopped".into()))?;
+            r.jobs.as_ref().and_then(|j| j.send(job()).ok()).ok_or_else(stopped)?;
         }
         let out = own();
-        for r in &self.others {
-            r.done.recv().map_err(|_| EngineError::Internal("a tensor-parallel rank has stopped".into()))??;
+        if out.is_err() {
+            self.group.abort();
         }
-        out
+        let mut errors = Vec::new();
+        for r in &self.others {
+            match r.done.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => errors.push(e),
+                Err(_) => errors.push(stopped()),
+            }
+        }
+        if out.is_ok() && errors.is_empty() {
+            return out;
+        }
+        self.group.reset();
+        let aborted = |e: &EngineError| e.to_string().contains(crate::parallel::ABORTED);
+        let mut all: Vec<EngineError> = out.err().into_iter().chain(errors).collect();
+        let first = all.iter().position(|e| !aborted(e)).unwrap_or(0);
+        Err(all.swap_remove(first))
     }
 }
 

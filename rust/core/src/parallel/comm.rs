@@ -1,7 +1,10 @@
 //! How the ranks of a tensor-parallel model exchange activations.
 
 use candle_core::{bail, DType, Result, Tensor};
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+/// The message of a collective that ended because another rank aborted the group.
+pub const ABORTED: &str = "collective: another rank of the group failed";
 
 /// The collective operations a sharded model needs. Every rank calls each operation in the same order
 /// with tensors of the same shape; each call returns once every rank has contributed.
@@ -16,9 +19,22 @@ pub trait Communicator: Send + Sync {
 
 /// `world` ranks in one process (one thread each): a test and development stand-in for NCCL. Sums are
 /// taken in rank order in f32, so every rank gets bit-identical results and runs are reproducible.
+///
+/// A rank that fails between collectives [aborts](LocalComm::abort) the group: the ranks waiting in a
+/// collective, and any that enter one, get an error instead of waiting forever for it.
 pub struct LocalGroup {
-    slots: Mutex<Vec<Option<Tensor>>>,
-    barrier: Barrier,
+    state: Mutex<Rendezvous>,
+    turn: Condvar,
+    world: usize,
+}
+
+struct Rendezvous {
+    slots: Vec<Option<Tensor>>,
+    /// Ranks waiting at the current barrier.
+    arrived: usize,
+    /// Barriers passed: a waiting rank leaves when this moves.
+    generation: u64,
+    aborted: bool,
 }
 
 /// One rank's handle on a [`LocalGroup`].
@@ -26,15 +42,41 @@ pub struct LocalGroup {
 pub struct LocalComm {
     group: Arc<LocalGroup>,
     rank: usize,
-    world: usize,
 }
 
 impl LocalGroup {
     /// The handles of ranks `0..world`, to be moved to one thread each.
     pub fn new(world: usize) -> Vec<LocalComm> {
         assert!(world > 0, "a group has at least one rank");
-        let group = Arc::new(LocalGroup { slots: Mutex::new(vec![None; world]), barrier: Barrier::new(world) });
-        (0..world).map(|rank| LocalComm { group: group.clone(), rank, world }).collect()
+        let state = Rendezvous { slots: vec![None; world], arrived: 0, generation: 0, aborted: false };
+        let group = Arc::new(LocalGroup { state: Mutex::new(state), turn: Condvar::new(), world });
+        (0..world).map(|rank| LocalComm { group: group.clone(), rank }).collect()
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Rendezvous>> {
+        self.state.lock().map_err(|_| candle_core::Error::Msg("communicator lock poisoned".into()))
+    }
+
+    /// Waits until every rank has arrived (or the group is aborted).
+    fn barrier<'a>(&'a self, mut st: MutexGuard<'a, Rendezvous>) -> Result<MutexGuard<'a, Rendezvous>> {
+        if st.aborted {
+            bail!("{ABORTED}");
+        }
+        st.arrived += 1;
+        if st.arrived == self.world {
+            st.arrived = 0;
+            st.generation += 1;
+            self.turn.notify_all();
+            return Ok(st);
+        }
+        let generation = st.generation;
+        while st.generation == generation && !st.aborted {
+            st = self.turn.wait(st).map_err(|_| candle_core::Error::Msg("communicator lock poisoned".into()))?;
+        }
+        if st.aborted {
+            bail!("{ABORTED}");
+        }
+        Ok(st)
     }
 }
 
@@ -43,13 +85,31 @@ impl LocalComm {
     /// The second barrier keeps a fast rank from overwriting its slot (next call) while others read.
     fn exchange(&self, x: &Tensor) -> Result<Vec<Tensor>> {
         let g = &self.group;
-        g.slots.lock().map_err(|_| candle_core::Error::Msg("communicator lock poisoned".into()))?[self.rank] = Some(x.clone());
-        g.barrier.wait();
-        let all: Option<Vec<Tensor>> = g.slots.lock().map_err(|_| candle_core::Error::Msg("communicator lock poisoned".into()))?.iter().cloned().collect();
-        g.barrier.wait();
+        let mut st = g.lock()?;
+        st.slots[self.rank] = Some(x.clone());
+        let st = g.barrier(st)?;
+        let all: Option<Vec<Tensor>> = st.slots.iter().cloned().collect();
+        drop(g.barrier(st)?);
         match all {
             Some(all) => Ok(all),
             None => bail!("all-reduce: a rank contributed nothing"),
+        }
+    }
+
+    /// Wakes every rank waiting in a collective, and fails every later one, with an error: called by a
+    /// rank that failed and will not reach the collective the others wait in.
+    pub fn abort(&self) {
+        if let Ok(mut st) = self.group.lock() {
+            st.aborted = true;
+            self.group.turn.notify_all();
+        }
+    }
+
+    /// Makes an aborted group usable again. Only once no rank is inside a collective (every rank has
+    /// returned from the step that failed).
+    pub fn reset(&self) {
+        if let Ok(mut st) = self.group.lock() {
+            *st = Rendezvous { slots: vec![None; self.group.world], arrived: 0, generation: st.generation + 1, aborted: false };
         }
     }
 }
@@ -60,7 +120,7 @@ impl Communicator for LocalComm {
     }
 
     fn world_size(&self) -> usize {
-        self.world
+        self.group.world
     }
 
     fn all_reduce_sum(&self, x: &Tensor) -> Result<Tensor> {

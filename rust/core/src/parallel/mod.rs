@@ -19,7 +19,7 @@ mod shard;
 #[cfg(test)]
 mod tests;
 
-pub use comm::{Communicator, LocalComm, LocalGroup};
+pub use comm::{Communicator, LocalComm, LocalGroup, ABORTED};
 #[cfg(feature = "nccl")]
 pub use nccl::{NcclComm, NcclId};
 pub use shard::{shard_cols, shard_rows, ColumnParallel, RowParallel, VocabParallelEmbedding};

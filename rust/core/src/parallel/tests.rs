@@ -143,3 +143,26 @@ fn uneven_splits_are_refused() {
     assert!(shard_rows(&w, 0, 4).is_err());
     assert!(shard_cols(&w, 0, 3).is_err());
 }
+
+#[test]
+fn a_rank_that_fails_aborts_the_collective_the_others_wait_in_and_reset_restores_the_group() {
+    let comms = LocalGroup::new(3);
+    let x = Tensor::new(&[1f32], &Device::Cpu).unwrap();
+    std::thread::scope(|s| {
+        // Ranks 0 and 1 enter an all-reduce; rank 2 fails instead and aborts.
+        let waiting: Vec<_> = comms[..2].iter().map(|c| s.spawn(|| c.all_reduce_sum(&x))).collect();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        comms[2].abort();
+        for w in waiting {
+            let e = w.join().unwrap().unwrap_err().to_string();
+            assert!(e.contains(ABORTED), "{e}");
+        }
+    });
+    assert!(comms[0].all_reduce_sum(&x).unwrap_err().to_string().contains(ABORTED), "an aborted group stays failed");
+    comms[0].reset();
+    let sums = std::thread::scope(|s| {
+        let hs: Vec<_> = comms.iter().map(|c| s.spawn(|| c.all_reduce_sum(&x).unwrap().to_vec1::<f32>().unwrap())).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>()
+    });
+    assert_eq!(sums, vec![vec![3.0]; 3]);
+}
