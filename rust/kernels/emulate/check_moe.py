@@ -31,6 +31,7 @@ CASES = [
     ("q4f16", 34, 4, 1, 256, 256, 0, 1, "silu", 0, "one", 10),    # Q4_0, all tokens on one expert, 2 tiles
     ("q4bf16", 4, 16, 4, 256, 256, 1, 0, "swiglu", 1, "ties", 11),
     ("f16", 70, 8, 2, 192, 64, 0, 1, "silu", 1, "rand", 12),      # several tiles per expert, 3 K stages
+    ("bf16", 200, 16, 4, 64, 64, 0, 1, "silu", 0, "rand", 13),    # 800 slots: alignment over 7 chunks per block
 ]
 
 

@@ -136,7 +136,7 @@ template <typename T> static int run(const char* name, bool q4, const Case& c, d
     std::vector<int32_t> tile_expert(tiles, 777);
     launch((c.t + MOE_ROUTE_WARPS - 1) / MOE_ROUTE_WARPS, 1, 32 * MOE_ROUTE_WARPS,
            [&] { moe_route(logits.data(), ids.data(), wts.data(), c.t, c.e, c.k, c.routing, c.norm); });
-    launch(1, 1, MOE_ALIGN_THREADS, [&] { moe_align(ids.data(), slots, c.e, sorted.data(), tile_expert.data(), tiles); });
+    launch(c.e, 1, MOE_ALIGN_THREADS, [&] { moe_align(ids.data(), slots, c.e, sorted.data(), tile_expert.data(), tiles); });
     std::vector<T> a((size_t)slots * c.i, from_f32<T>(NAN)), y((size_t)slots * c.h, from_f32<T>(NAN)), out((size_t)c.t * c.h, from_f32<T>(NAN));
     std::vector<uint8_t> smem((q4 ? MG_Q4_SMEM_BYTES : MG_DENSE_SMEM_BYTES) + 16);
     uint8_t* s = smem.data() + (16 - (uintptr_t)smem.data() % 16) % 16;

@@ -3,7 +3,7 @@
 //
 //   moe_route_f32       router logits [T, E] f32 -> expert ids [T, k] u32 and weights [T, k] f32
 //   moe_align           ids [T * k] -> slots sorted by expert, each expert's run padded to whole token
-//                       tiles of the grouped GEMM (moe_gemm.cu), and the expert of every tile
+//                       tiles of the grouped GEMM (moe_gemm.cu), and the expert of every tile (a block per expert)
 //   moe_combine_<T>     out[t] = sum over i < k of weight[t, i] * y[t * k + i] (f32, in slot order)
 //
 // A slot is (token t, choice i) numbered t * k + i. The grouped GEMM reads tile j's slots at
@@ -16,7 +16,7 @@
 #define MOE_MAX_EXPERTS 256
 #define MOE_MAX_TOPK 16
 #define MOE_ROUTE_WARPS 4      // tokens per block of moe_route_f32, one warp each
-#define MOE_ALIGN_THREADS 512  // moe_align runs as one block
+#define MOE_ALIGN_THREADS 128  // per block of moe_align (one block per expert)
 #define MOE_COMBINE_THREADS 256
 #define MOE_NO_SLOT 0xffffffffu  // padding of `sorted`
 
@@ -96,48 +96,55 @@ __device__ void moe_route(const float* __restrict__ logits, uint32_t* __restrict
     for (uint32_t r = 0; r < k; ++r) ids[(size_t)t * k + r] = chosen_e[r];
 }
 
-// One block of MOE_ALIGN_THREADS. Each warp owns experts warp, warp + warps, ...: it counts their slots
-// with ballots over the id list, and later writes their slots in increasing slot order (deterministic,
-// no atomics). sorted holds max_tiles * MOE_TILE entries, of which the first (real tiles) * MOE_TILE are
-// written; tile_expert holds max_tiles.
+// grid = E blocks of MOE_ALIGN_THREADS, block e places expert e's slots. Every block counts all experts
+// (a shared-memory histogram: integer adds, so the counts are exact whatever their order) to know where
+// expert e's run starts, then writes e's slots in increasing slot order (ballots and a prefix over the
+// warps; deterministic), pads its last tile and marks its tiles; block 0 also marks the unused tiles. sorted
+// holds max_tiles * MOE_TILE entries, of which the first (real tiles) * MOE_TILE are written; tile_expert
+// holds max_tiles.
 __device__ void moe_align(const uint32_t* __restrict__ ids, uint32_t slots, uint32_t experts, uint32_t* __restrict__ sorted,
                           int32_t* __restrict__ tile_expert, uint32_t max_tiles) {
     __shared__ uint32_t count[MOE_MAX_EXPERTS];
-    __shared__ uint32_t tile_off[MOE_MAX_EXPERTS + 1];  // first tile of each expert; [experts]: the total
-    const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    for (uint32_t e = warp; e < experts; e += warps) {
-        uint32_t c = 0;
-        for (uint32_t base = 0; base < slots; base += 32) {
-            const uint32_t j = base + lane;
-            c += __popc(__ballot_sync(0xffffffffu, j < slots && ids[j] == e));
-        }
-        if (lane == 0) count[e] = c;
+    __shared__ uint32_t warp_hits[MOE_ALIGN_THREADS / 32];
+    __shared__ uint32_t first_tile, total_tiles;
+    const uint32_t e = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (uint32_t j = threadIdx.x; j < experts; j += blockDim.x) count[j] = 0;
+    __syncthreads();
+    for (uint32_t j = threadIdx.x; j < slots; j += blockDim.x) {
+        const uint32_t id = ids[j];
+        if (id < experts) atomicAdd(&count[id], 1u);
     }
     __syncthreads();
     if (threadIdx.x == 0) {
-        uint32_t acc = 0;
-        for (uint32_t e = 0; e < experts; ++e) {
-            tile_off[e] = acc;
-            acc += (count[e] + MOE_TILE - 1) / MOE_TILE;
+        uint32_t acc = 0, mine = 0;
+        for (uint32_t x = 0; x < experts; ++x) {
+            if (x == e) mine = acc;
+            acc += (count[x] + MOE_TILE - 1) / MOE_TILE;
         }
-        tile_off[experts] = acc;
+        first_tile = mine;
+        total_tiles = acc;
     }
     __syncthreads();
-    const uint32_t total = tile_off[experts];
-    for (uint32_t e = threadIdx.x; e < experts; e += blockDim.x) {
-        for (uint32_t j = tile_off[e]; j < tile_off[e + 1]; ++j) tile_expert[j] = (int32_t)e;
-        for (uint32_t p = tile_off[e] * MOE_TILE + count[e]; p < tile_off[e + 1] * MOE_TILE; ++p) sorted[p] = MOE_NO_SLOT;
-    }
-    for (uint32_t j = total + threadIdx.x; j < max_tiles; j += blockDim.x) tile_expert[j] = -1;
-    for (uint32_t e = warp; e < experts; e += warps) {
-        uint32_t at = tile_off[e] * MOE_TILE;
-        for (uint32_t base = 0; base < slots; base += 32) {
-            const uint32_t j = base + lane;
-            const bool hit = j < slots && ids[j] == e;
-            const uint32_t mask = __ballot_sync(0xffffffffu, hit);
-            if (hit) sorted[at + __popc(mask & ((1u << lane) - 1u))] = j;
-            at += __popc(mask);
+    const uint32_t tiles = (count[e] + MOE_TILE - 1) / MOE_TILE;
+    for (uint32_t j = threadIdx.x; j < tiles; j += blockDim.x) tile_expert[first_tile + j] = (int32_t)e;
+    for (uint32_t p = count[e] + threadIdx.x; p < tiles * MOE_TILE; p += blockDim.x) sorted[first_tile * MOE_TILE + p] = MOE_NO_SLOT;
+    if (e == 0)
+        for (uint32_t j = total_tiles + threadIdx.x; j < max_tiles; j += blockDim.x) tile_expert[j] = -1;
+    uint32_t at = first_tile * MOE_TILE;  // where the next slot of e goes (uniform over the block)
+    for (uint32_t base = 0; base < slots; base += blockDim.x) {
+        const uint32_t j = base + threadIdx.x;
+        const bool hit = j < slots && ids[j] == e;
+        const uint32_t mask = __ballot_sync(0xffffffffu, hit);
+        if (lane == 0) warp_hits[warp] = __popc(mask);
+        __syncthreads();
+        uint32_t before = 0, all = 0;
+        for (uint32_t w = 0; w < blockDim.x / 32; ++w) {
+            before += w < warp ? warp_hits[w] : 0;
+            all += warp_hits[w];
         }
+        if (hit) sorted[at + before + __popc(mask & ((1u << lane) - 1u))] = j;
+        at += all;
+        __syncthreads();  // warp_hits is rewritten by the next chunk
     }
 }
 

@@ -326,16 +326,16 @@ pub const MOE_MODULE: &str = "mlc_moe";
 pub const MOE_GEMM_MODULE: &str = "mlc_moe_gemm";
 /// `moe_route_f32(logits, ids, weights, tokens, experts, k, mode, norm)`, one warp per token.
 pub const MOE_ROUTE_FUNC: &str = "moe_route_f32";
-/// `moe_align_u32(ids, slots, experts, sorted, tile_expert, max_tiles)`, one block.
+/// `moe_align_u32(ids, slots, experts, sorted, tile_expert, max_tiles)`, one block per expert.
 pub const MOE_ALIGN_FUNC: &str = "moe_align_u32";
 /// Slots per token tile of the grouped GEMM (`MOE_TILE` / `MG_TOKENS`).
 pub const MOE_TILE: usize = 32;
 /// Most experts and most experts per token the routing takes (`MOE_MAX_EXPERTS`, `MOE_MAX_TOPK`).
 pub const MOE_MAX_EXPERTS: usize = 256;
 pub const MOE_MAX_TOPK: usize = 16;
-/// Tokens (warps) per block of the routing; threads of the alignment's one block and of the combine.
+/// Tokens (warps) per block of the routing; threads per block of the alignment and of the combine.
 pub const MOE_ROUTE_WARPS: u32 = 4;
-pub const MOE_ALIGN_THREADS: u32 = 512;
+pub const MOE_ALIGN_THREADS: u32 = 128;
 pub const MOE_COMBINE_THREADS: u32 = 256;
 /// The routing kernel's `mode` (`MOE_SOFTMAX_TOPK`, `MOE_TOPK_SOFTMAX`).
 pub const MOE_ROUTE_SOFTMAX_TOPK: u32 = 0;

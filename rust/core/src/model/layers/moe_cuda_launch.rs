@@ -74,9 +74,9 @@ pub(super) fn plan(p: &Plan, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage
         b.arg(&mut sorted);
         b.arg(&mut tile_expert);
         b.arg(&tiles32);
-        let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (kernels::MOE_ALIGN_THREADS, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: matches moe_align_u32; ids hold `slots` words, sorted tiles x MOE_TILE, tile_expert
-        // tiles, and the real tiles never exceed moe_max_tiles.
+        let cfg = LaunchConfig { grid_dim: (e32, 1, 1), block_dim: (kernels::MOE_ALIGN_THREADS, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: matches moe_align_u32 (one block per expert); ids hold `slots` words, sorted tiles x
+        // MOE_TILE, tile_expert tiles, and the real tiles never exceed moe_max_tiles.
         unsafe { b.launch(cfg) }.w()?;
     }
     Ok((CudaStorage::wrap_cuda_slice(buf, dev), Shape::from(lay.len())))
