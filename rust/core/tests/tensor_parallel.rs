@@ -244,6 +244,13 @@ fn the_engine_with_tensor_parallel_shards_gives_the_unsharded_results() {
             }
         }
     }
+    // Speculative decoding verifies drafts through the sharded target (several sampled rows per step).
+    let dir = fixtures().join("models").join("qwen3_moe");
+    let r = load_reference(&dir);
+    let args = mlc_core::engine::EngineArgs { tensor_parallel_shards: 2, speculative_mode: "ngram".into(), spec_draft_length: 3, ..parity_args(16) };
+    for (i, (toks, _)) in run_greedy(&dir, args, &r.prompts, 16, true).iter().enumerate() {
+        assert_eq!(&toks[..], &r.greedy[i][..16], "qwen3_moe over 2 with ngram drafts: prompt {i}");
+    }
     let err = |shards: usize| mlc_core::engine::build(fixtures().join("models/llama").to_str().unwrap(), "cpu", &mlc_core::engine::EngineArgs { tensor_parallel_shards: shards, ..parity_args(16) }).err().unwrap();
     assert!(is_tp_refusal(&err(3)), "{}", err(3));
     assert!(is_tp_refusal(&err(0)), "{}", err(0));
