@@ -86,19 +86,25 @@ impl MoeMlp {
             fused: None,
         };
         #[cfg(feature = "cuda")]
-        moe.fuse(m, cfg.hidden_size, p)?;
+        moe.fuse(m, cfg.hidden_size, w, p)?;
         Ok(moe)
     }
 
     /// On CUDA, stacks the experts for the fused path where it applies (else says why, once per layer).
-    /// The compute dtype is the experts' (dense) or the router's (Q4_0 experts).
+    /// The compute dtype is the experts' (dense), else the router's or, where the router is quantized too
+    /// (MLC's q4f16_1), that of the layer's post-attention norm, as the loader gives it.
     #[cfg(feature = "cuda")]
-    fn fuse(&mut self, m: &MoeConfig, hidden: usize, p: &str) -> Result<()> {
+    fn fuse(&mut self, m: &MoeConfig, hidden: usize, w: &dyn WeightSource, p: &str) -> Result<()> {
         use super::moe_cuda::FusedMoe;
         use crate::model::linear::Weight;
+        let on_cuda = |t: &Tensor| t.device().is_cuda().then(|| t.dtype());
         let router_dtype = match &self.router.weight {
-            Weight::Dense(w) if w.device().is_cuda() => Some(w.dtype()),
-            _ => None,
+            Weight::Dense(t) => on_cuda(t),
+            Weight::Q4Cuda(_) => {
+                let layer = p.rsplit_once('.').map_or(p, |(layer, _)| layer);
+                w.tensor(&format!("{layer}.post_attention_layernorm.weight")).ok().and_then(|t| on_cuda(&t))
+            }
+            Weight::Quantized(_) => None,
         };
         let built = match &self.experts {
             Experts::Gated(v) => {
@@ -108,7 +114,7 @@ impl MoeMlp {
                     crate::model::linear::StackedLinear::Separate(parts) => parts[0].weight.clone(),
                 };
                 let dtype = match &dense {
-                    Weight::Dense(w) if w.device().is_cuda() => w.dtype(),
+                    Weight::Dense(t) if t.device().is_cuda() => t.dtype(),
                     Weight::Q4Cuda(_) => match router_dtype {
                         Some(d) => d,
                         None => {
