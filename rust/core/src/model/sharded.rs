@@ -17,6 +17,7 @@
 
 use super::config::{ModelConfig, QkNormKind};
 use super::linear::{Linear, Weight};
+use super::weight_shapes::weight_dims;
 use super::weights::WeightSource;
 use crate::error::{EngineError, Result};
 use crate::parallel::Communicator;
@@ -248,9 +249,16 @@ impl WeightSource for ShardedWeights<'_> {
     fn linear(&self, prefix: &str, bias: bool) -> Result<Linear> {
         let l = self.inner.linear(prefix, bias)?;
         let p = self.plan;
+        let (out, inp) = match weight_dims(&l.weight)[..] {
+            [out, inp] => (out, inp),
+            ref dims => return Err(EngineError::model_load("the checkpoint", format!("{prefix}.weight has shape {dims:?}, not [out, in]"))),
+        };
+        let split = p.linear_split(prefix, out, inp)?;
+        if matches!(split, Split::Whole) {
+            return Ok(l);
+        }
         let w = self.dense(prefix, &l.weight)?;
-        let (out, inp) = w.dims2()?;
-        let (weight, bias) = match p.linear_split(prefix, out, inp)? {
+        let (weight, bias) = match split {
             Split::Whole => return Ok(l),
             Split::Rows(runs) => (take(&w, 0, &runs)?, l.bias.as_ref().map(|b| take(b, 0, &runs)).transpose()?),
             Split::Cols(run) => (take(&w, 1, &[run])?, l.bias.filter(|_| p.rank == 0)),

@@ -84,7 +84,7 @@ fn mismatch(name: &str, found: &[usize], want: &[usize]) -> EngineError {
 }
 
 /// `[out, in]` of a linear weight, whatever its storage.
-fn weight_dims(w: &Weight) -> Vec<usize> {
+pub(crate) fn weight_dims(w: &Weight) -> Vec<usize> {
     match w {
         Weight::Dense(t) => t.dims().to_vec(),
         Weight::Quantized(QMatMul::QTensor(q)) => q.shape().dims().to_vec(),
