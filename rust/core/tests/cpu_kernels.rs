@@ -123,7 +123,11 @@ fn matmul_handles_odd_shapes_and_is_batch_invariant() {
         let w = QMatrix::new(qtype, &data, n, k).unwrap();
         for t in [1, 3, 5, 9] {
             let x = random_x(t * k, &mut rng);
-            let want = reference(&w, &quantize_rows(&x, k), t);
+            // Against the activations the kernels see: 8 bits plus residual, or 16 bits for the K-quants.
+            let want = match qtype {
+                QType::Q4K | QType::Q6K => kreference(&w.dequantize(), n, &KAct::quantize(&x, k)),
+                _ => reference(&w, &quantize_rows(&x, k), t),
+            };
             let scale = want.iter().fold(1f64, |m, v| m.max(v.abs()));
             for isa in Isa::available() {
                 let y = matmul(&w, &x, isa).unwrap();
@@ -188,6 +192,133 @@ fn dequantization_matches_candles_for_every_type() {
         let theirs = q.dequantize(&candle_core::Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
             assert!((a - b).abs() <= 1e-6 * b.abs().max(1e-3), "{qtype:?} value {i}: {a} vs candle's {b}");
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Q4_K / Q6_K repacked into interleaved groups of 16 rows (`kpack`) and their kernels (`kmat`).
+
+use mlc_core::quant::cpu::kmat::{self, KAct, KTiles};
+use mlc_core::quant::cpu::kpack::{PackedK, ROWS};
+
+const KTYPES: [QType; 2] = [QType::Q4K, QType::Q6K];
+
+#[test]
+fn packed_layout_reads_back_the_gguf_weights() {
+    let mut rng = Lcg(13);
+    for qtype in KTYPES {
+        for (n, k) in [(1, 256), (19, 512), (33, 768)] {
+            let data = random_weight(qtype, n, k, &mut rng);
+            let w = QMatrix::new(qtype, &data, n, k).unwrap();
+            let p = PackedK::pack(&w).unwrap();
+            assert_eq!(p.dequantize(), w.dequantize(), "{qtype:?} [{n}, {k}]");
+        }
+    }
+    let w = QMatrix::new(QType::Q4_1, &[0u8; 20], 1, 32).unwrap();
+    assert!(PackedK::pack(&w).is_none());
+}
+
+/// Dequantized weights times the dequantized 16-bit activations, in f64.
+fn kreference(wf: &[f32], n: usize, act: &KAct) -> Vec<f64> {
+    let k = act.k;
+    let mut out = vec![0f64; act.t * n];
+    for g in 0..act.t {
+        let xd: Vec<f64> = (0..k).map(|i| act.d[(g * k + i) / 32] as f64 * act.q[g * k + i] as f64).collect();
+        for r in 0..n {
+            out[g * n + r] = wf[r * k..(r + 1) * k].iter().zip(&xd).map(|(&a, &b)| a as f64 * b).sum();
+        }
+    }
+    out
+}
+
+/// Tile of `width` tokens from `t0` over group `g` -> `[width][16]`.
+fn run_tile(kern: &KTiles, width: usize, p: &PackedK, g: usize, act: &KAct, t0: usize) -> Vec<[f32; ROWS]> {
+    let grp = p.group(g);
+    // SAFETY: the tiles come from `kmat::tiles` at a level from `Isa::available`.
+    unsafe {
+        match width {
+            1 => (kern.t1)(grp, act, t0).to_vec(),
+            2 => (kern.t2)(grp, act, t0).to_vec(),
+            4 => (kern.t4)(grp, act, t0).to_vec(),
+            _ => (kern.t8)(grp, act, t0).to_vec(),
+        }
+    }
+}
+
+#[test]
+fn packed_kernels_match_the_reference_bit_for_bit_across_levels_and_tile_widths() {
+    let mut rng = Lcg(17);
+    for qtype in KTYPES {
+        for (n, k) in [(16, 256), (21, 768)] {
+            let data = random_weight(qtype, n, k, &mut rng);
+            let w = QMatrix::new(qtype, &data, n, k).unwrap();
+            let p = PackedK::pack(&w).unwrap();
+            let t = 16;
+            let act = KAct::quantize(&random_x(t * k, &mut rng), k);
+            let want = kreference(&w.dequantize(), n, &act);
+            let scale = want.iter().fold(1f64, |m, v| m.max(v.abs()));
+            // The scalar kernel one token at a time is the reference every other tile must equal exactly.
+            let scalar = kmat::tiles(qtype, Isa::Scalar);
+            let base: Vec<Vec<[f32; ROWS]>> = (0..p.groups()).map(|g| (0..t).map(|t0| run_tile(&scalar, 1, &p, g, &act, t0)[0]).collect()).collect();
+            for g in 0..p.groups() {
+                for r in 0..ROWS.min(n - g * ROWS) {
+                    let got: Vec<f32> = (0..t).map(|tok| base[g][tok][r]).collect();
+                    let want_r: Vec<f64> = (0..t).map(|tok| want[tok * n + g * ROWS + r]).collect();
+                    assert_close(&got, &want_r, scale, &format!("{qtype:?} scalar [{n}, {k}] row {}", g * ROWS + r));
+                }
+            }
+            for isa in Isa::available() {
+                let kern = kmat::tiles(qtype, isa);
+                for width in [1, 2, 4, 8] {
+                    for g in 0..p.groups() {
+                        for t0 in (0..t).step_by(width) {
+                            let y = run_tile(&kern, width, &p, g, &act, t0);
+                            assert_eq!(y.as_slice(), &base[g][t0..t0 + width], "{qtype:?} {isa:?} [{n}, {k}] width {width} group {g} token {t0}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn packed_integer_sums_are_exact_at_the_extremes() {
+    // The largest |weight| x |activation| sums the kernels keep in i32 (kmat's bounds): Q4_K all
+    // scales 63, nibbles 15, mins 0; Q6_K all scales -128, values 0 (q - 32 = -32); every activation at
+    // +-max (16-bit integer 8191). A wrapped sum would be off by 2^32 times a scale.
+    let one = half::f16::from_f32(1.0).to_le_bytes();
+    let (n, k) = (16, 512);
+    for qtype in KTYPES {
+        let mut data = vec![0u8; n * k / 256 * qtype.block_bytes()];
+        for blk in data.chunks_mut(qtype.block_bytes()) {
+            match qtype {
+                QType::Q4K => {
+                    blk[0..2].copy_from_slice(&one);
+                    blk[4..8].fill(0xFF);
+                    blk[12..16].fill(0x0F);
+                    blk[16..].fill(0xFF);
+                }
+                _ => {
+                    blk[192..208].fill(0x80);
+                    blk[208..210].copy_from_slice(&one);
+                }
+            }
+        }
+        let w = QMatrix::new(qtype, &data, n, k).unwrap();
+        let wf = w.dequantize();
+        let peak = if qtype == QType::Q4K { 945.0 } else { 4096.0 };
+        assert!(wf.iter().all(|&v| v == peak), "{qtype:?}: the extreme block decodes to {peak}");
+        for sign in [1.0f32, -1.0] {
+            let x = vec![sign; 2 * k];
+            for isa in Isa::available() {
+                let y = matmul(&w, &x, isa).unwrap();
+                for &v in &y {
+                    let exact = sign as f64 * peak as f64 * k as f64;
+                    assert!((v as f64 - exact).abs() <= 1e-6 * exact.abs(), "{qtype:?} {isa:?} x = {sign}: {v} vs {exact}");
+                }
+            }
         }
     }
 }

@@ -28,10 +28,10 @@ pub fn quantize_activations(x: &[f32], k: usize) -> Vec<ActBlock> {
 
 /// `[t, n]` output shared by the tasks of one matmul, each writing only the columns (output rows of the
 /// weight) it owns.
-struct Out {
-    ptr: *mut f32,
-    t: usize,
-    n: usize,
+pub(super) struct Out {
+    pub ptr: *mut f32,
+    pub t: usize,
+    pub n: usize,
 }
 
 // SAFETY: tasks write disjoint elements (their own columns) and the pool joins them before the buffer is
@@ -47,6 +47,16 @@ impl Out {
                 // SAFETY: in bounds (asserted above); column r + i belongs to the calling task only.
                 unsafe { *self.ptr.add((g + j) * self.n + r + i) = v };
             }
+        }
+    }
+
+    /// Writes `y[j]` to token `t0 + j`, columns `c0 .. c0 + R` (those below `n`).
+    pub fn put_rows<const R: usize, const N: usize>(&self, c0: usize, t0: usize, y: [[f32; R]; N]) {
+        assert!(t0 + N <= self.t && c0 < self.n, "tile outside the output");
+        let cols = R.min(self.n - c0);
+        for (j, yr) in y.iter().enumerate() {
+            // SAFETY: in bounds (asserted above); these columns belong to the calling task only.
+            unsafe { std::ptr::copy_nonoverlapping(yr.as_ptr(), self.ptr.add((t0 + j) * self.n + c0), cols) };
         }
     }
 }

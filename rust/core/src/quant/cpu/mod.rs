@@ -14,6 +14,10 @@
 pub mod act;
 pub mod dispatch;
 mod gemm;
+pub mod kmat;
+pub mod kpack;
+#[cfg(target_arch = "x86_64")]
+mod kx86;
 pub mod op;
 mod pairs;
 pub mod pool;
@@ -151,7 +155,16 @@ pub fn matmul(w: &QMatrix, x: &[f32], isa: Isa) -> Result<Vec<f32>, QuantError> 
     if x.len() % w.k != 0 {
         return Err(QuantError::Activations { len: x.len(), k: w.k });
     }
+    if let Some(p) = kpack::PackedK::pack(w) {
+        return Ok(matmul_packed(&p, x, isa));
+    }
     let t = x.len() / w.k;
     let act = gemm::quantize_activations(x, w.k);
     Ok(gemm::matmul(w, &act, t, kernels(w.qtype, isa)))
+}
+
+/// `x: [t, k]` -> `[t, n]` against a repacked Q4_K / Q6_K weight ([`kpack`], [`kmat`]).
+pub fn matmul_packed(w: &kpack::PackedK, x: &[f32], isa: Isa) -> Vec<f32> {
+    let act = kmat::KAct::quantize(x, w.k);
+    kmat::matmul(w, &act, kmat::tiles(w.qtype, isa))
 }

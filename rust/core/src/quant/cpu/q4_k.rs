@@ -17,7 +17,7 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 
 /// Sub-block `j`'s 6-bit scale and min (llama.cpp's `get_scale_min_k4`).
 #[inline]
-fn scale_min(j: usize, s: &[u8; 12]) -> (u8, u8) {
+pub(super) fn scale_min(j: usize, s: &[u8; 12]) -> (u8, u8) {
     if j < 4 {
         (s[j] & 63, s[j + 4] & 63)
     } else {

@@ -14,9 +14,9 @@ use half::f16;
 pub const BLOCK_BYTES: usize = 210;
 pub const BLOCK_VALUES: usize = 256;
 const SUBS: usize = BLOCK_VALUES / QK;
-const QH: usize = 128;
-const SCALES: usize = 192;
-const D: usize = 208;
+pub(super) const QH: usize = 128;
+pub(super) const SCALES: usize = 192;
+pub(super) const D: usize = 208;
 
 fn decode(row: &[u8], b: usize) -> ScalarBlock {
     let (sb, j) = (b / SUBS, b % SUBS);

@@ -1,0 +1,201 @@
+//! The matmul over [`kpack`](super::kpack)'s interleaved Q4_K / Q6_K weights: activations quantized to
+//! 15-bit integers per block of 32 ([`KAct`]), a tile of 16 rows x `N` tokens per kernel call,
+//! the outputs of a tile being 16 adjacent columns of `N` output rows.
+//!
+//! Activations: `x ~= d q`, `q` a 15-bit integer (`|q| <= 16383`), one `d = max|x| / 16383` per 32
+//! values: error `<= max|x| / 32766` per block, as fine as the 8-bit-plus-residual scheme of
+//! [`act`](super::act) (`max|x| / 32512`), which the fidelity bounds were met with. A scale per 32, not per
+//! 256 as llama.cpp's `q8_K`: real activations have outlier channels, and one outlier would set the step
+//! of 256 values.
+//!
+//! Integer bounds (why a sum is converted to float after each 32 values): a lane adds `|w| |q|` products,
+//! 32 per block. Q4_K: `|w| = sc q <= 63 * 15 = 945`: `32 * 945 * 16383 < 2^29`. Q6_K: `|w| = |sc (q - 32)|
+//! <= 128 * 32 = 4096`: `32 * 4096 * 16383 = 2 147 352 576 <= 2^31 - 1`. Per lane (row, token) and
+//! super-block the float steps are `inner = fma(sum_j, d_j, inner)` over the 8 blocks, then
+//! `acc = fma(inner, d_row, acc)`, then for Q4_K `acc = fma(-dmin m_j, s_j, acc)` over the 8 blocks, in
+//! this order in the scalar and SIMD kernels and in every tile width, so the levels agree bit for bit and
+//! a token's result does not depend on its batch.
+
+use super::dispatch::Isa;
+use super::kpack::{place, q4k, q6k, PackedK, ROWS, SB};
+use super::gemm::Out;
+use super::{pool, QType};
+use half::f16;
+
+/// Largest activation integer (see the bounds above).
+pub const QMAX: f32 = 16383.0;
+/// Values per activation scale, per integer sum and per Q4_K sub-block.
+pub const SUB: usize = 32;
+
+/// Activations `[t, k]` as `d q` per block of 32, with each block's sum `s = d sum(q)` (what Q4_K's mins
+/// multiply).
+pub struct KAct {
+    pub t: usize,
+    pub k: usize,
+    /// `[t, k]`
+    pub q: Vec<i16>,
+    /// `[t, k / 32]`
+    pub d: Vec<f32>,
+    /// `[t, k / 32]`
+    pub s: Vec<f32>,
+}
+
+/// See `act::ROUND_MAGIC`: round to nearest, ties to even, in plain f32 arithmetic.
+const ROUND_MAGIC: f32 = 12_582_912.0;
+
+impl KAct {
+    /// `x: [t, k]`, `k` a multiple of 256.
+    pub fn quantize(x: &[f32], k: usize) -> KAct {
+        let t = x.len() / k;
+        let mut a = KAct { t, k, q: vec![0; t * k], d: vec![0.0; t * k / SUB], s: vec![0.0; t * k / SUB] };
+        for ((xs, qs), (d, s)) in x.chunks_exact(SUB).zip(a.q.chunks_exact_mut(SUB)).zip(a.d.iter_mut().zip(a.s.iter_mut())) {
+            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+            *d = amax / QMAX;
+            let id = if *d > 0.0 { 1.0 / *d } else { 0.0 };
+            for (q, &v) in qs.iter_mut().zip(xs) {
+                *q = ((v * id + ROUND_MAGIC) - ROUND_MAGIC) as i16;
+            }
+            *s = *d * qs.iter().map(|&q| q as i32).sum::<i32>() as f32;
+        }
+        a
+    }
+}
+
+/// 16 rows (one group) x `N` tokens from token `t0` -> `[N][16]`.
+///
+/// # Safety
+/// The kernel's instruction set is available ([`tiles`] hands out only those).
+pub type KTile<const N: usize> = unsafe fn(&[u8], &KAct, usize) -> [[f32; ROWS]; N];
+
+/// One type's kernels at one level, in the tile widths the driver uses.
+#[derive(Clone, Copy)]
+pub struct KTiles {
+    pub t1: KTile<1>,
+    pub t2: KTile<2>,
+    pub t4: KTile<4>,
+    pub t8: KTile<8>,
+    /// The widest tile worth using at this level (registers: 32 at AVX-512, 16 below; the AVX-512
+    /// kernels hold 2 vectors per token).
+    pub max: usize,
+}
+
+macro_rules! ktiles {
+    ($($f:ident)::+, $max:expr) => {
+        KTiles { t1: $($f)::+::<1>, t2: $($f)::+::<2>, t4: $($f)::+::<4>, t8: $($f)::+::<8>, max: $max }
+    };
+}
+
+/// `qtype`'s packed kernels at `isa` (lowered to what the CPU has).
+pub fn tiles(qtype: QType, isa: Isa) -> KTiles {
+    let isa = isa.min(super::dispatch::detect());
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::kx86;
+        match (qtype, isa) {
+            (QType::Q4K, Isa::Avx512Vnni) => return ktiles!(kx86::q4k_avx512, 8),
+            (QType::Q6K, Isa::Avx512Vnni) => return ktiles!(kx86::q6k_avx512, 8),
+            (QType::Q4K, Isa::Avx2) => return ktiles!(kx86::q4k_avx2, 4),
+            (QType::Q6K, Isa::Avx2) => return ktiles!(kx86::q6k_avx2, 4),
+            _ => {}
+        }
+    }
+    match qtype {
+        QType::Q4K => ktiles!(scalar_q4k, 4),
+        _ => ktiles!(scalar_q6k, 4),
+    }
+}
+
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+/// The reference: the layout read value by value, the float steps of the SIMD kernels lane by lane.
+fn scalar_q4k<const N: usize>(g: &[u8], x: &KAct, t0: usize) -> [[f32; ROWS]; N] {
+    scalar::<N>(g, x, t0, QType::Q4K)
+}
+
+fn scalar_q6k<const N: usize>(g: &[u8], x: &KAct, t0: usize) -> [[f32; ROWS]; N] {
+    scalar::<N>(g, x, t0, QType::Q6K)
+}
+
+/// Row `i`'s integer weight (scale times value) at `v` (0..256) of a packed super-block `b`.
+fn weight(qtype: QType, b: &[u8], i: usize, v: usize) -> i32 {
+    let (byte, shift, hbyte, hshift) = place(i, v);
+    let lo = ((b[byte] >> shift) & 0xF) as i32;
+    match qtype {
+        QType::Q4K => lo * b[q4k::SC + 16 * (v / SUB) + i] as i32,
+        _ => {
+            let q = lo | ((((b[q6k::QH + hbyte] >> hshift) & 3) as i32) << 4);
+            (q - 32) * b[q6k::SC + 16 * (v / 16) + i] as i8 as i32
+        }
+    }
+}
+
+fn scalar<const N: usize>(g: &[u8], x: &KAct, t0: usize, qtype: QType) -> [[f32; ROWS]; N] {
+    let (k, nsb) = (x.k, x.k / SB);
+    let bytes = if qtype == QType::Q4K { q4k::BYTES } else { q6k::BYTES };
+    assert!(g.len() == nsb * bytes && t0 + N <= x.t, "packed group and activations differ");
+    let mut acc = [[0f32; ROWS]; N];
+    for sb in 0..nsb {
+        let b = &g[sb * bytes..][..bytes];
+        for i in 0..ROWS {
+            for (tt, a) in acc.iter_mut().enumerate() {
+                let t = t0 + tt;
+                let blocks = t * (k / SUB) + sb * (SB / SUB)..;
+                let (dx, sx) = (&x.d[blocks.clone()], &x.s[blocks]);
+                let mut inner = 0f32;
+                for (j, xs) in x.q[t * k + sb * SB..][..SB].chunks_exact(SUB).enumerate() {
+                    let isum: i32 = xs.iter().enumerate().map(|(l, &q)| weight(qtype, b, i, SUB * j + l) * q as i32).sum();
+                    inner = (isum as f32).mul_add(dx[j], inner);
+                }
+                if qtype == QType::Q4K {
+                    a[i] = inner.mul_add(f16_at(b, q4k::D + 2 * i), a[i]);
+                    let dmin = f16_at(b, q4k::DMIN + 2 * i);
+                    for j in 0..SB / SUB {
+                        a[i] = (-(dmin * b[q4k::M + 16 * j + i] as f32)).mul_add(sx[j], a[i]);
+                    }
+                } else {
+                    let d = f32::from_le_bytes(b[q6k::D + 4 * i..][..4].try_into().expect("4 bytes"));
+                    a[i] = inner.mul_add(d, a[i]);
+                }
+            }
+        }
+    }
+    acc
+}
+
+/// Tasks per thread: more than one, so a core slowed by another process does not hold the others up.
+const TASKS_PER_THREAD: usize = 4;
+
+/// `x: [t, k]` -> `[t, n]`. Tasks take runs of row groups; within one, tokens go in tiles of up to
+/// `tiles.max` and, per tile, the task's groups are walked in order, so a tile's activations stay in
+/// cache while the task's weights stream past once per tile (once per call at decode).
+pub fn matmul(w: &PackedK, act: &KAct, kern: KTiles) -> Vec<f32> {
+    let (n, t) = (w.n, act.t);
+    assert_eq!(act.k, w.k, "activations and weight differ in k");
+    let groups = w.groups();
+    let per_task = groups.div_ceil(pool::threads() * TASKS_PER_THREAD).max(1);
+    let mut out = vec![0f32; t * n];
+    let shared = Out { ptr: out.as_mut_ptr(), t, n };
+    pool::run(groups.div_ceil(per_task), |c| {
+        let range = c * per_task..((c + 1) * per_task).min(groups);
+        let mut t0 = 0;
+        while t0 < t {
+            let width = [8, 4, 2, 1].into_iter().find(|&wd| wd <= kern.max && t0 + wd <= t).unwrap_or(1);
+            for g in range.clone() {
+                let grp = w.group(g);
+                // SAFETY (every call): `kern` comes from `tiles`, which checks the CPU's features.
+                unsafe {
+                    match width {
+                        8 => shared.put_rows(g * ROWS, t0, (kern.t8)(grp, act, t0)),
+                        4 => shared.put_rows(g * ROWS, t0, (kern.t4)(grp, act, t0)),
+                        2 => shared.put_rows(g * ROWS, t0, (kern.t2)(grp, act, t0)),
+                        _ => shared.put_rows(g * ROWS, t0, (kern.t1)(grp, act, t0)),
+                    }
+                }
+            }
+            t0 += width;
+        }
+    });
+    out
+}
