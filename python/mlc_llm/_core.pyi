@@ -49,11 +49,12 @@ class Engine:
           "max_total_sequence_length": int|null, "prefill_chunk_size": int|null,
           "max_history_size": int|null, "gpu_memory_utilization": float|null,
           "kv_cache_page_size": int|null, "prefix_cache": bool, "enable_tracing": bool, "verbose": bool,
-          "kv_events": bool, "tensor_parallel_shards": int (default 1; more than 1: CPU only)}
+          "kv_events": bool, "tensor_parallel_shards": int (default 1; more than 1: CPU only),
+          "kv_cache_dtype": "auto"|"fp8_e4m3"|"fp8"|null (FP8: CPU only)}
         Raises ModelLoadError (missing / corrupt model), BadRequestError (bad configuration).
         """
     def info(self) -> str:
-        """JSON: {"model", "model_path", "architecture", "device", "dtype", "vocab_size", "context_window_size",
+        """JSON: {"model", "model_path", "architecture", "device", "dtype", "kv_cache_dtype", "vocab_size", "context_window_size",
         "max_num_sequence", "max_total_sequence_length", "prefill_chunk_size", "kv_block_size",
         "num_kv_blocks", "bos_token", "eos_token", "eos_token_ids": [int], "has_chat_template": bool,
         "mode", "quantized_matmul": bool, "cuda_graph": bool, "generation_defaults": {field: value},

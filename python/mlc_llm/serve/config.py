@@ -20,6 +20,7 @@ MODES = ("local", "interactive", "server")
 # "ngram" (prompt lookup) goes beyond MLC's modes; "medusa" is an accepted name reported as not implemented.
 SPECULATIVE_MODES = ("disable", "small_draft", "eagle", "medusa", "ngram")
 PREFIX_CACHE_MODES = ("disable", "radix")
+KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3")
 # Drafts beyond this never pay off (each drafted token costs a draft step; acceptance decays with length).
 MAX_SPEC_DRAFT_LENGTH = 64
 
@@ -62,6 +63,9 @@ class EngineConfig:
     # Not in MLC (its CUDA graphs are a compile option): replay decode steps through CUDA graphs on
     # CUDA devices. MLC_CUDA_GRAPH=0 also turns them off.
     cuda_graph: bool = True
+    # Not in MLC (vLLM's kv_cache_dtype): "auto" (the compute dtype) or "fp8_e4m3" ("fp8"): K and V stored
+    # as e4m3, a quarter of the CPU's f32 cache (CPU only so far).
+    kv_cache_dtype: Optional[str] = None
 
     def asjson(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -91,6 +95,7 @@ class EngineArgs:
     cuda_graph: bool = True
     kv_events: bool = False
     tensor_parallel_shards: Optional[int] = None
+    kv_cache_dtype: Optional[str] = None
 
     def core_config(self) -> Dict[str, Any]:
         """The `config_json` object of `_core.Engine` (see _core.pyi)."""
@@ -118,6 +123,8 @@ class EngineArgs:
             config["kv_events"] = True
         if self.tensor_parallel_shards is not None:
             config["tensor_parallel_shards"] = self.tensor_parallel_shards
+        if self.kv_cache_dtype is not None:
+            config["kv_cache_dtype"] = self.kv_cache_dtype
         return config
 
 
@@ -157,6 +164,9 @@ def merge_engine_config(args: EngineArgs, config: Optional[EngineConfig]) -> Eng
     merged.quantized_matmul = None if config.quantized_matmul is None else bool(config.quantized_matmul)
     merged.cuda_graph = bool(config.cuda_graph)
     merged.tensor_parallel_shards = config.tensor_parallel_shards
+    if config.kv_cache_dtype is not None and config.kv_cache_dtype not in KV_CACHE_DTYPES:
+        raise BadRequestError(f"kv_cache_dtype must be one of {KV_CACHE_DTYPES}, got {config.kv_cache_dtype!r}", "kv_cache_dtype")
+    merged.kv_cache_dtype = config.kv_cache_dtype
     return merged
 
 

@@ -43,11 +43,16 @@ fn cases() -> Vec<Case> {
 
 /// log p(ids[i+1] | ids[..=i]) for every position, from one forward pass over the whole sequence.
 fn teacher_forced(model: &dyn CausalLm, ids: &[u32]) -> Vec<f32> {
+    teacher_forced_with(model, ids, DType::F32)
+}
+
+/// [`teacher_forced`] with the KV cache's element type `kv_dtype` (the pass attends through the cache).
+fn teacher_forced_with(model: &dyn CausalLm, ids: &[u32], kv_dtype: DType) -> Vec<f32> {
     let cfg = model.config();
     let n = ids.len();
     let bs = 16;
     let blocks = n.div_ceil(bs);
-    let kv = PagedKvCache::new(cfg.num_hidden_layers, blocks, bs, cfg.num_key_value_heads, cfg.head_dim, DType::F32, &Device::Cpu).unwrap();
+    let kv = PagedKvCache::new(cfg.num_hidden_layers, blocks, bs, cfg.num_key_value_heads, cfg.head_dim, kv_dtype, &Device::Cpu).unwrap();
     let meta = AttentionMetadata {
         slot_mapping: (0..n as u32).collect(),
         seqs: vec![SeqAttention { query_start: 0, query_len: n, context_len: n, block_table: (0..blocks as u32).collect() }],
@@ -93,9 +98,38 @@ fn quantized_matmul_logprobs_within_the_fidelity_bound() {
     }
 }
 
+/// What the FP8 KV cache costs on real weights, teacher-forced over the reference answers against the
+/// same model with an f32 cache: measured mean |delta logprob| 0.111 nats, max 0.98 (e4m3's 3 mantissa
+/// bits on SmolLM2's 64-wide heads; rows unscaled gave 0.096). Held to 0.15 / 1.5 as a regression bound:
+/// the 0.03 nats the cache is meant to cost is not reached (an e4m3 format limit, not the read path,
+/// which attention/cpu.rs checks exactly against the rounded values).
+#[test]
+fn fp8_kv_cache_logprobs_within_the_measured_bound() {
+    let model = load_model(QuantMode::Dequantize);
+    for c in cases() {
+        let ids: Vec<u32> = c.prompt.iter().chain(&c.greedy).copied().collect();
+        let (f32s, fp8) = (teacher_forced(model.as_ref(), &ids), teacher_forced_with(model.as_ref(), &ids, DType::F8E4M3));
+        let diffs: Vec<f32> = f32s.iter().zip(&fp8).map(|(a, b)| (a - b).abs()).collect();
+        let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
+        let worst = diffs.iter().copied().fold(0f32, f32::max);
+        eprintln!("fp8 kv cache: mean |logprob difference| = {mean:.4}, max {worst:.4} over {} positions", diffs.len());
+        assert!(mean > 0.0 && mean <= 0.15 && worst <= 1.5, "mean |logprob difference| {mean}, max {worst}");
+    }
+    // Through the engine: the wide-margin answer ("The capital of Japan is Tokyo.") is kept.
+    let args = EngineArgs { kv_cache_dtype: Some("fp8_e4m3".into()), ..engine_args(true) };
+    assert_eq!(greedy_with(&args, &cases()[1].prompt)[..7], [504, 3575, 282, 3085, 314, 19081, 30]);
+}
+
+fn engine_args(quantized: bool) -> EngineArgs {
+    EngineArgs { verbose: false, quantized_matmul: Some(quantized), max_total_sequence_length: Some(1024), ..Default::default() }
+}
+
 fn greedy_through_engine(quantized: bool, prompt: &[u32]) -> Vec<u32> {
-    let args = EngineArgs { verbose: false, quantized_matmul: Some(quantized), max_total_sequence_length: Some(1024), ..Default::default() };
-    let (mut core, info, _) = build(&gguf(), "cpu", &args).unwrap();
+    greedy_with(&engine_args(quantized), prompt)
+}
+
+fn greedy_with(args: &EngineArgs, prompt: &[u32]) -> Vec<u32> {
+    let (mut core, info, _) = build(&gguf(), "cpu", args).unwrap();
     let params = SamplingParams { temperature: 0.0, max_tokens: Some(16), ..Default::default() };
     let max_new = info.validate(prompt, &params).unwrap();
     core.add("q".into(), prompt.to_vec(), params, max_new);

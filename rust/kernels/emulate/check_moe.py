@@ -5,13 +5,16 @@ mma.sync from the PTX ISA's fragment layouts) and run on random inputs against r
 moe_driver.cpp (routing as moe.rs `route`, the layer in double). Cases cover experts with no tokens, one
 token, partial and full tiles, every token on one expert, ties in the router, top-k 1..8 over 4..128
 experts, both routings, SiLU and gpt-oss's clamped SwiGLU with biases. Needs g++ with C++20; no GPU, no
-CUDA toolkit. About a minute on 2 cores.
+CUDA toolkit. About half a minute on 2 cores.
 
     python3 rust/kernels/emulate/check_moe.py [--jobs 2]
+    python3 rust/kernels/emulate/check_moe.py --gpu     # on a GPU host with nvcc: the same checks run by the
+                                                         # real kernels (moe_gpu_check.cu), plus real shapes
+                                                         # and the kernels' timings beside their floor
 
 Prints one line per case and exits non-zero if any case fails.
 """
-import argparse, os, sys, tempfile
+import argparse, os, shutil, subprocess, sys, tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
@@ -35,14 +38,51 @@ CASES = [
 ]
 
 
+# --gpu only: the real shapes (Qwen3-30B-A3B: H 2048, I 768, 128 experts, top 8; Mixtral-like top 2 of 8),
+# decode and prefill batches, every token on one expert; then the timings at those shapes.
+GPU_CASES = [
+    ("bf16", 1, 128, 8, 2048, 768, 0, 1, "silu", 0, "rand", 21),
+    ("f16", 16, 128, 8, 2048, 768, 0, 1, "silu", 0, "rand", 22),
+    ("bf16", 64, 128, 8, 2048, 768, 0, 1, "silu", 0, "one", 23),
+    ("q4bf16", 16, 128, 8, 2048, 768, 0, 1, "silu", 0, "rand", 24),
+    ("q4f16", 64, 128, 8, 2048, 768, 0, 1, "silu", 0, "one", 25),
+    ("bf16", 300, 8, 2, 1024, 1536, 0, 1, "silu", 0, "rand", 26),
+    ("bf16", 40, 32, 4, 2880, 2880, 1, 0, "swiglu", 1, "rand", 27),  # gpt-oss-20b's layer shape
+]
+PERF = [(dt, t, 128, 8, 2048, 768) for dt in ("bf16", "q4f16") for t in (1, 16, 64, 256, 2048)]
+
+
+def build_gpu(out_dir):
+    """nvcc build of moe_gpu_check.cu for this machine's GPU (needs the CUDA toolkit and a GPU)."""
+    kernels = ("moe.cu", "moe_gemm.cu", "q4_gemm_tc.cu", "common.cuh", "mma.cuh")
+    for f in kernels:
+        shutil.copy(os.path.join(harness.KERNELS, f), os.path.join(out_dir, f))
+    for f in ("moe_check.h", "moe_gpu_check.cu"):
+        shutil.copy(os.path.join(harness.HERE, f), os.path.join(out_dir, f))
+    exe = os.path.join(out_dir, "moe_gpu_check")
+    nvcc = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
+    subprocess.run([nvcc, "-std=c++17", "-O3", "--expt-relaxed-constexpr", "-arch=native", "-o", exe,
+                    os.path.join(out_dir, "moe_gpu_check.cu")], check=True)
+    return exe
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--gpu", action="store_true", help="run the kernels on this machine's GPU (nvcc build)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        exe = harness.build(tmp, ("moe.cu", "moe_gemm.cu", "q4_gemm_tc.cu", "common.cuh"),
-                            ("shim.cuh", "attention_shim.h", "q4_shim.h", "harness.h"), "moe_driver.cpp")
-        return 1 if harness.run_cases(exe, CASES, args.jobs) else 0
+        if not args.gpu:
+            exe = harness.build(tmp, ("moe.cu", "moe_gemm.cu", "q4_gemm_tc.cu", "common.cuh"),
+                                ("shim.cuh", "attention_shim.h", "q4_shim.h", "harness.h", "moe_check.h"), "moe_driver.cpp")
+            return 1 if harness.run_cases(exe, CASES, args.jobs) else 0
+        exe = build_gpu(tmp)
+        failed = harness.run_cases(exe, CASES + GPU_CASES, 1)  # one process at a time on the GPU
+        for p in PERF:
+            r = subprocess.run([exe, "perf", *map(str, p)], capture_output=True, text=True)
+            print((r.stdout + r.stderr).strip(), flush=True)
+            failed += r.returncode != 0
+        return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -162,6 +162,7 @@ fn random_rows(rng: &mut StdRng, shape: &[usize], bound: f32, nan_row: Option<us
 fn one_layer(k: Tensor, v: Tensor, case: &AttentionCase, num_blocks: usize) -> PagedKvCache {
     PagedKvCache {
         layers: vec![LayerKvCache { k, v }],
+        fp8_scales: Vec::new(),
         num_blocks,
         block_size: case.block_size,
         num_kv_heads: case.num_kv_heads,

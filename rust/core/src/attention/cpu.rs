@@ -1,4 +1,8 @@
 //! CPU implementations of the KV write and paged attention (also the reference for the CUDA kernels).
+//!
+//! The cache holds f32, or FP8 e4m3 (`kv_cache_dtype = "fp8_e4m3"`, about a quarter of the memory): each
+//! new K/V row (one token's head) is divided by its own scale and rounded to e4m3 before the write
+//! (`PagedKvCache::write`), and attention widens it through a 256-entry table times that scale.
 
 use super::{AttentionMetadata, AttnParams};
 use candle_core::{bail, CpuStorage, Layout, Result, Shape};
@@ -12,16 +16,68 @@ fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [
     }
 }
 
-/// Copies token rows into cache slots: `cache[slot_mapping[t]] = new[t]`.
-pub fn kv_write(slot_mapping: &[u32], cache: &mut CpuStorage, cl: &Layout, new: &CpuStorage, nl: &Layout) -> Result<()> {
-    // cache: [num_blocks, block_size, kv_heads, head_dim]; new: [num_tokens, kv_heads, head_dim]
-    let new = contiguous_f32(new, nl, "new k/v")?;
-    let (start, end) = cl.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("cache must be contiguous".into()))?;
-    let CpuStorage::F32(cache) = cache else { bail!("cache must be f32 on cpu") };
-    let cache = &mut cache[start..end];
-    let dims = cl.shape().dims();
-    let row = dims[2] * dims[3];
-    let num_slots = dims[0] * dims[1];
+/// e4m3fn (1 sign, 4 exponent bits with bias 7, 3 mantissa bits; no infinities, S.1111.111 is NaN) by
+/// bit pattern.
+fn e4m3_table() -> &'static [f32; 256] {
+    static TABLE: std::sync::OnceLock<[f32; 256]> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        std::array::from_fn(|b| {
+            let (sign, exp, mant) = (if b & 0x80 != 0 { -1.0f32 } else { 1.0 }, (b >> 3) & 0xF, (b & 7) as f32);
+            match (exp, b & 0x7F) {
+                (_, 0x7F) => f32::NAN,
+                (0, _) => sign * mant * 2f32.powi(-9),
+                _ => sign * (1.0 + mant / 8.0) * 2f32.powi(exp as i32 - 7),
+            }
+        })
+    })
+}
+
+/// A layer's K or V cache as the attention reads it.
+enum KvRows<'a> {
+    F32(&'a [f32]),
+    /// e4m3 bit patterns, and one scale per row of `head_dim` values.
+    E4m3(&'a [u8], &'a [f32]),
+}
+
+impl<'a> KvRows<'a> {
+    /// `scales` (`[num_blocks, block_size, num_kv_heads]`) must come with an e4m3 cache and only with it.
+    fn of(s: &'a CpuStorage, l: &Layout, scales: Option<&'a [f32]>, what: &str) -> Result<Self> {
+        let Some((start, end)) = l.contiguous_offsets() else { bail!("{what} must be contiguous") };
+        let dims = l.shape().dims();
+        match (s, scales) {
+            (CpuStorage::F32(v), None) => Ok(KvRows::F32(&v[start..end])),
+            (CpuStorage::F8E4M3(v), Some(sc)) if sc.len() * dims[dims.len() - 1] == end - start => {
+                Ok(KvRows::E4m3(bytemuck_e4m3(&v[start..end]), sc))
+            }
+            _ => bail!("{what} must be f32, or f8e4m3 with one scale per row, on cpu"),
+        }
+    }
+
+    /// `n` values from `base`, widened into `buf` where the cache is FP8.
+    fn row<'b>(&'b self, base: usize, n: usize, buf: &'b mut [f32]) -> &'b [f32] {
+        match self {
+            KvRows::F32(v) => &v[base..base + n],
+            KvRows::E4m3(v, scales) => {
+                let (table, scale) = (e4m3_table(), scales[base / n]);
+                for (o, &b) in buf[..n].iter_mut().zip(&v[base..base + n]) {
+                    *o = table[b as usize] * scale;
+                }
+                &buf[..n]
+            }
+        }
+    }
+}
+
+/// The bit patterns of e4m3 values (one byte each).
+fn bytemuck_e4m3<T>(v: &[T]) -> &[u8] {
+    assert_eq!(std::mem::size_of::<T>(), 1, "e4m3 values are one byte");
+    // SAFETY: a one-byte plain value (float8's F8E4M3 is a u8 newtype); same length, same lifetime.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len()) }
+}
+
+/// Copies `row`-sized rows: `cache[slot_mapping[t]] = new[t]`.
+fn copy_rows<T: Copy>(slot_mapping: &[u32], cache: &mut [T], new: &[T], row: usize) -> Result<()> {
+    let num_slots = cache.len() / row;
     if new.len() != slot_mapping.len() * row {
         bail!("kv-write: {} values for {} tokens of {row}", new.len(), slot_mapping.len());
     }
@@ -35,6 +91,21 @@ pub fn kv_write(slot_mapping: &[u32], cache: &mut CpuStorage, cl: &Layout, new: 
     Ok(())
 }
 
+/// Copies token rows into cache slots: `cache[slot_mapping[t]] = new[t]`, both f32 (values or FP8
+/// scales) or both e4m3.
+pub fn kv_write(slot_mapping: &[u32], cache: &mut CpuStorage, cl: &Layout, new: &CpuStorage, nl: &Layout) -> Result<()> {
+    // cache: [num_blocks, block_size, kv_heads, head_dim]; new: [num_tokens, kv_heads, head_dim]
+    let (start, end) = cl.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("cache must be contiguous".into()))?;
+    let Some((ns, ne)) = nl.contiguous_offsets() else { bail!("new k/v must be contiguous") };
+    let dims = cl.shape().dims();
+    let row = dims[2] * dims[3];
+    match (cache, new) {
+        (CpuStorage::F32(c), CpuStorage::F32(n)) => copy_rows(slot_mapping, &mut c[start..end], &n[ns..ne], row),
+        (CpuStorage::F8E4M3(c), CpuStorage::F8E4M3(n)) => copy_rows(slot_mapping, &mut c[start..end], &n[ns..ne], row),
+        _ => bail!("kv-write: the cache and the new k/v must be both f32 or both f8e4m3 on cpu"),
+    }
+}
+
 /// Paged attention of `q` `[num_tokens, num_heads, head_dim]` over the caches
 /// `[num_blocks, block_size, num_kv_heads, head_dim]`, in f32: a query at position `pos` attends the keys
 /// `params.window_start(pos)..=pos` of its sequence with scores `cap(scale * q·k)`, where
@@ -43,11 +114,13 @@ pub fn kv_write(slot_mapping: &[u32], cache: &mut CpuStorage, cl: &Layout, new: 
 /// `sinks` (`[num_heads]`, gpt-oss): head `h`'s softmax also takes the logit `sinks[h]` (unscaled,
 /// uncapped) in its max and denominator, with no value: transformers' eager attention concatenates it as
 /// an extra score column, subtracts the row max, takes the softmax and drops the column.
+/// `fp8_scales`: the K and V row scales of an e4m3 cache (`[num_blocks, block_size, num_kv_heads]`).
 #[allow(clippy::too_many_arguments)]
 pub fn paged_attention(
     meta: &AttentionMetadata,
     params: &AttnParams,
     sinks: Option<&[f32]>,
+    fp8_scales: Option<(&[f32], &[f32])>,
     q: &CpuStorage,
     ql: &Layout,
     k: &CpuStorage,
@@ -70,8 +143,8 @@ pub fn paged_attention(
         bail!("paged-attention: {} sinks for {num_heads} heads", s.len());
     }
     let q = contiguous_f32(q, ql, "q")?;
-    let k = contiguous_f32(k, kl, "k cache")?;
-    let v = contiguous_f32(v, vl, "v cache")?;
+    let k = KvRows::of(k, kl, fp8_scales.map(|s| s.0), "k cache")?;
+    let v = KvRows::of(v, vl, fp8_scales.map(|s| s.1), "v cache")?;
     // Token -> (sequence, position) so every output row can be computed independently.
     let mut owner = vec![(0usize, 0usize); num_tokens];
     for (s, seq) in meta.seqs.iter().enumerate() {
@@ -102,11 +175,12 @@ pub fn paged_attention(
         let kvh = h / group;
         let qv = &q[t * row + h * head_dim..t * row + (h + 1) * head_dim];
         let mut scores = vec![0f32; keys.len()];
+        let mut buf = vec![0f32; head_dim]; // an FP8 row, widened
         let sink = sinks.map(|s| s[h]);
         let mut max = sink.unwrap_or(f32::NEG_INFINITY);
         for (sc, j) in scores.iter_mut().zip(keys.clone()) {
             let base = slot(j) * kv_row + kvh * head_dim;
-            *sc = cap(dot(qv, &k[base..base + head_dim]) * params.scale);
+            *sc = cap(dot(qv, k.row(base, head_dim, &mut buf)) * params.scale);
             max = max.max(*sc);
         }
         // The sink's share of the denominator (its column is then dropped).
@@ -118,7 +192,7 @@ pub fn paged_attention(
         for (&p, j) in scores.iter().zip(keys.clone()) {
             let base = slot(j) * kv_row + kvh * head_dim;
             let w = p / sum;
-            for (od, vd) in o.iter_mut().zip(&v[base..base + head_dim]) {
+            for (od, vd) in o.iter_mut().zip(v.row(base, head_dim, &mut buf)) {
                 *od += w * vd;
             }
         }
@@ -162,7 +236,7 @@ mod tests {
         let (ql, kl) = (Layout::contiguous(Shape::from((1, 1, 2))), Layout::contiguous(Shape::from((1, 4, 1, 2))));
         let params = AttnParams::causal(0.5);
         let run = |sinks: Option<&[f32]>| {
-            let (out, _) = paged_attention(&meta, &params, sinks, &CpuStorage::F32(q.to_vec()), &ql, &flat(&keys), &kl, &flat(&values), &kl).unwrap();
+            let (out, _) = paged_attention(&meta, &params, sinks, None, &CpuStorage::F32(q.to_vec()), &ql, &flat(&keys), &kl, &flat(&values), &kl).unwrap();
             match out {
                 CpuStorage::F32(v) => v,
                 _ => unreachable!(),
@@ -180,6 +254,67 @@ mod tests {
         // A very negative sink is no sink.
         assert!(close(&run(Some(&[-1e4])), &run(None)));
         // One sink per head, or an error.
-        assert!(paged_attention(&meta, &params, Some(&[0.0, 0.0]), &CpuStorage::F32(q.to_vec()), &ql, &flat(&keys), &kl, &flat(&values), &kl).is_err());
+        assert!(paged_attention(&meta, &params, Some(&[0.0, 0.0]), None, &CpuStorage::F32(q.to_vec()), &ql, &flat(&keys), &kl, &flat(&values), &kl).is_err());
+    }
+
+    /// The table decodes every e4m3 bit pattern as float8 (candle's conversion) does: each finite value
+    /// converts back to its own bits, exactly.
+    #[test]
+    fn the_e4m3_table_is_the_format() {
+        use candle_core::{DType, Device, Tensor};
+        let table = super::e4m3_table();
+        let finite: Vec<(usize, f32)> = table.iter().copied().enumerate().filter(|(_, x)| !x.is_nan()).collect();
+        assert_eq!(finite.len(), 254);
+        assert_eq!((table[0x7E], table[0x08], table[0x01]), (448.0, 2f32.powi(-6), 2f32.powi(-9)));
+        let xs = Tensor::from_vec(finite.iter().map(|p| p.1).collect::<Vec<_>>(), finite.len(), &Device::Cpu).unwrap();
+        let f8 = xs.to_dtype(DType::F8E4M3).unwrap();
+        let (storage, _) = f8.storage_and_layout();
+        let candle_core::Storage::Cpu(CpuStorage::F8E4M3(v)) = &*storage else { panic!() };
+        let bits = super::bytemuck_e4m3(v);
+        for (&(b, x), &got) in finite.iter().zip(bits) {
+            // 0x00 and 0x80 are +0 and -0: both convert to a zero.
+            assert!(got as usize == b || (x == 0.0 && got & 0x7F == 0), "{b:#x} ({x}) converted to {got:#x}");
+        }
+        assert_eq!(f8.to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap(), finite.iter().map(|p| p.1).collect::<Vec<_>>());
+    }
+
+    /// Through the cache: an FP8 cache attends within e4m3's relative rounding of the f32 one at any
+    /// magnitude (rows scaled to e4m3's range: values of 1e-3, all subnormal or zero unscaled, keep 3
+    /// mantissa bits, and values of 1e4, past e4m3's 448, do not saturate).
+    #[test]
+    fn an_fp8_cache_attends_as_the_f32_one_within_e4m3_rounding() {
+        use crate::attention::{AttentionMetadata, PagedKvCache, SeqAttention};
+        use candle_core::{DType, Device, Tensor};
+        let (kvh, heads, d, bs) = (2, 4, 16, 4);
+        let meta = AttentionMetadata {
+            slot_mapping: (0..6).collect(),
+            seqs: vec![SeqAttention { query_start: 0, query_len: 6, context_len: 6, block_table: vec![0, 1] }],
+            block_size: bs,
+        };
+        let run = |dtype: DType, k: &Tensor, v: &Tensor, q: &Tensor| {
+            let cache = PagedKvCache::new(1, 2, bs, kvh, d, dtype, &Device::Cpu).unwrap();
+            let step = cache.prepare(meta.clone()).unwrap();
+            cache.write(0, k, v, &step).unwrap();
+            cache.attend(0, q, &step, 0.25).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        };
+        let rnd = |n: &[usize], s: f64| (Tensor::randn(0f32, 1f32, n, &Device::Cpu).unwrap() * s).unwrap();
+        let q = rnd(&[6, heads, d], 1.0);
+        for magnitude in [1e-3, 1.0, 1e4] {
+            // Keys scaled back to unit size for the scores, so that every magnitude tests the same softmax.
+            let (k, v) = (rnd(&[6, kvh, d], 1.0), rnd(&[6, kvh, d], magnitude));
+            let (k, q) = ((&k * magnitude).unwrap(), (&q / magnitude).unwrap());
+            let (fp8, f32s) = (run(DType::F8E4M3, &k, &v, &q), run(DType::F32, &k, &v, &q));
+            let err = fp8.iter().zip(&f32s).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / magnitude as f32;
+            // e4m3's relative rounding is 2^-4; V rows average to below 1, scores move by about 0.1.
+            assert!(err > 0.0 && err < 0.25, "magnitude {magnitude}: largest difference {err} (relative)");
+            // Exactly: the f32 cache holding each row rounded as described (scale = row max / 448) attends
+            // as the FP8 cache does, so the only difference is e4m3's rounding.
+            let rounded = |x: &Tensor| {
+                let scale = (x.abs().unwrap().max_keepdim(2).unwrap() / 448.0).unwrap();
+                let q = x.broadcast_div(&scale).unwrap().to_dtype(DType::F8E4M3).unwrap().to_dtype(DType::F32).unwrap();
+                q.broadcast_mul(&scale).unwrap()
+            };
+            assert_eq!(fp8, run(DType::F32, &rounded(&k), &rounded(&v), &q), "magnitude {magnitude}");
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! (`cuda.rs`, feature `cuda`).
 
 use super::{cpu, AttnParams, StepAttention};
-use candle_core::{bail, CpuStorage, CustomOp3, InplaceOp1, InplaceOp2, Layout, Result, Shape};
+use candle_core::{bail, CpuStorage, CustomOp3, InplaceOp1, InplaceOp2, Layout, Result, Shape, Tensor};
 
 /// Copies the step's new K or V rows into their cache slots: `cache[slot_mapping[t]] = new[t]`.
 pub struct KvWrite<'a> {
@@ -38,6 +38,17 @@ pub struct PagedAttention<'a> {
     /// gpt-oss: one logit per query head joining that head's softmax denominator (`[num_heads]`). On
     /// the host: a handful of values per layer, read by the CPU reference only.
     pub sinks: Option<&'a [f32]>,
+    /// An FP8 cache's K and V row scales (`[num_blocks, block_size, num_kv_heads, 1]` f32).
+    pub fp8_scales: Option<(&'a Tensor, &'a Tensor)>,
+}
+
+/// The f32 values of a CPU tensor held in its storage guard.
+fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (candle_core::Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) => f(&v[start..end]),
+        _ => bail!("FP8 KV scales must be contiguous f32 on the cpu"),
+    }
 }
 
 impl CustomOp3 for PagedAttention<'_> {
@@ -54,7 +65,12 @@ impl CustomOp3 for PagedAttention<'_> {
         v: &CpuStorage,
         vl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        cpu::paged_attention(&self.step.meta, &self.params, self.sinks, q, ql, k, kl, v, vl)
+        match self.fp8_scales {
+            None => cpu::paged_attention(&self.step.meta, &self.params, self.sinks, None, q, ql, k, kl, v, vl),
+            Some((ks, vs)) => with_cpu_f32(ks, |ks| {
+                with_cpu_f32(vs, |vs| cpu::paged_attention(&self.step.meta, &self.params, self.sinks, Some((ks, vs)), q, ql, k, kl, v, vl))
+            }),
+        }
     }
 
     #[cfg(feature = "cuda")]

@@ -64,7 +64,7 @@ fn build(c: &Case, seed: u64) -> Built {
         k: Tensor::from_vec(k, shape, &Device::Cpu).unwrap(),
         v: Tensor::from_vec(v, shape, &Device::Cpu).unwrap(),
     };
-    let cache = PagedKvCache { layers: vec![layer], num_blocks, block_size: bs, num_kv_heads: c.kv_heads, head_dim: c.head_dim };
+    let cache = PagedKvCache { layers: vec![layer], fp8_scales: Vec::new(), num_blocks, block_size: bs, num_kv_heads: c.kv_heads, head_dim: c.head_dim };
     let num_tokens = meta.num_tokens();
     let q = (0..num_tokens * c.heads * c.head_dim).map(|_| rng.random_range(-2.0f32..2.0)).collect();
     Built { meta, cache, dense_k, dense_v, q }

@@ -49,6 +49,9 @@ pub struct EngineArgs {
     /// in-process ranks (model/sharded_lm.rs: the same results, no speed-up); CUDA devices refuse it
     /// (no NCCL ranks yet).
     pub tensor_parallel_shards: usize,
+    /// The KV cache's element type: None / "auto" = the compute dtype; "fp8_e4m3" (or "fp8", vLLM's
+    /// name) stores K and V as e4m3, a quarter of an f32 cache (CPU only so far).
+    pub kv_cache_dtype: Option<String>,
 }
 
 impl Default for EngineArgs {
@@ -72,6 +75,7 @@ impl Default for EngineArgs {
             additional_models: Vec::new(),
             kv_events: false,
             tensor_parallel_shards: 1,
+            kv_cache_dtype: None,
         }
     }
 }

@@ -40,6 +40,8 @@ pub struct EngineInfo {
     pub device: String,
     /// The compute dtype of weights, activations and KV cache: float32, bfloat16 or float16.
     pub dtype: String,
+    /// The KV cache's element type: the compute dtype's name, or "float8_e4m3" (`kv_cache_dtype`).
+    pub kv_cache_dtype: String,
     pub vocab_size: usize,
     pub context_window_size: usize,
     pub max_num_sequence: usize,
@@ -307,6 +309,7 @@ pub fn build(model: &str, device: &str, args: &EngineArgs) -> Result<(EngineCore
         Some(other) => return Err(EngineError::bad_request("dtype", format!("{other:?} is not one of float32, bfloat16, float16"))),
     };
     let elem_bytes = dtype.size_in_bytes();
+    let kv_dtype = kv_cache_dtype(args, dtype, &device)?;
     // An explicit argument wins, then MLC_QUANTIZED_MATMUL (1 / 0; the Python signature follows MLC's), then
     // the device: quantized on the CPU (quant::cpu's kernels meet the fidelity bound, README "CPU").
     let from_env = || std::env::var("MLC_QUANTIZED_MATMUL").ok().map(|v| v == "1");
@@ -321,7 +324,7 @@ pub fn build(model: &str, device: &str, args: &EngineArgs) -> Result<(EngineCore
     // The CUDA context, cuBLAS workspaces and graph memory live outside the weights and the KV cache.
     let runtime = if device.is_cuda() { 1u64 << 30 } else { 0 };
     let sizing_cfg = crate::model::sharded::sizing_config(&cfg, args.tensor_parallel_shards, device.is_cuda())?;
-    let sizes: EngineSizes = infer_sizes(args, &sizing_cfg, memory, resident_weight_bytes(&path, &cfg, quant, elem_bytes), runtime, elem_bytes)?;
+    let sizes: EngineSizes = infer_sizes(args, &sizing_cfg, memory, resident_weight_bytes(&path, &cfg, quant, elem_bytes), runtime, kv_dtype.size_in_bytes())?;
     if args.verbose {
         log::info!(
             "mode={:?}: max_num_sequence={}, max_total_sequence_length={}, prefill_chunk_size={}, kv blocks={}x{} (memory allows {} tokens)",
@@ -338,7 +341,7 @@ pub fn build(model: &str, device: &str, args: &EngineArgs) -> Result<(EngineCore
         n => Box::new(crate::model::sharded_lm::ShardedLm::load(&model_cfg, &loaded.weights, &device, dtype, n, sizes.num_kv_blocks, sizes.kv_block_size)?),
     };
     drop(loaded.weights);
-    let kv = PagedKvCache::new(cfg.num_hidden_layers, sizes.num_kv_blocks, sizes.kv_block_size, model_impl.kv_heads(), cfg.head_dim, dtype, &device)?;
+    let kv = PagedKvCache::new(cfg.num_hidden_layers, sizes.num_kv_blocks, sizes.kv_block_size, model_impl.kv_heads(), cfg.head_dim, kv_dtype, &device)?;
     let scheduler = Scheduler::new(SchedulerConfig {
         max_num_seqs: sizes.max_num_sequence,
         max_num_batched_tokens: sizes.prefill_chunk_size.max(sizes.max_num_sequence),
@@ -356,6 +359,7 @@ pub fn build(model: &str, device: &str, args: &EngineArgs) -> Result<(EngineCore
         architecture: cfg.architecture.name().to_string(),
         device: device_name(&device),
         dtype: dtype_name(dtype).to_string(),
+        kv_cache_dtype: dtype_name(kv_dtype).to_string(),
         vocab_size: cfg.vocab_size,
         context_window_size: sizes.max_single_sequence_length.min(sizes.max_total_sequence_length),
         max_num_sequence: sizes.max_num_sequence,
@@ -389,6 +393,22 @@ pub fn build(model: &str, device: &str, args: &EngineArgs) -> Result<(EngineCore
     Ok((core, info, tokenizer))
 }
 
+/// The KV cache's element type for `args.kv_cache_dtype` (see [`EngineArgs`]): checked before the model
+/// loads, so that a typo or an unsupported combination costs no load.
+fn kv_cache_dtype(args: &EngineArgs, dtype: candle_core::DType, device: &candle_core::Device) -> Result<candle_core::DType> {
+    match args.kv_cache_dtype.as_deref() {
+        None | Some("auto") => Ok(dtype),
+        Some("fp8" | "fp8_e4m3") if !device.is_cpu() => Err(EngineError::bad_request(
+            "kv_cache_dtype",
+            "an FP8 KV cache runs on device='cpu' only so far (the CUDA attention kernels read bf16 / f16 caches)",
+        )),
+        // Each rank's cache is made by the sharded model in the compute dtype.
+        Some("fp8" | "fp8_e4m3") if args.tensor_parallel_shards > 1 => Err(EngineError::bad_request("kv_cache_dtype", "an FP8 KV cache with tensor_parallel_shards > 1 is not supported yet")),
+        Some("fp8" | "fp8_e4m3") => Ok(candle_core::DType::F8E4M3),
+        Some(other) => Err(EngineError::bad_request("kv_cache_dtype", format!("{other:?} is not one of auto, fp8_e4m3 (fp8)"))),
+    }
+}
+
 /// What the weights will occupy: GGUF weights kept quantized stay about the size of the file (plus the
 /// embedding, which is dequantized for row lookups); anything else is widened to the compute dtype.
 fn resident_weight_bytes(path: &str, cfg: &crate::model::ModelConfig, quant: QuantMode, elem_bytes: usize) -> u64 {
@@ -409,6 +429,7 @@ fn dtype_name(dtype: candle_core::DType) -> &'static str {
     match dtype {
         candle_core::DType::F16 => "float16",
         candle_core::DType::BF16 => "bfloat16",
+        candle_core::DType::F8E4M3 => "float8_e4m3",
         _ => "float32",
     }
 }

@@ -237,7 +237,7 @@ fn check_rope_qkv(device: &Device, dtype: DType, case: &FusedCase, rng: &mut Std
         None
     };
     let pos_cpu = Tensor::from_vec(positions, n, &Device::Cpu)?;
-    let cache = |k: Tensor, v: Tensor| PagedKvCache { layers: vec![LayerKvCache { k, v }], num_blocks, block_size: bs, num_kv_heads: nkv, head_dim: hd };
+    let cache = |k: Tensor, v: Tensor| PagedKvCache { layers: vec![LayerKvCache { k, v }], fp8_scales: Vec::new(), num_blocks, block_size: bs, num_kv_heads: nkv, head_dim: hd };
 
     // Reference: f32 on the CPU.
     let kv_ref = cache(k0.copy()?, v0.copy()?);
@@ -340,7 +340,7 @@ mod tests {
         assert_eq!(positions, vec![0, 1]);
         let qkv = Tensor::arange(0f32, 2.0 * 32.0, &Device::Cpu).unwrap().reshape((2, 32)).unwrap();
         let zeros = Tensor::zeros((num_blocks, 4, 1, 8), DType::F32, &Device::Cpu).unwrap();
-        let kv = PagedKvCache { layers: vec![LayerKvCache { k: zeros.copy().unwrap(), v: zeros }], num_blocks, block_size: 4, num_kv_heads: 1, head_dim: 8 };
+        let kv = PagedKvCache { layers: vec![LayerKvCache { k: zeros.copy().unwrap(), v: zeros }], fp8_scales: Vec::new(), num_blocks, block_size: 4, num_kv_heads: 1, head_dim: 8 };
         let step = kv.prepare(meta.clone()).unwrap();
         let spec = QkvSpec { num_heads: 2, num_kv_heads: 1, head_dim: 8, style: RopeStyle::Half, eps: 1e-6 };
         let freqs = Tensor::zeros((4, 4), DType::F32, &Device::Cpu).unwrap();
