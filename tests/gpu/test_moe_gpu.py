@@ -26,7 +26,7 @@ import subprocess
 import sys
 
 import pytest
-from test_arch_parity import _hf, _init_weights, _run_engine_bf16, _teacher_forced, _write_tokenizer, core, torch_mod  # noqa: F401
+from test_arch_parity import _hf, _init_weights, _top1_margin, _run_engine_bf16, _teacher_forced, _write_tokenizer, core, torch_mod  # noqa: F401
 from test_engine_gpu import _record
 
 pytestmark = pytest.mark.gpu
@@ -35,6 +35,7 @@ VOCAB = 1024
 PROMPT_LEN = 200
 NEW_TOKENS = 8
 MIN_TOP1 = 0.95
+
 # Median over rows of max |a - b| / max |b|: fused vs host-routed on one device and dtype (different sums and
 # roundings only), and the floor added to 1.5 x the host-routed path's own distance from the f32 reference.
 SAME_DEVICE_BOUND = {"bfloat16": 4e-2, "float16": 8e-3, "q4f16_1": 8e-3}
@@ -170,16 +171,26 @@ def test_engine_bf16_top1_agreement_with_hf(core, torch_mod, models, name):  # n
     prompts = [[rng.randrange(3, VOCAB) for _ in range(n)] for n in (50, 97, 129, 230)]
     ours, info, metrics = _run_engine_bf16(core, path, prompts)
     hf = _hf(torch, path, torch.bfloat16)
-    agree = total = 0
+    hf32 = _hf(torch, path, torch.float32)
+    agree = hf_agree = f32_agree = total = 0
     for prompt, toks in zip(prompts, ours):
         logits = _teacher_forced(torch, hf, prompt, toks, "forward")
+        logits32 = _teacher_forced(torch, hf32, prompt, toks, "forward")
         chosen = torch.tensor(toks, device=logits.device)
+        top = logits.max(-1).values
         # a top-1 of HF's bf16 logits (ties: either token is one)
-        agree += int((logits.gather(1, chosen[:, None])[:, 0] == logits.max(-1).values).sum())
+        agree += int((logits.gather(1, chosen[:, None])[:, 0] == top).sum())
+        # HF's own f32 choice against its bf16 logits: how often bf16 rounding alone flips the top-1
+        hf_agree += int((logits.gather(1, logits32.argmax(-1)[:, None].to(logits.device))[:, 0] == top).sum())
+        f32_agree += int((logits32.gather(1, chosen[:, None].to(logits32.device))[:, 0] == logits32.max(-1).values).sum())
         total += len(toks)
+    del hf, hf32
     result = {"model": name, "top1_agreement": round(agree / total, 4), "tokens": total,
+              "hf_bf16_top1_vs_hf_f32": round(hf_agree / total, 4), "top1_vs_hf_f32": round(f32_agree / total, 4),
               "graph_replays": metrics.get("cuda_graph_replays"), "graphs_captured": metrics.get("cuda_graphs_captured")}
     _record(f"moe_engine_bf16_vs_hf_{name}", result)
-    assert agree / total >= MIN_TOP1, result
+    # Random tiny MoE routers have near-ties that bf16 rounding flips (HF's own bf16 run then picks other
+    # experts than its f32 run): there, ours must track HF's f32 choices at least as well as HF's bf16 run.
+    assert agree / total >= MIN_TOP1 or f32_agree / total >= hf_agree / total - _top1_margin(hf_agree, total), result
     # MoE layers on the host-routed path cannot be captured: replays show every layer ran fused
     assert (metrics.get("cuda_graph_replays") or 0) > 0, result
