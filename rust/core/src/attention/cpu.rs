@@ -163,55 +163,52 @@ pub fn paged_attention(
     let row = num_heads * head_dim;
     let kv_row = kv_heads * head_dim;
     let cap = |x: f32| params.softcap.map_or(x, |c| c * (x / c).tanh());
+    let ops = super::simd::VecOps::active();
     let mut out = vec![0f32; num_tokens * row];
-    // One task per (token, head): a decode step has one token, and its heads are what there is to
-    // split over the cores (the CPU kernels' threads: no wake-ups between a step's matmuls and this).
-    pool::for_each_chunk_mut(&mut out, head_dim, |item, o| {
-        let (t, h) = (item / num_heads, item % num_heads);
+    // One task per (token, KV head, part of its query heads): the `per` query heads of a task read each K
+    // and V row (and, FP8, widen it) once between them. As many heads per task as still leaves 4 tasks
+    // per thread: a decode step of one sequence splits per head (3 KV heads cannot keep 2 threads busy),
+    // a prefill shares the rows across the whole group. Each head's arithmetic is the same either way.
+    // The tasks run on the CPU kernels' threads (no wake-ups between a step's matmuls and this).
+    let per = (1..=group).rev().find(|&d| group % d == 0 && num_tokens * kv_heads * (group / d) >= 4 * pool::threads()).unwrap_or(1);
+    let parts = group / per;
+    pool::for_each_chunk_mut(&mut out, per * head_dim, |item, o| {
+        let (t, kvh, part) = (item / (kv_heads * parts), item / parts % kv_heads, item % parts);
         let (s, pos) = owner[t];
         let table = &meta.seqs[s].block_table;
         let keys = params.window_start(pos)..pos + 1; // causal, within the window
+        let n = keys.len();
         let slot = |j: usize| table[j / block_size] as usize * block_size + j % block_size;
-        let kvh = h / group;
-        let qv = &q[t * row + h * head_dim..t * row + (h + 1) * head_dim];
-        let mut scores = vec![0f32; keys.len()];
+        let h0 = kvh * group + part * per; // the task's first query head
+        let qs = &q[t * row + h0 * head_dim..t * row + (h0 + per) * head_dim]; // [per, head_dim]
+        let mut scores = vec![0f32; per * n]; // [per, keys]
         let mut buf = vec![0f32; head_dim]; // an FP8 row, widened
-        let sink = sinks.map(|s| s[h]);
-        let mut max = sink.unwrap_or(f32::NEG_INFINITY);
-        for (sc, j) in scores.iter_mut().zip(keys.clone()) {
-            let base = slot(j) * kv_row + kvh * head_dim;
-            *sc = cap(dot(qv, k.row(base, head_dim, &mut buf)) * params.scale);
-            max = max.max(*sc);
+        for (i, j) in keys.clone().enumerate() {
+            let kr = k.row(slot(j) * kv_row + kvh * head_dim, head_dim, &mut buf);
+            for (g, qv) in qs.chunks_exact(head_dim).enumerate() {
+                scores[g * n + i] = cap((ops.dot)(qv, kr) * params.scale);
+            }
         }
-        // The sink's share of the denominator (its column is then dropped).
-        let mut sum = sink.map_or(0.0, |s| (s - max).exp());
-        for sc in scores.iter_mut() {
-            *sc = (*sc - max).exp();
-            sum += *sc;
+        let mut sums = vec![0f32; per];
+        for (g, (sc, total)) in scores.chunks_exact_mut(n).zip(sums.iter_mut()).enumerate() {
+            let sink = sinks.map(|s| s[h0 + g]);
+            let max = sc.iter().fold(sink.unwrap_or(f32::NEG_INFINITY), |m, &x| m.max(x));
+            // The sink's share of the denominator (its column is then dropped).
+            let mut sum = sink.map_or(0.0, |s| (s - max).exp());
+            for x in sc.iter_mut() {
+                *x = (*x - max).exp();
+                sum += *x;
+            }
+            *total = sum;
         }
-        for (&p, j) in scores.iter().zip(keys.clone()) {
-            let base = slot(j) * kv_row + kvh * head_dim;
-            let w = p / sum;
-            for (od, vd) in o.iter_mut().zip(v.row(base, head_dim, &mut buf)) {
-                *od += w * vd;
+        for (i, j) in keys.enumerate() {
+            let vr = v.row(slot(j) * kv_row + kvh * head_dim, head_dim, &mut buf);
+            for (g, og) in o.chunks_exact_mut(head_dim).enumerate() {
+                (ops.axpy)(og, scores[g * n + i] / sums[g], vr);
             }
         }
     });
     Ok((CpuStorage::F32(out), Shape::from((num_tokens, num_heads, head_dim))))
-}
-
-/// `a . b` over 8 partial sums (a fixed order, independent of the batch), which the compiler keeps in
-/// vector registers; a single running sum would serialize on the add latency.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (xa, xb) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += xa[i] * xb[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]
@@ -276,6 +273,32 @@ mod tests {
             assert!(got as usize == b || (x == 0.0 && got & 0x7F == 0), "{b:#x} ({x}) converted to {got:#x}");
         }
         assert_eq!(f8.to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap(), finite.iter().map(|p| p.1).collect::<Vec<_>>());
+    }
+
+    /// A prefill (query heads of a group sharing each K/V row in one task) and the same tokens attended
+    /// one at a time (a task per head) give the same bits: each head's arithmetic does not depend on how
+    /// the step is split into tasks.
+    #[test]
+    fn heads_sharing_rows_compute_as_heads_alone() {
+        use crate::attention::{AttentionMetadata, PagedKvCache, SeqAttention};
+        use candle_core::{DType, Device, Tensor};
+        let (kvh, heads, d, bs, n) = (2, 6, 16, 8, 40);
+        let cache = PagedKvCache::new(1, 5, bs, kvh, d, DType::F32, &Device::Cpu).unwrap();
+        let rnd = |shape: &[usize]| Tensor::randn(0f32, 1f32, shape, &Device::Cpu).unwrap();
+        let (k, v, q) = (rnd(&[n, kvh, d]), rnd(&[n, kvh, d]), rnd(&[n, heads, d]));
+        let meta = |first: usize, len: usize| AttentionMetadata {
+            slot_mapping: (first as u32..(first + len) as u32).collect(),
+            seqs: vec![SeqAttention { query_start: 0, query_len: len, context_len: first + len, block_table: (0..5).collect() }],
+            block_size: bs,
+        };
+        let step = cache.prepare(meta(0, n)).unwrap();
+        cache.write(0, &k, &v, &step).unwrap();
+        let whole = cache.attend(0, &q, &step, 0.25).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for t in [0, 17, 39] {
+            let one = cache.prepare(meta(t, 1)).unwrap();
+            let got = cache.attend(0, &q.narrow(0, t, 1).unwrap(), &one, 0.25).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(got, whole[t * heads * d..(t + 1) * heads * d], "token {t}");
+        }
     }
 
     /// Through the cache: an FP8 cache attends within e4m3's relative rounding of the f32 one at any

@@ -16,6 +16,7 @@ mod cpu;
 mod cuda;
 mod ops;
 pub mod plan;
+mod simd;
 #[cfg(test)]
 mod reference_tests;
 
@@ -259,9 +260,9 @@ impl PagedKvCache {
 
     /// [`attend_with`](Self::attend_with) where each head may also have a sink (gpt-oss): a learned
     /// logit `sinks[h]` that joins head `h`'s softmax (max and denominator) and attends to no value, so
-    /// the weights on the keys sum to less than 1. `sinks`: `[num_heads]`. CPU only: the CUDA kernels
-    /// have no sinks and refuse them.
-    pub fn attend_with_sinks(&self, layer: usize, q: &Tensor, step: &StepAttention, params: &AttnParams, sinks: Option<&[f32]>) -> candle_core::Result<Tensor> {
+    /// the weights on the keys sum to less than 1. `sinks`: `[num_heads]` f32 on the cache's device (keep
+    /// it there: a per-step upload would cost a copy per layer and cannot be captured in a CUDA graph).
+    pub fn attend_with_sinks(&self, layer: usize, q: &Tensor, step: &StepAttention, params: &AttnParams, sinks: Option<&Tensor>) -> candle_core::Result<Tensor> {
         params.validate()?;
         let cache = self.layer(layer)?;
         if step.num_tokens() == 0 {
