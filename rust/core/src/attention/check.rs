@@ -4,8 +4,8 @@
 //!
 //! A case may give the layer a sliding window and a score cap, point the block-table entries before
 //! every query's window at a block of NaNs (the placeholder a KV manager may leave after handing those
-//! blocks back: one read of it, even masked, turns outputs into NaN), and lay the step out as a fixed
-//! decode plan (the CUDA-graph path).
+//! blocks back: one read of it, even masked, turns outputs into NaN), lay the step out as a fixed
+//! decode plan (the CUDA-graph path), and give every head a sink (gpt-oss).
 
 use super::plan::FixedDecodeKey;
 use super::{AttentionMetadata, AttnParams, LayerKvCache, PagedKvCache, SeqAttention};
@@ -52,6 +52,11 @@ pub struct AttentionCase {
     /// what CUDA graphs replay); every sequence must be a decode `(1, n)`. CUDA only (ignored on CPU).
     #[serde(default)]
     pub fixed_bucket: Option<usize>,
+    /// gpt-oss's per-head sinks, of size `a`: head `h`'s sink is `a * [2, -1, 0.5, 0.1][h % 4]` plus
+    /// uniform noise in (-0.25, 0.25) (with `a` = 4: above every score of a row, below all of them,
+    /// among them). None: no sinks.
+    #[serde(default)]
+    pub sinks: Option<f32>,
 }
 
 impl AttentionCase {
@@ -231,6 +236,15 @@ pub fn compare_with_cpu(device: &Device, case: &AttentionCase) -> Result<Attenti
     let q_d = on_dev(&pad_rows(&mut rng, &q, rows)?)?; // [rows, heads, head_dim]
     let k_d = on_dev(&pad_rows(&mut rng, &k_new, rows)?)?; // [rows, kv_heads, head_dim]
     let v_d = on_dev(&pad_rows(&mut rng, &v_new, rows)?)?;
+    // Drawn last, so that cases without sinks keep their inputs.
+    let sinks = match case.sinks {
+        Some(a) => {
+            let v: Vec<f32> = (0..h).map(|i| a * [2.0, -1.0, 0.5, 0.1][i % 4] + rng.random_range(-0.25f32..0.25)).collect();
+            Some(Tensor::from_vec(v, h, &Device::Cpu)?) // [heads] f32
+        }
+        None => None,
+    };
+    let sinks_d = sinks.as_ref().map(|s| s.to_device(device)).transpose()?;
     device.synchronize()?;
     let start = std::time::Instant::now();
     let step = match fixed {
@@ -238,13 +252,13 @@ pub fn compare_with_cpu(device: &Device, case: &AttentionCase) -> Result<Attenti
         None => dev.prepare(meta)?,
     };
     dev.write(0, &k_d, &v_d, &step)?;
-    let out = dev.attend_with(0, &q_d, &step, &params)?.narrow(0, 0, t)?; // [num_tokens, heads, head_dim]
+    let out = dev.attend_with_sinks(0, &q_d, &step, &params, sinks_d.as_ref())?.narrow(0, 0, t)?; // [num_tokens, heads, head_dim]
     device.synchronize()?;
     let device_ms = start.elapsed().as_secs_f64() * 1e3;
     let attend_us = if case.repeat > 0 {
         let start = std::time::Instant::now();
         for _ in 0..case.repeat {
-            dev.attend_with(0, &q_d, &step, &params)?;
+            dev.attend_with_sinks(0, &q_d, &step, &params, sinks_d.as_ref())?;
         }
         device.synchronize()?;
         Some(start.elapsed().as_secs_f64() * 1e6 / case.repeat as f64)
@@ -260,7 +274,7 @@ pub fn compare_with_cpu(device: &Device, case: &AttentionCase) -> Result<Attenti
         let cpu = one_layer(k_cache, v_cache, case, num_blocks);
         let cpu_step = cpu.prepare(step.meta().clone())?;
         cpu.write(0, &k_new, &v_new, &cpu_step)?;
-        let reference = cpu.attend_with(0, &q, &cpu_step, &params)?; // [num_tokens, heads, head_dim]
+        let reference = cpu.attend_with_sinks(0, &q, &cpu_step, &params, sinks.as_ref())?; // [num_tokens, heads, head_dim]
         let (max_err, mean_err) = max_abs_diff(&out, &reference)?;
         let (k_err, _) = max_abs_diff(&to_cpu_f32(&dev.layers[0].k)?, &cpu.layers[0].k)?;
         let (v_err, _) = max_abs_diff(&to_cpu_f32(&dev.layers[0].v)?, &cpu.layers[0].v)?;
@@ -343,6 +357,9 @@ pub fn error_cases(device: &Device) -> Result<Vec<(String, Option<String>)>> {
     record("negative softcap", cache.attend_with(0, &q, &step, &bad(Some(-30.0), None)).map(drop));
     record("window of 0 keys", cache.attend_with(0, &q, &step, &bad(None, Some(0))).map(drop));
     record("scale of 0", cache.attend_with(0, &q, &step, &AttnParams::causal(0.0)).map(drop));
+    let with_sinks = |sinks: Tensor| cache.attend_with_sinks(0, &q, &step, &AttnParams::causal(scale), Some(&sinks)).map(drop);
+    record("sinks for another head count", with_sinks(zeros(&[h + 1], DType::F32)?));
+    record("sinks not in f32", with_sinks(zeros(&[h], DType::BF16)?));
     if device.is_cuda() {
         let big = PagedKvCache::new(1, num_blocks, bs, kvh, 512, dtype, device)?;
         let big_step = big.prepare(random_meta(&mut StdRng::seed_from_u64(7), &[(3, 20), (1, 5)], bs)?.0)?;
@@ -373,6 +390,7 @@ mod tests {
             window: None,
             placeholders: false,
             fixed_bucket: None,
+            sinks: None,
         }
     }
 
@@ -405,5 +423,15 @@ mod tests {
         // A fixed plan is CUDA only: on the CPU the case runs as a plain step.
         let r = compare_with_cpu(&Device::Cpu, &AttentionCase { fixed_bucket: Some(4), ..case(vec![(1, 30), (1, 3)], 4) }).unwrap();
         assert_eq!((r.num_tokens, r.max_abs_err), (2, Some(0.0)));
+    }
+
+    #[test]
+    fn sinks_reach_both_sides() {
+        let plain = case(vec![(1, 40), (20, 20), (3, 9)], 4);
+        let with = compare_with_cpu(&Device::Cpu, &AttentionCase { sinks: Some(4.0), ..plain.clone() }).unwrap();
+        assert_eq!((with.max_abs_err, with.nonfinite), (Some(0.0), 0));
+        // Same inputs (the sinks are drawn last): a sink only scales each row's output down.
+        let without = compare_with_cpu(&Device::Cpu, &plain).unwrap();
+        assert!(with.max_abs_ref.unwrap() < without.max_abs_ref.unwrap(), "{with:?} vs {without:?}");
     }
 }

@@ -54,6 +54,7 @@ impl<'a> KvRows<'a> {
     }
 
     /// `n` values from `base`, widened into `buf` where the cache is FP8.
+    #[inline(always)]
     fn row<'b>(&'b self, base: usize, n: usize, buf: &'b mut [f32]) -> &'b [f32] {
         match self {
             KvRows::F32(v) => &v[base..base + n],
@@ -160,55 +161,104 @@ pub fn paged_attention(
         }
     }
     let group = num_heads / kv_heads;
-    let row = num_heads * head_dim;
-    let kv_row = kv_heads * head_dim;
-    let cap = |x: f32| params.softcap.map_or(x, |c| c * (x / c).tanh());
-    let ops = super::simd::VecOps::active();
-    let mut out = vec![0f32; num_tokens * row];
+    let mut out = vec![0f32; num_tokens * num_heads * head_dim];
     // One task per (token, KV head, part of its query heads): the `per` query heads of a task read each K
     // and V row (and, FP8, widen it) once between them. As many heads per task as still leaves 4 tasks
     // per thread: a decode step of one sequence splits per head (3 KV heads cannot keep 2 threads busy),
     // a prefill shares the rows across the whole group. Each head's arithmetic is the same either way.
     // The tasks run on the CPU kernels' threads (no wake-ups between a step's matmuls and this).
     let per = (1..=group).rev().find(|&d| group % d == 0 && num_tokens * kv_heads * (group / d) >= 4 * pool::threads()).unwrap_or(1);
-    let parts = group / per;
+    let task = Task { meta, params, sinks, q, k, v, owner, num_heads, kv_heads, head_dim, block_size, per };
+    let avx2 = super::simd::avx2_active();
     pool::for_each_chunk_mut(&mut out, per * head_dim, |item, o| {
-        let (t, kvh, part) = (item / (kv_heads * parts), item / parts % kv_heads, item % parts);
-        let (s, pos) = owner[t];
-        let table = &meta.seqs[s].block_table;
-        let keys = params.window_start(pos)..pos + 1; // causal, within the window
-        let n = keys.len();
-        let slot = |j: usize| table[j / block_size] as usize * block_size + j % block_size;
-        let h0 = kvh * group + part * per; // the task's first query head
-        let qs = &q[t * row + h0 * head_dim..t * row + (h0 + per) * head_dim]; // [per, head_dim]
-        let mut scores = vec![0f32; per * n]; // [per, keys]
-        let mut buf = vec![0f32; head_dim]; // an FP8 row, widened
-        for (i, j) in keys.clone().enumerate() {
-            let kr = k.row(slot(j) * kv_row + kvh * head_dim, head_dim, &mut buf);
-            for (g, qv) in qs.chunks_exact(head_dim).enumerate() {
-                scores[g * n + i] = cap((ops.dot)(qv, kr) * params.scale);
-            }
+        #[cfg(target_arch = "x86_64")]
+        if avx2 {
+            // SAFETY: AVX2 is there (dispatch).
+            return unsafe { attend_task_avx2(&task, item, o) };
         }
-        let mut sums = vec![0f32; per];
-        for (g, (sc, total)) in scores.chunks_exact_mut(n).zip(sums.iter_mut()).enumerate() {
-            let sink = sinks.map(|s| s[h0 + g]);
-            let max = sc.iter().fold(sink.unwrap_or(f32::NEG_INFINITY), |m, &x| m.max(x));
-            // The sink's share of the denominator (its column is then dropped).
-            let mut sum = sink.map_or(0.0, |s| (s - max).exp());
-            for x in sc.iter_mut() {
-                *x = (*x - max).exp();
-                sum += *x;
-            }
-            *total = sum;
-        }
-        for (i, j) in keys.enumerate() {
-            let vr = v.row(slot(j) * kv_row + kvh * head_dim, head_dim, &mut buf);
-            for (g, og) in o.chunks_exact_mut(head_dim).enumerate() {
-                (ops.axpy)(og, scores[g * n + i] / sums[g], vr);
-            }
-        }
+        let _ = avx2;
+        // SAFETY: portable code.
+        unsafe { attend_task::<super::simd::Portable>(&task, item, o) }
     });
     Ok((CpuStorage::F32(out), Shape::from((num_tokens, num_heads, head_dim))))
+}
+
+/// What every task of one [`paged_attention`] call reads.
+struct Task<'a> {
+    meta: &'a AttentionMetadata,
+    params: &'a AttnParams,
+    sinks: Option<&'a [f32]>,
+    q: &'a [f32],
+    k: KvRows<'a>,
+    v: KvRows<'a>,
+    /// token -> (sequence, position)
+    owner: Vec<(usize, usize)>,
+    num_heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    block_size: usize,
+    /// query heads per task
+    per: usize,
+}
+
+/// [`attend_task`] compiled for AVX2, its primitives inlined.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn attend_task_avx2(task: &Task, item: usize, o: &mut [f32]) {
+    // SAFETY: the caller guarantees AVX2.
+    unsafe { attend_task::<super::simd::Avx2>(task, item, o) }
+}
+
+/// Task `item`: `task.per` query heads of one token over their KV head's keys, into `o` (`[per, head_dim]`).
+///
+/// # Safety
+/// The CPU has `L`'s instruction set.
+#[inline(always)]
+unsafe fn attend_task<L: super::simd::Lanes>(task: &Task, item: usize, o: &mut [f32]) {
+    let Task { meta, params, sinks, q, k, v, owner, num_heads, kv_heads, head_dim, block_size, per } = task;
+    let (kv_heads, head_dim, block_size, per) = (*kv_heads, *head_dim, *block_size, *per);
+    let (group, row, kv_row) = (num_heads / kv_heads, num_heads * head_dim, kv_heads * head_dim);
+    let parts = group / per;
+    let (t, kvh, part) = (item / (kv_heads * parts), item / parts % kv_heads, item % parts);
+    let (s, pos) = owner[t];
+    let table = &meta.seqs[s].block_table;
+    let keys = params.window_start(pos)..pos + 1; // causal, within the window
+    let n = keys.len();
+    let slot = |j: usize| table[j / block_size] as usize * block_size + j % block_size;
+    let cap = |x: f32| params.softcap.map_or(x, |c| c * (x / c).tanh());
+    let h0 = kvh * group + part * per; // the task's first query head
+    let qs = &q[t * row + h0 * head_dim..t * row + (h0 + per) * head_dim]; // [per, head_dim]
+    let mut scores = vec![0f32; per * n]; // [per, keys]
+    let mut buf = vec![0f32; head_dim]; // an FP8 row, widened
+    for (i, j) in keys.clone().enumerate() {
+        let kr = k.row(slot(j) * kv_row + kvh * head_dim, head_dim, &mut buf);
+        for (g, qv) in qs.chunks_exact(head_dim).enumerate() {
+            // SAFETY: the caller guarantees L's instruction set.
+            scores[g * n + i] = cap(unsafe { L::dot(qv, kr) } * params.scale);
+        }
+    }
+    let mut sums = vec![0f32; per];
+    for (g, (sc, total)) in scores.chunks_exact_mut(n).zip(sums.iter_mut()).enumerate() {
+        let sink = sinks.map(|s| s[h0 + g]);
+        let max = sc.iter().fold(sink.unwrap_or(f32::NEG_INFINITY), |m, &x| m.max(x));
+        // The sink's share of the denominator (its column is then dropped).
+        let mut sum = sink.map_or(0.0, |s| (s - max).exp());
+        for x in sc.iter_mut() {
+            *x = (*x - max).exp();
+            sum += *x;
+        }
+        *total = sum;
+    }
+    for (i, j) in keys.enumerate() {
+        let vr = v.row(slot(j) * kv_row + kvh * head_dim, head_dim, &mut buf);
+        for (g, og) in o.chunks_exact_mut(head_dim).enumerate() {
+            // SAFETY: as above.
+            unsafe { L::axpy(og, scores[g * n + i] / sums[g], vr) };
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,14 +7,15 @@
 //! (decode, short chunks, and long chunks where no tiled kernel applies, i.e. f32 and other head dims;
 //! split tokens are merged by their last partition's block). A layer's window and cap are launch
 //! arguments of both: the plan is the step's, shared by every layer, and nothing is planned or uploaded
-//! per layer (a captured CUDA graph holds each layer's arguments as constants).
+//! per layer (a captured CUDA graph holds each layer's arguments as constants). gpt-oss's sinks are a
+//! pointer argument (null: none) to the layer's `[num_heads]` f32, resident on the device since load.
 
 use super::plan::Span;
 use super::{AttnParams, DeviceStep};
 use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
-use candle_core::{bail, CudaDevice, CudaStorage, Layout, Result, Shape, Storage};
+use candle_core::{bail, CudaDevice, CudaStorage, DType, Layout, Result, Shape, Storage, Tensor};
 use mlc_kernels::{self as kernels, KernelDType};
 use crate::cuda_args::{contiguous, kernel_dtype, to_u32, view};
 
@@ -131,11 +132,13 @@ fn tiled_prefill_enabled() -> bool {
 }
 
 /// Paged attention: q `[num_tokens, num_heads, head_dim]`, caches `[num_blocks, block_size, kv_heads,
-/// head_dim]`; returns `[num_tokens, num_heads, head_dim]` in q's dtype.
+/// head_dim]`, sinks `[num_heads]` f32 (or none); returns `[num_tokens, num_heads, head_dim]` in q's
+/// dtype.
 #[allow(clippy::too_many_arguments)]
 pub fn paged_attention(
     step: &DeviceStep,
     params: &AttnParams,
+    sinks: Option<&Tensor>,
     q: &CudaStorage,
     ql: &Layout,
     k: &CudaStorage,
@@ -156,6 +159,9 @@ pub fn paged_attention(
     }
     if q.dtype() != k.dtype() || v.dtype() != k.dtype() {
         bail!("paged-attention: q {:?}, k cache {:?}, v cache {:?} must share one dtype", q.dtype(), k.dtype(), v.dtype());
+    }
+    if let Some(s) = sinks.filter(|s| s.dtype() != DType::F32 || s.dims() != [h]) {
+        bail!("paged-attention: sinks {:?} {:?} for {h} heads (one f32 per head)", s.shape(), s.dtype());
     }
     let dtype = kernel_dtype(q.dtype(), "paged-attention")?;
     let Some(name) = kernels::paged_attention_name(dtype, d) else {
@@ -185,9 +191,9 @@ pub fn paged_attention(
         args.prefill = kernels::prefill_attention_name(dtype, d, params.softcap.is_some());
     }
     let storage = match dtype {
-        KernelDType::F32 => launch_attention::<f32>(step, name, q, k, v, &args)?,
-        KernelDType::BF16 => launch_attention::<half::bf16>(step, name, q, k, v, &args)?,
-        KernelDType::F16 => launch_attention::<half::f16>(step, name, q, k, v, &args)?,
+        KernelDType::F32 => launch_attention::<f32>(step, name, q, k, v, sinks, &args)?,
+        KernelDType::BF16 => launch_attention::<half::bf16>(step, name, q, k, v, sinks, &args)?,
+        KernelDType::F16 => launch_attention::<half::f16>(step, name, q, k, v, sinks, &args)?,
     };
     Ok((storage, Shape::from((t, h, d))))
 }
@@ -198,9 +204,11 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
     q: &CudaStorage,
     k: &CudaStorage,
     v: &CudaStorage,
+    sinks: Option<&Tensor>,
     a: &AttentionArgs,
 ) -> Result<CudaStorage> {
     let dev = q.device().clone();
+    let sinks_guard = sinks.map(|s| s.storage_and_layout());
     let plan = &step.plan;
     let (h, d) = (a.num_heads as usize, a.head_dim as usize);
     let attn = dev.get_or_load_custom_func(name, kernels::PAGED_ATTENTION_MODULE, kernels::PAGED_ATTENTION_PTX)?;
@@ -232,6 +240,17 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
         let qv = view(q.as_cuda_slice::<T>()?, a.q.clone(), "q")?;
         let kv = view(k.as_cuda_slice::<T>()?, a.k.clone(), "k cache")?;
         let vv = view(v.as_cuda_slice::<T>()?, a.v.clone(), "v cache")?;
+        let sinks = match &sinks_guard {
+            Some((storage, layout)) => {
+                let Storage::Cuda(cs) = &**storage else { bail!("paged-attention: the sinks are not on a CUDA device") };
+                if !cs.device().same_device(&dev) {
+                    bail!("paged-attention: the sinks live on another CUDA device than q");
+                }
+                Some(view(cs.as_cuda_slice::<f32>()?, contiguous(layout, "sinks")?, "sinks")?)
+            }
+            None => None,
+        };
+        let null: u64 = 0; // the kernels' nullptr: no sinks
         if num_work > 0 {
             let mut b = attn.builder();
             b.arg(&mut out);
@@ -257,9 +276,14 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
             b.arg(&split_keys);
             b.arg(&a.window);
             b.arg(&a.softcap);
+            match &sinks {
+                Some(s) => b.arg(s),
+                None => b.arg(&null),
+            };
             let cfg = LaunchConfig { grid_dim: (num_work, a.num_heads, 1), block_dim: (kernels::ATTN_THREADS, 1, 1), shared_mem_bytes: 0 };
             // SAFETY: the argument list matches paged_attention_* in paged_attention.cu; the block
-            // tables, positions and partitions were validated and planned from the same metadata.
+            // tables, positions and partitions were validated and planned from the same metadata; the
+            // sinks, when given, are num_heads f32 (checked in `paged_attention`).
             unsafe { b.launch(cfg) }.w()?;
         }
         if let Some(prefill_name) = a.prefill {
@@ -283,6 +307,10 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
             b.arg(&a.scale);
             b.arg(&a.window);
             b.arg(&a.softcap);
+            match &sinks {
+                Some(s) => b.arg(s),
+                None => b.arg(&null),
+            };
             let grid = (to_u32(plan.num_tiles, "query tiles")?, a.num_heads, 1);
             let cfg = LaunchConfig { grid_dim: grid, block_dim: (kernels::PREFILL_THREADS, 1, 1), shared_mem_bytes: 0 };
             // SAFETY: matches prefill_attention_* in prefill_attention.cu (instantiated for this dtype and

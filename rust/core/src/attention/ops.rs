@@ -35,19 +35,27 @@ impl InplaceOp2 for KvWrite<'_> {
 pub struct PagedAttention<'a> {
     pub step: &'a StepAttention,
     pub params: AttnParams,
-    /// gpt-oss: one logit per query head joining that head's softmax denominator (`[num_heads]`). On
-    /// the host: a handful of values per layer, read by the CPU reference only.
-    pub sinks: Option<&'a [f32]>,
+    /// gpt-oss: one logit per query head joining that head's softmax (max and denominator), `[num_heads]`
+    /// f32 on the cache's device: uploaded once at load, so a captured CUDA graph reads it in place.
+    pub sinks: Option<&'a Tensor>,
     /// An FP8 cache's K and V row scales (`[num_blocks, block_size, num_kv_heads, 1]` f32).
     pub fp8_scales: Option<(&'a Tensor, &'a Tensor)>,
 }
 
-/// The f32 values of a CPU tensor held in its storage guard.
-fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+/// The f32 values of a CPU tensor held in its storage guard; `what` names it in the error.
+fn with_cpu_f32<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     let (storage, layout) = t.storage_and_layout();
     match (&*storage, layout.contiguous_offsets()) {
         (candle_core::Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) => f(&v[start..end]),
-        _ => bail!("FP8 KV scales must be contiguous f32 on the cpu"),
+        _ => bail!("{what} must be contiguous f32 on the cpu"),
+    }
+}
+
+/// [`with_cpu_f32`] of an optional tensor.
+fn with_cpu_f32_opt<R>(t: Option<&Tensor>, what: &str, f: impl FnOnce(Option<&[f32]>) -> Result<R>) -> Result<R> {
+    match t {
+        Some(t) => with_cpu_f32(t, what, |v| f(Some(v))),
+        None => f(None),
     }
 }
 
@@ -65,12 +73,12 @@ impl CustomOp3 for PagedAttention<'_> {
         v: &CpuStorage,
         vl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        match self.fp8_scales {
-            None => cpu::paged_attention(&self.step.meta, &self.params, self.sinks, None, q, ql, k, kl, v, vl),
-            Some((ks, vs)) => with_cpu_f32(ks, |ks| {
-                with_cpu_f32(vs, |vs| cpu::paged_attention(&self.step.meta, &self.params, self.sinks, Some((ks, vs)), q, ql, k, kl, v, vl))
+        with_cpu_f32_opt(self.sinks, "attention sinks", |sinks| match self.fp8_scales {
+            None => cpu::paged_attention(&self.step.meta, &self.params, sinks, None, q, ql, k, kl, v, vl),
+            Some((ks, vs)) => with_cpu_f32(ks, "FP8 KV scales", |ks| {
+                with_cpu_f32(vs, "FP8 KV scales", |vs| cpu::paged_attention(&self.step.meta, &self.params, sinks, Some((ks, vs)), q, ql, k, kl, v, vl))
             }),
-        }
+        })
     }
 
     #[cfg(feature = "cuda")]
@@ -83,12 +91,7 @@ impl CustomOp3 for PagedAttention<'_> {
         v: &candle_core::CudaStorage,
         vl: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        // Models with sinks are refused on CUDA at load (model/layers/attention.rs); this guards any
-        // other caller, since the kernels would silently leave the sinks out.
-        if self.sinks.is_some() {
-            bail!("paged-attention: attention sinks are not implemented in the CUDA kernels");
-        }
-        super::cuda::paged_attention(self.step.device()?, &self.params, q, ql, k, kl, v, vl)
+        super::cuda::paged_attention(self.step.device()?, &self.params, self.sinks, q, ql, k, kl, v, vl)
     }
 }
 
