@@ -295,6 +295,9 @@ impl Drop for EngineHandle {
 /// Loads the model and sizes the engine: everything that can fail happens here, on the caller's thread.
 pub fn build(model: &str, device: &str, args: &EngineArgs) -> Result<(EngineCore, EngineInfo, Arc<Tokenizer>)> {
     let device = parse_device(device)?;
+    if device.is_cpu() {
+        super::host_memory::keep_step_buffers();
+    }
     // HF:// paths are fetched (or found in the cache) once, here; the loader then reads local files.
     let local = crate::hub::resolve(model)?;
     let path = local.as_ref().map(|p| p.to_string_lossy().into_owned()).unwrap_or_else(|| model.to_string());

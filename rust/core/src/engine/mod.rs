@@ -4,6 +4,7 @@
 pub mod config;
 pub mod core;
 pub mod handle;
+mod host_memory;
 pub mod metrics;
 pub mod output;
 mod request_state;
