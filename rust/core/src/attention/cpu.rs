@@ -161,102 +161,168 @@ pub fn paged_attention(
         }
     }
     let group = num_heads / kv_heads;
-    let mut out = vec![0f32; num_tokens * num_heads * head_dim];
-    // One task per (token, KV head, part of its query heads): the `per` query heads of a task read each K
-    // and V row (and, FP8, widen it) once between them. As many heads per task as still leaves 4 tasks
-    // per thread: a decode step of one sequence splits per head (3 KV heads cannot keep 2 threads busy),
-    // a prefill shares the rows across the whole group. Each head's arithmetic is the same either way.
-    // The tasks run on the CPU kernels' threads (no wake-ups between a step's matmuls and this).
-    let per = (1..=group).rev().find(|&d| group % d == 0 && num_tokens * kv_heads * (group / d) >= 4 * pool::threads()).unwrap_or(1);
-    let task = Task { meta, params, sinks, q, k, v, owner, num_heads, kv_heads, head_dim, block_size, per };
+    // Each (token, KV head) attends its keys in chunks of KEY_CHUNK positions (chunk c: keys c * KEY_CHUNK
+    // ..(c + 1) * KEY_CHUNK, cut to the window), all `group` query heads together, so each K and V row is
+    // read (and, FP8, widened) once for the group; every chunk leaves a partial softmax (max, sum, unscaled
+    // value sum) and a second pass combines a head's chunks in order. Chunks are fixed by key position,
+    // so a token's result does not depend on the step around it. A step with few (token, KV head) pairs
+    // (a decode of one sequence) runs one task per chunk to keep the threads busy; otherwise one task per
+    // pair. The tasks run on the CPU kernels' threads (no wake-ups between a step's matmuls and this).
+    let chunks_of = |pos: usize| (params.window_start(pos) / KEY_CHUNK, pos / KEY_CHUNK + 1);
+    let entry = group * (head_dim + 2); // one chunk's partials: [group, (max, sum, value sum [head_dim])]
+    let mut first_entry = Vec::with_capacity(num_tokens + 1); // per token, in entries; a token's KV heads follow each other
+    let mut entries = 0;
+    for &(_, pos) in &owner {
+        first_entry.push(entries);
+        let (c0, c1) = chunks_of(pos);
+        entries += kv_heads * (c1 - c0);
+    }
+    first_entry.push(entries);
+    let split = num_tokens * kv_heads < 4 * pool::threads();
+    let mut tasks = Vec::new(); // (token, KV head, first chunk, end chunk)
+    for (t, &(_, pos)) in owner.iter().enumerate() {
+        let (c0, c1) = chunks_of(pos);
+        for kvh in 0..kv_heads {
+            if split {
+                tasks.extend((c0..c1).map(|c| (t, kvh, c, c + 1)));
+            } else {
+                tasks.push((t, kvh, c0, c1));
+            }
+        }
+    }
+    // Each task's entries are contiguous ([token][KV head][chunk]) and disjoint from the others'.
+    let mut partials = vec![0f32; entries * entry];
+    let mut regions = Vec::with_capacity(tasks.len());
+    let mut rest = partials.as_mut_slice();
+    for &(_, _, c0, c1) in &tasks {
+        let (mine, tail) = std::mem::take(&mut rest).split_at_mut((c1 - c0) * entry);
+        regions.push(std::sync::Mutex::new(mine));
+        rest = tail;
+    }
+    let task = Task { meta, params, q, k, v, owner: &owner, num_heads, kv_heads, head_dim, block_size };
     let avx2 = super::simd::avx2_active();
-    pool::for_each_chunk_mut(&mut out, per * head_dim, |item, o| {
+    pool::run(tasks.len(), |i| {
+        let mut region = regions[i].lock().unwrap_or_else(|e| e.into_inner());
+        let (t, kvh, c0, c1) = tasks[i];
         #[cfg(target_arch = "x86_64")]
         if avx2 {
             // SAFETY: AVX2 is there (dispatch).
-            return unsafe { attend_task_avx2(&task, item, o) };
+            return unsafe { chunks_avx2(&task, t, kvh, c0..c1, &mut region) };
         }
         let _ = avx2;
         // SAFETY: portable code.
-        unsafe { attend_task::<super::simd::Portable>(&task, item, o) }
+        unsafe { chunks::<super::simd::Portable>(&task, t, kvh, c0..c1, &mut region) }
+    });
+    drop(regions);
+    let mut out = vec![0f32; num_tokens * num_heads * head_dim];
+    pool::for_each_chunk_mut(&mut out, group * head_dim, |item, o| {
+        let (t, kvh) = (item / kv_heads, item % kv_heads);
+        let (c0, c1) = chunks_of(owner[t].1);
+        let mine = &partials[(first_entry[t] + kvh * (c1 - c0)) * entry..(first_entry[t] + (kvh + 1) * (c1 - c0)) * entry];
+        combine(mine, entry, head_dim, sinks.map(|s| &s[kvh * group..(kvh + 1) * group]), o);
     });
     Ok((CpuStorage::F32(out), Shape::from((num_tokens, num_heads, head_dim))))
 }
+
+/// Keys per chunk of [`paged_attention`]: a decode at a few hundred positions splits into enough tasks
+/// for the threads; short enough that a chunk's scores stay in L1.
+const KEY_CHUNK: usize = 128;
 
 /// What every task of one [`paged_attention`] call reads.
 struct Task<'a> {
     meta: &'a AttentionMetadata,
     params: &'a AttnParams,
-    sinks: Option<&'a [f32]>,
     q: &'a [f32],
     k: KvRows<'a>,
     v: KvRows<'a>,
     /// token -> (sequence, position)
-    owner: Vec<(usize, usize)>,
+    owner: &'a [(usize, usize)],
     num_heads: usize,
     kv_heads: usize,
     head_dim: usize,
     block_size: usize,
-    /// query heads per task
-    per: usize,
 }
 
-/// [`attend_task`] compiled for AVX2, its primitives inlined.
+/// [`chunks`] compiled for AVX2, its primitives inlined.
 ///
 /// # Safety
 /// The CPU has AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn attend_task_avx2(task: &Task, item: usize, o: &mut [f32]) {
+unsafe fn chunks_avx2(task: &Task, t: usize, kvh: usize, range: std::ops::Range<usize>, out: &mut [f32]) {
     // SAFETY: the caller guarantees AVX2.
-    unsafe { attend_task::<super::simd::Avx2>(task, item, o) }
+    unsafe { chunks::<super::simd::Avx2>(task, t, kvh, range, out) }
 }
 
-/// Task `item`: `task.per` query heads of one token over their KV head's keys, into `o` (`[per, head_dim]`).
+/// The partial softmax of token `t`'s query heads of KV head `kvh` over each key chunk in `range`, into
+/// `out` (`[range, group, (max, sum, value sum [head_dim])]`): max = the chunk's largest score, sum =
+/// sum exp(score - max), value sum = sum exp(score - max) * v.
 ///
 /// # Safety
 /// The CPU has `L`'s instruction set.
 #[inline(always)]
-unsafe fn attend_task<L: super::simd::Lanes>(task: &Task, item: usize, o: &mut [f32]) {
-    let Task { meta, params, sinks, q, k, v, owner, num_heads, kv_heads, head_dim, block_size, per } = task;
-    let (kv_heads, head_dim, block_size, per) = (*kv_heads, *head_dim, *block_size, *per);
+unsafe fn chunks<L: super::simd::Lanes>(task: &Task, t: usize, kvh: usize, range: std::ops::Range<usize>, out: &mut [f32]) {
+    let Task { meta, params, q, k, v, owner, num_heads, kv_heads, head_dim, block_size } = task;
+    let (kv_heads, head_dim, block_size) = (*kv_heads, *head_dim, *block_size);
     let (group, row, kv_row) = (num_heads / kv_heads, num_heads * head_dim, kv_heads * head_dim);
-    let parts = group / per;
-    let (t, kvh, part) = (item / (kv_heads * parts), item / parts % kv_heads, item % parts);
     let (s, pos) = owner[t];
     let table = &meta.seqs[s].block_table;
-    let keys = params.window_start(pos)..pos + 1; // causal, within the window
-    let n = keys.len();
     let slot = |j: usize| table[j / block_size] as usize * block_size + j % block_size;
     let cap = |x: f32| params.softcap.map_or(x, |c| c * (x / c).tanh());
-    let h0 = kvh * group + part * per; // the task's first query head
-    let qs = &q[t * row + h0 * head_dim..t * row + (h0 + per) * head_dim]; // [per, head_dim]
-    let mut scores = vec![0f32; per * n]; // [per, keys]
+    let qs = &q[t * row + kvh * group * head_dim..t * row + (kvh + 1) * group * head_dim]; // [group, head_dim]
+    let mut scores = vec![0f32; group * KEY_CHUNK]; // [group, keys of the chunk]
     let mut buf = vec![0f32; head_dim]; // an FP8 row, widened
-    for (i, j) in keys.clone().enumerate() {
-        let kr = k.row(slot(j) * kv_row + kvh * head_dim, head_dim, &mut buf);
-        for (g, qv) in qs.chunks_exact(head_dim).enumerate() {
-            // SAFETY: the caller guarantees L's instruction set.
-            scores[g * n + i] = cap(unsafe { L::dot(qv, kr) } * params.scale);
+    for (c, part) in range.zip(out.chunks_exact_mut(group * (head_dim + 2))) {
+        // causal, within the window
+        let keys = (c * KEY_CHUNK).max(params.window_start(pos))..((c + 1) * KEY_CHUNK).min(pos + 1);
+        let n = keys.len();
+        for (i, j) in keys.clone().enumerate() {
+            let kr = k.row(slot(j) * kv_row + kvh * head_dim, head_dim, &mut buf);
+            for (g, qv) in qs.chunks_exact(head_dim).enumerate() {
+                // SAFETY: the caller guarantees L's instruction set.
+                scores[g * KEY_CHUNK + i] = cap(unsafe { L::dot(qv, kr) } * params.scale);
+            }
+        }
+        for (g, p) in part.chunks_exact_mut(head_dim + 2).enumerate() {
+            let sc = &mut scores[g * KEY_CHUNK..g * KEY_CHUNK + n];
+            let max = sc.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            let mut sum = 0.0;
+            for x in sc.iter_mut() {
+                *x = (*x - max).exp();
+                sum += *x;
+            }
+            p[0] = max;
+            p[1] = sum;
+        }
+        for (i, j) in keys.enumerate() {
+            let vr = v.row(slot(j) * kv_row + kvh * head_dim, head_dim, &mut buf);
+            for (g, p) in part.chunks_exact_mut(head_dim + 2).enumerate() {
+                // SAFETY: as above.
+                unsafe { L::axpy(&mut p[2..], scores[g * KEY_CHUNK + i], vr) };
+            }
         }
     }
-    let mut sums = vec![0f32; per];
-    for (g, (sc, total)) in scores.chunks_exact_mut(n).zip(sums.iter_mut()).enumerate() {
-        let sink = sinks.map(|s| s[h0 + g]);
-        let max = sc.iter().fold(sink.unwrap_or(f32::NEG_INFINITY), |m, &x| m.max(x));
-        // The sink's share of the denominator (its column is then dropped).
-        let mut sum = sink.map_or(0.0, |s| (s - max).exp());
-        for x in sc.iter_mut() {
-            *x = (*x - max).exp();
-            sum += *x;
-        }
-        *total = sum;
+}
+
+/// One (token, KV head)'s output `o` (`[group, head_dim]`) from its chunks' partials (`[chunks, group,
+/// (max, sum, value sum)]`, in key order): per head, m = the largest chunk max (and the sink's logit),
+/// o = sum over chunks of value sum * exp(max - m) / (sum over chunks of sum * exp(max - m) + exp(sink - m)).
+/// `sinks` (gpt-oss): the group's sink logits; a sink joins the max and the denominator and adds no value,
+/// as transformers' eager attention does with its extra score column.
+fn combine(partials: &[f32], entry: usize, head_dim: usize, sinks: Option<&[f32]>, o: &mut [f32]) {
+    // head g's (max, sum, value sum) in one chunk's partials
+    fn head(c: &[f32], g: usize, d: usize) -> &[f32] {
+        &c[g * (d + 2)..(g + 1) * (d + 2)]
     }
-    for (i, j) in keys.enumerate() {
-        let vr = v.row(slot(j) * kv_row + kvh * head_dim, head_dim, &mut buf);
-        for (g, og) in o.chunks_exact_mut(head_dim).enumerate() {
-            // SAFETY: as above.
-            unsafe { L::axpy(og, scores[g * n + i] / sums[g], vr) };
+    for (g, og) in o.chunks_exact_mut(head_dim).enumerate() {
+        let sink = sinks.map(|s| s[g]);
+        let m = partials.chunks_exact(entry).fold(sink.unwrap_or(f32::NEG_INFINITY), |m, c| m.max(head(c, g, head_dim)[0]));
+        let denom = partials.chunks_exact(entry).fold(sink.map_or(0.0, |s| (s - m).exp()), |d, c| d + head(c, g, head_dim)[1] * (head(c, g, head_dim)[0] - m).exp());
+        for c in partials.chunks_exact(entry) {
+            let w = (head(c, g, head_dim)[0] - m).exp() / denom;
+            for (od, vd) in og.iter_mut().zip(&head(c, g, head_dim)[2..]) {
+                *od += w * vd;
+            }
         }
     }
 }
@@ -325,29 +391,42 @@ mod tests {
         assert_eq!(f8.to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap(), finite.iter().map(|p| p.1).collect::<Vec<_>>());
     }
 
-    /// A prefill (query heads of a group sharing each K/V row in one task) and the same tokens attended
-    /// one at a time (a task per head) give the same bits: each head's arithmetic does not depend on how
-    /// the step is split into tasks.
+    /// Over 300 keys (3 chunks of KEY_CHUNK): a prefill (one task per token and KV head) and the same tokens
+    /// attended one at a time (one task per chunk) give the same bits, a token's result not depending on
+    /// the step around it; and both equal a plain softmax attention in f64 within f32 rounding.
     #[test]
-    fn heads_sharing_rows_compute_as_heads_alone() {
+    fn chunked_keys_give_one_result_per_token_and_the_plain_attention() {
         use crate::attention::{AttentionMetadata, PagedKvCache, SeqAttention};
         use candle_core::{DType, Device, Tensor};
-        let (kvh, heads, d, bs, n) = (2, 6, 16, 8, 40);
-        let cache = PagedKvCache::new(1, 5, bs, kvh, d, DType::F32, &Device::Cpu).unwrap();
+        let (kvh, heads, d, bs, n) = (2, 6, 16, 8, 300usize);
+        let blocks = n.div_ceil(bs);
+        let cache = PagedKvCache::new(1, blocks, bs, kvh, d, DType::F32, &Device::Cpu).unwrap();
         let rnd = |shape: &[usize]| Tensor::randn(0f32, 1f32, shape, &Device::Cpu).unwrap();
         let (k, v, q) = (rnd(&[n, kvh, d]), rnd(&[n, kvh, d]), rnd(&[n, heads, d]));
         let meta = |first: usize, len: usize| AttentionMetadata {
             slot_mapping: (first as u32..(first + len) as u32).collect(),
-            seqs: vec![SeqAttention { query_start: 0, query_len: len, context_len: first + len, block_table: (0..5).collect() }],
+            seqs: vec![SeqAttention { query_start: 0, query_len: len, context_len: first + len, block_table: (0..blocks as u32).collect() }],
             block_size: bs,
         };
         let step = cache.prepare(meta(0, n)).unwrap();
         cache.write(0, &k, &v, &step).unwrap();
         let whole = cache.attend(0, &q, &step, 0.25).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        for t in [0, 17, 39] {
+        let (kf, vf, qf) = (k.to_vec3::<f32>().unwrap(), v.to_vec3::<f32>().unwrap(), q.to_vec3::<f32>().unwrap());
+        for t in [0, 127, 128, 200, 299] {
             let one = cache.prepare(meta(t, 1)).unwrap();
             let got = cache.attend(0, &q.narrow(0, t, 1).unwrap(), &one, 0.25).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             assert_eq!(got, whole[t * heads * d..(t + 1) * heads * d], "token {t}");
+            for h in 0..heads {
+                let g = h / (heads / kvh);
+                let scores: Vec<f64> = (0..=t).map(|j| 0.25 * (0..d).map(|x| qf[t][h][x] as f64 * kf[j][g][x] as f64).sum::<f64>()).collect();
+                let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = scores.iter().map(|s| (s - m).exp()).sum();
+                for x in 0..d {
+                    let want = (0..=t).map(|j| (scores[j] - m).exp() / z * vf[j][g][x] as f64).sum::<f64>();
+                    let err = (got[h * d + x] as f64 - want).abs();
+                    assert!(err < 1e-5, "token {t} head {h} dim {x}: {} vs {want}", got[h * d + x]);
+                }
+            }
         }
     }
 
