@@ -4,8 +4,11 @@
 //! same weights in HF transformers, teacher-forced on the reference continuation.
 //!
 //! Gemma's GGUF has no `query_pre_attn_scalar` (llama.cpp scales queries by 1/sqrt(head_dim)), so the
-//! Gemma files are compared with transformers run that way (`<name>.llamacpp_logits.bin`); every other
-//! file with `reference_logits.bin`, the safetensors path's reference.
+//! Gemma files are compared with transformers run that way (`<name>.llamacpp_logits.bin`); likewise
+//! gpt-oss, whose SwiGLU limit (7.0) and YaRN rounding llama.cpp builds in while the fixture's config
+//! says otherwise (limit 1.2, truncate false). Every other file with `reference_logits.bin`, the
+//! safetensors path's reference. Every row's argmax must be the reference's (up to a tie within the
+//! tolerance): greedy decoding picks the same tokens.
 
 mod common;
 
@@ -51,12 +54,21 @@ fn check_gguf(name: &str, logits_file: Option<&str>) {
         r.logits = (0..r.prompts.len()).map(|i| (0..rows).map(|j| flat[(i * rows + j) * vocab..(i * rows + j + 1) * vocab].to_vec()).collect()).collect();
     }
     let got = teacher_forced(&dir.join(format!("{name}.gguf")), &r.prompts, &r.greedy, 32);
+    let mut worst = 0f32;
     for (i, rows) in got.iter().enumerate() {
         let errs: Vec<f32> = rows.iter().zip(&r.logits[i]).map(|(g, w)| max_rel_err(g, w)).collect();
         if let Some(row) = errs.iter().position(|e| *e >= 1e-4) {
             panic!("{name}.gguf: prompt {i} row {row} relative logit error {:e}; all rows: {errs:?}", errs[row]);
         }
+        worst = errs.iter().fold(worst, |a, &e| a.max(e));
+        for (row, (g, w)) in rows.iter().zip(&r.logits[i]).enumerate() {
+            let top = w.iter().fold(f32::MIN, |a, &x| a.max(x));
+            let scale = w.iter().fold(0f32, |a, &x| a.max(x.abs()));
+            let pick = g.iter().enumerate().fold(0, |b, (j, &x)| if x > g[b] { j } else { b });
+            assert!(w[pick] >= top - 1e-4 * scale, "{name}.gguf: prompt {i} row {row}: argmax {pick} is not the reference's");
+        }
     }
+    eprintln!("{name}.gguf: max relative logit error {worst:e} over {} prompts x 32 rows", got.len());
 }
 
 #[test]
@@ -93,4 +105,17 @@ fn mixtral_gguf_stacked_experts_matches_transformers() {
 #[test]
 fn qwen3_moe_gguf_matches_transformers() {
     check_gguf("qwen3_moe", None);
+}
+
+#[test]
+fn gpt_oss_gguf_split_experts_sinks_and_windows_match_transformers_at_llama_cpp_settings() {
+    // ffn_gate_exps / ffn_up_exps (HF's interleaved gate_up_proj split), post_attention_norm as the MoE's
+    // input norm, attn_sinks; prompts of 7, 23 and 61 tokens against a window of 16.
+    check_gguf("gpt_oss", Some("gpt_oss.llamacpp_logits.bin"));
+}
+
+#[test]
+fn gpt_oss_gguf_mxfp4_experts_match_transformers_at_llama_cpp_settings() {
+    // The experts as ggml MXFP4 (type 39), dequantized at load.
+    check_gguf("gpt_oss_mxfp4", Some("gpt_oss_mxfp4.llamacpp_logits.bin"));
 }

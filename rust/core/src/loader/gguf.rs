@@ -1,5 +1,7 @@
-//! GGUF files: llama.cpp's tensor names mapped to HF names, quantized or dequantized weights.
+//! GGUF files: llama.cpp's tensor names mapped to HF names, quantized or dequantized weights. MXFP4
+//! tensors (gpt-oss's experts; a type candle does not read, gguf_mxfp4.rs) are dequantized at load.
 
+use super::gguf_mxfp4::{self, Mxfp4Info};
 use super::QuantMode;
 use crate::error::{EngineError, Result};
 use crate::model::config::{ModelConfig, NormPlacement};
@@ -8,13 +10,16 @@ use crate::model::linear::{Linear, Weight};
 use crate::tokenizer::Tokenizer;
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 pub struct GgufWeights {
     content: gguf_file::Content,
+    /// The tensors of type MXFP4, which `content` does not list.
+    mxfp4: HashMap<String, Mxfp4Info>,
     // Reads seek the shared handle; loading happens on one thread, the lock only makes that explicit.
     file: Mutex<BufReader<File>>,
     path: PathBuf,
@@ -28,10 +33,11 @@ pub struct GgufWeights {
 pub fn load(path: &Path, device: &Device, dtype: DType, quant: QuantMode) -> Result<(ModelConfig, GgufWeights, Tokenizer)> {
     let shown = path.display().to_string();
     let mut file = BufReader::new(File::open(path).map_err(|e| EngineError::model_load(&shown, e.to_string()))?);
-    let content = gguf_file::Content::read(&mut file)
+    let (content, mxfp4) = gguf_mxfp4::read_content(&mut file)
         .map_err(|e| EngineError::model_load(&shown, format!("not a valid GGUF file: {e}")))?;
     let file_len = file.get_ref().metadata().map_err(|e| EngineError::model_load(&shown, e.to_string()))?.len();
     check_tensor_infos(&content, file_len).map_err(|m| EngineError::model_load(&shown, m))?;
+    check_mxfp4_infos(&mxfp4, content.tensor_data_offset, file_len).map_err(|m| EngineError::model_load(&shown, m))?;
     let has_output = content.tensor_infos.contains_key("output.weight");
     let read_f32 = |name: &str| -> Option<Vec<f32>> {
         let mut own = BufReader::new(File::open(path).ok()?);
@@ -42,9 +48,10 @@ pub fn load(path: &Path, device: &Device, dtype: DType, quant: QuantMode) -> Res
     let config = crate::model::registry::config_from_gguf(&meta)?;
     let tokenizer = Tokenizer::from_gguf(&content, path)?;
     // llama.cpp names a branch-output norm `post_attention_norm` and the MLP's input norm `ffn_norm`;
-    // HF's `post_attention_layernorm` is the one or the other depending on where the norms sit.
+    // HF's `post_attention_layernorm` is the one or the other depending on where the norms sit (gpt-oss,
+    // pre-norm, names its MLP input norm `post_attention_norm`: `resolve`).
     let post_norms = config.norms != NormPlacement::Pre;
-    let weights = GgufWeights { content, file: Mutex::new(file), path: path.to_path_buf(), device: device.clone(), dtype, quant, post_norms };
+    let weights = GgufWeights { content, mxfp4, file: Mutex::new(file), path: path.to_path_buf(), device: device.clone(), dtype, quant, post_norms };
     Ok((config, weights, tokenizer))
 }
 
@@ -68,6 +75,32 @@ pub(crate) fn check_tensor_infos(content: &gguf_file::Content, file_len: u64) ->
         }
     }
     Ok(())
+}
+
+/// [`check_tensor_infos`] for the MXFP4 tensors.
+fn check_mxfp4_infos(infos: &HashMap<String, Mxfp4Info>, data_offset: u64, file_len: u64) -> std::result::Result<(), String> {
+    for (name, info) in infos {
+        if info.dims.is_empty() || info.dims.contains(&0) {
+            return Err(format!("tensor {name} has shape {:?}", info.dims));
+        }
+        let Some(bytes) = info.bytes() else {
+            return Err(format!("tensor {name}: shape {:?} is out of range or not whole MXFP4 blocks", info.dims));
+        };
+        let end = data_offset.checked_add(info.offset).and_then(|o| o.checked_add(bytes));
+        if end.is_none_or(|e| e > file_len) {
+            return Err(format!("tensor {name} ends past the end of the file ({file_len} bytes): the file is truncated or corrupt"));
+        }
+    }
+    Ok(())
+}
+
+/// gpt-oss's fused expert tensors (`model.layers.3.mlp.experts.gate_up_proj` and `_bias`, `down_proj` and
+/// `_bias`) -> their layer and which. llama.cpp keeps gate and up apart (`ffn_gate_exps`, `ffn_up_exps`:
+/// the even and odd rows of HF's interleaved `gate_up_proj`) and every weight as `[E, out, in]`.
+fn gpt_oss_expert(hf: &str) -> Option<(&str, &str)> {
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (idx, what) = rest.split_once(".mlp.experts.")?;
+    ["gate_up_proj", "gate_up_proj_bias", "down_proj", "down_proj_bias"].contains(&what).then_some((idx, what))
 }
 
 /// A mixture's expert weight -> llama.cpp's tensor of all experts (`blk.3.ffn_gate_exps.weight`, `[E, out,
@@ -102,6 +135,10 @@ fn gguf_name(hf: &str, post_norms: bool) -> Option<String> {
     }
     let rest = hf.strip_prefix("model.layers.")?;
     let (idx, rest) = rest.split_once('.')?;
+    // gpt-oss: one sink logit per head, a parameter without a suffix in HF.
+    if rest == "self_attn.sinks" {
+        return Some(format!("blk.{idx}.attn_sinks.weight"));
+    }
     let (module, suffix) = rest.rsplit_once('.')?;
     let g = match module {
         "input_layernorm" => "attn_norm",
@@ -122,7 +159,7 @@ fn gguf_name(hf: &str, post_norms: bool) -> Option<String> {
         "mlp.up_proj" => "ffn_up",
         "mlp.down_proj" => "ffn_down",
         // Mixtures: the router, and Qwen2-MoE's shared expert with its gate.
-        "block_sparse_moe.gate" | "mlp.gate" => "ffn_gate_inp",
+        "block_sparse_moe.gate" | "mlp.gate" | "mlp.router" => "ffn_gate_inp",
         "mlp.shared_expert.gate_proj" => "ffn_gate_shexp",
         "mlp.shared_expert.up_proj" => "ffn_up_shexp",
         "mlp.shared_expert.down_proj" => "ffn_down_shexp",
@@ -142,7 +179,7 @@ impl GgufWeights {
         if let Some((name, expert)) = gguf_expert(hf) {
             return self.expert_qtensor(&name, expert, device);
         }
-        let name = gguf_name(hf, self.post_norms).ok_or_else(|| EngineError::model_load(shown(), format!("no GGUF name for {hf}")))?;
+        let name = self.resolve(hf).ok_or_else(|| EngineError::model_load(shown(), format!("no GGUF name for {hf}")))?;
         let mut file = self.file.lock().map_err(|_| EngineError::model_load(shown(), "file lock poisoned"))?;
         self.content.tensor(&mut *file, &name, device).map_err(|e| EngineError::model_load(shown(), format!("tensor {name}: {e}")))
     }
@@ -169,14 +206,120 @@ impl GgufWeights {
         slice.read(&mut *file, self.content.tensor_data_offset, device).map_err(|e| EngineError::model_load(shown(), format!("tensor {name} expert {expert}: {e}")))
     }
 
+    /// llama.cpp's name for `hf`. In a pre-norm model the one norm between attention and MLP is
+    /// `ffn_norm` in most of llama.cpp's architectures and `post_attention_norm` in gpt-oss: either
+    /// name means that norm there.
+    fn resolve(&self, hf: &str) -> Option<String> {
+        let name = gguf_name(hf, self.post_norms)?;
+        if !self.post_norms && name.ends_with(".ffn_norm.weight") && !self.has(&name) {
+            let alt = name.replace(".ffn_norm.", ".post_attention_norm.");
+            if self.has(&alt) {
+                return Some(alt);
+            }
+        }
+        Some(name)
+    }
+
+    fn has(&self, gguf: &str) -> bool {
+        self.content.tensor_infos.contains_key(gguf) || self.mxfp4.contains_key(gguf)
+    }
+
     pub fn contains(&self, hf: &str) -> bool {
-        let name = gguf_expert(hf).map(|(n, _)| n).or_else(|| gguf_name(hf, self.post_norms));
-        name.is_some_and(|n| self.content.tensor_infos.contains_key(&n))
+        if let Some((idx, what)) = gpt_oss_expert(hf) {
+            let g = if what.starts_with("down") { "ffn_down_exps" } else { "ffn_gate_exps" };
+            let suffix = if what.ends_with("_bias") { "bias" } else { "weight" };
+            return self.has(&format!("blk.{idx}.{g}.{suffix}"));
+        }
+        let name = gguf_expert(hf).map(|(n, _)| n).or_else(|| self.resolve(hf));
+        name.is_some_and(|n| self.has(&n))
     }
 
     /// The named tensor dequantized to the compute dtype.
     pub fn tensor(&self, hf: &str) -> Result<Tensor> {
+        if let Some((idx, what)) = gpt_oss_expert(hf) {
+            return Ok(self.gpt_oss_fused(idx, what)?.to_dtype(self.dtype)?.to_device(&self.device)?);
+        }
+        if let Some(t) = self.mxfp4_dense(hf)? {
+            return Ok(t);
+        }
         Ok(self.qtensor(hf)?.dequantize(&self.device)?.to_dtype(self.dtype)?)
+    }
+
+    /// gpt-oss's fused expert tensor `what` of layer `idx` as HF holds it, f32 on the CPU: `gate_up_proj`
+    /// `[E, hidden, 2I]` with gate and up columns interleaved (from `ffn_gate_exps` / `ffn_up_exps`, `[E, I,
+    /// hidden]` each), its bias `[E, 2I]` likewise, `down_proj` `[E, I, hidden]` (`ffn_down_exps` is `[E,
+    /// hidden, I]`), its bias `[E, hidden]`.
+    fn gpt_oss_fused(&self, idx: &str, what: &str) -> Result<Tensor> {
+        let t = |g: &str, suffix: &str| self.f32_cpu(&format!("blk.{idx}.{g}.{suffix}"), None);
+        let weight = !what.ends_with("_bias");
+        let suffix = if weight { "weight" } else { "bias" };
+        if what.starts_with("down") {
+            let d = t("ffn_down_exps", suffix)?;
+            return Ok(if weight { d.transpose(1, 2)?.contiguous()? } else { d });
+        }
+        let (gate, up) = (t("ffn_gate_exps", suffix)?, t("ffn_up_exps", suffix)?); // [E, I, hidden] / [E, I]
+        if gate.dims() != up.dims() || gate.rank() != if weight { 3 } else { 2 } {
+            return Err(EngineError::model_load(
+                self.path.display().to_string(),
+                format!("blk.{idx}.ffn_gate_exps.{suffix} {:?} and ffn_up_exps.{suffix} {:?} are not two [experts, intermediate{}] tensors", gate.dims(), up.dims(), if weight { ", hidden" } else { "" }),
+            ));
+        }
+        let mut dims = gate.dims().to_vec();
+        dims[1] *= 2;
+        let rows = Tensor::stack(&[gate, up], 2)?.reshape(dims)?; // [E, 2I(, hidden)]: gate, up, gate, ...
+        Ok(if weight { rows.transpose(1, 2)?.contiguous()? } else { rows })
+    }
+
+    /// The GGUF tensor `name` (or expert `expert` of its `[E, out, in]`), dequantized to f32 on the CPU.
+    fn f32_cpu(&self, name: &str, expert: Option<usize>) -> Result<Tensor> {
+        let shown = || self.path.display().to_string();
+        if let Some(info) = self.mxfp4.get(name) {
+            return self.read_mxfp4(name, info, expert);
+        }
+        let q = match expert {
+            Some(e) => self.expert_qtensor(name, e, &Device::Cpu)?,
+            None => {
+                let mut file = self.file.lock().map_err(|_| EngineError::model_load(shown(), "file lock poisoned"))?;
+                self.content.tensor(&mut *file, name, &Device::Cpu).map_err(|e| EngineError::model_load(shown(), format!("tensor {name}: {e}")))?
+            }
+        };
+        Ok(q.dequantize(&Device::Cpu)?)
+    }
+
+    /// `hf`'s weight dequantized to the compute dtype when the file holds it as MXFP4 (`None`: another type).
+    fn mxfp4_dense(&self, hf: &str) -> Result<Option<Tensor>> {
+        let (name, expert) = match gguf_expert(hf) {
+            Some((n, e)) => (n, Some(e)),
+            None => match self.resolve(hf) {
+                Some(n) => (n, None),
+                None => return Ok(None),
+            },
+        };
+        let Some(info) = self.mxfp4.get(&name) else { return Ok(None) };
+        Ok(Some(self.read_mxfp4(&name, info, expert)?.to_dtype(self.dtype)?.to_device(&self.device)?))
+    }
+
+    /// An MXFP4 tensor (or expert `expert` of an `[E, out, in]` one: its rows are contiguous whole
+    /// blocks) read and dequantized to f32 on the CPU, as ggml does.
+    fn read_mxfp4(&self, name: &str, info: &Mxfp4Info, expert: Option<usize>) -> Result<Tensor> {
+        let err = |m: String| EngineError::model_load(self.path.display().to_string(), format!("tensor {name}: {m}"));
+        // check_mxfp4_infos checked at open that the whole tensor is whole blocks inside the file.
+        let whole = info.bytes().ok_or_else(|| err("not whole MXFP4 blocks".into()))?;
+        let (start, bytes, dims) = match (expert, info.dims.as_slice()) {
+            (None, _) => (info.offset, whole, info.dims.clone()),
+            (Some(e), &[experts, rows, cols]) if e < experts => {
+                let per = whole / experts as u64;
+                (info.offset + e as u64 * per, per, vec![rows, cols])
+            }
+            (Some(e), dims) => return Err(err(format!("shape {dims:?} has no expert {e} ([experts, out, in])"))),
+        };
+        let mut buf = vec![0u8; bytes as usize];
+        {
+            let mut file = self.file.lock().map_err(|_| err("file lock poisoned".into()))?;
+            file.seek(SeekFrom::Start(self.content.tensor_data_offset + start)).map_err(|e| err(e.to_string()))?;
+            file.read_exact(&mut buf).map_err(|e| err(e.to_string()))?;
+        }
+        Ok(Tensor::from_vec(crate::quant::mxfp4::dequantize_ggml(&buf), dims, &Device::Cpu)?)
     }
 
     pub fn linear(&self, hf_prefix: &str, bias: bool) -> Result<Linear> {
@@ -184,6 +327,10 @@ impl GgufWeights {
         if let Some(weight) = self.q4_cuda(&format!("{hf_prefix}.weight"))? {
             let bias = if bias { Some(self.tensor(&format!("{hf_prefix}.bias"))?) } else { None };
             return Ok(Linear { weight, bias });
+        }
+        if let Some(weight) = self.mxfp4_dense(&format!("{hf_prefix}.weight"))? {
+            let bias = if bias { Some(self.tensor(&format!("{hf_prefix}.bias"))?) } else { None };
+            return Ok(Linear { weight: Weight::Dense(weight), bias });
         }
         let q = self.qtensor(&format!("{hf_prefix}.weight"))?;
         let float = matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
@@ -200,7 +347,8 @@ impl GgufWeights {
     /// uploaded once); `None` for any other type, device or mode.
     #[cfg(feature = "cuda")]
     fn q4_cuda(&self, hf: &str) -> Result<Option<Weight>> {
-        let is_q4 = gguf_name(hf, self.post_norms)
+        let is_q4 = self
+            .resolve(hf)
             .and_then(|n| self.content.tensor_infos.get(&n))
             .is_some_and(|info| info.ggml_dtype == GgmlDType::Q4_0);
         if !(is_q4 && self.device.is_cuda() && self.quant == QuantMode::Quantized) {

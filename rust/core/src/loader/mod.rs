@@ -1,6 +1,7 @@
 //! Finds a model on disk and gives its weights by their Hugging Face names, whatever the file format.
 
 mod gguf;
+mod gguf_mxfp4;
 mod mlc;
 pub mod mlc_config;
 mod safetensors;

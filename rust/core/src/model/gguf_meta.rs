@@ -182,6 +182,48 @@ mod tests {
     }
 
     #[test]
+    fn gpt_oss_alternates_windows_and_takes_llama_cpp_s_built_in_swiglu() {
+        use crate::model::config::{ClampedSwiglu, Routing};
+        let none = |_: &str| None;
+        let keys = |extra: &[(&str, Value)]| {
+            let mut k = vec![
+                ("attention.sliding_window", Value::U32(16)),
+                ("expert_count", Value::U32(8)),
+                ("expert_used_count", Value::U32(2)),
+                ("expert_feed_forward_length", Value::U32(48)),
+                ("block_count", Value::U32(4)),
+            ];
+            k.extend(extra.iter().cloned());
+            md("gpt-oss", &k)
+        };
+        let g = parse(&keys(&[]), &none).unwrap();
+        let (s, f) = (AttentionKind::Sliding(16), AttentionKind::Full);
+        assert_eq!(g.layers.iter().map(|l| l.attention).collect::<Vec<_>>(), [s, f, s, f]);
+        assert!(g.attention_sinks && g.attention_bias && g.o_proj_bias);
+        let m = g.moe.as_ref().unwrap();
+        assert_eq!((m.num_experts, m.top_k, m.expert_intermediate, g.intermediate_size), (8, 2, 48, 48));
+        assert_eq!((m.routing, m.norm_topk_prob), (Routing::TopKSoftmax, false));
+        assert_eq!(m.clamped_swiglu, Some(ClampedSwiglu { alpha: 1.702, limit: 7.0 }));
+        // llama.cpp: layer i slides iff i % pattern < pattern - 1; the sliding layers' own rope base.
+        let p3 = parse(&keys(&[("attention.sliding_window_pattern", Value::U32(3)), ("rope.freq_base_swa", Value::F32(500.0))]), &none).unwrap();
+        assert_eq!(p3.layers.iter().map(|l| (l.attention, l.rope)).collect::<Vec<_>>(), [(s, 1), (s, 1), (f, 0), (s, 1)]);
+        assert_eq!((p3.ropes[0].theta, p3.ropes[1].theta), (10_000.0, 500.0));
+        for (extra, named) in [
+            (("expert_weights_scale", Value::F32(2.5)), "gpt-oss.expert_weights_scale"),
+            (("rope.dimension_count", Value::U32(8)), "gpt-oss.rope.dimension_count"),
+            (("attention.sliding_window", Value::U32(0)), "gpt-oss.attention.sliding_window"),
+            (("attention.sliding_window_pattern", Value::Array(vec![Value::Bool(true)])), "gpt-oss.attention.sliding_window_pattern"),
+        ] {
+            let e = parse(&keys(std::slice::from_ref(&extra)), &none).expect_err(extra.0).to_string();
+            assert!(e.contains(named), "{}: {e}", extra.0);
+        }
+        let mut no_window = keys(&[]);
+        no_window.remove("gpt-oss.attention.sliding_window");
+        let e = parse(&no_window, &none).unwrap_err().to_string();
+        assert!(e.contains("gpt-oss.attention.sliding_window"), "{e}");
+    }
+
+    #[test]
     fn gemma2_layers_and_llama31_rope_freqs() {
         let none = |_: &str| None;
         let g = parse(

@@ -163,7 +163,7 @@ pub static REGISTRY: &[ArchEntry] = &[
         arch: Architecture::GptOss,
         name: "gpt_oss",
         hf_names: &["gpt_oss", "GptOssForCausalLM"],
-        gguf_name: None,
+        gguf_name: Some("gpt-oss"),
         mlc_name: None,
         from_hf: arch::gpt_oss::from_hf,
         from_gguf: arch::gpt_oss::from_gguf,

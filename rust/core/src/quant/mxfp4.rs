@@ -40,9 +40,50 @@ pub fn dequantize(blocks: &Tensor, scales: &Tensor, name: &str) -> Result<Tensor
     Ok(Tensor::from_vec(out, shape, &Device::Cpu)?)
 }
 
+/// Bytes of one block of llama.cpp's MXFP4 (ggml type 39): the e8m0 byte, then 16 bytes of nibbles.
+pub const GGML_BLOCK_BYTES: usize = 17;
+
+/// llama.cpp's MXFP4 rows (`block_mxfp4`: the e8m0 scale byte first, then 16 bytes whose byte `j` holds
+/// value `j` in its low nibble and value `j + 16` in its high one) -> f32 values in order, as ggml's
+/// `dequantize_row_mxfp4` gives them: its doubled e2m1 table times `2^(e - 128)` is this module's e2m1
+/// value times `2^(e - 127)`, the same f32 bits; e = 255 reads as ggml reads it (`2^127` on the doubled
+/// value), not as NaN. `bytes.len()` must be whole blocks (the caller checked the tensor's shape).
+pub fn dequantize_ggml(bytes: &[u8]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(bytes.len() / GGML_BLOCK_BYTES * 32);
+    for block in bytes.chunks_exact(GGML_BLOCK_BYTES) {
+        let e = block[0];
+        // ggml's GGML_E8M0_TO_FP32_HALF: 2^(e - 128), subnormal below e = 2.
+        let half = f32::from_bits(if e < 2 { 0x0020_0000 << e } else { (e as u32 - 1) << 23 });
+        let qs = &block[1..];
+        out.extend(qs.iter().map(|&b| 2.0 * E2M1[(b & 0x0F) as usize] * half));
+        out.extend(qs.iter().map(|&b| 2.0 * E2M1[(b >> 4) as usize] * half));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ggml_blocks_hold_values_j_and_j_plus_16_after_the_scale_byte() {
+        // Block 0: scale 2^0; byte 0 = 0x72: value 0 = 1.0 (nibble 2), value 16 = 6.0 (nibble 7);
+        // byte 15 = 0x0F: value 15 = -6.0, value 31 = 0. Block 1: scale 2^-3, byte 1 = 0x90: value 1 = 0,
+        // value 17 = -0.5.
+        let mut b = vec![0u8; 34];
+        (b[0], b[1], b[16]) = (127, 0x72, 0x0F);
+        (b[17], b[19]) = (124, 0x90);
+        let v = dequantize_ggml(&b);
+        assert_eq!(v.len(), 64);
+        assert_eq!((v[0], v[16], v[15], v[31]), (1.0, 6.0, -6.0, 0.0));
+        assert_eq!((v[33], v[49]), (0.0, -0.0625));
+        // The same bits as this module's e8m0 at every finite exponent (subnormals included).
+        for e in 0..255u8 {
+            let mut blk = [0u8; 17];
+            (blk[0], blk[1]) = (e, 0x07);
+            assert_eq!(dequantize_ggml(&blk)[0].to_bits(), (6.0 * e8m0(e)).to_bits(), "e = {e}");
+        }
+    }
 
     #[test]
     fn nibbles_low_first_times_the_groups_power_of_two() {

@@ -3,11 +3,12 @@
 //! whose router has a bias, whose softmax runs over the top `k` logits only, and whose experts (fused
 //! 3D tensors with biases) apply a clamped SwiGLU. As transformers 5 reads `GptOssConfig`.
 
-use super::{hf_base, single_rope, typed_layers};
+use super::{gguf_base, hf_base, single_rope, typed_layers};
 use crate::error::Result;
-use crate::model::config::{ClampedSwiglu, HfConfig, ModelConfig, MoeConfig, MoeNaming, Routing};
+use crate::model::config::{AttentionKind, ClampedSwiglu, HfConfig, LayerConfig, ModelConfig, MoeConfig, MoeNaming, Routing};
 use crate::model::gguf_meta::GgufMeta;
 use crate::model::registry::Architecture;
+use crate::model::rope::{RopeConfig, RopeStyle};
 
 /// `GptOssConfig`'s defaults where a key is absent.
 const DEFAULT_THETA: f64 = 150_000.0;
@@ -88,8 +89,51 @@ fn refuse_quantization(c: &HfConfig<'_>) -> Result<()> {
     }
 }
 
-/// No GGUF reader yet (llama.cpp's `gpt-oss` files): the registry row names no GGUF architecture, so
-/// this is never reached from a file.
-pub fn from_gguf(m: &GgufMeta<'_>, _arch: Architecture) -> Result<ModelConfig> {
-    Err(m.err("gpt-oss GGUF files are not supported yet"))
+/// llama.cpp's `gpt-oss` files, as its `llama_model_openai_moe` reads them: NEOX rope (YaRN from
+/// `rope.scaling.*`, correction range rounded outward), layer `i` sliding over `attention.sliding_window`
+/// iff `i % pattern < pattern - 1` (`attention.sliding_window_pattern`, default 2: even layers), the
+/// sliding layers' rope base `rope.freq_base_swa` (default: the other layers'), queries scaled by
+/// 1/sqrt(rope dims), biases on q/k/v/o and sinks, and every layer a mixture routed by a softmax over the
+/// top `expert_used_count` logits.
+pub fn from_gguf(m: &GgufMeta<'_>, arch: Architecture) -> Result<ModelConfig> {
+    let mut cfg = gguf_base(m, arch, RopeStyle::Half)?;
+    // llama.cpp scales by 1/sqrt(n_rot); partial rotation would change that scale too.
+    if cfg.ropes[0].rotary_dim != cfg.head_dim {
+        return Err(m.err(format!("{}.rope.dimension_count {} differs from the head size {}: not supported", m.arch(), cfg.ropes[0].rotary_dim, cfg.head_dim)));
+    }
+    let window = match m.need_usize("attention.sliding_window")? {
+        0 => return Err(m.err(format!("{}.attention.sliding_window must be at least 1", m.arch()))),
+        w => w,
+    };
+    // A per-layer array of flags is llama.cpp's other form of this key: refused by name (not an integer).
+    let pattern = m.usize("attention.sliding_window_pattern")?.unwrap_or(2);
+    let sliding_rope = match m.f64("rope.freq_base_swa")? {
+        Some(theta) if theta != cfg.ropes[0].theta => {
+            cfg.ropes.push(RopeConfig { theta, ..cfg.ropes[0].clone() });
+            1
+        }
+        _ => 0,
+    };
+    cfg.layers = (0..cfg.num_hidden_layers)
+        .map(|i| match pattern == 0 || i % pattern < pattern - 1 {
+            true => LayerConfig { attention: AttentionKind::Sliding(window), rope: sliding_rope },
+            false => LayerConfig { attention: AttentionKind::Full, rope: 0 },
+        })
+        .collect();
+    (cfg.attention_bias, cfg.o_proj_bias, cfg.attention_sinks) = (true, true, true);
+    // llama.cpp sizes the experts by expert_feed_forward_length; feed_forward_length is not used.
+    cfg.intermediate_size = m.need_usize("expert_feed_forward_length")?;
+    cfg.moe = Some(MoeConfig {
+        num_experts: m.need_usize("expert_count")?,
+        top_k: m.need_usize("expert_used_count")?,
+        norm_topk_prob: false,
+        expert_intermediate: cfg.intermediate_size,
+        shared_expert_intermediate: None,
+        sparse_layers: vec![true; cfg.num_hidden_layers],
+        naming: MoeNaming::GptOss,
+        routing: Routing::TopKSoftmax,
+        // Built into llama.cpp's SwiGLU-OAI (no GGUF key): gpt-oss's published values.
+        clamped_swiglu: Some(ClampedSwiglu { alpha: DEFAULT_ALPHA, limit: DEFAULT_LIMIT }),
+    });
+    Ok(cfg)
 }
