@@ -167,59 +167,57 @@ pub fn paged_attention(
     // value sum) and a second pass combines a head's chunks in order. Chunks are fixed by key position,
     // so a token's result does not depend on the step around it. A step with few (token, KV head) pairs
     // (a decode of one sequence) runs one task per chunk to keep the threads busy; otherwise one task per
-    // pair. The tasks run on the CPU kernels' threads (no wake-ups between a step's matmuls and this).
+    // pair, which holds only its own partials (a long prefill's would not fit in memory at once). The
+    // tasks run on the CPU kernels' threads (no wake-ups between a step's matmuls and this).
     let chunks_of = |pos: usize| (params.window_start(pos) / KEY_CHUNK, pos / KEY_CHUNK + 1);
     let entry = group * (head_dim + 2); // one chunk's partials: [group, (max, sum, value sum [head_dim])]
-    let mut first_entry = Vec::with_capacity(num_tokens + 1); // per token, in entries; a token's KV heads follow each other
-    let mut entries = 0;
-    for &(_, pos) in &owner {
-        first_entry.push(entries);
-        let (c0, c1) = chunks_of(pos);
-        entries += kv_heads * (c1 - c0);
-    }
-    first_entry.push(entries);
-    let split = num_tokens * kv_heads < 4 * pool::threads();
-    let mut tasks = Vec::new(); // (token, KV head, first chunk, end chunk)
-    for (t, &(_, pos)) in owner.iter().enumerate() {
-        let (c0, c1) = chunks_of(pos);
-        for kvh in 0..kv_heads {
-            if split {
-                tasks.extend((c0..c1).map(|c| (t, kvh, c, c + 1)));
-            } else {
-                tasks.push((t, kvh, c0, c1));
-            }
-        }
-    }
-    // Each task's entries are contiguous ([token][KV head][chunk]) and disjoint from the others'.
-    let mut partials = vec![0f32; entries * entry];
-    let mut regions = Vec::with_capacity(tasks.len());
-    let mut rest = partials.as_mut_slice();
-    for &(_, _, c0, c1) in &tasks {
-        let (mine, tail) = std::mem::take(&mut rest).split_at_mut((c1 - c0) * entry);
-        regions.push(std::sync::Mutex::new(mine));
-        rest = tail;
-    }
     let task = Task { meta, params, q, k, v, owner: &owner, num_heads, kv_heads, head_dim, block_size };
     let avx2 = super::simd::avx2_active();
-    pool::run(tasks.len(), |i| {
-        let mut region = regions[i].lock().unwrap_or_else(|e| e.into_inner());
-        let (t, kvh, c0, c1) = tasks[i];
+    // The chunks `range` of (token t, KV head kvh) into `region`, at the CPU's level.
+    let run_chunks = |t: usize, kvh: usize, range: std::ops::Range<usize>, region: &mut [f32]| {
         #[cfg(target_arch = "x86_64")]
         if avx2 {
             // SAFETY: AVX2 is there (dispatch).
-            return unsafe { chunks_avx2(&task, t, kvh, c0..c1, &mut region) };
+            return unsafe { chunks_avx2(&task, t, kvh, range, region) };
         }
         let _ = avx2;
         // SAFETY: portable code.
-        unsafe { chunks::<super::simd::Portable>(&task, t, kvh, c0..c1, &mut region) }
-    });
-    drop(regions);
+        unsafe { chunks::<super::simd::Portable>(&task, t, kvh, range, region) }
+    };
+    let group_sinks = |kvh: usize| sinks.map(|s| &s[kvh * group..(kvh + 1) * group]);
     let mut out = vec![0f32; num_tokens * num_heads * head_dim];
+    if num_tokens * kv_heads >= 4 * pool::threads() {
+        // One task per (token, KV head), its chunks' partials in a buffer of its own.
+        pool::for_each_chunk_mut(&mut out, group * head_dim, |item, o| {
+            let (t, kvh) = (item / kv_heads, item % kv_heads);
+            let (c0, c1) = chunks_of(owner[t].1);
+            let mut partials = vec![0f32; (c1 - c0) * entry];
+            run_chunks(t, kvh, c0..c1, &mut partials);
+            combine(&partials, entry, head_dim, group_sinks(kvh), o);
+        });
+        return Ok((CpuStorage::F32(out), Shape::from((num_tokens, num_heads, head_dim))));
+    }
+    // Few (token, KV head) pairs: one task per chunk, then one per pair to combine. Partials laid out
+    // [token][KV head][chunk].
+    let mut first_entry = Vec::with_capacity(num_tokens); // per token, in entries
+    let mut tasks = Vec::new(); // (token, KV head, chunk)
+    for (t, &(_, pos)) in owner.iter().enumerate() {
+        let (c0, c1) = chunks_of(pos);
+        first_entry.push(tasks.len());
+        for kvh in 0..kv_heads {
+            tasks.extend((c0..c1).map(|c| (t, kvh, c)));
+        }
+    }
+    let mut partials = vec![0f32; tasks.len() * entry];
+    pool::for_each_chunk_mut(&mut partials, entry, |i, region| {
+        let (t, kvh, c) = tasks[i];
+        run_chunks(t, kvh, c..c + 1, region);
+    });
     pool::for_each_chunk_mut(&mut out, group * head_dim, |item, o| {
         let (t, kvh) = (item / kv_heads, item % kv_heads);
         let (c0, c1) = chunks_of(owner[t].1);
-        let mine = &partials[(first_entry[t] + kvh * (c1 - c0)) * entry..(first_entry[t] + (kvh + 1) * (c1 - c0)) * entry];
-        combine(mine, entry, head_dim, sinks.map(|s| &s[kvh * group..(kvh + 1) * group]), o);
+        let first = first_entry[t] + kvh * (c1 - c0);
+        combine(&partials[first * entry..(first + c1 - c0) * entry], entry, head_dim, group_sinks(kvh), o);
     });
     Ok((CpuStorage::F32(out), Shape::from((num_tokens, num_heads, head_dim))))
 }
