@@ -1,7 +1,8 @@
 """Every architecture against HF transformers on the GPU (run with `pytest -m gpu tests/gpu` on the GPU host):
 for each of llama, mistral (sliding window), qwen2, qwen3, gemma2 (soft-caps, alternating windows), gemma3
-text (mixed layer_types, two ropes), phi3 (longrope, partial rotary, window), olmo2 and the mixtures of experts
-mixtral, qwen2_moe (shared expert, a dense layer) and qwen3_moe, a tiny random model
+text (mixed layer_types, two ropes), phi3 (longrope, partial rotary, window), olmo2, the mixtures of experts
+mixtral, qwen2_moe (shared expert, a dense layer) and qwen3_moe, and gpt_oss (attention sinks, alternating
+128-token window / full layers, YaRN, biases, experts with the clamped SwiGLU), a tiny random model
 made with transformers on the spot, saved in bf16 exactly as transformers saves it, then
 
 * bf16: our engine (`mlc_llm._core.Engine` on cuda:0, bf16, CUDA graphs on (the default), the prompts
@@ -65,6 +66,9 @@ COMMON = dict(
 PHI3_ROTARY_PAIRS = 24  # head_dim 96 * partial_rotary_factor 0.5 / 2
 PHI3_SHORT = [round(1.0 + 0.05 * i, 4) for i in range(PHI3_ROTARY_PAIRS)]
 PHI3_LONG = [round(1.2 ** i, 4) for i in range(PHI3_ROTARY_PAIRS)]
+# gpt-oss's YaRN as the published configs have it (max_position_embeddings = factor x original), smaller.
+GPT_OSS_YARN = {"rope_type": "yarn", "factor": 8.0, "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False,
+                "original_max_position_embeddings": 128, "rope_theta": 150000.0}
 
 # name -> (config class, model class, overrides of COMMON, gemma norms (1 + w), q/k gain, HF reference pass:
 # "forward" or "longrope", see _teacher_forced)
@@ -108,6 +112,14 @@ ARCHS = {
                   dict(num_experts=16, num_experts_per_tok=4, moe_intermediate_size=128, norm_topk_prob=True,
                        head_dim=128, rope_theta=1000000.0, tie_word_embeddings=False),
                   False, 1.0, "forward"),
+    # Sinks on both attention kernels (prompts of 129 and 230 tokens pass the window of 128: split decode and
+    # prefill tiles over sliding and full layers), the fused experts with a clamped SwiGLU whose limit bites.
+    "gpt_oss": ("GptOssConfig", "GptOssForCausalLM",
+                dict(num_hidden_layers=4, intermediate_size=128, num_local_experts=4, num_experts_per_tok=2,
+                     sliding_window=128, swiglu_limit=1.5, tie_word_embeddings=False,
+                     layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+                     rope_parameters=GPT_OSS_YARN),
+                False, 1.0, "forward"),
 }
 
 _TABLE = {}
@@ -171,7 +183,8 @@ def _print_table():
 def _init_weights(model, seed: int, gemma_norms: bool, qk_gain: float, final_scale: float, torch):
     """tests/fixtures/gen_hf_fixtures.py's scheme: branches ~ N(0, 1/fan_in) dominate the residual stream,
     norms ~ 1 + N(0, 0.2^2) (Gemma stores w = target - 1), final norm ~ final_scale x, embeddings and lm_head
-    ~ N(0, 0.05^2). q/k scaled by qk_gain (Gemma 2: the attention soft-cap bites)."""
+    ~ N(0, 0.05^2), biases ~ N(0, 0.2^2). q/k scaled by qk_gain (Gemma 2: the attention soft-cap bites).
+    gpt-oss's sinks ~ 1 + N(0, 1), of the size of the attention scores (transformers may leave them 0)."""
     g = torch.Generator().manual_seed(seed)
     offset = 1.0 if gemma_norms else 0.0
     cfg = model.config
@@ -181,12 +194,15 @@ def _init_weights(model, seed: int, gemma_norms: bool, qk_gain: float, final_sca
                 w = final_scale * (1.0 + 0.2 * torch.randn(p.shape, generator=g)) - offset
             elif name.endswith("norm.weight"):
                 w = 1.0 + 0.2 * torch.randn(p.shape, generator=g) - offset
-            elif name.endswith(".bias"):
+            elif name.endswith((".bias", "_proj_bias")):
                 w = 0.2 * torch.randn(p.shape, generator=g)
+            elif name.endswith(".sinks"):
+                w = 1.0 + torch.randn(p.shape, generator=g)
             elif "embed_tokens" in name or name == "lm_head.weight":
                 w = 0.05 * torch.randn(p.shape, generator=g)
-            elif p.dim() == 3:  # transformers 5's fused experts [E, out, in]
-                w = torch.randn(p.shape, generator=g) / (p.shape[2] ** 0.5)
+            elif p.dim() == 3:  # transformers 5's fused experts [E, out, in]; gpt-oss's are [E, in, out]
+                fan_in = p.shape[1] if cfg.model_type == "gpt_oss" else p.shape[2]
+                w = torch.randn(p.shape, generator=g) / (fan_in ** 0.5)
             elif p.dim() == 2:
                 w = torch.randn(p.shape, generator=g) / (p.shape[1] ** 0.5)
                 if name.endswith(("q_proj.weight", "k_proj.weight")):

@@ -3,7 +3,7 @@
 Each case builds one random step on the Rust side (`mlc_llm._core._attention_check`): scattered block
 tables, random cached context, new K/V written through the KV-write kernel, then attention of every query
 token over positions 0..=pos of its own sequence (or the last `window` of them, with scores soft-capped
-when the case has a `softcap`). The CPU reference runs in f32 on the same values rounded
+when the case has a `softcap`; with per-head sinks when it has `sinks`). The CPU reference runs in f32 on the same values rounded
 to the device dtype, so the only differences are the kernels' f32 arithmetic order and the final rounding.
 Skips (no GPU, no CUDA build) become failures with MLC_REQUIRE_GPU=1, as in test_smoke.py.
 """
@@ -233,6 +233,30 @@ def test_fixed_decode_plan(core, dtype, head_dim, layer):
     # rows past a token's own (or its window's) partitions returning at once.
     r = _check(core, dtype, 8, 4, head_dim, [(1, 5000), (1, 300), (1, 17)], seed=head_dim, fixed_bucket=8, **layer)
     assert r["max_splits"] == 64 and r["num_work"] == 8 * 64, r
+
+
+# gpt-oss's attention sinks (`sinks`: size a, head h's sink a * [2, -1, 0.5, 0.1][h % 4] + noise: with 4,
+# above every score of a row, below all of them, among them; with 15, a sink that leaves the keys almost
+# nothing): its shape (head_dim 64, GQA, layers alternating a window of 128 and full attention), decodes
+# split into partitions (the sink enters once, after the merge), unsplit ones, prefill tiles and short
+# chunks in one step, and the CUDA-graph decode layout.
+_SINK_SEQS = [(1, 4000), (1, 300), (1, 40), (200, 1234), (300, 300), (16, 300), (129, 129)]
+
+
+@pytest.mark.parametrize("dtype", ["f32", "bf16", "f16"])
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("layer", [{}, {"window": 128, "placeholders": True}, {"window": 47, "softcap": 20.0}])
+@pytest.mark.parametrize("sinks", [4.0, 15.0])
+def test_sinks(core, dtype, head_dim, layer, sinks):
+    r = _check(core, dtype, 16, 4, head_dim, _SINK_SEQS, seed=head_dim, sinks=sinks, **layer)
+    assert r["max_splits"] > 1, r
+
+
+@pytest.mark.parametrize("dtype", ["f32", "bf16"])
+@pytest.mark.parametrize("layer", [{}, {"window": 128, "placeholders": True}])
+def test_sinks_fixed_decode_plan(core, dtype, layer):
+    r = _check(core, dtype, 8, 2, 64, [(1, 5000), (1, 300), (1, 17)], seed=9, fixed_bucket=8, sinks=4.0, **layer)
+    assert r["max_splits"] == 64, r
 
 
 # Informational timings (recorded, never asserted): the Llama-3-8B attention shape (32 heads, 8 KV heads,

@@ -5,12 +5,14 @@
 // short chunks split into partitions of 64 keys, at most 64; longer chunks in query tiles of 64), or as a
 // fixed decode plan (every token given as many partition rows as the most split one).
 //
-//   attention_driver DTYPE HEADS KV_HEADS HEAD_DIM BLOCK WINDOW SOFTCAP PLACEHOLDERS FIXED TILED SEED Q:C,Q:C,..
+//   attention_driver DTYPE HEADS KV_HEADS HEAD_DIM BLOCK WINDOW SOFTCAP PLACEHOLDERS FIXED TILED SEED Q:C,Q:C,.. [SINKS]
 //
 // WINDOW 0: none; SOFTCAP 0: none; PLACEHOLDERS 1: block-table entries wholly before each sequence's first
 // query's window point at a block of NaNs (any read of it, even masked, shows as a NaN output); TILED 1:
-// tiles go to the tiled kernel where it has an instance. Prints one line; exit status 1 if the error
-// exceeds the dtype's tolerance or any output is not finite.
+// tiles go to the tiled kernel where it has an instance; SINKS (optional, 0: none) gives every head a sink
+// logit (gpt-oss), SINKS * {2, -1, 0.5, 0.1}[h % 4] plus uniform noise of +-0.25 (with SINKS 4, sinks of 8
+// and -4: above every score of a row, below all of them, and among them). Prints one line; exit status
+// 1 if the error exceeds the dtype's tolerance or any output is not finite.
 #include "paged_attention.cu"
 #include "prefill_attention.cu"
 #include <cstdio>
@@ -29,6 +31,7 @@ struct Case {
     bool placeholders, fixed, tiled;
     uint32_t seed;
     std::vector<std::pair<uint32_t, uint32_t>> seqs;  // (query_len, context_len)
+    float sinks = 0.f;                                 // 0: none
 };
 
 struct Plan {
@@ -91,27 +94,29 @@ template <typename T> static T from_float(float x) { return from_f32<T>(x); }
 
 template <typename T, int NPL>
 static void per_token(T* out, std::vector<float>& po, std::vector<float>& pml, std::vector<uint32_t>& counters,
-                      const T* q, const T* k, const T* v, const Plan& p, const Case& c, uint32_t rows, float scale) {
+                      const T* q, const T* k, const T* v, const Plan& p, const Case& c, uint32_t rows, float scale,
+                      const float* sinks) {
     launch(rows, c.heads, ATTN_THREADS, [&] {
         paged_attention<T, NPL>(out, po.data(), pml.data(), counters.data(), q, k, v, p.tables.data(), p.token_seq.data(),
                                 p.token_pos.data(), p.token_splits.data(), p.token_part.data(), p.work_token.data(),
                                 p.work_split.data(), c.heads, c.kv_heads, c.d, c.bs, p.max_blocks, scale, 64,
-                                c.window ? c.window : UINT32_MAX, c.softcap);
+                                c.window ? c.window : UINT32_MAX, c.softcap, sinks);
     });
 }
 
 template <typename T, int D, int BN>
-static void tiled(T* out, const T* q, const T* k, const T* v, const Plan& p, const Case& c, float scale) {
+static void tiled(T* out, const T* q, const T* k, const T* v, const Plan& p, const Case& c, float scale,
+                  const float* sinks) {
     launch(p.tile_seq.size(), c.heads, PREFILL_THREADS, [&] {
         const uint32_t w = c.window ? c.window : UINT32_MAX;
         if (c.softcap > 0.f)
             prefill_attention<T, D, BN, true>(out, q, k, v, p.tables.data(), p.query_start.data(), p.context_len.data(),
                                               p.tile_seq.data(), p.tile_start.data(), c.heads, c.kv_heads, c.bs,
-                                              p.max_blocks, scale, w, c.softcap);
+                                              p.max_blocks, scale, w, c.softcap, sinks);
         else
             prefill_attention<T, D, BN, false>(out, q, k, v, p.tables.data(), p.query_start.data(), p.context_len.data(),
                                                p.tile_seq.data(), p.tile_start.data(), c.heads, c.kv_heads, c.bs,
-                                               p.max_blocks, scale, w, c.softcap);
+                                               p.max_blocks, scale, w, c.softcap, sinks);
     });
 }
 
@@ -149,12 +154,18 @@ static int run(const Case& c) {
     std::vector<float> po(std::max(1u, p.num_partials * c.heads * c.d)), pml(std::max(1u, p.num_partials * c.heads * 2));
     std::vector<uint32_t> counters(p.num_tokens * c.heads, 0);
     const float scale = 1.f / std::sqrt((float)c.d);
+    std::vector<float> sink_values;
+    for (uint32_t h = 0; c.sinks != 0.f && h < c.heads; ++h) {
+        static const float pattern[4] = {2.f, -1.f, 0.5f, 0.1f};
+        sink_values.push_back(c.sinks * pattern[h % 4] + 0.25f * unit(rng));
+    }
+    const float* sinks = sink_values.empty() ? nullptr : sink_values.data();
 
     const bool has_tiled = c.dtype != "f32" && (c.d == 64 || c.d == 96 || c.d == 128 || c.d == 256);
     const bool use_tiled = c.tiled && has_tiled && !p.tile_seq.empty();
     const uint32_t rows = use_tiled ? p.num_short_work : p.work_token.size();
     auto pt = [&](auto npl) {
-        per_token<T, decltype(npl)::value>(out.data(), po, pml, counters, q.data(), k.data(), v.data(), p, c, rows, scale);
+        per_token<T, decltype(npl)::value>(out.data(), po, pml, counters, q.data(), k.data(), v.data(), p, c, rows, scale, sinks);
     };
     if (c.d <= 64) pt(std::integral_constant<int, 2>{});
     else if (c.d <= 96) pt(std::integral_constant<int, 3>{});
@@ -162,10 +173,10 @@ static int run(const Case& c) {
     else pt(std::integral_constant<int, 8>{});
     if (use_tiled) {
         if constexpr (!std::is_same_v<T, float>) {
-            if (c.d == 64) tiled<T, 64, 64>(out.data(), q.data(), k.data(), v.data(), p, c, scale);
-            if (c.d == 96) tiled<T, 96, 64>(out.data(), q.data(), k.data(), v.data(), p, c, scale);
-            if (c.d == 128) tiled<T, 128, 64>(out.data(), q.data(), k.data(), v.data(), p, c, scale);
-            if (c.d == 256) tiled<T, 256, 32>(out.data(), q.data(), k.data(), v.data(), p, c, scale);
+            if (c.d == 64) tiled<T, 64, 64>(out.data(), q.data(), k.data(), v.data(), p, c, scale, sinks);
+            if (c.d == 96) tiled<T, 96, 64>(out.data(), q.data(), k.data(), v.data(), p, c, scale, sinks);
+            if (c.d == 128) tiled<T, 128, 64>(out.data(), q.data(), k.data(), v.data(), p, c, scale, sinks);
+            if (c.d == 256) tiled<T, 256, 32>(out.data(), q.data(), k.data(), v.data(), p, c, scale, sinks);
         }
     }
 
@@ -184,7 +195,9 @@ static int run(const Case& c) {
                     return (double)to_f32(cache[slot * row + kvh * c.d + dim]);
                 };
                 std::vector<double> w(ctx, 0.0);
-                double mx = -INFINITY;
+                // A sink joins the max and the denominator and attends to no value.
+                const double sink = sinks ? (double)sinks[h] : -INFINITY;
+                double mx = sink;
                 for (uint32_t key = 0; key < ctx; ++key) {
                     const bool in = key <= pos && (c.window == 0 || pos < key + c.window);
                     if (!in) { w[key] = -INFINITY; continue; }
@@ -195,7 +208,7 @@ static int run(const Case& c) {
                     w[key] = dot;
                     mx = std::max(mx, dot);
                 }
-                double sum = 0;
+                double sum = sinks ? std::exp(sink - mx) : 0.0;
                 for (auto& x : w) { x = x == -INFINITY ? 0.0 : std::exp(x - mx); sum += x; }
                 for (uint32_t e = 0; e < c.d; ++e) {
                     double o = 0;
@@ -210,21 +223,23 @@ static int run(const Case& c) {
     }
     const double tol = c.dtype == "f32" ? 1e-4 : c.dtype == "bf16" ? 1e-2 : 2e-3;
     const bool ok = nonfinite == 0 && max_err <= tol && max_ref > 0;
-    std::printf("%s %s h=%u/%u d=%u bs=%u window=%u softcap=%g placeholders=%u fixed=%d tiled=%d: tokens=%u rows=%u tiles=%zu "
-                "partials=%u max_abs_err=%.3g max_abs_ref=%.3g nonfinite=%zu\n",
-                ok ? "ok  " : "FAIL", c.dtype.c_str(), c.heads, c.kv_heads, c.d, c.bs, c.window, c.softcap, replaced, c.fixed,
-                use_tiled, p.num_tokens, rows, use_tiled ? p.tile_seq.size() : 0, p.num_partials, max_err, max_ref, nonfinite);
+    std::printf("%s %s h=%u/%u d=%u bs=%u window=%u softcap=%g sinks=%g placeholders=%u fixed=%d tiled=%d: tokens=%u rows=%u "
+                "tiles=%zu partials=%u max_abs_err=%.3g (allowed %.3g) max_abs_ref=%.3g nonfinite=%zu\n",
+                ok ? "ok  " : "FAIL", c.dtype.c_str(), c.heads, c.kv_heads, c.d, c.bs, c.window, c.softcap, c.sinks, replaced,
+                c.fixed, use_tiled, p.num_tokens, rows, use_tiled ? p.tile_seq.size() : 0, p.num_partials, max_err, tol,
+                max_ref, nonfinite);
     return ok ? 0 : 1;
 }
 
 int main(int argc, char** argv) {
-    if (argc != 13) {
-        std::fprintf(stderr, "usage: %s DTYPE HEADS KV_HEADS HEAD_DIM BLOCK WINDOW SOFTCAP PLACEHOLDERS FIXED TILED SEED Q:C,..\n", argv[0]);
+    if (argc != 13 && argc != 14) {
+        std::fprintf(stderr, "usage: %s DTYPE HEADS KV_HEADS HEAD_DIM BLOCK WINDOW SOFTCAP PLACEHOLDERS FIXED TILED SEED Q:C,.. [SINKS]\n", argv[0]);
         return 2;
     }
     Case c{argv[1], (uint32_t)std::stoul(argv[2]), (uint32_t)std::stoul(argv[3]), (uint32_t)std::stoul(argv[4]),
            (uint32_t)std::stoul(argv[5]), (uint32_t)std::stoul(argv[6]), std::stof(argv[7]), argv[8][0] == '1',
            argv[9][0] == '1', argv[10][0] == '1', (uint32_t)std::stoul(argv[11]), {}};
+    if (argc == 14) c.sinks = std::stof(argv[13]);
     std::string s = argv[12];
     for (size_t at = 0; at < s.size();) {
         size_t comma = s.find(',', at);

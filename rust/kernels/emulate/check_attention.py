@@ -4,8 +4,10 @@ ldmatrix and mma.sync from the PTX ISA's fragment layouts) and run on random ste
 reference in double (attention_driver.cpp). Covers what the GPU tests (tests/gpu/test_kernels.py) cover
 with small shapes: sliding windows (shorter than a block, not a multiple of it, crossing prefill chunks),
 soft-capping, NaN placeholders before the window, split decode partitions wholly before the window, fixed
-(CUDA-graph) decode plans, head_dim 64 / 96 / 128 / 256 on both kernels. Needs g++ with C++20; no GPU, no
-CUDA toolkit. Slow (barriers are context switches): a few minutes on 2 cores.
+(CUDA-graph) decode plans, head_dim 64 / 96 / 128 / 256 on both kernels, and gpt-oss's attention sinks (per
+head, above, below and among the scores) on both kernels: unsplit and split decode, fixed plans, prefill
+tiles, sliding windows of 128 and full layers, GQA. Needs g++ with C++20; no GPU, no CUDA toolkit. Slow
+(barriers are context switches): a few minutes on 2 cores.
 
     python3 rust/kernels/emulate/check_attention.py [--jobs 2] [--quick]
 
@@ -21,7 +23,7 @@ def seqs(*pairs):
     return ",".join(f"{q}:{c}" for q, c in pairs)
 
 
-# (dtype, heads, kv_heads, head_dim, block, window, softcap, placeholders, fixed, tiled, seed, seqs)
+# (dtype, heads, kv_heads, head_dim, block, window, softcap, placeholders, fixed, tiled, seed, seqs[, sinks])
 EDGES = seqs((1, 16), (1, 17), (1, 15), (1, 33), (3, 48), (5, 49), (16, 16), (1, 130), (7, 90))
 CHUNKS = seqs((100, 300), (70, 70), (20, 200), (1, 150), (16, 80))
 DECODES = seqs((1, 2000), (1, 700), (1, 129), (2, 1100), (1, 40))
@@ -57,6 +59,22 @@ def cases(quick):
             out.append((dt, 2, 2, d, 8, 130, 20.0, 1, 0, 1, d + 3, CHUNKS))
             if not quick:
                 out.append((dt, 2, 1, d, 16, 0, 5.0, 0, 0, 1, d + 4, CHUNKS))
+    # gpt-oss's sinks (sinks 4: per head 8, -4, 2, 0.4, plus noise; 15: 30 and -15, which leave a row
+    # almost nothing or everything): its layers alternate a window of 128 and full attention, head_dim 64,
+    # GQA. Unsplit and split decode (the sink must enter once, after the merge), fixed plans, prefill tiles.
+    for dt in ("f32", "bf16", "f16"):
+        for w in (0, 128):
+            out.append((dt, 8, 2, 64, 16, w, 0, 1, 0, 0, 300 + w, EDGES, 4))
+            out.append((dt, 4, 2, 64, 16, w, 0, 1, 0, 0, 310 + w, DECODES, 4))
+    for dt in ("f32", "bf16"):
+        out.append((dt, 4, 2, 64, 16, 128, 0, 1, 1, 0, 320, seqs((1, 2000), (1, 300), (1, 17)), 4))
+        out.append((dt, 4, 1, 128, 16, 0, 0, 0, 1, 0, 321, seqs((1, 2000), (1, 129), (1, 1)), 15))
+    for dt in ("bf16", "f16"):
+        for w in (0, 128):
+            out.append((dt, 4, 2, 64, 16, w, 0, 1, 0, 1, 330 + w, CHUNKS, 4))
+        out.append((dt, 2, 1, 128, 16, 47, 20.0, 1, 0, 1, 340, CHUNKS, 15))  # with a cap; sink past it
+        if not quick:
+            out.append((dt, 2, 2, 256, 8, 130, 0, 1, 0, 1, 341, CHUNKS, 4))
     return out
 
 

@@ -2,6 +2,7 @@
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <math.h>
 #include <stdint.h>
 
 __device__ __forceinline__ float to_f32(float x) { return x; }
@@ -21,6 +22,17 @@ template <typename T> __device__ __forceinline__ float round_to(float x) { retur
 template <typename T> __device__ __forceinline__ T silu_times(float gate, float up) {
     const float s = round_to<T>(gate / (1.0f + expf(-gate)));
     return from_f32<T>(s * up);
+}
+
+// The factor that turns an attention row's unnormalised output into its result when the row's softmax
+// also takes a sink logit (gpt-oss): with running max m and sum l (of exp(score - m)) over the keys,
+// m' = max(m, sink) and the result is acc * exp(m - m') / (l * exp(m - m') + exp(sink - m')). Finite for
+// any inputs: a row without keys (m = -inf) gets 0, as does a -inf sink without keys.
+__device__ __forceinline__ float sink_norm(float m, float l, float sink) {
+    const float ms = fmaxf(m, sink);
+    const float f = m == -INFINITY ? 0.f : expf(m - ms);
+    const float denom = l * f + expf(sink - ms);
+    return denom > 0.f ? f / denom : 0.f;
 }
 
 __device__ __forceinline__ float warp_sum(float x) {

@@ -31,6 +31,10 @@
 // layer exactly the plan's). The grid rows past `live` return at once, so partitions before the window
 // cost nothing, and keys (and block-table entries) before lo are never read. `live` depends only on
 // the token and the layer, so every block of a (token, head) agrees on how many partitions to merge.
+//
+// `sinks` (gpt-oss; nullptr: none): [num_heads] f32, a logit per head that joins the head's softmax (its
+// max and denominator) and attends to no value. Partitions ignore it; it enters once, where a row is
+// normalised: by the block of an unsplit token, or by the merge of a split one (sink_norm in common.cuh).
 #include "common.cuh"
 #include <math.h>
 
@@ -42,8 +46,8 @@
 // run by the whole block. Partials were written by other blocks: read past L1 (__ldcg).
 template <typename T>
 __device__ void combine_partitions(T* __restrict__ out, const float* __restrict__ part_o,
-                                   const float* __restrict__ part_ml, uint32_t first, uint32_t splits, uint32_t t,
-                                   uint32_t h, uint32_t num_heads, uint32_t head_dim) {
+                                   const float* __restrict__ part_ml, const float* __restrict__ sinks, uint32_t first,
+                                   uint32_t splits, uint32_t t, uint32_t h, uint32_t num_heads, uint32_t head_dim) {
     __shared__ float sm_w[ATTN_MAX_SPLITS];
     __shared__ float sm_inv;
     if (threadIdx.x == 0) {
@@ -57,7 +61,8 @@ __device__ void combine_partitions(T* __restrict__ out, const float* __restrict_
             sm_w[z] = wz;
             total += wz;
         }
-        sm_inv = total > 0.f ? 1.f / total : 0.f;
+        // sum_z w_z o_z is the row's output unnormalised at max mx, total its sum: the sink joins here.
+        sm_inv = sinks ? sink_norm(mx, total, sinks[h]) : total > 0.f ? 1.f / total : 0.f;
     }
     __syncthreads();
     const float inv = sm_inv;
@@ -79,7 +84,7 @@ __device__ void paged_attention(T* __restrict__ out, float* __restrict__ part_o,
                                 const uint32_t* __restrict__ work_token, const uint32_t* __restrict__ work_split,
                                 uint32_t num_heads, uint32_t num_kv_heads, uint32_t head_dim, uint32_t block_size,
                                 uint32_t max_blocks, float scale, uint32_t split_keys, uint32_t window,
-                                float softcap) {
+                                float softcap, const float* __restrict__ sinks) {
     __shared__ float sm_m[ATTN_WARPS];
     __shared__ float sm_l[ATTN_WARPS];
     __shared__ float sm_acc[ATTN_WARPS][NPL * 32];
@@ -192,12 +197,14 @@ __device__ void paged_attention(T* __restrict__ out, float* __restrict__ part_o,
     const float inv = total > 0.f ? 1.f / total : 0.f;
 
     if (live == 1) {
+        // The whole row is here: the sink (if any) joins now. Partials leave it to the merge.
+        const float row_inv = sinks ? sink_norm(wm, total, sinks[h]) : inv;
         T* op = out + ((size_t)t * num_heads + h) * head_dim;
         for (uint32_t d = threadIdx.x; d < head_dim; d += ATTN_THREADS) {
             float o = 0.f;
 #pragma unroll
             for (int k = 0; k < ATTN_WARPS; ++k) o += sm_acc[k][d] * weight[k];
-            op[d] = from_f32<T>(o * inv);
+            op[d] = from_f32<T>(o * row_inv);
         }
     } else {
         const size_t row = (size_t)(token_part[t] + z) * num_heads + h;
@@ -220,7 +227,7 @@ __device__ void paged_attention(T* __restrict__ out, float* __restrict__ part_o,
         __syncthreads();
         if (sm_last) {
             __threadfence();
-            combine_partitions<T>(out, part_o, part_ml, token_part[t], min(live, (uint32_t)ATTN_MAX_SPLITS), t, h,
+            combine_partitions<T>(out, part_o, part_ml, sinks, token_part[t], min(live, (uint32_t)ATTN_MAX_SPLITS), t, h,
                                   num_heads, head_dim);
         }
     }
@@ -233,11 +240,11 @@ __device__ void paged_attention(T* __restrict__ out, float* __restrict__ part_o,
              const uint32_t* token_splits, const uint32_t* token_part, const uint32_t* work_token,             \
              const uint32_t* work_split, uint32_t num_heads, uint32_t num_kv_heads, uint32_t head_dim,         \
              uint32_t block_size, uint32_t max_blocks, float scale, uint32_t split_keys, uint32_t window,       \
-             float softcap) {                                                                                  \
+             float softcap, const float* sinks) {                                                              \
         paged_attention<T, NPL>(out, part_o, part_ml, counters, q, k_cache, v_cache, block_tables, token_seq,   \
                                 token_pos, token_splits, token_part, work_token, work_split, num_heads,       \
                                 num_kv_heads, head_dim, block_size, max_blocks, scale, split_keys, window,     \
-                                softcap);                                                                      \
+                                softcap, sinks);                                                               \
     }
 
 // d96 (Phi-3) is an exact fit too: three values per lane instead of the d128 instance's masked fourth.

@@ -24,6 +24,10 @@
 // wholly before it are never loaded, and keys before it inside that tile are zero-filled, never gathered:
 // block-table entries before the window are never read.
 //
+// `sinks` (gpt-oss; nullptr: none): [num_heads] f32, a logit per head that joins the head's softmax (its
+// max and denominator) with no value. It enters only at the end, where each row is normalised: its
+// running max (of unscaled scores: times `scale` in the sink's units) and sum absorb it (sink_norm).
+//
 // Result of a row does not depend on the tile it sits in: a key tile wholly outside a row's keys (after
 // its position or before its window) changes nothing in it (its weights are exactly 0; before the row's
 // first key its running max stays -inf and the row's sums stay exact zeros; after it the rescale factor
@@ -81,7 +85,8 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q, 
                                   const uint32_t* __restrict__ query_start, const uint32_t* __restrict__ context_len,
                                   const uint32_t* __restrict__ tile_seq, const uint32_t* __restrict__ tile_start,
                                   uint32_t num_heads, uint32_t num_kv_heads, uint32_t block_size,
-                                  uint32_t max_blocks, float scale, uint32_t window, float softcap) {
+                                  uint32_t max_blocks, float scale, uint32_t window, float softcap,
+                                  const float* __restrict__ sinks) {
     using Ops = PrefillOps<T>;
     constexpr int STRIDE = D + PREFILL_PAD;  // elements per shared-memory row
     constexpr int KC = D / 16;               // 16-wide k steps of Q K^T
@@ -297,7 +302,12 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q, 
     l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
     l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
     l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    const float inv0 = 1.f / l0, inv1 = 1.f / l1;
+    float inv0 = 1.f / l0, inv1 = 1.f / l1;
+    if (sinks) {  // uniform per launch; m0 / m1 are maxima of unscaled scores (scale > 0)
+        const float sink = sinks[h];
+        inv0 = sink_norm(m0 * scale, l0, sink);
+        inv1 = sink_norm(m1 * scale, l1, sink);
+    }
     T* out0 = out + ((size_t)(qs + r0) * num_heads + h) * D + 2 * tig;
     T* out1 = out + ((size_t)(qs + r1) * num_heads + h) * D + 2 * tig;
     float unused = 0.f;
@@ -315,10 +325,10 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q, 
         NAME(T* out, const T* q, const T* k_cache, const T* v_cache, const uint32_t* block_tables,             \
              const uint32_t* query_start, const uint32_t* context_len, const uint32_t* tile_seq,               \
              const uint32_t* tile_start, uint32_t num_heads, uint32_t num_kv_heads, uint32_t block_size,       \
-             uint32_t max_blocks, float scale, uint32_t window, float softcap) {                               \
+             uint32_t max_blocks, float scale, uint32_t window, float softcap, const float* sinks) {           \
         prefill_attention<T, D, BN, CAP>(out, q, k_cache, v_cache, block_tables, query_start, context_len,     \
                                          tile_seq, tile_start, num_heads, num_kv_heads, block_size,            \
-                                         max_blocks, scale, window, softcap);                                  \
+                                         max_blocks, scale, window, softcap, sinks);                           \
     }
 #define PREFILL_ATTENTION_DTYPE(SUFFIX, T)                                                                     \
     PREFILL_ATTENTION(prefill_attention_##SUFFIX##_d64, T, 64, PREFILL_TILE_N, false, 3)                       \

@@ -158,7 +158,7 @@ pub static REGISTRY: &[ArchEntry] = &[
         from_gguf: arch::moe::from_gguf,
         build: dense,
     },
-    // Attention sinks and fused experts: the CPU reference path only (CUDA refuses sinks at load).
+    // Attention sinks (both attention kernels take them) and fused experts with a clamped SwiGLU.
     ArchEntry {
         arch: Architecture::GptOss,
         name: "gpt_oss",

@@ -23,9 +23,9 @@ pub struct Attention {
     k_norm: Option<Tensor>,
     qk_norm: QkNormKind,
     layer: LayerConfig,
-    /// gpt-oss: `self_attn.sinks`, one logit per query head, in f32 on the host (the CPU attention
-    /// reads them beside its [`AttnParams`]).
-    sinks: Option<Vec<f32>>,
+    /// gpt-oss: `self_attn.sinks`, one logit per query head, `[heads]` f32 on the model's device (made
+    /// once at load: the CUDA kernels read it in place, also from a captured graph).
+    sinks: Option<Tensor>,
 }
 
 /// What every layer of a step shares: the config, the rope tables, the positions and the cache.
@@ -62,7 +62,7 @@ impl Attention {
             QkNormKind::None => (None, None),
             _ => (Some(norm::load(cfg, w, &format!("{p}.q_norm.weight"))?), Some(norm::load(cfg, w, &format!("{p}.k_norm.weight"))?)),
         };
-        let sinks = if cfg.attention_sinks { Some(load_sinks(w, &format!("{p}.sinks"))?) } else { None };
+        let sinks = if cfg.attention_sinks { Some(load_sinks(w, &format!("{p}.sinks"), cfg.num_attention_heads)?) } else { None };
         Ok(Attention { qkv, o_proj: w.linear(&format!("{p}.o_proj"), cfg.o_proj_bias)?, q_norm, k_norm, qk_norm: cfg.qk_norm, layer, sinks })
     }
 
@@ -100,7 +100,7 @@ impl Attention {
             softcap: cfg.attn_logit_softcap.map(|c| c as f32),
             window: self.layer.attention.window(),
         };
-        let attn = s.kv.attend_with_sinks(li, &q, s.step, &params, self.sinks.as_deref())?.reshape((n, nh * hd))?; // [T, heads * head_dim]
+        let attn = s.kv.attend_with_sinks(li, &q, s.step, &params, self.sinks.as_ref())?.reshape((n, nh * hd))?; // [T, heads * head_dim]
         let out = self.o_proj.forward(&attn)?; // [T, hidden] (this rank's partial sum when sharded)
         match s.tp {
             Some(tp) => tp.all_reduce(&out),
@@ -109,14 +109,11 @@ impl Attention {
     }
 }
 
-/// A layer's sinks (`[heads]`) as host f32s. Refused on CUDA, whose attention kernels have no sinks:
-/// a model run without them would be another model, not a slower one.
-fn load_sinks(w: &dyn WeightSource, name: &str) -> Result<Vec<f32>> {
+/// A layer's sinks, `[heads]` f32 where the weights live (the checkpoint's bf16 widened exactly).
+fn load_sinks(w: &dyn WeightSource, name: &str, heads: usize) -> Result<Tensor> {
     let t = w.tensor(name)?; // [heads]
-    if t.device().is_cuda() {
-        return Err(EngineError::Unsupported(format!(
-            "attention sinks ({name}, gpt-oss) are implemented only on the CPU reference path; the CUDA attention kernels do not have them yet"
-        )));
+    if t.dims() != [heads] {
+        return Err(EngineError::model_load(name, format!("shape {:?}, expected [{heads}] (one sink per query head)", t.shape())));
     }
-    Ok(t.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?)
+    Ok(t.to_dtype(candle_core::DType::F32)?.contiguous()?)
 }
