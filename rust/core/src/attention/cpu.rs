@@ -161,166 +161,102 @@ pub fn paged_attention(
         }
     }
     let group = num_heads / kv_heads;
-    // Each (token, KV head) attends its keys in chunks of KEY_CHUNK positions (chunk c: keys c * KEY_CHUNK
-    // ..(c + 1) * KEY_CHUNK, cut to the window), all `group` query heads together, so each K and V row is
-    // read (and, FP8, widened) once for the group; every chunk leaves a partial softmax (max, sum, unscaled
-    // value sum) and a second pass combines a head's chunks in order. Chunks are fixed by key position,
-    // so a token's result does not depend on the step around it. A step with few (token, KV head) pairs
-    // (a decode of one sequence) runs one task per chunk to keep the threads busy; otherwise one task per
-    // pair, which holds only its own partials (a long prefill's would not fit in memory at once). The
-    // tasks run on the CPU kernels' threads (no wake-ups between a step's matmuls and this).
-    let chunks_of = |pos: usize| (params.window_start(pos) / KEY_CHUNK, pos / KEY_CHUNK + 1);
-    let entry = group * (head_dim + 2); // one chunk's partials: [group, (max, sum, value sum [head_dim])]
-    let task = Task { meta, params, q, k, v, owner: &owner, num_heads, kv_heads, head_dim, block_size };
+    let mut out = vec![0f32; num_tokens * num_heads * head_dim];
+    // One task per (token, KV head, part of its query heads): the `per` query heads of a task read each K
+    // and V row (and, FP8, widen it) once between them. As many heads per task as still leaves 4 tasks
+    // per thread: a decode step of one sequence splits per head (3 KV heads cannot keep 2 threads busy),
+    // a prefill shares the rows across the whole group. Each head's arithmetic is the same either way.
+    // The tasks run on the CPU kernels' threads (no wake-ups between a step's matmuls and this).
+    let per = (1..=group).rev().find(|&d| group % d == 0 && num_tokens * kv_heads * (group / d) >= 4 * pool::threads()).unwrap_or(1);
+    let task = Task { meta, params, sinks, q, k, v, owner, num_heads, kv_heads, head_dim, block_size, per };
     let avx2 = super::simd::avx2_active();
-    // The chunks `range` of (token t, KV head kvh) into `region`, at the CPU's level.
-    let run_chunks = |t: usize, kvh: usize, range: std::ops::Range<usize>, region: &mut [f32]| {
+    pool::for_each_chunk_mut(&mut out, per * head_dim, |item, o| {
         #[cfg(target_arch = "x86_64")]
         if avx2 {
             // SAFETY: AVX2 is there (dispatch).
-            return unsafe { chunks_avx2(&task, t, kvh, range, region) };
+            return unsafe { attend_task_avx2(&task, item, o) };
         }
         let _ = avx2;
         // SAFETY: portable code.
-        unsafe { chunks::<super::simd::Portable>(&task, t, kvh, range, region) }
-    };
-    let group_sinks = |kvh: usize| sinks.map(|s| &s[kvh * group..(kvh + 1) * group]);
-    let mut out = vec![0f32; num_tokens * num_heads * head_dim];
-    if num_tokens * kv_heads >= 4 * pool::threads() {
-        // One task per (token, KV head), its chunks' partials in a buffer of its own.
-        pool::for_each_chunk_mut(&mut out, group * head_dim, |item, o| {
-            let (t, kvh) = (item / kv_heads, item % kv_heads);
-            let (c0, c1) = chunks_of(owner[t].1);
-            let mut partials = vec![0f32; (c1 - c0) * entry];
-            run_chunks(t, kvh, c0..c1, &mut partials);
-            combine(&partials, entry, head_dim, group_sinks(kvh), o);
-        });
-        return Ok((CpuStorage::F32(out), Shape::from((num_tokens, num_heads, head_dim))));
-    }
-    // Few (token, KV head) pairs: one task per chunk, then one per pair to combine. Partials laid out
-    // [token][KV head][chunk].
-    let mut first_entry = Vec::with_capacity(num_tokens); // per token, in entries
-    let mut tasks = Vec::new(); // (token, KV head, chunk)
-    for (t, &(_, pos)) in owner.iter().enumerate() {
-        let (c0, c1) = chunks_of(pos);
-        first_entry.push(tasks.len());
-        for kvh in 0..kv_heads {
-            tasks.extend((c0..c1).map(|c| (t, kvh, c)));
-        }
-    }
-    let mut partials = vec![0f32; tasks.len() * entry];
-    pool::for_each_chunk_mut(&mut partials, entry, |i, region| {
-        let (t, kvh, c) = tasks[i];
-        run_chunks(t, kvh, c..c + 1, region);
-    });
-    pool::for_each_chunk_mut(&mut out, group * head_dim, |item, o| {
-        let (t, kvh) = (item / kv_heads, item % kv_heads);
-        let (c0, c1) = chunks_of(owner[t].1);
-        let first = first_entry[t] + kvh * (c1 - c0);
-        combine(&partials[first * entry..(first + c1 - c0) * entry], entry, head_dim, group_sinks(kvh), o);
+        unsafe { attend_task::<super::simd::Portable>(&task, item, o) }
     });
     Ok((CpuStorage::F32(out), Shape::from((num_tokens, num_heads, head_dim))))
 }
-
-/// Keys per chunk of [`paged_attention`]: a decode at a few hundred positions splits into enough tasks
-/// for the threads; short enough that a chunk's scores stay in L1.
-const KEY_CHUNK: usize = 128;
 
 /// What every task of one [`paged_attention`] call reads.
 struct Task<'a> {
     meta: &'a AttentionMetadata,
     params: &'a AttnParams,
+    sinks: Option<&'a [f32]>,
     q: &'a [f32],
     k: KvRows<'a>,
     v: KvRows<'a>,
     /// token -> (sequence, position)
-    owner: &'a [(usize, usize)],
+    owner: Vec<(usize, usize)>,
     num_heads: usize,
     kv_heads: usize,
     head_dim: usize,
     block_size: usize,
+    /// query heads per task
+    per: usize,
 }
 
-/// [`chunks`] compiled for AVX2, its primitives inlined.
+/// [`attend_task`] compiled for AVX2, its primitives inlined.
 ///
 /// # Safety
 /// The CPU has AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn chunks_avx2(task: &Task, t: usize, kvh: usize, range: std::ops::Range<usize>, out: &mut [f32]) {
+unsafe fn attend_task_avx2(task: &Task, item: usize, o: &mut [f32]) {
     // SAFETY: the caller guarantees AVX2.
-    unsafe { chunks::<super::simd::Avx2>(task, t, kvh, range, out) }
+    unsafe { attend_task::<super::simd::Avx2>(task, item, o) }
 }
 
-/// The partial softmax of token `t`'s query heads of KV head `kvh` over each key chunk in `range`, into
-/// `out` (`[range, group, (max, sum, value sum [head_dim])]`): max = the chunk's largest score, sum =
-/// sum exp(score - max), value sum = sum exp(score - max) * v.
+/// Task `item`: `task.per` query heads of one token over their KV head's keys, into `o` (`[per, head_dim]`).
 ///
 /// # Safety
 /// The CPU has `L`'s instruction set.
 #[inline(always)]
-unsafe fn chunks<L: super::simd::Lanes>(task: &Task, t: usize, kvh: usize, range: std::ops::Range<usize>, out: &mut [f32]) {
-    let Task { meta, params, q, k, v, owner, num_heads, kv_heads, head_dim, block_size } = task;
-    let (kv_heads, head_dim, block_size) = (*kv_heads, *head_dim, *block_size);
+unsafe fn attend_task<L: super::simd::Lanes>(task: &Task, item: usize, o: &mut [f32]) {
+    let Task { meta, params, sinks, q, k, v, owner, num_heads, kv_heads, head_dim, block_size, per } = task;
+    let (kv_heads, head_dim, block_size, per) = (*kv_heads, *head_dim, *block_size, *per);
     let (group, row, kv_row) = (num_heads / kv_heads, num_heads * head_dim, kv_heads * head_dim);
+    let parts = group / per;
+    let (t, kvh, part) = (item / (kv_heads * parts), item / parts % kv_heads, item % parts);
     let (s, pos) = owner[t];
     let table = &meta.seqs[s].block_table;
+    let keys = params.window_start(pos)..pos + 1; // causal, within the window
+    let n = keys.len();
     let slot = |j: usize| table[j / block_size] as usize * block_size + j % block_size;
     let cap = |x: f32| params.softcap.map_or(x, |c| c * (x / c).tanh());
-    let qs = &q[t * row + kvh * group * head_dim..t * row + (kvh + 1) * group * head_dim]; // [group, head_dim]
-    let mut scores = vec![0f32; group * KEY_CHUNK]; // [group, keys of the chunk]
+    let h0 = kvh * group + part * per; // the task's first query head
+    let qs = &q[t * row + h0 * head_dim..t * row + (h0 + per) * head_dim]; // [per, head_dim]
+    let mut scores = vec![0f32; per * n]; // [per, keys]
     let mut buf = vec![0f32; head_dim]; // an FP8 row, widened
-    for (c, part) in range.zip(out.chunks_exact_mut(group * (head_dim + 2))) {
-        // causal, within the window
-        let keys = (c * KEY_CHUNK).max(params.window_start(pos))..((c + 1) * KEY_CHUNK).min(pos + 1);
-        let n = keys.len();
-        for (i, j) in keys.clone().enumerate() {
-            let kr = k.row(slot(j) * kv_row + kvh * head_dim, head_dim, &mut buf);
-            for (g, qv) in qs.chunks_exact(head_dim).enumerate() {
-                // SAFETY: the caller guarantees L's instruction set.
-                scores[g * KEY_CHUNK + i] = cap(unsafe { L::dot(qv, kr) } * params.scale);
-            }
-        }
-        for (g, p) in part.chunks_exact_mut(head_dim + 2).enumerate() {
-            let sc = &mut scores[g * KEY_CHUNK..g * KEY_CHUNK + n];
-            let max = sc.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            let mut sum = 0.0;
-            for x in sc.iter_mut() {
-                *x = (*x - max).exp();
-                sum += *x;
-            }
-            p[0] = max;
-            p[1] = sum;
-        }
-        for (i, j) in keys.enumerate() {
-            let vr = v.row(slot(j) * kv_row + kvh * head_dim, head_dim, &mut buf);
-            for (g, p) in part.chunks_exact_mut(head_dim + 2).enumerate() {
-                // SAFETY: as above.
-                unsafe { L::axpy(&mut p[2..], scores[g * KEY_CHUNK + i], vr) };
-            }
+    for (i, j) in keys.clone().enumerate() {
+        let kr = k.row(slot(j) * kv_row + kvh * head_dim, head_dim, &mut buf);
+        for (g, qv) in qs.chunks_exact(head_dim).enumerate() {
+            // SAFETY: the caller guarantees L's instruction set.
+            scores[g * n + i] = cap(unsafe { L::dot(qv, kr) } * params.scale);
         }
     }
-}
-
-/// One (token, KV head)'s output `o` (`[group, head_dim]`) from its chunks' partials (`[chunks, group,
-/// (max, sum, value sum)]`, in key order): per head, m = the largest chunk max (and the sink's logit),
-/// o = sum over chunks of value sum * exp(max - m) / (sum over chunks of sum * exp(max - m) + exp(sink - m)).
-/// `sinks` (gpt-oss): the group's sink logits; a sink joins the max and the denominator and adds no value,
-/// as transformers' eager attention does with its extra score column.
-fn combine(partials: &[f32], entry: usize, head_dim: usize, sinks: Option<&[f32]>, o: &mut [f32]) {
-    // head g's (max, sum, value sum) in one chunk's partials
-    fn head(c: &[f32], g: usize, d: usize) -> &[f32] {
-        &c[g * (d + 2)..(g + 1) * (d + 2)]
+    let mut sums = vec![0f32; per];
+    for (g, (sc, total)) in scores.chunks_exact_mut(n).zip(sums.iter_mut()).enumerate() {
+        let sink = sinks.map(|s| s[h0 + g]);
+        let max = sc.iter().fold(sink.unwrap_or(f32::NEG_INFINITY), |m, &x| m.max(x));
+        // The sink's share of the denominator (its column is then dropped).
+        let mut sum = sink.map_or(0.0, |s| (s - max).exp());
+        for x in sc.iter_mut() {
+            *x = (*x - max).exp();
+            sum += *x;
+        }
+        *total = sum;
     }
-    for (g, og) in o.chunks_exact_mut(head_dim).enumerate() {
-        let sink = sinks.map(|s| s[g]);
-        let m = partials.chunks_exact(entry).fold(sink.unwrap_or(f32::NEG_INFINITY), |m, c| m.max(head(c, g, head_dim)[0]));
-        let denom = partials.chunks_exact(entry).fold(sink.map_or(0.0, |s| (s - m).exp()), |d, c| d + head(c, g, head_dim)[1] * (head(c, g, head_dim)[0] - m).exp());
-        for c in partials.chunks_exact(entry) {
-            let w = (head(c, g, head_dim)[0] - m).exp() / denom;
-            for (od, vd) in og.iter_mut().zip(&head(c, g, head_dim)[2..]) {
-                *od += w * vd;
-            }
+    for (i, j) in keys.enumerate() {
+        let vr = v.row(slot(j) * kv_row + kvh * head_dim, head_dim, &mut buf);
+        for (g, og) in o.chunks_exact_mut(head_dim).enumerate() {
+            // SAFETY: as above.
+            unsafe { L::axpy(og, scores[g * n + i] / sums[g], vr) };
         }
     }
 }
@@ -389,11 +325,12 @@ mod tests {
         assert_eq!(f8.to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap(), finite.iter().map(|p| p.1).collect::<Vec<_>>());
     }
 
-    /// Over 300 keys (3 chunks of KEY_CHUNK): a prefill (one task per token and KV head) and the same tokens
-    /// attended one at a time (one task per chunk) give the same bits, a token's result not depending on
-    /// the step around it; and both equal a plain softmax attention in f64 within f32 rounding.
+    /// Over 300 keys: a prefill (the query heads of a group sharing each K/V row in one task) and the same
+    /// tokens attended one at a time (a task per head) give the same bits, a token's result not depending
+    /// on how the step is split into tasks; and both equal a plain softmax attention in f64 within f32
+    /// rounding.
     #[test]
-    fn chunked_keys_give_one_result_per_token_and_the_plain_attention() {
+    fn heads_sharing_rows_compute_as_heads_alone_and_as_the_plain_attention() {
         use crate::attention::{AttentionMetadata, PagedKvCache, SeqAttention};
         use candle_core::{DType, Device, Tensor};
         let (kvh, heads, d, bs, n) = (2, 6, 16, 8, 300usize);
