@@ -25,6 +25,17 @@ pub trait Lanes {
     /// # Safety
     /// As [`Lanes::dot`].
     unsafe fn axpy(o: &mut [f32], w: f32, v: &[f32]);
+
+    /// `[a · b_0, ..., a · b_7]`, each with [`Lanes::dot`]'s bits: eight keys against one query at once,
+    /// so their dependency chains overlap and the query is loaded once.
+    ///
+    /// # Safety
+    /// As [`Lanes::dot`].
+    #[inline(always)]
+    unsafe fn dot8(a: &[f32], b: [&[f32]; 8]) -> [f32; 8] {
+        // SAFETY: as the caller guarantees.
+        b.map(|bj| unsafe { Self::dot(a, bj) })
+    }
 }
 
 /// Portable Rust: the reference.
@@ -80,6 +91,41 @@ impl Lanes for Avx2 {
     }
 
     #[inline(always)]
+    unsafe fn dot8(a: &[f32], b: [&[f32]; 8]) -> [f32; 8] {
+        use std::arch::x86_64::*;
+        let n = a.len();
+        if n % 8 != 0 || b.iter().any(|bj| bj.len() != n) {
+            // SAFETY: as the caller guarantees.
+            return b.map(|bj| unsafe { Self::dot(a, bj) });
+        }
+        // The empty sums `dot` adds (its start value and its empty remainder), so the bits match.
+        let zero: f32 = [0f32; 0].iter().sum();
+        // SAFETY (all intrinsics): the caller guarantees AVX2; every load is within n of its slice.
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); 8];
+            let mut i = 0;
+            while i < n {
+                let x = _mm256_loadu_ps(a.as_ptr().add(i));
+                for (acc_j, bj) in acc.iter_mut().zip(&b) {
+                    *acc_j = _mm256_add_ps(*acc_j, _mm256_mul_ps(x, _mm256_loadu_ps(bj.as_ptr().add(i))));
+                }
+                i += 8;
+            }
+            // Transpose: t[l] holds lane l of every key's accumulator, so adding t[0], t[1], ... in order
+            // sums each key's lanes in `dot`'s order.
+            let t = transpose8(acc);
+            let mut r = _mm256_add_ps(_mm256_set1_ps(zero), t[0]);
+            for tl in &t[1..] {
+                r = _mm256_add_ps(r, *tl);
+            }
+            r = _mm256_add_ps(r, _mm256_set1_ps(zero));
+            let mut out = [0f32; 8];
+            _mm256_storeu_ps(out.as_mut_ptr(), r);
+            out
+        }
+    }
+
+    #[inline(always)]
     unsafe fn axpy(o: &mut [f32], w: f32, v: &[f32]) {
         use std::arch::x86_64::*;
         let n = o.len().min(v.len());
@@ -97,6 +143,38 @@ impl Lanes for Avx2 {
         for (od, vd) in o[full..n].iter_mut().zip(&v[full..n]) {
             *od += w * vd;
         }
+    }
+}
+
+/// An 8x8 transpose of f32 lanes: out[l] lane j = rows[j] lane l.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn transpose8(rows: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::__m256; 8] {
+    use std::arch::x86_64::*;
+    // SAFETY: register shuffles only; AVX2 as the caller guarantees.
+    unsafe {
+        let [r0, r1, r2, r3, r4, r5, r6, r7] = rows;
+        let (t0, t1) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1));
+        let (t2, t3) = (_mm256_unpacklo_ps(r2, r3), _mm256_unpackhi_ps(r2, r3));
+        let (t4, t5) = (_mm256_unpacklo_ps(r4, r5), _mm256_unpackhi_ps(r4, r5));
+        let (t6, t7) = (_mm256_unpacklo_ps(r6, r7), _mm256_unpackhi_ps(r6, r7));
+        let (s0, s1) = (_mm256_shuffle_ps::<0x44>(t0, t2), _mm256_shuffle_ps::<0xEE>(t0, t2));
+        let (s2, s3) = (_mm256_shuffle_ps::<0x44>(t1, t3), _mm256_shuffle_ps::<0xEE>(t1, t3));
+        let (s4, s5) = (_mm256_shuffle_ps::<0x44>(t4, t6), _mm256_shuffle_ps::<0xEE>(t4, t6));
+        let (s6, s7) = (_mm256_shuffle_ps::<0x44>(t5, t7), _mm256_shuffle_ps::<0xEE>(t5, t7));
+        [
+            _mm256_permute2f128_ps::<0x20>(s0, s4),
+            _mm256_permute2f128_ps::<0x20>(s1, s5),
+            _mm256_permute2f128_ps::<0x20>(s2, s6),
+            _mm256_permute2f128_ps::<0x20>(s3, s7),
+            _mm256_permute2f128_ps::<0x31>(s0, s4),
+            _mm256_permute2f128_ps::<0x31>(s1, s5),
+            _mm256_permute2f128_ps::<0x31>(s2, s6),
+            _mm256_permute2f128_ps::<0x31>(s3, s7),
+        ]
     }
 }
 
@@ -128,6 +206,12 @@ mod tests {
                     Avx2::axpy(&mut o, w, &a);
                     Portable::axpy(&mut want, w, &a);
                     assert_eq!(o, want, "axpy, n {n}");
+                    let keys: Vec<Vec<f32>> = (0..8).map(|j| a.iter().map(|x| x * (j as f32 - 3.5) + w).collect()).collect();
+                    let refs: [&[f32]; 8] = std::array::from_fn(|j| keys[j].as_slice());
+                    let got = Avx2::dot8(&b, refs);
+                    for j in 0..8 {
+                        assert_eq!(got[j].to_bits(), Portable::dot(&b, refs[j]).to_bits(), "dot8 key {j}, n {n}");
+                    }
                 }
             }
         }
