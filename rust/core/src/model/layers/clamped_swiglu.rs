@@ -64,7 +64,10 @@ fn deinterleave(t: &Tensor) -> Result<Tensor> {
     pairs.push(2);
     let pairs = t.reshape(pairs)?; // [..., I, 2]
     let half = |j: usize| pairs.narrow(last + 1, j, 1)?.squeeze(last + 1);
-    Ok(Tensor::cat(&[half(0)?, half(1)?], last)?)
+    // contiguous: candle concatenates along a last dim through transposes and may return a strided view
+    // (strides [1, E, E * hidden] here), which CUDA's matmul refuses and the fused MoE's stacking, which
+    // reads the storage as laid out, would misread.
+    Ok(Tensor::cat(&[half(0)?, half(1)?], last)?.contiguous()?)
 }
 
 #[cfg(test)]
@@ -77,5 +80,15 @@ mod tests {
         let t = Tensor::new(&[[0f32, 1., 2., 3., 4., 5.], [6., 7., 8., 9., 10., 11.]], &Device::Cpu).unwrap();
         let d = deinterleave(&t).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(d, vec![vec![0., 2., 4., 1., 3., 5.], vec![6., 8., 10., 7., 9., 11.]]);
+    }
+
+    /// Stacked experts `[E, hidden, 2I]` come out contiguous, each expert's matrix too (CUDA's matmul
+    /// refuses the strided view candle's last-dim concatenation can return).
+    #[test]
+    fn deinterleaved_experts_are_contiguous() {
+        let t = Tensor::arange(0f32, 4. * 8. * 6., &Device::Cpu).unwrap().reshape((4, 8, 6)).unwrap();
+        let d = deinterleave(&t).unwrap();
+        assert!(d.is_contiguous() && d.get(2).unwrap().is_contiguous());
+        assert_eq!(d.get(2).unwrap().get(1).unwrap().to_vec1::<f32>().unwrap(), vec![102., 104., 106., 103., 105., 107.]);
     }
 }
