@@ -163,14 +163,15 @@ class _Stream(threading.Thread):
 
 
 def _start_streams(url: str, model: str, n: int, max_tokens: int, replicas: int) -> List[_Stream]:
-    """`n` streams, returned once streams on `replicas` replicas have had a chunk after their first."""
+    """`n` streams, returned once streams on at least `replicas` replicas have had a chunk after their first
+    (the router may spread even two streams over both replicas)."""
     streams = [_Stream(url, model, i, max_tokens) for i in range(n)]
     for s in streams:
         s.start()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len({s.replica for s in streams if s.chunks > 1}) < replicas:
         time.sleep(0.05)
-    assert len({s.replica for s in streams if s.chunks > 1}) == replicas, [(s.replica, s.chunks, s.outcome) for s in streams]
+    assert len({s.replica for s in streams if s.chunks > 1}) >= replicas, [(s.replica, s.chunks, s.outcome) for s in streams]
     return streams
 
 
