@@ -57,18 +57,9 @@ pub fn from_hf(c: &HfConfig<'_>, arch: Architecture) -> Result<ModelConfig> {
     let number = |k: &str, default: f64| -> Result<f64> {
         c.f64_or(k, Some(default))?.ok_or_else(|| c.err(format!("{k} must be a number, found null")))
     };
-    cfg.moe = Some(MoeConfig {
-        num_experts: experts,
-        top_k: c.usize("num_experts_per_tok")?.unwrap_or(DEFAULT_TOP_K),
-        // The softmax over the chosen k already sums to 1.
-        norm_topk_prob: false,
-        expert_intermediate: cfg.intermediate_size,
-        shared_expert_intermediate: None,
-        sparse_layers: vec![true; cfg.num_hidden_layers],
-        naming: MoeNaming::GptOss,
-        routing: Routing::TopKSoftmax,
-        clamped_swiglu: Some(ClampedSwiglu { alpha: number("swiglu_alpha", DEFAULT_ALPHA)?, limit: number("swiglu_limit", DEFAULT_LIMIT)? }),
-    });
+    let top_k = c.usize("num_experts_per_tok")?.unwrap_or(DEFAULT_TOP_K);
+    let act = ClampedSwiglu { alpha: number("swiglu_alpha", DEFAULT_ALPHA)?, limit: number("swiglu_limit", DEFAULT_LIMIT)? };
+    cfg.moe = Some(moe(&cfg, experts, top_k, act));
     Ok(cfg)
 }
 
@@ -123,17 +114,24 @@ pub fn from_gguf(m: &GgufMeta<'_>, arch: Architecture) -> Result<ModelConfig> {
     (cfg.attention_bias, cfg.o_proj_bias, cfg.attention_sinks) = (true, true, true);
     // llama.cpp sizes the experts by expert_feed_forward_length; feed_forward_length is not used.
     cfg.intermediate_size = m.need_usize("expert_feed_forward_length")?;
-    cfg.moe = Some(MoeConfig {
-        num_experts: m.need_usize("expert_count")?,
-        top_k: m.need_usize("expert_used_count")?,
+    // The SwiGLU constants are built into llama.cpp's SwiGLU-OAI (no GGUF key): gpt-oss's published values.
+    let act = ClampedSwiglu { alpha: DEFAULT_ALPHA, limit: DEFAULT_LIMIT };
+    cfg.moe = Some(moe(&cfg, m.need_usize("expert_count")?, m.need_usize("expert_used_count")?, act));
+    Ok(cfg)
+}
+
+/// gpt-oss's experts in every layer: top `top_k` of `experts`, softmax over the chosen logits (which
+/// already sums to 1, so no renormalization), each a clamped SwiGLU of `cfg.intermediate_size`.
+fn moe(cfg: &ModelConfig, experts: usize, top_k: usize, act: ClampedSwiglu) -> MoeConfig {
+    MoeConfig {
+        num_experts: experts,
+        top_k,
         norm_topk_prob: false,
         expert_intermediate: cfg.intermediate_size,
         shared_expert_intermediate: None,
         sparse_layers: vec![true; cfg.num_hidden_layers],
         naming: MoeNaming::GptOss,
         routing: Routing::TopKSoftmax,
-        // Built into llama.cpp's SwiGLU-OAI (no GGUF key): gpt-oss's published values.
-        clamped_swiglu: Some(ClampedSwiglu { alpha: DEFAULT_ALPHA, limit: DEFAULT_LIMIT }),
-    });
-    Ok(cfg)
+        clamped_swiglu: Some(act),
+    }
 }
