@@ -53,6 +53,27 @@ impl<'a> KvRows<'a> {
         }
     }
 
+    /// Asks for the `n` values from `base` to be brought into the cache ahead of their use: a head's key
+    /// rows lie one KV row apart, in blocks wherever the block table put them, which the hardware
+    /// prefetchers follow poorly (SmolLM2 decode at 256-650 positions: 125 -> 135-144 tok/s on 2 cores).
+    #[inline(always)]
+    fn prefetch(&self, base: usize, n: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let (p, bytes) = match self {
+                KvRows::F32(v) => (v[base..base + n].as_ptr() as *const i8, n * 4),
+                KvRows::E4m3(v, _) => (v[base..base + n].as_ptr() as *const i8, n),
+            };
+            for off in (0..bytes).step_by(64) {
+                // SAFETY: the address lies within the row checked above; a prefetch never faults.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(p.add(off)) };
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (base, n);
+    }
+
     /// `n` values from `base`, widened into `buf` where the cache is FP8.
     #[inline(always)]
     fn row<'b>(&'b self, base: usize, n: usize, buf: &'b mut [f32]) -> &'b [f32] {
@@ -183,6 +204,9 @@ pub fn paged_attention(
     Ok((CpuStorage::F32(out), Shape::from((num_tokens, num_heads, head_dim))))
 }
 
+/// How many keys ahead a task prefetches its K and V rows.
+const PREFETCH_KEYS: usize = 16;
+
 /// What every task of one [`paged_attention`] call reads.
 struct Task<'a> {
     meta: &'a AttentionMetadata,
@@ -235,8 +259,16 @@ unsafe fn attend_task<L: super::simd::Lanes>(task: &Task, item: usize, o: &mut [
     let mut buf = vec![0f32; head_dim]; // an FP8 row, widened
     // Eight keys at a time (their dot products overlap), then the rest one by one; the same bits.
     let mut bufs = vec![0f32; 8 * head_dim]; // eight FP8 rows, widened
+    let ahead = |kv: &KvRows, i: usize| {
+        if i < n {
+            kv.prefetch(slot(keys.start + i) * kv_row + kvh * head_dim, head_dim);
+        }
+    };
     let mut i = 0;
     while i + 8 <= n {
+        for r in i + PREFETCH_KEYS..i + PREFETCH_KEYS + 8 {
+            ahead(k, r);
+        }
         let mut rows = bufs.chunks_exact_mut(head_dim).enumerate().map(|(r, b)| k.row(slot(keys.start + i + r) * kv_row + kvh * head_dim, head_dim, b));
         let rows: [&[f32]; 8] = std::array::from_fn(|_| rows.next().expect("8 rows"));
         for (g, qv) in qs.chunks_exact(head_dim).enumerate() {
@@ -267,7 +299,23 @@ unsafe fn attend_task<L: super::simd::Lanes>(task: &Task, item: usize, o: &mut [
         }
         *total = sum;
     }
-    for (i, j) in keys.enumerate() {
+    // Eight keys per pass over a head's output (loaded and stored once), then the rest one by one; the
+    // same bits as key after key.
+    let mut i = 0;
+    while i + 8 <= n {
+        for r in i + PREFETCH_KEYS..i + PREFETCH_KEYS + 8 {
+            ahead(v, r);
+        }
+        let mut rows = bufs.chunks_exact_mut(head_dim).enumerate().map(|(r, b)| v.row(slot(keys.start + i + r) * kv_row + kvh * head_dim, head_dim, b));
+        let rows: [&[f32]; 8] = std::array::from_fn(|_| rows.next().expect("8 rows"));
+        for (g, og) in o.chunks_exact_mut(head_dim).enumerate() {
+            let w: [f32; 8] = std::array::from_fn(|r| scores[g * n + i + r] / sums[g]);
+            // SAFETY: as above.
+            unsafe { L::axpy8(og, w, rows) };
+        }
+        i += 8;
+    }
+    for (i, j) in keys.clone().enumerate().skip(i) {
         let vr = v.row(slot(j) * kv_row + kvh * head_dim, head_dim, &mut buf);
         for (g, og) in o.chunks_exact_mut(head_dim).enumerate() {
             // SAFETY: as above.

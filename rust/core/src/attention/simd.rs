@@ -36,6 +36,19 @@ pub trait Lanes {
         // SAFETY: as the caller guarantees.
         b.map(|bj| unsafe { Self::dot(a, bj) })
     }
+
+    /// `o += w_0 v_0`, then `o += w_1 v_1`, ... `w_7 v_7`: [`Lanes::axpy`] eight times in order, the same bits,
+    /// with `o` loaded and stored once.
+    ///
+    /// # Safety
+    /// As [`Lanes::dot`].
+    #[inline(always)]
+    unsafe fn axpy8(o: &mut [f32], w: [f32; 8], v: [&[f32]; 8]) {
+        for (wj, vj) in w.into_iter().zip(v) {
+            // SAFETY: as the caller guarantees.
+            unsafe { Self::axpy(o, wj, vj) };
+        }
+    }
 }
 
 /// Portable Rust: the reference.
@@ -102,15 +115,26 @@ impl Lanes for Avx2 {
         let zero: f32 = [0f32; 0].iter().sum();
         // SAFETY (all intrinsics): the caller guarantees AVX2; every load is within n of its slice.
         unsafe {
-            let mut acc = [_mm256_setzero_ps(); 8];
+            // Eight named accumulators and row pointers: as an array indexed in a loop, LLVM kept the
+            // accumulators in memory (a store-to-load chain per key).
+            let p: [*const f32; 8] = b.map(|bj| bj.as_ptr());
+            let z = _mm256_setzero_ps();
+            let (mut a0, mut a1, mut a2, mut a3, mut a4, mut a5, mut a6, mut a7) = (z, z, z, z, z, z, z, z);
             let mut i = 0;
             while i < n {
                 let x = _mm256_loadu_ps(a.as_ptr().add(i));
-                for (acc_j, bj) in acc.iter_mut().zip(&b) {
-                    *acc_j = _mm256_add_ps(*acc_j, _mm256_mul_ps(x, _mm256_loadu_ps(bj.as_ptr().add(i))));
-                }
+                let m = |j: usize| _mm256_mul_ps(x, _mm256_loadu_ps(p[j].add(i)));
+                a0 = _mm256_add_ps(a0, m(0));
+                a1 = _mm256_add_ps(a1, m(1));
+                a2 = _mm256_add_ps(a2, m(2));
+                a3 = _mm256_add_ps(a3, m(3));
+                a4 = _mm256_add_ps(a4, m(4));
+                a5 = _mm256_add_ps(a5, m(5));
+                a6 = _mm256_add_ps(a6, m(6));
+                a7 = _mm256_add_ps(a7, m(7));
                 i += 8;
             }
+            let acc = [a0, a1, a2, a3, a4, a5, a6, a7];
             // Transpose: t[l] holds lane l of every key's accumulator, so adding t[0], t[1], ... in order
             // sums each key's lanes in `dot`'s order.
             let t = transpose8(acc);
@@ -142,6 +166,35 @@ impl Lanes for Avx2 {
         }
         for (od, vd) in o[full..n].iter_mut().zip(&v[full..n]) {
             *od += w * vd;
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn axpy8(o: &mut [f32], w: [f32; 8], v: [&[f32]; 8]) {
+        use std::arch::x86_64::*;
+        let n = o.len();
+        if n % 8 != 0 || v.iter().any(|vj| vj.len() != n) {
+            for (wj, vj) in w.into_iter().zip(v) {
+                // SAFETY: as the caller guarantees.
+                unsafe { Self::axpy(o, wj, vj) };
+            }
+            return;
+        }
+        // SAFETY (all intrinsics): AVX2 as the caller guarantees; every access is within n of its slice.
+        unsafe {
+            let p: [*const f32; 8] = v.map(|vj| vj.as_ptr());
+            let ws = w.map(|wj| _mm256_set1_ps(wj));
+            let mut i = 0;
+            while i < n {
+                let po = o.as_mut_ptr().add(i);
+                // key after key, as `axpy` adds them: the same roundings in the same order
+                let mut acc = _mm256_loadu_ps(po);
+                for j in 0..8 {
+                    acc = _mm256_add_ps(acc, _mm256_mul_ps(ws[j], _mm256_loadu_ps(p[j].add(i))));
+                }
+                _mm256_storeu_ps(po, acc);
+                i += 8;
+            }
         }
     }
 }
@@ -208,6 +261,13 @@ mod tests {
                     assert_eq!(o, want, "axpy, n {n}");
                     let keys: Vec<Vec<f32>> = (0..8).map(|j| a.iter().map(|x| x * (j as f32 - 3.5) + w).collect()).collect();
                     let refs: [&[f32]; 8] = std::array::from_fn(|j| keys[j].as_slice());
+                    let ws: [f32; 8] = std::array::from_fn(|j| w * (j as f32 - 2.5));
+                    let (mut o8, mut want8) = (b.clone(), b.clone());
+                    Avx2::axpy8(&mut o8, ws, refs);
+                    for j in 0..8 {
+                        Portable::axpy(&mut want8, ws[j], refs[j]);
+                    }
+                    assert_eq!(o8, want8, "axpy8, n {n}");
                     let got = Avx2::dot8(&b, refs);
                     for j in 0..8 {
                         assert_eq!(got[j].to_bits(), Portable::dot(&b, refs[j]).to_bits(), "dot8 key {j}, n {n}");
