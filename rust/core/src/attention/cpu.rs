@@ -74,6 +74,40 @@ impl<'a> KvRows<'a> {
         let _ = (base, n);
     }
 
+    /// [`KvRows::prefetch`] of the rows at `bases[i..i + 8]` that exist.
+    #[inline(always)]
+    fn prefetch8(&self, bases: &[usize], i: usize, n: usize) {
+        for r in i..(i + 8).min(bases.len()) {
+            self.prefetch(bases[r], n);
+        }
+    }
+
+    /// `n` values from each of `bases[i..i + 8]`, widened into `bufs` (`[8, n]`) where the cache is FP8. Index
+    /// loops, no iterator adapters or closures: those may stay out of line, without the AVX2 body's
+    /// target features.
+    #[inline(always)]
+    fn rows8<'b>(&'b self, bases: &[usize], i: usize, n: usize, bufs: &'b mut [f32]) -> [&'b [f32]; 8] {
+        let bases = &bases[i..i + 8];
+        let mut out: [&[f32]; 8] = [&[]; 8];
+        match self {
+            KvRows::F32(v) => {
+                for r in 0..8 {
+                    out[r] = &v[bases[r]..bases[r] + n];
+                }
+            }
+            KvRows::E4m3(..) => {
+                for r in 0..8 {
+                    self.row(bases[r], n, &mut bufs[r * n..(r + 1) * n]);
+                }
+                let bufs = &*bufs;
+                for r in 0..8 {
+                    out[r] = &bufs[r * n..(r + 1) * n];
+                }
+            }
+        }
+        out
+    }
+
     /// `n` values from `base`, widened into `buf` where the cache is FP8.
     #[inline(always)]
     fn row<'b>(&'b self, base: usize, n: usize, buf: &'b mut [f32]) -> &'b [f32] {
@@ -251,7 +285,18 @@ unsafe fn attend_task<L: super::simd::Lanes>(task: &Task, item: usize, o: &mut [
     let table = &meta.seqs[s].block_table;
     let keys = params.window_start(pos)..pos + 1; // causal, within the window
     let n = keys.len();
-    let slot = |j: usize| table[j / block_size] as usize * block_size + j % block_size;
+    // Where each key's row of this KV head starts in the cache, block by block (one division per block).
+    let mut base = Vec::with_capacity(n);
+    let mut j = keys.start;
+    while j < keys.end {
+        let first = j / block_size * block_size; // the block's first position
+        let slot0 = table[j / block_size] as usize * block_size;
+        let end = (first + block_size).min(keys.end);
+        for jj in j..end {
+            base.push((slot0 + jj - first) * kv_row + kvh * head_dim);
+        }
+        j = end;
+    }
     let cap = |x: f32| params.softcap.map_or(x, |c| c * (x / c).tanh());
     let h0 = kvh * group + part * per; // the task's first query head
     let qs = &q[t * row + h0 * head_dim..t * row + (h0 + per) * head_dim]; // [per, head_dim]
@@ -259,29 +304,21 @@ unsafe fn attend_task<L: super::simd::Lanes>(task: &Task, item: usize, o: &mut [
     let mut buf = vec![0f32; head_dim]; // an FP8 row, widened
     // Eight keys at a time (their dot products overlap), then the rest one by one; the same bits.
     let mut bufs = vec![0f32; 8 * head_dim]; // eight FP8 rows, widened
-    let ahead = |kv: &KvRows, i: usize| {
-        if i < n {
-            kv.prefetch(slot(keys.start + i) * kv_row + kvh * head_dim, head_dim);
-        }
-    };
     let mut i = 0;
     while i + 8 <= n {
-        for r in i + PREFETCH_KEYS..i + PREFETCH_KEYS + 8 {
-            ahead(k, r);
-        }
-        let mut rows = bufs.chunks_exact_mut(head_dim).enumerate().map(|(r, b)| k.row(slot(keys.start + i + r) * kv_row + kvh * head_dim, head_dim, b));
-        let rows: [&[f32]; 8] = std::array::from_fn(|_| rows.next().expect("8 rows"));
-        for (g, qv) in qs.chunks_exact(head_dim).enumerate() {
+        k.prefetch8(&base, i + PREFETCH_KEYS, head_dim);
+        let rows = k.rows8(&base, i, head_dim, &mut bufs);
+        for g in 0..per {
             // SAFETY: the caller guarantees L's instruction set.
-            let dots = unsafe { L::dot8(qv, rows) };
-            for (r, d) in dots.iter().enumerate() {
-                scores[g * n + i + r] = cap(d * params.scale);
+            let dots = unsafe { L::dot8(&qs[g * head_dim..(g + 1) * head_dim], rows) };
+            for r in 0..8 {
+                scores[g * n + i + r] = cap(dots[r] * params.scale);
             }
         }
         i += 8;
     }
-    for (i, j) in keys.clone().enumerate().skip(i) {
-        let kr = k.row(slot(j) * kv_row + kvh * head_dim, head_dim, &mut buf);
+    for i in i..n {
+        let kr = k.row(base[i], head_dim, &mut buf);
         for (g, qv) in qs.chunks_exact(head_dim).enumerate() {
             // SAFETY: the caller guarantees L's instruction set.
             scores[g * n + i] = cap(unsafe { L::dot(qv, kr) } * params.scale);
@@ -303,20 +340,20 @@ unsafe fn attend_task<L: super::simd::Lanes>(task: &Task, item: usize, o: &mut [
     // same bits as key after key.
     let mut i = 0;
     while i + 8 <= n {
-        for r in i + PREFETCH_KEYS..i + PREFETCH_KEYS + 8 {
-            ahead(v, r);
-        }
-        let mut rows = bufs.chunks_exact_mut(head_dim).enumerate().map(|(r, b)| v.row(slot(keys.start + i + r) * kv_row + kvh * head_dim, head_dim, b));
-        let rows: [&[f32]; 8] = std::array::from_fn(|_| rows.next().expect("8 rows"));
-        for (g, og) in o.chunks_exact_mut(head_dim).enumerate() {
-            let w: [f32; 8] = std::array::from_fn(|r| scores[g * n + i + r] / sums[g]);
+        v.prefetch8(&base, i + PREFETCH_KEYS, head_dim);
+        let rows = v.rows8(&base, i, head_dim, &mut bufs);
+        for g in 0..per {
+            let mut w = [0f32; 8];
+            for r in 0..8 {
+                w[r] = scores[g * n + i + r] / sums[g];
+            }
             // SAFETY: as above.
-            unsafe { L::axpy8(og, w, rows) };
+            unsafe { L::axpy8(&mut o[g * head_dim..(g + 1) * head_dim], w, rows) };
         }
         i += 8;
     }
-    for (i, j) in keys.clone().enumerate().skip(i) {
-        let vr = v.row(slot(j) * kv_row + kvh * head_dim, head_dim, &mut buf);
+    for i in i..n {
+        let vr = v.row(base[i], head_dim, &mut buf);
         for (g, og) in o.chunks_exact_mut(head_dim).enumerate() {
             // SAFETY: as above.
             unsafe { L::axpy(og, scores[g * n + i] / sums[g], vr) };

@@ -117,21 +117,21 @@ impl Lanes for Avx2 {
         unsafe {
             // Eight named accumulators and row pointers: as an array indexed in a loop, LLVM kept the
             // accumulators in memory (a store-to-load chain per key).
-            let p: [*const f32; 8] = b.map(|bj| bj.as_ptr());
+            // (No closures here: they would not inherit the caller's target features.)
+            let p = [b[0].as_ptr(), b[1].as_ptr(), b[2].as_ptr(), b[3].as_ptr(), b[4].as_ptr(), b[5].as_ptr(), b[6].as_ptr(), b[7].as_ptr()];
             let z = _mm256_setzero_ps();
             let (mut a0, mut a1, mut a2, mut a3, mut a4, mut a5, mut a6, mut a7) = (z, z, z, z, z, z, z, z);
             let mut i = 0;
             while i < n {
                 let x = _mm256_loadu_ps(a.as_ptr().add(i));
-                let m = |j: usize| _mm256_mul_ps(x, _mm256_loadu_ps(p[j].add(i)));
-                a0 = _mm256_add_ps(a0, m(0));
-                a1 = _mm256_add_ps(a1, m(1));
-                a2 = _mm256_add_ps(a2, m(2));
-                a3 = _mm256_add_ps(a3, m(3));
-                a4 = _mm256_add_ps(a4, m(4));
-                a5 = _mm256_add_ps(a5, m(5));
-                a6 = _mm256_add_ps(a6, m(6));
-                a7 = _mm256_add_ps(a7, m(7));
+                a0 = _mm256_add_ps(a0, _mm256_mul_ps(x, _mm256_loadu_ps(p[0].add(i))));
+                a1 = _mm256_add_ps(a1, _mm256_mul_ps(x, _mm256_loadu_ps(p[1].add(i))));
+                a2 = _mm256_add_ps(a2, _mm256_mul_ps(x, _mm256_loadu_ps(p[2].add(i))));
+                a3 = _mm256_add_ps(a3, _mm256_mul_ps(x, _mm256_loadu_ps(p[3].add(i))));
+                a4 = _mm256_add_ps(a4, _mm256_mul_ps(x, _mm256_loadu_ps(p[4].add(i))));
+                a5 = _mm256_add_ps(a5, _mm256_mul_ps(x, _mm256_loadu_ps(p[5].add(i))));
+                a6 = _mm256_add_ps(a6, _mm256_mul_ps(x, _mm256_loadu_ps(p[6].add(i))));
+                a7 = _mm256_add_ps(a7, _mm256_mul_ps(x, _mm256_loadu_ps(p[7].add(i))));
                 i += 8;
             }
             let acc = [a0, a1, a2, a3, a4, a5, a6, a7];
@@ -182,8 +182,12 @@ impl Lanes for Avx2 {
         }
         // SAFETY (all intrinsics): AVX2 as the caller guarantees; every access is within n of its slice.
         unsafe {
-            let p: [*const f32; 8] = v.map(|vj| vj.as_ptr());
-            let ws = w.map(|wj| _mm256_set1_ps(wj));
+            // (No closures here: they would not inherit the caller's target features.)
+            let p = [v[0].as_ptr(), v[1].as_ptr(), v[2].as_ptr(), v[3].as_ptr(), v[4].as_ptr(), v[5].as_ptr(), v[6].as_ptr(), v[7].as_ptr()];
+            let mut ws = [_mm256_setzero_ps(); 8];
+            for j in 0..8 {
+                ws[j] = _mm256_set1_ps(w[j]);
+            }
             let mut i = 0;
             while i < n {
                 let po = o.as_mut_ptr().add(i);
