@@ -42,7 +42,19 @@ const ROUND_MAGIC: f32 = 12_582_912.0;
 
 /// Quantizes one row `x: [k]` (`k` a multiple of 32) into `out: [k / 32]`: `d = max|x| / 127`,
 /// `q = round_ties_even(x / d)` (what llama.cpp's SIMD quantizers do), `r = round_ties_even(128 (x / d - q))`.
+/// With AVX2 (the dispatch's choice) the same arithmetic eight lanes at a time: the same bits.
 pub fn quantize_row(x: &[f32], out: &mut [ActBlock]) {
+    assert_eq!(x.len(), out.len() * QK, "activation row and blocks differ");
+    #[cfg(target_arch = "x86_64")]
+    if super::dispatch::active() >= super::dispatch::Isa::Avx2 {
+        // SAFETY: AVX2 is there (dispatch); lengths checked above.
+        return unsafe { quantize_row_avx2(x, out) };
+    }
+    quantize_row_scalar(x, out);
+}
+
+/// [`quantize_row`] in portable code: the reference.
+pub fn quantize_row_scalar(x: &[f32], out: &mut [ActBlock]) {
     debug_assert_eq!(x.len(), out.len() * QK);
     for (xs, blk) in x.chunks_exact(QK).zip(out.iter_mut()) {
         let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -60,6 +72,58 @@ pub fn quantize_row(x: &[f32], out: &mut [ActBlock]) {
         }
         blk.d = d;
         blk.s = blk.fine_scale() * sum as f32;
+    }
+}
+
+/// [`quantize_row`] with AVX2: per block, `max |x|` (exact in any order), then the scalar's element-wise
+/// steps (no fused multiply-add) and an integer sum, so the same bits.
+///
+/// # Safety
+/// The CPU has AVX2; `x.len() == out.len() * 32`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_row_avx2(x: &[f32], out: &mut [ActBlock]) {
+    use std::arch::x86_64::*;
+    // SAFETY (all intrinsics): AVX2 as the caller guarantees; each block reads x[32 b .. 32 b + 32].
+    unsafe {
+        let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+        let magic = _mm256_set1_ps(ROUND_MAGIC);
+        let fine = _mm256_set1_ps(128.0);
+        // byte order after the two packs: dwords a0-3 b0-3 c0-3 d0-3 a4-7 b4-7 c4-7 d4-7
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        for (b, blk) in out.iter_mut().enumerate() {
+            let p = x.as_ptr().add(b * QK);
+            let v = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24))];
+            let m = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v[0], abs_mask), _mm256_and_ps(v[1], abs_mask)), _mm256_max_ps(_mm256_and_ps(v[2], abs_mask), _mm256_and_ps(v[3], abs_mask)));
+            let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+            let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+            let d = amax / 127.0;
+            let id = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+            let mut qi = [_mm256_setzero_si256(); 4];
+            let mut ri = [_mm256_setzero_si256(); 4];
+            let mut sum = _mm256_setzero_si256();
+            for j in 0..4 {
+                let scaled = _mm256_mul_ps(v[j], id);
+                let rq = _mm256_sub_ps(_mm256_add_ps(scaled, magic), magic);
+                let rr = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(scaled, rq), fine), magic), magic);
+                qi[j] = _mm256_cvtps_epi32(rq); // integral already: exact
+                ri[j] = _mm256_cvtps_epi32(rr);
+                sum = _mm256_add_epi32(sum, _mm256_add_epi32(_mm256_slli_epi32::<7>(qi[j]), ri[j]));
+            }
+            let pack = |a: [__m256i; 4]| {
+                let ab = _mm256_packs_epi32(a[0], a[1]);
+                let cd = _mm256_packs_epi32(a[2], a[3]);
+                _mm256_permutevar8x32_epi32(_mm256_packs_epi16(ab, cd), order)
+            };
+            _mm256_storeu_si256(blk.q.as_mut_ptr() as *mut __m256i, pack(qi));
+            _mm256_storeu_si256(blk.r.as_mut_ptr() as *mut __m256i, pack(ri));
+            let s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256::<1>(sum));
+            let s2 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b01_00_11_10>(s4));
+            let s1 = _mm_add_epi32(s2, _mm_shuffle_epi32::<0b10_11_00_01>(s2));
+            blk.d = d;
+            blk.s = blk.fine_scale() * _mm_cvtsi128_si32(s1) as f32;
+        }
     }
 }
 
@@ -91,5 +155,28 @@ mod tests {
         }
         let zero = quantize_rows(&[0.0; 32], 32);
         assert_eq!(zero[0], ActBlock::ZERO);
+    }
+
+    /// The dispatched quantizer (AVX2 here where the CPU has it) gives the scalar reference's bits: rows
+    /// with outliers, ties at half steps, zero blocks, negative zeros and tiny values.
+    #[test]
+    fn the_vector_quantizer_gives_the_scalar_bits() {
+        let mut seed = 11u64;
+        let mut rnd = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5
+        };
+        let mut x: Vec<f32> = (0..32 * 64).map(|i| rnd() * if i % 97 == 0 { 300.0 } else { 2.0 }).collect();
+        x[32..64].fill(0.0);
+        x[64..96].iter_mut().enumerate().for_each(|(i, v)| *v = (i as f32 - 16.0) * 0.5); // ties
+        x[96] = -0.0;
+        x[128..160].iter_mut().for_each(|v| *v *= 1e-30); // tiny scales
+        let mut want = vec![ActBlock::ZERO; 64];
+        let mut got = vec![ActBlock::ZERO; 64];
+        quantize_row_scalar(&x, &mut want);
+        quantize_row(&x, &mut got);
+        for (b, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!((g.d.to_bits(), g.s.to_bits(), g.q, g.r), (w.d.to_bits(), w.s.to_bits(), w.q, w.r), "block {b}");
+        }
     }
 }
