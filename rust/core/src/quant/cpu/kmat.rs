@@ -43,21 +43,108 @@ pub struct KAct {
 /// See `act::ROUND_MAGIC`: round to nearest, ties to even, in plain f32 arithmetic.
 const ROUND_MAGIC: f32 = 12_582_912.0;
 
+/// Tokens at which quantizing is split over the threads (a prefill's quantization otherwise runs on the
+/// calling thread while the others wait).
+const PARALLEL_TOKENS: usize = 16;
+
 impl KAct {
-    /// `x: [t, k]`, `k` a multiple of 256.
+    /// `x: [t, k]`, `k` a multiple of 256. With AVX2 (the dispatch's choice) eight lanes at a time, the
+    /// same bits as [`KAct::quantize_scalar`].
     pub fn quantize(x: &[f32], k: usize) -> KAct {
         let t = x.len() / k;
         let mut a = KAct { t, k, q: vec![0; t * k], d: vec![0.0; t * k / SUB], s: vec![0.0; t * k / SUB] };
-        for ((xs, qs), (d, s)) in x.chunks_exact(SUB).zip(a.q.chunks_exact_mut(SUB)).zip(a.d.iter_mut().zip(a.s.iter_mut())) {
-            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
-            *d = amax / QMAX;
-            let id = if *d > 0.0 { 1.0 / *d } else { 0.0 };
-            for (q, &v) in qs.iter_mut().zip(xs) {
-                *q = ((v * id + ROUND_MAGIC) - ROUND_MAGIC) as i16;
+        #[cfg(target_arch = "x86_64")]
+        let avx2 = super::dispatch::active() >= Isa::Avx2;
+        #[cfg(not(target_arch = "x86_64"))]
+        let avx2 = false;
+        let one = |x: &[f32], q: &mut [i16], d: &mut [f32], s: &mut [f32]| {
+            #[cfg(target_arch = "x86_64")]
+            if avx2 {
+                // SAFETY: AVX2 is there (dispatch); the slices cover the same blocks.
+                return unsafe { quantize_blocks_avx2(x, q, d, s) };
             }
-            *s = *d * qs.iter().map(|&q| q as i32).sum::<i32>() as f32;
+            quantize_blocks(x, q, d, s);
+        };
+        let kb = k / SUB;
+        let mut rows: Vec<_> = a.q.chunks_mut(k).zip(a.d.chunks_mut(kb)).zip(a.s.chunks_mut(kb)).map(|((q, d), s)| (q, d, s)).collect();
+        if t >= PARALLEL_TOKENS {
+            let per = t.div_ceil(pool::threads() * 4);
+            pool::for_each_chunk_mut(&mut rows, per, |c, chunk| {
+                for (i, (q, d, s)) in chunk.iter_mut().enumerate() {
+                    let r = c * per + i;
+                    one(&x[r * k..(r + 1) * k], q, d, s);
+                }
+            });
+        } else {
+            for (r, (q, d, s)) in rows.iter_mut().enumerate() {
+                one(&x[r * k..(r + 1) * k], q, d, s);
+            }
         }
         a
+    }
+
+    /// [`KAct::quantize`] in portable code on one thread: the reference.
+    pub fn quantize_scalar(x: &[f32], k: usize) -> KAct {
+        let t = x.len() / k;
+        let mut a = KAct { t, k, q: vec![0; t * k], d: vec![0.0; t * k / SUB], s: vec![0.0; t * k / SUB] };
+        quantize_blocks(x, &mut a.q, &mut a.d, &mut a.s);
+        a
+    }
+}
+
+/// Blocks of 32 of `x` -> their integers `q`, scales `d` and sums `s`.
+fn quantize_blocks(x: &[f32], q: &mut [i16], d: &mut [f32], s: &mut [f32]) {
+    for ((xs, qs), (d, s)) in x.chunks_exact(SUB).zip(q.chunks_exact_mut(SUB)).zip(d.iter_mut().zip(s.iter_mut())) {
+        let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+        *d = amax / QMAX;
+        let id = if *d > 0.0 { 1.0 / *d } else { 0.0 };
+        for (q, &v) in qs.iter_mut().zip(xs) {
+            *q = ((v * id + ROUND_MAGIC) - ROUND_MAGIC) as i16;
+        }
+        *s = *d * qs.iter().map(|&q| q as i32).sum::<i32>() as f32;
+    }
+}
+
+/// [`quantize_blocks`] with AVX2: `max |x|` (exact in any order), the same element-wise steps and an
+/// integer sum, so the same bits.
+///
+/// # Safety
+/// The CPU has AVX2; `q.len() == x.len()`, `d.len() == s.len() == x.len() / 32`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_blocks_avx2(x: &[f32], q: &mut [i16], d: &mut [f32], s: &mut [f32]) {
+    use std::arch::x86_64::*;
+    assert!(q.len() == x.len() && d.len() * SUB == x.len() && s.len() == d.len(), "activation blocks differ");
+    // SAFETY (all intrinsics): AVX2 as the caller guarantees; block b reads and writes [32 b, 32 b + 32).
+    unsafe {
+        let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+        let magic = _mm256_set1_ps(ROUND_MAGIC);
+        for b in 0..d.len() {
+            let p = x.as_ptr().add(b * SUB);
+            let v = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24))];
+            let m = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v[0], abs_mask), _mm256_and_ps(v[1], abs_mask)), _mm256_max_ps(_mm256_and_ps(v[2], abs_mask), _mm256_and_ps(v[3], abs_mask)));
+            let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+            let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+            let db = amax / QMAX;
+            let id = _mm256_set1_ps(if db > 0.0 { 1.0 / db } else { 0.0 });
+            let mut qi = [_mm256_setzero_si256(); 4];
+            for j in 0..4 {
+                qi[j] = _mm256_cvtps_epi32(_mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(v[j], id), magic), magic)); // integral: exact
+            }
+            let sum = _mm256_add_epi32(_mm256_add_epi32(qi[0], qi[1]), _mm256_add_epi32(qi[2], qi[3]));
+            // packs interleave 128-bit lanes: a0-3 b0-3 a4-7 b4-7 -> a0-7 b0-7 by 64-bit lanes 0 2 1 3
+            let lo = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(qi[0], qi[1]));
+            let hi = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(qi[2], qi[3]));
+            let out = q.as_mut_ptr().add(b * SUB) as *mut __m256i;
+            _mm256_storeu_si256(out, lo);
+            _mm256_storeu_si256(out.add(1), hi);
+            let s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256::<1>(sum));
+            let s2 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b01_00_11_10>(s4));
+            let s1 = _mm_add_epi32(s2, _mm_shuffle_epi32::<0b10_11_00_01>(s2));
+            d[b] = db;
+            s[b] = db * _mm_cvtsi128_si32(s1) as f32;
+        }
     }
 }
 
@@ -198,4 +285,31 @@ pub fn matmul(w: &PackedK, act: &KAct, kern: KTiles) -> Vec<f32> {
         }
     });
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KAct;
+
+    /// The dispatched quantizer (AVX2 here where the CPU has it, threads past 16 tokens) gives the
+    /// scalar reference's bits: outliers, ties at half steps, zero blocks, tiny values.
+    #[test]
+    fn the_vector_quantizer_gives_the_scalar_bits() {
+        let mut seed = 5u64;
+        let mut rnd = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5
+        };
+        for t in [1, 3, 17, 40] {
+            let k = 512;
+            let mut x: Vec<f32> = (0..t * k).map(|i| rnd() * if i % 89 == 0 { 500.0 } else { 3.0 }).collect();
+            x[32..64].fill(0.0);
+            x[64..96].iter_mut().enumerate().for_each(|(i, v)| *v = (i as f32 - 16.0) * 0.25);
+            x[128..160].iter_mut().for_each(|v| *v *= 1e-30);
+            let (got, want) = (KAct::quantize(&x, k), KAct::quantize_scalar(&x, k));
+            assert_eq!(got.q, want.q, "q, {t} tokens");
+            assert_eq!(got.d.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.d.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "d, {t} tokens");
+            assert_eq!(got.s.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.s.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "s, {t} tokens");
+        }
+    }
 }
