@@ -45,7 +45,7 @@ pub struct QkNorm<'a> {
 
 /// `gate_up: [T, 2F]` (gate columns first) -> `silu(gate) * up: [T, F]`.
 pub fn silu_mul(gate_up: &Tensor) -> Result<Tensor> {
-    if gate_up.device().is_cuda() {
+    if gate_up.device().is_cuda() || (gate_up.dtype() == candle_core::DType::F32 && gate_up.is_contiguous()) {
         gate_up.apply_op1_no_bwd(&SiluMul)
     } else {
         silu_mul_reference(gate_up)
@@ -180,7 +180,8 @@ fn rope_reference(x: &Tensor, cos: &Tensor, sin: &Tensor, style: RopeStyle) -> R
 }
 
 // ------------------------------------------------------------------------------------------------
-// The candle ops. Their CPU forward is not used (the entry points run the reference there).
+// The candle ops. Their CPU forward is not used (the entry points run the reference there), except
+// silu-mul's in f32 (fused_cpu.rs).
 
 fn cpu_unused(op: &str) -> Result<(CpuStorage, Shape)> {
     bail!("{op}: the CPU runs the reference ops, not this CUDA op")
@@ -193,8 +194,12 @@ impl CustomOp1 for SiluMul {
         "silu-mul"
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        cpu_unused(self.name())
+    /// f32 only (the entry point sends other dtypes to the reference): the reference's bits, threaded.
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (t, two_f) = l.shape().dims2()?;
+        let (CpuStorage::F32(v), Some((start, end))) = (s, l.contiguous_offsets()) else { return cpu_unused(self.name()) };
+        let f = two_f / 2;
+        Ok((CpuStorage::F32(super::fused_cpu::silu_mul(&v[start..end], t, f)), Shape::from((t, f))))
     }
 
     #[cfg(feature = "cuda")]

@@ -7,6 +7,7 @@ pub mod decoder;
 pub mod eagle;
 pub mod fused;
 pub mod fused_check;
+mod fused_cpu;
 pub mod gguf_meta;
 pub mod layers;
 pub mod linear;
