@@ -26,7 +26,7 @@ fn decode(row: &[u8], b: usize) -> ScalarBlock {
 mod x86 {
     use super::{row_bytes, BLOCK_BYTES};
     use crate::quant::cpu::act::ActBlock;
-    use crate::quant::cpu::pairs::avx512_pairs_tile;
+    use crate::quant::cpu::pairs::{avx512_pairs_tile, avx512_rowpairs_tile};
     use crate::quant::cpu::tile::x86_tile;
     use crate::quant::cpu::x86::*;
     use std::arch::x86_64::*;
@@ -41,6 +41,7 @@ mod x86 {
     x86_tile!(avx2, "avx2,fma,f16c", row_bytes, load, dot_u8i8_avx2, no_post, true);
     x86_tile!(avx512, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", row_bytes, load, dot_u8i8_vnni, no_post, true);
     avx512_pairs_tile!(avx512_pairs, row_bytes, load, true);
+    avx512_rowpairs_tile!(avx512_rowpairs, row_bytes, load, true);
 }
 
 tile::type_kernels!(pairs);

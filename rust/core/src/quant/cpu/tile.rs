@@ -54,13 +54,14 @@ pub const fn row_bytes_of(nb: usize, per_block: usize, block_bytes: usize) -> us
 /// (activation blocks per weight block), `decode` and `x86::{avx2, avx512}`.
 macro_rules! type_kernels {
     () => {
-        $crate::quant::cpu::tile::type_kernels!(@with x86::avx512::<1, 4>, x86::avx512::<4, 4>);
+        $crate::quant::cpu::tile::type_kernels!(@with x86::avx512::<4, 1>, x86::avx512::<1, 4>, x86::avx512::<4, 4>);
     };
-    // AVX-512 tiles of 4 tokens from `x86::avx512_pairs` (see `pairs.rs`).
+    // AVX-512 tiles of 4 tokens from `x86::avx512_pairs`, of 4 rows x 1 token from `x86::avx512_rowpairs`
+    // (see `pairs.rs`).
     (pairs) => {
-        $crate::quant::cpu::tile::type_kernels!(@with x86::avx512_pairs::<1, 4>, x86::avx512_pairs::<4, 4>);
+        $crate::quant::cpu::tile::type_kernels!(@with x86::avx512_rowpairs::<4, 1>, x86::avx512_pairs::<1, 4>, x86::avx512_pairs::<4, 4>);
     };
-    (@with $t1x4:expr, $t4x4:expr) => {
+    (@with $t4x1:expr, $t1x4:expr, $t4x4:expr) => {
         /// One row's blocks -> `out: [k]` f32, the reference.
         pub fn dequantize_row(w: &[u8], out: &mut [f32]) {
             $crate::quant::cpu::tile::dequantize(w, out, decode)
@@ -84,7 +85,7 @@ macro_rules! type_kernels {
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx512Vnni => $crate::quant::cpu::tile::Kernels {
                     t1x1: x86::avx512::<1, 1>,
-                    t4x1: x86::avx512::<4, 1>,
+                    t4x1: $t4x1,
                     t1x4: $t1x4,
                     t4x4: $t4x4,
                 },
