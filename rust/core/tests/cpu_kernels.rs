@@ -107,6 +107,12 @@ fn every_kernel_matches_the_dequantized_reference_at_every_level() {
                         let t4x1 = unsafe { (kern.t4x1)(rows, [tok(0)]) };
                         assert_eq!(t4x4[0], four, "{what}: 4 x 4 tile");
                         assert_eq!(t4x1[0][0], one[0], "{what}: 4 x 1 tile");
+                        if let Some(t4x8) = kern.t4x8 {
+                            let toks: [&[ActBlock]; 8] = std::array::from_fn(|g| tok(g % t));
+                            let eight = unsafe { t4x8(rows, toks) }[0];
+                            let want8: Vec<f32> = (0..8).map(|g| one[g % t]).collect();
+                            assert_eq!(eight.as_slice(), want8.as_slice(), "{what}: 4 x 8 tile");
+                        }
                     }
                 }
             }

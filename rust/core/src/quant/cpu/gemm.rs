@@ -1,7 +1,8 @@
 //! How a quantized matmul is split over threads and tiled for the caches.
 //!
 //! Work is split over output rows only (every task reads distinct weight rows; weights dominate the bytes
-//! moved at decode). Within a task, 4-row tiles run over the tokens in groups of 4, so each weight row
+//! moved at decode). Within a task, 4-row tiles run over the tokens in groups of 8 (where the level has
+//! such a tile) and 4, so each weight row
 //! leaves memory once per call, not once per token, and each unpacked weight block serves 4 tokens.
 //! Tiles write straight into the `[t, n]` output (a transpose afterwards cost 2-4 ms at a 256-token
 //! prefill of a 1536-row matrix, in strided writes).
@@ -78,6 +79,12 @@ pub fn matmul(w: &QMatrix, act: &[ActBlock], t: usize, kern: Kernels) -> Vec<f32
         while r + 4 <= rows.end {
             let wr = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
             let mut g = 0;
+            if let Some(t4x8) = kern.t4x8 {
+                while g + 8 <= t {
+                    shared.put(r, g, unsafe { t4x8(wr, std::array::from_fn(|j| token(g + j))) });
+                    g += 8;
+                }
+            }
             while g + 4 <= t {
                 shared.put(r, g, unsafe { (kern.t4x4)(wr, [token(g), token(g + 1), token(g + 2), token(g + 3)]) });
                 g += 4;

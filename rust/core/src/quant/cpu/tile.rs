@@ -24,6 +24,9 @@ pub struct Kernels {
     pub t4x1: Tile<4, 1>,
     pub t1x4: Tile<1, 4>,
     pub t4x4: Tile<4, 4>,
+    /// 4 rows x 8 tokens where a level has registers for it (AVX-512's token pairs): each weight block
+    /// unpacked once for 8 tokens at batched decode.
+    pub t4x8: Option<Tile<4, 8>>,
 }
 
 /// Instantiates [`Kernels`] from a kernel generic over `<R, N>`.
@@ -34,6 +37,7 @@ macro_rules! kernels_of {
             t4x1: $($f)::+::<4, 1>,
             t1x4: $($f)::+::<1, 4>,
             t4x4: $($f)::+::<4, 4>,
+            t4x8: None,
         }
     };
 }
@@ -54,14 +58,14 @@ pub const fn row_bytes_of(nb: usize, per_block: usize, block_bytes: usize) -> us
 /// (activation blocks per weight block), `decode` and `x86::{avx2, avx512}`.
 macro_rules! type_kernels {
     () => {
-        $crate::quant::cpu::tile::type_kernels!(@with x86::avx512::<4, 1>, x86::avx512::<1, 4>, x86::avx512::<4, 4>);
+        $crate::quant::cpu::tile::type_kernels!(@with x86::avx512::<4, 1>, x86::avx512::<1, 4>, x86::avx512::<4, 4>, None);
     };
     // AVX-512 tiles of 4 tokens from `x86::avx512_pairs`, of 4 rows x 1 token from `x86::avx512_rowpairs`
     // (see `pairs.rs`).
     (pairs) => {
-        $crate::quant::cpu::tile::type_kernels!(@with x86::avx512_rowpairs::<4, 1>, x86::avx512_pairs::<1, 4>, x86::avx512_pairs::<4, 4>);
+        $crate::quant::cpu::tile::type_kernels!(@with x86::avx512_rowpairs::<4, 1>, x86::avx512_pairs::<1, 4>, x86::avx512_pairs::<4, 4>, Some(x86::avx512_pairs::<4, 8>));
     };
-    (@with $t4x1:expr, $t1x4:expr, $t4x4:expr) => {
+    (@with $t4x1:expr, $t1x4:expr, $t4x4:expr, $t4x8:expr) => {
         /// One row's blocks -> `out: [k]` f32, the reference.
         pub fn dequantize_row(w: &[u8], out: &mut [f32]) {
             $crate::quant::cpu::tile::dequantize(w, out, decode)
@@ -88,6 +92,7 @@ macro_rules! type_kernels {
                     t4x1: $t4x1,
                     t1x4: $t1x4,
                     t4x4: $t4x4,
+                    t4x8: $t4x8,
                 },
                 _ => kernels_of!(scalar),
             }
