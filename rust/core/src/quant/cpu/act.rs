@@ -83,21 +83,16 @@ pub fn quantize_row_scalar(x: &[f32], out: &mut [ActBlock]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn quantize_row_avx2(x: &[f32], out: &mut [ActBlock]) {
+    use super::x86::{hsum_epi32, load32_amax};
     use std::arch::x86_64::*;
     // SAFETY (all intrinsics): AVX2 as the caller guarantees; each block reads x[32 b .. 32 b + 32].
     unsafe {
-        let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
         let magic = _mm256_set1_ps(ROUND_MAGIC);
         let fine = _mm256_set1_ps(128.0);
         // byte order after the two packs: dwords a0-3 b0-3 c0-3 d0-3 a4-7 b4-7 c4-7 d4-7
         let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
         for (b, blk) in out.iter_mut().enumerate() {
-            let p = x.as_ptr().add(b * QK);
-            let v = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24))];
-            let m = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v[0], abs_mask), _mm256_and_ps(v[1], abs_mask)), _mm256_max_ps(_mm256_and_ps(v[2], abs_mask), _mm256_and_ps(v[3], abs_mask)));
-            let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
-            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-            let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+            let (v, amax) = load32_amax!(x.as_ptr().add(b * QK));
             let d = amax / 127.0;
             let id = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
             let mut qi = [_mm256_setzero_si256(); 4];
@@ -118,11 +113,8 @@ unsafe fn quantize_row_avx2(x: &[f32], out: &mut [ActBlock]) {
             };
             _mm256_storeu_si256(blk.q.as_mut_ptr() as *mut __m256i, pack(qi));
             _mm256_storeu_si256(blk.r.as_mut_ptr() as *mut __m256i, pack(ri));
-            let s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256::<1>(sum));
-            let s2 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b01_00_11_10>(s4));
-            let s1 = _mm_add_epi32(s2, _mm_shuffle_epi32::<0b10_11_00_01>(s2));
             blk.d = d;
-            blk.s = blk.fine_scale() * _mm_cvtsi128_si32(s1) as f32;
+            blk.s = blk.fine_scale() * hsum_epi32!(sum) as f32;
         }
     }
 }

@@ -113,19 +113,14 @@ fn quantize_blocks(x: &[f32], q: &mut [i16], d: &mut [f32], s: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn quantize_blocks_avx2(x: &[f32], q: &mut [i16], d: &mut [f32], s: &mut [f32]) {
+    use super::x86::{hsum_epi32, load32_amax};
     use std::arch::x86_64::*;
     assert!(q.len() == x.len() && d.len() * SUB == x.len() && s.len() == d.len(), "activation blocks differ");
     // SAFETY (all intrinsics): AVX2 as the caller guarantees; block b reads and writes [32 b, 32 b + 32).
     unsafe {
-        let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
         let magic = _mm256_set1_ps(ROUND_MAGIC);
         for b in 0..d.len() {
-            let p = x.as_ptr().add(b * SUB);
-            let v = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24))];
-            let m = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v[0], abs_mask), _mm256_and_ps(v[1], abs_mask)), _mm256_max_ps(_mm256_and_ps(v[2], abs_mask), _mm256_and_ps(v[3], abs_mask)));
-            let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
-            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-            let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+            let (v, amax) = load32_amax!(x.as_ptr().add(b * SUB));
             let db = amax / QMAX;
             let id = _mm256_set1_ps(if db > 0.0 { 1.0 / db } else { 0.0 });
             let mut qi = [_mm256_setzero_si256(); 4];
@@ -139,11 +134,8 @@ unsafe fn quantize_blocks_avx2(x: &[f32], q: &mut [i16], d: &mut [f32], s: &mut 
             let out = q.as_mut_ptr().add(b * SUB) as *mut __m256i;
             _mm256_storeu_si256(out, lo);
             _mm256_storeu_si256(out.add(1), hi);
-            let s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256::<1>(sum));
-            let s2 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b01_00_11_10>(s4));
-            let s1 = _mm_add_epi32(s2, _mm_shuffle_epi32::<0b10_11_00_01>(s2));
             d[b] = db;
-            s[b] = db * _mm_cvtsi128_si32(s1) as f32;
+            s[b] = db * hsum_epi32!(sum) as f32;
         }
     }
 }

@@ -63,4 +63,28 @@ macro_rules! unpack_nibbles {
     }};
 }
 
-pub(crate) use {dot_signed, dot_u8i8_avx2, dot_u8i8_vnni, f16_at, hsum_ps, no_post, unpack_nibbles};
+/// The 32 f32 at `p` (four `__m256`) and their largest magnitude, exact in any order (activation
+/// quantizers).
+macro_rules! load32_amax {
+    ($p:expr) => {{
+        let p = $p;
+        let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+        let v = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24))];
+        let m = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v[0], abs), _mm256_and_ps(v[1], abs)), _mm256_max_ps(_mm256_and_ps(v[2], abs), _mm256_and_ps(v[3], abs)));
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        (v, _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m))))
+    }};
+}
+
+/// Sum of the 8 i32 lanes of an `__m256i` (exact).
+macro_rules! hsum_epi32 {
+    ($v:expr) => {{
+        let v = $v;
+        let s4 = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        let s2 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b01_00_11_10>(s4));
+        _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32::<0b10_11_00_01>(s2)))
+    }};
+}
+
+pub(crate) use {dot_signed, dot_u8i8_avx2, dot_u8i8_vnni, f16_at, hsum_epi32, hsum_ps, load32_amax, no_post, unpack_nibbles};
