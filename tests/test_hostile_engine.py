@@ -82,7 +82,10 @@ def _arg_cases(tmp: Path) -> Iterator[Case]:
         yield {"name": "model config.json a FIFO", "model": str(fifo_dir), "kwargs": {}}
     for model in ("", "/nonexistent/model", str(tmp / "no_config"), str(tmp / "only_config"), "/dev/null",
                   str(tmp / "empty.gguf"), str(tmp / "text.gguf"), 123, None, "x" * 5000, "bad\x00path"):
-        yield {"name": f"model {str(model)[:40]!r}", "model": model, "kwargs": {}}
+        # Named by the part below tmp for tmp's files: pytest's numbered base directory grows with each run,
+        # and a prefix of 40 characters of the whole path once named four cases alike.
+        label = str(model).replace(str(tmp), "<tmp>")[:40] if isinstance(model, str) else model
+        yield {"name": f"model {label!r}", "model": model, "kwargs": {}}
     configs = [
         {"tensor_parallel_shards": 3}, {"tensor_parallel_shards": 0}, {"kv_state_kind": "rnn"}, {"prefix_cache_mode": "lru"},
         {"kv_cache_page_size": 0}, {"kv_cache_page_size": 2**40}, {"kv_cache_page_size": 2**64},
