@@ -5,7 +5,7 @@
 use mlc_core::quant::cpu::act::{quantize_rows, ActBlock, QK};
 use mlc_core::quant::cpu::{dispatch, kernels, matmul, Isa, QMatrix, QType};
 
-const TYPES: [QType; 5] = [QType::Q4_0, QType::Q4_1, QType::Q8_0, QType::Q4K, QType::Q6K];
+const TYPES: [QType; 6] = [QType::Q4_0, QType::Q4_1, QType::Q8_0, QType::Q4K, QType::Q6K, QType::Mxfp4];
 
 /// Deterministic pseudo-random numbers (no rand dependency in the test's arithmetic).
 struct Lcg(u64);
@@ -25,6 +25,7 @@ fn f16_fields(qtype: QType) -> &'static [usize] {
         QType::Q4_0 | QType::Q8_0 => &[0],
         QType::Q4_1 | QType::Q4K => &[0, 2],
         QType::Q6K => &[208],
+        QType::Mxfp4 => &[],
     }
 }
 
@@ -35,6 +36,9 @@ fn random_weight(qtype: QType, n: usize, k: usize, rng: &mut Lcg) -> Vec<u8> {
     for blk in out.chunks_mut(bytes) {
         for &f in f16_fields(qtype) {
             blk[f..f + 2].copy_from_slice(&half::f16::from_f32(rng.unit() * 0.05).to_le_bytes());
+        }
+        if qtype == QType::Mxfp4 {
+            blk[0] = 118 + (rng.next() % 10) as u8; // e8m0 scales 2^-9 .. 2^0
         }
     }
     out

@@ -7,6 +7,7 @@ use crate::error::{EngineError, Result};
 use crate::model::config::{ModelConfig, NormPlacement};
 use crate::model::gguf_meta::GgufMeta;
 use crate::model::linear::{Linear, Weight};
+use crate::model::weights::Mxfp4Experts;
 use crate::tokenizer::Tokenizer;
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};
@@ -284,6 +285,48 @@ impl GgufWeights {
             }
         };
         Ok(q.dequantize(&Device::Cpu)?)
+    }
+
+    /// gpt-oss's experts at `prefix` (`model.layers.3.mlp.experts`) as their MXFP4 bytes, where the file
+    /// holds all three as MXFP4 and weights stay quantized on the CPU (the CPU's MXFP4 kernels take them).
+    pub fn mxfp4_experts(&self, prefix: &str) -> Result<Option<Mxfp4Experts>> {
+        if !self.device.is_cpu() || self.quant != QuantMode::Quantized {
+            return Ok(None);
+        }
+        let Some(idx) = prefix.strip_prefix("model.layers.").and_then(|r| r.strip_suffix(".mlp.experts")) else { return Ok(None) };
+        let name = |g: &str| format!("blk.{idx}.{g}.weight");
+        let (Some(gate), Some(up), Some(down)) = (self.mxfp4.get(&name("ffn_gate_exps")), self.mxfp4.get(&name("ffn_up_exps")), self.mxfp4.get(&name("ffn_down_exps"))) else {
+            return Ok(None);
+        };
+        let (&[e, i, h], &[e2, i2, h2], &[e3, h3, i3]) = (gate.dims.as_slice(), up.dims.as_slice(), down.dims.as_slice()) else {
+            return Err(EngineError::model_load(self.path.display().to_string(), format!("{}: MXFP4 experts are not [experts, out, in]", name("ffn_gate_exps"))));
+        };
+        if (e, i, h) != (e2, i2, h2) || (e, i, h) != (e3, i3, h3) {
+            return Err(EngineError::model_load(
+                self.path.display().to_string(),
+                format!("layer {idx}: MXFP4 experts gate {:?}, up {:?}, down {:?} do not fit [E, I, hidden] / [E, hidden, I]", gate.dims, up.dims, down.dims),
+            ));
+        }
+        Ok(Some(Mxfp4Experts {
+            experts: e,
+            inter: i,
+            hidden: h,
+            gate: self.mxfp4_bytes(&name("ffn_gate_exps"), gate)?,
+            up: self.mxfp4_bytes(&name("ffn_up_exps"), up)?,
+            down: self.mxfp4_bytes(&name("ffn_down_exps"), down)?,
+        }))
+    }
+
+    /// An MXFP4 tensor's blocks as the file holds them.
+    fn mxfp4_bytes(&self, name: &str, info: &Mxfp4Info) -> Result<Vec<u8>> {
+        let err = |m: String| EngineError::model_load(self.path.display().to_string(), format!("tensor {name}: {m}"));
+        // check_mxfp4_infos checked at open that the whole tensor is whole blocks inside the file.
+        let bytes = info.bytes().ok_or_else(|| err("not whole MXFP4 blocks".into()))?;
+        let mut buf = vec![0u8; bytes as usize];
+        let mut file = self.file.lock().map_err(|_| err("file lock poisoned".into()))?;
+        file.seek(SeekFrom::Start(self.content.tensor_data_offset + info.offset)).map_err(|e| err(e.to_string()))?;
+        file.read_exact(&mut buf).map_err(|e| err(e.to_string()))?;
+        Ok(buf)
     }
 
     /// `hf`'s weight dequantized to the compute dtype when the file holds it as MXFP4 (`None`: another type).

@@ -58,6 +58,12 @@ impl crate::model::WeightSource for Weights {
             Weights::Mlc(w) => w.contains(name),
         }
     }
+    fn mxfp4_experts(&self, prefix: &str) -> Result<Option<crate::model::weights::Mxfp4Experts>> {
+        match self {
+            Weights::Gguf(w) => w.mxfp4_experts(prefix),
+            _ => Ok(None),
+        }
+    }
 }
 
 /// Everything read from disk for one model.

@@ -125,4 +125,16 @@ impl WeightSource for ShapeChecked<'_> {
     fn contains(&self, name: &str) -> bool {
         self.inner.contains(name)
     }
+
+    fn mxfp4_experts(&self, prefix: &str) -> Result<Option<crate::model::weights::Mxfp4Experts>> {
+        let Some(m) = self.inner.mxfp4_experts(prefix)? else { return Ok(None) };
+        // The dense form's shape (gate_up_proj [E, hidden, 2I]) says what these must hold.
+        if let Some(want) = self.tensor_shape(&format!("{prefix}.gate_up_proj")) {
+            let found = [m.experts, m.hidden, 2 * m.inter];
+            if want.as_slice() != found {
+                return Err(mismatch(&format!("{prefix}.gate_up_proj"), &found, &want));
+            }
+        }
+        Ok(Some(m))
+    }
 }

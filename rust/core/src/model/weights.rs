@@ -12,4 +12,22 @@ pub trait WeightSource {
     /// the source and device allow, and its bias when `bias`.
     fn linear(&self, prefix: &str, bias: bool) -> Result<Linear>;
     fn contains(&self, name: &str) -> bool;
+    /// gpt-oss's experts at `prefix` (`model.layers.3.mlp.experts`) as llama.cpp's MXFP4 blocks, where the
+    /// source holds them so and keeps weights quantized on the CPU; `None` otherwise (then
+    /// [`WeightSource::tensor`] reads them dense).
+    fn mxfp4_experts(&self, _prefix: &str) -> Result<Option<Mxfp4Experts>> {
+        Ok(None)
+    }
+}
+
+/// One layer's gpt-oss experts as llama.cpp's MXFP4 rows (17-byte blocks of 32), expert after expert:
+/// `gate` and `up` `[experts, inter, hidden]`, `down` `[experts, hidden, inter]`.
+#[derive(Debug, Clone)]
+pub struct Mxfp4Experts {
+    pub experts: usize,
+    pub inter: usize,
+    pub hidden: usize,
+    pub gate: Vec<u8>,
+    pub up: Vec<u8>,
+    pub down: Vec<u8>,
 }

@@ -2,21 +2,32 @@
 //! MLP, as transformers' `GptOssExperts` computes one expert:
 //! `gu = x @ gate_up_proj[e] + gate_up_proj_bias[e]`, `gate = gu[..., ::2].clamp(max = limit)`,
 //! `up = gu[..., 1::2].clamp(-limit, limit)`, `h = (up + 1) * gate * sigmoid(gate * alpha)`,
-//! `out = h @ down_proj[e] + down_proj_bias[e]`, every step in the weights' dtype.
+//! `out = h @ down_proj[e] + down_proj_bias[e]`, every step in the weights' dtype. llama.cpp's MXFP4
+//! experts stay in 4 bits on the CPU (the quantized path), multiplied by the CPU's MXFP4 kernels.
 
 use crate::error::Result;
 use crate::model::config::ClampedSwiglu;
-use crate::model::weights::WeightSource;
-use candle_core::{IndexOp, Tensor};
+use crate::model::weights::{Mxfp4Experts, WeightSource};
+use crate::quant::cpu::{self as qcpu, QMatrix, QType};
+use candle_core::{DType, IndexOp, Tensor};
+
+/// The experts' projection weights.
+enum Weights {
+    Dense {
+        /// `[E, hidden, 2I]`: per expert, the gate columns then the up columns (the checkpoint interleaves
+        /// them; split once at load so each forward takes two plain halves).
+        gate_up: Tensor,
+        /// `[E, I, hidden]`
+        down: Tensor,
+    },
+    /// MXFP4 rows as llama.cpp stores them (gate and up apart), kept in 4 bits on the CPU.
+    Mxfp4(Mxfp4Experts),
+}
 
 pub struct ClampedSwigluExperts {
-    /// `[E, hidden, 2I]`: per expert, the gate columns then the up columns (the checkpoint interleaves
-    /// them; split once at load so each forward takes two plain halves).
-    gate_up: Tensor,
-    /// `[E, 2I]`, gate then up as `gate_up`.
+    weights: Weights,
+    /// `[E, 2I]`, gate then up.
     gate_up_bias: Tensor,
-    /// `[E, I, hidden]`
-    down: Tensor,
     /// `[E, hidden]`
     down_bias: Tensor,
     act: ClampedSwiglu,
@@ -26,33 +37,58 @@ impl ClampedSwigluExperts {
     /// The experts at `p` (`model.layers.3.mlp.experts`).
     pub fn load(w: &dyn WeightSource, p: &str, act: ClampedSwiglu) -> Result<Self> {
         let t = |name: &str| w.tensor(&format!("{p}.{name}"));
-        Ok(ClampedSwigluExperts {
-            gate_up: deinterleave(&t("gate_up_proj")?)?,
-            gate_up_bias: deinterleave(&t("gate_up_proj_bias")?)?,
-            down: t("down_proj")?,
-            down_bias: t("down_proj_bias")?,
-            act,
-        })
+        let weights = match w.mxfp4_experts(p)? {
+            Some(m) => Weights::Mxfp4(m),
+            None => Weights::Dense { gate_up: deinterleave(&t("gate_up_proj")?)?, down: t("down_proj")? },
+        };
+        Ok(ClampedSwigluExperts { weights, gate_up_bias: deinterleave(&t("gate_up_proj_bias")?)?, down_bias: t("down_proj_bias")?, act })
     }
 
     /// gate_up `[E, hidden, 2I]`, its bias `[E, 2I]`, down `[E, I, hidden]`, its bias `[E, hidden]` and the
-    /// activation's constants (the fused MoE on CUDA stacks them transposed).
+    /// activation's constants (the fused MoE on CUDA stacks them transposed); `None` for MXFP4 experts,
+    /// which only the CPU keeps.
     #[cfg(feature = "cuda")]
-    pub(crate) fn parts(&self) -> (&Tensor, &Tensor, &Tensor, &Tensor, ClampedSwiglu) {
-        (&self.gate_up, &self.gate_up_bias, &self.down, &self.down_bias, self.act)
+    pub(crate) fn parts(&self) -> Option<(&Tensor, &Tensor, &Tensor, &Tensor, ClampedSwiglu)> {
+        match &self.weights {
+            Weights::Dense { gate_up, down } => Some((gate_up, &self.gate_up_bias, down, &self.down_bias, self.act)),
+            Weights::Mxfp4(_) => None,
+        }
     }
 
     /// Expert `e` on its tokens: `x: [n, hidden] -> [n, hidden]`.
     pub fn forward(&self, e: usize, x: &Tensor) -> Result<Tensor> {
-        let gu = x.matmul(&self.gate_up.i(e)?)?.broadcast_add(&self.gate_up_bias.i(e)?)?; // [n, 2I]
+        let gu = match &self.weights {
+            Weights::Dense { gate_up, .. } => x.matmul(&gate_up.i(e)?)?,
+            Weights::Mxfp4(m) => {
+                let gate = mxfp4_matmul(&m.gate, e, m.inter, m.hidden, x)?; // [n, I]
+                let up = mxfp4_matmul(&m.up, e, m.inter, m.hidden, x)?; // [n, I]
+                Tensor::cat(&[gate, up], 1)?
+            }
+        };
+        let gu = gu.broadcast_add(&self.gate_up_bias.i(e)?)?; // [n, 2I]
         let inter = gu.dim(1)? / 2;
         let limit = self.act.limit;
         let gate = gu.narrow(1, 0, inter)?.minimum(limit)?; // [n, I]
         let up = gu.narrow(1, inter, inter)?.clamp(-limit, limit)?; // [n, I]
         let glu = (&gate * candle_nn::ops::sigmoid(&(&gate * self.act.alpha)?)?)?;
         let h = ((up + 1.0)? * glu)?; // [n, I]
-        Ok(h.matmul(&self.down.i(e)?)?.broadcast_add(&self.down_bias.i(e)?)?)
+        let y = match &self.weights {
+            Weights::Dense { down, .. } => h.matmul(&down.i(e)?)?,
+            Weights::Mxfp4(m) => mxfp4_matmul(&m.down, e, m.hidden, m.inter, &h)?,
+        };
+        Ok(y.broadcast_add(&self.down_bias.i(e)?)?)
     }
+}
+
+/// `x: [n, k]` times expert `e`'s `[rows, k]` MXFP4 matrix of `all` (experts after experts) -> `[n, rows]`
+/// f32 on the CPU.
+fn mxfp4_matmul(all: &[u8], e: usize, rows: usize, k: usize, x: &Tensor) -> Result<Tensor> {
+    let per = rows * (k / 32) * QType::Mxfp4.block_bytes();
+    let w = QMatrix::new(QType::Mxfp4, &all[e * per..(e + 1) * per], rows, k).map_err(candle_core::Error::wrap)?;
+    let n = x.dim(0)?;
+    let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let y = qcpu::matmul(&w, &xs, qcpu::dispatch::active()).map_err(candle_core::Error::wrap)?;
+    Ok(Tensor::from_vec(y, (n, rows), x.device())?)
 }
 
 /// `[..., 2I]` with gate and up interleaved (gate = `[..., ::2]`, up = `[..., 1::2]`) -> `[..., 2I]`
@@ -80,6 +116,45 @@ mod tests {
         let t = Tensor::new(&[[0f32, 1., 2., 3., 4., 5.], [6., 7., 8., 9., 10., 11.]], &Device::Cpu).unwrap();
         let d = deinterleave(&t).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(d, vec![vec![0., 2., 4., 1., 3., 5.], vec![6., 8., 10., 7., 9., 11.]]);
+    }
+
+    /// MXFP4 experts kept in 4 bits compute what their dequantized dense form computes, within the
+    /// activations' ~15-bit quantization (the weights are exact either way).
+    #[test]
+    fn mxfp4_experts_match_their_dense_form() {
+        use super::{ClampedSwigluExperts, Weights};
+        use crate::model::config::ClampedSwiglu;
+        use crate::model::weights::Mxfp4Experts;
+        use crate::quant::mxfp4::dequantize_ggml;
+        let (e, i, h, n) = (3usize, 64usize, 96usize, 5usize);
+        let mut seed = 9u64;
+        let mut byte = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as u8
+        };
+        let mut blocks = |rows: usize, k: usize| -> Vec<u8> {
+            let mut b: Vec<u8> = (0..rows * k / 32 * 17).map(|_| byte()).collect();
+            for blk in b.chunks_mut(17) {
+                blk[0] = 120 + blk[0] % 6; // scales 2^-7 .. 2^-2
+            }
+            b
+        };
+        let m = Mxfp4Experts { experts: e, inter: i, hidden: h, gate: blocks(e * i, h), up: blocks(e * i, h), down: blocks(e * h, i) };
+        let dev = Device::Cpu;
+        let dense = |b: &[u8], rows: usize, k: usize| Tensor::from_vec(dequantize_ggml(b), (e, rows, k), &dev).unwrap(); // [E, rows, k]
+        let gate_up = Tensor::cat(&[dense(&m.gate, i, h), dense(&m.up, i, h)], 1).unwrap().transpose(1, 2).unwrap().contiguous().unwrap(); // [E, h, 2I]
+        let down = dense(&m.down, h, i).transpose(1, 2).unwrap().contiguous().unwrap(); // [E, I, h]
+        let bias = |d: usize| Tensor::arange(0f32, (e * d) as f32, &dev).unwrap().affine(0.01, -0.3).unwrap().reshape((e, d)).unwrap();
+        let act = ClampedSwiglu { alpha: 1.702, limit: 7.0 };
+        let q = ClampedSwigluExperts { weights: Weights::Mxfp4(m), gate_up_bias: bias(2 * i), down_bias: bias(h), act };
+        let f = ClampedSwigluExperts { weights: Weights::Dense { gate_up, down }, gate_up_bias: bias(2 * i), down_bias: bias(h), act };
+        let x = Tensor::arange(0f32, (n * h) as f32, &dev).unwrap().affine(0.37, 0.0).unwrap().sin().unwrap().reshape((n, h)).unwrap();
+        for ex in 0..e {
+            let (a, b) = (q.forward(ex, &x).unwrap(), f.forward(ex, &x).unwrap());
+            let err = (a - &b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(err <= 1e-3 * scale, "expert {ex}: max error {err} of {scale}");
+        }
     }
 
     /// Stacked experts `[E, hidden, 2I]` come out contiguous, each expert's matrix too (CUDA's matmul

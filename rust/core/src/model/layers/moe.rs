@@ -133,10 +133,11 @@ impl MoeMlp {
                 FusedMoe::from_gated(v, m, dtype, hidden)?
             }
             Experts::ClampedSwiglu(f) => {
-                if !f.parts().0.device().is_cuda() {
+                let Some(gate_up) = f.parts().map(|p| p.0) else { return Ok(()) };
+                if !gate_up.device().is_cuda() {
                     return Ok(());
                 }
-                FusedMoe::from_clamped_swiglu(f, m, f.parts().0.dtype(), hidden)?
+                FusedMoe::from_clamped_swiglu(f, m, gate_up.dtype(), hidden)?
             }
         };
         match built {

@@ -149,7 +149,7 @@ impl FusedMoe {
         if let Err(why) = Self::supported(m, dtype) {
             return Ok(Err(why));
         }
-        let (gate_up, gate_up_bias, down, down_bias, act) = experts.parts();
+        let Some((gate_up, gate_up_bias, down, down_bias, act)) = experts.parts() else { return Ok(Err("experts kept as MXFP4 (the CPU's path)")) };
         if gate_up.dtype() != dtype {
             return Ok(Err("experts are not in the model dtype"));
         }

@@ -1,4 +1,4 @@
-//! Quantized matmul on the CPU: GGUF weight blocks (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K) times activations
+//! Quantized matmul on the CPU: GGUF weight blocks (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K, MXFP4) times activations
 //! quantized to 8 bits plus an 8-bit residual per block, with integer dot products (llama.cpp's
 //! `vec_dot_q4_1_q8_1` scheme, one stage more: see [`act`]) and the instruction set chosen at run time
 //! ([`dispatch`]).
@@ -18,6 +18,7 @@ pub mod kmat;
 pub mod kpack;
 #[cfg(target_arch = "x86_64")]
 mod kx86;
+pub mod mxfp4;
 pub mod op;
 mod pairs;
 pub mod pool;
@@ -43,6 +44,7 @@ pub fn kernels(qtype: QType, isa: Isa) -> Kernels {
         QType::Q8_0 => q8_0::kernels(isa),
         QType::Q4K => q4_k::kernels(isa),
         QType::Q6K => q6_k::kernels(isa),
+        QType::Mxfp4 => mxfp4::kernels(isa),
     }
 }
 
@@ -54,6 +56,8 @@ pub enum QType {
     Q8_0,
     Q4K,
     Q6K,
+    /// ggml type 39 (gpt-oss's experts), which candle does not read: never from a [`GgmlDType`].
+    Mxfp4,
 }
 
 impl QType {
@@ -75,13 +79,14 @@ impl QType {
             QType::Q8_0 => q8_0::BLOCK_BYTES,
             QType::Q4K => q4_k::BLOCK_BYTES,
             QType::Q6K => q6_k::BLOCK_BYTES,
+            QType::Mxfp4 => mxfp4::BLOCK_BYTES,
         }
     }
 
     /// Weights per block.
     pub fn block_values(self) -> usize {
         match self {
-            QType::Q4_0 | QType::Q4_1 | QType::Q8_0 => act::QK,
+            QType::Q4_0 | QType::Q4_1 | QType::Q8_0 | QType::Mxfp4 => act::QK,
             QType::Q4K => q4_k::BLOCK_VALUES,
             QType::Q6K => q6_k::BLOCK_VALUES,
         }
@@ -95,6 +100,7 @@ impl QType {
             QType::Q8_0 => q8_0::dequantize_row(w, out),
             QType::Q4K => q4_k::dequantize_row(w, out),
             QType::Q6K => q6_k::dequantize_row(w, out),
+            QType::Mxfp4 => mxfp4::dequantize_row(w, out),
         }
     }
 }
