@@ -61,7 +61,8 @@ impl crate::model::WeightSource for Weights {
     fn mxfp4_experts(&self, prefix: &str) -> Result<Option<crate::model::weights::Mxfp4Experts>> {
         match self {
             Weights::Gguf(w) => w.mxfp4_experts(prefix),
-            _ => Ok(None),
+            Weights::Safetensors(w) => w.mxfp4_experts(prefix),
+            Weights::Mlc(_) => Ok(None),
         }
     }
 }
@@ -117,7 +118,7 @@ pub fn load(model: &str, device: &Device, dtype: DType, quant: QuantMode) -> Res
         let (config, weights, tokenizer) = gguf::load(&kind_path, device, dtype, quant)?;
         Ok(LoadedModel { config, weights: Weights::Gguf(weights), tokenizer, name, path: kind_path, mlc_config: None })
     } else {
-        let (config, weights) = safetensors::load(&kind_path, device, dtype)?;
+        let (config, weights) = safetensors::load(&kind_path, device, dtype, quant)?;
         let tokenizer = Tokenizer::from_hf_dir(&kind_path)?;
         Ok(LoadedModel { config, weights: Weights::Safetensors(weights), tokenizer, name, path: kind_path, mlc_config: None })
     }

@@ -4,6 +4,8 @@ use crate::error::{EngineError, Result};
 use crate::model::config::ModelConfig;
 use crate::model::linear::{Linear, Weight};
 use crate::quant::fp8::Fp8Config;
+use crate::model::weights::Mxfp4Experts;
+use super::QuantMode;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use std::path::{Path, PathBuf};
@@ -16,12 +18,15 @@ pub struct SafetensorsWeights {
     /// How FP8 projections are scaled (the config's `quantization_config`); `None`: the checkpoint
     /// declares no FP8 weights, and an F8_E4M3 tensor is an error.
     fp8: Option<Fp8Config>,
+    /// Whether quantized weights may stay quantized (MXFP4 experts on the CPU); otherwise dequantized.
+    quant: QuantMode,
 }
 
-pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<(ModelConfig, SafetensorsWeights)> {
+pub fn load(dir: &Path, device: &Device, dtype: DType, quant: QuantMode) -> Result<(ModelConfig, SafetensorsWeights)> {
     let config = crate::model::registry::config_from_hf(&read_config(dir)?, &dir.join("config.json").display().to_string())?;
     let mut weights = open(dir, device, dtype)?;
     weights.fp8 = config.fp8;
+    weights.quant = quant;
     Ok((config, weights))
 }
 
@@ -43,7 +48,7 @@ pub fn open(dir: &Path, device: &Device, dtype: DType) -> Result<SafetensorsWeig
     // safetensors' header checks mostly catch.
     let st = unsafe { MmapedSafetensors::multi(&files) }
         .map_err(|e| EngineError::model_load(dir.display().to_string(), format!("cannot read safetensors: {e}")))?;
-    Ok(SafetensorsWeights { st, device: device.clone(), dtype, dir: dir.to_path_buf(), fp8: None })
+    Ok(SafetensorsWeights { st, device: device.clone(), dtype, dir: dir.to_path_buf(), fp8: None, quant: QuantMode::Dequantize })
 }
 
 fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -75,6 +80,32 @@ impl SafetensorsWeights {
     /// The named tensor as stored, on the CPU.
     fn raw(&self, name: &str) -> Result<Tensor> {
         self.st.load(name, &Device::Cpu).map_err(|e| EngineError::model_load(self.dir.display().to_string(), format!("tensor {name}: {e}")))
+    }
+
+    /// gpt-oss's experts at `prefix` (`model.layers.3.mlp.experts`) as llama.cpp's MXFP4 blocks, where the
+    /// checkpoint stores them as MXFP4 (`gate_up_proj_blocks` / `_scales`, `down_proj_blocks` / `_scales`)
+    /// and weights stay quantized on the CPU: `gate_up_proj`'s rows alternate gate and up (the columns
+    /// transformers splits with `::2` and `1::2` after its transpose), split here.
+    pub fn mxfp4_experts(&self, prefix: &str) -> Result<Option<Mxfp4Experts>> {
+        let (gu, dn) = (format!("{prefix}.gate_up_proj"), format!("{prefix}.down_proj"));
+        if !self.device.is_cpu() || self.quant != QuantMode::Quantized || self.contains(&gu) || !self.contains(&format!("{gu}_blocks")) || !self.contains(&format!("{dn}_blocks")) {
+            return Ok(None);
+        }
+        let (gb, db) = (self.raw(&format!("{gu}_blocks"))?, self.raw(&format!("{dn}_blocks"))?); // [E, 2I, H/32, 16], [E, H, I/32, 16]
+        let (&[e, two_i, hg, 16], &[e2, h, ig, 16]) = (gb.dims(), db.dims()) else {
+            return Err(EngineError::model_load(&gu, format!("MXFP4 experts {:?} / {:?} are not [E, out, in / 32, 16]", gb.dims(), db.dims())));
+        };
+        if e != e2 || two_i % 2 != 0 || hg * 32 != h || ig * 64 != two_i {
+            return Err(EngineError::model_load(&gu, format!("MXFP4 experts gate_up {:?} and down {:?} do not fit [E, 2I, hidden] / [E, hidden, I]", gb.dims(), db.dims())));
+        }
+        let gate_up = crate::quant::mxfp4::to_ggml_blocks(&gb, &self.raw(&format!("{gu}_scales"))?, &gu)?; // rows [E * 2I]
+        let down = crate::quant::mxfp4::to_ggml_blocks(&db, &self.raw(&format!("{dn}_scales"))?, &dn)?;
+        let row = hg * crate::quant::mxfp4::GGML_BLOCK_BYTES;
+        let (mut gate, mut up) = (Vec::with_capacity(gate_up.len() / 2), Vec::with_capacity(gate_up.len() / 2));
+        for (r, bytes) in gate_up.chunks_exact(row).enumerate() {
+            if r % 2 == 0 { gate.extend_from_slice(bytes) } else { up.extend_from_slice(bytes) }
+        }
+        Ok(Some(Mxfp4Experts { experts: e, inter: two_i / 2, hidden: h, gate, up, down }))
     }
 
     /// The named tensor, converted to the compute dtype on the compute device. A tensor stored as MXFP4

@@ -43,6 +43,26 @@ pub fn dequantize(blocks: &Tensor, scales: &Tensor, name: &str) -> Result<Tensor
 /// Bytes of one block of llama.cpp's MXFP4 (ggml type 39): the e8m0 byte, then 16 bytes of nibbles.
 pub const GGML_BLOCK_BYTES: usize = 17;
 
+/// `blocks: [..., G, 16]` u8 and `scales: [..., G]` u8 as transformers stores them (byte `j` holds values
+/// `2j` and `2j + 1`) -> llama.cpp's blocks of the same values (the scale byte, then byte `j` holding values
+/// `j` and `j + 16`), rows in order: ggml's value `kvalues[n] 2^(e - 128)` is the e2m1 value times
+/// `2^(e - 127)`, so the scale byte carries over as it is.
+pub fn to_ggml_blocks(blocks: &Tensor, scales: &Tensor, name: &str) -> Result<Vec<u8>> {
+    let (bd, sd) = (blocks.dims(), scales.dims());
+    if bd.len() < 2 || bd[bd.len() - 1] != 16 || bd[..bd.len() - 1] != *sd {
+        return Err(EngineError::model_load(name, format!("MXFP4 blocks {bd:?} and scales {sd:?} do not fit ([..., G, 16] and [..., G])")));
+    }
+    let bytes = blocks.flatten_all()?.to_vec1::<u8>()?;
+    let exps = scales.flatten_all()?.to_vec1::<u8>()?;
+    let mut out = Vec::with_capacity(exps.len() * GGML_BLOCK_BYTES);
+    for (group, &s) in bytes.chunks_exact(16).zip(&exps) {
+        let nibble = |k: usize| (group[k / 2] >> (4 * (k % 2))) & 0x0F;
+        out.push(s);
+        out.extend((0..16).map(|j| nibble(j) | (nibble(j + 16) << 4)));
+    }
+    Ok(out)
+}
+
 /// llama.cpp's MXFP4 rows (`block_mxfp4`: the e8m0 scale byte first, then 16 bytes whose byte `j` holds
 /// value `j` in its low nibble and value `j + 16` in its high one) -> f32 values in order, as ggml's
 /// `dequantize_row_mxfp4` gives them: its doubled e2m1 table times `2^(e - 128)` is this module's e2m1
