@@ -85,6 +85,22 @@ pub fn dequantize_ggml(bytes: &[u8]) -> Vec<f32> {
 mod tests {
     use super::*;
 
+    /// transformers' layout converted to ggml's blocks reads back the same values (every nibble and a
+    /// range of scales, subnormal ones included).
+    #[test]
+    fn hf_blocks_convert_to_ggml_blocks_of_the_same_values() {
+        let bytes: Vec<u8> = (0..3 * 2 * 16).map(|i| (i * 73 + 5) as u8).collect();
+        let scales: Vec<u8> = vec![0, 1, 100, 127, 130, 140];
+        let blocks = Tensor::from_vec(bytes, (3, 2, 16), &Device::Cpu).unwrap();
+        let scales = Tensor::from_vec(scales, (3, 2), &Device::Cpu).unwrap();
+        let want = dequantize(&blocks, &scales, "w").unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let got = dequantize_ggml(&to_ggml_blocks(&blocks, &scales, "w").unwrap());
+        assert_eq!(got.len(), want.len());
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g.to_bits(), w.to_bits(), "value {i}: {g} vs {w}");
+        }
+    }
+
     #[test]
     fn ggml_blocks_hold_values_j_and_j_plus_16_after_the_scale_byte() {
         // Block 0: scale 2^0; byte 0 = 0x72: value 0 = 1.0 (nibble 2), value 16 = 6.0 (nibble 7);
