@@ -287,6 +287,11 @@ impl GgufWeights {
         Ok(q.dequantize(&Device::Cpu)?)
     }
 
+    /// Whether the file holds any MXFP4 tensor.
+    pub fn holds_mxfp4(&self) -> bool {
+        !self.mxfp4.is_empty()
+    }
+
     /// gpt-oss's experts at `prefix` (`model.layers.3.mlp.experts`) as their MXFP4 bytes, where the file
     /// holds all three as MXFP4 and weights stay quantized on the CPU (the CPU's MXFP4 kernels take them).
     pub fn mxfp4_experts(&self, prefix: &str) -> Result<Option<Mxfp4Experts>> {

@@ -36,6 +36,18 @@ pub enum Weights {
     Mlc(MlcWeights),
 }
 
+impl Weights {
+    /// Whether gpt-oss's experts come as MXFP4 blocks that the CPU's quantized path keeps in 4 bits (see
+    /// `WeightSource::mxfp4_experts`; checked on the first layer's names, without reading them).
+    pub fn keeps_mxfp4_experts(&self) -> bool {
+        match self {
+            Weights::Gguf(w) => w.contains("model.layers.0.mlp.experts.gate_up_proj") && w.holds_mxfp4(),
+            Weights::Safetensors(w) => w.contains("model.layers.0.mlp.experts.gate_up_proj_blocks"),
+            Weights::Mlc(_) => false,
+        }
+    }
+}
+
 impl crate::model::WeightSource for Weights {
     fn tensor(&self, name: &str) -> Result<Tensor> {
         match self {

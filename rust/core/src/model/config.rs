@@ -217,6 +217,18 @@ impl ModelConfig {
         u64::try_from(bytes).unwrap_or(u64::MAX)
     }
 
+    /// Bytes of the weights at `elem_bytes` per element with every expert's projections at `expert_bits`
+    /// bits per weight instead (gpt-oss's MXFP4 experts kept in 4 bits: 17 bytes per 32 weights, 4.25).
+    pub fn weight_bytes_with_experts(&self, elem_bytes: usize, expert_bits: f64) -> u64 {
+        let all = self.weight_bytes(elem_bytes);
+        let Some(m) = &self.moe else { return all };
+        let sparse = m.sparse_layers.iter().filter(|&&s| s).count() as u128;
+        let experts = sparse * m.num_experts as u128 * 3 * self.hidden_size as u128 * m.expert_intermediate as u128; // weights
+        let widened = u64::try_from(experts * elem_bytes as u128).unwrap_or(u64::MAX);
+        let kept = (experts as f64 * expert_bits / 8.0).ceil() as u64;
+        all.saturating_sub(widened).saturating_add(kept)
+    }
+
     /// Phi-3's longrope: sequences longer than this run in the long rope regime (see [`RopeScaling::LongRope`]).
     pub fn long_context_from(&self) -> Option<usize> {
         self.ropes.iter().find_map(|r| r.long_context_from())

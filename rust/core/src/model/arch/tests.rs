@@ -221,6 +221,10 @@ fn mixtral_always_renormalizes_and_qwen2_moe_has_its_shared_expert_and_qkv_bias(
     let dense = moe("qwen2", json!({})).unwrap().weight_bytes(2);
     assert!(q.weight_bytes(2) > dense - 4 * 3 * 64 * 128 * 2);
     assert!(m.weight_bytes(2) > 8 * 4 * 3 * 64 * 128 * 2);
+    // Experts kept at 4.25 bits (MXFP4 on the CPU): only their share shrinks; at the element size, nothing.
+    let experts = m.moe.as_ref().unwrap().sparse_layers.len() as u64 * 8 * 3 * m.hidden_size as u64 * 128;
+    assert_eq!(m.weight_bytes_with_experts(4, 4.25), m.weight_bytes(4) - experts * 4 + experts * 17 / 32);
+    assert_eq!(m.weight_bytes_with_experts(4, 32.0), m.weight_bytes(4));
 }
 
 /// openai/gpt-oss-20b's config.json (transformers 4.55 form: rope_scaling, openai's own keys), shrunk.
