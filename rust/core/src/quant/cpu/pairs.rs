@@ -19,11 +19,7 @@ macro_rules! avx512_pairs_tile {
         #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
         pub unsafe fn $name<const R: usize, const N: usize>(w: [&[u8]; R], x: [&[ActBlock]; N]) -> [[f32; N]; R] {
             assert!(N % 2 == 0, "token pairs");
-            let nb = x[0].len();
-            assert!(
-                w.iter().all(|wr| wr.len() == $row_bytes(nb)) && x.iter().all(|xt| xt.len() == nb),
-                "weight rows and activations differ in length"
-            );
+            let nb = tile_blocks!(w, x, $row_bytes);
             // Pair j (tokens 2j, 2j + 1) accumulates in acc[r][j]; entries past N / 2 stay unused.
             let mut acc = [[_mm512_setzero_ps(); N]; R];
             let row_len = $row_bytes(nb);
@@ -90,11 +86,7 @@ macro_rules! avx512_rowpairs_tile {
         #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
         pub unsafe fn $name<const R: usize, const N: usize>(w: [&[u8]; R], x: [&[ActBlock]; N]) -> [[f32; N]; R] {
             assert!(R % 2 == 0, "row pairs");
-            let nb = x[0].len();
-            assert!(
-                w.iter().all(|wr| wr.len() == $row_bytes(nb)) && x.iter().all(|xt| xt.len() == nb),
-                "weight rows and activations differ in length"
-            );
+            let nb = tile_blocks!(w, x, $row_bytes);
             macro_rules! join_ps {
                 ($lo:expr, $hi:expr) => {
                     _mm512_castpd_ps(_mm512_insertf64x4::<1>(_mm512_castps_pd(_mm512_castps256_ps512($lo)), _mm256_castps_pd($hi)))

@@ -157,11 +157,7 @@ macro_rules! x86_tile {
         /// The CPU has the features in `$feat` (the dispatcher checks it).
         #[target_feature(enable = $feat)]
         pub unsafe fn $name<const R: usize, const N: usize>(w: [&[u8]; R], x: [&[ActBlock]; N]) -> [[f32; N]; R] {
-            let nb = x[0].len();
-            assert!(
-                w.iter().all(|wr| wr.len() == $row_bytes(nb)) && x.iter().all(|xt| xt.len() == nb),
-                "weight rows and activations differ in length"
-            );
+            let nb = tile_blocks!(w, x, $row_bytes);
             let mut acc = [[_mm256_setzero_ps(); N]; R];
             // Rows are short (576 inputs: 6-10 cache lines), too short for the hardware prefetcher to
             // ramp up on each new tile's rows, so the next tile (the R rows after these, contiguous in a

@@ -87,4 +87,17 @@ macro_rules! hsum_epi32 {
     }};
 }
 
-pub(crate) use {dot_signed, dot_u8i8_avx2, dot_u8i8_vnni, f16_at, hsum_epi32, hsum_ps, load32_amax, no_post, unpack_nibbles};
+/// The activation blocks per token of a tile call, after checking every weight row holds that many
+/// blocks' worth of bytes and every token that many blocks.
+macro_rules! tile_blocks {
+    ($w:expr, $x:expr, $row_bytes:expr) => {{
+        let nb = $x[0].len();
+        assert!(
+            $w.iter().all(|wr| wr.len() == $row_bytes(nb)) && $x.iter().all(|xt| xt.len() == nb),
+            "weight rows and activations differ in length"
+        );
+        nb
+    }};
+}
+
+pub(crate) use {dot_signed, dot_u8i8_avx2, dot_u8i8_vnni, f16_at, hsum_epi32, hsum_ps, load32_amax, no_post, tile_blocks, unpack_nibbles};
