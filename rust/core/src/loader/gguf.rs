@@ -312,14 +312,10 @@ impl GgufWeights {
                 format!("layer {idx}: MXFP4 experts gate {:?}, up {:?}, down {:?} do not fit [E, I, hidden] / [E, hidden, I]", gate.dims, up.dims, down.dims),
             ));
         }
-        Ok(Some(Mxfp4Experts {
-            experts: e,
-            inter: i,
-            hidden: h,
-            gate: self.mxfp4_bytes(&name("ffn_gate_exps"), gate)?,
-            up: self.mxfp4_bytes(&name("ffn_up_exps"), up)?,
-            down: self.mxfp4_bytes(&name("ffn_down_exps"), down)?,
-        }))
+        let (gate, up) = (self.mxfp4_bytes(&name("ffn_gate_exps"), gate)?, self.mxfp4_bytes(&name("ffn_up_exps"), up)?);
+        let per = gate.len() / e.max(1); // one expert's I rows
+        let gate_up = gate.chunks_exact(per).zip(up.chunks_exact(per)).flat_map(|(g, u)| g.iter().chain(u)).copied().collect();
+        Ok(Some(Mxfp4Experts { experts: e, inter: i, hidden: h, gate_up, down: self.mxfp4_bytes(&name("ffn_down_exps"), down)? }))
     }
 
     /// An MXFP4 tensor's blocks as the file holds them.

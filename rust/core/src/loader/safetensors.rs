@@ -85,7 +85,8 @@ impl SafetensorsWeights {
     /// gpt-oss's experts at `prefix` (`model.layers.3.mlp.experts`) as llama.cpp's MXFP4 blocks, where the
     /// checkpoint stores them as MXFP4 (`gate_up_proj_blocks` / `_scales`, `down_proj_blocks` / `_scales`)
     /// and weights stay quantized on the CPU: `gate_up_proj`'s rows alternate gate and up (the columns
-    /// transformers splits with `::2` and `1::2` after its transpose), split here.
+    /// transformers splits with `::2` and `1::2` after its transpose), reordered here to each expert's
+    /// gate rows then its up rows.
     pub fn mxfp4_experts(&self, prefix: &str) -> Result<Option<Mxfp4Experts>> {
         let (gu, dn) = (format!("{prefix}.gate_up_proj"), format!("{prefix}.down_proj"));
         if !self.device.is_cpu() || self.quant != QuantMode::Quantized || self.contains(&gu) || !self.contains(&format!("{gu}_blocks")) || !self.contains(&format!("{dn}_blocks")) {
@@ -101,11 +102,13 @@ impl SafetensorsWeights {
         let gate_up = crate::quant::mxfp4::to_ggml_blocks(&gb, &self.raw(&format!("{gu}_scales"))?, &gu)?; // rows [E * 2I]
         let down = crate::quant::mxfp4::to_ggml_blocks(&db, &self.raw(&format!("{dn}_scales"))?, &dn)?;
         let row = hg * crate::quant::mxfp4::GGML_BLOCK_BYTES;
-        let (mut gate, mut up) = (Vec::with_capacity(gate_up.len() / 2), Vec::with_capacity(gate_up.len() / 2));
-        for (r, bytes) in gate_up.chunks_exact(row).enumerate() {
-            if r % 2 == 0 { gate.extend_from_slice(bytes) } else { up.extend_from_slice(bytes) }
+        let mut ordered = Vec::with_capacity(gate_up.len());
+        for expert in gate_up.chunks_exact(two_i * row) {
+            for parity in [0, 1] {
+                expert.chunks_exact(row).skip(parity).step_by(2).for_each(|r| ordered.extend_from_slice(r));
+            }
         }
-        Ok(Some(Mxfp4Experts { experts: e, inter: two_i / 2, hidden: h, gate, up, down }))
+        Ok(Some(Mxfp4Experts { experts: e, inter: two_i / 2, hidden: h, gate_up: ordered, down }))
     }
 
     /// The named tensor, converted to the compute dtype on the compute device. A tensor stored as MXFP4

@@ -21,13 +21,13 @@ pub trait WeightSource {
 }
 
 /// One layer's gpt-oss experts as llama.cpp's MXFP4 rows (17-byte blocks of 32), expert after expert:
-/// `gate` and `up` `[experts, inter, hidden]`, `down` `[experts, hidden, inter]`.
+/// `gate_up` `[experts, 2 inter, hidden]` (each expert's gate rows, then its up rows: one matmul gives the
+/// dense path's gate-then-up columns), `down` `[experts, hidden, inter]`.
 #[derive(Debug, Clone)]
 pub struct Mxfp4Experts {
     pub experts: usize,
     pub inter: usize,
     pub hidden: usize,
-    pub gate: Vec<u8>,
-    pub up: Vec<u8>,
+    pub gate_up: Vec<u8>,
     pub down: Vec<u8>,
 }

@@ -20,7 +20,8 @@ enum Weights {
         /// `[E, I, hidden]`
         down: Tensor,
     },
-    /// MXFP4 rows as llama.cpp stores them (gate and up apart), kept in 4 bits on the CPU.
+    /// MXFP4 rows as llama.cpp stores them, each expert's gate rows then its up rows, kept in 4 bits on
+    /// the CPU.
     Mxfp4(Mxfp4Experts),
 }
 
@@ -59,11 +60,7 @@ impl ClampedSwigluExperts {
     pub fn forward(&self, e: usize, x: &Tensor) -> Result<Tensor> {
         let gu = match &self.weights {
             Weights::Dense { gate_up, .. } => x.matmul(&gate_up.i(e)?)?,
-            Weights::Mxfp4(m) => {
-                let gate = mxfp4_matmul(&m.gate, e, m.inter, m.hidden, x)?; // [n, I]
-                let up = mxfp4_matmul(&m.up, e, m.inter, m.hidden, x)?; // [n, I]
-                Tensor::cat(&[gate, up], 1)?
-            }
+            Weights::Mxfp4(m) => mxfp4_matmul(&m.gate_up, e, 2 * m.inter, m.hidden, x)?, // [n, 2I], gate then up
         };
         let gu = gu.broadcast_add(&self.gate_up_bias.i(e)?)?; // [n, 2I]
         let inter = gu.dim(1)? / 2;
@@ -139,10 +136,10 @@ mod tests {
             }
             b
         };
-        let m = Mxfp4Experts { experts: e, inter: i, hidden: h, gate: blocks(e * i, h), up: blocks(e * i, h), down: blocks(e * h, i) };
+        let m = Mxfp4Experts { experts: e, inter: i, hidden: h, gate_up: blocks(e * 2 * i, h), down: blocks(e * h, i) };
         let dev = Device::Cpu;
         let dense = |b: &[u8], rows: usize, k: usize| Tensor::from_vec(dequantize_ggml(b), (e, rows, k), &dev).unwrap(); // [E, rows, k]
-        let gate_up = Tensor::cat(&[dense(&m.gate, i, h), dense(&m.up, i, h)], 1).unwrap().transpose(1, 2).unwrap().contiguous().unwrap(); // [E, h, 2I]
+        let gate_up = dense(&m.gate_up, 2 * i, h).transpose(1, 2).unwrap().contiguous().unwrap(); // [E, h, 2I]
         let down = dense(&m.down, h, i).transpose(1, 2).unwrap().contiguous().unwrap(); // [E, I, h]
         let bias = |d: usize| Tensor::arange(0f32, (e * d) as f32, &dev).unwrap().affine(0.01, -0.3).unwrap().reshape((e, d)).unwrap();
         let act = ClampedSwiglu { alpha: 1.702, limit: 7.0 };
