@@ -168,23 +168,36 @@ def test_q4_misaligned_activations(q4_core, tokens):
 
 
 # Informational timings of the three paths from 16 to 2048 tokens (recorded, never asserted): where the
-# GEMV should hand over to the GEMM, and the GEMM against dequantize + cuBLAS.
-_TIMED = [(t, p) for t in (16, 32, 48, 64, 96, 128, 192, 256, 512, 2048) for p in ("gemv", "gemm", "dequant")
+# GEMV should hand over to the GEMM, the GEMM against dequantize + cuBLAS, and both against "dense" (cuBLAS
+# on the weight dequantized beforehand: what a 16-bit model of the same shape runs; 4-bit should not be
+# slower at any batch).
+_TIMED = [(t, p) for t in (16, 32, 33, 48, 64, 96, 128, 192, 256, 512, 2048) for p in ("gemv", "gemm", "dequant", "dense")
           if t <= 64 or p != "gemv"]
 
 
-@pytest.mark.parametrize("tokens,path", _TIMED)
-@pytest.mark.parametrize("name,rows,cols", [("qkv", 6144, 4096), ("gate_up", 28672, 4096), ("down", 4096, 14336)])
-def test_q4_path_timing(q4_core, name, rows, cols, tokens, path):
-    r = _run(q4_core, {"dtype": "f16", "tokens": tokens, "rows": rows, "cols": cols, "repeat": 20, "seed": 1, "path": path})
-    result = {"test": "q4_path_timing", "name": name, "tokens": tokens, "path": path, "device_us": round(r["device_us"], 2),
-              "tflops": round(2 * tokens * rows * cols / r["device_us"] / 1e6, 1), "max_rel_err": r["max_rel_err"]}
+def _time_path(q4_core, dtype, name, rows, cols, tokens, path):
+    r = _run(q4_core, {"dtype": dtype, "tokens": tokens, "rows": rows, "cols": cols, "repeat": 20, "seed": 1, "path": path})
+    result = {"test": "q4_path_timing", "dtype": dtype, "name": name, "tokens": tokens, "path": path,
+              "device_us": round(r["device_us"], 2), "tflops": round(2 * tokens * rows * cols / r["device_us"] / 1e6, 1),
+              "max_rel_err": r["max_rel_err"]}
     print(result)
     path_out = os.environ.get("MLC_GPU_RESULTS")
     if path_out:
         with open(path_out, "a") as f:
             f.write(json.dumps(result) + "\n")
-    assert r["max_rel_err"] <= _MAX_TOL["f16"], r
+    assert r["max_rel_err"] <= _MAX_TOL[dtype], r
+
+
+@pytest.mark.parametrize("tokens,path", _TIMED)
+@pytest.mark.parametrize("name,rows,cols", [("qkv", 6144, 4096), ("gate_up", 28672, 4096), ("down", 4096, 14336)])
+def test_q4_path_timing(q4_core, name, rows, cols, tokens, path):
+    _time_path(q4_core, "f16", name, rows, cols, tokens, path)
+
+
+@pytest.mark.parametrize("tokens", [33, 64, 128, 256])
+@pytest.mark.parametrize("path", ["gemm", "dense"])
+def test_q4_path_timing_bf16(q4_core, tokens, path):
+    _time_path(q4_core, "bf16", "gate_up", 28672, 4096, tokens, path)
 
 
 # Informational timings (recorded, never asserted): Llama-3-8B shapes in bf16; mean of back-to-back

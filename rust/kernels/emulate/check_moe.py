@@ -54,7 +54,7 @@ PERF = [(dt, t, 128, 8, 2048, 768) for dt in ("bf16", "q4f16") for t in (1, 16, 
 
 def build_gpu(out_dir):
     """nvcc build of moe_gpu_check.cu for this machine's GPU (needs the CUDA toolkit and a GPU)."""
-    kernels = ("moe.cu", "moe_gemm.cu", "q4_gemm_tc.cu", "common.cuh", "mma.cuh")
+    kernels = ("moe.cu", "moe_gemm.cu", "q4_dequant.cuh", "common.cuh", "mma.cuh")
     for f in kernels:
         shutil.copy(os.path.join(harness.KERNELS, f), os.path.join(out_dir, f))
     for f in ("moe_check.h", "moe_gpu_check.cu"):
@@ -73,7 +73,7 @@ def main():
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if not args.gpu:
-            exe = harness.build(tmp, ("moe.cu", "moe_gemm.cu", "q4_gemm_tc.cu", "common.cuh"),
+            exe = harness.build(tmp, ("moe.cu", "moe_gemm.cu", "q4_dequant.cuh", "common.cuh"),
                                 ("shim.cuh", "attention_shim.h", "q4_shim.h", "harness.h", "moe_check.h"), "moe_driver.cpp")
             return 1 if harness.run_cases(exe, CASES, args.jobs) else 0
         exe = build_gpu(tmp)

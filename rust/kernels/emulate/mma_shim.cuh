@@ -10,6 +10,7 @@ inline void cp_async16(void* smem, const void* gmem, bool valid) {
     if (valid) std::memcpy(smem, gmem, 16);
     else std::memset(smem, 0, 16);  // the source is not read
 }
+inline void cp_async8(void* smem, const void* gmem) { std::memcpy(smem, gmem, 8); }
 inline void cp_async_commit() {}
 inline void cp_async_wait_all() {}
 template <int N> inline void cp_async_wait_pending() {}

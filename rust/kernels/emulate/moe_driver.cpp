@@ -6,7 +6,6 @@
 //   DTYPE: bf16 f16 q4bf16 q4f16; ROUTING: 0 softmax-top-k, 1 top-k-softmax; ACT: silu swiglu;
 //   LOGITS: rand | ties (values in {0, 1, 2}) | one (every token's best expert is expert E / 2)
 // Prints one line; exit status 1 on a failed check.
-#define Q4T_HOST 1
 #define MOE_HOST 1
 #define MG_HOST 1
 #include "moe.cu"

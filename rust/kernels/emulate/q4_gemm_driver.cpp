@@ -64,7 +64,44 @@ static int run(const char* name, uint32_t m, uint32_t n, uint32_t k, uint32_t sp
     return ok ? 0 : 1;
 }
 
+// Every finite f16 scale d and nibble q through q4_dequant.cuh's pair dequantization (both halves, low and
+// high nibbles) against round_T(d * (q - 8)) formed in f32 (exact) and rounded once.
+template <typename T>
+static int pairs(const char* name) {
+    uint64_t checked = 0, bad = 0;
+    for (uint32_t bits = 0; bits < 0x10000; ++bits) {
+        __half d;
+        d.x = (uint16_t)bits;
+        const float df = __half2float(d);
+        if (!std::isfinite(df)) continue;
+        const Q4tScale<T> s((uint16_t)bits);
+        for (uint32_t q0 = 0; q0 < 16; ++q0) {
+            const uint32_t q1 = 15 - q0;
+            const uint32_t v = q0 | (q1 << 16) | ((q1 << 4) | (q0 << 20));  // low nibbles q0 / q1, high q1 / q0
+            for (int hi = 0; hi < 2; ++hi) {
+                const uint32_t got = q4t_dequant_pair<T>(v, hi != 0, s);
+                const uint32_t lo_q = hi ? q1 : q0, hi_q = hi ? q0 : q1;
+                const T want_lo = from_f32<T>(df * (float)((int)lo_q - 8)), want_hi = from_f32<T>(df * (float)((int)hi_q - 8));
+                uint16_t wl, wh;
+                std::memcpy(&wl, &want_lo, 2);
+                std::memcpy(&wh, &want_hi, 2);
+                const uint32_t want = wl | ((uint32_t)wh << 16);
+                // +0 and -0 are the same weight
+                auto half_same = [](uint32_t a, uint32_t b) { return a == b || ((a | b) & 0x7fffu) == 0; };
+                const bool same = half_same(got & 0xffffu, want & 0xffffu) && half_same(got >> 16, want >> 16);
+                checked += 2;
+                if (!same && bad++ < 5)
+                    std::printf("  %s d=0x%04x q=%u/%u hi=%d: got 0x%08x want 0x%08x\n", name, bits, lo_q, hi_q, hi, got, want);
+            }
+        }
+    }
+    std::printf("%s %s pairs: %llu weights, %llu wrong\n", bad ? "FAIL" : "ok  ", name, (unsigned long long)checked, (unsigned long long)bad);
+    return bad ? 1 : 0;
+}
+
 int main(int argc, char** argv) {
+    if (argc == 3 && std::string(argv[1]) == "pairs")
+        return std::string(argv[2]) == "bf16" ? pairs<__nv_bfloat16>("bf16") : pairs<__half>("f16");
     if (argc != 7) { std::fprintf(stderr, "usage: q4_gemm_driver DTYPE M N K SPLITS SEED\n"); return 2; }
     const std::string dt = argv[1];
     const uint32_t m = std::stoul(argv[2]), n = std::stoul(argv[3]), k = std::stoul(argv[4]);

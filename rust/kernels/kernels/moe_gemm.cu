@@ -4,7 +4,7 @@
 //   moe_gemm_<T>[_q4]   out[slot, :] = epilogue(x[slot / x_div, :] . W[e]^T) for every real slot of every tile
 //
 // W holds every expert's weight stacked, [E, rows, K] row-major (nn.Linear's [out, in] per expert): bf16 /
-// f16 (T), or GGML Q4_0 blocks (_q4: rows of K / 32 blocks of 18 bytes, as q4_gemm_tc.cu reads them, each
+// f16 (T), or GGML Q4_0 blocks (_q4: rows of K / 32 blocks of 18 bytes, as q4_dequant.cuh reads them, each
 // weight dequantized to round_T(d * (q - 8))). Modes:
 //   MG_PLAIN    rows = n: out[slot, r] = acc (+ bias[e, r])                     (the down projection)
 //   MG_SILU     rows = 2n, gate rows then up rows: out[slot, i] = silu(gate_i) * up_i      (gate/up)
@@ -24,11 +24,7 @@
 // Rows past the weight's end re-read its last row (never stored); padding slots read zeros.
 #include "common.cuh"
 #include "mma.cuh"
-// The Q4_0 pair dequantization and MMA dispatch of the dense Q4_0 GEMM (q4t_scaled_pair, q4t_spread,
-// q4t_mma), without its kernels.
-#define Q4T_HOST 1
-#include "q4_gemm_tc.cu"
-#undef Q4T_HOST
+#include "q4_dequant.cuh"  // the Q4_0 A fragments and MMA dispatch, shared with the dense Q4_0 GEMM
 
 #define MG_ROWS 64
 #define MG_TOKENS 32  // MOE_TILE in moe.cu

@@ -262,13 +262,13 @@ pub use ptx::Q4_GEMM_TC as Q4_GEMM_TC_PTX;
 
 pub const Q4_GEMM_TC_MODULE: &str = "mlc_q4_gemm_tc";
 /// Weight rows and tokens per block of `q4_gemm_tc_*` (grid = (ceil(N / rows), ceil(M / tokens))).
-pub const Q4_GEMM_TC_ROWS: usize = 128;
+pub const Q4_GEMM_TC_ROWS: usize = 256;
 pub const Q4_GEMM_TC_TOKENS: usize = 64;
 pub const Q4_GEMM_TC_THREADS: u32 = 256;
-/// Dynamic shared memory of one block: 2 stages of 128 x 144 weight bytes and 64 x 528 activation bytes.
-pub const Q4_GEMM_TC_SMEM_BYTES: u32 = 2 * (128 * 144 + 64 * 528);
+/// Dynamic shared memory of one block: 3 stages of 256 x 72 weight bytes and 64 x 272 activation bytes.
+pub const Q4_GEMM_TC_SMEM_BYTES: u32 = 3 * (256 * 72 + 64 * 272);
 /// Inputs per pipeline stage (the kernel splits K in whole stages).
-pub const Q4_GEMM_TC_GROUP_K: usize = 256;
+pub const Q4_GEMM_TC_GROUP_K: usize = 128;
 /// Threads per block of `q4_gemm_tc_reduce_*`.
 pub const Q4_GEMM_TC_REDUCE_THREADS: u32 = 256;
 

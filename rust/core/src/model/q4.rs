@@ -494,11 +494,14 @@ mod cuda {
         Ok(CudaStorage::wrap_cuda_slice(out, dev))
     }
 
-    /// K splits for `tiles` blocks over `groups` stages of K: enough blocks for two per SM on an H100 /
-    /// H200 (132 SMs), each split at least two stages long (so its pipeline overlaps), at most 16.
+    /// K splits for `tiles` blocks over `groups` stages of K: as many as keep the grid within one wave of
+    /// two blocks per SM on an H100 / H200 (132 SMs; a second, partial wave would take as long as the
+    /// first), each split at least two stages long (so its pipeline overlaps), at most 8: each split adds
+    /// an f32 copy of the output to write and reduce (at 64 tokens and K 4096 a fifth of the weight's
+    /// bytes), and one block per SM already keeps enough loads in flight for the bandwidth.
     pub(super) fn k_splits(tiles: usize, groups: usize) -> usize {
         const TARGET_BLOCKS: usize = 264;
-        TARGET_BLOCKS.div_ceil(tiles.max(1)).min(groups / 2).clamp(1, 16)
+        (TARGET_BLOCKS / tiles.max(1)).min(groups / 2).clamp(1, 8)
     }
 
     // ---- W -> dense

@@ -56,7 +56,8 @@ pub struct Q4Case {
     pub silu: bool,
     #[serde(default)]
     pub seed: u64,
-    /// Force a path ("gemv", "gemm" or "dequant") instead of the one `forward` picks (not with `silu`).
+    /// Force a path ("gemv", "gemm" or "dequant") instead of the one `forward` picks, or time "dense"
+    /// (the weight dequantized beforehand, candle's matmul) beside them (not with `silu`).
     #[serde(default)]
     pub path: Option<String>,
     /// After the check, time this many further calls (one synchronize at the end).
@@ -72,7 +73,7 @@ pub struct Q4Report {
     /// Rows compared against the reference (all of them, or an even sample plus the last 17 for very
     /// large weights).
     pub rows_checked: usize,
-    /// "gemv", "gemm" (our kernels) or "dequant_matmul" (dequantized slices and candle's matmul).
+    /// "gemv", "gemm" (our kernels), "dequant_matmul" (dequantized slices and candle's matmul) or "dense".
     pub path: String,
     pub stacked: bool,
     /// max |device - reference| and max |reference| over the checked outputs.
@@ -263,22 +264,31 @@ fn device_run(device: &Device, case: &Q4Case, dtype: DType, raw: &[u8], x: &[f32
         xs.to_device(device)?
     };
     let forced = match case.path.as_deref() {
-        None => None,
+        None | Some("dense") => None,
         Some(_) if case.silu => bail!("q4 check: a forced path is not checked with silu"),
         Some("gemv") => Some(Q4Path::Gemv),
         Some("gemm") => Some(Q4Path::Gemm),
         Some("dequant") => Some(Q4Path::Dequant),
-        Some(other) => bail!("q4 check: unknown path {other:?} (gemv, gemm, dequant)"),
+        Some(other) => bail!("q4 check: unknown path {other:?} (gemv, gemm, dequant, dense)"),
     };
-    let path = match forced.unwrap_or_else(|| full.path_for(&xd)) {
-        Q4Path::Gemv => "gemv",
-        Q4Path::Gemm => "gemm",
-        Q4Path::Dequant => "dequant_matmul",
+    // "dense": the weight dequantized once to the activations' dtype and multiplied by candle's matmul
+    // (cuBLAS), what a 16-bit model of the same shape runs: the yardstick of the 4-bit paths' timings.
+    let dense = match case.path.as_deref() {
+        Some("dense") if case.silu => bail!("q4 check: a forced path is not checked with silu"),
+        Some("dense") => Some(full.dequantize(dtype)?),
+        _ => None,
     };
-    let run = |x: &Tensor| match (forced, case.silu) {
-        (Some(p), _) => full.forward_with(x, p),
-        (None, true) => layer.forward_silu_mul(x),
-        (None, false) => layer.forward(x),
+    let path = match (&dense, forced.unwrap_or_else(|| full.path_for(&xd))) {
+        (Some(_), _) => "dense",
+        (None, Q4Path::Gemv) => "gemv",
+        (None, Q4Path::Gemm) => "gemm",
+        (None, Q4Path::Dequant) => "dequant_matmul",
+    };
+    let run = |x: &Tensor| match (&dense, forced, case.silu) {
+        (Some(w), _, _) => x.matmul(&w.t()?),
+        (None, Some(p), _) => full.forward_with(x, p),
+        (None, None, true) => layer.forward_silu_mul(x),
+        (None, None, false) => layer.forward(x),
     };
     let y = run(&xd)?; // [t, f]
     let f = if case.silu { n / 2 } else { n };
