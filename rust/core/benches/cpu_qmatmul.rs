@@ -3,9 +3,10 @@
 //! on random blocks (the kernels' speed does not depend on the values). Prints ms per call, weight
 //! bytes read per second and integer multiply-adds per second.
 //!
-//!     cargo bench -p mlc-core --bench cpu_qmatmul [-- FILTER]     (MLC_CPU_ISA / MLC_CPU_THREADS apply)
+//!     cargo bench -p mlc-core --bench cpu_qmatmul [-- FILTER]     (MLC_CPU_ISA / MLC_CPU_THREADS /
+//!     MLC_CPU_KQUANT_ACT apply)
 
-use mlc_core::quant::cpu::kpack::PackedK;
+use mlc_core::quant::cpu::kpack::{KLayout, PackedK};
 use mlc_core::quant::cpu::{dispatch, matmul, matmul_packed, QMatrix, QType};
 use std::time::Instant;
 
@@ -24,6 +25,7 @@ fn random_weight(qtype: QType, n: usize, k: usize) -> Vec<u8> {
         QType::Q4_0 | QType::Q8_0 => &[0],
         QType::Q4_1 | QType::Q4K => &[0, 2],
         QType::Q6K => &[208],
+        QType::Mxfp4 => &[],
     };
     for blk in out.chunks_mut(bytes) {
         for &f in f16s {
@@ -48,7 +50,7 @@ fn main() {
         ("smol gate+up", QType::Q4_1, 3072, 576),
         ("smol down", QType::Q4_1, 576, 1536),
     ];
-    println!("isa {:?}", dispatch::active());
+    println!("isa {:?}, K-quant layout {:?}", dispatch::active(), KLayout::active());
     println!("{:<14} {:>4} {:>6} {:>6} {:>5} {:>9} {:>7} {:>7}", "shape", "type", "n", "k", "t", "ms", "GB/s", "Gmac/s");
     for &(name, qtype, n, k) in shapes {
         if !name.contains(filter.as_str()) {
@@ -57,7 +59,7 @@ fn main() {
         let data = random_weight(qtype, n, k);
         let w = QMatrix::new(qtype, &data, n, k).expect("shape");
         // K-quants are repacked once, as at load.
-        let packed = PackedK::pack(&w);
+        let packed = PackedK::pack_as(&w, KLayout::active());
         for t in [1usize, 8, 256] {
             if t == 256 && n > 20000 {
                 continue; // the lm_head runs for the last token only

@@ -133,9 +133,10 @@ fn matmul_handles_odd_shapes_and_is_batch_invariant() {
         let w = QMatrix::new(qtype, &data, n, k).unwrap();
         for t in [1, 3, 5, 9] {
             let x = random_x(t * k, &mut rng);
-            // Against the activations the kernels see: 8 bits plus residual, or 16 bits for the K-quants.
-            let want = match qtype {
-                QType::Q4K | QType::Q6K => kreference(&w.dequantize(), n, &KAct::quantize(&x, k)),
+            // Against the activations the kernels see: 8 bits plus residual, or the K-quants' 15 or 8 bits.
+            let want = match (qtype, KLayout::active()) {
+                (QType::Q4K | QType::Q6K, KLayout::Pairs) => kreference(&w.dequantize(), n, &KAct::quantize(&x, k)),
+                (QType::Q4K | QType::Q6K, KLayout::Quads) => kreference8(&w.dequantize(), n, &KAct8::quantize(&x, k)),
                 _ => reference(&w, &quantize_rows(&x, k), t),
             };
             let scale = want.iter().fold(1f64, |m, v| m.max(v.abs()));
@@ -154,7 +155,8 @@ fn matmul_handles_odd_shapes_and_is_batch_invariant() {
 #[test]
 fn quantized_activations_stay_close_to_the_f32_product() {
     // The one approximation on top of the weights' own: activations as 8 bits plus an 8-bit residual.
-    // Relative to the f32 product of the same dequantized weights the error stays near 15-bit rounding.
+    // Relative to the f32 product of the same dequantized weights the error stays near 15-bit rounding;
+    // on the K-quants' 8-bit path within its rounding, `sum |w| d / 2` (d the step of x's block).
     let mut rng = Lcg(3);
     let (n, k, t) = (16, 1536, 2);
     for qtype in TYPES {
@@ -167,7 +169,12 @@ fn quantized_activations_stay_close_to_the_f32_product() {
             for r in 0..n {
                 let exact: f64 = (0..k).map(|i| wf[r * k + i] as f64 * x[g * k + i] as f64).sum();
                 let norm: f64 = (0..k).map(|i| (wf[r * k + i] as f64 * x[g * k + i] as f64).abs()).sum();
-                assert!((y[g * n + r] as f64 - exact).abs() <= 2e-4 * norm, "{qtype:?}: {} vs {exact}", y[g * n + r]);
+                let mut bound = 2e-4 * norm;
+                if matches!(qtype, QType::Q4K | QType::Q6K) && KLayout::active() == KLayout::Quads {
+                    let step = |i: usize| x[g * k + i / 32 * 32..][..32].iter().fold(0f64, |m, v| m.max(v.abs() as f64)) / 127.0;
+                    bound += (0..k).map(|i| (wf[r * k + i] as f64).abs() * step(i) / 2.0).sum::<f64>();
+                }
+                assert!((y[g * n + r] as f64 - exact).abs() <= bound, "{qtype:?}: {} vs {exact}", y[g * n + r]);
             }
         }
     }
@@ -210,7 +217,8 @@ fn dequantization_matches_candles_for_every_type() {
 // Q4_K / Q6_K repacked into interleaved groups of 16 rows (`kpack`) and their kernels (`kmat`).
 
 use mlc_core::quant::cpu::kmat::{self, KAct, KTiles};
-use mlc_core::quant::cpu::kpack::{PackedK, ROWS};
+use mlc_core::quant::cpu::kmat8::{self, KAct8};
+use mlc_core::quant::cpu::kpack::{KLayout, PackedK, ROWS};
 
 const KTYPES: [QType; 2] = [QType::Q4K, QType::Q6K];
 
@@ -243,7 +251,7 @@ fn kreference(wf: &[f32], n: usize, act: &KAct) -> Vec<f64> {
 }
 
 /// Tile of `width` tokens from `t0` over group `g` -> `[width][16]`.
-fn run_tile(kern: &KTiles, width: usize, p: &PackedK, g: usize, act: &KAct, t0: usize) -> Vec<[f32; ROWS]> {
+fn run_tile<A>(kern: &KTiles<A>, width: usize, p: &PackedK, g: usize, act: &A, t0: usize) -> Vec<[f32; ROWS]> {
     let grp = p.group(g);
     // SAFETY: the tiles come from `kmat::tiles` at a level from `Isa::available`.
     unsafe {
@@ -326,6 +334,115 @@ fn packed_integer_sums_are_exact_at_the_extremes() {
                 let y = matmul(&w, &x, isa).unwrap();
                 for &v in &y {
                     let exact = sign as f64 * peak as f64 * k as f64;
+                    assert!((v as f64 - exact).abs() <= 1e-6 * exact.abs(), "{qtype:?} {isa:?} x = {sign}: {v} vs {exact}");
+                }
+            }
+        }
+    }
+}
+
+// The 8-bit activation path (`kmat8`) over the `Quads` layout.
+
+/// Dequantized weights times the dequantized 8-bit activations, in f64.
+fn kreference8(wf: &[f32], n: usize, act: &KAct8) -> Vec<f64> {
+    let k = act.k;
+    let mut out = vec![0f64; act.t * n];
+    for g in 0..act.t {
+        let xd: Vec<f64> = (0..k).map(|i| act.d[(g * k + i) / 32] as f64 * act.q[g * k + i] as f64).collect();
+        for r in 0..n {
+            out[g * n + r] = wf[r * k..(r + 1) * k].iter().zip(&xd).map(|(&a, &b)| a as f64 * b).sum();
+        }
+    }
+    out
+}
+
+#[test]
+fn quads_layout_reads_back_the_gguf_weights() {
+    let mut rng = Lcg(19);
+    for qtype in KTYPES {
+        for (n, k) in [(1, 256), (19, 512), (33, 768)] {
+            let data = random_weight(qtype, n, k, &mut rng);
+            let w = QMatrix::new(qtype, &data, n, k).unwrap();
+            let p = PackedK::pack_as(&w, KLayout::Quads).unwrap();
+            assert_eq!(p.dequantize(), w.dequantize(), "{qtype:?} [{n}, {k}]");
+        }
+    }
+}
+
+#[test]
+fn kernels8_match_the_reference_bit_for_bit_across_levels_and_tile_widths() {
+    let mut rng = Lcg(23);
+    for qtype in KTYPES {
+        for (n, k) in [(16, 256), (21, 768)] {
+            let data = random_weight(qtype, n, k, &mut rng);
+            let w = QMatrix::new(qtype, &data, n, k).unwrap();
+            let p = PackedK::pack_as(&w, KLayout::Quads).unwrap();
+            let t = 16;
+            let x = random_x(t * k, &mut rng);
+            let act = KAct8::quantize(&x, k);
+            let want = kreference8(&w.dequantize(), n, &act);
+            let scale = want.iter().fold(1f64, |m, v| m.max(v.abs()));
+            let scalar = kmat8::tiles(qtype, Isa::Scalar);
+            let base: Vec<Vec<[f32; ROWS]>> = (0..p.groups()).map(|g| (0..t).map(|t0| run_tile(&scalar, 1, &p, g, &act, t0)[0]).collect()).collect();
+            for g in 0..p.groups() {
+                for r in 0..ROWS.min(n - g * ROWS) {
+                    let got: Vec<f32> = (0..t).map(|tok| base[g][tok][r]).collect();
+                    let want_r: Vec<f64> = (0..t).map(|tok| want[tok * n + g * ROWS + r]).collect();
+                    assert_close(&got, &want_r, scale, &format!("{qtype:?} scalar [{n}, {k}] row {}", g * ROWS + r));
+                }
+            }
+            for isa in Isa::available() {
+                let kern = kmat8::tiles(qtype, isa);
+                for width in [1, 2, 4, 8] {
+                    for g in 0..p.groups() {
+                        for t0 in (0..t).step_by(width) {
+                            let y = run_tile(&kern, width, &p, g, &act, t0);
+                            assert_eq!(y.as_slice(), &base[g][t0..t0 + width], "{qtype:?} {isa:?} [{n}, {k}] width {width} group {g} token {t0}");
+                        }
+                    }
+                }
+                // The driver: 11 tokens in tiles of 8, 2 and 1 give each token its result alone.
+                let y = kmat::matmul(&p, &KAct8::quantize(&x[..11 * k], k), kern);
+                for tok in 0..11 {
+                    let alone = kmat::matmul(&p, &KAct8::quantize(&x[tok * k..(tok + 1) * k], k), kern);
+                    assert_eq!(alone.as_slice(), &y[tok * n..(tok + 1) * n], "{qtype:?} {isa:?} token {tok}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn kernels8_integer_sums_are_exact_at_the_extremes() {
+    // kmat8's bounds at their largest: Q4_K scales 63, nibbles 15, mins 0; Q6_K scales -128, values 0
+    // (w = -32, the stored 0 meeting the bias); every activation at +-127.
+    let one = half::f16::from_f32(1.0).to_le_bytes();
+    let (n, k) = (16, 512);
+    for qtype in KTYPES {
+        let mut data = vec![0u8; n * k / 256 * qtype.block_bytes()];
+        for blk in data.chunks_mut(qtype.block_bytes()) {
+            match qtype {
+                QType::Q4K => {
+                    blk[0..2].copy_from_slice(&one);
+                    blk[4..8].fill(0xFF);
+                    blk[12..16].fill(0x0F);
+                    blk[16..].fill(0xFF);
+                }
+                _ => {
+                    blk[192..208].fill(0x80);
+                    blk[208..210].copy_from_slice(&one);
+                }
+            }
+        }
+        let w = QMatrix::new(qtype, &data, n, k).unwrap();
+        let p = PackedK::pack_as(&w, KLayout::Quads).unwrap();
+        let peak = if qtype == QType::Q4K { 945.0 } else { 4096.0 };
+        for sign in [1.0f32, -1.0] {
+            let x = vec![sign; 2 * k];
+            for isa in Isa::available() {
+                let y = kmat::matmul(&p, &KAct8::quantize(&x, k), kmat8::tiles(qtype, isa));
+                for &v in &y {
+                    let exact = sign as f64 * peak * k as f64;
                     assert!((v as f64 - exact).abs() <= 1e-6 * exact.abs(), "{qtype:?} {isa:?} x = {sign}: {v} vs {exact}");
                 }
             }

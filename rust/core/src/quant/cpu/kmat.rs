@@ -17,7 +17,7 @@
 //! a token's result does not depend on its batch.
 
 use super::dispatch::Isa;
-use super::kpack::{place, q4k, q6k, PackedK, ROWS, SB};
+use super::kpack::{place, q4k, q6k, KLayout, PackedK, ROWS, SB};
 use super::gemm::Out;
 use super::{pool, QType};
 use half::f16;
@@ -140,29 +140,56 @@ unsafe fn quantize_blocks_avx2(x: &[f32], q: &mut [i16], d: &mut [f32], s: &mut 
     }
 }
 
+/// Quantized activations a packed layout's kernels take: [`KAct`] (15 bits) or
+/// [`KAct8`](super::kmat8::KAct8) (8 bits).
+pub trait KActivations: Sync {
+    /// The weight layout whose kernels take these activations.
+    const LAYOUT: KLayout;
+    fn tokens(&self) -> usize;
+    fn k(&self) -> usize;
+}
+
+impl KActivations for KAct {
+    const LAYOUT: KLayout = KLayout::Pairs;
+    fn tokens(&self) -> usize {
+        self.t
+    }
+    fn k(&self) -> usize {
+        self.k
+    }
+}
+
 /// 16 rows (one group) x `N` tokens from token `t0` -> `[N][16]`.
 ///
 /// # Safety
 /// The kernel's instruction set is available ([`tiles`] hands out only those).
-pub type KTile<const N: usize> = unsafe fn(&[u8], &KAct, usize) -> [[f32; ROWS]; N];
+pub type KTile<const N: usize, A = KAct> = unsafe fn(&[u8], &A, usize) -> [[f32; ROWS]; N];
 
 /// One type's kernels at one level, in the tile widths the driver uses.
-#[derive(Clone, Copy)]
-pub struct KTiles {
-    pub t1: KTile<1>,
-    pub t2: KTile<2>,
-    pub t4: KTile<4>,
-    pub t8: KTile<8>,
+pub struct KTiles<A = KAct> {
+    pub t1: KTile<1, A>,
+    pub t2: KTile<2, A>,
+    pub t4: KTile<4, A>,
+    pub t8: KTile<8, A>,
     /// The widest tile worth using at this level (registers: 32 at AVX-512, 16 below; the AVX-512
     /// kernels hold 2 vectors per token).
     pub max: usize,
 }
+
+// By hand: a derive would ask `A: Copy`, and only function pointers are copied.
+impl<A> Clone for KTiles<A> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<A> Copy for KTiles<A> {}
 
 macro_rules! ktiles {
     ($($f:ident)::+, $max:expr) => {
         KTiles { t1: $($f)::+::<1>, t2: $($f)::+::<2>, t4: $($f)::+::<4>, t8: $($f)::+::<8>, max: $max }
     };
 }
+pub(crate) use ktiles;
 
 /// `qtype`'s packed kernels at `isa` (lowered to what the CPU has).
 pub fn tiles(qtype: QType, isa: Isa) -> KTiles {
@@ -249,9 +276,10 @@ const TASKS_PER_THREAD: usize = 4;
 /// `x: [t, k]` -> `[t, n]`. Tasks take runs of row groups; within one, tokens go in tiles of up to
 /// `tiles.max` and, per tile, the task's groups are walked in order, so a tile's activations stay in
 /// cache while the task's weights stream past once per tile (once per call at decode).
-pub fn matmul(w: &PackedK, act: &KAct, kern: KTiles) -> Vec<f32> {
-    let (n, t) = (w.n, act.t);
-    assert_eq!(act.k, w.k, "activations and weight differ in k");
+pub fn matmul<A: KActivations>(w: &PackedK, act: &A, kern: KTiles<A>) -> Vec<f32> {
+    let (n, t) = (w.n, act.tokens());
+    assert_eq!(act.k(), w.k, "activations and weight differ in k");
+    assert_eq!(w.layout, A::LAYOUT, "weight layout and activations differ");
     let groups = w.groups();
     let per_task = groups.div_ceil(pool::threads() * TASKS_PER_THREAD).max(1);
     let mut out = vec![0f32; t * n];

@@ -21,6 +21,14 @@
 //! of the 64 bytes, zero-extended to i16 by 32-byte halves, give the pairs for `m = 0, 1, 2, 3`). Q6_K's
 //! high bits of the same value sit at bits `2 m` of byte `32 c + e` of `qh`.
 //!
+//! [`KLayout::Quads`] (the 8-bit activation path, [`kmat8`](super::kmat8)) keeps every table and only
+//! moves the nibbles: byte `64 c + 4 i + l` of chunk `c` holds value `8 c + l` of row `i` (`l` in 0..4) in
+//! its low nibble and value `8 c + 4 + l` in its high one, so `and 0xF` / `shift 4` of the 64 bytes give
+//! 16 rows x 4 consecutive values, the u8 operand of `vpdpbusd` (AVX2: rows 0..8 and 8..16 as the two
+//! 32-byte halves). Q6_K's high 2 bits of the value at chunk byte `p = 4 i + l` sit in byte `p % 32` of the
+//! chunk's 32 `qh` bytes, at bits `2 (2 (v % 8 / 4) + i / 8)`: each of the four quarters of the two
+//! registers is one 2-bit plane of the same 32 bytes.
+//!
 //! Rows past `n` (the last group of a matrix whose rows are not a multiple of 16) are zeros.
 
 use super::{q4_k, q6_k, QMatrix, QType};
@@ -49,6 +57,45 @@ pub mod q6k {
     pub const BYTES: usize = D + 64;
 }
 
+/// Where the nibbles of a group sit, which fixes the activations the kernels take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KLayout {
+    /// i16 pairs for `vpdpwssd` against 15-bit activations ([`kmat`](super::kmat)).
+    Pairs,
+    /// u8 quads for `vpdpbusd` against 8-bit activations ([`kmat8`](super::kmat8)).
+    Quads,
+}
+
+impl KLayout {
+    /// The layout (so the activation width) of the model's Q4_K / Q6_K weights: `MLC_CPU_KQUANT_ACT=8`
+    /// or `15`, read once; 8 by default (it meets the Qwen fidelity bound, see `kmat8`).
+    pub fn active() -> KLayout {
+        static ACTIVE: std::sync::OnceLock<KLayout> = std::sync::OnceLock::new();
+        *ACTIVE.get_or_init(|| match std::env::var("MLC_CPU_KQUANT_ACT").as_deref().map(str::trim) {
+            Ok("15") => KLayout::Pairs,
+            Ok("8") | Err(_) => KLayout::Quads,
+            Ok(v) => {
+                log::warn!("MLC_CPU_KQUANT_ACT={v} is not 8 or 15; using 8");
+                KLayout::Quads
+            }
+        })
+    }
+
+    /// Where value `v` (0..256) of row `i` (0..16) of a super-block lives: (chunk byte, nibble shift,
+    /// high-bit byte offset within `qh`, high-bit shift).
+    #[inline]
+    pub fn place(self, i: usize, v: usize) -> (usize, u32, usize, u32) {
+        match self {
+            KLayout::Pairs => place(i, v),
+            KLayout::Quads => {
+                let (c, w) = (v / 8, v % 8);
+                let p = 4 * i + w % 4;
+                (CHUNK * c + p, 4 * (w / 4) as u32, 32 * c + p % 32, 2 * (2 * (w / 4) + i / 8) as u32)
+            }
+        }
+    }
+}
+
 #[repr(C, align(64))]
 #[derive(Clone, Copy)]
 struct Line([u8; 64]);
@@ -56,6 +103,7 @@ struct Line([u8; 64]);
 /// A Q4_K or Q6_K matrix `[n, k]` in the interleaved layout.
 pub struct PackedK {
     pub qtype: QType,
+    pub layout: KLayout,
     pub n: usize,
     pub k: usize,
     data: Vec<Line>,
@@ -63,7 +111,7 @@ pub struct PackedK {
 
 impl std::fmt::Debug for PackedK {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PackedK({:?}, [{}, {}])", self.qtype, self.n, self.k)
+        write!(f, "PackedK({:?}, {:?}, [{}, {}])", self.qtype, self.layout, self.n, self.k)
     }
 }
 
@@ -115,8 +163,13 @@ pub fn place(i: usize, v: usize) -> (usize, u32, usize, u32) {
 }
 
 impl PackedK {
-    /// Repacks GGUF rows; `None` for types other than Q4_K / Q6_K.
+    /// Repacks GGUF rows in the 15-bit path's layout; `None` for types other than Q4_K / Q6_K.
     pub fn pack(w: &QMatrix) -> Option<PackedK> {
+        Self::pack_as(w, KLayout::Pairs)
+    }
+
+    /// Repacks GGUF rows in `layout`; `None` for types other than Q4_K / Q6_K.
+    pub fn pack_as(w: &QMatrix, layout: KLayout) -> Option<PackedK> {
         let (plain, bytes): (fn(&[u8]) -> Plain, usize) = match w.qtype {
             QType::Q4K => (plain_q4k, q4k::BYTES),
             QType::Q6K => (plain_q6k, q6k::BYTES),
@@ -134,12 +187,12 @@ impl PackedK {
                 for s in 0..nsb {
                     let p = plain(&row[s * block_bytes..(s + 1) * block_bytes]);
                     let b = &mut out[s * bytes..(s + 1) * bytes];
-                    put(w.qtype, &p, i, b);
+                    put(w.qtype, layout, &p, i, b);
                 }
             }
         };
         super::pool::for_each_chunk_mut(&mut data, lines_per_group, fill);
-        Some(PackedK { qtype: w.qtype, n: w.n, k: w.k, data })
+        Some(PackedK { qtype: w.qtype, layout, n: w.n, k: w.k, data })
     }
 
     /// Bytes per super-block of a group.
@@ -176,7 +229,7 @@ impl PackedK {
             for (s, ys) in y.chunks_exact_mut(SB).enumerate() {
                 let b = &grp[s * bytes..(s + 1) * bytes];
                 for (v, y) in ys.iter_mut().enumerate() {
-                    let (byte, shift, hbyte, hshift) = place(i, v);
+                    let (byte, shift, hbyte, hshift) = self.layout.place(i, v);
                     let lo = ((b[byte] >> shift) & 0xF) as f32;
                     *y = match self.qtype {
                         QType::Q4K => {
@@ -198,9 +251,9 @@ impl PackedK {
 }
 
 /// Writes row `i`'s super-block `p` into its group's block `b`.
-fn put(qtype: QType, p: &Plain, i: usize, b: &mut [u8]) {
+fn put(qtype: QType, layout: KLayout, p: &Plain, i: usize, b: &mut [u8]) {
     for v in 0..SB {
-        let (byte, shift, hbyte, hshift) = place(i, v);
+        let (byte, shift, hbyte, hshift) = layout.place(i, v);
         b[byte] |= (p.q[v] & 0xF) << shift;
         if qtype == QType::Q6K {
             b[q6k::QH + hbyte] |= (p.q[v] >> 4) << hshift;

@@ -15,9 +15,12 @@ pub mod act;
 pub mod dispatch;
 mod gemm;
 pub mod kmat;
+pub mod kmat8;
 pub mod kpack;
 #[cfg(target_arch = "x86_64")]
 mod kx86;
+#[cfg(target_arch = "x86_64")]
+mod kx86_8;
 pub mod mxfp4;
 pub mod op;
 mod pairs;
@@ -161,7 +164,7 @@ pub fn matmul(w: &QMatrix, x: &[f32], isa: Isa) -> Result<Vec<f32>, QuantError> 
     if x.len() % w.k != 0 {
         return Err(QuantError::Activations { len: x.len(), k: w.k });
     }
-    if let Some(p) = kpack::PackedK::pack(w) {
+    if let Some(p) = kpack::PackedK::pack_as(w, kpack::KLayout::active()) {
         return Ok(matmul_packed(&p, x, isa));
     }
     let t = x.len() / w.k;
@@ -169,8 +172,11 @@ pub fn matmul(w: &QMatrix, x: &[f32], isa: Isa) -> Result<Vec<f32>, QuantError> 
     Ok(gemm::matmul(w, &act, t, kernels(w.qtype, isa)))
 }
 
-/// `x: [t, k]` -> `[t, n]` against a repacked Q4_K / Q6_K weight ([`kpack`], [`kmat`]).
+/// `x: [t, k]` -> `[t, n]` against a repacked Q4_K / Q6_K weight ([`kpack`]), with the activations its
+/// layout takes: 15-bit ([`kmat`]) or 8-bit ([`kmat8`]).
 pub fn matmul_packed(w: &kpack::PackedK, x: &[f32], isa: Isa) -> Vec<f32> {
-    let act = kmat::KAct::quantize(x, w.k);
-    kmat::matmul(w, &act, kmat::tiles(w.qtype, isa))
+    match w.layout {
+        kpack::KLayout::Pairs => kmat::matmul(w, &kmat::KAct::quantize(x, w.k), kmat::tiles(w.qtype, isa)),
+        kpack::KLayout::Quads => kmat::matmul(w, &kmat8::KAct8::quantize(x, w.k), kmat8::tiles(w.qtype, isa)),
+    }
 }

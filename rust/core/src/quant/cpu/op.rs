@@ -4,7 +4,7 @@
 //! for as long as it lives ([`packed`]). The weight is a CPU tensor, so there is only a `cpu_fwd`; CUDA
 //! weights take `model::q4` / candle's kernels.
 
-use super::kpack::PackedK;
+use super::kpack::{KLayout, PackedK};
 use super::{dispatch, matmul, matmul_packed, Isa, QMatrix, QType};
 use candle_core::quantized::QTensor;
 use candle_core::backend::BackendStorage;
@@ -51,7 +51,7 @@ fn packed(w: &Arc<QTensor>) -> Result<Arc<PackedK>> {
     let (n, k) = w.shape().dims2()?;
     let data = w.data()?;
     let m = QMatrix::new(qtype, &data, n, k).map_err(candle_core::Error::wrap)?;
-    let Some(p) = PackedK::pack(&m) else { bail!("cpu qmatmul: {qtype:?} is not repacked") };
+    let Some(p) = PackedK::pack_as(&m, KLayout::active()) else { bail!("cpu qmatmul: {qtype:?} is not repacked") };
     let p = Arc::new(p);
     cache.insert(key, (Arc::downgrade(w), p.clone()));
     Ok(p)

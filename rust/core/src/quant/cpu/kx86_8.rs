@@ -1,0 +1,345 @@
+//! x86 kernels of the 8-bit activation path ([`kmat8`](super::kmat8) holds the scalar reference, the
+//! bounds and the float order they follow) over [`KLayout::Quads`](super::kpack::KLayout) groups.
+//!
+//! A 64-byte chunk of nibbles is two registers of 16 rows x 4 consecutive values as bytes (`and 0xF`,
+//! `shift 4`), each meeting a token's 4 activation bytes, broadcast from memory, in `vpdpbusd`
+//! (AVX-512 VNNI) or `vpmaddubsw` + `vpmaddwd` + `vpaddd` (AVX2, 8 rows per 32-byte half). With fewer
+//! than 4 tokens each token gets 4 accumulators, so the dot products do not wait on one another
+//! (integer sums: the split does not change the result).
+
+// Index loops, not iterator adapters: see kx86.rs (adapters left out of line lose the target features).
+#![allow(clippy::needless_range_loop)]
+
+use super::kmat::SUB;
+use super::kmat8::{KAct8, HALF};
+use super::kpack::{q4k, q6k, ROWS, SB};
+use super::x86::dot_u8i8_avx2;
+use std::arch::x86_64::*;
+
+/// Accumulator slots per token: 4 independent chains for narrow tiles.
+const fn slots(n: usize) -> usize {
+    if n < 4 {
+        4
+    } else {
+        1
+    }
+}
+
+macro_rules! check {
+    ($g:expr, $x:expr, $t0:expr, $n:expr, $bytes:expr) => {
+        assert!($g.len() == $x.k / SB * $bytes && $t0 + $n <= $x.t, "packed group and activations differ")
+    };
+}
+
+/// `acc + w . x` in u8 x i8 quads, `x` the 4 activation bytes at `$p` broadcast from memory, in one
+/// `vpdpbusd` (written out: the intrinsic may be split into `vpmaddubsw`-style sequences or lose the
+/// memory broadcast).
+macro_rules! dpbusd512 {
+    ($acc:expr, $w:expr, $p:expr) => {{
+        let mut a = $acc;
+        std::arch::asm!("vpdpbusd {a}, {w}, dword ptr [{p}]{{1to16}}", a = inout(zmm_reg) a, w = in(zmm_reg) $w, p = in(reg) $p, options(pure, readonly, nostack));
+        a
+    }};
+}
+
+/// Adds the two registers `$w` (values `$v0 .. $v0 + 8` of 16 rows) times each token's activations into
+/// the token's accumulators; `$c` (0..4) picks the slots for narrow tiles.
+macro_rules! dots512 {
+    ($ia:ident, $w:expr, $xq:expr, $v0:expr, $c:expr, $n:expr) => {
+        for h in 0..2 {
+            let slot = if slots($n) == 4 { (2 * $c + h) % 4 } else { 0 };
+            for t in 0..$n {
+                $ia[slot][t] = dpbusd512!($ia[slot][t], $w[h], $xq[t].add($v0 + 4 * h));
+            }
+        }
+    };
+}
+
+/// A token's accumulator slots summed.
+macro_rules! slot_sum512 {
+    ($ia:ident, $t:expr, $n:expr) => {{
+        let mut isum = $ia[0][$t];
+        if slots($n) == 4 {
+            isum = _mm512_add_epi32(_mm512_add_epi32(isum, $ia[1][$t]), _mm512_add_epi32($ia[2][$t], $ia[3][$t]));
+        }
+        isum
+    }};
+}
+
+/// Token `t`'s activation scale of block `blk` of its row, broadcast.
+macro_rules! dx {
+    ($set1:ident, $x:expr, $t:expr, $blk:expr) => {
+        $set1(*$x.d.get_unchecked($t * ($x.k / SUB) + $blk))
+    };
+}
+
+/// Token row pointers of a tile.
+macro_rules! token_rows {
+    ($x:expr, $t0:expr, $n:expr) => {{
+        let mut xq = [$x.q.as_ptr(); $n];
+        for t in 0..$n {
+            xq[t] = $x.q.as_ptr().add(($t0 + t) * $x.k);
+        }
+        xq
+    }};
+}
+
+/// # Safety
+/// The CPU has AVX-512 F/BW/VL/VNNI (the dispatcher checks it).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn q4k_avx512<const N: usize>(g: &[u8], x: &KAct8, t0: usize) -> [[f32; ROWS]; N] {
+    check!(g, x, t0, N, q4k::BYTES);
+    let (k, nsb) = (x.k, x.k / SB);
+    let xq = token_rows!(x, t0, N);
+    let nib = _mm512_set1_epi8(0xF);
+    // The sums live in `out` between super-blocks: registers go to the integer and block sums.
+    let mut out = [[0f32; ROWS]; N];
+    for sb in 0..nsb {
+        let b = g.as_ptr().add(sb * q4k::BYTES);
+        let mut inner = [_mm512_setzero_ps(); N];
+        for j in 0..SB / SUB {
+            let mut ia = [[_mm512_setzero_si512(); N]; 4];
+            for c in 0..4 {
+                let ch = 4 * j + c;
+                _mm_prefetch::<_MM_HINT_T0>(b.add(64 * ch + 8 * q4k::BYTES) as *const i8);
+                let raw = _mm512_loadu_si512(b.add(64 * ch) as *const __m512i);
+                let w = [_mm512_and_si512(raw, nib), _mm512_and_si512(_mm512_srli_epi16::<4>(raw), nib)];
+                dots512!(ia, w, xq, sb * SB + 8 * ch, c, N);
+            }
+            let sc = _mm512_cvtepu8_epi32(_mm_loadu_si128(b.add(q4k::SC + 16 * j) as *const __m128i));
+            for t in 0..N {
+                let isum = _mm512_mullo_epi32(slot_sum512!(ia, t, N), sc);
+                inner[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), dx!(_mm512_set1_ps, x, t0 + t, sb * (SB / SUB) + j), inner[t]);
+            }
+        }
+        let d = _mm512_cvtph_ps(_mm256_loadu_si256(b.add(q4k::D) as *const __m256i));
+        let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(b.add(q4k::DMIN) as *const __m256i));
+        let mut mf = [_mm512_setzero_ps(); SB / SUB];
+        for sj in 0..SB / SUB {
+            let m = _mm512_cvtepu8_epi32(_mm_loadu_si128(b.add(q4k::M + 16 * sj) as *const __m128i));
+            mf[sj] = _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(m));
+        }
+        for t in 0..N {
+            let mut a = _mm512_fmadd_ps(inner[t], d, _mm512_loadu_ps(out[t].as_ptr()));
+            let s = x.s.as_ptr().add((t0 + t) * (k / SUB) + sb * (SB / SUB));
+            for sj in 0..SB / SUB {
+                a = _mm512_fnmadd_ps(mf[sj], _mm512_set1_ps(*s.add(sj)), a);
+            }
+            _mm512_storeu_ps(out[t].as_mut_ptr(), a);
+        }
+    }
+    out
+}
+
+/// # Safety
+/// The CPU has AVX-512 F/BW/VL/VNNI (the dispatcher checks it).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn q6k_avx512<const N: usize>(g: &[u8], x: &KAct8, t0: usize) -> [[f32; ROWS]; N] {
+    check!(g, x, t0, N, q6k::BYTES);
+    let (k, nsb) = (x.k, x.k / SB);
+    let xq = token_rows!(x, t0, N);
+    let nib = _mm512_set1_epi8(0xF);
+    let top = _mm512_set1_epi8(0x30);
+    // The high-bit planes (kpack): rows 0..8 of the first register at bits 0-1 (<< 4), rows 8..16 at
+    // bits 2-3 (<< 2); of the second at bits 4-5 and 6-7 (>> 2). Per 16-bit lane, by 256-bit half.
+    let shl = _mm512_inserti64x4::<1>(_mm512_set1_epi16(4), _mm256_set1_epi16(2));
+    let shr = _mm512_inserti64x4::<1>(_mm512_setzero_si512(), _mm256_set1_epi16(2));
+    let mut out = [[0f32; ROWS]; N];
+    for sb in 0..nsb {
+        let b = g.as_ptr().add(sb * q6k::BYTES);
+        let mut inner = [_mm512_setzero_ps(); N];
+        for j in 0..SB / SUB {
+            let mut blk = [_mm512_setzero_si512(); N];
+            for hf in 0..2 {
+                let h = 2 * j + hf;
+                let mut ia = [[_mm512_setzero_si512(); N]; 4];
+                for t in 0..N {
+                    ia[0][t] = _mm512_set1_epi32(*x.bias.get_unchecked((t0 + t) * (k / HALF) + sb * (SB / HALF) + h));
+                }
+                for cc in 0..2 {
+                    let ch = 2 * h + cc;
+                    _mm_prefetch::<_MM_HINT_T0>(b.add(q6k::QL + 64 * ch + 4 * q6k::BYTES) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(b.add(q6k::QH + 32 * ch + 4 * q6k::BYTES) as *const i8);
+                    let raw = _mm512_loadu_si512(b.add(q6k::QL + 64 * ch) as *const __m512i);
+                    let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(b.add(q6k::QH + 32 * ch) as *const __m256i));
+                    let w = [
+                        _mm512_or_si512(_mm512_and_si512(raw, nib), _mm512_and_si512(_mm512_sllv_epi16(qh, shl), top)),
+                        _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16::<4>(raw), nib), _mm512_and_si512(_mm512_srlv_epi16(qh, shr), top)),
+                    ];
+                    dots512!(ia, w, xq, sb * SB + 8 * ch, 2 * hf + cc, N);
+                }
+                let sc = _mm512_cvtepi8_epi32(_mm_loadu_si128(b.add(q6k::SC + 16 * h) as *const __m128i));
+                for t in 0..N {
+                    blk[t] = _mm512_add_epi32(blk[t], _mm512_mullo_epi32(slot_sum512!(ia, t, N), sc));
+                }
+            }
+            for t in 0..N {
+                inner[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(blk[t]), dx!(_mm512_set1_ps, x, t0 + t, sb * (SB / SUB) + j), inner[t]);
+            }
+        }
+        let d = _mm512_loadu_ps(b.add(q6k::D) as *const f32);
+        for t in 0..N {
+            _mm512_storeu_ps(out[t].as_mut_ptr(), _mm512_fmadd_ps(inner[t], d, _mm512_loadu_ps(out[t].as_ptr())));
+        }
+    }
+    out
+}
+
+/// AVX2's `dots512!`: rows 0..8 and 8..16 as two halves, the token's 4 bytes broadcast.
+macro_rules! dots256 {
+    ($ia:ident, $w:expr, $xq:expr, $v0:expr) => {
+        for h in 0..2 {
+            for t in 0..$xq.len() {
+                let xv = _mm256_set1_epi32(($xq[t].add($v0 + 4 * h) as *const i32).read_unaligned());
+                $ia[t][0] = dot_u8i8_avx2!($ia[t][0], $w[h][0], xv);
+                $ia[t][1] = dot_u8i8_avx2!($ia[t][1], $w[h][1], xv);
+            }
+        }
+    };
+}
+
+/// 16 per-row scale bytes at `$p` as i32 for rows 0..8 and 8..16 (`$ext`: zero or sign extension).
+macro_rules! scales256 {
+    ($p:expr, $ext:ident) => {{
+        let p = $p as *const u8;
+        [$ext(_mm_loadl_epi64(p as *const __m128i)), $ext(_mm_loadl_epi64(p.add(8) as *const __m128i))]
+    }};
+}
+
+/// A chunk's 64 bytes as [values 0..4, values 4..8] x [rows 0..8, rows 8..16] of nibbles.
+macro_rules! nibbles256 {
+    ($p:expr) => {{
+        let p = $p;
+        let nib = _mm256_set1_epi8(0xF);
+        let r = [_mm256_loadu_si256(p as *const __m256i), _mm256_loadu_si256(p.add(32) as *const __m256i)];
+        [
+            [_mm256_and_si256(r[0], nib), _mm256_and_si256(r[1], nib)],
+            [_mm256_and_si256(_mm256_srli_epi16::<4>(r[0]), nib), _mm256_and_si256(_mm256_srli_epi16::<4>(r[1]), nib)],
+        ]
+    }};
+}
+
+/// # Safety
+/// The CPU has AVX2, FMA and F16C (the dispatcher checks it).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q4k_avx2<const N: usize>(g: &[u8], x: &KAct8, t0: usize) -> [[f32; ROWS]; N] {
+    check!(g, x, t0, N, q4k::BYTES);
+    let (k, nsb) = (x.k, x.k / SB);
+    let xq = token_rows!(x, t0, N);
+    let mut acc = [[_mm256_setzero_ps(); 2]; N];
+    for sb in 0..nsb {
+        let b = g.as_ptr().add(sb * q4k::BYTES);
+        let mut inner = [[_mm256_setzero_ps(); 2]; N];
+        for j in 0..SB / SUB {
+            let mut ia = [[_mm256_setzero_si256(); 2]; N];
+            for c in 0..4 {
+                let ch = 4 * j + c;
+                let w = nibbles256!(b.add(64 * ch));
+                dots256!(ia, w, xq, sb * SB + 8 * ch);
+            }
+            let sc = scales256!(b.add(q4k::SC + 16 * j), _mm256_cvtepu8_epi32);
+            for t in 0..N {
+                let dx = dx!(_mm256_set1_ps, x, t0 + t, sb * (SB / SUB) + j);
+                for hf in 0..2 {
+                    inner[t][hf] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_mullo_epi32(ia[t][hf], sc[hf])), dx, inner[t][hf]);
+                }
+            }
+        }
+        let d = [
+            _mm256_cvtph_ps(_mm_loadu_si128(b.add(q4k::D) as *const __m128i)),
+            _mm256_cvtph_ps(_mm_loadu_si128(b.add(q4k::D + 16) as *const __m128i)),
+        ];
+        let dmin = [
+            _mm256_cvtph_ps(_mm_loadu_si128(b.add(q4k::DMIN) as *const __m128i)),
+            _mm256_cvtph_ps(_mm_loadu_si128(b.add(q4k::DMIN + 16) as *const __m128i)),
+        ];
+        for t in 0..N {
+            for hf in 0..2 {
+                acc[t][hf] = _mm256_fmadd_ps(inner[t][hf], d[hf], acc[t][hf]);
+            }
+        }
+        for sj in 0..SB / SUB {
+            let m = scales256!(b.add(q4k::M + 16 * sj), _mm256_cvtepu8_epi32);
+            let m = [_mm256_mul_ps(dmin[0], _mm256_cvtepi32_ps(m[0])), _mm256_mul_ps(dmin[1], _mm256_cvtepi32_ps(m[1]))];
+            for t in 0..N {
+                let s = _mm256_set1_ps(*x.s.get_unchecked((t0 + t) * (k / SUB) + sb * (SB / SUB) + sj));
+                for hf in 0..2 {
+                    acc[t][hf] = _mm256_fnmadd_ps(m[hf], s, acc[t][hf]);
+                }
+            }
+        }
+    }
+    let mut out = [[0f32; ROWS]; N];
+    for t in 0..N {
+        _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t][0]);
+        _mm256_storeu_ps(out[t].as_mut_ptr().add(8), acc[t][1]);
+    }
+    out
+}
+
+/// # Safety
+/// The CPU has AVX2, FMA and F16C (the dispatcher checks it).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q6k_avx2<const N: usize>(g: &[u8], x: &KAct8, t0: usize) -> [[f32; ROWS]; N] {
+    check!(g, x, t0, N, q6k::BYTES);
+    let (k, nsb) = (x.k, x.k / SB);
+    let xq = token_rows!(x, t0, N);
+    let top = _mm256_set1_epi8(0x30);
+    let mut acc = [[_mm256_setzero_ps(); 2]; N];
+    for sb in 0..nsb {
+        let b = g.as_ptr().add(sb * q6k::BYTES);
+        let mut inner = [[_mm256_setzero_ps(); 2]; N];
+        for j in 0..SB / SUB {
+            let mut blk = [[_mm256_setzero_si256(); 2]; N];
+            for hf in 0..2 {
+                let h = 2 * j + hf;
+                let mut ia = [[_mm256_setzero_si256(); 2]; N];
+                for t in 0..N {
+                    let bias = _mm256_set1_epi32(*x.bias.get_unchecked((t0 + t) * (k / HALF) + sb * (SB / HALF) + h));
+                    ia[t] = [bias, bias];
+                }
+                for cc in 0..2 {
+                    let ch = 2 * h + cc;
+                    let mut w = nibbles256!(b.add(q6k::QL + 64 * ch));
+                    // The high-bit planes (kpack): values 0..4 of rows 0..8 / 8..16 at bits 0-1 / 2-3,
+                    // values 4..8 at bits 4-5 / 6-7 of the same 32 bytes.
+                    let qh = _mm256_loadu_si256(b.add(q6k::QH + 32 * ch) as *const __m256i);
+                    let highs = [
+                        [_mm256_and_si256(_mm256_slli_epi16::<4>(qh), top), _mm256_and_si256(_mm256_slli_epi16::<2>(qh), top)],
+                        [_mm256_and_si256(qh, top), _mm256_and_si256(_mm256_srli_epi16::<2>(qh), top)],
+                    ];
+                    for v in 0..2 {
+                        for r in 0..2 {
+                            w[v][r] = _mm256_or_si256(w[v][r], highs[v][r]);
+                        }
+                    }
+                    dots256!(ia, w, xq, sb * SB + 8 * ch);
+                }
+                let sc = scales256!(b.add(q6k::SC + 16 * h), _mm256_cvtepi8_epi32);
+                for t in 0..N {
+                    for r in 0..2 {
+                        blk[t][r] = _mm256_add_epi32(blk[t][r], _mm256_mullo_epi32(ia[t][r], sc[r]));
+                    }
+                }
+            }
+            for t in 0..N {
+                let dx = dx!(_mm256_set1_ps, x, t0 + t, sb * (SB / SUB) + j);
+                for r in 0..2 {
+                    inner[t][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(blk[t][r]), dx, inner[t][r]);
+                }
+            }
+        }
+        let d = [_mm256_loadu_ps(b.add(q6k::D) as *const f32), _mm256_loadu_ps(b.add(q6k::D + 32) as *const f32)];
+        for t in 0..N {
+            for r in 0..2 {
+                acc[t][r] = _mm256_fmadd_ps(inner[t][r], d[r], acc[t][r]);
+            }
+        }
+    }
+    let mut out = [[0f32; ROWS]; N];
+    for t in 0..N {
+        _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t][0]);
+        _mm256_storeu_ps(out[t].as_mut_ptr().add(8), acc[t][1]);
+    }
+    out
+}
