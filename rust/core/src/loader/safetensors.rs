@@ -122,21 +122,36 @@ impl SafetensorsWeights {
             let t = if rows.rank() == 3 { rows.transpose(1, 2)?.contiguous()? } else { rows };
             return Ok(t.to_dtype(self.dtype)?.to_device(&self.device)?);
         }
-        let t = self.raw(name)?;
-        if t.dtype() == DType::F8E4M3 {
+        if self.is_fp8(name)? {
             // Its scale lives beside it: only projections (`linear`) know how to read one.
             return Err(EngineError::model_load(self.dir.display().to_string(), format!("tensor {name}: FP8 (F8_E4M3) is supported for linear layer weights only")));
         }
-        Ok(t.to_dtype(self.dtype)?.to_device(&self.device)?)
+        self.on_device(name)
+    }
+
+    fn is_fp8(&self, name: &str) -> Result<bool> {
+        let view = self.st.get(name).map_err(|e| EngineError::model_load(self.dir.display().to_string(), format!("tensor {name}: {e}")))?;
+        Ok(view.dtype() == safetensors::Dtype::F8_E4M3)
+    }
+
+    /// The named tensor in the compute dtype on the compute device. Off the CPU the mapped bytes are
+    /// uploaded as they are and converted there: no host copy of every tensor before its upload (16 GB
+    /// of memcpy for an 8B bf16 checkpoint) and, for a conversion, half the bytes over the bus.
+    fn on_device(&self, name: &str) -> Result<Tensor> {
+        if self.device.is_cpu() {
+            return Ok(self.raw(name)?.to_dtype(self.dtype)?);
+        }
+        let t = self.st.load(name, &self.device).map_err(|e| EngineError::model_load(self.dir.display().to_string(), format!("tensor {name}: {e}")))?;
+        Ok(t.to_dtype(self.dtype)?)
     }
 
     /// A projection's weight: as stored, or an FP8 one times its scale (`weight_scale_inv` or
     /// `weight_scale`), in the compute dtype on the compute device.
     fn weight(&self, name: &str) -> Result<Tensor> {
-        let q = self.raw(name)?;
-        if q.dtype() != DType::F8E4M3 {
-            return Ok(q.to_dtype(self.dtype)?.to_device(&self.device)?);
+        if !self.is_fp8(name)? {
+            return self.on_device(name);
         }
+        let q = self.raw(name)?;
         let Some(fp8) = &self.fp8 else {
             return Err(EngineError::model_load(self.dir.display().to_string(), format!("tensor {name} is FP8 (F8_E4M3) but config.json has no quantization_config saying how it is scaled")));
         };
