@@ -205,6 +205,8 @@ def main() -> None:
         "loadavg_start": load_start,
         "loadavg_end": os.getloadavg(),
         "command": " ".join(["python"] + sys.argv),
+        # Kernel switches our side ran under (e.g. MLC_CPU_KQUANT_ACT, MLC_CPU_ISA), set or not.
+        "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MLC_CPU_")},
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "new_tokens": args.new_tokens,
         "b8_prompt_tokens": args.b8_prompt_tokens,

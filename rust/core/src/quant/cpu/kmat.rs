@@ -15,6 +15,9 @@
 //! `acc = fma(inner, d_row, acc)`, then for Q4_K `acc = fma(-dmin m_j, s_j, acc)` over the 8 blocks, in
 //! this order in the scalar and SIMD kernels and in every tile width, so the levels agree bit for bit and
 //! a token's result does not depend on its batch.
+//!
+//! The 8-bit activation path beside this one ([`kmat8`](super::kmat8), the default since it meets the
+//! fidelity bound at twice the integer throughput) shares the driver ([`matmul`]) and the tile types.
 
 use super::dispatch::Isa;
 use super::kpack::{place, q4k, q6k, KLayout, PackedK, ROWS, SB};

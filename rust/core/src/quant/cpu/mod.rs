@@ -9,6 +9,10 @@
 //! Each type's file holds its block layout, the f32 dequantization (the reference) and how a block
 //! unpacks for the scalar and x86 tile kernels.
 //!
+//! Q4_K / Q6_K take their own path: weights repacked into groups of 16 rows ([`kpack`]), activations
+//! as int8 per 32 values ([`kmat8`], the default) or as 15-bit integers ([`kmat`], the exact one, with
+//! `MLC_CPU_KQUANT_ACT=15`).
+//!
 //! A token's result does not depend on the batch it runs in (see [`tile`]).
 
 pub mod act;
