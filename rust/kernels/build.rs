@@ -16,7 +16,7 @@ fn build_ptx() {
     // The compute capability comes from CUDA_COMPUTE_CAP (mandatory on machines without a GPU).
     let ptx = cudaforge::KernelBuilder::new()
         .source_glob("kernels/*.cu")
-        .watch(["kernels/common.cuh", "kernels/mma.cuh", "kernels/q4_dequant.cuh"])
+        .watch(["kernels/common.cuh", "kernels/mma.cuh", "kernels/q4_dequant.cuh", "kernels/mxfp4_dequant.cuh"])
         .arg("-std=c++17")
         .arg("-O3")
         .arg("--expt-relaxed-constexpr")

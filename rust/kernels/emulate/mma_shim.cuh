@@ -6,11 +6,19 @@
 #include <stdint.h>
 #include <cstring>
 
+// Misaligned addresses fault on the GPU: abort here too (the emulation is where a layout is first tried).
+inline void cp_async_check(const void* smem, const void* gmem, uintptr_t align) {
+    if ((uintptr_t)smem % align || (uintptr_t)gmem % align) __builtin_trap();
+}
 inline void cp_async16(void* smem, const void* gmem, bool valid) {
+    cp_async_check(smem, gmem, 16);
     if (valid) std::memcpy(smem, gmem, 16);
     else std::memset(smem, 0, 16);  // the source is not read
 }
-inline void cp_async8(void* smem, const void* gmem) { std::memcpy(smem, gmem, 8); }
+inline void cp_async8(void* smem, const void* gmem) {
+    cp_async_check(smem, gmem, 8);
+    std::memcpy(smem, gmem, 8);
+}
 inline void cp_async_commit() {}
 inline void cp_async_wait_all() {}
 template <int N> inline void cp_async_wait_pending() {}

@@ -4,6 +4,7 @@
 // Built and run by `python3 rust/kernels/emulate/check_moe.py --gpu` (nvcc; no Rust, no wheel).
 //
 //   moe_gpu_check DTYPE T E K H I ROUTING NORM ACT BIAS LOGITS SEED     one checked case (as moe_driver)
+//   moe_gpu_check mxfp4-dequant                                         the MXFP4 fragments, bit for bit
 //   moe_gpu_check perf DTYPE T E K H I                                  microseconds per kernel, floor
 #include "moe.cu"
 #include "moe_gemm.cu"
@@ -24,11 +25,17 @@ template <typename T> using GemmFn = void (*)(T*, const T*, const uint8_t*, cons
 template <typename T> using CombineFn = void (*)(T*, const T*, const float*, uint32_t, uint32_t, uint32_t);
 template <typename T> struct Kernels;
 template <> struct Kernels<__nv_bfloat16> {
-    static GemmFn<__nv_bfloat16> gemm(bool q4) { return q4 ? moe_gemm_q4_bf16 : moe_gemm_bf16; }
+    static GemmFn<__nv_bfloat16> gemm(int fmt) { return fmt == MG_W_Q4 ? moe_gemm_q4_bf16 : fmt == MG_W_MXFP4 ? moe_gemm_mxfp4_bf16 : moe_gemm_bf16; }
     static CombineFn<__nv_bfloat16> combine() { return moe_combine_bf16; }
 };
 template <> struct Kernels<__half> {
-    static GemmFn<__half> gemm(bool q4) { return q4 ? moe_gemm_q4_f16 : moe_gemm_f16; }
+    static GemmFn<__half> gemm(int fmt) {
+        if (fmt == MG_W_MXFP4) {
+            std::fprintf(stderr, "no MXFP4 kernel for f16\n");
+            std::exit(2);
+        }
+        return fmt == MG_W_Q4 ? moe_gemm_q4_f16 : moe_gemm_f16;
+    }
     static CombineFn<__half> combine() { return moe_combine_f16; }
 };
 
@@ -45,7 +52,7 @@ template <typename V> void download(std::vector<V>& h, const V* d) {
 // The five launches of one layer on device buffers; `timing` (5 entries) gets each kernel's milliseconds.
 template <typename T> struct Layer {
     const Case& c;
-    bool q4;
+    int fmt;
     uint32_t slots, tiles;
     float *logits, *wts;
     T *x, *gu_bias, *dn_bias, *a, *y, *out;
@@ -56,8 +63,8 @@ template <typename T> struct Layer {
     void launch(float* timing) {
         cudaEvent_t ev[6];
         for (auto& e : ev) CK(cudaEventCreate(&e));
-        const uint32_t smem = q4 ? MG_Q4_SMEM_BYTES : MG_DENSE_SMEM_BYTES;
-        GemmFn<T> gemm = Kernels<T>::gemm(q4);
+        const uint32_t smem = fmt == MG_W_Q4 ? MG_Q4_SMEM_BYTES : fmt == MG_W_MXFP4 ? MG_MX_SMEM_BYTES : MG_DENSE_SMEM_BYTES;
+        GemmFn<T> gemm = Kernels<T>::gemm(fmt);
         CK(cudaFuncSetAttribute(gemm, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
         const float alpha = 1.702f, limit = 7.0f;
         CK(cudaEventRecord(ev[0]));
@@ -83,7 +90,7 @@ template <typename T> struct Layer {
 
 template <typename T> Layer<T> to_device(const MoeCase<T>& d) {
     const Case& c = d.c;
-    Layer<T> l{c, d.q4, d.slots, d.tiles};
+    Layer<T> l{c, d.fmt, d.slots, d.tiles};
     l.logits = upload(d.logits);
     l.wts = upload(d.wts);
     l.x = upload(d.x);
@@ -100,6 +107,15 @@ template <typename T> Layer<T> to_device(const MoeCase<T>& d) {
     return l;
 }
 
+__global__ void mx_frags_kernel(const uint8_t* buf, const uint32_t* offsets, uint32_t* out, uint32_t n) {
+    const uint32_t j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= n) return;
+    uint32_t a[2][4];
+    const uint8_t* blk = buf + offsets[j / 4];
+    mx_a_fragments(a, blk, blk, (int)(j % 4));
+    for (int q = 0; q < 8; ++q) out[(size_t)j * 8 + q] = a[q / 4][q % 4];
+}
+
 template <typename T> struct OnGpu {
     static void run(MoeCase<T>& d) {
         Layer<T> l = to_device(d);
@@ -110,6 +126,20 @@ template <typename T> struct OnGpu {
         download(d.sorted, l.sorted);
         download(d.tile_expert, l.tile_expert);
         download(d.out, l.out);
+    }
+    // One thread per (block, lane column): mx_a_fragments on the device.
+    static void mx_frags(const std::vector<uint8_t>& buf, const std::vector<uint32_t>& offsets, std::vector<uint32_t>& out) {
+        uint8_t* b = upload(buf);
+        uint32_t* o = upload(offsets);
+        uint32_t* f = upload(out);
+        const uint32_t n = (uint32_t)offsets.size() * 4;
+        mx_frags_kernel<<<(n + 127) / 128, 128>>>(b, o, f, n);
+        CK(cudaGetLastError());
+        CK(cudaDeviceSynchronize());
+        download(out, f);
+        CK(cudaFree(b));
+        CK(cudaFree(o));
+        CK(cudaFree(f));
     }
 };
 
@@ -136,8 +166,8 @@ static double copy_bandwidth() {
 
 // Median over 20 runs of each kernel's time at a shape, and the floor: the bytes of the experts the
 // routing touched (gate/up and down), of x, of the logits and of the output, at the copy bandwidth.
-template <typename T> int perf(const char* name, bool q4, Case c) {
-    MoeCase<T> d = make_case<T>(c, q4);
+template <typename T> int perf(const char* name, int fmt, Case c) {
+    MoeCase<T> d = make_case<T>(c, fmt);
     Layer<T> l = to_device(d);
     std::vector<std::vector<float>> runs(5);
     float ms[5];
@@ -150,7 +180,7 @@ template <typename T> int perf(const char* name, bool q4, Case c) {
     std::vector<bool> touched(c.e, false);
     for (uint32_t id : d.ids) touched[id] = true;
     const double experts = (double)std::count(touched.begin(), touched.end(), true);
-    const double per_weight = q4 ? 18.0 / 32.0 : 2.0;
+    const double per_weight = fmt == MG_W_Q4 ? 18.0 / 32.0 : fmt == MG_W_MXFP4 ? 17.0 / 32.0 : 2.0;
     const double bytes = experts * 3.0 * c.h * c.i * per_weight + 2.0 * c.t * c.h * sizeof(T) + 4.0 * c.t * c.e;
     const double floor_us = bytes / copy_bandwidth() * 1e6;
     double total = 0;
@@ -170,10 +200,11 @@ int main(int argc, char** argv) {
         const std::string dt = argv[2];
         auto u = [&](int i) { return (uint32_t)std::stoul(argv[i]); };
         Case c{u(3), u(4), u(5), u(6), u(7), 0, 1, false, 0, "rand", 1};
-        if (dt == "bf16") return perf<__nv_bfloat16>("bf16", false, c);
-        if (dt == "f16") return perf<__half>("f16", false, c);
-        if (dt == "q4bf16") return perf<__nv_bfloat16>("q4bf16", true, c);
-        if (dt == "q4f16") return perf<__half>("q4f16", true, c);
+        if (dt == "bf16") return perf<__nv_bfloat16>("bf16", MG_W_DENSE, c);
+        if (dt == "f16") return perf<__half>("f16", MG_W_DENSE, c);
+        if (dt == "q4bf16") return perf<__nv_bfloat16>("q4bf16", MG_W_Q4, c);
+        if (dt == "q4f16") return perf<__half>("q4f16", MG_W_Q4, c);
+        if (dt == "mxfp4bf16") return perf<__nv_bfloat16>("mxfp4bf16", MG_W_MXFP4, c);
         return 2;
     }
     return run_cli<OnGpu>(argc, argv);

@@ -1,11 +1,13 @@
 // The fused mixture-of-experts' grouped GEMM on tensor cores: one launch multiplies every expert's
 // weights by its tokens, the slots moe_align (moe.cu) sorted by expert in tiles of MG_TOKENS.
 //
-//   moe_gemm_<T>[_q4]   out[slot, :] = epilogue(x[slot / x_div, :] . W[e]^T) for every real slot of every tile
+//   moe_gemm_<T>[_q4] / moe_gemm_mxfp4_bf16
+//       out[slot, :] = epilogue(x[slot / x_div, :] . W[e]^T) for every real slot of every tile
 //
 // W holds every expert's weight stacked, [E, rows, K] row-major (nn.Linear's [out, in] per expert): bf16 /
-// f16 (T), or GGML Q4_0 blocks (_q4: rows of K / 32 blocks of 18 bytes, as q4_dequant.cuh reads them, each
-// weight dequantized to round_T(d * (q - 8))). Modes:
+// f16 (T), GGML Q4_0 blocks (_q4: rows of K / 32 blocks of 18 bytes, as q4_dequant.cuh reads them, each
+// weight dequantized to round_T(d * (q - 8))) or GGML MXFP4 blocks (_mxfp4, bf16 only: rows of K / 32
+// blocks of 17 bytes, as mxfp4_dequant.cuh reads them, each weight exactly kvalues[q] * 2^(e - 128)). Modes:
 //   MG_PLAIN    rows = n: out[slot, r] = acc (+ bias[e, r])                     (the down projection)
 //   MG_SILU     rows = 2n, gate rows then up rows: out[slot, i] = silu(gate_i) * up_i      (gate/up)
 //   MG_SWIGLU   as MG_SILU with gpt-oss's clamped SwiGLU: gate = min(gate, limit), up = clamp(up, +-limit),
@@ -21,10 +23,21 @@
 // K advances through a cp.async pipeline in dynamic shared memory:
 //   dense: 4 stages of K 64: W [64 rows][64 + 8 el], x [32 slots][64 + 8 el] (pads: conflict-free ldmatrix)
 //   q4:    2 stages of K 256: W [64 rows][144 bytes] (8 Q4_0 blocks), x [32 slots][256 + 8 el]
+//   mxfp4: 3 stages of K 256: W [64 rows][176 bytes], x [32 slots][256 + 8 el]. A stage's 8 blocks of a row
+//          are 136 bytes at any byte offset (17-byte blocks; gpt-oss's rows are 90 blocks, 1530 bytes, so
+//          rows are only 2-byte aligned and no cp.async size fits every row): each row's window is copied
+//          from the 16-byte boundary below it in whole 16-byte pieces (at most 10: 15 + 136 bytes), the
+//          blocks read at their offset in it. 16-byte copies keep the copy count of the aligned formats; the
+//          cost is up to 15 bytes over-read per row and stage (bytes of the neighbouring row, or of the 16
+//          bytes of padding the stacked weight carries after its last row: moe_cuda.rs). 176 = 11 pieces,
+//          so the 8 rows g of a warp start on distinct banks. K need only be a multiple of 32: the last
+//          stage may hold fewer blocks (gpt-oss: K 2880 = 11 stages + 2 blocks), its copies and MMAs
+//          stop there (uniform over the block).
 // Rows past the weight's end re-read its last row (never stored); padding slots read zeros.
 #include "common.cuh"
 #include "mma.cuh"
 #include "q4_dequant.cuh"  // the Q4_0 A fragments and MMA dispatch, shared with the dense Q4_0 GEMM
+#include "mxfp4_dequant.cuh"  // the MXFP4 A fragments
 
 #define MG_ROWS 64
 #define MG_TOKENS 32  // MOE_TILE in moe.cu
@@ -43,9 +56,26 @@
 #define MG_Q4_W_ROW_BYTES 144
 #define MG_Q4_X_ROW_BYTES 528
 #define MG_Q4_STAGE_BYTES (MG_ROWS * MG_Q4_W_ROW_BYTES + MG_TOKENS * MG_Q4_X_ROW_BYTES)
+#define MG_MX_K 256
+#define MG_MX_STAGES 3
+#define MG_MX_BLOCKS (MG_MX_K / 32)         // blocks of a row per stage
+#define MG_MX_W_PIECES 10                   // 16-byte pieces of a row's window: (15 + 8 x 17) / 16, rounded up
+#define MG_MX_W_ROW_BYTES 176
+#define MG_MX_X_ROW_BYTES 528
+#define MG_MX_STAGE_BYTES (MG_ROWS * MG_MX_W_ROW_BYTES + MG_TOKENS * MG_MX_X_ROW_BYTES)
+#define MG_MX_TAIL_BYTES 16  // padding after the stacked MXFP4 weight's last row (the windows' over-read)
 #define MG_ROWS_BYTES (MG_TOKENS * 4)  // the tile's slot numbers, after the stages
 #define MG_DENSE_SMEM_BYTES (MG_DENSE_STAGES * MG_DENSE_STAGE_BYTES + MG_ROWS_BYTES)
 #define MG_Q4_SMEM_BYTES (MG_Q4_STAGES * MG_Q4_STAGE_BYTES + MG_ROWS_BYTES)
+#define MG_MX_SMEM_BYTES (MG_MX_STAGES * MG_MX_STAGE_BYTES + MG_ROWS_BYTES)
+
+// The weights' format (moe_gemm's WF).
+#define MG_W_DENSE 0
+#define MG_W_Q4 1
+#define MG_W_MXFP4 2
+
+template <typename T> struct MgIsBf16 { static constexpr bool value = false; };
+template <> struct MgIsBf16<__nv_bfloat16> { static constexpr bool value = true; };
 
 template <typename T> __device__ __forceinline__ float mg_sigmoid(float x) { return round_to<T>(1.0f / (1.0f + expf(-x))); }
 
@@ -67,19 +97,22 @@ __device__ __forceinline__ T mg_gated(float gate, float up, bool biased, float b
 }
 
 // grid = (ceil(n / 64) [plain] or ceil(n / 32) [gated], max tiles), block = MG_THREADS, dynamic shared
-// memory MG_DENSE_SMEM_BYTES / MG_Q4_SMEM_BYTES at smem (16-byte aligned). Needs K % 64 == 0 (dense) or
-// K % 256 == 0 (q4), x and w 16-byte aligned (checked by the caller). bias: [E, rows] or null.
-template <typename T, bool Q4>
+// memory MG_DENSE_SMEM_BYTES / MG_Q4_SMEM_BYTES / MG_MX_SMEM_BYTES at smem (16-byte aligned). Needs K % 64
+// == 0 (dense), K % 256 == 0 (q4) or K % 32 == 0 (mxfp4), x and w 16-byte aligned, mxfp4's w followed by
+// MG_MX_TAIL_BYTES readable bytes (checked by the caller). bias: [E, rows] or null.
+template <typename T, int WF>
 __device__ void moe_gemm(T* __restrict__ out, const T* __restrict__ x, const uint8_t* __restrict__ w, const T* __restrict__ bias,
                          const uint32_t* __restrict__ sorted, const int32_t* __restrict__ tile_expert, uint32_t n, uint32_t k,
                          uint32_t x_div, uint32_t slots, uint32_t mode, float alpha, float limit, uint32_t row_tile,
                          uint32_t tile, uint8_t* smem) {
-    constexpr int KS = Q4 ? MG_Q4_K : MG_DENSE_K;
-    constexpr int STAGES = Q4 ? MG_Q4_STAGES : MG_DENSE_STAGES;
-    constexpr int STAGE_BYTES = Q4 ? MG_Q4_STAGE_BYTES : MG_DENSE_STAGE_BYTES;
-    constexpr int W_ROW = Q4 ? MG_Q4_W_ROW_BYTES : MG_DENSE_ROW_BYTES;
-    constexpr int X_ROW = Q4 ? MG_Q4_X_ROW_BYTES : MG_DENSE_ROW_BYTES;
-    constexpr int W_PIECES = Q4 ? 9 : 8;  // 16-byte pieces of one row per stage
+    constexpr bool Q4 = WF == MG_W_Q4, MX = WF == MG_W_MXFP4;
+    static_assert(!MX || MgIsBf16<T>::value, "MXFP4 weights: bf16 only (mxfp4_dequant.cuh)");
+    constexpr int KS = Q4 ? MG_Q4_K : MX ? MG_MX_K : MG_DENSE_K;
+    constexpr int STAGES = Q4 ? MG_Q4_STAGES : MX ? MG_MX_STAGES : MG_DENSE_STAGES;
+    constexpr int STAGE_BYTES = Q4 ? MG_Q4_STAGE_BYTES : MX ? MG_MX_STAGE_BYTES : MG_DENSE_STAGE_BYTES;
+    constexpr int W_ROW = Q4 ? MG_Q4_W_ROW_BYTES : MX ? MG_MX_W_ROW_BYTES : MG_DENSE_ROW_BYTES;
+    constexpr int X_ROW = Q4 ? MG_Q4_X_ROW_BYTES : MX ? MG_MX_X_ROW_BYTES : MG_DENSE_ROW_BYTES;
+    constexpr int W_PIECES = Q4 ? 9 : MX ? MG_MX_W_PIECES : 8;  // 16-byte pieces of one row per stage
     constexpr int X_PIECES = KS / 8;
     const int32_t expert = tile_expert[tile];
     if (expert < 0) return;  // past the last real tile (uniform over the block)
@@ -87,7 +120,7 @@ __device__ void moe_gemm(T* __restrict__ out, const T* __restrict__ x, const uin
     const int g = lane >> 2, c = lane & 3;
     const bool gated = mode != MG_PLAIN;
     const uint32_t rows = gated ? 2 * n : n;  // weight rows per expert
-    const size_t row_bytes = Q4 ? (size_t)(k / 32) * 18 : (size_t)k * sizeof(T);
+    const size_t row_bytes = Q4 ? (size_t)(k / 32) * 18 : MX ? (size_t)(k / 32) * 17 : (size_t)k * sizeof(T);
     const uint8_t* we = w + (size_t)expert * rows * row_bytes;
     uint32_t* tile_slots = reinterpret_cast<uint32_t*>(smem + STAGES * STAGE_BYTES);
     if (threadIdx.x < MG_TOKENS) tile_slots[threadIdx.x] = sorted[(size_t)tile * MG_TOKENS + threadIdx.x];
@@ -99,15 +132,27 @@ __device__ void moe_gemm(T* __restrict__ out, const T* __restrict__ x, const uin
         const uint32_t i = min(row_tile * (MG_ROWS / 2) + (r >> 4) * 8 + (r & 7), n - 1);
         return (r & 8) ? n + i : i;
     };
+    // K blocks of 32 in stage grp (mxfp4: the last stage may hold fewer; the other formats need whole stages).
+    const uint32_t kblocks = k / 32;
+    auto stage_blocks = [&](uint32_t grp) -> uint32_t { return MX ? min((uint32_t)(KS / 32), kblocks - grp * (KS / 32)) : KS / 32; };
     auto issue = [&](uint32_t grp, int s) {
         uint8_t* ws = smem + s * STAGE_BYTES;
         uint8_t* xs = ws + MG_ROWS * W_ROW;
+        const uint32_t nb = stage_blocks(grp);
         for (int j = threadIdx.x; j < MG_ROWS * W_PIECES; j += MG_THREADS) {
             const int r = j / W_PIECES, piece = j - r * W_PIECES;
-            cp_async16(ws + r * W_ROW + piece * 16, we + weight_row(r) * row_bytes + (size_t)grp * (Q4 ? MG_Q4_W_ROW_BYTES : KS * sizeof(T)) + piece * 16, true);
+            if constexpr (MX) {
+                // The window of the stage's blocks from the 16-byte boundary below them (see the top).
+                const uintptr_t src = (uintptr_t)(we + weight_row(r) * row_bytes + (size_t)grp * (MG_MX_BLOCKS * 17));
+                if ((uint32_t)piece < ((src & 15) + nb * 17 + 15) / 16)
+                    cp_async16(ws + r * W_ROW + piece * 16, reinterpret_cast<const uint8_t*>(src & ~(uintptr_t)15) + piece * 16, true);
+            } else {
+                cp_async16(ws + r * W_ROW + piece * 16, we + weight_row(r) * row_bytes + (size_t)grp * (Q4 ? MG_Q4_W_ROW_BYTES : KS * sizeof(T)) + piece * 16, true);
+            }
         }
         for (int j = threadIdx.x; j < MG_TOKENS * X_PIECES; j += MG_THREADS) {
             const int t = j / X_PIECES, piece = j - t * X_PIECES;
+            if (MX && (uint32_t)piece >= nb * 4) continue;  // past K in a short last stage
             const uint32_t slot = tile_slots[t];
             const bool valid = slot < slots;
             const T* src = x + (size_t)(valid ? slot / x_div : 0) * k + (size_t)grp * KS + piece * 8;
@@ -121,7 +166,14 @@ __device__ void moe_gemm(T* __restrict__ out, const T* __restrict__ x, const uin
 #pragma unroll
         for (int e = 0; e < 4; ++e) acc[tt][e] = 0.f;
 
-    const uint32_t groups = k / KS;
+    // mxfp4: where rows g and g + 8 of this warp start past their 16-byte boundary (a stage's window
+    // starts grp x 136 bytes further on).
+    uint32_t mis_g = 0, mis_g8 = 0;
+    if constexpr (MX) {
+        mis_g = (uint32_t)((uintptr_t)(we + weight_row(warp * 16 + g) * row_bytes) & 15);
+        mis_g8 = (uint32_t)((uintptr_t)(we + weight_row(warp * 16 + g + 8) * row_bytes) & 15);
+    }
+    const uint32_t groups = (kblocks + KS / 32 - 1) / (KS / 32);
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
         if ((uint32_t)s < groups) issue(s, s);
@@ -135,13 +187,20 @@ __device__ void moe_gemm(T* __restrict__ out, const T* __restrict__ x, const uin
 
         const uint8_t* ws = smem + (i % STAGES) * STAGE_BYTES;
         const uint8_t* xs = ws + MG_ROWS * W_ROW;
-        uint32_t aq[2][4];  // Q4: the two k16 steps of one Q4_0 block
+        const uint32_t steps = 2 * stage_blocks(i);  // k16 steps of this stage
+        const uint8_t* mx_g = ws + (warp * 16 + g) * W_ROW + ((mis_g + i * (MG_MX_BLOCKS * 17)) & 15);
+        const uint8_t* mx_g8 = ws + (warp * 16 + g + 8) * W_ROW + ((mis_g8 + i * (MG_MX_BLOCKS * 17)) & 15);
+        uint32_t aq[2][4];  // Q4 / MXFP4: the two k16 steps of one block
 #pragma unroll
         for (int kk = 0; kk < KS / 16; ++kk) {
+            if (MX && (uint32_t)kk >= steps) break;  // a short last stage (uniform over the block)
             uint32_t a[4];
-            if constexpr (Q4) {
-                // Q4_0 block kk / 2 of rows g, g + 8: built for the even k16 step, the odd one uses its high half.
-                if ((kk & 1) == 0) q4t_a_fragments<T>(aq, ws + (warp * 16 + g) * W_ROW + (kk >> 1) * 18, ws + (warp * 16 + g + 8) * W_ROW + (kk >> 1) * 18, c);
+            if constexpr (Q4 || MX) {
+                // Block kk / 2 of rows g, g + 8: built for the even k16 step, the odd one uses its high half.
+                if ((kk & 1) == 0) {
+                    if constexpr (Q4) q4t_a_fragments<T>(aq, ws + (warp * 16 + g) * W_ROW + (kk >> 1) * 18, ws + (warp * 16 + g + 8) * W_ROW + (kk >> 1) * 18, c);
+                    else mx_a_fragments(aq, mx_g + (kk >> 1) * 17, mx_g8 + (kk >> 1) * 17, c);
+                }
 #pragma unroll
                 for (int q = 0; q < 4; ++q) a[q] = aq[kk & 1][q];
             } else {
@@ -192,17 +251,18 @@ __device__ void moe_gemm(T* __restrict__ out, const T* __restrict__ x, const uin
 }
 
 #ifndef MG_HOST
-#define MOE_GEMM(NAME, T, Q4)                                                                                        \
+#define MOE_GEMM(NAME, T, WF)                                                                                        \
     extern "C" __global__ void __launch_bounds__(MG_THREADS)                                                         \
         NAME(T* __restrict__ out, const T* __restrict__ x, const uint8_t* __restrict__ w, const T* __restrict__ bias, \
              const uint32_t* __restrict__ sorted, const int32_t* __restrict__ tile_expert, uint32_t n, uint32_t k,    \
              uint32_t x_div, uint32_t slots, uint32_t mode, float alpha, float limit) {                              \
         extern __shared__ __align__(16) uint8_t mg_smem[];                                                           \
-        moe_gemm<T, Q4>(out, x, w, bias, sorted, tile_expert, n, k, x_div, slots, mode, alpha, limit, blockIdx.x,    \
+        moe_gemm<T, WF>(out, x, w, bias, sorted, tile_expert, n, k, x_div, slots, mode, alpha, limit, blockIdx.x,    \
                         blockIdx.y, mg_smem);                                                                        \
     }
-MOE_GEMM(moe_gemm_bf16, __nv_bfloat16, false)
-MOE_GEMM(moe_gemm_f16, __half, false)
-MOE_GEMM(moe_gemm_q4_bf16, __nv_bfloat16, true)
-MOE_GEMM(moe_gemm_q4_f16, __half, true)
+MOE_GEMM(moe_gemm_bf16, __nv_bfloat16, MG_W_DENSE)
+MOE_GEMM(moe_gemm_f16, __half, MG_W_DENSE)
+MOE_GEMM(moe_gemm_q4_bf16, __nv_bfloat16, MG_W_Q4)
+MOE_GEMM(moe_gemm_q4_f16, __half, MG_W_Q4)
+MOE_GEMM(moe_gemm_mxfp4_bf16, __nv_bfloat16, MG_W_MXFP4)
 #endif
