@@ -341,13 +341,56 @@ pub const MOE_COMBINE_THREADS: u32 = 256;
 pub const MOE_ROUTE_SOFTMAX_TOPK: u32 = 0;
 pub const MOE_ROUTE_TOPK_SOFTMAX: u32 = 1;
 /// Weight rows per block of the grouped GEMM (`MG_ROWS`: 32 outputs in the gated modes), threads per
-/// block, K multiple of the dense and Q4_0 instances, dynamic shared memory of each.
+/// block, K multiple of the dense, Q4_0 and MXFP4 instances, dynamic shared memory of each.
 pub const MOE_GEMM_ROWS: usize = 64;
 pub const MOE_GEMM_THREADS: u32 = 128;
 pub const MOE_GEMM_DENSE_K_MULTIPLE: usize = 64;
 pub const MOE_GEMM_Q4_K_MULTIPLE: usize = 256;
+pub const MOE_GEMM_MXFP4_K_MULTIPLE: usize = 32;
 pub const MOE_GEMM_DENSE_SMEM_BYTES: u32 = 4 * (96 * 144) + 128;
 pub const MOE_GEMM_Q4_SMEM_BYTES: u32 = 2 * (64 * 144 + 32 * 528) + 128;
+pub const MOE_GEMM_MXFP4_SMEM_BYTES: u32 = 3 * (64 * 176 + 32 * 528) + 128;
+/// Bytes the MXFP4 kernel may read past the stacked weight's last row (`MG_MX_TAIL_BYTES`: it copies
+/// 16-byte windows around 17-byte blocks); the stacked weight carries that much padding.
+pub const MOE_GEMM_MXFP4_TAIL_BYTES: usize = 16;
+
+/// The format of the grouped GEMM's stacked expert weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoeWeights {
+    /// `[E, rows, K]` in the activations' dtype.
+    Dense,
+    /// GGML Q4_0 rows (18 bytes per 32 weights).
+    Q4_0,
+    /// GGML MXFP4 rows (17 bytes per 32 weights), bf16 activations only.
+    Mxfp4,
+}
+
+impl MoeWeights {
+    /// Bytes (dense: elements) of `rows` rows of `k` weights.
+    pub fn size(self, rows: usize, k: usize) -> usize {
+        match self {
+            MoeWeights::Dense => rows * k,
+            MoeWeights::Q4_0 => rows * k / 32 * 18,
+            MoeWeights::Mxfp4 => rows * k / 32 * 17,
+        }
+    }
+    /// What K must be a multiple of.
+    pub fn k_multiple(self) -> usize {
+        match self {
+            MoeWeights::Dense => MOE_GEMM_DENSE_K_MULTIPLE,
+            MoeWeights::Q4_0 => MOE_GEMM_Q4_K_MULTIPLE,
+            MoeWeights::Mxfp4 => MOE_GEMM_MXFP4_K_MULTIPLE,
+        }
+    }
+    /// The kernel's dynamic shared memory.
+    pub fn smem_bytes(self) -> u32 {
+        match self {
+            MoeWeights::Dense => MOE_GEMM_DENSE_SMEM_BYTES,
+            MoeWeights::Q4_0 => MOE_GEMM_Q4_SMEM_BYTES,
+            MoeWeights::Mxfp4 => MOE_GEMM_MXFP4_SMEM_BYTES,
+        }
+    }
+}
 
 /// The grouped GEMM's epilogue (`MG_PLAIN`, `MG_SILU`, `MG_SWIGLU`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -366,14 +409,15 @@ pub fn moe_max_tiles(slots: usize, experts: usize) -> usize {
     (slots + slots.min(experts) * (MOE_TILE - 1)) / MOE_TILE
 }
 
-/// `moe_gemm_[q4_]<dtype>` (bf16 / f16 only).
-pub fn moe_gemm_name(dtype: KernelDType, q4: bool) -> Option<&'static str> {
-    Some(match (dtype, q4) {
-        (KernelDType::BF16, false) => "moe_gemm_bf16",
-        (KernelDType::F16, false) => "moe_gemm_f16",
-        (KernelDType::BF16, true) => "moe_gemm_q4_bf16",
-        (KernelDType::F16, true) => "moe_gemm_q4_f16",
-        (KernelDType::F32, _) => return None,
+/// `moe_gemm_[q4_|mxfp4_]<dtype>` (bf16 / f16; MXFP4: bf16 only, its scales leave f16's range).
+pub fn moe_gemm_name(dtype: KernelDType, weights: MoeWeights) -> Option<&'static str> {
+    Some(match (dtype, weights) {
+        (KernelDType::BF16, MoeWeights::Dense) => "moe_gemm_bf16",
+        (KernelDType::F16, MoeWeights::Dense) => "moe_gemm_f16",
+        (KernelDType::BF16, MoeWeights::Q4_0) => "moe_gemm_q4_bf16",
+        (KernelDType::F16, MoeWeights::Q4_0) => "moe_gemm_q4_f16",
+        (KernelDType::BF16, MoeWeights::Mxfp4) => "moe_gemm_mxfp4_bf16",
+        (KernelDType::F16, MoeWeights::Mxfp4) | (KernelDType::F32, _) => return None,
     })
 }
 
@@ -404,7 +448,23 @@ mod moe_tests {
             assert!(moe_max_tiles(slots, experts) >= worst, "{slots} {experts}");
             assert!(moe_max_tiles(slots, experts) >= slots.div_ceil(MOE_TILE));
         }
-        assert_eq!(moe_gemm_name(KernelDType::BF16, true), Some("moe_gemm_q4_bf16"));
-        assert_eq!(moe_gemm_name(KernelDType::F32, false), None);
+        assert_eq!(moe_gemm_name(KernelDType::BF16, MoeWeights::Q4_0), Some("moe_gemm_q4_bf16"));
+        assert_eq!(moe_gemm_name(KernelDType::BF16, MoeWeights::Mxfp4), Some("moe_gemm_mxfp4_bf16"));
+        assert_eq!(moe_gemm_name(KernelDType::F16, MoeWeights::Mxfp4), None);
+        assert_eq!(moe_gemm_name(KernelDType::F32, MoeWeights::Dense), None);
+    }
+
+    /// The MXFP4 instance's constants here are the kernel's (moe_gemm.cu's #defines).
+    #[test]
+    fn mxfp4_constants_match_the_kernel() {
+        let src = include_str!("../kernels/moe_gemm.cu");
+        let def = |name: &str| -> usize {
+            let line = src.lines().find(|l| l.starts_with(&format!("#define {name} "))).unwrap_or_else(|| panic!("{name} not defined"));
+            line.split_whitespace().nth(2).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{line}"))
+        };
+        let stage = MOE_GEMM_ROWS * def("MG_MX_W_ROW_BYTES") + MOE_TILE * def("MG_MX_X_ROW_BYTES");
+        assert_eq!(MOE_GEMM_MXFP4_SMEM_BYTES as usize, def("MG_MX_STAGES") * stage + MOE_TILE * 4);
+        assert_eq!(MOE_GEMM_MXFP4_TAIL_BYTES, def("MG_MX_TAIL_BYTES"));
+        assert_eq!(MoeWeights::Mxfp4.size(4, 2880), 4 * 90 * 17);
     }
 }

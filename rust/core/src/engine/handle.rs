@@ -327,7 +327,8 @@ pub fn build(model: &str, device: &str, args: &EngineArgs) -> Result<(EngineCore
     // The CUDA context, cuBLAS workspaces and graph memory live outside the weights and the KV cache.
     let runtime = if device.is_cuda() { 1u64 << 30 } else { 0 };
     let sizing_cfg = crate::model::sharded::sizing_config(&cfg, args.tensor_parallel_shards, device.is_cuda())?;
-    let mxfp4 = quant == QuantMode::Quantized && device.is_cpu() && loaded.weights.keeps_mxfp4_experts();
+    // Sharded models read their experts dense (model/sharded.rs slices dense tensors).
+    let mxfp4 = loader::keeps_mxfp4(device.location(), dtype, quant) && args.tensor_parallel_shards <= 1 && loaded.weights.keeps_mxfp4_experts();
     let sizes: EngineSizes = infer_sizes(args, &sizing_cfg, memory, resident_weight_bytes(&path, &cfg, quant, elem_bytes, mxfp4), runtime, kv_dtype.size_in_bytes())?;
     if args.verbose {
         log::info!(
@@ -415,7 +416,7 @@ fn kv_cache_dtype(args: &EngineArgs, dtype: candle_core::DType, device: &candle_
 
 /// What the weights will occupy: GGUF weights kept quantized stay about the size of the file (plus the
 /// embedding, which is dequantized for row lookups); anything else is widened to the compute dtype.
-/// `mxfp4`: the experts stay MXFP4 (4.25 bits per weight) on the CPU's quantized path.
+/// `mxfp4`: the experts stay MXFP4 (4.25 bits per weight: the CPU's quantized path, CUDA's fused MoE).
 fn resident_weight_bytes(path: &str, cfg: &crate::model::ModelConfig, quant: QuantMode, elem_bytes: usize, mxfp4: bool) -> u64 {
     let widened = if mxfp4 { cfg.weight_bytes_with_experts(elem_bytes, 4.25) } else { cfg.weight_bytes(elem_bytes) };
     let file = std::path::Path::new(path);

@@ -293,9 +293,10 @@ impl GgufWeights {
     }
 
     /// gpt-oss's experts at `prefix` (`model.layers.3.mlp.experts`) as their MXFP4 bytes, where the file
-    /// holds all three as MXFP4 and weights stay quantized on the CPU (the CPU's MXFP4 kernels take them).
+    /// holds all three as MXFP4 and the device keeps them so ([`super::keeps_mxfp4`]: the CPU's MXFP4
+    /// kernels, CUDA's fused MoE).
     pub fn mxfp4_experts(&self, prefix: &str) -> Result<Option<Mxfp4Experts>> {
-        if !self.device.is_cpu() || self.quant != QuantMode::Quantized {
+        if !super::keeps_mxfp4(self.device.location(), self.dtype, self.quant) {
             return Ok(None);
         }
         let Some(idx) = prefix.strip_prefix("model.layers.").and_then(|r| r.strip_suffix(".mlp.experts")) else { return Ok(None) };

@@ -11,7 +11,7 @@ use crate::error::{EngineError, Result};
 use crate::model::config::ModelConfig;
 use crate::model::linear::Linear;
 use crate::tokenizer::Tokenizer;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, DeviceLocation, Tensor};
 use std::path::{Path, PathBuf};
 
 pub use gguf::GgufWeights;
@@ -36,9 +36,24 @@ pub enum Weights {
     Mlc(MlcWeights),
 }
 
+/// Whether the loaders hand gpt-oss's MXFP4 experts over as blocks (`WeightSource::mxfp4_experts`) rather
+/// than read them dense, on a device at `location` computing in `dtype`: on the CPU's quantized path (its
+/// MXFP4 kernels), and on CUDA in bf16, where the fused MoE's MXFP4 kernel takes them (4.25 bits a weight
+/// instead of 16). On CUDA that is whatever `quant` says: the kernel is exact (every MXFP4 value is a bf16
+/// value), so there is no fidelity to trade. Not in f16 (2^(e - 128) leaves its range; read dense as
+/// before), nor with MLC_MOE_FUSED=0 (the host-routed path takes dense experts), nor in a build without
+/// CUDA.
+pub fn keeps_mxfp4(location: DeviceLocation, dtype: DType, quant: QuantMode) -> bool {
+    match location {
+        DeviceLocation::Cpu => quant == QuantMode::Quantized,
+        DeviceLocation::Cuda { .. } => cfg!(feature = "cuda") && dtype == DType::BF16 && !crate::model::layers::moe::fused_disabled_by_env(),
+        _ => false,
+    }
+}
+
 impl Weights {
-    /// Whether gpt-oss's experts come as MXFP4 blocks that the CPU's quantized path keeps in 4 bits (see
-    /// `WeightSource::mxfp4_experts`; checked on the first layer's names, without reading them).
+    /// Whether gpt-oss's experts come as MXFP4 blocks that a loader keeping MXFP4 ([`keeps_mxfp4`]) hands
+    /// over (see `WeightSource::mxfp4_experts`; checked on the first layer's names, without reading them).
     pub fn keeps_mxfp4_experts(&self) -> bool {
         match self {
             Weights::Gguf(w) => w.contains("model.layers.0.mlp.experts.gate_up_proj") && w.holds_mxfp4(),
@@ -213,4 +228,24 @@ fn load_mlc(dir: &Path, device: &Device, dtype: DType) -> Result<LoadedModel> {
 fn model_name(path: &Path) -> String {
     let stem = if path.is_dir() { path.file_name() } else { path.file_stem() };
     stem.map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".to_string())
+}
+
+#[cfg(test)]
+mod mxfp4_tests {
+    use super::{keeps_mxfp4, QuantMode};
+    use candle_core::{DType, DeviceLocation};
+
+    /// MXFP4 experts stay in 4 bits on the CPU's quantized path and on CUDA in bf16 (a build with CUDA),
+    /// whatever the quantization mode there; f16 on CUDA reads them dense.
+    #[test]
+    fn mxfp4_experts_are_kept_where_a_kernel_takes_them() {
+        let cuda = DeviceLocation::Cuda { gpu_id: 0 };
+        assert!(keeps_mxfp4(DeviceLocation::Cpu, DType::F32, QuantMode::Quantized));
+        assert!(!keeps_mxfp4(DeviceLocation::Cpu, DType::F32, QuantMode::Dequantize));
+        for quant in [QuantMode::Quantized, QuantMode::Dequantize] {
+            let fused = !crate::model::layers::moe::fused_disabled_by_env();
+            assert_eq!(keeps_mxfp4(cuda, DType::BF16, quant), cfg!(feature = "cuda") && fused);
+            assert!(!keeps_mxfp4(cuda, DType::F16, quant));
+        }
+    }
 }

@@ -84,12 +84,12 @@ impl SafetensorsWeights {
 
     /// gpt-oss's experts at `prefix` (`model.layers.3.mlp.experts`) as llama.cpp's MXFP4 blocks, where the
     /// checkpoint stores them as MXFP4 (`gate_up_proj_blocks` / `_scales`, `down_proj_blocks` / `_scales`)
-    /// and weights stay quantized on the CPU: `gate_up_proj`'s rows alternate gate and up (the columns
+    /// and the device keeps them so ([`super::keeps_mxfp4`]): `gate_up_proj`'s rows alternate gate and up (the columns
     /// transformers splits with `::2` and `1::2` after its transpose), reordered here to each expert's
     /// gate rows then its up rows.
     pub fn mxfp4_experts(&self, prefix: &str) -> Result<Option<Mxfp4Experts>> {
         let (gu, dn) = (format!("{prefix}.gate_up_proj"), format!("{prefix}.down_proj"));
-        if !self.device.is_cpu() || self.quant != QuantMode::Quantized || self.contains(&gu) || !self.contains(&format!("{gu}_blocks")) || !self.contains(&format!("{dn}_blocks")) {
+        if !super::keeps_mxfp4(self.device.location(), self.dtype, self.quant) || self.contains(&gu) || !self.contains(&format!("{gu}_blocks")) || !self.contains(&format!("{dn}_blocks")) {
             return Ok(None);
         }
         let (gb, db) = (self.raw(&format!("{gu}_blocks"))?, self.raw(&format!("{dn}_blocks"))?); // [E, 2I, H/32, 16], [E, H, I/32, 16]

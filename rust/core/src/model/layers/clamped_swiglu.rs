@@ -3,13 +3,15 @@
 //! `gu = x @ gate_up_proj[e] + gate_up_proj_bias[e]`, `gate = gu[..., ::2].clamp(max = limit)`,
 //! `up = gu[..., 1::2].clamp(-limit, limit)`, `h = (up + 1) * gate * sigmoid(gate * alpha)`,
 //! `out = h @ down_proj[e] + down_proj_bias[e]`, every step in the weights' dtype. llama.cpp's MXFP4
-//! experts stay in 4 bits on the CPU (the quantized path), multiplied by the CPU's MXFP4 kernels.
+//! experts stay in 4 bits on the CPU (the quantized path), multiplied by the CPU's MXFP4 kernels, and on
+//! CUDA in bf16, where the fused MoE (moe_cuda.rs) stacks them for its MXFP4 kernel (or, where it cannot
+//! take them, they are dequantized: [`ClampedSwigluExperts::densify`]).
 
 use crate::error::Result;
 use crate::model::config::ClampedSwiglu;
 use crate::model::weights::{Mxfp4Experts, WeightSource};
 use crate::quant::cpu::{self as qcpu, QMatrix, QType};
-use candle_core::{DType, IndexOp, Tensor};
+use candle_core::{DType, Device, IndexOp, Tensor};
 
 /// The experts' projection weights.
 enum Weights {
@@ -20,9 +22,18 @@ enum Weights {
         /// `[E, I, hidden]`
         down: Tensor,
     },
-    /// MXFP4 rows as llama.cpp stores them, each expert's gate rows then its up rows, kept in 4 bits on
-    /// the CPU.
+    /// MXFP4 rows as llama.cpp stores them, each expert's gate rows then its up rows, kept in 4 bits
+    /// (host bytes: the CPU's kernels read them, the fused MoE on CUDA uploads them).
     Mxfp4(Mxfp4Experts),
+}
+
+/// The experts' projection weights as the fused MoE on CUDA stacks them.
+#[cfg(feature = "cuda")]
+pub(crate) enum ExpertWeights<'a> {
+    /// gate_up `[E, hidden, 2I]`, down `[E, I, hidden]`.
+    Dense { gate_up: &'a Tensor, down: &'a Tensor },
+    /// llama.cpp's MXFP4 rows: gate_up `[E, 2I, hidden]` (gate rows then up rows), down `[E, hidden, I]`.
+    Mxfp4(&'a Mxfp4Experts),
 }
 
 pub struct ClampedSwigluExperts {
@@ -45,15 +56,35 @@ impl ClampedSwigluExperts {
         Ok(ClampedSwigluExperts { weights, gate_up_bias: deinterleave(&t("gate_up_proj_bias")?)?, down_bias: t("down_proj_bias")?, act })
     }
 
-    /// gate_up `[E, hidden, 2I]`, its bias `[E, 2I]`, down `[E, I, hidden]`, its bias `[E, hidden]` and the
-    /// activation's constants (the fused MoE on CUDA stacks them transposed); `None` for MXFP4 experts,
-    /// which only the CPU keeps.
+    /// The projection weights, the biases gate_up `[E, 2I]` and down `[E, hidden]`, and the activation's
+    /// constants (the fused MoE on CUDA stacks them).
     #[cfg(feature = "cuda")]
-    pub(crate) fn parts(&self) -> Option<(&Tensor, &Tensor, &Tensor, &Tensor, ClampedSwiglu)> {
-        match &self.weights {
-            Weights::Dense { gate_up, down } => Some((gate_up, &self.gate_up_bias, down, &self.down_bias, self.act)),
-            Weights::Mxfp4(_) => None,
-        }
+    pub(crate) fn parts(&self) -> (ExpertWeights<'_>, &Tensor, &Tensor, ClampedSwiglu) {
+        let w = match &self.weights {
+            Weights::Dense { gate_up, down } => ExpertWeights::Dense { gate_up, down },
+            Weights::Mxfp4(m) => ExpertWeights::Mxfp4(m),
+        };
+        (w, &self.gate_up_bias, &self.down_bias, self.act)
+    }
+
+    /// The compute device and dtype (the biases', which the loader gives as it gives any dense tensor).
+    pub fn device_dtype(&self) -> (&Device, DType) {
+        (self.gate_up_bias.device(), self.gate_up_bias.dtype())
+    }
+
+    /// MXFP4 experts dequantized to dense weights in the compute dtype on the compute device, as a loader
+    /// that does not keep them reads them; dense experts stay as they are.
+    pub fn densify(&mut self) -> Result<()> {
+        let Weights::Mxfp4(m) = &self.weights else { return Ok(()) };
+        let (device, dtype) = self.device_dtype();
+        let dense = |b: &[u8], rows: usize, k: usize| -> Result<Tensor> {
+            let t = Tensor::from_vec(crate::quant::mxfp4::dequantize_ggml(b), (m.experts, rows, k), &Device::Cpu)?; // [E, rows, k]
+            Ok(t.transpose(1, 2)?.contiguous()?.to_dtype(dtype)?.to_device(device)?) // [E, k, rows]
+        };
+        let gate_up = dense(&m.gate_up, 2 * m.inter, m.hidden)?; // [E, hidden, 2I]: gate columns then up
+        let down = dense(&m.down, m.hidden, m.inter)?; // [E, I, hidden]
+        self.weights = Weights::Dense { gate_up, down };
+        Ok(())
     }
 
     /// Expert `e` on its tokens: `x: [n, hidden] -> [n, hidden]`.
@@ -104,6 +135,16 @@ fn deinterleave(t: &Tensor) -> Result<Tensor> {
 }
 
 #[cfg(test)]
+impl ClampedSwigluExperts {
+    fn weights_clone(&self) -> Weights {
+        match &self.weights {
+            Weights::Dense { gate_up, down } => Weights::Dense { gate_up: gate_up.clone(), down: down.clone() },
+            Weights::Mxfp4(m) => Weights::Mxfp4(m.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::deinterleave;
     use candle_core::{Device, Tensor};
@@ -148,6 +189,35 @@ mod tests {
         let x = Tensor::arange(0f32, (n * h) as f32, &dev).unwrap().affine(0.37, 0.0).unwrap().sin().unwrap().reshape((n, h)).unwrap();
         for ex in 0..e {
             let (a, b) = (q.forward(ex, &x).unwrap(), f.forward(ex, &x).unwrap());
+            let err = (a - &b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(err <= 1e-3 * scale, "expert {ex}: max error {err} of {scale}");
+        }
+    }
+
+    /// MXFP4 experts made dense (the CUDA fallback) compute what they computed kept in 4 bits.
+    #[test]
+    fn densified_mxfp4_experts_compute_the_same() {
+        use super::{ClampedSwigluExperts, Weights};
+        use crate::model::config::ClampedSwiglu;
+        use crate::model::weights::Mxfp4Experts;
+        let (e, i, h) = (2usize, 32usize, 64usize);
+        let blocks = |rows: usize, k: usize| -> Vec<u8> {
+            let mut b: Vec<u8> = (0..rows * k / 32 * 17).map(|j| (j * 89 + 7) as u8).collect();
+            b.chunks_mut(17).for_each(|blk| blk[0] = 121 + blk[0] % 4);
+            b
+        };
+        let m = Mxfp4Experts { experts: e, inter: i, hidden: h, gate_up: blocks(e * 2 * i, h), down: blocks(e * h, i) };
+        let dev = Device::Cpu;
+        let bias = |d: usize| Tensor::arange(0f32, (e * d) as f32, &dev).unwrap().affine(0.01, -0.2).unwrap().reshape((e, d)).unwrap();
+        let act = ClampedSwiglu { alpha: 1.702, limit: 7.0 };
+        let q = ClampedSwigluExperts { weights: Weights::Mxfp4(m), gate_up_bias: bias(2 * i), down_bias: bias(h), act };
+        let mut d = ClampedSwigluExperts { weights: q.weights_clone(), gate_up_bias: bias(2 * i), down_bias: bias(h), act };
+        d.densify().unwrap();
+        assert!(matches!(d.weights, Weights::Dense { .. }));
+        let x = Tensor::arange(0f32, (3 * h) as f32, &dev).unwrap().affine(0.21, 0.0).unwrap().cos().unwrap().reshape((3, h)).unwrap();
+        for ex in 0..e {
+            let (a, b) = (q.forward(ex, &x).unwrap(), d.forward(ex, &x).unwrap());
             let err = (a - &b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(err <= 1e-3 * scale, "expert {ex}: max error {err} of {scale}");

@@ -10,9 +10,9 @@
 //!
 //! Here the routing (top-k, grouping tokens by expert) runs on the host from one read-back of the
 //! probabilities per layer: the reference path, correct on every device. The experts' matmuls run on the
-//! tensors' device. On CUDA, bf16 / f16 layers whose experts are dense or Q4_0 run the fused MoE instead
-//! (moe_cuda.rs: routing, sort by expert, grouped GEMMs, combine, all on the device, captured in CUDA
-//! graphs); its experts are stacked at load and the per-expert weights dropped.
+//! tensors' device. On CUDA, bf16 / f16 layers whose experts are dense or Q4_0 (bf16: or gpt-oss's MXFP4)
+//! run the fused MoE instead (moe_cuda.rs: routing, sort by expert, grouped GEMMs, combine, all on the
+//! device, captured in CUDA graphs); its experts are stacked at load and the per-expert weights dropped.
 
 use super::clamped_swiglu::ClampedSwigluExperts;
 use super::mlp::GatedMlp;
@@ -21,6 +21,14 @@ use crate::model::config::{ModelConfig, MoeConfig, MoeNaming, Routing};
 use crate::model::linear::Linear;
 use crate::model::weights::WeightSource;
 use candle_core::{DType, Tensor};
+
+/// `MLC_MOE_FUSED=0` keeps MoE layers on the host-routed path (read once; for comparing the two paths in
+/// one build). The loaders read it too: with it, MXFP4 experts on CUDA are read dense, as that path takes
+/// them.
+pub fn fused_disabled_by_env() -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OFF.get_or_init(|| std::env::var_os("MLC_MOE_FUSED").is_some_and(|v| v == "0"))
+}
 
 pub struct MoeMlp {
     /// `[num_experts, hidden]` (with a `[num_experts]` bias for gpt-oss)
@@ -32,7 +40,7 @@ pub struct MoeMlp {
     top_k: usize,
     norm_topk_prob: bool,
     routing: Routing,
-    /// The fused on-device path (CUDA, bf16 / f16, dense or Q4_0 experts); `experts` is then empty.
+    /// The fused on-device path (CUDA, bf16 / f16, dense, Q4_0 or MXFP4 experts); `experts` is then empty.
     #[cfg(feature = "cuda")]
     fused: Option<super::moe_cuda::FusedMoe>,
 }
@@ -133,11 +141,11 @@ impl MoeMlp {
                 FusedMoe::from_gated(v, m, dtype, hidden)?
             }
             Experts::ClampedSwiglu(f) => {
-                let Some(gate_up) = f.parts().map(|p| p.0) else { return Ok(()) };
-                if !gate_up.device().is_cuda() {
+                let (device, dtype) = f.device_dtype();
+                if !device.is_cuda() {
                     return Ok(());
                 }
-                FusedMoe::from_clamped_swiglu(f, m, gate_up.dtype(), hidden)?
+                FusedMoe::from_clamped_swiglu(f, m, dtype, hidden)?
             }
         };
         match built {
@@ -148,6 +156,11 @@ impl MoeMlp {
             Err(why) => {
                 super::moe_cuda::note_host_routed();
                 log::info!("{p}: mixture of experts on the host-routed path ({why})");
+                // MXFP4 experts the fused kernels do not take: dense on the device, as the loaders read them
+                // where they do not keep them (the CPU's MXFP4 kernels are no path for a GPU model).
+                if let Experts::ClampedSwiglu(f) = &mut self.experts {
+                    f.densify()?;
+                }
             }
         }
         Ok(())

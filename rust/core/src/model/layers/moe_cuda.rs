@@ -6,26 +6,20 @@
 //! of every case this one does not take).
 //!
 //! Each layer's experts are stacked once at load: gate/up `[E, 2I, H]` (gate rows then up rows) and down
-//! `[E, H, I]`, dense in the model dtype or as raw Q4_0 blocks; gpt-oss's biases `[E, 2I]` and `[E, H]`.
+//! `[E, H, I]`, dense in the model dtype or as raw Q4_0 blocks, or (gpt-oss, bf16) as llama.cpp's MXFP4
+//! blocks as the loader hands them over ([`stack_mxfp4`]); gpt-oss's biases `[E, 2I]` and `[E, H]`.
 //!
 //! Per step, with `T` tokens, `k` experts per token and slot `s = t * k + i`:
 //!   logits `[T, E]` f32 -> plan (u32: ids `[T*k]`, weights `[T*k]` f32 bits, sorted slots
 //!   `[tiles * 32]`, tile experts `[tiles]`) -> act `[T*k, I]` -> y `[T*k, H]` -> out `[T, H]`.
 
-use super::clamped_swiglu::ClampedSwigluExperts;
+use super::clamped_swiglu::{ClampedSwigluExperts, ExpertWeights};
 use super::mlp::GatedMlp;
 use crate::error::Result;
 use crate::model::config::{Activation, MoeConfig, Routing};
 use crate::model::linear::{Linear, StackedLinear, Weight};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
-use mlc_kernels::{self as kernels, MoeGemmMode};
-
-/// `MLC_MOE_FUSED=0` keeps MoE layers on the host-routed path (read once; for comparing the two paths in
-/// one build).
-fn disabled_by_env() -> bool {
-    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *OFF.get_or_init(|| std::env::var_os("MLC_MOE_FUSED").is_some_and(|v| v == "0"))
-}
+use mlc_kernels::{self as kernels, MoeGemmMode, MoeWeights};
 
 /// Set when a mixture-of-experts layer on a CUDA device was loaded on the host-routed path, whose
 /// read-back a CUDA graph cannot capture. Process-wide (conservative when several models share a process).
@@ -48,12 +42,22 @@ enum Stacked {
     Dense(Tensor),
     /// `[E * rows * K / 32 * 18]` u8: each expert's Q4_0 rows, expert after expert.
     Q4(Tensor),
+    /// `[E * rows * K / 32 * 17 + 16]` u8: each expert's MXFP4 rows, expert after expert, then the
+    /// padding the kernel's 16-byte windows may read (`MOE_GEMM_MXFP4_TAIL_BYTES`).
+    Mxfp4(Tensor),
 }
 
 impl Stacked {
     fn tensor(&self) -> &Tensor {
         match self {
-            Stacked::Dense(t) | Stacked::Q4(t) => t,
+            Stacked::Dense(t) | Stacked::Q4(t) | Stacked::Mxfp4(t) => t,
+        }
+    }
+    fn format(&self) -> MoeWeights {
+        match self {
+            Stacked::Dense(_) => MoeWeights::Dense,
+            Stacked::Q4(_) => MoeWeights::Q4_0,
+            Stacked::Mxfp4(_) => MoeWeights::Mxfp4,
         }
     }
 }
@@ -121,6 +125,22 @@ fn stack_experts(parts: Vec<Stacked>) -> candle_core::Result<Option<Stacked>> {
     join(parts)
 }
 
+/// gpt-oss's MXFP4 experts on `device` for the MXFP4 kernel: the loader's bytes as they are (llama.cpp's
+/// blocks, each expert's gate rows then up rows, as the CPU's kernels take them too), each projection
+/// followed by `MOE_GEMM_MXFP4_TAIL_BYTES` zeros that the kernel's 16-byte windows may read past the last
+/// row: gate/up `[E * 2I * H / 32 * 17 + 16]` u8, down `[E * H * I / 32 * 17 + 16]` u8.
+fn stack_mxfp4(m: &crate::model::weights::Mxfp4Experts, device: &candle_core::Device) -> Result<(Tensor, Tensor)> {
+    m.check_sizes()?;
+    let upload = |b: &[u8]| -> Result<Tensor> {
+        let mut v = Vec::with_capacity(b.len() + kernels::MOE_GEMM_MXFP4_TAIL_BYTES);
+        v.extend_from_slice(b);
+        v.resize(b.len() + kernels::MOE_GEMM_MXFP4_TAIL_BYTES, 0);
+        let n = v.len();
+        Ok(Tensor::from_vec(v, n, device)?)
+    };
+    Ok((upload(&m.gate_up)?, upload(&m.down)?))
+}
+
 impl FusedMoe {
     /// The fused layer for gated experts (Mixtral, Qwen2/3-MoE), or why it does not apply.
     pub fn from_gated(experts: &[GatedMlp], m: &MoeConfig, dtype: DType, hidden: usize) -> Result<Built> {
@@ -149,12 +169,24 @@ impl FusedMoe {
         if let Err(why) = Self::supported(m, dtype) {
             return Ok(Err(why));
         }
-        let Some((gate_up, gate_up_bias, down, down_bias, act)) = experts.parts() else { return Ok(Err("experts kept as MXFP4 (the CPU's path)")) };
-        if gate_up.dtype() != dtype {
-            return Ok(Err("experts are not in the model dtype"));
-        }
-        let gate_up = Stacked::Dense(gate_up.transpose(1, 2)?.contiguous()?); // [E, H, 2I] -> [E, 2I, H]
-        let down = Stacked::Dense(down.transpose(1, 2)?.contiguous()?); // [E, I, H] -> [E, H, I]
+        let (weights, gate_up_bias, down_bias, act) = experts.parts();
+        let (gate_up, down) = match weights {
+            ExpertWeights::Dense { gate_up, down } => {
+                if gate_up.dtype() != dtype {
+                    return Ok(Err("experts are not in the model dtype"));
+                }
+                let gate_up = Stacked::Dense(gate_up.transpose(1, 2)?.contiguous()?); // [E, H, 2I] -> [E, 2I, H]
+                let down = Stacked::Dense(down.transpose(1, 2)?.contiguous()?); // [E, I, H] -> [E, H, I]
+                (gate_up, down)
+            }
+            ExpertWeights::Mxfp4(m) => {
+                if dtype != DType::BF16 {
+                    return Ok(Err("MXFP4 experts need bf16 activations (their scales leave f16's range)"));
+                }
+                let (gate_up, down) = stack_mxfp4(m, gate_up_bias.device())?;
+                (Stacked::Mxfp4(gate_up), Stacked::Mxfp4(down))
+            }
+        };
         let biases = (gate_up_bias.to_dtype(dtype)?.contiguous()?, down_bias.to_dtype(dtype)?.contiguous()?);
         Ok(Self::assemble(m, hidden, gate_up, down, Some(biases), MoeGemmMode::ClampedSwiglu, (act.alpha as f32, act.limit as f32)))
     }
@@ -181,7 +213,7 @@ impl FusedMoe {
     }
 
     fn supported(m: &MoeConfig, dtype: DType) -> std::result::Result<(), &'static str> {
-        if disabled_by_env() {
+        if super::moe::fused_disabled_by_env() {
             return Err("MLC_MOE_FUSED=0");
         }
         if !matches!(dtype, DType::BF16 | DType::F16) {
@@ -196,12 +228,19 @@ impl FusedMoe {
     /// The stacked weights' sizes against `[E, 2I, H]` / `[E, H, I]`, and K multiples of the GEMM's stage.
     fn check_shapes(self) -> Built {
         let (e, i, h) = (self.num_experts, self.inter, self.hidden);
-        let q4 = matches!(self.gate_up, Stacked::Q4(_));
-        let multiple = if q4 { kernels::MOE_GEMM_Q4_K_MULTIPLE } else { kernels::MOE_GEMM_DENSE_K_MULTIPLE };
-        if h % multiple != 0 || i % multiple != 0 {
-            return Err(if q4 { "hidden or expert size not a multiple of 256 (Q4_0)" } else { "hidden or expert size not a multiple of 64" });
+        let format = self.gate_up.format();
+        if format != self.down.format() {
+            return Err("gate/up and down experts in different formats");
         }
-        let want = |rows: usize, k: usize| if q4 { e * rows * k / 32 * 18 } else { e * rows * k };
+        if h % format.k_multiple() != 0 || i % format.k_multiple() != 0 {
+            return Err(match format {
+                MoeWeights::Dense => "hidden or expert size not a multiple of 64",
+                MoeWeights::Q4_0 => "hidden or expert size not a multiple of 256 (Q4_0)",
+                MoeWeights::Mxfp4 => "hidden or expert size not a multiple of 32 (MXFP4)",
+            });
+        }
+        let tail = if format == MoeWeights::Mxfp4 { kernels::MOE_GEMM_MXFP4_TAIL_BYTES } else { 0 };
+        let want = |rows: usize, k: usize| format.size(e * rows, k) + tail;
         if self.gate_up.tensor().elem_count() != want(2 * i, h) || self.down.tensor().elem_count() != want(h, i) {
             return Err("expert weights do not have the configured shapes");
         }
@@ -224,7 +263,7 @@ impl FusedMoe {
         let gemm = |input: &Tensor, w: &Stacked, bias: &Option<Tensor>, n: usize, k: usize, x_div: usize, mode: MoeGemmMode| {
             input.apply_op2_no_bwd(
                 &plan,
-                &Gemm { w: w.tensor().clone(), q4: matches!(w, Stacked::Q4(_)), bias: bias.clone(), n, k, x_div, slots: t * self.top_k, experts: self.num_experts, mode, alpha: self.alpha, limit: self.limit },
+                &Gemm { w: w.tensor().clone(), weights: w.format(), bias: bias.clone(), n, k, x_div, slots: t * self.top_k, experts: self.num_experts, mode, alpha: self.alpha, limit: self.limit },
             )
         };
         let act = gemm(&x, &self.gate_up, &self.gate_up_bias, self.inter, self.hidden, self.top_k, self.mode)?; // [T*k, I]
@@ -273,7 +312,7 @@ struct Plan {
 /// `[T*k, K]` or `[T, K]` activations (arg 1) and the plan (arg 2) -> `[T*k, n]`.
 struct Gemm {
     w: Tensor,
-    q4: bool,
+    weights: MoeWeights,
     bias: Option<Tensor>,
     n: usize,
     k: usize,

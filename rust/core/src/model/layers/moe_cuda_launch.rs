@@ -10,7 +10,7 @@ use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{bail, CudaStorage, DType, Layout, Result, Shape, Storage};
-use mlc_kernels::{self as kernels, KernelDType, MoeGemmMode};
+use mlc_kernels::{self as kernels, KernelDType, MoeGemmMode, MoeWeights};
 
 /// The plan buffer (u32, contiguous from its start) with the layout of `tokens` x `top_k` slots.
 fn plan_slice<'a>(plan: &'a CudaStorage, pl: &Layout, lay: &PlanLayout) -> Result<CudaView<'a, u32>> {
@@ -117,9 +117,9 @@ fn launch_gemm<T: CudaDType + DeviceRepr>(g: &Gemm, dtype: KernelDType, x: &Cuda
     // SAFETY: every (slot, output) is written: each slot sits in exactly one real tile (moe_align), and the
     // row tiles cover all n outputs.
     let mut out = unsafe { dev.alloc::<T>((g.slots * g.n).max(1)) }?;
-    let Some(name) = kernels::moe_gemm_name(dtype, g.q4) else { bail!("moe-gemm: no kernel for {dtype:?}") };
+    let Some(name) = kernels::moe_gemm_name(dtype, g.weights) else { bail!("moe-gemm: no kernel for {:?} weights with {dtype:?} activations", g.weights) };
     let func = dev.get_or_load_custom_func(name, kernels::MOE_GEMM_MODULE, kernels::MOE_GEMM_PTX)?;
-    let smem = if g.q4 { kernels::MOE_GEMM_Q4_SMEM_BYTES } else { kernels::MOE_GEMM_DENSE_SMEM_BYTES };
+    let smem = g.weights.smem_bytes();
     // Over 48 KiB of dynamic shared memory is asked for per function (idempotent, so on every launch).
     func.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32).w()?;
     let gated = g.mode != MoeGemmMode::Plain;
@@ -135,7 +135,9 @@ fn launch_gemm<T: CudaDType + DeviceRepr>(g: &Gemm, dtype: KernelDType, x: &Cuda
     let grid = (to_u32(row_tiles, "row tiles")?, to_u32(lay.tiles, "token tiles")?, 1);
     let cfg = LaunchConfig { grid_dim: grid, block_dim: (kernels::MOE_GEMM_THREADS, 1, 1), shared_mem_bytes: smem };
     with_cuda(&g.w, "expert weights", |ws, wr| {
-        let want = if g.q4 { g.experts * rows_per_expert * g.k / 32 * 18 } else { g.experts * rows_per_expert * g.k };
+        // MXFP4: the kernel's 16-byte windows may read past the last row, into the stacked weight's padding.
+        let tail = if g.weights == MoeWeights::Mxfp4 { kernels::MOE_GEMM_MXFP4_TAIL_BYTES } else { 0 };
+        let want = g.weights.size(g.experts * rows_per_expert, g.k) + tail;
         if wr.len() != want {
             bail!("moe-gemm: expert weights of {} elements, expected {want}", wr.len());
         }
@@ -144,9 +146,9 @@ fn launch_gemm<T: CudaDType + DeviceRepr>(g: &Gemm, dtype: KernelDType, x: &Cuda
         b.arg(&xv);
         let wv_u8;
         let wv_t;
-        if g.q4 {
+        if g.weights != MoeWeights::Dense {
             if ws.dtype() != DType::U8 {
-                bail!("moe-gemm: Q4_0 expert blocks must be u8");
+                bail!("moe-gemm: {:?} expert blocks must be u8", g.weights);
             }
             wv_u8 = view(ws.as_cuda_slice::<u8>()?, wr, "expert weights")?;
             b.arg(&wv_u8);
@@ -159,7 +161,7 @@ fn launch_gemm<T: CudaDType + DeviceRepr>(g: &Gemm, dtype: KernelDType, x: &Cuda
         let null: u64 = 0;
         match &g.bias {
             Some(bias) => {
-                if bias.dtype() != g.w.dtype() || bias.elem_count() != g.experts * rows_per_expert {
+                if bias.dtype() != x.dtype() || bias.elem_count() != g.experts * rows_per_expert {
                     bail!("moe-gemm: bias {:?} {:?} for {} experts of {rows_per_expert} rows", bias.shape(), bias.dtype(), g.experts);
                 }
                 bias_guard = bias.storage_and_layout();
@@ -180,9 +182,10 @@ fn launch_gemm<T: CudaDType + DeviceRepr>(g: &Gemm, dtype: KernelDType, x: &Cuda
         b.arg(&mode32);
         b.arg(&g.alpha);
         b.arg(&g.limit);
-        // SAFETY: matches moe_gemm_[q4_]<dtype> in moe_gemm.cu; x holds slots / x_div rows of k, the weights
-        // experts x rows_per_expert rows of k (checked above), bias experts x rows_per_expert or null, out
-        // slots x n; K is a multiple of the stage (FusedMoe::check_shapes) and every operand 16-byte aligned.
+        // SAFETY: matches moe_gemm_[q4_|mxfp4_]<dtype> in moe_gemm.cu; x holds slots / x_div rows of k, the
+        // weights experts x rows_per_expert rows of k (+ MXFP4's tail padding; checked above), bias experts x
+        // rows_per_expert or null, out slots x n; K is a multiple of the format's (FusedMoe::check_shapes)
+        // and every operand 16-byte aligned.
         unsafe { b.launch(cfg) }.w()?;
         Ok(())
     })?;
