@@ -1,11 +1,14 @@
 """gpt-oss's MXFP4 experts kept in 4 bits on CUDA (the loaders hand them over as llama.cpp's blocks on CUDA in
 bf16; rust/core/src/model/layers/moe_cuda.rs stacks them for moe_gemm.cu's `moe_gemm_mxfp4_bf16`) on the GPU
 host (`pytest -m gpu tests/gpu/test_moe_mxfp4_gpu.py`), with
-* the MXFP4 fixture tests/fixtures/models/gpt_oss_mxfp4 (gen_mxfp4_fixtures.py: hidden 64, intermediate 64,
-  4 experts), as transformers' safetensors (`*_blocks` / `*_scales`) and as llama.cpp's GGUF;
-* a random gpt-oss made here at gpt-oss's hidden size (2880: rows of 90 blocks, 1530 bytes, only 2-byte
-  aligned, and a short last K stage), intermediate 1440 (45 blocks: odd row lengths), 32 experts, top 4,
-  its experts quantized to MXFP4 as gen_mxfp4_fixtures.py does.
+* random gpt-oss checkpoints made here, their experts quantized to MXFP4 as gen_mxfp4_fixtures.py does and
+  saved as transformers' safetensors (`*_blocks` / `*_scales`): "small" (hidden 128, intermediate 96: rows
+  of 4 / 3 blocks, 4 experts, top 2) and "mid" at gpt-oss's hidden size (2880: rows of 90 blocks, 1530
+  bytes, only 2-byte aligned, and a short last K stage), intermediate 1440 (45 blocks: odd row lengths),
+  32 experts, top 4;
+* the MXFP4 fixture tests/fixtures/models/gpt_oss_mxfp4 (gen_mxfp4_fixtures.py: hidden 64, intermediate 64),
+  as safetensors and as llama.cpp's GGUF, where it is in the tree (.ci/cuda/fixtures_aside.sh keeps only
+  five other models for device runs: these two cases are then skipped).
 
 Per model: our greedy logits rows on cuda:0 in bf16 (the MXFP4 kernel) against the CPU engine in f32 with the
 experts dequantized at load (MLC_QUANTIZED_MATMUL=0: moe.rs's host-routed path on dense weights, the
@@ -65,15 +68,18 @@ def _quantize_rows(torch, w):
     return (idx[..., 0::2] | (idx[..., 1::2] << 4)).to(torch.uint8), (exp + 127).to(torch.uint8)
 
 
-def _make_mid(torch, path: Path) -> None:
-    """A random gpt-oss at MID's shape, its experts saved in MXFP4 as the published checkpoints are."""
+SMALL = {**MID, "hidden_size": 128, "intermediate_size": 96, "num_local_experts": 4, "num_experts_per_tok": 2}
+
+
+def _make(torch, path: Path, shape: dict, seed: int) -> None:
+    """A random gpt-oss of `shape`, its experts saved in MXFP4 as the published checkpoints are."""
     import transformers
     from safetensors.torch import save_file
 
-    cfg = transformers.GptOssConfig(**MID)
-    torch.manual_seed(331)
+    cfg = transformers.GptOssConfig(**shape)
+    torch.manual_seed(seed)
     model = transformers.GptOssForCausalLM(cfg).eval()
-    _init_weights(model, 331, False, 1.0, 24.0, torch)
+    _init_weights(model, seed, False, 1.0, 24.0, torch)
     tensors = {}
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -93,14 +99,29 @@ def _make_mid(torch, path: Path) -> None:
     _write_tokenizer(path, VOCAB)
 
 
+NAMES = ["small_hf", "mid_hf", "fixture_hf", "fixture_gguf"]
+
+
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory, torch_mod):  # noqa: F811
-    """name -> model path (a directory or a .gguf file)."""
-    if not (FIXTURE / "model.safetensors").exists():
-        pytest.skip(f"{FIXTURE} is missing")
-    mid = tmp_path_factory.mktemp("gpt_oss_mxfp4_mid")
-    _make_mid(torch_mod, mid)
-    return {"fixture_hf": FIXTURE, "fixture_gguf": FIXTURE / "gpt_oss_mxfp4.gguf", "mid_hf": mid}
+    """name -> (model path: a directory or a .gguf file, its vocabulary size); the fixture's only where it is
+    in the tree."""
+    out = {}
+    for name, shape, seed in (("small_hf", SMALL, 331), ("mid_hf", MID, 332)):
+        path = tmp_path_factory.mktemp(f"gpt_oss_mxfp4_{name}")
+        _make(torch_mod, path, shape, seed)
+        out[name] = (path, VOCAB)
+    if (FIXTURE / "model.safetensors").exists():
+        vocab = json.loads((FIXTURE / "config.json").read_text())["vocab_size"]
+        out["fixture_hf"] = (FIXTURE, vocab)
+        out["fixture_gguf"] = (FIXTURE / "gpt_oss_mxfp4.gguf", vocab)
+    return out
+
+
+def _checkpoint(checkpoints, name):
+    if name not in checkpoints:
+        pytest.skip(f"{FIXTURE} is not in the tree (moved aside for the device run)")
+    return checkpoints[name]
 
 
 _LOGITS_CHILD = """
@@ -144,11 +165,11 @@ def _parting_margin(a_toks, b_toks, b_rows):
     return 0.0
 
 
-@pytest.mark.parametrize("name", ["fixture_hf", "fixture_gguf", "mid_hf"])
+@pytest.mark.parametrize("name", NAMES)
 def test_mxfp4_experts_on_cuda_match_dequantized(core, torch_mod, checkpoints, name):  # noqa: F811
     torch = torch_mod
-    model = str(checkpoints[name])
-    vocab = VOCAB if name == "mid_hf" else json.loads((FIXTURE / "config.json").read_text())["vocab_size"]
+    path, vocab = _checkpoint(checkpoints, name)
+    model = str(path)
     prompt = [random.Random(11).randrange(3, vocab) for _ in range(PROMPT_LEN)]
     fused_toks, fused_rows = core._greedy_logits(model, "cuda:0", prompt, NEW_TOKENS, "bfloat16")
     host_toks, host_rows = _child_logits(model, "cuda:0", prompt, "bfloat16", {"MLC_MOE_FUSED": "0"})
@@ -170,12 +191,12 @@ def test_mxfp4_experts_on_cuda_match_dequantized(core, torch_mod, checkpoints, n
     assert parting <= NEAR_TIE, result
 
 
-@pytest.mark.parametrize("name", ["fixture_hf", "fixture_gguf", "mid_hf"])
+@pytest.mark.parametrize("name", NAMES)
 def test_mxfp4_experts_run_fused_in_cuda_graphs(core, checkpoints, name):  # noqa: F811
-    vocab = VOCAB if name == "mid_hf" else json.loads((FIXTURE / "config.json").read_text())["vocab_size"]
+    path, vocab = _checkpoint(checkpoints, name)
     rng = random.Random(2)
     prompts = [[rng.randrange(3, vocab) for _ in range(n)] for n in (40, 97)]
-    runs, info, metrics = _run_engine_bf16(core, checkpoints[name], prompts)
+    runs, info, metrics = _run_engine_bf16(core, path, prompts)
     result = {"model": name, "graph_replays": metrics.get("cuda_graph_replays"), "graphs_captured": metrics.get("cuda_graphs_captured"),
               "tokens": sum(len(r) for r in runs)}
     _record(f"moe_mxfp4_graphs_{name}", result)
