@@ -32,9 +32,9 @@ from pathlib import Path
 
 import pytest
 
-# The 4-bit MXFP4 path on CUDA is opt-in until it has passed these tests on a GPU (loader/mod.rs,
-# keeps_mxfp4): this process and its children run with it on. Read once per process, at the first load.
-os.environ["MLC_CUDA_MXFP4"] = "1"
+# The 4-bit MXFP4 path on CUDA is the default; MLC_CUDA_MXFP4=0 in the environment would turn it off
+# (loader/mod.rs, keeps_mxfp4): make sure this process and its children test it.
+os.environ.pop("MLC_CUDA_MXFP4", None)
 
 from test_arch_parity import GPT_OSS_YARN, _init_weights, _run_engine_bf16, _write_tokenizer, core, torch_mod  # noqa: F401
 from test_engine_gpu import _record

@@ -42,9 +42,8 @@ pub enum Weights {
 /// instead of 16). On CUDA that is whatever `quant` says: the kernel is exact (every MXFP4 value is a bf16
 /// value), so there is no fidelity to trade. Not in f16 (2^(e - 128) leaves its range; read dense as
 /// before), nor with MLC_MOE_FUSED=0 (the host-routed path takes dense experts), nor in a build without
-/// CUDA. On CUDA only with `MLC_CUDA_MXFP4=1` for now: the kernel has passed its checks in the CPU
-/// emulation (rust/kernels/emulate/check_moe.py) but not yet on a GPU (tests/gpu/test_moe_mxfp4_gpu.py,
-/// check_moe.py --gpu); until then the experts are read dense, as before.
+/// CUDA, nor with `MLC_CUDA_MXFP4=0` (the experts read dense, as before the kernel; checked on an H100:
+/// tests/gpu/test_moe_mxfp4_gpu.py, rust/kernels/emulate/check_moe.py --gpu).
 pub fn keeps_mxfp4(location: DeviceLocation, dtype: DType, quant: QuantMode) -> bool {
     match location {
         DeviceLocation::Cpu => quant == QuantMode::Quantized,
@@ -55,10 +54,10 @@ pub fn keeps_mxfp4(location: DeviceLocation, dtype: DType, quant: QuantMode) -> 
     }
 }
 
-/// `MLC_CUDA_MXFP4=1` (read once): MXFP4 experts stay in 4 bits on CUDA (see [`keeps_mxfp4`]).
+/// Unless `MLC_CUDA_MXFP4=0` (read once): MXFP4 experts stay in 4 bits on CUDA (see [`keeps_mxfp4`]).
 pub fn cuda_mxfp4_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("MLC_CUDA_MXFP4").is_some_and(|v| v == "1"))
+    *ON.get_or_init(|| std::env::var_os("MLC_CUDA_MXFP4").is_none_or(|v| v != "0"))
 }
 
 impl Weights {
@@ -246,7 +245,7 @@ mod mxfp4_tests {
     use candle_core::{DType, DeviceLocation};
 
     /// MXFP4 experts stay in 4 bits on the CPU's quantized path and on CUDA in bf16 (a build with CUDA,
-    /// MLC_CUDA_MXFP4=1), whatever the quantization mode there; f16 on CUDA reads them dense.
+    /// unless MLC_CUDA_MXFP4=0), whatever the quantization mode there; f16 on CUDA reads them dense.
     #[test]
     fn mxfp4_experts_are_kept_where_a_kernel_takes_them() {
         let cuda = DeviceLocation::Cuda { gpu_id: 0 };
