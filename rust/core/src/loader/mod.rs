@@ -253,7 +253,7 @@ mod mxfp4_tests {
         assert!(!keeps_mxfp4(DeviceLocation::Cpu, DType::F32, QuantMode::Dequantize));
         for quant in [QuantMode::Quantized, QuantMode::Dequantize] {
             let fused = !crate::model::layers::moe::fused_disabled_by_env();
-            assert_eq!(keeps_mxfp4(cuda, DType::BF16, quant), cfg!(feature = "cuda") && fused && cuda_mxfp4_enabled());
+            assert_eq!(keeps_mxfp4(cuda, DType::BF16, quant), cfg!(feature = "cuda") && fused && super::cuda_mxfp4_enabled());
             assert!(!keeps_mxfp4(cuda, DType::F16, quant));
         }
     }
