@@ -5,14 +5,23 @@
 // short chunks split into partitions of 64 keys, at most 64; longer chunks in query tiles of 64), or as a
 // fixed decode plan (every token given as many partition rows as the most split one).
 //
-//   attention_driver DTYPE HEADS KV_HEADS HEAD_DIM BLOCK WINDOW SOFTCAP PLACEHOLDERS FIXED TILED SEED Q:C,Q:C,.. [SINKS]
+//   attention_driver DTYPE HEADS KV_HEADS HEAD_DIM BLOCK WINDOW SOFTCAP PLACEHOLDERS FIXED TILED SEED Q:C,Q:C,.. [SINKS [PAD]]
 //
 // WINDOW 0: none; SOFTCAP 0: none; PLACEHOLDERS 1: block-table entries wholly before each sequence's first
 // query's window point at a block of NaNs (any read of it, even masked, shows as a NaN output); TILED 1:
 // tiles go to the tiled kernel where it has an instance; SINKS (optional, 0: none) gives every head a sink
 // logit (gpt-oss), SINKS * {2, -1, 0.5, 0.1}[h % 4] plus uniform noise of +-0.25 (with SINKS 4, sinks of 8
-// and -4: above every score of a row, below all of them, and among them). Prints one line; exit status
-// 1 if the error exceeds the dtype's tolerance or any output is not finite.
+// and -4: above every score of a row, below all of them, and among them). PAD (fixed plans; optional, 0:
+// none): padding rows after the sequences, as plan_fixed_decode lays them out for a CUDA-graph bucket larger
+// than the batch (token 0 at position 0, context 1, an all-zero block table); their outputs are ignored,
+// the real rows' must not change.
+//
+// Poisoned as the GPU leaves memory (cuda.rs allocates out, part_o and part_ml uninitialised): out, the
+// partials and every shared-memory variable (harness.h, before each block) start as NaN; the counters are
+// zero only where cuda.rs zeroes them (a step with split tokens), else one word of garbage; block 0 of the
+// cache (where the zero padding of the block tables and the placeholders point) and one block no table
+// names hold NaNs. A read of anything the kernels should not read, or did not write, shows as a NaN.
+// Prints one line; exit status 1 if the error exceeds the dtype's tolerance or any output is not finite.
 #include "paged_attention.cu"
 #include "prefill_attention.cu"
 #include <cstdio>
@@ -32,10 +41,11 @@ struct Case {
     uint32_t seed;
     std::vector<std::pair<uint32_t, uint32_t>> seqs;  // (query_len, context_len)
     float sinks = 0.f;                                 // 0: none
+    uint32_t pad = 0;                                  // padding rows of a fixed plan
 };
 
 struct Plan {
-    uint32_t num_tokens = 0, max_blocks = 1, num_short_work = 0, num_partials = 0;
+    uint32_t num_tokens = 0, max_blocks = 1, num_short_work = 0, num_partials = 0, num_split_tokens = 0;
     std::vector<uint32_t> tables, query_start, context_len, token_seq, token_pos, token_splits, token_part;
     std::vector<uint32_t> work_token, work_split, tile_seq, tile_start;
 };
@@ -71,6 +81,7 @@ static Plan make_plan(const Case& c, const std::vector<std::vector<uint32_t>>& t
             p.token_part.push_back(c.fixed ? t * cap : (splits > 1 ? p.num_partials : 0));
             if (c.fixed) p.num_partials += cap;
             else if (splits > 1) p.num_partials += splits;
+            p.num_split_tokens += c.fixed || splits > 1;
             if (q > 16 && !c.fixed) {
                 long_tokens.push_back(t);
                 continue;
@@ -127,9 +138,11 @@ static int run(const Case& c) {
     const uint32_t row = c.kv_heads * c.d;
     uint32_t needed = 0;
     for (auto& [q, ctx] : c.seqs) needed += (ctx + c.bs - 1) / c.bs;
-    const uint32_t num_blocks = needed + 1, poison = needed;  // the last block: NaNs, used by no sequence
+    // Block 0: NaNs, named by the tables' zero padding and the placeholders; the last block: NaNs, named by
+    // no table.
+    const uint32_t num_blocks = needed + 2, poison = 0;
     std::vector<uint32_t> pool(needed);
-    for (uint32_t i = 0; i < needed; ++i) pool[i] = i;
+    for (uint32_t i = 0; i < needed; ++i) pool[i] = i + 1;
     std::shuffle(pool.begin(), pool.end(), rng);
     std::vector<std::vector<uint32_t>> tables, kernel_tables;
     uint32_t next = 0, replaced = 0;
@@ -142,17 +155,24 @@ static int run(const Case& c) {
             for (uint32_t b = 0; b < lo / c.bs; ++b, ++replaced) t[b] = poison;
         kernel_tables.push_back(t);
     }
+    // Padding rows of a fixed plan: one query at position 0 over a table of zeros (plan_fixed_decode).
+    Case padded = c;
+    for (uint32_t i = 0; i < c.pad; ++i) {
+        padded.seqs.emplace_back(1, 1);
+        kernel_tables.push_back({0});
+    }
     std::vector<T> k(num_blocks * c.bs * row), v(k.size());
     for (size_t i = 0; i < k.size(); ++i) {
-        const bool nan = i / (c.bs * row) == poison;
+        const bool nan = i / (c.bs * row) == poison || i / (c.bs * row) == num_blocks - 1;
         k[i] = from_float<T>(nan ? NAN : unit(rng));
         v[i] = from_float<T>(nan ? NAN : unit(rng));
     }
-    const Plan p = make_plan(c, kernel_tables);
+    const Plan p = make_plan(padded, kernel_tables);
     std::vector<T> q(p.num_tokens * c.heads * c.d), out(q.size(), from_float<T>(NAN));
     for (auto& x : q) x = from_float<T>(3.f * unit(rng));
-    std::vector<float> po(std::max(1u, p.num_partials * c.heads * c.d)), pml(std::max(1u, p.num_partials * c.heads * 2));
-    std::vector<uint32_t> counters(p.num_tokens * c.heads, 0);
+    std::vector<float> po(std::max(1u, p.num_partials * c.heads * c.d), NAN), pml(std::max(1u, p.num_partials * c.heads * 2), NAN);
+    // cuda.rs: zeroed [num_tokens, num_heads] where the step has split tokens, else one uninitialised word.
+    std::vector<uint32_t> counters = p.num_split_tokens ? std::vector<uint32_t>(p.num_tokens * c.heads, 0) : std::vector<uint32_t>(1, 0xdeadbeefu);
     const float scale = 1.f / std::sqrt((float)c.d);
     std::vector<float> sink_values;
     for (uint32_t h = 0; c.sinks != 0.f && h < c.heads; ++h) {
@@ -224,22 +244,27 @@ static int run(const Case& c) {
     const double tol = c.dtype == "f32" ? 1e-4 : c.dtype == "bf16" ? 1e-2 : 2e-3;
     const bool ok = nonfinite == 0 && max_err <= tol && max_ref > 0;
     std::printf("%s %s h=%u/%u d=%u bs=%u window=%u softcap=%g sinks=%g placeholders=%u fixed=%d tiled=%d: tokens=%u rows=%u "
-                "tiles=%zu partials=%u max_abs_err=%.3g (allowed %.3g) max_abs_ref=%.3g nonfinite=%zu\n",
+                "tiles=%zu partials=%u pad=%u max_abs_err=%.3g (allowed %.3g) max_abs_ref=%.3g nonfinite=%zu\n",
                 ok ? "ok  " : "FAIL", c.dtype.c_str(), c.heads, c.kv_heads, c.d, c.bs, c.window, c.softcap, c.sinks, replaced,
-                c.fixed, use_tiled, p.num_tokens, rows, use_tiled ? p.tile_seq.size() : 0, p.num_partials, max_err, tol,
+                c.fixed, use_tiled, p.num_tokens, rows, use_tiled ? p.tile_seq.size() : 0, p.num_partials, c.pad, max_err, tol,
                 max_ref, nonfinite);
     return ok ? 0 : 1;
 }
 
 int main(int argc, char** argv) {
-    if (argc != 13 && argc != 14) {
-        std::fprintf(stderr, "usage: %s DTYPE HEADS KV_HEADS HEAD_DIM BLOCK WINDOW SOFTCAP PLACEHOLDERS FIXED TILED SEED Q:C,.. [SINKS]\n", argv[0]);
+    if (argc < 13 || argc > 15) {
+        std::fprintf(stderr, "usage: %s DTYPE HEADS KV_HEADS HEAD_DIM BLOCK WINDOW SOFTCAP PLACEHOLDERS FIXED TILED SEED Q:C,.. [SINKS [PAD]]\n", argv[0]);
         return 2;
     }
     Case c{argv[1], (uint32_t)std::stoul(argv[2]), (uint32_t)std::stoul(argv[3]), (uint32_t)std::stoul(argv[4]),
            (uint32_t)std::stoul(argv[5]), (uint32_t)std::stoul(argv[6]), std::stof(argv[7]), argv[8][0] == '1',
            argv[9][0] == '1', argv[10][0] == '1', (uint32_t)std::stoul(argv[11]), {}};
-    if (argc == 14) c.sinks = std::stof(argv[13]);
+    if (argc >= 14) c.sinks = std::stof(argv[13]);
+    if (argc >= 15) c.pad = (uint32_t)std::stoul(argv[14]);
+    if (c.pad && !c.fixed) {
+        std::fprintf(stderr, "PAD needs a fixed plan\n");
+        return 2;
+    }
     std::string s = argv[12];
     for (size_t at = 0; at < s.size();) {
         size_t comma = s.find(',', at);

@@ -6,8 +6,11 @@ with small shapes: sliding windows (shorter than a block, not a multiple of it, 
 soft-capping, NaN placeholders before the window, split decode partitions wholly before the window, fixed
 (CUDA-graph) decode plans, head_dim 64 / 96 / 128 / 256 on both kernels, and gpt-oss's attention sinks (per
 head, above, below and among the scores) on both kernels: unsplit and split decode, fixed plans, prefill
-tiles, sliding windows of 128 and full layers, GQA. Needs g++ with C++20; no GPU, no CUDA toolkit. Slow
-(barriers are context switches): a few minutes on 2 cores.
+tiles, sliding windows of 128 and full layers, GQA, and gpt-oss's steps as the GPU parity test makes them
+(its four prompts prefilled at once, decode under and over the window, CUDA-graph plans with padding rows).
+Memory is poisoned as a GPU leaves it (attention_driver.cpp): outputs, partials and shared memory start as
+NaN, and the cache blocks no sequence may read hold NaNs, so a read of anything unwritten shows. Needs g++
+with C++20; no GPU, no CUDA toolkit. Slow (barriers are context switches): a few minutes on 2 cores.
 
     python3 rust/kernels/emulate/check_attention.py [--jobs 2] [--quick]
 
@@ -23,7 +26,7 @@ def seqs(*pairs):
     return ",".join(f"{q}:{c}" for q, c in pairs)
 
 
-# (dtype, heads, kv_heads, head_dim, block, window, softcap, placeholders, fixed, tiled, seed, seqs[, sinks])
+# (dtype, heads, kv_heads, head_dim, block, window, softcap, placeholders, fixed, tiled, seed, seqs[, sinks[, pad]])
 EDGES = seqs((1, 16), (1, 17), (1, 15), (1, 33), (3, 48), (5, 49), (16, 16), (1, 130), (7, 90))
 CHUNKS = seqs((100, 300), (70, 70), (20, 200), (1, 150), (16, 80))
 DECODES = seqs((1, 2000), (1, 700), (1, 129), (2, 1100), (1, 40))
@@ -75,6 +78,21 @@ def cases(quick):
         out.append((dt, 2, 1, 128, 16, 47, 20.0, 1, 0, 1, 340, CHUNKS, 15))  # with a cap; sink past it
         if not quick:
             out.append((dt, 2, 2, 256, 8, 130, 0, 1, 0, 1, 341, CHUNKS, 4))
+    # gpt-oss as tests/gpu/test_arch_parity.py runs it (4 / 2 heads of 64, sinks, window 128 and full
+    # layers) and at gpt-oss-20b's GQA ratio scaled down (16 / 2: 8 query heads per KV head): the test's
+    # prompts of 50, 97, 129 and 230 tokens prefilled in one step (tiled; f32 on the per-token kernel), decode
+    # with contexts under, at and over the window and split past it (partitions wholly before the window),
+    # and fixed (CUDA-graph) decode plans with padding rows (a bucket larger than the batch).
+    GPT_OSS_PREFILL = seqs((50, 50), (97, 97), (129, 129), (230, 230))
+    GPT_OSS_DECODE = seqs((1, 51), (1, 64), (1, 65), (1, 98), (1, 128), (1, 129), (1, 145), (1, 231), (1, 278), (1, 700))
+    for w in (0, 128):
+        for dt in ("f32", "bf16"):
+            out.append((dt, 4, 2, 64, 16, w, 0, 1, 0, int(dt != "f32"), 350 + w, GPT_OSS_PREFILL, 4))
+            out.append((dt, 16, 2, 64, 16, w, 0, 1, 0, 0, 351 + w, GPT_OSS_DECODE, 4))
+            out.append((dt, 4, 2, 64, 16, w, 0, 1, 1, 0, 352 + w, seqs((1, 98), (1, 145), (1, 231)), 4, 5))
+        if not quick:
+            out.append(("f16", 16, 2, 64, 16, w, 0, 1, 0, 1, 353 + w, seqs((16, 300), (3, 140), (40, 129), (1, 1)), 15))
+            out.append(("bf16", 16, 2, 64, 16, w, 0, 1, 1, 0, 354 + w, seqs((1, 700), (1, 129), (1, 2)), 15, 1))
     return out
 
 

@@ -6,8 +6,10 @@ moe_driver.cpp (routing as moe.rs `route`, the layer in double). Cases cover exp
 token, partial and full tiles, every token on one expert, ties in the router, top-k 1..8 over 4..128
 experts, both routings, SiLU and gpt-oss's clamped SwiGLU with biases; MXFP4 experts (gpt-oss) at gpt-oss's
 hidden size (2880: 1530-byte rows, only 2-byte aligned, and a short last K stage), odd row lengths, and
-the MXFP4 fragments checked bit for bit on every scale byte and nibble (`mxfp4-dequant`). Needs g++ with C++20; no GPU, no
-CUDA toolkit. About half a minute on 2 cores.
+the MXFP4 fragments checked bit for bit on every scale byte and nibble (`mxfp4-dequant`), and gpt-oss's layer
+as the GPU parity test runs it. Buffers start as values no kernel writes (NaN outputs, garbage plan entries)
+and shared memory, static and dynamic, as 0xff bytes before every block (harness.h), as a GPU leaves it.
+Needs g++ with C++20; no GPU, no CUDA toolkit. About half a minute on 2 cores.
 
     python3 rust/kernels/emulate/check_moe.py [--jobs 2]
     python3 rust/kernels/emulate/check_moe.py --gpu     # on a GPU host with nvcc: the same checks run by the
@@ -37,6 +39,10 @@ CASES = [
     ("q4bf16", 4, 16, 4, 256, 256, 1, 0, "swiglu", 1, "ties", 11),
     ("f16", 70, 8, 2, 192, 64, 0, 1, "silu", 1, "rand", 12),      # several tiles per expert, 3 K stages
     ("bf16", 200, 16, 4, 64, 64, 0, 1, "silu", 0, "rand", 13),    # 800 slots: alignment over 7 chunks per block
+    # gpt-oss as tests/gpu/test_arch_parity.py runs it (H 256, I 128, 4 experts, top 2, biases): a decode
+    # batch of 4 and its four prompts (50 + 97 + 129 + 230 tokens) in one prefill step.
+    ("bf16", 4, 4, 2, 256, 128, 1, 0, "swiglu", 1, "rand", 31),
+    ("bf16", 506, 4, 2, 256, 128, 1, 0, "swiglu", 1, "rand", 32),
     ("mxfp4-dequant",),                                           # the MXFP4 fragments, every scale and nibble
     # MXFP4: gpt-oss (32 experts, top 4, top-k softmax, clamped SwiGLU, biases) at its hidden size 2880: gate/up
     # rows of 90 blocks (1530 bytes, starting at every even offset mod 16), 11 full K stages and one of 2

@@ -2,6 +2,9 @@
 // one OS thread per CUDA thread (shim.cuh), with the block and warp barriers the shim's primitives use.
 #pragma once
 #include "q4_shim.h"  // gridDim, and the bf16 / f16 types through attention_shim.h
+#include <cstdio>
+#include <cstring>
+#include <unistd.h>
 #include <functional>
 #include <memory>
 #include <thread>
@@ -12,6 +15,33 @@ Dim blockIdx;
 std::barrier<>* g_block_barrier;
 std::barrier<>* g_warp_barriers[32];
 uint64_t g_slots[32][32];
+
+// Before every block the launch fills the kernels' __shared__ variables with 0xff bytes (NaN in f32 / bf16
+// / f16, 0xffffffff in u32), as a block on a GPU finds whatever the SM's last block left there: a block that
+// reads shared memory it did not write then reads NaN, not the value its predecessor left (which, computed
+// the same way, would often be right). harness.py writes the variables' offsets from g_slots and sizes to
+// <executable>.shared after the build; without that file nothing is poisoned. g_before_block: a hook the
+// driver may set to poison its dynamic shared memory too.
+inline std::function<void()> g_before_block;
+
+static void poison_shared() {
+    static std::vector<std::pair<long long, size_t>> vars = [] {
+        std::vector<std::pair<long long, size_t>> v;
+        char exe[4096];
+        const ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 16);
+        if (n <= 0) return v;
+        std::strcpy(exe + n, ".shared");
+        if (FILE* f = std::fopen(exe, "r")) {
+            long long off;
+            size_t size;
+            while (std::fscanf(f, "%lld %zu", &off, &size) == 2) v.emplace_back(off, size);
+            std::fclose(f);
+        }
+        return v;
+    }();
+    for (auto& [off, size] : vars) std::memset(reinterpret_cast<char*>(g_slots) + off, 0xff, size);
+    if (g_before_block) g_before_block();
+}
 
 static void launch(unsigned gx, unsigned gy, unsigned threads, const std::function<void()>& body) {
     std::barrier<> block(threads);
@@ -28,6 +58,7 @@ static void launch(unsigned gx, unsigned gy, unsigned threads, const std::functi
         for (unsigned x = 0; x < gx; ++x) {
             blockIdx.x = x;
             blockIdx.y = y;
+            poison_shared();
             std::vector<std::thread> ts;
             for (unsigned t = 0; t < threads; ++t) ts.emplace_back([&, t] { threadIdx.x = t; body(); });
             for (auto& t : ts) t.join();

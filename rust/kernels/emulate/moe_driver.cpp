@@ -25,6 +25,9 @@ template <typename T> struct Emulate {
         std::vector<T> a((size_t)d.slots * c.i, hto<T>(NAN)), y((size_t)d.slots * c.h, hto<T>(NAN));
         std::vector<uint8_t> smem((d.fmt == MG_W_Q4 ? MG_Q4_SMEM_BYTES : d.fmt == MG_W_MXFP4 ? MG_MX_SMEM_BYTES : MG_DENSE_SMEM_BYTES) + 16);
         uint8_t* s = smem.data() + (16 - (uintptr_t)smem.data() % 16) % 16;
+        // The dynamic shared memory starts each block as 0xff bytes (NaN), as a GPU leaves it: a read of a
+        // stage or slot entry the block did not fill shows (harness.h poisons the __shared__ variables).
+        g_before_block = [&] { std::memset(smem.data(), 0xff, smem.size()); };
         const float alpha = 1.702f, limit = 7.0f;
         auto gemm = [&](T* o, const T* in, const uint8_t* w, const T* b, uint32_t n, uint32_t k, uint32_t div, uint32_t md) {
             const uint32_t row_tiles = md == MG_PLAIN ? (n + MG_ROWS - 1) / MG_ROWS : (n + MG_ROWS / 2 - 1) / (MG_ROWS / 2);
@@ -39,6 +42,7 @@ template <typename T> struct Emulate {
         };
         gemm(a.data(), d.x.data(), d.gu.raw.data(), c.bias ? d.gu_bias.data() : nullptr, c.i, c.h, c.k, c.swiglu ? MG_SWIGLU : MG_SILU);
         gemm(y.data(), a.data(), d.dn.raw.data(), c.bias ? d.dn_bias.data() : nullptr, c.h, c.i, 1, MG_PLAIN);
+        g_before_block = nullptr;
         launch(3, 1, 64, [&] { moe_combine<T>(d.out.data(), y.data(), d.wts.data(), c.t, c.k, c.h); });
     }
     // Plain host calls: the fragment code is per thread (no shuffles, no barriers).
