@@ -1,7 +1,9 @@
 """Where transformers' gpt-oss on CUDA departs from itself on the CPU (tests/gpu/test_arch_parity.py's gpt-oss
 model, f32, eager attention and experts): every module's output on both devices for one prompt,
 printed in call order with max |cuda - cpu| / max |cpu|; the first large one names the culprit.
-DIAG_PROMPT_LEN sets the prompt's length (default 250).
+DIAG_PROMPT_LEN sets the prompt's length (default 250). DIAG_SEED seeds the model (default 7; the parity test's
+own gpt-oss checkpoint is seeded 111: 100 + its index in ARCHS) and DIAG_TEST_PROMPT=i takes the test's prompt i
+(0..3: 50 / 97 / 129 / 230 tokens) instead of a random one.
 
     python benches/gpu/diag_hf_gpt_oss.py
 """
@@ -17,15 +19,22 @@ import transformers  # noqa: E402
 from test_arch_parity import ARCHS, COMMON, FINAL_NORM_SCALE, VOCAB, _init_weights  # noqa: E402
 
 cfg = transformers.GptOssConfig(**{**COMMON, **ARCHS["gpt_oss"][2]})
-torch.manual_seed(7)
+SEED = int(os.environ.get("DIAG_SEED", "7"))
+torch.manual_seed(SEED)
 model = transformers.GptOssForCausalLM(cfg).eval()
-_init_weights(model, 7, False, 1.0, FINAL_NORM_SCALE, torch)
+_init_weights(model, SEED, False, 1.0, FINAL_NORM_SCALE, torch)
 d = tempfile.mkdtemp()
 model.to(torch.bfloat16).save_pretrained(d)
 # 250 tokens: past the model's 128-token sliding window (a 50-token prompt, inside it, agreed everywhere to
 # 1.1e-6 on an H100: benches/results/gpu_gpt_oss_hf_cuda_vs_cpu_modules_h100_2026-12-06.log).
 PROMPT_LEN = int(os.environ.get("DIAG_PROMPT_LEN", "250"))
 prompt = torch.tensor([[random.Random(3).randrange(3, VOCAB) for _ in range(PROMPT_LEN)]])
+if os.environ.get("DIAG_TEST_PROMPT"):
+    from test_arch_parity import PROMPT_LENS  # noqa: E402
+
+    _rng = random.Random(0)  # test_arch_parity.prompts
+    _all = [[_rng.randrange(3, VOCAB) for _ in range(n)] for n in PROMPT_LENS]
+    prompt = torch.tensor([_all[int(os.environ["DIAG_TEST_PROMPT"])]])
 
 
 def run(device):
