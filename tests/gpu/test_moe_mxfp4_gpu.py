@@ -38,6 +38,7 @@ os.environ.pop("MLC_CUDA_MXFP4", None)
 
 from test_arch_parity import GPT_OSS_YARN, _init_weights, _run_engine_bf16, _write_tokenizer, core, torch_mod  # noqa: F401
 from test_engine_gpu import _record
+from test_moe_gpu import _rel  # per-row median / max relative difference over the rows both runs share
 
 pytestmark = pytest.mark.gpu
 
@@ -145,19 +146,6 @@ def _child_logits(model: str, device: str, prompt, dtype: str, env: dict):
     assert done.returncode == 0, done.stderr[-3000:]
     r = json.loads(done.stdout)
     return r["tokens"], r["rows"]
-
-
-def _rel(torch, a_toks, a_rows, b_toks, b_rows):
-    """Per row, max |a - b| / max |b| over the rows both runs reached with the same tokens (the prefill row
-    always): their median (what the bounds apply to) and maximum (reported), and how many rows."""
-    same = 1
-    while same < len(a_toks) and a_toks[same - 1] == b_toks[same - 1]:
-        same += 1
-    a = torch.tensor(a_rows[:same], dtype=torch.float32)
-    b = torch.tensor(b_rows[:same], dtype=torch.float32)
-    assert torch.isfinite(a).all(), "non-finite logits"
-    per_row = (a - b).abs().max(-1).values / b.abs().max(-1).values
-    return per_row.median().item(), per_row.max().item(), same
 
 
 def _parting_margin(a_toks, b_toks, b_rows):

@@ -4,6 +4,7 @@
 #include <cuda_fp16.h>
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 __device__ __forceinline__ float to_f32(float x) { return x; }
 __device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
@@ -13,6 +14,19 @@ template <typename T> __device__ __forceinline__ T from_f32(float x);
 template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
 template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half(x); }
+
+// A packed pair (__half2, __nv_bfloat162) from its 32 bits and back (the 4-bit dequantizers build pairs
+// with integer operations).
+template <typename P> __device__ __forceinline__ P pair_from_bits(uint32_t bits) {
+    P p;
+    memcpy(&p, &bits, 4);
+    return p;
+}
+template <typename P> __device__ __forceinline__ uint32_t pair_bits(P p) {
+    uint32_t bits;
+    memcpy(&bits, &p, 4);
+    return bits;
+}
 
 // x rounded to T's precision, kept in f32.
 template <typename T> __device__ __forceinline__ float round_to(float x) { return to_f32(from_f32<T>(x)); }

@@ -20,8 +20,7 @@
 // Blocks sit at any byte offset in shared memory (17-byte blocks; moe_gemm.cu copies aligned 16-byte
 // windows of the rows): a lane's two nibble bytes are taken from two aligned 32-bit words by a funnel shift.
 #pragma once
-#include <stdint.h>
-#include <string.h>
+#include "common.cuh"  // pair_from_bits / pair_bits
 
 // High / low bytes of the bf16 patterns of {0, 1, 2, 3, 4, 6, 8, 12}: entries 0..3 in the first word,
 // 4..7 in the second (byte i of {hi, lo} = entry i, as PRMT indexes its 8 source bytes).
@@ -33,17 +32,6 @@
 // The bf16 bits of 2^(e - 128), as ggml's GGML_E8M0_TO_FP32_HALF gives it in f32 (e < 2: subnormal).
 __device__ __forceinline__ uint32_t mx_scale_bits(uint32_t e) { return e < 2 ? 0x20u << e : (e - 1) << 7; }
 
-template <typename P> __device__ __forceinline__ P mx_as(uint32_t bits) {
-    P p;
-    memcpy(&p, &bits, 4);
-    return p;
-}
-template <typename P> __device__ __forceinline__ uint32_t mx_bits(P p) {
-    uint32_t bits;
-    memcpy(&bits, &p, 4);
-    return bits;
-}
-
 // Two nibble bytes b0 (bits 0..7), b1 (bits 8..15) of `two` -> the bf16 pairs {b0 low, b1 low} (lo) and
 // {b0 high, b1 high} (hi), each element first in its low half, times the scale pair s2.
 __device__ __forceinline__ void mx_dequant_pairs(uint32_t two, uint32_t s2, uint32_t& lo, uint32_t& hi) {
@@ -53,9 +41,9 @@ __device__ __forceinline__ void mx_dequant_pairs(uint32_t two, uint32_t s2, uint
     const uint32_t spread = __byte_perm(two, 0u, 0x4140);  // b0 -> bits 0..7, b1 -> bits 16..23
     const uint32_t mlo = __byte_perm(l, h, 0x6240) | ((spread << 12) & 0x80008000u);  // signs: bits 3, 19
     const uint32_t mhi = __byte_perm(l, h, 0x7351) | ((spread << 8) & 0x80008000u);   // signs: bits 7, 23
-    const __nv_bfloat162 s = mx_as<__nv_bfloat162>(s2);
-    lo = mx_bits(__hmul2(mx_as<__nv_bfloat162>(mlo), s));
-    hi = mx_bits(__hmul2(mx_as<__nv_bfloat162>(mhi), s));
+    const __nv_bfloat162 s = pair_from_bits<__nv_bfloat162>(s2);
+    lo = pair_bits(__hmul2(pair_from_bits<__nv_bfloat162>(mlo), s));
+    hi = pair_bits(__hmul2(pair_from_bits<__nv_bfloat162>(mhi), s));
 }
 
 // Bytes p, p + 1 of shared memory at any alignment, from the aligned words around them.

@@ -16,8 +16,7 @@
 //     path did before, takes twice the instructions.)
 // So a pair of weights costs 3 (f16) or 4-5 (bf16) instructions after a byte permute, against 6-9 through f32.
 #pragma once
-#include <stdint.h>
-#include <string.h>
+#include "common.cuh"  // pair_from_bits / pair_bits
 
 template <typename T> struct Q4tPair;  // T's pair type and constants (bits of both halves)
 template <> struct Q4tPair<__half> {
@@ -32,17 +31,6 @@ template <> struct Q4tPair<__nv_bfloat16> {
     static constexpr uint32_t MAGIC = 0x43004300u;     // 128
     static constexpr uint32_t LO_BIAS = 0x43084308u;   // 136: (128 + q) - 136 = q - 8
 };
-
-template <typename P> __device__ __forceinline__ P q4t_as(uint32_t bits) {
-    P p;
-    memcpy(&p, &bits, 4);
-    return p;
-}
-template <typename P> __device__ __forceinline__ uint32_t q4t_bits(P p) {
-    uint32_t bits;
-    memcpy(&bits, &p, 4);
-    return bits;
-}
 
 // A block's scale as the pair multiply wants it: f16 {d, d}; bf16 {hi, hi} and {lo, lo} (see above).
 template <typename T> struct Q4tScale;
@@ -73,17 +61,17 @@ __device__ __forceinline__ uint32_t q4t_dequant_pair(uint32_t v, bool hi, const 
 template <>
 __device__ __forceinline__ uint32_t q4t_dequant_pair<__half>(uint32_t v, bool hi, const Q4tScale<__half>& s) {
     typedef Q4tPair<__half> C;
-    const __half2 h = q4t_as<__half2>((v & (hi ? 0x00f000f0u : 0x000f000fu)) | C::MAGIC);
-    const __half2 q = hi ? __hfma2(h, q4t_as<__half2>(C::HI_SCALE), q4t_as<__half2>(C::HI_BIAS))
-                         : __hsub2(h, q4t_as<__half2>(C::LO_BIAS));
-    return q4t_bits(__hmul2(q, q4t_as<__half2>(s.d2)));
+    const __half2 h = pair_from_bits<__half2>((v & (hi ? 0x00f000f0u : 0x000f000fu)) | C::MAGIC);
+    const __half2 q = hi ? __hfma2(h, pair_from_bits<__half2>(C::HI_SCALE), pair_from_bits<__half2>(C::HI_BIAS))
+                         : __hsub2(h, pair_from_bits<__half2>(C::LO_BIAS));
+    return pair_bits(__hmul2(q, pair_from_bits<__half2>(s.d2)));
 }
 template <>
 __device__ __forceinline__ uint32_t q4t_dequant_pair<__nv_bfloat16>(uint32_t v, bool hi, const Q4tScale<__nv_bfloat16>& s) {
     typedef Q4tPair<__nv_bfloat16> C;
     typedef __nv_bfloat162 P;
-    const P q = __hsub2(q4t_as<P>(((hi ? v >> 4 : v) & 0x000f000fu) | C::MAGIC), q4t_as<P>(C::LO_BIAS));
-    return q4t_bits(__hfma2(q, q4t_as<P>(s.hi2), __hmul2(q, q4t_as<P>(s.lo2))));
+    const P q = __hsub2(pair_from_bits<P>(((hi ? v >> 4 : v) & 0x000f000fu) | C::MAGIC), pair_from_bits<P>(C::LO_BIAS));
+    return pair_bits(__hfma2(q, pair_from_bits<P>(s.hi2), __hmul2(q, pair_from_bits<P>(s.lo2))));
 }
 
 // Bytes b0, b1 of a 16-bit word -> bits 0..7 and 16..23 (one PRMT).
