@@ -11,6 +11,8 @@ pub mod convert;
 mod cuda_args;
 #[cfg(feature = "cuda")]
 pub mod cuda_graph;
+#[cfg(feature = "cuda")]
+pub mod cuda_kernels;
 pub mod device;
 pub mod embedding;
 pub mod engine;

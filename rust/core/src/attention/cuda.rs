@@ -89,7 +89,7 @@ fn launch_kv_write<T: CudaDType + DeviceRepr>(
     a: &KvWriteArgs,
 ) -> Result<()> {
     let dev = cache.device().clone();
-    let func = dev.get_or_load_custom_func(kernels::kv_write_name(dtype), kernels::KV_WRITE_MODULE, kernels::KV_WRITE_PTX)?;
+    let func = crate::cuda_kernels::func(&dev, kernels::kv_write_name(dtype), &kernels::modules::KV_WRITE)?;
     with_packed(step, &dev, |meta| {
         let slots = view(meta, span(step.plan.slot_mapping), "slot mapping")?;
         let src = view(new.as_cuda_slice::<T>()?, a.new.clone(), "new k/v")?;
@@ -211,7 +211,7 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
     let sinks_guard = sinks.map(|s| s.storage_and_layout());
     let plan = &step.plan;
     let (h, d) = (a.num_heads as usize, a.head_dim as usize);
-    let attn = dev.get_or_load_custom_func(name, kernels::PAGED_ATTENTION_MODULE, kernels::PAGED_ATTENTION_PTX)?;
+    let attn = crate::cuda_kernels::func(&dev, name, &kernels::modules::PAGED_ATTENTION)?;
     // SAFETY: every row of `out` is written: the step's sequences tile all its tokens (validated in
     // `prepare`), each unsplit token by the per-token or the tiled kernel and each split one by the
     // block of its last finished partition.
@@ -289,7 +289,7 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
         if let Some(prefill_name) = a.prefill {
             let (query_start, context_len) = (m(plan.query_start, "query start")?, m(plan.context_len, "context len")?);
             let (tile_seq, tile_start) = (m(plan.tile_seq, "tile seq")?, m(plan.tile_start, "tile start")?);
-            let prefill = dev.get_or_load_custom_func(prefill_name, kernels::PREFILL_ATTENTION_MODULE, kernels::PREFILL_ATTENTION_PTX)?;
+            let prefill = crate::cuda_kernels::func(&dev, prefill_name, &kernels::modules::PREFILL_ATTENTION)?;
             let mut b = prefill.builder();
             b.arg(&mut out);
             b.arg(&qv);

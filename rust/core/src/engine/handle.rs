@@ -21,7 +21,7 @@ use std::collections::{HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 enum Command {
     Add { request_id: String, prompt: Vec<u32>, params: SamplingParams, max_new_tokens: usize, grammar: Option<GrammarMatcher> },
@@ -64,6 +64,41 @@ pub struct EngineInfo {
     pub template_stop: Vec<String>,
     /// "disable", "small_draft", "eagle" or "ngram".
     pub speculative_mode: String,
+    /// Seconds of each phase of construction, in order (also logged at info level): device (CUDA
+    /// context and cuBLAS handle), weights mapped, weights uploaded and converted (the model built), KV
+    /// cache, kernel modules (the wait for [`crate::cuda_kernels::preload`], which runs beside the
+    /// phases before it), first step (a warm-up step on scratch data). The phases that do not apply to
+    /// a device are left out.
+    pub startup_s: Vec<(String, f64)>,
+}
+
+/// The clock of [`build`]'s phases; on CUDA each phase ends with a device synchronisation, so the
+/// time of the work a phase queued is its own.
+struct StartupClock {
+    start: Instant,
+    last: Instant,
+    phases: Vec<(String, f64)>,
+}
+
+impl StartupClock {
+    fn new() -> Self {
+        let now = Instant::now();
+        StartupClock { start: now, last: now, phases: Vec::new() }
+    }
+
+    fn mark(&mut self, phase: &str, device: Option<&candle_core::Device>) {
+        if let Some(d) = device.filter(|d| d.is_cuda()) {
+            let _ = d.synchronize();
+        }
+        let now = Instant::now();
+        self.phases.push((phase.to_string(), (now - self.last).as_secs_f64()));
+        self.last = now;
+    }
+
+    fn log(&self, model: &str) {
+        let phases: Vec<String> = self.phases.iter().map(|(p, s)| format!("{p} {s:.2} s")).collect();
+        log::info!("engine for {model} ready in {:.2} s: {}", self.start.elapsed().as_secs_f64(), phases.join(", "));
+    }
 }
 
 impl EngineInfo {
@@ -294,7 +329,9 @@ impl Drop for EngineHandle {
 
 /// Loads the model and sizes the engine: everything that can fail happens here, on the caller's thread.
 pub fn build(model: &str, device: &str, args: &EngineArgs) -> Result<(EngineCore, EngineInfo, Arc<Tokenizer>)> {
+    let mut clock = StartupClock::new();
     let device = parse_device(device)?;
+    clock.mark("device", Some(&device));
     if device.is_cpu() {
         super::host_memory::keep_step_buffers();
     }
@@ -318,8 +355,16 @@ pub fn build(model: &str, device: &str, args: &EngineArgs) -> Result<(EngineCore
     let from_env = || std::env::var("MLC_QUANTIZED_MATMUL").ok().map(|v| v == "1");
     let quantized = args.quantized_matmul.or_else(from_env).unwrap_or(device.is_cpu());
     let quant = if quantized { QuantMode::Quantized } else { QuantMode::Dequantize };
+    // Every kernel module loads on background threads while the weights are read, not at the first
+    // request (cuda_kernels.rs); joined before the warm-up step below.
+    #[cfg(feature = "cuda")]
+    let preload = match &device {
+        candle_core::Device::Cuda(d) if crate::cuda_kernels::preload_enabled() => Some(crate::cuda_kernels::preload(d)),
+        _ => None,
+    };
     let memory = memory_bytes(&device);
     let mut loaded = loader::load(&path, &device, dtype, quant)?;
+    clock.mark("weights mapped", Some(&device));
     if local.is_some() {
         loaded.name = crate::hub::repo_id(model).unwrap_or(loaded.name);
     }
@@ -346,7 +391,9 @@ pub fn build(model: &str, device: &str, args: &EngineArgs) -> Result<(EngineCore
         n => Box::new(crate::model::sharded_lm::ShardedLm::load(&model_cfg, &loaded.weights, &device, dtype, n, sizes.num_kv_blocks, sizes.kv_block_size)?),
     };
     drop(loaded.weights);
+    clock.mark("weights uploaded and converted", Some(&device));
     let kv = PagedKvCache::new(cfg.num_hidden_layers, sizes.num_kv_blocks, sizes.kv_block_size, model_impl.kv_heads(), cfg.head_dim, kv_dtype, &device)?;
+    clock.mark("kv cache", Some(&device));
     let scheduler = Scheduler::new(SchedulerConfig {
         max_num_seqs: sizes.max_num_sequence,
         max_num_batched_tokens: sizes.prefill_chunk_size.max(sizes.max_num_sequence),
@@ -382,6 +429,7 @@ pub fn build(model: &str, device: &str, args: &EngineArgs) -> Result<(EngineCore
         generation_defaults: generation_defaults(&loaded.path, loaded.mlc_config.as_ref()),
         template_stop: tokenizer.conv_template().map(|c| c.stop_strs().to_vec()).unwrap_or_default(),
         speculative_mode: "disable".to_string(),
+        startup_s: Vec::new(),
     };
     let mut runner = ModelRunner::new(model_impl, kv);
     let mut info = info;
@@ -389,13 +437,48 @@ pub fn build(model: &str, device: &str, args: &EngineArgs) -> Result<(EngineCore
         info.cuda_graph = runner.enable_cuda_graphs(sizes.max_num_sequence, sizes.max_single_sequence_length)?;
     }
     let spec = crate::spec::build(args, &device, dtype, quant, &tokenizer, cfg.hidden_size, &sizes)?;
+    if spec.is_some() {
+        clock.mark("draft model", Some(&device));
+    }
     // An EAGLE head drafts from the target's hidden states of every step.
     runner.keep_hidden = spec.as_ref().is_some_and(|s| s.eagle.is_some());
     info.speculative_mode = args.speculative_mode.clone();
+    #[cfg(feature = "cuda")]
+    if let Some(preload) = preload {
+        let report = preload.wait();
+        for e in &report.errors {
+            log::warn!("kernel preload: {e} (loads again at first use)");
+        }
+        let modules: Vec<String> = report.modules.iter().map(|(m, from, s)| format!("{m} ({from}) {:.0} ms", s * 1e3)).collect();
+        log::info!("kernel modules loaded in {:.2} s wall: {}", report.wall_s, modules.join(", "));
+        clock.mark("kernel modules", Some(&device));
+        // One step on scratch data: the first request then finds cuBLAS's kernels and every lazily
+        // loaded function ready.
+        if let Err(e) = warm_up(&mut runner, sizes.kv_block_size, sizes.prefill_chunk_size) {
+            log::warn!("warm-up step failed: {e}");
+        }
+        clock.mark("first step", Some(&device));
+    }
+    clock.log(&info.model);
+    info.startup_s = clock.phases.clone();
     let grammars = Arc::new(GrammarCompiler::new(Vocab::from_tokenizer(tokenizer.clone(), cfg.vocab_size)));
     let mut core = EngineCore::with_grammars(runner, scheduler, tokenizer.clone(), sizes, args.enable_tracing, grammars);
     core.spec = spec;
     Ok((core, info, tokenizer))
+}
+
+/// Runs a prefill of a few tokens of id 0 at positions 0.. through the model, the lm_head and the
+/// device argmax. Its KV lands in block 0, which no sequence holds yet (each one writes its own KV
+/// before reading it).
+#[cfg(feature = "cuda")]
+fn warm_up(runner: &mut ModelRunner, block_size: usize, max_tokens: usize) -> Result<()> {
+    use crate::scheduler::{ScheduledSeq, SchedulerOutput};
+    let n = block_size.min(max_tokens).clamp(1, 8);
+    let seq = ScheduledSeq { seq_id: 0, start_pos: 0, token_ids: vec![0; n], block_table: vec![0], sample: true, num_draft: 0, long_rope: false };
+    let out = SchedulerOutput { seqs: vec![seq], num_batched_tokens: n, ..Default::default() };
+    runner.execute(&out, crate::runner::SampleOn::Argmax)?;
+    runner.last_hidden = None;
+    Ok(())
 }
 
 /// The KV cache's element type for `args.kv_cache_dtype` (see [`EngineArgs`]): checked before the model

@@ -309,7 +309,7 @@ mod cuda {
     /// The kernel `op` for `dtype`, loaded once per device.
     macro_rules! func {
         ($dev:expr, $op:expr, $dtype:expr) => {
-            $dev.get_or_load_custom_func(kernels::fused_name($op, $dtype), kernels::FUSED_MODULE, kernels::FUSED_PTX)
+            crate::cuda_kernels::func(&$dev, kernels::fused_name($op, $dtype), &kernels::modules::FUSED)
         };
     }
 

@@ -376,7 +376,7 @@ mod cuda {
             (false, false) => (Q4Kernel::GemvSimple, kernels::Q4_SIMPLE_ROWS, kernels::Q4_SIMPLE_THREADS),
             (false, true) => bail!("q4-gemv: the fused silu GEMV needs bf16 / f16, K % 256 == 0 and aligned operands"),
         };
-        let func = dev.get_or_load_custom_func(func_name(kernel, dtype)?, kernels::Q4_GEMM_MODULE, kernels::Q4_GEMM_PTX)?;
+        let func = crate::cuda_kernels::func(&dev, func_name(kernel, dtype)?, &kernels::modules::Q4_GEMM)?;
         let xv = view(x.as_cuda_slice::<T>()?, xr, "x")?;
         let wv = view(w.as_cuda_slice::<u8>()?, wr, "q4 blocks")?;
         // The kernels take N as their output count (the silu kernel finds the up rows N rows further).
@@ -443,7 +443,7 @@ mod cuda {
             return Ok(CudaStorage::wrap_cuda_slice(out, dev));
         }
         let Some((name, reduce_name)) = kernels::q4_gemm_tc_names(dtype) else { bail!("q4-gemm-tc: no kernel for {dtype:?}") };
-        let func = dev.get_or_load_custom_func(name, kernels::Q4_GEMM_TC_MODULE, kernels::Q4_GEMM_TC_PTX)?;
+        let func = crate::cuda_kernels::func(&dev, name, &kernels::modules::Q4_GEMM_TC)?;
         // More than the default 48 KiB of dynamic shared memory must be asked for per function; cheap, and
         // idempotent, so it is set on every launch rather than tracked per context.
         func.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, kernels::Q4_GEMM_TC_SMEM_BYTES as i32)
@@ -479,7 +479,7 @@ mod cuda {
         // alignment checked above.
         unsafe { b.launch(cfg) }.w()?;
         if splits > 1 {
-            let reduce = dev.get_or_load_custom_func(reduce_name, kernels::Q4_GEMM_TC_MODULE, kernels::Q4_GEMM_TC_PTX)?;
+            let reduce = crate::cuda_kernels::func(&dev, reduce_name, &kernels::modules::Q4_GEMM_TC)?;
             let count = (t * n) as u64;
             let blocks = (t * n).div_ceil(kernels::Q4_GEMM_TC_REDUCE_THREADS as usize).min(65_535) as u32;
             let mut b = reduce.builder();
@@ -526,7 +526,7 @@ mod cuda {
         // SAFETY: every block's 32 outputs are written (grid-stride over every quarter block).
         let mut out = unsafe { dev.alloc::<T>(elems) }?;
         let blocks = (elems / kernels::Q4_BLOCK_WEIGHTS) as u64;
-        let func = dev.get_or_load_custom_func(func_name(Q4Kernel::Dequant, dtype)?, kernels::Q4_GEMM_MODULE, kernels::Q4_GEMM_PTX)?;
+        let func = crate::cuda_kernels::func(&dev, func_name(Q4Kernel::Dequant, dtype)?, &kernels::modules::Q4_GEMM)?;
         let wv = view(w.as_cuda_slice::<u8>()?, wr, "q4 blocks")?;
         // One thread per quarter block (8 outputs), grid-stride.
         let grid = (blocks as usize * 4).div_ceil(kernels::Q4_DEQUANT_THREADS as usize).min(65_535) as u32;

@@ -53,7 +53,7 @@ pub fn argmax_on_device(logits: &Tensor) -> Result<Vec<u32>> {
         return Ok(Vec::new());
     }
     with_logits(logits, "device argmax", |dev, src| {
-        let func = dev.get_or_load_custom_func(kernels::ARGMAX_FUNC, kernels::SAMPLING_MODULE, kernels::SAMPLING_PTX)?;
+        let func = crate::cuda_kernels::func(&dev, kernels::ARGMAX_FUNC, &kernels::modules::SAMPLING)?;
         // SAFETY: the launch writes one token per row.
         let mut out = unsafe { dev.alloc::<u32>(batch) }?;
         let (b32, v32) = (batch as u32, vocab as u32); // checked in check_logits
@@ -121,7 +121,7 @@ fn check_logits(logits: &Tensor, num_seqs: usize) -> Result<(usize, usize)> {
 /// One launch of `sample_rows_f32`; returns its `[batch, SAMPLING_OUT_WORDS]` output words.
 fn launch(logits: &Tensor, packed: &device_rows::Packed, batch: usize, vocab: usize) -> Result<Vec<u32>> {
     with_logits(logits, "device sampling", |dev, src| {
-        let func = dev.get_or_load_custom_func(kernels::SAMPLING_FUNC, kernels::SAMPLING_MODULE, kernels::SAMPLING_PTX)?;
+        let func = crate::cuda_kernels::func(&dev, kernels::SAMPLING_FUNC, &kernels::modules::SAMPLING)?;
         let params = dev.clone_htod(&packed.words)?;
         // SAFETY: scratch; the block of each row that lists tokens writes its whole work row before reading it.
         let work_len = packed.work_rows.max(1).checked_mul(vocab).ok_or_else(|| {

@@ -44,7 +44,7 @@ pub(super) fn plan(p: &Plan, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage
     let norm = u32::from(p.norm);
     let (slots32, tiles32) = (to_u32(lay.slots, "slots")?, to_u32(lay.tiles, "tiles")?);
     {
-        let route = dev.get_or_load_custom_func(kernels::MOE_ROUTE_FUNC, kernels::MOE_MODULE, kernels::MOE_PTX)?;
+        let route = crate::cuda_kernels::func(&dev, kernels::MOE_ROUTE_FUNC, &kernels::modules::MOE)?;
         let (mut ids, mut rest) = buf.split_at_mut(lay.weights().start);
         let (mut weights, _) = rest.split_at_mut(lay.slots);
         let mut b = route.builder();
@@ -63,7 +63,7 @@ pub(super) fn plan(p: &Plan, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage
         unsafe { b.launch(cfg) }.w()?;
     }
     {
-        let align = dev.get_or_load_custom_func(kernels::MOE_ALIGN_FUNC, kernels::MOE_MODULE, kernels::MOE_PTX)?;
+        let align = crate::cuda_kernels::func(&dev, kernels::MOE_ALIGN_FUNC, &kernels::modules::MOE)?;
         let (head, mut rest) = buf.split_at_mut(lay.sorted().start);
         let ids = head.slice(lay.ids());
         let (mut sorted, mut tile_expert) = rest.split_at_mut(lay.tiles * kernels::MOE_TILE);
@@ -118,7 +118,7 @@ fn launch_gemm<T: CudaDType + DeviceRepr>(g: &Gemm, dtype: KernelDType, x: &Cuda
     // row tiles cover all n outputs.
     let mut out = unsafe { dev.alloc::<T>((g.slots * g.n).max(1)) }?;
     let Some(name) = kernels::moe_gemm_name(dtype, g.weights) else { bail!("moe-gemm: no kernel for {:?} weights with {dtype:?} activations", g.weights) };
-    let func = dev.get_or_load_custom_func(name, kernels::MOE_GEMM_MODULE, kernels::MOE_GEMM_PTX)?;
+    let func = crate::cuda_kernels::func(&dev, name, &kernels::modules::MOE_GEMM)?;
     let smem = g.weights.smem_bytes();
     // Over 48 KiB of dynamic shared memory is asked for per function (idempotent, so on every launch).
     func.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32).w()?;
@@ -211,7 +211,7 @@ fn launch_combine<T: CudaDType + DeviceRepr>(c: &Combine, dtype: KernelDType, h:
     let dev = y.device().clone();
     // SAFETY: one thread per output element, grid-stride over all of them.
     let mut out = unsafe { dev.alloc::<T>((c.tokens * h).max(1)) }?;
-    let func = dev.get_or_load_custom_func(kernels::moe_combine_name(dtype), kernels::MOE_MODULE, kernels::MOE_PTX)?;
+    let func = crate::cuda_kernels::func(&dev, kernels::moe_combine_name(dtype), &kernels::modules::MOE)?;
     let yv = view(y.as_cuda_slice::<T>()?, contiguous(yl, "expert outputs")?, "expert outputs")?;
     let weights = plan.slice(lay.weights());
     let (t32, k32, h32) = (to_u32(c.tokens, "tokens")?, to_u32(c.top_k, "top-k")?, to_u32(h, "hidden")?);
