@@ -26,7 +26,7 @@ export PYTHONUNBUFFERED=1
 echo "[run_on_host] python: $PY ($("$PY" --version 2>&1)); host $(hostname); $(date -u +%FT%TZ)"
 t0=$(date +%s)
 shopt -s nullglob
-wheels=(dist/cuda/*.whl dist/pywheels/*.whl)
+wheels=("${BENCH_WHEELS:-dist/cuda}"/*.whl dist/pywheels/*.whl)  # BENCH_WHEELS: another build (run_ab_on_host.sh)
 if [[ ${#wheels[@]} -eq 0 ]]; then echo "[run_on_host] no wheels under dist/cuda or dist/pywheels" >&2; exit 2; fi
 rm -rf "$SITE"
 "$PY" -m pip install -q --disable-pip-version-check --no-index --no-deps --no-compile --target "$SITE" "${wheels[@]}" \

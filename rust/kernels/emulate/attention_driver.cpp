@@ -42,6 +42,7 @@ struct Case {
     std::vector<std::pair<uint32_t, uint32_t>> seqs;  // (query_len, context_len)
     float sinks = 0.f;                                 // 0: none
     uint32_t pad = 0;                                  // padding rows of a fixed plan
+    bool scalar = false;                               // the per-token kernel's element-wise copies
 };
 
 struct Plan {
@@ -103,15 +104,27 @@ static Plan make_plan(const Case& c, const std::vector<std::vector<uint32_t>>& t
 
 template <typename T> static T from_float(float x) { return from_f32<T>(x); }
 
-template <typename T, int NPL>
+// cuda.rs's heads_per_block: the largest divisor of the GQA group up to ATTN_MAX_GROUP.
+static uint32_t heads_per_block(uint32_t heads, uint32_t kv_heads) {
+    const uint32_t g = heads / kv_heads;
+    for (uint32_t d = std::min<uint32_t>(g, ATTN_MAX_GROUP); d > 1; --d)
+        if (g % d == 0) return d;
+    return 1;
+}
+
+template <typename T, int D>
 static void per_token(T* out, std::vector<float>& po, std::vector<float>& pml, std::vector<uint32_t>& counters,
                       const T* q, const T* k, const T* v, const Plan& p, const Case& c, uint32_t rows, float scale,
                       const float* sinks) {
-    launch(rows, c.heads, ATTN_THREADS, [&] {
-        paged_attention<T, NPL>(out, po.data(), pml.data(), counters.data(), q, k, v, p.tables.data(), p.token_seq.data(),
-                                p.token_pos.data(), p.token_splits.data(), p.token_part.data(), p.work_token.data(),
-                                p.work_split.data(), c.heads, c.kv_heads, c.d, c.bs, p.max_blocks, scale, 64,
-                                c.window ? c.window : UINT32_MAX, c.softcap, sinks);
+    const uint32_t group = heads_per_block(c.heads, c.kv_heads);
+    // As cuda.rs: 16-byte copies when rows are whole 16-byte words (the caches here are vector storage,
+    // 16-byte aligned), unless the case asks for the element-wise copies (cuda.rs: unaligned caches).
+    const uint32_t vec_ok = (c.d * sizeof(T)) % 16 == 0 && !c.scalar;
+    launch(rows, c.heads / group, ATTN_THREADS, [&] {
+        paged_attention<T, D>(out, po.data(), pml.data(), counters.data(), q, k, v, p.tables.data(), p.token_seq.data(),
+                              p.token_pos.data(), p.token_splits.data(), p.token_part.data(), p.work_token.data(),
+                              p.work_split.data(), c.heads, c.kv_heads, c.d, c.bs, p.max_blocks, scale, 64,
+                              c.window ? c.window : UINT32_MAX, c.softcap, sinks, group, vec_ok);
     });
 }
 
@@ -184,13 +197,12 @@ static int run(const Case& c) {
     const bool has_tiled = c.dtype != "f32" && (c.d == 64 || c.d == 96 || c.d == 128 || c.d == 256);
     const bool use_tiled = c.tiled && has_tiled && !p.tile_seq.empty();
     const uint32_t rows = use_tiled ? p.num_short_work : p.work_token.size();
-    auto pt = [&](auto npl) {
-        per_token<T, decltype(npl)::value>(out.data(), po, pml, counters, q.data(), k.data(), v.data(), p, c, rows, scale, sinks);
+    auto pt = [&](auto dim) {
+        per_token<T, decltype(dim)::value>(out.data(), po, pml, counters, q.data(), k.data(), v.data(), p, c, rows, scale, sinks);
     };
-    if (c.d <= 64) pt(std::integral_constant<int, 2>{});
-    else if (c.d <= 96) pt(std::integral_constant<int, 3>{});
-    else if (c.d <= 128) pt(std::integral_constant<int, 4>{});
-    else pt(std::integral_constant<int, 8>{});
+    if (c.d <= 64) pt(std::integral_constant<int, 64>{});
+    else if (c.d <= 128) pt(std::integral_constant<int, 128>{});
+    else pt(std::integral_constant<int, 256>{});
     if (use_tiled) {
         if constexpr (!std::is_same_v<T, float>) {
             if (c.d == 64) tiled<T, 64, 64>(out.data(), q.data(), k.data(), v.data(), p, c, scale, sinks);
@@ -252,8 +264,8 @@ static int run(const Case& c) {
 }
 
 int main(int argc, char** argv) {
-    if (argc < 13 || argc > 15) {
-        std::fprintf(stderr, "usage: %s DTYPE HEADS KV_HEADS HEAD_DIM BLOCK WINDOW SOFTCAP PLACEHOLDERS FIXED TILED SEED Q:C,.. [SINKS [PAD]]\n", argv[0]);
+    if (argc < 13 || argc > 16) {
+        std::fprintf(stderr, "usage: %s DTYPE HEADS KV_HEADS HEAD_DIM BLOCK WINDOW SOFTCAP PLACEHOLDERS FIXED TILED SEED Q:C,.. [SINKS [PAD [SCALAR]]]\n", argv[0]);
         return 2;
     }
     Case c{argv[1], (uint32_t)std::stoul(argv[2]), (uint32_t)std::stoul(argv[3]), (uint32_t)std::stoul(argv[4]),
@@ -261,6 +273,7 @@ int main(int argc, char** argv) {
            argv[9][0] == '1', argv[10][0] == '1', (uint32_t)std::stoul(argv[11]), {}};
     if (argc >= 14) c.sinks = std::stof(argv[13]);
     if (argc >= 15) c.pad = (uint32_t)std::stoul(argv[14]);
+    if (argc >= 16) c.scalar = argv[15][0] == '1';
     if (c.pad && !c.fixed) {
         std::fprintf(stderr, "PAD needs a fixed plan\n");
         return 2;

@@ -93,6 +93,24 @@ def cases(quick):
         if not quick:
             out.append(("f16", 16, 2, 64, 16, w, 0, 1, 0, 1, 353 + w, seqs((16, 300), (3, 140), (40, 129), (1, 1)), 15))
             out.append(("bf16", 16, 2, 64, 16, w, 0, 1, 1, 0, 354 + w, seqs((1, 700), (1, 129), (1, 2)), 15, 1))
+    # The per-token kernel's head groups (heads_per_block: 1, 2, 3, 4, 6, 8, and 16 in two blocks of 8; a
+    # block's warps split the keys of groups of 1 and 2, take one head each from 3, two from 5), split
+    # and unsplit decode, windows and sinks; head dims off the buckets (80: 16-byte copies into a row
+    # padded to 128; 36 bf16: rows of 72 bytes, copied element by element); the element-wise copies forced
+    # (what cuda.rs runs for caches not 16-byte aligned).
+    GROUPS = seqs((1, 1), (1, 63), (1, 64), (1, 65), (1, 700), (2, 300), (5, 97), (16, 16))
+    for i, (heads, kv) in enumerate(((4, 4), (4, 2), (6, 2), (8, 2), (12, 2), (10, 2), (16, 2), (32, 2))):
+        for dt in ("f32", "bf16", "f16"):
+            if quick and dt == "f16":
+                continue
+            out.append((dt, heads, kv, 128 if i % 2 else 64, 16, 0, 0, 0, 0, 0, 400 + i, GROUPS))
+        out.append(("bf16", heads, kv, 64, 16, 100, 0, 1, 0, 0, 410 + i, GROUPS, 4))
+        out.append(("bf16", heads, kv, 128, 16, 0, 0, 0, 1, 0, 420 + i, seqs((1, 700), (1, 65), (1, 3)), 0, 2))
+    for dt in ("f32", "bf16", "f16"):
+        out.append((dt, 9, 3, 80, 16, 0, 0, 0, 0, 0, 430, GROUPS))
+        out.append((dt, 6, 2, 36, 8, 50, 3.0, 1, 0, 0, 431, GROUPS))
+        out.append((dt, 8, 2, 128, 16, 0, 0, 0, 0, 0, 432, GROUPS, 0, 0, 1))
+        out.append((dt, 4, 1, 256, 16, 300, 0, 1, 1, 0, 433, seqs((1, 700), (1, 65), (1, 3)), 4, 1, 1))
     return out
 
 

@@ -19,7 +19,7 @@ def build(out_dir, kernel_files, shim_files, driver):
         with open(os.path.join(out_dir, h), "w") as f:
             f.write('#include "q4_shim.h"\n')
     exe = os.path.join(out_dir, os.path.splitext(driver)[0])
-    subprocess.run(["g++", "-std=c++20", "-O2", "-pthread", "-I", out_dir, "-o", exe, os.path.join(out_dir, driver)], check=True)
+    subprocess.run(["g++", "-std=c++20", "-O2", "-fno-strict-aliasing", "-pthread", "-I", out_dir, "-o", exe, os.path.join(out_dir, driver)], check=True)
     list_shared(exe, [os.path.join(out_dir, f) for f in kernel_files])
     return exe
 

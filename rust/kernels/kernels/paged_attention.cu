@@ -36,45 +36,104 @@
 // max and denominator) and attends to no value. Partitions ignore it; it enters once, where a row is
 // normalised: by the block of an unsplit token, or by the merge of a split one (sink_norm in common.cuh).
 #include "common.cuh"
+#include "mma.cuh"
 #include <math.h>
 
 #define ATTN_THREADS 128
 #define ATTN_WARPS (ATTN_THREADS / 32)
 #define ATTN_MAX_SPLITS 64
+// Query heads one block serves (they share one KV head); a larger GQA group is served by several blocks.
+#define ATTN_MAX_GROUP 8
+// Bytes of K (and as many of V) per pipeline stage: two stages of K and V, 32 KB of shared memory.
+#define ATTN_TILE_BYTES 8192
 
-// out[t, h] = sum_z w_z o_z / sum_z w_z over the token's partitions, w_z = l_z * exp(m_z - max_z m_z);
-// run by the whole block. Partials were written by other blocks: read past L1 (__ldcg).
+// Per-instance geometry. A key's row is read by L lanes, VEC values each (16-byte shared-memory reads for
+// 16-bit caches), so a warp scores S = 32 / L keys at once and reduces a dot product over log2(L) lanes.
+template <typename T, int D> struct AttnShape {
+    static constexpr int DP = D <= 64 ? 64 : D <= 128 ? 128 : 256;  // row stride in shared memory
+    static constexpr int CE = 16 / (int)sizeof(T);                   // elements per 16-byte chunk
+    static constexpr int VEC = CE > DP / 32 ? CE : DP / 32;
+    static constexpr int L = DP / VEC;
+    static constexpr int S = 32 / L;
+    static constexpr int TK = ATTN_TILE_BYTES / (DP * (int)sizeof(T));  // keys per tile
+    static constexpr int CR = DP / CE;                                  // chunks per row
+    static_assert(TK >= ATTN_WARPS * S, "a tile must give every key stream of a head one key");
+};
+
+// 16 bytes of a 16-byte aligned address, widened to f32.
+struct __align__(16) Words4 { uint32_t w[4]; };
+template <typename T>
+__device__ __forceinline__ void widen16(float* dst, const T* src) {
+    const Words4 raw = *reinterpret_cast<const Words4*>(src);
+    T v[16 / sizeof(T)];
+    memcpy(v, &raw, 16);
+#pragma unroll
+    for (int e = 0; e < (int)(16 / sizeof(T)); ++e) dst[e] = to_f32(v[e]);
+}
+
+__device__ __forceinline__ float warp_max(float x) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, off));
+    return x;
+}
+
+// (m, l, acc) of two disjoint key sets merged into the first: the online softmax's combine.
+template <int N>
+__device__ __forceinline__ void merge_state(float& m, float& l, float (&acc)[N], float m2, float l2, const float (&acc2)[N]) {
+    const float mx = fmaxf(m, m2);
+    const float a = m == -INFINITY ? 0.f : expf(m - mx);
+    const float b = m2 == -INFINITY ? 0.f : expf(m2 - mx);
+    l = l * a + l2 * b;
+#pragma unroll
+    for (int e = 0; e < N; ++e) acc[e] = acc[e] * a + acc2[e] * b;
+    m = mx;
+}
+
+// out[t, h] = sum_z w_z o_z / sum_z w_z over the token's partitions, w_z = l_z * exp(m_z - max_z m_z), for
+// the block's `group` heads from h0 (a warp per head). Partials were written by other blocks: read past L1.
 template <typename T>
 __device__ void combine_partitions(T* __restrict__ out, const float* __restrict__ part_o,
                                    const float* __restrict__ part_ml, const float* __restrict__ sinks, uint32_t first,
-                                   uint32_t splits, uint32_t t, uint32_t h, uint32_t num_heads, uint32_t head_dim) {
-    __shared__ float sm_w[ATTN_MAX_SPLITS];
-    __shared__ float sm_inv;
-    if (threadIdx.x == 0) {
-        float mx = -INFINITY;
-        for (uint32_t z = 0; z < splits; ++z) mx = fmaxf(mx, __ldcg(part_ml + ((size_t)(first + z) * num_heads + h) * 2));
-        float total = 0.f;
-        for (uint32_t z = 0; z < splits; ++z) {
-            const size_t row = (size_t)(first + z) * num_heads + h;
-            const float mz = __ldcg(part_ml + row * 2);
-            const float wz = mz == -INFINITY ? 0.f : __ldcg(part_ml + row * 2 + 1) * expf(mz - mx);
-            sm_w[z] = wz;
-            total += wz;
+                                   uint32_t splits, uint32_t t, uint32_t h0, uint32_t group, uint32_t num_heads,
+                                   uint32_t head_dim) {
+    const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (uint32_t hl = warp; hl < group; hl += ATTN_WARPS) {  // uniform per warp
+        const uint32_t h = h0 + hl;
+        float mz[2], wz[2];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const uint32_t z = lane + 32 * i;
+            mz[i] = z < splits ? __ldcg(part_ml + ((size_t)(first + z) * num_heads + h) * 2) : -INFINITY;
         }
+        const float mx = warp_max(fmaxf(mz[0], mz[1]));
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const uint32_t z = lane + 32 * i;
+            wz[i] = mz[i] == -INFINITY ? 0.f : __ldcg(part_ml + ((size_t)(first + z) * num_heads + h) * 2 + 1) * expf(mz[i] - mx);
+        }
+        const float total = warp_sum(wz[0] + wz[1]);
         // sum_z w_z o_z is the row's output unnormalised at max mx, total its sum: the sink joins here.
-        sm_inv = sinks ? sink_norm(mx, total, sinks[h]) : total > 0.f ? 1.f / total : 0.f;
-    }
-    __syncthreads();
-    const float inv = sm_inv;
-    T* op = out + ((size_t)t * num_heads + h) * head_dim;
-    for (uint32_t d = threadIdx.x; d < head_dim; d += blockDim.x) {
-        float o = 0.f;
-        for (uint32_t z = 0; z < splits; ++z) o += sm_w[z] * __ldcg(part_o + ((size_t)(first + z) * num_heads + h) * head_dim + d);
-        op[d] = from_f32<T>(o * inv);
+        const float inv = sinks ? sink_norm(mx, total, sinks[h]) : total > 0.f ? 1.f / total : 0.f;
+        T* op = out + ((size_t)t * num_heads + h) * head_dim;
+        for (uint32_t d0 = 0; d0 < head_dim; d0 += 32) {  // uniform: every lane takes part in the shuffles
+            const uint32_t d = d0 + lane;
+            float o = 0.f;
+            for (uint32_t z = 0; z < splits; ++z) {
+                const float w = __shfl_sync(0xffffffffu, z < 32 ? wz[0] : wz[1], z & 31);
+                if (d < head_dim) o += w * __ldcg(part_o + ((size_t)(first + z) * num_heads + h) * head_dim + d);
+            }
+            if (d < head_dim) op[d] = from_f32<T>(o * inv);
+        }
     }
 }
 
-template <typename T, int NPL>  // NPL: values per lane, head_dim <= 32 * NPL
+// One block per (work row, group of query heads sharing a KV head): the work row's keys stream through
+// shared memory in tiles of TK keys (cp.async, two stages), each read from the cache once for all the
+// group's heads. Warps take heads (groups of 4 or more: one or two heads per warp, every key) or, for
+// groups of 1 and 2, split the keys of a head (key streams); within a warp S keys are scored at once.
+// Every stream keeps its own online softmax (m, l, acc); streams are merged through shuffles (within a
+// warp) and shared memory (across warps) at the end.
+template <typename T, int D>
 __device__ void paged_attention(T* __restrict__ out, float* __restrict__ part_o, float* __restrict__ part_ml,
                                 uint32_t* __restrict__ counters,
                                 const T* __restrict__ q, const T* __restrict__ k_cache,
@@ -84,13 +143,18 @@ __device__ void paged_attention(T* __restrict__ out, float* __restrict__ part_o,
                                 const uint32_t* __restrict__ work_token, const uint32_t* __restrict__ work_split,
                                 uint32_t num_heads, uint32_t num_kv_heads, uint32_t head_dim, uint32_t block_size,
                                 uint32_t max_blocks, float scale, uint32_t split_keys, uint32_t window,
-                                float softcap, const float* __restrict__ sinks) {
-    __shared__ float sm_m[ATTN_WARPS];
-    __shared__ float sm_l[ATTN_WARPS];
-    __shared__ float sm_acc[ATTN_WARPS][NPL * 32];
+                                float softcap, const float* __restrict__ sinks, uint32_t group, uint32_t vec_ok) {
+    using Sh = AttnShape<T, D>;
+    constexpr int DP = Sh::DP, CE = Sh::CE, VEC = Sh::VEC, L = Sh::L, S = Sh::S, TK = Sh::TK, CR = Sh::CR;
+    constexpr int STAGE = TK * DP;  // elements of one K (or V) tile
+    constexpr int KB = 4;           // keys per stream between two softmax rescales
+    // Two stages of [K tile, V tile]; after the key loop the same bytes hold the cross-warp merge.
+    __shared__ __align__(16) unsigned char smem[2 * 2 * STAGE * sizeof(T)];
+    static_assert(ATTN_WARPS * 2 * (DP + 2) * sizeof(float) <= sizeof(smem), "merge area");
+    T* tiles = reinterpret_cast<T*>(smem);
 
     const uint32_t w = blockIdx.x;
-    const uint32_t h = blockIdx.y;
+    const uint32_t h0 = blockIdx.y * group;
     const uint32_t t = work_token[w];
     const uint32_t z = work_split[w];
     const uint32_t warp = threadIdx.x / 32;
@@ -107,156 +171,246 @@ __device__ void paged_attention(T* __restrict__ out, float* __restrict__ part_o,
     const uint32_t per_split = (n_win + live - 1) / live;
     const uint32_t k_begin = lo + z * per_split;
     const uint32_t k_end = min(n_keys, k_begin + per_split);
-    const uint32_t kvh = h / (num_heads / num_kv_heads);
+    const uint32_t kvh = h0 / (num_heads / num_kv_heads);
     const uint32_t* table = block_tables + (size_t)token_seq[t] * max_blocks;
     const size_t slot_stride = (size_t)num_kv_heads * head_dim;
 
-    float qr[NPL];
-    const T* qp = q + ((size_t)t * num_heads + h) * head_dim;
+    // Roles. Key streams per head: 4 / group warps for groups of 1 and 2, else 1; a warp serves heads
+    // slot, slot + slots (at most two: group <= 8); lanes: subgroup `sub` scores its own key, `c` its chunk.
+    const uint32_t kstreams = group >= 3 ? 1 : ATTN_WARPS / group;
+    const uint32_t slots = ATTN_WARPS / kstreams;
+    const uint32_t ks = warp % kstreams, slot = warp / kstreams;
+    const uint32_t sub = lane / L, c = lane % L;
+    const uint32_t ns = kstreams * S;      // streams per head
+    const uint32_t sid = ks * S + sub;     // this lane's stream
+    const uint32_t kps = TK / ns;          // keys per stream and tile
+    bool has[2];
 #pragma unroll
-    for (int i = 0; i < NPL; ++i) {
-        const uint32_t d = lane + 32 * i;
-        qr[i] = d < head_dim ? to_f32(qp[d]) * scale : 0.f;
+    for (int i = 0; i < 2; ++i) has[i] = slot + slots * i < group;  // uniform per warp
+
+    float qr[2][VEC];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const T* qp = q + ((size_t)t * num_heads + h0 + slot + slots * i) * head_dim;
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+            const uint32_t d = c * VEC + e;
+            qr[i][e] = has[i] && d < head_dim ? to_f32(qp[d]) * scale : 0.f;
+        }
     }
 
-    float m = -INFINITY, l = 0.f;
-    float acc[NPL];
-#pragma unroll
-    for (int i = 0; i < NPL; ++i) acc[i] = 0.f;
-
-    // Keys come in batches of KEYS per warp (keys j, j + W, .., j + (KEYS - 1) W): all their K and V loads
-    // are issued before any is used, so a warp waits for memory once per batch rather than once per key.
-    constexpr int KEYS = NPL <= 4 ? 8 : 4;
-    for (uint32_t j0 = k_begin + warp; j0 < k_end; j0 += ATTN_WARPS * KEYS) {
-        T kr[KEYS][NPL], vr[KEYS][NPL];
-#pragma unroll
-        for (int u = 0; u < KEYS; ++u) {
-            const uint32_t j = j0 + u * ATTN_WARPS;
-            const uint32_t jj = j < k_end ? j : j0;  // past the partition: re-read a live key, weighted 0
-            const size_t base = ((size_t)table[jj / block_size] * block_size + jj % block_size) * slot_stride +
-                                (size_t)kvh * head_dim;
-#pragma unroll
-            for (int i = 0; i < NPL; ++i) {
-                const uint32_t d = lane + 32 * i;
-                kr[u][i] = d < head_dim ? k_cache[base + d] : from_f32<T>(0.f);
-                vr[u][i] = d < head_dim ? v_cache[base + d] : from_f32<T>(0.f);
+    // Tile `k0 ..` into stage `st`: rows past the partition and columns past head_dim are zeros.
+    auto load_tile = [&](int st, uint32_t k0) {
+        T* kt = tiles + st * 2 * STAGE;
+        T* vt = kt + STAGE;
+        if (vec_ok) {  // 16-byte copies: caches 16-byte aligned, rows a whole number of chunks
+            for (uint32_t i = threadIdx.x; i < (uint32_t)(TK * CR); i += ATTN_THREADS) {
+                const uint32_t r = i / CR, ch = i % CR, j = k0 + r;
+                const bool valid = j < k_end && ch * CE < head_dim;
+                const uint32_t jj = valid ? j : k_begin;
+                const size_t src = ((size_t)table[jj / block_size] * block_size + jj % block_size) * slot_stride +
+                                   (size_t)kvh * head_dim + (valid ? ch * CE : 0);
+                cp_async16(kt + r * DP + ch * CE, k_cache + src, valid);
+                cp_async16(vt + r * DP + ch * CE, v_cache + src, valid);
+            }
+            cp_async_commit();
+        } else {
+            for (uint32_t i = threadIdx.x; i < (uint32_t)(TK * DP); i += ATTN_THREADS) {
+                const uint32_t r = i / DP, d = i % DP, j = k0 + r;
+                const bool valid = j < k_end && d < head_dim;
+                const size_t src = valid ? ((size_t)table[j / block_size] * block_size + j % block_size) * slot_stride +
+                                               (size_t)kvh * head_dim + d
+                                         : 0;
+                kt[r * DP + d] = valid ? k_cache[src] : from_f32<T>(0.f);
+                vt[r * DP + d] = valid ? v_cache[src] : from_f32<T>(0.f);
             }
         }
-        float s[KEYS];
+    };
+
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+    float acc[2][VEC];
 #pragma unroll
-        for (int u = 0; u < KEYS; ++u) {
-            float dot = 0.f;
+    for (int i = 0; i < 2; ++i)
 #pragma unroll
-            for (int i = 0; i < NPL; ++i) dot += qr[i] * to_f32(kr[u][i]);
-            s[u] = dot;
+        for (int e = 0; e < VEC; ++e) acc[i][e] = 0.f;
+
+    const uint32_t n_tiles = (k_end - k_begin + TK - 1) / TK;
+    load_tile(0, k_begin);
+    for (uint32_t it = 0; it < n_tiles; ++it) {
+        if (it + 1 < n_tiles) {
+            load_tile((it + 1) & 1, k_begin + (it + 1) * TK);
+            cp_async_wait_pending<1>();
+        } else {
+            cp_async_wait_all();
         }
+        __syncthreads();
+        const uint32_t k0 = k_begin + it * TK;
+        const T* kt = tiles + (it & 1) * 2 * STAGE;
+        const T* vt = kt + STAGE;
+        if (has[0]) {  // uniform per warp; a warp without heads only loads
+            const int nh = has[1] ? 2 : 1;
+            for (uint32_t u0 = 0; u0 < kps; u0 += KB) {
+                float s[2][KB];
 #pragma unroll
-        for (int u = 0; u < KEYS; ++u) s[u] = warp_sum(s[u]);
-        if (softcap > 0.f) {  // uniform per launch
+                for (int u = 0; u < KB; ++u) {
+                    const uint32_t r = (u0 + u) * ns + sid;
+                    float kv[VEC];
+                    if (u0 + u < kps) {
 #pragma unroll
-            for (int u = 0; u < KEYS; ++u) s[u] = softcap * tanhf(s[u] / softcap);
+                        for (int e = 0; e < VEC; e += CE) widen16(kv + e, kt + r * DP + c * VEC + e);
+                    } else {
+#pragma unroll
+                        for (int e = 0; e < VEC; ++e) kv[e] = 0.f;
+                    }
+#pragma unroll
+                    for (int i = 0; i < 2; ++i) {
+                        if (i >= nh) break;
+                        float dot = 0.f;
+#pragma unroll
+                        for (int e = 0; e < VEC; ++e) dot += qr[i][e] * kv[e];
+                        s[i][u] = dot;
+                    }
+                }
+#pragma unroll
+                for (int i = 0; i < 2; ++i) {
+                    if (i >= nh) break;
+#pragma unroll
+                    for (int u = 0; u < KB; ++u)
+#pragma unroll
+                        for (int off = 1; off < L; off <<= 1) s[i][u] += __shfl_xor_sync(0xffffffffu, s[i][u], off);
+                }
+                float mref[2] = {0.f, 0.f};
+#pragma unroll
+                for (int i = 0; i < 2; ++i) {
+                    if (i >= nh) break;
+                    float m_new = m[i];
+#pragma unroll
+                    for (int u = 0; u < KB; ++u) {
+                        const uint32_t r = (u0 + u) * ns + sid;
+                        if (u0 + u >= kps || k0 + r >= k_end) s[i][u] = -INFINITY;
+                        else if (softcap > 0.f) s[i][u] = softcap * tanhf(s[i][u] / softcap);
+                        m_new = fmaxf(m_new, s[i][u]);
+                    }
+                    // A stream with no key yet keeps m = -inf: rescale against 0 so nothing turns NaN.
+                    mref[i] = m_new == -INFINITY ? 0.f : m_new;
+                    const float alpha = expf(m[i] - mref[i]);
+                    l[i] *= alpha;
+#pragma unroll
+                    for (int e = 0; e < VEC; ++e) acc[i][e] *= alpha;
+                    m[i] = m_new;
+                }
+#pragma unroll
+                for (int u = 0; u < KB; ++u) {
+                    if (u0 + u >= kps) break;
+                    const uint32_t r = (u0 + u) * ns + sid;
+                    float vv[VEC];
+#pragma unroll
+                    for (int e = 0; e < VEC; e += CE) widen16(vv + e, vt + r * DP + c * VEC + e);
+#pragma unroll
+                    for (int i = 0; i < 2; ++i) {
+                        if (i >= nh) break;
+                        const float p = expf(s[i][u] - mref[i]);  // 0 for keys past the partition
+                        l[i] += p;
+#pragma unroll
+                        for (int e = 0; e < VEC; ++e) acc[i][e] += p * vv[e];
+                    }
+                }
+            }
         }
-        float m_new = m;
-#pragma unroll
-        for (int u = 0; u < KEYS; ++u) {
-            if (j0 + u * ATTN_WARPS >= k_end) s[u] = -INFINITY;
-            m_new = fmaxf(m_new, s[u]);
-        }
-        const float alpha = expf(m - m_new);  // 0 on the first batch (m = -inf); key j0 is live
-        l *= alpha;
-#pragma unroll
-        for (int i = 0; i < NPL; ++i) acc[i] *= alpha;
-#pragma unroll
-        for (int u = 0; u < KEYS; ++u) {
-            const float p = expf(s[u] - m_new);  // 0 for keys past the partition
-            l += p;
-#pragma unroll
-            for (int i = 0; i < NPL; ++i) acc[i] += p * to_f32(vr[u][i]);
-        }
-        m = m_new;
+        __syncthreads();  // the stage just read is the next iteration's load target
     }
 
-    if (lane == 0) {
-        sm_m[warp] = m;
-        sm_l[warp] = l;
-    }
+    // The warp's subgroups hold disjoint keys of the same heads: merge them (lanes c, c + L, ..).
 #pragma unroll
-    for (int i = 0; i < NPL; ++i) sm_acc[warp][lane + 32 * i] = acc[i];
+    for (int off = L; off < 32; off <<= 1) {
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const float m2 = __shfl_xor_sync(0xffffffffu, m[i], off);
+            const float l2 = __shfl_xor_sync(0xffffffffu, l[i], off);
+            float acc2[VEC];
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) acc2[e] = __shfl_xor_sync(0xffffffffu, acc[i][e], off);
+            merge_state(m[i], l[i], acc[i], m2, l2, acc2);
+        }
+    }
+    // Across warps (key streams of one head) through shared memory, over the tiles' bytes.
+    float* sm_acc = reinterpret_cast<float*>(smem);         // [warp][2][DP]
+    float* sm_ml = sm_acc + ATTN_WARPS * 2 * DP;            // [warp][2][2]
+    if (sub == 0) {
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) sm_acc[(warp * 2 + i) * DP + c * VEC + e] = acc[i][e];
+            if (c == 0) {
+                sm_ml[(warp * 2 + i) * 2] = m[i];
+                sm_ml[(warp * 2 + i) * 2 + 1] = l[i];
+            }
+        }
+    }
     __syncthreads();
 
-    float wm = -INFINITY;
-#pragma unroll
-    for (int k = 0; k < ATTN_WARPS; ++k) wm = fmaxf(wm, sm_m[k]);
-    float weight[ATTN_WARPS];
-    float total = 0.f;
-#pragma unroll
-    for (int k = 0; k < ATTN_WARPS; ++k) {
-        weight[k] = sm_m[k] == -INFINITY ? 0.f : expf(sm_m[k] - wm);  // a warp without keys weighs 0
-        total += sm_l[k] * weight[k];
+    for (uint32_t idx = threadIdx.x; idx < group * head_dim; idx += ATTN_THREADS) {
+        const uint32_t hl = idx / head_dim, d = idx % head_dim, h = h0 + hl;
+        const uint32_t i = hl / slots, first_warp = (hl % slots) * kstreams;
+        float mx = -INFINITY;
+        for (uint32_t k = 0; k < kstreams; ++k) mx = fmaxf(mx, sm_ml[((first_warp + k) * 2 + i) * 2]);
+        float total = 0.f, o = 0.f;
+        for (uint32_t k = 0; k < kstreams; ++k) {
+            const uint32_t at = (first_warp + k) * 2 + i;
+            const float mk = sm_ml[at * 2];
+            const float wk = mk == -INFINITY ? 0.f : expf(mk - mx);  // a stream without keys weighs 0
+            total += sm_ml[at * 2 + 1] * wk;
+            o += sm_acc[at * DP + d] * wk;
+        }
+        if (live == 1) {
+            // The whole row is here: the sink (if any) joins now. Partials leave it to the merge.
+            const float inv = sinks ? sink_norm(mx, total, sinks[h]) : total > 0.f ? 1.f / total : 0.f;
+            out[((size_t)t * num_heads + h) * head_dim + d] = from_f32<T>(o * inv);
+        } else {
+            const size_t row = (size_t)(token_part[t] + z) * num_heads + h;
+            part_o[row * head_dim + d] = total > 0.f ? o / total : 0.f;
+            if (d == 0) {
+                part_ml[row * 2] = mx;  // -inf for an empty partition (its sum is 0)
+                part_ml[row * 2 + 1] = total;
+            }
+        }
     }
-    const float inv = total > 0.f ? 1.f / total : 0.f;
-
-    if (live == 1) {
-        // The whole row is here: the sink (if any) joins now. Partials leave it to the merge.
-        const float row_inv = sinks ? sink_norm(wm, total, sinks[h]) : inv;
-        T* op = out + ((size_t)t * num_heads + h) * head_dim;
-        for (uint32_t d = threadIdx.x; d < head_dim; d += ATTN_THREADS) {
-            float o = 0.f;
-#pragma unroll
-            for (int k = 0; k < ATTN_WARPS; ++k) o += sm_acc[k][d] * weight[k];
-            op[d] = from_f32<T>(o * row_inv);
-        }
-    } else {
-        const size_t row = (size_t)(token_part[t] + z) * num_heads + h;
-        float* op = part_o + row * head_dim;
-        for (uint32_t d = threadIdx.x; d < head_dim; d += ATTN_THREADS) {
-            float o = 0.f;
-#pragma unroll
-            for (int k = 0; k < ATTN_WARPS; ++k) o += sm_acc[k][d] * weight[k];
-            op[d] = o * inv;
-        }
-        if (threadIdx.x == 0) {
-            part_ml[row * 2] = wm;  // -inf for an empty partition (its sum is 0)
-            part_ml[row * 2 + 1] = total;
-        }
-        // Publish this partition, then count it; the block that completes the count merges.
+    if (live > 1) {
+        // Publish this partition, then count it; the block that completes the count merges the group.
         __shared__ bool sm_last;
         __threadfence();
         __syncthreads();
-        if (threadIdx.x == 0) sm_last = atomicAdd(counters + (size_t)t * num_heads + h, 1u) == live - 1;
+        if (threadIdx.x == 0) sm_last = atomicAdd(counters + (size_t)t * num_heads + h0, 1u) == live - 1;
         __syncthreads();
         if (sm_last) {
             __threadfence();
-            combine_partitions<T>(out, part_o, part_ml, sinks, token_part[t], min(live, (uint32_t)ATTN_MAX_SPLITS), t, h,
-                                  num_heads, head_dim);
+            combine_partitions<T>(out, part_o, part_ml, sinks, token_part[t], min(live, (uint32_t)ATTN_MAX_SPLITS), t, h0,
+                                  group, num_heads, head_dim);
         }
     }
 }
 
-#define PAGED_ATTENTION(NAME, T, NPL)                                                                          \
+#define PAGED_ATTENTION(NAME, T, D)                                                                            \
     extern "C" __global__ void __launch_bounds__(ATTN_THREADS)                                                 \
         NAME(T* out, float* part_o, float* part_ml, uint32_t* counters, const T* q, const T* k_cache,          \
-             const T* v_cache, const uint32_t* block_tables, const uint32_t* token_seq, const uint32_t* token_pos,               \
+             const T* v_cache, const uint32_t* block_tables, const uint32_t* token_seq, const uint32_t* token_pos, \
              const uint32_t* token_splits, const uint32_t* token_part, const uint32_t* work_token,             \
              const uint32_t* work_split, uint32_t num_heads, uint32_t num_kv_heads, uint32_t head_dim,         \
              uint32_t block_size, uint32_t max_blocks, float scale, uint32_t split_keys, uint32_t window,       \
-             float softcap, const float* sinks) {                                                              \
-        paged_attention<T, NPL>(out, part_o, part_ml, counters, q, k_cache, v_cache, block_tables, token_seq,   \
-                                token_pos, token_splits, token_part, work_token, work_split, num_heads,       \
-                                num_kv_heads, head_dim, block_size, max_blocks, scale, split_keys, window,     \
-                                softcap, sinks);                                                               \
+             float softcap, const float* sinks, uint32_t group, uint32_t vec_ok) {                             \
+        paged_attention<T, D>(out, part_o, part_ml, counters, q, k_cache, v_cache, block_tables, token_seq,     \
+                              token_pos, token_splits, token_part, work_token, work_split, num_heads,         \
+                              num_kv_heads, head_dim, block_size, max_blocks, scale, split_keys, window,       \
+                              softcap, sinks, group, vec_ok);                                                  \
     }
 
-// d96 (Phi-3) is an exact fit too: three values per lane instead of the d128 instance's masked fourth.
-PAGED_ATTENTION(paged_attention_f32_d64, float, 2)
-PAGED_ATTENTION(paged_attention_f32_d96, float, 3)
-PAGED_ATTENTION(paged_attention_f32_d128, float, 4)
-PAGED_ATTENTION(paged_attention_f32_d256, float, 8)
-PAGED_ATTENTION(paged_attention_bf16_d64, __nv_bfloat16, 2)
-PAGED_ATTENTION(paged_attention_bf16_d96, __nv_bfloat16, 3)
-PAGED_ATTENTION(paged_attention_bf16_d128, __nv_bfloat16, 4)
-PAGED_ATTENTION(paged_attention_bf16_d256, __nv_bfloat16, 8)
-PAGED_ATTENTION(paged_attention_f16_d64, __half, 2)
-PAGED_ATTENTION(paged_attention_f16_d96, __half, 3)
-PAGED_ATTENTION(paged_attention_f16_d128, __half, 4)
-PAGED_ATTENTION(paged_attention_f16_d256, __half, 8)
+// Head dims up to 64, 128 and 256 (d96, Phi-3, runs the d128 instance: rows padded to 128 in shared memory).
+PAGED_ATTENTION(paged_attention_f32_d64, float, 64)
+PAGED_ATTENTION(paged_attention_f32_d128, float, 128)
+PAGED_ATTENTION(paged_attention_f32_d256, float, 256)
+PAGED_ATTENTION(paged_attention_bf16_d64, __nv_bfloat16, 64)
+PAGED_ATTENTION(paged_attention_bf16_d128, __nv_bfloat16, 128)
+PAGED_ATTENTION(paged_attention_bf16_d256, __nv_bfloat16, 256)
+PAGED_ATTENTION(paged_attention_f16_d64, __half, 64)
+PAGED_ATTENTION(paged_attention_f16_d128, __half, 128)
+PAGED_ATTENTION(paged_attention_f16_d256, __half, 256)

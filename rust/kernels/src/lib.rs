@@ -187,10 +187,13 @@ pub fn fused_name(op: FusedOp, dtype: KernelDType) -> &'static str {
 
 /// Threads per block of the attention kernel (`ATTN_THREADS` in paged_attention.cu).
 pub const ATTN_THREADS: u32 = 128;
+/// Query heads one attention block serves at most (`ATTN_MAX_GROUP` in paged_attention.cu): the heads of
+/// a GQA group share the block's reads of their KV head.
+pub const ATTN_MAX_GROUP: usize = 8;
 /// Most context partitions one query token may be split into (`ATTN_MAX_SPLITS` in paged_attention.cu:
 /// the merging block keeps one weight per partition in shared memory).
 pub const ATTN_MAX_SPLITS: usize = 64;
-/// Largest head dimension the attention kernels accept (`8 * 32` values per lane-strided row).
+/// Largest head dimension the attention kernels accept (the widest shared-memory row of paged_attention.cu).
 pub const ATTN_MAX_HEAD_DIM: usize = 256;
 /// Threads per block of the KV write kernel.
 pub const KV_WRITE_THREADS: u32 = 128;
@@ -222,30 +225,26 @@ pub fn kv_write_name(dtype: KernelDType) -> &'static str {
     }
 }
 
-/// `paged_attention_<dtype>_d<max head dim>`: the instance for the smallest of 64, 96, 128, 256 that
-/// holds `head_dim` (those four are exact fits; other sizes run the next instance with bounds checks).
+/// `paged_attention_<dtype>_d<max head dim>`: the instance for the smallest of 64, 128, 256 that holds
+/// `head_dim` (rows are padded to it in shared memory; other sizes, d96 included, are masked).
 /// `None` above [`ATTN_MAX_HEAD_DIM`].
 pub fn paged_attention_name(dtype: KernelDType, head_dim: usize) -> Option<&'static str> {
     use KernelDType::*;
     let d = match head_dim {
         0 => return None,
         1..=64 => 64,
-        65..=96 => 96,
-        97..=128 => 128,
+        65..=128 => 128,
         129..=256 => 256,
         _ => return None,
     };
     Some(match (dtype, d) {
         (F32, 64) => "paged_attention_f32_d64",
-        (F32, 96) => "paged_attention_f32_d96",
         (F32, 128) => "paged_attention_f32_d128",
         (F32, _) => "paged_attention_f32_d256",
         (BF16, 64) => "paged_attention_bf16_d64",
-        (BF16, 96) => "paged_attention_bf16_d96",
         (BF16, 128) => "paged_attention_bf16_d128",
         (BF16, _) => "paged_attention_bf16_d256",
         (F16, 64) => "paged_attention_f16_d64",
-        (F16, 96) => "paged_attention_f16_d96",
         (F16, 128) => "paged_attention_f16_d128",
         (F16, _) => "paged_attention_f16_d256",
     })
@@ -304,8 +303,8 @@ mod tests {
         assert_eq!(paged_attention_name(KernelDType::BF16, 64), Some("paged_attention_bf16_d64"));
         assert_eq!(paged_attention_name(KernelDType::BF16, 128), Some("paged_attention_bf16_d128"));
         assert_eq!(paged_attention_name(KernelDType::F32, 32), Some("paged_attention_f32_d64"));
-        assert_eq!(paged_attention_name(KernelDType::F16, 96), Some("paged_attention_f16_d96"));
-        assert_eq!(paged_attention_name(KernelDType::F16, 80), Some("paged_attention_f16_d96"));
+        assert_eq!(paged_attention_name(KernelDType::F16, 96), Some("paged_attention_f16_d128"));
+        assert_eq!(paged_attention_name(KernelDType::F16, 80), Some("paged_attention_f16_d128"));
         assert_eq!(paged_attention_name(KernelDType::BF16, 112), Some("paged_attention_bf16_d128"));
         assert_eq!(paged_attention_name(KernelDType::F16, 256), Some("paged_attention_f16_d256"));
         assert_eq!(paged_attention_name(KernelDType::F32, 257), None);

@@ -10,7 +10,7 @@
 //! per layer (a captured CUDA graph holds each layer's arguments as constants). gpt-oss's sinks are a
 //! pointer argument (null: none) to the layer's `[num_heads]` f32, resident on the device since load.
 
-use super::plan::Span;
+use super::plan::{heads_per_block, Span};
 use super::{AttnParams, DeviceStep};
 use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
@@ -124,7 +124,13 @@ struct AttentionArgs {
     softcap: f32,
     /// The tiled kernel for the plan's query tiles (`None`: every row runs on the per-token kernel).
     prefill: Option<&'static str>,
+    /// Query heads per block of the per-token kernel ([`heads_per_block`]).
+    group: u32,
+    /// 1 when both caches start 16-byte aligned and a row is a whole number of 16-byte words: the
+    /// per-token kernel then copies them with cp.async (else element by element).
+    vec_ok: u32,
 }
+
 
 /// `MLC_TILED_PREFILL=0` sends long chunks to the per-token kernel (for comparisons and as a way out).
 fn tiled_prefill_enabled() -> bool {
@@ -179,6 +185,8 @@ pub fn paged_attention(
         window: kernels::attn_window_arg(params.window),
         softcap: kernels::attn_softcap_arg(params.softcap),
         prefill: None,
+        group: to_u32(heads_per_block(h, kvh), "heads per block")?,
+        vec_ok: 0,
     };
     if h > 65_535 {
         bail!("paged-attention: {h} heads exceed the grid's y dimension");
@@ -187,6 +195,7 @@ pub fn paged_attention(
     // aligned (candle's allocations are; a view at an odd offset falls back).
     let elem = q.dtype().size_in_bytes();
     let aligned = (args.k.start * elem).is_multiple_of(16) && (args.v.start * elem).is_multiple_of(16);
+    args.vec_ok = u32::from(aligned && (d * elem).is_multiple_of(16));
     if step.plan.num_tiles > 0 && aligned && tiled_prefill_enabled() {
         args.prefill = kernels::prefill_attention_name(dtype, d, params.softcap.is_some());
     }
@@ -280,10 +289,14 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
                 Some(s) => b.arg(s),
                 None => b.arg(&null),
             };
-            let cfg = LaunchConfig { grid_dim: (num_work, a.num_heads, 1), block_dim: (kernels::ATTN_THREADS, 1, 1), shared_mem_bytes: 0 };
+            b.arg(&a.group);
+            b.arg(&a.vec_ok);
+            let cfg = LaunchConfig { grid_dim: (num_work, a.num_heads / a.group, 1), block_dim: (kernels::ATTN_THREADS, 1, 1), shared_mem_bytes: 0 };
             // SAFETY: the argument list matches paged_attention_* in paged_attention.cu; the block
             // tables, positions and partitions were validated and planned from the same metadata; the
-            // sinks, when given, are num_heads f32 (checked in `paged_attention`).
+            // sinks, when given, are num_heads f32 (checked in `paged_attention`); `group` divides the
+            // GQA group (heads_per_block), so every block's heads share one KV head; with vec_ok the
+            // caches and their rows are 16-byte aligned (checked above).
             unsafe { b.launch(cfg) }.w()?;
         }
         if let Some(prefill_name) = a.prefill {

@@ -5,7 +5,7 @@
 
 use super::AttentionMetadata;
 use candle_core::{bail, Result};
-use mlc_kernels::{ATTN_MAX_SPLITS, PREFILL_TILE_M};
+use mlc_kernels::{ATTN_MAX_GROUP, ATTN_MAX_SPLITS, PREFILL_TILE_M};
 
 /// Sequences with at most this many query tokens (decode, short chunks, speculative verification) split
 /// their context across blocks; longer chunks already give the GPU one block per token and head.
@@ -30,6 +30,14 @@ fn split_min_keys() -> usize {
 /// so a request's result does not change with the batch around it.
 pub fn is_tiled(query_len: usize) -> bool {
     query_len > SPLIT_MAX_QUERY_LEN
+}
+
+/// Query heads one block of the per-token attention kernel serves: the largest divisor of the GQA group
+/// (`heads / kv_heads`) up to [`ATTN_MAX_GROUP`], so that a block's heads share one KV head (read once
+/// for all of them) and the grid's `heads / group` rows cover every head exactly once.
+pub fn heads_per_block(heads: usize, kv_heads: usize) -> usize {
+    let g = heads / kv_heads.max(1);
+    (1..=g.min(ATTN_MAX_GROUP)).rev().find(|d| g % d == 0).unwrap_or(1)
 }
 
 /// A `[start, start + len)` slice of [`StepPlan::packed`].
@@ -519,6 +527,17 @@ mod tests {
         for (splits, n, lo) in [(64, 8192, 8000), (3, 130, 1), (47, 3000, 2900), (64, 5000, 4488)] {
             let (live, per) = layer_partitions(splits, n, lo, 64);
             assert!(live <= splits && lo + (live - 1) * per < n && lo + live * per >= n);
+        }
+    }
+
+    #[test]
+    fn head_groups_divide_the_gqa_group() {
+        // (heads, kv_heads) -> heads per block: Llama-3-8B, Qwen2.5-1.5B, SmolLM2-135M, MHA, a group of 16
+        // (two blocks per KV head), a prime group past the cap (one head per block).
+        for (h, kvh, want) in [(32, 8, 4), (12, 2, 6), (9, 3, 3), (32, 32, 1), (64, 4, 8), (64, 8, 8), (44, 4, 1), (40, 8, 5)] {
+            let g = heads_per_block(h, kvh);
+            assert_eq!(g, want, "{h} heads over {kvh} KV heads");
+            assert!(g <= ATTN_MAX_GROUP && (h / kvh) % g == 0);
         }
     }
 
