@@ -23,6 +23,7 @@ pub mod kv_cache;
 pub mod loader;
 pub mod model;
 pub mod parallel;
+pub mod profile;
 pub mod quant;
 pub mod request;
 pub mod runner;

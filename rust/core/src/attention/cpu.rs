@@ -217,26 +217,68 @@ pub fn paged_attention(
     }
     let group = num_heads / kv_heads;
     let mut out = vec![0f32; num_tokens * num_heads * head_dim];
-    // One task per (token, KV head, part of its query heads): the `per` query heads of a task read each K
-    // and V row (and, FP8, widen it) once between them. As many heads per task as still leaves 4 tasks
-    // per thread: a decode step of one sequence splits per head (3 KV heads cannot keep 2 threads busy),
-    // a prefill shares the rows across the whole group. Each head's arithmetic is the same either way.
-    // The tasks run on the CPU kernels' threads (no wake-ups between a step's matmuls and this).
-    let per = (1..=group).rev().find(|&d| group % d == 0 && num_tokens * kv_heads * (group / d) >= 4 * pool::threads()).unwrap_or(1);
-    let task = Task { meta, params, sinks, q, k, v, owner, num_heads, kv_heads, head_dim, block_size, per };
+    let task = Task { meta, params, sinks, q, k, v, owner, num_heads, kv_heads, head_dim, block_size };
     let avx2 = super::simd::avx2_active();
-    pool::for_each_chunk_mut(&mut out, per * head_dim, |item, o| {
-        #[cfg(target_arch = "x86_64")]
-        if avx2 {
-            // SAFETY: AVX2 is there (dispatch).
-            return unsafe { attend_task_avx2(&task, item, o) };
+    // Every (token, KV head) attends its keys in chunks of CHUNK positions (`attend_chunk`: the query heads
+    // of the group share each K and V row), then merges the chunks in order (`merge_chunks`). Where the
+    // step has enough (token, KV head) pairs to keep the threads busy (prefill, batched decode), each
+    // pair is one task; otherwise (batch-1 decode: 3 KV heads for 2 threads) the chunks are the tasks and
+    // the caller merges. The chunk and merge arithmetic is the same either way, so a token's result does
+    // not depend on the batch it runs in. The tasks run on the CPU kernels' threads (no wake-ups between
+    // a step's matmuls and this).
+    let pairs = num_tokens * kv_heads;
+    if pairs >= 4 * pool::threads() {
+        pool::for_each_chunk_mut(&mut out, group * head_dim, |item, o| {
+            #[cfg(target_arch = "x86_64")]
+            if avx2 {
+                // SAFETY: AVX2 is there (dispatch).
+                return unsafe { attend_pair_avx2(&task, item, o) };
+            }
+            let _ = avx2;
+            // SAFETY: portable code.
+            unsafe { attend_pair::<super::simd::Portable>(&task, item, o) }
+        });
+    } else {
+        // (token, KV head, chunk) per task; each writes its chunk's [group, 2 + head_dim] (max, sum, values).
+        let mut items = Vec::new();
+        for t in 0..num_tokens {
+            let keys = task.keys(t);
+            for kvh in 0..kv_heads {
+                for c in keys.start / CHUNK..keys.end.div_ceil(CHUNK) {
+                    items.push((t, kvh, c));
+                }
+            }
         }
-        let _ = avx2;
-        // SAFETY: portable code.
-        unsafe { attend_task::<super::simd::Portable>(&task, item, o) }
-    });
+        let stride = group * (2 + head_dim);
+        let mut parts = vec![0f32; items.len() * stride];
+        pool::for_each_chunk_mut(&mut parts, stride, |i, part| {
+            let (t, kvh, c) = items[i];
+            #[cfg(target_arch = "x86_64")]
+            if avx2 {
+                // SAFETY: AVX2 is there (dispatch).
+                return unsafe { attend_chunk_avx2(&task, t, kvh, c, part) };
+            }
+            // SAFETY: portable code.
+            unsafe { attend_chunk::<super::simd::Portable>(&task, t, kvh, c, part) }
+        });
+        let mut i = 0;
+        for (pair, o) in out.chunks_exact_mut(group * head_dim).enumerate() {
+            let n = items[i..].iter().take_while(|&&(t, kvh, _)| t * kv_heads + kvh == pair).count();
+            task.merge_chunks(kvh_of(pair, kv_heads), &parts[i * stride..(i + n) * stride], o);
+            i += n;
+        }
+    }
     Ok((CpuStorage::F32(out), Shape::from((num_tokens, num_heads, head_dim))))
 }
+
+/// The KV head of (token, KV head) pair `pair`.
+fn kvh_of(pair: usize, kv_heads: usize) -> usize {
+    pair % kv_heads
+}
+
+/// Key positions per chunk, counted from position 0 (not from the window's start), so a key falls in the
+/// same chunk whatever the step. A multiple of 8 (the primitives take eight keys at a time).
+const CHUNK: usize = 64;
 
 /// How many keys ahead a task prefetches its K and V rows.
 const PREFETCH_KEYS: usize = 16;
@@ -255,59 +297,133 @@ struct Task<'a> {
     kv_heads: usize,
     head_dim: usize,
     block_size: usize,
-    /// query heads per task
-    per: usize,
 }
 
-/// [`attend_task`] compiled for AVX2, its primitives inlined.
+impl Task<'_> {
+    /// The key positions token `t` attends: causal, within the window.
+    fn keys(&self, t: usize) -> std::ops::Range<usize> {
+        let pos = self.owner[t].1;
+        self.params.window_start(pos)..pos + 1
+    }
+
+    /// Merges a (token, KV head)'s chunks (`parts`: `[chunks, group, 2 + head_dim]`, in key order) into its
+    /// heads' outputs `o` (`[group, head_dim]`): with `M` the largest chunk max (and the head's sink),
+    /// `o = sum_c e^(m_c - M) o_c / (sum_c e^(m_c - M) l_c + e^(sink - M))`, chunk after chunk. Plain
+    /// element-wise loops, so the same bits wherever it runs.
+    fn merge_chunks(&self, kvh: usize, parts: &[f32], o: &mut [f32]) {
+        let (hd, group) = (self.head_dim, self.num_heads / self.kv_heads);
+        let stride = group * (2 + hd);
+        for (g, og) in o.chunks_exact_mut(hd).enumerate() {
+            let chunk = |c: usize| &parts[c * stride + g * (2 + hd)..c * stride + (g + 1) * (2 + hd)];
+            let chunks = parts.len() / stride;
+            let sink = self.sinks.map(|s| s[kvh * group + g]);
+            let max = (0..chunks).fold(sink.unwrap_or(f32::NEG_INFINITY), |m, c| m.max(chunk(c)[0]));
+            // The sink's share of the denominator (its column is then dropped).
+            let mut sum = sink.map_or(0.0, |s| (s - max).exp());
+            let mut w = Vec::with_capacity(chunks);
+            for c in 0..chunks {
+                let e = (chunk(c)[0] - max).exp();
+                sum += e * chunk(c)[1];
+                w.push(e);
+            }
+            og.fill(0.0);
+            for (c, wc) in w.into_iter().enumerate() {
+                let wc = wc / sum;
+                for (od, &vd) in og.iter_mut().zip(&chunk(c)[2..]) {
+                    *od += wc * vd;
+                }
+            }
+        }
+    }
+}
+
+/// [`attend_pair`] compiled for AVX2, its primitives inlined.
 ///
 /// # Safety
 /// The CPU has AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn attend_task_avx2(task: &Task, item: usize, o: &mut [f32]) {
+unsafe fn attend_pair_avx2(task: &Task, pair: usize, o: &mut [f32]) {
     // SAFETY: the caller guarantees AVX2.
-    unsafe { attend_task::<super::simd::Avx2>(task, item, o) }
+    unsafe { attend_pair::<super::simd::Avx2>(task, pair, o) }
 }
 
-/// Task `item`: `task.per` query heads of one token over their KV head's keys, into `o` (`[per, head_dim]`).
+/// [`attend_chunk`] compiled for AVX2, its primitives inlined.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn attend_chunk_avx2(task: &Task, t: usize, kvh: usize, c: usize, part: &mut [f32]) {
+    // SAFETY: the caller guarantees AVX2.
+    unsafe { attend_chunk::<super::simd::Avx2>(task, t, kvh, c, part) }
+}
+
+/// (Token, KV head) pair `pair` (`t * kv_heads + kvh`): every chunk of its keys, then their merge, into `o`
+/// (`[group, head_dim]`).
 ///
 /// # Safety
 /// The CPU has `L`'s instruction set.
 #[inline(always)]
-unsafe fn attend_task<L: super::simd::Lanes>(task: &Task, item: usize, o: &mut [f32]) {
-    let Task { meta, params, sinks, q, k, v, owner, num_heads, kv_heads, head_dim, block_size, per } = task;
-    let (kv_heads, head_dim, block_size, per) = (*kv_heads, *head_dim, *block_size, *per);
-    let (group, row, kv_row) = (num_heads / kv_heads, num_heads * head_dim, kv_heads * head_dim);
-    let parts = group / per;
-    let (t, kvh, part) = (item / (kv_heads * parts), item / parts % kv_heads, item % parts);
-    let (s, pos) = owner[t];
-    let table = &meta.seqs[s].block_table;
-    let keys = params.window_start(pos)..pos + 1; // causal, within the window
+unsafe fn attend_pair<L: super::simd::Lanes>(task: &Task, pair: usize, o: &mut [f32]) {
+    let (t, kvh) = (pair / task.kv_heads, kvh_of(pair, task.kv_heads));
+    let keys = task.keys(t);
+    let stride = task.num_heads / task.kv_heads * (2 + task.head_dim);
+    let chunks = keys.start / CHUNK..keys.end.div_ceil(CHUNK);
+    let mut parts = vec![0f32; chunks.len() * stride];
+    for (c, part) in chunks.zip(parts.chunks_exact_mut(stride)) {
+        // SAFETY: as the caller guarantees.
+        unsafe { attend_chunk::<L>(task, t, kvh, c, part) };
+    }
+    task.merge_chunks(kvh, &parts, o);
+}
+
+/// Chunk `c` of token `t`'s keys (positions `c * CHUNK ..` within its window) against the query heads of KV
+/// head `kvh`, into `part` (`[group, 2 + head_dim]`): per head the chunk's largest score `m`, `l = sum
+/// e^(s - m)` and `sum e^(s - m) v`, keys in order; scores `cap(scale * q·k)`.
+///
+/// # Safety
+/// The CPU has `L`'s instruction set.
+#[inline(always)]
+unsafe fn attend_chunk<L: super::simd::Lanes>(task: &Task, t: usize, kvh: usize, c: usize, part: &mut [f32]) {
+    let Task { meta, params, q, k, v, owner, num_heads, kv_heads, head_dim, block_size, .. } = task;
+    let (kv_heads, head_dim, block_size) = (*kv_heads, *head_dim, *block_size);
+    let (per, row, kv_row) = (num_heads / kv_heads, num_heads * head_dim, kv_heads * head_dim);
+    let table = &meta.seqs[owner[t].0].block_table;
+    let all = task.keys(t);
+    let keys = all.start.max(c * CHUNK)..all.end.min((c + 1) * CHUNK);
     let n = keys.len();
     // Where each key's row of this KV head starts in the cache, block by block (one division per block).
-    let mut base = Vec::with_capacity(n);
+    let mut base = [0usize; CHUNK];
     let mut j = keys.start;
     while j < keys.end {
         let first = j / block_size * block_size; // the block's first position
         let slot0 = table[j / block_size] as usize * block_size;
         let end = (first + block_size).min(keys.end);
         for jj in j..end {
-            base.push((slot0 + jj - first) * kv_row + kvh * head_dim);
+            base[jj - keys.start] = (slot0 + jj - first) * kv_row + kvh * head_dim;
         }
         j = end;
     }
+    let base = &base[..n];
     let cap = |x: f32| params.softcap.map_or(x, |c| c * (x / c).tanh());
-    let h0 = kvh * group + part * per; // the task's first query head
+    let h0 = kvh * per; // the group's first query head
     let qs = &q[t * row + h0 * head_dim..t * row + (h0 + per) * head_dim]; // [per, head_dim]
     let mut scores = vec![0f32; per * n]; // [per, keys]
     let mut buf = vec![0f32; head_dim]; // an FP8 row, widened
     // Eight keys at a time (their dot products overlap), then the rest one by one; the same bits.
     let mut bufs = vec![0f32; 8 * head_dim]; // eight FP8 rows, widened
+    // The chunk's first rows (the K pass below prefetches the rest, K's and V's, ahead of use).
+    for i in (0..PREFETCH_KEYS).step_by(8) {
+        k.prefetch8(base, i, head_dim);
+        v.prefetch8(base, i, head_dim);
+    }
     let mut i = 0;
     while i + 8 <= n {
-        k.prefetch8(&base, i + PREFETCH_KEYS, head_dim);
-        let rows = k.rows8(&base, i, head_dim, &mut bufs);
+        // V's rows too, so that they are in the cache by the time the K pass ends.
+        k.prefetch8(base, i + PREFETCH_KEYS, head_dim);
+        v.prefetch8(base, i + PREFETCH_KEYS, head_dim);
+        let rows = k.rows8(base, i, head_dim, &mut bufs);
         for g in 0..per {
             // SAFETY: the caller guarantees L's instruction set.
             let dots = unsafe { L::dot8(&qs[g * head_dim..(g + 1) * head_dim], rows) };
@@ -324,39 +440,35 @@ unsafe fn attend_task<L: super::simd::Lanes>(task: &Task, item: usize, o: &mut [
             scores[g * n + i] = cap(unsafe { L::dot(qv, kr) } * params.scale);
         }
     }
-    let mut sums = vec![0f32; per];
-    for (g, (sc, total)) in scores.chunks_exact_mut(n).zip(sums.iter_mut()).enumerate() {
-        let sink = sinks.map(|s| s[h0 + g]);
-        let max = sc.iter().fold(sink.unwrap_or(f32::NEG_INFINITY), |m, &x| m.max(x));
-        // The sink's share of the denominator (its column is then dropped).
-        let mut sum = sink.map_or(0.0, |s| (s - max).exp());
+    let w = 2 + head_dim;
+    for (g, sc) in scores.chunks_exact_mut(n).enumerate() {
+        let max = sc.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        let mut sum = 0.0;
         for x in sc.iter_mut() {
             *x = (*x - max).exp();
             sum += *x;
         }
-        *total = sum;
+        part[g * w] = max;
+        part[g * w + 1] = sum;
     }
-    // Eight keys per pass over a head's output (loaded and stored once), then the rest one by one; the
+    // Eight keys per pass over a head's values (loaded and stored once), then the rest one by one; the
     // same bits as key after key.
     let mut i = 0;
     while i + 8 <= n {
-        v.prefetch8(&base, i + PREFETCH_KEYS, head_dim);
-        let rows = v.rows8(&base, i, head_dim, &mut bufs);
+        let rows = v.rows8(base, i, head_dim, &mut bufs);
         for g in 0..per {
-            let mut w = [0f32; 8];
-            for r in 0..8 {
-                w[r] = scores[g * n + i + r] / sums[g];
-            }
+            let mut e = [0f32; 8];
+            e.copy_from_slice(&scores[g * n + i..g * n + i + 8]);
             // SAFETY: as above.
-            unsafe { L::axpy8(&mut o[g * head_dim..(g + 1) * head_dim], w, rows) };
+            unsafe { L::axpy8(&mut part[g * w + 2..(g + 1) * w], e, rows) };
         }
         i += 8;
     }
     for i in i..n {
         let vr = v.row(base[i], head_dim, &mut buf);
-        for (g, og) in o.chunks_exact_mut(head_dim).enumerate() {
+        for g in 0..per {
             // SAFETY: as above.
-            unsafe { L::axpy(og, scores[g * n + i] / sums[g], vr) };
+            unsafe { L::axpy(&mut part[g * w + 2..(g + 1) * w], scores[g * n + i], vr) };
         }
     }
 }

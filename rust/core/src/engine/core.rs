@@ -42,6 +42,8 @@ pub struct EngineCore {
     pub captured: Vec<(String, Vec<f32>)>,
     /// Speculative decoding (`speculative_mode`); `None` when disabled.
     pub spec: Option<Speculation>,
+    /// Tokens the last step ran (the profile counts one-token steps only; `crate::profile`).
+    last_step_tokens: usize,
 }
 
 impl EngineCore {
@@ -78,6 +80,7 @@ impl EngineCore {
             device_sampling: std::env::var_os("MLC_GPU_SAMPLING").is_none_or(|v| v != "0"),
             captured: Vec::new(),
             spec: None,
+            last_step_tokens: 0,
         }
     }
 
@@ -173,6 +176,14 @@ impl EngineCore {
 
     /// One engine step. Errors in the model fail only the requests of this step.
     pub fn step(&mut self) -> Vec<Delta> {
+        let prof = crate::profile::step_start();
+        let deltas = self.step_inner();
+        crate::profile::step_end(prof, self.last_step_tokens);
+        deltas
+    }
+
+    fn step_inner(&mut self) -> Vec<Delta> {
+        self.last_step_tokens = 0;
         self.propose_drafts();
         let out = self.scheduler.schedule();
         // Sequences that can never fit in the whole cache were dropped by the scheduler: end them
@@ -190,6 +201,7 @@ impl EngineCore {
             return dropped;
         }
         self.note_schedule(&out);
+        self.last_step_tokens = out.seqs.iter().map(|s| s.token_ids.len()).sum();
         let start = Instant::now();
         // A grammar masks the row on the host before sampling, so such a step keeps its rows there.
         let constrained = out.seqs.iter().filter(|s| s.sample).any(|s| self.requests.get(&s.seq_id).is_some_and(|r| r.grammar.is_some()));
@@ -211,7 +223,10 @@ impl EngineCore {
         if any_draft {
             self.metrics.spec_verify_time_s += start.elapsed().as_secs_f64();
         }
-        let emitted = match self.emitted_tokens(&out, logits) {
+        let sample_span = crate::profile::span(crate::profile::Part::Sample);
+        let emitted = self.emitted_tokens(&out, logits);
+        drop(sample_span);
+        let emitted = match emitted {
             Ok(e) => e,
             Err(e) => return self.fail_step(&out, e),
         };

@@ -94,6 +94,7 @@ impl DecoderLayer {
 /// `branch + residual` and, when a norm follows, its RMSNorm (fused on CUDA); without a norm the
 /// sum itself is the next input.
 fn add_then_norm(branch: &Tensor, residual: &Tensor, norm: Option<&Tensor>, eps: f32) -> Result<(Tensor, Tensor)> {
+    let _s = crate::profile::span(crate::profile::Part::Norm);
     Ok(match norm {
         Some(w) => fused::add_rms_norm(branch, residual, w, eps)?,
         None => {
@@ -257,6 +258,7 @@ impl CausalLm for DecoderModel {
     }
 
     fn logits(&self, h: &Tensor) -> Result<Tensor> {
+        let _s = crate::profile::span(crate::profile::Part::LmHead);
         let mut logits = self.lm_head.forward(h)?.to_dtype(DType::F32)?; // [num_samples, vocab] ([.., vocab_per_rank] sharded)
         if let Some((tp, _)) = &self.tp {
             logits = tp.gather_logits(&logits)?;
@@ -269,6 +271,7 @@ impl CausalLm for DecoderModel {
 
     fn forward_hidden(&self, tokens: &Tensor, positions: &Tensor, kv: &PagedKvCache, step: &StepAttention) -> Result<Tensor> {
         let eps = self.cfg.rms_norm_eps as f32;
+        let _s = crate::profile::span(crate::profile::Part::Forward);
         let mut residual = self.lookup(tokens)?; // [num_tokens, hidden]
         if let Some(scale) = &self.embed_scale {
             residual = residual.broadcast_mul(scale)?;

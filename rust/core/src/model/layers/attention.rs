@@ -11,6 +11,7 @@ use crate::model::layers::norm;
 use crate::model::linear::{Linear, StackedLinear};
 use crate::model::sharded::TensorParallel;
 use crate::model::weights::WeightSource;
+use crate::profile::{span, Part};
 use candle_core::Tensor;
 use candle_nn::ops::rms_norm;
 
@@ -71,7 +72,9 @@ impl Attention {
         let cfg = s.cfg;
         let (n, nh, nkv, hd) = (h.dim(0)?, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
         let eps = cfg.rms_norm_eps as f32;
+        let qkv_span = span(Part::Qkv);
         let mut qkv = self.qkv.forward(h)?; // [T, (heads + 2 kv_heads) * head_dim]
+        drop(qkv_span);
         let per_head = match (self.qk_norm, &self.q_norm, &self.k_norm) {
             (QkNormKind::PerHead, Some(q), Some(k)) => Some(QkNorm { q, k }),
             (QkNormKind::Whole, Some(qw), Some(kw)) => {
@@ -91,17 +94,23 @@ impl Attention {
         let (cos, sin) = &s.ropes[rope];
         let spec = QkvSpec { num_heads: nh, num_kv_heads: nkv, head_dim: hd, style: cfg.ropes[rope].style, eps };
         // q: [T, heads, head_dim]; k and v go to the cache.
+        let rope_span = span(Part::RopeKv);
         let q = match &s.gathered[rope] {
             Some((gc, gs)) => fused::rope_qkv_reference(&qkv, gc, gs, &spec, per_head, s.kv, li, s.step)?,
             None => fused::rope_qkv(&qkv, s.positions, cos, sin, &spec, per_head, s.kv, li, s.step)?,
         };
+        drop(rope_span);
         let params = AttnParams {
             scale: cfg.attention_scale as f32,
             softcap: cfg.attn_logit_softcap.map(|c| c as f32),
             window: self.layer.attention.window(),
         };
+        let attn_span = span(Part::Attn);
         let attn = s.kv.attend_with_sinks(li, &q, s.step, &params, self.sinks.as_ref())?.reshape((n, nh * hd))?; // [T, heads * head_dim]
+        drop(attn_span);
+        let o_span = span(Part::OProj);
         let out = self.o_proj.forward(&attn)?; // [T, hidden] (this rank's partial sum when sharded)
+        drop(o_span);
         match s.tp {
             Some(tp) => tp.all_reduce(&out),
             None => Ok(out),

@@ -4,6 +4,7 @@ use crate::error::Result;
 use crate::model::config::{Activation, ModelConfig};
 use crate::model::linear::{Linear, StackedLinear};
 use crate::model::weights::WeightSource;
+use crate::profile::{span, Part};
 use candle_core::Tensor;
 
 pub struct GatedMlp {
@@ -43,7 +44,16 @@ impl GatedMlp {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let act = match self.act {
             // silu: fused into one kernel (or into the Q4 GEMV's epilogue) on CUDA.
-            Activation::Silu => self.gate_up.forward_silu_mul(x)?,
+            Activation::Silu if !crate::profile::on() => self.gate_up.forward_silu_mul(x)?,
+            // Profiled: the matmul and the activation apart (the same ops on the CPU).
+            Activation::Silu => {
+                let gu = {
+                    let _s = span(Part::GateUp);
+                    self.gate_up.forward(x)?
+                };
+                let _s = span(Part::Act);
+                crate::model::fused::silu_mul(&gu)?
+            }
             Activation::GeluTanh | Activation::Gelu => {
                 let gu = self.gate_up.forward(x)?; // [T, 2 * intermediate]
                 let f = gu.dim(1)? / 2;
@@ -52,6 +62,7 @@ impl GatedMlp {
                 (gate * gu.narrow(1, f, f)?)?
             }
         }; // [T, intermediate]
+        let _s = span(Part::Down);
         Ok(self.down.forward(&act)?)
     }
 }
