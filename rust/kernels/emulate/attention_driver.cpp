@@ -43,7 +43,23 @@ struct Case {
     float sinks = 0.f;                                 // 0: none
     uint32_t pad = 0;                                  // padding rows of a fixed plan
     bool scalar = false;                               // the per-token kernel's element-wise copies
+    bool fp8 = false;                                  // dtype "<q dtype>/fp8": an FP8 e4m3 cache
 };
+
+// e4m3 as the CPU cache reads it (attention/cpu.rs): 0x7F / 0xFF NaN, exponent 0 subnormal.
+static float e4m3_value(uint8_t b) {
+    const float sign = b & 0x80 ? -1.f : 1.f;
+    const int e = (b >> 3) & 0xF, m = b & 7;
+    if ((b & 0x7F) == 0x7F) return NAN;
+    return e == 0 ? sign * m * std::ldexp(1.f, -9) : sign * (1.f + m / 8.f) * std::ldexp(1.f, e - 7);
+}
+// The nearest e4m3 byte of |x| <= 448 (ties either way: the kernel reads whatever bytes the cache holds).
+static uint8_t e4m3_byte(float x) {
+    uint8_t best = 0;
+    for (int b = 1; b < 0x7F; ++b)
+        if (std::fabs(e4m3_value(b) - std::fabs(x)) < std::fabs(e4m3_value(best) - std::fabs(x))) best = b;
+    return best | (x < 0 ? 0x80 : 0);
+}
 
 struct Plan {
     uint32_t num_tokens = 0, max_blocks = 1, num_short_work = 0, num_partials = 0, num_split_tokens = 0;
@@ -112,19 +128,19 @@ static uint32_t heads_per_block(uint32_t heads, uint32_t kv_heads) {
     return 1;
 }
 
-template <typename T, int D>
+template <typename T, typename KT, int D>
 static void per_token(T* out, std::vector<float>& po, std::vector<float>& pml, std::vector<uint32_t>& counters,
-                      const T* q, const T* k, const T* v, const Plan& p, const Case& c, uint32_t rows, float scale,
-                      const float* sinks) {
+                      const T* q, const KT* k, const KT* v, const Plan& p, const Case& c, uint32_t rows, float scale,
+                      const float* sinks, const float* k_scales = nullptr, const float* v_scales = nullptr) {
     const uint32_t group = heads_per_block(c.heads, c.kv_heads);
     // As cuda.rs: 16-byte copies when rows are whole 16-byte words (the caches here are vector storage,
     // 16-byte aligned), unless the case asks for the element-wise copies (cuda.rs: unaligned caches).
-    const uint32_t vec_ok = (c.d * sizeof(T)) % 16 == 0 && !c.scalar;
+    const uint32_t vec_ok = (c.d * sizeof(KT)) % 16 == 0 && !c.scalar;
     launch(rows, c.heads / group, ATTN_THREADS, [&] {
-        paged_attention<T, D>(out, po.data(), pml.data(), counters.data(), q, k, v, p.tables.data(), p.token_seq.data(),
+        paged_attention<T, KT, D>(out, po.data(), pml.data(), counters.data(), q, k, v, p.tables.data(), p.token_seq.data(),
                               p.token_pos.data(), p.token_splits.data(), p.token_part.data(), p.work_token.data(),
                               p.work_split.data(), c.heads, c.kv_heads, c.d, c.bs, p.max_blocks, scale, 64,
-                              c.window ? c.window : UINT32_MAX, c.softcap, sinks, group, vec_ok);
+                              c.window ? c.window : UINT32_MAX, c.softcap, sinks, group, vec_ok, k_scales, v_scales);
     });
 }
 
@@ -194,11 +210,40 @@ static int run(const Case& c) {
     }
     const float* sinks = sink_values.empty() ? nullptr : sink_values.data();
 
-    const bool has_tiled = c.dtype != "f32" && (c.d == 64 || c.d == 96 || c.d == 128 || c.d == 256);
+    // An FP8 cache: each row (token, KV head) quantized by its own scale amax / 448, NaN blocks as e4m3
+    // NaNs under NaN scales; the reference reads the same dequantized values.
+    std::vector<uint8_t> k8, v8;
+    std::vector<float> ks, vs;
+    if (c.fp8) {
+        for (auto [src, dst, sc] : {std::tuple{&k, &k8, &ks}, std::tuple{&v, &v8, &vs}}) {
+            dst->resize(src->size());
+            sc->resize(src->size() / c.d);
+            for (size_t r = 0; r < sc->size(); ++r) {
+                float amax = 0.f;
+                for (uint32_t e = 0; e < c.d; ++e) amax = std::max(amax, std::fabs(to_f32((*src)[r * c.d + e])));
+                if (std::isnan(to_f32((*src)[r * c.d]))) {
+                    (*sc)[r] = NAN;
+                    for (uint32_t e = 0; e < c.d; ++e) (*dst)[r * c.d + e] = 0x7F;
+                    continue;
+                }
+                (*sc)[r] = std::max(amax / 448.f, FLT_MIN);
+                for (uint32_t e = 0; e < c.d; ++e) {
+                    (*dst)[r * c.d + e] = e4m3_byte(to_f32((*src)[r * c.d + e]) / (*sc)[r]);
+                    (*src)[r * c.d + e] = from_float<T>(e4m3_value((*dst)[r * c.d + e]) * (*sc)[r]);  // what the reference reads
+                }
+            }
+        }
+    }
+
+    const bool has_tiled = !c.fp8 && c.dtype != "f32" && (c.d == 64 || c.d == 96 || c.d == 128 || c.d == 256);
     const bool use_tiled = c.tiled && has_tiled && !p.tile_seq.empty();
     const uint32_t rows = use_tiled ? p.num_short_work : p.work_token.size();
     auto pt = [&](auto dim) {
-        per_token<T, decltype(dim)::value>(out.data(), po, pml, counters, q.data(), k.data(), v.data(), p, c, rows, scale, sinks);
+        if (c.fp8)
+            per_token<T, uint8_t, decltype(dim)::value>(out.data(), po, pml, counters, q.data(), k8.data(), v8.data(), p, c, rows,
+                                                        scale, sinks, ks.data(), vs.data());
+        else
+            per_token<T, T, decltype(dim)::value>(out.data(), po, pml, counters, q.data(), k.data(), v.data(), p, c, rows, scale, sinks);
     };
     if (c.d <= 64) pt(std::integral_constant<int, 64>{});
     else if (c.d <= 128) pt(std::integral_constant<int, 128>{});
@@ -257,7 +302,7 @@ static int run(const Case& c) {
     const bool ok = nonfinite == 0 && max_err <= tol && max_ref > 0;
     std::printf("%s %s h=%u/%u d=%u bs=%u window=%u softcap=%g sinks=%g placeholders=%u fixed=%d tiled=%d: tokens=%u rows=%u "
                 "tiles=%zu partials=%u pad=%u max_abs_err=%.3g (allowed %.3g) max_abs_ref=%.3g nonfinite=%zu\n",
-                ok ? "ok  " : "FAIL", c.dtype.c_str(), c.heads, c.kv_heads, c.d, c.bs, c.window, c.softcap, c.sinks, replaced,
+                ok ? "ok  " : "FAIL", (c.dtype + (c.fp8 ? "/fp8" : "")).c_str(), c.heads, c.kv_heads, c.d, c.bs, c.window, c.softcap, c.sinks, replaced,
                 c.fixed, use_tiled, p.num_tokens, rows, use_tiled ? p.tile_seq.size() : 0, p.num_partials, c.pad, max_err, tol,
                 max_ref, nonfinite);
     return ok ? 0 : 1;
@@ -286,6 +331,10 @@ int main(int argc, char** argv) {
         const size_t colon = item.find(':');
         c.seqs.emplace_back(std::stoul(item.substr(0, colon)), std::stoul(item.substr(colon + 1)));
         at = comma + 1;
+    }
+    if (const size_t slash = c.dtype.find("/fp8"); slash != std::string::npos) {
+        c.fp8 = true;
+        c.dtype = c.dtype.substr(0, slash);
     }
     if (c.dtype == "f32") return run<float>(c);
     if (c.dtype == "bf16") return run<__nv_bfloat16>(c);

@@ -111,6 +111,18 @@ def cases(quick):
         out.append((dt, 6, 2, 36, 8, 50, 3.0, 1, 0, 0, 431, GROUPS))
         out.append((dt, 8, 2, 128, 16, 0, 0, 0, 0, 0, 432, GROUPS, 0, 0, 1))
         out.append((dt, 4, 1, 256, 16, 300, 0, 1, 1, 0, 433, seqs((1, 700), (1, 65), (1, 3)), 4, 1, 1))
+    # An FP8 e4m3 cache ("<q dtype>/fp8": rows quantized by their own scales, which the kernel applies to
+    # scores and values): every head dim bucket, GQA groups, splits, windows with placeholders (NaN bytes
+    # under NaN scales), caps, sinks, fixed plans, the element-wise copies.
+    for dt in ("f32", "bf16", "f16"):
+        fp8 = dt + "/fp8"
+        out.append((fp8, 4, 2, 64, 16, 0, 0, 0, 0, 0, 500, EDGES))
+        out.append((fp8, 32, 8, 128, 16, 0, 0, 0, 0, 0, 501, DECODES))
+        out.append((fp8, 8, 2, 256, 16, 100, 20.0, 1, 0, 0, 502, GROUPS, 4))
+        if not quick:
+            out.append((fp8, 9, 3, 80, 16, 0, 0, 0, 0, 0, 503, GROUPS))
+            out.append((fp8, 16, 2, 64, 16, 128, 0, 1, 1, 0, 504, seqs((1, 700), (1, 129), (1, 2)), 15, 1))
+            out.append((fp8, 4, 4, 128, 8, 37, 0, 1, 0, 0, 505, CHUNKS, 0, 0, 1))
     return out
 
 

@@ -47,8 +47,9 @@
 // Bytes of K (and as many of V) per pipeline stage: two stages of K and V, 32 KB of shared memory.
 #define ATTN_TILE_BYTES 8192
 
-// Per-instance geometry. A key's row is read by L lanes, VEC values each (16-byte shared-memory reads for
-// 16-bit caches), so a warp scores S = 32 / L keys at once and reduces a dot product over log2(L) lanes.
+// Per-instance geometry for a cache of KT (T, or uint8_t for FP8 e4m3). A key's row is read by L lanes,
+// VEC values each (16-byte shared-memory reads), so a warp scores S = 32 / L keys at once and reduces a
+// dot product over log2(L) lanes.
 template <typename T, int D> struct AttnShape {
     static constexpr int DP = D <= 64 ? 64 : D <= 128 ? 128 : 256;  // row stride in shared memory
     static constexpr int CE = 16 / (int)sizeof(T);                   // elements per 16-byte chunk
@@ -69,6 +70,23 @@ __device__ __forceinline__ void widen16(float* dst, const T* src) {
     memcpy(v, &raw, 16);
 #pragma unroll
     for (int e = 0; e < (int)(16 / sizeof(T)); ++e) dst[e] = to_f32(v[e]);
+}
+// 16 e4m3 bytes, each widened to its value / 256: sign and the 7 exponent-mantissa bits moved into an
+// f16 (the exponent biases differ by 8, subnormals included), exact. The caller's row scale carries the 256.
+template <>
+__device__ __forceinline__ void widen16<uint8_t>(float* dst, const uint8_t* src) {
+    const Words4 raw = *reinterpret_cast<const Words4*>(src);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const uint32_t x = raw.w[i] >> (16 * half);  // bytes b0 (low), b1
+            const uint32_t bits = ((x & 0x80u) << 8) | ((x & 0x7Fu) << 7) | ((x & 0x8000u) << 16) | ((x & 0x7F00u) << 15);
+            const __half2 h = pair_from_bits<__half2>(bits);
+            dst[4 * i + 2 * half] = __low2float(h);
+            dst[4 * i + 2 * half + 1] = __high2float(h);
+        }
+    }
 }
 
 __device__ __forceinline__ float warp_max(float x) {
@@ -133,25 +151,30 @@ __device__ void combine_partitions(T* __restrict__ out, const float* __restrict_
 // groups of 1 and 2, split the keys of a head (key streams); within a warp S keys are scored at once.
 // Every stream keeps its own online softmax (m, l, acc); streams are merged through shuffles (within a
 // warp) and shared memory (across warps) at the end.
-template <typename T, int D>
+// An FP8 cache (KT = uint8_t, e4m3) scales each row by its own factor (k_scales, v_scales: [num_slots,
+// num_kv_heads] f32): a key's score is its scale times q . k, its value enters as p times its scale.
+template <typename T, typename KT, int D>
 __device__ void paged_attention(T* __restrict__ out, float* __restrict__ part_o, float* __restrict__ part_ml,
                                 uint32_t* __restrict__ counters,
-                                const T* __restrict__ q, const T* __restrict__ k_cache,
-                                const T* __restrict__ v_cache, const uint32_t* __restrict__ block_tables,
+                                const T* __restrict__ q, const KT* __restrict__ k_cache,
+                                const KT* __restrict__ v_cache, const uint32_t* __restrict__ block_tables,
                                 const uint32_t* __restrict__ token_seq, const uint32_t* __restrict__ token_pos,
                                 const uint32_t* __restrict__ token_splits, const uint32_t* __restrict__ token_part,
                                 const uint32_t* __restrict__ work_token, const uint32_t* __restrict__ work_split,
                                 uint32_t num_heads, uint32_t num_kv_heads, uint32_t head_dim, uint32_t block_size,
                                 uint32_t max_blocks, float scale, uint32_t split_keys, uint32_t window,
-                                float softcap, const float* __restrict__ sinks, uint32_t group, uint32_t vec_ok) {
-    using Sh = AttnShape<T, D>;
+                                float softcap, const float* __restrict__ sinks, uint32_t group, uint32_t vec_ok,
+                                const float* __restrict__ k_scales, const float* __restrict__ v_scales) {
+    using Sh = AttnShape<KT, D>;
+    constexpr bool FP8 = sizeof(KT) == 1;
     constexpr int DP = Sh::DP, CE = Sh::CE, VEC = Sh::VEC, L = Sh::L, S = Sh::S, TK = Sh::TK, CR = Sh::CR;
     constexpr int STAGE = TK * DP;  // elements of one K (or V) tile
     constexpr int KB = 4;           // keys per stream between two softmax rescales
     // Two stages of [K tile, V tile]; after the key loop the same bytes hold the cross-warp merge.
-    __shared__ __align__(16) unsigned char smem[2 * 2 * STAGE * sizeof(T)];
+    __shared__ __align__(16) unsigned char smem[2 * 2 * STAGE * sizeof(KT)];
     static_assert(ATTN_WARPS * 2 * (DP + 2) * sizeof(float) <= sizeof(smem), "merge area");
-    T* tiles = reinterpret_cast<T*>(smem);
+    KT* tiles = reinterpret_cast<KT*>(smem);
+    __shared__ float sm_scale[2][2][FP8 ? TK : 1];  // [stage][K, V][row]: FP8 row scales times 256
 
     const uint32_t w = blockIdx.x;
     const uint32_t h0 = blockIdx.y * group;
@@ -201,8 +224,17 @@ __device__ void paged_attention(T* __restrict__ out, float* __restrict__ part_o,
 
     // Tile `k0 ..` into stage `st`: rows past the partition and columns past head_dim are zeros.
     auto load_tile = [&](int st, uint32_t k0) {
-        T* kt = tiles + st * 2 * STAGE;
-        T* vt = kt + STAGE;
+        KT* kt = tiles + st * 2 * STAGE;
+        KT* vt = kt + STAGE;
+        if constexpr (FP8) {
+            for (uint32_t r = threadIdx.x; r < (uint32_t)TK; r += ATTN_THREADS) {
+                const uint32_t j = k0 + r;
+                const size_t row = j < k_end ? ((size_t)table[j / block_size] * block_size + j % block_size) * num_kv_heads + kvh : 0;
+                // 256: widen16 gives e4m3 values / 256 (exact powers of two)
+                sm_scale[st][0][r] = j < k_end ? k_scales[row] * 256.f : 0.f;
+                sm_scale[st][1][r] = j < k_end ? v_scales[row] * 256.f : 0.f;
+            }
+        }
         if (vec_ok) {  // 16-byte copies: caches 16-byte aligned, rows a whole number of chunks
             for (uint32_t i = threadIdx.x; i < (uint32_t)(TK * CR); i += ATTN_THREADS) {
                 const uint32_t r = i / CR, ch = i % CR, j = k0 + r;
@@ -221,8 +253,8 @@ __device__ void paged_attention(T* __restrict__ out, float* __restrict__ part_o,
                 const size_t src = valid ? ((size_t)table[j / block_size] * block_size + j % block_size) * slot_stride +
                                                (size_t)kvh * head_dim + d
                                          : 0;
-                kt[r * DP + d] = valid ? k_cache[src] : from_f32<T>(0.f);
-                vt[r * DP + d] = valid ? v_cache[src] : from_f32<T>(0.f);
+                kt[r * DP + d] = valid ? k_cache[src] : KT{};
+                vt[r * DP + d] = valid ? v_cache[src] : KT{};
             }
         }
     };
@@ -245,8 +277,8 @@ __device__ void paged_attention(T* __restrict__ out, float* __restrict__ part_o,
         }
         __syncthreads();
         const uint32_t k0 = k_begin + it * TK;
-        const T* kt = tiles + (it & 1) * 2 * STAGE;
-        const T* vt = kt + STAGE;
+        const KT* kt = tiles + (it & 1) * 2 * STAGE;
+        const KT* vt = kt + STAGE;
         if (has[0]) {  // uniform per warp; a warp without heads only loads
             const int nh = has[1] ? 2 : 1;
             for (uint32_t u0 = 0; u0 < kps; u0 += KB) {
@@ -287,8 +319,12 @@ __device__ void paged_attention(T* __restrict__ out, float* __restrict__ part_o,
 #pragma unroll
                     for (int u = 0; u < KB; ++u) {
                         const uint32_t r = (u0 + u) * ns + sid;
-                        if (u0 + u >= kps || k0 + r >= k_end) s[i][u] = -INFINITY;
-                        else if (softcap > 0.f) s[i][u] = softcap * tanhf(s[i][u] / softcap);
+                        if (u0 + u >= kps || k0 + r >= k_end) {
+                            s[i][u] = -INFINITY;
+                            continue;
+                        }
+                        if constexpr (FP8) s[i][u] *= sm_scale[it & 1][0][r];
+                        if (softcap > 0.f) s[i][u] = softcap * tanhf(s[i][u] / softcap);
                         m_new = fmaxf(m_new, s[i][u]);
                     }
                     // A stream with no key yet keeps m = -inf: rescale against 0 so nothing turns NaN.
@@ -306,13 +342,16 @@ __device__ void paged_attention(T* __restrict__ out, float* __restrict__ part_o,
                     float vv[VEC];
 #pragma unroll
                     for (int e = 0; e < VEC; e += CE) widen16(vv + e, vt + r * DP + c * VEC + e);
+                    float vs = 1.f;
+                    if constexpr (FP8) vs = sm_scale[it & 1][1][r];
 #pragma unroll
                     for (int i = 0; i < 2; ++i) {
                         if (i >= nh) break;
                         const float p = expf(s[i][u] - mref[i]);  // 0 for keys past the partition
                         l[i] += p;
+                        const float pv = p * vs;
 #pragma unroll
-                        for (int e = 0; e < VEC; ++e) acc[i][e] += p * vv[e];
+                        for (int e = 0; e < VEC; ++e) acc[i][e] += pv * vv[e];
                     }
                 }
             }
@@ -390,27 +429,38 @@ __device__ void paged_attention(T* __restrict__ out, float* __restrict__ part_o,
     }
 }
 
-#define PAGED_ATTENTION(NAME, T, D)                                                                            \
+#define PAGED_ATTENTION(NAME, T, KT, D)                                                                        \
     extern "C" __global__ void __launch_bounds__(ATTN_THREADS)                                                 \
-        NAME(T* out, float* part_o, float* part_ml, uint32_t* counters, const T* q, const T* k_cache,          \
-             const T* v_cache, const uint32_t* block_tables, const uint32_t* token_seq, const uint32_t* token_pos, \
+        NAME(T* out, float* part_o, float* part_ml, uint32_t* counters, const T* q, const KT* k_cache,         \
+             const KT* v_cache, const uint32_t* block_tables, const uint32_t* token_seq, const uint32_t* token_pos, \
              const uint32_t* token_splits, const uint32_t* token_part, const uint32_t* work_token,             \
              const uint32_t* work_split, uint32_t num_heads, uint32_t num_kv_heads, uint32_t head_dim,         \
              uint32_t block_size, uint32_t max_blocks, float scale, uint32_t split_keys, uint32_t window,       \
-             float softcap, const float* sinks, uint32_t group, uint32_t vec_ok) {                             \
-        paged_attention<T, D>(out, part_o, part_ml, counters, q, k_cache, v_cache, block_tables, token_seq,     \
-                              token_pos, token_splits, token_part, work_token, work_split, num_heads,         \
-                              num_kv_heads, head_dim, block_size, max_blocks, scale, split_keys, window,       \
-                              softcap, sinks, group, vec_ok);                                                  \
+             float softcap, const float* sinks, uint32_t group, uint32_t vec_ok, const float* k_scales,        \
+             const float* v_scales) {                                                                          \
+        paged_attention<T, KT, D>(out, part_o, part_ml, counters, q, k_cache, v_cache, block_tables, token_seq, \
+                                  token_pos, token_splits, token_part, work_token, work_split, num_heads,     \
+                                  num_kv_heads, head_dim, block_size, max_blocks, scale, split_keys, window,   \
+                                  softcap, sinks, group, vec_ok, k_scales, v_scales);                          \
     }
 
-// Head dims up to 64, 128 and 256 (d96, Phi-3, runs the d128 instance: rows padded to 128 in shared memory).
-PAGED_ATTENTION(paged_attention_f32_d64, float, 64)
-PAGED_ATTENTION(paged_attention_f32_d128, float, 128)
-PAGED_ATTENTION(paged_attention_f32_d256, float, 256)
-PAGED_ATTENTION(paged_attention_bf16_d64, __nv_bfloat16, 64)
-PAGED_ATTENTION(paged_attention_bf16_d128, __nv_bfloat16, 128)
-PAGED_ATTENTION(paged_attention_bf16_d256, __nv_bfloat16, 256)
-PAGED_ATTENTION(paged_attention_f16_d64, __half, 64)
-PAGED_ATTENTION(paged_attention_f16_d128, __half, 128)
-PAGED_ATTENTION(paged_attention_f16_d256, __half, 256)
+// Head dims up to 64, 128 and 256 (d96, Phi-3, runs the d128 instance: rows padded to 128 in shared memory);
+// caches of the q dtype, or FP8 e4m3 (`_fp8_`, scales k_scales / v_scales; null for the others).
+PAGED_ATTENTION(paged_attention_f32_d64, float, float, 64)
+PAGED_ATTENTION(paged_attention_f32_d128, float, float, 128)
+PAGED_ATTENTION(paged_attention_f32_d256, float, float, 256)
+PAGED_ATTENTION(paged_attention_bf16_d64, __nv_bfloat16, __nv_bfloat16, 64)
+PAGED_ATTENTION(paged_attention_bf16_d128, __nv_bfloat16, __nv_bfloat16, 128)
+PAGED_ATTENTION(paged_attention_bf16_d256, __nv_bfloat16, __nv_bfloat16, 256)
+PAGED_ATTENTION(paged_attention_f16_d64, __half, __half, 64)
+PAGED_ATTENTION(paged_attention_f16_d128, __half, __half, 128)
+PAGED_ATTENTION(paged_attention_f16_d256, __half, __half, 256)
+PAGED_ATTENTION(paged_attention_fp8_f32_d64, float, uint8_t, 64)
+PAGED_ATTENTION(paged_attention_fp8_f32_d128, float, uint8_t, 128)
+PAGED_ATTENTION(paged_attention_fp8_f32_d256, float, uint8_t, 256)
+PAGED_ATTENTION(paged_attention_fp8_bf16_d64, __nv_bfloat16, uint8_t, 64)
+PAGED_ATTENTION(paged_attention_fp8_bf16_d128, __nv_bfloat16, uint8_t, 128)
+PAGED_ATTENTION(paged_attention_fp8_bf16_d256, __nv_bfloat16, uint8_t, 256)
+PAGED_ATTENTION(paged_attention_fp8_f16_d64, __half, uint8_t, 64)
+PAGED_ATTENTION(paged_attention_fp8_f16_d128, __half, uint8_t, 128)
+PAGED_ATTENTION(paged_attention_fp8_f16_d256, __half, uint8_t, 256)

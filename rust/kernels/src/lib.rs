@@ -225,10 +225,24 @@ pub fn kv_write_name(dtype: KernelDType) -> &'static str {
     }
 }
 
-/// `paged_attention_<dtype>_d<max head dim>`: the instance for the smallest of 64, 128, 256 that holds
-/// `head_dim` (rows are padded to it in shared memory; other sizes, d96 included, are masked).
-/// `None` above [`ATTN_MAX_HEAD_DIM`].
-pub fn paged_attention_name(dtype: KernelDType, head_dim: usize) -> Option<&'static str> {
+/// `kv_write_fp8_<dtype>` (`scales`: `kv_scale_fp8_<dtype>`): an FP8 e4m3 cache's rows (or their scales)
+/// from new rows of `dtype`.
+pub fn kv_write_fp8_name(dtype: KernelDType, scales: bool) -> &'static str {
+    match (dtype, scales) {
+        (KernelDType::F32, false) => "kv_write_fp8_f32",
+        (KernelDType::BF16, false) => "kv_write_fp8_bf16",
+        (KernelDType::F16, false) => "kv_write_fp8_f16",
+        (KernelDType::F32, true) => "kv_scale_fp8_f32",
+        (KernelDType::BF16, true) => "kv_scale_fp8_bf16",
+        (KernelDType::F16, true) => "kv_scale_fp8_f16",
+    }
+}
+
+/// `paged_attention_[fp8_]<dtype>_d<max head dim>`: the instance for q / out of `dtype` over a cache of
+/// `dtype` (or FP8 e4m3 with `fp8`), for the smallest of 64, 128, 256 that holds `head_dim` (rows are
+/// padded to it in shared memory; other sizes, d96 included, are masked). `None` above
+/// [`ATTN_MAX_HEAD_DIM`].
+pub fn paged_attention_name(dtype: KernelDType, head_dim: usize, fp8: bool) -> Option<&'static str> {
     use KernelDType::*;
     let d = match head_dim {
         0 => return None,
@@ -237,6 +251,19 @@ pub fn paged_attention_name(dtype: KernelDType, head_dim: usize) -> Option<&'sta
         129..=256 => 256,
         _ => return None,
     };
+    if fp8 {
+        return Some(match (dtype, d) {
+            (F32, 64) => "paged_attention_fp8_f32_d64",
+            (F32, 128) => "paged_attention_fp8_f32_d128",
+            (F32, _) => "paged_attention_fp8_f32_d256",
+            (BF16, 64) => "paged_attention_fp8_bf16_d64",
+            (BF16, 128) => "paged_attention_fp8_bf16_d128",
+            (BF16, _) => "paged_attention_fp8_bf16_d256",
+            (F16, 64) => "paged_attention_fp8_f16_d64",
+            (F16, 128) => "paged_attention_fp8_f16_d128",
+            (F16, _) => "paged_attention_fp8_f16_d256",
+        });
+    }
     Some(match (dtype, d) {
         (F32, 64) => "paged_attention_f32_d64",
         (F32, 128) => "paged_attention_f32_d128",
@@ -300,15 +327,18 @@ mod tests {
 
     #[test]
     fn head_dims_map_to_instances() {
-        assert_eq!(paged_attention_name(KernelDType::BF16, 64), Some("paged_attention_bf16_d64"));
-        assert_eq!(paged_attention_name(KernelDType::BF16, 128), Some("paged_attention_bf16_d128"));
-        assert_eq!(paged_attention_name(KernelDType::F32, 32), Some("paged_attention_f32_d64"));
-        assert_eq!(paged_attention_name(KernelDType::F16, 96), Some("paged_attention_f16_d128"));
-        assert_eq!(paged_attention_name(KernelDType::F16, 80), Some("paged_attention_f16_d128"));
-        assert_eq!(paged_attention_name(KernelDType::BF16, 112), Some("paged_attention_bf16_d128"));
-        assert_eq!(paged_attention_name(KernelDType::F16, 256), Some("paged_attention_f16_d256"));
-        assert_eq!(paged_attention_name(KernelDType::F32, 257), None);
-        assert_eq!(paged_attention_name(KernelDType::F32, 0), None);
+        assert_eq!(paged_attention_name(KernelDType::BF16, 64, false), Some("paged_attention_bf16_d64"));
+        assert_eq!(paged_attention_name(KernelDType::BF16, 128, false), Some("paged_attention_bf16_d128"));
+        assert_eq!(paged_attention_name(KernelDType::F32, 32, false), Some("paged_attention_f32_d64"));
+        assert_eq!(paged_attention_name(KernelDType::F16, 96, false), Some("paged_attention_f16_d128"));
+        assert_eq!(paged_attention_name(KernelDType::F16, 80, false), Some("paged_attention_f16_d128"));
+        assert_eq!(paged_attention_name(KernelDType::BF16, 112, false), Some("paged_attention_bf16_d128"));
+        assert_eq!(paged_attention_name(KernelDType::F16, 256, false), Some("paged_attention_f16_d256"));
+        assert_eq!(paged_attention_name(KernelDType::F32, 257, false), None);
+        assert_eq!(paged_attention_name(KernelDType::F32, 0, false), None);
+        assert_eq!(paged_attention_name(KernelDType::BF16, 128, true), Some("paged_attention_fp8_bf16_d128"));
+        assert_eq!(paged_attention_name(KernelDType::F16, 80, true), Some("paged_attention_fp8_f16_d128"));
+        assert_eq!(paged_attention_name(KernelDType::F32, 257, true), None);
         for d in [64, 96, 128, 256] {
             for cap in [false, true] {
                 let suffix = if cap { "_cap" } else { "" };

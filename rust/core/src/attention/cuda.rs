@@ -13,7 +13,7 @@
 use super::plan::{heads_per_block, Span};
 use super::{AttnParams, DeviceStep};
 use candle_core::backend::{BackendDevice, BackendStorage};
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{bail, CudaDevice, CudaStorage, DType, Layout, Result, Shape, Storage, Tensor};
 use mlc_kernels::{self as kernels, KernelDType};
@@ -110,6 +110,69 @@ fn launch_kv_write<T: CudaDType + DeviceRepr>(
     })
 }
 
+/// An FP8 e4m3 cache's rows (`scales`: false; `dst` the `[num_blocks, block_size, kv_heads, head_dim]`
+/// F8E4M3 cache) or their scales (true; `dst` the `[num_blocks, block_size, kv_heads, 1]` f32 scales) from
+/// the step's new rows `[num_tokens, kv_heads, head_dim]` of the model dtype: the quantization of
+/// `PagedKvCache::write` on the CPU, row by row (kv_write.cu).
+pub fn kv_write_fp8(step: &DeviceStep, dst: &mut CudaStorage, dl: &Layout, new: &CudaStorage, nl: &Layout, scales: bool) -> Result<()> {
+    let what = if scales { "kv-scale-fp8" } else { "kv-write-fp8" };
+    let (nb, bs, kvh, d) = check_cache(step, dl, what)?;
+    let (t, new_kvh, new_d) = nl.shape().dims3()?;
+    let (want_dtype, want_d) = if scales { (DType::F32, 1) } else { (DType::F8E4M3, new_d) };
+    if (new_kvh, want_d) != (kvh, d) || t != step.plan.num_tokens || dst.dtype() != want_dtype {
+        bail!("{what}: {:?} {:?} does not take new rows {:?} for {} step tokens", dl.shape(), dst.dtype(), nl.shape(), step.plan.num_tokens);
+    }
+    if t == 0 {
+        return Ok(());
+    }
+    let dtype = kernel_dtype(new.dtype(), what)?;
+    let dst_range = contiguous(dl, what)?;
+    let new_range = contiguous(nl, "new k/v")?;
+    let (kv_heads, head_dim, num_slots) = (to_u32(kvh, "kv heads")?, to_u32(new_d, "head_dim")?, to_u32(nb * bs, "cache slots")?);
+    let dev = dst.device().clone();
+    let func = crate::cuda_kernels::func(&dev, kernels::kv_write_fp8_name(dtype, scales), &kernels::modules::KV_WRITE)?;
+    with_packed(step, &dev, |meta| {
+        let slots = view(meta, span(step.plan.slot_mapping), "slot mapping")?;
+        let len = dst_range.len();
+        let outside = || candle_core::Error::Msg(format!("{what}: range outside a buffer of {len}"));
+        // The destination as the kernel's void*: an f32 view (scales) or an e4m3 one (rows).
+        let (mut dst_f32, mut dst_u8) = (None, None);
+        if scales {
+            dst_f32 = Some(dst.as_cuda_slice_mut::<f32>()?.try_slice_mut(dst_range).ok_or_else(outside)?);
+        } else {
+            dst_u8 = Some(dst.as_cuda_slice_mut::<float8::F8E4M3>()?.try_slice_mut(dst_range).ok_or_else(outside)?);
+        }
+        let (mut src_f32, mut src_bf16, mut src_f16) = (None, None, None);
+        match dtype {
+            KernelDType::F32 => src_f32 = Some(view(new.as_cuda_slice::<f32>()?, new_range, "new k/v")?),
+            KernelDType::BF16 => src_bf16 = Some(view(new.as_cuda_slice::<half::bf16>()?, new_range, "new k/v")?),
+            KernelDType::F16 => src_f16 = Some(view(new.as_cuda_slice::<half::f16>()?, new_range, "new k/v")?),
+        }
+        let mut b = func.builder();
+        match (&mut dst_f32, &mut dst_u8) {
+            (Some(d), _) => b.arg(d),
+            (_, Some(d)) => b.arg(d),
+            _ => bail!("{what}: no destination view"),
+        };
+        match (&src_f32, &src_bf16, &src_f16) {
+            (Some(s), _, _) => b.arg(s),
+            (_, Some(s), _) => b.arg(s),
+            (_, _, Some(s)) => b.arg(s),
+            _ => bail!("{what}: no source view"),
+        };
+        b.arg(&slots);
+        b.arg(&kv_heads);
+        b.arg(&head_dim);
+        b.arg(&num_slots);
+        let cfg = LaunchConfig { grid_dim: (to_u32(t, "tokens")?, 1, 1), block_dim: (kernels::KV_WRITE_THREADS, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: the argument list matches kv_write_fp8_* / kv_scale_fp8_* in kv_write.cu; the destination
+        // holds num_slots rows of kv_heads x head_dim bytes (or kv_heads f32 scales), checked above; every
+        // slot was validated against the cache size in `prepare` (and the kernel skips any outside it).
+        unsafe { b.launch(cfg) }.w()?;
+        Ok(())
+    })
+}
+
 struct AttentionArgs {
     q: std::ops::Range<usize>,
     k: std::ops::Range<usize>,
@@ -138,13 +201,15 @@ fn tiled_prefill_enabled() -> bool {
 }
 
 /// Paged attention: q `[num_tokens, num_heads, head_dim]`, caches `[num_blocks, block_size, kv_heads,
-/// head_dim]`, sinks `[num_heads]` f32 (or none); returns `[num_tokens, num_heads, head_dim]` in q's
-/// dtype.
+/// head_dim]` of q's dtype, or FP8 e4m3 with `fp8_scales` (K's and V's, `[num_blocks, block_size,
+/// kv_heads, 1]` f32), sinks `[num_heads]` f32 (or none); returns `[num_tokens, num_heads, head_dim]` in
+/// q's dtype.
 #[allow(clippy::too_many_arguments)]
 pub fn paged_attention(
     step: &DeviceStep,
     params: &AttnParams,
     sinks: Option<&Tensor>,
+    fp8_scales: Option<(&Tensor, &Tensor)>,
     q: &CudaStorage,
     ql: &Layout,
     k: &CudaStorage,
@@ -163,14 +228,25 @@ pub fn paged_attention(
     if t != step.plan.num_tokens {
         bail!("paged-attention: q has {t} tokens, the step {}", step.plan.num_tokens);
     }
-    if q.dtype() != k.dtype() || v.dtype() != k.dtype() {
-        bail!("paged-attention: q {:?}, k cache {:?}, v cache {:?} must share one dtype", q.dtype(), k.dtype(), v.dtype());
+    let fp8 = k.dtype() == DType::F8E4M3;
+    if (q.dtype() != k.dtype() && !fp8) || v.dtype() != k.dtype() {
+        bail!("paged-attention: q {:?}, k cache {:?}, v cache {:?} must share one dtype (or the caches be FP8 e4m3)", q.dtype(), k.dtype(), v.dtype());
+    }
+    match fp8_scales {
+        Some((ks, vs)) if fp8 => {
+            let want = [kl.dims()[0], bs, kvh, 1];
+            if ks.dtype() != DType::F32 || vs.dtype() != DType::F32 || ks.dims() != want || vs.dims() != want {
+                bail!("paged-attention: FP8 scales {:?} / {:?} must be f32 {want:?}", ks.shape(), vs.shape());
+            }
+        }
+        None if !fp8 => {}
+        _ => bail!("paged-attention: an FP8 cache needs its row scales, and only an FP8 cache takes them"),
     }
     if let Some(s) = sinks.filter(|s| s.dtype() != DType::F32 || s.dims() != [h]) {
         bail!("paged-attention: sinks {:?} {:?} for {h} heads (one f32 per head)", s.shape(), s.dtype());
     }
     let dtype = kernel_dtype(q.dtype(), "paged-attention")?;
-    let Some(name) = kernels::paged_attention_name(dtype, d) else {
+    let Some(name) = kernels::paged_attention_name(dtype, d, fp8) else {
         bail!("paged-attention: head_dim {d} is not supported (1..={})", kernels::ATTN_MAX_HEAD_DIM)
     };
     let mut args = AttentionArgs {
@@ -193,31 +269,49 @@ pub fn paged_attention(
     }
     // The tiled kernel copies cache rows in 16-byte words (cp.async): both caches must start 16-byte
     // aligned (candle's allocations are; a view at an odd offset falls back).
-    let elem = q.dtype().size_in_bytes();
+    let elem = k.dtype().size_in_bytes();
     let aligned = (args.k.start * elem).is_multiple_of(16) && (args.v.start * elem).is_multiple_of(16);
     args.vec_ok = u32::from(aligned && (d * elem).is_multiple_of(16));
-    if step.plan.num_tiles > 0 && aligned && tiled_prefill_enabled() {
+    // The tiled kernel reads 16-bit caches only: an FP8 cache's prefill runs on the per-token kernel.
+    if step.plan.num_tiles > 0 && aligned && !fp8 && tiled_prefill_enabled() {
         args.prefill = kernels::prefill_attention_name(dtype, d, params.softcap.is_some());
     }
-    let storage = match dtype {
-        KernelDType::F32 => launch_attention::<f32>(step, name, q, k, v, sinks, &args)?,
-        KernelDType::BF16 => launch_attention::<half::bf16>(step, name, q, k, v, sinks, &args)?,
-        KernelDType::F16 => launch_attention::<half::f16>(step, name, q, k, v, sinks, &args)?,
+    use float8::F8E4M3;
+    let storage = match (dtype, fp8) {
+        (KernelDType::F32, false) => launch_attention::<f32, f32>(step, name, q, k, v, sinks, None, &args)?,
+        (KernelDType::BF16, false) => launch_attention::<half::bf16, half::bf16>(step, name, q, k, v, sinks, None, &args)?,
+        (KernelDType::F16, false) => launch_attention::<half::f16, half::f16>(step, name, q, k, v, sinks, None, &args)?,
+        (KernelDType::F32, true) => launch_attention::<f32, F8E4M3>(step, name, q, k, v, sinks, fp8_scales, &args)?,
+        (KernelDType::BF16, true) => launch_attention::<half::bf16, F8E4M3>(step, name, q, k, v, sinks, fp8_scales, &args)?,
+        (KernelDType::F16, true) => launch_attention::<half::f16, F8E4M3>(step, name, q, k, v, sinks, fp8_scales, &args)?,
     };
     Ok((storage, Shape::from((t, h, d))))
 }
 
-fn launch_attention<T: CudaDType + DeviceRepr>(
+/// A contiguous f32 tensor on `dev` as a kernel argument (sinks, FP8 scales).
+fn f32_view<'a>(guard: &'a (std::sync::RwLockReadGuard<'a, Storage>, &'a Layout), dev: &CudaDevice, what: &str) -> Result<CudaView<'a, f32>> {
+    let (storage, layout) = guard;
+    let Storage::Cuda(cs) = &**storage else { bail!("paged-attention: the {what} are not on a CUDA device") };
+    if !cs.device().same_device(dev) {
+        bail!("paged-attention: the {what} live on another CUDA device than q");
+    }
+    view(cs.as_cuda_slice::<f32>()?, contiguous(layout, what)?, what)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn launch_attention<T: CudaDType + DeviceRepr, KT: CudaDType + DeviceRepr>(
     step: &DeviceStep,
     name: &str,
     q: &CudaStorage,
     k: &CudaStorage,
     v: &CudaStorage,
     sinks: Option<&Tensor>,
+    fp8_scales: Option<(&Tensor, &Tensor)>,
     a: &AttentionArgs,
 ) -> Result<CudaStorage> {
     let dev = q.device().clone();
     let sinks_guard = sinks.map(|s| s.storage_and_layout());
+    let scale_guards = fp8_scales.map(|(ks, vs)| (ks.storage_and_layout(), vs.storage_and_layout()));
     let plan = &step.plan;
     let (h, d) = (a.num_heads as usize, a.head_dim as usize);
     let attn = crate::cuda_kernels::func(&dev, name, &kernels::modules::PAGED_ATTENTION)?;
@@ -247,16 +341,11 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
         let (token_splits, token_part) = (m(plan.token_splits, "token splits")?, m(plan.token_part, "token part")?);
         let (work_token, work_split) = (m(plan.work_token, "work token")?, m(plan.work_split, "work split")?);
         let qv = view(q.as_cuda_slice::<T>()?, a.q.clone(), "q")?;
-        let kv = view(k.as_cuda_slice::<T>()?, a.k.clone(), "k cache")?;
-        let vv = view(v.as_cuda_slice::<T>()?, a.v.clone(), "v cache")?;
-        let sinks = match &sinks_guard {
-            Some((storage, layout)) => {
-                let Storage::Cuda(cs) = &**storage else { bail!("paged-attention: the sinks are not on a CUDA device") };
-                if !cs.device().same_device(&dev) {
-                    bail!("paged-attention: the sinks live on another CUDA device than q");
-                }
-                Some(view(cs.as_cuda_slice::<f32>()?, contiguous(layout, "sinks")?, "sinks")?)
-            }
+        let kv = view(k.as_cuda_slice::<KT>()?, a.k.clone(), "k cache")?;
+        let vv = view(v.as_cuda_slice::<KT>()?, a.v.clone(), "v cache")?;
+        let sinks = sinks_guard.as_ref().map(|g| f32_view(g, &dev, "sinks")).transpose()?;
+        let scales = match &scale_guards {
+            Some((kg, vg)) => Some((f32_view(kg, &dev, "FP8 k scales")?, f32_view(vg, &dev, "FP8 v scales")?)),
             None => None,
         };
         let null: u64 = 0; // the kernels' nullptr: no sinks
@@ -291,6 +380,16 @@ fn launch_attention<T: CudaDType + DeviceRepr>(
             };
             b.arg(&a.group);
             b.arg(&a.vec_ok);
+            match &scales {
+                Some((ks, vs)) => {
+                    b.arg(ks);
+                    b.arg(vs)
+                }
+                None => {
+                    b.arg(&null);
+                    b.arg(&null)
+                }
+            };
             let cfg = LaunchConfig { grid_dim: (num_work, a.num_heads / a.group, 1), block_dim: (kernels::ATTN_THREADS, 1, 1), shared_mem_bytes: 0 };
             // SAFETY: the argument list matches paged_attention_* in paged_attention.cu; the block
             // tables, positions and partitions were validated and planned from the same metadata; the

@@ -169,8 +169,8 @@ impl PagedKvCache {
         dtype: DType,
         device: &Device,
     ) -> candle_core::Result<Self> {
-        if dtype == DType::F8E4M3 && !device.is_cpu() {
-            candle_core::bail!("an FP8 KV cache (kv_cache_dtype \"fp8_e4m3\") runs on the CPU only so far: the CUDA attention kernels read bf16 / f16 caches");
+        if dtype == DType::F8E4M3 && !(device.is_cpu() || device.is_cuda()) {
+            candle_core::bail!("an FP8 KV cache (kv_cache_dtype \"fp8_e4m3\") runs on the CPU and on CUDA only");
         }
         let shape = (num_blocks, block_size, num_kv_heads, head_dim);
         let zeros = |shape: (usize, usize, usize, usize), dtype: DType| {
@@ -231,6 +231,14 @@ impl PagedKvCache {
             return Ok(());
         }
         let op = ops::KvWrite { step };
+        if let Some(scales) = self.fp8_scales.get(layer).filter(|_| k.device().is_cuda()) {
+            // The same quantization in kv_write.cu: scales first, then the rows (each recomputes amax).
+            for (x, scale_cache, cache) in [(k, &scales.k, &cache.k), (v, &scales.v, &cache.v)] {
+                scale_cache.inplace_op2(x, &ops::KvWriteFp8 { step, scales: true })?;
+                cache.inplace_op2(x, &ops::KvWriteFp8 { step, scales: false })?;
+            }
+            return Ok(());
+        }
         if let Some(scales) = self.fp8_scales.get(layer) {
             // Each row (one token's head) is scaled so that its largest magnitude is e4m3's largest
             // value, 448: no row saturates, and small rows stay out of e4m3's subnormals (SmolLM2's first

@@ -31,6 +31,36 @@ impl InplaceOp2 for KvWrite<'_> {
     }
 }
 
+/// An FP8 e4m3 cache's new rows (`scales` false: the op runs on the cache) or their row scales (true: on
+/// the scale cache), quantized from the step's new K or V rows on the device; CUDA only (the CPU cache
+/// quantizes with candle ops in [`super::PagedKvCache::write`]).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub struct KvWriteFp8<'a> {
+    pub step: &'a StepAttention,
+    pub scales: bool,
+}
+
+impl InplaceOp2 for KvWriteFp8<'_> {
+    fn name(&self) -> &'static str {
+        "kv-write-fp8"
+    }
+
+    fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<()> {
+        bail!("kv-write-fp8 runs on CUDA; the CPU cache quantizes through candle ops")
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        dst: &mut candle_core::CudaStorage,
+        dl: &Layout,
+        new: &candle_core::CudaStorage,
+        nl: &Layout,
+    ) -> Result<()> {
+        super::cuda::kv_write_fp8(self.step.device()?, dst, dl, new, nl, self.scales)
+    }
+}
+
 /// Attention of each query token over positions `window_start(pos)..=pos` of its own sequence.
 pub struct PagedAttention<'a> {
     pub step: &'a StepAttention,
@@ -91,7 +121,7 @@ impl CustomOp3 for PagedAttention<'_> {
         v: &candle_core::CudaStorage,
         vl: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        super::cuda::paged_attention(self.step.device()?, &self.params, self.sinks, q, ql, k, kl, v, vl)
+        super::cuda::paged_attention(self.step.device()?, &self.params, self.sinks, self.fp8_scales, q, ql, k, kl, v, vl)
     }
 }
 

@@ -50,7 +50,8 @@ pub struct EngineArgs {
     /// (no NCCL ranks yet).
     pub tensor_parallel_shards: usize,
     /// The KV cache's element type: None / "auto" = the compute dtype; "fp8_e4m3" (or "fp8", vLLM's
-    /// name) stores K and V as e4m3, a quarter of an f32 cache (CPU only so far).
+    /// name) stores K and V as e4m3 with one f32 scale per row: a quarter of the CPU's f32 cache, half of a
+    /// bf16 / f16 one on CUDA (prefill then runs on the per-token attention kernel).
     pub kv_cache_dtype: Option<String>,
 }
 
@@ -144,7 +145,9 @@ pub fn infer_sizes(
         + max_num_seq as u128 * model.vocab_size as u128 * 16
         + (48 << 20)
         + runtime_bytes as u128;
-    let kv_per_token = model.kv_bytes_per_token(kv_elem_bytes).max(1) as u128;
+    // An FP8 cache (1 byte per element) also keeps one f32 scale per row (token, layer, KV head, K or V).
+    let scales = if kv_elem_bytes == 1 { model.kv_bytes_per_token(4) / model.head_dim.max(1) } else { 0 };
+    let kv_per_token = (model.kv_bytes_per_token(kv_elem_bytes) + scales).max(1) as u128;
     let budget = (memory as f64 * util) as i128 - weight_bytes as i128 - workspace as i128;
     let gib = |b: u128| b as f64 / (1u64 << 30) as f64;
     if budget <= (kv_per_token * block as u128) as i128 && max_total_arg.is_none() {

@@ -486,9 +486,9 @@ fn warm_up(runner: &mut ModelRunner, block_size: usize, max_tokens: usize) -> Re
 fn kv_cache_dtype(args: &EngineArgs, dtype: candle_core::DType, device: &candle_core::Device) -> Result<candle_core::DType> {
     match args.kv_cache_dtype.as_deref() {
         None | Some("auto") => Ok(dtype),
-        Some("fp8" | "fp8_e4m3") if !device.is_cpu() => Err(EngineError::bad_request(
+        Some("fp8" | "fp8_e4m3") if !(device.is_cpu() || device.is_cuda()) => Err(EngineError::bad_request(
             "kv_cache_dtype",
-            "an FP8 KV cache runs on device='cpu' only so far (the CUDA attention kernels read bf16 / f16 caches)",
+            "an FP8 KV cache runs on the CPU and on CUDA devices only",
         )),
         // Each rank's cache is made by the sharded model in the compute dtype.
         Some("fp8" | "fp8_e4m3") if args.tensor_parallel_shards > 1 => Err(EngineError::bad_request("kv_cache_dtype", "an FP8 KV cache with tensor_parallel_shards > 1 is not supported yet")),
