@@ -5,6 +5,10 @@ tables, random cached context, new K/V written through the KV-write kernel, then
 token over positions 0..=pos of its own sequence (or the last `window` of them, with scores soft-capped
 when the case has a `softcap`; with per-head sinks when it has `sinks`). The CPU reference runs in f32 on the same values rounded
 to the device dtype, so the only differences are the kernels' f32 arithmetic order and the final rounding.
+With `kv_dtype="fp8"` both caches are FP8 e4m3 with one f32 scale per row (token and KV head): the random
+context and the new rows are written through `PagedKvCache::write` on both sides (the device quantizes rows
+of the q dtype, the reference the same values in f32), the caches must then hold identical e4m3 values and
+scales (`kv_max_abs_err` 0), and attention reads the same e4m3 values on both sides: the q dtype's tolerance.
 Skips (no GPU, no CUDA build) become failures with MLC_REQUIRE_GPU=1, as in test_smoke.py.
 """
 
@@ -59,7 +63,8 @@ def core():
 
 def _check(core, dtype, heads, kv_heads, head_dim, seqs, block_size=16, seed=0, **layer):
     """`layer`: optional `window`, `softcap`, `scale`, `placeholders` (block-table entries before every
-    query's window point at a block of NaNs), `fixed_bucket` (a CUDA-graph decode plan)."""
+    query's window point at a block of NaNs), `fixed_bucket` (a CUDA-graph decode plan), `sinks`,
+    `kv_dtype` ("fp8": an e4m3 cache read with q / output in `dtype`)."""
     case = {"dtype": dtype, "num_heads": heads, "num_kv_heads": kv_heads, "head_dim": head_dim,
             "block_size": block_size, "seqs": seqs, "seed": seed, **layer}
     r = json.loads(core._attention_check("cuda:0", json.dumps(case)))
@@ -259,6 +264,84 @@ def test_sinks_fixed_decode_plan(core, dtype, layer):
     assert r["max_splits"] == 64, r
 
 
+# FP8 e4m3 caches (kv_cache_dtype "fp8_e4m3"): the cases above that matter, with q / output in bf16 or f16.
+# The device and the reference hold the same e4m3 values and scales, so the q dtype's tolerance applies.
+_FP8 = {"kv_dtype": "fp8"}
+
+
+@pytest.mark.parametrize("dtype", ["f32", "bf16", "f16"])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_fp8_block_boundaries(core, dtype, head_dim):
+    _check(core, dtype, 8, 2, head_dim, _EDGES, seed=head_dim, **_FP8)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "f16"])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_fp8_decode_short_and_4096_split(core, dtype, head_dim):
+    r = _check(core, dtype, 4, 4, head_dim, [(1, 1), (1, 1), (1, 2), (1, 40)], seed=1, **_FP8)
+    assert r["max_splits"] == 1 and r["num_partials"] == 0, r
+    r = _check(core, dtype, 32, 8, head_dim, [(1, 4096)], seed=2, **_FP8)
+    assert r["max_splits"] == 64 and r["num_partials"] == 64 and r["num_work"] == 64, r
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "f16"])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_fp8_mixed_prefill_and_decode(core, dtype, head_dim):
+    seqs = [(1, 4096), (300, 300), (7, 520), (1, 17), (64, 1000), (1, 129), (1, 128), (200, 700), (1, 2000)]
+    r = _check(core, dtype, 16, 4, head_dim, seqs, seed=4 + head_dim, **_FP8)
+    assert r["max_splits"] == 64 and r["num_partials"] > 0, r
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "f16"])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_fp8_prefill_tiles_and_chunks(core, dtype, head_dim):
+    # The tiled prefill kernel's prompts, then chunks continuing unaligned cached contexts beside decodes.
+    r = _check(core, dtype, 16, 4, head_dim, _PROMPTS, seed=head_dim, **_FP8)
+    assert r["max_splits"] == 1 and r["num_partials"] == 0, r
+    _check(core, dtype, 32, 8, head_dim, _CHUNKS, seed=head_dim + 1, **_FP8)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "f16"])
+@pytest.mark.parametrize("heads,kv_heads", [(8, 8), (32, 8), (16, 2), (12, 1)])  # GQA groups of 1, 4, 8, 12
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_fp8_gqa_ratios(core, dtype, heads, kv_heads, head_dim):
+    _check(core, dtype, heads, kv_heads, head_dim, [(1, 300), (40, 40), (2, 1030), (1, 4096)], seed=heads, **_FP8)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "f16"])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("layer", range(len(_LAYERS)))
+def test_fp8_windows_and_caps(core, dtype, head_dim, layer):
+    # Placeholder blocks of an e4m3 cache hold NaN values and NaN row scales: a read of one shows.
+    r = _check(core, dtype, 8, 2, head_dim, _LAYER_SEQS, seed=layer + head_dim, **_LAYERS[layer], **_FP8)
+    if _LAYERS[layer].get("placeholders"):
+        assert r["placeholders"] > 0, r
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "f16"])
+@pytest.mark.parametrize("head_dim", [128, 256])
+def test_fp8_windowed_decode_skips_whole_partitions(core, dtype, head_dim):
+    seqs = [(1, 8192), (1, 4097), (1, 3000), (1, 700), (1, 100), (3, 2500)]
+    r = _check(core, dtype, 16, 8, head_dim, seqs, seed=7, window=100, softcap=50.0, placeholders=True, **_FP8)
+    assert r["max_splits"] == 64 and r["num_partials"] > 0 and r["placeholders"] > 0, r
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "f16"])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("layer", [{}, {"window": 128, "placeholders": True}, {"window": 47, "softcap": 20.0}])
+def test_fp8_sinks(core, dtype, head_dim, layer):
+    r = _check(core, dtype, 16, 4, head_dim, _SINK_SEQS, seed=head_dim, sinks=4.0, **layer, **_FP8)
+    assert r["max_splits"] > 1, r
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "f16"])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("layer", [{}, {"window": 512, "softcap": 50.0, "placeholders": True}, {"sinks": 4.0}])
+def test_fp8_fixed_decode_plan(core, dtype, head_dim, layer):
+    r = _check(core, dtype, 8, 4, head_dim, [(1, 5000), (1, 300), (1, 17)], seed=head_dim, fixed_bucket=8, **layer, **_FP8)
+    assert r["max_splits"] == 64 and r["num_work"] == 8 * 64, r
+
+
 # Informational timings (recorded, never asserted): the Llama-3-8B attention shape (32 heads, 8 KV heads,
 # head_dim 128) in bf16; mean of back-to-back attend calls, allocation of the output included.
 @pytest.mark.parametrize("name,seqs,repeat", [
@@ -273,6 +356,9 @@ def test_sinks_fixed_decode_plan(core, dtype, layer):
     # The per-token kernel on the same prompts (the path before the tiled kernel, and its fallback).
     ("prefill_2048_per_token", [(2048, 2048)], 5),
     ("prefill_4096_per_token", [(4096, 4096)], 3),
+    # The same decodes over an FP8 e4m3 cache (1 byte per element, a 4-byte scale per row).
+    ("decode_b16_ctx4096_fp8", [(1, 4096)] * 16, 50),
+    ("decode_b64_ctx1024_fp8", [(1, 1024)] * 64, 50),
 ])
 def test_attention_timing(core, name, seqs, repeat, monkeypatch):
     _time(core, name, seqs, repeat, monkeypatch)
@@ -299,15 +385,19 @@ def test_attention_timing_gemma(core, name, seqs, repeat, layer, monkeypatch):
 def _time(core, name, seqs, repeat, monkeypatch, heads=32, kv_heads=8, head_dim=128, **layer):
     if name.endswith("_per_token"):
         monkeypatch.setenv("MLC_TILED_PREFILL", "0")
+    fp8 = name.endswith("_fp8")
+    if fp8:
+        layer = {**layer, **_FP8}
     case = {"dtype": "bf16", "num_heads": heads, "num_kv_heads": kv_heads, "head_dim": head_dim, "block_size": 16,
             "seqs": seqs, "seed": 5, "reference": False, "repeat": repeat, **layer}
     r = json.loads(core._attention_check("cuda:0", json.dumps(case)))
     w = layer.get("window", 1 << 62)
     keys = lambda pos: min(pos + 1, w)  # noqa: E731 - keys a query at `pos` attends
-    kv_bytes = sum(min(ctx, w + q - 1) for q, ctx in seqs) * kv_heads * head_dim * 2 * 2  # K and V read once
+    row_bytes = head_dim + 4 if fp8 else head_dim * 2  # e4m3 values and the row's f32 scale, or bf16 values
+    kv_bytes = sum(min(ctx, w + q - 1) for q, ctx in seqs) * kv_heads * row_bytes * 2  # K and V read once
     causal_flops = sum(4 * heads * head_dim * sum(keys(ctx - q + i) for i in range(q)) for q, ctx in seqs)
     us = r["attend_us"]
-    result = {"test": "attention_timing", "name": name, "attend_us": round(us, 2),
+    result = {"test": "attention_timing", "name": name, "kv_dtype": "fp8" if fp8 else "bf16", "attend_us": round(us, 2),
               "kv_gb_per_s": round(kv_bytes / us / 1e3, 1), "tflop_per_s": round(causal_flops / us / 1e6, 2),
               "num_work": r["num_work"], "max_splits": r["max_splits"]}
     print(result)

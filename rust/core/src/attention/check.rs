@@ -6,6 +6,12 @@
 //! every query's window at a block of NaNs (the placeholder a KV manager may leave after handing those
 //! blocks back: one read of it, even masked, turns outputs into NaN), lay the step out as a fixed
 //! decode plan (the CUDA-graph path), and give every head a sink (gpt-oss).
+//!
+//! With `kv_dtype` "fp8" both caches are FP8 e4m3 ([`PagedKvCache::new`] with [`DType::F8E4M3`], so each
+//! has its row scales): the random context is written into every slot through [`PagedKvCache::write`] on
+//! both sides (the device from `dtype` rows, the reference from the same rows widened to f32), so the
+//! device's quantization is checked against the CPU's on every row, then the step runs as above. Both
+//! sides then hold the same e4m3 values and scales, and the attention differences are those of `dtype`.
 
 use super::plan::FixedDecodeKey;
 use super::{AttentionMetadata, AttnParams, LayerKvCache, PagedKvCache, SeqAttention};
@@ -57,12 +63,26 @@ pub struct AttentionCase {
     /// among them). None: no sinks.
     #[serde(default)]
     pub sinks: Option<f32>,
+    /// The caches' dtype: "fp8" / "fp8_e4m3" for an FP8 e4m3 cache with per-row scales (`dtype` is then
+    /// that of q, the new K/V rows and the output); None: `dtype`.
+    #[serde(default)]
+    pub kv_dtype: Option<String>,
 }
 
 impl AttentionCase {
     fn params(&self) -> AttnParams {
         let scale = self.scale.unwrap_or(1.0 / (self.head_dim as f32).sqrt());
         AttnParams { scale, softcap: self.softcap, window: self.window }
+    }
+
+    /// Whether the caches are FP8 e4m3.
+    fn fp8(&self) -> Result<bool> {
+        match self.kv_dtype.as_deref() {
+            None => Ok(false),
+            Some("fp8" | "fp8_e4m3" | "float8_e4m3") => Ok(true),
+            Some(other) if parse_dtype(other)? == parse_dtype(&self.dtype)? => Ok(false),
+            Some(other) => bail!("kv_dtype {other:?}: a cache is either of the case's dtype ({}) or fp8", self.dtype),
+        }
     }
 }
 
@@ -78,7 +98,8 @@ pub struct AttentionReport {
     pub mean_abs_err: Option<f32>,
     pub max_abs_ref: Option<f32>,
     /// Largest difference between the device's and the CPU's caches after the write (0 when exact;
-    /// NaN placeholders count as equal to themselves).
+    /// NaN placeholders count as equal to themselves). FP8 caches: of the values times their row scales
+    /// and of the scales themselves.
     pub kv_max_abs_err: Option<f32>,
     /// Non-finite values in the device's output rows (a read of a NaN placeholder shows here).
     pub nonfinite: usize,
@@ -164,15 +185,53 @@ fn random_rows(rng: &mut StdRng, shape: &[usize], bound: f32, nan_row: Option<us
     Ok(t)
 }
 
-fn one_layer(k: Tensor, v: Tensor, case: &AttentionCase, num_blocks: usize) -> PagedKvCache {
-    PagedKvCache {
-        layers: vec![LayerKvCache { k, v }],
-        fp8_scales: Vec::new(),
-        num_blocks,
-        block_size: case.block_size,
-        num_kv_heads: case.num_kv_heads,
-        head_dim: case.head_dim,
+/// A one-layer cache on `device` holding the random context `k` / `v` (`[num_blocks, block_size,
+/// kv_heads, head_dim]` f32, already rounded to the case's dtype) as `rows` values: the tensors
+/// themselves (copied: the caches of the two sides must not alias), or with `fp8` an e4m3 cache from
+/// [`PagedKvCache::new`] into whose every slot they are written by [`PagedKvCache::write`], as `rows`
+/// (prefill steps over the blocks in order). `nan_block`: that block holds NaNs, the
+/// placeholder nothing may read; in an e4m3 cache its values and its row scales are NaN, set after the
+/// write (a write of NaN rows would leave its scales to the max of NaNs, which need not match).
+#[allow(clippy::too_many_arguments)]
+fn context_cache(case: &AttentionCase, fp8: bool, k: &Tensor, v: &Tensor, num_blocks: usize, nan_block: Option<usize>, rows: DType, device: &Device) -> Result<PagedKvCache> {
+    let (bs, kvh, d) = (case.block_size, case.num_kv_heads, case.head_dim);
+    let on_dev = |x: &Tensor| -> Result<Tensor> { x.to_dtype(rows)?.to_device(device)?.copy() };
+    if !fp8 {
+        let layers = vec![LayerKvCache { k: on_dev(k)?, v: on_dev(v)? }];
+        return Ok(PagedKvCache { layers, fp8_scales: Vec::new(), num_blocks, block_size: bs, num_kv_heads: kvh, head_dim: d });
     }
+    let cache = PagedKvCache::new(1, num_blocks, bs, kvh, d, DType::F8E4M3, device)?;
+    // Prefill steps of up to 8192 slots (whole blocks), each block's rows at its own slots.
+    let per_step = (8192 / bs).max(1);
+    for first in (0..num_blocks).step_by(per_step) {
+        let nb = per_step.min(num_blocks - first);
+        let n = nb * bs;
+        let seq = SeqAttention { query_start: 0, query_len: n, context_len: n, block_table: (first as u32..(first + nb) as u32).collect() };
+        let slots = ((first * bs) as u32..((first + nb) * bs) as u32).collect();
+        let step = cache.prepare(AttentionMetadata { slot_mapping: slots, seqs: vec![seq], block_size: bs })?;
+        let rows = |x: &Tensor| on_dev(&x.narrow(0, first, nb)?.reshape((n, kvh, d))?); // [n, kv_heads, head_dim]
+        cache.write(0, &rows(k)?, &rows(v)?, &step)?;
+    }
+    if let Some(b) = nan_block {
+        // e4m3 NaN bytes, made on the CPU (candle's CUDA backend may not cast to F8E4M3).
+        let nan = Tensor::full(f32::NAN, (1, bs, kvh, d), &Device::Cpu)?.to_dtype(DType::F8E4M3)?.to_device(device)?; // [1, block_size, kv_heads, head_dim]
+        let nan_scale = Tensor::full(f32::NAN, (1, bs, kvh, 1), device)?; // [1, block_size, kv_heads, 1]
+        for (c, s) in [(&cache.layers[0].k, &cache.fp8_scales[0].k), (&cache.layers[0].v, &cache.fp8_scales[0].v)] {
+            c.slice_set(&nan, 0, b)?;
+            s.slice_set(&nan_scale, 0, b)?;
+        }
+    }
+    Ok(cache)
+}
+
+/// A cache's contents as CPU f32 tensors to compare: K and V, or for an e4m3 cache K and V times their
+/// row scales and the scales themselves (moved to the CPU before any cast from F8E4M3).
+fn cache_values(cache: &PagedKvCache) -> Result<Vec<Tensor>> {
+    let (k, v) = (&cache.layers[0].k, &cache.layers[0].v);
+    let Some(s) = cache.fp8_scales.first() else { return Ok(vec![to_cpu_f32(k)?, to_cpu_f32(v)?]) };
+    let cpu = |x: &Tensor| -> Result<Tensor> { x.to_device(&Device::Cpu)?.to_dtype(DType::F32) };
+    let (ks, vs) = (cpu(&s.k)?, cpu(&s.v)?); // [num_blocks, block_size, kv_heads, 1]
+    Ok(vec![cpu(k)?.broadcast_mul(&ks)?, cpu(v)?.broadcast_mul(&vs)?, ks, vs])
 }
 
 /// Largest and mean |a - b|; NaN on both sides counts as equal, NaN on one side as infinitely far.
@@ -212,6 +271,7 @@ fn pad_rows(rng: &mut StdRng, x: &Tensor, rows: usize) -> Result<Tensor> {
 /// Runs `case` on `device` and on the CPU reference and compares outputs and caches.
 pub fn compare_with_cpu(device: &Device, case: &AttentionCase) -> Result<AttentionReport> {
     let dtype = parse_dtype(&case.dtype)?;
+    let fp8 = case.fp8()?;
     let (h, kvh, d, bs) = (case.num_heads, case.num_kv_heads, case.head_dim, case.block_size);
     let params = case.params();
     params.validate()?;
@@ -222,15 +282,16 @@ pub fn compare_with_cpu(device: &Device, case: &AttentionCase) -> Result<Attenti
     let t = meta.num_tokens();
     // Every value goes through `dtype` first, so both sides start from identical inputs.
     let round = |x: Tensor| -> Result<Tensor> { x.to_dtype(dtype)?.to_dtype(DType::F32) };
-    let k_cache = round(random_rows(&mut rng, &[num_blocks, bs, kvh, d], 1.0, nan_block)?)?; // [num_blocks, block_size, kv_heads, head_dim]
-    let v_cache = round(random_rows(&mut rng, &[num_blocks, bs, kvh, d], 1.0, nan_block)?)?;
+    // An e4m3 cache gets its NaN block after the write (`context_cache`); the same random draws either way.
+    let nan_rows = nan_block.filter(|_| !fp8);
+    let k_cache = round(random_rows(&mut rng, &[num_blocks, bs, kvh, d], 1.0, nan_rows)?)?; // [num_blocks, block_size, kv_heads, head_dim]
+    let v_cache = round(random_rows(&mut rng, &[num_blocks, bs, kvh, d], 1.0, nan_rows)?)?;
     let q = round(uniform(&mut rng, &[t, h, d], 3.0)?)?; // [num_tokens, heads, head_dim]
     let k_new = round(uniform(&mut rng, &[t, kvh, d], 1.0)?)?; // [num_tokens, kv_heads, head_dim]
     let v_new = round(uniform(&mut rng, &[t, kvh, d], 1.0)?)?;
 
     let on_dev = |x: &Tensor| -> Result<Tensor> { x.to_dtype(dtype)?.to_device(device) };
-    // `copy`: the device caches must not alias the reference's (on the CPU, to_device is a no-op).
-    let dev = one_layer(on_dev(&k_cache)?.copy()?, on_dev(&v_cache)?.copy()?, case, num_blocks);
+    let dev = context_cache(case, fp8, &k_cache, &v_cache, num_blocks, nan_block, dtype, device)?;
     let fixed = case.fixed_bucket.filter(|_| device.is_cuda());
     let rows = fixed.unwrap_or(t);
     let q_d = on_dev(&pad_rows(&mut rng, &q, rows)?)?; // [rows, heads, head_dim]
@@ -271,15 +332,17 @@ pub fn compare_with_cpu(device: &Device, case: &AttentionCase) -> Result<Attenti
     let mut diffs = None;
     let mut plain_max_abs_err = None;
     if case.reference {
-        let cpu = one_layer(k_cache, v_cache, case, num_blocks);
+        let cpu = context_cache(case, fp8, &k_cache, &v_cache, num_blocks, nan_block, DType::F32, &Device::Cpu)?;
         let cpu_step = cpu.prepare(step.meta().clone())?;
         cpu.write(0, &k_new, &v_new, &cpu_step)?;
         let reference = cpu.attend_with_sinks(0, &q, &cpu_step, &params, sinks.as_ref())?; // [num_tokens, heads, head_dim]
         let (max_err, mean_err) = max_abs_diff(&out, &reference)?;
-        let (k_err, _) = max_abs_diff(&to_cpu_f32(&dev.layers[0].k)?, &cpu.layers[0].k)?;
-        let (v_err, _) = max_abs_diff(&to_cpu_f32(&dev.layers[0].v)?, &cpu.layers[0].v)?;
+        let mut kv_err = 0f32;
+        for (a, b) in cache_values(&dev)?.iter().zip(&cache_values(&cpu)?) {
+            kv_err = kv_err.max(max_abs_diff(a, b)?.0);
+        }
         let max_ref = reference.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-        diffs = Some((max_err, mean_err, max_ref, k_err.max(v_err)));
+        diffs = Some((max_err, mean_err, max_ref, kv_err));
         let plain = AttnParams::causal(params.scale);
         if params != plain && !case.placeholders {
             let out = to_cpu_f32(&dev.attend_with(0, &q_d, &step, &plain)?.narrow(0, 0, t)?)?;
@@ -391,6 +454,7 @@ mod tests {
             placeholders: false,
             fixed_bucket: None,
             sinks: None,
+            kv_dtype: None,
         }
     }
 
@@ -433,5 +497,51 @@ mod tests {
         // Same inputs (the sinks are drawn last): a sink only scales each row's output down.
         let without = compare_with_cpu(&Device::Cpu, &plain).unwrap();
         assert!(with.max_abs_ref.unwrap() < without.max_abs_ref.unwrap(), "{with:?} vs {without:?}");
+    }
+
+    #[test]
+    fn fp8_caches_are_written_and_compared_on_both_sides() {
+        let seqs = vec![(1, 40), (20, 20), (9, 33), (1, 5)];
+        let fp8 = |c: AttentionCase| AttentionCase { kv_dtype: Some("fp8".into()), ..c };
+        let base = AttentionCase { window: Some(6), softcap: Some(1.5), ..case(seqs, 4) };
+        let r = compare_with_cpu(&Device::Cpu, &fp8(base.clone())).unwrap();
+        assert_eq!((r.max_abs_err, r.kv_max_abs_err, r.plain_max_abs_err, r.nonfinite), (Some(0.0), Some(0.0), Some(0.0), 0));
+        // Same random inputs as the f32 cache, through e4m3 (`context_cache`'s own test checks the rows).
+        let full = compare_with_cpu(&Device::Cpu, &base).unwrap();
+        assert!((r.max_abs_ref.unwrap() - full.max_abs_ref.unwrap()).abs() < 0.1, "{r:?} vs {full:?}");
+        let r = compare_with_cpu(&Device::Cpu, &fp8(AttentionCase { placeholders: true, sinks: Some(4.0), ..base.clone() })).unwrap();
+        assert_eq!(r.placeholders, 8 + 4);
+        assert_eq!((r.max_abs_err, r.kv_max_abs_err, r.nonfinite), (Some(0.0), Some(0.0), 0));
+        let r = compare_with_cpu(&Device::Cpu, &AttentionCase { kv_dtype: Some("fp8_e4m3".into()), repeat: 1, ..case(vec![(1, 70), (3, 3)], 16) }).unwrap();
+        assert_eq!((r.max_abs_err, r.kv_max_abs_err), (Some(0.0), Some(0.0)));
+        // 9003 blocks of 1: the context is written in two steps.
+        let r = compare_with_cpu(&Device::Cpu, &fp8(case(vec![(1, 9000)], 1))).unwrap();
+        assert_eq!((r.max_abs_err, r.kv_max_abs_err, r.nonfinite), (Some(0.0), Some(0.0), 0));
+        // A kv_dtype of the case's own dtype is the plain cache; another one is an error.
+        assert_eq!(compare_with_cpu(&Device::Cpu, &AttentionCase { kv_dtype: Some("f32".into()), ..base.clone() }).unwrap().max_abs_ref, full.max_abs_ref);
+        assert!(compare_with_cpu(&Device::Cpu, &AttentionCase { kv_dtype: Some("bf16".into()), ..base }).is_err());
+    }
+
+    #[test]
+    fn an_fp8_context_cache_holds_every_row_and_a_nan_block() {
+        let c = AttentionCase { kv_dtype: Some("fp8".into()), ..case(vec![(1, 9)], 4) };
+        let mut rng = StdRng::seed_from_u64(1);
+        let k = uniform(&mut rng, &[5, 4, 2, 16], 1.0).unwrap();
+        let v = (uniform(&mut rng, &[5, 4, 2, 16], 1.0).unwrap() * 1e-3).unwrap();
+        let cache = context_cache(&c, true, &k, &v, 5, Some(3), DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(cache.layers[0].k.dtype(), DType::F8E4M3);
+        let [kq, vq, ks, _]: [Tensor; 4] = cache_values(&cache).unwrap().try_into().unwrap();
+        for (x, q, rel) in [(&k, &kq, 1.0), (&v, &vq, 1e-3)] {
+            let (x, q) = (x.flatten_all().unwrap().to_vec1::<f32>().unwrap(), q.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            let block = 4 * 2 * 16;
+            assert!(q[3 * block..4 * block].iter().all(|y| y.is_nan()));
+            for (a, b) in x[..3 * block].iter().chain(&x[4 * block..]).zip(q[..3 * block].iter().chain(&q[4 * block..])) {
+                // Within e4m3's half step (2^-4 relative) of the row max, at any magnitude.
+                assert!((a - b).abs() <= rel / 16.0 + 1e-9, "{a} vs {b}");
+            }
+        }
+        let ks = ks.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(ks[24..32].iter().all(|s| s.is_nan()));
+        assert!(ks[..24].iter().chain(&ks[32..]).all(|s| *s > 0.0 && *s <= 1.0 / 448.0));
     }
 }
