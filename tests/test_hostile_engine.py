@@ -279,8 +279,10 @@ def _meminfo_bytes(key: str) -> int:
     raise KeyError(key)
 
 
-# SmolLM2-135M: 30 layers x 3 KV heads x head_dim 64, K and V, f32 on the CPU.
-SMOLLM2_KV_BYTES_PER_TOKEN = 30 * 3 * 64 * 2 * 4
+# SmolLM2-135M: 30 layers x 3 KV heads x head_dim 64, K and V, in bytes per element of the cache (f16 on
+# the CPU by default).
+SMOLLM2_KV_VALUES_PER_TOKEN = 30 * 3 * 64 * 2
+KV_ELEMENT_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/meminfo"), reason="reads /proc/meminfo")
@@ -293,7 +295,7 @@ def test_cpu_server_mode_sizes_the_kv_cache_from_available_memory(smollm2_path: 
     engine = MLCEngine(smollm2_path, device="cpu", mode="server", gpu_memory_utilization=1.0, verbose=False)
     try:
         info = engine.info
-        kv_bytes = info["num_kv_blocks"] * info["kv_block_size"] * SMOLLM2_KV_BYTES_PER_TOKEN
+        kv_bytes = info["num_kv_blocks"] * info["kv_block_size"] * SMOLLM2_KV_VALUES_PER_TOKEN * KV_ELEMENT_BYTES[info["kv_cache_dtype"]]
         assert kv_bytes < available, (kv_bytes, available)
     finally:
         engine.terminate()

@@ -50,7 +50,8 @@ class Engine:
           "max_history_size": int|null, "gpu_memory_utilization": float|null,
           "kv_cache_page_size": int|null, "prefix_cache": bool, "enable_tracing": bool, "verbose": bool,
           "kv_events": bool, "tensor_parallel_shards": int (default 1; more than 1: CPU only),
-          "kv_cache_dtype": "auto"|"fp8_e4m3"|"fp8"|null (FP8: CPU only)}
+          "kv_cache_dtype": "auto"|"float16"|"f16"|"float32"|"f32"|"fp8_e4m3"|"fp8"|null
+          (auto: float16 on the CPU, the compute dtype on CUDA)}
         Raises ModelLoadError (missing / corrupt model), BadRequestError (bad configuration).
         """
     def info(self) -> str:

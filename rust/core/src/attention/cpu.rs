@@ -1,12 +1,17 @@
 //! CPU implementations of the KV write and paged attention (also the reference for the CUDA kernels).
 //!
-//! The cache holds f32, or FP8 e4m3 (`kv_cache_dtype = "fp8_e4m3"`, about a quarter of the memory): each
-//! new K/V row (one token's head) is divided by its own scale and rounded to e4m3 before the write
-//! (`PagedKvCache::write`), and attention widens it through a 256-entry table times that scale.
+//! The cache holds f32; f16 (`kv_cache_dtype = "float16"`, the CPU's default: half the memory and half the
+//! bytes attention reads per key), each new row rounded to nearest even before the write
+//! (`PagedKvCache::write`) and widened exactly as attention reads it (F16C where the AVX2 body runs); or FP8
+//! e4m3 (`kv_cache_dtype = "fp8_e4m3"`, about a quarter of the memory): each new K/V row (one token's head)
+//! is divided by its own scale and rounded to e4m3 before the write, and attention widens it through a
+//! 256-entry table times that scale.
 
 use super::{AttentionMetadata, AttnParams};
 use candle_core::{bail, CpuStorage, Layout, Result, Shape};
 use crate::quant::cpu::pool;
+use super::simd::Lanes;
+use half::f16;
 
 fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let Some((start, end)) = l.contiguous_offsets() else { bail!("{what} must be contiguous") };
@@ -35,6 +40,7 @@ fn e4m3_table() -> &'static [f32; 256] {
 /// A layer's K or V cache as the attention reads it.
 enum KvRows<'a> {
     F32(&'a [f32]),
+    F16(&'a [f16]),
     /// e4m3 bit patterns, and one scale per row of `head_dim` values.
     E4m3(&'a [u8], &'a [f32]),
 }
@@ -46,10 +52,11 @@ impl<'a> KvRows<'a> {
         let dims = l.shape().dims();
         match (s, scales) {
             (CpuStorage::F32(v), None) => Ok(KvRows::F32(&v[start..end])),
+            (CpuStorage::F16(v), None) => Ok(KvRows::F16(&v[start..end])),
             (CpuStorage::F8E4M3(v), Some(sc)) if sc.len() * dims[dims.len() - 1] == end - start => {
                 Ok(KvRows::E4m3(bytemuck_e4m3(&v[start..end]), sc))
             }
-            _ => bail!("{what} must be f32, or f8e4m3 with one scale per row, on cpu"),
+            _ => bail!("{what} must be f32, f16, or f8e4m3 with one scale per row, on cpu"),
         }
     }
 
@@ -63,6 +70,7 @@ impl<'a> KvRows<'a> {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
             let (p, bytes) = match self {
                 KvRows::F32(v) => (v[base..base + n].as_ptr() as *const i8, n * 4),
+                KvRows::F16(v) => (v[base..base + n].as_ptr() as *const i8, n * 2),
                 KvRows::E4m3(v, _) => (v[base..base + n].as_ptr() as *const i8, n),
             };
             for off in (0..bytes).step_by(64) {
@@ -82,11 +90,14 @@ impl<'a> KvRows<'a> {
         }
     }
 
-    /// `n` values from each of `bases[i..i + 8]`, widened into `bufs` (`[8, n]`) where the cache is FP8. Index
-    /// loops, no iterator adapters or closures: those may stay out of line, without the AVX2 body's
-    /// target features.
+    /// `n` values from each of `bases[i..i + 8]`, widened into `bufs` (`[8, n]`) where the cache is f16 or
+    /// FP8 (once per row, however many query heads of the group then read it). Index loops, no iterator
+    /// adapters or closures: those may stay out of line, without the AVX2 body's target features.
+    ///
+    /// # Safety
+    /// The CPU has `L`'s instruction set.
     #[inline(always)]
-    fn rows8<'b>(&'b self, bases: &[usize], i: usize, n: usize, bufs: &'b mut [f32]) -> [&'b [f32]; 8] {
+    unsafe fn rows8<'b, L: Lanes>(&'b self, bases: &[usize], i: usize, n: usize, bufs: &'b mut [f32]) -> [&'b [f32]; 8] {
         let bases = &bases[i..i + 8];
         let mut out: [&[f32]; 8] = [&[]; 8];
         match self {
@@ -94,25 +105,41 @@ impl<'a> KvRows<'a> {
                 for r in 0..8 {
                     out[r] = &v[bases[r]..bases[r] + n];
                 }
+                return out;
+            }
+            KvRows::F16(v) => {
+                for r in 0..8 {
+                    // SAFETY: as the caller guarantees.
+                    unsafe { L::widen_f16(&mut bufs[r * n..(r + 1) * n], &v[bases[r]..bases[r] + n]) };
+                }
             }
             KvRows::E4m3(..) => {
                 for r in 0..8 {
-                    self.row(bases[r], n, &mut bufs[r * n..(r + 1) * n]);
-                }
-                let bufs = &*bufs;
-                for r in 0..8 {
-                    out[r] = &bufs[r * n..(r + 1) * n];
+                    // SAFETY: as the caller guarantees.
+                    unsafe { self.row::<L>(bases[r], n, &mut bufs[r * n..(r + 1) * n]) };
                 }
             }
+        }
+        let bufs = &*bufs;
+        for r in 0..8 {
+            out[r] = &bufs[r * n..(r + 1) * n];
         }
         out
     }
 
-    /// `n` values from `base`, widened into `buf` where the cache is FP8.
+    /// `n` values from `base`, widened into `buf` where the cache is f16 or FP8.
+    ///
+    /// # Safety
+    /// The CPU has `L`'s instruction set.
     #[inline(always)]
-    fn row<'b>(&'b self, base: usize, n: usize, buf: &'b mut [f32]) -> &'b [f32] {
+    unsafe fn row<'b, L: Lanes>(&'b self, base: usize, n: usize, buf: &'b mut [f32]) -> &'b [f32] {
         match self {
             KvRows::F32(v) => &v[base..base + n],
+            KvRows::F16(v) => {
+                // SAFETY: as the caller guarantees.
+                unsafe { L::widen_f16(&mut buf[..n], &v[base..base + n]) };
+                &buf[..n]
+            }
             KvRows::E4m3(v, scales) => {
                 let (table, scale) = (e4m3_table(), scales[base / n]);
                 for (o, &b) in buf[..n].iter_mut().zip(&v[base..base + n]) {
@@ -148,7 +175,7 @@ fn copy_rows<T: Copy>(slot_mapping: &[u32], cache: &mut [T], new: &[T], row: usi
 }
 
 /// Copies token rows into cache slots: `cache[slot_mapping[t]] = new[t]`, both f32 (values or FP8
-/// scales) or both e4m3.
+/// scales), both f16 or both e4m3.
 pub fn kv_write(slot_mapping: &[u32], cache: &mut CpuStorage, cl: &Layout, new: &CpuStorage, nl: &Layout) -> Result<()> {
     // cache: [num_blocks, block_size, kv_heads, head_dim]; new: [num_tokens, kv_heads, head_dim]
     let (start, end) = cl.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("cache must be contiguous".into()))?;
@@ -157,8 +184,9 @@ pub fn kv_write(slot_mapping: &[u32], cache: &mut CpuStorage, cl: &Layout, new: 
     let row = dims[2] * dims[3];
     match (cache, new) {
         (CpuStorage::F32(c), CpuStorage::F32(n)) => copy_rows(slot_mapping, &mut c[start..end], &n[ns..ne], row),
+        (CpuStorage::F16(c), CpuStorage::F16(n)) => copy_rows(slot_mapping, &mut c[start..end], &n[ns..ne], row),
         (CpuStorage::F8E4M3(c), CpuStorage::F8E4M3(n)) => copy_rows(slot_mapping, &mut c[start..end], &n[ns..ne], row),
-        _ => bail!("kv-write: the cache and the new k/v must be both f32 or both f8e4m3 on cpu"),
+        _ => bail!("kv-write: the cache and the new k/v must be both f32, both f16 or both f8e4m3 on cpu"),
     }
 }
 
@@ -173,6 +201,25 @@ pub fn kv_write(slot_mapping: &[u32], cache: &mut CpuStorage, cl: &Layout, new: 
 /// `fp8_scales`: the K and V row scales of an e4m3 cache (`[num_blocks, block_size, num_kv_heads]`).
 #[allow(clippy::too_many_arguments)]
 pub fn paged_attention(
+    meta: &AttentionMetadata,
+    params: &AttnParams,
+    sinks: Option<&[f32]>,
+    fp8_scales: Option<(&[f32], &[f32])>,
+    q: &CpuStorage,
+    ql: &Layout,
+    k: &CpuStorage,
+    kl: &Layout,
+    v: &CpuStorage,
+    vl: &Layout,
+) -> Result<(CpuStorage, Shape)> {
+    paged_attention_on(super::simd::avx2_active(), meta, params, sinks, fp8_scales, q, ql, k, kl, v, vl)
+}
+
+/// [`paged_attention`] on the AVX2 body (`avx2`, which the caller checked the CPU has: AVX2 and F16C) or
+/// the portable one; the tests run both on one machine.
+#[allow(clippy::too_many_arguments)]
+fn paged_attention_on(
+    avx2: bool,
     meta: &AttentionMetadata,
     params: &AttnParams,
     sinks: Option<&[f32]>,
@@ -218,7 +265,6 @@ pub fn paged_attention(
     let group = num_heads / kv_heads;
     let mut out = vec![0f32; num_tokens * num_heads * head_dim];
     let task = Task { meta, params, sinks, q, k, v, owner, num_heads, kv_heads, head_dim, block_size };
-    let avx2 = super::simd::avx2_active();
     // Every (token, KV head) attends its keys in chunks of CHUNK positions (`attend_chunk`: the query heads
     // of the group share each K and V row), then merges the chunks in order (`merge_chunks`). Where the
     // step has enough (token, KV head) pairs to keep the threads busy (prefill, batched decode), each
@@ -231,7 +277,7 @@ pub fn paged_attention(
         pool::for_each_chunk_mut(&mut out, group * head_dim, |item, o| {
             #[cfg(target_arch = "x86_64")]
             if avx2 {
-                // SAFETY: AVX2 is there (dispatch).
+                // SAFETY: AVX2 and F16C are there (dispatch, or the caller's check).
                 return unsafe { attend_pair_avx2(&task, item, o) };
             }
             let _ = avx2;
@@ -255,7 +301,7 @@ pub fn paged_attention(
             let (t, kvh, c) = items[i];
             #[cfg(target_arch = "x86_64")]
             if avx2 {
-                // SAFETY: AVX2 is there (dispatch).
+                // SAFETY: AVX2 and F16C are there (dispatch, or the caller's check).
                 return unsafe { attend_chunk_avx2(&task, t, kvh, c, part) };
             }
             // SAFETY: portable code.
@@ -340,9 +386,9 @@ impl Task<'_> {
 /// [`attend_pair`] compiled for AVX2, its primitives inlined.
 ///
 /// # Safety
-/// The CPU has AVX2.
+/// The CPU has AVX2 and F16C.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,f16c")]
 unsafe fn attend_pair_avx2(task: &Task, pair: usize, o: &mut [f32]) {
     // SAFETY: the caller guarantees AVX2.
     unsafe { attend_pair::<super::simd::Avx2>(task, pair, o) }
@@ -351,9 +397,9 @@ unsafe fn attend_pair_avx2(task: &Task, pair: usize, o: &mut [f32]) {
 /// [`attend_chunk`] compiled for AVX2, its primitives inlined.
 ///
 /// # Safety
-/// The CPU has AVX2.
+/// The CPU has AVX2 and F16C.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,f16c")]
 unsafe fn attend_chunk_avx2(task: &Task, t: usize, kvh: usize, c: usize, part: &mut [f32]) {
     // SAFETY: the caller guarantees AVX2.
     unsafe { attend_chunk::<super::simd::Avx2>(task, t, kvh, c, part) }
@@ -410,9 +456,9 @@ unsafe fn attend_chunk<L: super::simd::Lanes>(task: &Task, t: usize, kvh: usize,
     let h0 = kvh * per; // the group's first query head
     let qs = &q[t * row + h0 * head_dim..t * row + (h0 + per) * head_dim]; // [per, head_dim]
     let mut scores = vec![0f32; per * n]; // [per, keys]
-    let mut buf = vec![0f32; head_dim]; // an FP8 row, widened
+    let mut buf = vec![0f32; head_dim]; // an f16 or FP8 row, widened
     // Eight keys at a time (their dot products overlap), then the rest one by one; the same bits.
-    let mut bufs = vec![0f32; 8 * head_dim]; // eight FP8 rows, widened
+    let mut bufs = vec![0f32; 8 * head_dim]; // eight f16 or FP8 rows, widened
     // The chunk's first rows (the K pass below prefetches the rest, K's and V's, ahead of use).
     for i in (0..PREFETCH_KEYS).step_by(8) {
         k.prefetch8(base, i, head_dim);
@@ -423,7 +469,8 @@ unsafe fn attend_chunk<L: super::simd::Lanes>(task: &Task, t: usize, kvh: usize,
         // V's rows too, so that they are in the cache by the time the K pass ends.
         k.prefetch8(base, i + PREFETCH_KEYS, head_dim);
         v.prefetch8(base, i + PREFETCH_KEYS, head_dim);
-        let rows = k.rows8(base, i, head_dim, &mut bufs);
+        // SAFETY: the caller guarantees L's instruction set.
+        let rows = unsafe { k.rows8::<L>(base, i, head_dim, &mut bufs) };
         for g in 0..per {
             // SAFETY: the caller guarantees L's instruction set.
             let dots = unsafe { L::dot8(&qs[g * head_dim..(g + 1) * head_dim], rows) };
@@ -434,7 +481,8 @@ unsafe fn attend_chunk<L: super::simd::Lanes>(task: &Task, t: usize, kvh: usize,
         i += 8;
     }
     for i in i..n {
-        let kr = k.row(base[i], head_dim, &mut buf);
+        // SAFETY: as above.
+        let kr = unsafe { k.row::<L>(base[i], head_dim, &mut buf) };
         for (g, qv) in qs.chunks_exact(head_dim).enumerate() {
             // SAFETY: the caller guarantees L's instruction set.
             scores[g * n + i] = cap(unsafe { L::dot(qv, kr) } * params.scale);
@@ -455,7 +503,8 @@ unsafe fn attend_chunk<L: super::simd::Lanes>(task: &Task, t: usize, kvh: usize,
     // same bits as key after key.
     let mut i = 0;
     while i + 8 <= n {
-        let rows = v.rows8(base, i, head_dim, &mut bufs);
+        // SAFETY: as above.
+        let rows = unsafe { v.rows8::<L>(base, i, head_dim, &mut bufs) };
         for g in 0..per {
             let mut e = [0f32; 8];
             e.copy_from_slice(&scores[g * n + i..g * n + i + 8]);
@@ -465,7 +514,8 @@ unsafe fn attend_chunk<L: super::simd::Lanes>(task: &Task, t: usize, kvh: usize,
         i += 8;
     }
     for i in i..n {
-        let vr = v.row(base[i], head_dim, &mut buf);
+        // SAFETY: as above.
+        let vr = unsafe { v.row::<L>(base[i], head_dim, &mut buf) };
         for g in 0..per {
             // SAFETY: as above.
             unsafe { L::axpy(&mut part[g * w + 2..(g + 1) * w], scores[g * n + i], vr) };
@@ -614,6 +664,67 @@ mod tests {
                 q.broadcast_mul(&scale).unwrap()
             };
             assert_eq!(fp8, run(DType::F32, &rounded(&k), &rounded(&v), &q), "magnitude {magnitude}");
+        }
+    }
+
+    /// An f16 cache (each row rounded to nearest even by the write) attends, on every body this CPU can run
+    /// (the portable one, and the AVX2 + F16C one that the avx2 and avx512 levels run), exactly as an f32
+    /// cache holding the same rounded rows does, the same bits at every level; and within f16's rounding of
+    /// the f32 cache of the unrounded rows. SmolLM2's heads (64 wide, 3 KV heads of 3 query heads) and 20
+    /// wide ones (tails past 8 lanes), over 150 keys (two chunks and a part), as a prefill (a task per
+    /// (token, KV head)) and as a decode step (chunks as tasks).
+    #[test]
+    fn an_f16_cache_attends_as_the_f32_one_of_its_rounded_rows_at_every_level() {
+        use crate::attention::{AttentionMetadata, PagedKvCache, SeqAttention};
+        use crate::quant::cpu::dispatch::Isa;
+        use candle_core::{DType, Device, Storage, Tensor};
+        let levels = Isa::available();
+        eprintln!("levels: {levels:?}");
+        for d in [64usize, 20] {
+            let (kvh, heads, bs, n) = (3, 9, 16, 150usize);
+            let blocks = n.div_ceil(bs);
+            let rnd = |shape: &[usize]| Tensor::randn(0f32, 1f32, shape, &Device::Cpu).unwrap();
+            let (k, v, q) = (rnd(&[n, kvh, d]), rnd(&[n, kvh, d]), rnd(&[n, heads, d]));
+            let rounded = |x: &Tensor| x.to_dtype(DType::F16).unwrap().to_dtype(DType::F32).unwrap();
+            assert_ne!(rounded(&k).flatten_all().unwrap().to_vec1::<f32>().unwrap(), k.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            // Blocks in reverse order, so rows are not where a contiguous cache would hold them.
+            let table: Vec<u32> = (0..blocks as u32).rev().collect();
+            let slot = |p: usize| table[p / bs] * bs as u32 + (p % bs) as u32;
+            let meta = |first: usize, len: usize| AttentionMetadata {
+                slot_mapping: (first..first + len).map(slot).collect(),
+                seqs: vec![SeqAttention { query_start: 0, query_len: len, context_len: first + len, block_table: table.clone() }],
+                block_size: bs,
+            };
+            let fill = |dtype: DType, k: &Tensor, v: &Tensor| {
+                let cache = PagedKvCache::new(1, blocks, bs, kvh, d, dtype, &Device::Cpu).unwrap();
+                cache.write(0, k, v, &cache.prepare(meta(0, n)).unwrap()).unwrap();
+                assert_eq!(cache.layers[0].k.dtype(), dtype);
+                cache
+            };
+            let (f16s, exact, plain) = (fill(DType::F16, &k, &v), fill(DType::F32, &rounded(&k), &rounded(&v)), fill(DType::F32, &k, &v));
+            let run = |cache: &PagedKvCache, avx2: bool, first: usize, len: usize| {
+                let m = meta(first, len);
+                let qn = q.narrow(0, first, len).unwrap().contiguous().unwrap();
+                let (qs, ql) = qn.storage_and_layout();
+                let (ks, kl) = cache.layers[0].k.storage_and_layout();
+                let (vs, vl) = cache.layers[0].v.storage_and_layout();
+                let (Storage::Cpu(qs), Storage::Cpu(ks), Storage::Cpu(vs)) = (&*qs, &*ks, &*vs) else { panic!() };
+                match super::paged_attention_on(avx2, &m, &AttnParams::causal(0.125), None, None, qs, ql, ks, kl, vs, vl).unwrap().0 {
+                    CpuStorage::F32(o) => o,
+                    _ => unreachable!(),
+                }
+            };
+            for (first, len) in [(0, n), (n - 1, 1), (70, 1)] {
+                let want = run(&exact, false, first, len);
+                for &isa in &levels {
+                    let got = run(&f16s, isa >= Isa::Avx2, first, len);
+                    assert_eq!(got, want, "head_dim {d}, {isa:?}, tokens {first}..{}", first + len);
+                }
+                let unrounded = run(&plain, false, first, len);
+                let err = want.iter().zip(&unrounded).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                // f16 keeps 11 significant bits (relative rounding 2^-12): outputs of unit size move by ~1e-3.
+                assert!(err > 0.0 && err < 1e-2, "head_dim {d}, tokens {first}..{}: largest difference {err}", first + len);
+            }
         }
     }
 }

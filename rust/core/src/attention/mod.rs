@@ -255,6 +255,13 @@ impl PagedKvCache {
             e4m3(k, &scales.k, &cache.k)?;
             return e4m3(v, &scales.v, &cache.v);
         }
+        if (cache.k.dtype(), k.dtype(), v.dtype()) == (DType::F16, DType::F32, DType::F32) && k.device().is_cpu() {
+            // An f16 cache under f32 compute (the CPU's default): each value rounded to nearest even. Any
+            // other mix of dtypes is refused by the write.
+            let (k, v) = (k.to_dtype(DType::F16)?, v.to_dtype(DType::F16)?);
+            cache.k.inplace_op2(&k, &op)?;
+            return cache.v.inplace_op2(&v, &op);
+        }
         cache.k.inplace_op2(k, &op)?;
         cache.v.inplace_op2(v, &op)
     }

@@ -6,8 +6,9 @@
 //! fused multiply-add), so every level is the reference's arithmetic.
 
 use crate::quant::cpu::dispatch::{self, Isa};
+use half::f16;
 
-/// Whether the attention runs its AVX2 body ([`Avx2`]).
+/// Whether the attention runs its AVX2 body ([`Avx2`]; the level also guarantees F16C).
 pub fn avx2_active() -> bool {
     cfg!(target_arch = "x86_64") && dispatch::active() >= Isa::Avx2
 }
@@ -25,6 +26,11 @@ pub trait Lanes {
     /// # Safety
     /// As [`Lanes::dot`].
     unsafe fn axpy(o: &mut [f32], w: f32, v: &[f32]);
+    /// `dst[i] = src[i]` widened to f32 (exact at every level: every f16 is an f32).
+    ///
+    /// # Safety
+    /// As [`Lanes::dot`].
+    unsafe fn widen_f16(dst: &mut [f32], src: &[f16]);
 
     /// `[a · b_0, ..., a · b_7]`, each with [`Lanes::dot`]'s bits: eight keys against one query at once,
     /// so their dependency chains overlap and the query is loaded once.
@@ -74,9 +80,18 @@ impl Lanes for Portable {
             *od += w * vd;
         }
     }
+
+    /// One value at a time through `half` (its software conversion, or the hardware's where `half` finds
+    /// one at run time).
+    #[inline(always)]
+    unsafe fn widen_f16(dst: &mut [f32], src: &[f16]) {
+        for (o, h) in dst.iter_mut().zip(src) {
+            *o = h.to_f32();
+        }
+    }
 }
 
-/// x86-64 AVX2 (only where [`avx2_active`]).
+/// x86-64 AVX2 and F16C (only where [`avx2_active`]).
 #[cfg(target_arch = "x86_64")]
 pub struct Avx2;
 
@@ -166,6 +181,27 @@ impl Lanes for Avx2 {
         }
         for (od, vd) in o[full..n].iter_mut().zip(&v[full..n]) {
             *od += w * vd;
+        }
+    }
+
+    /// Eight values per F16C `vcvtph2ps`, then the rest one by one.
+    #[inline(always)]
+    unsafe fn widen_f16(dst: &mut [f32], src: &[f16]) {
+        use std::arch::x86_64::*;
+        let n = dst.len().min(src.len());
+        let full = n / 8 * 8;
+        // SAFETY: the caller guarantees AVX2 (and so F16C, dispatch); 16-byte loads and 32-byte stores
+        // stay below `full` <= both lengths.
+        unsafe {
+            let mut i = 0;
+            while i < full {
+                let h = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
+                _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+                i += 8;
+            }
+        }
+        for (o, h) in dst[full..n].iter_mut().zip(&src[full..n]) {
+            *o = h.to_f32();
         }
     }
 
@@ -278,6 +314,31 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Every f16 bit pattern widens to the value of half's software conversion (NaNs to NaNs of the same
+    /// payload), at every level; lengths around the 8-value steps.
+    #[test]
+    fn f16_widening_is_exact_at_every_level() {
+        let all: Vec<f16> = (0..=u16::MAX).map(f16::from_bits).collect();
+        let want: Vec<u32> = all.iter().map(|h| h.to_f32_const().to_bits()).collect();
+        let mut got = vec![0f32; all.len()];
+        // SAFETY: portable code.
+        unsafe { Portable::widen_f16(&mut got, &all) };
+        assert!(got.iter().zip(&want).all(|(g, w)| g.to_bits() == *w), "portable");
+        #[cfg(target_arch = "x86_64")]
+        if avx2_active() {
+            for n in [1, 7, 8, 9, 64, 65] {
+                let mut got = vec![0f32; n];
+                // SAFETY: AVX2 (and F16C) checked above.
+                unsafe { Avx2::widen_f16(&mut got, &all[1000..1000 + n]) };
+                assert!(got.iter().zip(&want[1000..1000 + n]).all(|(g, w)| g.to_bits() == *w), "avx2, n {n}");
+            }
+            let mut got = vec![0f32; all.len()];
+            // SAFETY: as above.
+            unsafe { Avx2::widen_f16(&mut got, &all) };
+            assert!(got.iter().zip(&want).all(|(g, w)| g.to_bits() == *w), "avx2, every pattern");
         }
     }
 }

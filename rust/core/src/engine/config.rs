@@ -49,9 +49,12 @@ pub struct EngineArgs {
     /// in-process ranks (model/sharded_lm.rs: the same results, no speed-up); CUDA devices refuse it
     /// (no NCCL ranks yet).
     pub tensor_parallel_shards: usize,
-    /// The KV cache's element type: None / "auto" = the compute dtype; "fp8_e4m3" (or "fp8", vLLM's
-    /// name) stores K and V as e4m3 with one f32 scale per row: a quarter of the CPU's f32 cache, half of a
-    /// bf16 / f16 one on CUDA (prefill then runs on the per-token attention kernel).
+    /// The KV cache's element type: None / "auto" = f16 on the CPU (f32 compute; half the memory and half
+    /// the bytes attention reads, within the fidelity bound: README "CPU"), the compute dtype elsewhere;
+    /// "float16" / "float32" (or "f16" / "f32") ask for one on the CPU, and on CUDA only where it is the
+    /// compute dtype; "fp8_e4m3" (or "fp8", vLLM's name) stores K and V as e4m3 with one f32 scale per
+    /// row: a quarter of an f32 cache (plus the scales), half of a bf16 / f16 one on CUDA (prefill
+    /// then runs on the per-token attention kernel).
     pub kv_cache_dtype: Option<String>,
 }
 

@@ -13,5 +13,5 @@ pub mod stop;
 pub mod trace;
 
 pub use config::{EngineArgs, EngineSizes, Mode};
-pub use handle::{build, EngineHandle, EngineInfo};
+pub use handle::{build, default_kv_cache_dtype, EngineHandle, EngineInfo};
 pub use output::{Delta, FinishReason};
