@@ -48,7 +48,7 @@ bench() {  # $1 a|b, then bench_gpu arguments
         timeout "${BENCH_LIMIT_S:-200}" bash benches/gpu/run_on_host.sh "$@" > /dev/null 2>&1
     local rc=$?; step "bench ($which)" $rc; sed -n '/^engine /,/^phases:/p' "$OUT/$which/bench_gpu.log" | head -n 40
 }
-if (( HAVE_A )); then bench a "$@"; fi
+if (( HAVE_A )) && [[ -z "${SKIP_BENCH_A:-}" ]]; then bench a "$@"; fi  # SKIP_BENCH_A=1: kernels only
 bench b "$@"
 
 if [[ -n "${DIAG:-}" ]]; then

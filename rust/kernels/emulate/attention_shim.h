@@ -10,6 +10,7 @@
 #define __align__(n) __attribute__((aligned(n)))
 
 inline Dim blockDim;  // set by the driver's launch
+struct __attribute__((aligned(16))) float4 { float x, y, z, w; };
 
 struct __nv_bfloat16 { uint16_t x; };
 struct __half { uint16_t x; };

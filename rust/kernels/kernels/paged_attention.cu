@@ -2,7 +2,8 @@
 //
 // Layouts (row-major):
 //   q, out:            [num_tokens, num_heads, head_dim]
-//   k_cache, v_cache:  [num_blocks, block_size, num_kv_heads, head_dim]
+//   k_cache, v_cache:  [num_blocks, block_size, num_kv_heads, head_dim]   of T, or e4m3 bytes (FP8)
+//   k/v_scales:        [num_blocks, block_size, num_kv_heads]             f32, FP8 row scales (else null)
 //   block_tables:      [num_seqs, max_blocks]   (padded; only the first ceil(context / block_size) are read)
 //   token_seq/pos:     [num_tokens]   sequence of each query token and its position; it attends causally to
 //                                     positions lo..=pos of its own sequence, lo = max(0, pos + 1 - window)
@@ -13,14 +14,13 @@
 //   part_ml:           [num_partials, num_heads, 2]         f32, (running max, sum of exp) per partial
 //   counters:          [num_tokens, num_heads]              u32, finished partitions (zero at launch)
 //
-// Grid (num_work, num_heads), ATTN_THREADS threads. Each of the ATTN_WARPS warps walks every
-// ATTN_WARPS-th key of the block's partition, a batch of keys at a time, with an online softmax in f32
-// (lane i holds dims i, i+32, ..);
-// the warps are merged through shared memory at the end. A token with one partition writes `out`;
+// Grid (num_work, num_heads / group), ATTN_THREADS threads: a block serves `group` query heads of one KV
+// head (cuda.rs heads_per_block), so each K/V row of its partition is read from memory once for all of
+// them; online softmax in f32 (see paged_attention below). A token with one partition writes `out`;
 // split tokens (decode over long contexts: flash-decoding) write partials, and the last of a (token,
-// head)'s partition blocks to finish (counted in `counters`, [num_tokens, num_heads] u32, zero at
-// launch) merges them with their log-sum-exp weights: no second launch, whose fixed cost exceeded the
-// merge itself at batch 1.
+// group)'s partition blocks to finish (counted in `counters` at the group's first head, zero at launch)
+// merges them with their log-sum-exp weights: no second launch, whose fixed cost exceeded the merge
+// itself at batch 1.
 //
 // Per layer (launch arguments, so one plan serves full and sliding layers alike and a CUDA graph holds
 // them as constants): `window` keys at most per query (UINT32_MAX: full causal) and `softcap` (0: none;
@@ -39,11 +39,12 @@
 #include "mma.cuh"
 #include <math.h>
 
-#define ATTN_THREADS 128
+#define ATTN_THREADS 256
 #define ATTN_WARPS (ATTN_THREADS / 32)
 #define ATTN_MAX_SPLITS 64
-// Query heads one block serves (they share one KV head); a larger GQA group is served by several blocks.
-#define ATTN_MAX_GROUP 8
+// Query heads one block serves, a warp each (they share one KV head); a larger GQA group is served by
+// several blocks.
+#define ATTN_MAX_GROUP ATTN_WARPS
 // Bytes of K (and as many of V) per pipeline stage: two stages of K and V, 32 KB of shared memory.
 #define ATTN_TILE_BYTES 8192
 
@@ -58,7 +59,7 @@ template <typename T, int D> struct AttnShape {
     static constexpr int S = 32 / L;
     static constexpr int TK = ATTN_TILE_BYTES / (DP * (int)sizeof(T));  // keys per tile
     static constexpr int CR = DP / CE;                                  // chunks per row
-    static_assert(TK >= ATTN_WARPS * S, "a tile must give every key stream of a head one key");
+    static_assert(TK >= ATTN_WARPS * S, "a tile must give every key stream of a head a key");
 };
 
 // 16 bytes of a 16-byte aligned address, widened to f32.
@@ -108,15 +109,18 @@ __device__ __forceinline__ void merge_state(float& m, float& l, float (&acc)[N],
 }
 
 // out[t, h] = sum_z w_z o_z / sum_z w_z over the token's partitions, w_z = l_z * exp(m_z - max_z m_z), for
-// the block's `group` heads from h0 (a warp per head). Partials were written by other blocks: read past L1.
+// the block's `group` heads from h0: a warp per head weighs the partitions, then every thread sums four
+// dims of one head over them. Partials were written by other blocks: read past L1 (__ldcg).
 template <typename T>
 __device__ void combine_partitions(T* __restrict__ out, const float* __restrict__ part_o,
                                    const float* __restrict__ part_ml, const float* __restrict__ sinks, uint32_t first,
                                    uint32_t splits, uint32_t t, uint32_t h0, uint32_t group, uint32_t num_heads,
                                    uint32_t head_dim) {
+    __shared__ float sm_w[ATTN_MAX_GROUP][ATTN_MAX_SPLITS];
+    __shared__ float sm_inv[ATTN_MAX_GROUP];
     const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    for (uint32_t hl = warp; hl < group; hl += ATTN_WARPS) {  // uniform per warp
-        const uint32_t h = h0 + hl;
+    if (warp < group) {  // uniform per warp
+        const uint32_t h = h0 + warp;
         float mz[2], wz[2];
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
@@ -128,29 +132,42 @@ __device__ void combine_partitions(T* __restrict__ out, const float* __restrict_
         for (int i = 0; i < 2; ++i) {
             const uint32_t z = lane + 32 * i;
             wz[i] = mz[i] == -INFINITY ? 0.f : __ldcg(part_ml + ((size_t)(first + z) * num_heads + h) * 2 + 1) * expf(mz[i] - mx);
+            if (z < splits) sm_w[warp][z] = wz[i];
         }
         const float total = warp_sum(wz[0] + wz[1]);
         // sum_z w_z o_z is the row's output unnormalised at max mx, total its sum: the sink joins here.
-        const float inv = sinks ? sink_norm(mx, total, sinks[h]) : total > 0.f ? 1.f / total : 0.f;
-        T* op = out + ((size_t)t * num_heads + h) * head_dim;
-        for (uint32_t d0 = 0; d0 < head_dim; d0 += 32) {  // uniform: every lane takes part in the shuffles
-            const uint32_t d = d0 + lane;
-            float o = 0.f;
+        if (lane == 0) sm_inv[warp] = sinks ? sink_norm(mx, total, sinks[h]) : total > 0.f ? 1.f / total : 0.f;
+    }
+    __syncthreads();
+    const uint32_t quads = (head_dim + 3) / 4;
+    for (uint32_t idx = threadIdx.x; idx < group * quads; idx += ATTN_THREADS) {
+        const uint32_t hl = idx / quads, d = (idx % quads) * 4, h = h0 + hl;
+        float o[4] = {0.f, 0.f, 0.f, 0.f};
+        if (head_dim % 4 == 0) {  // rows 16-byte aligned: one vector load per partition
+#pragma unroll 4
             for (uint32_t z = 0; z < splits; ++z) {
-                const float w = __shfl_sync(0xffffffffu, z < 32 ? wz[0] : wz[1], z & 31);
-                if (d < head_dim) o += w * __ldcg(part_o + ((size_t)(first + z) * num_heads + h) * head_dim + d);
+                const float4 p = __ldcg(reinterpret_cast<const float4*>(part_o + ((size_t)(first + z) * num_heads + h) * head_dim + d));
+                const float w = sm_w[hl][z];
+                o[0] += w * p.x;
+                o[1] += w * p.y;
+                o[2] += w * p.z;
+                o[3] += w * p.w;
             }
-            if (d < head_dim) op[d] = from_f32<T>(o * inv);
+        } else {
+            for (uint32_t z = 0; z < splits; ++z)
+                for (uint32_t e = 0; e < 4 && d + e < head_dim; ++e)
+                    o[e] += sm_w[hl][z] * __ldcg(part_o + ((size_t)(first + z) * num_heads + h) * head_dim + d + e);
         }
+        T* op = out + ((size_t)t * num_heads + h) * head_dim;
+        for (uint32_t e = 0; e < 4 && d + e < head_dim; ++e) op[d + e] = from_f32<T>(o[e] * sm_inv[hl]);
     }
 }
 
 // One block per (work row, group of query heads sharing a KV head): the work row's keys stream through
 // shared memory in tiles of TK keys (cp.async, two stages), each read from the cache once for all the
-// group's heads. Warps take heads (groups of 4 or more: one or two heads per warp, every key) or, for
-// groups of 1 and 2, split the keys of a head (key streams); within a warp S keys are scored at once.
-// Every stream keeps its own online softmax (m, l, acc); streams are merged through shuffles (within a
-// warp) and shared memory (across warps) at the end.
+// group's heads. A warp serves one head; with fewer heads than warps, the warps of a head split its keys
+// (key streams), and within a warp S keys are scored at once. Every stream keeps its own online softmax
+// (m, l, acc); streams are merged through shuffles (within a warp) and shared memory (across warps).
 // An FP8 cache (KT = uint8_t, e4m3) scales each row by its own factor (k_scales, v_scales: [num_slots,
 // num_kv_heads] f32): a key's score is its scale times q . k, its value enters as p times its scale.
 template <typename T, typename KT, int D>
@@ -172,7 +189,7 @@ __device__ void paged_attention(T* __restrict__ out, float* __restrict__ part_o,
     constexpr int KB = 4;           // keys per stream between two softmax rescales
     // Two stages of [K tile, V tile]; after the key loop the same bytes hold the cross-warp merge.
     __shared__ __align__(16) unsigned char smem[2 * 2 * STAGE * sizeof(KT)];
-    static_assert(ATTN_WARPS * 2 * (DP + 2) * sizeof(float) <= sizeof(smem), "merge area");
+    static_assert(ATTN_WARPS * (DP + 2) * sizeof(float) <= sizeof(smem), "merge area");
     KT* tiles = reinterpret_cast<KT*>(smem);
     __shared__ float sm_scale[2][2][FP8 ? TK : 1];  // [stage][K, V][row]: FP8 row scales times 256
 
@@ -198,27 +215,25 @@ __device__ void paged_attention(T* __restrict__ out, float* __restrict__ part_o,
     const uint32_t* table = block_tables + (size_t)token_seq[t] * max_blocks;
     const size_t slot_stride = (size_t)num_kv_heads * head_dim;
 
-    // Roles. Key streams per head: 4 / group warps for groups of 1 and 2, else 1; a warp serves heads
-    // slot, slot + slots (at most two: group <= 8); lanes: subgroup `sub` scores its own key, `c` its chunk.
-    const uint32_t kstreams = group >= 3 ? 1 : ATTN_WARPS / group;
-    const uint32_t slots = ATTN_WARPS / kstreams;
+    // Roles: key streams per head, the most (a power of two) that lets every head have a warp; warp
+    // `warp` serves head `slot` (none past the group); lanes: subgroup `sub` scores its own key, `c`
+    // its chunk of it.
+    uint32_t kstreams = ATTN_WARPS;
+    while (kstreams > 1 && group * kstreams > ATTN_WARPS) kstreams /= 2;
     const uint32_t ks = warp % kstreams, slot = warp / kstreams;
+    const bool has = slot < group;  // uniform per warp
     const uint32_t sub = lane / L, c = lane % L;
     const uint32_t ns = kstreams * S;      // streams per head
     const uint32_t sid = ks * S + sub;     // this lane's stream
     const uint32_t kps = TK / ns;          // keys per stream and tile
-    bool has[2];
-#pragma unroll
-    for (int i = 0; i < 2; ++i) has[i] = slot + slots * i < group;  // uniform per warp
 
-    float qr[2][VEC];
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-        const T* qp = q + ((size_t)t * num_heads + h0 + slot + slots * i) * head_dim;
+    float qr[VEC];
+    {
+        const T* qp = q + ((size_t)t * num_heads + h0 + slot) * head_dim;
 #pragma unroll
         for (int e = 0; e < VEC; ++e) {
             const uint32_t d = c * VEC + e;
-            qr[i][e] = has[i] && d < head_dim ? to_f32(qp[d]) * scale : 0.f;
+            qr[e] = has && d < head_dim ? to_f32(qp[d]) * scale : 0.f;
         }
     }
 
@@ -259,12 +274,10 @@ __device__ void paged_attention(T* __restrict__ out, float* __restrict__ part_o,
         }
     };
 
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-    float acc[2][VEC];
+    float m = -INFINITY, l = 0.f;
+    float acc[VEC];
 #pragma unroll
-    for (int i = 0; i < 2; ++i)
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) acc[i][e] = 0.f;
+    for (int e = 0; e < VEC; ++e) acc[e] = 0.f;
 
     const uint32_t n_tiles = (k_end - k_begin + TK - 1) / TK;
     load_tile(0, k_begin);
@@ -279,10 +292,9 @@ __device__ void paged_attention(T* __restrict__ out, float* __restrict__ part_o,
         const uint32_t k0 = k_begin + it * TK;
         const KT* kt = tiles + (it & 1) * 2 * STAGE;
         const KT* vt = kt + STAGE;
-        if (has[0]) {  // uniform per warp; a warp without heads only loads
-            const int nh = has[1] ? 2 : 1;
+        if (has) {  // a warp without a head only loads
             for (uint32_t u0 = 0; u0 < kps; u0 += KB) {
-                float s[2][KB];
+                float s[KB];
 #pragma unroll
                 for (int u = 0; u < KB; ++u) {
                     const uint32_t r = (u0 + u) * ns + sid;
@@ -294,47 +306,34 @@ __device__ void paged_attention(T* __restrict__ out, float* __restrict__ part_o,
 #pragma unroll
                         for (int e = 0; e < VEC; ++e) kv[e] = 0.f;
                     }
+                    float dot = 0.f;
 #pragma unroll
-                    for (int i = 0; i < 2; ++i) {
-                        if (i >= nh) break;
-                        float dot = 0.f;
+                    for (int e = 0; e < VEC; ++e) dot += qr[e] * kv[e];
+                    s[u] = dot;
+                }
 #pragma unroll
-                        for (int e = 0; e < VEC; ++e) dot += qr[i][e] * kv[e];
-                        s[i][u] = dot;
+                for (int u = 0; u < KB; ++u)
+#pragma unroll
+                    for (int off = 1; off < L; off <<= 1) s[u] += __shfl_xor_sync(0xffffffffu, s[u], off);
+                float m_new = m;
+#pragma unroll
+                for (int u = 0; u < KB; ++u) {
+                    const uint32_t r = (u0 + u) * ns + sid;
+                    if (u0 + u >= kps || k0 + r >= k_end) {
+                        s[u] = -INFINITY;
+                        continue;
                     }
+                    if constexpr (FP8) s[u] *= sm_scale[it & 1][0][r];
+                    if (softcap > 0.f) s[u] = softcap * tanhf(s[u] / softcap);
+                    m_new = fmaxf(m_new, s[u]);
                 }
+                // A stream with no key yet keeps m = -inf: rescale against 0 so nothing turns NaN.
+                const float mref = m_new == -INFINITY ? 0.f : m_new;
+                const float alpha = expf(m - mref);
+                l *= alpha;
 #pragma unroll
-                for (int i = 0; i < 2; ++i) {
-                    if (i >= nh) break;
-#pragma unroll
-                    for (int u = 0; u < KB; ++u)
-#pragma unroll
-                        for (int off = 1; off < L; off <<= 1) s[i][u] += __shfl_xor_sync(0xffffffffu, s[i][u], off);
-                }
-                float mref[2] = {0.f, 0.f};
-#pragma unroll
-                for (int i = 0; i < 2; ++i) {
-                    if (i >= nh) break;
-                    float m_new = m[i];
-#pragma unroll
-                    for (int u = 0; u < KB; ++u) {
-                        const uint32_t r = (u0 + u) * ns + sid;
-                        if (u0 + u >= kps || k0 + r >= k_end) {
-                            s[i][u] = -INFINITY;
-                            continue;
-                        }
-                        if constexpr (FP8) s[i][u] *= sm_scale[it & 1][0][r];
-                        if (softcap > 0.f) s[i][u] = softcap * tanhf(s[i][u] / softcap);
-                        m_new = fmaxf(m_new, s[i][u]);
-                    }
-                    // A stream with no key yet keeps m = -inf: rescale against 0 so nothing turns NaN.
-                    mref[i] = m_new == -INFINITY ? 0.f : m_new;
-                    const float alpha = expf(m[i] - mref[i]);
-                    l[i] *= alpha;
-#pragma unroll
-                    for (int e = 0; e < VEC; ++e) acc[i][e] *= alpha;
-                    m[i] = m_new;
-                }
+                for (int e = 0; e < VEC; ++e) acc[e] *= alpha;
+                m = m_new;
 #pragma unroll
                 for (int u = 0; u < KB; ++u) {
                     if (u0 + u >= kps) break;
@@ -342,60 +341,49 @@ __device__ void paged_attention(T* __restrict__ out, float* __restrict__ part_o,
                     float vv[VEC];
 #pragma unroll
                     for (int e = 0; e < VEC; e += CE) widen16(vv + e, vt + r * DP + c * VEC + e);
-                    float vs = 1.f;
-                    if constexpr (FP8) vs = sm_scale[it & 1][1][r];
+                    const float p = expf(s[u] - mref);  // 0 for keys past the partition
+                    l += p;
+                    float pv = p;
+                    if constexpr (FP8) pv *= sm_scale[it & 1][1][r];
 #pragma unroll
-                    for (int i = 0; i < 2; ++i) {
-                        if (i >= nh) break;
-                        const float p = expf(s[i][u] - mref[i]);  // 0 for keys past the partition
-                        l[i] += p;
-                        const float pv = p * vs;
-#pragma unroll
-                        for (int e = 0; e < VEC; ++e) acc[i][e] += pv * vv[e];
-                    }
+                    for (int e = 0; e < VEC; ++e) acc[e] += pv * vv[e];
                 }
             }
         }
         __syncthreads();  // the stage just read is the next iteration's load target
     }
 
-    // The warp's subgroups hold disjoint keys of the same heads: merge them (lanes c, c + L, ..).
+    // The warp's subgroups hold disjoint keys of its head: merge them (lanes c, c + L, ..).
 #pragma unroll
     for (int off = L; off < 32; off <<= 1) {
+        const float m2 = __shfl_xor_sync(0xffffffffu, m, off);
+        const float l2 = __shfl_xor_sync(0xffffffffu, l, off);
+        float acc2[VEC];
 #pragma unroll
-        for (int i = 0; i < 2; ++i) {
-            const float m2 = __shfl_xor_sync(0xffffffffu, m[i], off);
-            const float l2 = __shfl_xor_sync(0xffffffffu, l[i], off);
-            float acc2[VEC];
-#pragma unroll
-            for (int e = 0; e < VEC; ++e) acc2[e] = __shfl_xor_sync(0xffffffffu, acc[i][e], off);
-            merge_state(m[i], l[i], acc[i], m2, l2, acc2);
-        }
+        for (int e = 0; e < VEC; ++e) acc2[e] = __shfl_xor_sync(0xffffffffu, acc[e], off);
+        merge_state(m, l, acc, m2, l2, acc2);
     }
     // Across warps (key streams of one head) through shared memory, over the tiles' bytes.
-    float* sm_acc = reinterpret_cast<float*>(smem);         // [warp][2][DP]
-    float* sm_ml = sm_acc + ATTN_WARPS * 2 * DP;            // [warp][2][2]
+    float* sm_acc = reinterpret_cast<float*>(smem);  // [warp][DP]
+    float* sm_ml = sm_acc + ATTN_WARPS * DP;         // [warp][2]
     if (sub == 0) {
 #pragma unroll
-        for (int i = 0; i < 2; ++i) {
-#pragma unroll
-            for (int e = 0; e < VEC; ++e) sm_acc[(warp * 2 + i) * DP + c * VEC + e] = acc[i][e];
-            if (c == 0) {
-                sm_ml[(warp * 2 + i) * 2] = m[i];
-                sm_ml[(warp * 2 + i) * 2 + 1] = l[i];
-            }
+        for (int e = 0; e < VEC; ++e) sm_acc[warp * DP + c * VEC + e] = acc[e];
+        if (c == 0) {
+            sm_ml[warp * 2] = m;
+            sm_ml[warp * 2 + 1] = l;
         }
     }
     __syncthreads();
 
     for (uint32_t idx = threadIdx.x; idx < group * head_dim; idx += ATTN_THREADS) {
         const uint32_t hl = idx / head_dim, d = idx % head_dim, h = h0 + hl;
-        const uint32_t i = hl / slots, first_warp = (hl % slots) * kstreams;
+        const uint32_t first_warp = hl * kstreams;
         float mx = -INFINITY;
-        for (uint32_t k = 0; k < kstreams; ++k) mx = fmaxf(mx, sm_ml[((first_warp + k) * 2 + i) * 2]);
+        for (uint32_t k = 0; k < kstreams; ++k) mx = fmaxf(mx, sm_ml[(first_warp + k) * 2]);
         float total = 0.f, o = 0.f;
         for (uint32_t k = 0; k < kstreams; ++k) {
-            const uint32_t at = (first_warp + k) * 2 + i;
+            const uint32_t at = first_warp + k;
             const float mk = sm_ml[at * 2];
             const float wk = mk == -INFINITY ? 0.f : expf(mk - mx);  // a stream without keys weighs 0
             total += sm_ml[at * 2 + 1] * wk;
@@ -430,7 +418,7 @@ __device__ void paged_attention(T* __restrict__ out, float* __restrict__ part_o,
 }
 
 #define PAGED_ATTENTION(NAME, T, KT, D)                                                                        \
-    extern "C" __global__ void __launch_bounds__(ATTN_THREADS)                                                 \
+    extern "C" __global__ void __launch_bounds__(ATTN_THREADS, 3)                                              \
         NAME(T* out, float* part_o, float* part_ml, uint32_t* counters, const T* q, const KT* k_cache,         \
              const KT* v_cache, const uint32_t* block_tables, const uint32_t* token_seq, const uint32_t* token_pos, \
              const uint32_t* token_splits, const uint32_t* token_part, const uint32_t* work_token,             \

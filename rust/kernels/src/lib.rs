@@ -186,9 +186,9 @@ pub fn fused_name(op: FusedOp, dtype: KernelDType) -> &'static str {
 }
 
 /// Threads per block of the attention kernel (`ATTN_THREADS` in paged_attention.cu).
-pub const ATTN_THREADS: u32 = 128;
-/// Query heads one attention block serves at most (`ATTN_MAX_GROUP` in paged_attention.cu): the heads of
-/// a GQA group share the block's reads of their KV head.
+pub const ATTN_THREADS: u32 = 256;
+/// Query heads one attention block serves at most, a warp each (`ATTN_MAX_GROUP` in paged_attention.cu):
+/// the heads of a GQA group share the block's reads of their KV head.
 pub const ATTN_MAX_GROUP: usize = 8;
 /// Most context partitions one query token may be split into (`ATTN_MAX_SPLITS` in paged_attention.cu:
 /// the merging block keeps one weight per partition in shared memory).
