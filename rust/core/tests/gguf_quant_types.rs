@@ -59,6 +59,8 @@ fn run(r: &Reference, quantized: bool) -> Vec<(Vec<u32>, Vec<Vec<f32>>)> {
         max_total_sequence_length: Some(512),
         quantized_matmul: Some(quantized),
         verbose: false,
+        // Exact-reference checks: the f32 KV cache (the CPU's default f16 one is measured in smollm2_gguf.rs).
+        kv_cache_dtype: Some("float32".into()),
         ..Default::default()
     };
     let (mut core, info, _) = build(r.gguf.to_str().unwrap(), "cpu", &args).unwrap();

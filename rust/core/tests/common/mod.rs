@@ -58,7 +58,10 @@ pub fn run_greedy(model: &Path, args: EngineArgs, prompts: &[Vec<u32>], max_toke
 
 /// Engine arguments for parity runs: local mode, the given prefill chunk, room for the fixtures' prompts.
 pub fn parity_args(chunk: usize) -> EngineArgs {
-    EngineArgs { mode: Mode::Local, prefill_chunk_size: Some(chunk), max_total_sequence_length: Some(512), verbose: false, ..Default::default() }
+    // The f32 KV cache: these are exact-reference checks (the CPU's default f16 cache moves logits by ~5e-4
+    // relative; its cost is measured in smollm2_gguf.rs).
+    let kv_cache_dtype = Some("float32".to_string());
+    EngineArgs { mode: Mode::Local, prefill_chunk_size: Some(chunk), max_total_sequence_length: Some(512), verbose: false, kv_cache_dtype, ..Default::default() }
 }
 
 /// max |got - want| / max |want|.
