@@ -34,7 +34,8 @@ def _complete(config: EngineConfig) -> list:
 
 
 def test_cpu_shards_give_the_unsharded_completions() -> None:
-    whole = _complete(EngineConfig())
+    # The shards keep an f32 KV cache (each rank's cache is in the compute dtype); one engine's default is f16.
+    whole = _complete(EngineConfig(kv_cache_dtype="float32"))
     assert all(n > 0 and len(lp) == n for _, lp, n in whole)
     for config in (EngineConfig(tensor_parallel_shards=2), engine_config_from_overrides("tensor_parallel_shards=4")):
         for (text, logprobs, n), (want_text, want_logprobs, want_n) in zip(_complete(config), whole):

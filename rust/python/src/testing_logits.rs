@@ -14,11 +14,14 @@ use pyo3::prelude::*;
 #[pyo3(signature = (model, device, prompt, max_tokens, dtype=None))]
 fn _greedy_logits(py: Python<'_>, model: String, device: String, prompt: Vec<u32>, max_tokens: usize, dtype: Option<String>) -> PyResult<(Vec<u32>, Vec<Vec<f32>>)> {
     py.detach(|| {
+        // Exact-reference checks: the f32 KV cache where the CPU computes in f32 (its default is f16).
+        let f32_compute = device == "cpu" && dtype.as_deref().is_none_or(|d| matches!(d, "auto" | "float32" | "f32"));
         let args = EngineArgs {
             mode: Mode::Local,
             max_total_sequence_length: Some(prompt.len() + max_tokens + 16),
             dtype,
             verbose: false,
+            kv_cache_dtype: f32_compute.then(|| "float32".to_string()),
             ..Default::default()
         };
         let (mut core, info, _) = build(&model, &device, &args)?;
