@@ -14,6 +14,7 @@ pub mod check;
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod kv_rows;
 mod ops;
 pub mod plan;
 mod simd;

@@ -37,7 +37,7 @@ pub fn is_tiled(query_len: usize) -> bool {
 /// for all of them) and the grid's `heads / group` rows cover every head exactly once.
 pub fn heads_per_block(heads: usize, kv_heads: usize) -> usize {
     let g = heads / kv_heads.max(1);
-    (1..=g.min(ATTN_MAX_GROUP)).rev().find(|d| g % d == 0).unwrap_or(1)
+    (1..=g.min(ATTN_MAX_GROUP)).rev().find(|&d| g.is_multiple_of(d)).unwrap_or(1)
 }
 
 /// A `[start, start + len)` slice of [`StepPlan::packed`].
