@@ -4,6 +4,7 @@
 
 use super::config::{available_memory_bytes, infer_sizes, EngineArgs, EngineSizes};
 use super::core::EngineCore;
+use super::kv_dtype::{dtype_name, kv_cache_dtype};
 use super::metrics::Metrics;
 use super::output::Delta;
 use crate::attention::PagedKvCache;
@@ -482,49 +483,6 @@ fn warm_up(runner: &mut ModelRunner, block_size: usize, max_tokens: usize) -> Re
     Ok(())
 }
 
-/// The KV cache's element type for `args.kv_cache_dtype` (see [`EngineArgs`]): checked before the model
-/// loads, so that a typo or an unsupported combination costs no load.
-fn kv_cache_dtype(args: &EngineArgs, dtype: candle_core::DType, device: &candle_core::Device) -> Result<candle_core::DType> {
-    use candle_core::DType;
-    // Each rank's cache is made by the sharded model in the compute dtype.
-    let sharded = args.tensor_parallel_shards > 1;
-    match args.kv_cache_dtype.as_deref() {
-        None | Some("auto") if sharded => Ok(dtype),
-        None | Some("auto") => Ok(default_kv_cache_dtype(device, dtype)),
-        Some("fp8" | "fp8_e4m3") if !(device.is_cpu() || device.is_cuda()) => Err(EngineError::bad_request(
-            "kv_cache_dtype",
-            "an FP8 KV cache runs on the CPU and on CUDA devices only",
-        )),
-        Some("fp8" | "fp8_e4m3") if sharded => Err(EngineError::bad_request("kv_cache_dtype", "an FP8 KV cache with tensor_parallel_shards > 1 is not supported yet")),
-        Some("fp8" | "fp8_e4m3") => Ok(DType::F8E4M3),
-        Some(name @ ("f16" | "float16" | "f32" | "float32")) => {
-            let want = if name.contains("16") { DType::F16 } else { DType::F32 };
-            // The CPU attends f32 queries over an f16 or f32 cache; elsewhere the cache holds the compute dtype.
-            let cpu_mix = device.is_cpu() && dtype == DType::F32 && !sharded;
-            if want == dtype || cpu_mix {
-                Ok(want)
-            } else {
-                Err(EngineError::bad_request(
-                    "kv_cache_dtype",
-                    format!("a {name} KV cache with {} compute{} is not supported (auto: the compute dtype)", dtype_name(dtype), if sharded { " and tensor_parallel_shards > 1" } else { "" }),
-                ))
-            }
-        }
-        Some(other) => Err(EngineError::bad_request("kv_cache_dtype", format!("{other:?} is not one of auto, float16 (f16), float32 (f32), fp8_e4m3 (fp8)"))),
-    }
-}
-
-/// The KV cache's element type for `kv_cache_dtype` "auto": on the CPU (f32 compute) f16, which halves the
-/// bytes attention reads per key at a cost the SmolLM2 fidelity test measures (tests/smollm2_gguf.rs,
-/// README "CPU"); elsewhere the compute dtype.
-pub fn default_kv_cache_dtype(device: &candle_core::Device, dtype: candle_core::DType) -> candle_core::DType {
-    if device.is_cpu() && dtype == candle_core::DType::F32 {
-        candle_core::DType::F16
-    } else {
-        dtype
-    }
-}
-
 /// What the weights will occupy: GGUF weights kept quantized stay about the size of the file (plus the
 /// embedding, which is dequantized for row lookups); anything else is widened to the compute dtype.
 /// `mxfp4`: the experts stay MXFP4 (4.25 bits per weight: the CPU's quantized path, CUDA's fused MoE).
@@ -542,15 +500,6 @@ fn resident_weight_bytes(path: &str, cfg: &crate::model::ModelConfig, quant: Qua
 }
 
 /// Sampling defaults from an HF directory's generation_config.json, else MLC's chat defaults.
-fn dtype_name(dtype: candle_core::DType) -> &'static str {
-    match dtype {
-        candle_core::DType::F16 => "float16",
-        candle_core::DType::BF16 => "bfloat16",
-        candle_core::DType::F8E4M3 => "float8_e4m3",
-        _ => "float32",
-    }
-}
-
 fn generation_defaults(model_path: &std::path::Path, mlc: Option<&crate::loader::MlcChatConfig>) -> serde_json::Map<String, serde_json::Value> {
     let mut out = serde_json::Map::new();
     out.insert("temperature".into(), 0.7.into());

@@ -5,6 +5,7 @@ pub mod config;
 pub mod core;
 pub mod handle;
 mod host_memory;
+mod kv_dtype;
 pub mod metrics;
 pub mod output;
 mod request_state;
@@ -13,5 +14,6 @@ pub mod stop;
 pub mod trace;
 
 pub use config::{EngineArgs, EngineSizes, Mode};
-pub use handle::{build, default_kv_cache_dtype, EngineHandle, EngineInfo};
+pub use handle::{build, EngineHandle, EngineInfo};
+pub use kv_dtype::default_kv_cache_dtype;
 pub use output::{Delta, FinishReason};
