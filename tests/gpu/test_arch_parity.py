@@ -256,11 +256,26 @@ def checkpoints(tmp_path_factory, torch_mod):
 def _hf(torch, path, dtype):
     from transformers import AutoModelForCausalLM
 
-    # Experts too by transformers' eager loop, the reference form (its default is grouped_mm). On an H100
-    # this changed no figure: gpt-oss's HF logits there still differ from ours by 0.63 relative while ours on
-    # CUDA equal ours on the CPU to 1e-6 (benches/gpu/diag_gpt_oss.py) and those equal HF's on the CPU.
+    # Experts too by transformers' eager loop, the reference form (its default is grouped_mm).
     m = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, attn_implementation="eager", experts_implementation="eager")
+    _config_swiglu(m)
     return m.to(_DEVICE).eval()
+
+
+def _config_swiglu(model) -> None:
+    """gpt-oss's experts with the config's swiglu_limit / swiglu_alpha. transformers before 5.18 or so
+    (5.17 is on the GPU host) hard-codes limit 7.0 and alpha 1.702 in GptOssExperts, ignoring the config;
+    this test's config sets limit 1.5 (so that the clamp bites), which later versions honour and our engine
+    reads. Without this, HF 5.17 gives logits 0.63 relative away from ours on the CPU as on the GPU (checked
+    on the CPU with 5.17 and 5.25)."""
+    cfg = model.config
+    if cfg.model_type != "gpt_oss":
+        return
+    limit, alpha = getattr(cfg, "swiglu_limit", 7.0), getattr(cfg, "swiglu_alpha", 1.702)
+    experts = [m for m in model.modules() if type(m).__name__ == "GptOssExperts"]
+    assert experts and all(hasattr(e, "limit") and hasattr(e, "alpha") for e in experts), "GptOssExperts changed"
+    for e in experts:
+        e.limit, e.alpha = limit, alpha
 
 
 def _teacher_forced(torch, hf, prompt, tokens, mode: str):
