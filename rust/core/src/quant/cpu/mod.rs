@@ -35,6 +35,7 @@ pub mod q4_k;
 pub mod q6_k;
 pub mod q8_0;
 pub mod tile;
+mod tile16;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 

@@ -28,6 +28,7 @@ mod x86 {
     use crate::quant::cpu::act::ActBlock;
     use crate::quant::cpu::pairs::{avx512_pairs_tile, avx512_rowpairs_tile};
     use crate::quant::cpu::tile::x86_tile;
+    use crate::quant::cpu::tile16::{avx2_i16_tile, nibbles_i16};
     use crate::quant::cpu::x86::*;
     use std::arch::x86_64::*;
 
@@ -38,7 +39,15 @@ mod x86 {
             (unpack_nibbles!(p.add(2)), _mm256_setzero_si256(), d, -8.0 * d)
         }};
     }
-    x86_tile!(avx2, "avx2,fma,f16c", row_bytes, load, dot_u8i8_avx2, no_post, true);
+    macro_rules! load16 {
+        ($row:expr, $b:expr) => {{
+            let p = $row.add($b * BLOCK_BYTES);
+            let d = f16_at!(p);
+            let (lo, hi) = nibbles_i16!(p.add(2));
+            (lo, hi, d, -8.0 * d)
+        }};
+    }
+    avx2_i16_tile!(avx2, row_bytes, load16, true);
     x86_tile!(avx512, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", row_bytes, load, dot_u8i8_vnni, no_post, true);
     avx512_pairs_tile!(avx512_pairs, row_bytes, load, true);
     avx512_rowpairs_tile!(avx512_rowpairs, row_bytes, load, true);

@@ -1,9 +1,8 @@
 //! GGML Q8_0 weights (SmolLM2's embedding / tied output head): blocks of 32 as `f16 d, 32 x i8`,
-//! `w = q * d`. Both operands are signed; the u8 x i8 instructions get them two ways:
-//! - AVX2: `|q|` times `qx` with `q`'s sign (llama.cpp's trick): exact, and `2 * 128 * 127` fits
-//!   `maddubs`' i16 pair sums.
+//! `w = q * d`. Both operands are signed:
+//! - AVX2: `q` widened to i16 by `vpmovsxbw` ([`tile16`](super::tile16)), no sign tricks needed.
 //! - VNNI: `q + 128` (a u8) times `qx`, minus `128 d * (dx sum(qx))` as [`tile`](super::tile)'s offset:
-//!   one instruction fewer, and `vpdpbusd` sums into i32 with no i16 step to overflow.
+//!   `vpdpbusd` takes u8 x i8 and sums into i32 with no i16 step to overflow.
 
 use super::act::QK;
 use super::tile::{self, ScalarBlock};
@@ -29,19 +28,16 @@ mod x86 {
     use crate::quant::cpu::act::ActBlock;
     use crate::quant::cpu::pairs::{avx512_pairs_tile, avx512_rowpairs_tile};
     use crate::quant::cpu::tile::x86_tile;
+    use crate::quant::cpu::tile16::avx2_i16_tile;
     use crate::quant::cpu::x86::*;
     use std::arch::x86_64::*;
 
-    macro_rules! load_signed {
-        ($row:expr, $b:expr, $scratch:expr) => {{
+    macro_rules! load16 {
+        ($row:expr, $b:expr) => {{
             let p = $row.add($b * BLOCK_BYTES);
-            (_mm256_loadu_si256(p.add(2) as *const __m256i), _mm256_setzero_si256(), f16_at!(p), 0.0f32)
+            let q = p.add(2) as *const __m128i;
+            (_mm256_cvtepi8_epi16(_mm_loadu_si128(q)), _mm256_cvtepi8_epi16(_mm_loadu_si128(q.add(1))), f16_at!(p), 0.0f32)
         }};
-    }
-    macro_rules! dot_signed_avx2 {
-        ($acc:expr, $w:expr, $x:expr) => {
-            dot_signed!(dot_u8i8_avx2, $acc, $w, $x)
-        };
     }
     macro_rules! load_biased {
         ($row:expr, $b:expr, $scratch:expr) => {{
@@ -51,7 +47,7 @@ mod x86 {
             (_mm256_xor_si256(q, _mm256_set1_epi8(-128)), _mm256_setzero_si256(), d, -128.0 * d)
         }};
     }
-    x86_tile!(avx2, "avx2,fma,f16c", row_bytes, load_signed, dot_signed_avx2, no_post, false);
+    avx2_i16_tile!(avx2, row_bytes, load16, false);
     x86_tile!(avx512, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", row_bytes, load_biased, dot_u8i8_vnni, no_post, true);
     avx512_pairs_tile!(avx512_pairs, row_bytes, load_biased, true);
     avx512_rowpairs_tile!(avx512_rowpairs, row_bytes, load_biased, true);
