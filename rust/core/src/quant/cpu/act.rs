@@ -17,7 +17,9 @@ pub const QK: usize = 32;
 
 /// 32 activations as `x ~= d (q + r / 128)`; `s = d * sum(q + r / 128)` is what a weight block's offset
 /// (Q4_1's `m`, Q4_K's `-dmin * m`, Q4_0's `-8 d`) multiplies, precomputed once per activation instead of
-/// once per weight row.
+/// once per weight row. `x = 128 q + r` (`|x| <= 16320`) is both stages as one i16, for kernels that
+/// multiply 16-bit operands (AVX2's [`tile16`](super::tile16)): made once per activation here, not once
+/// per tile of weight rows.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ActBlock {
@@ -25,10 +27,11 @@ pub struct ActBlock {
     pub s: f32,
     pub q: [i8; QK],
     pub r: [i8; QK],
+    pub x: [i16; QK],
 }
 
 impl ActBlock {
-    pub const ZERO: ActBlock = ActBlock { d: 0.0, s: 0.0, q: [0; QK], r: [0; QK] };
+    pub const ZERO: ActBlock = ActBlock { d: 0.0, s: 0.0, q: [0; QK], r: [0; QK], x: [0; QK] };
 
     /// The scale of the combined integer `128 q + r`.
     pub fn fine_scale(&self) -> f32 {
@@ -61,14 +64,15 @@ pub fn quantize_row_scalar(x: &[f32], out: &mut [ActBlock]) {
         let d = amax / 127.0;
         let id = if d > 0.0 { 1.0 / d } else { 0.0 };
         let mut sum = 0i32;
-        for ((q, r), &v) in blk.q.iter_mut().zip(blk.r.iter_mut()).zip(xs) {
+        for (((q, r), x), &v) in blk.q.iter_mut().zip(blk.r.iter_mut()).zip(blk.x.iter_mut()).zip(xs) {
             // |v * id| <= 127 up to rounding, so the casts never saturate meaningfully; |r| <= 64.
             let scaled = v * id;
             let rq = (scaled + ROUND_MAGIC) - ROUND_MAGIC;
             let rr = ((scaled - rq) * 128.0 + ROUND_MAGIC) - ROUND_MAGIC;
             *q = rq as i8;
             *r = rr as i8;
-            sum += 128 * rq as i32 + rr as i32;
+            *x = 128 * *q as i16 + *r as i16;
+            sum += *x as i32;
         }
         blk.d = d;
         blk.s = blk.fine_scale() * sum as f32;
@@ -97,6 +101,7 @@ unsafe fn quantize_row_avx2(x: &[f32], out: &mut [ActBlock]) {
             let id = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
             let mut qi = [_mm256_setzero_si256(); 4];
             let mut ri = [_mm256_setzero_si256(); 4];
+            let mut xi = [_mm256_setzero_si256(); 4];
             let mut sum = _mm256_setzero_si256();
             for j in 0..4 {
                 let scaled = _mm256_mul_ps(v[j], id);
@@ -104,8 +109,13 @@ unsafe fn quantize_row_avx2(x: &[f32], out: &mut [ActBlock]) {
                 let rr = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(scaled, rq), fine), magic), magic);
                 qi[j] = _mm256_cvtps_epi32(rq); // integral already: exact
                 ri[j] = _mm256_cvtps_epi32(rr);
-                sum = _mm256_add_epi32(sum, _mm256_add_epi32(_mm256_slli_epi32::<7>(qi[j]), ri[j]));
+                xi[j] = _mm256_add_epi32(_mm256_slli_epi32::<7>(qi[j]), ri[j]);
+                sum = _mm256_add_epi32(sum, xi[j]);
             }
+            // i32 -> i16 (|x| <= 16320: no saturation); packs interleaves 128-bit lanes, the permute undoes it.
+            let pack16 = |a: __m256i, b: __m256i| _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(a, b));
+            _mm256_storeu_si256(blk.x.as_mut_ptr() as *mut __m256i, pack16(xi[0], xi[1]));
+            _mm256_storeu_si256(blk.x.as_mut_ptr().add(16) as *mut __m256i, pack16(xi[2], xi[3]));
             let pack = |a: [__m256i; 4]| {
                 let ab = _mm256_packs_epi32(a[0], a[1]);
                 let cd = _mm256_packs_epi32(a[2], a[3]);
@@ -139,6 +149,7 @@ mod tests {
         assert_eq!(blocks.len(), 2);
         for (xs, b) in x.chunks(QK).zip(&blocks) {
             let sum: i32 = b.q.iter().zip(&b.r).map(|(&q, &r)| 128 * q as i32 + r as i32).sum();
+            assert!(b.x.iter().zip(b.q.iter().zip(&b.r)).all(|(&x, (&q, &r))| x as i32 == 128 * q as i32 + r as i32));
             assert!((b.s - b.fine_scale() * sum as f32).abs() < 1e-5);
             for ((v, &q), &r) in xs.iter().zip(&b.q).zip(&b.r) {
                 assert!((v - b.d * q as f32).abs() <= b.d * 0.5 + 1e-6);
@@ -168,7 +179,7 @@ mod tests {
         quantize_row_scalar(&x, &mut want);
         quantize_row(&x, &mut got);
         for (b, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert_eq!((g.d.to_bits(), g.s.to_bits(), g.q, g.r), (w.d.to_bits(), w.s.to_bits(), w.q, w.r), "block {b}");
+            assert_eq!((g.d.to_bits(), g.s.to_bits(), g.q, g.r, g.x), (w.d.to_bits(), w.s.to_bits(), w.q, w.r, w.x), "block {b}");
         }
     }
 }

@@ -4,9 +4,9 @@
 //! (`q` and the residual `r`, see [`act`](super::act)) a `maddubs` and a `madd`, plus a shift to combine
 //! them: 6 instructions per 32 weights, and Q8_0's signed weights two `sign`s more per stage. Here the
 //! weights are widened to i16 as they are unpacked (`vpmovzxbw` / `vpmovsxbw` from memory: a 4-bit
-//! block's nibbles come out in 3 instructions, not 5) and the two stages are combined once per activation
-//! block and token into one i16 value `128 q + r` (`|.| <= 128 * 127 + 64 = 16320`), shared by every row of
-//! the tile: one `vpmaddwd` per 16 weights. The integer sums are the same (exact), only their split over
+//! block's nibbles come out in 3 instructions, not 5) and meet the activation's two stages as one i16 value
+//! `128 q + r` (`|.| <= 128 * 127 + 64 = 16320`, [`ActBlock::x`], made when the activations are quantized):
+//! one `vpmaddwd` per 16 weights. The integer sums are the same (exact), only their split over
 //! the 8 lanes differs from the byte form's, so the f32 results can differ from it in the last bits; every
 //! tile shape of this kernel does the same operations per (row, token), so a token's result still does not
 //! depend on its batch.
@@ -44,18 +44,8 @@ macro_rules! avx2_i16_tile {
                 }
                 for t in 0..N {
                     let a = x[t].get_unchecked(b);
-                    let (q, rs) = (a.q.as_ptr() as *const __m128i, a.r.as_ptr() as *const __m128i);
-                    // 128 q + r as i16, values 0..16 and 16..32 (a macro, not a closure: a closure would not
-                    // inherit the target features).
-                    macro_rules! x16 {
-                        ($i:expr) => {
-                            _mm256_add_epi16(
-                                _mm256_slli_epi16::<7>(_mm256_cvtepi8_epi16(_mm_loadu_si128(q.add($i)))),
-                                _mm256_cvtepi8_epi16(_mm_loadu_si128(rs.add($i))),
-                            )
-                        };
-                    }
-                    let (xlo, xhi) = (x16!(0), x16!(1));
+                    let xs = a.x.as_ptr() as *const __m256i;
+                    let (xlo, xhi) = (_mm256_loadu_si256(xs), _mm256_loadu_si256(xs.add(1)));
                     let dx = _mm256_set1_ps(a.fine_scale());
                     // The offset goes into all 8 lanes, so each carries an eighth (exact: a power of 2).
                     let sv = _mm256_set1_ps(a.s * 0.125);
