@@ -27,8 +27,8 @@ mod x86 {
     use super::{row_bytes, BLOCK_BYTES};
     use crate::quant::cpu::act::ActBlock;
     use crate::quant::cpu::pairs::{avx512_pairs_tile, avx512_rowpairs_tile};
-    use crate::quant::cpu::tile::x86_tile;
-    use crate::quant::cpu::tile16::{avx2_i16_tile, nibbles_i16};
+    use crate::quant::cpu::tile::{idot_bytes, x86_tile, x_bytes};
+    use crate::quant::cpu::tile16::{idot_i16, nibbles_i16, x_i16};
     use crate::quant::cpu::x86::*;
     use std::arch::x86_64::*;
 
@@ -40,14 +40,14 @@ mod x86 {
         }};
     }
     macro_rules! load16 {
-        ($row:expr, $b:expr) => {{
+        ($row:expr, $b:expr, $scratch:expr) => {{
             let p = $row.add($b * BLOCK_BYTES);
             let d = f16_at!(p);
             let (lo, hi) = nibbles_i16!(p.add(2));
             (lo, hi, d, -8.0 * d)
         }};
     }
-    avx2_i16_tile!(avx2, row_bytes, load16, true);
+    x86_tile!(i16 avx2, row_bytes, load16, true);
     x86_tile!(avx512, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", row_bytes, load, dot_u8i8_vnni, no_post, true);
     avx512_pairs_tile!(avx512_pairs, row_bytes, load, true);
     avx512_rowpairs_tile!(avx512_rowpairs, row_bytes, load, true);

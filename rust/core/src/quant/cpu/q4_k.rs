@@ -45,7 +45,7 @@ mod x86 {
     use super::{row_bytes, BLOCK_BYTES, SUBS};
     use crate::quant::cpu::act::ActBlock;
     use crate::quant::cpu::pairs::{avx512_pairs_tile, avx512_rowpairs_tile};
-    use crate::quant::cpu::tile::x86_tile;
+    use crate::quant::cpu::tile::{idot_bytes, x86_tile, x_bytes};
     use crate::quant::cpu::x86::*;
     use std::arch::x86_64::*;
 

@@ -38,7 +38,7 @@ fn decode(row: &[u8], b: usize) -> ScalarBlock {
 mod x86 {
     use super::{row_bytes, BLOCK_BYTES, D, QH, SCALES, SUBS};
     use crate::quant::cpu::act::ActBlock;
-    use crate::quant::cpu::tile::x86_tile;
+    use crate::quant::cpu::tile::{idot_bytes, x86_tile, x_bytes};
     use crate::quant::cpu::x86::*;
     use std::arch::x86_64::*;
 

@@ -27,13 +27,13 @@ mod x86 {
     use super::{row_bytes, BLOCK_BYTES};
     use crate::quant::cpu::act::ActBlock;
     use crate::quant::cpu::pairs::{avx512_pairs_tile, avx512_rowpairs_tile};
-    use crate::quant::cpu::tile::x86_tile;
-    use crate::quant::cpu::tile16::avx2_i16_tile;
+    use crate::quant::cpu::tile::{idot_bytes, x86_tile, x_bytes};
+    use crate::quant::cpu::tile16::{idot_i16, x_i16};
     use crate::quant::cpu::x86::*;
     use std::arch::x86_64::*;
 
     macro_rules! load16 {
-        ($row:expr, $b:expr) => {{
+        ($row:expr, $b:expr, $scratch:expr) => {{
             let p = $row.add($b * BLOCK_BYTES);
             let q = p.add(2) as *const __m128i;
             (_mm256_cvtepi8_epi16(_mm_loadu_si128(q)), _mm256_cvtepi8_epi16(_mm_loadu_si128(q.add(1))), f16_at!(p), 0.0f32)
@@ -47,7 +47,7 @@ mod x86 {
             (_mm256_xor_si256(q, _mm256_set1_epi8(-128)), _mm256_setzero_si256(), d, -128.0 * d)
         }};
     }
-    avx2_i16_tile!(avx2, row_bytes, load16, false);
+    x86_tile!(i16 avx2, row_bytes, load16, false);
     x86_tile!(avx512, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", row_bytes, load_biased, dot_u8i8_vnni, no_post, true);
     avx512_pairs_tile!(avx512_pairs, row_bytes, load_biased, true);
     avx512_rowpairs_tile!(avx512_rowpairs, row_bytes, load_biased, true);

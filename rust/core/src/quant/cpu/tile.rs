@@ -153,6 +153,16 @@ pub fn scalar<const R: usize, const N: usize>(
 #[cfg(target_arch = "x86_64")]
 macro_rules! x86_tile {
     ($name:ident, $feat:literal, $row_bytes:expr, $load:ident, $dot:ident, $post:ident, $offset:expr) => {
+        $crate::quant::cpu::tile::x86_tile!(@body $name, $feat, $row_bytes, $load, x_bytes, idot_bytes, $dot, $post, $offset);
+    };
+    // AVX2 with 16-bit operands (see `tile16`): `$load!` gives the block's weights 0..16 and 16..32 as i16
+    // in its `w` and `aux` slots.
+    (i16 $name:ident, $row_bytes:expr, $load:ident, $offset:expr) => {
+        $crate::quant::cpu::tile::x86_tile!(@body $name, "avx2,fma,f16c", $row_bytes, $load, x_i16, idot_i16, no_dot, no_post, $offset);
+    };
+    // `$xload!(a)`: a token's activation operands for one block; `$idot!(w, aux, x, $dot, $post)`: the
+    // block's exact integer dot product with them, 8 lanes of i32.
+    (@body $name:ident, $feat:literal, $row_bytes:expr, $load:ident, $xload:ident, $idot:ident, $dot:ident, $post:ident, $offset:expr) => {
         /// # Safety
         /// The CPU has the features in `$feat` (the dispatcher checks it).
         #[target_feature(enable = $feat)]
@@ -184,16 +194,12 @@ macro_rules! x86_tile {
                 }
                 for t in 0..N {
                     let a = x[t].get_unchecked(b);
-                    let xv = _mm256_loadu_si256(a.q.as_ptr() as *const __m256i);
-                    let rv = _mm256_loadu_si256(a.r.as_ptr() as *const __m256i);
+                    let xo = $xload!(a);
                     let dx = _mm256_set1_ps(a.fine_scale());
                     // The offset goes into all 8 lanes, so each carries an eighth (exact: a power of 2).
                     let sv = _mm256_set1_ps(a.s * 0.125);
                     for r in 0..R {
-                        // 128 p_q + p_r per lane of 4 products: at most 128 * 4 * 255 * 127 + 4 * 255 * 64 < 2^24, so
-                        // also exact as an f32.
-                        let p = $dot!(_mm256_slli_epi32($dot!(_mm256_setzero_si256(), wv[r], xv), 7), wv[r], rv);
-                        let p = $post!(p, av[r]);
+                        let p = $idot!(wv[r], av[r], xo, $dot, $post);
                         acc[r][t] = _mm256_fmadd_ps(_mm256_mul_ps(dv[r], dx), _mm256_cvtepi32_ps(p), acc[r][t]);
                         if $offset {
                             acc[r][t] = _mm256_fmadd_ps(ov[r], sv, acc[r][t]);
@@ -213,3 +219,22 @@ macro_rules! x86_tile {
 }
 #[cfg(target_arch = "x86_64")]
 pub(crate) use x86_tile;
+
+/// A token's two activation stages as bytes: `(q, r)`.
+#[cfg(target_arch = "x86_64")]
+macro_rules! x_bytes {
+    ($a:expr) => {
+        (_mm256_loadu_si256($a.q.as_ptr() as *const __m256i), _mm256_loadu_si256($a.r.as_ptr() as *const __m256i))
+    };
+}
+
+/// `128 p_q + p_r` per lane of 4 u8 x i8 products through `$dot`, then `$post`: at most
+/// `128 * 4 * 255 * 127 + 4 * 255 * 64 < 2^24`, so also exact as an f32.
+#[cfg(target_arch = "x86_64")]
+macro_rules! idot_bytes {
+    ($w:expr, $aux:expr, $x:expr, $dot:ident, $post:ident) => {
+        $post!($dot!(_mm256_slli_epi32($dot!(_mm256_setzero_si256(), $w, $x.0), 7), $w, $x.1), $aux)
+    };
+}
+#[cfg(target_arch = "x86_64")]
+pub(crate) use {idot_bytes, x_bytes};
