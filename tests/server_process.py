@@ -8,7 +8,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import List, Optional
+from contextlib import contextmanager
+from typing import Iterator, List, Optional
 
 import httpx
 
@@ -22,8 +23,12 @@ class ServerProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([_PYTHON_SRC, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         env["PYTHONUNBUFFERED"] = "1"
+        env["PYTHONFAULTHANDLER"] = "1"  # a crash in native code leaves the Python stacks in the log
+        env.setdefault("RUST_BACKTRACE", "1")
         cmd: List[str] = [sys.executable, "-m", "mlc_llm.cli.serve", model, "--device", "cpu", "--port", "0", *args]
-        self.process = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        # A session of its own: the server gets the signals its test sends it, not those sent to the test
+        # runner's process group.
+        self.process = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self.url = self._wait_for_url(start_timeout_s)
 
     @property
@@ -33,6 +38,21 @@ class ServerProcess:
     def log(self) -> str:
         with open(self._log.name, encoding="utf-8", errors="replace") as f:
             return f.read()
+
+    @contextmanager
+    def explains_failures(self, log_chars: int = 20000) -> Iterator[None]:
+        """Re-raises a failure inside the block with the server's state: its exit status (a negative one is
+        the signal that ended it) and the end of its log, which the fixture deletes afterwards."""
+        try:
+            yield
+        except BaseException as e:
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            status = self.process.poll()
+            state = "running" if status is None else f"exited with {status}"
+            raise AssertionError(
+                f"{e!r}; mlc_llm serve {state}; end of its log:\n{self.log()[-log_chars:]}\nprocesses:\n{_processes()}"
+            ) from e
 
     def _wait_for_url(self, timeout_s: float) -> str:
         deadline = time.monotonic() + timeout_s
@@ -93,3 +113,19 @@ class ServerProcess:
         finally:
             self._log.close()
             os.unlink(self._log.name)
+
+
+def _processes() -> str:
+    """`pid ppid command` of every process (what else ran when a test's server got a signal, say)."""
+    rows = []
+    for pid in sorted((p for p in os.listdir("/proc") if p.isdigit()), key=int):
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+                ppid = f.read().rsplit(")", 1)[1].split()[1]
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        if cmd:
+            rows.append(f"{pid} {ppid} {cmd[:200]}")
+    return "\n".join(rows)

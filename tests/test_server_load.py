@@ -103,13 +103,15 @@ def requests_answered(server: ServerProcess) -> float:
 
 def test_500_concurrent_streams_with_disconnects(server: ServerProcess) -> None:
     # A warm-up round of the same shape, so that buffers, pools and batch shapes reach their size.
-    asyncio.run(run_round(server.url, NUM_REQUESTS, MAX_TOKENS, seed=0))
+    with server.explains_failures():
+        asyncio.run(run_round(server.url, NUM_REQUESTS, MAX_TOKENS, seed=0))
     server.wait_idle()
     rss_after_warmup = server.rss_bytes()
     answered_before = requests_answered(server)
     aborted_before = server.metrics()["mlc_llm_engine_requests_aborted_total"]
 
-    outcomes = asyncio.run(run_round(server.url, NUM_REQUESTS, MAX_TOKENS, seed=1))
+    with server.explains_failures():
+        outcomes = asyncio.run(run_round(server.url, NUM_REQUESTS, MAX_TOKENS, seed=1))
 
     stayed = [o for o in outcomes if not o.disconnected]
     assert len(stayed) == NUM_REQUESTS - int(NUM_REQUESTS * DISCONNECT_FRACTION)
@@ -215,7 +217,8 @@ def test_streams_a_burst_and_a_long_prompt_with_health_checks(big_server: Server
     a long prompt among thousands of other requests."""
     server = big_server
     server.wait_idle()
-    outcomes, burst, prompt_tokens, health = asyncio.run(_everything_at_once(server.url))
+    with server.explains_failures():
+        outcomes, burst, prompt_tokens, health = asyncio.run(_everything_at_once(server.url))
     stayed = [o for o in outcomes if not o.disconnected]
     assert len(stayed) == BIG_STREAMS - int(BIG_STREAMS * DISCONNECT_FRACTION)
     assert all(o.done and o.finish_reason == "length" and o.completion_tokens == 4 for o in stayed)

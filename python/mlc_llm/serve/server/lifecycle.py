@@ -57,7 +57,8 @@ class DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         if not self.should_exit:
-            logger.info("received %s: draining running requests, then stopping", signal.Signals(sig).name)
+            # A warning: why a server stopped serving should be in the log at the default levels of a deployment.
+            logger.warning("received %s: draining running requests, then stopping", signal.Signals(sig).name)
             self._on_exit_signal()
         super().handle_exit(sig, frame)
 
