@@ -58,8 +58,8 @@ fn main() {
         }
         let data = random_weight(qtype, n, k);
         let w = QMatrix::new(qtype, &data, n, k).expect("shape");
-        // K-quants are repacked once, as at load.
-        let packed = PackedK::pack_as(&w, KLayout::active());
+        // Weights the matmul repacks are repacked once, as at load.
+        let packed = PackedK::for_matmul(&w, dispatch::active());
         for t in [1usize, 8, 256] {
             if t == 256 && n > 20000 {
                 continue; // the lm_head runs for the last token only

@@ -133,14 +133,15 @@ fn matmul_handles_odd_shapes_and_is_batch_invariant() {
         let w = QMatrix::new(qtype, &data, n, k).unwrap();
         for t in [1, 3, 5, 9] {
             let x = random_x(t * k, &mut rng);
-            // Against the activations the kernels see: 8 bits plus residual, or the K-quants' 15 or 8 bits.
-            let want = match (qtype, KLayout::active()) {
-                (QType::Q4K | QType::Q6K, KLayout::Pairs) => kreference(&w.dequantize(), n, &KAct::quantize(&x, k)),
-                (QType::Q4K | QType::Q6K, KLayout::Quads) => kreference8(&w.dequantize(), n, &KAct8::quantize(&x, k)),
-                _ => reference(&w, &quantize_rows(&x, k), t),
-            };
-            let scale = want.iter().fold(1f64, |m, v| m.max(v.abs()));
             for isa in Isa::available() {
+                // Against the activations the kernels see: 8 bits plus residual, or the 15 or 8 bits of
+                // the repacked layouts (the K-quants', and Q4_0 / Q4_1's at the AVX2 level).
+                let want = match (qtype, KLayout::active()) {
+                    (QType::Q4K | QType::Q6K, KLayout::Quads) => kreference8(&w.dequantize(), n, &KAct8::quantize(&x, k)),
+                    _ if PackedK::repacks(qtype, isa) => kreference(&w.dequantize(), n, &KAct::quantize(&x, k)),
+                    _ => reference(&w, &quantize_rows(&x, k), t),
+                };
+                let scale = want.iter().fold(1f64, |m, v| m.max(v.abs()));
                 let y = matmul(&w, &x, isa).unwrap();
                 assert_close(&y, &want, scale, &format!("{qtype:?} {isa:?} t={t}"));
                 for g in 0..t {
@@ -221,20 +222,35 @@ use mlc_core::quant::cpu::kmat8::{self, KAct8};
 use mlc_core::quant::cpu::kpack::{KLayout, PackedK, ROWS};
 
 const KTYPES: [QType; 2] = [QType::Q4K, QType::Q6K];
+/// Every type the `Pairs` layout takes: the K-quants, and Q4_0 / Q4_1 (the AVX2 level's form of them).
+const PAIR_TYPES: [QType; 4] = [QType::Q4K, QType::Q6K, QType::Q4_0, QType::Q4_1];
+
+/// `w` in the `Pairs` layout.
+fn pack_pairs(w: &QMatrix) -> PackedK {
+    match w.qtype {
+        QType::Q4_0 | QType::Q4_1 => PackedK::pack_q4(w),
+        _ => PackedK::pack(w),
+    }
+    .unwrap()
+}
 
 #[test]
 fn packed_layout_reads_back_the_gguf_weights() {
     let mut rng = Lcg(13);
-    for qtype in KTYPES {
+    for qtype in PAIR_TYPES {
         for (n, k) in [(1, 256), (19, 512), (33, 768)] {
             let data = random_weight(qtype, n, k, &mut rng);
             let w = QMatrix::new(qtype, &data, n, k).unwrap();
-            let p = PackedK::pack(&w).unwrap();
-            assert_eq!(p.dequantize(), w.dequantize(), "{qtype:?} [{n}, {k}]");
+            assert_eq!(pack_pairs(&w).dequantize(), w.dequantize(), "{qtype:?} [{n}, {k}]");
         }
     }
     let w = QMatrix::new(QType::Q4_1, &[0u8; 20], 1, 32).unwrap();
-    assert!(PackedK::pack(&w).is_none());
+    assert!(PackedK::pack(&w).is_none() && PackedK::pack_q4(&w).is_some());
+    // Q4_0's offset -8 d is kept as an f16: a scale past 8188 would overflow it, so the matrix stays in
+    // place (the row-by-row kernels) rather than change.
+    let mut big = [0u8; 18];
+    big[..2].copy_from_slice(&half::f16::from_f32(9000.0).to_le_bytes());
+    assert!(PackedK::pack_q4(&QMatrix::new(QType::Q4_0, &big, 1, 32).unwrap()).is_none());
 }
 
 /// Dequantized weights times the dequantized 16-bit activations, in f64.
@@ -267,11 +283,12 @@ fn run_tile<A>(kern: &KTiles<A>, width: usize, p: &PackedK, g: usize, act: &A, t
 #[test]
 fn packed_kernels_match_the_reference_bit_for_bit_across_levels_and_tile_widths() {
     let mut rng = Lcg(17);
-    for qtype in KTYPES {
-        for (n, k) in [(16, 256), (21, 768)] {
+    for qtype in PAIR_TYPES {
+        let shapes: &[(usize, usize)] = if KTYPES.contains(&qtype) { &[(16, 256), (21, 768)] } else { &[(16, 32), (21, 576)] };
+        for &(n, k) in shapes {
             let data = random_weight(qtype, n, k, &mut rng);
             let w = QMatrix::new(qtype, &data, n, k).unwrap();
-            let p = PackedK::pack(&w).unwrap();
+            let p = pack_pairs(&w);
             let t = 16;
             let act = KAct::quantize(&random_x(t * k, &mut rng), k);
             let want = kreference(&w.dequantize(), n, &act);
@@ -306,12 +323,18 @@ fn packed_integer_sums_are_exact_at_the_extremes() {
     // The largest |weight| x |activation| sums the kernels keep in i32 (kmat's bounds): Q4_K all
     // scales 63, nibbles 15, mins 0; Q6_K all scales -128, values 0 (q - 32 = -32); every activation at
     // +-max (16-bit integer 8191). A wrapped sum would be off by 2^32 times a scale.
+    // Q4_0 / Q4_1: nibbles 15 (the packed kernel's unsigned integer), d 1, Q4_1's m 0.
     let one = half::f16::from_f32(1.0).to_le_bytes();
     let (n, k) = (16, 512);
-    for qtype in KTYPES {
-        let mut data = vec![0u8; n * k / 256 * qtype.block_bytes()];
+    for qtype in PAIR_TYPES {
+        let mut data = vec![0u8; n * k / qtype.block_values() * qtype.block_bytes()];
         for blk in data.chunks_mut(qtype.block_bytes()) {
             match qtype {
+                QType::Q4_0 | QType::Q4_1 => {
+                    blk[0..2].copy_from_slice(&one);
+                    let qs = if qtype == QType::Q4_0 { 2 } else { 4 };
+                    blk[qs..].fill(0xFF);
+                }
                 QType::Q4K => {
                     blk[0..2].copy_from_slice(&one);
                     blk[4..8].fill(0xFF);
@@ -326,7 +349,12 @@ fn packed_integer_sums_are_exact_at_the_extremes() {
         }
         let w = QMatrix::new(qtype, &data, n, k).unwrap();
         let wf = w.dequantize();
-        let peak = if qtype == QType::Q4K { 945.0 } else { 4096.0 };
+        let peak = match qtype {
+            QType::Q4K => 945.0,
+            QType::Q6K => 4096.0,
+            QType::Q4_0 => 7.0,
+            _ => 15.0,
+        };
         assert!(wf.iter().all(|&v| v == peak), "{qtype:?}: the extreme block decodes to {peak}");
         for sign in [1.0f32, -1.0] {
             let x = vec![sign; 2 * k];

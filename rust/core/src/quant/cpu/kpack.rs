@@ -29,9 +29,14 @@
 //! chunk's 32 `qh` bytes, at bits `2 (2 (v % 8 / 4) + i / 8)`: each of the four quarters of the two
 //! registers is one 2-bit plane of the same 32 bytes.
 //!
+//! Q4_0 / Q4_1 take the same layout at the AVX2 level (see [`PackedK::pack_q4`]): 32 values per block,
+//! the [`KLayout::Pairs`] nibbles of 4 chunks and each row's `d` and offset `m` as f16 ([`q41`]).
+//!
 //! Rows past `n` (the last group of a matrix whose rows are not a multiple of 16) are zeros.
 
+use super::dispatch::{self, Isa};
 use super::{q4_k, q6_k, QMatrix, QType};
+use half::f16;
 
 /// Rows per interleaved group (the lanes of one 512-bit register of i32 sums).
 pub const ROWS: usize = 16;
@@ -55,6 +60,16 @@ pub mod q6k {
     pub const SC: usize = QH + 1024;
     pub const D: usize = SC + 256;
     pub const BYTES: usize = D + 64;
+}
+
+/// A Q4_0 / Q4_1 block of a group (16 rows x 32 values), 320 bytes: `qs [256]` nibbles (4 chunks),
+/// `d [16]` and `m [16]` (f16), `w = d q + m` with `q` in 0..=15 (Q4_1's own `m`; Q4_0's `m = -8 d`).
+pub mod q41 {
+    pub const VALUES: usize = 32;
+    pub const QS: usize = 0;
+    pub const D: usize = 256;
+    pub const M: usize = D + 32;
+    pub const BYTES: usize = M + 32;
 }
 
 /// Where the nibbles of a group sit, which fixes the activations the kernels take.
@@ -195,10 +210,95 @@ impl PackedK {
         Some(PackedK { qtype: w.qtype, layout, n: w.n, k: w.k, data })
     }
 
-    /// Bytes per super-block of a group.
+    /// Whether [`for_matmul`](Self::for_matmul) repacks `qtype` at `isa` (lowered to what the CPU has).
+    pub fn repacks(qtype: QType, isa: Isa) -> bool {
+        match qtype {
+            QType::Q4K | QType::Q6K => true,
+            QType::Q4_0 | QType::Q4_1 => isa.min(dispatch::detect()) == Isa::Avx2,
+            _ => false,
+        }
+    }
+
+    /// The layout the matmul at `isa` takes `w` in, or `None` where it reads the GGUF blocks in place:
+    /// K-quants always (in [`KLayout::active`]); Q4_0 / Q4_1 at the AVX2 level, where 16 rows per
+    /// pair of registers need 2 integer instructions per 16 products and a few float ones per 32
+    /// values, against 7 per 32 products in [`tile`](super::tile)'s row-by-row form (which stays the
+    /// AVX-512 and scalar levels' kernel).
+    pub fn for_matmul(w: &QMatrix, isa: Isa) -> Option<PackedK> {
+        if !Self::repacks(w.qtype, isa) {
+            return None;
+        }
+        match w.qtype {
+            QType::Q4_0 | QType::Q4_1 => Self::pack_q4(w),
+            _ => Self::pack_as(w, KLayout::active()),
+        }
+    }
+
+    /// Repacks Q4_0 / Q4_1 rows in the [`KLayout::Pairs`] layout ([`q41`]); `None` for other types and
+    /// for a Q4_0 matrix with a scale whose `-8 d` does not fit an f16 (`|d| > 8188`).
+    pub fn pack_q4(w: &QMatrix) -> Option<PackedK> {
+        let (d_at, qs_at) = match w.qtype {
+            QType::Q4_0 => (0, 2),
+            QType::Q4_1 => (0, 4),
+            _ => return None,
+        };
+        let block_bytes = w.qtype.block_bytes();
+        let f16_at = |b: &[u8], i: usize| f16::from_le_bytes([b[i], b[i + 1]]);
+        // (d, m) of row r's block j, as the f16 bits the kernels read.
+        let scales = |r: usize, j: usize| -> Option<([u8; 2], [u8; 2])> {
+            let blk = &w.row(r)[j * block_bytes..];
+            let d = f16_at(blk, d_at);
+            let m = match w.qtype {
+                QType::Q4_1 => f16_at(blk, 2),
+                _ => {
+                    let m = f16::from_f32(-8.0 * d.to_f32());
+                    (m.to_f32() == -8.0 * d.to_f32()).then_some(m)?
+                }
+            };
+            Some((d.to_le_bytes(), m.to_le_bytes()))
+        };
+        let nb = w.k / q41::VALUES;
+        if w.qtype == QType::Q4_0 && (0..w.n).any(|r| (0..nb).any(|j| scales(r, j).is_none())) {
+            return None;
+        }
+        let (groups, lines_per_group) = (w.n.div_ceil(ROWS), nb * q41::BYTES / 64);
+        let mut data = vec![Line([0; 64]); groups * lines_per_group];
+        let fill = |g: usize, lines: &mut [Line]| {
+            // SAFETY: `Line` is 64 plain bytes, so its slice is `64 * len` initialized bytes.
+            let out = unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr() as *mut u8, lines.len() * 64) };
+            for i in 0..ROWS.min(w.n - g * ROWS) {
+                let r = g * ROWS + i;
+                for j in 0..nb {
+                    let qs = &w.row(r)[j * block_bytes + qs_at..][..16];
+                    let b = &mut out[j * q41::BYTES..(j + 1) * q41::BYTES];
+                    for v in 0..q41::VALUES {
+                        let q = if v < 16 { qs[v] & 0xF } else { qs[v - 16] >> 4 };
+                        let (byte, shift, _, _) = place(i, v);
+                        b[q41::QS + byte] |= q << shift;
+                    }
+                    let (d, m) = scales(r, j).expect("checked above");
+                    b[q41::D + 2 * i..][..2].copy_from_slice(&d);
+                    b[q41::M + 2 * i..][..2].copy_from_slice(&m);
+                }
+            }
+        };
+        super::pool::for_each_chunk_mut(&mut data, lines_per_group, fill);
+        Some(PackedK { qtype: w.qtype, layout: KLayout::Pairs, n: w.n, k: w.k, data })
+    }
+
+    /// Values per (super-)block of a group: 256 for the K-quants, 32 for Q4_0 / Q4_1.
+    pub fn block_values(&self) -> usize {
+        match self.qtype {
+            QType::Q4_0 | QType::Q4_1 => q41::VALUES,
+            _ => SB,
+        }
+    }
+
+    /// Bytes per (super-)block of a group.
     pub fn block_bytes(&self) -> usize {
         match self.qtype {
             QType::Q4K => q4k::BYTES,
+            QType::Q4_0 | QType::Q4_1 => q41::BYTES,
             _ => q6k::BYTES,
         }
     }
@@ -207,9 +307,9 @@ impl PackedK {
         self.n.div_ceil(ROWS)
     }
 
-    /// Group `g`'s super-blocks, `k / 256` of [`block_bytes`](Self::block_bytes) each.
+    /// Group `g`'s (super-)blocks, `k / block_values` of [`block_bytes`](Self::block_bytes) each.
     pub fn group(&self, g: usize) -> &[u8] {
-        let len = self.k / SB * self.block_bytes();
+        let len = self.k / self.block_values() * self.block_bytes();
         // SAFETY: `data` is `groups * len` initialized bytes (see `pack`).
         let all = unsafe { std::slice::from_raw_parts(self.data.as_ptr() as *const u8, self.data.len() * 64) };
         &all[g * len..(g + 1) * len]
@@ -226,12 +326,13 @@ impl PackedK {
         let mut out = vec![0f32; self.n * self.k];
         for (r, y) in out.chunks_exact_mut(self.k).enumerate() {
             let (grp, i) = (self.group(r / ROWS), r % ROWS);
-            for (s, ys) in y.chunks_exact_mut(SB).enumerate() {
+            for (s, ys) in y.chunks_exact_mut(self.block_values()).enumerate() {
                 let b = &grp[s * bytes..(s + 1) * bytes];
                 for (v, y) in ys.iter_mut().enumerate() {
                     let (byte, shift, hbyte, hshift) = self.layout.place(i, v);
                     let lo = ((b[byte] >> shift) & 0xF) as f32;
                     *y = match self.qtype {
+                        QType::Q4_0 | QType::Q4_1 => f16_at(b, q41::D + 2 * i) * lo + f16_at(b, q41::M + 2 * i),
                         QType::Q4K => {
                             let j = v / 32;
                             f16_at(b, q4k::D + 2 * i) * b[q4k::SC + 16 * j + i] as f32 * lo

@@ -12,7 +12,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::kmat::{KAct, SUB};
-use super::kpack::{q4k, q6k, ROWS, SB};
+use super::kpack::{q41, q4k, q6k, ROWS, SB};
 use std::arch::x86_64::*;
 
 /// Accumulator slots per token: 4 independent chains for narrow tiles.
@@ -377,6 +377,52 @@ pub unsafe fn q6k_avx2<const N: usize>(g: &[u8], x: &KAct, t0: usize) -> [[f32; 
         }
         let d = [_mm256_loadu_ps(b.add(q6k::D) as *const f32), _mm256_loadu_ps(b.add(q6k::D + 32) as *const f32)];
         scale_rows256!(acc, inner, d);
+    }
+    let mut out = [[0f32; ROWS]; N];
+    for t in 0..N {
+        _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t][0]);
+        _mm256_storeu_ps(out[t].as_mut_ptr().add(8), acc[t][1]);
+    }
+    out
+}
+
+/// Q4_0 / Q4_1 groups ([`q41`]): per block of 32 values, 16 `vpmaddwd` + `vpaddd` per token and half
+/// (the nibbles unpacked once for all `N` tokens), then `acc = fma(sum d, d_x, acc)` and
+/// `acc = fma(m, s_x, acc)` per half, as `kmat::scalar_q41` does lane by lane. Bounds: `32 * 15 * 16383
+/// < 2^24`, so a block's sum is exact in i32 and as f32.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C (the dispatcher checks it).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q41_avx2<const N: usize>(g: &[u8], x: &KAct, t0: usize) -> [[f32; ROWS]; N] {
+    let (k, nb) = (x.k, x.k / q41::VALUES);
+    assert!(g.len() == nb * q41::BYTES && t0 + N <= x.t, "packed group and activations differ");
+    let mut xq = [x.q.as_ptr(); N];
+    for t in 0..N {
+        xq[t] = x.q.as_ptr().add((t0 + t) * k);
+    }
+    let mut acc = [[_mm256_setzero_ps(); 2]; N];
+    for j in 0..nb {
+        let b = g.as_ptr().add(j * q41::BYTES);
+        let mut ia = [[_mm256_setzero_si256(); 2]; N];
+        for c in 0..4 {
+            let parts = nibbles256!(b.add(q41::QS + 64 * c));
+            let mut w = [[_mm256_setzero_si256(); 2]; 4];
+            for m in 0..4 {
+                w[m] = halves_u8!(parts[m]);
+            }
+            dots256!(ia, w, xq, j * q41::VALUES / 2 + 4 * c);
+        }
+        let d = [_mm256_cvtph_ps(_mm_loadu_si128(b.add(q41::D) as *const __m128i)), _mm256_cvtph_ps(_mm_loadu_si128(b.add(q41::D + 16) as *const __m128i))];
+        let m = [_mm256_cvtph_ps(_mm_loadu_si128(b.add(q41::M) as *const __m128i)), _mm256_cvtph_ps(_mm_loadu_si128(b.add(q41::M + 16) as *const __m128i))];
+        for t in 0..N {
+            let blk = (t0 + t) * (k / SUB) + j;
+            let (dx, sx) = (_mm256_set1_ps(*x.d.get_unchecked(blk)), _mm256_set1_ps(*x.s.get_unchecked(blk)));
+            for hf in 0..2 {
+                acc[t][hf] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(ia[t][hf]), d[hf]), dx, acc[t][hf]);
+                acc[t][hf] = _mm256_fmadd_ps(m[hf], sx, acc[t][hf]);
+            }
+        }
     }
     let mut out = [[0f32; ROWS]; N];
     for t in 0..N {

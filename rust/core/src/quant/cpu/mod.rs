@@ -169,7 +169,7 @@ pub fn matmul(w: &QMatrix, x: &[f32], isa: Isa) -> Result<Vec<f32>, QuantError> 
     if x.len() % w.k != 0 {
         return Err(QuantError::Activations { len: x.len(), k: w.k });
     }
-    if let Some(p) = kpack::PackedK::pack_as(w, kpack::KLayout::active()) {
+    if let Some(p) = kpack::PackedK::for_matmul(w, isa) {
         return Ok(matmul_packed(&p, x, isa));
     }
     let t = x.len() / w.k;

@@ -1,10 +1,10 @@
 //! The CPU quantized matmul as a candle op: `x: [..., k] f32 -> [..., n] f32` against a GGUF weight in
-//! candle's `QTensor`. Q4_0 / Q4_1 / Q8_0 blocks are read in place; Q4_K / Q6_K weights are repacked
+//! candle's `QTensor`. Q4_K / Q6_K weights (and Q4_0 / Q4_1 at the AVX2 level) are repacked
 //! ([`kpack`](super::kpack)) the first time they are multiplied and the copy is kept beside the tensor
-//! for as long as it lives ([`packed`]). The weight is a CPU tensor, so there is only a `cpu_fwd`; CUDA
+//! for as long as it lives ([`packed`]); other blocks are read in place. The weight is a CPU tensor, so there is only a `cpu_fwd`; CUDA
 //! weights take `model::q4` / candle's kernels.
 
-use super::kpack::{KLayout, PackedK};
+use super::kpack::PackedK;
 use super::{dispatch, matmul, matmul_packed, Isa, QMatrix, QType};
 use candle_core::quantized::QTensor;
 use candle_core::backend::BackendStorage;
@@ -25,21 +25,19 @@ pub fn supports(w: &QTensor, x: &Tensor) -> bool {
 /// `x: [..., k] -> [..., n]` for a `[n, k]` weight, at the instruction set [`dispatch::active`] picks.
 pub fn forward(w: &Arc<QTensor>, x: &Tensor) -> Result<Tensor> {
     let Some(qtype) = QType::from_ggml(w.dtype()) else { bail!("cpu qmatmul: no kernels for {:?}", w.dtype()) };
-    let packed = match qtype {
-        QType::Q4K | QType::Q6K => Some(packed(w)?),
-        _ => None,
-    };
+    let isa = dispatch::active();
+    let packed = if PackedK::repacks(qtype, isa) { packed(w, isa)? } else { None };
     let x = x.contiguous()?;
-    x.apply_op1_no_bwd(&CpuQMatMul { w: w.as_ref(), qtype, packed, isa: dispatch::active() })
+    x.apply_op1_no_bwd(&CpuQMatMul { w: w.as_ref(), qtype, packed, isa })
 }
 
-/// Repacked copies keyed by the weight's `Arc` allocation. The `Weak` keeps that allocation from being
-/// reused while its entry exists, so an address names one weight; entries of dropped weights go at
-/// the next insertion.
-type PackedMap = HashMap<usize, (Weak<QTensor>, Arc<PackedK>)>;
+/// Repacked copies keyed by the weight's `Arc` allocation (`None`: a weight [`PackedK::for_matmul`]
+/// leaves in place). The `Weak` keeps that allocation from being reused while its entry exists, so an
+/// address names one weight; entries of dropped weights go at the next insertion.
+type PackedMap = HashMap<usize, (Weak<QTensor>, Option<Arc<PackedK>>)>;
 
-/// `w` in the interleaved layout, packed at its first use (once per weight and process).
-fn packed(w: &Arc<QTensor>) -> Result<Arc<PackedK>> {
+/// `w` in the interleaved layout for `isa`, packed at its first use (once per weight and process).
+fn packed(w: &Arc<QTensor>, isa: Isa) -> Result<Option<Arc<PackedK>>> {
     static CACHE: OnceLock<Mutex<PackedMap>> = OnceLock::new();
     let mut cache = CACHE.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
     let key = Arc::as_ptr(w) as usize;
@@ -51,8 +49,7 @@ fn packed(w: &Arc<QTensor>) -> Result<Arc<PackedK>> {
     let (n, k) = w.shape().dims2()?;
     let data = w.data()?;
     let m = QMatrix::new(qtype, &data, n, k).map_err(candle_core::Error::wrap)?;
-    let Some(p) = PackedK::pack_as(&m, KLayout::active()) else { bail!("cpu qmatmul: {qtype:?} is not repacked") };
-    let p = Arc::new(p);
+    let p = PackedK::for_matmul(&m, isa).map(Arc::new);
     cache.insert(key, (Arc::downgrade(w), p.clone()));
     Ok(p)
 }
