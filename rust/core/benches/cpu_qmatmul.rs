@@ -1,5 +1,6 @@
 //! Time of `quant::cpu::matmul` per weight type and shape, at 1, 8 and 256 tokens: the matmuls of
-//! Qwen2.5-1.5B Q4_K_M (q/k/v/o, gate+up stacked, down, the 151936-row lm_head) and SmolLM2-135M Q4_1,
+//! Qwen2.5-1.5B Q4_K_M (q/k/v/o, gate+up stacked, down, the 151936-row lm_head) and SmolLM2-135M Q4_1
+//! (and its Q8_0 tied lm_head),
 //! on random blocks (the kernels' speed does not depend on the values). Prints ms per call, weight
 //! bytes read per second and integer multiply-adds per second.
 //!
@@ -49,6 +50,7 @@ fn main() {
         ("smol qkv", QType::Q4_1, 960, 576),
         ("smol gate+up", QType::Q4_1, 3072, 576),
         ("smol down", QType::Q4_1, 576, 1536),
+        ("smol lm_head", QType::Q8_0, 49152, 576),
     ];
     println!("isa {:?}, K-quant layout {:?}", dispatch::active(), KLayout::active());
     println!("{:<14} {:>4} {:>6} {:>6} {:>5} {:>9} {:>7} {:>7}", "shape", "type", "n", "k", "t", "ms", "GB/s", "Gmac/s");

@@ -222,13 +222,13 @@ use mlc_core::quant::cpu::kmat8::{self, KAct8};
 use mlc_core::quant::cpu::kpack::{KLayout, PackedK, ROWS};
 
 const KTYPES: [QType; 2] = [QType::Q4K, QType::Q6K];
-/// Every type the `Pairs` layout takes: the K-quants, and Q4_0 / Q4_1 (the AVX2 level's form of them).
-const PAIR_TYPES: [QType; 4] = [QType::Q4K, QType::Q6K, QType::Q4_0, QType::Q4_1];
+/// Every type the `Pairs` layout takes: the K-quants, and Q4_0 / Q4_1 / Q8_0 (the AVX2 level's form of them).
+const PAIR_TYPES: [QType; 5] = [QType::Q4K, QType::Q6K, QType::Q4_0, QType::Q4_1, QType::Q8_0];
 
 /// `w` in the `Pairs` layout.
 fn pack_pairs(w: &QMatrix) -> PackedK {
     match w.qtype {
-        QType::Q4_0 | QType::Q4_1 => PackedK::pack_q4(w),
+        QType::Q4_0 | QType::Q4_1 | QType::Q8_0 => PackedK::pack_b32(w),
         _ => PackedK::pack(w),
     }
     .unwrap()
@@ -245,12 +245,12 @@ fn packed_layout_reads_back_the_gguf_weights() {
         }
     }
     let w = QMatrix::new(QType::Q4_1, &[0u8; 20], 1, 32).unwrap();
-    assert!(PackedK::pack(&w).is_none() && PackedK::pack_q4(&w).is_some());
+    assert!(PackedK::pack(&w).is_none() && PackedK::pack_b32(&w).is_some());
     // Q4_0's offset -8 d is kept as an f16: a scale past 8188 would overflow it, so the matrix stays in
     // place (the row-by-row kernels) rather than change.
     let mut big = [0u8; 18];
     big[..2].copy_from_slice(&half::f16::from_f32(9000.0).to_le_bytes());
-    assert!(PackedK::pack_q4(&QMatrix::new(QType::Q4_0, &big, 1, 32).unwrap()).is_none());
+    assert!(PackedK::pack_b32(&QMatrix::new(QType::Q4_0, &big, 1, 32).unwrap()).is_none());
 }
 
 /// Dequantized weights times the dequantized 16-bit activations, in f64.
@@ -323,7 +323,7 @@ fn packed_integer_sums_are_exact_at_the_extremes() {
     // The largest |weight| x |activation| sums the kernels keep in i32 (kmat's bounds): Q4_K all
     // scales 63, nibbles 15, mins 0; Q6_K all scales -128, values 0 (q - 32 = -32); every activation at
     // +-max (16-bit integer 8191). A wrapped sum would be off by 2^32 times a scale.
-    // Q4_0 / Q4_1: nibbles 15 (the packed kernel's unsigned integer), d 1, Q4_1's m 0.
+    // Q4_0 / Q4_1: nibbles 15 (the packed kernel's unsigned integer), d 1, Q4_1's m 0; Q8_0: -128, d 1.
     let one = half::f16::from_f32(1.0).to_le_bytes();
     let (n, k) = (16, 512);
     for qtype in PAIR_TYPES {
@@ -334,6 +334,10 @@ fn packed_integer_sums_are_exact_at_the_extremes() {
                     blk[0..2].copy_from_slice(&one);
                     let qs = if qtype == QType::Q4_0 { 2 } else { 4 };
                     blk[qs..].fill(0xFF);
+                }
+                QType::Q8_0 => {
+                    blk[0..2].copy_from_slice(&one);
+                    blk[2..].fill(0x80);
                 }
                 QType::Q4K => {
                     blk[0..2].copy_from_slice(&one);
@@ -353,6 +357,7 @@ fn packed_integer_sums_are_exact_at_the_extremes() {
             QType::Q4K => 945.0,
             QType::Q6K => 4096.0,
             QType::Q4_0 => 7.0,
+            QType::Q8_0 => -128.0,
             _ => 15.0,
         };
         assert!(wf.iter().all(|&v| v == peak), "{qtype:?}: the extreme block decodes to {peak}");

@@ -20,7 +20,7 @@
 //! fidelity bound at twice the integer throughput) shares the driver ([`matmul`]) and the tile types.
 
 use super::dispatch::Isa;
-use super::kpack::{place, q41, q4k, q6k, KLayout, PackedK, ROWS, SB};
+use super::kpack::{place, q41, q4k, q6k, q80, KLayout, PackedK, ROWS, SB};
 use super::gemm::Out;
 use super::{pool, QType};
 use half::f16;
@@ -206,40 +206,53 @@ pub fn tiles(qtype: QType, isa: Isa) -> KTiles {
             (QType::Q4K, Isa::Avx2) => return ktiles!(kx86::q4k_avx2, 4),
             (QType::Q6K, Isa::Avx2) => return ktiles!(kx86::q6k_avx2, 4),
             (QType::Q4_0 | QType::Q4_1, Isa::Avx2 | Isa::Avx512Vnni) => return ktiles!(kx86::q41_avx2, 4),
+            (QType::Q8_0, Isa::Avx2 | Isa::Avx512Vnni) => return ktiles!(kx86::q80_avx2, 4),
             _ => {}
         }
     }
     match qtype {
         QType::Q4K => ktiles!(scalar_q4k, 4),
         QType::Q4_0 | QType::Q4_1 => ktiles!(scalar_q41, 4),
+        QType::Q8_0 => ktiles!(scalar_q80, 4),
         _ => ktiles!(scalar_q6k, 4),
     }
 }
 
-/// The reference of Q4_0 / Q4_1 groups ([`q41`]): per row, token and block of 32, the integer sum of
-/// `q_w q_x`, then `acc = fma(sum d, d_x, acc)` and `acc = fma(m, s_x, acc)`, the AVX2 kernel's steps.
+/// The reference of Q4_0 / Q4_1 ([`q41`]) and Q8_0 ([`q80`]) groups: per row, token and block of 32, the
+/// integer sum of `q_w q_x`, then `acc = fma(sum d, d_x, acc)` and (Q4_0 / Q4_1) `acc = fma(m, s_x, acc)`,
+/// the AVX2 kernels' steps.
 fn scalar_q41<const N: usize>(g: &[u8], x: &KAct, t0: usize) -> [[f32; ROWS]; N] {
-    let (k, nb) = (x.k, x.k / q41::VALUES);
-    assert!(g.len() == nb * q41::BYTES && t0 + N <= x.t, "packed group and activations differ");
+    scalar_b32::<N>(g, x, t0, false)
+}
+
+fn scalar_q80<const N: usize>(g: &[u8], x: &KAct, t0: usize) -> [[f32; ROWS]; N] {
+    scalar_b32::<N>(g, x, t0, true)
+}
+
+fn scalar_b32<const N: usize>(g: &[u8], x: &KAct, t0: usize, q8: bool) -> [[f32; ROWS]; N] {
+    let (k, nb, bytes) = (x.k, x.k / SUB, if q8 { q80::BYTES } else { q41::BYTES });
+    assert!(g.len() == nb * bytes && t0 + N <= x.t, "packed group and activations differ");
     let mut acc = [[0f32; ROWS]; N];
     for j in 0..nb {
-        let b = &g[j * q41::BYTES..][..q41::BYTES];
+        let b = &g[j * bytes..][..bytes];
         for i in 0..ROWS {
-            let (d, m) = (f16_at(b, q41::D + 2 * i), f16_at(b, q41::M + 2 * i));
+            let weight = |v: usize| -> i32 {
+                if q8 {
+                    return b[q80::QS + 32 * (v / 2) + 2 * i + v % 2] as i8 as i32;
+                }
+                let (byte, shift, _, _) = place(i, v);
+                ((b[q41::QS + byte] >> shift) & 0xF) as i32
+            };
+            let d = f16_at(b, if q8 { q80::D } else { q41::D } + 2 * i);
             for (tt, a) in acc.iter_mut().enumerate() {
                 let t = t0 + tt;
-                let xs = &x.q[t * k + j * q41::VALUES..][..q41::VALUES];
-                let isum: i32 = xs
-                    .iter()
-                    .enumerate()
-                    .map(|(v, &q)| {
-                        let (byte, shift, _, _) = place(i, v);
-                        ((b[q41::QS + byte] >> shift) & 0xF) as i32 * q as i32
-                    })
-                    .sum();
+                let xs = &x.q[t * k + j * SUB..][..SUB];
+                let isum: i32 = xs.iter().enumerate().map(|(v, &q)| weight(v) * q as i32).sum();
                 let blk = t * (k / SUB) + j;
                 a[i] = (isum as f32 * d).mul_add(x.d[blk], a[i]);
-                a[i] = m.mul_add(x.s[blk], a[i]);
+                if !q8 {
+                    a[i] = f16_at(b, q41::M + 2 * i).mul_add(x.s[blk], a[i]);
+                }
             }
         }
     }

@@ -29,8 +29,9 @@
 //! chunk's 32 `qh` bytes, at bits `2 (2 (v % 8 / 4) + i / 8)`: each of the four quarters of the two
 //! registers is one 2-bit plane of the same 32 bytes.
 //!
-//! Q4_0 / Q4_1 take the same layout at the AVX2 level (see [`PackedK::pack_q4`]): 32 values per block,
-//! the [`KLayout::Pairs`] nibbles of 4 chunks and each row's `d` and offset `m` as f16 ([`q41`]).
+//! Q4_0 / Q4_1 / Q8_0 take the same kind of layout at the AVX2 level (see [`PackedK::pack_b32`]): 32
+//! values per block, the [`KLayout::Pairs`] nibbles of 4 chunks and each row's `d` and offset `m` as
+//! f16 ([`q41`]), or Q8_0's bytes as 16 rows' value pairs ([`q80`]).
 //!
 //! Rows past `n` (the last group of a matrix whose rows are not a multiple of 16) are zeros.
 
@@ -70,6 +71,16 @@ pub mod q41 {
     pub const D: usize = 256;
     pub const M: usize = D + 32;
     pub const BYTES: usize = M + 32;
+}
+
+/// A Q8_0 block of a group (16 rows x 32 values), 576 bytes: `qs [512]`, pair `p` (values `2 p`, `2 p + 1`)
+/// of row `i` at bytes `32 p + 2 i` and `32 p + 2 i + 1` (i8: `vpmovsxbw` of each 16-byte half gives the
+/// i16 pairs of rows 0..8 and 8..16), `d [16]` (f16), 32 bytes of padding.
+pub mod q80 {
+    pub const VALUES: usize = 32;
+    pub const QS: usize = 0;
+    pub const D: usize = 512;
+    pub const BYTES: usize = D + 64;
 }
 
 /// Where the nibbles of a group sit, which fixes the activations the kernels take.
@@ -214,13 +225,13 @@ impl PackedK {
     pub fn repacks(qtype: QType, isa: Isa) -> bool {
         match qtype {
             QType::Q4K | QType::Q6K => true,
-            QType::Q4_0 | QType::Q4_1 => isa.min(dispatch::detect()) == Isa::Avx2,
+            QType::Q4_0 | QType::Q4_1 | QType::Q8_0 => isa.min(dispatch::detect()) == Isa::Avx2,
             _ => false,
         }
     }
 
     /// The layout the matmul at `isa` takes `w` in, or `None` where it reads the GGUF blocks in place:
-    /// K-quants always (in [`KLayout::active`]); Q4_0 / Q4_1 at the AVX2 level, where 16 rows per
+    /// K-quants always (in [`KLayout::active`]); Q4_0 / Q4_1 / Q8_0 at the AVX2 level, where 16 rows per
     /// pair of registers need 2 integer instructions per 16 products and a few float ones per 32
     /// values, against 7 per 32 products in [`tile`](super::tile)'s row-by-row form (which stays the
     /// AVX-512 and scalar levels' kernel).
@@ -229,31 +240,33 @@ impl PackedK {
             return None;
         }
         match w.qtype {
-            QType::Q4_0 | QType::Q4_1 => Self::pack_q4(w),
+            QType::Q4_0 | QType::Q4_1 | QType::Q8_0 => Self::pack_b32(w),
             _ => Self::pack_as(w, KLayout::active()),
         }
     }
 
-    /// Repacks Q4_0 / Q4_1 rows in the [`KLayout::Pairs`] layout ([`q41`]); `None` for other types and
-    /// for a Q4_0 matrix with a scale whose `-8 d` does not fit an f16 (`|d| > 8188`).
-    pub fn pack_q4(w: &QMatrix) -> Option<PackedK> {
-        let (d_at, qs_at) = match w.qtype {
-            QType::Q4_0 => (0, 2),
-            QType::Q4_1 => (0, 4),
+    /// Repacks Q4_0 / Q4_1 ([`q41`]) or Q8_0 ([`q80`]) rows for the 15-bit activations; `None` for other
+    /// types and for a Q4_0 matrix with a scale whose `-8 d` does not fit an f16 (`|d| > 8188`).
+    pub fn pack_b32(w: &QMatrix) -> Option<PackedK> {
+        let (qs_at, bytes) = match w.qtype {
+            QType::Q4_0 => (2, q41::BYTES),
+            QType::Q4_1 => (4, q41::BYTES),
+            QType::Q8_0 => (2, q80::BYTES),
             _ => return None,
         };
         let block_bytes = w.qtype.block_bytes();
         let f16_at = |b: &[u8], i: usize| f16::from_le_bytes([b[i], b[i + 1]]);
-        // (d, m) of row r's block j, as the f16 bits the kernels read.
+        // (d, m) of row r's block j, as the f16 bits the kernels read (Q8_0 has no m).
         let scales = |r: usize, j: usize| -> Option<([u8; 2], [u8; 2])> {
             let blk = &w.row(r)[j * block_bytes..];
-            let d = f16_at(blk, d_at);
+            let d = f16_at(blk, 0);
             let m = match w.qtype {
                 QType::Q4_1 => f16_at(blk, 2),
-                _ => {
+                QType::Q4_0 => {
                     let m = f16::from_f32(-8.0 * d.to_f32());
                     (m.to_f32() == -8.0 * d.to_f32()).then_some(m)?
                 }
+                _ => f16::ZERO,
             };
             Some((d.to_le_bytes(), m.to_le_bytes()))
         };
@@ -261,7 +274,7 @@ impl PackedK {
         if w.qtype == QType::Q4_0 && (0..w.n).any(|r| (0..nb).any(|j| scales(r, j).is_none())) {
             return None;
         }
-        let (groups, lines_per_group) = (w.n.div_ceil(ROWS), nb * q41::BYTES / 64);
+        let (groups, lines_per_group) = (w.n.div_ceil(ROWS), nb * bytes / 64);
         let mut data = vec![Line([0; 64]); groups * lines_per_group];
         let fill = |g: usize, lines: &mut [Line]| {
             // SAFETY: `Line` is 64 plain bytes, so its slice is `64 * len` initialized bytes.
@@ -269,14 +282,21 @@ impl PackedK {
             for i in 0..ROWS.min(w.n - g * ROWS) {
                 let r = g * ROWS + i;
                 for j in 0..nb {
-                    let qs = &w.row(r)[j * block_bytes + qs_at..][..16];
-                    let b = &mut out[j * q41::BYTES..(j + 1) * q41::BYTES];
+                    let qs = &w.row(r)[j * block_bytes + qs_at..];
+                    let b = &mut out[j * bytes..(j + 1) * bytes];
+                    let (d, m) = scales(r, j).expect("checked above");
+                    if w.qtype == QType::Q8_0 {
+                        for v in 0..q80::VALUES {
+                            b[q80::QS + 32 * (v / 2) + 2 * i + v % 2] = qs[v];
+                        }
+                        b[q80::D + 2 * i..][..2].copy_from_slice(&d);
+                        continue;
+                    }
                     for v in 0..q41::VALUES {
                         let q = if v < 16 { qs[v] & 0xF } else { qs[v - 16] >> 4 };
                         let (byte, shift, _, _) = place(i, v);
                         b[q41::QS + byte] |= q << shift;
                     }
-                    let (d, m) = scales(r, j).expect("checked above");
                     b[q41::D + 2 * i..][..2].copy_from_slice(&d);
                     b[q41::M + 2 * i..][..2].copy_from_slice(&m);
                 }
@@ -286,10 +306,10 @@ impl PackedK {
         Some(PackedK { qtype: w.qtype, layout: KLayout::Pairs, n: w.n, k: w.k, data })
     }
 
-    /// Values per (super-)block of a group: 256 for the K-quants, 32 for Q4_0 / Q4_1.
+    /// Values per (super-)block of a group: 256 for the K-quants, 32 for Q4_0 / Q4_1 / Q8_0.
     pub fn block_values(&self) -> usize {
         match self.qtype {
-            QType::Q4_0 | QType::Q4_1 => q41::VALUES,
+            QType::Q4_0 | QType::Q4_1 | QType::Q8_0 => q41::VALUES,
             _ => SB,
         }
     }
@@ -299,6 +319,7 @@ impl PackedK {
         match self.qtype {
             QType::Q4K => q4k::BYTES,
             QType::Q4_0 | QType::Q4_1 => q41::BYTES,
+            QType::Q8_0 => q80::BYTES,
             _ => q6k::BYTES,
         }
     }
@@ -333,6 +354,7 @@ impl PackedK {
                     let lo = ((b[byte] >> shift) & 0xF) as f32;
                     *y = match self.qtype {
                         QType::Q4_0 | QType::Q4_1 => f16_at(b, q41::D + 2 * i) * lo + f16_at(b, q41::M + 2 * i),
+                        QType::Q8_0 => f16_at(b, q80::D + 2 * i) * b[q80::QS + 32 * (v / 2) + 2 * i + v % 2] as i8 as f32,
                         QType::Q4K => {
                             let j = v / 32;
                             f16_at(b, q4k::D + 2 * i) * b[q4k::SC + 16 * j + i] as f32 * lo

@@ -12,7 +12,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::kmat::{KAct, SUB};
-use super::kpack::{q41, q4k, q6k, ROWS, SB};
+use super::kpack::{q41, q4k, q6k, q80, ROWS, SB};
 use std::arch::x86_64::*;
 
 /// Accumulator slots per token: 4 independent chains for narrow tiles.
@@ -421,6 +421,49 @@ pub unsafe fn q41_avx2<const N: usize>(g: &[u8], x: &KAct, t0: usize) -> [[f32; 
             for hf in 0..2 {
                 acc[t][hf] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(ia[t][hf]), d[hf]), dx, acc[t][hf]);
                 acc[t][hf] = _mm256_fmadd_ps(m[hf], sx, acc[t][hf]);
+            }
+        }
+    }
+    let mut out = [[0f32; ROWS]; N];
+    for t in 0..N {
+        _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t][0]);
+        _mm256_storeu_ps(out[t].as_mut_ptr().add(8), acc[t][1]);
+    }
+    out
+}
+
+/// Q8_0 groups ([`q80`]): per block of 32 values, each 32-byte pair vector widened to 2 x 8 rows of i16
+/// (`vpmovsxbw`) once for all `N` tokens, then `vpmaddwd` + `vpaddd` per token and half, and
+/// `acc = fma(sum d, d_x, acc)` as `kmat::scalar_q80`. Bounds: `32 * 128 * 16383 < 2^27` in i32 (the sum's
+/// conversion to f32 may round, the same way in the reference).
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C (the dispatcher checks it).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q80_avx2<const N: usize>(g: &[u8], x: &KAct, t0: usize) -> [[f32; ROWS]; N] {
+    let (k, nb) = (x.k, x.k / q80::VALUES);
+    assert!(g.len() == nb * q80::BYTES && t0 + N <= x.t, "packed group and activations differ");
+    let mut xq = [x.q.as_ptr(); N];
+    for t in 0..N {
+        xq[t] = x.q.as_ptr().add((t0 + t) * k);
+    }
+    let mut acc = [[_mm256_setzero_ps(); 2]; N];
+    for j in 0..nb {
+        let b = g.as_ptr().add(j * q80::BYTES);
+        let mut ia = [[_mm256_setzero_si256(); 2]; N];
+        for c in 0..4 {
+            let mut w = [[_mm256_setzero_si256(); 2]; 4];
+            for m in 0..4 {
+                let p = b.add(q80::QS + 32 * (4 * c + m));
+                w[m] = [_mm256_cvtepi8_epi16(_mm_loadu_si128(p as *const __m128i)), _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(16) as *const __m128i))];
+            }
+            dots256!(ia, w, xq, j * q80::VALUES / 2 + 4 * c);
+        }
+        let d = [_mm256_cvtph_ps(_mm_loadu_si128(b.add(q80::D) as *const __m128i)), _mm256_cvtph_ps(_mm_loadu_si128(b.add(q80::D + 16) as *const __m128i))];
+        for t in 0..N {
+            let dx = _mm256_set1_ps(*x.d.get_unchecked((t0 + t) * (k / SUB) + j));
+            for hf in 0..2 {
+                acc[t][hf] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(ia[t][hf]), d[hf]), dx, acc[t][hf]);
             }
         }
     }
