@@ -48,6 +48,7 @@ pub struct KAct8 {
 
 impl KActivations for KAct8 {
     const LAYOUT: KLayout = KLayout::Quads;
+    const VALUE_BYTES: usize = 1;
     fn tokens(&self) -> usize {
         self.t
     }
