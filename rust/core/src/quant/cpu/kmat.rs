@@ -194,6 +194,10 @@ macro_rules! ktiles {
     ($($f:ident)::+, $max:expr) => {
         KTiles { t1: $($f)::+::<1>, t2: $($f)::+::<2>, t4: $($f)::+::<4>, t8: $($f)::+::<8>, max: $max }
     };
+    // A kernel with one more const parameter after the width.
+    ($($f:ident)::+ [$c:expr], $max:expr) => {
+        KTiles { t1: $($f)::+::<1, $c>, t2: $($f)::+::<2, $c>, t4: $($f)::+::<4, $c>, t8: $($f)::+::<8, $c>, max: $max }
+    };
 }
 pub(crate) use ktiles;
 
@@ -208,8 +212,8 @@ pub fn tiles(qtype: QType, isa: Isa) -> KTiles {
             (QType::Q6K, Isa::Avx512Vnni) => return ktiles!(kx86::q6k_avx512, 8),
             (QType::Q4K, Isa::Avx2) => return ktiles!(kx86::q4k_avx2, 4),
             (QType::Q6K, Isa::Avx2) => return ktiles!(kx86::q6k_avx2, 4),
-            (QType::Q4_0 | QType::Q4_1, Isa::Avx2 | Isa::Avx512Vnni) => return ktiles!(kx86::q41_avx2, 4),
-            (QType::Q8_0, Isa::Avx2 | Isa::Avx512Vnni) => return ktiles!(kx86::q80_avx2, 4),
+            (QType::Q4_0 | QType::Q4_1, Isa::Avx2 | Isa::Avx512Vnni) => return ktiles!(kx86::b32_avx2[false], 4),
+            (QType::Q8_0, Isa::Avx2 | Isa::Avx512Vnni) => return ktiles!(kx86::b32_avx2[true], 4),
             _ => {}
         }
     }

@@ -13,6 +13,7 @@
 
 use super::kmat::{KAct, SUB};
 use super::kpack::{q41, q4k, q6k, q80, ROWS, SB};
+use super::x86::{rows_out256, token_rows};
 use std::arch::x86_64::*;
 
 /// Accumulator slots per token: 4 independent chains for narrow tiles.
@@ -116,10 +117,7 @@ macro_rules! scales512 {
 pub unsafe fn q4k_avx512<const N: usize>(g: &[u8], x: &KAct, t0: usize) -> [[f32; ROWS]; N] {
     check!(g, x, t0, N, q4k::BYTES);
     let (k, nsb) = (x.k, x.k / SB);
-    let mut xq = [x.q.as_ptr(); N];
-    for t in 0..N {
-        xq[t] = x.q.as_ptr().add((t0 + t) * k);
-    }
+    let xq = token_rows!(x, t0, N);
     // The sums live in `out` between super-blocks: registers go to the integer and block sums.
     let mut out = [[0f32; ROWS]; N];
     for sb in 0..nsb {
@@ -166,11 +164,8 @@ pub unsafe fn q4k_avx512<const N: usize>(g: &[u8], x: &KAct, t0: usize) -> [[f32
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn q6k_avx512<const N: usize>(g: &[u8], x: &KAct, t0: usize) -> [[f32; ROWS]; N] {
     check!(g, x, t0, N, q6k::BYTES);
-    let (k, nsb) = (x.k, x.k / SB);
-    let mut xq = [x.q.as_ptr(); N];
-    for t in 0..N {
-        xq[t] = x.q.as_ptr().add((t0 + t) * k);
-    }
+    let nsb = x.k / SB;
+    let xq = token_rows!(x, t0, N);
     let mut out = [[0f32; ROWS]; N];
     let bias = _mm512_set1_epi16(32);
     for sb in 0..nsb {
@@ -287,10 +282,7 @@ macro_rules! nibbles256 {
 pub unsafe fn q4k_avx2<const N: usize>(g: &[u8], x: &KAct, t0: usize) -> [[f32; ROWS]; N] {
     check!(g, x, t0, N, q4k::BYTES);
     let (k, nsb) = (x.k, x.k / SB);
-    let mut xq = [x.q.as_ptr(); N];
-    for t in 0..N {
-        xq[t] = x.q.as_ptr().add((t0 + t) * k);
-    }
+    let xq = token_rows!(x, t0, N);
     let mut acc = [[_mm256_setzero_ps(); 2]; N];
     for sb in 0..nsb {
         let b = g.as_ptr().add(sb * q4k::BYTES);
@@ -333,12 +325,7 @@ pub unsafe fn q4k_avx2<const N: usize>(g: &[u8], x: &KAct, t0: usize) -> [[f32; 
             }
         }
     }
-    let mut out = [[0f32; ROWS]; N];
-    for t in 0..N {
-        _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t][0]);
-        _mm256_storeu_ps(out[t].as_mut_ptr().add(8), acc[t][1]);
-    }
-    out
+    rows_out256!(acc, N)
 }
 
 /// # Safety
@@ -346,11 +333,8 @@ pub unsafe fn q4k_avx2<const N: usize>(g: &[u8], x: &KAct, t0: usize) -> [[f32; 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q6k_avx2<const N: usize>(g: &[u8], x: &KAct, t0: usize) -> [[f32; ROWS]; N] {
     check!(g, x, t0, N, q6k::BYTES);
-    let (k, nsb) = (x.k, x.k / SB);
-    let mut xq = [x.q.as_ptr(); N];
-    for t in 0..N {
-        xq[t] = x.q.as_ptr().add((t0 + t) * k);
-    }
+    let nsb = x.k / SB;
+    let xq = token_rows!(x, t0, N);
     let mut acc = [[_mm256_setzero_ps(); 2]; N];
     let bias = _mm256_set1_epi16(32);
     for sb in 0..nsb {
@@ -378,99 +362,56 @@ pub unsafe fn q6k_avx2<const N: usize>(g: &[u8], x: &KAct, t0: usize) -> [[f32; 
         let d = [_mm256_loadu_ps(b.add(q6k::D) as *const f32), _mm256_loadu_ps(b.add(q6k::D + 32) as *const f32)];
         scale_rows256!(acc, inner, d);
     }
-    let mut out = [[0f32; ROWS]; N];
-    for t in 0..N {
-        _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t][0]);
-        _mm256_storeu_ps(out[t].as_mut_ptr().add(8), acc[t][1]);
-    }
-    out
+    rows_out256!(acc, N)
 }
 
-/// Q4_0 / Q4_1 groups ([`q41`]): per block of 32 values, 16 `vpmaddwd` + `vpaddd` per token and half
-/// (the nibbles unpacked once for all `N` tokens), then `acc = fma(sum d, d_x, acc)` and
-/// `acc = fma(m, s_x, acc)` per half, as `kmat::scalar_q41` does lane by lane. Bounds: `32 * 15 * 16383
-/// < 2^24`, so a block's sum is exact in i32 and as f32.
+/// Q4_0 / Q4_1 ([`q41`], `Q8 = false`) and Q8_0 ([`q80`], `Q8 = true`) groups: per block of 32 values,
+/// the weights unpacked once for all `N` tokens to 2 x 8 rows of i16 pairs (Q4: the nibbles, zero-extended;
+/// Q8_0: the bytes, `vpmovsxbw`), then 16 `vpmaddwd` + `vpaddd` per token and half, then
+/// `acc = fma(sum d, d_x, acc)` and (Q4) `acc = fma(m, s_x, acc)` per half, as `kmat::scalar_b32` does lane
+/// by lane. Bounds: `32 * 15 * 16383 < 2^24` (Q4: exact as f32) and `32 * 128 * 16383 < 2^27` (Q8_0:
+/// exact in i32, its conversion to f32 rounds the same way in the reference).
 ///
 /// # Safety
 /// The CPU has AVX2, FMA and F16C (the dispatcher checks it).
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q41_avx2<const N: usize>(g: &[u8], x: &KAct, t0: usize) -> [[f32; ROWS]; N] {
-    let (k, nb) = (x.k, x.k / q41::VALUES);
-    assert!(g.len() == nb * q41::BYTES && t0 + N <= x.t, "packed group and activations differ");
-    let mut xq = [x.q.as_ptr(); N];
-    for t in 0..N {
-        xq[t] = x.q.as_ptr().add((t0 + t) * k);
-    }
+pub unsafe fn b32_avx2<const N: usize, const Q8: bool>(g: &[u8], x: &KAct, t0: usize) -> [[f32; ROWS]; N] {
+    let (bytes, d_at) = if Q8 { (q80::BYTES, q80::D) } else { (q41::BYTES, q41::D) };
+    let (k, nb) = (x.k, x.k / SUB);
+    assert!(g.len() == nb * bytes && t0 + N <= x.t, "packed group and activations differ");
+    let xq = token_rows!(x, t0, N);
     let mut acc = [[_mm256_setzero_ps(); 2]; N];
     for j in 0..nb {
-        let b = g.as_ptr().add(j * q41::BYTES);
+        let b = g.as_ptr().add(j * bytes);
         let mut ia = [[_mm256_setzero_si256(); 2]; N];
         for c in 0..4 {
-            let parts = nibbles256!(b.add(q41::QS + 64 * c));
             let mut w = [[_mm256_setzero_si256(); 2]; 4];
-            for m in 0..4 {
-                w[m] = halves_u8!(parts[m]);
+            if Q8 {
+                for m in 0..4 {
+                    let p = b.add(q80::QS + 32 * (4 * c + m));
+                    w[m] = [_mm256_cvtepi8_epi16(_mm_loadu_si128(p as *const __m128i)), _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(16) as *const __m128i))];
+                }
+            } else {
+                let parts = nibbles256!(b.add(q41::QS + 64 * c));
+                for m in 0..4 {
+                    w[m] = halves_u8!(parts[m]);
+                }
             }
-            dots256!(ia, w, xq, j * q41::VALUES / 2 + 4 * c);
+            dots256!(ia, w, xq, j * SUB / 2 + 4 * c);
         }
-        let d = [_mm256_cvtph_ps(_mm_loadu_si128(b.add(q41::D) as *const __m128i)), _mm256_cvtph_ps(_mm_loadu_si128(b.add(q41::D + 16) as *const __m128i))];
-        let m = [_mm256_cvtph_ps(_mm_loadu_si128(b.add(q41::M) as *const __m128i)), _mm256_cvtph_ps(_mm_loadu_si128(b.add(q41::M + 16) as *const __m128i))];
+        let f16x8 = |at: usize| _mm256_cvtph_ps(_mm_loadu_si128(b.add(at) as *const __m128i));
+        let d = [f16x8(d_at), f16x8(d_at + 16)];
+        let m = if Q8 { [_mm256_setzero_ps(); 2] } else { [f16x8(q41::M), f16x8(q41::M + 16)] };
         for t in 0..N {
             let blk = (t0 + t) * (k / SUB) + j;
-            let (dx, sx) = (_mm256_set1_ps(*x.d.get_unchecked(blk)), _mm256_set1_ps(*x.s.get_unchecked(blk)));
+            let dx = _mm256_set1_ps(*x.d.get_unchecked(blk));
             for hf in 0..2 {
                 acc[t][hf] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(ia[t][hf]), d[hf]), dx, acc[t][hf]);
-                acc[t][hf] = _mm256_fmadd_ps(m[hf], sx, acc[t][hf]);
+                if !Q8 {
+                    acc[t][hf] = _mm256_fmadd_ps(m[hf], _mm256_set1_ps(*x.s.get_unchecked(blk)), acc[t][hf]);
+                }
             }
         }
     }
-    let mut out = [[0f32; ROWS]; N];
-    for t in 0..N {
-        _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t][0]);
-        _mm256_storeu_ps(out[t].as_mut_ptr().add(8), acc[t][1]);
-    }
-    out
-}
-
-/// Q8_0 groups ([`q80`]): per block of 32 values, each 32-byte pair vector widened to 2 x 8 rows of i16
-/// (`vpmovsxbw`) once for all `N` tokens, then `vpmaddwd` + `vpaddd` per token and half, and
-/// `acc = fma(sum d, d_x, acc)` as `kmat::scalar_q80`. Bounds: `32 * 128 * 16383 < 2^27` in i32 (the sum's
-/// conversion to f32 may round, the same way in the reference).
-///
-/// # Safety
-/// The CPU has AVX2, FMA and F16C (the dispatcher checks it).
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q80_avx2<const N: usize>(g: &[u8], x: &KAct, t0: usize) -> [[f32; ROWS]; N] {
-    let (k, nb) = (x.k, x.k / q80::VALUES);
-    assert!(g.len() == nb * q80::BYTES && t0 + N <= x.t, "packed group and activations differ");
-    let mut xq = [x.q.as_ptr(); N];
-    for t in 0..N {
-        xq[t] = x.q.as_ptr().add((t0 + t) * k);
-    }
-    let mut acc = [[_mm256_setzero_ps(); 2]; N];
-    for j in 0..nb {
-        let b = g.as_ptr().add(j * q80::BYTES);
-        let mut ia = [[_mm256_setzero_si256(); 2]; N];
-        for c in 0..4 {
-            let mut w = [[_mm256_setzero_si256(); 2]; 4];
-            for m in 0..4 {
-                let p = b.add(q80::QS + 32 * (4 * c + m));
-                w[m] = [_mm256_cvtepi8_epi16(_mm_loadu_si128(p as *const __m128i)), _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(16) as *const __m128i))];
-            }
-            dots256!(ia, w, xq, j * q80::VALUES / 2 + 4 * c);
-        }
-        let d = [_mm256_cvtph_ps(_mm_loadu_si128(b.add(q80::D) as *const __m128i)), _mm256_cvtph_ps(_mm_loadu_si128(b.add(q80::D + 16) as *const __m128i))];
-        for t in 0..N {
-            let dx = _mm256_set1_ps(*x.d.get_unchecked((t0 + t) * (k / SUB) + j));
-            for hf in 0..2 {
-                acc[t][hf] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(ia[t][hf]), d[hf]), dx, acc[t][hf]);
-            }
-        }
-    }
-    let mut out = [[0f32; ROWS]; N];
-    for t in 0..N {
-        _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t][0]);
-        _mm256_storeu_ps(out[t].as_mut_ptr().add(8), acc[t][1]);
-    }
-    out
+    rows_out256!(acc, N)
 }

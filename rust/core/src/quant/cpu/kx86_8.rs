@@ -13,7 +13,7 @@
 use super::kmat::SUB;
 use super::kmat8::{KAct8, HALF};
 use super::kpack::{q4k, q6k, ROWS, SB};
-use super::x86::dot_u8i8_avx2;
+use super::x86::{dot_u8i8_avx2, rows_out256, token_rows};
 use std::arch::x86_64::*;
 
 /// Accumulator slots per token: 4 independent chains for narrow tiles.
@@ -71,17 +71,6 @@ macro_rules! dx {
     ($set1:ident, $x:expr, $t:expr, $blk:expr) => {
         $set1(*$x.d.get_unchecked($t * ($x.k / SUB) + $blk))
     };
-}
-
-/// Token row pointers of a tile.
-macro_rules! token_rows {
-    ($x:expr, $t0:expr, $n:expr) => {{
-        let mut xq = [$x.q.as_ptr(); $n];
-        for t in 0..$n {
-            xq[t] = $x.q.as_ptr().add(($t0 + t) * $x.k);
-        }
-        xq
-    }};
 }
 
 /// # Safety
@@ -269,12 +258,7 @@ pub unsafe fn q4k_avx2<const N: usize>(g: &[u8], x: &KAct8, t0: usize) -> [[f32;
             }
         }
     }
-    let mut out = [[0f32; ROWS]; N];
-    for t in 0..N {
-        _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t][0]);
-        _mm256_storeu_ps(out[t].as_mut_ptr().add(8), acc[t][1]);
-    }
-    out
+    rows_out256!(acc, N)
 }
 
 /// # Safety
@@ -336,10 +320,5 @@ pub unsafe fn q6k_avx2<const N: usize>(g: &[u8], x: &KAct8, t0: usize) -> [[f32;
             }
         }
     }
-    let mut out = [[0f32; ROWS]; N];
-    for t in 0..N {
-        _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t][0]);
-        _mm256_storeu_ps(out[t].as_mut_ptr().add(8), acc[t][1]);
-    }
-    out
+    rows_out256!(acc, N)
 }

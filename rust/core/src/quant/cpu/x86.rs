@@ -100,4 +100,27 @@ macro_rules! tile_blocks {
     }};
 }
 
-pub(crate) use {dot_signed, dot_u8i8_avx2, dot_u8i8_vnni, f16_at, hsum_epi32, hsum_ps, load32_amax, no_post, tile_blocks, unpack_nibbles};
+/// Token row pointers of a 16-row tile over packed groups (`$x.q` of `$x.k` values per token).
+macro_rules! token_rows {
+    ($x:expr, $t0:expr, $n:expr) => {{
+        let mut xq = [$x.q.as_ptr(); $n];
+        for t in 0..$n {
+            xq[t] = $x.q.as_ptr().add(($t0 + t) * $x.k);
+        }
+        xq
+    }};
+}
+
+/// An AVX2 16-row tile's accumulators `[N][2] x __m256` (rows 0..8, 8..16) -> `[[f32; 16]; N]`.
+macro_rules! rows_out256 {
+    ($acc:expr, $n:expr) => {{
+        let mut out = [[0f32; 16]; $n];
+        for t in 0..$n {
+            _mm256_storeu_ps(out[t].as_mut_ptr(), $acc[t][0]);
+            _mm256_storeu_ps(out[t].as_mut_ptr().add(8), $acc[t][1]);
+        }
+        out
+    }};
+}
+
+pub(crate) use {dot_signed, dot_u8i8_avx2, dot_u8i8_vnni, f16_at, hsum_epi32, hsum_ps, load32_amax, no_post, rows_out256, tile_blocks, token_rows, unpack_nibbles};
