@@ -29,6 +29,12 @@ logger = logging.getLogger("mlc_llm.serve.server")
 
 # uvicorn's own cancellation comes this long after the engine-side abort, as a backstop only.
 _CANCEL_GRACE_S = 10.0
+# How long an idle keep-alive connection stays open (the header deadline, `--header-timeout`, 15 s by
+# default, closes one sooner). Longer than httpx's and the OpenAI SDK's pools keep one (5 s): at uvicorn's
+# default of 5 s, equal to theirs, a client could send its next request on a connection in the instant
+# the server closes it and get a reset (httpx.ReadError) for a request that never arrived, which a loaded
+# 2-core run of the burst test did.
+_KEEP_ALIVE_S = 20.0
 
 
 class DrainingServer(uvicorn.Server):
@@ -100,6 +106,7 @@ def run_server(
         access_log=access_log,
         timeout_graceful_shutdown=settings.shutdown_timeout_s + _CANCEL_GRACE_S,
         lifespan="off",
+        timeout_keep_alive=_KEEP_ALIVE_S,
         http=header_timeout_protocol(settings.header_timeout_s),
     )
     server = DrainingServer(
