@@ -521,12 +521,45 @@ mod tests {
             // Exactly: the f32 cache holding each row rounded as described (scale = row max / 448) attends
             // as the FP8 cache does, so the only difference is e4m3's rounding.
             let rounded = |x: &Tensor| {
-                let scale = (x.abs().unwrap().max_keepdim(2).unwrap() / 448.0).unwrap();
+                let scale = row_scales(x);
                 let q = x.broadcast_div(&scale).unwrap().to_dtype(DType::F8E4M3).unwrap().to_dtype(DType::F32).unwrap();
                 q.broadcast_mul(&scale).unwrap()
             };
             assert_eq!(fp8, run(DType::F32, &rounded(&k), &rounded(&v), &q), "magnitude {magnitude}");
         }
+    }
+
+    /// `[T, kv_heads, 1]`: each row's largest magnitude / 448 as an f32 division (what kv_write.cu computes).
+    fn row_scales(x: &candle_core::Tensor) -> candle_core::Tensor {
+        let (t, h, _) = x.dims3().unwrap();
+        let rows = x.to_vec3::<f32>().unwrap();
+        let s: Vec<f32> = rows.iter().flatten().map(|r| (r.iter().fold(0f32, |m, v| m.max(v.abs())) / 448.0).max(f32::MIN_POSITIVE)).collect();
+        candle_core::Tensor::from_vec(s, (t, h, 1), x.device()).unwrap()
+    }
+
+    /// The FP8 write keeps each row's scale as max|row| / 448 divided in f32, as the CUDA write does (the
+    /// caches of both must hold the same bits: tests/gpu/test_kernels.py), not multiplied by 1/448, which
+    /// differs by an ulp for row maxima such as 1.5, 3 and 0.9 (and then moves ties of x / scale).
+    #[test]
+    fn the_fp8_write_divides_each_row_max_by_448() {
+        use crate::attention::{AttentionMetadata, PagedKvCache, SeqAttention};
+        use candle_core::{DType, Device, Tensor};
+        let (kvh, d, bs) = (2, 4, 4);
+        let maxima = [1.5f32, 3.0, 0.9, 0.75, 1.0, 2.5, 1e-3, 0.0];
+        assert!(maxima[..4].iter().all(|m| m / 448.0 != m * (1.0 / 448.0)), "the case must tell the two apart");
+        let rows: Vec<f32> = maxima.iter().flat_map(|&m| [m * 0.25, -m, m * 0.5, m * 0.125]).collect();
+        let x = Tensor::from_vec(rows, (4, kvh, d), &Device::Cpu).unwrap();
+        let meta = AttentionMetadata {
+            slot_mapping: (0..4).collect(),
+            seqs: vec![SeqAttention { query_start: 0, query_len: 4, context_len: 4, block_table: vec![0] }],
+            block_size: bs,
+        };
+        let cache = PagedKvCache::new(1, 1, bs, kvh, d, DType::F8E4M3, &Device::Cpu).unwrap();
+        let step = cache.prepare(meta).unwrap();
+        cache.write(0, &x, &x, &step).unwrap();
+        let got = cache.fp8_scales[0].k.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let want: Vec<f32> = maxima.iter().map(|m| (m / 448.0).max(f32::MIN_POSITIVE)).collect();
+        assert_eq!(got, want);
     }
 
     /// An f16 cache (each row rounded to nearest even by the write) attends, on every body this CPU can run

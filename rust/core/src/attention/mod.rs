@@ -247,7 +247,11 @@ impl PagedKvCache {
             // costs 0.11 nats per token scaled, 0.096 unscaled (tests/smollm2_gguf.rs).
             let e4m3 = |x: &Tensor, scale_cache: &Tensor, cache: &Tensor| -> candle_core::Result<()> {
                 let x = x.to_dtype(DType::F32)?; // [num_tokens, kv_heads, head_dim]
-                let scale = (x.abs()?.max_keepdim(2)? / 448.0)?.maximum(f32::MIN_POSITIVE)?; // [num_tokens, kv_heads, 1]
+                // A true division, as kv_write.cu's `amax / 448.f`: candle's `tensor / 448.0` multiplies by
+                // 1/448, one f32 ulp away for some rows, which moves a tie of x / scale (common with bf16
+                // inputs) to the other e4m3 neighbour, so the CPU and CUDA caches would differ.
+                let amax = x.abs()?.max_keepdim(2)?; // [num_tokens, kv_heads, 1]
+                let scale = amax.broadcast_div(&Tensor::new(448f32, x.device())?)?.maximum(f32::MIN_POSITIVE)?;
                 scale_cache.inplace_op2(&scale, &op)?;
                 // Clamped: a rounding of x / scale past 448 must saturate (e4m3 has no infinity).
                 let q = x.broadcast_div(&scale)?.clamp(-448f32, 448f32)?.to_dtype(DType::F8E4M3)?;

@@ -77,7 +77,9 @@ pub fn rope_qkv(
     layer: usize,
     step: &StepAttention,
 ) -> Result<Tensor> {
-    if !qkv.device().is_cuda() {
+    // An FP8 cache takes the unfused ops on CUDA too: the fused kernel writes rows of qkv's dtype, and the
+    // cache write quantizes (kv_write.cu).
+    if !qkv.device().is_cuda() || !kv.fp8_scales.is_empty() {
         let (cos, sin) = gather_rope(cos_table, sin_table, positions)?;
         return rope_qkv_reference(qkv, &cos, &sin, spec, norm, kv, layer, step);
     }
