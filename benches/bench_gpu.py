@@ -69,6 +69,7 @@ PHASE_LIMITS = {
     "setup": (200, 40),
     "ours": (300, 40),
     "ours_q4": (120, 30),
+    "ours_kv8": (200, 30),
     "mlc_convert": (240, 40),
     "ours_mlc": (180, 30),
     "hf": (300, 60),
@@ -80,7 +81,7 @@ def _run_child(phase: str, python: str, args: dict, rec_path: str, timeout_s: fl
            "--child-out", rec_path]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     extra = os.environ.get("BENCH_ENGINE_PYTHONPATH")
-    if extra and phase in ("ours", "ours_q4", "mlc_convert", "ours_mlc"):
+    if extra and phase in ("ours", "ours_kv8", "ours_q4", "mlc_convert", "ours_mlc"):
         # the installed mlc_llm goes on the path of our engine's phases only (run_on_host.sh)
         env["PYTHONPATH"] = extra + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     t = time.perf_counter()
@@ -103,7 +104,7 @@ def _child_main(phase: str, args_json: str, out: str) -> None:
     a = json.loads(args_json)
     rec = Recorder(out, phase)
     try:
-        if phase in ("ours", "ours_q4", "ours_mlc"):
+        if phase in ("ours", "ours_kv8", "ours_q4", "ours_mlc"):
             from gpu.phase_ours import phase_ours
 
             phase_ours(a, rec)
@@ -284,6 +285,8 @@ def main() -> None:
     ap.add_argument("--hf-attn", default=None, choices=["eager", "sdpa"],
                     help="HF attention implementation (default: transformers' default for the model)")
     ap.add_argument("--only", default=None, help="comma-separated phases to run (of bandwidth, setup, ours, hf, ...)")
+    ap.add_argument("--kv-fp8", action="store_true",
+                    help="also run the bf16 model with an FP8 e4m3 KV cache (kv_cache_dtype fp8_e4m3): batches and long rows")
     ap.add_argument("--gguf-q4", action="store_true", help="also write a Q4_0 GGUF and run our engine on it")
     ap.add_argument("--mlc-q4", action="store_true",
                     help="also convert the model to MLC q4f16_1 with `mlc_llm convert_weight` and run our engine on it")
@@ -375,6 +378,8 @@ def main() -> None:
     plan = ["bandwidth", "setup"]
     if not args.skip_ours:
         plan.append("ours")
+    if args.kv_fp8:
+        plan.append("ours_kv8")
     if args.gguf_q4:
         plan.append("ours_q4")
     if args.mlc_q4:
@@ -403,7 +408,7 @@ def main() -> None:
         timeout = min(cap, left - later_least) if cuda else min(cap, left)
         info: Dict[str, object] = dict(status="skipped", wall_s=0.0, errors=[])
         result["phases"][phase] = info
-        if phase in ("ours", "ours_q4", "mlc_convert", "ours_mlc", "hf") and not setup_ok:
+        if phase in ("ours", "ours_kv8", "ours_q4", "mlc_convert", "ours_mlc", "hf") and not setup_ok:
             info["reason"] = "setup failed: no model"
             result["skipped"].append(dict(engine=phase, reason="setup failed: no model"))
             save()
@@ -418,11 +423,14 @@ def main() -> None:
         python = args.torch_python
         if phase == "setup":
             a.update(gguf_path=gguf_path, gguf_type=args.gguf_type)
-        elif phase in ("ours", "ours_q4", "ours_mlc"):
+        elif phase in ("ours", "ours_kv8", "ours_q4", "ours_mlc"):
             python = sys.executable
-            q4 = phase != "ours"
-            model = {"ours": model_dir, "ours_q4": gguf_path, "ours_mlc": mlc_dir}[phase]
-            precision = {"ours": "bf16" if cuda else "f32", "ours_q4": args.gguf_type, "ours_mlc": "q4f16_1"}[phase]
+            q4 = phase in ("ours_q4", "ours_mlc")
+            model = {"ours": model_dir, "ours_kv8": model_dir, "ours_q4": gguf_path, "ours_mlc": mlc_dir}[phase]
+            base = "bf16" if cuda else "f32"
+            precision = {"ours": base, "ours_kv8": base + "+kv8", "ours_q4": args.gguf_type, "ours_mlc": "q4f16_1"}[phase]
+            if phase == "ours_kv8":
+                a.update(kv_cache_dtype="fp8_e4m3")
             a.update(model=model, engine_device="cuda:0" if cuda else "cpu", precision=precision,
                      batches=ints(args.q4_batches) if q4 else ints(args.batches), ttft=args.ttft_reps > 0,
                      long=[[int(v) for v in x.split("x")] for x in args.long.split(",") if x.strip()],

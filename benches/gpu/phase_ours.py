@@ -205,6 +205,8 @@ def phase_ours(a: dict, rec) -> None:
     # With an open workload the KV cache is sized from memory (server mode), as a deployment would run.
     if precision == "q4_0":
         cfg["quantized_matmul"] = True
+    if a.get("kv_cache_dtype"):
+        cfg["kv_cache_dtype"] = a["kv_cache_dtype"]
     t = time.perf_counter()
     engine = _core.Engine(a["model"], a["engine_device"], json.dumps(cfg))
     info = json.loads(engine.info())

@@ -217,11 +217,21 @@ def weight_bytes_per_step(shape: dict, precision: str, batch: int) -> float:
         expert = 3 * shape["hidden_size"] * shape["moe_intermediate_size"]
         extra = shape["num_hidden_layers"] * (experts_touched(shape, batch) - shape["num_experts_per_tok"]) * expert
         c = {**c, "linear_params": c["linear_params"] + extra}
+    precision = precision.split("+")[0]  # "bf16+kv8": bf16 weights
     # q4f16_1 runs as the same Q4_0 blocks (18 bytes per 32 weights) after a lossless repack at load.
     per_weight = {"bf16": 2.0, "f16": 2.0, "f32": 4.0, "q4_0": Q4_0_BYTES_PER_WEIGHT,
                   "q4f16_1": Q4_0_BYTES_PER_WEIGHT}[precision]
     act = 4.0 if precision == "f32" else 2.0  # norms and activations: the compute dtype (bf16 on GPUs)
     return c["linear_params"] * per_weight + c["norm_params"] * act + batch * shape["hidden_size"] * act
+
+
+def kv_bytes_scale(shape: dict, precision: str) -> float:
+    """KV bytes per value relative to bf16: f32 caches 2, an FP8 cache ("+kv8") one byte per value and an
+    f32 scale per row of head_dim values."""
+    if precision.endswith("+kv8"):
+        hd = counts(shape)["head_dim"]
+        return (hd + 4) / (2.0 * hd)
+    return 2.0 if precision == "f32" else 1.0
 
 
 def decode_floor(shape: dict, precision: str, batch: int, prompt: int, new: int, bandwidth: float, peak_flops: float) -> dict:
@@ -230,7 +240,7 @@ def decode_floor(shape: dict, precision: str, batch: int, prompt: int, new: int,
     ctx = prompt + new / 2.0
     w = weight_bytes_per_step(shape, precision, batch)
     keys = keys_read(shape, ctx)  # = ctx * layers without sliding layers
-    kv = batch * keys * c["kv_bytes_per_layer_token_bf16"] * (2 if precision == "f32" else 1)
+    kv = batch * keys * c["kv_bytes_per_layer_token_bf16"] * kv_bytes_scale(shape, precision)
     attn_flops = 4.0 * keys * shape["num_attention_heads"] * c["head_dim"]
     flops = batch * (2.0 * c["linear_params"] + attn_flops)
     t_bytes = (w + kv) / bandwidth
@@ -252,7 +262,7 @@ def prefill_floor(shape: dict, precision: str, prompt: int, bandwidth: float, pe
     c = counts(shape)
     h, vocab = shape["hidden_size"], shape["vocab_size"]
     w = weight_bytes_per_step(shape, precision, prompt)
-    kv = prompt * c["kv_bytes_per_token_bf16"] * (2 if precision == "f32" else 1)
+    kv = prompt * c["kv_bytes_per_token_bf16"] * kv_bytes_scale(shape, precision)
     flops = 2.0 * prompt * c["layer_linear_params"] + 2.0 * h * vocab
     flops += 4.0 * shape["num_attention_heads"] * c["head_dim"] * prefill_pairs(shape, prompt)
     t_bytes = (w + kv) / bandwidth
