@@ -35,8 +35,15 @@
 //
 // Key tiles are PREFILL_TILE_N keys (64) up to head_dim 128 and 32 at head_dim 256, so that the K and V
 // tiles stay in 48 KB of static shared memory (2 x 32 x 264 x 2 bytes = 33 KB) and two blocks fit an SM.
+//
+// FP8 e4m3 caches (KT = uint8_t; `_fp8_` instances): k_scales / v_scales ([num_slots, num_kv_heads] f32)
+// hold each row's scale. A tile is fetched into registers (16 values per 16-byte word, and the row's scale)
+// where the 16-bit caches issue their cp.async copy, and stored to shared memory as T, each value times its
+// row's scale rounded once, where they wait for it: the tensor-core loop is the same, and the loads still
+// overlap the math. The rounding to T adds half an ulp of T (2^-9 relative in bf16) to e4m3's 2^-4.
 #include "common.cuh"
 #include "mma.cuh"
+#include <cuda_fp8.h>
 #include <math.h>
 
 #define PREFILL_TILE_M 64
@@ -79,15 +86,17 @@ template <> struct PrefillOps<__half> {
     }
 };
 
-template <typename T, int D, int BN, bool CAP>
-__device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q, const T* __restrict__ k_cache,
-                                  const T* __restrict__ v_cache, const uint32_t* __restrict__ block_tables,
+template <typename T, typename KT, int D, int BN, bool CAP>
+__device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q, const KT* __restrict__ k_cache,
+                                  const KT* __restrict__ v_cache, const uint32_t* __restrict__ block_tables,
                                   const uint32_t* __restrict__ query_start, const uint32_t* __restrict__ context_len,
                                   const uint32_t* __restrict__ tile_seq, const uint32_t* __restrict__ tile_start,
                                   uint32_t num_heads, uint32_t num_kv_heads, uint32_t block_size,
                                   uint32_t max_blocks, float scale, uint32_t window, float softcap,
-                                  const float* __restrict__ sinks) {
+                                  const float* __restrict__ sinks, const float* __restrict__ k_scales,
+                                  const float* __restrict__ v_scales) {
     using Ops = PrefillOps<T>;
+    constexpr bool FP8 = sizeof(KT) == 1;
     constexpr int STRIDE = D + PREFILL_PAD;  // elements per shared-memory row
     constexpr int KC = D / 16;               // 16-wide k steps of Q K^T
     constexpr int DT = D / 8;                // 8-wide column tiles of O
@@ -99,6 +108,9 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q, 
     static_assert(D % 32 == 0 && KC % 2 == 0 && DT % 2 == 0, "head_dim must be a multiple of 32");
     static_assert(BN % 16 == 0 && BN <= PREFILL_THREADS, "key tiles of 16-key steps, one slot per thread");
     static_assert((BN * CHUNKS) % PREFILL_THREADS == 0, "the block copies whole tiles");
+    constexpr int CHUNKS8 = D / 16;                             // 16-byte words per FP8 cache row
+    constexpr int COPIES8 = BN * CHUNKS8 / PREFILL_THREADS;     // words each thread fetches per FP8 tile
+    static_assert(!FP8 || (BN * CHUNKS8) % PREFILL_THREADS == 0, "the block fetches whole FP8 tiles");
     __shared__ __align__(16) T ks[BN * STRIDE];
     __shared__ __align__(16) T vs[BN * STRIDE];
     __shared__ uint32_t slot_buf[2][BN];  // cache slots of the current and the next key tile
@@ -156,8 +168,8 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q, 
     };
     // Copies one K or V tile (rows of `slots`) into shared memory; rows without a slot are zero-filled.
     // Chunk i of the tile (row i / CHUNKS, 16-byte column i % CHUNKS) is copied by thread i % THREADS.
-    const T* k_head = k_cache + (size_t)kvh * D;
-    const T* v_head = v_cache + (size_t)kvh * D;
+    const KT* k_head = k_cache + (size_t)kvh * D;
+    const KT* v_head = v_cache + (size_t)kvh * D;
     auto load_tile = [&](T* dst, const T* head, const uint32_t* slots) {
         uint32_t slot[COPIES];  // all slot reads first: the copies then issue back to back
 #pragma unroll
@@ -168,6 +180,39 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q, 
             const int row = c / CHUNKS, col = (c % CHUNKS) * 8;
             const bool valid = slot[i] != NO_SLOT;
             cp_async16(dst + row * STRIDE + col, head + (size_t)(valid ? slot[i] : 0u) * slot_stride + col, valid);
+        }
+    };
+    // FP8: word i of the tile (row i / CHUNKS8, 16 values from column (i % CHUNKS8) * 16) by thread
+    // i % THREADS, into registers, with its row's scale (0 for rows without a slot: their values are 0).
+    uint4 raw8[COPIES8];  // (never touched by the 16-bit instances: no registers)
+    float scale8[COPIES8];
+    auto fetch8 = [&](const KT* head, const float* scales, const uint32_t* slots) {
+#pragma unroll
+        for (int i = 0; i < COPIES8; ++i) {
+            const int c = threadIdx.x + i * PREFILL_THREADS;
+            const uint32_t sl = slots[c / CHUNKS8];
+            const bool valid = sl != NO_SLOT;
+            raw8[i] = valid ? *reinterpret_cast<const uint4*>(head + (size_t)sl * slot_stride + (c % CHUNKS8) * 16)
+                            : make_uint4(0u, 0u, 0u, 0u);
+            scale8[i] = valid ? scales[(size_t)sl * num_kv_heads + kvh] : 0.f;
+        }
+    };
+    auto store8 = [&](T* dst) {
+#pragma unroll
+        for (int i = 0; i < COPIES8; ++i) {
+            const int c = threadIdx.x + i * PREFILL_THREADS;
+            const uint32_t w[4] = {raw8[i].x, raw8[i].y, raw8[i].z, raw8[i].w};
+            uint32_t o8[8];
+            float unused = 0.f;
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {  // values 2j, 2j + 1: bytes of the low / high half of word j / 2
+                const __half2_raw hr = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(w[j / 2] >> (16 * (j % 2))), __NV_E4M3);
+                const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&hr));
+                o8[j] = Ops::pack(f.x * scale8[i], f.y * scale8[i], unused);
+            }
+            T* d = dst + (c / CHUNKS8) * STRIDE + (c % CHUNKS8) * 16;
+            *reinterpret_cast<uint4*>(d) = make_uint4(o8[0], o8[1], o8[2], o8[3]);
+            *reinterpret_cast<uint4*>(d + 8) = make_uint4(o8[4], o8[5], o8[6], o8[7]);
         }
     };
 
@@ -184,16 +229,25 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q, 
     const uint32_t kt0 = k_lo / BN;  // the tile holding the block's first key
     if (threadIdx.x < BN) slot_buf[kt0 & 1][threadIdx.x] = slot_of(kt0 * BN + threadIdx.x);
     __syncthreads();
-    load_tile(ks, k_head, slot_buf[kt0 & 1]);
-    cp_async_commit();
+    if constexpr (FP8) {
+        fetch8(k_head, k_scales, slot_buf[kt0 & 1]);
+        store8(ks);
+    } else {
+        load_tile(ks, k_head, slot_buf[kt0 & 1]);
+        cp_async_commit();
+    }
     for (uint32_t kt = kt0; kt < n_tiles; ++kt) {
         const uint32_t key0 = kt * BN;
         const uint32_t* slots = slot_buf[kt & 1];
         uint32_t* next_slots = slot_buf[(kt + 1) & 1];
-        cp_async_wait_all();
+        if constexpr (!FP8) cp_async_wait_all();
         __syncthreads();  // K tile ready; every warp is done with the previous V tile and its slots
-        load_tile(vs, v_head, slots);
-        cp_async_commit();
+        if constexpr (FP8) {
+            fetch8(v_head, v_scales, slots);
+        } else {
+            load_tile(vs, v_head, slots);
+            cp_async_commit();
+        }
         // The next tile's slots: looked up now, stored after the softmax (the lookup's latency is hidden
         // behind Q K^T), read after the next barrier.
         const bool fill = kt + 1 < n_tiles && threadIdx.x < BN;
@@ -276,11 +330,19 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q, 
             }
         }
         if (fill) next_slots[threadIdx.x] = next_slot;
-        cp_async_wait_all();
+        if constexpr (FP8) {
+            store8(vs);  // every warp finished the previous V tile before the barrier above
+        } else {
+            cp_async_wait_all();
+        }
         __syncthreads();  // V tile ready; every warp is done with this K tile; the next slots are stored
         if (kt + 1 < n_tiles) {
-            load_tile(ks, k_head, next_slots);
-            cp_async_commit();
+            if constexpr (FP8) {
+                fetch8(k_head, k_scales, next_slots);
+            } else {
+                load_tile(ks, k_head, next_slots);
+                cp_async_commit();
+            }
         }
         if (active) {
 #pragma unroll
@@ -294,6 +356,11 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q, 
                     Ops::mma(o[dt + 1], pf[kk], b[2], b[3]);
                 }
             }
+        }
+        // The next K tile: every warp finished this K tile before the barrier above, and the next
+        // iteration's barrier publishes it.
+        if constexpr (FP8) {
+            if (kt + 1 < n_tiles) store8(ks);
         }
     }
 
@@ -320,25 +387,29 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q, 
 
 // MINB: blocks per SM the registers must allow. head_dim 64 fits three (153 registers, 19 KB of shared
 // memory) without its cap; the others take two.
-#define PREFILL_ATTENTION(NAME, T, D, BN, CAP, MINB)                                                           \
+// k_scales / v_scales: FP8 instances only (null for the others).
+#define PREFILL_ATTENTION(NAME, T, KT, D, BN, CAP, MINB)                                                       \
     extern "C" __global__ void __launch_bounds__(PREFILL_THREADS, MINB)                                        \
-        NAME(T* out, const T* q, const T* k_cache, const T* v_cache, const uint32_t* block_tables,             \
+        NAME(T* out, const T* q, const KT* k_cache, const KT* v_cache, const uint32_t* block_tables,           \
              const uint32_t* query_start, const uint32_t* context_len, const uint32_t* tile_seq,               \
              const uint32_t* tile_start, uint32_t num_heads, uint32_t num_kv_heads, uint32_t block_size,       \
-             uint32_t max_blocks, float scale, uint32_t window, float softcap, const float* sinks) {           \
-        prefill_attention<T, D, BN, CAP>(out, q, k_cache, v_cache, block_tables, query_start, context_len,     \
-                                         tile_seq, tile_start, num_heads, num_kv_heads, block_size,            \
-                                         max_blocks, scale, window, softcap, sinks);                           \
+             uint32_t max_blocks, float scale, uint32_t window, float softcap, const float* sinks,             \
+             const float* k_scales, const float* v_scales) {                                                   \
+        prefill_attention<T, KT, D, BN, CAP>(out, q, k_cache, v_cache, block_tables, query_start, context_len, \
+                                             tile_seq, tile_start, num_heads, num_kv_heads, block_size,        \
+                                             max_blocks, scale, window, softcap, sinks, k_scales, v_scales);   \
     }
-#define PREFILL_ATTENTION_DTYPE(SUFFIX, T)                                                                     \
-    PREFILL_ATTENTION(prefill_attention_##SUFFIX##_d64, T, 64, PREFILL_TILE_N, false, 3)                       \
-    PREFILL_ATTENTION(prefill_attention_##SUFFIX##_d96, T, 96, PREFILL_TILE_N, false, 2)                       \
-    PREFILL_ATTENTION(prefill_attention_##SUFFIX##_d128, T, 128, PREFILL_TILE_N, false, 2)                     \
-    PREFILL_ATTENTION(prefill_attention_##SUFFIX##_d256, T, 256, PREFILL_TILE_N / 2, false, 2)                 \
-    PREFILL_ATTENTION(prefill_attention_##SUFFIX##_d64_cap, T, 64, PREFILL_TILE_N, true, 2)                    \
-    PREFILL_ATTENTION(prefill_attention_##SUFFIX##_d96_cap, T, 96, PREFILL_TILE_N, true, 2)                    \
-    PREFILL_ATTENTION(prefill_attention_##SUFFIX##_d128_cap, T, 128, PREFILL_TILE_N, true, 2)                  \
-    PREFILL_ATTENTION(prefill_attention_##SUFFIX##_d256_cap, T, 256, PREFILL_TILE_N / 2, true, 2)
+#define PREFILL_ATTENTION_DTYPE(SUFFIX, T, KT)                                                                 \
+    PREFILL_ATTENTION(prefill_attention_##SUFFIX##_d64, T, KT, 64, PREFILL_TILE_N, false, 3)                   \
+    PREFILL_ATTENTION(prefill_attention_##SUFFIX##_d96, T, KT, 96, PREFILL_TILE_N, false, 2)                   \
+    PREFILL_ATTENTION(prefill_attention_##SUFFIX##_d128, T, KT, 128, PREFILL_TILE_N, false, 2)                 \
+    PREFILL_ATTENTION(prefill_attention_##SUFFIX##_d256, T, KT, 256, PREFILL_TILE_N / 2, false, 2)             \
+    PREFILL_ATTENTION(prefill_attention_##SUFFIX##_d64_cap, T, KT, 64, PREFILL_TILE_N, true, 2)                \
+    PREFILL_ATTENTION(prefill_attention_##SUFFIX##_d96_cap, T, KT, 96, PREFILL_TILE_N, true, 2)                \
+    PREFILL_ATTENTION(prefill_attention_##SUFFIX##_d128_cap, T, KT, 128, PREFILL_TILE_N, true, 2)              \
+    PREFILL_ATTENTION(prefill_attention_##SUFFIX##_d256_cap, T, KT, 256, PREFILL_TILE_N / 2, true, 2)
 
-PREFILL_ATTENTION_DTYPE(bf16, __nv_bfloat16)
-PREFILL_ATTENTION_DTYPE(f16, __half)
+PREFILL_ATTENTION_DTYPE(bf16, __nv_bfloat16, __nv_bfloat16)
+PREFILL_ATTENTION_DTYPE(f16, __half, __half)
+PREFILL_ATTENTION_DTYPE(fp8_bf16, __nv_bfloat16, uint8_t)
+PREFILL_ATTENTION_DTYPE(fp8_f16, __half, uint8_t)

@@ -202,31 +202,35 @@ pub const PREFILL_ATTENTION_MODULE: &str = "mlc_prefill_attention";
 pub const PREFILL_TILE_M: usize = 64;
 pub const PREFILL_THREADS: u32 = 128;
 
-/// `prefill_attention_<dtype>_d<head_dim>[_cap]`: the tiled tensor-core kernel, for bf16 / f16 and
+/// `prefill_attention_[fp8_]<dtype>_d<head_dim>[_cap]`: the tiled tensor-core kernel, for bf16 / f16 and
 /// head_dim 64, 96, 128 or 256 exactly (`None` otherwise: those steps stay on the per-token kernel);
-/// `_cap` for layers with a score cap (instances of their own, so the others keep their registers).
-/// head_dim 256 walks keys in tiles of 32 rather than 64 (shared memory).
-pub fn prefill_attention_name(dtype: KernelDType, head_dim: usize, capped: bool) -> Option<&'static str> {
-    use KernelDType::*;
-    Some(match (dtype, head_dim, capped) {
-        (BF16, 64, false) => "prefill_attention_bf16_d64",
-        (BF16, 96, false) => "prefill_attention_bf16_d96",
-        (BF16, 128, false) => "prefill_attention_bf16_d128",
-        (BF16, 256, false) => "prefill_attention_bf16_d256",
-        (F16, 64, false) => "prefill_attention_f16_d64",
-        (F16, 96, false) => "prefill_attention_f16_d96",
-        (F16, 128, false) => "prefill_attention_f16_d128",
-        (F16, 256, false) => "prefill_attention_f16_d256",
-        (BF16, 64, true) => "prefill_attention_bf16_d64_cap",
-        (BF16, 96, true) => "prefill_attention_bf16_d96_cap",
-        (BF16, 128, true) => "prefill_attention_bf16_d128_cap",
-        (BF16, 256, true) => "prefill_attention_bf16_d256_cap",
-        (F16, 64, true) => "prefill_attention_f16_d64_cap",
-        (F16, 96, true) => "prefill_attention_f16_d96_cap",
-        (F16, 128, true) => "prefill_attention_f16_d128_cap",
-        (F16, 256, true) => "prefill_attention_f16_d256_cap",
-        _ => return None,
-    })
+/// `_cap` for layers with a score cap (instances of their own, so the others keep their registers);
+/// `fp8_` over an FP8 e4m3 cache (with its row scales). head_dim 256 walks keys in tiles of 32 rather
+/// than 64 (shared memory).
+pub fn prefill_attention_name(dtype: KernelDType, head_dim: usize, capped: bool, fp8: bool) -> Option<&'static str> {
+    const DIMS: [usize; 4] = [64, 96, 128, 256];
+    // [fp8][dtype][head_dim][cap], built once: the names of the instances in prefill_attention.cu.
+    static NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let names = NAMES.get_or_init(|| {
+        let mut v = Vec::with_capacity(32);
+        for cache in ["", "fp8_"] {
+            for ty in ["bf16", "f16"] {
+                for d in DIMS {
+                    for cap in ["", "_cap"] {
+                        v.push(format!("prefill_attention_{cache}{ty}_d{d}{cap}"));
+                    }
+                }
+            }
+        }
+        v
+    });
+    let ty = match dtype {
+        KernelDType::BF16 => 0,
+        KernelDType::F16 => 1,
+        KernelDType::F32 => return None,
+    };
+    let d = DIMS.iter().position(|&x| x == head_dim)?;
+    Some(names[((usize::from(fp8) * 2 + ty) * 4 + d) * 2 + usize::from(capped)].as_str())
 }
 
 #[cfg(test)]
@@ -250,14 +254,17 @@ mod tests {
         for d in [64, 96, 128, 256] {
             for cap in [false, true] {
                 let suffix = if cap { "_cap" } else { "" };
-                let bf16 = format!("prefill_attention_bf16_d{d}{suffix}");
-                let f16 = format!("prefill_attention_f16_d{d}{suffix}");
-                assert_eq!(prefill_attention_name(KernelDType::BF16, d, cap), Some(bf16.as_str()));
-                assert_eq!(prefill_attention_name(KernelDType::F16, d, cap), Some(f16.as_str()));
-                assert!(prefill_attention_name(KernelDType::F32, d, cap).is_none());
+                for (fp8, cache) in [(false, ""), (true, "fp8_")] {
+                    let bf16 = format!("prefill_attention_{cache}bf16_d{d}{suffix}");
+                    let f16 = format!("prefill_attention_{cache}f16_d{d}{suffix}");
+                    assert_eq!(prefill_attention_name(KernelDType::BF16, d, cap, fp8), Some(bf16.as_str()));
+                    assert_eq!(prefill_attention_name(KernelDType::F16, d, cap, fp8), Some(f16.as_str()));
+                    assert!(prefill_attention_name(KernelDType::F32, d, cap, fp8).is_none());
+                }
             }
         }
-        assert_eq!(prefill_attention_name(KernelDType::BF16, 80, false), None);
+        assert_eq!(prefill_attention_name(KernelDType::BF16, 80, false, false), None);
+        assert_eq!(prefill_attention_name(KernelDType::F16, 80, false, true), None);
     }
 
     #[test]

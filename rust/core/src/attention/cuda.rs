@@ -13,7 +13,7 @@
 use super::plan::{heads_per_block, Span};
 use super::{AttnParams, DeviceStep};
 use candle_core::backend::{BackendDevice, BackendStorage};
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{bail, CudaDevice, CudaStorage, DType, Layout, Result, Shape, Storage, Tensor};
 use mlc_kernels::{self as kernels, KernelDType};
@@ -272,9 +272,9 @@ pub fn paged_attention(
     let elem = k.dtype().size_in_bytes();
     let aligned = (args.k.start * elem).is_multiple_of(16) && (args.v.start * elem).is_multiple_of(16);
     args.vec_ok = u32::from(aligned && (d * elem).is_multiple_of(16));
-    // The tiled kernel reads 16-bit caches only: an FP8 cache's prefill runs on the per-token kernel.
-    if step.plan.num_tiles > 0 && aligned && !fp8 && tiled_prefill_enabled() {
-        args.prefill = kernels::prefill_attention_name(dtype, d, params.softcap.is_some());
+    // The tiled kernel reads 16-bit caches with cp.async, FP8 ones in 16-byte words: both need aligned rows.
+    if step.plan.num_tiles > 0 && aligned && tiled_prefill_enabled() {
+        args.prefill = kernels::prefill_attention_name(dtype, d, params.softcap.is_some(), fp8);
     }
     use float8::F8E4M3;
     let storage = match (dtype, fp8) {
@@ -296,6 +296,19 @@ fn f32_view<'a>(guard: &'a (std::sync::RwLockReadGuard<'a, Storage>, &'a Layout)
         bail!("paged-attention: the {what} live on another CUDA device than q");
     }
     view(cs.as_cuda_slice::<f32>()?, contiguous(layout, what)?, what)
+}
+/// The kernels' last two arguments: the FP8 K and V row scales, or two nullptrs.
+fn push_scales<'a>(b: &mut LaunchArgs<'a>, scales: &'a Option<(CudaView<'a, f32>, CudaView<'a, f32>)>, null: &'a u64) {
+    match scales {
+        Some((ks, vs)) => {
+            b.arg(ks);
+            b.arg(vs);
+        }
+        None => {
+            b.arg(null);
+            b.arg(null);
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -380,16 +393,7 @@ fn launch_attention<T: CudaDType + DeviceRepr, KT: CudaDType + DeviceRepr>(
             };
             b.arg(&a.group);
             b.arg(&a.vec_ok);
-            match &scales {
-                Some((ks, vs)) => {
-                    b.arg(ks);
-                    b.arg(vs)
-                }
-                None => {
-                    b.arg(&null);
-                    b.arg(&null)
-                }
-            };
+            push_scales(&mut b, &scales, &null);
             let cfg = LaunchConfig { grid_dim: (num_work, a.num_heads / a.group, 1), block_dim: (kernels::ATTN_THREADS, 1, 1), shared_mem_bytes: 0 };
             // SAFETY: the argument list matches paged_attention_* in paged_attention.cu; the block
             // tables, positions and partitions were validated and planned from the same metadata; the
@@ -423,10 +427,11 @@ fn launch_attention<T: CudaDType + DeviceRepr, KT: CudaDType + DeviceRepr>(
                 Some(s) => b.arg(s),
                 None => b.arg(&null),
             };
+            push_scales(&mut b, &scales, &null);
             let grid = (to_u32(plan.num_tiles, "query tiles")?, a.num_heads, 1);
             let cfg = LaunchConfig { grid_dim: grid, block_dim: (kernels::PREFILL_THREADS, 1, 1), shared_mem_bytes: 0 };
-            // SAFETY: matches prefill_attention_* in prefill_attention.cu (instantiated for this dtype and
-            // head_dim); tiles, query ranges, contexts and block tables were planned from validated
+            // SAFETY: matches prefill_attention_* in prefill_attention.cu (instantiated for this dtype,
+            // cache type and head_dim; the FP8 scales given exactly for an FP8 cache); tiles, query ranges, contexts and block tables were planned from validated
             // metadata, and the tiles cover exactly the rows the per-token launch above left out.
             unsafe { b.launch(cfg) }.w()?;
         }
