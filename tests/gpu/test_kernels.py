@@ -359,6 +359,8 @@ def test_fp8_fixed_decode_plan(core, dtype, head_dim, layer):
     # The same decodes over an FP8 e4m3 cache (1 byte per element, a 4-byte scale per row).
     ("decode_b16_ctx4096_fp8", [(1, 4096)] * 16, 50),
     ("decode_b64_ctx1024_fp8", [(1, 1024)] * 64, 50),
+    ("prefill_2048_fp8", [(2048, 2048)], 20),
+    ("chunk_512_ctx4096_fp8", [(512, 4096)], 20),
 ])
 def test_attention_timing(core, name, seqs, repeat, monkeypatch):
     _time(core, name, seqs, repeat, monkeypatch)
