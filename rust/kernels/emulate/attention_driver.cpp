@@ -144,19 +144,19 @@ static void per_token(T* out, std::vector<float>& po, std::vector<float>& pml, s
     });
 }
 
-template <typename T, int D, int BN>
-static void tiled(T* out, const T* q, const T* k, const T* v, const Plan& p, const Case& c, float scale,
-                  const float* sinks) {
+template <typename T, typename KT, int D, int BN>
+static void tiled(T* out, const T* q, const KT* k, const KT* v, const Plan& p, const Case& c, float scale,
+                  const float* sinks, const float* k_scales = nullptr, const float* v_scales = nullptr) {
     launch(p.tile_seq.size(), c.heads, PREFILL_THREADS, [&] {
         const uint32_t w = c.window ? c.window : UINT32_MAX;
         if (c.softcap > 0.f)
-            prefill_attention<T, D, BN, true>(out, q, k, v, p.tables.data(), p.query_start.data(), p.context_len.data(),
-                                              p.tile_seq.data(), p.tile_start.data(), c.heads, c.kv_heads, c.bs,
-                                              p.max_blocks, scale, w, c.softcap, sinks);
+            prefill_attention<T, KT, D, BN, true>(out, q, k, v, p.tables.data(), p.query_start.data(), p.context_len.data(),
+                                                  p.tile_seq.data(), p.tile_start.data(), c.heads, c.kv_heads, c.bs,
+                                                  p.max_blocks, scale, w, c.softcap, sinks, k_scales, v_scales);
         else
-            prefill_attention<T, D, BN, false>(out, q, k, v, p.tables.data(), p.query_start.data(), p.context_len.data(),
-                                               p.tile_seq.data(), p.tile_start.data(), c.heads, c.kv_heads, c.bs,
-                                               p.max_blocks, scale, w, c.softcap, sinks);
+            prefill_attention<T, KT, D, BN, false>(out, q, k, v, p.tables.data(), p.query_start.data(), p.context_len.data(),
+                                                   p.tile_seq.data(), p.tile_start.data(), c.heads, c.kv_heads, c.bs,
+                                                   p.max_blocks, scale, w, c.softcap, sinks, k_scales, v_scales);
     });
 }
 
@@ -235,7 +235,7 @@ static int run(const Case& c) {
         }
     }
 
-    const bool has_tiled = !c.fp8 && c.dtype != "f32" && (c.d == 64 || c.d == 96 || c.d == 128 || c.d == 256);
+    const bool has_tiled = c.dtype != "f32" && (c.d == 64 || c.d == 96 || c.d == 128 || c.d == 256);
     const bool use_tiled = c.tiled && has_tiled && !p.tile_seq.empty();
     const uint32_t rows = use_tiled ? p.num_short_work : p.work_token.size();
     auto pt = [&](auto dim) {
@@ -250,10 +250,18 @@ static int run(const Case& c) {
     else pt(std::integral_constant<int, 256>{});
     if (use_tiled) {
         if constexpr (!std::is_same_v<T, float>) {
-            if (c.d == 64) tiled<T, 64, 64>(out.data(), q.data(), k.data(), v.data(), p, c, scale, sinks);
-            if (c.d == 96) tiled<T, 96, 64>(out.data(), q.data(), k.data(), v.data(), p, c, scale, sinks);
-            if (c.d == 128) tiled<T, 128, 64>(out.data(), q.data(), k.data(), v.data(), p, c, scale, sinks);
-            if (c.d == 256) tiled<T, 256, 32>(out.data(), q.data(), k.data(), v.data(), p, c, scale, sinks);
+            auto tl = [&](auto dim, auto bn) {
+                constexpr int D = decltype(dim)::value, BN = decltype(bn)::value;
+                if (c.fp8)
+                    tiled<T, uint8_t, D, BN>(out.data(), q.data(), k8.data(), v8.data(), p, c, scale, sinks, ks.data(), vs.data());
+                else
+                    tiled<T, T, D, BN>(out.data(), q.data(), k.data(), v.data(), p, c, scale, sinks);
+            };
+            using I = std::integral_constant<int, 64>;
+            if (c.d == 64) tl(I{}, I{});
+            if (c.d == 96) tl(std::integral_constant<int, 96>{}, I{});
+            if (c.d == 128) tl(std::integral_constant<int, 128>{}, I{});
+            if (c.d == 256) tl(std::integral_constant<int, 256>{}, std::integral_constant<int, 32>{});
         }
     }
 

@@ -123,6 +123,12 @@ def cases(quick):
             out.append((fp8, 9, 3, 80, 16, 0, 0, 0, 0, 0, 503, GROUPS))
             out.append((fp8, 16, 2, 64, 16, 128, 0, 1, 1, 0, 504, seqs((1, 700), (1, 129), (1, 2)), 15, 1))
             out.append((fp8, 4, 4, 128, 8, 37, 0, 1, 0, 0, 505, CHUNKS, 0, 0, 1))
+        if dt != "f32":  # the tiled kernel over the FP8 cache (rows widened into shared memory)
+            out.append((fp8, 4, 2, 128, 16, 0, 0, 0, 0, 1, 510, CHUNKS))
+            out.append((fp8, 8, 2, 64, 16, 100, 20.0, 1, 0, 1, 511, CHUNKS, 4))
+            if not quick:
+                out.append((fp8, 4, 4, 256, 8, 37, 0, 1, 0, 1, 512, CHUNKS))
+                out.append((fp8, 6, 2, 96, 16, 0, 0, 0, 0, 1, 513, CHUNKS))
     return out
 
 

@@ -28,6 +28,9 @@ template <typename P> __device__ __forceinline__ uint32_t pair_bits(P p) {
     return bits;
 }
 
+// 16 bytes as four words (16-byte aligned: one vector load or store).
+struct __align__(16) Words4 { uint32_t w[4]; };
+
 // x rounded to T's precision, kept in f32.
 template <typename T> __device__ __forceinline__ float round_to(float x) { return to_f32(from_f32<T>(x)); }
 

@@ -63,7 +63,6 @@ template <typename T, int D> struct AttnShape {
 };
 
 // 16 bytes of a 16-byte aligned address, widened to f32.
-struct __align__(16) Words4 { uint32_t w[4]; };
 template <typename T>
 __device__ __forceinline__ void widen16(float* dst, const T* src) {
     const Words4 raw = *reinterpret_cast<const Words4*>(src);

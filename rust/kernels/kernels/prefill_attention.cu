@@ -43,7 +43,6 @@
 // overlap the math. The rounding to T adds half an ulp of T (2^-9 relative in bf16) to e4m3's 2^-4.
 #include "common.cuh"
 #include "mma.cuh"
-#include <cuda_fp8.h>
 #include <math.h>
 
 #define PREFILL_TILE_M 64
@@ -184,7 +183,7 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q, 
     };
     // FP8: word i of the tile (row i / CHUNKS8, 16 values from column (i % CHUNKS8) * 16) by thread
     // i % THREADS, into registers, with its row's scale (0 for rows without a slot: their values are 0).
-    uint4 raw8[COPIES8];  // (never touched by the 16-bit instances: no registers)
+    Words4 raw8[COPIES8];  // (never touched by the 16-bit instances: no registers)
     float scale8[COPIES8];
     auto fetch8 = [&](const KT* head, const float* scales, const uint32_t* slots) {
 #pragma unroll
@@ -192,27 +191,30 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q, 
             const int c = threadIdx.x + i * PREFILL_THREADS;
             const uint32_t sl = slots[c / CHUNKS8];
             const bool valid = sl != NO_SLOT;
-            raw8[i] = valid ? *reinterpret_cast<const uint4*>(head + (size_t)sl * slot_stride + (c % CHUNKS8) * 16)
-                            : make_uint4(0u, 0u, 0u, 0u);
-            scale8[i] = valid ? scales[(size_t)sl * num_kv_heads + kvh] : 0.f;
+            raw8[i] = valid ? *reinterpret_cast<const Words4*>(head + (size_t)sl * slot_stride + (c % CHUNKS8) * 16)
+                            : Words4{{0u, 0u, 0u, 0u}};
+            // 256: the values are widened as value / 256 below (exact powers of two)
+            scale8[i] = valid ? scales[(size_t)sl * num_kv_heads + kvh] * 256.f : 0.f;
         }
     };
     auto store8 = [&](T* dst) {
 #pragma unroll
         for (int i = 0; i < COPIES8; ++i) {
             const int c = threadIdx.x + i * PREFILL_THREADS;
-            const uint32_t w[4] = {raw8[i].x, raw8[i].y, raw8[i].z, raw8[i].w};
             uint32_t o8[8];
             float unused = 0.f;
 #pragma unroll
-            for (int j = 0; j < 8; ++j) {  // values 2j, 2j + 1: bytes of the low / high half of word j / 2
-                const __half2_raw hr = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(w[j / 2] >> (16 * (j % 2))), __NV_E4M3);
-                const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&hr));
-                o8[j] = Ops::pack(f.x * scale8[i], f.y * scale8[i], unused);
+            for (int j = 0; j < 8; ++j) {  // values 2j, 2j + 1: bytes b0 (low), b1 of the half j % 2 of word j / 2
+                // Each e4m3 byte as an f16 of its value / 256: sign and the 7 exponent-mantissa bits moved up
+                // (the exponent biases differ by 8, subnormals included), exact (paged_attention.cu's widen16).
+                const uint32_t x = raw8[i].w[j / 2] >> (16 * (j % 2));
+                const uint32_t bits = ((x & 0x80u) << 8) | ((x & 0x7Fu) << 7) | ((x & 0x8000u) << 16) | ((x & 0x7F00u) << 15);
+                const __half2 h = pair_from_bits<__half2>(bits);
+                o8[j] = Ops::pack(__low2float(h) * scale8[i], __high2float(h) * scale8[i], unused);
             }
             T* d = dst + (c / CHUNKS8) * STRIDE + (c % CHUNKS8) * 16;
-            *reinterpret_cast<uint4*>(d) = make_uint4(o8[0], o8[1], o8[2], o8[3]);
-            *reinterpret_cast<uint4*>(d + 8) = make_uint4(o8[4], o8[5], o8[6], o8[7]);
+            *reinterpret_cast<Words4*>(d) = Words4{{o8[0], o8[1], o8[2], o8[3]}};
+            *reinterpret_cast<Words4*>(d + 8) = Words4{{o8[4], o8[5], o8[6], o8[7]}};
         }
     };
 
