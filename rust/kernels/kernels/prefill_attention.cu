@@ -43,6 +43,7 @@
 // overlap the math. The rounding to T adds half an ulp of T (2^-9 relative in bf16) to e4m3's 2^-4.
 #include "common.cuh"
 #include "mma.cuh"
+#include "tc_ops.cuh"
 #include <math.h>
 
 #define PREFILL_TILE_M 64
@@ -58,32 +59,6 @@ __device__ __forceinline__ float fast_tanh(float x) {
     const float e = fast_exp2(-2.8853900817779268f * fabsf(x));  // exp(-2|x|), in (0, 1]
     return copysignf(__fdividef(1.f - e, 1.f + e), x);
 }
-
-// Type-specific pieces: the mma instruction and the f32 -> pair packing of P.
-template <typename T> struct PrefillOps;
-
-template <> struct PrefillOps<__nv_bfloat16> {
-    static __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-        mma_m16n8k16_bf16(c, a, b0, b1);
-    }
-    // Rounds (lo, hi) to a packed pair and adds the rounded values to `sum`.
-    static __device__ __forceinline__ uint32_t pack(float lo, float hi, float& sum) {
-        __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-        sum += __low2float(v) + __high2float(v);
-        return *reinterpret_cast<uint32_t*>(&v);
-    }
-};
-
-template <> struct PrefillOps<__half> {
-    static __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-        mma_m16n8k16_f16(c, a, b0, b1);
-    }
-    static __device__ __forceinline__ uint32_t pack(float lo, float hi, float& sum) {
-        __half2 v = __floats2half2_rn(lo, hi);
-        sum += __low2float(v) + __high2float(v);
-        return *reinterpret_cast<uint32_t*>(&v);
-    }
-};
 
 template <typename T, typename KT, int D, int BN, bool CAP>
 __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q, const KT* __restrict__ k_cache,
@@ -107,9 +82,6 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q, 
     static_assert(D % 32 == 0 && KC % 2 == 0 && DT % 2 == 0, "head_dim must be a multiple of 32");
     static_assert(BN % 16 == 0 && BN <= PREFILL_THREADS, "key tiles of 16-key steps, one slot per thread");
     static_assert((BN * CHUNKS) % PREFILL_THREADS == 0, "the block copies whole tiles");
-    constexpr int CHUNKS8 = D / 16;                             // 16-byte words per FP8 cache row
-    constexpr int COPIES8 = BN * CHUNKS8 / PREFILL_THREADS;     // words each thread fetches per FP8 tile
-    static_assert(!FP8 || (BN * CHUNKS8) % PREFILL_THREADS == 0, "the block fetches whole FP8 tiles");
     __shared__ __align__(16) T ks[BN * STRIDE];
     __shared__ __align__(16) T vs[BN * STRIDE];
     __shared__ uint32_t slot_buf[2][BN];  // cache slots of the current and the next key tile
@@ -161,7 +133,6 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q, 
     // Cache slots of the keys of a tile (NO_SLOT for keys outside k_lo..n_keys): looked up in the block
     // table once per key tile by the first BN threads (key key0 + thread), kept in shared memory for the K
     // and the V copy of that tile.
-    constexpr uint32_t NO_SLOT = 0xffffffffu;
     auto slot_of = [&](uint32_t key) {
         return key >= k_lo && key < n_keys ? table[key / block_size] * block_size + key % block_size : NO_SLOT;
     };
@@ -181,42 +152,12 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q, 
             cp_async16(dst + row * STRIDE + col, head + (size_t)(valid ? slot[i] : 0u) * slot_stride + col, valid);
         }
     };
-    // FP8: word i of the tile (row i / CHUNKS8, 16 values from column (i % CHUNKS8) * 16) by thread
-    // i % THREADS, into registers, with its row's scale (0 for rows without a slot: their values are 0).
-    Words4 raw8[COPIES8];  // (never touched by the 16-bit instances: no registers)
-    float scale8[COPIES8];
+    // FP8: a tile's rows fetched into registers, then widened into shared memory (tc_ops.cuh).
+    Fp8Tile<T, D, BN, PREFILL_THREADS, STRIDE> tile8;
     auto fetch8 = [&](const KT* head, const float* scales, const uint32_t* slots) {
-#pragma unroll
-        for (int i = 0; i < COPIES8; ++i) {
-            const int c = threadIdx.x + i * PREFILL_THREADS;
-            const uint32_t sl = slots[c / CHUNKS8];
-            const bool valid = sl != NO_SLOT;
-            raw8[i] = valid ? *reinterpret_cast<const Words4*>(head + (size_t)sl * slot_stride + (c % CHUNKS8) * 16)
-                            : Words4{{0u, 0u, 0u, 0u}};
-            // 256: the values are widened as value / 256 below (exact powers of two)
-            scale8[i] = valid ? scales[(size_t)sl * num_kv_heads + kvh] * 256.f : 0.f;
-        }
+        tile8.fetch(reinterpret_cast<const uint8_t*>(head), scales, slots, slot_stride, num_kv_heads, kvh);
     };
-    auto store8 = [&](T* dst) {
-#pragma unroll
-        for (int i = 0; i < COPIES8; ++i) {
-            const int c = threadIdx.x + i * PREFILL_THREADS;
-            uint32_t o8[8];
-            float unused = 0.f;
-#pragma unroll
-            for (int j = 0; j < 8; ++j) {  // values 2j, 2j + 1: bytes b0 (low), b1 of the half j % 2 of word j / 2
-                // Each e4m3 byte as an f16 of its value / 256: sign and the 7 exponent-mantissa bits moved up
-                // (the exponent biases differ by 8, subnormals included), exact (paged_attention.cu's widen16).
-                const uint32_t x = raw8[i].w[j / 2] >> (16 * (j % 2));
-                const uint32_t bits = ((x & 0x80u) << 8) | ((x & 0x7Fu) << 7) | ((x & 0x8000u) << 16) | ((x & 0x7F00u) << 15);
-                const __half2 h = pair_from_bits<__half2>(bits);
-                o8[j] = Ops::pack(__low2float(h) * scale8[i], __high2float(h) * scale8[i], unused);
-            }
-            T* d = dst + (c / CHUNKS8) * STRIDE + (c % CHUNKS8) * 16;
-            *reinterpret_cast<Words4*>(d) = Words4{{o8[0], o8[1], o8[2], o8[3]}};
-            *reinterpret_cast<Words4*>(d + 8) = Words4{{o8[4], o8[5], o8[6], o8[7]}};
-        }
-    };
+    auto store8 = [&](T* dst) { tile8.store(dst); };
 
     float o[DT][4];
 #pragma unroll
