@@ -136,6 +136,19 @@ static void per_token(T* out, std::vector<float>& po, std::vector<float>& pml, s
     // As cuda.rs: 16-byte copies when rows are whole 16-byte words (the caches here are vector storage,
     // 16-byte aligned), unless the case asks for the element-wise copies (cuda.rs: unaligned caches).
     const uint32_t vec_ok = (c.d * sizeof(KT)) % 16 == 0 && !c.scalar;
+    // As cuda.rs: the tensor-core instances for bf16 / f16 q at head_dim 64 / 128 exactly with 16-byte rows.
+    if constexpr (!std::is_same_v<T, float> && (D == 64 || D == 128)) {
+        if (c.d == (uint32_t)D && vec_ok) {
+            launch(rows, c.heads / group, DECODE_TC_THREADS, [&] {
+                decode_attention_tc<T, KT, D>(out, po.data(), pml.data(), counters.data(), q, k, v, p.tables.data(),
+                                              p.token_seq.data(), p.token_pos.data(), p.token_splits.data(),
+                                              p.token_part.data(), p.work_token.data(), p.work_split.data(), c.heads,
+                                              c.kv_heads, c.bs, p.max_blocks, scale, 64, c.window ? c.window : UINT32_MAX,
+                                              c.softcap, sinks, group, k_scales, v_scales);
+            });
+            return;
+        }
+    }
     launch(rows, c.heads / group, ATTN_THREADS, [&] {
         paged_attention<T, KT, D>(out, po.data(), pml.data(), counters.data(), q, k, v, p.tables.data(), p.token_seq.data(),
                               p.token_pos.data(), p.token_splits.data(), p.token_part.data(), p.work_token.data(),

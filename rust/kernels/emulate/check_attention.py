@@ -138,7 +138,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        exe = harness.build(tmp, ("paged_attention.cu", "prefill_attention.cu", "common.cuh", "tc_ops.cuh"),
+        exe = harness.build(tmp, ("paged_attention.cu", "prefill_attention.cu", "common.cuh", "tc_ops.cuh", "decode_tc.cuh"),
                             ("shim.cuh", "attention_shim.h", "q4_shim.h", "harness.h"), "attention_driver.cpp")
         return 1 if harness.run_cases(exe, cases(args.quick), args.jobs) else 0
 

@@ -110,7 +110,7 @@ __device__ __forceinline__ void merge_state(float& m, float& l, float (&acc)[N],
 // out[t, h] = sum_z w_z o_z / sum_z w_z over the token's partitions, w_z = l_z * exp(m_z - max_z m_z), for
 // the block's `group` heads from h0: a warp per head weighs the partitions, then every thread sums four
 // dims of one head over them. Partials were written by other blocks: read past L1 (__ldcg).
-template <typename T>
+template <typename T, int THREADS = ATTN_THREADS>
 __device__ void combine_partitions(T* __restrict__ out, const float* __restrict__ part_o,
                                    const float* __restrict__ part_ml, const float* __restrict__ sinks, uint32_t first,
                                    uint32_t splits, uint32_t t, uint32_t h0, uint32_t group, uint32_t num_heads,
@@ -118,8 +118,8 @@ __device__ void combine_partitions(T* __restrict__ out, const float* __restrict_
     __shared__ float sm_w[ATTN_MAX_GROUP][ATTN_MAX_SPLITS];
     __shared__ float sm_inv[ATTN_MAX_GROUP];
     const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (warp < group) {  // uniform per warp
-        const uint32_t h = h0 + warp;
+    for (uint32_t hl = warp; hl < group; hl += THREADS / 32) {  // uniform per warp
+        const uint32_t h = h0 + hl;
         float mz[2], wz[2];
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
@@ -131,15 +131,15 @@ __device__ void combine_partitions(T* __restrict__ out, const float* __restrict_
         for (int i = 0; i < 2; ++i) {
             const uint32_t z = lane + 32 * i;
             wz[i] = mz[i] == -INFINITY ? 0.f : __ldcg(part_ml + ((size_t)(first + z) * num_heads + h) * 2 + 1) * expf(mz[i] - mx);
-            if (z < splits) sm_w[warp][z] = wz[i];
+            if (z < splits) sm_w[hl][z] = wz[i];
         }
         const float total = warp_sum(wz[0] + wz[1]);
         // sum_z w_z o_z is the row's output unnormalised at max mx, total its sum: the sink joins here.
-        if (lane == 0) sm_inv[warp] = sinks ? sink_norm(mx, total, sinks[h]) : total > 0.f ? 1.f / total : 0.f;
+        if (lane == 0) sm_inv[hl] = sinks ? sink_norm(mx, total, sinks[h]) : total > 0.f ? 1.f / total : 0.f;
     }
     __syncthreads();
     const uint32_t quads = (head_dim + 3) / 4;
-    for (uint32_t idx = threadIdx.x; idx < group * quads; idx += ATTN_THREADS) {
+    for (uint32_t idx = threadIdx.x; idx < group * quads; idx += THREADS) {
         const uint32_t hl = idx / quads, d = (idx % quads) * 4, h = h0 + hl;
         float o[4] = {0.f, 0.f, 0.f, 0.f};
         if (head_dim % 4 == 0) {  // rows 16-byte aligned: one vector load per partition
@@ -451,3 +451,6 @@ PAGED_ATTENTION(paged_attention_fp8_bf16_d256, __nv_bfloat16, uint8_t, 256)
 PAGED_ATTENTION(paged_attention_fp8_f16_d64, __half, uint8_t, 64)
 PAGED_ATTENTION(paged_attention_fp8_f16_d128, __half, uint8_t, 128)
 PAGED_ATTENTION(paged_attention_fp8_f16_d256, __half, uint8_t, 256)
+
+// The tensor-core instances of the same work rows (bf16 / f16, head_dim 64 / 128).
+#include "decode_tc.cuh"

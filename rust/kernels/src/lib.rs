@@ -185,6 +185,27 @@ pub fn paged_attention_name(dtype: KernelDType, head_dim: usize, fp8: bool) -> O
     })
 }
 
+/// Threads per block of the tensor-core decode kernel (`DECODE_TC_THREADS` in decode_tc.cuh).
+pub const DECODE_TC_THREADS: u32 = 128;
+
+/// `decode_attention_tc_[fp8_]<dtype>_d<head_dim>` (decode_tc.cuh, in the paged-attention module): the
+/// per-token kernel's work rows on the tensor cores, for bf16 / f16 q at head_dim 64 or 128 exactly, over
+/// a cache of q's dtype or FP8 e4m3; `None` elsewhere (those stay on `paged_attention_*`).
+pub fn decode_attention_tc_name(dtype: KernelDType, head_dim: usize, fp8: bool) -> Option<&'static str> {
+    use KernelDType::*;
+    Some(match (dtype, head_dim, fp8) {
+        (BF16, 64, false) => "decode_attention_tc_bf16_d64",
+        (BF16, 128, false) => "decode_attention_tc_bf16_d128",
+        (F16, 64, false) => "decode_attention_tc_f16_d64",
+        (F16, 128, false) => "decode_attention_tc_f16_d128",
+        (BF16, 64, true) => "decode_attention_tc_fp8_bf16_d64",
+        (BF16, 128, true) => "decode_attention_tc_fp8_bf16_d128",
+        (F16, 64, true) => "decode_attention_tc_fp8_f16_d64",
+        (F16, 128, true) => "decode_attention_tc_fp8_f16_d128",
+        _ => return None,
+    })
+}
+
 /// The attention kernels' `window` argument: keys per query at most, `u32::MAX` for full causal
 /// attention (a window that wide excludes no position a `u32` index can hold).
 pub fn attn_window_arg(window: Option<usize>) -> u32 {
@@ -264,6 +285,12 @@ mod tests {
             }
         }
         assert_eq!(prefill_attention_name(KernelDType::BF16, 80, false, false), None);
+        assert_eq!(decode_attention_tc_name(KernelDType::BF16, 128, false), Some("decode_attention_tc_bf16_d128"));
+        assert_eq!(decode_attention_tc_name(KernelDType::F16, 64, true), Some("decode_attention_tc_fp8_f16_d64"));
+        for d in [32, 80, 96, 256] {
+            assert_eq!(decode_attention_tc_name(KernelDType::BF16, d, false), None, "head_dim {d}");
+        }
+        assert_eq!(decode_attention_tc_name(KernelDType::F32, 128, false), None);
         assert_eq!(prefill_attention_name(KernelDType::F16, 80, false, true), None);
     }
 

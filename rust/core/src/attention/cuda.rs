@@ -192,12 +192,20 @@ struct AttentionArgs {
     /// 1 when both caches start 16-byte aligned and a row is a whole number of 16-byte words: the
     /// per-token kernel then copies them with cp.async (else element by element).
     vec_ok: u32,
+    /// Threads per block of the per-token launch (the CUDA-core kernel's or the tensor-core one's).
+    threads: u32,
 }
 
 
 /// `MLC_TILED_PREFILL=0` sends long chunks to the per-token kernel (for comparisons and as a way out).
 fn tiled_prefill_enabled() -> bool {
     std::env::var_os("MLC_TILED_PREFILL").is_none_or(|v| v != "0")
+}
+
+/// `MLC_DECODE_TC=0` keeps the per-token rows on the CUDA-core kernel where the tensor-core one applies
+/// (for comparisons and as a way out).
+fn decode_tc_enabled() -> bool {
+    std::env::var_os("MLC_DECODE_TC").is_none_or(|v| v != "0")
 }
 
 /// Paged attention: q `[num_tokens, num_heads, head_dim]`, caches `[num_blocks, block_size, kv_heads,
@@ -263,6 +271,7 @@ pub fn paged_attention(
         prefill: None,
         group: to_u32(heads_per_block(h, kvh), "heads per block")?,
         vec_ok: 0,
+        threads: kernels::ATTN_THREADS,
     };
     if h > 65_535 {
         bail!("paged-attention: {h} heads exceed the grid's y dimension");
@@ -272,6 +281,14 @@ pub fn paged_attention(
     let elem = k.dtype().size_in_bytes();
     let aligned = (args.k.start * elem).is_multiple_of(16) && (args.v.start * elem).is_multiple_of(16);
     args.vec_ok = u32::from(aligned && (d * elem).is_multiple_of(16));
+    // The per-token rows on the tensor cores where an instance exists (its copies need 16-byte rows).
+    let name = match kernels::decode_attention_tc_name(dtype, d, fp8) {
+        Some(tc) if args.vec_ok == 1 && decode_tc_enabled() => {
+            args.threads = kernels::DECODE_TC_THREADS;
+            tc
+        }
+        _ => name,
+    };
     // The tiled kernel reads 16-bit caches with cp.async, FP8 ones in 16-byte words: both need aligned rows.
     if step.plan.num_tiles > 0 && aligned && tiled_prefill_enabled() {
         args.prefill = kernels::prefill_attention_name(dtype, d, params.softcap.is_some(), fp8);
@@ -394,8 +411,9 @@ fn launch_attention<T: CudaDType + DeviceRepr, KT: CudaDType + DeviceRepr>(
             b.arg(&a.group);
             b.arg(&a.vec_ok);
             push_scales(&mut b, &scales, &null);
-            let cfg = LaunchConfig { grid_dim: (num_work, a.num_heads / a.group, 1), block_dim: (kernels::ATTN_THREADS, 1, 1), shared_mem_bytes: 0 };
-            // SAFETY: the argument list matches paged_attention_* in paged_attention.cu; the block
+            let cfg = LaunchConfig { grid_dim: (num_work, a.num_heads / a.group, 1), block_dim: (a.threads, 1, 1), shared_mem_bytes: 0 };
+            // SAFETY: the argument list matches paged_attention_* in paged_attention.cu (and
+            // decode_attention_tc_* in decode_tc.cuh, at its thread count, only with vec_ok); the block
             // tables, positions and partitions were validated and planned from the same metadata; the
             // sinks, when given, are num_heads f32 (checked in `paged_attention`); `group` divides the
             // GQA group (heads_per_block), so every block's heads share one KV head; with vec_ok the
