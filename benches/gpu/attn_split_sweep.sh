@@ -6,14 +6,20 @@
 # $OUT/ncu_attn_*.txt.
 #
 #   run(command="bash benches/gpu/attn_split_sweep.sh", carry=["dist/cuda", "dist/pywheels"])
+#
+# SPLIT_KEYS (default "64 128 256 512") picks the partition sizes; NCU=0 skips the profile; MLC_DECODE_TC=0
+# (passed through) times the CUDA-core per-token kernel instead of the tensor-core one; SKIP_INSTALL=1
+# reuses $SITE.
 set -u
 SITE=${SITE:-/tmp/site}
 OUT=${OUT:-gpu_out}
 PY=${PY:-/opt/torch/.venv/bin/python}
 [[ -x $PY ]] || PY=python3
 mkdir -p "$OUT"
-rm -rf "$SITE"
-"$PY" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" dist/cuda/*.whl dist/pywheels/*.whl
+if [[ "${SKIP_INSTALL:-0}" != 1 ]]; then
+    rm -rf "$SITE"
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" dist/cuda/*.whl dist/pywheels/*.whl
+fi
 CU13=$("$PY" -c 'import site,os;print(next((os.path.join(p,"nvidia","cu13","lib") for p in site.getsitepackages() if os.path.isdir(os.path.join(p,"nvidia","cu13","lib"))),""))')
 export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$CU13"
 case_py=$(mktemp --suffix .py)
@@ -32,7 +38,8 @@ for kv in ("bf16", "fp8"):
         r = json.loads(c._attention_check("cuda:0", json.dumps(case)))
         row = 128 + 4 if kv == "fp8" else 256
         gb = sum(ctx for _, ctx in seqs) * 8 * row * 2 / r["attend_us"] / 1e3
-        print(json.dumps({"split_min_keys": os.environ.get("MLC_ATTN_SPLIT_MIN_KEYS", "64"), "kv": kv, "shape": name,
+        print(json.dumps({"split_min_keys": os.environ.get("MLC_ATTN_SPLIT_MIN_KEYS", "64"),
+                          "decode_tc": os.environ.get("MLC_DECODE_TC", "1"), "kv": kv, "shape": name,
                           "attend_us": round(r["attend_us"], 2), "kv_gb_per_s": round(gb, 1), "num_work": r["num_work"]}), flush=True)
 PY
 for keys in ${SPLIT_KEYS:-64 128 256 512}; do
@@ -46,10 +53,13 @@ for kv in ("bf16", "fp8"):
     shapes = sorted({r["shape"] for r in rows}, key=lambda s: [r["shape"] for r in rows].index(s))
     print(f"{kv}: us per layer (GB/s) by split_min_keys")
     for s in shapes:
-        cells = [f"{r['split_min_keys']:>4}: {r['attend_us']:7.1f} ({r['kv_gb_per_s']:6.0f})" for r in rows if r["kv"] == kv and r["shape"] == s]
+        cells = [f"{r['split_min_keys']:>4}{'' if r.get('decode_tc', '1') != '0' else '/cc'}: {r['attend_us']:7.1f} ({r['kv_gb_per_s']:6.0f})"
+                 for r in rows if r["kv"] == kv and r["shape"] == s]
         print(f"  {s:12} " + "  ".join(cells))
 PY
-if command -v ncu > /dev/null; then
+if [[ "${NCU:-1}" == 0 ]]; then
+    echo "[attn_split] NCU=0: no profile"
+elif command -v ncu > /dev/null; then
     for kv in bf16 fp8; do
         sed -i "s/^for kv in .*/for kv in (\"$kv\",):/" "$case_py"
         REPEAT=1 PYTHONPATH="$SITE" timeout 120 ncu --clock-control none --set full -k regex:paged_attention --launch-count 1 \
