@@ -183,15 +183,19 @@ async def _everything_at_once(url: str) -> tuple:
     stop, health = threading.Event(), []
     prober = threading.Thread(target=_probe_health, args=(url, stop, health))
     prober.start()
-    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(ROUND_TIMEOUT_S, connect=60.0)) as client:
-        long_prompt = asyncio.create_task(_long_prompt(client))
-        await asyncio.sleep(1.0)  # the long prefill is under way before the crowd arrives
-        streams = asyncio.create_task(run_round(url, BIG_STREAMS, 4, seed=2))
-        burst = await asyncio.wait_for(_burst(url, BURST), ROUND_TIMEOUT_S)
-        outcomes = await asyncio.wait_for(streams, ROUND_TIMEOUT_S)
-        prompt_tokens = await asyncio.wait_for(long_prompt, ROUND_TIMEOUT_S)
-    stop.set()
-    prober.join()
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(ROUND_TIMEOUT_S, connect=60.0)) as client:
+            long_prompt = asyncio.create_task(_long_prompt(client))
+            await asyncio.sleep(1.0)  # the long prefill is under way before the crowd arrives
+            streams = asyncio.create_task(run_round(url, BIG_STREAMS, 4, seed=2))
+            burst = await asyncio.wait_for(_burst(url, BURST), ROUND_TIMEOUT_S)
+            outcomes = await asyncio.wait_for(streams, ROUND_TIMEOUT_S)
+            prompt_tokens = await asyncio.wait_for(long_prompt, ROUND_TIMEOUT_S)
+    finally:
+        # Also when the round raises: a prober left running would probe the server through the fixture's
+        # teardown and log refused connections that look like part of the failure.
+        stop.set()
+        prober.join()
     return outcomes, burst, prompt_tokens, health
 
 
