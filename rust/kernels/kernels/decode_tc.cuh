@@ -198,44 +198,9 @@ __device__ void decode_attention_tc(T* __restrict__ out, float* __restrict__ par
         }
     }
     __syncthreads();
-    for (uint32_t idx = threadIdx.x; idx < group * D; idx += THREADS) {
-        const uint32_t hl = idx / D, d = idx % D, h = h0 + hl;
-        float mx = -INFINITY;
-#pragma unroll
-        for (int k = 0; k < WARPS; ++k) mx = fmaxf(mx, sm_ml[(k * ATTN_MAX_GROUP + hl) * 2]);
-        float total = 0.f, acc = 0.f;
-#pragma unroll
-        for (int k = 0; k < WARPS; ++k) {
-            const float mk = sm_ml[(k * ATTN_MAX_GROUP + hl) * 2];
-            const float wk = mk == -INFINITY ? 0.f : expf(mk - mx);  // a warp without keys weighs 0
-            total += sm_ml[(k * ATTN_MAX_GROUP + hl) * 2 + 1] * wk;
-            acc += sm_o[(k * ATTN_MAX_GROUP + hl) * D + d] * wk;
-        }
-        if (live == 1) {
-            const float inv = sinks ? sink_norm(mx, total, sinks[h]) : total > 0.f ? 1.f / total : 0.f;
-            out[((size_t)t * num_heads + h) * D + d] = from_f32<T>(acc * inv);
-        } else {
-            const size_t prow = (size_t)(token_part[t] + z) * num_heads + h;
-            part_o[prow * D + d] = total > 0.f ? acc / total : 0.f;
-            if (d == 0) {
-                part_ml[prow * 2] = mx;  // -inf for an empty partition (its sum is 0)
-                part_ml[prow * 2 + 1] = total;
-            }
-        }
-    }
-    if (live > 1) {
-        // Publish this partition, then count it; the block that completes the count merges the group.
-        __shared__ bool sm_last_tc;
-        __threadfence();
-        __syncthreads();
-        if (threadIdx.x == 0) sm_last_tc = atomicAdd(counters + (size_t)t * num_heads + h0, 1u) == live - 1;
-        __syncthreads();
-        if (sm_last_tc) {
-            __threadfence();
-            combine_partitions<T, THREADS>(out, part_o, part_ml, sinks, token_part[t], min(live, (uint32_t)ATTN_MAX_SPLITS),
-                                           t, h0, group, num_heads, D);
-        }
-    }
+    // Head hl's streams are the warps' rows hl: index warp * ATTN_MAX_GROUP + hl.
+    finish_work_row<T, THREADS>(out, part_o, part_ml, counters, sm_o, sm_ml, D, WARPS, 1, ATTN_MAX_GROUP, sinks, t, z, live,
+                                token_part[t], h0, group, num_heads, D);
 }
 
 // Same arguments as PAGED_ATTENTION (head_dim is D; vec_ok is 1: cuda.rs picks these instances only then).

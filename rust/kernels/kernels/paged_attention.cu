@@ -162,6 +162,58 @@ __device__ void combine_partitions(T* __restrict__ out, const float* __restrict_
     }
 }
 
+// The end of a work row, for both decode kernels: each of the block's `group` heads has `streams` online-
+// softmax states (disjoint keys) in shared memory, stream k of head hl at index i = hl * head_step + k *
+// stream_step: (max, sum) at sm_ml[2 i], the unnormalised output at sm_acc[i * acc_stride ..]. They are
+// merged; an unsplit token's row is normalised (the sink, if any, joins here) and written, a partition's is
+// published to part_o / part_ml and counted, and the block completing the count merges the partitions.
+template <typename T, int THREADS>
+__device__ void finish_work_row(T* __restrict__ out, float* __restrict__ part_o, float* __restrict__ part_ml,
+                                uint32_t* __restrict__ counters, const float* sm_acc, const float* sm_ml,
+                                uint32_t acc_stride, uint32_t streams, uint32_t head_step, uint32_t stream_step,
+                                const float* __restrict__ sinks, uint32_t t, uint32_t z, uint32_t live,
+                                uint32_t first_part, uint32_t h0, uint32_t group, uint32_t num_heads,
+                                uint32_t head_dim) {
+    for (uint32_t idx = threadIdx.x; idx < group * head_dim; idx += THREADS) {
+        const uint32_t hl = idx / head_dim, d = idx % head_dim, h = h0 + hl;
+        float mx = -INFINITY;
+        for (uint32_t k = 0; k < streams; ++k) mx = fmaxf(mx, sm_ml[(hl * head_step + k * stream_step) * 2]);
+        float total = 0.f, o = 0.f;
+        for (uint32_t k = 0; k < streams; ++k) {
+            const uint32_t at = hl * head_step + k * stream_step;
+            const float mk = sm_ml[at * 2];
+            const float wk = mk == -INFINITY ? 0.f : expf(mk - mx);  // a stream without keys weighs 0
+            total += sm_ml[at * 2 + 1] * wk;
+            o += sm_acc[at * acc_stride + d] * wk;
+        }
+        if (live == 1) {
+            // The whole row is here: the sink (if any) joins now. Partials leave it to the merge.
+            const float inv = sinks ? sink_norm(mx, total, sinks[h]) : total > 0.f ? 1.f / total : 0.f;
+            out[((size_t)t * num_heads + h) * head_dim + d] = from_f32<T>(o * inv);
+        } else {
+            const size_t row = (size_t)(first_part + z) * num_heads + h;
+            part_o[row * head_dim + d] = total > 0.f ? o / total : 0.f;
+            if (d == 0) {
+                part_ml[row * 2] = mx;  // -inf for an empty partition (its sum is 0)
+                part_ml[row * 2 + 1] = total;
+            }
+        }
+    }
+    if (live > 1) {
+        // Publish this partition, then count it; the block that completes the count merges the group.
+        __shared__ bool sm_last;
+        __threadfence();
+        __syncthreads();
+        if (threadIdx.x == 0) sm_last = atomicAdd(counters + (size_t)t * num_heads + h0, 1u) == live - 1;
+        __syncthreads();
+        if (sm_last) {
+            __threadfence();
+            combine_partitions<T, THREADS>(out, part_o, part_ml, sinks, first_part, min(live, (uint32_t)ATTN_MAX_SPLITS),
+                                           t, h0, group, num_heads, head_dim);
+        }
+    }
+}
+
 // One block per (work row, group of query heads sharing a KV head): the work row's keys stream through
 // shared memory in tiles of TK keys (cp.async, two stages), each read from the cache once for all the
 // group's heads. A warp serves one head; with fewer heads than warps, the warps of a head split its keys
@@ -375,45 +427,9 @@ __device__ void paged_attention(T* __restrict__ out, float* __restrict__ part_o,
     }
     __syncthreads();
 
-    for (uint32_t idx = threadIdx.x; idx < group * head_dim; idx += ATTN_THREADS) {
-        const uint32_t hl = idx / head_dim, d = idx % head_dim, h = h0 + hl;
-        const uint32_t first_warp = hl * kstreams;
-        float mx = -INFINITY;
-        for (uint32_t k = 0; k < kstreams; ++k) mx = fmaxf(mx, sm_ml[(first_warp + k) * 2]);
-        float total = 0.f, o = 0.f;
-        for (uint32_t k = 0; k < kstreams; ++k) {
-            const uint32_t at = first_warp + k;
-            const float mk = sm_ml[at * 2];
-            const float wk = mk == -INFINITY ? 0.f : expf(mk - mx);  // a stream without keys weighs 0
-            total += sm_ml[at * 2 + 1] * wk;
-            o += sm_acc[at * DP + d] * wk;
-        }
-        if (live == 1) {
-            // The whole row is here: the sink (if any) joins now. Partials leave it to the merge.
-            const float inv = sinks ? sink_norm(mx, total, sinks[h]) : total > 0.f ? 1.f / total : 0.f;
-            out[((size_t)t * num_heads + h) * head_dim + d] = from_f32<T>(o * inv);
-        } else {
-            const size_t row = (size_t)(token_part[t] + z) * num_heads + h;
-            part_o[row * head_dim + d] = total > 0.f ? o / total : 0.f;
-            if (d == 0) {
-                part_ml[row * 2] = mx;  // -inf for an empty partition (its sum is 0)
-                part_ml[row * 2 + 1] = total;
-            }
-        }
-    }
-    if (live > 1) {
-        // Publish this partition, then count it; the block that completes the count merges the group.
-        __shared__ bool sm_last;
-        __threadfence();
-        __syncthreads();
-        if (threadIdx.x == 0) sm_last = atomicAdd(counters + (size_t)t * num_heads + h0, 1u) == live - 1;
-        __syncthreads();
-        if (sm_last) {
-            __threadfence();
-            combine_partitions<T>(out, part_o, part_ml, sinks, token_part[t], min(live, (uint32_t)ATTN_MAX_SPLITS), t, h0,
-                                  group, num_heads, head_dim);
-        }
-    }
+    // Head hl's streams are warps hl * kstreams .. + kstreams.
+    finish_work_row<T, ATTN_THREADS>(out, part_o, part_ml, counters, sm_acc, sm_ml, DP, kstreams, kstreams, 1, sinks, t, z,
+                                     live, token_part[t], h0, group, num_heads, head_dim);
 }
 
 #define PAGED_ATTENTION(NAME, T, KT, D)                                                                        \
