@@ -314,6 +314,7 @@ fn f32_view<'a>(guard: &'a (std::sync::RwLockReadGuard<'a, Storage>, &'a Layout)
     }
     view(cs.as_cuda_slice::<f32>()?, contiguous(layout, what)?, what)
 }
+
 /// The kernels' last two arguments: the FP8 K and V row scales, or two nullptrs.
 fn push_scales<'a>(b: &mut LaunchArgs<'a>, scales: &'a Option<(CudaView<'a, f32>, CudaView<'a, f32>)>, null: &'a u64) {
     match scales {
@@ -449,8 +450,9 @@ fn launch_attention<T: CudaDType + DeviceRepr, KT: CudaDType + DeviceRepr>(
             let grid = (to_u32(plan.num_tiles, "query tiles")?, a.num_heads, 1);
             let cfg = LaunchConfig { grid_dim: grid, block_dim: (kernels::PREFILL_THREADS, 1, 1), shared_mem_bytes: 0 };
             // SAFETY: matches prefill_attention_* in prefill_attention.cu (instantiated for this dtype,
-            // cache type and head_dim; the FP8 scales given exactly for an FP8 cache); tiles, query ranges, contexts and block tables were planned from validated
-            // metadata, and the tiles cover exactly the rows the per-token launch above left out.
+            // cache type and head_dim; the FP8 scales given exactly for an FP8 cache); tiles, query
+            // ranges, contexts and block tables were planned from validated metadata, and the tiles cover
+            // exactly the rows the per-token launch above left out.
             unsafe { b.launch(cfg) }.w()?;
         }
         Ok(())
