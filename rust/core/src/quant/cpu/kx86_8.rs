@@ -223,6 +223,8 @@ pub unsafe fn q4k_avx2<const N: usize>(g: &[u8], x: &KAct8, t0: usize) -> [[f32;
             let mut ia = [[_mm256_setzero_si256(); 2]; N];
             for c in 0..4 {
                 let ch = 4 * j + c;
+                // As q4k_avx512: the group's later blocks requested ahead of use.
+                _mm_prefetch::<_MM_HINT_T0>(b.add(64 * ch + 8 * q4k::BYTES) as *const i8);
                 let w = nibbles256!(b.add(64 * ch));
                 dots256!(ia, w, xq, sb * SB + 8 * ch);
             }
@@ -284,6 +286,9 @@ pub unsafe fn q6k_avx2<const N: usize>(g: &[u8], x: &KAct8, t0: usize) -> [[f32;
                 }
                 for cc in 0..2 {
                     let ch = 2 * h + cc;
+                    // As q6k_avx512: the group's later blocks requested ahead of use.
+                    _mm_prefetch::<_MM_HINT_T0>(b.add(q6k::QL + 64 * ch + 4 * q6k::BYTES) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(b.add(q6k::QH + 32 * ch + 4 * q6k::BYTES) as *const i8);
                     let mut w = nibbles256!(b.add(q6k::QL + 64 * ch));
                     // The high-bit planes (kpack): values 0..4 of rows 0..8 / 8..16 at bits 0-1 / 2-3,
                     // values 4..8 at bits 4-5 / 6-7 of the same 32 bytes.
