@@ -90,7 +90,7 @@ pub unsafe fn q4k_avx512<const N: usize>(g: &[u8], x: &KAct8, t0: usize) -> [[f3
             let mut ia = [[_mm512_setzero_si512(); N]; 4];
             for c in 0..4 {
                 let ch = 4 * j + c;
-                _mm_prefetch::<_MM_HINT_T0>(b.add(64 * ch + 8 * q4k::BYTES) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(64 * ch + 8 * q4k::BYTES) as *const i8);
                 let raw = _mm512_loadu_si512(b.add(64 * ch) as *const __m512i);
                 let w = [_mm512_and_si512(raw, nib), _mm512_and_si512(_mm512_srli_epi16::<4>(raw), nib)];
                 dots512!(ia, w, xq, sb * SB + 8 * ch, c, N);
@@ -147,8 +147,8 @@ pub unsafe fn q6k_avx512<const N: usize>(g: &[u8], x: &KAct8, t0: usize) -> [[f3
                 }
                 for cc in 0..2 {
                     let ch = 2 * h + cc;
-                    _mm_prefetch::<_MM_HINT_T0>(b.add(q6k::QL + 64 * ch + 4 * q6k::BYTES) as *const i8);
-                    _mm_prefetch::<_MM_HINT_T0>(b.add(q6k::QH + 32 * ch + 4 * q6k::BYTES) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(q6k::QL + 64 * ch + 4 * q6k::BYTES) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(q6k::QH + 32 * ch + 4 * q6k::BYTES) as *const i8);
                     let raw = _mm512_loadu_si512(b.add(q6k::QL + 64 * ch) as *const __m512i);
                     let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(b.add(q6k::QH + 32 * ch) as *const __m256i));
                     let w = [
@@ -223,8 +223,9 @@ pub unsafe fn q4k_avx2<const N: usize>(g: &[u8], x: &KAct8, t0: usize) -> [[f32;
             let mut ia = [[_mm256_setzero_si256(); 2]; N];
             for c in 0..4 {
                 let ch = 4 * j + c;
-                // As q4k_avx512: the group's later blocks requested ahead of use.
-                _mm_prefetch::<_MM_HINT_T0>(b.add(64 * ch + 8 * q4k::BYTES) as *const i8);
+                // As q4k_avx512: the group's later blocks requested ahead of use (wrapping_add: past the
+                // last block the address lies outside the weights, which a prefetch never faults on).
+                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(64 * ch + 8 * q4k::BYTES) as *const i8);
                 let w = nibbles256!(b.add(64 * ch));
                 dots256!(ia, w, xq, sb * SB + 8 * ch);
             }
@@ -286,9 +287,9 @@ pub unsafe fn q6k_avx2<const N: usize>(g: &[u8], x: &KAct8, t0: usize) -> [[f32;
                 }
                 for cc in 0..2 {
                     let ch = 2 * h + cc;
-                    // As q6k_avx512: the group's later blocks requested ahead of use.
-                    _mm_prefetch::<_MM_HINT_T0>(b.add(q6k::QL + 64 * ch + 4 * q6k::BYTES) as *const i8);
-                    _mm_prefetch::<_MM_HINT_T0>(b.add(q6k::QH + 32 * ch + 4 * q6k::BYTES) as *const i8);
+                    // As q6k_avx512: the group's later blocks requested ahead of use (wrapping_add: see q4k_avx2).
+                    _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(q6k::QL + 64 * ch + 4 * q6k::BYTES) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(q6k::QH + 32 * ch + 4 * q6k::BYTES) as *const i8);
                     let mut w = nibbles256!(b.add(q6k::QL + 64 * ch));
                     // The high-bit planes (kpack): values 0..4 of rows 0..8 / 8..16 at bits 0-1 / 2-3,
                     // values 4..8 at bits 4-5 / 6-7 of the same 32 bytes.
