@@ -28,6 +28,13 @@ template <typename P> __device__ __forceinline__ uint32_t pair_bits(P p) {
     return bits;
 }
 
+// The two e4m3 bytes in the low 16 bits of `x` (b0 low, b1) as an f16 pair of their values / 256: sign and
+// the 7 exponent-mantissa bits moved up (the exponent biases differ by 8, subnormals included), exact. The
+// caller's row scale carries the 256.
+__device__ __forceinline__ __half2 e4m3x2_over_256(uint32_t x) {
+    return pair_from_bits<__half2>(((x & 0x80u) << 8) | ((x & 0x7Fu) << 7) | ((x & 0x8000u) << 16) | ((x & 0x7F00u) << 15));
+}
+
 // 16 bytes as four words (16-byte aligned: one vector load or store).
 struct __align__(16) Words4 { uint32_t w[4]; };
 

@@ -156,13 +156,12 @@ __device__ void decode_attention_tc(T* __restrict__ out, float* __restrict__ par
             const float ref = mn == -INFINITY ? 0.f : mn;
             const float alpha = expf(m - ref);  // 0 while m = -inf
             m = mn;
-            float rs = 0.f, unused = 0.f;
+            float rs = 0.f;
             uint32_t pf[4];  // P as the A fragment of one 16-key k step: row g, keys 2 tig + {0, 1} and + 8
             pf[0] = Ops::pack(expf(s[0][0] - ref), expf(s[0][1] - ref), rs);
             pf[1] = 0u;
             pf[2] = Ops::pack(expf(s[1][0] - ref), expf(s[1][1] - ref), rs);
             pf[3] = 0u;
-            (void)unused;
             l = l * alpha + rs;
 #pragma unroll
             for (int dt = 0; dt < DT; ++dt) {

@@ -71,8 +71,7 @@ __device__ __forceinline__ void widen16(float* dst, const T* src) {
 #pragma unroll
     for (int e = 0; e < (int)(16 / sizeof(T)); ++e) dst[e] = to_f32(v[e]);
 }
-// 16 e4m3 bytes, each widened to its value / 256: sign and the 7 exponent-mantissa bits moved into an
-// f16 (the exponent biases differ by 8, subnormals included), exact. The caller's row scale carries the 256.
+// 16 e4m3 bytes, each widened to its value / 256 (e4m3x2_over_256); the caller's row scale carries the 256.
 template <>
 __device__ __forceinline__ void widen16<uint8_t>(float* dst, const uint8_t* src) {
     const Words4 raw = *reinterpret_cast<const Words4*>(src);
@@ -80,9 +79,7 @@ __device__ __forceinline__ void widen16<uint8_t>(float* dst, const uint8_t* src)
     for (int i = 0; i < 4; ++i) {
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
-            const uint32_t x = raw.w[i] >> (16 * half);  // bytes b0 (low), b1
-            const uint32_t bits = ((x & 0x80u) << 8) | ((x & 0x7Fu) << 7) | ((x & 0x8000u) << 16) | ((x & 0x7F00u) << 15);
-            const __half2 h = pair_from_bits<__half2>(bits);
+            const __half2 h = e4m3x2_over_256(raw.w[i] >> (16 * half));  // bytes b0 (low), b1
             dst[4 * i + 2 * half] = __low2float(h);
             dst[4 * i + 2 * half + 1] = __high2float(h);
         }

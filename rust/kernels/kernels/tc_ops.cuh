@@ -70,11 +70,7 @@ struct Fp8Tile {
             float unused = 0.f;
 #pragma unroll
             for (int j = 0; j < 8; ++j) {  // values 2j, 2j + 1: bytes b0 (low), b1 of the half j % 2 of word j / 2
-                // Each e4m3 byte as an f16 of its value / 256: sign and the 7 exponent-mantissa bits moved up
-                // (the exponent biases differ by 8, subnormals included), exact (paged_attention.cu's widen16).
-                const uint32_t x = raw[i].w[j / 2] >> (16 * (j % 2));
-                const uint32_t bits = ((x & 0x80u) << 8) | ((x & 0x7Fu) << 7) | ((x & 0x8000u) << 16) | ((x & 0x7F00u) << 15);
-                const __half2 h = pair_from_bits<__half2>(bits);
+                const __half2 h = e4m3x2_over_256(raw[i].w[j / 2] >> (16 * (j % 2)));
                 o8[j] = PrefillOps<T>::pack(__low2float(h) * scale[i], __high2float(h) * scale[i], unused);
             }
             T* d = dst + (c / WORDS) * STRIDE + (c % WORDS) * 16;
