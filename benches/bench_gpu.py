@@ -246,6 +246,13 @@ def print_table(result: dict) -> None:
         for r in result["open_rows"]:
             print(f"{'ours (mlc_llm)':22} {r['precision']:9} {r['requests']:>8} {r['output_tok_s']:12.1f} {r['requests_per_s']:7.2f} "
                   f"{r['ttft_p50_s']:10.3f} {r['ttft_p99_s']:10.3f} {r['wall_s']:7.1f}")
+            b = r.get("breakdown")
+            if b and b.get("decode_steps") is not None:
+                print(f"    decode-only steps {b['decode_steps']} ({b['decode_step_time_s']:.1f} s, mean batch "
+                      f"{_fmt(b['decode_mean_batch'], '.0f')}, {_fmt(b['decode_ms_per_step'], '.2f')} ms); steps with prefill "
+                      f"{b['prefill_steps']} ({b['prefill_step_time_s']:.1f} s, {b['prefill_step_tokens']} prefill + "
+                      f"{b['prefill_step_decodes']} decode tokens); outside steps {b['outside_steps_s']:.1f} s; "
+                      f"running at each tenth of the wall: {r.get('running_at_tenths')}")
     if result.get("engine_ready"):
         print()
         for phase, r in result["engine_ready"].items():

@@ -84,6 +84,13 @@ def test_32_requests_with_random_aborts(batch_engine: AsyncMLCEngine, engine: ML
     metrics = asyncio.run(batch_engine.metrics()).to_dict()
     assert metrics["max_batch_size_seen"] > 1
     assert metrics["num_free_blocks"] == metrics["num_total_blocks"], metrics
+    # Every step is counted once, as decode-only or with prefill, and the two kinds carry all tokens.
+    assert metrics["decode_steps"] > 0 and metrics["prefill_steps"] > 0, metrics
+    assert metrics["decode_steps"] + metrics["prefill_steps"] == metrics["engine_steps"], metrics
+    assert metrics["decode_step_seqs"] + metrics["prefill_step_decodes"] == metrics["decode_tokens"], metrics
+    assert metrics["prefill_step_tokens"] == metrics["prefill_tokens"], metrics
+    assert metrics["decode_step_seqs"] > metrics["decode_steps"], "no decode-only step ran a batch"
+    assert metrics["decode_step_time_s"] > 0 and metrics["prefill_step_time_s"] > 0, metrics
 
     # The same requests one at a time give the same text (greedy and seeded).
     for i in range(32):

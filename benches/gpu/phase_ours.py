@@ -100,6 +100,7 @@ def open_workload(engine, n: int, vocab: int, rng: random.Random, timeout_s: flo
     Output tok/s = every generated token over the wall time from the first submission to the last token."""
     sizes = [(min(2048, max(4, int(rng.lognormvariate(5.08, 0.9)))), min(1024, max(4, int(rng.lognormvariate(5.0, 0.8)))))
              for _ in range(n)]
+    before = json.loads(engine.metrics())
     t_start = time.perf_counter()
     for i, (p, o) in enumerate(sizes):
         prompt = _prompts(rng, 1, p, vocab)[0]
@@ -129,7 +130,12 @@ def open_workload(engine, n: int, vocab: int, rng: random.Random, timeout_s: flo
     wall = max(done.values())
     ttft = sorted(first.values())
     q = lambda xs, f: xs[min(len(xs) - 1, int(f * len(xs)))]  # noqa: E731
+    # How many requests were running at each 10 % of the wall time (the tail's batch sizes).
+    running_at = [sum(1 for i in range(n) if first.get(f"open-{i}", wall) <= f * wall < done[f"open-{i}"])
+                  for f in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)]
     return dict(
+        breakdown=step_breakdown(before, json.loads(engine.metrics()), wall),
+        running_at_tenths=running_at,
         requests=n,
         prompt_tokens_total=sum(p for p, _ in sizes),
         expected_output_tokens=sum(o for _, o in sizes),
@@ -143,6 +149,20 @@ def open_workload(engine, n: int, vocab: int, rng: random.Random, timeout_s: flo
         ttft_p99_s=q(ttft, 0.99),
         last_first_token_s=ttft[-1],
     )
+
+
+def step_breakdown(before: dict, after: dict, wall: float) -> dict:
+    """The engine's step counters over one run (after - before): decode-only steps (count, seconds, mean
+    batch, ms per step), steps with prefill (count, seconds, prefill and decode tokens), and the wall time
+    outside any step (host intake, stream-back, idle)."""
+    d = {k: after.get(k, 0) - before.get(k, 0) for k in (
+        "decode_steps", "decode_step_time_s", "decode_step_seqs", "prefill_steps", "prefill_step_time_s",
+        "prefill_step_tokens", "prefill_step_decodes", "cuda_graph_replays", "num_preemptions")}
+    d["decode_mean_batch"] = d["decode_step_seqs"] / d["decode_steps"] if d["decode_steps"] else None
+    d["decode_ms_per_step"] = 1e3 * d["decode_step_time_s"] / d["decode_steps"] if d["decode_steps"] else None
+    d["prefill_ms_per_step"] = 1e3 * d["prefill_step_time_s"] / d["prefill_steps"] if d["prefill_steps"] else None
+    d["outside_steps_s"] = wall - d["decode_step_time_s"] - d["prefill_step_time_s"]
+    return d
 
 
 def ttft_runs(engine, prompt_len: int, reps: int, vocab: int, rng: random.Random, timeout_s: float) -> dict:

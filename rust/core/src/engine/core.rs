@@ -200,6 +200,7 @@ impl EngineCore {
         if out.seqs.is_empty() {
             return dropped;
         }
+        let step_start = Instant::now();
         self.note_schedule(&out);
         self.last_step_tokens = out.seqs.iter().map(|s| s.token_ids.len()).sum();
         let start = Instant::now();
@@ -219,7 +220,7 @@ impl EngineCore {
             Ok(l) => l,
             Err(e) => return self.fail_step(&out, e),
         };
-        self.account_time(&out, start.elapsed().as_secs_f64());
+        let (prefill_tokens, decodes) = self.account_time(&out, start.elapsed().as_secs_f64());
         if any_draft {
             self.metrics.spec_verify_time_s += start.elapsed().as_secs_f64();
         }
@@ -257,6 +258,7 @@ impl EngineCore {
             }
             deltas.push(d);
         }
+        self.account_step(prefill_tokens, decodes, step_start.elapsed().as_secs_f64());
         deltas
     }
 
@@ -359,8 +361,9 @@ impl EngineCore {
         }
     }
 
-    /// Splits the step's time between prefill and decode in proportion to their tokens.
-    fn account_time(&mut self, out: &SchedulerOutput, secs: f64) {
+    /// Splits the step's time between prefill and decode in proportion to their tokens; returns the
+    /// step's prefill tokens and decode tokens.
+    fn account_time(&mut self, out: &SchedulerOutput, secs: f64) -> (usize, usize) {
         let mut prefill = 0usize;
         let mut decode = 0usize;
         for s in &out.seqs {
@@ -376,6 +379,22 @@ impl EngineCore {
         self.metrics.decode_tokens += decode as u64;
         self.metrics.prefill_time_s += secs * prefill as f64 / total;
         self.metrics.decode_time_s += secs * decode as f64 / total;
+        (prefill, decode)
+    }
+
+    /// Counts a finished step's whole wall time as a decode-only step or a step with prefill.
+    fn account_step(&mut self, prefill_tokens: usize, decodes: usize, secs: f64) {
+        let m = &mut self.metrics;
+        if prefill_tokens == 0 {
+            m.decode_steps += 1;
+            m.decode_step_time_s += secs;
+            m.decode_step_seqs += decodes as u64;
+        } else {
+            m.prefill_steps += 1;
+            m.prefill_step_time_s += secs;
+            m.prefill_step_tokens += prefill_tokens as u64;
+            m.prefill_step_decodes += decodes as u64;
+        }
     }
 
     fn fail_step(&mut self, out: &SchedulerOutput, err: crate::error::EngineError) -> Vec<Delta> {

@@ -32,6 +32,18 @@ pub struct Metrics {
     pub num_rope_recomputes: u64,
     pub prefix_cache_hit_tokens: u64,
     pub engine_steps: u64,
+    /// Where an open workload's wall time goes: the steps that only decoded, and the steps with prefill
+    /// tokens (alone or with decodes), each with its whole wall time (scheduling, forward pass, sampling,
+    /// detokenizing). `decode_step_seqs` sums the decode-only steps' batch sizes (their mean batch);
+    /// `prefill_step_tokens` / `prefill_step_decodes` are the prefill tokens and decode tokens the other
+    /// steps carried. The engine thread's time outside steps is the wall time less both.
+    pub decode_steps: u64,
+    pub decode_step_time_s: f64,
+    pub decode_step_seqs: u64,
+    pub prefill_steps: u64,
+    pub prefill_step_time_s: f64,
+    pub prefill_step_tokens: u64,
+    pub prefill_step_decodes: u64,
     /// Decode steps replayed through CUDA graphs, and graphs captured.
     pub cuda_graph_replays: u64,
     pub cuda_graphs_captured: usize,
