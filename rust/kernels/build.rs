@@ -16,10 +16,18 @@ fn build_ptx() {
     println!("cargo:rerun-if-changed=kernels");
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    // Every header: a .cu is rebuilt when any of them changes (a list by hand once missed tc_ops.cuh and
+    // decode_tc.cuh, and a wheel shipped the old decode kernel).
+    let mut headers: Vec<String> = std::fs::read_dir("kernels")
+        .expect("kernels/ exists")
+        .filter_map(|e| Some(e.ok()?.path().to_str()?.to_string()))
+        .filter(|p| p.ends_with(".cuh"))
+        .collect();
+    headers.sort();
     // The compute capability comes from CUDA_COMPUTE_CAP (mandatory on machines without a GPU).
     let ptx = cudaforge::KernelBuilder::new()
         .source_glob("kernels/*.cu")
-        .watch(["kernels/common.cuh", "kernels/mma.cuh", "kernels/q4_dequant.cuh", "kernels/mxfp4_dequant.cuh"])
+        .watch(headers)
         .arg("-std=c++17")
         .arg("-O3")
         .arg("--expt-relaxed-constexpr")

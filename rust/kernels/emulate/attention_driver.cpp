@@ -22,6 +22,7 @@
 // cache (where the zero padding of the block tables and the placeholders point) and one block no table
 // names hold NaNs. A read of anything the kernels should not read, or did not write, shows as a NaN.
 // Prints one line; exit status 1 if the error exceeds the dtype's tolerance or any output is not finite.
+#define DECODE_TC_HOST 1  // decode_tc.cuh: the device function only (its entry points take dynamic shared memory)
 #include "paged_attention.cu"
 #include "prefill_attention.cu"
 #include <cstdio>
@@ -139,13 +140,19 @@ static void per_token(T* out, std::vector<float>& po, std::vector<float>& pml, s
     // As cuda.rs: the tensor-core instances for bf16 / f16 q at head_dim 64 / 128 exactly with 16-byte rows.
     if constexpr (!std::is_same_v<T, float> && (D == 64 || D == 128)) {
         if (c.d == (uint32_t)D && vec_ok) {
+            // The kernel's dynamic shared memory, poisoned before every block as the static variables are.
+            struct alignas(16) Chunk { uint8_t b[16]; };
+            std::vector<Chunk> smem((decode_tc_smem_bytes<KT, D>() + 15) / 16);
+            uint8_t* sm = reinterpret_cast<uint8_t*>(smem.data());
+            g_before_block = [&] { std::memset(sm, 0xff, smem.size() * 16); };
             launch(rows, c.heads / group, DECODE_TC_THREADS, [&] {
                 decode_attention_tc<T, KT, D>(out, po.data(), pml.data(), counters.data(), q, k, v, p.tables.data(),
                                               p.token_seq.data(), p.token_pos.data(), p.token_splits.data(),
                                               p.token_part.data(), p.work_token.data(), p.work_split.data(), c.heads,
                                               c.kv_heads, c.bs, p.max_blocks, scale, 64, c.window ? c.window : UINT32_MAX,
-                                              c.softcap, sinks, group, k_scales, v_scales);
+                                              c.softcap, sinks, group, k_scales, v_scales, sm);
             });
+            g_before_block = nullptr;
             return;
         }
     }

@@ -5,23 +5,50 @@
 #pragma once
 #include <stdint.h>
 #include <cstring>
+#include <deque>
+#include <vector>
 
 // Misaligned addresses fault on the GPU: abort here too (the emulation is where a layout is first tried).
 inline void cp_async_check(const void* smem, const void* gmem, uintptr_t align) {
     if ((uintptr_t)smem % align || (uintptr_t)gmem % align) __builtin_trap();
 }
+// A copy lands when a wait covers its group, as late as the GPU may land it: a kernel that reads shared
+// memory before waiting (or overwrites a stage another warp still reads) reads the poisoned or the previous
+// bytes here, and fails its case. Each thread queues its own copies (thread_local), as cp.async groups are
+// per thread.
+struct AsyncCopy {
+    void* dst;
+    const void* src;  // nullptr: zero-fill
+    size_t bytes;
+};
+inline thread_local std::vector<AsyncCopy> g_copies_open;                // not yet committed
+inline thread_local std::deque<std::vector<AsyncCopy>> g_copies_groups;  // committed, oldest first
+inline void cp_async_land(const std::vector<AsyncCopy>& group) {
+    for (const AsyncCopy& c : group) {
+        if (c.src) std::memcpy(c.dst, c.src, c.bytes);
+        else std::memset(c.dst, 0, c.bytes);
+    }
+}
 inline void cp_async16(void* smem, const void* gmem, bool valid) {
     cp_async_check(smem, gmem, 16);
-    if (valid) std::memcpy(smem, gmem, 16);
-    else std::memset(smem, 0, 16);  // the source is not read
+    g_copies_open.push_back({smem, valid ? gmem : nullptr, 16});  // an invalid source is not read
 }
 inline void cp_async8(void* smem, const void* gmem) {
     cp_async_check(smem, gmem, 8);
-    std::memcpy(smem, gmem, 8);
+    g_copies_open.push_back({smem, gmem, 8});
 }
-inline void cp_async_commit() {}
-inline void cp_async_wait_all() {}
-template <int N> inline void cp_async_wait_pending() {}
+inline void cp_async_commit() {
+    g_copies_groups.push_back(std::move(g_copies_open));
+    g_copies_open.clear();
+}
+// cp.async.wait_group N: all but the N most recent committed groups have landed.
+template <int N> inline void cp_async_wait_pending() {
+    while (g_copies_groups.size() > (size_t)N) {
+        cp_async_land(g_copies_groups.front());
+        g_copies_groups.pop_front();
+    }
+}
+inline void cp_async_wait_all() { cp_async_wait_pending<0>(); }
 
 // Lane l receives, of each of the 4 matrices (rows given by lanes 8i .. 8i+7), the pair at row l/4,
 // columns 2(l%4), 2(l%4)+1; transposed: rows 2(l%4), 2(l%4)+1 of column l/4.

@@ -188,6 +188,14 @@ pub fn paged_attention_name(dtype: KernelDType, head_dim: usize, fp8: bool) -> O
 /// Threads per block of the tensor-core decode kernel (`DECODE_TC_THREADS` in decode_tc.cuh).
 pub const DECODE_TC_THREADS: u32 = 128;
 
+/// Dynamic shared memory of one tensor-core decode block (`decode_tc_smem_bytes` in decode_tc.cuh, which
+/// asserts the same layout): per stage (two for 16-bit caches, one for FP8) a K and a V tile of 64 rows of
+/// head_dim + 8 16-bit values and 64 slot indices.
+pub fn decode_tc_smem_bytes(head_dim: usize, fp8: bool) -> u32 {
+    let stages = if fp8 { 1 } else { 2 };
+    (stages * (2 * 64 * (head_dim + 8) * 2 + 64 * 4)) as u32
+}
+
 /// `decode_attention_tc_[fp8_]<dtype>_d<head_dim>` (decode_tc.cuh, in the paged-attention module): the
 /// per-token kernel's work rows on the tensor cores, for bf16 / f16 q at head_dim 64 or 128 exactly, over
 /// a cache of q's dtype or FP8 e4m3; `None` elsewhere (those stay on `paged_attention_*`).
@@ -291,6 +299,10 @@ mod tests {
             assert_eq!(decode_attention_tc_name(KernelDType::BF16, d, false), None, "head_dim {d}");
         }
         assert_eq!(decode_attention_tc_name(KernelDType::F32, 128, false), None);
+        // Two stages of 64 x (128 + 8) K and V values and 64 slots; FP8 one stage; 3 blocks fit an SM's 228 KiB.
+        assert_eq!(decode_tc_smem_bytes(128, false), 70_144);
+        assert_eq!(decode_tc_smem_bytes(64, true), 18_688);
+        assert!(3 * (decode_tc_smem_bytes(128, false) + 1024) <= 228 * 1024);
         assert_eq!(prefill_attention_name(KernelDType::F16, 80, false, true), None);
     }
 

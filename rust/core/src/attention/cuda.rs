@@ -13,6 +13,7 @@
 use super::plan::{heads_per_block, Span};
 use super::{AttnParams, DeviceStep};
 use candle_core::backend::{BackendDevice, BackendStorage};
+use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{bail, CudaDevice, CudaStorage, DType, Layout, Result, Shape, Storage, Tensor};
@@ -194,6 +195,8 @@ struct AttentionArgs {
     vec_ok: u32,
     /// Threads per block of the per-token launch (the CUDA-core kernel's or the tensor-core one's).
     threads: u32,
+    /// Dynamic shared memory of the per-token launch (the tensor-core kernel's; 0 for the other).
+    smem: u32,
 }
 
 
@@ -272,6 +275,7 @@ pub fn paged_attention(
         group: to_u32(heads_per_block(h, kvh), "heads per block")?,
         vec_ok: 0,
         threads: kernels::ATTN_THREADS,
+        smem: 0,
     };
     if h > 65_535 {
         bail!("paged-attention: {h} heads exceed the grid's y dimension");
@@ -285,6 +289,7 @@ pub fn paged_attention(
     let name = match kernels::decode_attention_tc_name(dtype, d, fp8) {
         Some(tc) if args.vec_ok == 1 && decode_tc_enabled() => {
             args.threads = kernels::DECODE_TC_THREADS;
+            args.smem = kernels::decode_tc_smem_bytes(d, fp8);
             tc
         }
         _ => name,
@@ -412,7 +417,11 @@ fn launch_attention<T: CudaDType + DeviceRepr, KT: CudaDType + DeviceRepr>(
             b.arg(&a.group);
             b.arg(&a.vec_ok);
             push_scales(&mut b, &scales, &null);
-            let cfg = LaunchConfig { grid_dim: (num_work, a.num_heads / a.group, 1), block_dim: (a.threads, 1, 1), shared_mem_bytes: 0 };
+            if a.smem > 48 * 1024 {
+                // More than the default 48 KiB of dynamic shared memory is asked for per function (idempotent).
+                attn.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, a.smem as i32).w()?;
+            }
+            let cfg = LaunchConfig { grid_dim: (num_work, a.num_heads / a.group, 1), block_dim: (a.threads, 1, 1), shared_mem_bytes: a.smem };
             // SAFETY: the argument list matches paged_attention_* in paged_attention.cu (and
             // decode_attention_tc_* in decode_tc.cuh, at its thread count, only with vec_ok); the block
             // tables, positions and partitions were validated and planned from the same metadata; the
