@@ -62,7 +62,7 @@ fn main() {
         let w = QMatrix::new(qtype, &data, n, k).expect("shape");
         // Weights the matmul repacks are repacked once, as at load.
         let packed = PackedK::for_matmul(&w, dispatch::active());
-        for t in [1usize, 8, 256] {
+        for t in [1usize, 2, 4, 8, 256] {
             if t == 256 && n > 20000 {
                 continue; // the lm_head runs for the last token only
             }

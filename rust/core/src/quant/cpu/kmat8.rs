@@ -18,7 +18,11 @@
 //! Integer bounds (all sums exact): Q4_K, per row and 32 values, `|sum u q| <= 32 * 15 * 127 = 60 960`,
 //! times the scale (`<= 63`): `3 840 480 < 2^24`. Q6_K, per 16 values, `|sum w q| <= 16 * 32 * 127 =
 //! 65 024` (partial sums from the bias: `<= 16 * 63 * 127 + 65 024`), times `|sc| <= 128`, two halves:
-//! `16 646 144 < 2^24`. AVX2's `vpmaddubsw` pairs stay below `2 * 63 * 127 = 16 002`, so never saturate.
+//! `16 646 144 < 2^24`. AVX2's `vpmaddubsw` pairs stay below `2 * 63 * 127 = 16 002`, so never saturate,
+//! and its kernels add them up in i16 lanes (2 products per lane and instruction) before widening:
+//! Q4_K over 32 values, `16 * 15 * 127 = 30 480` per lane; Q6_K over 16 values from [`KAct8::bias16`],
+//! `|sum w q| <= 8 * 32 * 127 = 32 512` per lane at the end (the `u q` partial sums may wrap past
+//! 32 767 on the way: wrapping adds, the end value in range, so exact).
 //! The float steps per lane (row, token) and super-block: `inner = fma(sum_j, d_j, inner)` over the 8
 //! blocks of 32 (`sum_j` the scaled integer sum), `acc = fma(inner, d_row, acc)`, then for Q4_K `acc =
 //! fma(-dmin m_j, s_j, acc)` over the 8 blocks: [`kmat`]'s order, in every kernel and tile width.
@@ -44,6 +48,9 @@ pub struct KAct8 {
     pub s: Vec<f32>,
     /// `[t, k / 16]`: `-32 sum(q)` per 16 values, Q6_K's `+32` taken off in integers.
     pub bias: Vec<i32>,
+    /// `[t, k / 16]`: the same split by the `vpmaddubsw` lane that meets each value (values `v % 4 < 2`
+    /// in the low i16, the others in the high one), the start of the AVX2 kernel's i16 sums ([`slot_bias`]).
+    pub bias16: Vec<i32>,
 }
 
 impl KActivations for KAct8 {
@@ -63,17 +70,19 @@ const ROUND_MAGIC: f32 = 12_582_912.0;
 const PARALLEL_TOKENS: usize = 16;
 
 /// One token row's slices of a [`KAct8`].
-type RowMut<'a> = (&'a mut [i8], &'a mut [f32], &'a mut [f32], &'a mut [i32]);
+type RowMut<'a> = (&'a mut [i8], &'a mut [f32], &'a mut [f32], &'a mut [i32], &'a mut [i32]);
 
 impl KAct8 {
     fn zeros(t: usize, k: usize) -> KAct8 {
-        KAct8 { t, k, q: vec![0; t * k], d: vec![0.0; t * k / SUB], s: vec![0.0; t * k / SUB], bias: vec![0; t * k / HALF] }
+        let (q, d, s) = (vec![0; t * k], vec![0.0; t * k / SUB], vec![0.0; t * k / SUB]);
+        KAct8 { t, k, q, d, s, bias: vec![0; t * k / HALF], bias16: vec![0; t * k / HALF] }
     }
 
     fn rows(&mut self) -> Vec<RowMut<'_>> {
         let k = self.k;
         let rows = self.q.chunks_mut(k).zip(self.d.chunks_mut(k / SUB)).zip(self.s.chunks_mut(k / SUB));
-        rows.zip(self.bias.chunks_mut(k / HALF)).map(|(((q, d), s), b)| (q, d, s, b)).collect()
+        let rows = rows.zip(self.bias.chunks_mut(k / HALF)).zip(self.bias16.chunks_mut(k / HALF));
+        rows.map(|((((q, d), s), b), b16)| (q, d, s, b, b16)).collect()
     }
 
     /// `x: [t, k]`, `k` a multiple of 256. With AVX2 (the dispatch's choice) eight lanes at a time, the
@@ -121,8 +130,15 @@ impl KAct8 {
     }
 }
 
+/// A Q6_K bias of 16 quantized values as the AVX2 kernel's two i16 lanes: `-32` times the sum of the
+/// values `v % 4 < 2` (low half) and of the others (high half). Each is at most `32 * 8 * 127 = 32 512`.
+fn slot_bias(q: &[i8]) -> i32 {
+    let lane = |odd: usize| -32 * q.iter().enumerate().filter(|(v, _)| v % 4 / 2 == odd).map(|(_, &q)| q as i32).sum::<i32>();
+    (lane(0) as i16 as u16 as i32) | (lane(1) << 16)
+}
+
 /// One token's blocks of 32 -> integers, scales, sums and Q6_K biases.
-fn quantize_blocks(x: &[f32], (q, d, s, bias): &mut RowMut) {
+fn quantize_blocks(x: &[f32], (q, d, s, bias, bias16): &mut RowMut) {
     for (b, xs) in x.chunks_exact(SUB).enumerate() {
         let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
         let db = amax / 127.0;
@@ -137,6 +153,8 @@ fn quantize_blocks(x: &[f32], (q, d, s, bias): &mut RowMut) {
         s[b] = db * (h0 + h1) as f32;
         bias[2 * b] = -32 * h0;
         bias[2 * b + 1] = -32 * h1;
+        bias16[2 * b] = slot_bias(&qs[..HALF]);
+        bias16[2 * b + 1] = slot_bias(&qs[HALF..]);
     }
 }
 
@@ -147,7 +165,7 @@ fn quantize_blocks(x: &[f32], (q, d, s, bias): &mut RowMut) {
 /// The CPU has AVX2; the row's slices hold `x.len()` values, `x.len() / 32` and `/ 16` entries.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn quantize_blocks_avx2(x: &[f32], (q, d, s, bias): &mut RowMut) {
+unsafe fn quantize_blocks_avx2(x: &[f32], (q, d, s, bias, bias16): &mut RowMut) {
     use super::x86::{hsum_epi32, load32_amax};
     use std::arch::x86_64::*;
     assert!(q.len() == x.len() && d.len() * SUB == x.len() && s.len() == d.len() && bias.len() * HALF == x.len(), "activation blocks differ");
@@ -172,6 +190,8 @@ unsafe fn quantize_blocks_avx2(x: &[f32], (q, d, s, bias): &mut RowMut) {
             s[b] = db * (h0 + h1) as f32;
             bias[2 * b] = -32 * h0;
             bias[2 * b + 1] = -32 * h1;
+            bias16[2 * b] = slot_bias(&q[b * SUB..][..HALF]);
+            bias16[2 * b + 1] = slot_bias(&q[b * SUB + HALF..][..HALF]);
         }
     }
 }
@@ -284,6 +304,7 @@ mod tests {
             assert_eq!(bits(&got.d), bits(&want.d), "d, {t} tokens");
             assert_eq!(bits(&got.s), bits(&want.s), "s, {t} tokens");
             assert_eq!(got.bias, want.bias, "bias, {t} tokens");
+            assert_eq!(got.bias16, want.bias16, "bias16, {t} tokens");
             for (xs, (q, d)) in x.chunks(32).zip(want.q.chunks(32).zip(&want.d)) {
                 for (v, &q) in xs.iter().zip(q) {
                     assert!((v - d * q as f32).abs() <= d * 0.5 * (1.0 + 1e-6) + 1e-37, "{v} vs {d} x {q}");

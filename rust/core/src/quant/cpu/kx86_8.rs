@@ -3,9 +3,11 @@
 //!
 //! A 64-byte chunk of nibbles is two registers of 16 rows x 4 consecutive values as bytes (`and 0xF`,
 //! `shift 4`), each meeting a token's 4 activation bytes, broadcast from memory, in `vpdpbusd`
-//! (AVX-512 VNNI) or `vpmaddubsw` + `vpmaddwd` + `vpaddd` (AVX2, 8 rows per 32-byte half). With fewer
-//! than 4 tokens each token gets 4 accumulators, so the dot products do not wait on one another
-//! (integer sums: the split does not change the result).
+//! (AVX-512 VNNI, 4 accumulators per token below 4 tokens, so the dot products do not wait on one
+//! another: integer sums, the split does not change the result) or `vpmaddubsw` + `vpaddw` (AVX2, 8 rows
+//! per 32-byte half), the i16 sums widened once per scale (`vpmaddwd` by the scale pairs): two vector
+//! instructions per 32 products where `vpmaddubsw` + `vpmaddwd` by ones + `vpaddd` and a `vpmulld` per
+//! scale took three and more (Qwen's Q4_K at 2-8 tokens about 1.3x as fast on Zen 3).
 
 // Index loops, not iterator adapters: see kx86.rs (adapters left out of line lose the target features).
 #![allow(clippy::needless_range_loop)]
@@ -13,7 +15,7 @@
 use super::kmat::SUB;
 use super::kmat8::{KAct8, HALF};
 use super::kpack::{q4k, q6k, ROWS, SB};
-use super::x86::{dot_u8i8_avx2, rows_out256, token_rows};
+use super::x86::{rows_out256, token_rows};
 use std::arch::x86_64::*;
 
 /// Accumulator slots per token: 4 independent chains for narrow tiles.
@@ -174,37 +176,102 @@ pub unsafe fn q6k_avx512<const N: usize>(g: &[u8], x: &KAct8, t0: usize) -> [[f3
     out
 }
 
-/// AVX2's `dots512!`: rows 0..8 and 8..16 as two halves, the token's 4 bytes broadcast.
-macro_rules! dots256 {
-    ($ia:ident, $w:expr, $xq:expr, $v0:expr) => {
-        for h in 0..2 {
-            for t in 0..$xq.len() {
-                let xv = _mm256_set1_epi32(($xq[t].add($v0 + 4 * h) as *const i32).read_unaligned());
-                $ia[t][0] = dot_u8i8_avx2!($ia[t][0], $w[h][0], xv);
-                $ia[t][1] = dot_u8i8_avx2!($ia[t][1], $w[h][1], xv);
-            }
+/// An AVX2 tile of `N` tokens: up to 4 tokens both row halves (rows 0..8 and 8..16, one register each)
+/// in one pass over the weights, 8 tokens one half per pass (each half's bytes loaded on their own, the
+/// activations broadcast twice, from L1), so the `2 N` or `N` i16 sums, the weights and a broadcast stay
+/// within the 16 registers. The halves are const parameters of `$part` (`R0`, `H`): indexed at run time,
+/// the sums went to the stack.
+macro_rules! tile256 {
+    ($part:ident, $g:expr, $x:expr, $t0:expr, $n:expr) => {{
+        let mut out = [[0f32; ROWS]; $n];
+        if $n <= 4 {
+            $part::<$n, 0, 2>($g, $x, $t0, &mut out);
+        } else {
+            $part::<$n, 0, 1>($g, $x, $t0, &mut out);
+            $part::<$n, 1, 1>($g, $x, $t0, &mut out);
         }
-    };
-}
-
-/// 16 per-row scale bytes at `$p` as i32 for rows 0..8 and 8..16 (`$ext`: zero or sign extension).
-macro_rules! scales256 {
-    ($p:expr, $ext:ident) => {{
-        let p = $p as *const u8;
-        [$ext(_mm_loadl_epi64(p as *const __m128i)), $ext(_mm_loadl_epi64(p.add(8) as *const __m128i))]
+        out
     }};
 }
 
-/// A chunk's 64 bytes as [values 0..4, values 4..8] x [rows 0..8, rows 8..16] of nibbles.
-macro_rules! nibbles256 {
-    ($p:expr) => {{
-        let p = $p;
+/// Adds `u . x` (`vpmaddubsw`: pairs of u8 weight x i8 activation products in i16 lanes) of `$chunks`
+/// chunks from `$p` to the i16 sums `$acc[t][r]`, `r` in `$r0 .. $r0 + $h`, token `t`'s
+/// activations from value `$v0`. Widening to i32 (`vpmaddwd`, which multiplies in the sub-block scale)
+/// waits until the caller's scale boundary: kmat8's bounds say why the i16 lanes hold. `$qh` (Q6_K):
+/// `Some` pointer to the chunks' high-bit planes (kpack: values 0..4 of rows 0..8 / 8..16 at bits 0-1 /
+/// 2-3, values 4..8 at bits 4-5 / 6-7 of the same 32 bytes).
+macro_rules! sums16 {
+    ($acc:ident, $p:expr, $qh:expr, $chunks:expr, $xq:expr, $v0:expr, $r0:expr, $h:expr, $n:expr) => {{
+        let (p, qhp): (*const u8, Option<*const u8>) = ($p, $qh);
+        // With 1 or 2 tokens the high nibbles' products go to sums of their own, so the adds do not
+        // wait on one another (integers: the split does not change the result).
+        let mut high = [[_mm256_setzero_si256(); 2]; $n];
         let nib = _mm256_set1_epi8(0xF);
-        let r = [_mm256_loadu_si256(p as *const __m256i), _mm256_loadu_si256(p.add(32) as *const __m256i)];
-        [
-            [_mm256_and_si256(r[0], nib), _mm256_and_si256(r[1], nib)],
-            [_mm256_and_si256(_mm256_srli_epi16::<4>(r[0]), nib), _mm256_and_si256(_mm256_srli_epi16::<4>(r[1]), nib)],
-        ]
+        let top = _mm256_set1_epi8(0x30);
+        for c in 0..$chunks {
+            let qh = match qhp {
+                Some(q) => _mm256_loadu_si256(q.add(32 * c) as *const __m256i),
+                None => _mm256_setzero_si256(),
+            };
+            for v in 0..2 {
+                let mut w = [_mm256_setzero_si256(); 2];
+                for r in $r0..$r0 + $h {
+                    // Loaded again for the high nibbles: an L1 hit where a register would be short.
+                    let raw = _mm256_loadu_si256(p.add(64 * c + 32 * r) as *const __m256i);
+                    w[r] = _mm256_and_si256(if v == 0 { raw } else { _mm256_srli_epi16::<4>(raw) }, nib);
+                    if qhp.is_some() {
+                        let plane = match (v, r) {
+                            (0, 0) => _mm256_slli_epi16::<4>(qh),
+                            (0, _) => _mm256_slli_epi16::<2>(qh),
+                            (_, 0) => qh,
+                            _ => _mm256_srli_epi16::<2>(qh),
+                        };
+                        w[r] = _mm256_or_si256(w[r], _mm256_and_si256(plane, top));
+                    }
+                }
+                for t in 0..$n {
+                    let xv = _mm256_set1_epi32(($xq[t].add($v0 + 8 * c + 4 * v) as *const i32).read_unaligned());
+                    for r in $r0..$r0 + $h {
+                        if v == 1 && $n <= 2 {
+                            high[t][r] = maddubs_add!(high[t][r], w[r], xv);
+                        } else {
+                            $acc[t][r] = maddubs_add!($acc[t][r], w[r], xv);
+                        }
+                    }
+                }
+            }
+        }
+        if $n <= 2 {
+            for t in 0..$n {
+                for r in $r0..$r0 + $h {
+                    $acc[t][r] = _mm256_add_epi16($acc[t][r], high[t][r]);
+                }
+            }
+        }
+    }};
+}
+
+/// `$acc + maddubs($w, $x)` in i16 lanes, in one asm block: as intrinsics LLVM regrouped the sums by
+/// token, which kept every unpacked weight register of a sub-block alive at once and spilled them.
+macro_rules! maddubs_add {
+    ($acc:expr, $w:expr, $x:expr) => {{
+        let mut a = $acc;
+        std::arch::asm!(
+            "vpmaddubsw {p}, {w}, {x}",
+            "vpaddw {a}, {a}, {p}",
+            a = inout(ymm_reg) a, w = in(ymm_reg) $w, x = in(ymm_reg) $x, p = out(ymm_reg) _,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+        a
+    }};
+}
+
+/// 16 per-row scale bytes at `$p` (i8; Q4_K's 0..=63 read the same) as `vpmaddwd` operands: each i32
+/// lane of rows 0..8 / 8..16 holds its row's scale in both i16 halves.
+macro_rules! scale_pairs {
+    ($p:expr) => {{
+        let s = _mm_loadu_si128($p as *const __m128i);
+        [_mm256_cvtepi8_epi16(_mm_unpacklo_epi8(s, s)), _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(s, s))]
     }};
 }
 
@@ -213,6 +280,15 @@ macro_rules! nibbles256 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q4k_avx2<const N: usize>(g: &[u8], x: &KAct8, t0: usize) -> [[f32; ROWS]; N] {
     check!(g, x, t0, N, q4k::BYTES);
+    tile256!(q4k_avx2_rows, g, x, t0, N)
+}
+
+/// Rows `8 R0 .. 8 (R0 + H)` of [`q4k_avx2`]'s tile into `out`.
+///
+/// # Safety
+/// As [`q4k_avx2`], which checked the shapes.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4k_avx2_rows<const N: usize, const R0: usize, const H: usize>(g: &[u8], x: &KAct8, t0: usize, out: &mut [[f32; ROWS]; N]) {
     let (k, nsb) = (x.k, x.k / SB);
     let xq = token_rows!(x, t0, N);
     let mut acc = [[_mm256_setzero_ps(); 2]; N];
@@ -220,20 +296,18 @@ pub unsafe fn q4k_avx2<const N: usize>(g: &[u8], x: &KAct8, t0: usize) -> [[f32;
         let b = g.as_ptr().add(sb * q4k::BYTES);
         let mut inner = [[_mm256_setzero_ps(); 2]; N];
         for j in 0..SB / SUB {
-            let mut ia = [[_mm256_setzero_si256(); 2]; N];
-            for c in 0..4 {
-                let ch = 4 * j + c;
-                // As q4k_avx512: the group's later blocks requested ahead of use (wrapping_add: past the
-                // last block the address lies outside the weights, which a prefetch never faults on).
+            // As q4k_avx512: the group's later blocks requested ahead of use (wrapping_add: past the
+            // last block the address lies outside the weights, which a prefetch never faults on).
+            for ch in 4 * j..4 * j + 4 {
                 _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(64 * ch + 8 * q4k::BYTES) as *const i8);
-                let w = nibbles256!(b.add(64 * ch));
-                dots256!(ia, w, xq, sb * SB + 8 * ch);
             }
-            let sc = scales256!(b.add(q4k::SC + 16 * j), _mm256_cvtepu8_epi32);
+            let sc = scale_pairs!(b.add(q4k::SC + 16 * j));
+            let mut ia = [[_mm256_setzero_si256(); 2]; N];
+            sums16!(ia, b.add(64 * 4 * j), None, 4, xq, sb * SB + SUB * j, R0, H, N);
             for t in 0..N {
                 let dx = dx!(_mm256_set1_ps, x, t0 + t, sb * (SB / SUB) + j);
-                for hf in 0..2 {
-                    inner[t][hf] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_mullo_epi32(ia[t][hf], sc[hf])), dx, inner[t][hf]);
+                for r in R0..R0 + H {
+                    inner[t][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(ia[t][r], sc[r])), dx, inner[t][r]);
                 }
             }
         }
@@ -246,22 +320,23 @@ pub unsafe fn q4k_avx2<const N: usize>(g: &[u8], x: &KAct8, t0: usize) -> [[f32;
             _mm256_cvtph_ps(_mm_loadu_si128(b.add(q4k::DMIN + 16) as *const __m128i)),
         ];
         for t in 0..N {
-            for hf in 0..2 {
+            for hf in R0..R0 + H {
                 acc[t][hf] = _mm256_fmadd_ps(inner[t][hf], d[hf], acc[t][hf]);
             }
         }
         for sj in 0..SB / SUB {
-            let m = scales256!(b.add(q4k::M + 16 * sj), _mm256_cvtepu8_epi32);
+            let m = _mm_loadu_si128(b.add(q4k::M + 16 * sj) as *const __m128i);
+            let m = [_mm256_cvtepu8_epi32(m), _mm256_cvtepu8_epi32(_mm_srli_si128::<8>(m))];
             let m = [_mm256_mul_ps(dmin[0], _mm256_cvtepi32_ps(m[0])), _mm256_mul_ps(dmin[1], _mm256_cvtepi32_ps(m[1]))];
             for t in 0..N {
                 let s = _mm256_set1_ps(*x.s.get_unchecked((t0 + t) * (k / SUB) + sb * (SB / SUB) + sj));
-                for hf in 0..2 {
+                for hf in R0..R0 + H {
                     acc[t][hf] = _mm256_fnmadd_ps(m[hf], s, acc[t][hf]);
                 }
             }
         }
     }
-    rows_out256!(acc, N)
+    rows_out256!(acc, out, R0, H, N);
 }
 
 /// # Safety
@@ -269,62 +344,59 @@ pub unsafe fn q4k_avx2<const N: usize>(g: &[u8], x: &KAct8, t0: usize) -> [[f32;
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q6k_avx2<const N: usize>(g: &[u8], x: &KAct8, t0: usize) -> [[f32; ROWS]; N] {
     check!(g, x, t0, N, q6k::BYTES);
+    tile256!(q6k_avx2_rows, g, x, t0, N)
+}
+
+/// Rows `8 R0 .. 8 (R0 + H)` of [`q6k_avx2`]'s tile into `out`.
+///
+/// # Safety
+/// As [`q6k_avx2`], which checked the shapes.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6k_avx2_rows<const N: usize, const R0: usize, const H: usize>(g: &[u8], x: &KAct8, t0: usize, out: &mut [[f32; ROWS]; N]) {
     let (k, nsb) = (x.k, x.k / SB);
     let xq = token_rows!(x, t0, N);
-    let top = _mm256_set1_epi8(0x30);
     let mut acc = [[_mm256_setzero_ps(); 2]; N];
     for sb in 0..nsb {
         let b = g.as_ptr().add(sb * q6k::BYTES);
         let mut inner = [[_mm256_setzero_ps(); 2]; N];
         for j in 0..SB / SUB {
+            // As q6k_avx512: the group's later blocks requested ahead of use (wrapping_add: see q4k_avx2).
+            for ch in 4 * j..4 * j + 4 {
+                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(q6k::QL + 64 * ch + 4 * q6k::BYTES) as *const i8);
+            }
+            for ch in [4 * j, 4 * j + 2] {
+                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(q6k::QH + 32 * ch + 4 * q6k::BYTES) as *const i8);
+            }
             let mut blk = [[_mm256_setzero_si256(); 2]; N];
-            for hf in 0..2 {
-                let h = 2 * j + hf;
+            for h in 2 * j..2 * j + 2 {
+                // The i16 sums start at -32 sum(x) (the stored `w + 32` taken off); they may wrap in
+                // between, their end value fits (kmat8's bounds).
                 let mut ia = [[_mm256_setzero_si256(); 2]; N];
                 for t in 0..N {
-                    let bias = _mm256_set1_epi32(*x.bias.get_unchecked((t0 + t) * (k / HALF) + sb * (SB / HALF) + h));
+                    let bias = _mm256_set1_epi32(*x.bias16.get_unchecked((t0 + t) * (k / HALF) + sb * (SB / HALF) + h));
                     ia[t] = [bias, bias];
                 }
-                for cc in 0..2 {
-                    let ch = 2 * h + cc;
-                    // As q6k_avx512: the group's later blocks requested ahead of use (wrapping_add: see q4k_avx2).
-                    _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(q6k::QL + 64 * ch + 4 * q6k::BYTES) as *const i8);
-                    _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(q6k::QH + 32 * ch + 4 * q6k::BYTES) as *const i8);
-                    let mut w = nibbles256!(b.add(q6k::QL + 64 * ch));
-                    // The high-bit planes (kpack): values 0..4 of rows 0..8 / 8..16 at bits 0-1 / 2-3,
-                    // values 4..8 at bits 4-5 / 6-7 of the same 32 bytes.
-                    let qh = _mm256_loadu_si256(b.add(q6k::QH + 32 * ch) as *const __m256i);
-                    let highs = [
-                        [_mm256_and_si256(_mm256_slli_epi16::<4>(qh), top), _mm256_and_si256(_mm256_slli_epi16::<2>(qh), top)],
-                        [_mm256_and_si256(qh, top), _mm256_and_si256(_mm256_srli_epi16::<2>(qh), top)],
-                    ];
-                    for v in 0..2 {
-                        for r in 0..2 {
-                            w[v][r] = _mm256_or_si256(w[v][r], highs[v][r]);
-                        }
-                    }
-                    dots256!(ia, w, xq, sb * SB + 8 * ch);
-                }
-                let sc = scales256!(b.add(q6k::SC + 16 * h), _mm256_cvtepi8_epi32);
+                sums16!(ia, b.add(q6k::QL + 64 * 2 * h), Some(b.add(q6k::QH + 32 * 2 * h)), 2, xq, sb * SB + HALF * h, R0, H, N);
+                let sc = scale_pairs!(b.add(q6k::SC + 16 * h));
                 for t in 0..N {
-                    for r in 0..2 {
-                        blk[t][r] = _mm256_add_epi32(blk[t][r], _mm256_mullo_epi32(ia[t][r], sc[r]));
+                    for r in R0..R0 + H {
+                        blk[t][r] = _mm256_add_epi32(blk[t][r], _mm256_madd_epi16(ia[t][r], sc[r]));
                     }
                 }
             }
             for t in 0..N {
                 let dx = dx!(_mm256_set1_ps, x, t0 + t, sb * (SB / SUB) + j);
-                for r in 0..2 {
+                for r in R0..R0 + H {
                     inner[t][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(blk[t][r]), dx, inner[t][r]);
                 }
             }
         }
         let d = [_mm256_loadu_ps(b.add(q6k::D) as *const f32), _mm256_loadu_ps(b.add(q6k::D + 32) as *const f32)];
         for t in 0..N {
-            for r in 0..2 {
+            for r in R0..R0 + H {
                 acc[t][r] = _mm256_fmadd_ps(inner[t][r], d[r], acc[t][r]);
             }
         }
     }
-    rows_out256!(acc, N)
+    rows_out256!(acc, out, R0, H, N);
 }

@@ -121,6 +121,14 @@ macro_rules! rows_out256 {
         }
         out
     }};
+    // Row halves `$r0 .. $r0 + $h` only, into `$out`.
+    ($acc:expr, $out:expr, $r0:expr, $h:expr, $n:expr) => {{
+        for t in 0..$n {
+            for r in $r0..$r0 + $h {
+                _mm256_storeu_ps($out[t].as_mut_ptr().add(8 * r), $acc[t][r]);
+            }
+        }
+    }};
 }
 
 pub(crate) use {dot_signed, dot_u8i8_avx2, dot_u8i8_vnni, f16_at, hsum_epi32, hsum_ps, load32_amax, no_post, rows_out256, tile_blocks, token_rows, unpack_nibbles};
