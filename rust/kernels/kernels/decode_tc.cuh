@@ -15,7 +15,8 @@
 // (16-bit rows by cp.async into two stages, the next tile's copy in flight while the warps work on this
 // one, its slots looked up a tile earlier still: with one stage the block waited for every tile's copy
 // and table reads in turn, 1.5 TB/s of the H100's 3 at batch 64 x 1,024 keys; FP8 rows widened to T times
-// their row scale, tc_ops.cuh's Fp8Tile, one stage), and warp w scores keys
+// their row scale, tc_ops.cuh's Fp8Tile, in one stage through registers, V's fetch in flight while the
+// warps score K and the next K's while they multiply by V), and warp w scores keys
 // 16w..16w+15 of the tile for every head: rows g < group of the A fragment are heads h0 + g, the others
 // zeros (group <= ATTN_MAX_GROUP = 8, so rows 8..15 are always padding). Each warp keeps an online softmax
 // per row (scores scaled, capped as in paged_attention, -inf past k_end; p rounded to T for the product,
@@ -113,10 +114,13 @@ __device__ void decode_attention_tc(T* __restrict__ out, float* __restrict__ par
     for (int i = 0; i < DT; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
     float m = -INFINITY, l = 0.f;  // row g's running max (scaled scores) and this thread's part of its sum
 
-    // Warp `warp`'s keys k0 + 16 warp .. + 16 of the tile in ks / vs, folded into row g's softmax state and O.
-    auto consume = [&](const T* ks, const T* vs, uint32_t k0) {
+    // Warp `warp`'s keys k0 + 16 warp .. + 16 of a tile: score() folds their scores (K in ks) into row g's
+    // softmax state, rescales O and leaves P in pf; accumulate() adds P V (V in vs) to O. A warp past
+    // k_end does neither (uniform per warp).
+    uint32_t pf[4];  // P as the A fragment of one 16-key k step: row g, keys 2 tig + {0, 1} and + 8
+    auto score = [&](const T* ks, uint32_t k0) {
         const uint32_t kw = k0 + warp * 16;  // this warp's first key
-        if (kw >= k_end) return;             // uniform per warp
+        if (kw >= k_end) return;
         float s[2][4];
 #pragma unroll
         for (int nt = 0; nt < 2; ++nt) {
@@ -150,7 +154,6 @@ __device__ void decode_attention_tc(T* __restrict__ out, float* __restrict__ par
         const float alpha = expf(m - ref);  // 0 while m = -inf
         m = mn;
         float rs = 0.f;
-        uint32_t pf[4];  // P as the A fragment of one 16-key k step: row g, keys 2 tig + {0, 1} and + 8
         pf[0] = Ops::pack(expf(s[0][0] - ref), expf(s[0][1] - ref), rs);
         pf[1] = 0u;
         pf[2] = Ops::pack(expf(s[1][0] - ref), expf(s[1][1] - ref), rs);
@@ -161,6 +164,9 @@ __device__ void decode_attention_tc(T* __restrict__ out, float* __restrict__ par
             o[dt][0] *= alpha;
             o[dt][1] *= alpha;
         }
+    };
+    auto accumulate = [&](const T* vs, uint32_t k0) {
+        if (k0 + warp * 16 >= k_end) return;
 #pragma unroll
         for (int dt = 0; dt < DT; dt += 2) {
             uint32_t b[4];  // keys {0, 8} .. +8 of the warp (transposed); dims dt*8 + {0, 8} .. +8
@@ -171,18 +177,34 @@ __device__ void decode_attention_tc(T* __restrict__ out, float* __restrict__ par
     };
 
     if constexpr (FP8) {
+        // One stage, fetched through registers: V of this tile is in flight while the warps score its K,
+        // K of the next one while they multiply P V; the slots are looked up a tile ahead (`ahead`).
         T* ks = tiles;
         T* vs = tiles + TILE;
+        const uint8_t* k8 = reinterpret_cast<const uint8_t*>(k_head);
+        const uint8_t* v8 = reinterpret_cast<const uint8_t*>(v_head);
         Fp8Tile<T, D, BN, THREADS, STRIDE> tile8;
+        uint32_t ahead = NO_SLOT;
+        if (threadIdx.x < BN) {
+            slots[threadIdx.x] = slot_of(k_begin + threadIdx.x);
+            ahead = slot_of(k_begin + BN + threadIdx.x);
+        }
+        __syncthreads();  // tile 0's slots
+        tile8.fetch(k8, k_scales, slots, slot_stride, num_kv_heads, kvh);
         for (uint32_t k0 = k_begin; k0 < k_end; k0 += BN) {
-            if (threadIdx.x < BN) slots[threadIdx.x] = slot_of(k0 + threadIdx.x);
-            __syncthreads();  // the slots are stored; every warp is done with the previous tile
-            tile8.fetch(reinterpret_cast<const uint8_t*>(k_head), k_scales, slots, slot_stride, num_kv_heads, kvh);
-            tile8.store(ks);
-            tile8.fetch(reinterpret_cast<const uint8_t*>(v_head), v_scales, slots, slot_stride, num_kv_heads, kvh);
+            const bool more = k0 + BN < k_end;
+            tile8.store(ks);  // K: every warp scored the previous tile before the last barrier
+            tile8.fetch(v8, v_scales, slots, slot_stride, num_kv_heads, kvh);
+            __syncthreads();  // K stored; every thread read this tile's slots; every warp is done with vs
+            score(ks, k0);
+            if (more && threadIdx.x < BN) {
+                slots[threadIdx.x] = ahead;
+                ahead = slot_of(k0 + 2 * BN + threadIdx.x);
+            }
             tile8.store(vs);
-            __syncthreads();  // K and V tiles ready
-            consume(ks, vs, k0);
+            __syncthreads();  // V and the next tile's slots stored; every warp is done with ks
+            if (more) tile8.fetch(k8, k_scales, slots, slot_stride, num_kv_heads, kvh);
+            accumulate(vs, k0);
         }
     } else {
         // Tile k0's K and V rows into stage st (its slots stored and visible): COPIES 16-byte chunks each.
@@ -222,7 +244,8 @@ __device__ void decode_attention_tc(T* __restrict__ out, float* __restrict__ par
             cp_async_commit();  // possibly empty: one group per tile keeps the count below exact
             cp_async_wait_pending<1>();  // this tile's group has landed (the next one may be in flight)
             __syncthreads();             // ... for every thread's copies
-            consume(tiles + 2 * st * TILE, tiles + (2 * st + 1) * TILE, k0);
+            score(tiles + 2 * st * TILE, k0);
+            accumulate(tiles + (2 * st + 1) * TILE, k0);
         }
     }
     l += __shfl_xor_sync(0xffffffffu, l, 1);
