@@ -206,7 +206,7 @@ pub fn tiles(qtype: QType, isa: Isa) -> KTiles<KAct8> {
             (QType::Q4K, Isa::Avx512Vnni) => return ktiles!(kx86_8::q4k_avx512, 8),
             (QType::Q6K, Isa::Avx512Vnni) => return ktiles!(kx86_8::q6k_avx512, 8),
             (QType::Q4K, Isa::Avx2) => return ktiles!(kx86_8::q4k_avx2, 4),
-            (QType::Q6K, Isa::Avx2) => return ktiles!(kx86_8::q6k_avx2, 4),
+            (QType::Q6K, Isa::Avx2) => return ktiles!(kx86_8::q6k_avx2, 8),
             _ => {}
         }
     }

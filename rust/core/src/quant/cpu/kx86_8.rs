@@ -176,11 +176,11 @@ pub unsafe fn q6k_avx512<const N: usize>(g: &[u8], x: &KAct8, t0: usize) -> [[f3
     out
 }
 
-/// An AVX2 tile of `N` tokens: up to 4 tokens both row halves (rows 0..8 and 8..16, one register each)
-/// in one pass over the weights, 8 tokens one half per pass (each half's bytes loaded on their own, the
-/// activations broadcast twice, from L1), so the `2 N` or `N` i16 sums, the weights and a broadcast stay
+/// An AVX2 Q4_K tile of `N` tokens: up to 4 tokens both row halves (rows 0..8 and 8..16, one register
+/// each) in one pass over the weights, 8 tokens one half per pass (each half's bytes loaded on their
+/// own, the activations broadcast twice), so the `2 N` or `N` i16 sums, the weights and a broadcast stay
 /// within the 16 registers. The halves are const parameters of `$part` (`R0`, `H`): indexed at run time,
-/// the sums went to the stack.
+/// the sums went to the stack. Two 4-token tiles beat one of 8 on Zen 3 (the driver's widest is 4).
 macro_rules! tile256 {
     ($part:ident, $g:expr, $x:expr, $t0:expr, $n:expr) => {{
         let mut out = [[0f32; ROWS]; $n];
@@ -194,40 +194,24 @@ macro_rules! tile256 {
     }};
 }
 
-/// Adds `u . x` (`vpmaddubsw`: pairs of u8 weight x i8 activation products in i16 lanes) of `$chunks`
-/// chunks from `$p` to the i16 sums `$acc[t][r]`, `r` in `$r0 .. $r0 + $h`, token `t`'s
+/// Adds `u . x` (`vpmaddubsw`: pairs of u8 weight x i8 activation products in i16 lanes) of the Q4_K
+/// `$chunks` chunks from `$p` to the i16 sums `$acc[t][r]`, `r` in `$r0 .. $r0 + $h`, token `t`'s
 /// activations from value `$v0`. Widening to i32 (`vpmaddwd`, which multiplies in the sub-block scale)
-/// waits until the caller's scale boundary: kmat8's bounds say why the i16 lanes hold. `$qh` (Q6_K):
-/// `Some` pointer to the chunks' high-bit planes (kpack: values 0..4 of rows 0..8 / 8..16 at bits 0-1 /
-/// 2-3, values 4..8 at bits 4-5 / 6-7 of the same 32 bytes).
+/// waits until the caller's scale boundary: kmat8's bounds say why the i16 lanes hold.
 macro_rules! sums16 {
-    ($acc:ident, $p:expr, $qh:expr, $chunks:expr, $xq:expr, $v0:expr, $r0:expr, $h:expr, $n:expr) => {{
-        let (p, qhp): (*const u8, Option<*const u8>) = ($p, $qh);
+    ($acc:ident, $p:expr, $chunks:expr, $xq:expr, $v0:expr, $r0:expr, $h:expr, $n:expr) => {{
+        let p: *const u8 = $p;
         // With 1 or 2 tokens the high nibbles' products go to sums of their own, so the adds do not
         // wait on one another (integers: the split does not change the result).
         let mut high = [[_mm256_setzero_si256(); 2]; $n];
         let nib = _mm256_set1_epi8(0xF);
-        let top = _mm256_set1_epi8(0x30);
         for c in 0..$chunks {
-            let qh = match qhp {
-                Some(q) => _mm256_loadu_si256(q.add(32 * c) as *const __m256i),
-                None => _mm256_setzero_si256(),
-            };
             for v in 0..2 {
                 let mut w = [_mm256_setzero_si256(); 2];
                 for r in $r0..$r0 + $h {
                     // Loaded again for the high nibbles: an L1 hit where a register would be short.
                     let raw = _mm256_loadu_si256(p.add(64 * c + 32 * r) as *const __m256i);
                     w[r] = _mm256_and_si256(if v == 0 { raw } else { _mm256_srli_epi16::<4>(raw) }, nib);
-                    if qhp.is_some() {
-                        let plane = match (v, r) {
-                            (0, 0) => _mm256_slli_epi16::<4>(qh),
-                            (0, _) => _mm256_slli_epi16::<2>(qh),
-                            (_, 0) => qh,
-                            _ => _mm256_srli_epi16::<2>(qh),
-                        };
-                        w[r] = _mm256_or_si256(w[r], _mm256_and_si256(plane, top));
-                    }
                 }
                 for t in 0..$n {
                     let xv = _mm256_set1_epi32(($xq[t].add($v0 + 8 * c + 4 * v) as *const i32).read_unaligned());
@@ -303,7 +287,7 @@ unsafe fn q4k_avx2_rows<const N: usize, const R0: usize, const H: usize>(g: &[u8
             }
             let sc = scale_pairs!(b.add(q4k::SC + 16 * j));
             let mut ia = [[_mm256_setzero_si256(); 2]; N];
-            sums16!(ia, b.add(64 * 4 * j), None, 4, xq, sb * SB + SUB * j, R0, H, N);
+            sums16!(ia, b.add(64 * 4 * j), 4, xq, sb * SB + SUB * j, R0, H, N);
             for t in 0..N {
                 let dx = dx!(_mm256_set1_ps, x, t0 + t, sb * (SB / SUB) + j);
                 for r in R0..R0 + H {
@@ -339,22 +323,20 @@ unsafe fn q4k_avx2_rows<const N: usize, const R0: usize, const H: usize>(g: &[u8
     rows_out256!(acc, out, R0, H, N);
 }
 
+/// Per 16 values (2 chunks) the 8 registers of both row halves' 6-bit values are built once and then
+/// meet every token of the tile in turn (the weights stay in registers, each token's 2 i16 sums start
+/// at its bias): the unpacking (high-bit planes: a shift, an `and` and an `or` per register) is shared by
+/// all `N` tokens, up to 8.
+///
 /// # Safety
 /// The CPU has AVX2, FMA and F16C (the dispatcher checks it).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q6k_avx2<const N: usize>(g: &[u8], x: &KAct8, t0: usize) -> [[f32; ROWS]; N] {
     check!(g, x, t0, N, q6k::BYTES);
-    tile256!(q6k_avx2_rows, g, x, t0, N)
-}
-
-/// Rows `8 R0 .. 8 (R0 + H)` of [`q6k_avx2`]'s tile into `out`.
-///
-/// # Safety
-/// As [`q6k_avx2`], which checked the shapes.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q6k_avx2_rows<const N: usize, const R0: usize, const H: usize>(g: &[u8], x: &KAct8, t0: usize, out: &mut [[f32; ROWS]; N]) {
     let (k, nsb) = (x.k, x.k / SB);
     let xq = token_rows!(x, t0, N);
+    let nib = _mm256_set1_epi8(0xF);
+    let top = _mm256_set1_epi8(0x30);
     let mut acc = [[_mm256_setzero_ps(); 2]; N];
     for sb in 0..nsb {
         let b = g.as_ptr().add(sb * q6k::BYTES);
@@ -369,34 +351,53 @@ unsafe fn q6k_avx2_rows<const N: usize, const R0: usize, const H: usize>(g: &[u8
             }
             let mut blk = [[_mm256_setzero_si256(); 2]; N];
             for h in 2 * j..2 * j + 2 {
-                // The i16 sums start at -32 sum(x) (the stored `w + 32` taken off); they may wrap in
-                // between, their end value fits (kmat8's bounds).
-                let mut ia = [[_mm256_setzero_si256(); 2]; N];
-                for t in 0..N {
-                    let bias = _mm256_set1_epi32(*x.bias16.get_unchecked((t0 + t) * (k / HALF) + sb * (SB / HALF) + h));
-                    ia[t] = [bias, bias];
+                // [chunk][values 0..4, 4..8][rows 0..8, 8..16]; the high-bit planes as in kpack: values
+                // 0..4 of rows 0..8 / 8..16 at bits 0-1 / 2-3, values 4..8 at bits 4-5 / 6-7.
+                let mut w = [[[_mm256_setzero_si256(); 2]; 2]; 2];
+                for c in 0..2 {
+                    let ch = 2 * h + c;
+                    let qh = _mm256_loadu_si256(b.add(q6k::QH + 32 * ch) as *const __m256i);
+                    let planes = [[_mm256_slli_epi16::<4>(qh), _mm256_slli_epi16::<2>(qh)], [qh, _mm256_srli_epi16::<2>(qh)]];
+                    for r in 0..2 {
+                        let raw = _mm256_loadu_si256(b.add(q6k::QL + 64 * ch + 32 * r) as *const __m256i);
+                        let lo = [_mm256_and_si256(raw, nib), _mm256_and_si256(_mm256_srli_epi16::<4>(raw), nib)];
+                        for v in 0..2 {
+                            w[c][v][r] = _mm256_or_si256(lo[v], _mm256_and_si256(planes[v][r], top));
+                        }
+                    }
                 }
-                sums16!(ia, b.add(q6k::QL + 64 * 2 * h), Some(b.add(q6k::QH + 32 * 2 * h)), 2, xq, sb * SB + HALF * h, R0, H, N);
                 let sc = scale_pairs!(b.add(q6k::SC + 16 * h));
                 for t in 0..N {
-                    for r in R0..R0 + H {
-                        blk[t][r] = _mm256_add_epi32(blk[t][r], _mm256_madd_epi16(ia[t][r], sc[r]));
+                    // The i16 sums start at -32 sum(x) (the stored `w + 32` taken off); they may wrap in
+                    // between, their end value fits (kmat8's bounds).
+                    let bias = _mm256_set1_epi32(*x.bias16.get_unchecked((t0 + t) * (k / HALF) + sb * (SB / HALF) + h));
+                    let mut ia = [bias, bias];
+                    for c in 0..2 {
+                        for v in 0..2 {
+                            let xv = _mm256_set1_epi32((xq[t].add(sb * SB + HALF * h + 8 * c + 4 * v) as *const i32).read_unaligned());
+                            for r in 0..2 {
+                                ia[r] = maddubs_add!(ia[r], w[c][v][r], xv);
+                            }
+                        }
+                    }
+                    for r in 0..2 {
+                        blk[t][r] = _mm256_add_epi32(blk[t][r], _mm256_madd_epi16(ia[r], sc[r]));
                     }
                 }
             }
             for t in 0..N {
                 let dx = dx!(_mm256_set1_ps, x, t0 + t, sb * (SB / SUB) + j);
-                for r in R0..R0 + H {
+                for r in 0..2 {
                     inner[t][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(blk[t][r]), dx, inner[t][r]);
                 }
             }
         }
         let d = [_mm256_loadu_ps(b.add(q6k::D) as *const f32), _mm256_loadu_ps(b.add(q6k::D + 32) as *const f32)];
         for t in 0..N {
-            for r in R0..R0 + H {
+            for r in 0..2 {
                 acc[t][r] = _mm256_fmadd_ps(inner[t][r], d[r], acc[t][r]);
             }
         }
     }
-    rows_out256!(acc, out, R0, H, N);
+    rows_out256!(acc, N)
 }
