@@ -99,7 +99,10 @@ class Engine:
         "prefill_tokens", "decode_tokens", "prefill_tokens_per_s", "decode_tokens_per_s",
         "mean_ttft_s", "max_batch_size_seen", "num_free_blocks" (= "num_empty_blocks" +
         "num_cached_blocks": free blocks still holding a cached prefix), "num_used_blocks",
-        "num_total_blocks", "num_preemptions", "prefix_cache_hit_tokens", "engine_steps", ...}
+        "num_total_blocks", "num_preemptions", "prefix_cache_hit_tokens", "engine_steps",
+        "decode_steps" / "decode_step_time_s" / "decode_step_seqs" (steps that only decoded: count, wall
+        seconds, summed batch), "prefill_steps" / "prefill_step_time_s" / "prefill_step_tokens" /
+        "prefill_step_decodes" (steps with prefill tokens), ...}
         As of the last step boundary: never waits for a running step. Raises EngineDeadError once the
         engine thread has stopped."""
     def kv_events(self) -> str:
