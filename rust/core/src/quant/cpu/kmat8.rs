@@ -133,8 +133,12 @@ impl KAct8 {
 /// A Q6_K bias of 16 quantized values as the AVX2 kernel's two i16 lanes: `-32` times the sum of the
 /// values `v % 4 < 2` (low half) and of the others (high half). Each is at most `32 * 8 * 127 = 32 512`.
 fn slot_bias(q: &[i8]) -> i32 {
-    let lane = |odd: usize| -32 * q.iter().enumerate().filter(|(v, _)| v % 4 / 2 == odd).map(|(_, &q)| q as i32).sum::<i32>();
-    (lane(0) as i16 as u16 as i32) | (lane(1) << 16)
+    let (mut lo, mut hi) = (0i32, 0i32);
+    for quad in q.chunks_exact(4) {
+        lo += quad[0] as i32 + quad[1] as i32;
+        hi += quad[2] as i32 + quad[3] as i32;
+    }
+    ((-32 * lo) as i16 as u16 as i32) | ((-32 * hi) << 16)
 }
 
 /// One token's blocks of 32 -> integers, scales, sums and Q6_K biases.
