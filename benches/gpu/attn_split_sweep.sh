@@ -38,7 +38,7 @@ for kv in ("bf16", "fp8"):
         r = json.loads(c._attention_check("cuda:0", json.dumps(case)))
         row = 128 + 4 if kv == "fp8" else 256
         gb = sum(ctx for _, ctx in seqs) * 8 * row * 2 / r["attend_us"] / 1e3
-        print(json.dumps({"split_min_keys": os.environ.get("MLC_ATTN_SPLIT_MIN_KEYS", "64"),
+        print(json.dumps({"split_min_keys": os.environ.get("MLC_ATTN_SPLIT_MIN_KEYS", "default"),
                           "decode_tc": os.environ.get("MLC_DECODE_TC", "1"), "kv": kv, "shape": name,
                           "attend_us": round(r["attend_us"], 2), "kv_gb_per_s": round(gb, 1), "num_work": r["num_work"]}), flush=True)
 PY

@@ -10,11 +10,16 @@ use mlc_kernels::{ATTN_MAX_GROUP, ATTN_MAX_SPLITS, PREFILL_TILE_M};
 /// Sequences with at most this many query tokens (decode, short chunks, speculative verification) split
 /// their context across blocks; longer chunks already give the GPU one block per token and head.
 pub const SPLIT_MAX_QUERY_LEN: usize = 16;
-/// Fewest keys one partition covers: a 2048-token decode gets 32 partitions per head, 4096 tokens the
-/// cap of 64. On the H200, batch-1 q4f16_1 decode of a Llama-3-8B shape (256 tokens) ran at 301.5 tok/s
-/// with 64 against 294.1 with 128: short contexts spread over more blocks, and the merge is cheap since
-/// the last partition's block does it (benches/results/gpu_attn_split_keys_h200_2026-11-28.json).
-pub const SPLIT_MIN_KEYS: usize = 64;
+/// Fewest keys one partition covers: a 2048-token decode gets 16 partitions per head, 8192 tokens the
+/// cap of 64. Was 64: with the tensor-core decode kernel (two 64-key tiles per partition, the second's
+/// copy in flight under the first's work), 128 is faster at every shape measured on an H100, Llama-3-8B
+/// heads, us per layer 64 -> 128 keys: batch 64 x 1,024 keys 175.6 -> 129.2, 256 x 300 214.0 -> 167.1,
+/// 16 x 4,096 174.9 -> 131.8, 1 x 4,096 23.0 -> 15.9, 1 x 1,024 12.9 -> 12.5, 1 x 128 12.1 -> 11.0 (bf16; an
+/// FP8 cache alike except 1 x 1,024, 13.3 -> 14.3). 256 is faster still at batch 16-256 (117.6 / 148.2 /
+/// 118.4) but slower at batch 1 x 1,024 (13.9; FP8 18.4), and the partitions depend on the sequence
+/// alone (a request's result does not change with its batch), so they cannot follow the batch
+/// (benches/results/gpu_attn_split_keys_tc_h100_2026-12-07.jsonl).
+pub const SPLIT_MIN_KEYS: usize = 128;
 
 /// [`SPLIT_MIN_KEYS`], or `MLC_ATTN_SPLIT_MIN_KEYS` when set to a positive number (for measurements;
 /// read once per process, so every step of it plans alike).
@@ -415,16 +420,17 @@ mod tests {
         let get = |s: Span| &p.packed[s.start..s.start + s.len];
         assert_eq!(p.num_tokens, 44);
         assert_eq!(p.max_blocks, 256);
-        // 64 keys per partition: 4096 keys -> 64 (the cap), 129 and 130 keys -> 3.
-        assert_eq!(SPLIT_MIN_KEYS, 64);
-        assert_eq!(get(p.token_splits)[0], 64);
+        // 128 keys per partition: 4096 keys -> 32, 8192 and more -> 64 (the cap), 129 and 130 keys -> 2.
+        assert_eq!(SPLIT_MIN_KEYS, 128);
+        assert_eq!(get(p.token_splits)[0], 32);
+        assert_eq!(num_splits(1, 8191), 64);
         assert!(get(p.token_splits)[1..41].iter().all(|&s| s == 1));
         assert_eq!(get(p.token_splits)[41], 1);
-        assert_eq!(&get(p.token_splits)[42..], &[3, 3]);
-        assert_eq!(p.num_partials, 70);
+        assert_eq!(&get(p.token_splits)[42..], &[2, 2]);
+        assert_eq!(p.num_partials, 36);
         assert_eq!(get(p.split_tokens), &[0, 42, 43]);
-        assert_eq!(&get(p.token_part)[42..], &[64, 67]);
-        assert_eq!(p.num_work, 64 + 40 + 1 + 6);
+        assert_eq!(&get(p.token_part)[42..], &[32, 34]);
+        assert_eq!(p.num_work, 32 + 40 + 1 + 4);
         assert_eq!(get(p.token_pos)[41], 0);
         assert_eq!(&get(p.token_pos)[42..], &[128, 129]);
         assert_eq!(get(p.query_start), &[0, 1, 41, 42, 44]);
@@ -443,13 +449,13 @@ mod tests {
         let p = plan(&m);
         let get = |s: Span| &p.packed[s.start..s.start + s.len];
         assert_eq!(p.num_tokens, 1 + 130 + 16 + 17);
-        assert_eq!(p.num_short_work, 5 + 16, "the decode's 5 partitions and the 16-query chunk");
+        assert_eq!(p.num_short_work, 3 + 16, "the decode's 3 partitions and the 16-query chunk");
         assert_eq!(p.num_work, p.num_short_work + 130 + 17);
         let work = get(p.work_token);
-        assert_eq!(&work[..5], &[0; 5]);
-        assert_eq!(&work[5..21], &(131..147).collect::<Vec<u32>>()[..]);
-        assert_eq!(&work[21..151], &(1..131).collect::<Vec<u32>>()[..]);
-        assert_eq!(&work[151..], &(147..164).collect::<Vec<u32>>()[..]);
+        assert_eq!(&work[..3], &[0; 3]);
+        assert_eq!(&work[3..19], &(131..147).collect::<Vec<u32>>()[..]);
+        assert_eq!(&work[19..149], &(1..131).collect::<Vec<u32>>()[..]);
+        assert_eq!(&work[149..], &(147..164).collect::<Vec<u32>>()[..]);
         assert!(get(p.work_split)[p.num_short_work..].iter().all(|&z| z == 0));
         // Tiles of 64 queries, the ones seeing the most keys first: (seq 1, 128) sees 200 keys,
         // (1, 64) 198, (1, 0) 134, (3, 0) 17.
@@ -464,20 +470,20 @@ mod tests {
         let m = meta(&[(1, 300), (1, 5)], 16);
         validate(&m, 1000, 16).unwrap();
         let key = FixedDecodeKey::for_step(2, 300, 4, 64, 16).unwrap();
-        assert_eq!(key.split_cap, 8, "300 keys need 5 partitions of 64, rounded up to 8");
+        assert_eq!(key.split_cap, 4, "300 keys need 3 partitions of 128, rounded up to 4");
         assert_eq!(key.max_blocks, 32, "19 blocks, rounded up to 32");
         let p = plan_fixed_decode(&m, &[11, 12], &[299, 4], key).unwrap();
         let get = |s: Span| &p.packed[s.start..s.start + s.len];
         assert_eq!(get(p.tokens), &[11, 12, 0, 0]);
         assert_eq!(&get(p.slot_mapping)[2..], &[PAD_SLOT, PAD_SLOT]);
-        assert_eq!(get(p.token_splits), &[5, 1, 1, 1]);
+        assert_eq!(get(p.token_splits), &[3, 1, 1, 1]);
         assert_eq!(get(p.token_pos), &[299, 4, 0, 0]);
         assert_eq!(get(p.block_tables).len(), 4 * 32);
         assert_eq!(p.packed.len(), key.packed_len());
-        assert_eq!(p.num_work, 32);
-        assert_eq!(&get(p.work_token)[..9], &[0, 0, 0, 0, 0, 0, 0, 0, 1]);
-        assert_eq!(&get(p.work_split)[..9], &[0, 1, 2, 3, 4, 5, 6, 7, 0]);
-        assert_eq!(get(p.token_part), &[0, 8, 16, 24]);
+        assert_eq!(p.num_work, 16);
+        assert_eq!(&get(p.work_token)[..5], &[0, 0, 0, 0, 1]);
+        assert_eq!(&get(p.work_split)[..5], &[0, 1, 2, 3, 0]);
+        assert_eq!(get(p.token_part), &[0, 4, 8, 12]);
         // Another step with the same key has every span at the same offset (what a graph replays).
         let m2 = meta(&[(1, 17)], 16);
         let p2 = plan_fixed_decode(&m2, &[5], &[0], key).unwrap();
