@@ -2,7 +2,7 @@
 // attention_shim.h and mma_shim.cuh) block by block, one OS thread per CUDA thread, on one random step,
 // and compares every output row with a dense reference in double: causal, within the sliding window,
 // scores soft-capped after the scale. The step is planned as mlc_core::attention::plan does (decode and
-// short chunks split into partitions of 64 keys, at most 64; longer chunks in query tiles of 64), or as a
+// short chunks split into partitions of SPLIT_KEYS = 128 keys, at most 64; longer chunks in query tiles of 64), or as a
 // fixed decode plan (every token given as many partition rows as the most split one).
 //
 //   attention_driver DTYPE HEADS KV_HEADS HEAD_DIM BLOCK WINDOW SOFTCAP PLACEHOLDERS FIXED TILED SEED Q:C,Q:C,.. [SINKS [PAD]]
@@ -68,9 +68,13 @@ struct Plan {
     std::vector<uint32_t> work_token, work_split, tile_seq, tile_start;
 };
 
+// plan.rs's SPLIT_MIN_KEYS: two 64-key tiles per partition, so the tensor-core decode kernel's pipeline
+// across tiles runs in every case with more than 64 keys.
+constexpr uint32_t SPLIT_KEYS = 128;
+
 static uint32_t num_splits(uint32_t q, uint32_t pos) {
     if (q > 16) return 1;
-    return std::min<uint32_t>(std::max<uint32_t>((pos + 64) / 64, 1), ATTN_MAX_SPLITS);
+    return std::min<uint32_t>(std::max<uint32_t>((pos + SPLIT_KEYS) / SPLIT_KEYS, 1), ATTN_MAX_SPLITS);
 }
 
 static Plan make_plan(const Case& c, const std::vector<std::vector<uint32_t>>& tables) {
@@ -149,7 +153,7 @@ static void per_token(T* out, std::vector<float>& po, std::vector<float>& pml, s
                 decode_attention_tc<T, KT, D>(out, po.data(), pml.data(), counters.data(), q, k, v, p.tables.data(),
                                               p.token_seq.data(), p.token_pos.data(), p.token_splits.data(),
                                               p.token_part.data(), p.work_token.data(), p.work_split.data(), c.heads,
-                                              c.kv_heads, c.bs, p.max_blocks, scale, 64, c.window ? c.window : UINT32_MAX,
+                                              c.kv_heads, c.bs, p.max_blocks, scale, SPLIT_KEYS, c.window ? c.window : UINT32_MAX,
                                               c.softcap, sinks, group, k_scales, v_scales, sm);
             });
             g_before_block = nullptr;
@@ -159,7 +163,7 @@ static void per_token(T* out, std::vector<float>& po, std::vector<float>& pml, s
     launch(rows, c.heads / group, ATTN_THREADS, [&] {
         paged_attention<T, KT, D>(out, po.data(), pml.data(), counters.data(), q, k, v, p.tables.data(), p.token_seq.data(),
                               p.token_pos.data(), p.token_splits.data(), p.token_part.data(), p.work_token.data(),
-                              p.work_split.data(), c.heads, c.kv_heads, c.d, c.bs, p.max_blocks, scale, 64,
+                              p.work_split.data(), c.heads, c.kv_heads, c.d, c.bs, p.max_blocks, scale, SPLIT_KEYS,
                               c.window ? c.window : UINT32_MAX, c.softcap, sinks, group, vec_ok, k_scales, v_scales);
     });
 }
