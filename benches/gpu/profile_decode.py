@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("model")
     ap.add_argument("--new", type=int, default=256)
     ap.add_argument("--config", default="{}", help="extra engine config JSON")
+    ap.add_argument("--warmup", type=int, default=32, help="tokens of the warm-up request (captures the graphs)")
     ap.add_argument("--out")
     args = ap.parse_args()
     from mlc_llm import _core
@@ -43,7 +44,7 @@ def main() -> None:
     info = json.loads(engine.info())
     rng = random.Random(0)
     prompt = [rng.randrange(10, info["vocab_size"] - 1) for _ in range(128)]
-    decode(engine, prompt, 32, "warmup")
+    decode(engine, prompt, args.warmup, "warmup")
     r = decode(engine, prompt, args.new, "timed")
     r.update(model=args.model, dtype=info.get("dtype"), cuda_graph=info.get("cuda_graph"), config=cfg)
     print(json.dumps(r))

@@ -46,6 +46,30 @@ pub fn func(dev: &CudaDevice, name: &str, module: &KernelModule) -> candle_core:
     Ok(KernelFunc { func, stream: dev.cuda_stream() })
 }
 
+/// The dynamic shared memory a kernel may use without asking (cuFuncSetAttribute).
+const DEFAULT_DYNAMIC_SMEM: u32 = 48 * 1024;
+
+/// The functions allowed more than [`DEFAULT_DYNAMIC_SMEM`] so far, with the bytes they were allowed.
+type SmemAllowed = RwLock<HashMap<(DeviceId, &'static str, String), u32>>;
+static SMEM_ALLOWED: LazyLock<SmemAllowed> = LazyLock::new(|| RwLock::new(HashMap::new()));
+
+/// [`func`] for a launch with `smem` bytes of dynamic shared memory. Above 48 KiB a function must be
+/// allowed them first; that is a driver call, made once per device, function and size rather than on
+/// every launch (the modules, and so their functions, stay loaded for the process's life).
+pub fn func_smem(dev: &CudaDevice, name: &str, module: &KernelModule, smem: u32) -> candle_core::Result<KernelFunc> {
+    let f = func(dev, name, module)?;
+    if smem > DEFAULT_DYNAMIC_SMEM {
+        let key = (dev.id(), module.name, name.to_owned());
+        let allowed = SMEM_ALLOWED.read().unwrap_or_else(|e| e.into_inner()).get(&key).copied().unwrap_or(0);
+        if allowed < smem {
+            let attr = candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+            f.set_attribute(attr, smem as i32).w()?;
+            SMEM_ALLOWED.write().unwrap_or_else(|e| e.into_inner()).insert(key, smem);
+        }
+    }
+    Ok(f)
+}
+
 /// `module` on `dev`, loaded once (two threads missing at once may both load it; the first one kept
 /// wins, the other is dropped).
 pub fn module_on(dev: &CudaDevice, module: &KernelModule) -> candle_core::Result<Arc<CudaModule>> {

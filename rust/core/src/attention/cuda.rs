@@ -13,7 +13,6 @@
 use super::plan::{heads_per_block, Span};
 use super::{AttnParams, DeviceStep};
 use candle_core::backend::{BackendDevice, BackendStorage};
-use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{bail, CudaDevice, CudaStorage, DType, Layout, Result, Shape, Storage, Tensor};
@@ -350,7 +349,7 @@ fn launch_attention<T: CudaDType + DeviceRepr, KT: CudaDType + DeviceRepr>(
     let scale_guards = fp8_scales.map(|(ks, vs)| (ks.storage_and_layout(), vs.storage_and_layout()));
     let plan = &step.plan;
     let (h, d) = (a.num_heads as usize, a.head_dim as usize);
-    let attn = crate::cuda_kernels::func(&dev, name, &kernels::modules::PAGED_ATTENTION)?;
+    let attn = crate::cuda_kernels::func_smem(&dev, name, &kernels::modules::PAGED_ATTENTION, a.smem)?;
     // SAFETY: every row of `out` is written: the step's sequences tile all its tokens (validated in
     // `prepare`), each unsplit token by the per-token or the tiled kernel and each split one by the
     // block of its last finished partition.
@@ -417,10 +416,6 @@ fn launch_attention<T: CudaDType + DeviceRepr, KT: CudaDType + DeviceRepr>(
             b.arg(&a.group);
             b.arg(&a.vec_ok);
             push_scales(&mut b, &scales, &null);
-            if a.smem > 48 * 1024 {
-                // More than the default 48 KiB of dynamic shared memory is asked for per function (idempotent).
-                attn.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, a.smem as i32).w()?;
-            }
             let cfg = LaunchConfig { grid_dim: (num_work, a.num_heads / a.group, 1), block_dim: (a.threads, 1, 1), shared_mem_bytes: a.smem };
             // SAFETY: the argument list matches paged_attention_* in paged_attention.cu (and
             // decode_attention_tc_* in decode_tc.cuh, at its thread count, only with vec_ok); the block

@@ -429,7 +429,6 @@ mod cuda {
         (t, n, k): (usize, usize, usize),
         dtype: KernelDType,
     ) -> Result<CudaStorage> {
-        use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
         // The kernel copies 16-byte pieces of weight rows (144-byte groups: K % 256 == 0, blocks on a
         // 16-byte boundary) and of activation rows (K % 8 == 0, x on a 16-byte boundary).
         let elem = std::mem::size_of::<T>();
@@ -443,11 +442,7 @@ mod cuda {
             return Ok(CudaStorage::wrap_cuda_slice(out, dev));
         }
         let Some((name, reduce_name)) = kernels::q4_gemm_tc_names(dtype) else { bail!("q4-gemm-tc: no kernel for {dtype:?}") };
-        let func = crate::cuda_kernels::func(&dev, name, &kernels::modules::Q4_GEMM_TC)?;
-        // More than the default 48 KiB of dynamic shared memory must be asked for per function; cheap, and
-        // idempotent, so it is set on every launch rather than tracked per context.
-        func.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, kernels::Q4_GEMM_TC_SMEM_BYTES as i32)
-            .w()?;
+        let func = crate::cuda_kernels::func_smem(&dev, name, &kernels::modules::Q4_GEMM_TC, kernels::Q4_GEMM_TC_SMEM_BYTES as u32)?;
         let xv = view(x.as_cuda_slice::<T>()?, xr, "x")?;
         let wv = view(w.as_cuda_slice::<u8>()?, wr, "q4 blocks")?;
         let (t32, n32, k32) = (to_u32(t, "tokens")?, to_u32(n, "rows")?, to_u32(k, "inputs")?);

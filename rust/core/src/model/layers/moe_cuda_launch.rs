@@ -6,7 +6,6 @@ use super::{Combine, Gemm, Plan, PlanLayout};
 use crate::cuda_args::{contiguous, kernel_dtype, to_u32, view};
 use crate::model::config::Routing;
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{bail, CudaStorage, DType, Layout, Result, Shape, Storage};
@@ -118,10 +117,8 @@ fn launch_gemm<T: CudaDType + DeviceRepr>(g: &Gemm, dtype: KernelDType, x: &Cuda
     // row tiles cover all n outputs.
     let mut out = unsafe { dev.alloc::<T>((g.slots * g.n).max(1)) }?;
     let Some(name) = kernels::moe_gemm_name(dtype, g.weights) else { bail!("moe-gemm: no kernel for {:?} weights with {dtype:?} activations", g.weights) };
-    let func = crate::cuda_kernels::func(&dev, name, &kernels::modules::MOE_GEMM)?;
     let smem = g.weights.smem_bytes();
-    // Over 48 KiB of dynamic shared memory is asked for per function (idempotent, so on every launch).
-    func.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32).w()?;
+    let func = crate::cuda_kernels::func_smem(&dev, name, &kernels::modules::MOE_GEMM, smem)?;
     let gated = g.mode != MoeGemmMode::Plain;
     let rows_per_expert = if gated { 2 * g.n } else { g.n };
     let row_tiles = if gated { g.n.div_ceil(kernels::MOE_GEMM_ROWS / 2) } else { g.n.div_ceil(kernels::MOE_GEMM_ROWS) };

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs ON the GPU host, from the repo root, after benches/gpu/run_on_host.sh has installed the wheels into
+# $SITE and written the random models (the same call, or a later one on the still-warm machine): one
+# batch-1 decode step's kernels, each timed by Nsight Compute, for every model named in PROFILES
+# (benches/gpu/kernel_profile.py). Writes $OUT/profile_<tag>.json per model and $OUT/profile.log.
+#
+#   PROFILES="bf16:/tmp/mlc_bench_llama3-8b q4_0:/tmp/mlc_bench_llama3-8b_q4_0.gguf" \
+#       bash benches/gpu/run_profile_on_host.sh
+#
+# A tag starting with q4 runs with {"quantized_matmul": true} (4-bit GGUF weights through our 4-bit kernels).
+set -uo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT"
+OUT=${OUT:-$ROOT/gpu_out}
+SITE=${SITE:-/tmp/site}
+PROFILES=${PROFILES:-"bf16:/tmp/mlc_bench_llama3-8b q4_0:/tmp/mlc_bench_llama3-8b_q4_0.gguf"}
+if [[ -n "${PY:-}" ]]; then :
+elif [[ -x /opt/torch/.venv/bin/python ]]; then PY=/opt/torch/.venv/bin/python
+else PY=python3; fi
+mkdir -p "$OUT"
+# The CUDA 13 runtime libraries the wheel links against come with the host's torch.
+CU13=$("$PY" -c 'import site,os;print(next((os.path.join(p,"nvidia","cu13","lib") for p in site.getsitepackages() if os.path.isdir(os.path.join(p,"nvidia","cu13","lib"))),""))')
+export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$CU13" PYTHONPATH="$SITE" PYTHONUNBUFFERED=1
+{
+for p in $PROFILES; do
+    tag=${p%%:*} model=${p#*:}
+    cfg='{}'
+    [[ $tag == q4* ]] && cfg='{"quantized_matmul": true}'
+    if [[ ! -e $model ]]; then echo "[profile] $tag: no model at $model"; continue; fi
+    t0=$(date +%s)
+    timeout 240 "$PY" benches/gpu/kernel_profile.py "$model" --config "$cfg" --label "$tag" --python "$PY" \
+        --out "$OUT/profile_$tag.json"
+    echo "[profile] $tag rc=$? in $(( $(date +%s) - t0 )) s"
+done
+} 2>&1 | tee "$OUT/profile.log"
