@@ -135,7 +135,7 @@ fn matmul_handles_odd_shapes_and_is_batch_invariant() {
             let x = random_x(t * k, &mut rng);
             for isa in Isa::available() {
                 // Against the activations the kernels see: 8 bits plus residual, or the 15 or 8 bits of
-                // the repacked layouts (the K-quants', and Q4_0 / Q4_1's at the AVX2 level).
+                // the repacked layouts (the K-quants', and Q4_0 / Q4_1 / Q8_0's above the scalar level).
                 let want = match (qtype, KLayout::active()) {
                     (QType::Q4K | QType::Q6K, KLayout::Quads) => kreference8(&w.dequantize(), n, &KAct8::quantize(&x, k)),
                     _ if PackedK::repacks(qtype, isa) => kreference(&w.dequantize(), n, &KAct::quantize(&x, k)),
@@ -222,7 +222,7 @@ use mlc_core::quant::cpu::kmat8::{self, KAct8};
 use mlc_core::quant::cpu::kpack::{KLayout, PackedK, ROWS};
 
 const KTYPES: [QType; 2] = [QType::Q4K, QType::Q6K];
-/// Every type the `Pairs` layout takes: the K-quants, and Q4_0 / Q4_1 / Q8_0 (the AVX2 level's form of them).
+/// Every type the `Pairs` layout takes: the K-quants, and Q4_0 / Q4_1 / Q8_0 (the AVX2 and AVX-512 levels' form of them).
 const PAIR_TYPES: [QType; 5] = [QType::Q4K, QType::Q6K, QType::Q4_0, QType::Q4_1, QType::Q8_0];
 
 /// `w` in the `Pairs` layout.

@@ -212,8 +212,10 @@ pub fn tiles(qtype: QType, isa: Isa) -> KTiles {
             (QType::Q6K, Isa::Avx512Vnni) => return ktiles!(kx86::q6k_avx512, 8),
             (QType::Q4K, Isa::Avx2) => return ktiles!(kx86::q4k_avx2, 4),
             (QType::Q6K, Isa::Avx2) => return ktiles!(kx86::q6k_avx2, 4),
-            (QType::Q4_0 | QType::Q4_1, Isa::Avx2 | Isa::Avx512Vnni) => return ktiles!(kx86::b32_avx2[false], 4),
-            (QType::Q8_0, Isa::Avx2 | Isa::Avx512Vnni) => return ktiles!(kx86::b32_avx2[true], 4),
+            (QType::Q4_0 | QType::Q4_1, Isa::Avx512Vnni) => return ktiles!(kx86::b32_avx512[false], 8),
+            (QType::Q8_0, Isa::Avx512Vnni) => return ktiles!(kx86::b32_avx512[true], 8),
+            (QType::Q4_0 | QType::Q4_1, Isa::Avx2) => return ktiles!(kx86::b32_avx2[false], 4),
+            (QType::Q8_0, Isa::Avx2) => return ktiles!(kx86::b32_avx2[true], 4),
             _ => {}
         }
     }

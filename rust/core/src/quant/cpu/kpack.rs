@@ -29,7 +29,7 @@
 //! chunk's 32 `qh` bytes, at bits `2 (2 (v % 8 / 4) + i / 8)`: each of the four quarters of the two
 //! registers is one 2-bit plane of the same 32 bytes.
 //!
-//! Q4_0 / Q4_1 / Q8_0 take the same kind of layout at the AVX2 level (see [`PackedK::pack_b32`]): 32
+//! Q4_0 / Q4_1 / Q8_0 take the same kind of layout at the AVX2 and AVX-512 levels ([`PackedK::pack_b32`]): 32
 //! values per block, the [`KLayout::Pairs`] nibbles of 4 chunks and each row's `d` and offset `m` as
 //! f16 ([`q41`]), or Q8_0's bytes as 16 rows' value pairs ([`q80`]).
 //!
@@ -225,16 +225,16 @@ impl PackedK {
     pub fn repacks(qtype: QType, isa: Isa) -> bool {
         match qtype {
             QType::Q4K | QType::Q6K => true,
-            QType::Q4_0 | QType::Q4_1 | QType::Q8_0 => isa.min(dispatch::detect()) == Isa::Avx2,
+            QType::Q4_0 | QType::Q4_1 | QType::Q8_0 => isa.min(dispatch::detect()) >= Isa::Avx2,
             _ => false,
         }
     }
 
     /// The layout the matmul at `isa` takes `w` in, or `None` where it reads the GGUF blocks in place:
-    /// K-quants always (in [`KLayout::active`]); Q4_0 / Q4_1 / Q8_0 at the AVX2 level, where 16 rows per
-    /// pair of registers need 2 integer instructions per 16 products and a few float ones per 32
-    /// values, against 7 per 32 products in [`tile`](super::tile)'s row-by-row form (which stays the
-    /// AVX-512 and scalar levels' kernel).
+    /// K-quants always (in [`KLayout::active`]); Q4_0 / Q4_1 / Q8_0 at the AVX2 and AVX-512 levels,
+    /// where 16 rows per register (pair of registers at AVX2) need 1-2 integer instructions per 16
+    /// products and a few float ones per 32 values, against 7 per 32 products in
+    /// [`tile`](super::tile)'s row-by-row form (which stays the scalar level's kernel).
     pub fn for_matmul(w: &QMatrix, isa: Isa) -> Option<PackedK> {
         if !Self::repacks(w.qtype, isa) {
             return None;

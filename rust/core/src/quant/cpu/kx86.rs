@@ -415,3 +415,80 @@ pub unsafe fn b32_avx2<const N: usize, const Q8: bool>(g: &[u8], x: &KAct, t0: u
     }
     rows_out256!(acc, N)
 }
+
+/// `acc + w . x` with `x` the i16 pair at `$p` broadcast to every lane, folded into the `vpdpwssd`
+/// (one instruction, where `_mm512_set1_epi32` would add a broadcast).
+macro_rules! dpwssd512_at {
+    ($acc:expr, $w:expr, $p:expr) => {{
+        let mut a = $acc;
+        std::arch::asm!("vpdpwssd {a}, {w}, dword ptr [{p}]{{1to16}}", a = inout(zmm_reg) a, w = in(zmm_reg) $w, p = in(reg) $p, options(pure, readonly, nostack));
+        a
+    }};
+}
+
+/// [`b32_avx2`] with the 16 rows of a group in one register: per block of 32 values the weights unpack
+/// once for all `N` tokens to 4 x 4 vectors of 16 rows' i16 pairs, then 16 `vpdpwssd` per token (4
+/// accumulators below 4 tokens, so the products do not wait on one another; integer sums, so the split
+/// changes nothing), then the same float steps lane by lane: the bits of [`b32_avx2`] and
+/// `kmat::scalar_b32`. Against the row-by-row AVX-512 tiles on GGUF blocks (`pairs.rs`) this takes about a
+/// third of the instructions per row at batch 1 (no per-row nibble unpacking, scale broadcasts or
+/// horizontal sums), where those are bound by instructions rather than memory.
+///
+/// # Safety
+/// The CPU has AVX-512 F/BW/VL/VNNI (the dispatcher checks it).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn b32_avx512<const N: usize, const Q8: bool>(g: &[u8], x: &KAct, t0: usize) -> [[f32; ROWS]; N] {
+    let (bytes, d_at) = if Q8 { (q80::BYTES, q80::D) } else { (q41::BYTES, q41::D) };
+    let (k, nb) = (x.k, x.k / SUB);
+    assert!(g.len() == nb * bytes && t0 + N <= x.t, "packed group and activations differ");
+    let xq = token_rows!(x, t0, N);
+    let mut acc = [_mm512_setzero_ps(); N];
+    for j in 0..nb {
+        let b = g.as_ptr().add(j * bytes);
+        // The group's blocks are contiguous; ask for the one 4 blocks ahead (a prefetch past the end is
+        // harmless).
+        for line in (0..bytes).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(4 * bytes + line) as *const i8);
+        }
+        let mut ia = [[_mm512_setzero_si512(); N]; 4];
+        for c in 0..4 {
+            let mut w = [_mm512_setzero_si512(); 4];
+            if Q8 {
+                for m in 0..4 {
+                    w[m] = _mm512_cvtepi8_epi16(_mm256_loadu_si256(b.add(q80::QS + 32 * (4 * c + m)) as *const __m256i));
+                }
+            } else {
+                let n = nibbles512!(b.add(q41::QS + 64 * c));
+                for m in 0..4 {
+                    w[m] = _mm512_cvtepu8_epi16(n[m]);
+                }
+            }
+            for m in 0..4 {
+                let slot = if slots(N) == 4 { m } else { 0 };
+                for t in 0..N {
+                    // pair j * 16 + 4 c + m of the token's row: 2 i16 each
+                    ia[slot][t] = dpwssd512_at!(ia[slot][t], w[m], xq[t].add(j * SUB + 8 * c + 2 * m));
+                }
+            }
+        }
+        let d = _mm512_cvtph_ps(_mm256_loadu_si256(b.add(d_at) as *const __m256i));
+        let m = if Q8 { _mm512_setzero_ps() } else { _mm512_cvtph_ps(_mm256_loadu_si256(b.add(q41::M) as *const __m256i)) };
+        for t in 0..N {
+            let mut isum = ia[0][t];
+            if slots(N) == 4 {
+                isum = _mm512_add_epi32(_mm512_add_epi32(isum, ia[1][t]), _mm512_add_epi32(ia[2][t], ia[3][t]));
+            }
+            let blk = (t0 + t) * (k / SUB) + j;
+            let dx = _mm512_set1_ps(*x.d.get_unchecked(blk));
+            acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(isum), d), dx, acc[t]);
+            if !Q8 {
+                acc[t] = _mm512_fmadd_ps(m, _mm512_set1_ps(*x.s.get_unchecked(blk)), acc[t]);
+            }
+        }
+    }
+    let mut out = [[0f32; ROWS]; N];
+    for t in 0..N {
+        _mm512_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+    }
+    out
+}

@@ -11,7 +11,7 @@
 //!
 //! Q4_K / Q6_K take their own path: weights repacked into groups of 16 rows ([`kpack`]), activations
 //! as int8 per 32 values ([`kmat8`], the default) or as 15-bit integers ([`kmat`], the exact one, with
-//! `MLC_CPU_KQUANT_ACT=15`). At the AVX2 level Q4_0 / Q4_1 / Q8_0 take it too, with the 15-bit
+//! `MLC_CPU_KQUANT_ACT=15`). At the AVX2 and AVX-512 levels Q4_0 / Q4_1 / Q8_0 take it too, with the 15-bit
 //! activations ([`kpack::PackedK::for_matmul`] says which weights are repacked at which level).
 //!
 //! A token's result does not depend on the batch it runs in (see [`tile`]).

@@ -1,5 +1,5 @@
 //! The CPU quantized matmul as a candle op: `x: [..., k] f32 -> [..., n] f32` against a GGUF weight in
-//! candle's `QTensor`. Q4_K / Q6_K weights (and Q4_0 / Q4_1 at the AVX2 level) are repacked
+//! candle's `QTensor`. Q4_K / Q6_K weights (and Q4_0 / Q4_1 / Q8_0 above the scalar level) are repacked
 //! ([`kpack`](super::kpack)) the first time they are multiplied and the copy is kept beside the tensor
 //! for as long as it lives ([`packed`]); other blocks are read in place. The weight is a CPU tensor, so there is only a `cpu_fwd`; CUDA
 //! weights take `model::q4` / candle's kernels.
