@@ -353,13 +353,9 @@ unsafe fn attend_chunk<L: super::simd::Lanes>(task: &Task, t: usize, kvh: usize,
     let w = 2 + head_dim;
     for (g, sc) in scores.chunks_exact_mut(n).enumerate() {
         let max = sc.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        let mut sum = 0.0;
-        for x in sc.iter_mut() {
-            *x = (*x - max).exp();
-            sum += *x;
-        }
         part[g * w] = max;
-        part[g * w + 1] = sum;
+        // SAFETY: the caller guarantees L's instruction set.
+        part[g * w + 1] = unsafe { L::exp_sum(sc, max) };
     }
     // Eight keys per pass over a head's values (loaded and stored once), then the rest one by one; the
     // same bits as key after key.

@@ -32,6 +32,14 @@ pub trait Lanes {
     /// As [`Lanes::dot`].
     unsafe fn widen_f16(dst: &mut [f32], src: &[f16]);
 
+    /// `x[i] = exp_poly(x[i] - max)` ([`exp_poly`]) for every `i`; returns their sum over 8 partial sums
+    /// (lane `i` takes the elements `i mod 8`), lane 0 to 7 in order, then the remainder past a multiple
+    /// of 8: a softmax's numerators and denominator.
+    ///
+    /// # Safety
+    /// As [`Lanes::dot`].
+    unsafe fn exp_sum(x: &mut [f32], max: f32) -> f32;
+
     /// `[a · b_0, ..., a · b_7]`, each with [`Lanes::dot`]'s bits: eight keys against one query at once,
     /// so their dependency chains overlap and the query is loaded once.
     ///
@@ -79,6 +87,24 @@ impl Lanes for Portable {
         for (od, vd) in o.iter_mut().zip(v) {
             *od += w * vd;
         }
+    }
+
+    #[inline(always)]
+    unsafe fn exp_sum(x: &mut [f32], max: f32) -> f32 {
+        let mut acc = [0f32; 8];
+        let mut chunks = x.chunks_exact_mut(8);
+        for c in &mut chunks {
+            for i in 0..8 {
+                c[i] = exp_poly(c[i] - max);
+                acc[i] += c[i];
+            }
+        }
+        let mut tail = 0f32;
+        for v in chunks.into_remainder() {
+            *v = exp_poly(*v - max);
+            tail += *v;
+        }
+        acc.iter().sum::<f32>() + tail
     }
 
     /// One value at a time through `half` (its software conversion, or the hardware's where `half` finds
@@ -184,6 +210,33 @@ impl Lanes for Avx2 {
         }
     }
 
+    #[inline(always)]
+    unsafe fn exp_sum(x: &mut [f32], max: f32) -> f32 {
+        use std::arch::x86_64::*;
+        let n = x.len();
+        let full = n / 8 * 8;
+        // SAFETY (all intrinsics): AVX2 as the caller guarantees; loads and stores stay below `full`.
+        unsafe {
+            let (m, mut acc) = (_mm256_set1_ps(max), _mm256_setzero_ps());
+            let mut i = 0;
+            while i < full {
+                let p = x.as_mut_ptr().add(i);
+                let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p), m));
+                _mm256_storeu_ps(p, e);
+                acc = _mm256_add_ps(acc, e);
+                i += 8;
+            }
+            let mut lanes = [0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+            let mut tail = 0f32;
+            for v in &mut x[full..] {
+                *v = exp_poly(*v - max);
+                tail += *v;
+            }
+            lanes.iter().sum::<f32>() + tail
+        }
+    }
+
     /// Eight values per F16C `vcvtph2ps`, then the rest one by one.
     #[inline(always)]
     unsafe fn widen_f16(dst: &mut [f32], src: &[f16]) {
@@ -236,6 +289,73 @@ impl Lanes for Avx2 {
                 i += 8;
             }
         }
+    }
+}
+
+/// Below this `exp` is taken as 0 (`e^-87.3` is about `f32::MIN_POSITIVE`, and a softmax's largest
+/// numerator is 1).
+const EXP_LO: f32 = -87.3;
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+/// ln 2 in two parts (Cephes): `n * LN2_HI` is exact for the integers `n` that occur (`|n| <= 126`).
+const LN2_HI: f32 = 0.693_359_375;
+const LN2_LO: f32 = -2.121_944_4e-4;
+/// `e^r - 1 - r` over `r^2` on `|r| <= ln 2 / 2` (Cephes' `expf` coefficients), highest power first.
+const EXP_P: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1];
+/// See `quant::cpu::act::ROUND_MAGIC`: rounds to the nearest integer in plain f32 arithmetic.
+const ROUND_MAGIC: f32 = 12_582_912.0;
+
+/// `e^x` to about 1 ulp in plain f32 multiplications and additions (no fused multiply-add), so that
+/// [`exp8`] gives its bits lane by lane: `x = n ln 2 + r`, `e^x = 2^n (1 + r + r^2 P(r))`. 0 below
+/// [`EXP_LO`], NaN for NaN; for `x <= 88` (a softmax takes `x <= 0`). Why not libm's `expf`: it is one
+/// call per softmax score, which no loop vectorizes, and the levels must agree bit for bit.
+#[inline(always)]
+pub fn exp_poly(x: f32) -> f32 {
+    if x.is_nan() {
+        return x;
+    }
+    let xc = if x < EXP_LO { EXP_LO } else { x };
+    let n = (xc * LOG2E + ROUND_MAGIC) - ROUND_MAGIC;
+    let r = (xc - n * LN2_HI) - n * LN2_LO;
+    let mut y = EXP_P[0];
+    for &c in &EXP_P[1..] {
+        y = y * r + c;
+    }
+    let y = (y * (r * r) + r) + 1.0;
+    let e = y * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    if x < EXP_LO {
+        0.0
+    } else {
+        e
+    }
+}
+
+/// [`exp_poly`] of 8 lanes, the same operations in the same order.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn exp8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    // SAFETY: register arithmetic only; AVX2 as the caller guarantees.
+    unsafe {
+        let lo = _mm256_set1_ps(EXP_LO);
+        let magic = _mm256_set1_ps(ROUND_MAGIC);
+        // x below the bound (ordered: false for NaN) -> the bound, as the scalar `if`.
+        let below = _mm256_cmp_ps::<_CMP_LT_OQ>(x, lo);
+        let xc = _mm256_blendv_ps(x, lo, below);
+        let n = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(xc, _mm256_set1_ps(LOG2E)), magic), magic);
+        let r = _mm256_sub_ps(_mm256_sub_ps(xc, _mm256_mul_ps(n, _mm256_set1_ps(LN2_HI))), _mm256_mul_ps(n, _mm256_set1_ps(LN2_LO)));
+        let mut y = _mm256_set1_ps(EXP_P[0]);
+        for &c in &EXP_P[1..] {
+            y = _mm256_add_ps(_mm256_mul_ps(y, r), _mm256_set1_ps(c));
+        }
+        let y = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(y, _mm256_mul_ps(r, r)), r), _mm256_set1_ps(1.0));
+        // n is integral (or NaN, whose lanes are replaced below): the conversion is exact.
+        let pow2 = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
+        let e = _mm256_mul_ps(y, _mm256_castsi256_ps(pow2));
+        let e = _mm256_andnot_ps(below, e);
+        _mm256_blendv_ps(e, x, _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x))
     }
 }
 
@@ -313,6 +433,54 @@ mod tests {
                         assert_eq!(got[j].to_bits(), Portable::dot(&b, refs[j]).to_bits(), "dot8 key {j}, n {n}");
                     }
                 }
+            }
+        }
+    }
+
+    /// The polynomial `exp` is within 2 ulp of f64's over the softmax's range, 0 below its bound, NaN for
+    /// NaN; `exp_sum` gives the same bits at every level (lengths around the 8-lane blocks) and its sum
+    /// is the partial sums' order.
+    #[test]
+    fn the_polynomial_exp_is_close_and_the_same_at_every_level() {
+        let mut worst = 0f64;
+        for i in 0..=2_000_000 {
+            let x = -90.0 * i as f32 / 2_000_000.0;
+            let (got, want) = (exp_poly(x) as f64, (x as f64).exp());
+            if x >= EXP_LO {
+                let ulp = (want as f32).next_up() as f64 - want as f32 as f64;
+                worst = worst.max((got - want).abs() / ulp);
+            } else {
+                assert_eq!(got, 0.0, "x {x}");
+            }
+        }
+        assert!(worst <= 2.0, "largest error {worst} ulp");
+        assert_eq!(exp_poly(0.0), 1.0);
+        assert!(exp_poly(f32::NAN).is_nan());
+        assert_eq!(exp_poly(f32::NEG_INFINITY), 0.0);
+        let mut seed = 3u64;
+        let mut rnd = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            -((seed >> 33) as f32 / (1u64 << 31) as f32) * 100.0
+        };
+        for n in [1, 7, 8, 9, 64, 65, 300] {
+            let x: Vec<f32> = (0..n).map(|_| rnd()).collect();
+            let max = 0.5;
+            let mut want = x.clone();
+            // SAFETY: portable code.
+            let want_sum = unsafe { Portable::exp_sum(&mut want, max) };
+            assert!(want.iter().zip(&x).all(|(w, v)| w.to_bits() == exp_poly(v - max).to_bits()));
+            #[cfg(target_arch = "x86_64")]
+            if avx2_active() {
+                let mut got = x.clone();
+                // SAFETY: AVX2 checked above.
+                let got_sum = unsafe { Avx2::exp_sum(&mut got, max) };
+                assert_eq!(got_sum.to_bits(), want_sum.to_bits(), "sum, n {n}");
+                assert!(got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits()), "n {n}");
+                let mut specials = vec![f32::NAN, f32::NEG_INFINITY, -87.3, -87.4, 0.0, -1e-30, 1.0, -0.0];
+                let want: Vec<u32> = specials.iter().map(|&v| exp_poly(v - 0.0).to_bits()).collect();
+                // SAFETY: as above.
+                unsafe { Avx2::exp_sum(&mut specials, 0.0) };
+                assert_eq!(specials.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want, "special values");
             }
         }
     }
