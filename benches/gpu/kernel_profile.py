@@ -41,12 +41,13 @@ def run_decode(python: str, model: str, new: int, config: str, ncu: str = "", lo
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     with open(out) as f:
         r = json.load(f)
+    os.remove(out)
     r["wall_s"] = time.perf_counter() - t0
     return r
 
 
 def kernel_totals(log: str) -> dict:
-    """ncu's CSV log -> {kernel name: [launches, total ns]}."""
+    """ncu's CSV log -> {"kernel grid block": [launches, total ns]} (the grid tells a GEMM's shapes apart)."""
     with open(log) as f:
         text = f.read()
     start = text.find('"ID"')
@@ -56,7 +57,7 @@ def kernel_totals(log: str) -> dict:
     for row in csv.DictReader(io.StringIO(text[start:])):
         if row.get("Metric Name") != "gpu__time_duration.sum":
             continue
-        t = totals[row["Kernel Name"]]
+        t = totals[f'{row["Kernel Name"]} {row["Grid Size"].replace(" ", "")} {row["Block Size"].replace(" ", "")}']
         t[0] += 1
         t[1] += float(row["Metric Value"].replace(",", ""))
     return totals
@@ -95,7 +96,9 @@ def main() -> None:
     kernels_us = sum(r["us_per_step"] for r in rows)
     for r in rows:
         r["pct_of_step"] = 100.0 * r["us_per_step"] / step_us
+    gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
     result = {
+        "device": gpu,
         "what": "one batch-1 decode step's kernels (ncu, difference of two runs) and its wall time",
         "label": args.label, "model": args.model, "config": args.config, "command": " ".join(sys.argv),
         "decode_tok_s": wall["decode_tok_s"], "step_us": step_us, "kernels_us": kernels_us,
@@ -108,9 +111,9 @@ def main() -> None:
         os.remove(log)
     print(f"{args.label or args.model}: {wall['decode_tok_s']:.1f} tok/s, step {step_us:.1f} us, kernels "
           f"{kernels_us:.1f} us ({result['launches_per_step']:.0f} launches), between kernels {step_us - kernels_us:.1f} us")
-    print(f"{'kernel':<60} {'launches':>8} {'us/step':>9} {'% step':>7}")
-    for r in rows[:40]:
-        print(f"{r['kernel'][:60]:<60} {r['launches_per_step']:>8.1f} {r['us_per_step']:>9.1f} {r['pct_of_step']:>7.1f}")
+    print(f"{'kernel grid block':<80} {'launches':>8} {'us/step':>9} {'% step':>7}")
+    for r in rows[:50]:
+        print(f"{r['kernel'][:80]:<80} {r['launches_per_step']:>8.1f} {r['us_per_step']:>9.1f} {r['pct_of_step']:>7.1f}")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ for p in $PROFILES; do
     [[ $tag == q4* ]] && cfg='{"quantized_matmul": true}'
     if [[ ! -e $model ]]; then echo "[profile] $tag: no model at $model"; continue; fi
     t0=$(date +%s)
-    timeout 240 "$PY" benches/gpu/kernel_profile.py "$model" --config "$cfg" --label "$tag" --python "$PY" \
+    timeout "${PROFILE_TIMEOUT:-240}" "$PY" benches/gpu/kernel_profile.py "$model" --config "$cfg" --label "$tag" --python "$PY" \
         --out "$OUT/profile_$tag.json"
     echo "[profile] $tag rc=$? in $(( $(date +%s) - t0 )) s"
 done
