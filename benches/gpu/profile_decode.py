@@ -10,6 +10,7 @@ import argparse
 import json
 import random
 import time
+import zlib
 
 
 def decode(engine, prompt, new: int, rid: str) -> dict:
@@ -17,16 +18,18 @@ def decode(engine, prompt, new: int, rid: str) -> dict:
     t0 = time.perf_counter()
     engine.add_request(rid, prompt, params)
     first = None
-    count = 0
+    ids = []
     while True:
         for d in engine.poll(20):
             if d["token_ids"]:
                 if first is None:
                     first = time.perf_counter()
-                count += len(d["token_ids"])
+                ids += d["token_ids"]
             if d["finish_reason"] is not None:
                 end = time.perf_counter()
-                return {"tokens": count, "ttft_ms": (first - t0) * 1e3, "decode_tok_s": (count - 1) / (end - first)}
+                # The ids' checksum lets runs under different settings be compared token for token.
+                return {"tokens": len(ids), "ttft_ms": (first - t0) * 1e3, "decode_tok_s": (len(ids) - 1) / (end - first),
+                        "ids_head": ids[:8], "ids_crc32": zlib.crc32(json.dumps(ids).encode())}
 
 
 def main() -> None:

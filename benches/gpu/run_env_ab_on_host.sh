@@ -16,12 +16,8 @@ OUT=${OUT:-$ROOT/gpu_out}
 SITE=${SITE:-/tmp/site}
 VAR=${VAR:-MLC_PDL} VALUES=${VALUES:-"0 1"} ROUNDS=${ROUNDS:-2}
 MODELS=${MODELS:-"bf16:/tmp/mlc_bench_llama3-8b q4_0:/tmp/mlc_bench_llama3-8b_q4_0.gguf"}
-if [[ -n "${PY:-}" ]]; then :
-elif [[ -x /opt/torch/.venv/bin/python ]]; then PY=/opt/torch/.venv/bin/python
-else PY=python3; fi
 mkdir -p "$OUT"
-CU13=$("$PY" -c 'import site,os;print(next((os.path.join(p,"nvidia","cu13","lib") for p in site.getsitepackages() if os.path.isdir(os.path.join(p,"nvidia","cu13","lib"))),""))')
-export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$CU13" PYTHONPATH="$SITE" PYTHONUNBUFFERED=1
+source "$ROOT/benches/gpu/host_env.sh"
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 for round in $(seq "$ROUNDS"); do
     for m in $MODELS; do
@@ -42,6 +38,13 @@ for line in open(sys.argv[1]):
     d = json.loads(line)
     if d["result"]:
         runs[(d["model"], d["var"], d["value"])].append(d["result"]["decode_tok_s"])
+crcs = collections.defaultdict(set)
+for line in open(sys.argv[1]):
+    d = json.loads(line)
+    if d["result"]:
+        crcs[d["model"]].add(d["result"].get("ids_crc32"))
 for (model, var, value), v in sorted(runs.items()):
     print(f"{model:<10} {var}={value:<4} decode tok/s median {statistics.median(v):8.1f}  runs {[round(x, 1) for x in v]}")
+for model, c in sorted(crcs.items()):
+    print(f"{model:<10} greedy ids {'identical in every run' if len(c) == 1 else f'DIFFER between runs: {sorted(c)}'}")
 PYEOF

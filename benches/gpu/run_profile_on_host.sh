@@ -14,13 +14,8 @@ cd "$ROOT"
 OUT=${OUT:-$ROOT/gpu_out}
 SITE=${SITE:-/tmp/site}
 PROFILES=${PROFILES:-"bf16:/tmp/mlc_bench_llama3-8b q4_0:/tmp/mlc_bench_llama3-8b_q4_0.gguf"}
-if [[ -n "${PY:-}" ]]; then :
-elif [[ -x /opt/torch/.venv/bin/python ]]; then PY=/opt/torch/.venv/bin/python
-else PY=python3; fi
 mkdir -p "$OUT"
-# The CUDA 13 runtime libraries the wheel links against come with the host's torch.
-CU13=$("$PY" -c 'import site,os;print(next((os.path.join(p,"nvidia","cu13","lib") for p in site.getsitepackages() if os.path.isdir(os.path.join(p,"nvidia","cu13","lib"))),""))')
-export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$CU13" PYTHONPATH="$SITE" PYTHONUNBUFFERED=1
+source "$ROOT/benches/gpu/host_env.sh"
 {
 for p in $PROFILES; do
     tag=${p%%:*} model=${p#*:}

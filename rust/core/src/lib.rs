@@ -13,6 +13,8 @@ mod cuda_args;
 pub mod cuda_graph;
 #[cfg(feature = "cuda")]
 pub mod cuda_kernels;
+#[cfg(feature = "cuda")]
+pub mod cuda_pdl;
 pub mod device;
 pub mod embedding;
 pub mod engine;

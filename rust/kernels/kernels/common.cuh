@@ -64,3 +64,23 @@ __device__ __forceinline__ float warp_sum(float x) {
     for (int off = 16; off > 0; off >>= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
     return x;
 }
+
+// Programmatic dependent launch (sm_90; rust/core/src/cuda_pdl.rs launches with the attribute). A grid
+// launched with it may start while the grid before it on the stream is still running: pdl_wait() blocks
+// until that grid has completed and its writes are visible, so before it a kernel may read only what no
+// kernel of the step writes (weights, tables uploaded before the step) and write no global memory. Every
+// thread of such a kernel calls it, also on early exits: a grid that completed without waiting would let
+// the next one overtake the grid before. pdl_launch_dependents(), called after pdl_wait(), lets the next
+// grid be scheduled once every block of this one has called it or exited (so at most the running grid and
+// the next one's waiting blocks are resident). Both are no-ops for grids launched without the attribute,
+// and compiled out below sm_90 (and on the host emulator).
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}

@@ -8,7 +8,7 @@
 //   rope_qkv_<T>      qkv [T, (H + 2 KVH) * D] (the fused q/k/v projection): optional per-head RMSNorm of
 //                     q and k, rotary embedding of q and k (half or interleaved pairs), q written to
 //                     [T, H, D], k and v written straight into their paged-cache slots
-#include "common.cuh"
+#include "common.cuh"  // also pdl_wait: every entry point below waits first (launched with PDL, cuda_pdl.rs)
 
 #define FUSED_THREADS 256
 #define ROPE_WARPS 4
@@ -230,10 +230,14 @@ __device__ void rope_qkv(T* __restrict__ q_out, T* __restrict__ k_cache, T* __re
 
 #define FUSED(SUFFIX, T)                                                                                      \
     extern "C" __global__ void silu_mul_##SUFFIX(T* out, const T* gate_up, uint32_t num_tokens, uint32_t ffn) { \
+        pdl_wait();                                                                                           \
+        pdl_launch_dependents();                                                                              \
         silu_mul<T>(out, gate_up, num_tokens, ffn);                                                           \
     }                                                                                                         \
     extern "C" __global__ void add_rms_norm_##SUFFIX(T* out, const T* x, const T* res, const T* w,            \
                                                      uint32_t num_tokens, uint32_t hidden, float eps) {       \
+        pdl_wait();                                                                                           \
+        pdl_launch_dependents();                                                                              \
         add_rms_norm<T>(out, x, res, w, num_tokens, hidden, eps);                                             \
     }                                                                                                         \
     extern "C" __global__ void rope_qkv_##SUFFIX(                                                             \
@@ -241,6 +245,8 @@ __device__ void rope_qkv(T* __restrict__ q_out, T* __restrict__ k_cache, T* __re
         const T* sin_table, const T* q_norm, const T* k_norm, const uint32_t* slot_mapping,                  \
         uint32_t num_tokens, uint32_t num_heads, uint32_t num_kv_heads, uint32_t head_dim, uint32_t max_pos, \
         uint32_t num_slots, uint32_t interleaved, uint32_t has_norm, float eps) {                            \
+        pdl_wait();                                                                                           \
+        pdl_launch_dependents();                                                                              \
         rope_qkv<T>(q_out, k_cache, v_cache, qkv, positions, cos_table, sin_table, q_norm, k_norm,           \
                     slot_mapping, num_tokens, num_heads, num_kv_heads, head_dim, max_pos, num_slots,         \
                     interleaved, has_norm, eps);                                                             \

@@ -157,6 +157,10 @@ __device__ void q4_gemv_mma(T* __restrict__ y, const uint8_t* __restrict__ w, co
     float acc[4] = {0.f, 0.f, 0.f, 0.f};  // rows g, g + 8 x tokens 2c, 2c + 1 (the C fragment)
     if (mine > 0) issue(warp, 0);
     cp_async_commit();
+    // Launched with PDL (cuda_pdl.rs): the first weight group is on its way while the kernel that
+    // writes x finishes; x is read only from here on.
+    pdl_wait();
+    pdl_launch_dependents();
     for (uint32_t i = 0; i < mine; ++i) {
         if (i + 1 < mine) issue(warp + (i + 1) * Q4_MMA_WARPS, (i + 1) & 1);
         cp_async_commit();  // possibly empty: keeps "all but the newest group" meaning "stage i"
@@ -240,6 +244,8 @@ __device__ void q4_gemv_mma(T* __restrict__ y, const uint8_t* __restrict__ w, co
 template <typename T>
 __device__ void q4_gemv_simple(T* __restrict__ y, const uint8_t* __restrict__ w, const T* __restrict__ x,
                                uint32_t m, uint32_t n, uint32_t k) {
+    pdl_wait();  // launched with PDL (cuda_pdl.rs)
+    pdl_launch_dependents();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const uint32_t row = blockIdx.y * Q4_SIMPLE_WARPS + warp;
     if (row >= n) return;

@@ -295,7 +295,7 @@ mod cuda {
     use crate::model::rope::RopeStyle;
     use candle_core::backend::{BackendDevice, BackendStorage};
     use candle_core::cuda_backend::cudarc::driver::{
-        CudaStream, CudaView, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg, SyncOnDrop,
+        CudaStream, CudaView, DevicePtr, DeviceRepr, LaunchConfig, SyncOnDrop,
     };
     use candle_core::cuda_backend::{CudaDType, WrapErr};
     use candle_core::{bail, CudaDevice, CudaStorage, DType, Layout, Result, Shape, Storage, Tensor};
@@ -353,7 +353,7 @@ mod cuda {
             let src = view(s.as_cuda_slice::<T>()?, src, "gate/up")?;
             let (t32, f32_) = (to_u32(t, "tokens")?, to_u32(f, "ffn")?);
             let blocks = n.div_ceil(kernels::FUSED_THREADS as usize).min(65_535) as u32;
-            let mut b = func.builder();
+            let mut b = crate::cuda_pdl::PdlArgs::new(&func, &dev);
             b.arg(&mut out);
             b.arg(&src);
             b.arg(&t32);
@@ -412,7 +412,7 @@ mod cuda {
             let rv = view(r.as_cuda_slice::<T>()?, rr, "residual")?;
             let wv = view(w.as_cuda_slice::<T>()?, wr, "rms weight")?;
             let (t32, h32) = (to_u32(t, "tokens")?, to_u32(h, "hidden")?);
-            let mut b = func.builder();
+            let mut b = crate::cuda_pdl::PdlArgs::new(&func, &dev);
             b.arg(&mut out);
             b.arg(&xv);
             b.arg(&rv);
@@ -605,7 +605,7 @@ mod cuda {
         let (v_ptr, _v_sync) = cache_ptr::<T>(i.vc, &stream, "v cache")?;
         let units = t * (h + 2 * a.kvh as usize);
         let blocks = to_u32(units.div_ceil(kernels::ROPE_WARPS as usize), "rope blocks")?;
-        let mut b = func.builder();
+        let mut b = crate::cuda_pdl::PdlArgs::new(&func, dev);
         b.arg(&mut q_out);
         b.arg(&k_ptr);
         b.arg(&v_ptr);

@@ -385,7 +385,7 @@ mod cuda {
         if grid.1 > 65_535 {
             bail!("q4-gemv: {n} rows need {} row tiles, more than a grid's 65535", grid.1);
         }
-        let mut b = func.builder();
+        let mut b = crate::cuda_pdl::PdlArgs::new(&func, &dev);
         b.arg(&mut out);
         b.arg(&wv);
         b.arg(&xv);
