@@ -21,6 +21,7 @@ import shutil
 import pytest
 
 from test_engine_gpu import (  # noqa: F401 - fixtures are used by name
+    CPU_F32,
     _common_prefix,
     _record,
     _run_engine,
@@ -196,7 +197,7 @@ def tiny_models(tmp_path_factory, torch_mod, tiny_llama):
 def test_engine_f32_cuda_matches_cpu_with_fused_ops(core, tiny_models, prompts, kind):
     path = tiny_models[kind]
     gpu, gmeta = _run_engine(core, path, "cuda:0", {"dtype": "float32"}, prompts)
-    cpu, cmeta = _run_engine(core, path, "cpu", {"dtype": "float32"}, prompts)
+    cpu, cmeta = _run_engine(core, path, "cpu", CPU_F32, prompts)
     same = [g["ids"] == c["ids"] for g, c in zip(gpu, cpu)]
     lp = [abs(a - b) for g, c in zip(gpu, cpu) for a, b in zip(g["logprobs"], c["logprobs"])]
     result = {

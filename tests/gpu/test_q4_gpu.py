@@ -27,6 +27,7 @@ import sys
 import pytest
 
 from test_engine_gpu import (  # noqa: F401 - fixtures are used by name
+    CPU_F32,
     _common_prefix,
     _record,
     _run_engine,
@@ -255,7 +256,7 @@ def test_engine_q4_cuda_matches_cpu_dequantized(core, tiny_q4_gguf, prompts, dty
     gpu, gmeta = _run_engine(core, tiny_q4_gguf, "cuda:0", {"dtype": dtype, "quantized_matmul": True}, prompts, max_tokens)
     # The CPU's exact reference: its quantized kernels (the CPU default since they met the fidelity bound)
     # round activations to 8 bits, which would move the f32 comparison by ~2e-3.
-    cpu, cmeta = _run_engine(core, tiny_q4_gguf, "cpu", {"dtype": "float32", "quantized_matmul": False}, prompts, max_tokens)
+    cpu, cmeta = _run_engine(core, tiny_q4_gguf, "cpu", {**CPU_F32, "quantized_matmul": False}, prompts, max_tokens)
     prefixes = [_common_prefix(g["ids"], c["ids"]) for g, c in zip(gpu, cpu)]
     lp = [abs(a - b) for g, c in zip(gpu, cpu) for a, b in zip(g["logprobs"], c["logprobs"])]
     result = {
