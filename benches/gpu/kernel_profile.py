@@ -63,6 +63,21 @@ def kernel_totals(log: str) -> dict:
     return totals
 
 
+def step_rows(short: dict, long: dict, steps: int) -> list:
+    """One step's kernels from the totals of two runs `steps` decode steps apart, slowest first: launches
+    and us per step (what both runs share, prefill and warm-up, cancels out)."""
+    rows = []
+    for name in set(short) | set(long):
+        a = short.get(name, [0, 0.0])
+        b = long.get(name, [0, 0.0])
+        launches = (b[0] - a[0]) / steps
+        us = (b[1] - a[1]) / steps / 1e3
+        if launches > 0 or abs(us) > 0.05:
+            rows.append({"kernel": name, "launches_per_step": launches, "us_per_step": us})
+    rows.sort(key=lambda r: -r["us_per_step"])
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model")
@@ -83,16 +98,7 @@ def main() -> None:
         logs[n] = f"{args.out}.ncu_{n}.csv"
         run_decode(args.python, args.model, n, args.config, ncu=args.ncu, log=logs[n])
         totals[n] = kernel_totals(logs[n])
-    steps = args.steps_b - args.steps_a
-    rows = []
-    for name in set(totals[args.steps_a]) | set(totals[args.steps_b]):
-        a = totals[args.steps_a].get(name, [0, 0.0])
-        b = totals[args.steps_b].get(name, [0, 0.0])
-        launches = (b[0] - a[0]) / steps
-        us = (b[1] - a[1]) / steps / 1e3
-        if launches > 0 or abs(us) > 0.05:
-            rows.append({"kernel": name, "launches_per_step": launches, "us_per_step": us})
-    rows.sort(key=lambda r: -r["us_per_step"])
+    rows = step_rows(totals[args.steps_a], totals[args.steps_b], args.steps_b - args.steps_a)
     kernels_us = sum(r["us_per_step"] for r in rows)
     for r in rows:
         r["pct_of_step"] = 100.0 * r["us_per_step"] / step_us
