@@ -365,6 +365,16 @@ pub unsafe fn q6k_avx2<const N: usize>(g: &[u8], x: &KAct, t0: usize) -> [[f32; 
     rows_out256!(acc, N)
 }
 
+/// A Q4_0 / Q4_1 (`$q8` false) or Q8_0 group's kernel start: `(bytes per block, offset of the row scales,
+/// the tile's token rows)`, the lengths checked.
+macro_rules! b32_start {
+    ($g:expr, $x:expr, $t0:expr, $n:expr, $q8:expr) => {{
+        let (bytes, d_at) = if $q8 { (q80::BYTES, q80::D) } else { (q41::BYTES, q41::D) };
+        assert!($g.len() == $x.k / SUB * bytes && $t0 + $n <= $x.t, "packed group and activations differ");
+        (bytes, d_at, token_rows!($x, $t0, $n))
+    }};
+}
+
 /// Q4_0 / Q4_1 ([`q41`], `Q8 = false`) and Q8_0 ([`q80`], `Q8 = true`) groups: per block of 32 values,
 /// the weights unpacked once for all `N` tokens to 2 x 8 rows of i16 pairs (Q4: the nibbles, zero-extended;
 /// Q8_0: the bytes, `vpmovsxbw`), then 16 `vpmaddwd` + `vpaddd` per token and half, then
@@ -376,10 +386,8 @@ pub unsafe fn q6k_avx2<const N: usize>(g: &[u8], x: &KAct, t0: usize) -> [[f32; 
 /// The CPU has AVX2, FMA and F16C (the dispatcher checks it).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn b32_avx2<const N: usize, const Q8: bool>(g: &[u8], x: &KAct, t0: usize) -> [[f32; ROWS]; N] {
-    let (bytes, d_at) = if Q8 { (q80::BYTES, q80::D) } else { (q41::BYTES, q41::D) };
+    let (bytes, d_at, xq) = b32_start!(g, x, t0, N, Q8);
     let (k, nb) = (x.k, x.k / SUB);
-    assert!(g.len() == nb * bytes && t0 + N <= x.t, "packed group and activations differ");
-    let xq = token_rows!(x, t0, N);
     let mut acc = [[_mm256_setzero_ps(); 2]; N];
     for j in 0..nb {
         let b = g.as_ptr().add(j * bytes);
@@ -438,10 +446,8 @@ macro_rules! dpwssd512_at {
 /// The CPU has AVX-512 F/BW/VL/VNNI (the dispatcher checks it).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn b32_avx512<const N: usize, const Q8: bool>(g: &[u8], x: &KAct, t0: usize) -> [[f32; ROWS]; N] {
-    let (bytes, d_at) = if Q8 { (q80::BYTES, q80::D) } else { (q41::BYTES, q41::D) };
+    let (bytes, d_at, xq) = b32_start!(g, x, t0, N, Q8);
     let (k, nb) = (x.k, x.k / SUB);
-    assert!(g.len() == nb * bytes && t0 + N <= x.t, "packed group and activations differ");
-    let xq = token_rows!(x, t0, N);
     let mut acc = [_mm512_setzero_ps(); N];
     for j in 0..nb {
         let b = g.as_ptr().add(j * bytes);
