@@ -5,6 +5,7 @@
 //! inline there. The AVX2 versions give the same bits (the same 8 partial sums in the same order, no
 //! fused multiply-add), so every level is the reference's arithmetic.
 
+use crate::quant::cpu::act::ROUND_MAGIC;
 use crate::quant::cpu::dispatch::{self, Isa};
 use half::f16;
 
@@ -301,8 +302,6 @@ const LN2_HI: f32 = 0.693_359_375;
 const LN2_LO: f32 = -2.121_944_4e-4;
 /// `e^r - 1 - r` over `r^2` on `|r| <= ln 2 / 2` (Cephes' `expf` coefficients), highest power first.
 const EXP_P: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1];
-/// See `quant::cpu::act::ROUND_MAGIC`: rounds to the nearest integer in plain f32 arithmetic.
-const ROUND_MAGIC: f32 = 12_582_912.0;
 
 /// `e^x` to about 1 ulp in plain f32 multiplications and additions (no fused multiply-add), so that
 /// [`exp8`] gives its bits lane by lane: `x = n ln 2 + r`, `e^x = 2^n (1 + r + r^2 P(r))`. 0 below

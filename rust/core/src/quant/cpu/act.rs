@@ -41,7 +41,7 @@ impl ActBlock {
 
 /// Adding and subtracting 1.5 * 2^23 rounds an f32 below 2^22 in magnitude to the nearest integer, ties to
 /// even, in plain SSE2 arithmetic the loop vectorizes (`round_ties_even` is a libm call on baseline x86-64).
-const ROUND_MAGIC: f32 = 12_582_912.0;
+pub(crate) const ROUND_MAGIC: f32 = 12_582_912.0;
 
 /// Quantizes one row `x: [k]` (`k` a multiple of 32) into `out: [k / 32]`: `d = max|x| / 127`,
 /// `q = round_ties_even(x / d)` (what llama.cpp's SIMD quantizers do), `r = round_ties_even(128 (x / d - q))`.

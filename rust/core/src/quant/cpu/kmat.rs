@@ -19,6 +19,7 @@
 //! The 8-bit activation path beside this one ([`kmat8`](super::kmat8), the default since it meets the
 //! fidelity bound at twice the integer throughput) shares the driver ([`matmul`]) and the tile types.
 
+use super::act::ROUND_MAGIC;
 use super::dispatch::Isa;
 use super::kpack::{place, q41, q4k, q6k, q80, KLayout, PackedK, ROWS, SB};
 use super::gemm::Out;
@@ -43,8 +44,6 @@ pub struct KAct {
     pub s: Vec<f32>,
 }
 
-/// See `act::ROUND_MAGIC`: round to nearest, ties to even, in plain f32 arithmetic.
-const ROUND_MAGIC: f32 = 12_582_912.0;
 
 /// Tokens at which quantizing is split over the threads (a prefill's quantization otherwise runs on the
 /// calling thread while the others wait).
