@@ -108,12 +108,26 @@ def test_rope_qkv_block_sizes(fused_core, block_size):
     assert r["v_max_abs_err"] == 0.0, r
 
 
+# Batches of 1 to 4 tokens in bf16 / f16 run our GEMV (model/dense_gemv.rs), larger ones and f32 cuBLAS;
+# hidden 100 is not a multiple of 8 (cuBLAS at every batch).
 @pytest.mark.parametrize("dtype", ["f32", "bf16", "f16"])
-@pytest.mark.parametrize("tokens", [1, 5, 8, 9])
-@pytest.mark.parametrize("hidden", [256, 4096, 100])
+@pytest.mark.parametrize("tokens", [1, 2, 4, 5, 8, 9])
+@pytest.mark.parametrize("hidden", [256, 4096, 100, 14336])
 def test_stacked_dense_linear(fused_core, dtype, tokens, hidden):
     r = _check(fused_core, {"op": "stacked_linear", "dtype": dtype, "tokens": tokens, "hidden": hidden,
                             "outs": [256, 64, 64], "seed": tokens})
+    assert r["stacked"] is True, r
+
+
+# A stacked gate/up pair with silu(gate) * up: fused into the dense GEMV's epilogue at 1 to 4 tokens in
+# bf16 / f16 (equal to the GEMV then silu_mul), the matmul then silu_mul elsewhere. Odd widths leave the
+# last block of 8 outputs partly empty.
+@pytest.mark.parametrize("dtype", ["f32", "bf16", "f16"])
+@pytest.mark.parametrize("tokens", [1, 3, 4, 6])
+@pytest.mark.parametrize("hidden,ffn", [(4096, 14336), (256, 1003), (1000, 64)])
+def test_stacked_dense_gate_up_silu(fused_core, dtype, tokens, hidden, ffn):
+    r = _check(fused_core, {"op": "stacked_linear", "dtype": dtype, "tokens": tokens, "hidden": hidden,
+                            "outs": [ffn, ffn], "silu": True, "seed": tokens + ffn})
     assert r["stacked"] is True, r
 
 
@@ -138,6 +152,9 @@ def test_stacked_quantized_linear(fused_core, quant, tokens):
     ("stacked_qkv_t1", {"op": "stacked_linear", "tokens": 1, "hidden": 4096, "outs": [4096, 1024, 1024]}),
     ("o_proj_t1", {"op": "stacked_linear", "tokens": 1, "hidden": 4096, "outs": [4096]}),
     ("stacked_gate_up_t1", {"op": "stacked_linear", "tokens": 1, "hidden": 4096, "outs": [14336, 14336]}),
+    ("gate_up_silu_t1", {"op": "stacked_linear", "tokens": 1, "hidden": 4096, "outs": [14336, 14336], "silu": True}),
+    ("o_proj_t4", {"op": "stacked_linear", "tokens": 4, "hidden": 4096, "outs": [4096]}),
+    ("down_t4", {"op": "stacked_linear", "tokens": 4, "hidden": 14336, "outs": [4096]}),
     ("down_t1", {"op": "stacked_linear", "tokens": 1, "hidden": 14336, "outs": [4096]}),
 ])
 def test_fused_timing(fused_core, name, case):

@@ -1,7 +1,7 @@
 // GGML Q4_0 weights times activations, for decode-sized batches, and Q4_0 dequantization.
 //
-//   q4_gemv_mma_<T>     (T = bf16, f16) y[M, N] = x[M, K] . W[N, K]^T on tensor cores; K % 256 == 0
-//   q4_gemv_mma_silu_<T> the same for a stacked gate/up weight W[2N, K] (gate rows, then up rows), with
+//   q4_gemv_mma_<T>_s<S> (T = bf16, f16; S copy stages) y[M, N] = x[M, K] . W[N, K]^T on tensor cores; K % 256 == 0
+//   q4_gemv_mma_silu_<T>_s<S> the same for a stacked gate/up weight W[2N, K] (gate rows, then up rows), with
 //                       the MLP's activation as epilogue: y[M, N] = silu(x . gate^T) * (x . up^T)
 //   q4_gemv_simple_<T>  (T = f32, bf16, f16) the same with scalar f32 FMAs; any K % 32 == 0
 //   q4_dequant_<T>      W[N, K] -> out[N, K] in T (for what q4_gemm_tc.cu does not take: f32, K % 256 != 0)
@@ -18,8 +18,11 @@
 // The tensor-core kernel (the decode path for bf16 / f16 models). One block = 16 rows x 8 tokens; its 8
 // warps split K (warp w takes the groups of 8 Q4_0 blocks w, w + 8, ...) and sum their partial results
 // through shared memory at the end. Per group a warp copies the 16 rows' 144 contiguous bytes with
-// 16-byte cp.async into a two-stage buffer (the next group loads while this one computes; no thread
-// waits on a global load), then per Q4_0 block runs two m16n8k16 MMAs (A = q - 8, exact in bf16 / f16;
+// 16-byte cp.async into a ring of S stages (S - 1 groups load while one computes; no thread waits on a
+// global load). The first S groups are issued before pdl_wait(): launched with PDL, a warp's weights of
+// up to S groups (all of them for K <= 4096 at S = 2) stream in while the kernel before finishes. S = 2
+// or 4 (dynamic shared memory, S x 18 KiB a block; the caller picks 4 where warps own more than 2 groups).
+// Per Q4_0 block it runs two m16n8k16 MMAs (A = q - 8, exact in bf16 / f16;
 // B = x; C fresh in f32) and folds the result into the accumulator times the block's scale in f32.
 // The order of K inside one MMA is free as long as A and B agree, so it is chosen to let each lane's A
 // come from one 32-bit word of nibbles with two bit operations and B from one 8-byte load of x:
@@ -44,7 +47,7 @@
 #define Q4_GROUP_BYTES 144
 #define Q4_MMA_ROWS 16
 #define Q4_MMA_WARPS 8
-#define Q4_STAGES 2
+#define Q4_STAGE_BYTES (Q4_MMA_ROWS * Q4_GROUP_BYTES)
 #define Q4_TOKENS 8
 #define Q4_SIMPLE_WARPS 8
 
@@ -112,22 +115,21 @@ __device__ __forceinline__ void cp_async_commit() {
     asm volatile("cp.async.commit_group;\n" ::);
 #endif
 }
-// Waits until at most one committed group of this thread is still in flight.
-__device__ __forceinline__ void cp_async_wait_one() {
+// Waits until at most N committed groups of this thread are still in flight.
+template <int N> __device__ __forceinline__ void cp_async_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_group 1;\n" ::);
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 #endif
 }
 
 // ---------------------------------------------------------------------------------------------------
 // Tensor-core GEMV. grid = (ceil(M / 8), ceil(N / 16)) (SILU: ceil(N / 8), N = outputs = half of W's
-// rows), block = 32 * Q4_MMA_WARPS. Needs K % 256 == 0 and w, x 16- and 8-byte aligned (checked by the
-// caller).
-template <typename T, bool SILU>
+// rows), block = 32 * Q4_MMA_WARPS, dynamic shared memory Q4_MMA_WARPS * S * Q4_STAGE_BYTES. Needs
+// K % 256 == 0 and w, x 16- and 8-byte aligned (checked by the caller).
+template <typename T, bool SILU, int S>
 __device__ void q4_gemv_mma(T* __restrict__ y, const uint8_t* __restrict__ w, const T* __restrict__ x,
                             uint32_t m, uint32_t n, uint32_t k) {
-    __shared__ __align__(16) uint8_t stage[Q4_MMA_WARPS][Q4_STAGES][Q4_MMA_ROWS * Q4_GROUP_BYTES];
-    __shared__ float partial[Q4_MMA_WARPS][Q4_MMA_ROWS][Q4_TOKENS];
+    extern __shared__ __align__(16) uint8_t q4_smem[];
 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, c = lane & 3;
@@ -142,10 +144,12 @@ __device__ void q4_gemv_mma(T* __restrict__ y, const uint8_t* __restrict__ w, co
     const uint32_t token = t0 + g;
     const T* xrow = token < m ? x + (size_t)token * k : nullptr;
 
+    // This warp's ring of S stages; after its loop the same bytes hold its partial sums.
+    uint8_t* ring = q4_smem + (size_t)warp * S * Q4_STAGE_BYTES;
     // Copies group `grp` of the tile's 16 rows into stage `s`: 16 x 9 chunks of 16 bytes, chunk j =
     // row j / 9, piece j % 9; rows past N re-read the last row (never stored).
     auto issue = [&](uint32_t grp, int s) {
-        uint8_t* dst = stage[warp][s];
+        uint8_t* dst = ring + s * Q4_STAGE_BYTES;
         for (int j = lane; j < Q4_MMA_ROWS * 9; j += 32) {
             const int r = j / 9, piece = j - r * 9;
             const uint32_t row = SILU ? min(row0 + (r & 7), n - 1) + (r < 8 ? 0 : n) : min(row0 + r, n - 1);
@@ -155,21 +159,24 @@ __device__ void q4_gemv_mma(T* __restrict__ y, const uint8_t* __restrict__ w, co
     };
 
     float acc[4] = {0.f, 0.f, 0.f, 0.f};  // rows g, g + 8 x tokens 2c, 2c + 1 (the C fragment)
-    if (mine > 0) issue(warp, 0);
-    cp_async_commit();
-    // Launched with PDL (cuda_pdl.rs): the first weight group is on its way while the kernel that
-    // writes x finishes; x is read only from here on.
+    // Launched with PDL (cuda_pdl.rs): the first S weight groups are on their way while the kernel that
+    // writes x finishes; x is read only after the wait. One commit per stage, empty or not, so that
+    // "all but the newest S - 1 groups" always means "group i".
+#pragma unroll
+    for (int s = 0; s < S; ++s) {
+        if ((uint32_t)s < mine) issue(warp + s * Q4_MMA_WARPS, s);
+        cp_async_commit();
+    }
     pdl_wait();
     pdl_launch_dependents();
     for (uint32_t i = 0; i < mine; ++i) {
-        if (i + 1 < mine) issue(warp + (i + 1) * Q4_MMA_WARPS, (i + 1) & 1);
-        cp_async_commit();  // possibly empty: keeps "all but the newest group" meaning "stage i"
-        cp_async_wait_one();
+        cp_async_wait<S - 1>();
         __syncwarp();
 
         const uint32_t grp = warp + i * Q4_MMA_WARPS;
-        const uint32_t* lo_row = reinterpret_cast<const uint32_t*>(stage[warp][i & 1] + g * Q4_GROUP_BYTES);
-        const uint32_t* hi_row = reinterpret_cast<const uint32_t*>(stage[warp][i & 1] + (g + 8) * Q4_GROUP_BYTES);
+        const uint8_t* cur = ring + (i % S) * Q4_STAGE_BYTES;
+        const uint32_t* lo_row = reinterpret_cast<const uint32_t*>(cur + g * Q4_GROUP_BYTES);
+        const uint32_t* hi_row = reinterpret_cast<const uint32_t*>(cur + (g + 8) * Q4_GROUP_BYTES);
 #pragma unroll
         for (int p = 0; p < Q4_GROUP_BLOCKS / 2; ++p) {
             // Two blocks = 36 bytes = 9 words: [d0 | qs0 0..1] [qs0 2..5] .. [qs0 14..15 | d1] [qs1 0..3] ..
@@ -207,13 +214,20 @@ __device__ void q4_gemv_mma(T* __restrict__ y, const uint8_t* __restrict__ w, co
                 acc[3] = fmaf(d_hi[h], cb[3], acc[3]);
             }
         }
-        __syncwarp();  // the stage is overwritten by the next iteration's copy
+        __syncwarp();  // the stage is overwritten by the copy issued next
+        if (i + S < mine) issue(warp + (i + S) * Q4_MMA_WARPS, i % S);
+        cp_async_commit();
     }
 
-    partial[warp][g][2 * c] = acc[0];
-    partial[warp][g][2 * c + 1] = acc[1];
-    partial[warp][g + 8][2 * c] = acc[2];
-    partial[warp][g + 8][2 * c + 1] = acc[3];
+    // Every real copy has landed (groups complete in order; the ones after the last are empty), so the
+    // warp's ring is free: partial[v][row][token] sits at the start of warp v's ring.
+    auto partial = [&](int v, int r, int t) -> float& {
+        return reinterpret_cast<float*>(q4_smem + (size_t)v * S * Q4_STAGE_BYTES)[r * Q4_TOKENS + t];
+    };
+    partial(warp, g, 2 * c) = acc[0];
+    partial(warp, g, 2 * c + 1) = acc[1];
+    partial(warp, g + 8, 2 * c) = acc[2];
+    partial(warp, g + 8, 2 * c + 1) = acc[3];
     __syncthreads();
     if (SILU) {
         if (threadIdx.x < Q4_MMA_ROWS / 2 * Q4_TOKENS) {
@@ -221,8 +235,8 @@ __device__ void q4_gemv_mma(T* __restrict__ y, const uint8_t* __restrict__ w, co
             float gate = 0.f, up = 0.f;
 #pragma unroll
             for (int v = 0; v < Q4_MMA_WARPS; ++v) {
-                gate += partial[v][r][t];
-                up += partial[v][r + 8][t];
+                gate += partial(v, r, t);
+                up += partial(v, r + 8, t);
             }
             const uint32_t row = row0 + r, tok = t0 + t;
             if (row < n && tok < m) y[(size_t)tok * n + row] = silu_times<T>(round_to<T>(gate), round_to<T>(up));
@@ -232,7 +246,7 @@ __device__ void q4_gemv_mma(T* __restrict__ y, const uint8_t* __restrict__ w, co
         const int r = threadIdx.x % Q4_MMA_ROWS, t = threadIdx.x / Q4_MMA_ROWS;
         float sum = 0.f;
 #pragma unroll
-        for (int v = 0; v < Q4_MMA_WARPS; ++v) sum += partial[v][r][t];
+        for (int v = 0; v < Q4_MMA_WARPS; ++v) sum += partial(v, r, t);
         const uint32_t row = row0 + r, tok = t0 + t;
         if (row < n && tok < m) y[(size_t)tok * n + row] = from_f32<T>(sum);
     }
@@ -320,19 +334,31 @@ __device__ void q4_dequant(T* __restrict__ out, const uint8_t* __restrict__ w, u
         IMPL<T>(y, w, x, m, n, k);                                                                           \
     }
 
-template <typename T> __device__ __forceinline__ void q4_gemv_mma_plain(T* y, const uint8_t* w, const T* x, uint32_t m,
-                                                                       uint32_t n, uint32_t k) {
-    q4_gemv_mma<T, false>(y, w, x, m, n, k);
+template <typename T> __device__ __forceinline__ void q4_gemv_mma_s2(T* y, const uint8_t* w, const T* x, uint32_t m,
+                                                                    uint32_t n, uint32_t k) {
+    q4_gemv_mma<T, false, 2>(y, w, x, m, n, k);
 }
-template <typename T> __device__ __forceinline__ void q4_gemv_mma_silu(T* y, const uint8_t* w, const T* x, uint32_t m,
-                                                                      uint32_t n, uint32_t k) {
-    q4_gemv_mma<T, true>(y, w, x, m, n, k);
+template <typename T> __device__ __forceinline__ void q4_gemv_mma_s4(T* y, const uint8_t* w, const T* x, uint32_t m,
+                                                                    uint32_t n, uint32_t k) {
+    q4_gemv_mma<T, false, 4>(y, w, x, m, n, k);
+}
+template <typename T> __device__ __forceinline__ void q4_gemv_mma_silu_s2(T* y, const uint8_t* w, const T* x, uint32_t m,
+                                                                         uint32_t n, uint32_t k) {
+    q4_gemv_mma<T, true, 2>(y, w, x, m, n, k);
+}
+template <typename T> __device__ __forceinline__ void q4_gemv_mma_silu_s4(T* y, const uint8_t* w, const T* x, uint32_t m,
+                                                                         uint32_t n, uint32_t k) {
+    q4_gemv_mma<T, true, 4>(y, w, x, m, n, k);
 }
 
-Q4_GEMV(q4_gemv_mma_bf16, q4_gemv_mma_plain, __nv_bfloat16)
-Q4_GEMV(q4_gemv_mma_f16, q4_gemv_mma_plain, __half)
-Q4_GEMV(q4_gemv_mma_silu_bf16, q4_gemv_mma_silu, __nv_bfloat16)
-Q4_GEMV(q4_gemv_mma_silu_f16, q4_gemv_mma_silu, __half)
+Q4_GEMV(q4_gemv_mma_bf16_s2, q4_gemv_mma_s2, __nv_bfloat16)
+Q4_GEMV(q4_gemv_mma_f16_s2, q4_gemv_mma_s2, __half)
+Q4_GEMV(q4_gemv_mma_bf16_s4, q4_gemv_mma_s4, __nv_bfloat16)
+Q4_GEMV(q4_gemv_mma_f16_s4, q4_gemv_mma_s4, __half)
+Q4_GEMV(q4_gemv_mma_silu_bf16_s2, q4_gemv_mma_silu_s2, __nv_bfloat16)
+Q4_GEMV(q4_gemv_mma_silu_f16_s2, q4_gemv_mma_silu_s2, __half)
+Q4_GEMV(q4_gemv_mma_silu_bf16_s4, q4_gemv_mma_silu_s4, __nv_bfloat16)
+Q4_GEMV(q4_gemv_mma_silu_f16_s4, q4_gemv_mma_silu_s4, __half)
 Q4_GEMV(q4_gemv_simple_f32, q4_gemv_simple, float)
 Q4_GEMV(q4_gemv_simple_bf16, q4_gemv_simple, __nv_bfloat16)
 Q4_GEMV(q4_gemv_simple_f16, q4_gemv_simple, __half)

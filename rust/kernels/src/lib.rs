@@ -39,9 +39,11 @@ pub mod modules {
     module!(Q4_GEMM_TC, super::Q4_GEMM_TC_MODULE);
     module!(MOE, super::MOE_MODULE);
     module!(MOE_GEMM, super::MOE_GEMM_MODULE);
+    module!(DENSE_GEMV, super::DENSE_GEMV_MODULE);
 
     /// Every module, for loading them all when an engine starts.
-    pub static ALL: [&KernelModule; 9] = [&KV_WRITE, &PAGED_ATTENTION, &PREFILL_ATTENTION, &FUSED, &SAMPLING, &Q4_GEMM, &Q4_GEMM_TC, &MOE, &MOE_GEMM];
+    pub static ALL: [&KernelModule; 10] =
+        [&KV_WRITE, &PAGED_ATTENTION, &PREFILL_ATTENTION, &FUSED, &SAMPLING, &Q4_GEMM, &Q4_GEMM_TC, &MOE, &MOE_GEMM, &DENSE_GEMV];
 }
 
 /// PTX of `kernels/kv_write.cu`.
@@ -354,6 +356,12 @@ pub const Q4_TOKENS_PER_BLOCK: usize = 8;
 /// Rows and threads per block of `q4_gemv_mma_*` (`Q4_MMA_ROWS`, `32 * Q4_MMA_WARPS`).
 pub const Q4_MMA_ROWS: usize = 16;
 pub const Q4_MMA_THREADS: u32 = 256;
+/// Copy stages of the `q4_gemv_mma_*_s<stages>` instances, and the dynamic shared memory of one block:
+/// 8 warps x stages x (16 rows x 144 bytes).
+pub const Q4_MMA_STAGES: [usize; 2] = [2, 4];
+pub const fn q4_mma_smem_bytes(stages: usize) -> u32 {
+    (8 * stages * 16 * 144) as u32
+}
 /// `q4_gemv_mma_*` needs K to be a multiple of this (8 Q4_0 blocks: 144 bytes, 16-byte aligned rows).
 pub const Q4_MMA_K_MULTIPLE: usize = 256;
 /// Rows (one warp each) and threads per block of `q4_gemv_simple_*`.
@@ -361,6 +369,34 @@ pub const Q4_SIMPLE_ROWS: usize = 8;
 pub const Q4_SIMPLE_THREADS: u32 = 256;
 /// Threads per block of `q4_dequant_*`.
 pub const Q4_DEQUANT_THREADS: u32 = 256;
+
+// ------------------------------------------------------------------------------------------------
+// 16-bit dense GEMV for decode-sized batches (kernels/dense_gemv.cu).
+
+pub const DENSE_GEMV_MODULE: &str = "mlc_dense_gemv";
+/// Output rows (one warp each) and threads per block of `dense_gemv_*` (`DENSE_WARPS` in dense_gemv.cu).
+pub const DENSE_GEMV_ROWS: usize = 8;
+pub const DENSE_GEMV_THREADS: u32 = 256;
+/// Inputs must be a multiple of this (16-byte chunks of bf16 / f16).
+pub const DENSE_GEMV_K_MULTIPLE: usize = 8;
+/// Token tiles of the instances: `_t1` for one token, `_t4` for up to four per block.
+pub const DENSE_GEMV_TILES: [usize; 2] = [1, 4];
+
+/// `dense_gemv[_silu]_<dtype>_t<tile>` (bf16 / f16; `None` for f32 or a tile without an instance).
+pub fn dense_gemv_name(silu: bool, dtype: KernelDType, tile: usize) -> Option<&'static str> {
+    use KernelDType::*;
+    Some(match (silu, dtype, tile) {
+        (false, BF16, 1) => "dense_gemv_bf16_t1",
+        (false, BF16, 4) => "dense_gemv_bf16_t4",
+        (false, F16, 1) => "dense_gemv_f16_t1",
+        (false, F16, 4) => "dense_gemv_f16_t4",
+        (true, BF16, 1) => "dense_gemv_silu_bf16_t1",
+        (true, BF16, 4) => "dense_gemv_silu_bf16_t4",
+        (true, F16, 1) => "dense_gemv_silu_f16_t1",
+        (true, F16, 4) => "dense_gemv_silu_f16_t4",
+        _ => return None,
+    })
+}
 
 // ------------------------------------------------------------------------------------------------
 // Q4_0 GEMM on tensor cores (kernels/q4_gemm_tc.cu).
@@ -402,22 +438,26 @@ pub enum Q4Kernel {
     Dequant,
 }
 
-/// `q4_<kernel>_<dtype>`, or `None` for the tensor-core kernels in f32.
-pub fn q4_name(kernel: Q4Kernel, dtype: KernelDType) -> Option<&'static str> {
+/// `q4_<kernel>_<dtype>[_s<stages>]`, or `None` for the tensor-core kernels in f32 or stages other than
+/// [`Q4_MMA_STAGES`] (the scalar and dequantize kernels ignore `stages`).
+pub fn q4_name(kernel: Q4Kernel, dtype: KernelDType, stages: usize) -> Option<&'static str> {
     use KernelDType::*;
-    Some(match (kernel, dtype) {
-        (Q4Kernel::GemvMma, BF16) => "q4_gemv_mma_bf16",
-        (Q4Kernel::GemvMma, F16) => "q4_gemv_mma_f16",
-        (Q4Kernel::GemvMma, F32) => return None,
-        (Q4Kernel::GemvMmaSilu, BF16) => "q4_gemv_mma_silu_bf16",
-        (Q4Kernel::GemvMmaSilu, F16) => "q4_gemv_mma_silu_f16",
-        (Q4Kernel::GemvMmaSilu, F32) => return None,
-        (Q4Kernel::GemvSimple, F32) => "q4_gemv_simple_f32",
-        (Q4Kernel::GemvSimple, BF16) => "q4_gemv_simple_bf16",
-        (Q4Kernel::GemvSimple, F16) => "q4_gemv_simple_f16",
-        (Q4Kernel::Dequant, F32) => "q4_dequant_f32",
-        (Q4Kernel::Dequant, BF16) => "q4_dequant_bf16",
-        (Q4Kernel::Dequant, F16) => "q4_dequant_f16",
+    Some(match (kernel, dtype, stages) {
+        (Q4Kernel::GemvMma, BF16, 2) => "q4_gemv_mma_bf16_s2",
+        (Q4Kernel::GemvMma, BF16, 4) => "q4_gemv_mma_bf16_s4",
+        (Q4Kernel::GemvMma, F16, 2) => "q4_gemv_mma_f16_s2",
+        (Q4Kernel::GemvMma, F16, 4) => "q4_gemv_mma_f16_s4",
+        (Q4Kernel::GemvMmaSilu, BF16, 2) => "q4_gemv_mma_silu_bf16_s2",
+        (Q4Kernel::GemvMmaSilu, BF16, 4) => "q4_gemv_mma_silu_bf16_s4",
+        (Q4Kernel::GemvMmaSilu, F16, 2) => "q4_gemv_mma_silu_f16_s2",
+        (Q4Kernel::GemvMmaSilu, F16, 4) => "q4_gemv_mma_silu_f16_s4",
+        (Q4Kernel::GemvMma | Q4Kernel::GemvMmaSilu, _, _) => return None,
+        (Q4Kernel::GemvSimple, F32, _) => "q4_gemv_simple_f32",
+        (Q4Kernel::GemvSimple, BF16, _) => "q4_gemv_simple_bf16",
+        (Q4Kernel::GemvSimple, F16, _) => "q4_gemv_simple_f16",
+        (Q4Kernel::Dequant, F32, _) => "q4_dequant_f32",
+        (Q4Kernel::Dequant, BF16, _) => "q4_dequant_bf16",
+        (Q4Kernel::Dequant, F16, _) => "q4_dequant_f16",
     })
 }
 

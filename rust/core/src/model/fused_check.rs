@@ -57,6 +57,10 @@ pub struct FusedCase {
     pub outs: Vec<usize>,
     #[serde(default)]
     pub quant: Option<String>,
+    /// stacked_linear with two equal parts (gate, up): `forward_silu_mul` (silu(gate) * up, fused into
+    /// the GEMV where the device has one) instead of `forward`.
+    #[serde(default)]
+    pub silu: bool,
     #[serde(default)]
     pub seed: u64,
     /// After the check, time this many further calls of the device op (one synchronize at the end).
@@ -82,7 +86,8 @@ pub struct FusedReport {
     pub mean_abs_err: f32,
     pub max_abs_ref: f32,
     /// add_rms_norm: the normed output; rope_qkv: the whole k cache; stacked_linear: the device's
-    /// stacked result against its separate matmuls on the same device.
+    /// stacked result against its separate matmuls on the same device (with silu: against the separate
+    /// matmuls and silu_mul).
     pub second_max_abs_err: Option<f32>,
     pub second_max_abs_ref: Option<f32>,
     /// rope_qkv: the whole v cache (a copy: exact).
@@ -291,18 +296,26 @@ fn check_stacked_linear(device: &Device, dtype: DType, case: &FusedCase, rng: &m
             })
             .collect()
     };
-    // The reference: the parts one by one on the CPU, concatenated.
+    if case.silu && !(case.outs.len() == 2 && case.outs[0] == case.outs[1]) {
+        bail!("stacked_linear with silu needs two equal parts (gate, up), got {:?}", case.outs);
+    }
+    // The reference: the parts one by one on the CPU, concatenated (with silu: then silu(gate) * up).
     let cpu_parts = linears(&Device::Cpu)?;
-    let want = Tensor::cat(&cpu_parts.iter().map(|l| l.forward(&x)).collect::<Result<Vec<_>>>()?, 1)?;
+    let mut want = Tensor::cat(&cpu_parts.iter().map(|l| l.forward(&x)).collect::<Result<Vec<_>>>()?, 1)?;
     let parts = linears(device)?;
     let xd = on(&x, device, if quant.is_some() { DType::F32 } else { dtype })?;
-    let separate = Tensor::cat(&parts.iter().map(|l| l.forward(&xd)).collect::<Result<Vec<_>>>()?, 1)?;
+    let mut separate = Tensor::cat(&parts.iter().map(|l| l.forward(&xd)).collect::<Result<Vec<_>>>()?, 1)?;
+    if case.silu {
+        want = fused::silu_mul_reference(&want)?;
+        separate = fused::silu_mul(&separate)?;
+    }
     let stacked = StackedLinear::new(parts)?;
-    let got = stacked.forward(&xd)?;
+    let run = || if case.silu { stacked.forward_silu_mul(&xd) } else { stacked.forward(&xd) };
+    let got = run()?;
     let mut r = report(case, case.tokens, diff(&got, &want)?);
     let (e, _, m) = diff(&got, &separate)?;
     (r.second_max_abs_err, r.second_max_abs_ref, r.stacked) = (Some(e), Some(m), Some(stacked.is_stacked()));
-    r.device_us = time(device, case.repeat, || stacked.forward(&xd).map(drop))?;
+    r.device_us = time(device, case.repeat, || run().map(drop))?;
     Ok(r)
 }
 
@@ -366,6 +379,17 @@ mod tests {
             assert_eq!(r.max_abs_err, 0.0, "{quant}: {r:?}");
             assert_eq!(r.second_max_abs_err, Some(0.0), "{quant}: {r:?}");
         }
+    }
+
+    #[test]
+    fn the_silu_case_runs_the_reference_on_the_cpu_and_needs_two_equal_parts() {
+        let c = case(r#"{"op": "stacked_linear", "dtype": "f32", "tokens": 2, "hidden": 64, "outs": [48, 48], "silu": true}"#);
+        let r = compare_with_cpu(&Device::Cpu, &c).unwrap();
+        assert_eq!((r.max_abs_err, r.second_max_abs_err), (0.0, Some(0.0)), "{r:?}");
+        assert!(r.max_abs_ref > 0.0, "{r:?}");
+        let bad = case(r#"{"op": "stacked_linear", "dtype": "f32", "tokens": 2, "hidden": 64, "outs": [48, 32], "silu": true}"#);
+        let e = compare_with_cpu(&Device::Cpu, &bad).unwrap_err().to_string();
+        assert!(e.contains("two equal parts"), "{e}");
     }
 
     #[test]

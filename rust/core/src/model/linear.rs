@@ -29,6 +29,8 @@ impl Linear {
     /// `x: [num_tokens, in] -> [num_tokens, out]`
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
+            #[cfg(feature = "cuda")]
+            Weight::Dense(w) if super::dense_gemv::takes(x, w, false) => super::dense_gemv::forward(x, w)?,
             Weight::Dense(w) => x.matmul(&w.t()?)?,
             Weight::Quantized(QMatMul::QTensor(q)) if crate::quant::cpu::op::supports(q, x) => crate::quant::cpu::op::forward(q, x)?,
             Weight::Quantized(q) => q.forward(x)?,
@@ -168,11 +170,16 @@ impl StackedLinear {
     }
 
     /// For a stacked gate/up pair: `x: [num_tokens, in] -> [num_tokens, out]` silu(gate) * up. A Q4_0
-    /// weight on CUDA computes it inside its GEMV; everything else runs `forward` then `silu_mul`.
+    /// weight on CUDA, and a 16-bit one at decode-sized batches, compute it inside their GEMV;
+    /// everything else runs `forward` then `silu_mul`.
     pub fn forward_silu_mul(&self, x: &Tensor) -> Result<Tensor> {
         #[cfg(feature = "cuda")]
-        if let StackedLinear::Stacked(Linear { weight: Weight::Q4Cuda(q), bias: None }) = self {
-            return q.forward_silu_mul(x);
+        match self {
+            StackedLinear::Stacked(Linear { weight: Weight::Q4Cuda(q), bias: None }) => return q.forward_silu_mul(x),
+            StackedLinear::Stacked(Linear { weight: Weight::Dense(w), bias: None }) if super::dense_gemv::takes(x, w, true) => {
+                return super::dense_gemv::forward_silu_mul(x, w);
+            }
+            _ => {}
         }
         super::fused::silu_mul(&self.forward(x)?)
     }

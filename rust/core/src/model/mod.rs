@@ -4,6 +4,8 @@
 pub mod arch;
 pub mod config;
 pub mod decoder;
+#[cfg(feature = "cuda")]
+pub mod dense_gemv;
 pub mod eagle;
 pub mod fused;
 pub mod fused_check;

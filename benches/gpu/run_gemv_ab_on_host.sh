@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Runs ON the GPU host, from the repo root: the decode GEMVs (16-bit dense GEMV against cuBLAS, the 4-bit
+# GEMV's copy stages) checked and timed in one or two device calls. STEPS picks, in order:
+#   setup   install the wheels into $SITE and write the random Llama-3-8B-shaped models
+#           (run_on_host.sh --only bandwidth,setup --gguf-q4)
+#   tests   tests/gpu/test_fused.py, test_q4_gpu.py, test_engine_gpu.py (correctness; timings recorded)
+#   timing  the kernel timings again with the other setting: MLC_DENSE_GEMV_MAX_TOKENS=0 (cuBLAS) and
+#           MLC_Q4_GEMV_STAGES=2 and 4 (the default picks by K)
+#   ab      batch-1 greedy decode, alternating settings (run_env_ab_on_host.sh): bf16 with the dense
+#           GEMV off / on, Q4_0 with 2 stages / the default / 4 stages
+#
+#   run(command="STEPS='setup tests timing' bash benches/gpu/run_gemv_ab_on_host.sh", carry=["dist/cuda", "dist/pywheels"])
+#   run(command="STEPS=ab bash benches/gpu/run_gemv_ab_on_host.sh", ...)   # on the same warm machine
+#
+# Under $OUT: *.log, *.jsonl (timings: one JSON line per case), env_ab_*.jsonl.
+set -uo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT"
+OUT=${OUT:-$ROOT/gpu_out}
+SITE=${SITE:-/tmp/site}
+STEPS=${STEPS:-"setup tests timing"}
+mkdir -p "$OUT"
+t0=$(date +%s)
+step() { echo "[gemv] $1 rc=$2 after $(( $(date +%s) - t0 )) s"; }
+has() { [[ " $STEPS " == *" $1 "* ]]; }
+PYTEST_ARGS=(-q -rs -p no:cacheprovider -o pythonpath= --confcutdir=tests/gpu)
+
+if has setup; then
+    OUT=$OUT/setup SITE=$SITE bash benches/gpu/run_on_host.sh --only bandwidth,setup --gguf-q4 --budget-s 200 > "$OUT/setup.log" 2>&1
+    step setup $?; tail -n 5 "$OUT/setup.log"
+fi
+source "$ROOT/benches/gpu/host_env.sh"
+export MLC_REQUIRE_GPU=1
+
+if has tests; then
+    for t in test_fused test_q4_gpu test_engine_gpu; do
+        MLC_GPU_RESULTS="$OUT/$t.jsonl" timeout "${TEST_LIMIT_S:-200}" "$PY" -m pytest "tests/gpu/$t.py" "${PYTEST_ARGS[@]}" > "$OUT/$t.log" 2>&1
+        step "$t" $?; grep -E "passed|failed|FAILED|Error" "$OUT/$t.log" | tail -n 8
+    done
+fi
+
+if has timing; then
+    MLC_DENSE_GEMV_MAX_TOKENS=0 MLC_GPU_RESULTS="$OUT/fused_timing_cublas.jsonl" timeout 120 "$PY" -m pytest tests/gpu/test_fused.py \
+        -k timing "${PYTEST_ARGS[@]}" > "$OUT/fused_timing_cublas.log" 2>&1
+    step "fused timing, cuBLAS" $?
+    for s in 2 4; do
+        MLC_Q4_GEMV_STAGES=$s MLC_GPU_RESULTS="$OUT/q4_timing_s$s.jsonl" timeout 120 "$PY" -m pytest tests/gpu/test_q4_gpu.py \
+            -k "test_q4_timing" "${PYTEST_ARGS[@]}" > "$OUT/q4_timing_s$s.log" 2>&1
+        step "q4 timing, $s stages" $?
+    done
+    "$PY" - "$OUT" <<'PYEOF'
+import json, os, sys
+out = sys.argv[1]
+def rows(name):
+    p = os.path.join(out, name)
+    return [json.loads(l) for l in open(p)] if os.path.exists(p) else []
+def table(title, runs):
+    keyed = {}
+    for label, rs in runs:
+        for r in rs:
+            if r.get("test") in ("fused_timing", "q4_timing"):
+                keyed.setdefault((r["name"], r.get("tokens", "")), {})[label] = r["device_us"]
+    print(title)
+    labels = [l for l, _ in runs]
+    print(f"{'case':<24}" + "".join(f"{l:>14}" for l in labels))
+    for (name, tok), v in keyed.items():
+        print(f"{name + (' t' + str(tok) if tok != '' else ''):<24}" + "".join(f"{v.get(l, float('nan')):>14.2f}" for l in labels))
+table("dense GEMV, us per call", [("ours", rows("test_fused.jsonl")), ("cuBLAS", rows("fused_timing_cublas.jsonl"))])
+table("Q4_0 GEMV, us per call", [("by K", rows("test_q4_gpu.jsonl")), ("2 stages", rows("q4_timing_s2.jsonl")), ("4 stages", rows("q4_timing_s4.jsonl"))])
+PYEOF
+fi
+
+if has ab; then
+    OUT=$OUT VAR=MLC_DENSE_GEMV_MAX_TOKENS VALUES="0 4" ROUNDS=${ROUNDS:-2} MODELS="bf16:/tmp/mlc_bench_llama3-8b" \
+        bash benches/gpu/run_env_ab_on_host.sh > "$OUT/env_ab_dense.log" 2>&1
+    step "A/B dense GEMV" $?; tail -n 3 "$OUT/env_ab_dense.log"
+    mv "$OUT/env_ab.jsonl" "$OUT/env_ab_dense.jsonl"
+    OUT=$OUT VAR=MLC_Q4_GEMV_STAGES VALUES="2 auto 4" ROUNDS=${ROUNDS:-2} MODELS="q4_0:/tmp/mlc_bench_llama3-8b_q4_0.gguf" \
+        bash benches/gpu/run_env_ab_on_host.sh > "$OUT/env_ab_q4.log" 2>&1
+    step "A/B Q4 stages" $?; tail -n 4 "$OUT/env_ab_q4.log"
+    mv "$OUT/env_ab.jsonl" "$OUT/env_ab_q4.jsonl"
+fi
+
+# The device call brings back at most 8 files: everything in one archive.
+tar czf "/tmp/gemv_out.tgz" -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/gemv_out.tgz "$OUT/gemv_out.tgz"

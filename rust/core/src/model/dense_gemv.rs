@@ -1,0 +1,158 @@
+//! 16-bit dense projections of decode-sized batches on CUDA by our own GEMV (`mlc_kernels`'
+//! dense_gemv.cu) instead of cuBLAS: one kernel per projection (cuBLAS splits K over two kernels for
+//! some 8B shapes at one token), a gate/up projection with silu(gate) * up as its epilogue, and launches
+//! with programmatic dependent launch, so each projection streams its first weights while the kernel
+//! before it finishes. Larger batches, f32 and shapes the kernel does not take stay on cuBLAS.
+
+use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+
+/// Largest batch the GEMV takes. It reads each weight once per tile of up to 4 tokens with f32 FMAs on
+/// the CUDA cores; from a few tokens on, cuBLAS's tensor-core kernels win.
+pub const MAX_TOKENS: usize = 4;
+
+/// [`MAX_TOKENS`], or `MLC_DENSE_GEMV_MAX_TOKENS` when set (read once; 0 sends every batch to cuBLAS,
+/// for measuring one against the other).
+pub fn max_tokens() -> usize {
+    static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        std::env::var("MLC_DENSE_GEMV_MAX_TOKENS").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(MAX_TOKENS)
+    })
+}
+
+/// Whether `x: [t, k]` times `w: [n, k]` (`silu`: a stacked gate/up weight, `n` even) runs the GEMV:
+/// both on CUDA in bf16 or f16, 1 to [`max_tokens`] tokens, K a multiple of 8, both contiguous and
+/// 16-byte aligned (the kernel reads 16-byte chunks), and few enough rows for one grid.
+pub fn takes(x: &Tensor, w: &Tensor, silu: bool) -> bool {
+    let (Ok((t, k)), Ok((n, wk))) = (x.dims2(), w.dims2()) else { return false };
+    let outs = if silu { n / 2 } else { n };
+    let aligned = |a: &Tensor| a.is_contiguous() && (a.layout().start_offset() * a.dtype().size_in_bytes()) % 16 == 0;
+    x.device().is_cuda()
+        && matches!(x.dtype(), DType::BF16 | DType::F16)
+        && w.dtype() == x.dtype()
+        && (1..=max_tokens()).contains(&t)
+        && k == wk
+        && k % mlc_kernels::DENSE_GEMV_K_MULTIPLE == 0
+        && (!silu || n % 2 == 0)
+        && outs.div_ceil(mlc_kernels::DENSE_GEMV_ROWS) <= 65_535
+        && aligned(x)
+        && aligned(w)
+}
+
+/// `x: [t, k]`, `w: [n, k]` -> `[t, n]` (callers check [`takes`] first).
+pub fn forward(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    x.apply_op2_no_bwd(w, &DenseGemv { silu: false })
+}
+
+/// `x: [t, k]`, a stacked gate/up `w: [2 f, k]` -> `[t, f]` silu(x . gate^T) * (x . up^T), equal to
+/// `silu_mul(forward(x, w))`.
+pub fn forward_silu_mul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    x.apply_op2_no_bwd(w, &DenseGemv { silu: true })
+}
+
+struct DenseGemv {
+    silu: bool,
+}
+
+impl CustomOp2 for DenseGemv {
+    fn name(&self) -> &'static str {
+        "dense-gemv"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        bail!("dense-gemv: a CUDA kernel; dense weights on the CPU use candle's matmul")
+    }
+
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        xl: &Layout,
+        w: &candle_core::CudaStorage,
+        wl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::gemv(self.silu, x, xl, w, wl)
+    }
+}
+
+mod cuda {
+    //! Shape, dtype and alignment checks (errors, never panics), then one launch on candle's stream.
+
+    use crate::cuda_args::{contiguous, kernel_dtype, to_u32, view};
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig};
+    use candle_core::cuda_backend::{CudaDType, WrapErr};
+    use candle_core::{bail, CudaStorage, Layout, Result, Shape};
+    use mlc_kernels::{self as kernels, KernelDType};
+    use std::ops::Range;
+
+    pub fn gemv(silu: bool, x: &CudaStorage, xl: &Layout, w: &CudaStorage, wl: &Layout) -> Result<(CudaStorage, Shape)> {
+        let (t, k) = xl.shape().dims2()?; // [num_tokens, k]
+        let (n, wk) = wl.shape().dims2()?; // [rows, k]
+        if wk != k || k % kernels::DENSE_GEMV_K_MULTIPLE != 0 {
+            bail!("dense-gemv: x {:?} and w {:?} need equal inputs, a multiple of 8", xl.shape(), wl.shape());
+        }
+        if silu && n % 2 != 0 {
+            bail!("dense-gemv: a stacked gate/up weight needs an even number of rows, got {n}");
+        }
+        if x.dtype() != w.dtype() {
+            bail!("dense-gemv: x is {:?}, w {:?}", x.dtype(), w.dtype());
+        }
+        let dtype = kernel_dtype(x.dtype(), "dense-gemv")?;
+        let (xr, wr) = (contiguous(xl, "x")?, contiguous(wl, "w")?);
+        // 16-byte chunks: both starts 16-byte aligned (allocations are 256-byte aligned, the offset decides).
+        if xr.start % 8 != 0 || wr.start % 8 != 0 {
+            bail!("dense-gemv: x and w must start 16-byte aligned (offsets {} and {} elements)", xr.start, wr.start);
+        }
+        let outs = if silu { n / 2 } else { n };
+        let g = Gemv { t, outs, k, silu, dtype };
+        let storage = match dtype {
+            KernelDType::BF16 => launch::<half::bf16>(x, xr, w, wr, &g)?,
+            KernelDType::F16 => launch::<half::f16>(x, xr, w, wr, &g)?,
+            KernelDType::F32 => bail!("dense-gemv: no f32 kernel (f32 projections use cuBLAS)"),
+        };
+        Ok((storage, Shape::from((t, outs))))
+    }
+
+    /// One launch: `t` tokens, `outs` outputs (weight rows, or gate/up row pairs with `silu`), `k` inputs.
+    struct Gemv {
+        t: usize,
+        outs: usize,
+        k: usize,
+        silu: bool,
+        dtype: KernelDType,
+    }
+
+    fn launch<T: CudaDType + DeviceRepr>(x: &CudaStorage, xr: Range<usize>, w: &CudaStorage, wr: Range<usize>, g: &Gemv) -> Result<CudaStorage> {
+        let Gemv { t, outs, k, silu, dtype } = *g;
+        let dev = x.device().clone();
+        // SAFETY: every (token, output) of the output is written by the launch below.
+        let mut out = unsafe { dev.alloc::<T>((t * outs).max(1)) }?;
+        if t == 0 || outs == 0 {
+            return Ok(CudaStorage::wrap_cuda_slice(out, dev));
+        }
+        // One token: the single-token instance; more: tiles of 4.
+        let tile = if t == 1 { 1 } else { kernels::DENSE_GEMV_TILES[1] };
+        let Some(name) = kernels::dense_gemv_name(silu, dtype, tile) else {
+            bail!("dense-gemv: no kernel for {dtype:?}");
+        };
+        let func = crate::cuda_kernels::func(&dev, name, &kernels::modules::DENSE_GEMV)?;
+        let xv = view(x.as_cuda_slice::<T>()?, xr, "x")?;
+        let wv = view(w.as_cuda_slice::<T>()?, wr, "w")?;
+        let (t32, outs32, k32) = (to_u32(t, "tokens")?, to_u32(outs, "outputs")?, to_u32(k, "inputs")?);
+        let grid = (to_u32(t.div_ceil(tile), "token tiles")?, to_u32(outs.div_ceil(kernels::DENSE_GEMV_ROWS), "row tiles")?);
+        if grid.1 > 65_535 {
+            bail!("dense-gemv: {outs} outputs need {} row tiles, more than a grid's 65535", grid.1);
+        }
+        let mut b = crate::cuda_pdl::PdlArgs::new(&func, &dev);
+        b.arg(&mut out);
+        b.arg(&wv);
+        b.arg(&xv);
+        b.arg(&t32);
+        b.arg(&outs32);
+        b.arg(&k32);
+        let cfg = LaunchConfig { grid_dim: (grid.0, grid.1, 1), block_dim: (kernels::DENSE_GEMV_THREADS, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: matches dense_gemv[_silu]_<dtype>_t<tile> in dense_gemv.cu; x holds t * k elements and w
+        // outs (2 outs with silu) rows of k, both 16-byte aligned (checked above); out holds t * outs.
+        unsafe { b.launch(cfg) }.w()?;
+        Ok(CudaStorage::wrap_cuda_slice(out, dev))
+    }
+}

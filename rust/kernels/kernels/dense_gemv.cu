@@ -1,0 +1,145 @@
+// 16-bit dense weights times a decode-sized batch: y[M, N] = x[M, K] . W[N, K]^T, bf16 / f16, f32
+// accumulation, one rounding when y is stored.
+//
+//   dense_gemv_<T>_t<TOK>       one warp per output row
+//   dense_gemv_silu_<T>_t<TOK>  a stacked gate/up weight W[2N, K] (gate rows, then up rows): one warp per
+//                               output, y[M, N] = silu(x . gate^T) * (x . up^T)
+//
+// Why not cuBLAS: at one token cuBLAS runs these shapes as split-K GEMVs with a separate reduction
+// kernel (q/k/v, down), or a GEMV at half the bandwidth (o_proj); and its kernels are launched plainly,
+// so the fused elementwise kernels between them cannot start early (programmatic dependent launch,
+// common.cuh). Here every launch is one kernel that starts streaming its weights before the kernel
+// before it has finished: a warp's first loads are issued before pdl_wait(), since weights are never
+// written by a step.
+//
+// Layout: block = 8 warps = 8 output rows (outputs with SILU), grid = (ceil(M / TOK), ceil(N / 8)). A warp
+// reads its row(s) in 16-byte chunks (8 elements), lane l taking chunks l, l + 32, ...; chunks are loaded
+// DENSE_UNROLL at a time, the next DENSE_UNROLL in flight while the current ones are multiplied (a
+// register double buffer), bypassing L1 (read once). x is read through the read-only cache: all blocks
+// read the same TOK x K values. Needs K % 8 == 0 and x, W 16-byte aligned (checked by the caller).
+//
+// The silu variant rounds gate and up to T before silu_times, as the separate GEMV would store them
+// before silu_mul, so it equals the unfused pair exactly.
+#include "common.cuh"
+
+#define DENSE_WARPS 8
+#define DENSE_UNROLL 4
+
+// 16 bytes of weights, streamed: not kept in L1 (x lives there).
+__device__ __forceinline__ uint4 ld_stream_16(const void* p) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
+
+// Sum over the pair of 16-bit values in w and x: w.lo * x.lo + w.hi * x.hi + acc, in f32.
+template <typename T> __device__ __forceinline__ float dot2(uint32_t w, uint32_t x, float acc);
+template <> __device__ __forceinline__ float dot2<__nv_bfloat16>(uint32_t w, uint32_t x, float acc) {
+    // bf16 -> f32 is a 16-bit shift: the low element moves up, the high one is masked.
+    acc = fmaf(__uint_as_float(w << 16), __uint_as_float(x << 16), acc);
+    return fmaf(__uint_as_float(w & 0xffff0000u), __uint_as_float(x & 0xffff0000u), acc);
+}
+template <> __device__ __forceinline__ float dot2<__half>(uint32_t w, uint32_t x, float acc) {
+    const float2 wf = __half22float2(*reinterpret_cast<const __half2*>(&w));
+    const float2 xf = __half22float2(*reinterpret_cast<const __half2*>(&x));
+    acc = fmaf(wf.x, xf.x, acc);
+    return fmaf(wf.y, xf.y, acc);
+}
+
+template <typename T> __device__ __forceinline__ float dot8(const uint4& w, const uint4& x, float acc) {
+    acc = dot2<T>(w.x, x.x, acc);
+    acc = dot2<T>(w.y, x.y, acc);
+    acc = dot2<T>(w.z, x.z, acc);
+    return dot2<T>(w.w, x.w, acc);
+}
+
+// ROWS = 1 (plain) or 2 (gate row `row`, up row `row + n`); TOK tokens per block (the block's first is
+// blockIdx.x * TOK; those past M are skipped).
+template <typename T, bool SILU, int TOK>
+__device__ void dense_gemv(T* __restrict__ y, const T* __restrict__ w, const T* __restrict__ x, uint32_t m,
+                           uint32_t n, uint32_t k) {
+    constexpr int ROWS = SILU ? 2 : 1;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const uint32_t row = blockIdx.y * DENSE_WARPS + warp;  // output index
+    const uint32_t t0 = blockIdx.x * TOK;
+    const uint32_t chunks = k / 8;
+    const bool live = row < n;
+
+    const uint4* wrow[ROWS];
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) wrow[r] = reinterpret_cast<const uint4*>(w + (size_t)(row + r * n) * k);
+
+    uint4 next[ROWS][DENSE_UNROLL];
+    auto load = [&](uint32_t base) {
+#pragma unroll
+        for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+            for (int u = 0; u < DENSE_UNROLL; ++u) {
+                const uint32_t c = base + u * 32 + lane;
+                next[r][u] = c < chunks ? ld_stream_16(wrow[r] + c) : make_uint4(0u, 0u, 0u, 0u);
+            }
+    };
+    if (live) load(0);  // weights only: allowed before the wait
+    pdl_wait();
+    pdl_launch_dependents();
+    if (!live) return;
+
+    float acc[ROWS][TOK];
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+        for (int t = 0; t < TOK; ++t) acc[r][t] = 0.f;
+
+    for (uint32_t base = 0; base < chunks; base += 32 * DENSE_UNROLL) {
+        uint4 cur[ROWS][DENSE_UNROLL];
+#pragma unroll
+        for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+            for (int u = 0; u < DENSE_UNROLL; ++u) cur[r][u] = next[r][u];
+        if (base + 32 * DENSE_UNROLL < chunks) load(base + 32 * DENSE_UNROLL);
+#pragma unroll
+        for (int u = 0; u < DENSE_UNROLL; ++u) {
+            const uint32_t c = base + u * 32 + lane;
+            if (c < chunks) {
+#pragma unroll
+                for (int t = 0; t < TOK; ++t) {
+                    if (t0 + t < m) {
+                        const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + (size_t)(t0 + t) * k) + c);
+#pragma unroll
+                        for (int r = 0; r < ROWS; ++r) acc[r][t] = dot8<T>(cur[r][u], xv, acc[r][t]);
+                    }
+                }
+            }
+        }
+    }
+
+#pragma unroll
+    for (int t = 0; t < TOK; ++t) {
+        float s[ROWS];
+#pragma unroll
+        for (int r = 0; r < ROWS; ++r) s[r] = warp_sum(acc[r][t]);
+        if (lane == 0 && t0 + t < m) {
+            T* out = y + (size_t)(t0 + t) * n + row;
+            if (SILU) *out = silu_times<T>(round_to<T>(s[0]), round_to<T>(s[ROWS - 1]));
+            else *out = from_f32<T>(s[0]);
+        }
+    }
+}
+
+#define DENSE_GEMV(NAME, T, SILU, TOK)                                                                     \
+    extern "C" __global__ void __launch_bounds__(32 * DENSE_WARPS)                                       \
+        NAME(T* __restrict__ y, const T* __restrict__ w, const T* __restrict__ x, uint32_t m, uint32_t n, \
+             uint32_t k) {                                                                               \
+        dense_gemv<T, SILU, TOK>(y, w, x, m, n, k);                                                      \
+    }
+
+DENSE_GEMV(dense_gemv_bf16_t1, __nv_bfloat16, false, 1)
+DENSE_GEMV(dense_gemv_bf16_t4, __nv_bfloat16, false, 4)
+DENSE_GEMV(dense_gemv_f16_t1, __half, false, 1)
+DENSE_GEMV(dense_gemv_f16_t4, __half, false, 4)
+DENSE_GEMV(dense_gemv_silu_bf16_t1, __nv_bfloat16, true, 1)
+DENSE_GEMV(dense_gemv_silu_bf16_t4, __nv_bfloat16, true, 4)
+DENSE_GEMV(dense_gemv_silu_f16_t1, __half, true, 1)
+DENSE_GEMV(dense_gemv_silu_f16_t4, __half, true, 4)
