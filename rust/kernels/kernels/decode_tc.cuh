@@ -287,6 +287,7 @@ __device__ void decode_attention_tc(T* __restrict__ out, float* __restrict__ par
              float softcap, const float* sinks, uint32_t group, uint32_t vec_ok, const float* k_scales,        \
              const float* v_scales) {                                                                          \
         extern __shared__ __align__(16) uint8_t decode_tc_smem[];                                              \
+        pdl_launch_dependents(); /* see PAGED_ATTENTION */                                                     \
         decode_attention_tc<T, KT, D>(out, part_o, part_ml, counters, q, k_cache, v_cache, block_tables,       \
                                       token_seq, token_pos, token_splits, token_part, work_token, work_split,  \
                                       num_heads, num_kv_heads, block_size, max_blocks, scale, split_keys,      \

@@ -438,6 +438,11 @@ __device__ void paged_attention(T* __restrict__ out, float* __restrict__ part_o,
              uint32_t block_size, uint32_t max_blocks, float scale, uint32_t split_keys, uint32_t window,       \
              float softcap, const float* sinks, uint32_t group, uint32_t vec_ok, const float* k_scales,        \
              const float* v_scales) {                                                                          \
+        /* Launched plainly (a memset of the split counters may precede it), but the projection after it  \
+           is launched with PDL (cuda_pdl.rs): letting it be scheduled now starts its weight loads while   \
+           attention runs; it reads the output only after its griddepcontrol.wait, which waits for this   \
+           whole grid. */                                                                                  \
+        pdl_launch_dependents();                                                                           \
         paged_attention<T, KT, D>(out, part_o, part_ml, counters, q, k_cache, v_cache, block_tables, token_seq, \
                                   token_pos, token_splits, token_part, work_token, work_split, num_heads,     \
                                   num_kv_heads, head_dim, block_size, max_blocks, scale, split_keys, window,   \
