@@ -8,6 +8,8 @@
 #           MLC_Q4_GEMV_STAGES=2 and 4 (the default picks by K)
 #   ab      batch-1 greedy decode, alternating settings (run_env_ab_on_host.sh): bf16 with the dense
 #           GEMV off / on, Q4_0 with 2 stages / the default / 4 stages
+#   matrix  issue 13's matrix (benches/bench_gpu.py through run_on_host.sh: bf16, FP8 KV, Q4_0, TTFT,
+#           long contexts, the open workload, HF at batch 1)
 #
 #   run(command="STEPS='setup tests timing' bash benches/gpu/run_gemv_ab_on_host.sh", carry=["dist/cuda", "dist/pywheels"])
 #   run(command="STEPS=ab bash benches/gpu/run_gemv_ab_on_host.sh", ...)   # on the same warm machine
@@ -79,6 +81,13 @@ if has ab; then
         bash benches/gpu/run_env_ab_on_host.sh > "$OUT/env_ab_q4.log" 2>&1
     step "A/B Q4 stages" $?; tail -n 4 "$OUT/env_ab_q4.log"
     mv "$OUT/env_ab.jsonl" "$OUT/env_ab_q4.jsonl"
+fi
+
+if has matrix; then
+    OUT=$OUT/matrix SITE=$SITE bash benches/gpu/run_on_host.sh --batches 1,16,64,256 --q4-batches 1,16,33,64 --hf-batches 1 \
+        --kv-fp8 --gguf-q4 --long 64x1000,16x3900 --ttft-reps 3 --open-requests 1000 --budget-s "${MATRIX_BUDGET_S:-290}" \
+        > "$OUT/matrix.log" 2>&1
+    step matrix $?; tail -n 40 "$OUT/matrix.log"
 fi
 
 # The device call brings back at most 8 files: everything in one archive.
