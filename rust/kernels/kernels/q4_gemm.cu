@@ -334,31 +334,22 @@ __device__ void q4_dequant(T* __restrict__ out, const uint8_t* __restrict__ w, u
         IMPL<T>(y, w, x, m, n, k);                                                                           \
     }
 
-template <typename T> __device__ __forceinline__ void q4_gemv_mma_s2(T* y, const uint8_t* w, const T* x, uint32_t m,
-                                                                    uint32_t n, uint32_t k) {
-    q4_gemv_mma<T, false, 2>(y, w, x, m, n, k);
-}
-template <typename T> __device__ __forceinline__ void q4_gemv_mma_s4(T* y, const uint8_t* w, const T* x, uint32_t m,
-                                                                    uint32_t n, uint32_t k) {
-    q4_gemv_mma<T, false, 4>(y, w, x, m, n, k);
-}
-template <typename T> __device__ __forceinline__ void q4_gemv_mma_silu_s2(T* y, const uint8_t* w, const T* x, uint32_t m,
-                                                                         uint32_t n, uint32_t k) {
-    q4_gemv_mma<T, true, 2>(y, w, x, m, n, k);
-}
-template <typename T> __device__ __forceinline__ void q4_gemv_mma_silu_s4(T* y, const uint8_t* w, const T* x, uint32_t m,
-                                                                         uint32_t n, uint32_t k) {
-    q4_gemv_mma<T, true, 4>(y, w, x, m, n, k);
-}
+#define Q4_GEMV_MMA(NAME, T, SILU, S)                                                                     \
+    extern "C" __global__ void __launch_bounds__(256) NAME(T* __restrict__ y, const uint8_t* __restrict__ w, \
+                                                           const T* __restrict__ x, uint32_t m, uint32_t n,  \
+                                                           uint32_t k) {                                     \
+        q4_gemv_mma<T, SILU, S>(y, w, x, m, n, k);                                                           \
+    }
 
-Q4_GEMV(q4_gemv_mma_bf16_s2, q4_gemv_mma_s2, __nv_bfloat16)
-Q4_GEMV(q4_gemv_mma_f16_s2, q4_gemv_mma_s2, __half)
-Q4_GEMV(q4_gemv_mma_bf16_s4, q4_gemv_mma_s4, __nv_bfloat16)
-Q4_GEMV(q4_gemv_mma_f16_s4, q4_gemv_mma_s4, __half)
-Q4_GEMV(q4_gemv_mma_silu_bf16_s2, q4_gemv_mma_silu_s2, __nv_bfloat16)
-Q4_GEMV(q4_gemv_mma_silu_f16_s2, q4_gemv_mma_silu_s2, __half)
-Q4_GEMV(q4_gemv_mma_silu_bf16_s4, q4_gemv_mma_silu_s4, __nv_bfloat16)
-Q4_GEMV(q4_gemv_mma_silu_f16_s4, q4_gemv_mma_silu_s4, __half)
+Q4_GEMV_MMA(q4_gemv_mma_bf16_s2, __nv_bfloat16, false, 2)
+Q4_GEMV_MMA(q4_gemv_mma_f16_s2, __half, false, 2)
+Q4_GEMV_MMA(q4_gemv_mma_bf16_s4, __nv_bfloat16, false, 4)
+Q4_GEMV_MMA(q4_gemv_mma_f16_s4, __half, false, 4)
+Q4_GEMV_MMA(q4_gemv_mma_silu_bf16_s2, __nv_bfloat16, true, 2)
+Q4_GEMV_MMA(q4_gemv_mma_silu_f16_s2, __half, true, 2)
+Q4_GEMV_MMA(q4_gemv_mma_silu_bf16_s4, __nv_bfloat16, true, 4)
+Q4_GEMV_MMA(q4_gemv_mma_silu_f16_s4, __half, true, 4)
+
 Q4_GEMV(q4_gemv_simple_f32, q4_gemv_simple, float)
 Q4_GEMV(q4_gemv_simple_bf16, q4_gemv_simple, __nv_bfloat16)
 Q4_GEMV(q4_gemv_simple_f16, q4_gemv_simple, __half)
