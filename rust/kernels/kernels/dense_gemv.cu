@@ -27,11 +27,15 @@
 
 // 16 bytes of weights, streamed: not kept in L1 (x lives there).
 __device__ __forceinline__ uint4 ld_stream_16(const void* p) {
+#ifdef __CUDA_ARCH__
     uint4 v;
     asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                  : "l"(p));
     return v;
+#else  // the host emulation (rust/kernels/emulate)
+    return *reinterpret_cast<const uint4*>(p);
+#endif
 }
 
 // Sum over the pair of 16-bit values in w and x: w.lo * x.lo + w.hi * x.hi + acc, in f32.
@@ -128,6 +132,7 @@ __device__ void dense_gemv(T* __restrict__ y, const T* __restrict__ w, const T* 
     }
 }
 
+#ifndef DENSE_GEMV_HOST  // the emulation (rust/kernels/emulate) calls dense_gemv itself
 #define DENSE_GEMV(NAME, T, SILU, TOK)                                                                     \
     extern "C" __global__ void __launch_bounds__(32 * DENSE_WARPS)                                       \
         NAME(T* __restrict__ y, const T* __restrict__ w, const T* __restrict__ x, uint32_t m, uint32_t n, \
@@ -143,3 +148,4 @@ DENSE_GEMV(dense_gemv_silu_bf16_t1, __nv_bfloat16, true, 1)
 DENSE_GEMV(dense_gemv_silu_bf16_t4, __nv_bfloat16, true, 4)
 DENSE_GEMV(dense_gemv_silu_f16_t1, __half, true, 1)
 DENSE_GEMV(dense_gemv_silu_f16_t4, __half, true, 4)
+#endif

@@ -39,6 +39,7 @@
 // blocks read the same x (at most 8 x K values per token tile, e.g. 224 KiB for 8 x 14336 bf16), which
 // stays in L1 / L2, while shared memory is kept for the weight stages.
 #include "common.cuh"
+#include "mma.cuh"
 
 #define Q4_BLOCK_BYTES 18
 // Q4_0 blocks per copy group: 8 x 18 = 144 bytes = 9 x 16 per row, so a row's groups are 16-byte
@@ -77,49 +78,16 @@ template <> __device__ __forceinline__ uint32_t nibbles_to_pair<__nv_bfloat16>(u
     return *reinterpret_cast<uint32_t*>(&h);
 }
 
-// c += A (16x16, row) . B (16x8, col), f32 accumulators.
+// c += A (16x16, row) . B (16x8, col), f32 accumulators (mma.cuh's PTX wrappers).
 template <typename T>
 __device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]);
 template <>
 __device__ __forceinline__ void mma_16816<__half>(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-#else
-    __trap();
-#endif
+    mma_m16n8k16_f16(c, a, b[0], b[1]);
 }
 template <>
 __device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-#else
-    __trap();
-#endif
-}
-
-__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    const uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
-    // .cg: the weights are read once, keep them out of L1.
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
-#else
-    __trap();
-#endif
-}
-__device__ __forceinline__ void cp_async_commit() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.commit_group;\n" ::);
-#endif
-}
-// Waits until at most N committed groups of this thread are still in flight.
-template <int N> __device__ __forceinline__ void cp_async_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-#endif
+    mma_m16n8k16_bf16(c, a, b[0], b[1]);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -128,8 +96,7 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
 // K % 256 == 0 and w, x 16- and 8-byte aligned (checked by the caller).
 template <typename T, bool SILU, int S>
 __device__ void q4_gemv_mma(T* __restrict__ y, const uint8_t* __restrict__ w, const T* __restrict__ x,
-                            uint32_t m, uint32_t n, uint32_t k) {
-    extern __shared__ __align__(16) uint8_t q4_smem[];
+                            uint32_t m, uint32_t n, uint32_t k, uint8_t* __restrict__ q4_smem) {
 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, c = lane & 3;
@@ -154,7 +121,7 @@ __device__ void q4_gemv_mma(T* __restrict__ y, const uint8_t* __restrict__ w, co
             const int r = j / 9, piece = j - r * 9;
             const uint32_t row = SILU ? min(row0 + (r & 7), n - 1) + (r < 8 ? 0 : n) : min(row0 + r, n - 1);
             const uint8_t* src = w + (size_t)row * row_bytes + (size_t)grp * Q4_GROUP_BYTES + piece * 16;
-            cp_async_16(dst + r * Q4_GROUP_BYTES + piece * 16, src);
+            cp_async16(dst + r * Q4_GROUP_BYTES + piece * 16, src, true);
         }
     };
 
@@ -170,7 +137,7 @@ __device__ void q4_gemv_mma(T* __restrict__ y, const uint8_t* __restrict__ w, co
     pdl_wait();
     pdl_launch_dependents();
     for (uint32_t i = 0; i < mine; ++i) {
-        cp_async_wait<S - 1>();
+        cp_async_wait_pending<S - 1>();
         __syncwarp();
 
         const uint32_t grp = warp + i * Q4_MMA_WARPS;
@@ -334,11 +301,13 @@ __device__ void q4_dequant(T* __restrict__ out, const uint8_t* __restrict__ w, u
         IMPL<T>(y, w, x, m, n, k);                                                                           \
     }
 
+#ifndef Q4_GEMV_HOST  // the emulation (rust/kernels/emulate) calls the kernels with its own memory
 #define Q4_GEMV_MMA(NAME, T, SILU, S)                                                                     \
     extern "C" __global__ void __launch_bounds__(256) NAME(T* __restrict__ y, const uint8_t* __restrict__ w, \
                                                            const T* __restrict__ x, uint32_t m, uint32_t n,  \
                                                            uint32_t k) {                                     \
-        q4_gemv_mma<T, SILU, S>(y, w, x, m, n, k);                                                           \
+        extern __shared__ __align__(16) uint8_t q4_smem[];                                                   \
+        q4_gemv_mma<T, SILU, S>(y, w, x, m, n, k, q4_smem);                                                  \
     }
 
 Q4_GEMV_MMA(q4_gemv_mma_bf16_s2, __nv_bfloat16, false, 2)
@@ -362,3 +331,4 @@ Q4_GEMV(q4_gemv_simple_f16, q4_gemv_simple, __half)
 Q4_DEQUANT(q4_dequant_f32, float)
 Q4_DEQUANT(q4_dequant_bf16, __nv_bfloat16)
 Q4_DEQUANT(q4_dequant_f16, __half)
+#endif
