@@ -7,7 +7,7 @@
 #   timing  the kernel timings again with the other setting: MLC_DENSE_GEMV_MAX_TOKENS=0 (cuBLAS) and
 #           MLC_Q4_GEMV_STAGES=2 and 4 (the default picks by K)
 #   ab      batch-1 greedy decode, alternating settings (run_env_ab_on_host.sh): bf16 with the dense
-#           GEMV off / on, Q4_0 with 2 stages / the default / 4 stages
+#           GEMV off / on, Q4_0 with 2 stages everywhere / the default (Q4_VALUES)
 #   matrix  issue 13's matrix (benches/bench_gpu.py through run_on_host.sh: bf16, FP8 KV, Q4_0, TTFT,
 #           long contexts, the open workload, HF at batch 1)
 #
@@ -34,17 +34,19 @@ fi
 source "$ROOT/benches/gpu/host_env.sh"
 export MLC_REQUIRE_GPU=1
 
-if has tests; then
+run_tests() {  # $@: test files (without .py) under tests/gpu
     # Q4_K: a pytest -k filter for test_q4_gpu.py (e.g. leave out the GEMM / dequantize paths, which these
     # changes do not touch, when the device time is short).
-    for t in test_fused test_q4_gpu test_engine_gpu; do
+    for t in "$@"; do
         k=()
         [[ $t == test_q4_gpu && -n "${Q4_K:-}" ]] && k=(-k "$Q4_K")
         MLC_GPU_RESULTS="$OUT/$t.jsonl" timeout "${TEST_LIMIT_S:-200}" "$PY" -m pytest "tests/gpu/$t.py" "${PYTEST_ARGS[@]}" "${k[@]}" \
             > "$OUT/$t.log" 2>&1
         step "$t" $?; grep -E "passed|failed|FAILED|Error" "$OUT/$t.log" | tail -n 8
     done
-fi
+}
+# TESTS: the test files of the tests step (default all three); LATE_TESTS: more, run after the other steps.
+has tests && run_tests ${TESTS:-test_fused test_q4_gpu test_engine_gpu}
 
 if has timing; then
     MLC_DENSE_GEMV_MAX_TOKENS=0 MLC_GPU_RESULTS="$OUT/fused_timing_cublas.jsonl" timeout 120 "$PY" -m pytest tests/gpu/test_fused.py \
@@ -82,7 +84,7 @@ if has ab; then
         bash benches/gpu/run_env_ab_on_host.sh > "$OUT/env_ab_dense.log" 2>&1
     step "A/B dense GEMV" $?; tail -n 3 "$OUT/env_ab_dense.log"
     mv "$OUT/env_ab.jsonl" "$OUT/env_ab_dense.jsonl"
-    OUT=$OUT VAR=MLC_Q4_GEMV_STAGES VALUES="2 auto 4" ROUNDS=${ROUNDS:-2} MODELS="q4_0:/tmp/mlc_bench_llama3-8b_q4_0.gguf" \
+    OUT=$OUT VAR=MLC_Q4_GEMV_STAGES VALUES="${Q4_VALUES:-2 auto}" ROUNDS=${ROUNDS:-2} MODELS="q4_0:/tmp/mlc_bench_llama3-8b_q4_0.gguf" \
         bash benches/gpu/run_env_ab_on_host.sh > "$OUT/env_ab_q4.log" 2>&1
     step "A/B Q4 stages" $?; tail -n 4 "$OUT/env_ab_q4.log"
     mv "$OUT/env_ab.jsonl" "$OUT/env_ab_q4.jsonl"
@@ -94,6 +96,8 @@ if has matrix; then
         > "$OUT/matrix.log" 2>&1
     step matrix $?; tail -n 40 "$OUT/matrix.log"
 fi
+
+[[ -n "${LATE_TESTS:-}" ]] && run_tests $LATE_TESTS
 
 # The device call brings back at most 8 files: everything in one archive.
 tar czf "/tmp/gemv_out.tgz" -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/gemv_out.tgz "$OUT/gemv_out.tgz"
