@@ -6,6 +6,11 @@
 //!
 //!     cargo bench -p mlc-core --bench cpu_qmatmul [-- FILTER]     (MLC_CPU_ISA / MLC_CPU_THREADS /
 //!     MLC_CPU_KQUANT_ACT apply)
+//!
+//! `-- attn` times the CPU attention of a decode step instead ([`cpu_attention`]).
+
+#[path = "cpu_attention.rs"]
+mod cpu_attention;
 
 use mlc_core::quant::cpu::kpack::{KLayout, PackedK};
 use mlc_core::quant::cpu::{dispatch, matmul, matmul_packed, QMatrix, QType};
@@ -53,6 +58,9 @@ fn main() {
         ("smol lm_head", QType::Q8_0, 49152, 576),
     ];
     println!("isa {:?}, K-quant layout {:?}", dispatch::active(), KLayout::active());
+    if filter.starts_with("attn") {
+        return cpu_attention::run(&filter);
+    }
     println!("{:<14} {:>4} {:>6} {:>6} {:>5} {:>9} {:>7} {:>7}", "shape", "type", "n", "k", "t", "ms", "GB/s", "Gmac/s");
     for &(name, qtype, n, k) in shapes {
         if !name.contains(filter.as_str()) {

@@ -331,6 +331,17 @@ unsafe fn attend_chunk<L: super::simd::Lanes>(task: &Task, t: usize, kvh: usize,
         // V's rows too, so that they are in the cache by the time the K pass ends.
         k.prefetch8(base, i + PREFETCH_KEYS, head_dim);
         v.prefetch8(base, i + PREFETCH_KEYS, head_dim);
+        if let Some(rows) = f16_rows8::<L>(k, base, i, head_dim) {
+            for g in 0..per {
+                // SAFETY: the caller guarantees L's instruction set.
+                let dots = unsafe { L::dot8_f16(&qs[g * head_dim..(g + 1) * head_dim], rows) };
+                for r in 0..8 {
+                    scores[g * n + i + r] = cap(dots[r] * params.scale);
+                }
+            }
+            i += 8;
+            continue;
+        }
         // SAFETY: the caller guarantees L's instruction set.
         let rows = unsafe { k.rows8::<L>(base, i, head_dim, &mut bufs) };
         for g in 0..per {
@@ -361,6 +372,16 @@ unsafe fn attend_chunk<L: super::simd::Lanes>(task: &Task, t: usize, kvh: usize,
     // same bits as key after key.
     let mut i = 0;
     while i + 8 <= n {
+        if let Some(rows) = f16_rows8::<L>(v, base, i, head_dim) {
+            for g in 0..per {
+                let mut e = [0f32; 8];
+                e.copy_from_slice(&scores[g * n + i..g * n + i + 8]);
+                // SAFETY: as above.
+                unsafe { L::axpy8_f16(&mut part[g * w + 2..(g + 1) * w], e, rows) };
+            }
+            i += 8;
+            continue;
+        }
         // SAFETY: as above.
         let rows = unsafe { v.rows8::<L>(base, i, head_dim, &mut bufs) };
         for g in 0..per {
@@ -379,6 +400,21 @@ unsafe fn attend_chunk<L: super::simd::Lanes>(task: &Task, t: usize, kvh: usize,
             unsafe { L::axpy(&mut part[g * w + 2..(g + 1) * w], scores[g * n + i], vr) };
         }
     }
+}
+
+/// The rows at `bases[i..i + 8]` of an f16 cache, for primitives that read them in place
+/// ([`Lanes::F16_IN_PLACE`]); `None` where the rows are widened into a buffer first.
+#[inline(always)]
+fn f16_rows8<'a, L: super::simd::Lanes>(rows: &KvRows<'a>, bases: &[usize], i: usize, n: usize) -> Option<[&'a [half::f16]; 8]> {
+    let KvRows::F16(v) = rows else { return None };
+    if !L::F16_IN_PLACE {
+        return None;
+    }
+    let mut out: [&[half::f16]; 8] = [&[]; 8];
+    for r in 0..8 {
+        out[r] = &v[bases[i + r]..bases[i + r] + n];
+    }
+    Some(out)
 }
 
 #[cfg(test)]

@@ -52,6 +52,32 @@ pub trait Lanes {
         b.map(|bj| unsafe { Self::dot(a, bj) })
     }
 
+    /// Whether [`Lanes::dot8_f16`] and [`Lanes::axpy8_f16`] read f16 rows in place (where they do not,
+    /// the caller widens the rows once into a buffer and takes the f32 primitives).
+    const F16_IN_PLACE: bool = false;
+
+    /// [`Lanes::dot8`] of f16 rows, each value widened exactly: the same bits.
+    ///
+    /// # Safety
+    /// As [`Lanes::dot`].
+    #[inline(always)]
+    unsafe fn dot8_f16(a: &[f32], b: [&[f16]; 8]) -> [f32; 8] {
+        let wide: Vec<Vec<f32>> = b.iter().map(|r| r.iter().map(|h| h.to_f32()).collect()).collect();
+        // SAFETY: as the caller guarantees.
+        unsafe { Self::dot8(a, std::array::from_fn(|j| wide[j].as_slice())) }
+    }
+
+    /// [`Lanes::axpy8`] of f16 rows, each value widened exactly: the same bits.
+    ///
+    /// # Safety
+    /// As [`Lanes::dot`].
+    #[inline(always)]
+    unsafe fn axpy8_f16(o: &mut [f32], w: [f32; 8], v: [&[f16]; 8]) {
+        let wide: Vec<Vec<f32>> = v.iter().map(|r| r.iter().map(|h| h.to_f32()).collect()).collect();
+        // SAFETY: as the caller guarantees.
+        unsafe { Self::axpy8(o, w, std::array::from_fn(|j| wide[j].as_slice())) }
+    }
+
     /// `o += w_0 v_0`, then `o += w_1 v_1`, ... `w_7 v_7`: [`Lanes::axpy`] eight times in order, the same bits,
     /// with `o` loaded and stored once.
     ///
@@ -118,6 +144,85 @@ impl Lanes for Portable {
     }
 }
 
+/// The body of [`Avx2::dot8`] over rows `$b` (8 slices of `$n`, a multiple of 8) whose 8 values at a
+/// pointer `$load` returns as f32 lanes.
+#[cfg(target_arch = "x86_64")]
+macro_rules! dot8_avx2 {
+    ($a:expr, $b:expr, $n:expr, $load:ident) => {{
+        // The empty sums `dot` adds (its start value and its empty remainder), so the bits match.
+        let zero: f32 = [0f32; 0].iter().sum();
+        {
+            // Eight named accumulators and row pointers: as an array indexed in a loop, LLVM kept the
+            // accumulators in memory (a store-to-load chain per key).
+            // (No closures here: they would not inherit the caller's target features.)
+            let p = [$b[0].as_ptr(), $b[1].as_ptr(), $b[2].as_ptr(), $b[3].as_ptr(), $b[4].as_ptr(), $b[5].as_ptr(), $b[6].as_ptr(), $b[7].as_ptr()];
+            let z = _mm256_setzero_ps();
+            let (mut a0, mut a1, mut a2, mut a3, mut a4, mut a5, mut a6, mut a7) = (z, z, z, z, z, z, z, z);
+            let mut i = 0;
+            while i < $n {
+                let x = _mm256_loadu_ps($a.as_ptr().add(i));
+                a0 = _mm256_add_ps(a0, _mm256_mul_ps(x, $load(p[0].add(i))));
+                a1 = _mm256_add_ps(a1, _mm256_mul_ps(x, $load(p[1].add(i))));
+                a2 = _mm256_add_ps(a2, _mm256_mul_ps(x, $load(p[2].add(i))));
+                a3 = _mm256_add_ps(a3, _mm256_mul_ps(x, $load(p[3].add(i))));
+                a4 = _mm256_add_ps(a4, _mm256_mul_ps(x, $load(p[4].add(i))));
+                a5 = _mm256_add_ps(a5, _mm256_mul_ps(x, $load(p[5].add(i))));
+                a6 = _mm256_add_ps(a6, _mm256_mul_ps(x, $load(p[6].add(i))));
+                a7 = _mm256_add_ps(a7, _mm256_mul_ps(x, $load(p[7].add(i))));
+                i += 8;
+            }
+            let acc = [a0, a1, a2, a3, a4, a5, a6, a7];
+            // Transpose: t[l] holds lane l of every key's accumulator, so adding t[0], t[1], ... in order
+            // sums each key's lanes in `dot`'s order.
+            let t = transpose8(acc);
+            let mut r = _mm256_add_ps(_mm256_set1_ps(zero), t[0]);
+            for tl in &t[1..] {
+                r = _mm256_add_ps(r, *tl);
+            }
+            r = _mm256_add_ps(r, _mm256_set1_ps(zero));
+            let mut out = [0f32; 8];
+            _mm256_storeu_ps(out.as_mut_ptr(), r);
+            out
+        }
+    }};
+}
+
+/// The body of [`Avx2::axpy8`] over rows `$v` (8 slices of `$n`, a multiple of 8) read through `$load`.
+#[cfg(target_arch = "x86_64")]
+macro_rules! axpy8_avx2 {
+    ($o:expr, $w:expr, $v:expr, $n:expr, $load:ident) => {{
+        // (No closures here: they would not inherit the caller's target features.)
+        let p = [$v[0].as_ptr(), $v[1].as_ptr(), $v[2].as_ptr(), $v[3].as_ptr(), $v[4].as_ptr(), $v[5].as_ptr(), $v[6].as_ptr(), $v[7].as_ptr()];
+        let mut ws = [_mm256_setzero_ps(); 8];
+        for j in 0..8 {
+            ws[j] = _mm256_set1_ps($w[j]);
+        }
+        let mut i = 0;
+        while i < $n {
+            let po = $o.as_mut_ptr().add(i);
+            // key after key, as `axpy` adds them: the same roundings in the same order
+            let mut acc = _mm256_loadu_ps(po);
+            for j in 0..8 {
+                acc = _mm256_add_ps(acc, _mm256_mul_ps(ws[j], $load(p[j].add(i))));
+            }
+            _mm256_storeu_ps(po, acc);
+            i += 8;
+        }
+    }};
+}
+
+/// 8 f16 at `p` as f32 lanes (F16C).
+///
+/// # Safety
+/// The CPU has F16C; `p` points at 8 readable values.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn load8_f16(p: *const f16) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    // SAFETY: as the caller guarantees.
+    unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
+}
+
 /// x86-64 AVX2 and F16C (only where [`avx2_active`]).
 #[cfg(target_arch = "x86_64")]
 pub struct Avx2;
@@ -153,42 +258,25 @@ impl Lanes for Avx2 {
             // SAFETY: as the caller guarantees.
             return b.map(|bj| unsafe { Self::dot(a, bj) });
         }
-        // The empty sums `dot` adds (its start value and its empty remainder), so the bits match.
-        let zero: f32 = [0f32; 0].iter().sum();
-        // SAFETY (all intrinsics): the caller guarantees AVX2; every load is within n of its slice.
-        unsafe {
-            // Eight named accumulators and row pointers: as an array indexed in a loop, LLVM kept the
-            // accumulators in memory (a store-to-load chain per key).
-            // (No closures here: they would not inherit the caller's target features.)
-            let p = [b[0].as_ptr(), b[1].as_ptr(), b[2].as_ptr(), b[3].as_ptr(), b[4].as_ptr(), b[5].as_ptr(), b[6].as_ptr(), b[7].as_ptr()];
-            let z = _mm256_setzero_ps();
-            let (mut a0, mut a1, mut a2, mut a3, mut a4, mut a5, mut a6, mut a7) = (z, z, z, z, z, z, z, z);
-            let mut i = 0;
-            while i < n {
-                let x = _mm256_loadu_ps(a.as_ptr().add(i));
-                a0 = _mm256_add_ps(a0, _mm256_mul_ps(x, _mm256_loadu_ps(p[0].add(i))));
-                a1 = _mm256_add_ps(a1, _mm256_mul_ps(x, _mm256_loadu_ps(p[1].add(i))));
-                a2 = _mm256_add_ps(a2, _mm256_mul_ps(x, _mm256_loadu_ps(p[2].add(i))));
-                a3 = _mm256_add_ps(a3, _mm256_mul_ps(x, _mm256_loadu_ps(p[3].add(i))));
-                a4 = _mm256_add_ps(a4, _mm256_mul_ps(x, _mm256_loadu_ps(p[4].add(i))));
-                a5 = _mm256_add_ps(a5, _mm256_mul_ps(x, _mm256_loadu_ps(p[5].add(i))));
-                a6 = _mm256_add_ps(a6, _mm256_mul_ps(x, _mm256_loadu_ps(p[6].add(i))));
-                a7 = _mm256_add_ps(a7, _mm256_mul_ps(x, _mm256_loadu_ps(p[7].add(i))));
-                i += 8;
-            }
-            let acc = [a0, a1, a2, a3, a4, a5, a6, a7];
-            // Transpose: t[l] holds lane l of every key's accumulator, so adding t[0], t[1], ... in order
-            // sums each key's lanes in `dot`'s order.
-            let t = transpose8(acc);
-            let mut r = _mm256_add_ps(_mm256_set1_ps(zero), t[0]);
-            for tl in &t[1..] {
-                r = _mm256_add_ps(r, *tl);
-            }
-            r = _mm256_add_ps(r, _mm256_set1_ps(zero));
-            let mut out = [0f32; 8];
-            _mm256_storeu_ps(out.as_mut_ptr(), r);
-            out
+        // SAFETY: the caller guarantees AVX2; every load is within n of its slice.
+        unsafe { dot8_avx2!(a, b, n, _mm256_loadu_ps) }
+    }
+
+    const F16_IN_PLACE: bool = true;
+
+    /// [`Avx2::dot8`] with each row's 8 values widened by `vcvtph2ps` from memory as they are used (no
+    /// widened copy written and read back: per key and query head that was a third of the instructions).
+    #[inline(always)]
+    unsafe fn dot8_f16(a: &[f32], b: [&[f16]; 8]) -> [f32; 8] {
+        use std::arch::x86_64::*;
+        let n = a.len();
+        if n % 8 != 0 || b.iter().any(|bj| bj.len() != n) {
+            let wide: Vec<Vec<f32>> = b.iter().map(|r| r.iter().map(|h| h.to_f32()).collect()).collect();
+            // SAFETY: as the caller guarantees.
+            return unsafe { Self::dot8(a, std::array::from_fn(|j| wide[j].as_slice())) };
         }
+        // SAFETY: the caller guarantees AVX2 (and so F16C, dispatch); every load is within n of its slice.
+        unsafe { dot8_avx2!(a, b, n, load8_f16) }
     }
 
     #[inline(always)]
@@ -270,26 +358,22 @@ impl Lanes for Avx2 {
             }
             return;
         }
-        // SAFETY (all intrinsics): AVX2 as the caller guarantees; every access is within n of its slice.
-        unsafe {
-            // (No closures here: they would not inherit the caller's target features.)
-            let p = [v[0].as_ptr(), v[1].as_ptr(), v[2].as_ptr(), v[3].as_ptr(), v[4].as_ptr(), v[5].as_ptr(), v[6].as_ptr(), v[7].as_ptr()];
-            let mut ws = [_mm256_setzero_ps(); 8];
-            for j in 0..8 {
-                ws[j] = _mm256_set1_ps(w[j]);
-            }
-            let mut i = 0;
-            while i < n {
-                let po = o.as_mut_ptr().add(i);
-                // key after key, as `axpy` adds them: the same roundings in the same order
-                let mut acc = _mm256_loadu_ps(po);
-                for j in 0..8 {
-                    acc = _mm256_add_ps(acc, _mm256_mul_ps(ws[j], _mm256_loadu_ps(p[j].add(i))));
-                }
-                _mm256_storeu_ps(po, acc);
-                i += 8;
-            }
+        // SAFETY: AVX2 as the caller guarantees; every access is within n of its slice.
+        unsafe { axpy8_avx2!(o, w, v, n, _mm256_loadu_ps) }
+    }
+
+    /// [`Avx2::axpy8`] with the rows' values widened from memory as they are used (see `dot8_f16`).
+    #[inline(always)]
+    unsafe fn axpy8_f16(o: &mut [f32], w: [f32; 8], v: [&[f16]; 8]) {
+        use std::arch::x86_64::*;
+        let n = o.len();
+        if n % 8 != 0 || v.iter().any(|vj| vj.len() != n) {
+            let wide: Vec<Vec<f32>> = v.iter().map(|r| r.iter().map(|h| h.to_f32()).collect()).collect();
+            // SAFETY: as the caller guarantees.
+            return unsafe { Self::axpy8(o, w, std::array::from_fn(|j| wide[j].as_slice())) };
         }
+        // SAFETY: AVX2 (and so F16C) as the caller guarantees; every access is within n of its slice.
+        unsafe { axpy8_avx2!(o, w, v, n, load8_f16) }
     }
 }
 
@@ -431,6 +515,20 @@ mod tests {
                     for j in 0..8 {
                         assert_eq!(got[j].to_bits(), Portable::dot(&b, refs[j]).to_bits(), "dot8 key {j}, n {n}");
                     }
+                    // f16 rows read in place: the bits of the f32 primitives on the widened rows.
+                    let halves: Vec<Vec<f16>> = keys.iter().map(|k| k.iter().map(|&x| f16::from_f32(x)).collect()).collect();
+                    let wide: Vec<Vec<f32>> = halves.iter().map(|k| k.iter().map(|h| h.to_f32()).collect()).collect();
+                    let h16: [&[f16]; 8] = std::array::from_fn(|j| halves[j].as_slice());
+                    let got = Avx2::dot8_f16(&b, h16);
+                    for j in 0..8 {
+                        assert_eq!(got[j].to_bits(), Portable::dot(&b, &wide[j]).to_bits(), "dot8_f16 key {j}, n {n}");
+                    }
+                    let (mut o16, mut want16) = (b.clone(), b.clone());
+                    Avx2::axpy8_f16(&mut o16, ws, h16);
+                    for j in 0..8 {
+                        Portable::axpy(&mut want16, ws[j], &wide[j]);
+                    }
+                    assert_eq!(o16, want16, "axpy8_f16, n {n}");
                 }
             }
         }
