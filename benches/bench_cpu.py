@@ -2,8 +2,8 @@
 
 For each model: prefill of one 256-token prompt and decode after it at batch 1, and decode at batch 8
 (8 sequences of `--b8-prompt-tokens` prompt tokens each, distinct, so the prefill of the batch stays short on
-2 cores); greedy, EOS ignored, each measured `--repeats` times; the table shows the medians and
-ours / llama.cpp. llama.cpp runs through
+2 cores); greedy, EOS ignored, each measured `--repeats` times, batch-1 and batch-8 runs taking turns; the
+table shows the medians and ours / llama.cpp. llama.cpp runs through
 llama-cpp-python in its own virtual environment (built natively), driven by this same file with
 `--llama-worker` so both sides use one definition of the workload:
 
@@ -31,6 +31,17 @@ PROMPT_TEXT = "The history of the city is long and full of stories. " * 60
 
 
 # ----------------------------------------------------------------------------------------------- llama.cpp
+
+
+def interleaved(run, repeats: int) -> Dict[str, list]:
+    """`run(bsz, r)` for r in 0..repeats, batch 1 and batch 8 taking turns: a neighbour that slows the machine
+    for a minute then weighs on both sides of the batch-8 / batch-1 ratio, not on one block of runs."""
+    runs: Dict[str, list] = {"1": [], "8": []}
+    for r in range(repeats):
+        for bsz in (1, 8):
+            runs[str(bsz)].append(run(bsz, r))
+    return runs
+
 
 
 def llama_worker(args: argparse.Namespace) -> None:
@@ -87,9 +98,7 @@ def llama_worker(args: argparse.Namespace) -> None:
         return {"prefill_tokens_per_s": bsz * plen / prefill, "decode_tokens_per_s": bsz * (args.new_tokens - 1) / decode}
 
     run(1)  # warm-up
-    out = {"prompt_tokens": len(prompt), "version": L.__version__, "runs": {}}
-    for bsz in (1, 8):
-        out["runs"][str(bsz)] = [run(bsz) for _ in range(args.repeats)]
+    out = {"prompt_tokens": len(prompt), "version": L.__version__, "runs": interleaved(lambda bsz, r: run(bsz), args.repeats)}
     print(json.dumps(out))
 
 
@@ -122,9 +131,7 @@ def ours(args: argparse.Namespace, model: str) -> Dict:
         return {"prefill_tokens_per_s": bsz * plen / ttft, "decode_tokens_per_s": bsz * (args.new_tokens - 1) / (wall - ttft)}
 
     run(1, "warmup")
-    out = {"prompt_tokens": len(prompt), "runs": {}}
-    for bsz in (1, 8):
-        out["runs"][str(bsz)] = [run(bsz, f"b{bsz}r{r}") for r in range(args.repeats)]
+    out = {"prompt_tokens": len(prompt), "runs": interleaved(lambda bsz, r: run(bsz, f"b{bsz}r{r}"), args.repeats)}
     engine.terminate()
     return out
 
