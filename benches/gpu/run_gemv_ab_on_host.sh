@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Runs ON the GPU host, from the repo root: the decode GEMVs (16-bit dense GEMV against cuBLAS, the 4-bit
-# GEMV's copy stages) checked and timed in one or two device calls. STEPS picks, in order:
+# Runs ON the GPU host, from the repo root: the decode GEMVs (our 16-bit dense GEMV against cuBLAS, the 4-bit
+# GEMV with and without programmatic dependent launch) checked and timed in one or two device calls. STEPS
+# picks, in order:
 #   setup   install the wheels into $SITE and write the random Llama-3-8B-shaped models
 #           (run_on_host.sh --only bandwidth,setup --gguf-q4)
 #   tests   tests/gpu/test_fused.py, test_q4_gpu.py, test_engine_gpu.py (correctness; timings recorded)
-#   timing  the kernel timings again with the other setting: MLC_DENSE_GEMV_MAX_TOKENS=0 (cuBLAS) and
-#           MLC_Q4_GEMV_STAGES=2 and 4 (the default picks by K)
+#   timing  test_fused.py's timings again with MLC_DENSE_GEMV_MAX_TOKENS=0 (cuBLAS), beside the tests step's
 #   ab      batch-1 greedy decode, alternating settings (run_env_ab_on_host.sh): bf16 with the dense
-#           GEMV off / on, Q4_0 with 2 stages everywhere / the default (Q4_VALUES)
+#           GEMV off / on, both models with MLC_PDL=0 / 1
 #   matrix  issue 13's matrix (benches/bench_gpu.py through run_on_host.sh: bf16, FP8 KV, Q4_0, TTFT,
 #           long contexts, the open workload, HF at batch 1)
 #
@@ -52,11 +52,6 @@ if has timing; then
     MLC_DENSE_GEMV_MAX_TOKENS=0 MLC_GPU_RESULTS="$OUT/fused_timing_cublas.jsonl" timeout 120 "$PY" -m pytest tests/gpu/test_fused.py \
         -k timing "${PYTEST_ARGS[@]}" > "$OUT/fused_timing_cublas.log" 2>&1
     step "fused timing, cuBLAS" $?
-    for s in 2 4; do
-        MLC_Q4_GEMV_STAGES=$s MLC_GPU_RESULTS="$OUT/q4_timing_s$s.jsonl" timeout 120 "$PY" -m pytest tests/gpu/test_q4_gpu.py \
-            -k "test_q4_timing" "${PYTEST_ARGS[@]}" > "$OUT/q4_timing_s$s.log" 2>&1
-        step "q4 timing, $s stages" $?
-    done
     "$PY" - "$OUT" <<'PYEOF'
 import json, os, sys
 out = sys.argv[1]
@@ -75,19 +70,17 @@ def table(title, runs):
     for (name, tok), v in keyed.items():
         print(f"{name + (' t' + str(tok) if tok != '' else ''):<24}" + "".join(f"{v.get(l, float('nan')):>14.2f}" for l in labels))
 table("dense GEMV, us per call", [("ours", rows("test_fused.jsonl")), ("cuBLAS", rows("fused_timing_cublas.jsonl"))])
-table("Q4_0 GEMV, us per call", [("by K", rows("test_q4_gpu.jsonl")), ("2 stages", rows("q4_timing_s2.jsonl")), ("4 stages", rows("q4_timing_s4.jsonl"))])
 PYEOF
 fi
 
 if has ab; then
-    OUT=$OUT VAR=MLC_DENSE_GEMV_MAX_TOKENS VALUES="0 4" ROUNDS=${ROUNDS:-2} MODELS="bf16:/tmp/mlc_bench_llama3-8b" \
+    OUT=$OUT VAR=MLC_DENSE_GEMV_MAX_TOKENS VALUES="0 1" ROUNDS=${ROUNDS:-2} MODELS="bf16:/tmp/mlc_bench_llama3-8b" \
         bash benches/gpu/run_env_ab_on_host.sh > "$OUT/env_ab_dense.log" 2>&1
     step "A/B dense GEMV" $?; tail -n 3 "$OUT/env_ab_dense.log"
     mv "$OUT/env_ab.jsonl" "$OUT/env_ab_dense.jsonl"
-    OUT=$OUT VAR=MLC_Q4_GEMV_STAGES VALUES="${Q4_VALUES:-2 auto}" ROUNDS=${ROUNDS:-2} MODELS="q4_0:/tmp/mlc_bench_llama3-8b_q4_0.gguf" \
-        bash benches/gpu/run_env_ab_on_host.sh > "$OUT/env_ab_q4.log" 2>&1
-    step "A/B Q4 stages" $?; tail -n 4 "$OUT/env_ab_q4.log"
-    mv "$OUT/env_ab.jsonl" "$OUT/env_ab_q4.jsonl"
+    OUT=$OUT VAR=MLC_PDL VALUES="0 1" ROUNDS=${ROUNDS:-2} bash benches/gpu/run_env_ab_on_host.sh > "$OUT/env_ab_pdl.log" 2>&1
+    step "A/B PDL" $?; tail -n 6 "$OUT/env_ab_pdl.log"
+    mv "$OUT/env_ab.jsonl" "$OUT/env_ab_pdl.jsonl"
 fi
 
 if has matrix; then

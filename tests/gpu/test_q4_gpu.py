@@ -87,8 +87,8 @@ def _check(c, case):
 
 # Llama-3-8B's projections (q/k/v stacked 6144, o 4096, gate/up stacked 28672, down with K = 14336), an
 # odd N, a K that is a multiple of 32 but not of 256 (scalar kernel), a small model's width.
-# K = 14336 and 4352 take the 4-stage GEMV (a warp owns 7, or 2 to 3, groups of 256 inputs), K = 4096 the
-# 2-stage one.
+# K = 14336 and 4352 give the GEMV's warps 7, or 2 to 3, groups of 256 inputs (its ring of 2 copy stages
+# wraps), K = 4096 two each.
 _SHAPES = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (1001, 4096), (1001, 4352), (999, 1056), (577, 576)]
 
 

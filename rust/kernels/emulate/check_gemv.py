@@ -1,5 +1,5 @@
 """Checks the decode GEMVs' logic on the CPU: dense_gemv.cu (16-bit weights, one warp per output, tiles of 1
-or 4 tokens, gate/up with silu as epilogue) and q4_gemm.cu's tensor-core Q4_0 GEMV (2 or 4 copy stages)
+or 4 tokens, gate/up with silu as epilogue) and q4_gemm.cu's tensor-core Q4_0 GEMV (its ring of copy stages)
 compiled for the host (shim.cuh: one OS thread per CUDA thread; attention_shim.h + q4_shim.h: bf16 / f16;
 mma_shim.cuh: cp.async landing only at its wait, mma.sync from the PTX ISA's fragment layouts) and run on
 random weights against a reference in double (gemv_driver.cpp). Shapes cover partial row and token tiles,
@@ -15,7 +15,7 @@ import argparse, os, sys, tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 
-# (kind, dtype, silu, M, N outputs, K, stages, seed)
+# (kind, dtype, silu, M, N outputs, K, copy stages of the 4-bit GEMV (q4_gemm.cu's Q4_MMA_STAGES), seed)
 CASES = [
     ("dense", "bf16", 0, 1, 20, 1000, 0, 1),   # partial block of rows; 125 chunks, a partial last round
     ("dense", "f16", 0, 3, 16, 520, 0, 2),     # the 4-token tile with 3 live tokens
@@ -24,11 +24,10 @@ CASES = [
     ("dense", "f16", 1, 5, 9, 128, 0, 5),      # silu, two token tiles (4 + 1)
     ("q4", "bf16", 0, 1, 16, 256, 2, 6),       # one copy group: warps 1..7 have none
     ("q4", "f16", 0, 3, 20, 4096, 2, 7),       # two groups a warp; partial row tile
-    ("q4", "bf16", 0, 1, 16, 14336, 4, 8),     # seven groups a warp: the 4-stage ring wraps
-    ("q4", "f16", 0, 9, 16, 4352, 4, 9),       # 17 groups (2 or 3 a warp); two token tiles
-    ("q4", "bf16", 0, 1, 16, 512, 4, 10),      # fewer groups than stages
+    ("q4", "bf16", 0, 1, 16, 14336, 2, 8),     # seven groups a warp: the ring wraps
+    ("q4", "f16", 0, 9, 16, 4352, 2, 9),       # 17 groups (2 or 3 a warp); two token tiles
     ("q4", "bf16", 1, 2, 8, 4096, 2, 11),      # silu
-    ("q4", "f16", 1, 1, 12, 8192, 4, 12),      # silu, 4 stages, partial block of outputs
+    ("q4", "f16", 1, 1, 12, 8192, 2, 12),      # silu, partial block of outputs, the ring wraps
 ]
 
 

@@ -1,9 +1,9 @@
 // Runs the decode GEMVs (dense_gemv.cu: 16-bit weights; q4_gemm.cu's tensor-core GEMV: Q4_0 weights with
-// S copy stages) compiled on the host, block by block, one OS thread per CUDA thread, on random weights
+// its Q4_MMA_STAGES copy stages) compiled on the host, block by block, one OS thread per CUDA thread, on random weights
 // and activations, and compares every output with a reference in double: x . W^T, or with SILU (a stacked
 // gate/up weight) silu(x . gate^T) * (x . up^T).
 //
-//   gemv_driver KIND DTYPE SILU M N K STAGES SEED     KIND dense | q4; N = outputs; STAGES 2 | 4 (q4)
+//   gemv_driver KIND DTYPE SILU M N K STAGES SEED     KIND dense | q4; N = outputs; STAGES: q4_gemm.cu's
 //
 // Prints one line; exit status 1 if an output is off by more than the dtype's rounding allows. The copies
 // land only when a wait covers them (mma_shim.cuh), so a stage read before its wait reads poison.
@@ -66,6 +66,10 @@ static int run(const std::string& kind, bool silu, uint32_t m, uint32_t n, uint3
     for (auto& v : x) v = from_f32<T>(act(rng));
     for (auto& v : y) v = from_f32<T>(NAN);
 
+    if (kind == "q4" && stages != Q4_MMA_STAGES) {
+        std::fprintf(stderr, "q4_gemm.cu is built with %d copy stages, not %d\n", Q4_MMA_STAGES, stages);
+        return 2;
+    }
     if (kind == "dense") {
         const unsigned gx = m == 1 ? m : (m + 3) / 4, gy = (n + 7) / 8;
         launch(gx, gy, 256, [&] {
@@ -80,10 +84,8 @@ static int run(const std::string& kind, bool silu, uint32_t m, uint32_t n, uint3
         g_before_block = [&] { std::memset(s, 0xff, (size_t)8 * stages * Q4_STAGE_BYTES); };
         const unsigned gx = (m + 7) / 8, gy = silu ? (n + 7) / 8 : (n + 15) / 16;
         launch(gx, gy, 256, [&] {
-            if (stages == 2 && silu) q4_gemv_mma<T, true, 2>(y.data(), wq.data(), x.data(), m, n, k, s);
-            else if (stages == 2) q4_gemv_mma<T, false, 2>(y.data(), wq.data(), x.data(), m, n, k, s);
-            else if (silu) q4_gemv_mma<T, true, 4>(y.data(), wq.data(), x.data(), m, n, k, s);
-            else q4_gemv_mma<T, false, 4>(y.data(), wq.data(), x.data(), m, n, k, s);
+            if (silu) q4_gemv_mma<T, true, Q4_MMA_STAGES>(y.data(), wq.data(), x.data(), m, n, k, s);
+            else q4_gemv_mma<T, false, Q4_MMA_STAGES>(y.data(), wq.data(), x.data(), m, n, k, s);
         });
     }
 

@@ -268,6 +268,19 @@ pub fn prefill_attention_name(dtype: KernelDType, head_dim: usize, capped: bool,
 mod tests {
     use super::*;
 
+    /// The 4-bit GEMV's shared memory here is the kernel's (q4_gemm.cu's #defines).
+    #[test]
+    fn q4_gemv_constants_match_the_kernel() {
+        let src = include_str!("../kernels/q4_gemm.cu");
+        let def = |name: &str| -> usize {
+            let line = src.lines().find(|l| l.starts_with(&format!("#define {name} "))).unwrap_or_else(|| panic!("{name} not defined"));
+            line.split_whitespace().nth(2).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{line}"))
+        };
+        let stage = def("Q4_MMA_ROWS") * def("Q4_GROUP_BYTES");
+        assert_eq!(Q4_MMA_SMEM_BYTES as usize, def("Q4_MMA_WARPS") * def("Q4_MMA_STAGES") * stage);
+        assert_eq!(Q4_MMA_ROWS, def("Q4_MMA_ROWS"));
+    }
+
     #[test]
     fn head_dims_map_to_instances() {
         assert_eq!(paged_attention_name(KernelDType::BF16, 64, false), Some("paged_attention_bf16_d64"));
@@ -356,12 +369,9 @@ pub const Q4_TOKENS_PER_BLOCK: usize = 8;
 /// Rows and threads per block of `q4_gemv_mma_*` (`Q4_MMA_ROWS`, `32 * Q4_MMA_WARPS`).
 pub const Q4_MMA_ROWS: usize = 16;
 pub const Q4_MMA_THREADS: u32 = 256;
-/// Copy stages of the `q4_gemv_mma_*_s<stages>` instances, and the dynamic shared memory of one block:
-/// 8 warps x stages x (16 rows x 144 bytes).
-pub const Q4_MMA_STAGES: [usize; 2] = [2, 4];
-pub const fn q4_mma_smem_bytes(stages: usize) -> u32 {
-    (8 * stages * 16 * 144) as u32
-}
+/// Dynamic shared memory of one `q4_gemv_mma_*` block: 8 warps x `Q4_MMA_STAGES` (2) copy stages x
+/// (16 rows x 144 bytes).
+pub const Q4_MMA_SMEM_BYTES: u32 = 8 * 2 * 16 * 144;
 /// `q4_gemv_mma_*` needs K to be a multiple of this (8 Q4_0 blocks: 144 bytes, 16-byte aligned rows).
 pub const Q4_MMA_K_MULTIPLE: usize = 256;
 /// Rows (one warp each) and threads per block of `q4_gemv_simple_*`.
@@ -438,26 +448,22 @@ pub enum Q4Kernel {
     Dequant,
 }
 
-/// `q4_<kernel>_<dtype>[_s<stages>]`, or `None` for the tensor-core kernels in f32 or stages other than
-/// [`Q4_MMA_STAGES`] (the scalar and dequantize kernels ignore `stages`).
-pub fn q4_name(kernel: Q4Kernel, dtype: KernelDType, stages: usize) -> Option<&'static str> {
+/// `q4_<kernel>_<dtype>`, or `None` for the tensor-core kernels in f32.
+pub fn q4_name(kernel: Q4Kernel, dtype: KernelDType) -> Option<&'static str> {
     use KernelDType::*;
-    Some(match (kernel, dtype, stages) {
-        (Q4Kernel::GemvMma, BF16, 2) => "q4_gemv_mma_bf16_s2",
-        (Q4Kernel::GemvMma, BF16, 4) => "q4_gemv_mma_bf16_s4",
-        (Q4Kernel::GemvMma, F16, 2) => "q4_gemv_mma_f16_s2",
-        (Q4Kernel::GemvMma, F16, 4) => "q4_gemv_mma_f16_s4",
-        (Q4Kernel::GemvMmaSilu, BF16, 2) => "q4_gemv_mma_silu_bf16_s2",
-        (Q4Kernel::GemvMmaSilu, BF16, 4) => "q4_gemv_mma_silu_bf16_s4",
-        (Q4Kernel::GemvMmaSilu, F16, 2) => "q4_gemv_mma_silu_f16_s2",
-        (Q4Kernel::GemvMmaSilu, F16, 4) => "q4_gemv_mma_silu_f16_s4",
-        (Q4Kernel::GemvMma | Q4Kernel::GemvMmaSilu, _, _) => return None,
-        (Q4Kernel::GemvSimple, F32, _) => "q4_gemv_simple_f32",
-        (Q4Kernel::GemvSimple, BF16, _) => "q4_gemv_simple_bf16",
-        (Q4Kernel::GemvSimple, F16, _) => "q4_gemv_simple_f16",
-        (Q4Kernel::Dequant, F32, _) => "q4_dequant_f32",
-        (Q4Kernel::Dequant, BF16, _) => "q4_dequant_bf16",
-        (Q4Kernel::Dequant, F16, _) => "q4_dequant_f16",
+    Some(match (kernel, dtype) {
+        (Q4Kernel::GemvMma, BF16) => "q4_gemv_mma_bf16",
+        (Q4Kernel::GemvMma, F16) => "q4_gemv_mma_f16",
+        (Q4Kernel::GemvMma, F32) => return None,
+        (Q4Kernel::GemvMmaSilu, BF16) => "q4_gemv_mma_silu_bf16",
+        (Q4Kernel::GemvMmaSilu, F16) => "q4_gemv_mma_silu_f16",
+        (Q4Kernel::GemvMmaSilu, F32) => return None,
+        (Q4Kernel::GemvSimple, F32) => "q4_gemv_simple_f32",
+        (Q4Kernel::GemvSimple, BF16) => "q4_gemv_simple_bf16",
+        (Q4Kernel::GemvSimple, F16) => "q4_gemv_simple_f16",
+        (Q4Kernel::Dequant, F32) => "q4_dequant_f32",
+        (Q4Kernel::Dequant, BF16) => "q4_dequant_bf16",
+        (Q4Kernel::Dequant, F16) => "q4_dequant_f16",
     })
 }
 

@@ -45,15 +45,6 @@ pub fn gemm_max_tokens() -> usize {
     *MAX.get_or_init(|| std::env::var("MLC_Q4_GEMM_MAX_TOKENS").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(GEMM_MAX_TOKENS))
 }
 
-/// `MLC_Q4_GEMV_STAGES` (2 or 4) when set: every tensor-core GEMV launch uses that many copy stages
-/// instead of the choice by K (read once; for measuring one against the other).
-fn mma_stages() -> Option<usize> {
-    static STAGES: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-    *STAGES.get_or_init(|| {
-        std::env::var("MLC_Q4_GEMV_STAGES").ok().and_then(|v| v.parse::<usize>().ok()).filter(|s| mlc_kernels::Q4_MMA_STAGES.contains(s))
-    })
-}
-
 /// How one Q4_0 matmul runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Q4Path {
@@ -319,8 +310,8 @@ mod cuda {
 
 
     // candle does not export the type of a loaded function, so callers load it themselves by this name.
-    fn func_name(kernel: Q4Kernel, dtype: KernelDType, stages: usize) -> Result<&'static str> {
-        match kernels::q4_name(kernel, dtype, stages) {
+    fn func_name(kernel: Q4Kernel, dtype: KernelDType) -> Result<&'static str> {
+        match kernels::q4_name(kernel, dtype) {
             Some(name) => Ok(name),
             None => bail!("q4: no {kernel:?} kernel for {dtype:?}"),
         }
@@ -385,16 +376,8 @@ mod cuda {
             (false, false) => (Q4Kernel::GemvSimple, kernels::Q4_SIMPLE_ROWS, kernels::Q4_SIMPLE_THREADS),
             (false, true) => bail!("q4-gemv: the fused silu GEMV needs bf16 / f16, K % 256 == 0 and aligned operands"),
         };
-        // Copy stages of the tensor-core kernel: 4 where a warp owns more than two groups of 256 inputs
-        // (K > 4096), so more of its weights are in flight (and issued before the PDL wait); else 2, all
-        // a warp's groups at K <= 4096, in half the shared memory.
-        let stages = match super::mma_stages() {
-            Some(s) => s,
-            None if k > 8 * 2 * kernels::Q4_MMA_K_MULTIPLE => 4,
-            None => 2,
-        };
-        let smem = if mma { kernels::q4_mma_smem_bytes(stages) } else { 0 };
-        let func = crate::cuda_kernels::func_smem(&dev, func_name(kernel, dtype, stages)?, &kernels::modules::Q4_GEMM, smem)?;
+        let smem = if mma { kernels::Q4_MMA_SMEM_BYTES } else { 0 };
+        let func = crate::cuda_kernels::func_smem(&dev, func_name(kernel, dtype)?, &kernels::modules::Q4_GEMM, smem)?;
         let xv = view(x.as_cuda_slice::<T>()?, xr, "x")?;
         let wv = view(w.as_cuda_slice::<u8>()?, wr, "q4 blocks")?;
         // The kernels take N as their output count (the silu kernel finds the up rows N rows further).
@@ -411,7 +394,7 @@ mod cuda {
         b.arg(&outs32);
         b.arg(&k32);
         let cfg = LaunchConfig { grid_dim: (grid.0, grid.1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: smem };
-        // SAFETY: matches q4_gemv_*_<dtype>[_s<stages>] in q4_gemm.cu (smem: its stages' ring); x holds t * k elements, the blocks n rows of
+        // SAFETY: matches q4_gemv_*_<dtype> in q4_gemm.cu (smem: the tensor-core kernel's copy stages); x holds t * k elements, the blocks n rows of
         // k / 32 blocks (checked above), out t * outs; the tensor-core kernels' alignment was checked above.
         unsafe { b.launch(cfg) }.w()?;
         Ok(CudaStorage::wrap_cuda_slice(out, dev))
@@ -539,7 +522,7 @@ mod cuda {
         // SAFETY: every block's 32 outputs are written (grid-stride over every quarter block).
         let mut out = unsafe { dev.alloc::<T>(elems) }?;
         let blocks = (elems / kernels::Q4_BLOCK_WEIGHTS) as u64;
-        let func = crate::cuda_kernels::func(&dev, func_name(Q4Kernel::Dequant, dtype, 0)?, &kernels::modules::Q4_GEMM)?;
+        let func = crate::cuda_kernels::func(&dev, func_name(Q4Kernel::Dequant, dtype)?, &kernels::modules::Q4_GEMM)?;
         let wv = view(w.as_cuda_slice::<u8>()?, wr, "q4 blocks")?;
         // One thread per quarter block (8 outputs), grid-stride.
         let grid = (blocks as usize * 4).div_ceil(kernels::Q4_DEQUANT_THREADS as usize).min(65_535) as u32;
