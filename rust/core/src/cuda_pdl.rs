@@ -118,3 +118,21 @@ impl<'a> PdlArgs<'a> {
         unsafe { sys::cuLaunchKernelEx(&config, self.func.cu_function(), params.as_mut_ptr(), std::ptr::null_mut()) }.result()
     }
 }
+
+/// Launches a GEMV of the parameter list the 4-bit and 16-bit GEMVs share: `(y, w, x, m, n, k)` (output,
+/// weights, activations, tokens, outputs, inputs).
+///
+/// # Safety
+/// As [`PdlArgs::launch`]: `func` takes exactly these parameters and the buffers hold what `m, n, k` say.
+pub unsafe fn launch_gemv(
+    func: &KernelFunc,
+    dev: &CudaDevice,
+    (y, w, x): (impl PdlArg, impl PdlArg, impl PdlArg),
+    [m, n, k]: [u32; 3],
+    cfg: LaunchConfig,
+) -> Result<(), DriverError> {
+    let mut b = PdlArgs::new(func, dev);
+    b.arg(y).arg(w).arg(x).arg(&m).arg(&n).arg(&k);
+    // SAFETY: forwarded to the caller.
+    unsafe { b.launch(cfg) }
+}

@@ -146,17 +146,10 @@ mod cuda {
         if grid.1 > 65_535 {
             bail!("dense-gemv: {outs} outputs need {} row tiles, more than a grid's 65535", grid.1);
         }
-        let mut b = crate::cuda_pdl::PdlArgs::new(&func, &dev);
-        b.arg(&mut out);
-        b.arg(&wv);
-        b.arg(&xv);
-        b.arg(&t32);
-        b.arg(&outs32);
-        b.arg(&k32);
         let cfg = LaunchConfig { grid_dim: (grid.0, grid.1, 1), block_dim: (kernels::DENSE_GEMV_THREADS, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: matches dense_gemv[_silu]_<dtype>_t<tile> in dense_gemv.cu; x holds t * k elements and w
         // outs (2 outs with silu) rows of k, both 16-byte aligned (checked above); out holds t * outs.
-        unsafe { b.launch(cfg) }.w()?;
+        unsafe { crate::cuda_pdl::launch_gemv(&func, &dev, (&mut out, &wv, &xv), [t32, outs32, k32], cfg) }.w()?;
         Ok(CudaStorage::wrap_cuda_slice(out, dev))
     }
 }

@@ -386,17 +386,10 @@ mod cuda {
         if grid.1 > 65_535 {
             bail!("q4-gemv: {n} rows need {} row tiles, more than a grid's 65535", grid.1);
         }
-        let mut b = crate::cuda_pdl::PdlArgs::new(&func, &dev);
-        b.arg(&mut out);
-        b.arg(&wv);
-        b.arg(&xv);
-        b.arg(&t32);
-        b.arg(&outs32);
-        b.arg(&k32);
         let cfg = LaunchConfig { grid_dim: (grid.0, grid.1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: smem };
         // SAFETY: matches q4_gemv_*_<dtype> in q4_gemm.cu (smem: the tensor-core kernel's copy stages); x holds t * k elements, the blocks n rows of
         // k / 32 blocks (checked above), out t * outs; the tensor-core kernels' alignment was checked above.
-        unsafe { b.launch(cfg) }.w()?;
+        unsafe { crate::cuda_pdl::launch_gemv(&func, &dev, (&mut out, &wv, &xv), [t32, outs32, k32], cfg) }.w()?;
         Ok(CudaStorage::wrap_cuda_slice(out, dev))
     }
 
