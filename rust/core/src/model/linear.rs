@@ -170,8 +170,8 @@ impl StackedLinear {
     }
 
     /// For a stacked gate/up pair: `x: [num_tokens, in] -> [num_tokens, out]` silu(gate) * up. A Q4_0
-    /// weight on CUDA, and a 16-bit one at decode-sized batches, compute it inside their GEMV;
-    /// everything else runs `forward` then `silu_mul`.
+    /// weight on CUDA, and a 16-bit one at the batches our dense GEMV takes (`dense_gemv::takes`: one
+    /// token by default), compute it inside their GEMV; everything else runs `forward` then `silu_mul`.
     pub fn forward_silu_mul(&self, x: &Tensor) -> Result<Tensor> {
         #[cfg(feature = "cuda")]
         match self {

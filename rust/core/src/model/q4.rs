@@ -387,8 +387,9 @@ mod cuda {
             bail!("q4-gemv: {n} rows need {} row tiles, more than a grid's 65535", grid.1);
         }
         let cfg = LaunchConfig { grid_dim: (grid.0, grid.1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: smem };
-        // SAFETY: matches q4_gemv_*_<dtype> in q4_gemm.cu (smem: the tensor-core kernel's copy stages); x holds t * k elements, the blocks n rows of
-        // k / 32 blocks (checked above), out t * outs; the tensor-core kernels' alignment was checked above.
+        // SAFETY: matches q4_gemv_*_<dtype> in q4_gemm.cu (smem: the tensor-core kernel's copy stages); x
+        // holds t * k elements, the blocks n rows of k / 32 blocks (checked above), out t * outs; the
+        // tensor-core kernels' alignment was checked above.
         unsafe { crate::cuda_pdl::launch_gemv(&func, &dev, (&mut out, &wv, &xv), [t32, outs32, k32], cfg) }.w()?;
         Ok(CudaStorage::wrap_cuda_slice(out, dev))
     }
