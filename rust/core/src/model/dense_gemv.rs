@@ -11,9 +11,9 @@ use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Ten
 /// 18.7 us against cuBLAS's 22.0, o_proj 11.5 against 24.5, gate/up with silu 77.3 against 81.5 (GEMV
 /// then silu_mul), down 43.7 against 44.4 (the cuBLAS process ran first, at 15-35 % slower short kernels:
 /// only o_proj's gap stands out of that), and batch-1 greedy decode 165.9 against 160.9 tok/s in
-/// alternating runs; at four
-/// tokens (the 4-token tile, f32 FMAs on the CUDA cores) o_proj 20.2 against 24.7 but down 72.9 against
-/// 44.4. So one token by default; the 4-token instances stay for `MLC_DENSE_GEMV_MAX_TOKENS` up to 4.
+/// alternating runs; at four tokens (the 4-token tile, f32 FMAs on the CUDA cores) o_proj 20.2 against
+/// 24.7 but down 72.9 against 44.4. So one token by default; the 4-token instances stay for
+/// `MLC_DENSE_GEMV_MAX_TOKENS` up to 4.
 pub const MAX_TOKENS: usize = 1;
 
 /// [`MAX_TOKENS`], or `MLC_DENSE_GEMV_MAX_TOKENS` when set (read once, capped at 4; 0 sends every batch
