@@ -8,6 +8,11 @@
 #   timing  test_fused.py's timings again with MLC_DENSE_GEMV_MAX_TOKENS=0 (cuBLAS), beside the tests step's
 #   ab      batch-1 greedy decode, alternating settings (run_env_ab_on_host.sh): bf16 with the dense
 #           GEMV off / on, both models with MLC_PDL=0 / 1
+#   wheels  batch-1 greedy decode on the wheel in $BASE_DIR (default dist/cuda_base) and this one,
+#           alternating (run_env_ab_on_host.sh with VAR=PYTHONPATH; WHEEL_MODELS, default Q4_0 and bf16)
+#   q4tiles the Q4_0 model's decode at 1-64 sequences (bench_gpu.py's ours_q4 phase) with the 4-bit GEMV
+#           taking up to each of Q4_GEMV_VALUES tokens (MLC_Q4_GEMV_MAX_TOKENS; default "24 64"), alternating
+#           ROUNDS times: where the GEMV's token tiles should hand over to the GEMM
 #   matrix  issue 13's matrix (benches/bench_gpu.py through run_on_host.sh: bf16, FP8 KV, Q4_0, TTFT,
 #           long contexts, the open workload, HF at batch 1)
 #
@@ -81,6 +86,29 @@ if has ab; then
     OUT=$OUT VAR=MLC_PDL VALUES="0 1" ROUNDS=${ROUNDS:-2} bash benches/gpu/run_env_ab_on_host.sh > "$OUT/env_ab_pdl.log" 2>&1
     step "A/B PDL" $?; tail -n 6 "$OUT/env_ab_pdl.log"
     mv "$OUT/env_ab.jsonl" "$OUT/env_ab_pdl.jsonl"
+fi
+
+if has wheels; then
+    rm -rf /tmp/site_base
+    "$PY" -m pip install -q --disable-pip-version-check --no-index --no-deps --no-compile --target /tmp/site_base \
+        "${BASE_DIR:-dist/cuda_base}"/*.whl dist/pywheels/*.whl
+    OUT=$OUT VAR=PYTHONPATH VALUES="/tmp/site_base $SITE" ROUNDS=${ROUNDS:-2} \
+        MODELS=${WHEEL_MODELS:-"q4_0:/tmp/mlc_bench_llama3-8b_q4_0.gguf bf16:/tmp/mlc_bench_llama3-8b"} \
+        bash benches/gpu/run_env_ab_on_host.sh > "$OUT/env_ab_wheels.log" 2>&1
+    step "A/B wheels" $?; tail -n 6 "$OUT/env_ab_wheels.log"
+    mv "$OUT/env_ab.jsonl" "$OUT/env_ab_wheels.jsonl"
+fi
+
+if has q4tiles; then
+    for round in $(seq "${ROUNDS:-2}"); do
+        for v in ${Q4_GEMV_VALUES:-24 64}; do
+            MLC_Q4_GEMV_MAX_TOKENS=$v OUT=$OUT/q4tiles_${v}_r$round SITE=$SITE bash benches/gpu/run_on_host.sh --only bandwidth,ours_q4 \
+                --gguf-q4 --q4-batches "${Q4_TILE_BATCHES:-1,8,16,24,32,40,48,64}" --ttft-reps 1 --budget-s 150 \
+                > "$OUT/q4tiles_${v}_r$round.log" 2>&1
+            step "q4 GEMV up to $v tokens, round $round" $?
+            grep -E "^ours \(mlc_llm\) +q4_0" "$OUT/q4tiles_${v}_r$round.log"
+        done
+    done
 fi
 
 if has matrix; then

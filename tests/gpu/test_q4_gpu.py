@@ -170,6 +170,15 @@ def test_q4_misaligned_activations(q4_core, tokens):
     _check(q4_core, {"dtype": "bf16", "tokens": tokens, "rows": 1000, "cols": 4096, "misaligned_x": True, "seed": 5})
 
 
+# The GEMV's token tiles (1-4 or 8 tiles of 8 tokens a block, several blocks past 64 tokens), forced onto
+# the GEMV whatever q4::GEMV_MAX_TOKENS says: partial tiles, 8-tile blocks with 5-8 live tiles, a second block.
+@pytest.mark.parametrize("dtype", ["bf16", "f16"])
+@pytest.mark.parametrize("rows,cols", [(6144, 4096), (4096, 14336), (1001, 4352)])
+@pytest.mark.parametrize("tokens", [9, 16, 20, 24, 32, 33, 48, 64, 65, 100])
+def test_q4_gemv_token_tiles(q4_core, dtype, rows, cols, tokens):
+    _check(q4_core, {"dtype": dtype, "tokens": tokens, "rows": rows, "cols": cols, "path": "gemv", "seed": rows + tokens})
+
+
 # Informational timings of the three paths from 16 to 2048 tokens (recorded, never asserted): where the
 # GEMV should hand over to the GEMM, the GEMM against dequantize + cuBLAS, and both against "dense" (cuBLAS
 # on the weight dequantized beforehand: what a 16-bit model of the same shape runs; 4-bit should not be
@@ -195,6 +204,17 @@ def _time_path(q4_core, dtype, name, rows, cols, tokens, path):
 @pytest.mark.parametrize("name,rows,cols", [("qkv", 6144, 4096), ("gate_up", 28672, 4096), ("down", 4096, 14336)])
 def test_q4_path_timing(q4_core, name, rows, cols, tokens, path):
     _time_path(q4_core, "f16", name, rows, cols, tokens, path)
+
+
+# The GEMV's token tiles against the GEMM and dense cuBLAS from 1 to 64 tokens in bf16 (recorded, never
+# asserted): where the GEMV should hand over to the GEMM.
+_TILE_TIMED = [(t, p) for t in (1, 8, 16, 24, 32, 40, 48, 64) for p in ("gemv", "gemm", "dense") if p != "gemm" or t >= 16]
+
+
+@pytest.mark.parametrize("tokens,path", _TILE_TIMED)
+@pytest.mark.parametrize("name,rows,cols", [("qkv", 6144, 4096), ("gate_up", 28672, 4096), ("down", 4096, 14336)])
+def test_q4_gemv_tiles_timing(q4_core, name, rows, cols, tokens, path):
+    _time_path(q4_core, "bf16", name, rows, cols, tokens, path)
 
 
 @pytest.mark.parametrize("tokens", [33, 64, 128, 256])

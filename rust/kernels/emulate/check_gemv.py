@@ -1,6 +1,6 @@
 """Checks the decode GEMVs' logic on the CPU: dense_gemv.cu (16-bit weights, one warp per output, tiles of 1
 or 4 tokens, gate/up with silu as epilogue) and q4_gemm.cu's tensor-core Q4_0 GEMV (its ring of copy stages)
-compiled for the host (shim.cuh: one OS thread per CUDA thread; attention_shim.h + q4_shim.h: bf16 / f16;
+(1-4 or 8 token tiles a block) compiled for the host (shim.cuh: one OS thread per CUDA thread; attention_shim.h + q4_shim.h: bf16 / f16;
 mma_shim.cuh: cp.async landing only at its wait, mma.sync from the PTX ISA's fragment layouts) and run on
 random weights against a reference in double (gemv_driver.cpp). Shapes cover partial row and token tiles,
 K with a partial last round of chunks, warps with no copy group, and the stage ring wrapping. Needs g++
@@ -28,6 +28,14 @@ CASES = [
     ("q4", "f16", 0, 9, 16, 4352, 2, 9),       # 17 groups (2 or 3 a warp); two token tiles
     ("q4", "bf16", 1, 2, 8, 4096, 2, 11),      # silu
     ("q4", "f16", 1, 1, 12, 8192, 2, 12),      # silu, partial block of outputs, the ring wraps
+    ("q4", "bf16", 0, 16, 16, 512, 2, 13),     # two token tiles in one block
+    ("q4", "f16", 0, 20, 20, 2304, 2, 14),     # three tiles, the last partial; 9 groups
+    ("q4", "bf16", 1, 24, 8, 1024, 2, 15),     # silu, three full tiles
+    ("q4", "f16", 0, 32, 16, 256, 2, 16),      # four tiles
+    ("q4", "bf16", 0, 41, 16, 512, 2, 17),     # 8 tiles, 6 live (the last with one token)
+    ("q4", "f16", 1, 33, 12, 512, 2, 18),      # silu, 8 tiles, 5 live
+    ("q4", "bf16", 0, 64, 16, 4096, 2, 19),    # 8 full tiles
+    ("q4", "f16", 0, 70, 20, 256, 2, 20),      # two blocks of 8 tiles, the second with one live tile
 ]
 
 

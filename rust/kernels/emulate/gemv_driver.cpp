@@ -1,5 +1,5 @@
 // Runs the decode GEMVs (dense_gemv.cu: 16-bit weights; q4_gemm.cu's tensor-core GEMV: Q4_0 weights with
-// its Q4_MMA_STAGES copy stages) compiled on the host, block by block, one OS thread per CUDA thread, on random weights
+// its Q4_MMA_STAGES copy stages, 1-4 or 8 token tiles a block as the host picks) compiled on the host, block by block, one OS thread per CUDA thread, on random weights
 // and activations, and compares every output with a reference in double: x . W^T, or with SILU (a stacked
 // gate/up weight) silu(x . gate^T) * (x . up^T).
 //
@@ -82,11 +82,21 @@ static int run(const std::string& kind, bool silu, uint32_t m, uint32_t n, uint3
         std::vector<uint8_t> smem((size_t)8 * stages * Q4_STAGE_BYTES + 16);
         uint8_t* s = smem.data() + (16 - (uintptr_t)smem.data() % 16) % 16;
         g_before_block = [&] { std::memset(s, 0xff, (size_t)8 * stages * Q4_STAGE_BYTES); };
-        const unsigned gx = (m + 7) / 8, gy = silu ? (n + 7) / 8 : (n + 15) / 16;
-        launch(gx, gy, 256, [&] {
-            if (silu) q4_gemv_mma<T, true, Q4_MMA_STAGES>(y.data(), wq.data(), x.data(), m, n, k, s);
-            else q4_gemv_mma<T, false, Q4_MMA_STAGES>(y.data(), wq.data(), x.data(), m, n, k, s);
-        });
+        const unsigned tiles = (m + 7) / 8 <= 4 ? (m + 7) / 8 : 8;  // kernels::q4_gemv_mma_tiles
+        const unsigned gx = (m + 8 * tiles - 1) / (8 * tiles), gy = silu ? (n + 7) / 8 : (n + 15) / 16;
+        auto body = [&]<int NT>() {
+            launch(gx, gy, 256, [&] {
+                if (silu) q4_gemv_mma<T, true, Q4_MMA_STAGES, NT>(y.data(), wq.data(), x.data(), m, n, k, s);
+                else q4_gemv_mma<T, false, Q4_MMA_STAGES, NT>(y.data(), wq.data(), x.data(), m, n, k, s);
+            });
+        };
+        switch (tiles) {
+            case 1: body.template operator()<1>(); break;
+            case 2: body.template operator()<2>(); break;
+            case 3: body.template operator()<3>(); break;
+            case 4: body.template operator()<4>(); break;
+            default: body.template operator()<8>(); break;
+        }
     }
 
     // Bound: the stored rounding(s) relative to the value, plus f32 summation noise relative to the sum of

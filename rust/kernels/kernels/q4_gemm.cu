@@ -11,11 +11,13 @@
 // of W is K / 32 consecutive blocks; rows follow each other with no padding.
 //
 // Both GEMV kernels accumulate in f32 and round once, to x's dtype, when they store y. Tokens come in
-// tiles of 8 (grid.x, the fastest-varying block index), rows in tiles of 16 or 8 (grid.y): the token
-// tiles of one row tile run side by side, so for M > 8 the later tiles re-read the weights from L2 and
-// the weights leave DRAM once.
+// tiles of 8 (the scalar kernel: one per block; the tensor-core kernel: NT per block) along grid.x, the
+// fastest-varying block index, rows in tiles of 16 or 8 (grid.y): the token tiles of one row tile run
+// side by side, so for M > 8 NT the later tiles re-read the weights from L2 and the weights leave DRAM once.
 //
-// The tensor-core kernel (the decode path for bf16 / f16 models). One block = 16 rows x 8 tokens; its 8
+// The tensor-core kernel (the decode path for bf16 / f16 models). One block = 16 rows x 8 NT tokens
+// (NT = 1..4 or 8 n8 tiles: each dequantized A fragment feeds NT MMAs, so a batch of 9-64 tokens
+// dequantizes each weight once instead of once per 8 tokens, what made 16 tokens cost twice 8); its 8
 // warps split K (warp w takes the groups of 8 Q4_0 blocks w, w + 8, ...) and sum their partial results
 // through shared memory at the end. Per group a warp copies the 16 rows' 144 contiguous bytes with
 // 16-byte cp.async into a ring of S = Q4_MMA_STAGES stages (the next group loads while one computes; no
@@ -93,25 +95,31 @@ __device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&c)[4], const ui
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Tensor-core GEMV. grid = (ceil(M / 8), ceil(N / 16)) (SILU: ceil(N / 8), N = outputs = half of W's
+// Tensor-core GEMV. grid = (ceil(M / (8 NT)), ceil(N / 16)) (SILU: ceil(N / 8), N = outputs = half of W's
 // rows), block = 32 * Q4_MMA_WARPS, dynamic shared memory Q4_MMA_WARPS * S * Q4_STAGE_BYTES. Needs
 // K % 256 == 0 and w, x 16- and 8-byte aligned (checked by the caller).
-template <typename T, bool SILU, int S>
+template <typename T, bool SILU, int S, int NT>
 __device__ void q4_gemv_mma(T* __restrict__ y, const uint8_t* __restrict__ w, const T* __restrict__ x,
                             uint32_t m, uint32_t n, uint32_t k, uint8_t* __restrict__ q4_smem) {
 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, c = lane & 3;
-    const uint32_t t0 = blockIdx.x * Q4_TOKENS;
+    const uint32_t t0 = blockIdx.x * (Q4_TOKENS * NT);
+    // n8 token tiles holding at least one of the M tokens (the same for every warp: skipped uniformly).
+    const int live = (int)min((uint32_t)NT, (m - t0 + Q4_TOKENS - 1) / Q4_TOKENS);
     // First output row of the block (SILU: first gate row; its up rows start n rows further).
     const uint32_t row0 = blockIdx.y * (SILU ? Q4_MMA_ROWS / 2 : Q4_MMA_ROWS);
     const size_t row_bytes = (size_t)(k / 32) * Q4_BLOCK_BYTES;
     const uint32_t groups = k / (32 * Q4_GROUP_BLOCKS);
     const uint32_t mine = groups > (uint32_t)warp ? (groups - warp + Q4_MMA_WARPS - 1) / Q4_MMA_WARPS : 0;
 
-    // This lane's token (B column g); lanes past the batch feed zeros.
-    const uint32_t token = t0 + g;
-    const T* xrow = token < m ? x + (size_t)token * k : nullptr;
+    // This lane's token in tile j (B column g); lanes past the batch feed zeros.
+    const T* xrow[NT];
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+        const uint32_t token = t0 + j * Q4_TOKENS + g;
+        xrow[j] = token < m ? x + (size_t)token * k : nullptr;
+    }
 
     // This warp's ring of S stages; after its loop the same bytes hold its partial sums.
     uint8_t* ring = q4_smem + (size_t)warp * S * Q4_STAGE_BYTES;
@@ -127,7 +135,7 @@ __device__ void q4_gemv_mma(T* __restrict__ y, const uint8_t* __restrict__ w, co
         }
     };
 
-    float acc[4] = {0.f, 0.f, 0.f, 0.f};  // rows g, g + 8 x tokens 2c, 2c + 1 (the C fragment)
+    float acc[NT][4] = {};  // per token tile: rows g, g + 8 x tokens 2c, 2c + 1 (the C fragment)
     // Launched with PDL (cuda_pdl.rs): the first S weight groups are on their way while the kernel that
     // writes x finishes; x is read only after the wait. One commit per stage, empty or not, so that
     // "all but the newest S - 1 groups" always means "group i".
@@ -160,27 +168,34 @@ __device__ void q4_gemv_mma(T* __restrict__ y, const uint8_t* __restrict__ w, co
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
                 const uint32_t kb = grp * Q4_GROUP_BLOCKS + 2 * p + h;  // Q4_0 block index along K
-                float cb[4] = {0.f, 0.f, 0.f, 0.f};
+                float cb[NT][4] = {};
 #pragma unroll
                 for (int s = 0; s < 2; ++s) {
-                    uint32_t b[2] = {0u, 0u};
-                    if (xrow != nullptr) {
-                        const uint2 v = __ldg(reinterpret_cast<const uint2*>(xrow + kb * 32 + 16 * s + 4 * c));
-                        b[0] = __byte_perm(v.x, v.y, 0x5410);  // elements 4c, 4c + 2
-                        b[1] = __byte_perm(v.x, v.y, 0x7632);  // elements 4c + 1, 4c + 3
-                    }
                     const int sh = 4 * s;  // low nibbles, then high nibbles
                     uint32_t a[4];
                     a[0] = nibbles_to_pair<T>((qs_lo[h] >> sh) & 0x000f000fu);
                     a[1] = nibbles_to_pair<T>((qs_hi[h] >> sh) & 0x000f000fu);
                     a[2] = nibbles_to_pair<T>((qs_lo[h] >> (sh + 8)) & 0x000f000fu);
                     a[3] = nibbles_to_pair<T>((qs_hi[h] >> (sh + 8)) & 0x000f000fu);
-                    mma_16816<T>(cb, a, b);
+#pragma unroll
+                    for (int j = 0; j < NT; ++j) {
+                        if (j >= live) break;
+                        uint32_t b[2] = {0u, 0u};
+                        if (xrow[j] != nullptr) {
+                            const uint2 v = __ldg(reinterpret_cast<const uint2*>(xrow[j] + kb * 32 + 16 * s + 4 * c));
+                            b[0] = __byte_perm(v.x, v.y, 0x5410);  // elements 4c, 4c + 2
+                            b[1] = __byte_perm(v.x, v.y, 0x7632);  // elements 4c + 1, 4c + 3
+                        }
+                        mma_16816<T>(cb[j], a, b);
+                    }
                 }
-                acc[0] = fmaf(d_lo[h], cb[0], acc[0]);
-                acc[1] = fmaf(d_lo[h], cb[1], acc[1]);
-                acc[2] = fmaf(d_hi[h], cb[2], acc[2]);
-                acc[3] = fmaf(d_hi[h], cb[3], acc[3]);
+#pragma unroll
+                for (int j = 0; j < NT; ++j) {
+                    acc[j][0] = fmaf(d_lo[h], cb[j][0], acc[j][0]);
+                    acc[j][1] = fmaf(d_lo[h], cb[j][1], acc[j][1]);
+                    acc[j][2] = fmaf(d_hi[h], cb[j][2], acc[j][2]);
+                    acc[j][3] = fmaf(d_hi[h], cb[j][3], acc[j][3]);
+                }
             }
         }
         __syncwarp();  // the stage is overwritten by the copy issued next
@@ -189,18 +204,24 @@ __device__ void q4_gemv_mma(T* __restrict__ y, const uint8_t* __restrict__ w, co
     }
 
     // Every real copy has landed (groups complete in order; the ones after the last are empty), so the
-    // warp's ring is free: partial[v][row][token] sits at the start of warp v's ring.
+    // warp's ring is free: partial[v][row][token] (16 x 8 NT floats, at most S * Q4_STAGE_BYTES) sits at
+    // the start of warp v's ring.
+    constexpr int TOK = Q4_TOKENS * NT;
+    static_assert(Q4_MMA_ROWS * TOK * sizeof(float) <= S * Q4_STAGE_BYTES, "partial sums exceed a warp's ring");
     auto partial = [&](int v, int r, int t) -> float& {
-        return reinterpret_cast<float*>(q4_smem + (size_t)v * S * Q4_STAGE_BYTES)[r * Q4_TOKENS + t];
+        return reinterpret_cast<float*>(q4_smem + (size_t)v * S * Q4_STAGE_BYTES)[r * TOK + t];
     };
-    partial(warp, g, 2 * c) = acc[0];
-    partial(warp, g, 2 * c + 1) = acc[1];
-    partial(warp, g + 8, 2 * c) = acc[2];
-    partial(warp, g + 8, 2 * c + 1) = acc[3];
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+        partial(warp, g, 8 * j + 2 * c) = acc[j][0];
+        partial(warp, g, 8 * j + 2 * c + 1) = acc[j][1];
+        partial(warp, g + 8, 8 * j + 2 * c) = acc[j][2];
+        partial(warp, g + 8, 8 * j + 2 * c + 1) = acc[j][3];
+    }
     __syncthreads();
     if (SILU) {
-        if (threadIdx.x < Q4_MMA_ROWS / 2 * Q4_TOKENS) {
-            const int r = threadIdx.x % (Q4_MMA_ROWS / 2), t = threadIdx.x / (Q4_MMA_ROWS / 2);
+        for (int i = threadIdx.x; i < Q4_MMA_ROWS / 2 * TOK; i += blockDim.x) {
+            const int r = i % (Q4_MMA_ROWS / 2), t = i / (Q4_MMA_ROWS / 2);
             float gate = 0.f, up = 0.f;
 #pragma unroll
             for (int v = 0; v < Q4_MMA_WARPS; ++v) {
@@ -210,14 +231,16 @@ __device__ void q4_gemv_mma(T* __restrict__ y, const uint8_t* __restrict__ w, co
             const uint32_t row = row0 + r, tok = t0 + t;
             if (row < n && tok < m) y[(size_t)tok * n + row] = silu_times<T>(round_to<T>(gate), round_to<T>(up));
         }
-    } else if (threadIdx.x < Q4_MMA_ROWS * Q4_TOKENS) {
+    } else {
         // Consecutive threads take consecutive rows of one token: contiguous stores.
-        const int r = threadIdx.x % Q4_MMA_ROWS, t = threadIdx.x / Q4_MMA_ROWS;
-        float sum = 0.f;
+        for (int i = threadIdx.x; i < Q4_MMA_ROWS * TOK; i += blockDim.x) {
+            const int r = i % Q4_MMA_ROWS, t = i / Q4_MMA_ROWS;
+            float sum = 0.f;
 #pragma unroll
-        for (int v = 0; v < Q4_MMA_WARPS; ++v) sum += partial(v, r, t);
-        const uint32_t row = row0 + r, tok = t0 + t;
-        if (row < n && tok < m) y[(size_t)tok * n + row] = from_f32<T>(sum);
+            for (int v = 0; v < Q4_MMA_WARPS; ++v) sum += partial(v, r, t);
+            const uint32_t row = row0 + r, tok = t0 + t;
+            if (row < n && tok < m) y[(size_t)tok * n + row] = from_f32<T>(sum);
+        }
     }
 }
 
@@ -304,18 +327,24 @@ __device__ void q4_dequant(T* __restrict__ out, const uint8_t* __restrict__ w, u
     }
 
 #ifndef Q4_GEMV_HOST  // the emulation (rust/kernels/emulate) calls the kernels with its own memory
-#define Q4_GEMV_MMA(NAME, T, SILU, S)                                                                     \
+#define Q4_GEMV_MMA(NAME, T, SILU, NT)                                                                    \
     extern "C" __global__ void __launch_bounds__(256) NAME(T* __restrict__ y, const uint8_t* __restrict__ w, \
                                                            const T* __restrict__ x, uint32_t m, uint32_t n,  \
                                                            uint32_t k) {                                     \
         extern __shared__ __align__(16) uint8_t q4_smem[];                                                   \
-        q4_gemv_mma<T, SILU, S>(y, w, x, m, n, k, q4_smem);                                                  \
+        q4_gemv_mma<T, SILU, Q4_MMA_STAGES, NT>(y, w, x, m, n, k, q4_smem);                                  \
     }
-
-Q4_GEMV_MMA(q4_gemv_mma_bf16, __nv_bfloat16, false, Q4_MMA_STAGES)
-Q4_GEMV_MMA(q4_gemv_mma_f16, __half, false, Q4_MMA_STAGES)
-Q4_GEMV_MMA(q4_gemv_mma_silu_bf16, __nv_bfloat16, true, Q4_MMA_STAGES)
-Q4_GEMV_MMA(q4_gemv_mma_silu_f16, __half, true, Q4_MMA_STAGES)
+// Token tiles per block: _t1 (8 tokens), _t2, _t3, _t4 and _t8 (up to 64): kernels::q4_gemv_mma_name.
+#define Q4_GEMV_MMA_TILES(NT)                                                      \
+    Q4_GEMV_MMA(q4_gemv_mma_bf16_t##NT, __nv_bfloat16, false, NT)                  \
+    Q4_GEMV_MMA(q4_gemv_mma_f16_t##NT, __half, false, NT)                          \
+    Q4_GEMV_MMA(q4_gemv_mma_silu_bf16_t##NT, __nv_bfloat16, true, NT)              \
+    Q4_GEMV_MMA(q4_gemv_mma_silu_f16_t##NT, __half, true, NT)
+Q4_GEMV_MMA_TILES(1)
+Q4_GEMV_MMA_TILES(2)
+Q4_GEMV_MMA_TILES(3)
+Q4_GEMV_MMA_TILES(4)
+Q4_GEMV_MMA_TILES(8)
 
 Q4_GEMV(q4_gemv_simple_f32, q4_gemv_simple, float)
 Q4_GEMV(q4_gemv_simple_bf16, q4_gemv_simple, __nv_bfloat16)

@@ -281,6 +281,24 @@ mod tests {
         assert_eq!(Q4_MMA_ROWS, def("Q4_MMA_ROWS"));
     }
 
+    /// Every tile count the host may pick has an instance (token-pasted by Q4_GEMV_MMA_TILES) and a name.
+    #[test]
+    fn q4_gemv_tiles_have_instances() {
+        let src = include_str!("../kernels/q4_gemm.cu");
+        for tokens in 1..=200 {
+            let tiles = q4_gemv_mma_tiles(tokens);
+            assert!(tiles * Q4_TOKENS_PER_BLOCK >= tokens.min(64), "{tokens} tokens, {tiles} tiles");
+            assert!(src.contains(&format!("\nQ4_GEMV_MMA_TILES({tiles})\n")), "no instances for {tiles} tiles");
+            for (silu, dtype, tag) in [(false, KernelDType::BF16, "bf16"), (true, KernelDType::F16, "silu_f16")] {
+                assert_eq!(q4_gemv_mma_name(silu, dtype, tiles), Some(format!("q4_gemv_mma_{tag}_t{tiles}").as_str()));
+            }
+        }
+        assert_eq!((q4_gemv_mma_tiles(1), q4_gemv_mma_tiles(9), q4_gemv_mma_tiles(32), q4_gemv_mma_tiles(33)), (1, 2, 4, 8));
+        assert_eq!(q4_gemv_mma_name(false, KernelDType::BF16, 0), None);
+        assert_eq!(q4_gemv_mma_name(false, KernelDType::BF16, 5), None);
+        assert_eq!(q4_gemv_mma_name(true, KernelDType::F32, 1), None);
+    }
+
     #[test]
     fn head_dims_map_to_instances() {
         assert_eq!(paged_attention_name(KernelDType::BF16, 64, false), Some("paged_attention_bf16_d64"));
@@ -364,7 +382,8 @@ pub const Q4_GEMM_MODULE: &str = "mlc_q4_gemm";
 /// Bytes of one GGML Q4_0 block (an f16 scale and 16 bytes of nibbles) and the weights it holds.
 pub const Q4_BLOCK_BYTES: usize = 18;
 pub const Q4_BLOCK_WEIGHTS: usize = 32;
-/// Tokens per block of both GEMV kernels (grid.x tiles the batch).
+/// Tokens per n8 tile of the GEMV kernels: the scalar kernel takes one tile per block, the tensor-core
+/// kernel [`q4_gemv_mma_tiles`] (grid.x tiles the batch).
 pub const Q4_TOKENS_PER_BLOCK: usize = 8;
 /// Rows and threads per block of `q4_gemv_mma_*` (`Q4_MMA_ROWS`, `32 * Q4_MMA_WARPS`).
 pub const Q4_MMA_ROWS: usize = 16;
@@ -436,28 +455,55 @@ pub fn q4_gemm_tc_names(dtype: KernelDType) -> Option<(&'static str, &'static st
     }
 }
 
-/// The kernels of q4_gemm.cu.
+/// The kernels of q4_gemm.cu besides the tensor-core GEMV ([`q4_gemv_mma_name`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Q4Kernel {
-    /// Tensor-core GEMV (bf16 / f16 only).
-    GemvMma,
-    /// The tensor-core GEMV of a stacked gate/up weight with silu(gate) * up as epilogue.
-    GemvMmaSilu,
     /// Scalar GEMV (every dtype, any K multiple of 32).
     GemvSimple,
     Dequant,
 }
 
-/// `q4_<kernel>_<dtype>`, or `None` for the tensor-core kernels in f32.
+/// `q4_gemv_mma[_silu]_<dtype>_t<tiles>`: the tensor-core GEMV (with silu(gate) * up as epilogue for a
+/// stacked gate/up weight) taking `tiles` n8 token tiles per block; `None` for f32 or a tile count
+/// without an instance ([`Q4_MMA_TILES`]).
+pub fn q4_gemv_mma_name(silu: bool, dtype: KernelDType, tiles: usize) -> Option<&'static str> {
+    use KernelDType::*;
+    const PLAIN_BF16: [&str; 5] = ["q4_gemv_mma_bf16_t1", "q4_gemv_mma_bf16_t2", "q4_gemv_mma_bf16_t3", "q4_gemv_mma_bf16_t4", "q4_gemv_mma_bf16_t8"];
+    const PLAIN_F16: [&str; 5] = ["q4_gemv_mma_f16_t1", "q4_gemv_mma_f16_t2", "q4_gemv_mma_f16_t3", "q4_gemv_mma_f16_t4", "q4_gemv_mma_f16_t8"];
+    const SILU_BF16: [&str; 5] = [
+        "q4_gemv_mma_silu_bf16_t1",
+        "q4_gemv_mma_silu_bf16_t2",
+        "q4_gemv_mma_silu_bf16_t3",
+        "q4_gemv_mma_silu_bf16_t4",
+        "q4_gemv_mma_silu_bf16_t8",
+    ];
+    const SILU_F16: [&str; 5] =
+        ["q4_gemv_mma_silu_f16_t1", "q4_gemv_mma_silu_f16_t2", "q4_gemv_mma_silu_f16_t3", "q4_gemv_mma_silu_f16_t4", "q4_gemv_mma_silu_f16_t8"];
+    let names = match (silu, dtype) {
+        (false, BF16) => &PLAIN_BF16,
+        (false, F16) => &PLAIN_F16,
+        (true, BF16) => &SILU_BF16,
+        (true, F16) => &SILU_F16,
+        (_, F32) => return None,
+    };
+    Q4_MMA_TILES.iter().position(|&t| t == tiles).map(|i| names[i])
+}
+
+/// Token tiles per block of the `q4_gemv_mma_*` instances, and the one a batch of `tokens` takes: the
+/// fewest that hold it, past 4 tiles the 8-tile instance (its tiles past the batch are skipped), past
+/// 64 tokens several blocks of 8 tiles.
+pub const Q4_MMA_TILES: [usize; 5] = [1, 2, 3, 4, 8];
+pub fn q4_gemv_mma_tiles(tokens: usize) -> usize {
+    match tokens.div_ceil(Q4_TOKENS_PER_BLOCK) {
+        t @ 0..=4 => t.max(1),
+        _ => 8,
+    }
+}
+
+/// `q4_<kernel>_<dtype>`.
 pub fn q4_name(kernel: Q4Kernel, dtype: KernelDType) -> Option<&'static str> {
     use KernelDType::*;
     Some(match (kernel, dtype) {
-        (Q4Kernel::GemvMma, BF16) => "q4_gemv_mma_bf16",
-        (Q4Kernel::GemvMma, F16) => "q4_gemv_mma_f16",
-        (Q4Kernel::GemvMma, F32) => return None,
-        (Q4Kernel::GemvMmaSilu, BF16) => "q4_gemv_mma_silu_bf16",
-        (Q4Kernel::GemvMmaSilu, F16) => "q4_gemv_mma_silu_f16",
-        (Q4Kernel::GemvMmaSilu, F32) => return None,
         (Q4Kernel::GemvSimple, F32) => "q4_gemv_simple_f32",
         (Q4Kernel::GemvSimple, BF16) => "q4_gemv_simple_bf16",
         (Q4Kernel::GemvSimple, F16) => "q4_gemv_simple_f16",

@@ -305,10 +305,6 @@ mod cuda {
     use std::ops::Range;
     use crate::cuda_args::{contiguous, kernel_dtype, to_u32, view};
 
-
-
-
-
     // candle does not export the type of a loaded function, so callers load it themselves by this name.
     fn func_name(kernel: Q4Kernel, dtype: KernelDType) -> Result<&'static str> {
         match kernels::q4_name(kernel, dtype) {
@@ -369,20 +365,26 @@ mod cuda {
             && k % kernels::Q4_MMA_K_MULTIPLE == 0
             && wr.start % 16 == 0
             && (xr.start * elem) % 8 == 0;
-        // Output rows per block: the silu kernel spends its 16 MMA rows on 8 gate and 8 up rows.
-        let (kernel, rows, threads) = match (mma, silu) {
-            (true, false) => (Q4Kernel::GemvMma, kernels::Q4_MMA_ROWS, kernels::Q4_MMA_THREADS),
-            (true, true) => (Q4Kernel::GemvMmaSilu, kernels::Q4_MMA_ROWS / 2, kernels::Q4_MMA_THREADS),
-            (false, false) => (Q4Kernel::GemvSimple, kernels::Q4_SIMPLE_ROWS, kernels::Q4_SIMPLE_THREADS),
+        // The tensor-core kernel takes up to 8 tiles of 8 tokens per block (each dequantized weight feeds
+        // one MMA per tile): a batch of up to 64 tokens dequantizes each weight once. Output rows per
+        // block: the silu kernel spends its 16 MMA rows on 8 gate and 8 up rows.
+        let tiles = if mma { kernels::q4_gemv_mma_tiles(t) } else { 1 };
+        let (name, rows, threads) = match (mma, silu) {
+            (true, _) => match kernels::q4_gemv_mma_name(silu, dtype, tiles) {
+                Some(name) => (name, if silu { kernels::Q4_MMA_ROWS / 2 } else { kernels::Q4_MMA_ROWS }, kernels::Q4_MMA_THREADS),
+                None => bail!("q4-gemv: no tensor-core GEMV for {dtype:?} with {tiles} token tiles"),
+            },
+            (false, false) => (func_name(Q4Kernel::GemvSimple, dtype)?, kernels::Q4_SIMPLE_ROWS, kernels::Q4_SIMPLE_THREADS),
             (false, true) => bail!("q4-gemv: the fused silu GEMV needs bf16 / f16, K % 256 == 0 and aligned operands"),
         };
         let smem = if mma { kernels::Q4_MMA_SMEM_BYTES } else { 0 };
-        let func = crate::cuda_kernels::func_smem(&dev, func_name(kernel, dtype)?, &kernels::modules::Q4_GEMM, smem)?;
+        let func = crate::cuda_kernels::func_smem(&dev, name, &kernels::modules::Q4_GEMM, smem)?;
         let xv = view(x.as_cuda_slice::<T>()?, xr, "x")?;
         let wv = view(w.as_cuda_slice::<u8>()?, wr, "q4 blocks")?;
         // The kernels take N as their output count (the silu kernel finds the up rows N rows further).
         let (t32, outs32, k32) = (to_u32(t, "tokens")?, to_u32(outs, "rows")?, to_u32(k, "inputs")?);
-        let grid = (to_u32(t.div_ceil(kernels::Q4_TOKENS_PER_BLOCK), "token tiles")?, to_u32(outs.div_ceil(rows), "row tiles")?);
+        let block_tokens = tiles * kernels::Q4_TOKENS_PER_BLOCK;
+        let grid = (to_u32(t.div_ceil(block_tokens), "token tiles")?, to_u32(outs.div_ceil(rows), "row tiles")?);
         if grid.1 > 65_535 {
             bail!("q4-gemv: {n} rows need {} row tiles, more than a grid's 65535", grid.1);
         }
