@@ -7,10 +7,13 @@
 //!     cargo bench -p mlc-core --bench cpu_qmatmul [-- FILTER]     (MLC_CPU_ISA / MLC_CPU_THREADS /
 //!     MLC_CPU_KQUANT_ACT apply)
 //!
-//! `-- attn` times the CPU attention of a decode step instead ([`cpu_attention`]).
+//! `-- attn` times the CPU attention of a decode step instead ([`cpu_attention`]), `-- step` a whole
+//! Qwen decode step's matmuls with their weights cold ([`cpu_step`]).
 
 #[path = "cpu_attention.rs"]
 mod cpu_attention;
+#[path = "cpu_step.rs"]
+mod cpu_step;
 
 use mlc_core::quant::cpu::kpack::{KLayout, PackedK};
 use mlc_core::quant::cpu::{dispatch, matmul, matmul_packed, QMatrix, QType};
@@ -60,6 +63,9 @@ fn main() {
     println!("isa {:?}, K-quant layout {:?}", dispatch::active(), KLayout::active());
     if filter.starts_with("attn") {
         return cpu_attention::run(&filter);
+    }
+    if filter == "step" {
+        return cpu_step::run(random_weight);
     }
     println!("{:<14} {:>4} {:>6} {:>6} {:>5} {:>9} {:>7} {:>7}", "shape", "type", "n", "k", "t", "ms", "GB/s", "Gmac/s");
     for &(name, qtype, n, k) in shapes {

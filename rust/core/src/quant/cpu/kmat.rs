@@ -346,6 +346,8 @@ pub fn matmul<A: KActivations>(w: &PackedK, act: &A, kern: KTiles<A>) -> Vec<f32
     let block = (BLOCK_ACT_BYTES / (w.k * A::VALUE_BYTES)).max(kern.max) / kern.max * kern.max;
     let mut out = vec![0f32; t * n];
     let shared = Out { ptr: out.as_mut_ptr(), t, n };
+    // SAFETY: `w` is a live repacked weight, which leaves `ahead` as it is dropped.
+    unsafe { super::ahead::starting(w.group(0).as_ptr() as usize, w.bytes()) };
     pool::run(groups.div_ceil(per_task), |c| {
         let range = c * per_task..((c + 1) * per_task).min(groups);
         for b0 in (0..t).step_by(block) {

@@ -135,6 +135,13 @@ pub struct PackedK {
     data: Vec<Line>,
 }
 
+/// The next-weight reads of [`ahead`](super::ahead) may name this one: they stop before its memory goes.
+impl Drop for PackedK {
+    fn drop(&mut self) {
+        super::ahead::forget(self.data.as_ptr() as usize, self.data.len() * 64);
+    }
+}
+
 impl std::fmt::Debug for PackedK {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "PackedK({:?}, {:?}, [{}, {}])", self.qtype, self.layout, self.n, self.k)

@@ -17,6 +17,7 @@
 //! A token's result does not depend on the batch it runs in (see [`tile`]).
 
 pub mod act;
+pub mod ahead;
 pub mod dispatch;
 mod gemm;
 pub mod kmat;
