@@ -10,9 +10,10 @@
 #           GEMV off / on, both models with MLC_PDL=0 / 1
 #   wheels  batch-1 greedy decode on the wheel in $BASE_DIR (default dist/cuda_base) and this one,
 #           alternating (run_env_ab_on_host.sh with VAR=PYTHONPATH; WHEEL_MODELS, default Q4_0 and bf16)
-#   q4tiles the Q4_0 model's decode at 1-64 sequences (bench_gpu.py's ours_q4 phase) with the 4-bit GEMV
-#           taking up to each of Q4_GEMV_VALUES tokens (MLC_Q4_GEMV_MAX_TOKENS; default "24 64"), alternating
-#           ROUNDS times: where the GEMV's token tiles should hand over to the GEMM
+#   q4tiles the Q4_0 model's decode at 1-64 sequences (bench_gpu.py's ours_q4 phase) under each setting of
+#           Q4_TILE_ENVS (space-separated VAR=VALUE; default: the GEMV without token tiles
+#           (MLC_Q4_GEMV_MAX_TILES=1), the GEMV up to 24 and up to 64 tokens (MLC_Q4_GEMV_MAX_TOKENS)),
+#           alternating ROUNDS times: what the tiles give and where the GEMV should hand over to the GEMM
 #   matrix  issue 13's matrix (benches/bench_gpu.py through run_on_host.sh: bf16, FP8 KV, Q4_0, TTFT,
 #           long contexts, the open workload, HF at batch 1)
 #
@@ -101,12 +102,13 @@ fi
 
 if has q4tiles; then
     for round in $(seq "${ROUNDS:-2}"); do
-        for v in ${Q4_GEMV_VALUES:-24 64}; do
-            MLC_Q4_GEMV_MAX_TOKENS=$v OUT=$OUT/q4tiles_${v}_r$round SITE=$SITE bash benches/gpu/run_on_host.sh --only bandwidth,ours_q4 \
+        for e in ${Q4_TILE_ENVS:-MLC_Q4_GEMV_MAX_TILES=1 MLC_Q4_GEMV_MAX_TOKENS=24 MLC_Q4_GEMV_MAX_TOKENS=64}; do
+            tag=${e//=/_}
+            env "$e" OUT=$OUT/q4tiles_${tag}_r$round SITE=$SITE bash benches/gpu/run_on_host.sh --only bandwidth,ours_q4 \
                 --gguf-q4 --q4-batches "${Q4_TILE_BATCHES:-1,8,16,24,32,40,48,64}" --ttft-reps 1 --budget-s 150 \
-                > "$OUT/q4tiles_${v}_r$round.log" 2>&1
-            step "q4 GEMV up to $v tokens, round $round" $?
-            grep -E "^ours \(mlc_llm\) +q4_0" "$OUT/q4tiles_${v}_r$round.log"
+                > "$OUT/q4tiles_${tag}_r$round.log" 2>&1
+            step "q4 decode with $e, round $round" $?
+            grep -E "^ours \(mlc_llm\) +q4_0" "$OUT/q4tiles_${tag}_r$round.log"
         done
     done
 fi

@@ -30,6 +30,22 @@ pub fn gemv_max_tokens() -> usize {
     })
 }
 
+/// Most token tiles (of 8) one tensor-core GEMV block takes: 8 (each weight dequantized once for up to 64
+/// tokens), or `MLC_Q4_GEMV_MAX_TILES` when set (read once; 1, 2, 3, 4 or 8, other values round down to
+/// one of these): 1 is the kernel before token tiles, one block per 8 tokens, for measuring the tiles
+/// against it.
+pub fn gemv_max_tiles() -> usize {
+    static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        match std::env::var("MLC_Q4_GEMV_MAX_TILES").ok().and_then(|v| v.parse::<usize>().ok()) {
+            Some(0..=1) => 1,
+            Some(v @ 2..=4) => v,
+            Some(5..=7) => 4,
+            _ => 8,
+        }
+    })
+}
+
 /// Largest batch the tensor-core GEMM takes; larger ones (prefill chunks, decode batches past 128)
 /// dequantize the weight in slices and use cuBLAS, which from about 150 tokens per step outruns our
 /// mma.sync kernel (about 210 TFLOPS at best) by more than the dequantization costs. Measured on an H100
@@ -368,7 +384,7 @@ mod cuda {
         // The tensor-core kernel takes up to 8 tiles of 8 tokens per block (each dequantized weight feeds
         // one MMA per tile): a batch of up to 64 tokens dequantizes each weight once. Output rows per
         // block: the silu kernel spends its 16 MMA rows on 8 gate and 8 up rows.
-        let tiles = if mma { kernels::q4_gemv_mma_tiles(t) } else { 1 };
+        let tiles = if mma { kernels::q4_gemv_mma_tiles(t.min(gemv_max_tiles() * kernels::Q4_TOKENS_PER_BLOCK)) } else { 1 };
         let (name, rows, threads) = match (mma, silu) {
             (true, _) => match kernels::q4_gemv_mma_name(silu, dtype, tiles) {
                 Some(name) => (name, if silu { kernels::Q4_MMA_ROWS / 2 } else { kernels::Q4_MMA_ROWS }, kernels::Q4_MMA_THREADS),
