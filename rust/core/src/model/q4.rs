@@ -384,7 +384,7 @@ mod cuda {
         // The tensor-core kernel takes up to 8 tiles of 8 tokens per block (each dequantized weight feeds
         // one MMA per tile): a batch of up to 64 tokens dequantizes each weight once. Output rows per
         // block: the silu kernel spends its 16 MMA rows on 8 gate and 8 up rows.
-        let tiles = if mma { kernels::q4_gemv_mma_tiles(t.min(gemv_max_tiles() * kernels::Q4_TOKENS_PER_BLOCK)) } else { 1 };
+        let tiles = if mma { kernels::q4_gemv_mma_tiles(t.min(super::gemv_max_tiles() * kernels::Q4_TOKENS_PER_BLOCK)) } else { 1 };
         let (name, rows, threads) = match (mma, silu) {
             (true, _) => match kernels::q4_gemv_mma_name(silu, dtype, tiles) {
                 Some(name) => (name, if silu { kernels::Q4_MMA_ROWS / 2 } else { kernels::Q4_MMA_ROWS }, kernels::Q4_MMA_THREADS),
