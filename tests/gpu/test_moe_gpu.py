@@ -12,6 +12,8 @@ on the GPU host (`pytest -m gpu tests/gpu/test_moe_gpu.py`), with tiny random mo
   row (a near-tie in a router may send one token elsewhere in one run and move its row alone). The fused
   path must be no further from the f32 reference than the host-routed path is (x 1.5 + a dtype floor) and
   within the dtype's bound of the host-routed path.
+* the per-slot decode GEMVs (MLC_MOE_GEMV_MAX_SLOTS, off by default) against the grouped GEMM on the same
+  device and dtype, and both against the CPU's f32 reference (mixtral and the qwen3_moe models, every dtype).
 * engine bf16 (CUDA graphs on: replays > 0 shows the fused path ran, as host-routed layers cannot be
   captured) vs HF transformers bf16 teacher-forced on our tokens: top-1 agreement >= 0.95 on a tiny
   Qwen3-MoE and Mixtral (gpt-oss's is in test_arch_parity.py). gpt-oss takes the first part in bf16 and f16
@@ -120,9 +122,9 @@ json.dump({"tokens": list(toks), "rows": [list(r) for r in rows]}, sys.stdout)
 """
 
 
-def _host_routed(model: str, prompt, dtype):
-    """Greedy logits rows on cuda:0 with MLC_MOE_FUSED=0 (a fresh process reads the switch)."""
-    env = {**os.environ, "MLC_MOE_FUSED": "0"}
+def _host_routed(model: str, prompt, dtype, switch=("MLC_MOE_FUSED", "0")):
+    """Greedy logits rows on cuda:0 with MLC_MOE_FUSED=0, or another switch (a fresh process reads it)."""
+    env = {**os.environ, switch[0]: switch[1]}
     done = subprocess.run([sys.executable, "-c", _LOGITS_CHILD, json.dumps([model, "cuda:0", prompt, NEW_TOKENS, dtype])],
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -204,3 +206,29 @@ def test_engine_bf16_top1_agreement_with_hf(core, torch_mod, models, name):  # n
     assert agree / total >= MIN_TOP1 or f32_agree / total >= hf_agree / total - _top1_margin(hf_agree, total), result
     # MoE layers on the host-routed path cannot be captured: replays show every layer ran fused
     assert (metrics.get("cuda_graph_replays") or 0) > 0, result
+
+
+# The per-slot decode GEMVs (MLC_MOE_GEMV_MAX_SLOTS, off by default: moe_cuda.rs) against the grouped GEMM
+# on the same device and dtype: the 200-token prefill (800 slots) takes the GEMM in both runs, the decode
+# steps (top_k slots) the GEMVs in one; and both against the CPU's f32 reference, as above.
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["mixtral", "qwen3_moe", "qwen3_moe_top1"])
+def test_moe_decode_gemv_matches_grouped_gemm(core, torch_mod, models, name, dtype):  # noqa: F811
+    torch = torch_mod
+    prompt = [random.Random(7).randrange(3, VOCAB) for _ in range(PROMPT_LEN)]
+    load = LOADS[0]
+    model = str(_q4_dir(models, name, load)) if dtype == "q4f16_1" else str(models[(name, load)])
+    engine_dtype = "float16" if dtype == "q4f16_1" else dtype
+    gemm_toks, gemm_rows = core._greedy_logits(model, "cuda:0", prompt, NEW_TOKENS, engine_dtype)
+    gemv_toks, gemv_rows = _host_routed(model, prompt, engine_dtype, switch=("MLC_MOE_GEMV_MAX_SLOTS", "64"))
+    ref_toks, ref_rows = core._greedy_logits(model, "cpu", prompt, NEW_TOKENS, "float32")
+    gemv_vs_gemm, gemv_vs_gemm_max, rows_vg = _rel(torch, gemv_toks, gemv_rows, gemm_toks, gemm_rows)
+    gemv_vs_ref, _, _ = _rel(torch, gemv_toks, gemv_rows, ref_toks, ref_rows)
+    gemm_vs_ref, _, _ = _rel(torch, gemm_toks, gemm_rows, ref_toks, ref_rows)
+    result = {"model": name, "load": load, "dtype": dtype, "median_row_rel": {"gemv_vs_gemm": gemv_vs_gemm, "gemv_vs_cpu_f32": gemv_vs_ref,
+              "gemm_vs_cpu_f32": gemm_vs_ref}, "max_row_rel_gemv_vs_gemm": gemv_vs_gemm_max, "rows_compared": rows_vg,
+              "same_tokens": gemv_toks == gemm_toks}
+    _record(f"moe_decode_gemv_{name}_{dtype}", result)
+    assert rows_vg > 1, result  # at least one decode row compared
+    assert gemv_vs_gemm <= SAME_DEVICE_BOUND[dtype], result
+    assert gemv_vs_ref <= 1.5 * gemm_vs_ref + F32_FLOOR[dtype], result

@@ -2,7 +2,8 @@
 or 4 tokens, gate/up with silu as epilogue) and q4_gemm.cu's tensor-core Q4_0 GEMV (its ring of copy stages)
 (1-4 or 8 token tiles a block) compiled for the host (shim.cuh: one OS thread per CUDA thread; attention_shim.h + q4_shim.h: bf16 / f16;
 mma_shim.cuh: cp.async landing only at its wait, mma.sync from the PTX ISA's fragment layouts) and run on
-random weights against a reference in double (gemv_driver.cpp). Shapes cover partial row and token tiles,
+random weights against a reference in double (gemv_driver.cpp); and the fused MoE's per-slot decode GEMVs
+built on them (an expert id per slot picks its stacked rows). Shapes cover partial row and token tiles,
 K with a partial last round of chunks, warps with no copy group, and the stage ring wrapping. Needs g++
 with C++20; no GPU, no CUDA toolkit.
 
@@ -36,6 +37,11 @@ CASES = [
     ("q4", "f16", 1, 33, 12, 512, 2, 18),      # silu, 8 tiles, 5 live
     ("q4", "bf16", 0, 64, 16, 4096, 2, 19),    # 8 full tiles
     ("q4", "f16", 0, 70, 20, 256, 2, 20),      # two blocks of 8 tiles, the second with one live tile
+    # The fused MoE's per-slot decode GEMVs: M slots over 3 experts; even M: two slots a token (gate/up).
+    ("moe-dense", "bf16", 1, 8, 12, 512, 0, 21),   # gate/up + silu, a partial block of outputs
+    ("moe-dense", "f16", 0, 5, 20, 264, 0, 22),    # down: a slot a row
+    ("moe-q4", "f16", 1, 6, 12, 512, 2, 23),       # gate/up + silu
+    ("moe-q4", "bf16", 0, 3, 20, 4096, 2, 24),     # down, partial row tile
 ]
 
 

@@ -43,7 +43,8 @@ static void poison_shared() {
     if (g_before_block) g_before_block();
 }
 
-static void launch(unsigned gx, unsigned gy, unsigned threads, const std::function<void()>& body) {
+// A grid of gx x gy x gz blocks (blockIdx.x fastest).
+static void launch(unsigned gx, unsigned gy, unsigned gz, unsigned threads, const std::function<void()>& body) {
     std::barrier<> block(threads);
     std::vector<std::unique_ptr<std::barrier<>>> warps;
     for (unsigned w = 0; w < threads / 32; ++w) {
@@ -54,13 +55,20 @@ static void launch(unsigned gx, unsigned gy, unsigned threads, const std::functi
     blockDim.x = threads;
     gridDim.x = gx;
     gridDim.y = gy;
-    for (unsigned y = 0; y < gy; ++y)
-        for (unsigned x = 0; x < gx; ++x) {
-            blockIdx.x = x;
-            blockIdx.y = y;
-            poison_shared();
-            std::vector<std::thread> ts;
-            for (unsigned t = 0; t < threads; ++t) ts.emplace_back([&, t] { threadIdx.x = t; body(); });
-            for (auto& t : ts) t.join();
-        }
+    gridDim.z = gz;
+    for (unsigned z = 0; z < gz; ++z)
+        for (unsigned y = 0; y < gy; ++y)
+            for (unsigned x = 0; x < gx; ++x) {
+                blockIdx.x = x;
+                blockIdx.y = y;
+                blockIdx.z = z;
+                poison_shared();
+                std::vector<std::thread> ts;
+                for (unsigned t = 0; t < threads; ++t) ts.emplace_back([&, t] { threadIdx.x = t; body(); });
+                for (auto& t : ts) t.join();
+            }
+}
+
+static void launch(unsigned gx, unsigned gy, unsigned threads, const std::function<void()>& body) {
+    launch(gx, gy, 1, threads, body);
 }

@@ -21,7 +21,7 @@ using std::min; using std::max;
 // them with 0xff bytes before each block (see poison_shared).
 #define __shared__ static
 #define __restrict__
-struct Dim { unsigned x, y; };
+struct Dim { unsigned x, y, z; };
 extern thread_local Dim threadIdx;
 extern Dim blockIdx;
 extern std::barrier<>* g_block_barrier;

@@ -4,6 +4,7 @@
 //   dense_gemv_<T>_t<TOK>       one warp per output row
 //   dense_gemv_silu_<T>_t<TOK>  a stacked gate/up weight W[2N, K] (gate rows, then up rows): one warp per
 //                               output, y[M, N] = silu(x . gate^T) * (x . up^T)
+//   moe_dense_gemv[_silu]_<T>   the same per (token, expert) slot of the fused MoE's decode (below)
 //
 // Why not cuBLAS: at one token cuBLAS runs these shapes as split-K GEMVs with a separate reduction
 // kernel (q/k/v, down), or a GEMV at half the bandwidth (o_proj); and its kernels are launched plainly,
@@ -132,6 +133,21 @@ __device__ void dense_gemv(T* __restrict__ y, const T* __restrict__ w, const T* 
     }
 }
 
+// The fused MoE's decode GEMV (moe_cuda.rs, a step of a few tokens): blockIdx.z = slot s of the step's
+// T x top_k (token, expert) slots; expert ids[s] (moe_route's output) picks its rows of W [E, ROWS n, K],
+// the input is x row s / x_div (the token for gate/up, the slot for down) and the output y row s [n]. One
+// token per slot, grid = (1, ceil(n / 8), slots). Launched plainly, not with PDL: ids come from the kernel
+// before, and the weight loads that dense_gemv issues before its pdl_wait depend on them.
+template <typename T, bool SILU>
+__device__ void moe_dense_gemv(T* __restrict__ y, const T* __restrict__ w, const T* __restrict__ x,
+                               const uint32_t* __restrict__ ids, uint32_t n, uint32_t k, uint32_t x_div,
+                               uint32_t experts) {
+    const uint32_t s = blockIdx.z;
+    const uint32_t e = min(ids[s], experts - 1);  // always < experts (moe_route); clamped to stay in bounds
+    const size_t rows = SILU ? 2 * (size_t)n : n;
+    dense_gemv<T, SILU, 1>(y + (size_t)s * n, w + (size_t)e * rows * k, x + (size_t)(s / x_div) * k, 1, n, k);
+}
+
 #ifndef DENSE_GEMV_HOST  // the emulation (rust/kernels/emulate) calls dense_gemv itself
 #define DENSE_GEMV(NAME, T, SILU, TOK)                                                                     \
     extern "C" __global__ void __launch_bounds__(32 * DENSE_WARPS)                                       \
@@ -148,4 +164,16 @@ DENSE_GEMV(dense_gemv_silu_bf16_t1, __nv_bfloat16, true, 1)
 DENSE_GEMV(dense_gemv_silu_bf16_t4, __nv_bfloat16, true, 4)
 DENSE_GEMV(dense_gemv_silu_f16_t1, __half, true, 1)
 DENSE_GEMV(dense_gemv_silu_f16_t4, __half, true, 4)
+
+#define MOE_DENSE_GEMV(NAME, T, SILU)                                                                     \
+    extern "C" __global__ void __launch_bounds__(32 * DENSE_WARPS)                                       \
+        NAME(T* __restrict__ y, const T* __restrict__ w, const T* __restrict__ x,                        \
+             const uint32_t* __restrict__ ids, uint32_t n, uint32_t k, uint32_t x_div, uint32_t experts) { \
+        moe_dense_gemv<T, SILU>(y, w, x, ids, n, k, x_div, experts);                                     \
+    }
+
+MOE_DENSE_GEMV(moe_dense_gemv_bf16, __nv_bfloat16, false)
+MOE_DENSE_GEMV(moe_dense_gemv_f16, __half, false)
+MOE_DENSE_GEMV(moe_dense_gemv_silu_bf16, __nv_bfloat16, true)
+MOE_DENSE_GEMV(moe_dense_gemv_silu_f16, __half, true)
 #endif

@@ -4,6 +4,7 @@
 //   q4_gemv_mma_silu_<T> the same for a stacked gate/up weight W[2N, K] (gate rows, then up rows), with
 //                       the MLP's activation as epilogue: y[M, N] = silu(x . gate^T) * (x . up^T)
 //   q4_gemv_simple_<T>  (T = f32, bf16, f16) the same with scalar f32 FMAs; any K % 32 == 0
+//   moe_q4_gemv[_silu]_<T> the tensor-core GEMV per (token, expert) slot of the fused MoE's decode (below)
 //   q4_dequant_<T>      W[N, K] -> out[N, K] in T (for what q4_gemm_tc.cu does not take: f32, K % 256 != 0)
 //
 // Q4_0 (GGML): per 32 weights one block of 18 bytes, an f16 scale d then 16 bytes of nibbles; byte j
@@ -326,6 +327,23 @@ __device__ void q4_dequant(T* __restrict__ out, const uint8_t* __restrict__ w, u
         IMPL<T>(y, w, x, m, n, k);                                                                           \
     }
 
+// The fused MoE's decode GEMV on Q4_0 experts (moe_cuda.rs, a step of a few tokens): blockIdx.z = slot s
+// of the step's T x top_k (token, expert) slots; expert ids[s] (moe_route's output) picks its rows of the
+// stacked blocks (E experts of ROWS n rows of K / 32 blocks; an expert's rows start 16-byte aligned as
+// K % 256 == 0), the input is x row s / x_div (the token for gate/up, the slot for down), the output y row
+// s [n]. One token per slot: grid = (1, row tiles, slots), as q4_gemv_mma's with M = 1. Launched plainly,
+// not with PDL: the copies q4_gemv_mma issues before its pdl_wait depend on ids, written by the kernel before.
+template <typename T, bool SILU>
+__device__ void moe_q4_gemv(T* __restrict__ y, const uint8_t* __restrict__ w, const T* __restrict__ x,
+                            const uint32_t* __restrict__ ids, uint32_t n, uint32_t k, uint32_t x_div,
+                            uint32_t experts, uint8_t* __restrict__ smem) {
+    const uint32_t s = blockIdx.z;
+    const uint32_t e = min(ids[s], experts - 1);  // always < experts (moe_route); clamped to stay in bounds
+    const size_t expert_bytes = (SILU ? 2 * (size_t)n : n) * (k / 32) * Q4_BLOCK_BYTES;
+    q4_gemv_mma<T, SILU, Q4_MMA_STAGES, 1>(y + (size_t)s * n, w + e * expert_bytes, x + (size_t)(s / x_div) * k, 1,
+                                          n, k, smem);
+}
+
 #ifndef Q4_GEMV_HOST  // the emulation (rust/kernels/emulate) calls the kernels with its own memory
 #define Q4_GEMV_MMA(NAME, T, SILU, NT)                                                                    \
     extern "C" __global__ void __launch_bounds__(256) NAME(T* __restrict__ y, const uint8_t* __restrict__ w, \
@@ -345,6 +363,18 @@ Q4_GEMV_MMA_TILES(2)
 Q4_GEMV_MMA_TILES(3)
 Q4_GEMV_MMA_TILES(4)
 Q4_GEMV_MMA_TILES(8)
+
+#define MOE_Q4_GEMV(NAME, T, SILU)                                                                          \
+    extern "C" __global__ void __launch_bounds__(256)                                                       \
+        NAME(T* __restrict__ y, const uint8_t* __restrict__ w, const T* __restrict__ x,                     \
+             const uint32_t* __restrict__ ids, uint32_t n, uint32_t k, uint32_t x_div, uint32_t experts) {    \
+        extern __shared__ __align__(16) uint8_t q4_smem[];                                                  \
+        moe_q4_gemv<T, SILU>(y, w, x, ids, n, k, x_div, experts, q4_smem);                                  \
+    }
+MOE_Q4_GEMV(moe_q4_gemv_bf16, __nv_bfloat16, false)
+MOE_Q4_GEMV(moe_q4_gemv_f16, __half, false)
+MOE_Q4_GEMV(moe_q4_gemv_silu_bf16, __nv_bfloat16, true)
+MOE_Q4_GEMV(moe_q4_gemv_silu_f16, __half, true)
 
 Q4_GEMV(q4_gemv_simple_f32, q4_gemv_simple, float)
 Q4_GEMV(q4_gemv_simple_bf16, q4_gemv_simple, __nv_bfloat16)

@@ -622,6 +622,34 @@ pub fn moe_gemm_name(dtype: KernelDType, weights: MoeWeights) -> Option<&'static
     })
 }
 
+/// The fused MoE's per-slot decode GEMV (dense_gemv.cu's `moe_dense_gemv[_silu]_<dtype>`, q4_gemm.cu's
+/// `moe_q4_gemv[_silu]_<dtype>`; modules DENSE_GEMV / Q4_GEMM) and its block: (output rows per block,
+/// threads, dynamic shared memory). `None` for f32, MXFP4 weights or gpt-oss's clamped SwiGLU.
+pub fn moe_gemv_kernel(dtype: KernelDType, weights: MoeWeights, mode: MoeGemmMode) -> Option<(&'static str, (usize, u32, u32))> {
+    use KernelDType::*;
+    let silu = match mode {
+        MoeGemmMode::Plain => false,
+        MoeGemmMode::Silu => true,
+        MoeGemmMode::ClampedSwiglu => return None,
+    };
+    let name = match (weights, dtype, silu) {
+        (MoeWeights::Dense, BF16, false) => "moe_dense_gemv_bf16",
+        (MoeWeights::Dense, F16, false) => "moe_dense_gemv_f16",
+        (MoeWeights::Dense, BF16, true) => "moe_dense_gemv_silu_bf16",
+        (MoeWeights::Dense, F16, true) => "moe_dense_gemv_silu_f16",
+        (MoeWeights::Q4_0, BF16, false) => "moe_q4_gemv_bf16",
+        (MoeWeights::Q4_0, F16, false) => "moe_q4_gemv_f16",
+        (MoeWeights::Q4_0, BF16, true) => "moe_q4_gemv_silu_bf16",
+        (MoeWeights::Q4_0, F16, true) => "moe_q4_gemv_silu_f16",
+        _ => return None,
+    };
+    Some(match weights {
+        MoeWeights::Dense => (name, (DENSE_GEMV_ROWS, DENSE_GEMV_THREADS, 0)),
+        // The silu kernel spends its 16 MMA rows on 8 gate and 8 up rows.
+        _ => (name, (if silu { Q4_MMA_ROWS / 2 } else { Q4_MMA_ROWS }, Q4_MMA_THREADS, Q4_MMA_SMEM_BYTES)),
+    })
+}
+
 /// `moe_combine_<dtype>`.
 pub fn moe_combine_name(dtype: KernelDType) -> &'static str {
     match dtype {

@@ -12,6 +12,13 @@
 //! Per step, with `T` tokens, `k` experts per token and slot `s = t * k + i`:
 //!   logits `[T, E]` f32 -> plan (u32: ids `[T*k]`, weights `[T*k]` f32 bits, sorted slots
 //!   `[tiles * 32]`, tile experts `[tiles]`) -> act `[T*k, I]` -> y `[T*k, H]` -> out `[T, H]`.
+//!
+//! Decode steps of at most `MLC_MOE_GEMV_MAX_SLOTS` slots (read at load; 0, the default, turns it off)
+//! may instead run a GEMV per slot (dense_gemv.cu / q4_gemm.cu's `moe_*_gemv`: the slot's expert picked
+//! from the plan's ids on the device; no sort, the plan's sorted part is not written): the grouped GEMM
+//! gives each slot of a one-token step a 32-slot tile of its own and streams the expert through 4 warps
+//! a block, where the GEMVs are the decode kernels of the dense layers. Dense and Q4_0 experts with
+//! SiLU, no biases. Off by default until measured against the grouped GEMM on a GPU.
 
 use super::clamped_swiglu::{ClampedSwigluExperts, ExpertWeights};
 use super::mlp::GatedMlp;
@@ -77,6 +84,14 @@ pub struct FusedMoe {
     hidden: usize,
     routing: Routing,
     norm: bool,
+    /// Steps of at most this many slots take the per-slot GEMVs (0: never).
+    gemv_max_slots: usize,
+}
+
+/// `MLC_MOE_GEMV_MAX_SLOTS`, read when a layer loads (so a test may load models both ways in one
+/// process); unset or unparsable: 0.
+fn gemv_max_slots_from_env() -> usize {
+    std::env::var("MLC_MOE_GEMV_MAX_SLOTS").ok().and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 /// Why an MoE layer keeps the host-routed path, or the layer's stacked weights.
@@ -208,6 +223,7 @@ impl FusedMoe {
             hidden,
             routing: m.routing,
             norm: m.norm_topk_prob,
+            gemv_max_slots: gemv_max_slots_from_env(),
         }
         .check_shapes()
     }
@@ -259,7 +275,20 @@ impl FusedMoe {
             x = x.copy()?;
         }
         let logits = logits.to_dtype(DType::F32)?.contiguous()?;
-        let plan = logits.apply_op1_no_bwd(&Plan { top_k: self.top_k, experts: self.num_experts, routing: self.routing, norm: self.norm })?;
+        let slots = t * self.top_k;
+        // The per-slot GEMVs take dense / Q4_0 experts with SiLU and no biases (the dtype was checked at load).
+        let gemv = slots <= self.gemv_max_slots
+            && self.gate_up_bias.is_none()
+            && kernels::moe_gemv_kernel(kernels::KernelDType::BF16, self.gate_up.format(), self.mode).is_some();
+        let plan = logits.apply_op1_no_bwd(&Plan { top_k: self.top_k, experts: self.num_experts, routing: self.routing, norm: self.norm, align: !gemv })?;
+        if gemv {
+            let run = |input: &Tensor, w: &Stacked, n: usize, k: usize, x_div: usize, mode: MoeGemmMode| {
+                input.apply_op2_no_bwd(&plan, &Gemv { w: w.tensor().clone(), weights: w.format(), n, k, x_div, slots, experts: self.num_experts, mode })
+            };
+            let act = run(&x, &self.gate_up, self.inter, self.hidden, self.top_k, self.mode)?; // [T*k, I]
+            let y = run(&act, &self.down, self.hidden, self.inter, 1, MoeGemmMode::Plain)?; // [T*k, H]
+            return Ok(y.apply_op2_no_bwd(&plan, &Combine { tokens: t, top_k: self.top_k, experts: self.num_experts })?);
+        }
         let gemm = |input: &Tensor, w: &Stacked, bias: &Option<Tensor>, n: usize, k: usize, x_div: usize, mode: MoeGemmMode| {
             input.apply_op2_no_bwd(
                 &plan,
@@ -307,6 +336,8 @@ struct Plan {
     experts: usize,
     routing: Routing,
     norm: bool,
+    /// Sort the slots by expert for the grouped GEMM (the per-slot GEMVs read only ids and weights).
+    align: bool,
 }
 
 /// `[T*k, K]` or `[T, K]` activations (arg 1) and the plan (arg 2) -> `[T*k, n]`.
@@ -323,6 +354,19 @@ struct Gemm {
     mode: MoeGemmMode,
     alpha: f32,
     limit: f32,
+}
+
+/// `[T*k, K]` or `[T, K]` activations (arg 1) and the plan (arg 2) -> `[T*k, n]`, a GEMV per slot.
+struct Gemv {
+    w: Tensor,
+    weights: MoeWeights,
+    n: usize,
+    k: usize,
+    /// Input row of slot s: s / x_div.
+    x_div: usize,
+    slots: usize,
+    experts: usize,
+    mode: MoeGemmMode,
 }
 
 /// `y: [T*k, H]` (arg 1) and the plan (arg 2) -> `[T, H]`.
@@ -371,6 +415,7 @@ macro_rules! plan_op2 {
     };
 }
 plan_op2!(Gemm, "moe-gemm", launch::gemm);
+plan_op2!(Gemv, "moe-gemv", launch::gemv);
 plan_op2!(Combine, "moe-combine", launch::combine);
 
 #[path = "moe_cuda_launch.rs"]

@@ -2,7 +2,7 @@
 //! moe_gemm.cu on candle's stream. Grids depend on the token count only (the GEMM's is sized for the
 //! worst routing, moe_max_tiles), so a captured graph replays them for any routing.
 
-use super::{Combine, Gemm, Plan, PlanLayout};
+use super::{Combine, Gemm, Gemv, Plan, PlanLayout};
 use crate::cuda_args::{contiguous, kernel_dtype, to_u32, view};
 use crate::model::config::Routing;
 use candle_core::backend::BackendStorage;
@@ -29,7 +29,7 @@ pub(super) fn plan(p: &Plan, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage
     let dev = s.device().clone();
     // SAFETY: the route writes ids and weights of every slot, the alignment every tile's expert and the
     // sorted slots of every real tile; sorted entries of the tiles past them are never read (their blocks
-    // exit on tile_expert = -1).
+    // exit on tile_expert = -1). Without the alignment (the per-slot GEMVs) only ids and weights are read.
     let mut buf: CudaSlice<u32> = unsafe { dev.alloc::<u32>(lay.len().max(1)) }?;
     if t == 0 {
         return Ok((CudaStorage::wrap_cuda_slice(buf, dev), Shape::from(lay.len())));
@@ -61,7 +61,7 @@ pub(super) fn plan(p: &Plan, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage
         // e <= MOE_MAX_EXPERTS and k <= MOE_MAX_TOPK, k <= e (FusedMoe::supported).
         unsafe { b.launch(cfg) }.w()?;
     }
-    {
+    if p.align {
         let align = crate::cuda_kernels::func(&dev, kernels::MOE_ALIGN_FUNC, &kernels::modules::MOE)?;
         let (head, mut rest) = buf.split_at_mut(lay.sorted().start);
         let ids = head.slice(lay.ids());
@@ -183,6 +183,79 @@ fn launch_gemm<T: CudaDType + DeviceRepr>(g: &Gemm, dtype: KernelDType, x: &Cuda
         // weights experts x rows_per_expert rows of k (+ MXFP4's tail padding; checked above), bias experts x
         // rows_per_expert or null, out slots x n; K is a multiple of the format's (FusedMoe::check_shapes)
         // and every operand 16-byte aligned.
+        unsafe { b.launch(cfg) }.w()?;
+        Ok(())
+    })?;
+    Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((g.slots, g.n))))
+}
+
+pub(super) fn gemv(g: &Gemv, x: &CudaStorage, xl: &Layout, plan: &CudaStorage, pl: &Layout) -> Result<(CudaStorage, Shape)> {
+    let (rows_in, k) = xl.shape().dims2()?;
+    if k != g.k || rows_in * g.x_div != g.slots {
+        bail!("moe-gemv: input {:?} for {} slots ({} per row) of K {}", xl.shape(), g.slots, g.x_div, g.k);
+    }
+    let dtype = kernel_dtype(x.dtype(), "moe-gemv")?;
+    match dtype {
+        KernelDType::BF16 => launch_gemv::<half::bf16>(g, dtype, x, xl, plan, pl),
+        KernelDType::F16 => launch_gemv::<half::f16>(g, dtype, x, xl, plan, pl),
+        KernelDType::F32 => bail!("moe-gemv: f32 activations take the host-routed path"),
+    }
+}
+
+fn launch_gemv<T: CudaDType + DeviceRepr>(g: &Gemv, dtype: KernelDType, x: &CudaStorage, xl: &Layout, plan: &CudaStorage, pl: &Layout) -> Result<(CudaStorage, Shape)> {
+    let lay = PlanLayout { slots: g.slots, tiles: kernels::moe_max_tiles(g.slots, g.experts) };
+    let plan = plan_slice(plan, pl, &lay)?;
+    let Some((name, (rows_per_block, threads, smem))) = kernels::moe_gemv_kernel(dtype, g.weights, g.mode) else {
+        bail!("moe-gemv: no per-slot GEMV for {:?} weights, {dtype:?} activations and {:?}", g.weights, g.mode)
+    };
+    let xr = contiguous(xl, "moe input")?;
+    if !(xr.start * std::mem::size_of::<T>()).is_multiple_of(16) {
+        bail!("moe-gemv: the input does not start on a 16-byte boundary");
+    }
+    let dev = x.device().clone();
+    // SAFETY: every (slot, output) is written: grid.z covers the slots, the row tiles all n outputs.
+    let mut out = unsafe { dev.alloc::<T>((g.slots * g.n).max(1)) }?;
+    let module = if g.weights == MoeWeights::Dense { &kernels::modules::DENSE_GEMV } else { &kernels::modules::Q4_GEMM };
+    let func = crate::cuda_kernels::func_smem(&dev, name, module, smem)?;
+    let gated = g.mode != MoeGemmMode::Plain;
+    let rows_per_expert = if gated { 2 * g.n } else { g.n };
+    if g.slots > 65_535 {
+        bail!("moe-gemv: {} slots, more than a grid's 65535", g.slots);
+    }
+    let xv = view(x.as_cuda_slice::<T>()?, xr, "moe input")?;
+    let ids = plan.slice(lay.ids());
+    let (n32, k32, div32, e32) = (to_u32(g.n, "outputs")?, to_u32(g.k, "inputs")?, to_u32(g.x_div, "x_div")?, to_u32(g.experts, "experts")?);
+    let cfg = LaunchConfig { grid_dim: (1, to_u32(g.n.div_ceil(rows_per_block), "row tiles")?, g.slots as u32), block_dim: (threads, 1, 1), shared_mem_bytes: smem };
+    with_cuda(&g.w, "expert weights", |ws, wr| {
+        let want = g.weights.size(g.experts * rows_per_expert, g.k);
+        if wr.len() != want {
+            bail!("moe-gemv: expert weights of {} elements, expected {want}", wr.len());
+        }
+        let mut b = func.builder();
+        b.arg(&mut out);
+        let wv_u8;
+        let wv_t;
+        if g.weights == MoeWeights::Dense {
+            wv_t = view(ws.as_cuda_slice::<T>()?, wr, "expert weights")?;
+            b.arg(&wv_t);
+        } else {
+            if ws.dtype() != DType::U8 {
+                bail!("moe-gemv: {:?} expert blocks must be u8", g.weights);
+            }
+            wv_u8 = view(ws.as_cuda_slice::<u8>()?, wr, "expert weights")?;
+            b.arg(&wv_u8);
+        }
+        b.arg(&xv);
+        b.arg(&ids);
+        b.arg(&n32);
+        b.arg(&k32);
+        b.arg(&div32);
+        b.arg(&e32);
+        // SAFETY: matches moe_dense_gemv[_silu]_<dtype> (dense_gemv.cu) / moe_q4_gemv[_silu]_<dtype>
+        // (q4_gemm.cu): y slots x n, w experts x rows_per_expert rows of k (checked above), x slots / x_div
+        // rows of k, ids `slots` expert ids (< experts: moe_route; the kernel clamps them); K is a multiple
+        // of 64 (dense) or 256 (Q4_0; FusedMoe::check_shapes), every operand 16-byte aligned. Launched
+        // plainly: the kernel reads ids, written by the route, before its first weight load.
         unsafe { b.launch(cfg) }.w()?;
         Ok(())
     })?;
