@@ -5,7 +5,7 @@ Op cases run on the Rust side (`mlc_llm._core._q4_check`, see `mlc_core::model::
 quantized to Q4_0 by candle's CPU quantizer, random activations rounded to the case's dtype, `x . W^T` on
 cuda:0 and the reference on the CPU: the blocks dequantized by a plain-Rust reading of the GGML layout and
 f64 dot products. Batches up to 24 tokens run our GEMV kernels (tensor cores for bf16 / f16 with K a
-multiple of 256, the scalar kernel otherwise), up to 128 our tensor-core GEMM (q4_gemm_tc.cu; bf16 / f16,
+multiple of 256, 1-4 or 8 tiles of 8 tokens a block; the scalar kernel otherwise), up to 128 our tensor-core GEMM (q4_gemm_tc.cu; bf16 / f16,
 K % 256 == 0, aligned operands), and larger ones (prefill chunks) and what neither kernel takes dequantize
 and use cuBLAS.
 
