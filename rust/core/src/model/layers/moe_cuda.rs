@@ -283,7 +283,8 @@ impl FusedMoe {
         let plan = logits.apply_op1_no_bwd(&Plan { top_k: self.top_k, experts: self.num_experts, routing: self.routing, norm: self.norm, align: !gemv })?;
         if gemv {
             let run = |input: &Tensor, w: &Stacked, n: usize, k: usize, x_div: usize, mode: MoeGemmMode| {
-                input.apply_op2_no_bwd(&plan, &Gemv { w: w.tensor().clone(), weights: w.format(), n, k, x_div, slots, experts: self.num_experts, mode })
+                let (experts, alpha, limit) = (self.num_experts, self.alpha, self.limit);
+                input.apply_op2_no_bwd(&plan, &Gemv(Gemm { w: w.tensor().clone(), weights: w.format(), bias: None, n, k, x_div, slots, experts, mode, alpha, limit }))
             };
             let act = run(&x, &self.gate_up, self.inter, self.hidden, self.top_k, self.mode)?; // [T*k, I]
             let y = run(&act, &self.down, self.hidden, self.inter, 1, MoeGemmMode::Plain)?; // [T*k, H]
@@ -356,18 +357,8 @@ struct Gemm {
     limit: f32,
 }
 
-/// `[T*k, K]` or `[T, K]` activations (arg 1) and the plan (arg 2) -> `[T*k, n]`, a GEMV per slot.
-struct Gemv {
-    w: Tensor,
-    weights: MoeWeights,
-    n: usize,
-    k: usize,
-    /// Input row of slot s: s / x_div.
-    x_div: usize,
-    slots: usize,
-    experts: usize,
-    mode: MoeGemmMode,
-}
+/// The same product as [`Gemm`] (no bias: the per-slot kernels take none) by a GEMV per slot.
+struct Gemv(Gemm);
 
 /// `y: [T*k, H]` (arg 1) and the plan (arg 2) -> `[T, H]`.
 struct Combine {

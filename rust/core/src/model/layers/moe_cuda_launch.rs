@@ -190,6 +190,7 @@ fn launch_gemm<T: CudaDType + DeviceRepr>(g: &Gemm, dtype: KernelDType, x: &Cuda
 }
 
 pub(super) fn gemv(g: &Gemv, x: &CudaStorage, xl: &Layout, plan: &CudaStorage, pl: &Layout) -> Result<(CudaStorage, Shape)> {
+    let g = &g.0;
     let (rows_in, k) = xl.shape().dims2()?;
     if k != g.k || rows_in * g.x_div != g.slots {
         bail!("moe-gemv: input {:?} for {} slots ({} per row) of K {}", xl.shape(), g.slots, g.x_div, g.k);
@@ -202,7 +203,7 @@ pub(super) fn gemv(g: &Gemv, x: &CudaStorage, xl: &Layout, plan: &CudaStorage, p
     }
 }
 
-fn launch_gemv<T: CudaDType + DeviceRepr>(g: &Gemv, dtype: KernelDType, x: &CudaStorage, xl: &Layout, plan: &CudaStorage, pl: &Layout) -> Result<(CudaStorage, Shape)> {
+fn launch_gemv<T: CudaDType + DeviceRepr>(g: &Gemm, dtype: KernelDType, x: &CudaStorage, xl: &Layout, plan: &CudaStorage, pl: &Layout) -> Result<(CudaStorage, Shape)> {
     let lay = PlanLayout { slots: g.slots, tiles: kernels::moe_max_tiles(g.slots, g.experts) };
     let plan = plan_slice(plan, pl, &lay)?;
     let Some((name, (rows_per_block, threads, smem))) = kernels::moe_gemv_kernel(dtype, g.weights, g.mode) else {
