@@ -14,6 +14,9 @@
 #           Q4_TILE_ENVS (space-separated VAR=VALUE; default: the GEMV without token tiles
 #           (MLC_Q4_GEMV_MAX_TILES=1), the GEMV up to 24 and up to 64 tokens (MLC_Q4_GEMV_MAX_TOKENS)),
 #           alternating ROUNDS times: what the tiles give and where the GEMV should hand over to the GEMM
+#   mma     the dense GEMV's tensor-core variant (2-16 tokens, MLC_DENSE_GEMV_MMA_MAX_TOKENS=16): test_fused.py
+#           with it (correctness and timings), then bf16 decode at 1-16 sequences without / with it,
+#           alternating ROUNDS times (bench_gpu.py's ours phase)
 #   matrix  issue 13's matrix (benches/bench_gpu.py through run_on_host.sh: bf16, FP8 KV, Q4_0, TTFT,
 #           long contexts, the open workload, HF at batch 1)
 #
@@ -109,6 +112,20 @@ if has q4tiles; then
                 > "$OUT/q4tiles_${tag}_r$round.log" 2>&1
             step "q4 decode with $e, round $round" $?
             grep -E "^ours \(mlc_llm\) +q4_0" "$OUT/q4tiles_${tag}_r$round.log"
+        done
+    done
+fi
+
+if has mma; then
+    MLC_DENSE_GEMV_MMA_MAX_TOKENS=16 MLC_GPU_RESULTS="$OUT/test_fused_mma.jsonl" timeout "${TEST_LIMIT_S:-200}" "$PY" -m pytest \
+        tests/gpu/test_fused.py "${PYTEST_ARGS[@]}" > "$OUT/test_fused_mma.log" 2>&1
+    step "test_fused with the tensor-core dense GEMV" $?; grep -E "passed|failed|FAILED|Error" "$OUT/test_fused_mma.log" | tail -n 8
+    for round in $(seq "${ROUNDS:-2}"); do
+        for v in 0 16; do
+            MLC_DENSE_GEMV_MMA_MAX_TOKENS=$v OUT=$OUT/mma_${v}_r$round SITE=$SITE bash benches/gpu/run_on_host.sh --only bandwidth,ours \
+                --batches "${MMA_BATCHES:-1,2,4,8,16}" --ttft-reps 1 --budget-s 150 > "$OUT/mma_${v}_r$round.log" 2>&1
+            step "bf16 decode, MLC_DENSE_GEMV_MMA_MAX_TOKENS=$v, round $round" $?
+            grep -E "^ours \(mlc_llm\) +bf16 " "$OUT/mma_${v}_r$round.log"
         done
     done
 fi

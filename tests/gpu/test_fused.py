@@ -108,10 +108,11 @@ def test_rope_qkv_block_sizes(fused_core, block_size):
     assert r["v_max_abs_err"] == 0.0, r
 
 
-# Batches of 1 to 4 tokens in bf16 / f16 run our GEMV (model/dense_gemv.rs), larger ones and f32 cuBLAS;
-# hidden 100 is not a multiple of 8 (cuBLAS at every batch).
+# Batches of 1 to 4 tokens in bf16 / f16 run our GEMV (model/dense_gemv.rs; with
+# MLC_DENSE_GEMV_MMA_MAX_TOKENS=16 in the environment, 2 to 16 tokens its tensor-core variant where K % 32
+# == 0), larger ones and f32 cuBLAS; hidden 100 is not a multiple of 8 (cuBLAS at every batch).
 @pytest.mark.parametrize("dtype", ["f32", "bf16", "f16"])
-@pytest.mark.parametrize("tokens", [1, 2, 4, 5, 8, 9])
+@pytest.mark.parametrize("tokens", [1, 2, 4, 5, 8, 9, 16])
 @pytest.mark.parametrize("hidden", [256, 4096, 100, 14336])
 def test_stacked_dense_linear(fused_core, dtype, tokens, hidden):
     r = _check(fused_core, {"op": "stacked_linear", "dtype": dtype, "tokens": tokens, "hidden": hidden,
@@ -123,7 +124,7 @@ def test_stacked_dense_linear(fused_core, dtype, tokens, hidden):
 # bf16 / f16 (equal to the GEMV then silu_mul), the matmul then silu_mul elsewhere. Odd widths leave the
 # last block of 8 outputs partly empty.
 @pytest.mark.parametrize("dtype", ["f32", "bf16", "f16"])
-@pytest.mark.parametrize("tokens", [1, 3, 4, 6])
+@pytest.mark.parametrize("tokens", [1, 3, 4, 6, 12])
 @pytest.mark.parametrize("hidden,ffn", [(4096, 14336), (256, 1003), (1000, 64)])
 def test_stacked_dense_gate_up_silu(fused_core, dtype, tokens, hidden, ffn):
     r = _check(fused_core, {"op": "stacked_linear", "dtype": dtype, "tokens": tokens, "hidden": hidden,
@@ -156,6 +157,10 @@ def test_stacked_quantized_linear(fused_core, quant, tokens):
     ("o_proj_t4", {"op": "stacked_linear", "tokens": 4, "hidden": 4096, "outs": [4096]}),
     ("down_t4", {"op": "stacked_linear", "tokens": 4, "hidden": 14336, "outs": [4096]}),
     ("down_t1", {"op": "stacked_linear", "tokens": 1, "hidden": 14336, "outs": [4096]}),
+    ("o_proj_t8", {"op": "stacked_linear", "tokens": 8, "hidden": 4096, "outs": [4096]}),
+    ("gate_up_silu_t8", {"op": "stacked_linear", "tokens": 8, "hidden": 4096, "outs": [14336, 14336], "silu": True}),
+    ("down_t8", {"op": "stacked_linear", "tokens": 8, "hidden": 14336, "outs": [4096]}),
+    ("down_t16", {"op": "stacked_linear", "tokens": 16, "hidden": 14336, "outs": [4096]}),
 ])
 def test_fused_timing(fused_core, name, case):
     r = _run(fused_core, {**case, "dtype": "bf16", "repeat": 100, "seed": 1})

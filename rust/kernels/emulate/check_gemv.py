@@ -37,6 +37,13 @@ CASES = [
     ("q4", "f16", 1, 33, 12, 512, 2, 18),      # silu, 8 tiles, 5 live
     ("q4", "bf16", 0, 64, 16, 4096, 2, 19),    # 8 full tiles
     ("q4", "f16", 0, 70, 20, 256, 2, 20),      # two blocks of 8 tiles, the second with one live tile
+    # dense_gemv.cu's tensor-core variant (2-16 tokens: 1 or 2 tiles of 8)
+    ("dense-mma", "bf16", 0, 2, 20, 1024, 0, 25),     # partial row tile; 32 chunks: 4 a warp, one round
+    ("dense-mma", "f16", 0, 8, 16, 4096, 0, 26),      # a full tile; 16 chunks a warp, the double buffer turns
+    ("dense-mma", "bf16", 1, 5, 12, 288, 0, 27),      # silu; 9 chunks: warp 0 two, the others one
+    ("dense-mma", "f16", 1, 16, 8, 512, 0, 28),       # silu, two full tiles
+    ("dense-mma", "bf16", 0, 13, 16, 2080, 0, 29),    # two tiles, the second partial; 65 chunks (9 for warp 0)
+    ("dense-mma", "f16", 0, 20, 24, 224, 0, 30),      # two blocks of tokens (16 + 4); 7 chunks: warp 7 none
     # The fused MoE's per-slot decode GEMVs: M slots over 3 experts; even M: two slots a token (gate/up).
     ("moe-dense", "bf16", 1, 8, 12, 512, 0, 21),   # gate/up + silu, a partial block of outputs
     ("moe-dense", "f16", 0, 5, 20, 264, 0, 22),    # down: a slot a row

@@ -5,7 +5,7 @@
 // decode GEMVs instead: M slots, 3 experts' weights stacked, random expert ids, slot s reading x row
 // s / x_div (x_div 2 for even M: the gate/up case, two slots a token; else 1) and expert ids[s]'s rows.
 //
-//   gemv_driver KIND DTYPE SILU M N K STAGES SEED     KIND dense | q4 | moe-dense | moe-q4; N = outputs; STAGES: q4_gemm.cu's
+//   gemv_driver KIND DTYPE SILU M N K STAGES SEED     KIND dense | dense-mma | q4 | moe-dense | moe-q4; N = outputs; STAGES: q4_gemm.cu's
 //
 // Prints one line; exit status 1 if an output is off by more than the dtype's rounding allows. The copies
 // land only when a wait covers them (mma_shim.cuh), so a stage read before its wait reads poison.
@@ -119,7 +119,22 @@ static int run(const std::string& kind, bool silu, uint32_t m, uint32_t n, uint3
         std::fprintf(stderr, "q4_gemm.cu is built with %d copy stages, not %d\n", Q4_MMA_STAGES, stages);
         return 2;
     }
-    if (kind == "moe-dense") {
+    if (kind == "dense-mma") {
+        // dense_gemv_mma with 1 token tile up to 8 tokens, else 2 (the host's choice); its partial sums in
+        // a buffer poisoned before every block.
+        std::vector<float> part((size_t)8 * 16 * 16);
+        g_before_block = [&] { std::fill(part.begin(), part.end(), NAN); };
+        const unsigned tiles = m <= 8 ? 1 : 2, gx = (m + 8 * tiles - 1) / (8 * tiles), gy = silu ? (n + 7) / 8 : (n + 15) / 16;
+        auto body = [&]<int NT>() {
+            auto* p = reinterpret_cast<float (*)[16][8 * NT]>(part.data());
+            launch(gx, gy, 256, [&] {
+                if (silu) dense_gemv_mma<T, true, NT>(y.data(), wdense.data(), x.data(), m, n, k, p);
+                else dense_gemv_mma<T, false, NT>(y.data(), wdense.data(), x.data(), m, n, k, p);
+            });
+        };
+        if (tiles == 1) body.template operator()<1>();
+        else body.template operator()<2>();
+    } else if (kind == "moe-dense") {
         launch(1, (n + 7) / 8, m, 256, [&] {
             if (silu) moe_dense_gemv<T, true>(y.data(), wdense.data(), x.data(), ids.data(), n, k, x_div, experts);
             else moe_dense_gemv<T, false>(y.data(), wdense.data(), x.data(), ids.data(), n, k, x_div, experts);
@@ -165,7 +180,7 @@ static int run(const std::string& kind, bool silu, uint32_t m, uint32_t n, uint3
 
 int main(int argc, char** argv) {
     if (argc != 9) {
-        std::fprintf(stderr, "usage: gemv_driver dense|q4|moe-dense|moe-q4 bf16|f16 SILU M N K STAGES SEED\n");
+        std::fprintf(stderr, "usage: gemv_driver dense|dense-mma|q4|moe-dense|moe-q4 bf16|f16 SILU M N K STAGES SEED\n");
         return 2;
     }
     const std::string kind = argv[1], dtype = argv[2];

@@ -4,6 +4,7 @@
 //   dense_gemv_<T>_t<TOK>       one warp per output row
 //   dense_gemv_silu_<T>_t<TOK>  a stacked gate/up weight W[2N, K] (gate rows, then up rows): one warp per
 //                               output, y[M, N] = silu(x . gate^T) * (x . up^T)
+//   dense_gemv_mma[_silu]_<T>_t<NT>  2-16 tokens on tensor cores: NT tiles of 8 tokens (below)
 //   moe_dense_gemv[_silu]_<T>   the same per (token, expert) slot of the fused MoE's decode (below)
 //
 // Why not cuBLAS: at one token cuBLAS runs these shapes as split-K GEMVs with a separate reduction
@@ -22,6 +23,7 @@
 // The silu variant rounds gate and up to T before silu_times, as the separate GEMV would store them
 // before silu_mul, so it equals the unfused pair exactly.
 #include "common.cuh"
+#include "mma.cuh"
 
 #define DENSE_WARPS 8
 #define DENSE_UNROLL 4
@@ -133,6 +135,121 @@ __device__ void dense_gemv(T* __restrict__ y, const T* __restrict__ w, const T* 
     }
 }
 
+// Tensor-core variant for 2-16 tokens (speculative decoding's verify steps, small decode batches), where the
+// warp-per-row kernel's f32 FMAs per token fell behind cuBLAS (down at 4 tokens 72.9 against 44.4 us).
+// Block = 16 weight rows (SILU: 8 gate rows and the 8 up rows n further, as MMA rows 0-7 and 8-15, so each
+// output's gate and up sums meet in one block) x NT tiles of 8 tokens; its 8 warps split K in chunks of 32
+// inputs (warp v takes chunks v, v + 8, ...), DENSE_UNROLL chunks at a time with the next in flight (weights
+// bypass L1), and meet through shared memory at the end. Lane (g, c) = (lane / 4, lane % 4) loads rows g
+// and g + 8's inputs 8c..8c+7 of a chunk as one 16-byte word each. The order of K inside an MMA is free as
+// long as A and B agree, so MMA 0 takes inputs 8c..8c+3 of every lane c and MMA 1 inputs 8c+4..8c+7:
+//   MMA k index 2c, 2c + 1 -> input 8c + 4h, + 1;   2c + 8, 2c + 9 -> input 8c + 4h + 2, + 3   (h = MMA)
+// and the lane's B fragments are the 16 bytes of x at the same inputs. f32 accumulators; one rounding when
+// y is stored (SILU: gate and up rounded to T first, as the separate GEMV + silu_mul). Needs K % 32 == 0 and
+// 16-byte aligned x, W; grid = (ceil(M / (8 NT)), ceil(N / 16)) (SILU: ceil(N / 8), N = outputs).
+#define DENSE_MMA_ROWS 16
+template <typename T>
+__device__ __forceinline__ void dense_mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+template <>
+__device__ __forceinline__ void dense_mma<__half>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    mma_m16n8k16_f16(c, a, b0, b1);
+}
+template <>
+__device__ __forceinline__ void dense_mma<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    mma_m16n8k16_bf16(c, a, b0, b1);
+}
+
+template <typename T, bool SILU, int NT>
+__device__ void dense_gemv_mma(T* __restrict__ y, const T* __restrict__ w, const T* __restrict__ x, uint32_t m,
+                               uint32_t n, uint32_t k, float (*part)[DENSE_MMA_ROWS][8 * NT]) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, c = lane & 3;
+    const uint32_t t0 = blockIdx.x * 8 * NT;
+    const int live = (int)min((uint32_t)NT, (m - t0 + 7) / 8);  // token tiles with a token (warp-uniform)
+    const uint32_t row0 = blockIdx.y * (SILU ? DENSE_MMA_ROWS / 2 : DENSE_MMA_ROWS);
+    // MMA row r's weight row (rows past N re-read the last one, never stored).
+    auto wrow = [&](int r) {
+        const uint32_t row = SILU ? min(row0 + (r & 7), n - 1) + (r < 8 ? 0 : n) : min(row0 + r, n - 1);
+        return reinterpret_cast<const uint4*>(w + (size_t)row * k);
+    };
+    const uint4* wr[2] = {wrow(g), wrow(g + 8)};
+    const uint32_t chunks = k / 32;
+    const uint32_t mine = chunks > (uint32_t)warp ? (chunks - warp + DENSE_WARPS - 1) / DENSE_WARPS : 0;
+    uint4 next[2][DENSE_UNROLL];
+    auto load = [&](uint32_t i) {  // the warp's chunks i .. i + DENSE_UNROLL - 1
+#pragma unroll
+        for (int u = 0; u < DENSE_UNROLL; ++u) {
+            const uint32_t q = warp + (i + u) * DENSE_WARPS;
+#pragma unroll
+            for (int r = 0; r < 2; ++r) next[r][u] = i + u < mine ? ld_stream_16(wr[r] + 4 * q + c) : make_uint4(0u, 0u, 0u, 0u);
+        }
+    };
+    load(0);  // weights only: allowed before the wait
+    pdl_wait();
+    pdl_launch_dependents();
+    const T* xrow[NT];
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+        const uint32_t token = t0 + 8 * j + g;
+        xrow[j] = token < m ? x + (size_t)token * k : nullptr;
+    }
+    float acc[NT][4] = {};  // per token tile: rows g, g + 8 x tokens 2c, 2c + 1 (the C fragment)
+    for (uint32_t i = 0; i < mine; i += DENSE_UNROLL) {
+        uint4 cur[2][DENSE_UNROLL];
+#pragma unroll
+        for (int r = 0; r < 2; ++r)
+#pragma unroll
+            for (int u = 0; u < DENSE_UNROLL; ++u) cur[r][u] = next[r][u];
+        if (i + DENSE_UNROLL < mine) load(i + DENSE_UNROLL);
+#pragma unroll
+        for (int u = 0; u < DENSE_UNROLL; ++u) {
+            if (i + u >= mine) break;
+            const uint32_t q = warp + (i + u) * DENSE_WARPS;
+            const uint32_t a0[4] = {cur[0][u].x, cur[1][u].x, cur[0][u].y, cur[1][u].y};
+            const uint32_t a1[4] = {cur[0][u].z, cur[1][u].z, cur[0][u].w, cur[1][u].w};
+#pragma unroll
+            for (int j = 0; j < NT; ++j) {
+                if (j >= live) break;
+                const uint4 xv = xrow[j] != nullptr ? __ldg(reinterpret_cast<const uint4*>(xrow[j]) + 4 * q + c) : make_uint4(0u, 0u, 0u, 0u);
+                dense_mma<T>(acc[j], a0, xv.x, xv.y);
+                dense_mma<T>(acc[j], a1, xv.z, xv.w);
+            }
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+        part[warp][g][8 * j + 2 * c] = acc[j][0];
+        part[warp][g][8 * j + 2 * c + 1] = acc[j][1];
+        part[warp][g + 8][8 * j + 2 * c] = acc[j][2];
+        part[warp][g + 8][8 * j + 2 * c + 1] = acc[j][3];
+    }
+    __syncthreads();
+    constexpr int TOK = 8 * NT;
+    if (SILU) {
+        for (int i = threadIdx.x; i < DENSE_MMA_ROWS / 2 * TOK; i += blockDim.x) {
+            const int r = i % (DENSE_MMA_ROWS / 2), t = i / (DENSE_MMA_ROWS / 2);
+            float gate = 0.f, up = 0.f;
+#pragma unroll
+            for (int v = 0; v < DENSE_WARPS; ++v) {
+                gate += part[v][r][t];
+                up += part[v][r + 8][t];
+            }
+            const uint32_t row = row0 + r, tok = t0 + t;
+            if (row < n && tok < m) y[(size_t)tok * n + row] = silu_times<T>(round_to<T>(gate), round_to<T>(up));
+        }
+    } else {
+        // Consecutive threads take consecutive rows of one token: contiguous stores.
+        for (int i = threadIdx.x; i < DENSE_MMA_ROWS * TOK; i += blockDim.x) {
+            const int r = i % DENSE_MMA_ROWS, t = i / DENSE_MMA_ROWS;
+            float sum = 0.f;
+#pragma unroll
+            for (int v = 0; v < DENSE_WARPS; ++v) sum += part[v][r][t];
+            const uint32_t row = row0 + r, tok = t0 + t;
+            if (row < n && tok < m) y[(size_t)tok * n + row] = from_f32<T>(sum);
+        }
+    }
+}
+
 // The fused MoE's decode GEMV (moe_cuda.rs, a step of a few tokens): blockIdx.z = slot s of the step's
 // T x top_k (token, expert) slots; expert ids[s] (moe_route's output) picks its rows of W [E, ROWS n, K],
 // the input is x row s / x_div (the token for gate/up, the slot for down) and the output y row s [n]. One
@@ -164,6 +281,23 @@ DENSE_GEMV(dense_gemv_silu_bf16_t1, __nv_bfloat16, true, 1)
 DENSE_GEMV(dense_gemv_silu_bf16_t4, __nv_bfloat16, true, 4)
 DENSE_GEMV(dense_gemv_silu_f16_t1, __half, true, 1)
 DENSE_GEMV(dense_gemv_silu_f16_t4, __half, true, 4)
+
+#define DENSE_GEMV_MMA(NAME, T, SILU, NT)                                                                  \
+    extern "C" __global__ void __launch_bounds__(32 * DENSE_WARPS)                                       \
+        NAME(T* __restrict__ y, const T* __restrict__ w, const T* __restrict__ x, uint32_t m, uint32_t n, \
+             uint32_t k) {                                                                               \
+        __shared__ float part[DENSE_WARPS][DENSE_MMA_ROWS][8 * NT];                                      \
+        dense_gemv_mma<T, SILU, NT>(y, w, x, m, n, k, part);                                             \
+    }
+
+DENSE_GEMV_MMA(dense_gemv_mma_bf16_t1, __nv_bfloat16, false, 1)
+DENSE_GEMV_MMA(dense_gemv_mma_bf16_t2, __nv_bfloat16, false, 2)
+DENSE_GEMV_MMA(dense_gemv_mma_f16_t1, __half, false, 1)
+DENSE_GEMV_MMA(dense_gemv_mma_f16_t2, __half, false, 2)
+DENSE_GEMV_MMA(dense_gemv_mma_silu_bf16_t1, __nv_bfloat16, true, 1)
+DENSE_GEMV_MMA(dense_gemv_mma_silu_bf16_t2, __nv_bfloat16, true, 2)
+DENSE_GEMV_MMA(dense_gemv_mma_silu_f16_t1, __half, true, 1)
+DENSE_GEMV_MMA(dense_gemv_mma_silu_f16_t2, __half, true, 2)
 
 #define MOE_DENSE_GEMV(NAME, T, SILU)                                                                     \
     extern "C" __global__ void __launch_bounds__(32 * DENSE_WARPS)                                       \

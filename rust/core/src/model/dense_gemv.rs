@@ -25,9 +25,29 @@ pub fn max_tokens() -> usize {
     })
 }
 
+/// Most tokens the tensor-core variant (`dense_gemv_mma_*`, 2 to 16 tokens, K a multiple of 32) takes:
+/// `MLC_DENSE_GEMV_MMA_MAX_TOKENS` (read once, capped at 16); 0, the default, leaves 2-16 tokens to
+/// [`max_tokens`]'s kernels and cuBLAS until the variant is measured against cuBLAS on a GPU (checked in
+/// the CPU emulation only so far).
+pub fn mma_max_tokens() -> usize {
+    static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        std::env::var("MLC_DENSE_GEMV_MMA_MAX_TOKENS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .map_or(0, |v| v.min(mlc_kernels::DENSE_GEMV_MMA_MAX_TOKENS))
+    })
+}
+
+/// Whether the tensor-core variant takes `t` tokens of `k` inputs.
+fn mma_takes(t: usize, k: usize) -> bool {
+    (2..=mma_max_tokens()).contains(&t) && k % mlc_kernels::DENSE_GEMV_MMA_K_MULTIPLE == 0
+}
+
 /// Whether `x: [t, k]` times `w: [n, k]` (`silu`: a stacked gate/up weight, `n` even) runs the GEMV:
-/// both on CUDA in bf16 or f16, 1 to [`max_tokens`] tokens, K a multiple of 8, both contiguous and
-/// 16-byte aligned (the kernel reads 16-byte chunks), and few enough rows for one grid.
+/// both on CUDA in bf16 or f16, 1 to [`max_tokens`] tokens (or what the tensor-core variant takes), K a
+/// multiple of 8, both contiguous and 16-byte aligned (the kernels read 16-byte chunks), and few enough
+/// rows for one grid.
 pub fn takes(x: &Tensor, w: &Tensor, silu: bool) -> bool {
     let (Ok((t, k)), Ok((n, wk))) = (x.dims2(), w.dims2()) else { return false };
     let outs = if silu { n / 2 } else { n };
@@ -35,7 +55,7 @@ pub fn takes(x: &Tensor, w: &Tensor, silu: bool) -> bool {
     x.device().is_cuda()
         && matches!(x.dtype(), DType::BF16 | DType::F16)
         && w.dtype() == x.dtype()
-        && (1..=max_tokens()).contains(&t)
+        && ((1..=max_tokens()).contains(&t) || mma_takes(t, k))
         && k == wk
         && k % mlc_kernels::DENSE_GEMV_K_MULTIPLE == 0
         && (!silu || n % 2 == 0)
@@ -135,22 +155,31 @@ mod cuda {
         if t == 0 || outs == 0 {
             return Ok(CudaStorage::wrap_cuda_slice(out, dev));
         }
-        // One token: the single-token instance; more: tiles of 4.
-        let tile = if t == 1 { 1 } else { kernels::DENSE_GEMV_TILES[1] };
-        let Some(name) = kernels::dense_gemv_name(silu, dtype, tile) else {
+        // One token: the single-token instance; 2-16 the tensor-core variant where enabled (1 or 2 tiles of
+        // 8 tokens a block, 16 weight rows: 8 outputs with silu); else tiles of 4.
+        let (name, block_tokens, rows) = if super::mma_takes(t, k) {
+            let tiles = t.div_ceil(8).min(2);
+            let rows = if silu { kernels::DENSE_GEMV_MMA_ROWS / 2 } else { kernels::DENSE_GEMV_MMA_ROWS };
+            (kernels::dense_gemv_mma_name(silu, dtype, tiles), 8 * tiles, rows)
+        } else {
+            let tile = if t == 1 { 1 } else { kernels::DENSE_GEMV_TILES[1] };
+            (kernels::dense_gemv_name(silu, dtype, tile), tile, kernels::DENSE_GEMV_ROWS)
+        };
+        let Some(name) = name else {
             bail!("dense-gemv: no kernel for {dtype:?}");
         };
         let func = crate::cuda_kernels::func(&dev, name, &kernels::modules::DENSE_GEMV)?;
         let xv = view(x.as_cuda_slice::<T>()?, xr, "x")?;
         let wv = view(w.as_cuda_slice::<T>()?, wr, "w")?;
         let (t32, outs32, k32) = (to_u32(t, "tokens")?, to_u32(outs, "outputs")?, to_u32(k, "inputs")?);
-        let grid = (to_u32(t.div_ceil(tile), "token tiles")?, to_u32(outs.div_ceil(kernels::DENSE_GEMV_ROWS), "row tiles")?);
+        let grid = (to_u32(t.div_ceil(block_tokens), "token tiles")?, to_u32(outs.div_ceil(rows), "row tiles")?);
         if grid.1 > 65_535 {
             bail!("dense-gemv: {outs} outputs need {} row tiles, more than a grid's 65535", grid.1);
         }
         let cfg = LaunchConfig { grid_dim: (grid.0, grid.1, 1), block_dim: (kernels::DENSE_GEMV_THREADS, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: matches dense_gemv[_silu]_<dtype>_t<tile> in dense_gemv.cu; x holds t * k elements and w
-        // outs (2 outs with silu) rows of k, both 16-byte aligned (checked above); out holds t * outs.
+        // SAFETY: matches dense_gemv[_mma][_silu]_<dtype>_t<tile> in dense_gemv.cu; x holds t * k elements
+        // and w outs (2 outs with silu) rows of k, both 16-byte aligned (checked above; K % 32 == 0 for the
+        // tensor-core variant, mma_takes); out holds t * outs.
         unsafe { crate::cuda_pdl::launch_gemv(&func, &dev, (&mut out, &wv, &xv), [t32, outs32, k32], cfg) }.w()?;
         Ok(CudaStorage::wrap_cuda_slice(out, dev))
     }
