@@ -36,6 +36,7 @@
 //! Rows past `n` (the last group of a matrix whose rows are not a multiple of 16) are zeros.
 
 use super::dispatch::{self, Isa};
+use super::lines::{Line, Lines};
 use super::{q4_k, q6_k, QMatrix, QType};
 use half::f16;
 
@@ -122,17 +123,13 @@ impl KLayout {
     }
 }
 
-#[repr(C, align(64))]
-#[derive(Clone, Copy)]
-struct Line([u8; 64]);
-
 /// A Q4_K or Q6_K matrix `[n, k]` in the interleaved layout.
 pub struct PackedK {
     pub qtype: QType,
     pub layout: KLayout,
     pub n: usize,
     pub k: usize,
-    data: Vec<Line>,
+    data: Lines,
 }
 
 /// The next-weight reads of [`ahead`](super::ahead) may name this one: they stop before its memory goes.
@@ -210,7 +207,7 @@ impl PackedK {
         };
         let (nsb, groups) = (w.k / SB, w.n.div_ceil(ROWS));
         let block_bytes = w.qtype.block_bytes();
-        let mut data = vec![Line([0; 64]); groups * nsb * bytes / 64];
+        let mut data = Lines::zeroed(groups * nsb * bytes / 64);
         let lines_per_group = nsb * bytes / 64;
         let fill = |g: usize, lines: &mut [Line]| {
             // SAFETY: `Line` is 64 plain bytes, so its slice is `64 * len` initialized bytes.
@@ -282,7 +279,7 @@ impl PackedK {
             return None;
         }
         let (groups, lines_per_group) = (w.n.div_ceil(ROWS), nb * bytes / 64);
-        let mut data = vec![Line([0; 64]); groups * lines_per_group];
+        let mut data = Lines::zeroed(groups * lines_per_group);
         let fill = |g: usize, lines: &mut [Line]| {
             // SAFETY: `Line` is 64 plain bytes, so its slice is `64 * len` initialized bytes.
             let out = unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr() as *mut u8, lines.len() * 64) };

@@ -23,6 +23,7 @@ mod gemm;
 pub mod kmat;
 pub mod kmat8;
 pub mod kpack;
+mod lines;
 #[cfg(target_arch = "x86_64")]
 mod kx86;
 #[cfg(target_arch = "x86_64")]

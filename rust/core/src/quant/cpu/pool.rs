@@ -13,6 +13,8 @@
 //! one, not for those that have not joined (a helper the scheduler has not run yet, while other
 //! processes load the machine, made every call wait a time slice: SmolLM2 decoded 3 tok/s at a load of
 //! 5 where it decodes 150 idle).
+//! A waiting helper is not idle where a region is set ([`prefetch_when_idle`]): it reads the next
+//! kernel's weights while the caller runs the ops between two kernels (see `ahead.rs`).
 
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
