@@ -122,8 +122,13 @@ json.dump({"tokens": list(toks), "rows": [list(r) for r in rows]}, sys.stdout)
 """
 
 
-def _host_routed(model: str, prompt, dtype, switch=("MLC_MOE_FUSED", "0")):
-    """Greedy logits rows on cuda:0 with MLC_MOE_FUSED=0, or another switch (a fresh process reads it)."""
+def _host_routed(model: str, prompt, dtype):
+    """Greedy logits rows on cuda:0 with MLC_MOE_FUSED=0 (a fresh process reads the switch)."""
+    return _cuda_rows_with(model, prompt, dtype, ("MLC_MOE_FUSED", "0"))
+
+
+def _cuda_rows_with(model: str, prompt, dtype, switch):
+    """Greedy logits rows on cuda:0 in a fresh process with the environment switch (name, value) set."""
     env = {**os.environ, switch[0]: switch[1]}
     done = subprocess.run([sys.executable, "-c", _LOGITS_CHILD, json.dumps([model, "cuda:0", prompt, NEW_TOKENS, dtype])],
                           capture_output=True, text=True, env=env, timeout=600)
@@ -220,7 +225,7 @@ def test_moe_decode_gemv_matches_grouped_gemm(core, torch_mod, models, name, dty
     model = str(_q4_dir(models, name, load)) if dtype == "q4f16_1" else str(models[(name, load)])
     engine_dtype = "float16" if dtype == "q4f16_1" else dtype
     gemm_toks, gemm_rows = core._greedy_logits(model, "cuda:0", prompt, NEW_TOKENS, engine_dtype)
-    gemv_toks, gemv_rows = _host_routed(model, prompt, engine_dtype, switch=("MLC_MOE_GEMV_MAX_SLOTS", "64"))
+    gemv_toks, gemv_rows = _cuda_rows_with(model, prompt, engine_dtype, ("MLC_MOE_GEMV_MAX_SLOTS", "64"))
     ref_toks, ref_rows = core._greedy_logits(model, "cpu", prompt, NEW_TOKENS, "float32")
     gemv_vs_gemm, gemv_vs_gemm_max, rows_vg = _rel(torch, gemv_toks, gemv_rows, gemm_toks, gemm_rows)
     gemv_vs_ref, _, _ = _rel(torch, gemv_toks, gemv_rows, ref_toks, ref_rows)
