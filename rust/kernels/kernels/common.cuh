@@ -48,6 +48,28 @@ template <typename T> __device__ __forceinline__ T silu_times(float gate, float 
     return from_f32<T>(s * up);
 }
 
+// The end of the tensor-core GEMVs (dense_gemv.cu, q4_gemm.cu): the block's WARPS warps left partial sums
+// for 16 MMA rows x TOK tokens, partial(v, r, t); their sums are stored to y[M, N] (rows row0.., tokens t0..,
+// only those inside N and M). SILU: MMA rows 0-7 are gate rows, 8-15 the matching up rows, and y gets
+// silu(gate) * up with both rounded to T first (as the separate GEMV + silu_mul). Plain: consecutive threads
+// take consecutive rows of one token (contiguous stores). Call after a __syncthreads.
+template <typename T, bool SILU, int WARPS, int TOK, typename Partial>
+__device__ __forceinline__ void gemv_mma_store(T* __restrict__ y, const Partial& partial, uint32_t row0, uint32_t t0,
+                                               uint32_t m, uint32_t n) {
+    constexpr int ROWS = SILU ? 8 : 16;
+    for (int i = threadIdx.x; i < ROWS * TOK; i += blockDim.x) {
+        const int r = i % ROWS, t = i / ROWS;
+        float a = 0.f, b = 0.f;
+#pragma unroll
+        for (int v = 0; v < WARPS; ++v) {
+            a += partial(v, r, t);
+            if (SILU) b += partial(v, r + 8, t);
+        }
+        const uint32_t row = row0 + r, tok = t0 + t;
+        if (row < n && tok < m) y[(size_t)tok * n + row] = SILU ? silu_times<T>(round_to<T>(a), round_to<T>(b)) : from_f32<T>(a);
+    }
+}
+
 // The factor that turns an attention row's unnormalised output into its result when the row's softmax
 // also takes a sink logit (gpt-oss): with running max m and sum l (of exp(score - m)) over the keys,
 // m' = max(m, sink) and the result is acc * exp(m - m') / (l * exp(m - m') + exp(sink - m')). Finite for

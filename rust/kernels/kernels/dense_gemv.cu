@@ -224,30 +224,7 @@ __device__ void dense_gemv_mma(T* __restrict__ y, const T* __restrict__ w, const
         part[warp][g + 8][8 * j + 2 * c + 1] = acc[j][3];
     }
     __syncthreads();
-    constexpr int TOK = 8 * NT;
-    if (SILU) {
-        for (int i = threadIdx.x; i < DENSE_MMA_ROWS / 2 * TOK; i += blockDim.x) {
-            const int r = i % (DENSE_MMA_ROWS / 2), t = i / (DENSE_MMA_ROWS / 2);
-            float gate = 0.f, up = 0.f;
-#pragma unroll
-            for (int v = 0; v < DENSE_WARPS; ++v) {
-                gate += part[v][r][t];
-                up += part[v][r + 8][t];
-            }
-            const uint32_t row = row0 + r, tok = t0 + t;
-            if (row < n && tok < m) y[(size_t)tok * n + row] = silu_times<T>(round_to<T>(gate), round_to<T>(up));
-        }
-    } else {
-        // Consecutive threads take consecutive rows of one token: contiguous stores.
-        for (int i = threadIdx.x; i < DENSE_MMA_ROWS * TOK; i += blockDim.x) {
-            const int r = i % DENSE_MMA_ROWS, t = i / DENSE_MMA_ROWS;
-            float sum = 0.f;
-#pragma unroll
-            for (int v = 0; v < DENSE_WARPS; ++v) sum += part[v][r][t];
-            const uint32_t row = row0 + r, tok = t0 + t;
-            if (row < n && tok < m) y[(size_t)tok * n + row] = from_f32<T>(sum);
-        }
-    }
+    gemv_mma_store<T, SILU, DENSE_WARPS, 8 * NT>(y, [&](int v, int r, int t) { return part[v][r][t]; }, row0, t0, m, n);
 }
 
 // The fused MoE's decode GEMV (moe_cuda.rs, a step of a few tokens): blockIdx.z = slot s of the step's

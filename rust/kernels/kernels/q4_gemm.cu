@@ -220,29 +220,7 @@ __device__ void q4_gemv_mma(T* __restrict__ y, const uint8_t* __restrict__ w, co
         partial(warp, g + 8, 8 * j + 2 * c + 1) = acc[j][3];
     }
     __syncthreads();
-    if (SILU) {
-        for (int i = threadIdx.x; i < Q4_MMA_ROWS / 2 * TOK; i += blockDim.x) {
-            const int r = i % (Q4_MMA_ROWS / 2), t = i / (Q4_MMA_ROWS / 2);
-            float gate = 0.f, up = 0.f;
-#pragma unroll
-            for (int v = 0; v < Q4_MMA_WARPS; ++v) {
-                gate += partial(v, r, t);
-                up += partial(v, r + 8, t);
-            }
-            const uint32_t row = row0 + r, tok = t0 + t;
-            if (row < n && tok < m) y[(size_t)tok * n + row] = silu_times<T>(round_to<T>(gate), round_to<T>(up));
-        }
-    } else {
-        // Consecutive threads take consecutive rows of one token: contiguous stores.
-        for (int i = threadIdx.x; i < Q4_MMA_ROWS * TOK; i += blockDim.x) {
-            const int r = i % Q4_MMA_ROWS, t = i / Q4_MMA_ROWS;
-            float sum = 0.f;
-#pragma unroll
-            for (int v = 0; v < Q4_MMA_WARPS; ++v) sum += partial(v, r, t);
-            const uint32_t row = row0 + r, tok = t0 + t;
-            if (row < n && tok < m) y[(size_t)tok * n + row] = from_f32<T>(sum);
-        }
-    }
+    gemv_mma_store<T, SILU, Q4_MMA_WARPS, TOK>(y, partial, row0, t0, m, n);
 }
 
 // ---------------------------------------------------------------------------------------------------
