@@ -170,13 +170,16 @@ def test_q4_misaligned_activations(q4_core, tokens):
     _check(q4_core, {"dtype": "bf16", "tokens": tokens, "rows": 1000, "cols": 4096, "misaligned_x": True, "seed": 5})
 
 
-# The GEMV's token tiles (1-4 or 8 tiles of 8 tokens a block, several blocks past 64 tokens), forced onto
-# the GEMV whatever q4::GEMV_MAX_TOKENS says: partial tiles, 8-tile blocks with 5-8 live tiles, a second block.
+# The GEMV's token tiles (1-4 or 8 tiles of 8 tokens a block, several blocks past 64 tokens; off in the
+# engine, q4::gemv_max_tiles), forced onto the GEMV whatever q4::GEMV_MAX_TOKENS says: partial tiles, 8-tile
+# blocks with 5-8 live tiles, a second block; and the engine's one tile a block at the same sizes.
 @pytest.mark.parametrize("dtype", ["bf16", "f16"])
 @pytest.mark.parametrize("rows,cols", [(6144, 4096), (4096, 14336), (1001, 4352)])
 @pytest.mark.parametrize("tokens", [9, 16, 20, 24, 32, 33, 48, 64, 65, 100])
-def test_q4_gemv_token_tiles(q4_core, dtype, rows, cols, tokens):
-    _check(q4_core, {"dtype": dtype, "tokens": tokens, "rows": rows, "cols": cols, "path": "gemv", "seed": rows + tokens})
+@pytest.mark.parametrize("tiles", [1, 8])
+def test_q4_gemv_token_tiles(q4_core, dtype, rows, cols, tokens, tiles):
+    _check(q4_core, {"dtype": dtype, "tokens": tokens, "rows": rows, "cols": cols, "path": "gemv", "tiles": tiles,
+                     "seed": rows + tokens})
 
 
 # Informational timings of the three paths from 16 to 2048 tokens (recorded, never asserted): where the
@@ -188,7 +191,11 @@ _TIMED = [(t, p) for t in (16, 32, 33, 48, 64, 96, 128, 192, 256, 512, 2048) for
 
 
 def _time_path(q4_core, dtype, name, rows, cols, tokens, path):
-    r = _run(q4_core, {"dtype": dtype, "tokens": tokens, "rows": rows, "cols": cols, "repeat": 20, "seed": 1, "path": path})
+    # "gemv_t8": the GEMV with up to 8 token tiles a block (the engine takes 1: q4::gemv_max_tiles).
+    case = {"dtype": dtype, "tokens": tokens, "rows": rows, "cols": cols, "repeat": 20, "seed": 1, "path": path}
+    if path == "gemv_t8":
+        case.update(path="gemv", tiles=8)
+    r = _run(q4_core, case)
     result = {"test": "q4_path_timing", "dtype": dtype, "name": name, "tokens": tokens, "path": path,
               "device_us": round(r["device_us"], 2), "tflops": round(2 * tokens * rows * cols / r["device_us"] / 1e6, 1),
               "max_rel_err": r["max_rel_err"]}
@@ -206,9 +213,10 @@ def test_q4_path_timing(q4_core, name, rows, cols, tokens, path):
     _time_path(q4_core, "f16", name, rows, cols, tokens, path)
 
 
-# The GEMV's token tiles against the GEMM and dense cuBLAS from 1 to 128 tokens in bf16 (recorded, never
-# asserted): where the GEMV should hand over to the GEMM.
-_TILE_TIMED = [(t, p) for t in (1, 8, 16, 24, 32, 40, 48, 64, 96, 128) for p in ("gemv", "gemm", "dense") if p != "gemm" or t >= 16]
+# The GEMV (one token tile a block, and up to 8) against the GEMM and dense cuBLAS from 1 to 128 tokens in
+# bf16 (recorded, never asserted): where the GEMV should hand over to the GEMM.
+_TILE_TIMED = [(t, p) for t in (1, 8, 16, 24, 32, 40, 48, 64, 96, 128) for p in ("gemv", "gemv_t8", "gemm", "dense")
+               if (p != "gemm" or t >= 16) and (p != "gemv_t8" or 8 < t <= 64)]
 
 
 @pytest.mark.parametrize("tokens,path", _TILE_TIMED)

@@ -30,18 +30,21 @@ pub fn gemv_max_tokens() -> usize {
     })
 }
 
-/// Most token tiles (of 8) one tensor-core GEMV block takes: 8 (each weight dequantized once for up to 64
-/// tokens), or `MLC_Q4_GEMV_MAX_TILES` when set (read once; 1, 2, 3, 4 or 8, other values round down to
-/// one of these): 1 is the kernel before token tiles, one block per 8 tokens, for measuring the tiles
-/// against it.
+/// Most token tiles (of 8) one tensor-core GEMV block takes: 1 (one block per 8 tokens, the tiles of one
+/// row tile side by side re-reading the weights from L2), or `MLC_Q4_GEMV_MAX_TILES` when set (read once;
+/// 1, 2, 3, 4 or 8, other values round down to one of these). More tiles a block dequantize each weight
+/// once for up to 64 tokens, but measured slower in the engine (H100, Llama-3-8B Q4_0, decode tok/s with
+/// 1 / up to 8 tiles: 16 sequences 2127 / 1915, 24: 2082 / 2058; past 24 tokens the 8-tile GEMV fell to
+/// a third of the GEMM's speed): the block's accumulators grow with the tiles and fewer blocks share the
+/// SMs, so the weight stream, not the dequantization, is what the extra tiles slow down.
 pub fn gemv_max_tiles() -> usize {
     static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *MAX.get_or_init(|| {
         match std::env::var("MLC_Q4_GEMV_MAX_TILES").ok().and_then(|v| v.parse::<usize>().ok()) {
-            Some(0..=1) => 1,
+            None | Some(0..=1) => 1,
             Some(v @ 2..=4) => v,
             Some(5..=7) => 4,
-            _ => 8,
+            Some(_) => 8,
         }
     })
 }
@@ -163,10 +166,16 @@ impl Q4Weight {
     pub fn forward_with(&self, x: &Tensor, path: Q4Path) -> Result<Tensor> {
         let x = x.contiguous()?;
         match path {
-            Q4Path::Gemv => x.apply_op2_no_bwd(&self.blocks, &Q4Gemv { n: self.n, k: self.k, silu: false }),
+            Q4Path::Gemv => self.gemv_with_tiles(&x, gemv_max_tiles()),
             Q4Path::Gemm if self.gemm_fits(&x) => x.apply_op2_no_bwd(&self.blocks, &Q4GemmTc { n: self.n, k: self.k }),
             Q4Path::Gemm | Q4Path::Dequant => self.matmul_dequantized(&x),
         }
+    }
+
+    /// `x: [t, k] -> [t, n]` on the GEMV with at most `max_tiles` token tiles a block (1, 2, 3, 4 or 8;
+    /// [`gemv_max_tiles`] is what [`Self::forward`] uses): the GPU tests reach every tile count this way.
+    pub fn gemv_with_tiles(&self, x: &Tensor, max_tiles: usize) -> Result<Tensor> {
+        x.contiguous()?.apply_op2_no_bwd(&self.blocks, &Q4Gemv { n: self.n, k: self.k, silu: false, max_tiles })
     }
 
     /// For a stacked gate/up weight (`[2 f, k]`, gate rows then up rows): `x: [t, k] -> [t, f]`
@@ -184,7 +193,7 @@ impl Q4Weight {
             && (x.layout().start_offset() * x.dtype().size_in_bytes()) % 8 == 0
             && self.blocks.layout().start_offset() % 16 == 0;
         if fused {
-            return x.apply_op2_no_bwd(&self.blocks, &Q4Gemv { n: self.n, k: self.k, silu: true });
+            return x.apply_op2_no_bwd(&self.blocks, &Q4Gemv { n: self.n, k: self.k, silu: true, max_tiles: gemv_max_tiles() });
         }
         super::fused::silu_mul(&self.forward(x)?)
     }
@@ -240,6 +249,8 @@ struct Q4Gemv {
     n: usize,
     k: usize,
     silu: bool,
+    /// Most token tiles (of 8) a tensor-core block takes.
+    max_tiles: usize,
 }
 
 impl CustomOp2 for Q4Gemv {
@@ -258,7 +269,7 @@ impl CustomOp2 for Q4Gemv {
         w: &candle_core::CudaStorage,
         wl: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        cuda::gemv(self.n, self.k, self.silu, x, xl, w, wl)
+        cuda::gemv(self.n, self.k, self.silu, self.max_tiles, x, xl, w, wl)
     }
 }
 
@@ -331,7 +342,7 @@ mod cuda {
 
     // ---- y = x . W^T
 
-    pub fn gemv(n: usize, k: usize, silu: bool, x: &CudaStorage, xl: &Layout, w: &CudaStorage, wl: &Layout) -> Result<(CudaStorage, Shape)> {
+    pub fn gemv(n: usize, k: usize, silu: bool, max_tiles: usize, x: &CudaStorage, xl: &Layout, w: &CudaStorage, wl: &Layout) -> Result<(CudaStorage, Shape)> {
         let (t, xk) = xl.shape().dims2()?; // [num_tokens, k]
         if xk != k {
             bail!("q4-gemv: x {:?} does not have the weight's {k} inputs", xl.shape());
@@ -346,7 +357,7 @@ mod cuda {
         if silu && n % 2 != 0 {
             bail!("q4-gemv: a stacked gate/up weight needs an even number of rows, got {n}");
         }
-        let g = Gemv { t, n, k, silu, dtype };
+        let g = Gemv { t, n, k, silu, max_tiles, dtype };
         let storage = match dtype {
             KernelDType::F32 => launch_gemv::<f32>(x, xr, w, wr, &g)?,
             KernelDType::BF16 => launch_gemv::<half::bf16>(x, xr, w, wr, &g)?,
@@ -361,11 +372,12 @@ mod cuda {
         n: usize,
         k: usize,
         silu: bool,
+        max_tiles: usize,
         dtype: KernelDType,
     }
 
     fn launch_gemv<T: CudaDType + DeviceRepr>(x: &CudaStorage, xr: Range<usize>, w: &CudaStorage, wr: Range<usize>, g: &Gemv) -> Result<CudaStorage> {
-        let Gemv { t, n, k, silu, dtype } = *g;
+        let Gemv { t, n, k, silu, max_tiles, dtype } = *g;
         let outs = if silu { n / 2 } else { n };
         let dev = x.device().clone();
         // SAFETY: every (token, output row) of the output is written by the launch below.
@@ -381,10 +393,10 @@ mod cuda {
             && k % kernels::Q4_MMA_K_MULTIPLE == 0
             && wr.start % 16 == 0
             && (xr.start * elem) % 8 == 0;
-        // The tensor-core kernel takes up to 8 tiles of 8 tokens per block (each dequantized weight feeds
-        // one MMA per tile): a batch of up to 64 tokens dequantizes each weight once. Output rows per
-        // block: the silu kernel spends its 16 MMA rows on 8 gate and 8 up rows.
-        let tiles = if mma { kernels::q4_gemv_mma_tiles(t.min(super::gemv_max_tiles() * kernels::Q4_TOKENS_PER_BLOCK)) } else { 1 };
+        // The tensor-core kernel takes up to `max_tiles` tiles of 8 tokens per block (each dequantized
+        // weight feeds one MMA per tile; gemv_max_tiles says why 1 is the default). Output rows per block:
+        // the silu kernel spends its 16 MMA rows on 8 gate and 8 up rows.
+        let tiles = if mma { kernels::q4_gemv_mma_tiles(t.min(max_tiles.max(1) * kernels::Q4_TOKENS_PER_BLOCK)) } else { 1 };
         let (name, rows, threads) = match (mma, silu) {
             (true, _) => match kernels::q4_gemv_mma_name(silu, dtype, tiles) {
                 Some(name) => (name, if silu { kernels::Q4_MMA_ROWS / 2 } else { kernels::Q4_MMA_ROWS }, kernels::Q4_MMA_THREADS),

@@ -60,6 +60,10 @@ pub struct Q4Case {
     /// (the weight dequantized beforehand, candle's matmul) beside them (not with `silu`).
     #[serde(default)]
     pub path: Option<String>,
+    /// With `path` "gemv": the most token tiles (of 8) a tensor-core block takes (1, 2, 3, 4 or 8) instead
+    /// of `q4::gemv_max_tiles()`, the engine's.
+    #[serde(default)]
+    pub tiles: Option<usize>,
     /// After the check, time this many further calls (one synchronize at the end).
     #[serde(default)]
     pub repeat: usize,
@@ -263,6 +267,11 @@ fn device_run(device: &Device, case: &Q4Case, dtype: DType, raw: &[u8], x: &[f32
     } else {
         xs.to_device(device)?
     };
+    match case.tiles {
+        Some(_) if case.path.as_deref() != Some("gemv") => bail!("q4 check: tiles is for the forced gemv path"),
+        Some(v) if ![1, 2, 3, 4, 8].contains(&v) => bail!("q4 check: tiles {v} is not 1, 2, 3, 4 or 8"),
+        _ => {}
+    }
     let forced = match case.path.as_deref() {
         None | Some("dense") => None,
         Some(_) if case.silu => bail!("q4 check: a forced path is not checked with silu"),
@@ -286,6 +295,7 @@ fn device_run(device: &Device, case: &Q4Case, dtype: DType, raw: &[u8], x: &[f32
     };
     let run = |x: &Tensor| match (&dense, forced, case.silu) {
         (Some(w), _, _) => x.matmul(&w.t()?),
+        (None, Some(Q4Path::Gemv), _) if case.tiles.is_some() => full.gemv_with_tiles(x, case.tiles.unwrap_or(1)),
         (None, Some(p), _) => full.forward_with(x, p),
         (None, None, true) => layer.forward_silu_mul(x),
         (None, None, false) => layer.forward(x),
@@ -381,7 +391,7 @@ mod tests {
 
     #[test]
     fn the_cpu_is_refused() {
-        let case = Q4Case { dtype: "f32".into(), tokens: 1, rows: 4, cols: 32, stacked: false, misaligned_x: false, silu: false, seed: 0, repeat: 0, path: None };
+        let case = Q4Case { dtype: "f32".into(), tokens: 1, rows: 4, cols: 32, stacked: false, misaligned_x: false, silu: false, seed: 0, repeat: 0, path: None, tiles: None };
         assert!(compare_on_device(&Device::Cpu, &case).is_err());
     }
 }
