@@ -37,6 +37,8 @@ CASES = [
     ("q4", "f16", 1, 33, 12, 512, 2, 18),      # silu, 8 tiles, 5 live
     ("q4", "bf16", 0, 64, 16, 4096, 2, 19),    # 8 full tiles
     ("q4", "f16", 0, 70, 20, 256, 2, 20),      # two blocks of 8 tiles, the second with one live tile
+    ("q4-t1", "bf16", 0, 20, 20, 2304, 2, 25), # one tile a block (the engine's): three blocks, the last partial
+    ("q4-t1", "f16", 1, 12, 12, 512, 2, 26),   # the same with silu
     # dense_gemv.cu's tensor-core variant (2-16 tokens: 1 or 2 tiles of 8)
     ("dense-mma", "bf16", 0, 2, 20, 1024, 0, 25),     # partial row tile; 32 chunks: 4 a warp, one round
     ("dense-mma", "f16", 0, 8, 16, 4096, 0, 26),      # a full tile; 16 chunks a warp, the double buffer turns

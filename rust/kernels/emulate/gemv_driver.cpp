@@ -82,7 +82,7 @@ static int run(const std::string& kind, bool silu, uint32_t m, uint32_t n, uint3
     std::uniform_real_distribution<float> wdist(-0.1f, 0.1f), scale(-0.02f, 0.02f), act(-2.f, 2.f);
     std::uniform_int_distribution<int> nib(0, 255);
     const bool moe = kind.rfind("moe-", 0) == 0;
-    const bool q4 = kind == "q4" || kind == "moe-q4";
+    const bool q4 = kind == "q4" || kind == "q4-t1" || kind == "moe-q4";
     const uint32_t experts = moe ? 3 : 1, x_div = moe && m % 2 == 0 ? 2 : 1;
     std::vector<uint32_t> ids(m, 0);
     std::uniform_int_distribution<uint32_t> expert(0, experts - 1);
@@ -158,7 +158,8 @@ static int run(const std::string& kind, bool silu, uint32_t m, uint32_t n, uint3
             });
             return check(kind, silu, m, n, k, stages, wd, x, y, ids, rows_per_expert, x_div);
         }
-        const unsigned tiles = (m + 7) / 8 <= 4 ? (m + 7) / 8 : 8;  // kernels::q4_gemv_mma_tiles
+        // kernels::q4_gemv_mma_tiles; "q4-t1": one tile a block (the engine's default, q4::gemv_max_tiles)
+        const unsigned tiles = kind == "q4-t1" ? 1 : (m + 7) / 8 <= 4 ? (m + 7) / 8 : 8;
         const unsigned gx = (m + 8 * tiles - 1) / (8 * tiles), gy = silu ? (n + 7) / 8 : (n + 15) / 16;
         auto body = [&]<int NT>() {
             launch(gx, gy, 256, [&] {
@@ -180,7 +181,7 @@ static int run(const std::string& kind, bool silu, uint32_t m, uint32_t n, uint3
 
 int main(int argc, char** argv) {
     if (argc != 9) {
-        std::fprintf(stderr, "usage: gemv_driver dense|dense-mma|q4|moe-dense|moe-q4 bf16|f16 SILU M N K STAGES SEED\n");
+        std::fprintf(stderr, "usage: gemv_driver dense|dense-mma|q4|q4-t1|moe-dense|moe-q4 bf16|f16 SILU M N K STAGES SEED\n");
         return 2;
     }
     const std::string kind = argv[1], dtype = argv[2];

@@ -107,7 +107,8 @@ __device__ void q4_gemv_mma(T* __restrict__ y, const uint8_t* __restrict__ w, co
     const int g = lane >> 2, c = lane & 3;
     const uint32_t t0 = blockIdx.x * (Q4_TOKENS * NT);
     // n8 token tiles holding at least one of the M tokens (the same for every warp: skipped uniformly).
-    const int live = (int)min((uint32_t)NT, (m - t0 + Q4_TOKENS - 1) / Q4_TOKENS);
+    // (NT = 1: always 1, a block exists only for a live tile; said as a constant so nothing waits on it.)
+    const int live = NT == 1 ? 1 : (int)min((uint32_t)NT, (m - t0 + Q4_TOKENS - 1) / Q4_TOKENS);
     // First output row of the block (SILU: first gate row; its up rows start n rows further).
     const uint32_t row0 = blockIdx.y * (SILU ? Q4_MMA_ROWS / 2 : Q4_MMA_ROWS);
     const size_t row_bytes = (size_t)(k / 32) * Q4_BLOCK_BYTES;
@@ -172,6 +173,18 @@ __device__ void q4_gemv_mma(T* __restrict__ y, const uint8_t* __restrict__ w, co
                 float cb[NT][4] = {};
 #pragma unroll
                 for (int s = 0; s < 2; ++s) {
+                    // x first: its loads are in flight while the nibbles are turned into A (issued after
+                    // the dequantization, each MMA waits on its load).
+                    uint32_t b[NT][2];
+#pragma unroll
+                    for (int j = 0; j < NT; ++j) {
+                        b[j][0] = b[j][1] = 0u;
+                        if (j < live && xrow[j] != nullptr) {
+                            const uint2 v = __ldg(reinterpret_cast<const uint2*>(xrow[j] + kb * 32 + 16 * s + 4 * c));
+                            b[j][0] = __byte_perm(v.x, v.y, 0x5410);  // elements 4c, 4c + 2
+                            b[j][1] = __byte_perm(v.x, v.y, 0x7632);  // elements 4c + 1, 4c + 3
+                        }
+                    }
                     const int sh = 4 * s;  // low nibbles, then high nibbles
                     uint32_t a[4];
                     a[0] = nibbles_to_pair<T>((qs_lo[h] >> sh) & 0x000f000fu);
@@ -180,14 +193,7 @@ __device__ void q4_gemv_mma(T* __restrict__ y, const uint8_t* __restrict__ w, co
                     a[3] = nibbles_to_pair<T>((qs_hi[h] >> (sh + 8)) & 0x000f000fu);
 #pragma unroll
                     for (int j = 0; j < NT; ++j) {
-                        if (j >= live) break;
-                        uint32_t b[2] = {0u, 0u};
-                        if (xrow[j] != nullptr) {
-                            const uint2 v = __ldg(reinterpret_cast<const uint2*>(xrow[j] + kb * 32 + 16 * s + 4 * c));
-                            b[0] = __byte_perm(v.x, v.y, 0x5410);  // elements 4c, 4c + 2
-                            b[1] = __byte_perm(v.x, v.y, 0x7632);  // elements 4c + 1, 4c + 3
-                        }
-                        mma_16816<T>(cb[j], a, b);
+                        if (j < live) mma_16816<T>(cb[j], a, b[j]);
                     }
                 }
 #pragma unroll
