@@ -15,11 +15,12 @@ use mlc_kernels::{Q4_BLOCK_BYTES, Q4_BLOCK_WEIGHTS};
 
 /// Largest batch the GEMV kernel takes. Per weight it moves 0.56 bytes from DRAM plus one L2 re-read and
 /// one dequantization per further tile of 8 tokens (the tiles of one row tile run side by side), so past a
-/// few tiles the tensor-core GEMM, which dequantizes once per 64 tokens, wins. Measured on an H100 (f16,
-/// Llama-3-8B's q/k/v, gate/up and down projections, tests/gpu/test_q4_gpu.py::test_q4_path_timing): at 16
-/// tokens the GEMV takes 22 / 85 / 41 us against the GEMM's 30 / 108 / 61, at 32 tokens 37 / 145 / 78
-/// against 33 / 97 / 63; they are about even at 24.
-pub const GEMV_MAX_TOKENS: usize = 24;
+/// few tiles the tensor-core GEMM, which dequantizes once per 64 tokens, wins. Measured on an H100 (bf16,
+/// Llama-3-8B Q4_0 decode through the engine, two alternated rounds, benches/results/
+/// gpu_q4_gemv_crossover_h100_2026-12-07.json): with the GEMV up to 16 / 24 tokens, 20 sequences 2 880 /
+/// 2 202 tok/s and 24 sequences 3 439 / 2 613 (16 and 32 equal: same kernels). Kernel timings of the same
+/// call (q/k/v, gate/up, down at 24 tokens: GEMV 29.1 / 109.8 / 66.4 us, GEMM 24.4 / 94.2 / 48.5) agree.
+pub const GEMV_MAX_TOKENS: usize = 16;
 
 /// [`GEMV_MAX_TOKENS`], or `MLC_Q4_GEMV_MAX_TOKENS` when set (read once; for measuring where the GEMV
 /// stops paying off; 0 sends every batch to the GEMM).
@@ -33,10 +34,13 @@ pub fn gemv_max_tokens() -> usize {
 /// Most token tiles (of 8) one tensor-core GEMV block takes: 1 (one block per 8 tokens, the tiles of one
 /// row tile side by side re-reading the weights from L2), or `MLC_Q4_GEMV_MAX_TILES` when set (read once;
 /// 1, 2, 3, 4 or 8, other values round down to one of these). More tiles a block dequantize each weight
-/// once for up to 64 tokens, but measured slower in the engine (H100, Llama-3-8B Q4_0, decode tok/s with
-/// 1 / up to 8 tiles: 16 sequences 2127 / 1915, 24: 2082 / 2058; past 24 tokens the 8-tile GEMV fell to
-/// a third of the GEMM's speed): the block's accumulators grow with the tiles and fewer blocks share the
-/// SMs, so the weight stream, not the dequantization, is what the extra tiles slow down.
+/// once for up to 64 tokens. Measured on an H100 with the kernel as it is now (tests/gpu/test_q4_gpu.py
+/// timings, bf16; gpu_q4_gemv_crossover_h100_2026-12-07.json): at 16 tokens 2 tiles beat 1 (q/k/v 15.7
+/// against 21.0 us, gate/up 83.2 against 95.8, down equal), at 32 tokens and more they lose to the GEMM
+/// and at 40-64 take up to 3x the GEMM's time (the block's accumulators grow with the tiles: 127-166
+/// registers for 4-8 tiles against 56 for one). The engine's decode with 2 tiles at 9-16 sequences is not
+/// measured yet (an earlier engine A/B, with the x loads placed after the dequantization, had 2 tiles
+/// slower: 16 sequences 1 915 against 2 127 tok/s), so 1 stays the default until it is.
 pub fn gemv_max_tiles() -> usize {
     static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *MAX.get_or_init(|| {
