@@ -173,9 +173,11 @@ def test_q4_misaligned_activations(q4_core, tokens):
 # The GEMV's token tiles (1-4 or 8 tiles of 8 tokens a block, several blocks past 64 tokens; off in the
 # engine, q4::gemv_max_tiles), forced onto the GEMV whatever q4::GEMV_MAX_TOKENS says: partial tiles, 8-tile
 # blocks with 5-8 live tiles, a second block; and the engine's one tile a block at the same sizes.
+# (Two shapes and seven sizes: the f64 reference of 4096 x 14336 at up to 100 tokens took most of the
+# test file's time on the GPU host, and K = 14336 adds nothing the tiles depend on.)
 @pytest.mark.parametrize("dtype", ["bf16", "f16"])
-@pytest.mark.parametrize("rows,cols", [(6144, 4096), (4096, 14336), (1001, 4352)])
-@pytest.mark.parametrize("tokens", [9, 16, 20, 24, 32, 33, 48, 64, 65, 100])
+@pytest.mark.parametrize("rows,cols", [(6144, 4096), (1001, 4352)])
+@pytest.mark.parametrize("tokens", [9, 16, 20, 24, 33, 64, 100])
 @pytest.mark.parametrize("tiles", [1, 8])
 def test_q4_gemv_token_tiles(q4_core, dtype, rows, cols, tokens, tiles):
     _check(q4_core, {"dtype": dtype, "tokens": tokens, "rows": rows, "cols": cols, "path": "gemv", "tiles": tiles,
