@@ -25,7 +25,7 @@ const BUCKETS: [usize; 15] = [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192,
 
 /// `MLC_CUDA_GRAPH=0` turns graphs off whatever the engine configuration says.
 pub fn disabled_by_env() -> bool {
-    std::env::var_os("MLC_CUDA_GRAPH").is_some_and(|v| v == "0")
+    crate::switches::off("MLC_CUDA_GRAPH")
 }
 
 /// An instantiated graph. Graph objects must not be used from two threads at once; the runner that

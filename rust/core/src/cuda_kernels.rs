@@ -83,7 +83,7 @@ pub fn module_on(dev: &CudaDevice, module: &KernelModule) -> candle_core::Result
 
 /// `MLC_KERNEL_IMAGES=0` loads every module from its PTX (the driver's JIT), as before the cubins.
 fn images_enabled() -> bool {
-    std::env::var_os("MLC_KERNEL_IMAGES").is_none_or(|v| v != "0")
+    !crate::switches::off("MLC_KERNEL_IMAGES")
 }
 
 /// Loads `module` (uncached) and says from what.
@@ -232,5 +232,5 @@ pub fn preload(dev: &CudaDevice) -> Preload {
 /// `MLC_PRELOAD_KERNELS=0`: no module preload and no warm-up step while the engine starts (modules then
 /// load at the first request that uses them).
 pub fn preload_enabled() -> bool {
-    std::env::var_os("MLC_PRELOAD_KERNELS").is_none_or(|v| v != "0")
+    !crate::switches::off("MLC_PRELOAD_KERNELS")
 }

@@ -23,7 +23,7 @@ pub fn enabled(dev: &CudaDevice) -> bool {
     static ENABLED: OnceLock<bool> = OnceLock::new();
     *ENABLED.get_or_init(|| {
         let major = dev.cuda_stream().context().compute_capability().map(|(major, _)| major).unwrap_or(0);
-        major >= 9 && std::env::var_os("MLC_PDL").is_none_or(|v| v != "0")
+        major >= 9 && !crate::switches::off("MLC_PDL")
     })
 }
 

@@ -32,6 +32,7 @@ pub mod runner;
 pub mod sampler;
 pub mod scheduler;
 pub mod spec;
+pub mod switches;
 pub mod tokenizer;
 
 pub use error::{EngineError, Result};

@@ -45,7 +45,7 @@ pub fn on() -> bool {
         1 => false,
         2 => true,
         _ => {
-            let v = std::env::var("MLC_CPU_PROFILE").is_ok_and(|v| !v.is_empty() && v != "0");
+            let v = crate::switches::on("MLC_CPU_PROFILE");
             STATE.store(if v { 2 } else { 1 }, Ordering::Relaxed);
             v
         }

@@ -201,13 +201,13 @@ struct AttentionArgs {
 
 /// `MLC_TILED_PREFILL=0` sends long chunks to the per-token kernel (for comparisons and as a way out).
 fn tiled_prefill_enabled() -> bool {
-    std::env::var_os("MLC_TILED_PREFILL").is_none_or(|v| v != "0")
+    !crate::switches::off("MLC_TILED_PREFILL")
 }
 
 /// `MLC_DECODE_TC=0` keeps the per-token rows on the CUDA-core kernel where the tensor-core one applies
 /// (for comparisons and as a way out).
 fn decode_tc_enabled() -> bool {
-    std::env::var_os("MLC_DECODE_TC").is_none_or(|v| v != "0")
+    !crate::switches::off("MLC_DECODE_TC")
 }
 
 /// Paged attention: q `[num_tokens, num_heads, head_dim]`, caches `[num_blocks, block_size, kv_heads,

@@ -26,7 +26,7 @@ pub const SPLIT_MIN_KEYS: usize = 128;
 fn split_min_keys() -> usize {
     static KEYS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *KEYS.get_or_init(|| {
-        std::env::var("MLC_ATTN_SPLIT_MIN_KEYS").ok().and_then(|v| v.parse::<usize>().ok()).filter(|&k| k > 0).unwrap_or(SPLIT_MIN_KEYS)
+        crate::switches::number("MLC_ATTN_SPLIT_MIN_KEYS").filter(|&k| k > 0).unwrap_or(SPLIT_MIN_KEYS)
     })
 }
 

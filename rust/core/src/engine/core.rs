@@ -77,7 +77,7 @@ impl EngineCore {
             grammars,
             ended_at_add: Vec::new(),
             capture_logits: false,
-            device_sampling: std::env::var_os("MLC_GPU_SAMPLING").is_none_or(|v| v != "0"),
+            device_sampling: !crate::switches::off("MLC_GPU_SAMPLING"),
             captured: Vec::new(),
             spec: None,
             last_step_tokens: 0,

@@ -354,7 +354,7 @@ pub fn build(model: &str, device: &str, args: &EngineArgs) -> Result<(EngineCore
     let kv_dtype = kv_cache_dtype(args, dtype, &device)?;
     // An explicit argument wins, then MLC_QUANTIZED_MATMUL (1 / 0; the Python signature follows MLC's), then
     // the device: quantized on the CPU (quant::cpu's kernels meet the fidelity bound, README "CPU").
-    let from_env = || std::env::var("MLC_QUANTIZED_MATMUL").ok().map(|v| v == "1");
+    let from_env = || crate::switches::value("MLC_QUANTIZED_MATMUL").map(|v| v == "1");
     let quantized = args.quantized_matmul.or_else(from_env).unwrap_or(device.is_cpu());
     let quant = if quantized { QuantMode::Quantized } else { QuantMode::Dequantize };
     // Every kernel module loads on background threads while the weights are read, not at the first

@@ -57,7 +57,7 @@ pub fn keeps_mxfp4(location: DeviceLocation, dtype: DType, quant: QuantMode) -> 
 /// Unless `MLC_CUDA_MXFP4=0` (read once): MXFP4 experts stay in 4 bits on CUDA (see [`keeps_mxfp4`]).
 pub fn cuda_mxfp4_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("MLC_CUDA_MXFP4").is_none_or(|v| v != "0"))
+    *ON.get_or_init(|| !crate::switches::off("MLC_CUDA_MXFP4"))
 }
 
 impl Weights {

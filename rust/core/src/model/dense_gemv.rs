@@ -21,7 +21,7 @@ pub const MAX_TOKENS: usize = 1;
 pub fn max_tokens() -> usize {
     static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *MAX.get_or_init(|| {
-        std::env::var("MLC_DENSE_GEMV_MAX_TOKENS").ok().and_then(|v| v.parse::<usize>().ok()).map_or(MAX_TOKENS, |v| v.min(4))
+        crate::switches::number("MLC_DENSE_GEMV_MAX_TOKENS").map_or(MAX_TOKENS, |v| v.min(4))
     })
 }
 
@@ -32,10 +32,7 @@ pub fn max_tokens() -> usize {
 pub fn mma_max_tokens() -> usize {
     static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *MAX.get_or_init(|| {
-        std::env::var("MLC_DENSE_GEMV_MMA_MAX_TOKENS")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .map_or(0, |v| v.min(mlc_kernels::DENSE_GEMV_MMA_MAX_TOKENS))
+        crate::switches::number("MLC_DENSE_GEMV_MMA_MAX_TOKENS").map_or(0, |v| v.min(mlc_kernels::DENSE_GEMV_MMA_MAX_TOKENS))
     })
 }
 

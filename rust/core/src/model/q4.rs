@@ -27,7 +27,7 @@ pub const GEMV_MAX_TOKENS: usize = 16;
 pub fn gemv_max_tokens() -> usize {
     static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *MAX.get_or_init(|| {
-        std::env::var("MLC_Q4_GEMV_MAX_TOKENS").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(GEMV_MAX_TOKENS)
+        crate::switches::number("MLC_Q4_GEMV_MAX_TOKENS").unwrap_or(GEMV_MAX_TOKENS)
     })
 }
 
@@ -44,7 +44,7 @@ pub fn gemv_max_tokens() -> usize {
 pub fn gemv_max_tiles() -> usize {
     static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *MAX.get_or_init(|| {
-        match std::env::var("MLC_Q4_GEMV_MAX_TILES").ok().and_then(|v| v.parse::<usize>().ok()) {
+        match crate::switches::number("MLC_Q4_GEMV_MAX_TILES") {
             None | Some(0..=1) => 1,
             Some(v @ 2..=4) => v,
             Some(5..=7) => 4,
@@ -65,7 +65,7 @@ pub const GEMM_MAX_TOKENS: usize = 128;
 /// measuring it against the dequantize path in one process).
 pub fn gemm_max_tokens() -> usize {
     static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *MAX.get_or_init(|| std::env::var("MLC_Q4_GEMM_MAX_TOKENS").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(GEMM_MAX_TOKENS))
+    *MAX.get_or_init(|| crate::switches::number("MLC_Q4_GEMM_MAX_TOKENS").unwrap_or(GEMM_MAX_TOKENS))
 }
 
 /// How one Q4_0 matmul runs.

@@ -27,7 +27,7 @@ use candle_core::{DType, Tensor};
 /// them.
 pub fn fused_disabled_by_env() -> bool {
     static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *OFF.get_or_init(|| std::env::var_os("MLC_MOE_FUSED").is_some_and(|v| v == "0"))
+    *OFF.get_or_init(|| crate::switches::off("MLC_MOE_FUSED"))
 }
 
 pub struct MoeMlp {

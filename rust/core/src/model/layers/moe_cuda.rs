@@ -91,7 +91,7 @@ pub struct FusedMoe {
 /// `MLC_MOE_GEMV_MAX_SLOTS`, read when a layer loads (so a test may load models both ways in one
 /// process); unset or unparsable: 0.
 fn gemv_max_slots_from_env() -> usize {
-    std::env::var("MLC_MOE_GEMV_MAX_SLOTS").ok().and_then(|v| v.parse().ok()).unwrap_or(0)
+    crate::switches::number("MLC_MOE_GEMV_MAX_SLOTS").unwrap_or(0)
 }
 
 /// Why an MoE layer keeps the host-routed path, or the layer's stacked weights.

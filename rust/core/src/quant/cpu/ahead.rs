@@ -57,7 +57,7 @@ static SET: AtomicUsize = AtomicUsize::new(usize::MAX);
 fn budget() -> usize {
     match SET.load(Ordering::Relaxed) {
         usize::MAX => {
-            let b = std::env::var("MLC_CPU_AHEAD_KB").ok().and_then(|v| v.parse::<usize>().ok()).map_or(BUDGET, |kb| kb * 1024);
+            let b = crate::switches::number("MLC_CPU_AHEAD_KB").map_or(BUDGET, |kb| kb * 1024);
             SET.store(b, Ordering::Relaxed);
             b
         }

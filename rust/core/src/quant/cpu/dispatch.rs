@@ -73,8 +73,8 @@ pub fn active() -> Isa {
     static ACTIVE: OnceLock<Isa> = OnceLock::new();
     *ACTIVE.get_or_init(|| {
         let best = detect();
-        match std::env::var("MLC_CPU_ISA") {
-            Ok(v) => match Isa::parse(&v) {
+        match crate::switches::value("MLC_CPU_ISA") {
+            Some(v) => match Isa::parse(&v) {
                 Some(isa) if isa <= best => isa,
                 Some(isa) => {
                     log::warn!("MLC_CPU_ISA={v}: this CPU has no {}, using {}", isa.name(), best.name());
@@ -85,7 +85,7 @@ pub fn active() -> Isa {
                     best
                 }
             },
-            Err(_) => best,
+            None => best,
         }
     })
 }

@@ -98,7 +98,7 @@ impl KLayout {
     /// or `15`, read once; 8 by default (it meets the Qwen fidelity bound, see `kmat8`).
     pub fn active() -> KLayout {
         static ACTIVE: std::sync::OnceLock<KLayout> = std::sync::OnceLock::new();
-        *ACTIVE.get_or_init(|| match std::env::var("MLC_CPU_KQUANT_ACT").as_deref().map(str::trim) {
+        *ACTIVE.get_or_init(|| match crate::switches::value("MLC_CPU_KQUANT_ACT").as_deref().map(str::trim).ok_or(()) {
             Ok("15") => KLayout::Pairs,
             Ok("8") | Err(_) => KLayout::Quads,
             Ok(v) => {

@@ -23,7 +23,7 @@ const HUGE: usize = 2 << 20;
 /// compare), read once.
 fn huge_pages() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("MLC_CPU_HUGE_PAGES").map_or(true, |v| v != "0"))
+    *ON.get_or_init(|| !crate::switches::off("MLC_CPU_HUGE_PAGES"))
 }
 
 /// Zeroed lines, owned.

@@ -79,11 +79,7 @@ static POOL: OnceLock<Pool> = OnceLock::new();
 
 fn pool() -> &'static Pool {
     POOL.get_or_init(|| {
-        let want = std::env::var("MLC_CPU_THREADS")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|&n| n > 0)
-            .unwrap_or_else(num_cpus::get_physical);
+        let want = crate::switches::number("MLC_CPU_THREADS").filter(|&n| n > 0).unwrap_or_else(num_cpus::get_physical);
         Pool::new(want)
     })
 }
