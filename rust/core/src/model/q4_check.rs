@@ -234,7 +234,7 @@ fn device_run(_: &Device, _: &Q4Case, _: DType, _: &[u8], _: &[f32], _: &[usize]
 #[cfg(feature = "cuda")]
 fn device_run(device: &Device, case: &Q4Case, dtype: DType, raw: &[u8], x: &[f32], rows: &[usize], out_rows: &[usize]) -> Result<DeviceRun> {
     use super::linear::{Linear, StackedLinear, Weight};
-    use super::q4::{Q4Path, Q4Weight};
+    use super::q4::{gemv_max_tiles, Q4Path, Q4Weight};
 
     let (n, k, t) = (case.rows, case.cols, case.tokens);
     let row_bytes = k / BLOCK_WEIGHTS * BLOCK_BYTES;
@@ -295,7 +295,7 @@ fn device_run(device: &Device, case: &Q4Case, dtype: DType, raw: &[u8], x: &[f32
     };
     let run = |x: &Tensor| match (&dense, forced, case.silu) {
         (Some(w), _, _) => x.matmul(&w.t()?),
-        (None, Some(Q4Path::Gemv), _) if case.tiles.is_some() => full.gemv_with_tiles(x, case.tiles.unwrap_or(1)),
+        (None, Some(Q4Path::Gemv), _) => full.gemv_with_tiles(x, case.tiles.unwrap_or_else(gemv_max_tiles)),
         (None, Some(p), _) => full.forward_with(x, p),
         (None, None, true) => layer.forward_silu_mul(x),
         (None, None, false) => layer.forward(x),

@@ -98,10 +98,10 @@ impl KLayout {
     /// or `15`, read once; 8 by default (it meets the Qwen fidelity bound, see `kmat8`).
     pub fn active() -> KLayout {
         static ACTIVE: std::sync::OnceLock<KLayout> = std::sync::OnceLock::new();
-        *ACTIVE.get_or_init(|| match crate::switches::value("MLC_CPU_KQUANT_ACT").as_deref().map(str::trim).ok_or(()) {
-            Ok("15") => KLayout::Pairs,
-            Ok("8") | Err(_) => KLayout::Quads,
-            Ok(v) => {
+        *ACTIVE.get_or_init(|| match crate::switches::value("MLC_CPU_KQUANT_ACT").as_deref().map(str::trim) {
+            Some("15") => KLayout::Pairs,
+            Some("8") | None => KLayout::Quads,
+            Some(v) => {
                 log::warn!("MLC_CPU_KQUANT_ACT={v} is not 8 or 15; using 8");
                 KLayout::Quads
             }
