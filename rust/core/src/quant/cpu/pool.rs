@@ -332,7 +332,10 @@ mod tests {
         }
         unsafe { p.set_ahead(a, len) };
         p.forget_ahead(a + len - 1, 1);
-        assert_eq!(*p.shared.ahead.lock().unwrap(), (0, 0));
+        // Cleared, or (on a busy machine, the helper reading all of it before the forget) used up: either
+        // way nothing of it is read any further.
+        let (from, end) = *p.shared.ahead.lock().unwrap();
+        assert!((from, end) == (0, 0) || from >= end, "{from:#x}..{end:#x} left after the forget");
         // A region elsewhere stays.
         unsafe { p.set_ahead(a, 4096) };
         p.forget_ahead(a + 4096, 4096);
